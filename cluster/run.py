@@ -1,0 +1,226 @@
+"""`make run`: the whole cluster in the foreground, on the embedded defaults.
+
+Order of start: PostgreSQL, Temporal (dev server with its Web UI and a SQLite file in the
+state folder), the three services, the worker. Ctrl-C (or SIGTERM) stops them in reverse.
+If a port is taken nothing is started; if any part dies, the rest is stopped too, so half
+a cluster is never left running.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.common.config import ConfigError, Settings, load_settings
+
+BIN = Path(sys.executable).parent
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if the launcher itself is killed, so none is orphaned."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Part:
+    name: str
+    argv: list[str]
+    address: str
+    ports: list[int] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+
+def port_of(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def wait_for_port(port: int, timeout: float, part: Part) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if part.process is not None and part.process.poll() is not None:
+            raise RuntimeError(f"{part.name} exited with code {part.process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{part.name} did not open port {port} within {timeout:.0f}s")
+
+
+def plan(settings: Settings) -> list[Part]:
+    python = sys.executable
+    parts: list[Part] = []
+    if settings.temporal_address is None:
+        from workers.journey.search_attributes import dev_server_flags
+
+        address = settings.embedded_temporal_address
+        parts.append(
+            Part(
+                "temporal",
+                [
+                    str(BIN / "temporal"),
+                    "server",
+                    "start-dev",
+                    "--ip",
+                    "127.0.0.1",
+                    "--port",
+                    str(port_of(address)),
+                    "--ui-port",
+                    str(settings.temporal_ui_port),
+                    "--db-filename",
+                    str((settings.state_dir / "temporal.db").resolve()),
+                    "--namespace",
+                    settings.temporal_namespace,
+                    "--log-level",
+                    "warn",
+                    *dev_server_flags(),
+                ],
+                address,
+                [port_of(address), settings.temporal_ui_port],
+            )
+        )
+    for name, address in (
+        ("eligibility", settings.eligibility_address),
+        ("lending", settings.lending_address),
+        ("assistance", settings.assistance_address),
+    ):
+        parts.append(Part(name, [python, "-m", f"services.{name}"], address, [port_of(address)]))
+    parts.append(Part("worker", [python, "-m", "workers"], settings.effective_temporal_address))
+    return parts
+
+
+class Cluster:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.parts = plan(settings)
+        self.env = dict(os.environ)
+        self._postgres: object | None = None
+
+    def check_ports(self) -> None:
+        taken = [(p.name, port) for p in self.parts for port in p.ports if port_taken(port)]
+        if taken:
+            lines = ", ".join(f"port {port} (needed by {name})" for name, port in taken)
+            raise RuntimeError(f"cannot start: already in use: {lines}. Nothing was started.")
+
+    def start(self) -> None:
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.database_url is None:
+            import pgserver
+
+            data_dir = (self.settings.state_dir / "postgres").resolve()
+            server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+            self._postgres = server
+            self.env["DATABASE_URL"] = str(server.get_uri())
+        self.env["TEMPORAL_ADDRESS"] = self.settings.effective_temporal_address
+        for part in self.parts:
+            # Own process group: a Ctrl-C reaches only the launcher, which stops the
+            # parts in reverse order of start.
+            part.process = subprocess.Popen(
+                part.argv, env=self.env, process_group=0, preexec_fn=_die_with_parent
+            )
+            for port in part.ports[:1]:
+                wait_for_port(port, 60, part)
+
+    def report(self) -> None:
+        database = (
+            "embedded PostgreSQL in " + str(self.settings.state_dir / "postgres")
+            if self.settings.database_url is None
+            else "DATABASE_URL"
+        )
+        rows = [
+            ("PostgreSQL", database),
+            ("Temporal frontend", self.settings.effective_temporal_address),
+        ]
+        if self.settings.temporal_address is None:
+            rows.append(("Temporal Web UI", f"http://127.0.0.1:{self.settings.temporal_ui_port}"))
+        rows += [
+            ("Eligibility gRPC", self.settings.eligibility_address),
+            ("Lending gRPC", self.settings.lending_address),
+            ("Assistance gRPC", self.settings.assistance_address),
+            ("Journey worker", "task queue survivor-journeys"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        print("\nThe cluster is running (Ctrl-C stops it):", flush=True)
+        for name, where in rows:
+            print(f"  {name.ljust(width)}  {where}", flush=True)
+        print(flush=True)
+
+    def watch(self, stop_requested: list[int]) -> None:
+        while not stop_requested:
+            for part in self.parts:
+                if part.process is not None and part.process.poll() is not None:
+                    print(
+                        f"{part.name} exited with code {part.process.returncode}; "
+                        "stopping the cluster",
+                        file=sys.stderr,
+                    )
+                    return
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for part in reversed(self.parts):
+            process = part.process
+            if process is None or process.poll() is not None:
+                continue
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._postgres is not None:
+            self._postgres.cleanup()  # type: ignore[attr-defined]
+            self._postgres = None
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(f"cluster: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    cluster = Cluster(settings)
+    try:
+        cluster.check_ports()
+    except RuntimeError as error:
+        print(f"cluster: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    stop_requested: list[int] = []
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop_requested.append(signum)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    exit_code = 0
+    try:
+        cluster.start()
+        cluster.report()
+        cluster.watch(stop_requested)
+        exit_code = 0 if stop_requested else 1
+    except RuntimeError as error:
+        print(f"cluster: {error}", file=sys.stderr)
+        exit_code = 1
+    finally:
+        print("stopping the cluster...", file=sys.stderr, flush=True)
+        cluster.stop()
+        print("stopped.", file=sys.stderr, flush=True)
+    raise SystemExit(exit_code)

@@ -1,0 +1,1 @@
+"""Assistance: the holistic-assistance catalogue (plugins), needs, providers, capacity."""

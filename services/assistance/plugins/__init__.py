@@ -1,0 +1,1 @@
+"""The assistance types shipped with the programme, each one plugin."""

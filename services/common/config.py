@@ -1,0 +1,84 @@
+"""Typed settings, parsed once at start from environment variables.
+
+A bad value stops start-up with a message that names the variable and what is wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """Raised when the environment holds a value the cluster cannot start with."""
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be a number from 1 to 65535, got {port!r}")
+    return value
+
+
+def _postgres_url(value: str) -> str:
+    if not value.startswith(("postgres://", "postgresql://")):
+        raise ValueError("must start with postgresql:// or postgres://")
+    return value
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+PostgresUrl = Annotated[str, AfterValidator(_postgres_url)]
+
+
+class Settings(BaseSettings):
+    """Every setting of the cluster. Each field is read from the upper-case variable
+    named in its alias; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    state_dir: Path = Field(Path(".state"), alias="MINEACTION_STATE_DIR")
+    database_url: PostgresUrl | None = Field(None, alias="DATABASE_URL")
+    db_pool_min_size: int = Field(1, ge=1, le=100, alias="DB_POOL_MIN_SIZE")
+    db_pool_max_size: int = Field(10, ge=1, le=100, alias="DB_POOL_MAX_SIZE")
+
+    temporal_address: HostPort | None = Field(None, alias="TEMPORAL_ADDRESS")
+    temporal_namespace: str = Field("default", min_length=1, alias="TEMPORAL_NAMESPACE")
+    temporal_ui_port: int = Field(8233, ge=1, le=65535, alias="TEMPORAL_UI_PORT")
+
+    eligibility_address: HostPort = Field("127.0.0.1:50051", alias="ELIGIBILITY_ADDRESS")
+    lending_address: HostPort = Field("127.0.0.1:50052", alias="LENDING_ADDRESS")
+    assistance_address: HostPort = Field("127.0.0.1:50053", alias="ASSISTANCE_ADDRESS")
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="LOG_LEVEL")
+    log_format: Literal["auto", "json", "console"] = Field("auto", alias="LOG_FORMAT")
+    shutdown_grace_seconds: float = Field(5.0, ge=0, le=300, alias="SHUTDOWN_GRACE_SECONDS")
+
+    @property
+    def embedded_temporal_address(self) -> str:
+        return "127.0.0.1:7233"
+
+    @property
+    def effective_temporal_address(self) -> str:
+        return self.temporal_address or self.embedded_temporal_address
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (plus explicit overrides, used by tests) into Settings.
+
+    Raises ConfigError with one line per bad variable.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            field = Settings.model_fields.get(name)
+            variable = field.alias if field is not None and field.alias else name.upper()
+            lines.append(f"  {variable}: {error['msg']} (got {error.get('input')!r})")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

@@ -1,0 +1,97 @@
+"""structlog set-up shared by every process.
+
+JSON when stdout is not a terminal, console output when it is. Library logs (grpc,
+temporalio, asyncpg) go through the same processors via the standard-library bridge.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from services.common.config import Settings
+
+
+def add_temporal_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Add workflow and activity ids; drop events emitted while a workflow replays, so
+    a replayed history does not log its side effects a second time."""
+    from temporalio import activity, workflow
+
+    if workflow.in_workflow():
+        if workflow.unsafe.is_replaying():
+            raise structlog.DropEvent
+        info = workflow.info()
+        event_dict.setdefault("workflow_id", info.workflow_id)
+        event_dict.setdefault("workflow_type", info.workflow_type)
+    elif activity.in_activity():
+        a_info = activity.info()
+        event_dict.setdefault("workflow_id", a_info.workflow_id)
+        event_dict.setdefault("activity_id", a_info.activity_id)
+        event_dict.setdefault("activity_type", a_info.activity_type)
+    return event_dict
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        add_temporal_context,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+
+
+def configure_logging(settings: Settings, *, process: str) -> None:
+    """Configure structlog and the standard-library root logger once per process."""
+    as_json = settings.log_format == "json" or (
+        settings.log_format == "auto" and not sys.stdout.isatty()
+    )
+    renderer: Processor = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    )
+    level = getattr(logging, settings.log_level.upper())
+    structlog.configure(
+        processors=[
+            *_shared_processors(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_shared_processors(),
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            _bind_process(process),
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Libraries stay at WARNING unless we are debugging them.
+    for name in ("grpc", "temporalio", "asyncpg"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+def _bind_process(process: str) -> Processor:
+    def add_process(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        event_dict.setdefault("process", process)
+        return event_dict
+
+    return add_process
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

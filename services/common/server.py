@@ -1,0 +1,138 @@
+"""gRPC server start-up shared by the three services.
+
+Each service describes itself with a ServiceSpec; ServiceHost runs it: migrations, the
+pool, a grpc.aio server with the interceptor chain, the standard health service and
+server reflection, and graceful shutdown on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.config import ConfigError, Settings, load_settings
+from services.common.db import Database, MigrationError, database_url
+from services.common.interceptors import interceptor_chain
+from services.common.logging import configure_logging
+
+log = structlog.get_logger("mineaction.server")
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class PortInUse(Exception):
+    def __init__(self, address: str) -> None:
+        super().__init__(f"cannot listen on {address}: the port is already in use")
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What a service brings: its names, its migrations and how to attach its servicer
+    (`attach` may also load reference data, once the migrations have run)."""
+
+    name: str  # short name, also the database schema
+    full_name: str  # the proto service, e.g. mineaction.lending.v1.LendingService
+    migrations_dir: Path
+    attach: Callable[[grpc.aio.Server, Database, Settings], Awaitable[None]]
+    address: Callable[[Settings], str]
+
+
+class ServiceHost:
+    """One running service: start() binds and serves, stop() drains and closes."""
+
+    def __init__(self, spec: ServiceSpec, settings: Settings, *, address: str | None = None):
+        self.spec = spec
+        self.settings = settings
+        self.address = address or spec.address(settings)
+        self.port = 0
+        self.db: Database | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+
+    async def start(self) -> int:
+        self.db = await Database.open(
+            database_url(self.settings),
+            self.spec.name,
+            self.spec.migrations_dir,
+            min_size=self.settings.db_pool_min_size,
+            max_size=self.settings.db_pool_max_size,
+        )
+        server = grpc.aio.server(
+            interceptors=interceptor_chain(),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        await self.spec.attach(server, self.db, self.settings)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                self.spec.full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        try:
+            self.port = server.add_insecure_port(self.address)
+        except RuntimeError:
+            self.port = 0
+        if self.port == 0:
+            await self.db.close()
+            raise PortInUse(self.address)
+        await server.start()
+        self._server = server
+        for name in ("", self.spec.full_name):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("service started", service=self.spec.name, address=self.address, port=self.port)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: report NOT_SERVING, let in-flight calls finish, close."""
+        if self._server is not None:
+            await self._health.enter_graceful_shutdown()
+            await self._server.stop(
+                self.settings.shutdown_grace_seconds if grace is None else grace
+            )
+            self._server = None
+        if self.db is not None:
+            await self.db.close()
+            self.db = None
+        log.info("service stopped", service=self.spec.name)
+
+
+async def serve_until_signalled(host: ServiceHost) -> None:
+    await host.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutdown requested", service=host.spec.name)
+    await host.stop()
+
+
+def main(spec: ServiceSpec) -> None:
+    """Entry point of `python -m services.<name>`."""
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(f"{spec.name}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings, process=spec.name)
+    try:
+        asyncio.run(serve_until_signalled(ServiceHost(spec, settings)))
+    except (PortInUse, MigrationError, OSError) as error:
+        print(f"{spec.name}: {error}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,1 @@
+"""Eligibility: survivor intake and assessment against versioned rules-as-data."""

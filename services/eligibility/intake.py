@@ -1,0 +1,140 @@
+"""The survivor intake record: checks the proto annotations cannot express, and the
+facts a rule set reads."""
+
+from __future__ import annotations
+
+from datetime import date
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+from google.type import date_pb2
+from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
+from mineaction.type.v1 import age_band_pb2, sex_pb2
+
+from services.common.errors import FieldViolation
+
+REFERENCE = Path(__file__).parent / "reference"
+
+_LEVEL = {
+    pb.DIFFICULTY_LEVEL_NO_DIFFICULTY: 0,
+    pb.DIFFICULTY_LEVEL_SOME_DIFFICULTY: 1,
+    pb.DIFFICULTY_LEVEL_A_LOT_OF_DIFFICULTY: 2,
+    pb.DIFFICULTY_LEVEL_CANNOT_DO_AT_ALL: 3,
+}
+_DOMAIN = {
+    pb.WASHINGTON_GROUP_DOMAIN_SEEING: "seeing",
+    pb.WASHINGTON_GROUP_DOMAIN_HEARING: "hearing",
+    pb.WASHINGTON_GROUP_DOMAIN_WALKING: "walking",
+    pb.WASHINGTON_GROUP_DOMAIN_COGNITION: "cognition",
+    pb.WASHINGTON_GROUP_DOMAIN_SELF_CARE: "self_care",
+    pb.WASHINGTON_GROUP_DOMAIN_COMMUNICATION: "communication",
+}
+_LANGUAGE = {pb.LANGUAGE_AZERBAIJANI: "az", pb.LANGUAGE_ENGLISH: "en"}
+
+
+@cache
+def known_districts() -> dict[str, dict[str, str]]:
+    """District code -> names in English and Azerbaijani."""
+    data = yaml.safe_load((REFERENCE / "districts.yaml").read_text(encoding="utf-8"))
+    return {d["code"]: {"en": d["en"], "az": d["az"]} for d in data["districts"]}
+
+
+def to_date(value: date_pb2.Date) -> date:
+    return date(value.year, value.month, value.day)
+
+
+def to_proto_date(value: date) -> date_pb2.Date:
+    return date_pb2.Date(year=value.year, month=value.month, day=value.day)
+
+
+def years_between(start: date, end: date) -> int:
+    return end.year - start.year - ((end.month, end.day) < (start.month, start.day))
+
+
+def age_band(age: int) -> int:
+    if age < 18:
+        return age_band_pb2.AGE_BAND_UNDER_18
+    if age < 35:
+        return age_band_pb2.AGE_BAND_18_34
+    if age < 60:
+        return age_band_pb2.AGE_BAND_35_59
+    return age_band_pb2.AGE_BAND_60_PLUS
+
+
+def intake_violations(intake: pb.SurvivorIntake, today: date, field: str) -> list[FieldViolation]:
+    """What protovalidate cannot check: the district list and dates against today."""
+    violations = []
+    if intake.district_code not in known_districts():
+        violations.append(
+            FieldViolation(
+                f"{field}.district_code",
+                f"unknown district {intake.district_code!r}",
+                "district.known",
+            )
+        )
+    if to_date(intake.date_of_birth) > today:
+        violations.append(
+            FieldViolation(f"{field}.date_of_birth", "must not be in the future", "date.past")
+        )
+    if to_date(intake.incident_date) > today:
+        violations.append(
+            FieldViolation(f"{field}.incident_date", "must not be in the future", "date.past")
+        )
+    return violations
+
+
+def facts(intake: pb.SurvivorIntake, day: date) -> dict[str, Any]:
+    """The facts a rule set reads, as of `day`. A functioning domain that was not
+    recorded is absent, so rules that need it ask for review."""
+    age = years_between(to_date(intake.date_of_birth), day)
+    result: dict[str, Any] = {
+        "age": age,
+        "sex": sex_pb2.Sex.Name(intake.sex).removeprefix("SEX_").lower(),
+        "district": intake.district_code,
+        "incident_type": pb.IncidentType.Name(intake.incident_type)
+        .removeprefix("INCIDENT_TYPE_")
+        .lower(),
+        "years_since_incident": years_between(to_date(intake.incident_date), day),
+        "household_size": intake.household_size,
+        "dependants": intake.dependants,
+        "female_headed": intake.female_headed_household,
+        "monthly_income_minor": intake.monthly_household_income_minor,
+        "income_per_person_minor": intake.monthly_household_income_minor // intake.household_size,
+        "has_business": intake.HasField("existing_business"),
+        "business_years": intake.existing_business.years_operating,
+        "business_sector": intake.existing_business.sector,
+        "active_loans": intake.active_programme_loans,
+        "languages": [_LANGUAGE[lang] for lang in intake.languages],
+        "injuries": list(intake.injuries),
+    }
+    levels = {_DOMAIN[f.domain]: _LEVEL[f.level] for f in intake.functioning}
+    result.update(levels)
+    result["functioning_recorded"] = bool(levels)
+    if levels:
+        result["max_difficulty"] = max(levels.values())
+    return result
+
+
+def intake_from_dict(data: dict[str, Any]) -> pb.SurvivorIntake:
+    """A rule-set test case's intake, written in the API's JSON form."""
+    intake = pb.SurvivorIntake()
+    try:
+        json_format.ParseDict(_dates_as_objects(data), intake)
+    except json_format.ParseError as error:
+        raise ValueError(str(error)) from None
+    return intake
+
+
+def _dates_as_objects(data: Any) -> Any:
+    """YAML reads 2020-01-31 as a date; the API's JSON form of google.type.Date is an
+    object."""
+    if isinstance(data, date):
+        return {"year": data.year, "month": data.month, "day": data.day}
+    if isinstance(data, dict):
+        return {k: _dates_as_objects(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_dates_as_objects(v) for v in data]
+    return data

@@ -1,0 +1,576 @@
+"""Rule sets as data: YAML documents whose conditions are CEL expressions.
+
+A rule set declares effective-dated parameters (each with a unit and the policy document
+it comes from), programmes, rules with bilingual explanation templates, a data-defined
+priority score and its own test cases. Nothing in a rule set is Python: expressions run
+on the sandboxed CEL engine, and a rule set is checked before it is accepted — every
+expression must compile, read only known facts and declared parameters, and yield the
+right type on a sample survivor under every parameter period.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Literal
+
+import cel
+import yaml
+
+Outcome = Literal["ELIGIBLE", "NOT_ELIGIBLE", "NEEDS_REVIEW"]
+OUTCOMES: tuple[Outcome, ...] = ("ELIGIBLE", "NOT_ELIGIBLE", "NEEDS_REVIEW")
+_ID = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
+_PARAM_REF = re.compile(r"\bparams\.([A-Za-z_][A-Za-z0-9_]*)")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+# The facts an expression may read, with a sample value of the right type. The sample
+# doubles as the type check: every expression is evaluated against it at publish time.
+FACT_SAMPLES: Mapping[str, Any] = {
+    "age": 40,
+    "sex": "female",
+    "district": "saatli",
+    "incident_type": "landmine",
+    "years_since_incident": 5,
+    "household_size": 5,
+    "dependants": 3,
+    "female_headed": True,
+    "monthly_income_minor": 50000,
+    "income_per_person_minor": 10000,
+    "has_business": True,
+    "business_years": 2,
+    "business_sector": "fish_farming",
+    "active_loans": 0,
+    "languages": ["az", "en"],
+    "injuries": ["lower_limb_amputation"],
+    "functioning_recorded": True,
+    "max_difficulty": 2,
+    "seeing": 0,
+    "hearing": 0,
+    "walking": 2,
+    "cognition": 0,
+    "self_care": 1,
+    "communication": 0,
+}
+FUNCTIONING_FACTS = ("seeing", "hearing", "walking", "cognition", "self_care", "communication")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a rule set, pointing at where it is in the YAML."""
+
+    path: str
+    message: str
+    line: int = 0
+    column: int = 0
+
+    def __str__(self) -> str:
+        where = f" (line {self.line}, column {self.column})" if self.line else ""
+        return f"{self.path}{where}: {self.message}"
+
+
+class RuleSetError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Text:
+    en: str
+    az: str
+
+    def render(self, values: Mapping[str, Any]) -> Text:
+        return Text(_fill(self.en, values), _fill(self.az, values))
+
+
+def _fill(template: str, values: Mapping[str, Any]) -> str:
+    return _PLACEHOLDER.sub(lambda m: _display(values.get(m.group(1), "?")), template)
+
+
+def _display(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(_display(v) for v in value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Period:
+    start: date
+    end: date | None  # exclusive; None means until the next period starts
+    value: Any
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    unit: str
+    policy_ref: str
+    periods: tuple[Period, ...]
+
+    def at(self, day: date) -> Any:
+        """The value in force on `day`, or None before the first period."""
+        current = None
+        for period in self.periods:
+            if period.start <= day and (period.end is None or day < period.end):
+                current = period.value
+        return current
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    programmes: tuple[str, ...]
+    effect: Literal["require", "review"]
+    expression: str
+    program: Any
+    needs: tuple[str, ...]
+    reads: tuple[str, ...]
+    params_read: tuple[str, ...]
+    explain_pass: Text
+    explain_fail: Text
+
+
+@dataclass(frozen=True)
+class ScoreComponent:
+    name: str
+    expression: str
+    program: Any
+    explanation: Text
+
+
+@dataclass(frozen=True)
+class TestCase:
+    id: str
+    assessment_date: date
+    intake: Mapping[str, Any]
+    expect: Mapping[str, Outcome]
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    rule_set_id: str
+    description: str
+    parameters: Mapping[str, Parameter]
+    programmes: Mapping[str, Text]
+    rules: tuple[Rule, ...]
+    priority: tuple[ScoreComponent, ...]
+    tests: tuple[TestCase, ...]
+    source: str
+
+    def params_at(self, day: date) -> dict[str, Any]:
+        return {name: p.at(day) for name, p in self.parameters.items()}
+
+    def change_dates(self) -> list[date]:
+        return sorted({period.start for p in self.parameters.values() for period in p.periods})
+
+
+# --- results ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    rule_id: str
+    passed: bool
+    missing: tuple[str, ...]
+    inputs: Mapping[str, str]
+    explanation: Text
+
+
+@dataclass(frozen=True)
+class ProgrammeDecision:
+    programme_id: str
+    outcome: Outcome
+    rule_results: tuple[RuleResult, ...]
+    missing_data: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ScorePart:
+    name: str
+    points: int
+    explanation: Text
+
+
+@dataclass(frozen=True)
+class Decision:
+    decisions: tuple[ProgrammeDecision, ...]
+    priority_total: int
+    priority_parts: tuple[ScorePart, ...]
+
+    def outcomes(self) -> dict[str, Outcome]:
+        return {d.programme_id: d.outcome for d in self.decisions}
+
+
+# --- evaluation ------------------------------------------------------------------------
+
+
+def evaluate(rule_set: RuleSet, facts: Mapping[str, Any], day: date) -> Decision:
+    """Decide every programme for one survivor's facts, as of `day`."""
+    params = rule_set.params_at(day)
+    context = cel.Context({**facts, "params": params})
+    shown = {**facts, **params}
+    results: dict[str, RuleResult] = {}
+    for rule in rule_set.rules:
+        missing = tuple(name for name in rule.needs if name not in facts)
+        inputs = {name: _display(facts[name]) for name in rule.reads if name in facts}
+        inputs.update({f"params.{n}": _display(params.get(n)) for n in rule.params_read})
+        if missing:
+            results[rule.id] = RuleResult(rule.id, False, missing, inputs, rule.explain_fail)
+            continue
+        passed = rule.program.execute(context) is True
+        template = rule.explain_pass if passed else rule.explain_fail
+        results[rule.id] = RuleResult(rule.id, passed, (), inputs, template.render(shown))
+    decisions = tuple(
+        _decide(programme_id, rule_set.rules, results) for programme_id in rule_set.programmes
+    )
+    parts = tuple(
+        ScorePart(c.name, int(c.program.execute(context)), c.explanation.render(shown))
+        for c in rule_set.priority
+    )
+    return Decision(decisions, sum(p.points for p in parts), parts)
+
+
+def _decide(
+    programme_id: str, rules: Iterable[Rule], results: Mapping[str, RuleResult]
+) -> ProgrammeDecision:
+    own = [(rule, results[rule.id]) for rule in rules if programme_id in rule.programmes]
+    missing = tuple(sorted({m for _, r in own for m in r.missing}))
+    if any(rule.effect == "require" and not r.passed and not r.missing for rule, r in own):
+        outcome: Outcome = "NOT_ELIGIBLE"
+    elif missing or any(not r.passed for _, r in own):
+        outcome = "NEEDS_REVIEW"
+    else:
+        outcome = "ELIGIBLE"
+    return ProgrammeDecision(programme_id, outcome, tuple(r for _, r in own), missing)
+
+
+# --- loading and checking --------------------------------------------------------------
+
+
+class _Positions:
+    """Maps a path like rules[2].expression to its line and column in the YAML."""
+
+    def __init__(self, source: str) -> None:
+        self.marks: dict[str, tuple[int, int]] = {}
+        try:
+            root = yaml.compose(source, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            root = None
+        if root is not None:
+            self._walk(root, "")
+
+    def _walk(self, node: yaml.Node, path: str) -> None:
+        self.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = f"{path}.{key.value}" if path else str(key.value)
+                self._walk(value, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._walk(item, f"{path}[{index}]")
+
+    def problem(self, path: str, message: str) -> Problem:
+        line, column = self.marks.get(path, (0, 0))
+        return Problem(path, message, line, column)
+
+
+class _Loader:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.positions = _Positions(source)
+        self.problems: list[Problem] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(self.positions.problem(path, message))
+
+    def get(
+        self, data: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...]
+    ) -> Any:
+        value = data.get(key)
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+            self.fail(f"{path}.{key}" if path else key, f"{key} is required ({_names(kind)})")
+            return None
+        return value
+
+    def text(self, data: Any, path: str) -> Text:
+        if not isinstance(data, dict) or not all(
+            isinstance(data.get(k), str) and data.get(k) for k in ("en", "az")
+        ):
+            self.fail(path, "needs both en and az text")
+            return Text("", "")
+        return Text(data["en"], data["az"])
+
+    def compile(self, expression: Any, path: str) -> Any:
+        if not isinstance(expression, str) or not expression.strip():
+            self.fail(path, "expression is required")
+            return None
+        try:
+            return cel.compile(expression)
+        except ValueError as error:
+            self.fail(path, f"does not compile: {_first_line(error)}")
+            return None
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _names(kind: type | tuple[type, ...]) -> str:
+    names = {"str": "text", "dict": "a mapping", "list": "a list", "int": "a whole number"}
+    return " or ".join(names.get(k.__name__, k.__name__) for k in _kinds(kind))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error)
+    detail = text.split("ERROR: <input>:", 1)
+    return detail[1].splitlines()[0].strip() if len(detail) > 1 else text.splitlines()[0]
+
+
+def load(source: str) -> RuleSet:
+    """Parse and check a rule set; raise RuleSetError listing every problem found."""
+    loader = _Loader(source)
+    try:
+        data = yaml.safe_load(source)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        problem = getattr(error, "problem", None) or str(error)
+        raise RuleSetError([Problem("(document)", f"bad YAML: {problem}", line, column)]) from None
+    if not isinstance(data, dict):
+        raise RuleSetError([Problem("(document)", "a rule set must be a YAML mapping")])
+
+    rule_set_id = loader.get(data, "rule_set_id", "", str) or ""
+    if rule_set_id and not _ID.match(rule_set_id):
+        loader.fail("rule_set_id", "must be lower-case letters, digits and _")
+    parameters = _load_parameters(loader, data.get("parameters"))
+    programmes = {
+        pid: loader.text(name, f"programmes.{pid}")
+        for pid, name in (loader.get(data, "programmes", "", dict) or {}).items()
+    }
+    for pid in programmes:
+        if not _ID.match(str(pid)):
+            loader.fail(f"programmes.{pid}", "programme id must be lower-case letters, digits, _")
+    rules = _load_rules(loader, data.get("rules"), programmes, parameters)
+    priority = _load_priority(loader, data.get("priority"))
+    tests = _load_tests(loader, data.get("tests", []), programmes)
+    if loader.problems:
+        raise RuleSetError(loader.problems)
+    rule_set = RuleSet(
+        rule_set_id=rule_set_id,
+        description=str(data.get("description", "")),
+        parameters=parameters,
+        programmes=programmes,
+        rules=tuple(rules),
+        priority=tuple(priority),
+        tests=tuple(tests),
+        source=source,
+    )
+    _type_check(loader, rule_set)
+    if loader.problems:
+        raise RuleSetError(loader.problems)
+    return rule_set
+
+
+def _load_parameters(loader: _Loader, raw: Any) -> dict[str, Parameter]:
+    if not isinstance(raw, dict):
+        loader.fail("parameters", "parameters is required (a mapping)")
+        return {}
+    parameters = {}
+    for name, spec in raw.items():
+        path = f"parameters.{name}"
+        if not isinstance(spec, dict):
+            loader.fail(path, "must be a mapping with unit, policy_ref and values")
+            continue
+        unit = loader.get(spec, "unit", path, str)
+        policy_ref = loader.get(spec, "policy_ref", path, str)
+        periods = []
+        for index, entry in enumerate(loader.get(spec, "values", path, list) or []):
+            where = f"{path}.values[{index}]"
+            if not isinstance(entry, dict) or "value" not in entry:
+                loader.fail(where, "each value needs from and value")
+                continue
+            start, end = entry.get("from"), entry.get("until")
+            if not isinstance(start, date) or (end is not None and not isinstance(end, date)):
+                loader.fail(where, "from (and until, if given) must be dates like 2026-01-01")
+                continue
+            if end is not None and end <= start:
+                loader.fail(where, "until must be after from")
+                continue
+            periods.append(Period(start, end, entry["value"]))
+        periods.sort(key=lambda p: p.start)
+        for index, (earlier, later) in enumerate(itertools.pairwise(periods)):
+            if earlier.start == later.start or (
+                earlier.end is not None and earlier.end > later.start
+            ):
+                loader.fail(
+                    f"{path}.values",
+                    f"effective dates overlap: {earlier.start} and {later.start} "
+                    f"(entries {index} and {index + 1} in date order)",
+                )
+        if unit and policy_ref and periods:
+            parameters[str(name)] = Parameter(str(name), unit, policy_ref, tuple(periods))
+    return parameters
+
+
+def _load_rules(
+    loader: _Loader, raw: Any, programmes: Mapping[str, Text], parameters: Mapping[str, Parameter]
+) -> list[Rule]:
+    if not isinstance(raw, list) or not raw:
+        loader.fail("rules", "rules is required (a non-empty list)")
+        return []
+    rules, seen = [], set()
+    for index, spec in enumerate(raw):
+        path = f"rules[{index}]"
+        if not isinstance(spec, dict):
+            loader.fail(path, "each rule must be a mapping")
+            continue
+        rule_id = loader.get(spec, "id", path, str)
+        if rule_id in seen:
+            loader.fail(f"{path}.id", f"duplicate rule id {rule_id}")
+        seen.add(rule_id)
+        targets = loader.get(spec, "programmes", path, list) or []
+        for target in targets:
+            if target not in programmes:
+                loader.fail(f"{path}.programmes", f"unknown programme {target}")
+        effect = spec.get("effect", "require")
+        if effect not in ("require", "review"):
+            loader.fail(f"{path}.effect", "effect must be require or review")
+        expression = spec.get("expression")
+        program = loader.compile(expression, f"{path}.expression")
+        needs = spec.get("needs", [])
+        for need in needs if isinstance(needs, list) else []:
+            if need not in FACT_SAMPLES:
+                loader.fail(f"{path}.needs", f"unknown fact {need}")
+        explain = spec.get("explain") or {}
+        explain_pass = loader.text(explain.get("pass"), f"{path}.explain.pass")
+        explain_fail = loader.text(explain.get("fail"), f"{path}.explain.fail")
+        if program is None or not rule_id or not isinstance(expression, str):
+            continue
+        reads = tuple(v for v in program.references()["variables"] if v != "params")
+        for name in reads:
+            if name not in FACT_SAMPLES:
+                loader.fail(f"{path}.expression", f"unknown fact {name}")
+        params_read = tuple(dict.fromkeys(_PARAM_REF.findall(expression)))
+        for name in params_read:
+            if name not in parameters:
+                loader.fail(f"{path}.expression", f"unknown parameter {name}")
+        rules.append(
+            Rule(
+                rule_id,
+                tuple(targets),
+                effect,
+                expression,
+                program,
+                tuple(needs),
+                reads,
+                params_read,
+                explain_pass,
+                explain_fail,
+            )
+        )
+    return rules
+
+
+def _load_priority(loader: _Loader, raw: Any) -> list[ScoreComponent]:
+    components = []
+    spec_list = (raw or {}).get("components", []) if isinstance(raw, dict) else None
+    if not isinstance(spec_list, list):
+        loader.fail("priority", "priority needs a list of components")
+        return []
+    for index, spec in enumerate(spec_list):
+        path = f"priority.components[{index}]"
+        name = loader.get(spec, "name", path, str) if isinstance(spec, dict) else None
+        if name is None:
+            continue
+        program = loader.compile(spec.get("points"), f"{path}.points")
+        text = loader.text(spec.get("explain"), f"{path}.explain")
+        if program is not None:
+            components.append(ScoreComponent(name, spec["points"], program, text))
+    return components
+
+
+def _load_tests(loader: _Loader, raw: Any, programmes: Mapping[str, Text]) -> list[TestCase]:
+    tests = []
+    for index, spec in enumerate(raw if isinstance(raw, list) else []):
+        path = f"tests[{index}]"
+        if not isinstance(spec, dict):
+            loader.fail(path, "each test case must be a mapping")
+            continue
+        case_id = loader.get(spec, "id", path, str)
+        day = spec.get("assessment_date")
+        if not isinstance(day, date):
+            loader.fail(f"{path}.assessment_date", "assessment_date must be a date")
+        intake = loader.get(spec, "intake", path, dict)
+        expect = loader.get(spec, "expect", path, dict) or {}
+        for programme_id, outcome in expect.items():
+            if programme_id not in programmes:
+                loader.fail(f"{path}.expect.{programme_id}", f"unknown programme {programme_id}")
+            if outcome not in OUTCOMES:
+                loader.fail(f"{path}.expect.{programme_id}", f"outcome must be one of {OUTCOMES}")
+        if case_id and isinstance(day, date) and intake is not None:
+            tests.append(TestCase(case_id, day, intake, expect))
+    return tests
+
+
+def _type_check(loader: _Loader, rule_set: RuleSet) -> None:
+    """Evaluate each expression on the sample facts under every parameter period; a
+    condition must give a bool and a score component a whole number."""
+    days = rule_set.change_dates() or [date.today()]
+    for day in days:
+        context = cel.Context({**FACT_SAMPLES, "params": rule_set.params_at(day)})
+        for index, rule in enumerate(rule_set.rules):
+            _expect_type(loader, rule.program, context, f"rules[{index}].expression", bool, day)
+        for index, component in enumerate(rule_set.priority):
+            _expect_type(
+                loader, component.program, context, f"priority.components[{index}].points", int, day
+            )
+
+
+def _expect_type(
+    loader: _Loader, program: Any, context: Any, path: str, kind: type, day: date
+) -> None:
+    try:
+        value = program.execute(context)
+    except Exception as error:
+        loader.fail(path, f"type error with parameters in force on {day}: {_first_line(error)}")
+        return
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        loader.fail(path, f"must give {kind.__name__}, gives {type(value).__name__}")
+
+
+# --- the programme's own test cases ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case_id: str
+    failures: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def run_tests(rule_set: RuleSet, facts_of: Any) -> list[CaseResult]:
+    """Run the rule set's own cases. `facts_of(intake_dict, day)` turns a case's intake
+    into facts (it raises ValueError for an intake the service would refuse)."""
+    results = []
+    for case in rule_set.tests:
+        try:
+            facts = facts_of(case.intake, case.assessment_date)
+        except ValueError as error:
+            results.append(CaseResult(case.id, (f"intake is not valid: {error}",)))
+            continue
+        outcomes = evaluate(rule_set, facts, case.assessment_date).outcomes()
+        failures = tuple(
+            f"{programme}: expected {expected}, got {outcomes.get(programme)}"
+            for programme, expected in case.expect.items()
+            if outcomes.get(programme) != expected
+        )
+        results.append(CaseResult(case.id, failures))
+    return results

@@ -1,0 +1,504 @@
+"""EligibilityService: survivor intake, assessments and the rule-set lifecycle."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any
+
+import asyncpg
+import grpc
+from google.protobuf import json_format, timestamp_pb2
+from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
+from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
+from mineaction.type.v1 import localized_text_pb2
+
+from services.common import pagination
+from services.common.config import Settings
+from services.common.db import Connection, Database, fetch_one
+from services.common.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    invalid,
+)
+from services.common.idempotency import idempotent
+from services.common.server import ServiceSpec
+from services.eligibility import intake as intake_mod
+from services.eligibility import rules
+from services.eligibility.rulebook import RuleBook
+
+DEFAULT_RULE_SET = "reintegration"
+SIMULATION_LIMIT = 100_000
+_OUTCOME = {
+    "ELIGIBLE": pb.OUTCOME_ELIGIBLE,
+    "NOT_ELIGIBLE": pb.OUTCOME_NOT_ELIGIBLE,
+    "NEEDS_REVIEW": pb.OUTCOME_NEEDS_REVIEW,
+}
+
+
+def _text(text: rules.Text) -> localized_text_pb2.LocalizedText:
+    return localized_text_pb2.LocalizedText(en=text.en, az=text.az)
+
+
+def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _intake_json(intake: pb.SurvivorIntake) -> str:
+    return json.dumps(json_format.MessageToDict(intake, preserving_proto_field_name=True))
+
+
+def _intake_from_json(raw: str) -> pb.SurvivorIntake:
+    return json_format.ParseDict(json.loads(raw), pb.SurvivorIntake())
+
+
+def decision_to_proto(
+    decision: rules.Decision,
+) -> tuple[list[pb.ProgrammeDecision], pb.PriorityScore]:
+    decisions = [
+        pb.ProgrammeDecision(
+            programme_id=d.programme_id,
+            outcome=_OUTCOME[d.outcome],
+            missing_data=list(d.missing_data),
+            rule_results=[
+                pb.RuleResult(
+                    rule_id=r.rule_id,
+                    passed=r.passed,
+                    inputs=dict(r.inputs),
+                    explanation=_text(r.explanation),
+                )
+                for r in d.rule_results
+            ],
+        )
+        for d in decision.decisions
+    ]
+    priority = pb.PriorityScore(
+        total=decision.priority_total,
+        components=[
+            pb.ScoreComponent(name=p.name, points=p.points, explanation=_text(p.explanation))
+            for p in decision.priority_parts
+        ],
+    )
+    return decisions, priority
+
+
+def facts_of_case(intake_data: dict[str, Any], day: date) -> dict[str, Any]:
+    """A rule-set test case's intake, checked as the API would check it."""
+    from services.common.interceptors import shared_validator, violations_of
+
+    survivor = intake_mod.intake_from_dict(intake_data)
+    problems = violations_of(survivor, shared_validator()) + intake_mod.intake_violations(
+        survivor, day, "intake"
+    )
+    if problems:
+        raise ValueError("; ".join(f"{p.field}: {p.description}" for p in problems))
+    return intake_mod.facts(survivor, day)
+
+
+def rule_set_error(error: rules.RuleSetError) -> InvalidArgument:
+    return InvalidArgument(
+        f"the rule set is not valid: {error}",
+        [FieldViolation("source_yaml", str(p), "rule_set.invalid") for p in error.problems],
+    )
+
+
+class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
+    def __init__(self, db: Database, rulebook: RuleBook) -> None:
+        self.db = db
+        self.rulebook = rulebook
+
+    # --- survivors -----------------------------------------------------------------
+
+    async def RegisterSurvivor(
+        self, request: pb.RegisterSurvivorRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RegisterSurvivorResponse:
+        intake = request.intake
+        violations = intake_mod.intake_violations(intake, date.today(), "intake")
+        if violations:
+            raise InvalidArgument("the intake record is not valid", violations)
+        if not intake.consent.data_processing:
+            raise FailedPrecondition(
+                "consent to data processing is not recorded; nothing was stored",
+                reason="CONSENT_REQUIRED",
+            )
+
+        async with self.db.transaction() as conn:
+
+            async def register() -> pb.RegisterSurvivorResponse:
+                row = await fetch_one(
+                    conn,
+                    """INSERT INTO survivors (survivor_id, intake, district_code, consent_given_on)
+                       VALUES ($1, $2::jsonb, $3, $4)
+                       ON CONFLICT (survivor_id) DO UPDATE
+                         SET intake = EXCLUDED.intake, district_code = EXCLUDED.district_code,
+                             consent_given_on = EXCLUDED.consent_given_on, updated_at = now()
+                       RETURNING created_at, updated_at""",
+                    intake.survivor_id,
+                    _intake_json(intake),
+                    intake.district_code,
+                    intake_mod.to_date(intake.consent.recorded_on)
+                    if intake.consent.HasField("recorded_on")
+                    else date.today(),
+                )
+                return pb.RegisterSurvivorResponse(
+                    survivor=self._survivor(intake, row["created_at"], row["updated_at"])
+                )
+
+            return await idempotent(
+                conn,
+                method="RegisterSurvivor",
+                request=request,
+                response_type=pb.RegisterSurvivorResponse,
+                effect=register,
+            )
+
+    @staticmethod
+    def _survivor(intake: pb.SurvivorIntake, created: datetime, updated: datetime) -> pb.Survivor:
+        return pb.Survivor(
+            survivor_id=intake.survivor_id,
+            intake=intake,
+            create_time=_timestamp(created),
+            update_time=_timestamp(updated),
+        )
+
+    async def GetSurvivor(
+        self, request: pb.GetSurvivorRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetSurvivorResponse:
+        row = await self.db.pool.fetchrow(
+            "SELECT intake::text, created_at, updated_at FROM survivors WHERE survivor_id = $1",
+            request.survivor_id,
+        )
+        if row is None:
+            raise NotFound(f"survivor {request.survivor_id} is not registered")
+        return pb.GetSurvivorResponse(
+            survivor=self._survivor(
+                _intake_from_json(row["intake"]), row["created_at"], row["updated_at"]
+            )
+        )
+
+    # --- assessments -----------------------------------------------------------------
+
+    async def AssessEligibility(
+        self, request: pb.AssessEligibilityRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AssessEligibilityResponse:
+        day = intake_mod.to_date(request.assessment_date)
+        async with self.db.transaction() as conn:
+
+            async def assess() -> pb.AssessEligibilityResponse:
+                return await self._assess(conn, request, day)
+
+            return await idempotent(
+                conn,
+                method="AssessEligibility",
+                request=request,
+                response_type=pb.AssessEligibilityResponse,
+                effect=assess,
+            )
+
+    async def _assess(
+        self, conn: Connection, request: pb.AssessEligibilityRequest, day: date
+    ) -> pb.AssessEligibilityResponse:
+        row = await conn.fetchrow(
+            """SELECT intake::text, pinned_rule_set_id, pinned_rule_set_version
+               FROM survivors WHERE survivor_id = $1 FOR UPDATE""",
+            request.survivor_id,
+        )
+        if row is None:
+            raise NotFound(f"survivor {request.survivor_id} is not registered")
+        survivor = _intake_from_json(row["intake"])
+        if not survivor.consent.data_processing:
+            raise FailedPrecondition("no recorded consent", reason="CONSENT_REQUIRED")
+        if day < intake_mod.to_date(survivor.date_of_birth):
+            raise invalid("assessment_date", "is before the survivor's date of birth")
+
+        rule_set_id = row["pinned_rule_set_id"] or DEFAULT_RULE_SET
+        latest = await self.rulebook.latest_version(conn, rule_set_id)
+        pinned = row["pinned_rule_set_version"]
+        if request.reassess_under_latest:
+            if not request.reassessment_reason.strip():
+                raise invalid(
+                    "reassessment_reason", "a re-assessment under a newer rule set needs a reason"
+                )
+            version = latest
+        else:
+            version = pinned or latest
+        rule_set = await self.rulebook.get(conn, rule_set_id, version)
+        facts = intake_mod.facts(survivor, day)
+        decisions, priority = decision_to_proto(rules.evaluate(rule_set, facts, day))
+        age = facts["age"]
+        assessment = pb.Assessment(
+            assessment_id=f"asm-{uuid.uuid4().hex[:20]}",
+            survivor_id=request.survivor_id,
+            assessment_date=request.assessment_date,
+            rule_set_id=rule_set_id,
+            rule_set_version=version,
+            decisions=decisions,
+            priority=priority,
+            create_time=_timestamp(datetime.now(UTC)),
+            district_code=survivor.district_code,
+            sex=survivor.sex,
+            age_band=intake_mod.age_band(age),  # type: ignore[arg-type]
+        )
+        await conn.execute(
+            """INSERT INTO assessments (assessment_id, survivor_id, assessment_date, rule_set_id,
+                   rule_set_version, district_code, intake, result, reassessment_reason)
+               VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9)""",
+            assessment.assessment_id,
+            request.survivor_id,
+            day,
+            rule_set_id,
+            version,
+            survivor.district_code,
+            row["intake"],
+            assessment.SerializeToString(),
+            request.reassessment_reason,
+        )
+        if pinned is None or request.reassess_under_latest:
+            await conn.execute(
+                """UPDATE survivors SET pinned_rule_set_id = $2, pinned_rule_set_version = $3
+                   WHERE survivor_id = $1""",
+                request.survivor_id,
+                rule_set_id,
+                version,
+            )
+        return pb.AssessEligibilityResponse(assessment=assessment)
+
+    async def GetAssessment(
+        self, request: pb.GetAssessmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetAssessmentResponse:
+        result = await self.db.pool.fetchval(
+            "SELECT result FROM assessments WHERE assessment_id = $1", request.assessment_id
+        )
+        if result is None:
+            raise NotFound(f"assessment {request.assessment_id} does not exist")
+        return pb.GetAssessmentResponse(assessment=pb.Assessment.FromString(result))
+
+    async def ListAssessments(
+        self, request: pb.ListAssessmentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAssessmentsResponse:
+        query = {
+            "survivor_id": request.survivor_id,
+            "district_code": request.district_code,
+            "from": _optional_date(request, "from_date"),
+            "to": _optional_date(request, "to_date"),
+        }
+        after = pagination.decode(request.page_token, query)
+        size = pagination.page_size(request.page_size)
+        rows = await self.db.pool.fetch(
+            """SELECT assessment_id, assessment_date, result FROM assessments
+               WHERE ($1 = '' OR survivor_id = $1)
+                 AND ($2 = '' OR district_code = $2)
+                 AND ($3::date IS NULL OR assessment_date >= $3)
+                 AND ($4::date IS NULL OR assessment_date <= $4)
+                 AND ($5::date IS NULL OR (assessment_date, assessment_id) > ($5, $6))
+               ORDER BY assessment_date, assessment_id
+               LIMIT $7""",
+            request.survivor_id,
+            request.district_code,
+            query["from"],
+            query["to"],
+            date.fromisoformat(after[0]) if after else None,
+            after[1] if after else "",
+            size + 1,
+        )
+        page = rows[:size]
+        token = (
+            pagination.encode(
+                [page[-1]["assessment_date"].isoformat(), page[-1]["assessment_id"]], query
+            )
+            if len(rows) > size
+            else ""
+        )
+        return pb.ListAssessmentsResponse(
+            assessments=[pb.Assessment.FromString(r["result"]) for r in page],
+            next_page_token=token,
+        )
+
+    # --- rule sets ---------------------------------------------------------------------
+
+    @staticmethod
+    def _rule_set(row: asyncpg.Record) -> pb.RuleSet:
+        return pb.RuleSet(
+            rule_set_id=row["rule_set_id"],
+            version=row["version"],
+            source_yaml=row["source_yaml"],
+            publish_time=_timestamp(row["published_at"]),
+            published_by=row["published_by"],
+            change_note=row["change_note"],
+        )
+
+    async def ListRuleSets(
+        self, request: pb.ListRuleSetsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRuleSetsResponse:
+        query = {"rule_set_id": request.rule_set_id}
+        after = pagination.decode(request.page_token, query)
+        size = pagination.page_size(request.page_size)
+        rows = await self.db.pool.fetch(
+            """SELECT * FROM rule_sets
+               WHERE ($1 = '' OR rule_set_id = $1)
+                 AND ($2::text IS NULL OR (rule_set_id, version) > ($2, $3))
+               ORDER BY rule_set_id, version LIMIT $4""",
+            request.rule_set_id,
+            after[0] if after else None,
+            int(after[1]) if after else 0,
+            size + 1,
+        )
+        page = rows[:size]
+        token = (
+            pagination.encode([page[-1]["rule_set_id"], page[-1]["version"]], query)
+            if len(rows) > size
+            else ""
+        )
+        return pb.ListRuleSetsResponse(
+            rule_sets=[self._rule_set(r) for r in page], next_page_token=token
+        )
+
+    async def GetRuleSet(
+        self, request: pb.GetRuleSetRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetRuleSetResponse:
+        async with self.db.pool.acquire() as conn:
+            version = request.version or await self.rulebook.latest_version(
+                conn, request.rule_set_id
+            )
+            row = await conn.fetchrow(
+                "SELECT * FROM rule_sets WHERE rule_set_id = $1 AND version = $2",
+                request.rule_set_id,
+                version,
+            )
+        if row is None:
+            raise NotFound(f"rule set {request.rule_set_id} version {version} does not exist")
+        return pb.GetRuleSetResponse(rule_set=self._rule_set(row))
+
+    async def PublishRuleSet(
+        self, request: pb.PublishRuleSetRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PublishRuleSetResponse:
+        try:
+            rule_set = rules.load(request.source_yaml)
+        except rules.RuleSetError as error:
+            raise rule_set_error(error) from None
+        results = rules.run_tests(rule_set, facts_of_case)
+        failed = [r for r in results if not r.passed]
+        if not rule_set.tests or failed:
+            detail = (
+                [FieldViolation("source_yaml", "the rule set has no test cases", "rule_set.tests")]
+                if not rule_set.tests
+                else [
+                    FieldViolation("source_yaml", f"test {r.case_id}: {f}", "rule_set.test_failed")
+                    for r in failed
+                    for f in r.failures
+                ]
+            )
+            raise InvalidArgument(
+                f"the rule set was not published: {len(failed)} test case(s) failed", detail
+            )
+        async with self.db.transaction() as conn:
+
+            async def publish() -> pb.PublishRuleSetResponse:
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1))", f"rule_set:{rule_set.rule_set_id}"
+                )
+                version = await conn.fetchval(
+                    "SELECT coalesce(max(version), 0) + 1 FROM rule_sets WHERE rule_set_id = $1",
+                    rule_set.rule_set_id,
+                )
+                row = await fetch_one(
+                    conn,
+                    """INSERT INTO rule_sets (rule_set_id, version, source_yaml, published_by,
+                                              change_note)
+                       VALUES ($1, $2, $3, $4, $5) RETURNING *""",
+                    rule_set.rule_set_id,
+                    version,
+                    request.source_yaml,
+                    request.published_by,
+                    request.change_note,
+                )
+                return pb.PublishRuleSetResponse(
+                    rule_set=self._rule_set(row),
+                    test_results=[
+                        pb.TestCaseResult(case_id=r.case_id, passed=r.passed, failures=r.failures)
+                        for r in results
+                    ],
+                )
+
+            return await idempotent(
+                conn,
+                method="PublishRuleSet",
+                request=request,
+                response_type=pb.PublishRuleSetResponse,
+                effect=publish,
+            )
+
+    async def SimulateRuleSet(
+        self, request: pb.SimulateRuleSetRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SimulateRuleSetResponse:
+        try:
+            candidate = rules.load(request.source_yaml)
+        except rules.RuleSetError as error:
+            raise rule_set_error(error) from None
+        max_examples = request.max_examples or 5
+        changed: dict[str, list[pb.DecisionChangeExample]] = {}
+        counts: dict[str, int] = {}
+        evaluated = 0
+        async with self.db.pool.acquire() as conn, conn.transaction(readonly=True):
+            cursor = conn.cursor(
+                """SELECT assessment_id, assessment_date, intake::text, result FROM assessments
+                   ORDER BY assessment_date, assessment_id LIMIT $1""",
+                SIMULATION_LIMIT,
+            )
+            async for row in cursor:
+                evaluated += 1
+                before = {
+                    d.programme_id: d.outcome
+                    for d in pb.Assessment.FromString(row["result"]).decisions
+                }
+                day = row["assessment_date"]
+                facts = intake_mod.facts(_intake_from_json(row["intake"]), day)
+                after = rules.evaluate(candidate, facts, day).outcomes()
+                for programme_id, outcome in after.items():
+                    old = before.get(programme_id, pb.OUTCOME_UNSPECIFIED)
+                    if _OUTCOME[outcome] == old:
+                        continue
+                    counts[programme_id] = counts.get(programme_id, 0) + 1
+                    examples = changed.setdefault(programme_id, [])
+                    if len(examples) < max_examples:
+                        examples.append(
+                            pb.DecisionChangeExample(
+                                assessment_id=row["assessment_id"],
+                                before=old,
+                                after=_OUTCOME[outcome],
+                            )
+                        )
+        return pb.SimulateRuleSetResponse(
+            assessments_evaluated=evaluated,
+            changes=[
+                pb.ProgrammeChange(
+                    programme_id=p, changed_count=counts[p], examples=changed.get(p, [])
+                )
+                for p in sorted(counts)
+            ],
+        )
+
+
+def _optional_date(request: Any, name: str) -> date | None:
+    return intake_mod.to_date(getattr(request, name)) if request.HasField(name) else None
+
+
+async def attach(server: grpc.aio.Server, db: Database, settings: Settings) -> None:
+    rulebook = RuleBook()
+    async with db.transaction() as conn:
+        await rulebook.seed_shipped(conn)
+    pb_grpc.add_EligibilityServiceServicer_to_server(EligibilityServicer(db, rulebook), server)
+
+
+SPEC = ServiceSpec(
+    name="eligibility",
+    full_name="mineaction.eligibility.v1.EligibilityService",
+    migrations_dir=intake_mod.REFERENCE.parent / "migrations",
+    attach=attach,
+    address=lambda settings: settings.eligibility_address,
+)

@@ -1,0 +1,176 @@
+"""Fixtures that start the real parts the tests need.
+
+- PostgreSQL: the server named by DATABASE_URL, or else an embedded one (pgserver) in a
+  temporary folder. Each test session gets a fresh database on it.
+- The three services, in-process on free ports, against that database.
+- Temporal: the time-skipping test server and the dev server, both from their packaged
+  binaries, never downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from mineaction.assistance.v1 import assistance_service_pb2_grpc as assistance_grpc
+from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
+from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
+from services.assistance.service import SPEC as ASSISTANCE
+from services.common.config import Settings, load_settings
+from services.common.logging import configure_logging
+from services.common.server import ServiceHost
+from services.eligibility.service import SPEC as ELIGIBILITY
+from services.lending.service import SPEC as LENDING
+from workers.journey import search_attributes
+
+BIN = Path(sys.executable).parent
+SCHEMAS = ("eligibility", "lending", "assistance")
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DATABASE_URL when set (an independently managed server), else embedded."""
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        yield external
+        return
+    import pgserver
+
+    server = pgserver.get_server(  # type: ignore[attr-defined]
+        tmp_path_factory.mktemp("pg"), cleanup_mode="delete"
+    )
+    yield str(server.get_uri())
+    server.cleanup()
+
+
+def _with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    base, _, query = url.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def database_url(postgres_server_url: str) -> AsyncIterator[str]:
+    """A fresh database for this test session, dropped at the end."""
+    name = f"mineaction_test_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(postgres_server_url)
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    yield _with_database(postgres_server_url, name)
+    admin = await asyncpg.connect(postgres_server_url)
+    await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await admin.close()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    configured = load_settings(
+        DATABASE_URL=database_url,
+        MINEACTION_STATE_DIR=str(tmp_path_factory.mktemp("state")),
+        LOG_FORMAT="json",
+        LOG_LEVEL="warning",
+        SHUTDOWN_GRACE_SECONDS=1,
+    )
+    configure_logging(configured, process="tests")
+    return configured
+
+
+@dataclass
+class Cluster:
+    """The three services running in-process, with a channel to each."""
+
+    hosts: dict[str, ServiceHost]
+    channels: dict[str, grpc.aio.Channel]
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.hosts[name].port}"
+
+    @property
+    def eligibility(self) -> eligibility_grpc.EligibilityServiceStub:
+        return eligibility_grpc.EligibilityServiceStub(self.channels["eligibility"])
+
+    @property
+    def lending(self) -> lending_grpc.LendingServiceStub:
+        return lending_grpc.LendingServiceStub(self.channels["lending"])
+
+    @property
+    def assistance(self) -> assistance_grpc.AssistanceServiceStub:
+        return assistance_grpc.AssistanceServiceStub(self.channels["assistance"])
+
+    async def row_counts(self) -> dict[str, int]:
+        """Rows in every table of every service schema (for 'nothing was written')."""
+        db = self.hosts["eligibility"].db
+        assert db is not None
+        counts = {}
+        async with db.pool.acquire() as conn:
+            tables = await conn.fetch(
+                """SELECT table_schema, table_name FROM information_schema.tables
+                   WHERE table_schema = ANY($1::text[]) AND table_type = 'BASE TABLE'""",
+                list(SCHEMAS),
+            )
+            for t in tables:
+                name = f"{t['table_schema']}.{t['table_name']}"
+                counts[name] = await conn.fetchval(f"SELECT count(*) FROM {name}")
+        return counts
+
+
+@pytest_asyncio.fixture(scope="session")
+async def cluster(settings: Settings) -> AsyncIterator[Cluster]:
+    hosts = {
+        spec.name: ServiceHost(spec, settings, address="127.0.0.1:0")
+        for spec in (ELIGIBILITY, LENDING, ASSISTANCE)
+    }
+    for host in hosts.values():
+        await host.start()
+    channels = {
+        name: grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") for name, host in hosts.items()
+    }
+    yield Cluster(hosts, channels)
+    for channel in channels.values():
+        await channel.close()
+    for host in hosts.values():
+        await host.stop(grace=1)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server")
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The real Temporal dev server (the one `make run` uses), with our attributes."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(BIN / "temporal"),
+        search_attributes=search_attributes.ALL,
+        dev_server_log_level="error",
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def task_queue() -> str:
+    """Every test polls its own task queue, so tests never steal each other's tasks."""
+    return f"tq-{uuid.uuid4()}"
+
+
+@pytest.fixture
+def dev_client(dev_server_env: WorkflowEnvironment) -> Client:
+    return dev_server_env.client

@@ -1,0 +1,63 @@
+"""Builders for valid requests; tests change one thing at a time from these."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+
+from google.type import date_pb2
+
+from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
+from mineaction.type.v1 import sex_pb2
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def pdate(value: date) -> date_pb2.Date:
+    return date_pb2.Date(year=value.year, month=value.month, day=value.day)
+
+
+def saatli_fish_farmer(survivor_id: str | None = None) -> eligibility_pb.SurvivorIntake:
+    """The programme's own case: a fish farmer in Saatli who lost a leg to a landmine."""
+    pb = eligibility_pb
+    return pb.SurvivorIntake(
+        survivor_id=survivor_id or new_id("srv"),
+        date_of_birth=pdate(date(1981, 5, 14)),
+        sex=sex_pb2.SEX_MALE,
+        district_code="saatli",
+        incident_date=pdate(date(2003, 9, 2)),
+        incident_type=pb.INCIDENT_TYPE_LANDMINE,
+        injuries=["lower_limb_amputation"],
+        functioning=[
+            pb.FunctioningDifficulty(
+                domain=pb.WASHINGTON_GROUP_DOMAIN_WALKING,
+                level=pb.DIFFICULTY_LEVEL_A_LOT_OF_DIFFICULTY,
+            ),
+            pb.FunctioningDifficulty(
+                domain=pb.WASHINGTON_GROUP_DOMAIN_COGNITION,
+                level=pb.DIFFICULTY_LEVEL_NO_DIFFICULTY,
+            ),
+        ],
+        household_size=5,
+        dependants=3,
+        monthly_household_income_minor=60_000,
+        languages=[pb.LANGUAGE_AZERBAIJANI],
+        preferred_language=pb.LANGUAGE_AZERBAIJANI,
+        consent=pb.Consent(
+            data_processing=True, recorded_on=pdate(date(2026, 2, 20)), recorded_by="cw-01"
+        ),
+    )
+
+
+def register_request(
+    intake: eligibility_pb.SurvivorIntake | None = None,
+) -> eligibility_pb.RegisterSurvivorRequest:
+    return eligibility_pb.RegisterSurvivorRequest(
+        request_id=request_id(), intake=intake or saatli_fish_farmer()
+    )

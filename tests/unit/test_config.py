@@ -1,0 +1,52 @@
+"""Configuration is parsed once, and a bad value stops start-up with a clear message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from services.common.config import ConfigError, load_settings
+
+
+def test_defaults_are_the_documented_addresses() -> None:
+    settings = load_settings()
+    assert settings.eligibility_address == "127.0.0.1:50051"
+    assert settings.lending_address == "127.0.0.1:50052"
+    assert settings.assistance_address == "127.0.0.1:50053"
+    assert settings.effective_temporal_address == "127.0.0.1:7233"
+    assert settings.temporal_ui_port == 8233
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "complaint"),
+    [
+        ("LENDING_ADDRESS", "localhost", "expected HOST:PORT"),
+        ("ELIGIBILITY_ADDRESS", "127.0.0.1:99999", "port must be a number from 1 to 65535"),
+        ("DATABASE_URL", "mysql://x", "must start with postgresql://"),
+        ("DB_POOL_MAX_SIZE", "zero", "valid integer"),
+        ("LOG_LEVEL", "loud", "debug"),
+    ],
+)
+def test_bad_value_names_the_variable(variable: str, value: str, complaint: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**{variable: value})
+    message = str(caught.value)
+    assert variable in message
+    assert complaint in message
+
+
+@pytest.mark.parametrize("module", ["services.lending", "workers", "cluster"])
+def test_process_refuses_bad_configuration(module: str) -> None:
+    """Every entry point stops with exit code 2 and one clear line per bad variable."""
+    result = subprocess.run(
+        [sys.executable, "-m", module],
+        env={"LENDING_ADDRESS": "nonsense", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "LENDING_ADDRESS: Value error, expected HOST:PORT" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,1 @@
+"""Temporal workflows and activities: each survivor's journey through the programme."""

@@ -1,0 +1,1 @@
+"""The survivor journey: one workflow per survivor, from intake to final repayment."""

@@ -1,0 +1,86 @@
+"""The journey worker: connects to Temporal, registers the search attributes and polls
+the journey task queue until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from services.common.config import ConfigError, Settings, load_settings
+from services.common.logging import configure_logging
+from workers.journey import search_attributes
+from workers.journey.activities import JourneyActivities
+from workers.journey.model import TASK_QUEUE
+from workers.journey.workflows import SurvivorJourneyWorkflow
+
+log = structlog.get_logger("mineaction.worker")
+
+WORKFLOWS: Sequence[type] = (SurvivorJourneyWorkflow,)
+
+
+async def connect(settings: Settings, *, attempts: int = 30) -> Client:
+    """Connect, retrying while a freshly started Temporal comes up."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await Client.connect(
+                settings.effective_temporal_address, namespace=settings.temporal_namespace
+            )
+        except RuntimeError as error:
+            if attempt == attempts:
+                raise ConnectionError(
+                    f"cannot reach Temporal at {settings.effective_temporal_address}: {error}"
+                ) from None
+            await asyncio.sleep(1)
+    raise AssertionError("unreachable")
+
+
+def build_worker(
+    client: Client, activities: JourneyActivities, task_queue: str = TASK_QUEUE
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(WORKFLOWS),
+        activities=activities.all(),
+    )
+
+
+async def run(settings: Settings) -> None:
+    client = await connect(settings)
+    added = await search_attributes.register(client, settings.temporal_namespace)
+    if added:
+        log.info("search attributes registered", added=added)
+    activities = JourneyActivities(
+        settings.eligibility_address, settings.lending_address, settings.assistance_address
+    )
+    worker = build_worker(client, activities)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with worker:
+        log.info("worker started", task_queue=TASK_QUEUE)
+        await stop.wait()
+        log.info("shutdown requested")
+    await activities.close()
+    log.info("worker stopped")
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(f"worker: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings, process="worker")
+    try:
+        asyncio.run(run(settings))
+    except ConnectionError as error:
+        print(f"worker: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
