@@ -130,13 +130,16 @@ class Cluster:
             self._postgres = server
             self.env["DATABASE_URL"] = str(server.get_uri())
         self.env["TEMPORAL_ADDRESS"] = self.settings.effective_temporal_address
+        # Everything starts at once (the worker retries until Temporal answers); then we
+        # wait until each part listens.
         for part in self.parts:
             # Own process group: a Ctrl-C reaches only the launcher, which stops the
             # parts in reverse order of start.
             part.process = subprocess.Popen(
                 part.argv, env=self.env, process_group=0, preexec_fn=_die_with_parent
             )
-            for port in part.ports[:1]:
+        for part in self.parts:
+            for port in part.ports:
                 wait_for_port(port, 60, part)
 
     def report(self) -> None:

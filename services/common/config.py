@@ -48,6 +48,7 @@ class Settings(BaseSettings):
 
     temporal_address: HostPort | None = Field(None, alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field("default", min_length=1, alias="TEMPORAL_NAMESPACE")
+    temporal_port: int = Field(7233, ge=1, le=65535, alias="TEMPORAL_PORT")
     temporal_ui_port: int = Field(8233, ge=1, le=65535, alias="TEMPORAL_UI_PORT")
 
     eligibility_address: HostPort = Field("127.0.0.1:50051", alias="ELIGIBILITY_ADDRESS")
@@ -60,7 +61,8 @@ class Settings(BaseSettings):
 
     @property
     def embedded_temporal_address(self) -> str:
-        return "127.0.0.1:7233"
+        """Where the embedded dev server listens when TEMPORAL_ADDRESS is not set."""
+        return f"127.0.0.1:{self.temporal_port}"
 
     @property
     def effective_temporal_address(self) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -31,6 +32,28 @@ log = structlog.get_logger("mineaction.rpc")
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+@dataclass(frozen=True)
+class MalformedRequest:
+    """Stands in for a request whose bytes did not parse, so that the caller gets
+    INVALID_ARGUMENT from the validation step instead of an opaque UNKNOWN."""
+
+    error: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None or getattr(deserializer, "tolerant", False):
+        return deserializer
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:
+            return MalformedRequest(str(error))
+
+    deserialize.tolerant = True  # type: ignore[attr-defined]
+    return deserialize
 
 
 class UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -57,7 +80,7 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -165,6 +188,11 @@ class ValidationInterceptor(UnaryInterceptor):
     async def around(
         self, method: str, request: Any, context: grpc.aio.ServicerContext, call_next: Handler
     ) -> Any:
+        if isinstance(request, MalformedRequest):
+            raise InvalidArgument(
+                "the request body is not a valid protobuf message for this method",
+                [FieldViolation("(body)", request.error, "request.malformed")],
+            )
         violations = violations_of(request, self._validator)
         if violations:
             raise InvalidArgument(

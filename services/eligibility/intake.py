@@ -11,9 +11,9 @@ from typing import Any
 import yaml
 from google.protobuf import json_format
 from google.type import date_pb2
+
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.type.v1 import age_band_pb2, sex_pb2
-
 from services.common.errors import FieldViolation
 
 REFERENCE = Path(__file__).parent / "reference"

@@ -10,10 +10,10 @@ from typing import Any
 import asyncpg
 import grpc
 from google.protobuf import json_format, timestamp_pb2
+
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import localized_text_pb2
-
 from services.common import pagination
 from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one

@@ -14,7 +14,12 @@ from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from tests.conftest import Cluster
 from tests.factories import register_request, saatli_fish_farmer
 from workers.journey.activities import JourneyActivities
-from workers.journey.model import CommitteeDecision, JourneyInput, JourneyStatus, journey_workflow_id
+from workers.journey.model import (
+    CommitteeDecision,
+    JourneyInput,
+    JourneyStatus,
+    journey_workflow_id,
+)
 from workers.journey.worker import build_worker
 from workers.journey.workflows import SurvivorJourneyWorkflow, initial_search_attributes
 

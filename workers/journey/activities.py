@@ -12,15 +12,15 @@ from typing import TypeVar
 
 import grpc
 from google.type import date_pb2
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as assistance_grpc
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
-from temporalio import activity
-from temporalio.exceptions import ApplicationError
-
 from workers.journey.model import (
     AssessInput,
     AssessmentSummary,

@@ -1,0 +1,167 @@
+"""`make run`'s launcher, run as a user would: it starts every part, prints where each
+one is, keeps its data across restarts, stops cleanly on Ctrl-C and refuses to start
+half a cluster when a port is taken."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
+from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
+from tests.factories import register_request
+
+SERVICES = ("ELIGIBILITY", "LENDING", "ASSISTANCE")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def cluster_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TEMPORAL_ADDRESS")}
+    env.update(
+        MINEACTION_STATE_DIR=str(tmp_path / "state"),
+        TEMPORAL_PORT=str(free_port()),
+        TEMPORAL_UI_PORT=str(free_port()),
+        LOG_FORMAT="json",
+        LOG_LEVEL="warning",
+    )
+    for name in SERVICES:
+        env[f"{name}_ADDRESS"] = f"127.0.0.1:{free_port()}"
+    return env
+
+
+class RunningCluster:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cluster"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.banner = self._read_until("Journey worker")
+
+    def _read_until(self, marker: str, timeout: float = 90) -> str:
+        assert self.process.stdout is not None
+        seen = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line and self.process.poll() is not None:
+                raise AssertionError(f"cluster exited early: {self._own_errors()}")
+            seen.append(line)
+            if marker in line:
+                return "".join(seen)
+        raise AssertionError(f"no {marker!r} within {timeout}s")
+
+    def _own_errors(self) -> str:
+        """The launcher's and services' messages, without the Temporal server's chatter."""
+        assert self.process.stderr is not None
+        lines = self.process.stderr.read().splitlines()
+        return "\n".join(line for line in lines if "level=" not in line)
+
+    def ports(self) -> list[int]:
+        ports = [int(self.env["TEMPORAL_PORT"]), int(self.env["TEMPORAL_UI_PORT"])]
+        return ports + [int(self.env[f"{n}_ADDRESS"].rsplit(":", 1)[1]) for n in SERVICES]
+
+    def stop(self) -> tuple[int, list[psutil.Process]]:
+        children = psutil.Process(self.process.pid).children(recursive=True)
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(timeout=60)
+        _, alive = psutil.wait_procs(children, timeout=5)
+        return code, alive
+
+
+@pytest.fixture
+def start_cluster(cluster_env: dict[str, str]) -> Iterator[Callable[[], RunningCluster]]:
+    """Starts clusters on this test's ports; kills any the test failed to stop."""
+    started: list[RunningCluster] = []
+
+    def start() -> RunningCluster:
+        started.append(RunningCluster(cluster_env))
+        return started[-1]
+
+    yield start
+    for running in started:
+        if running.process.poll() is None:
+            running.process.kill()
+
+
+@pytest.mark.timeout(240)
+def test_cluster_runs_stops_cleanly_and_resumes_its_data(
+    start_cluster: Callable[[], RunningCluster], cluster_env: dict[str, str]
+) -> None:
+    first = start_cluster()
+    for name in ("Temporal Web UI", "Eligibility gRPC", "Lending gRPC", "Assistance gRPC"):
+        assert name in first.banner
+    for name in SERVICES:
+        with grpc.insecure_channel(cluster_env[f"{name}_ADDRESS"]) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+    ui = urllib.request.urlopen(f"http://127.0.0.1:{cluster_env['TEMPORAL_UI_PORT']}/", timeout=10)
+    assert ui.status == 200
+
+    registration = register_request()
+    survivor_id = registration.intake.survivor_id
+    with grpc.insecure_channel(cluster_env["ELIGIBILITY_ADDRESS"]) as channel:
+        eligibility_grpc.EligibilityServiceStub(channel).RegisterSurvivor(registration, timeout=10)
+
+    code, orphans = first.stop()
+    assert code == 0
+    assert orphans == []
+    assert not any(port_open(port) for port in first.ports())
+
+    second = start_cluster()
+    with grpc.insecure_channel(cluster_env["ELIGIBILITY_ADDRESS"]) as channel:
+        survivor = (
+            eligibility_grpc.EligibilityServiceStub(channel)
+            .GetSurvivor(eligibility_pb.GetSurvivorRequest(survivor_id=survivor_id), timeout=10)
+            .survivor
+        )
+    assert survivor.intake.district_code == "saatli"
+    code, orphans = second.stop()
+    assert code == 0
+    assert orphans == []
+
+
+def test_taken_port_is_named_and_nothing_starts(cluster_env: dict[str, str]) -> None:
+    taken = int(cluster_env["LENDING_ADDRESS"].rsplit(":", 1)[1])
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", taken))
+        blocker.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "cluster"],
+            env=cluster_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"port {taken} (needed by lending)" in result.stderr
+    assert "Nothing was started" in result.stderr
+    assert not port_open(int(cluster_env["TEMPORAL_PORT"]))
