@@ -30,6 +30,10 @@ from services.common.errors import DomainError, FieldViolation, InvalidArgument,
 
 log = structlog.get_logger("mineaction.rpc")
 
+# Requests above this size are refused as INVALID_ARGUMENT after parsing; gRPC itself
+# refuses anything above the server's receive limit (see server.py) before parsing.
+MAX_REQUEST_BYTES = 1024 * 1024
+
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -192,6 +196,12 @@ class ValidationInterceptor(UnaryInterceptor):
             raise InvalidArgument(
                 "the request body is not a valid protobuf message for this method",
                 [FieldViolation("(body)", request.error, "request.malformed")],
+            )
+        size = request.ByteSize()
+        if size > MAX_REQUEST_BYTES:
+            raise InvalidArgument(
+                f"the request is {size} bytes; the limit is {MAX_REQUEST_BYTES}",
+                [FieldViolation("(body)", "request too large", "request.too_large")],
             )
         violations = violations_of(request, self._validator)
         if violations:

@@ -26,7 +26,8 @@ from services.common.logging import configure_logging
 
 log = structlog.get_logger("mineaction.server")
 
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Transport limit; the validation step refuses anything above 1 MiB with field details.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 class PortInUse(Exception):

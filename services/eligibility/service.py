@@ -394,7 +394,8 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 ]
             )
             raise InvalidArgument(
-                f"the rule set was not published: {len(failed)} test case(s) failed", detail
+                "the rule set was not published: " + "; ".join(v.description for v in detail[:10]),
+                detail,
             )
         async with self.db.transaction() as conn:
 

@@ -1,0 +1,330 @@
+"""The eligibility service over gRPC, on real PostgreSQL: intake, assessment with
+explanations in both languages, pinning to a rule-set version, publishing, what-if."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import grpc
+import pytest
+
+from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
+from tests.conftest import Cluster
+from tests.factories import new_id, pdate, register_request, request_id, saatli_fish_farmer
+from tests.grpc_errors import details
+
+SHIPPED = Path("services/eligibility/rulesets/reintegration.yaml").read_text(encoding="utf-8")
+ASSESSED_ON = pdate(date(2026, 3, 1))
+
+
+async def register_and_assess(cluster: Cluster, intake: pb.SurvivorIntake) -> pb.Assessment:
+    await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    response = await cluster.eligibility.AssessEligibility(
+        pb.AssessEligibilityRequest(
+            request_id=request_id(), survivor_id=intake.survivor_id, assessment_date=ASSESSED_ON
+        )
+    )
+    return response.assessment
+
+
+def decision(assessment: pb.Assessment, programme_id: str) -> pb.ProgrammeDecision:
+    return next(d for d in assessment.decisions if d.programme_id == programme_id)
+
+
+async def test_fish_farmer_qualifies_for_a_start_up_loan_and_a_wheelchair(cluster: Cluster) -> None:
+    assessment = await register_and_assess(cluster, saatli_fish_farmer())
+    assert assessment.rule_set_id == "reintegration" and assessment.rule_set_version >= 1
+    assert decision(assessment, "startup_loan").outcome == pb.OUTCOME_ELIGIBLE
+    assert decision(assessment, "wheelchair").outcome == pb.OUTCOME_ELIGIBLE
+    assert decision(assessment, "expansion_loan").outcome == pb.OUTCOME_NOT_ELIGIBLE
+    assert assessment.priority.total == sum(c.points for c in assessment.priority.components)
+    stored = await cluster.eligibility.GetAssessment(
+        pb.GetAssessmentRequest(assessment_id=assessment.assessment_id)
+    )
+    assert stored.assessment == assessment
+
+
+async def test_refusal_is_explained_in_azerbaijani(cluster: Cluster) -> None:
+    intake = saatli_fish_farmer()
+    intake.monthly_household_income_minor = 250_000  # 50,000 qəpik per person
+    assessment = await register_and_assess(cluster, intake)
+    refused = decision(assessment, "startup_loan")
+    assert refused.outcome == pb.OUTCOME_NOT_ELIGIBLE
+    failed = [r for r in refused.rule_results if not r.passed]
+    assert [r.rule_id for r in failed] == ["income_ceiling"]
+    assert failed[0].explanation.az == (
+        "Ailə üzvü başına aylıq gəlir (50000 qəpik) 30000 qəpik həddini aşır."
+    )
+    assert failed[0].inputs["income_per_person_minor"] == "50000"
+
+
+async def test_missing_data_asks_for_review_and_says_which(cluster: Cluster) -> None:
+    intake = saatli_fish_farmer()
+    del intake.functioning[:]
+    assessment = await register_and_assess(cluster, intake)
+    wheelchair = decision(assessment, "wheelchair")
+    assert wheelchair.outcome == pb.OUTCOME_NEEDS_REVIEW
+    assert list(wheelchair.missing_data) == ["walking"]
+
+
+async def test_no_consent_is_refused_and_nothing_is_stored(cluster: Cluster) -> None:
+    intake = saatli_fish_farmer()
+    intake.consent.data_processing = False
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info, _ = details(caught.value)
+    assert info is not None and info.reason == "CONSENT_REQUIRED"
+    assert await cluster.row_counts() == before
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await cluster.eligibility.GetSurvivor(pb.GetSurvivorRequest(survivor_id=intake.survivor_id))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _missing_field(i: pb.SurvivorIntake) -> None:
+    i.ClearField("date_of_birth")
+
+
+def _negative_income(i: pb.SurvivorIntake) -> None:
+    i.monthly_household_income_minor = -1
+
+
+def _future_birth(i: pb.SurvivorIntake) -> None:
+    # The incident moves too, or "incident before birth" would be the only complaint.
+    i.date_of_birth.CopyFrom(pdate(date(date.today().year + 1, 1, 1)))
+    i.incident_date.CopyFrom(pdate(date(date.today().year + 1, 6, 1)))
+
+
+def _incident_before_birth(i: pb.SurvivorIntake) -> None:
+    i.incident_date.CopyFrom(pdate(date(1970, 1, 1)))
+
+
+def _unknown_district(i: pb.SurvivorIntake) -> None:
+    i.district_code = "atlantis"
+
+
+def _empty_household(i: pb.SurvivorIntake) -> None:
+    i.household_size = 0
+    i.dependants = 0
+
+
+def _oversized(i: pb.SurvivorIntake) -> None:
+    i.injuries.extend(["x" * 64] * 10)
+    i.injuries.extend(["y" * 60_000] * 20)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "field"),
+    [
+        (_missing_field, "intake.date_of_birth"),
+        (_negative_income, "intake.monthly_household_income_minor"),
+        (_future_birth, "intake.date_of_birth"),
+        (_incident_before_birth, "intake"),
+        (_unknown_district, "intake.district_code"),
+        (_empty_household, "intake.household_size"),
+        (_oversized, "(body)"),
+    ],
+    ids=[
+        "missing",
+        "negative-income",
+        "future-birth",
+        "incident-before-birth",
+        "unknown-district",
+        "household-0",
+        "oversized",
+    ],
+)
+async def test_bad_intake_is_refused_with_the_field_and_nothing_stored(
+    cluster: Cluster, spoil: object, field: str
+) -> None:
+    intake = saatli_fish_farmer()
+    spoil(intake)  # type: ignore[operator]
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _, fields = details(caught.value)
+    assert field in fields
+    assert await cluster.row_counts() == before
+
+
+async def test_same_request_id_returns_the_first_answer(cluster: Cluster) -> None:
+    intake = saatli_fish_farmer()
+    await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    assess = pb.AssessEligibilityRequest(
+        request_id=request_id(), survivor_id=intake.survivor_id, assessment_date=ASSESSED_ON
+    )
+    first = await cluster.eligibility.AssessEligibility(assess)
+    again = await cluster.eligibility.AssessEligibility(assess)
+    assert again == first
+    listed = await cluster.eligibility.ListAssessments(
+        pb.ListAssessmentsRequest(survivor_id=intake.survivor_id)
+    )
+    assert len(listed.assessments) == 1
+    changed = pb.AssessEligibilityRequest()
+    changed.CopyFrom(assess)
+    changed.assessment_date.CopyFrom(pdate(date(2026, 4, 1)))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cluster.eligibility.AssessEligibility(changed)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def ceiling_change(effective: str, value: int) -> str:
+    """The shipped rules with a new income ceiling from a date, as staff would publish."""
+    return SHIPPED.replace(
+        "      - {from: 2026-01-01, value: 30000}",
+        f"      - {{from: 2026-01-01, until: {effective}, value: 30000}}\n"
+        f"      - {{from: {effective}, value: {value}}}",
+        1,
+    )
+
+
+async def publish(cluster: Cluster, source: str) -> pb.PublishRuleSetResponse:
+    return await cluster.eligibility.PublishRuleSet(
+        pb.PublishRuleSetRequest(
+            request_id=request_id(),
+            source_yaml=source,
+            published_by="pm-01",
+            change_note="income ceiling from the 2027 budget",
+        )
+    )
+
+
+@pytest.mark.timeout(60)
+async def test_publish_pin_reassess_and_what_if(cluster: Cluster) -> None:
+    """One story, in order, because publishing changes the latest version for everyone."""
+    # A survivor assessed now is pinned to the current version.
+    earlier = saatli_fish_farmer()
+    earlier.monthly_household_income_minor = 125_000  # 25,000 per person
+    first = await register_and_assess(cluster, earlier)
+    pinned_version = first.rule_set_version
+
+    # What-if: a 20,000 qəpik ceiling from 2026-02-01 would refuse this survivor's loan.
+    candidate = ceiling_change("2026-02-01", 20_000)
+    what_if = await cluster.eligibility.SimulateRuleSet(
+        pb.SimulateRuleSetRequest(source_yaml=candidate, max_examples=100)
+    )
+    assert what_if.assessments_evaluated >= 1
+    changes = {c.programme_id: c for c in what_if.changes}
+    assert first.assessment_id in {e.assessment_id for e in changes["startup_loan"].examples}
+    example = next(
+        e for e in changes["startup_loan"].examples if e.assessment_id == first.assessment_id
+    )
+    assert (example.before, example.after) == (pb.OUTCOME_ELIGIBLE, pb.OUTCOME_NOT_ELIGIBLE)
+
+    # A version whose own test cases fail is refused, listing the failures.
+    broken = candidate.replace("startup_loan: ELIGIBLE", "startup_loan: NOT_ELIGIBLE", 1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await publish(cluster, broken)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "test saatli_fish_farmer: startup_loan: expected NOT_ELIGIBLE, got ELIGIBLE" in (
+        caught.value.details() or ""
+    )
+
+    published = await publish(cluster, candidate)
+    assert published.rule_set.version == pinned_version + 1
+    assert all(r.passed for r in published.test_results)
+
+    # The earlier survivor stays on the version of their first assessment...
+    again = await cluster.eligibility.AssessEligibility(
+        pb.AssessEligibilityRequest(
+            request_id=request_id(), survivor_id=earlier.survivor_id, assessment_date=ASSESSED_ON
+        )
+    )
+    assert again.assessment.rule_set_version == pinned_version
+    assert decision(again.assessment, "startup_loan").outcome == pb.OUTCOME_ELIGIBLE
+
+    # ...until a re-assessment under the newer version is asked for, with a reason.
+    with pytest.raises(grpc.aio.AioRpcError) as no_reason:
+        await cluster.eligibility.AssessEligibility(
+            pb.AssessEligibilityRequest(
+                request_id=request_id(),
+                survivor_id=earlier.survivor_id,
+                assessment_date=ASSESSED_ON,
+                reassess_under_latest=True,
+            )
+        )
+    assert no_reason.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    reassessed = await cluster.eligibility.AssessEligibility(
+        pb.AssessEligibilityRequest(
+            request_id=request_id(),
+            survivor_id=earlier.survivor_id,
+            assessment_date=ASSESSED_ON,
+            reassess_under_latest=True,
+            reassessment_reason="annual review under the 2027 rules",
+        )
+    )
+    assert reassessed.assessment.rule_set_version == pinned_version + 1
+    assert decision(reassessed.assessment, "startup_loan").outcome == pb.OUTCOME_NOT_ELIGIBLE
+
+    # A newcomer is assessed under the latest version; before the effective date the old
+    # ceiling still applies.
+    newcomer = saatli_fish_farmer()
+    newcomer.monthly_household_income_minor = 125_000
+    await cluster.eligibility.RegisterSurvivor(register_request(newcomer))
+    january = await cluster.eligibility.AssessEligibility(
+        pb.AssessEligibilityRequest(
+            request_id=request_id(),
+            survivor_id=newcomer.survivor_id,
+            assessment_date=pdate(date(2026, 1, 15)),
+        )
+    )
+    assert january.assessment.rule_set_version == pinned_version + 1
+    assert decision(january.assessment, "startup_loan").outcome == pb.OUTCOME_ELIGIBLE
+
+    versions = await cluster.eligibility.ListRuleSets(
+        pb.ListRuleSetsRequest(rule_set_id="reintegration")
+    )
+    assert [r.version for r in versions.rule_sets][-2:] == [pinned_version, pinned_version + 1]
+    latest = await cluster.eligibility.GetRuleSet(pb.GetRuleSetRequest(rule_set_id="reintegration"))
+    assert latest.rule_set.source_yaml == candidate
+
+
+async def test_malformed_rule_set_is_refused_with_rule_and_position(cluster: Cluster) -> None:
+    source = SHIPPED.replace(
+        "expression: active_loans < params.max_active_loans",
+        "expression: active_loans < params.maximum_loans",
+        1,
+    )
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await publish(cluster, source)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    message = caught.value.details() or ""
+    assert "rules[3].expression (line" in message and "unknown parameter maximum_loans" in message
+    assert await cluster.row_counts() == before
+
+
+async def test_assessments_list_by_district_and_date_with_pages(cluster: Cluster) -> None:
+    district = "zangilan"
+    ids = []
+    for _ in range(3):
+        intake = saatli_fish_farmer(new_id("srv"))
+        intake.district_code = district
+        ids.append((await register_and_assess(cluster, intake)).assessment_id)
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await cluster.eligibility.ListAssessments(
+            pb.ListAssessmentsRequest(
+                district_code=district,
+                from_date=ASSESSED_ON,
+                to_date=ASSESSED_ON,
+                page_size=2,
+                page_token=token,
+            )
+        )
+        seen += [a.assessment_id for a in page.assessments]
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(seen) == sorted(ids)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cluster.eligibility.ListAssessments(
+            pb.ListAssessmentsRequest(
+                district_code="saatli", page_token=token or "bm90LWEtdG9rZW4="
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

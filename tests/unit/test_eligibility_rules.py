@@ -1,0 +1,142 @@
+"""Rules as data: the shipped rule set passes its own cases, parameters follow their
+effective dates, and a malformed rule set is refused pointing at the rule and position."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from services.eligibility import rules
+from services.eligibility.service import facts_of_case
+
+SHIPPED = Path("services/eligibility/rulesets/reintegration.yaml").read_text(encoding="utf-8")
+
+
+def test_shipped_rule_set_passes_its_own_cases() -> None:
+    rule_set = rules.load(SHIPPED)
+    assert rule_set.tests, "the shipped rule set must carry test cases"
+    results = rules.run_tests(rule_set, facts_of_case)
+    assert [r.failures for r in results if not r.passed] == []
+
+
+def test_every_programme_and_parameter_is_documented_in_both_languages() -> None:
+    rule_set = rules.load(SHIPPED)
+    assert set(rule_set.programmes) == {
+        "startup_loan",
+        "expansion_loan",
+        "wheelchair",
+        "spa_rehabilitation",
+        "english_course",
+        "computer_course",
+        "carpet_weaving",
+    }
+    for parameter in rule_set.parameters.values():
+        assert parameter.unit and parameter.policy_ref
+    for rule in rule_set.rules:
+        for text in (rule.explain_pass, rule.explain_fail):
+            assert text.en and text.az and text.en != text.az
+
+
+def with_ceiling_change(extra: str) -> str:
+    return SHIPPED.replace(
+        "      - {from: 2026-01-01, value: 30000}",
+        "      - {from: 2026-01-01, value: 30000}\n" + extra,
+        1,
+    )
+
+
+def test_parameters_are_taken_as_in_force_on_the_assessment_date() -> None:
+    rule_set = rules.load(with_ceiling_change("      - {from: 2027-01-01, value: 20000}"))
+    ceiling = rule_set.parameters["income_ceiling_per_person_minor"]
+    assert ceiling.at(date(2026, 12, 31)) == 30000
+    assert ceiling.at(date(2027, 1, 1)) == 20000
+    assert ceiling.at(date(2025, 12, 31)) is None
+
+
+def test_decision_explains_every_rule_with_the_values_it_read() -> None:
+    rule_set = rules.load(SHIPPED)
+    case = next(c for c in rule_set.tests if c.id == "established_business_over_income")
+    decision = rules.evaluate(
+        rule_set, facts_of_case(dict(case.intake), case.assessment_date), case.assessment_date
+    )
+    expansion = next(d for d in decision.decisions if d.programme_id == "expansion_loan")
+    assert expansion.outcome == "NOT_ELIGIBLE"
+    income = next(r for r in expansion.rule_results if r.rule_id == "income_ceiling")
+    assert not income.passed
+    assert income.inputs == {
+        "income_per_person_minor": "45000",
+        "params.income_ceiling_per_person_minor": "30000",
+    }
+    assert "45000" in income.explanation.az and "həddini aşır" in income.explanation.az
+    wheelchair = next(d for d in decision.decisions if d.programme_id == "wheelchair")
+    assert wheelchair.outcome == "NEEDS_REVIEW"
+    assert wheelchair.missing_data == ("walking",)
+    assert decision.priority_total == sum(p.points for p in decision.priority_parts)
+    assert {p.name for p in decision.priority_parts} == {
+        "disability_severity",
+        "dependants",
+        "female_headed_household",
+        "income_per_person",
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "message", "line"),
+    [
+        ("rules:\n  - id: [unclosed", "(document)", "bad YAML", 0),
+        (
+            "expression: district in params.programme_districts",
+            "rules[0].expression",
+            "does not compile",
+            0,
+        ),
+        (
+            "expression: age >= params.credit_min_age && age <= params.credit_max_age",
+            "rules[1].expression",
+            "unknown parameter",
+            0,
+        ),
+        (
+            "expression: income_per_person_minor <= params.income_ceiling_per_person_minor",
+            "rules[2].expression",
+            "type error",
+            0,
+        ),
+        (
+            "      - {from: 2026-01-01, value: 30000}",
+            "parameters.income_ceiling_per_person_minor.values",
+            "overlap",
+            0,
+        ),
+        (
+            "expression: active_loans < params.max_active_loans",
+            "rules[3].expression",
+            "unknown fact",
+            0,
+        ),
+    ],
+    ids=["bad-yaml", "syntax", "unknown-parameter", "type", "overlap", "unknown-fact"],
+)
+def test_malformed_rule_set_points_at_rule_and_position(
+    change: str, path: str, message: str, line: int
+) -> None:
+    replacements = {
+        "bad-yaml": (change, change),
+        "rules[0].expression": (change, "expression: district in params.programme_districts &&"),
+        "rules[1].expression": (change, "expression: age >= params.credit_minimum_age"),
+        "rules[2].expression": (change, "expression: income_per_person_minor <= 'a lot'"),
+        "parameters.income_ceiling_per_person_minor.values": (
+            change,
+            change + "\n      - {from: 2026-01-01, value: 25000}",
+        ),
+        "rules[3].expression": (change, "expression: active_credit_lines < 1"),
+    }
+    old, new = replacements.get(path, (change, change))
+    source = SHIPPED + "\n" + change if path == "(document)" else SHIPPED.replace(old, new, 1)
+    with pytest.raises(rules.RuleSetError) as caught:
+        rules.load(source)
+    problem = next(p for p in caught.value.problems if p.path == path)
+    assert message in problem.message
+    assert problem.line > 0 and problem.column > 0
