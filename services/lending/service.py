@@ -1,8 +1,11 @@
-"""LendingService: loan products, applications and the committee decision."""
+"""LendingService: loan products, applications, the committee decision, tranches,
+repayments, reschedules, hardship pauses, write-offs, the fund and the portfolio."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,17 +13,22 @@ import asyncpg
 import grpc
 import yaml
 from google.protobuf import timestamp_pb2
+from google.type import date_pb2
+
 from mineaction.lending.v1 import lending_service_pb2 as pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
-from mineaction.type.v1 import localized_text_pb2
-
+from mineaction.type.v1 import localized_text_pb2, sex_pb2
 from services.common import pagination
 from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one
-from services.common.errors import NotFound, PermissionDenied, Unimplemented, invalid
+from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, invalid
 from services.common.idempotency import idempotent
 from services.common.server import ServiceSpec
+from services.lending import arrears, figures, ledger
+from services.lending.figures import LoanFigures
+from services.lending.ledger import FUND_CASH, LOANS_RECEIVABLE, Posting
 from services.lending.lifecycle import check_transition
+from services.lending.schedule import Instalment, build_schedule
 
 HERE = Path(__file__).parent
 DEFAULT_FUND = "main"
@@ -32,7 +40,36 @@ def _timestamp(moment: Any) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def loan_to_proto(row: asyncpg.Record) -> pb.Loan:
+def to_pdate(value: date) -> date_pb2.Date:
+    return date_pb2.Date(year=value.year, month=value.month, day=value.day)
+
+
+def from_pdate(value: date_pb2.Date) -> date:
+    return date(value.year, value.month, value.day)  # protovalidate has checked it
+
+
+def today() -> date:
+    return datetime.now(UTC).date()
+
+
+def tranche_to_proto(row: asyncpg.Record) -> pb.Tranche:
+    return pb.Tranche(
+        sequence=row["sequence"],
+        amount_minor=row["amount_minor"],
+        kind=pb.DisbursementKind.Value(f"DISBURSEMENT_KIND_{row['kind']}"),
+        description=row["description"],
+        disbursement_date=to_pdate(row["disbursement_date"]),
+        transaction_id=row["transaction_id"],
+    )
+
+
+def loan_to_proto(
+    row: asyncpg.Record,
+    numbers: LoanFigures | None = None,
+    tranches: Sequence[asyncpg.Record] = (),
+) -> pb.Loan:
+    numbers = numbers or LoanFigures()
+    active = row["state"] == "ACTIVE"
     return pb.Loan(
         loan_id=row["loan_id"],
         survivor_id=row["survivor_id"],
@@ -48,10 +85,21 @@ def loan_to_proto(row: asyncpg.Record) -> pb.Loan:
         submitted_by=row["submitted_by"],
         approved_by=row["approved_by"],
         committee_decision_ref=row["committee_decision_ref"],
-        outstanding_principal_minor=0,
+        disbursed_minor=numbers.disbursed_minor,
+        repaid_principal_minor=numbers.repaid_minor,
+        outstanding_principal_minor=numbers.outstanding_minor,
+        written_off_minor=numbers.written_off_minor,
+        recovered_minor=numbers.recovered_minor,
+        days_past_due=numbers.days_past_due,
+        bucket=pb.DelinquencyBucket.Value(
+            f"DELINQUENCY_BUCKET_{arrears.bucket(numbers.days_past_due)}"
+        )
+        if active
+        else pb.DELINQUENCY_BUCKET_UNSPECIFIED,
         create_time=_timestamp(row["created_at"]),
         update_time=_timestamp(row["updated_at"]),
         purpose=row["purpose"],
+        tranches=[tranche_to_proto(t) for t in tranches],
     )
 
 
@@ -91,19 +139,53 @@ async def seed_reference_data(conn: Connection) -> None:
             p["max_tranches"],
         )
     for f in data["funds"]:
-        await conn.execute(
-            """INSERT INTO funds (fund_id, name_en, name_az, committed_capital_minor)
-               VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
-            f["fund_id"],
-            f["name"]["en"],
-            f["name"]["az"],
-            f["committed_capital_minor"],
+        await ledger.open_fund(
+            conn,
+            fund_id=f["fund_id"],
+            name_en=f["name"]["en"],
+            name_az=f["name"]["az"],
+            committed_capital_minor=f["committed_capital_minor"],
+            committed_on=f["committed_on"],
         )
+
+
+# The loan row, locked, with its all-time balances: one round trip for every mutation.
+_LOAN_FOR_UPDATE = """
+SELECT l.*, p.term_months, p.grace_months, p.moratorium_months, p.max_tranches,
+    b.disbursed, b.repaid, b.written_off, b.recovered, b.outstanding, b.last_value_date,
+    b.first_disbursed_on
+FROM loans l
+JOIN loan_products p ON p.product_id = l.product_id AND p.version = l.product_version
+CROSS JOIN LATERAL (
+    SELECT
+        coalesce(sum(ps.amount_minor) FILTER (
+            WHERE ps.account = 'LOANS_RECEIVABLE' AND t.kind = 'DISBURSEMENT'), 0)::bigint
+            AS disbursed,
+        coalesce(-sum(ps.amount_minor) FILTER (
+            WHERE ps.account = 'LOANS_RECEIVABLE'
+              AND t.kind IN ('REPAYMENT', 'REPAYMENT_REVERSAL')), 0)::bigint AS repaid,
+        coalesce(-sum(ps.amount_minor) FILTER (
+            WHERE ps.account = 'LOANS_RECEIVABLE' AND t.kind = 'WRITE_OFF'), 0)::bigint
+            AS written_off,
+        coalesce(-sum(ps.amount_minor) FILTER (
+            WHERE ps.account = 'RECOVERY_INCOME'), 0)::bigint AS recovered,
+        coalesce(sum(ps.amount_minor) FILTER (
+            WHERE ps.account = 'LOANS_RECEIVABLE'), 0)::bigint AS outstanding,
+        max(t.value_date) AS last_value_date,
+        min(t.value_date) FILTER (WHERE t.kind = 'DISBURSEMENT') AS first_disbursed_on
+    FROM postings ps JOIN ledger_transactions t ON t.transaction_id = ps.transaction_id
+    WHERE ps.loan_id = l.loan_id AND ps.account IN ('LOANS_RECEIVABLE', 'RECOVERY_INCOME')
+) b
+WHERE l.loan_id = $1
+FOR UPDATE OF l
+"""
 
 
 class LendingServicer(pb_grpc.LendingServiceServicer):
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    # ----- products and applications -------------------------------------------------
 
     async def ListLoanProducts(
         self, request: pb.ListLoanProductsRequest, context: grpc.aio.ServicerContext
@@ -224,21 +306,8 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         async with self.db.transaction() as conn:
 
             async def reject() -> pb.RejectLoanResponse:
-                loan = await self._loan_for_update(conn, request.loan_id)
-                check_transition(loan["loan_id"], loan["state"], "REJECTED")
-                row = await fetch_one(
-                    conn,
-                    """UPDATE loans SET state = 'REJECTED', updated_at = now()
-                       WHERE loan_id = $1 RETURNING *""",
-                    request.loan_id,
-                )
-                await self._record_event(
-                    conn,
-                    request.loan_id,
-                    "SUBMITTED",
-                    "REJECTED",
-                    request.rejected_by,
-                    request.reason,
+                row = await self._close_application(
+                    conn, request.loan_id, "REJECTED", request.rejected_by, request.reason
                 )
                 return pb.RejectLoanResponse(loan=loan_to_proto(row))
 
@@ -250,13 +319,50 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 effect=reject,
             )
 
+    async def WithdrawLoan(
+        self, request: pb.WithdrawLoanRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WithdrawLoanResponse:
+        async with self.db.transaction() as conn:
+
+            async def withdraw() -> pb.WithdrawLoanResponse:
+                row = await self._close_application(
+                    conn, request.loan_id, "WITHDRAWN", request.withdrawn_by, request.reason
+                )
+                return pb.WithdrawLoanResponse(loan=loan_to_proto(row))
+
+            return await idempotent(
+                conn,
+                method="WithdrawLoan",
+                request=request,
+                response_type=pb.WithdrawLoanResponse,
+                effect=withdraw,
+            )
+
+    async def _close_application(
+        self, conn: Connection, loan_id: str, target: str, actor: str, note: str
+    ) -> asyncpg.Record:
+        loan = await self._loan_for_update(conn, loan_id)
+        check_transition(loan_id, loan["state"], target)
+        row = await fetch_one(
+            conn,
+            "UPDATE loans SET state = $2, updated_at = now() WHERE loan_id = $1 RETURNING *",
+            loan_id,
+            target,
+        )
+        await self._record_event(conn, loan_id, loan["state"], target, actor, note)
+        return row
+
+    # ----- reads ----------------------------------------------------------------------
+
     async def GetLoan(
         self, request: pb.GetLoanRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetLoanResponse:
-        row = await self.db.pool.fetchrow("SELECT * FROM loans WHERE loan_id = $1", request.loan_id)
-        if row is None:
-            raise NotFound(f"loan {request.loan_id} does not exist")
-        return pb.GetLoanResponse(loan=loan_to_proto(row))
+        as_of = from_pdate(request.as_of) if request.HasField("as_of") else today()
+        async with self.db.pool.acquire() as conn:
+            row = await conn.fetchrow("SELECT * FROM loans WHERE loan_id = $1", request.loan_id)
+            if row is None:
+                raise NotFound(f"loan {request.loan_id} does not exist")
+            return pb.GetLoanResponse(loan=await self._loan_view(conn, row, as_of))
 
     async def ListLoans(
         self, request: pb.ListLoansRequest, context: grpc.aio.ServicerContext
@@ -271,67 +377,730 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         }
         after = pagination.decode(request.page_token, query)
         size = pagination.page_size(request.page_size)
-        rows = await self.db.pool.fetch(
-            """SELECT * FROM loans
-               WHERE ($1 = '' OR survivor_id = $1) AND ($2 = '' OR state = $2)
-                 AND ($3 = '' OR district_code = $3) AND ($4::text IS NULL OR loan_id > $4)
-               ORDER BY loan_id LIMIT $5""",
-            request.survivor_id,
-            state,
-            request.district_code,
-            after[0] if after else None,
-            size + 1,
-        )
-        page = rows[:size]
+        async with self.db.pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT * FROM loans
+                   WHERE ($1 = '' OR survivor_id = $1) AND ($2 = '' OR state = $2)
+                     AND ($3 = '' OR district_code = $3) AND ($4::text IS NULL OR loan_id > $4)
+                   ORDER BY loan_id LIMIT $5""",
+                request.survivor_id,
+                state,
+                request.district_code,
+                after[0] if after else None,
+                size + 1,
+            )
+            page = rows[:size]
+            loans = await self._loan_views(conn, page, today())
         token = pagination.encode([page[-1]["loan_id"]], query) if len(rows) > size else ""
-        return pb.ListLoansResponse(loans=[loan_to_proto(r) for r in page], next_page_token=token)
-
-    async def DisburseTranche(
-        self, request: pb.DisburseTrancheRequest, context: grpc.aio.ServicerContext
-    ) -> pb.DisburseTrancheResponse:
-        raise Unimplemented("DisburseTranche is not available yet")
-
-    async def RecordRepayment(
-        self, request: pb.RecordRepaymentRequest, context: grpc.aio.ServicerContext
-    ) -> pb.RecordRepaymentResponse:
-        raise Unimplemented("RecordRepayment is not available yet")
+        return pb.ListLoansResponse(loans=loans, next_page_token=token)
 
     async def GetRepaymentSchedule(
         self, request: pb.GetRepaymentScheduleRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetRepaymentScheduleResponse:
-        raise Unimplemented("GetRepaymentSchedule is not available yet")
-
-    async def RescheduleLoan(
-        self, request: pb.RescheduleLoanRequest, context: grpc.aio.ServicerContext
-    ) -> pb.RescheduleLoanResponse:
-        raise Unimplemented("RescheduleLoan is not available yet")
-
-    async def PauseDelinquency(
-        self, request: pb.PauseDelinquencyRequest, context: grpc.aio.ServicerContext
-    ) -> pb.PauseDelinquencyResponse:
-        raise Unimplemented("PauseDelinquency is not available yet")
-
-    async def WriteOffLoan(
-        self, request: pb.WriteOffLoanRequest, context: grpc.aio.ServicerContext
-    ) -> pb.WriteOffLoanResponse:
-        raise Unimplemented("WriteOffLoan is not available yet")
+        as_of = from_pdate(request.as_of) if request.HasField("as_of") else today()
+        async with self.db.pool.acquire() as conn:
+            loan = await conn.fetchrow(
+                "SELECT state FROM loans WHERE loan_id = $1", request.loan_id
+            )
+            if loan is None:
+                raise NotFound(f"loan {request.loan_id} does not exist")
+            revision = request.revision or await conn.fetchval(
+                "SELECT max(revision) FROM schedule_revisions WHERE loan_id = $1",
+                request.loan_id,
+            )
+            if revision is None:
+                raise NotFound(f"loan {request.loan_id} has no schedule until it is disbursed")
+            schedule = await self._schedule_view(conn, request.loan_id, revision, as_of)
+        return pb.GetRepaymentScheduleResponse(schedule=schedule)
 
     async def GetFund(
         self, request: pb.GetFundRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetFundResponse:
-        raise Unimplemented("GetFund is not available yet")
+        async with self.db.pool.acquire() as conn:
+            s = await ledger.fund_statement(conn, request.fund_id)
+        return pb.GetFundResponse(
+            fund=pb.Fund(
+                fund_id=s.fund_id,
+                name=localized_text_pb2.LocalizedText(en=s.name_en, az=s.name_az),
+                currency_code=s.currency_code,
+                committed_capital_minor=s.committed_capital_minor,
+                disbursed_minor=s.disbursed_minor,
+                repaid_principal_minor=s.repaid_principal_minor,
+                written_off_minor=s.written_off_minor,
+                recovered_minor=s.recovered_minor,
+                available_minor=s.available_minor,
+                outstanding_principal_minor=s.outstanding_principal_minor,
+            )
+        )
 
     async def GetPortfolioReport(
         self, request: pb.GetPortfolioReportRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetPortfolioReportResponse:
-        raise Unimplemented("GetPortfolioReport is not available yet")
+        if request.fund_id and not await self.db.pool.fetchval(
+            "SELECT 1 FROM funds WHERE fund_id = $1", request.fund_id
+        ):
+            raise invalid("fund_id", f"unknown fund {request.fund_id!r}")
+        rows = await figures.portfolio(self.db.pool, from_pdate(request.as_of), request.fund_id)
+        report = pb.PortfolioReport(as_of=request.as_of)
+        for row in rows:
+            numbers = pb.PortfolioFigures(
+                active_loans=row.active_loans,
+                outstanding_principal_minor=row.outstanding_minor,
+                par30_outstanding_minor=row.par30_minor,
+                par30_basis_points=row.par30_basis_points,
+                repayment_rate_basis_points=row.repayment_rate_basis_points,
+                buckets=[
+                    pb.BucketCount(
+                        bucket=pb.DelinquencyBucket.Value(f"DELINQUENCY_BUCKET_{name}"),
+                        loans=loans,
+                        outstanding_principal_minor=outstanding,
+                    )
+                    for name, (loans, outstanding) in row.buckets.items()
+                ],
+            )
+            if row.dimension == "total":
+                report.total.CopyFrom(numbers)
+            elif row.dimension == "district":
+                report.by_district.add(key=str(row.key), figures=numbers)
+            elif row.dimension == "sex":
+                report.by_sex.add(
+                    key=sex_pb2.Sex.Name(sex_pb2.Sex.ValueType(int(row.key or 0))), figures=numbers
+                )
+            else:
+                report.by_product.add(key=str(row.key), figures=numbers)
+        if not report.HasField("total"):
+            report.total.CopyFrom(pb.PortfolioFigures(repayment_rate_basis_points=10_000))
+        return pb.GetPortfolioReportResponse(report=report)
+
+    # ----- money ------------------------------------------------------------------------
+
+    async def DisburseTranche(
+        self, request: pb.DisburseTrancheRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DisburseTrancheResponse:
+        on = from_pdate(request.disbursement_date)
+        async with self.db.transaction() as conn:
+
+            async def disburse() -> pb.DisburseTrancheResponse:
+                loan = await self._loan_for_update(conn, request.loan_id)
+                if loan["state"] not in ("APPROVED", "ACTIVE"):
+                    check_transition(loan["loan_id"], loan["state"], "ACTIVE")
+                tranches = await conn.fetch(
+                    "SELECT * FROM tranches WHERE loan_id = $1 ORDER BY sequence",
+                    request.loan_id,
+                )
+                remaining = loan["principal_minor"] - loan["disbursed"]
+                if request.amount_minor > remaining:
+                    raise invalid(
+                        "amount_minor",
+                        f"only {remaining} qəpik of the approved principal is undisbursed",
+                        "ABOVE_APPROVED_PRINCIPAL",
+                    )
+                if tranches and on < tranches[-1]["disbursement_date"]:
+                    raise invalid(
+                        "disbursement_date",
+                        "must not be before the previous tranche "
+                        f"({tranches[-1]['disbursement_date']})",
+                        "BEFORE_DISBURSEMENT",
+                    )
+                if len(tranches) >= loan["max_tranches"]:
+                    raise FailedPrecondition(
+                        f"the product allows {loan['max_tranches']} tranche(s)",
+                        reason="MAX_TRANCHES",
+                    )
+                if tranches:
+                    await self._check_further_tranche(conn, request.loan_id, on)
+                available = await ledger.lock_fund_available(conn, loan["fund_id"])
+                if request.amount_minor > available:
+                    raise FailedPrecondition(
+                        f"fund {loan['fund_id']} has {available} qəpik available",
+                        reason="INSUFFICIENT_FUNDS",
+                        metadata={"fund_id": loan["fund_id"], "available_minor": str(available)},
+                    )
+                kind = pb.DisbursementKind.Name(request.kind).removeprefix("DISBURSEMENT_KIND_")
+                sequence = len(tranches) + 1
+                txn_id = await ledger.post(
+                    conn,
+                    fund_id=loan["fund_id"],
+                    loan_id=request.loan_id,
+                    kind="DISBURSEMENT",
+                    value_date=on,
+                    recorded_by=request.disbursed_by,
+                    memo=f"tranche {sequence}: {request.description}",
+                    postings=[
+                        Posting(LOANS_RECEIVABLE, request.amount_minor, request.loan_id),
+                        Posting(FUND_CASH, -request.amount_minor, request.loan_id),
+                    ],
+                )
+                tranche = await fetch_one(
+                    conn,
+                    """INSERT INTO tranches (loan_id, sequence, amount_minor, kind, description,
+                           disbursement_date, transaction_id, disbursed_by)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *""",
+                    request.loan_id,
+                    sequence,
+                    request.amount_minor,
+                    kind,
+                    request.description,
+                    on,
+                    txn_id,
+                    request.disbursed_by,
+                )
+                # The schedule covers everything disbursed, anchored on the first tranche.
+                anchor = tranches[0]["disbursement_date"] if tranches else on
+                await self._insert_revision(
+                    conn,
+                    request.loan_id,
+                    sequence,
+                    build_schedule(
+                        loan["disbursed"] + request.amount_minor,
+                        anchor,
+                        loan["term_months"],
+                        loan["grace_months"],
+                        loan["moratorium_months"],
+                    ),
+                    effective_date=on,
+                    base_repaid=0,
+                    reason="initial" if sequence == 1 else f"tranche {sequence} disbursed",
+                    created_by=request.disbursed_by,
+                )
+                if loan["state"] == "APPROVED":
+                    await self._set_state(
+                        conn, request.loan_id, "APPROVED", "ACTIVE", request.disbursed_by, ""
+                    )
+                return pb.DisburseTrancheResponse(
+                    loan=await self._loan_view(conn, request.loan_id, on),
+                    tranche=tranche_to_proto(tranche),
+                )
+
+            return await idempotent(
+                conn,
+                method="DisburseTranche",
+                request=request,
+                response_type=pb.DisburseTrancheResponse,
+                effect=disburse,
+            )
+
+    async def _check_further_tranche(self, conn: Connection, loan_id: str, on: date) -> None:
+        """A later tranche re-spreads the whole schedule, so it must come before the
+        first instalment falls due and before any reschedule."""
+        latest = await fetch_one(
+            conn,
+            """SELECT r.revision, r.reason, min(i.due_date) AS first_due
+               FROM schedule_revisions r JOIN instalments i USING (loan_id, revision)
+               WHERE r.loan_id = $1 GROUP BY r.revision, r.reason
+               ORDER BY r.revision DESC LIMIT 1""",
+            loan_id,
+        )
+        if latest["reason"].startswith("rescheduled:") or on >= latest["first_due"]:
+            raise FailedPrecondition(
+                "a further tranche must be disbursed before the first instalment falls due "
+                f"({latest['first_due']}) and before any reschedule",
+                reason="TRANCHE_AFTER_REPAYMENT_START",
+            )
+
+    async def RecordRepayment(
+        self, request: pb.RecordRepaymentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordRepaymentResponse:
+        paid_on = from_pdate(request.payment_date)
+        async with self.db.transaction() as conn:
+
+            async def repay() -> pb.RecordRepaymentResponse:
+                loan = await self._loan_for_update(conn, request.loan_id)
+                if loan["state"] == "CLOSED_WRITTEN_OFF":
+                    return await self._record_recovery(conn, loan, request, paid_on)
+                if loan["state"] != "ACTIVE":
+                    raise FailedPrecondition(
+                        f"loan {request.loan_id} is {loan['state']}; repayments need an "
+                        "ACTIVE (or, as recoveries, a written-off) loan",
+                        reason="LOAN_NOT_ACTIVE",
+                    )
+                self._check_not_before_disbursement(loan, paid_on, "payment_date")
+                if request.amount_minor > loan["outstanding"]:
+                    raise invalid(
+                        "amount_minor",
+                        f"overpayment: only {loan['outstanding']} qəpik is outstanding",
+                        "OVERPAYMENT",
+                    )
+                revision = await self._current_revision(conn, request.loan_id)
+                allocation = arrears.allocate(
+                    revision.instalments,
+                    loan["repaid"] - revision.base_repaid,
+                    request.amount_minor,
+                )
+                txn_id = await ledger.post(
+                    conn,
+                    fund_id=loan["fund_id"],
+                    loan_id=request.loan_id,
+                    kind="REPAYMENT",
+                    value_date=paid_on,
+                    recorded_by=request.received_by,
+                    memo=request.channel,
+                    postings=[
+                        Posting(FUND_CASH, request.amount_minor, request.loan_id),
+                        Posting(LOANS_RECEIVABLE, -request.amount_minor, request.loan_id),
+                    ],
+                )
+                if request.amount_minor == loan["outstanding"]:
+                    await self._set_state(
+                        conn,
+                        request.loan_id,
+                        "ACTIVE",
+                        "CLOSED_OBLIGATIONS_MET",
+                        request.received_by,
+                        "repaid in full",
+                    )
+                return pb.RecordRepaymentResponse(
+                    loan=await self._loan_view(conn, request.loan_id, paid_on),
+                    repayment=pb.Repayment(
+                        transaction_id=txn_id,
+                        amount_minor=request.amount_minor,
+                        payment_date=request.payment_date,
+                        allocations=[
+                            pb.Allocation(instalment_number=n, principal_minor=a)
+                            for n, a in allocation
+                        ],
+                    ),
+                )
+
+            return await idempotent(
+                conn,
+                method="RecordRepayment",
+                request=request,
+                response_type=pb.RecordRepaymentResponse,
+                effect=repay,
+            )
+
+    async def _record_recovery(
+        self,
+        conn: Connection,
+        loan: asyncpg.Record,
+        request: pb.RecordRepaymentRequest,
+        paid_on: date,
+    ) -> pb.RecordRepaymentResponse:
+        """Money received after a write-off goes back to the fund as a recovery."""
+        written_off_on = await conn.fetchval(
+            "SELECT write_off_date FROM write_offs WHERE loan_id = $1", request.loan_id
+        )
+        if paid_on < written_off_on:
+            raise invalid(
+                "payment_date",
+                f"a recovery must not be dated before the write-off ({written_off_on})",
+                "BEFORE_WRITE_OFF",
+            )
+        unrecovered = loan["written_off"] - loan["recovered"]
+        if request.amount_minor > unrecovered:
+            raise invalid(
+                "amount_minor",
+                f"overpayment: only {unrecovered} qəpik written off is unrecovered",
+                "OVERPAYMENT",
+            )
+        txn_id = await ledger.post(
+            conn,
+            fund_id=loan["fund_id"],
+            loan_id=request.loan_id,
+            kind="RECOVERY",
+            value_date=paid_on,
+            recorded_by=request.received_by,
+            memo=request.channel,
+            postings=[
+                Posting(FUND_CASH, request.amount_minor, request.loan_id),
+                Posting(ledger.RECOVERY_INCOME, -request.amount_minor, request.loan_id),
+            ],
+        )
+        return pb.RecordRepaymentResponse(
+            loan=await self._loan_view(conn, request.loan_id, paid_on),
+            repayment=pb.Repayment(
+                transaction_id=txn_id,
+                amount_minor=request.amount_minor,
+                payment_date=request.payment_date,
+                recovery=True,
+            ),
+        )
+
+    async def ReverseRepayment(
+        self, request: pb.ReverseRepaymentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReverseRepaymentResponse:
+        async with self.db.transaction() as conn:
+
+            async def reverse() -> pb.ReverseRepaymentResponse:
+                loan = await self._loan_for_update(conn, request.loan_id)
+                original = await conn.fetchrow(
+                    """SELECT t.*, r.transaction_id AS reversed_by_txn,
+                           (SELECT sum(amount_minor) FROM postings p
+                            WHERE p.transaction_id = t.transaction_id
+                              AND p.account = 'FUND_CASH') AS amount
+                       FROM ledger_transactions t
+                       LEFT JOIN ledger_transactions r ON r.reverses = t.transaction_id
+                       WHERE t.transaction_id = $1 AND t.loan_id = $2""",
+                    request.transaction_id,
+                    request.loan_id,
+                )
+                if original is None or original["kind"] not in ledger.REVERSAL_OF:
+                    raise invalid(
+                        "transaction_id",
+                        f"no repayment or recovery {request.transaction_id!r} on this loan",
+                    )
+                if original["reversed_by_txn"] is not None:
+                    raise FailedPrecondition(
+                        f"transaction {request.transaction_id} was already reversed by "
+                        f"{original['reversed_by_txn']}",
+                        reason="ALREADY_REVERSED",
+                    )
+                reopen = False
+                if original["kind"] == "RECOVERY":
+                    if loan["state"] != "CLOSED_WRITTEN_OFF":  # pragma: no cover - invariant
+                        raise FailedPrecondition("recoveries exist only on written-off loans")
+                else:
+                    if loan["state"] not in ("ACTIVE", "CLOSED_OBLIGATIONS_MET"):
+                        raise FailedPrecondition(
+                            f"loan {request.loan_id} is {loan['state']}; a repayment can be "
+                            "reversed only on an active or repaid loan",
+                            reason="LOAN_NOT_ACTIVE",
+                        )
+                    revision = await self._current_revision(conn, request.loan_id)
+                    if loan["repaid"] - original["amount"] < revision.base_repaid:
+                        raise FailedPrecondition(
+                            "the loan was rescheduled after this repayment; reversing it "
+                            "would undo principal the current schedule counts as repaid",
+                            reason="REPAYMENT_BEFORE_RESCHEDULE",
+                        )
+                    reopen = loan["state"] == "CLOSED_OBLIGATIONS_MET"
+                reversal_id = await ledger.reverse(
+                    conn,
+                    request.transaction_id,
+                    recorded_by=request.reversed_by,
+                    memo=request.reason,
+                )
+                if reopen:
+                    await self._set_state(
+                        conn,
+                        request.loan_id,
+                        "CLOSED_OBLIGATIONS_MET",
+                        "ACTIVE",
+                        request.reversed_by,
+                        f"reopened by reversal {reversal_id}: {request.reason}",
+                    )
+                return pb.ReverseRepaymentResponse(
+                    loan=await self._loan_view(conn, request.loan_id, original["value_date"]),
+                    reversal_transaction_id=reversal_id,
+                )
+
+            return await idempotent(
+                conn,
+                method="ReverseRepayment",
+                request=request,
+                response_type=pb.ReverseRepaymentResponse,
+                effect=reverse,
+            )
+
+    async def RescheduleLoan(
+        self, request: pb.RescheduleLoanRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RescheduleLoanResponse:
+        effective = from_pdate(request.effective_date)
+        async with self.db.transaction() as conn:
+
+            async def reschedule() -> pb.RescheduleLoanResponse:
+                loan = await self._active_loan(conn, request.loan_id, "rescheduling")
+                self._check_not_before_disbursement(loan, effective, "effective_date")
+                if effective < loan["last_value_date"]:
+                    raise invalid(
+                        "effective_date",
+                        f"must not be before the loan's latest transaction "
+                        f"({loan['last_value_date']})",
+                        "BEFORE_LATEST_TRANSACTION",
+                    )
+                if request.additional_grace_months >= request.new_term_months:
+                    raise invalid("additional_grace_months", "must be less than new_term_months")
+                latest = await conn.fetchval(
+                    "SELECT max(revision) FROM schedule_revisions WHERE loan_id = $1",
+                    request.loan_id,
+                )
+                revision = latest + 1
+                await self._insert_revision(
+                    conn,
+                    request.loan_id,
+                    revision,
+                    build_schedule(
+                        loan["outstanding"],
+                        effective,
+                        request.new_term_months,
+                        request.additional_grace_months,
+                        loan["moratorium_months"],
+                    ),
+                    effective_date=effective,
+                    base_repaid=loan["repaid"],
+                    reason=f"rescheduled: {request.reason}",
+                    created_by=request.requested_by,
+                )
+                await self._record_event(
+                    conn,
+                    request.loan_id,
+                    "ACTIVE",
+                    "ACTIVE",
+                    request.requested_by,
+                    f"rescheduled (revision {revision}): {request.reason}",
+                )
+                return pb.RescheduleLoanResponse(
+                    loan=await self._loan_view(conn, request.loan_id, effective),
+                    schedule=await self._schedule_view(conn, request.loan_id, revision, effective),
+                )
+
+            return await idempotent(
+                conn,
+                method="RescheduleLoan",
+                request=request,
+                response_type=pb.RescheduleLoanResponse,
+                effect=reschedule,
+            )
+
+    async def PauseDelinquency(
+        self, request: pb.PauseDelinquencyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PauseDelinquencyResponse:
+        start, end = from_pdate(request.start_date), from_pdate(request.end_date)
+        async with self.db.transaction() as conn:
+
+            async def pause() -> pb.PauseDelinquencyResponse:
+                loan = await self._active_loan(conn, request.loan_id, "a hardship pause")
+                self._check_not_before_disbursement(loan, start, "start_date")
+                await conn.execute(
+                    """INSERT INTO delinquency_pauses (loan_id, start_date, end_date, reason,
+                           requested_by) VALUES ($1, $2, $3, $4, $5)""",
+                    request.loan_id,
+                    start,
+                    end,
+                    request.reason,
+                    request.requested_by,
+                )
+                await self._record_event(
+                    conn,
+                    request.loan_id,
+                    "ACTIVE",
+                    "ACTIVE",
+                    request.requested_by,
+                    f"delinquency paused {start} to {end}: {request.reason}",
+                )
+                return pb.PauseDelinquencyResponse(
+                    loan=await self._loan_view(conn, request.loan_id, end)
+                )
+
+            return await idempotent(
+                conn,
+                method="PauseDelinquency",
+                request=request,
+                response_type=pb.PauseDelinquencyResponse,
+                effect=pause,
+            )
+
+    async def WriteOffLoan(
+        self, request: pb.WriteOffLoanRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WriteOffLoanResponse:
+        on = from_pdate(request.write_off_date)
+        if request.proposed_by.strip().lower() == request.confirmed_by.strip().lower():
+            raise PermissionDenied(
+                "four eyes: a write-off needs a second person to confirm it",
+                reason="FOUR_EYES",
+            )
+        async with self.db.transaction() as conn:
+
+            async def write_off() -> pb.WriteOffLoanResponse:
+                loan = await self._loan_for_update(conn, request.loan_id)
+                check_transition(request.loan_id, loan["state"], "CLOSED_WRITTEN_OFF")
+                if on < loan["last_value_date"]:
+                    raise invalid(
+                        "write_off_date",
+                        f"must not be before the loan's latest transaction "
+                        f"({loan['last_value_date']})",
+                        "BEFORE_LATEST_TRANSACTION",
+                    )
+                txn_id = await ledger.post(
+                    conn,
+                    fund_id=loan["fund_id"],
+                    loan_id=request.loan_id,
+                    kind="WRITE_OFF",
+                    value_date=on,
+                    recorded_by=request.confirmed_by,
+                    memo=request.reason,
+                    postings=[
+                        Posting(ledger.WRITE_OFF_EXPENSE, loan["outstanding"], request.loan_id),
+                        Posting(LOANS_RECEIVABLE, -loan["outstanding"], request.loan_id),
+                    ],
+                )
+                await conn.execute(
+                    """INSERT INTO write_offs (loan_id, transaction_id, write_off_date, reason,
+                           proposed_by, confirmed_by) VALUES ($1, $2, $3, $4, $5, $6)""",
+                    request.loan_id,
+                    txn_id,
+                    on,
+                    request.reason,
+                    request.proposed_by,
+                    request.confirmed_by,
+                )
+                await self._set_state(
+                    conn,
+                    request.loan_id,
+                    "ACTIVE",
+                    "CLOSED_WRITTEN_OFF",
+                    request.confirmed_by,
+                    f"proposed by {request.proposed_by}: {request.reason}",
+                )
+                return pb.WriteOffLoanResponse(
+                    loan=await self._loan_view(conn, request.loan_id, on)
+                )
+
+            return await idempotent(
+                conn,
+                method="WriteOffLoan",
+                request=request,
+                response_type=pb.WriteOffLoanResponse,
+                effect=write_off,
+            )
+
+    # ----- helpers ------------------------------------------------------------------------
 
     @staticmethod
     async def _loan_for_update(conn: Connection, loan_id: str) -> asyncpg.Record:
-        row = await conn.fetchrow("SELECT * FROM loans WHERE loan_id = $1 FOR UPDATE", loan_id)
+        row = await conn.fetchrow(_LOAN_FOR_UPDATE, loan_id)
         if row is None:
-            raise invalid("loan_id", f"unknown loan {loan_id!r}")
+            raise invalid("loan_id", f"unknown loan {loan_id!r}", "UNKNOWN_LOAN")
         return row
+
+    async def _active_loan(self, conn: Connection, loan_id: str, action: str) -> asyncpg.Record:
+        loan = await self._loan_for_update(conn, loan_id)
+        if loan["state"] != "ACTIVE":
+            raise FailedPrecondition(
+                f"loan {loan_id} is {loan['state']}; only an ACTIVE loan allows {action}",
+                reason="LOAN_NOT_ACTIVE",
+                metadata={"loan_id": loan_id, "state": loan["state"]},
+            )
+        return loan
+
+    @staticmethod
+    def _check_not_before_disbursement(loan: asyncpg.Record, on: date, field: str) -> None:
+        first = loan["first_disbursed_on"]
+        if first is not None and on < first:
+            raise invalid(
+                field, f"must not be before the first disbursement ({first})", "BEFORE_DISBURSEMENT"
+            )
+
+    async def _loan_view(
+        self, conn: Connection, loan: asyncpg.Record | str, as_of: date
+    ) -> pb.Loan:
+        if isinstance(loan, str):
+            loan = await fetch_one(conn, "SELECT * FROM loans WHERE loan_id = $1", loan)
+        return (await self._loan_views(conn, [loan], as_of))[0]
+
+    @staticmethod
+    async def _loan_views(
+        conn: Connection, rows: Sequence[asyncpg.Record], as_of: date
+    ) -> list[pb.Loan]:
+        ids = [r["loan_id"] for r in rows]
+        numbers = await figures.loan_figures(conn, ids, as_of)
+        tranches: dict[str, list[asyncpg.Record]] = {}
+        for t in await conn.fetch(
+            "SELECT * FROM tranches WHERE loan_id = ANY($1::text[]) ORDER BY loan_id, sequence",
+            ids,
+        ):
+            tranches.setdefault(t["loan_id"], []).append(t)
+        return [
+            loan_to_proto(r, numbers.get(r["loan_id"]), tranches.get(r["loan_id"], ()))
+            for r in rows
+        ]
+
+    @staticmethod
+    async def _insert_revision(
+        conn: Connection,
+        loan_id: str,
+        revision: int,
+        instalments: Sequence[Instalment],
+        *,
+        effective_date: date,
+        base_repaid: int,
+        reason: str,
+        created_by: str,
+    ) -> None:
+        await conn.execute(
+            """WITH rev AS (
+                   INSERT INTO schedule_revisions (loan_id, revision, effective_date,
+                       principal_minor, base_repaid_minor, reason, created_by)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7))
+               INSERT INTO instalments (loan_id, revision, number, due_date, principal_minor,
+                   cumulative_minor)
+               SELECT $1, $2, n, d, p, c
+               FROM unnest($8::int[], $9::date[], $10::bigint[], $11::bigint[]) AS x(n, d, p, c)""",
+            loan_id,
+            revision,
+            effective_date,
+            instalments[-1].cumulative_minor,
+            base_repaid,
+            reason,
+            created_by,
+            [i.number for i in instalments],
+            [i.due_date for i in instalments],
+            [i.principal_minor for i in instalments],
+            [i.cumulative_minor for i in instalments],
+        )
+
+    async def _current_revision(self, conn: Connection, loan_id: str) -> _Revision:
+        return await _Revision.load(conn, loan_id, None)
+
+    async def _schedule_view(
+        self, conn: Connection, loan_id: str, revision: int, as_of: date
+    ) -> pb.RepaymentSchedule:
+        rev = await _Revision.load(conn, loan_id, revision)
+        # A superseded revision is shown as it stood when it was replaced.
+        if rev.superseded_on is not None:
+            as_of = min(as_of, rev.superseded_on)
+        context = await fetch_one(
+            conn,
+            """SELECT
+                 coalesce((SELECT -sum(p.amount_minor) FROM postings p
+                   JOIN ledger_transactions t ON t.transaction_id = p.transaction_id
+                   WHERE p.loan_id = $1 AND p.account = 'LOANS_RECEIVABLE'
+                     AND t.kind IN ('REPAYMENT', 'REPAYMENT_REVERSAL')
+                     AND t.value_date <= $2), 0)::bigint AS repaid,
+                 (SELECT write_off_date FROM write_offs WHERE loan_id = $1) AS written_off_on,
+                 (SELECT coalesce(array_agg(start_date ORDER BY pause_id), '{}') FROM
+                     delinquency_pauses WHERE loan_id = $1) AS pause_starts,
+                 (SELECT coalesce(array_agg(end_date ORDER BY pause_id), '{}') FROM
+                     delinquency_pauses WHERE loan_id = $1) AS pause_ends""",
+            loan_id,
+            as_of,
+        )
+        written_off = context["written_off_on"] is not None and context["written_off_on"] <= as_of
+        rows = arrears.statuses(
+            rev.instalments,
+            context["repaid"] - rev.base_repaid,
+            as_of,
+            zip(context["pause_starts"], context["pause_ends"], strict=True),
+            written_off=written_off,
+        )
+        return pb.RepaymentSchedule(
+            loan_id=loan_id,
+            revision=rev.revision,
+            reason=rev.reason,
+            create_time=_timestamp(rev.created_at),
+            effective_date=to_pdate(rev.effective_date),
+            base_repaid_minor=rev.base_repaid,
+            instalments=[
+                pb.Instalment(
+                    number=s.number,
+                    due_date=to_pdate(s.due_date),
+                    principal_due_minor=s.principal_minor,
+                    principal_paid_minor=s.paid_minor,
+                    days_past_due=s.days_past_due,
+                    state=pb.InstalmentState.Value(f"INSTALMENT_STATE_{s.state}"),
+                )
+                for s in rows
+            ],
+        )
+
+    async def _set_state(
+        self, conn: Connection, loan_id: str, current: str, target: str, actor: str, note: str
+    ) -> None:
+        await conn.execute(
+            "UPDATE loans SET state = $2, updated_at = now() WHERE loan_id = $1", loan_id, target
+        )
+        await self._record_event(conn, loan_id, current, target, actor, note)
 
     @staticmethod
     async def _record_event(
@@ -350,6 +1119,42 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             to_state,
             actor,
             note,
+        )
+
+
+class _Revision:
+    """One schedule revision with its instalments."""
+
+    def __init__(self, row: asyncpg.Record, instalments: list[Instalment]) -> None:
+        self.revision: int = row["revision"]
+        self.reason: str = row["reason"]
+        self.effective_date: date = row["effective_date"]
+        self.base_repaid: int = row["base_repaid_minor"]
+        self.created_at: datetime = row["created_at"]
+        self.superseded_on: date | None = row["superseded_on"]
+        self.instalments = instalments
+
+    @classmethod
+    async def load(cls, conn: Connection, loan_id: str, revision: int | None) -> _Revision:
+        rows = await conn.fetch(
+            """WITH r AS (
+                   SELECT r.*, (SELECT effective_date FROM schedule_revisions n
+                                WHERE n.loan_id = r.loan_id AND n.revision = r.revision + 1)
+                               AS superseded_on
+                   FROM schedule_revisions r WHERE r.loan_id = $1
+                     AND r.revision = coalesce($2, (SELECT max(revision)
+                         FROM schedule_revisions WHERE loan_id = $1)))
+               SELECT r.*, i.number, i.due_date, i.principal_minor AS due,
+                   i.cumulative_minor
+               FROM r JOIN instalments i USING (loan_id, revision) ORDER BY i.number""",
+            loan_id,
+            revision,
+        )
+        if not rows:
+            raise NotFound(f"loan {loan_id} has no schedule revision {revision or ''}".strip())
+        return cls(
+            rows[0],
+            [Instalment(r["number"], r["due_date"], r["due"], r["cumulative_minor"]) for r in rows],
         )
 
 

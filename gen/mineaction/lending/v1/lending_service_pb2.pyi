@@ -258,6 +258,9 @@ class Loan(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    WRITTEN_OFF_MINOR_FIELD_NUMBER: _builtins.int
+    RECOVERED_MINOR_FIELD_NUMBER: _builtins.int
+    TRANCHES_FIELD_NUMBER: _builtins.int
     loan_id: _builtins.str
     """Opaque loan id."""
     survivor_id: _builtins.str
@@ -298,6 +301,10 @@ class Loan(_message.Message):
     """Delinquency bucket for days_past_due."""
     purpose: _builtins.str
     """What the loan is for."""
+    written_off_minor: _builtins.int
+    """Principal written off, in qəpik."""
+    recovered_minor: _builtins.int
+    """Recovered after write-off, in qəpik."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the loan was created."""
@@ -305,6 +312,10 @@ class Loan(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the loan last changed."""
+
+    @_builtins.property
+    def tranches(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tranche]:
+        """Tranches disbursed so far."""
 
     def __init__(
         self,
@@ -331,10 +342,13 @@ class Loan(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         purpose: _builtins.str = ...,
+        written_off_minor: _builtins.int = ...,
+        recovered_minor: _builtins.int = ...,
+        tranches: _abc.Iterable[Global___Tranche] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "borrower_age_band", b"borrower_age_band", "borrower_sex", b"borrower_sex", "bucket", b"bucket", "committee_decision_ref", b"committee_decision_ref", "create_time", b"create_time", "currency_code", b"currency_code", "days_past_due", b"days_past_due", "disbursed_minor", b"disbursed_minor", "district_code", b"district_code", "fund_id", b"fund_id", "loan_id", b"loan_id", "outstanding_principal_minor", b"outstanding_principal_minor", "principal_minor", b"principal_minor", "product_id", b"product_id", "product_version", b"product_version", "purpose", b"purpose", "repaid_principal_minor", b"repaid_principal_minor", "state", b"state", "submitted_by", b"submitted_by", "survivor_id", b"survivor_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "borrower_age_band", b"borrower_age_band", "borrower_sex", b"borrower_sex", "bucket", b"bucket", "committee_decision_ref", b"committee_decision_ref", "create_time", b"create_time", "currency_code", b"currency_code", "days_past_due", b"days_past_due", "disbursed_minor", b"disbursed_minor", "district_code", b"district_code", "fund_id", b"fund_id", "loan_id", b"loan_id", "outstanding_principal_minor", b"outstanding_principal_minor", "principal_minor", b"principal_minor", "product_id", b"product_id", "product_version", b"product_version", "purpose", b"purpose", "recovered_minor", b"recovered_minor", "repaid_principal_minor", b"repaid_principal_minor", "state", b"state", "submitted_by", b"submitted_by", "survivor_id", b"survivor_id", "tranches", b"tranches", "update_time", b"update_time", "written_off_minor", b"written_off_minor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -420,13 +434,16 @@ class Repayment(_message.Message):
     AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
     ALLOCATIONS_FIELD_NUMBER: _builtins.int
     PAYMENT_DATE_FIELD_NUMBER: _builtins.int
+    RECOVERY_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     """Ledger transaction id."""
     amount_minor: _builtins.int
     """Amount received, in qəpik."""
+    recovery: _builtins.bool
+    """True when recorded on a written-off loan: a recovery into the fund."""
     @_builtins.property
     def allocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Allocation]:
-        """How it was applied, oldest instalment first."""
+        """How it was applied, oldest instalment first (empty for a recovery)."""
 
     @_builtins.property
     def payment_date(self) -> _date_pb2.Date:
@@ -439,10 +456,11 @@ class Repayment(_message.Message):
         amount_minor: _builtins.int = ...,
         allocations: _abc.Iterable[Global___Allocation] | None = ...,
         payment_date: _date_pb2.Date | None = ...,
+        recovery: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["payment_date", b"payment_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "amount_minor", b"amount_minor", "payment_date", b"payment_date", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "amount_minor", b"amount_minor", "payment_date", b"payment_date", "recovery", b"recovery", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -503,12 +521,16 @@ class RepaymentSchedule(_message.Message):
     INSTALMENTS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_DATE_FIELD_NUMBER: _builtins.int
+    BASE_REPAID_MINOR_FIELD_NUMBER: _builtins.int
     loan_id: _builtins.str
     """The loan."""
     revision: _builtins.int
     """Revision number, starting at 1."""
     reason: _builtins.str
     """Why this revision was made ("initial" for the first)."""
+    base_repaid_minor: _builtins.int
+    """Principal repaid before this revision; its instalments cover the rest."""
     @_builtins.property
     def instalments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Instalment]:
         """The instalments."""
@@ -516,6 +538,10 @@ class RepaymentSchedule(_message.Message):
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When this revision was made."""
+
+    @_builtins.property
+    def effective_date(self) -> _date_pb2.Date:
+        """The date from which this revision applies."""
 
     def __init__(
         self,
@@ -525,10 +551,12 @@ class RepaymentSchedule(_message.Message):
         instalments: _abc.Iterable[Global___Instalment] | None = ...,
         reason: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        effective_date: _date_pb2.Date | None = ...,
+        base_repaid_minor: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "effective_date", b"effective_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "instalments", b"instalments", "loan_id", b"loan_id", "reason", b"reason", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_repaid_minor", b"base_repaid_minor", "create_time", b"create_time", "effective_date", b"effective_date", "instalments", b"instalments", "loan_id", b"loan_id", "reason", b"reason", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -645,7 +673,9 @@ class PortfolioFigures(_message.Message):
     par30_basis_points: _builtins.int
     """PAR30 as basis points of outstanding principal."""
     repayment_rate_basis_points: _builtins.int
-    """Principal repaid on time as basis points of principal due."""
+    """Principal repaid against principal fallen due (prepayments not counted), as
+    basis points of principal fallen due; 10000 when nothing has fallen due.
+    """
     @_builtins.property
     def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___BucketCount]:
         """Loans and principal per delinquency bucket."""
@@ -1005,6 +1035,64 @@ class RejectLoanResponse(_message.Message):
 Global___RejectLoanResponse: _TypeAlias = RejectLoanResponse  # noqa: Y015
 
 @_typing.final
+class WithdrawLoanRequest(_message.Message):
+    """WithdrawLoanRequest is the request for LendingService.WithdrawLoan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LOAN_ID_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (UUID)."""
+    loan_id: _builtins.str
+    """The loan."""
+    withdrawn_by: _builtins.str
+    """Who records the withdrawal."""
+    reason: _builtins.str
+    """Why the applicant withdrew."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        loan_id: _builtins.str = ...,
+        withdrawn_by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan_id", b"loan_id", "reason", b"reason", "request_id", b"request_id", "withdrawn_by", b"withdrawn_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawLoanRequest: _TypeAlias = WithdrawLoanRequest  # noqa: Y015
+
+@_typing.final
+class WithdrawLoanResponse(_message.Message):
+    """WithdrawLoanResponse is the response for LendingService.WithdrawLoan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def loan(self) -> Global___Loan:
+        """The withdrawn loan."""
+
+    def __init__(
+        self,
+        *,
+        loan: Global___Loan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawLoanResponse: _TypeAlias = WithdrawLoanResponse  # noqa: Y015
+
+@_typing.final
 class DisburseTrancheRequest(_message.Message):
     """DisburseTrancheRequest is the request for LendingService.DisburseTranche."""
 
@@ -1165,22 +1253,94 @@ class RecordRepaymentResponse(_message.Message):
 Global___RecordRepaymentResponse: _TypeAlias = RecordRepaymentResponse  # noqa: Y015
 
 @_typing.final
+class ReverseRepaymentRequest(_message.Message):
+    """ReverseRepaymentRequest is the request for LendingService.ReverseRepayment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LOAN_ID_FIELD_NUMBER: _builtins.int
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REVERSED_BY_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (UUID)."""
+    loan_id: _builtins.str
+    """The loan."""
+    transaction_id: _builtins.str
+    """The repayment's (or recovery's) ledger transaction id."""
+    reason: _builtins.str
+    """Why it is reversed (e.g. a bounced transfer)."""
+    reversed_by: _builtins.str
+    """Who records the reversal."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        loan_id: _builtins.str = ...,
+        transaction_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        reversed_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan_id", b"loan_id", "reason", b"reason", "request_id", b"request_id", "reversed_by", b"reversed_by", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReverseRepaymentRequest: _TypeAlias = ReverseRepaymentRequest  # noqa: Y015
+
+@_typing.final
+class ReverseRepaymentResponse(_message.Message):
+    """ReverseRepaymentResponse is the response for LendingService.ReverseRepayment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOAN_FIELD_NUMBER: _builtins.int
+    REVERSAL_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    reversal_transaction_id: _builtins.str
+    """The reversal's ledger transaction id."""
+    @_builtins.property
+    def loan(self) -> Global___Loan:
+        """The loan after the reversal."""
+
+    def __init__(
+        self,
+        *,
+        loan: Global___Loan | None = ...,
+        reversal_transaction_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan", "reversal_transaction_id", b"reversal_transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReverseRepaymentResponse: _TypeAlias = ReverseRepaymentResponse  # noqa: Y015
+
+@_typing.final
 class GetLoanRequest(_message.Message):
     """GetLoanRequest is the request for LendingService.GetLoan."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     LOAN_ID_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     loan_id: _builtins.str
     """The loan."""
+    @_builtins.property
+    def as_of(self) -> _date_pb2.Date:
+        """Date the arrears figures are computed for; unset means today (UTC)."""
+
     def __init__(
         self,
         *,
         loan_id: _builtins.str = ...,
+        as_of: _date_pb2.Date | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan_id", b"loan_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "loan_id", b"loan_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1284,19 +1444,25 @@ class GetRepaymentScheduleRequest(_message.Message):
 
     LOAN_ID_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     loan_id: _builtins.str
     """The loan."""
     revision: _builtins.int
     """Schedule revision; 0 means the current one."""
+    @_builtins.property
+    def as_of(self) -> _date_pb2.Date:
+        """Date the arrears figures are computed for; unset means today (UTC)."""
+
     def __init__(
         self,
         *,
         loan_id: _builtins.str = ...,
         revision: _builtins.int = ...,
+        as_of: _date_pb2.Date | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan_id", b"loan_id", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "loan_id", b"loan_id", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1485,6 +1651,7 @@ class WriteOffLoanRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     PROPOSED_BY_FIELD_NUMBER: _builtins.int
     CONFIRMED_BY_FIELD_NUMBER: _builtins.int
+    WRITE_OFF_DATE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (UUID)."""
     loan_id: _builtins.str
@@ -1495,6 +1662,10 @@ class WriteOffLoanRequest(_message.Message):
     """Who proposes the write-off."""
     confirmed_by: _builtins.str
     """A second person who confirms it; must differ from proposed_by."""
+    @_builtins.property
+    def write_off_date(self) -> _date_pb2.Date:
+        """Date of the write-off (the ledger value date)."""
+
     def __init__(
         self,
         *,
@@ -1503,10 +1674,11 @@ class WriteOffLoanRequest(_message.Message):
         reason: _builtins.str = ...,
         proposed_by: _builtins.str = ...,
         confirmed_by: _builtins.str = ...,
+        write_off_date: _date_pb2.Date | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["write_off_date", b"write_off_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmed_by", b"confirmed_by", "loan_id", b"loan_id", "proposed_by", b"proposed_by", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmed_by", b"confirmed_by", "loan_id", b"loan_id", "proposed_by", b"proposed_by", "reason", b"reason", "request_id", b"request_id", "write_off_date", b"write_off_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

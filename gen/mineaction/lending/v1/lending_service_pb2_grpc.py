@@ -58,6 +58,11 @@ class LendingServiceStub:
                 request_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.RejectLoanRequest.SerializeToString,
                 response_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.RejectLoanResponse.FromString,
                 _registered_method=True)
+        self.WithdrawLoan = channel.unary_unary(
+                '/mineaction.lending.v1.LendingService/WithdrawLoan',
+                request_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WithdrawLoanRequest.SerializeToString,
+                response_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WithdrawLoanResponse.FromString,
+                _registered_method=True)
         self.DisburseTranche = channel.unary_unary(
                 '/mineaction.lending.v1.LendingService/DisburseTranche',
                 request_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.DisburseTrancheRequest.SerializeToString,
@@ -67,6 +72,11 @@ class LendingServiceStub:
                 '/mineaction.lending.v1.LendingService/RecordRepayment',
                 request_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.RecordRepaymentRequest.SerializeToString,
                 response_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.RecordRepaymentResponse.FromString,
+                _registered_method=True)
+        self.ReverseRepayment = channel.unary_unary(
+                '/mineaction.lending.v1.LendingService/ReverseRepayment',
+                request_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ReverseRepaymentRequest.SerializeToString,
+                response_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ReverseRepaymentResponse.FromString,
                 _registered_method=True)
         self.GetLoan = channel.unary_unary(
                 '/mineaction.lending.v1.LendingService/GetLoan',
@@ -145,6 +155,13 @@ class LendingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WithdrawLoan(self, request, context):
+        """WithdrawLoan records that the applicant withdrew a submitted application.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DisburseTranche(self, request, context):
         """DisburseTranche disburses one tranche (cash or in kind) of an approved loan.
         """
@@ -154,6 +171,14 @@ class LendingServiceServicer:
 
     def RecordRepayment(self, request, context):
         """RecordRepayment records a repayment and allocates it to instalments.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReverseRepayment(self, request, context):
+        """ReverseRepayment corrects a recorded repayment or recovery with a reversal
+        transaction; the original postings stay in the ledger.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -238,6 +263,11 @@ def add_LendingServiceServicer_to_server(servicer, server):
                     request_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.RejectLoanRequest.FromString,
                     response_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.RejectLoanResponse.SerializeToString,
             ),
+            'WithdrawLoan': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawLoan,
+                    request_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WithdrawLoanRequest.FromString,
+                    response_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WithdrawLoanResponse.SerializeToString,
+            ),
             'DisburseTranche': grpc.unary_unary_rpc_method_handler(
                     servicer.DisburseTranche,
                     request_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.DisburseTrancheRequest.FromString,
@@ -247,6 +277,11 @@ def add_LendingServiceServicer_to_server(servicer, server):
                     servicer.RecordRepayment,
                     request_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.RecordRepaymentRequest.FromString,
                     response_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.RecordRepaymentResponse.SerializeToString,
+            ),
+            'ReverseRepayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReverseRepayment,
+                    request_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ReverseRepaymentRequest.FromString,
+                    response_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ReverseRepaymentResponse.SerializeToString,
             ),
             'GetLoan': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLoan,
@@ -412,6 +447,33 @@ class LendingService:
             _registered_method=True)
 
     @staticmethod
+    def WithdrawLoan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mineaction.lending.v1.LendingService/WithdrawLoan',
+            mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WithdrawLoanRequest.SerializeToString,
+            mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WithdrawLoanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def DisburseTranche(request,
             target,
             options=(),
@@ -455,6 +517,33 @@ class LendingService:
             '/mineaction.lending.v1.LendingService/RecordRepayment',
             mineaction_dot_lending_dot_v1_dot_lending__service__pb2.RecordRepaymentRequest.SerializeToString,
             mineaction_dot_lending_dot_v1_dot_lending__service__pb2.RecordRepaymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReverseRepayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mineaction.lending.v1.LendingService/ReverseRepayment',
+            mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ReverseRepaymentRequest.SerializeToString,
+            mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ReverseRepaymentResponse.FromString,
             options,
             channel_credentials,
             insecure,

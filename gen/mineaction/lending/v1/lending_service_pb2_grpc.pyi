@@ -45,10 +45,16 @@ class LendingServiceStub:
     """ApproveLoan records the credit committee's approval."""
     RejectLoan: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.RejectLoanRequest, _lending_service_pb2.RejectLoanResponse]
     """RejectLoan records the credit committee's rejection."""
+    WithdrawLoan: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.WithdrawLoanRequest, _lending_service_pb2.WithdrawLoanResponse]
+    """WithdrawLoan records that the applicant withdrew a submitted application."""
     DisburseTranche: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.DisburseTrancheRequest, _lending_service_pb2.DisburseTrancheResponse]
     """DisburseTranche disburses one tranche (cash or in kind) of an approved loan."""
     RecordRepayment: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.RecordRepaymentRequest, _lending_service_pb2.RecordRepaymentResponse]
     """RecordRepayment records a repayment and allocates it to instalments."""
+    ReverseRepayment: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.ReverseRepaymentRequest, _lending_service_pb2.ReverseRepaymentResponse]
+    """ReverseRepayment corrects a recorded repayment or recovery with a reversal
+    transaction; the original postings stay in the ledger.
+    """
     GetLoan: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.GetLoanRequest, _lending_service_pb2.GetLoanResponse]
     """GetLoan returns one loan."""
     ListLoans: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.ListLoansRequest, _lending_service_pb2.ListLoansResponse]
@@ -83,10 +89,16 @@ class LendingServiceAsyncStub(LendingServiceStub):
     """ApproveLoan records the credit committee's approval."""
     RejectLoan: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.RejectLoanRequest, _lending_service_pb2.RejectLoanResponse]  # type: ignore[assignment]
     """RejectLoan records the credit committee's rejection."""
+    WithdrawLoan: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.WithdrawLoanRequest, _lending_service_pb2.WithdrawLoanResponse]  # type: ignore[assignment]
+    """WithdrawLoan records that the applicant withdrew a submitted application."""
     DisburseTranche: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.DisburseTrancheRequest, _lending_service_pb2.DisburseTrancheResponse]  # type: ignore[assignment]
     """DisburseTranche disburses one tranche (cash or in kind) of an approved loan."""
     RecordRepayment: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.RecordRepaymentRequest, _lending_service_pb2.RecordRepaymentResponse]  # type: ignore[assignment]
     """RecordRepayment records a repayment and allocates it to instalments."""
+    ReverseRepayment: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.ReverseRepaymentRequest, _lending_service_pb2.ReverseRepaymentResponse]  # type: ignore[assignment]
+    """ReverseRepayment corrects a recorded repayment or recovery with a reversal
+    transaction; the original postings stay in the ledger.
+    """
     GetLoan: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.GetLoanRequest, _lending_service_pb2.GetLoanResponse]  # type: ignore[assignment]
     """GetLoan returns one loan."""
     ListLoans: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.ListLoansRequest, _lending_service_pb2.ListLoansResponse]  # type: ignore[assignment]
@@ -144,6 +156,14 @@ class LendingServiceServicer(metaclass=_abc_1.ABCMeta):
         """RejectLoan records the credit committee's rejection."""
 
     @_abc_1.abstractmethod
+    def WithdrawLoan(
+        self,
+        request: _lending_service_pb2.WithdrawLoanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lending_service_pb2.WithdrawLoanResponse, _abc.Awaitable[_lending_service_pb2.WithdrawLoanResponse]]:
+        """WithdrawLoan records that the applicant withdrew a submitted application."""
+
+    @_abc_1.abstractmethod
     def DisburseTranche(
         self,
         request: _lending_service_pb2.DisburseTrancheRequest,
@@ -158,6 +178,16 @@ class LendingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lending_service_pb2.RecordRepaymentResponse, _abc.Awaitable[_lending_service_pb2.RecordRepaymentResponse]]:
         """RecordRepayment records a repayment and allocates it to instalments."""
+
+    @_abc_1.abstractmethod
+    def ReverseRepayment(
+        self,
+        request: _lending_service_pb2.ReverseRepaymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lending_service_pb2.ReverseRepaymentResponse, _abc.Awaitable[_lending_service_pb2.ReverseRepaymentResponse]]:
+        """ReverseRepayment corrects a recorded repayment or recovery with a reversal
+        transaction; the original postings stay in the ledger.
+        """
 
     @_abc_1.abstractmethod
     def GetLoan(

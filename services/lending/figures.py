@@ -1,0 +1,216 @@
+"""Loan figures as of a date, set-based in PostgreSQL: the same SQL serves one loan
+(GetLoan, responses), a page of loans (ListLoans) and the whole portfolio (the report).
+
+Per loan, as of date D, from postings with value date <= D:
+
+- disbursed, repaid, written off, recovered; outstanding = the receivable's balance;
+- the schedule revision in force: the latest with effective_date <= D;
+- the oldest instalment of that revision due before D and not covered by the principal
+  repaid against it (oldest due first), and so days past due, less paused days;
+- principal fallen due by D, for the repayment rate.
+
+services/lending/arrears.py holds the per-instalment version of the same rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import asyncpg
+
+from services.common.db import Connection
+
+_FIGURES = """
+WITH base AS (
+    SELECT l.loan_id, l.fund_id, l.product_id, l.district_code, l.borrower_sex
+    FROM loans l WHERE {where}
+),
+bal AS (
+    SELECT p.loan_id,
+        coalesce(sum(p.amount_minor) FILTER (
+            WHERE p.account = 'LOANS_RECEIVABLE' AND t.kind = 'DISBURSEMENT'), 0) AS disbursed,
+        coalesce(-sum(p.amount_minor) FILTER (
+            WHERE p.account = 'LOANS_RECEIVABLE'
+              AND t.kind IN ('REPAYMENT', 'REPAYMENT_REVERSAL')), 0) AS repaid,
+        coalesce(-sum(p.amount_minor) FILTER (
+            WHERE p.account = 'LOANS_RECEIVABLE' AND t.kind = 'WRITE_OFF'), 0) AS written_off,
+        coalesce(-sum(p.amount_minor) FILTER (
+            WHERE p.account = 'RECOVERY_INCOME'), 0) AS recovered,
+        coalesce(sum(p.amount_minor) FILTER (
+            WHERE p.account = 'LOANS_RECEIVABLE'), 0) AS outstanding
+    FROM postings p JOIN ledger_transactions t ON t.transaction_id = p.transaction_id
+    WHERE p.loan_id IN (SELECT loan_id FROM base) AND t.value_date <= $1
+      AND p.account IN ('LOANS_RECEIVABLE', 'RECOVERY_INCOME')
+    GROUP BY p.loan_id
+),
+rev AS (
+    SELECT DISTINCT ON (r.loan_id) r.loan_id, r.revision, r.base_repaid_minor
+    FROM schedule_revisions r
+    WHERE r.loan_id IN (SELECT loan_id FROM base) AND r.effective_date <= $1
+    ORDER BY r.loan_id, r.revision DESC
+),
+arr AS (
+    SELECT i.loan_id,
+        min(i.due_date) FILTER (WHERE i.due_date < $1
+            AND i.cumulative_minor > rev.base_repaid_minor + coalesce(bal.repaid, 0))
+            AS oldest_overdue,
+        max(i.cumulative_minor) AS fallen_due
+    FROM instalments i
+    JOIN rev ON rev.loan_id = i.loan_id AND rev.revision = i.revision
+    LEFT JOIN bal ON bal.loan_id = i.loan_id
+    WHERE i.due_date <= $1
+    GROUP BY i.loan_id
+),
+pz AS (
+    SELECT loan_id, range_agg(daterange(start_date, end_date, '[]')) AS paused
+    FROM delinquency_pauses
+    WHERE loan_id IN (SELECT loan_id FROM base) AND start_date <= $1
+    GROUP BY loan_id
+),
+figures AS (
+    SELECT base.*,
+        coalesce(bal.disbursed, 0)::bigint AS disbursed,
+        coalesce(bal.repaid, 0)::bigint AS repaid,
+        coalesce(bal.written_off, 0)::bigint AS written_off,
+        coalesce(bal.recovered, 0)::bigint AS recovered,
+        coalesce(bal.outstanding, 0)::bigint AS outstanding,
+        coalesce(rev.base_repaid_minor, 0)::bigint AS base_repaid,
+        coalesce(arr.fallen_due, 0)::bigint AS fallen_due,
+        CASE WHEN coalesce(bal.outstanding, 0) > 0 AND arr.oldest_overdue IS NOT NULL THEN
+            ($1 - arr.oldest_overdue) - coalesce((
+                SELECT sum(upper(r) - lower(r)) FROM unnest(
+                    pz.paused * datemultirange(daterange(arr.oldest_overdue, $1, '(]'))) r
+            ), 0)
+        ELSE 0 END::integer AS dpd
+    FROM base
+    LEFT JOIN bal ON bal.loan_id = base.loan_id
+    LEFT JOIN rev ON rev.loan_id = base.loan_id
+    LEFT JOIN arr ON arr.loan_id = base.loan_id
+    LEFT JOIN pz ON pz.loan_id = base.loan_id
+)
+"""
+
+LOAN_FIGURES = _FIGURES.format(where="l.loan_id = ANY($2::text[])") + "SELECT * FROM figures"
+
+
+@dataclass(frozen=True)
+class LoanFigures:
+    disbursed_minor: int = 0
+    repaid_minor: int = 0
+    written_off_minor: int = 0
+    recovered_minor: int = 0
+    outstanding_minor: int = 0
+    days_past_due: int = 0
+
+
+async def loan_figures(
+    conn: Connection | asyncpg.Pool, loan_ids: list[str], as_of: date
+) -> dict[str, LoanFigures]:
+    rows = await conn.fetch(LOAN_FIGURES, as_of, loan_ids)
+    return {
+        r["loan_id"]: LoanFigures(
+            disbursed_minor=r["disbursed"],
+            repaid_minor=r["repaid"],
+            written_off_minor=r["written_off"],
+            recovered_minor=r["recovered"],
+            outstanding_minor=r["outstanding"],
+            days_past_due=r["dpd"],
+        )
+        for r in rows
+    }
+
+
+# Buckets by days past due; CURRENT is an active loan with nothing overdue.
+BUCKET_BOUNDS = (
+    ("CURRENT", 0, 0),
+    ("1_30", 1, 30),
+    ("31_60", 31, 60),
+    ("61_90", 61, 90),
+    ("OVER_90", 91, 2_000_000_000),
+)
+
+_bucket_columns = ",\n".join(
+    f"count(*) FILTER (WHERE outstanding > 0 AND dpd BETWEEN {lo} AND {hi}) AS n_{name},\n"
+    f"coalesce(sum(outstanding) FILTER (WHERE outstanding > 0 AND dpd BETWEEN {lo} AND {hi}),"
+    f" 0)::bigint AS o_{name}"
+    for name, lo, hi in BUCKET_BOUNDS
+)
+
+# Written-off loans leave the repayment rate: their losses show as write-offs instead.
+_REPORT_SELECT = f"""
+SELECT district_code, borrower_sex, product_id,
+    GROUPING(district_code, borrower_sex, product_id) AS grouping_mask,
+    count(*) FILTER (WHERE outstanding > 0) AS active_loans,
+    coalesce(sum(outstanding) FILTER (WHERE outstanding > 0), 0)::bigint AS outstanding,
+    coalesce(sum(outstanding) FILTER (WHERE outstanding > 0 AND dpd > 30), 0)::bigint AS par30,
+    coalesce(sum(LEAST(GREATEST(repaid - base_repaid, 0), fallen_due))
+        FILTER (WHERE written_off = 0), 0)::bigint AS repaid_against_due,
+    coalesce(sum(fallen_due) FILTER (WHERE written_off = 0), 0)::bigint AS fallen_due,
+    {_bucket_columns}
+FROM figures WHERE disbursed > 0
+GROUP BY GROUPING SETS ((), (district_code), (borrower_sex), (product_id))
+"""
+
+REPORT_ALL_FUNDS = _FIGURES.format(where="$2::text = ''") + _REPORT_SELECT
+REPORT_ONE_FUND = _FIGURES.format(where="l.fund_id = $2") + _REPORT_SELECT
+
+
+@dataclass(frozen=True)
+class PortfolioRow:
+    """One grouping set's figures; `key` is None for the whole portfolio."""
+
+    dimension: str  # "total", "district", "sex" or "product"
+    key: str | int | None
+    active_loans: int
+    outstanding_minor: int
+    par30_minor: int
+    repaid_against_due_minor: int
+    fallen_due_minor: int
+    buckets: dict[str, tuple[int, int]]  # name -> (loans, outstanding)
+
+    @property
+    def par30_basis_points(self) -> int:
+        if self.outstanding_minor == 0:
+            return 0
+        return self.par30_minor * 10_000 // self.outstanding_minor
+
+    @property
+    def repayment_rate_basis_points(self) -> int:
+        if self.fallen_due_minor == 0:
+            return 10_000
+        return self.repaid_against_due_minor * 10_000 // self.fallen_due_minor
+
+
+_DIMENSIONS = {
+    0b111: ("total", None),
+    0b011: ("district", "district_code"),
+    0b101: ("sex", "borrower_sex"),
+    0b110: ("product", "product_id"),
+}
+
+
+async def portfolio(
+    conn: Connection | asyncpg.Pool, as_of: date, fund_id: str
+) -> list[PortfolioRow]:
+    query = REPORT_ONE_FUND if fund_id else REPORT_ALL_FUNDS
+    rows = await conn.fetch(query, as_of, fund_id)
+    result = []
+    for r in rows:
+        dimension, column = _DIMENSIONS[r["grouping_mask"]]
+        result.append(
+            PortfolioRow(
+                dimension=dimension,
+                key=r[column] if column else None,
+                active_loans=r["active_loans"],
+                outstanding_minor=r["outstanding"],
+                par30_minor=r["par30"],
+                repaid_against_due_minor=r["repaid_against_due"],
+                fallen_due_minor=r["fallen_due"],
+                buckets={
+                    name: (r[f"n_{name.lower()}"], r[f"o_{name.lower()}"])
+                    for name, _, _ in BUCKET_BOUNDS
+                },
+            )
+        )
+    return result

@@ -1,0 +1,83 @@
+"""Repayment schedules: a pure function of principal, anchor date and product terms.
+
+No I/O and no clock, so it is fast and property-testable. Rules (docs/lending.md):
+
+- Instalments are monthly. Instalment k falls due `grace_months + k` calendar months
+  after the anchor (the first disbursement), counted from the anchor's day each time and
+  clamped to the month's end: 31 Jan -> 28/29 Feb -> 31 Mar.
+- The term includes the grace: the last candidate month is `term_months` after the
+  anchor. Candidate months in a moratorium (calendar months 1..12) carry no instalment;
+  their principal is spread over the others, so the maturity does not move. Only when
+  every candidate month is in a moratorium does the schedule extend to the first month
+  outside it.
+- Rounding: every instalment is `principal // n`; the remainder `principal % n` is spread
+  one qəpik at a time over the *first* instalments. Instalments therefore differ by at
+  most one qəpik, never grow over time, and sum exactly to the principal.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Collection
+from datetime import date
+from typing import NamedTuple
+
+
+class Instalment(NamedTuple):
+    number: int  # 1-based
+    due_date: date
+    principal_minor: int
+    cumulative_minor: int  # principal due up to and including this instalment
+
+
+def add_months(anchor: date, months: int) -> date:
+    """The anchor's day `months` calendar months later, clamped to that month's end."""
+    index = anchor.year * 12 + anchor.month - 1 + months
+    year, month = divmod(index, 12)
+    month += 1
+    last = calendar.monthrange(year, month)[1]
+    return date(year, month, min(anchor.day, last))
+
+
+def due_dates(
+    anchor: date, term_months: int, grace_months: int, moratorium_months: Collection[int] = ()
+) -> list[date]:
+    """The instalment due dates (see the module rules)."""
+    if not 0 <= grace_months < term_months:
+        raise ValueError("grace_months must be at least 0 and less than term_months")
+    if len(set(moratorium_months)) >= 12:
+        raise ValueError("at least one calendar month must be outside the moratorium")
+    candidates = [add_months(anchor, k) for k in range(grace_months + 1, term_months + 1)]
+    dates = [d for d in candidates if d.month not in moratorium_months]
+    offset = term_months
+    while not dates:
+        offset += 1
+        extra = add_months(anchor, offset)
+        if extra.month not in moratorium_months:
+            dates.append(extra)
+    return dates
+
+
+def split_principal(principal_minor: int, count: int) -> list[int]:
+    """`count` amounts summing to the principal; the remainder goes to the first ones."""
+    if principal_minor < 0 or count < 1:
+        raise ValueError("principal must be non-negative and count positive")
+    base, remainder = divmod(principal_minor, count)
+    return [base + 1] * remainder + [base] * (count - remainder)
+
+
+def build_schedule(
+    principal_minor: int,
+    anchor: date,
+    term_months: int,
+    grace_months: int,
+    moratorium_months: Collection[int] = (),
+) -> list[Instalment]:
+    dates = due_dates(anchor, term_months, grace_months, moratorium_months)
+    amounts = split_principal(principal_minor, len(dates))
+    schedule: list[Instalment] = []
+    cumulative = 0
+    for number, (due, amount) in enumerate(zip(dates, amounts, strict=True), start=1):
+        cumulative += amount
+        schedule.append(Instalment(number, due, amount, cumulative))
+    return schedule

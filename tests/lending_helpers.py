@@ -1,0 +1,153 @@
+"""Shared steps for the lending tests: a fund of the test's own, loans driven through the
+real gRPC API, and reading the google.rpc details of a refused call."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import asyncpg
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from mineaction.lending.v1 import lending_service_pb2 as pb
+from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
+from mineaction.type.v1 import age_band_pb2, sex_pb2
+from services.common.db import Database
+from services.lending import ledger
+from tests.conftest import Cluster
+from tests.factories import new_id, pdate, request_id
+
+
+def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
+    """The BadRequest field paths carried by a refused call."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    fields: list[str] = []
+    for detail in status.details if status is not None else []:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields += [v.field for v in bad.field_violations]
+    return fields
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
+
+
+def lending_db(cluster: Cluster) -> Database:
+    db = cluster.hosts["lending"].db
+    assert db is not None
+    return db
+
+
+async def open_fund(cluster: Cluster, capital_minor: int) -> str:
+    """A fund of the test's own, so tests never compete for the shipped fund's money."""
+    fund_id = new_id("fund")
+    async with lending_db(cluster).transaction() as conn:
+        await ledger.open_fund(
+            conn,
+            fund_id=fund_id,
+            name_en="Test fund",
+            name_az="Sınaq fondu",
+            committed_capital_minor=capital_minor,
+            committed_on=date(2025, 1, 1),
+        )
+    return fund_id
+
+
+async def approved_loan(
+    lending: pb_grpc.LendingServiceStub,
+    *,
+    fund_id: str,
+    product_id: str = "small_trade",
+    amount_minor: int = 120_000,
+    district_code: str = "saatli",
+    sex: int = sex_pb2.SEX_FEMALE,
+) -> pb.Loan:
+    submitted = await lending.SubmitLoanApplication(
+        pb.SubmitLoanApplicationRequest(
+            request_id=request_id(),
+            survivor_id=new_id("srv"),
+            product_id=product_id,
+            amount_minor=amount_minor,
+            currency_code="AZN",
+            district_code=district_code,
+            borrower_sex=sex,  # type: ignore[arg-type]
+            borrower_age_band=age_band_pb2.AGE_BAND_35_59,
+            purpose="test loan",
+            submitted_by="cw-01",
+            fund_id=fund_id,
+        )
+    )
+    approved = await lending.ApproveLoan(
+        pb.ApproveLoanRequest(
+            request_id=request_id(),
+            loan_id=submitted.loan.loan_id,
+            approved_by="cm-02",
+            committee_decision_ref="CM-TEST",
+        )
+    )
+    return approved.loan
+
+
+async def disburse(
+    lending: pb_grpc.LendingServiceStub,
+    loan_id: str,
+    amount_minor: int,
+    on: date,
+    description: str = "cash for stock",
+    kind: int = pb.DISBURSEMENT_KIND_CASH,
+) -> pb.DisburseTrancheResponse:
+    response: pb.DisburseTrancheResponse = await lending.DisburseTranche(
+        pb.DisburseTrancheRequest(
+            request_id=request_id(),
+            loan_id=loan_id,
+            amount_minor=amount_minor,
+            currency_code="AZN",
+            kind=kind,  # type: ignore[arg-type]
+            description=description,
+            disbursement_date=pdate(on),
+            disbursed_by="lo-03",
+        )
+    )
+    return response
+
+
+def repayment(loan_id: str, amount_minor: int, on: date) -> pb.RecordRepaymentRequest:
+    return pb.RecordRepaymentRequest(
+        request_id=request_id(),
+        loan_id=loan_id,
+        amount_minor=amount_minor,
+        currency_code="AZN",
+        payment_date=pdate(on),
+        received_by="cashier-01",
+        channel="cash",
+    )
+
+
+async def active_loan(
+    cluster: Cluster, *, fund_id: str, amount_minor: int = 120_000, on: date = date(2026, 3, 10)
+) -> pb.Loan:
+    loan = await approved_loan(cluster.lending, fund_id=fund_id, amount_minor=amount_minor)
+    return (await disburse(cluster.lending, loan.loan_id, amount_minor, on)).loan
+
+
+async def ledger_invariants(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> None:
+    """Every transaction balances, and every loan's receivable matches its parts."""
+    unbalanced = await conn.fetch(
+        """SELECT transaction_id FROM postings GROUP BY transaction_id
+           HAVING sum(amount_minor) <> 0 OR count(*) < 2"""
+    )
+    assert unbalanced == []
+    empty = await conn.fetchval(
+        """SELECT count(*) FROM ledger_transactions t
+           WHERE NOT EXISTS (SELECT 1 FROM postings p WHERE p.transaction_id = t.transaction_id)"""
+    )
+    assert empty == 0
