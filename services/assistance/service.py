@@ -1,70 +1,114 @@
-"""AssistanceService: the catalogue of assistance types and survivors' needs."""
+"""AssistanceService: the catalogue of assistance types (plugins), survivors' needs, the
+assistance that addresses them, providers and their capacity, and the delivery report.
+
+Needs and assistance are kept apart, as victim-assistance practice does: a need is
+assessed, assistance is planned and referred against it, delivered, then followed up; the
+need is met only when a transition that the type declares `meets_need` fires, never by
+delivery alone.
+"""
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Mapping
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import grpc
-from google.protobuf import timestamp_pb2
+
 from mineaction.assistance.v1 import assistance_service_pb2 as pb
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as pb_grpc
-from mineaction.type.v1 import localized_text_pb2
-
-from services.assistance.catalogue import AssistanceTypePlugin, load_catalogue
+from services.assistance import capacity
+from services.assistance.capacity import POOL_COLUMNS
+from services.assistance.catalogue import (
+    ATTENDANCE_KEY,
+    REQUEST,
+    WAITLISTED,
+    AssistanceTypePlugin,
+    Transition,
+    load_catalogue,
+)
+from services.assistance.records import (
+    ASSISTANCE_SELECT,
+    assistance_to_proto,
+    check_data,
+    load_assistance,
+    need_to_proto,
+    pool_to_proto,
+    struct_to_dict,
+    text,
+    type_to_proto,
+)
 from services.common import pagination
 from services.common.config import Settings
-from services.common.db import Database, fetch_one
-from services.common.errors import Unimplemented, invalid
+from services.common.db import Connection, Database, fetch_one
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    invalid,
+)
 from services.common.idempotency import idempotent
 from services.common.server import ServiceSpec
 
 HERE = Path(__file__).parent
-_CAPACITY = {
-    "stock": pb.CAPACITY_MODEL_STOCK,
-    "seats": pb.CAPACITY_MODEL_SEATS,
-    "session_slots": pb.CAPACITY_MODEL_SESSION_SLOTS,
-    "none": pb.CAPACITY_MODEL_NONE,
+# Report days end at midnight where the programme works.
+PROGRAMME_TIME_ZONE = "Asia/Baku"
+_PROVIDER_KINDS = {
+    "CLINIC": pb.PROVIDER_KIND_CLINIC,
+    "SPA_CENTRE": pb.PROVIDER_KIND_SPA_CENTRE,
+    "TRAINING_CENTRE": pb.PROVIDER_KIND_TRAINING_CENTRE,
+    "SUPPLIER": pb.PROVIDER_KIND_SUPPLIER,
+    "WORKSHOP": pb.PROVIDER_KIND_WORKSHOP,
 }
 
 
-def _timestamp(moment: Any) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
-def type_to_proto(plugin: AssistanceTypePlugin) -> pb.AssistanceType:
-    return pb.AssistanceType(
-        type_id=plugin.type_id,
-        name=localized_text_pb2.LocalizedText(en=plugin.name_en, az=plugin.name_az),
-        capacity_model=_CAPACITY[plugin.capacity_model],
-        follow_up_days=plugin.follow_up_days,
-    )
-
-
-def need_to_proto(row: asyncpg.Record) -> pb.Need:
-    return pb.Need(
-        need_id=row["need_id"],
-        survivor_id=row["survivor_id"],
-        type_id=row["type_id"],
-        state=pb.NeedState.Value(f"NEED_STATE_{row['state']}"),
-        description=row["description"],
-        assessed_by=row["assessed_by"],
-        create_time=_timestamp(row["created_at"]),
-        update_time=_timestamp(row["updated_at"]),
-        district_code=row["district_code"],
-        sex=row["sex"],
-        age_band=row["age_band"],
+async def refresh_need(conn: Connection, need_id: str, *, met: bool = False) -> None:
+    """A need's state follows its assistance: met stays met; otherwise referred while
+    unfinished assistance with a provider exists, planned while one without, else open."""
+    await conn.execute(
+        """UPDATE needs SET
+               state = CASE
+                   WHEN state = 'MET' OR $2 THEN 'MET'
+                   WHEN EXISTS (SELECT 1 FROM assistance a WHERE a.need_id = $1 AND a.active
+                                AND a.provider_id IS NOT NULL) THEN 'REFERRED'
+                   WHEN EXISTS (SELECT 1 FROM assistance a WHERE a.need_id = $1 AND a.active)
+                       THEN 'PLANNED'
+                   ELSE 'OPEN' END,
+               met_at = CASE WHEN met_at IS NULL AND $2 THEN now() ELSE met_at END,
+               updated_at = now()
+           WHERE need_id = $1""",
+        need_id,
+        met,
     )
 
 
 class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
-    def __init__(self, db: Database, catalogue: dict[str, AssistanceTypePlugin]) -> None:
+    def __init__(self, db: Database, catalogue: Mapping[str, AssistanceTypePlugin]) -> None:
         self.db = db
         self.catalogue = catalogue
+
+    def _plugin(self, type_id: str, field: str = "type_id") -> AssistanceTypePlugin:
+        plugin = self.catalogue.get(type_id)
+        if plugin is None:
+            raise invalid(field, f"unknown assistance type {type_id!r}", "UNKNOWN_TYPE")
+        return plugin
+
+    def _installed(self, type_id: str) -> AssistanceTypePlugin:
+        """The plugin of a stored record; its type may have been uninstalled since."""
+        plugin = self.catalogue.get(type_id)
+        if plugin is None:
+            raise FailedPrecondition(
+                f"assistance type {type_id} is not installed on this server",
+                reason="TYPE_NOT_INSTALLED",
+                metadata={"type_id": type_id},
+            )
+        return plugin
 
     async def ListAssistanceTypes(
         self, request: pb.ListAssistanceTypesRequest, context: grpc.aio.ServicerContext
@@ -82,8 +126,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
     async def RecordNeed(
         self, request: pb.RecordNeedRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordNeedResponse:
-        if request.type_id not in self.catalogue:
-            raise invalid("type_id", f"unknown assistance type {request.type_id!r}")
+        self._plugin(request.type_id)
         async with self.db.transaction() as conn:
 
             async def record() -> pb.RecordNeedResponse:
@@ -114,38 +157,519 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
     async def RequestAssistance(
         self, request: pb.RequestAssistanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.RequestAssistanceResponse:
-        raise Unimplemented("RequestAssistance is not available yet")
+        # The need fixes the type; its data and quantity are checked before anything else.
+        need = await self.db.pool.fetchrow(
+            "SELECT * FROM needs WHERE need_id = $1", request.need_id
+        )
+        if need is None:
+            raise NotFound(f"need {request.need_id} not found", reason="NEED_NOT_FOUND")
+        plugin = self._installed(need["type_id"])
+        data = struct_to_dict(request.data)
+        check_data(plugin.validator, data)
+        quantity = request.quantity or 1
+        if quantity != 1 and plugin.capacity_model != "stock":
+            raise invalid(
+                "quantity",
+                "only stock is reserved in quantities; seats and slots are one per person",
+                "QUANTITY_NOT_STOCK",
+            )
+        if not plugin.uses_capacity and request.capacity_pool_id:
+            raise invalid("capacity_pool_id", f"{plugin.type_id} has no capacity pools")
+
+        async with self.db.transaction() as conn:
+
+            async def create() -> pb.RequestAssistanceResponse:
+                pool = await self._pool_for(conn, plugin, request, quantity)
+                provider_id = pool.provider_id if pool else request.provider_id
+                if provider_id and not await conn.fetchval(
+                    "SELECT true FROM providers WHERE provider_id = $1", provider_id
+                ):
+                    raise NotFound(f"provider {provider_id} not found", reason="NO_PROVIDER")
+                if provider_id and not request.referral_consent:
+                    raise FailedPrecondition(
+                        f"referral to provider {provider_id} needs the survivor's recorded "
+                        "consent (referral_consent)",
+                        reason="REFERRAL_CONSENT_MISSING",
+                        metadata={"provider_id": provider_id},
+                    )
+                course_length = self._course_length(plugin, data, pool)
+                locked = await fetch_one(
+                    conn,
+                    "SELECT * FROM needs WHERE need_id = $1 FOR UPDATE",
+                    request.need_id,
+                )
+                await self._check_need_open(conn, locked)
+                reserved = await capacity.take(conn, pool, quantity) if pool else False
+                state = plugin.initial_state if reserved or pool is None else WAITLISTED
+                assistance_id = f"ast-{uuid.uuid4().hex[:20]}"
+                await conn.execute(
+                    """INSERT INTO assistance (assistance_id, need_id, survivor_id, type_id,
+                           state, active, provider_id, pool_id, quantity, holds_capacity,
+                           referral_consent, data, course_length, district_code, sex,
+                           age_band)
+                       VALUES ($1, $2, $3, $4, $5, true, $6, $7, $8, $9, $10, $11::jsonb,
+                               $12, $13, $14, $15)""",
+                    assistance_id,
+                    request.need_id,
+                    locked["survivor_id"],
+                    plugin.type_id,
+                    state,
+                    provider_id or None,
+                    pool.pool_id if pool else None,
+                    quantity,
+                    reserved,
+                    request.referral_consent,
+                    json.dumps(data),
+                    course_length,
+                    locked["district_code"],
+                    locked["sex"],
+                    locked["age_band"],
+                )
+                if pool and not reserved:
+                    await capacity.join_waitlist(conn, pool.pool_id, assistance_id, quantity)
+                await capacity.record_event(
+                    conn,
+                    assistance_id,
+                    "",
+                    state,
+                    REQUEST,
+                    request.requested_by,
+                    json.dumps(data),
+                )
+                await refresh_need(conn, request.need_id)
+                created = await load_assistance(conn, assistance_id)
+                assert created is not None
+                return pb.RequestAssistanceResponse(assistance=created)
+
+            return await idempotent(
+                conn,
+                method="RequestAssistance",
+                request=request,
+                response_type=pb.RequestAssistanceResponse,
+                effect=create,
+            )
+
+    async def _pool_for(
+        self,
+        conn: Connection,
+        plugin: AssistanceTypePlugin,
+        request: pb.RequestAssistanceRequest,
+        quantity: int,
+    ) -> capacity.Pool | None:
+        """The pool to reserve from, locked; None for a type without capacity."""
+        if not plugin.uses_capacity:
+            return None
+        pool_id = request.capacity_pool_id or await capacity.choose_pool(
+            conn, plugin.type_id, request.provider_id, quantity
+        )
+        if pool_id is None:
+            raise FailedPrecondition(
+                f"no capacity pool can take {plugin.type_id}"
+                + (f" at provider {request.provider_id}" if request.provider_id else ""),
+                reason="NO_CAPACITY_POOL",
+            )
+        row = await capacity.pool_row(conn, pool_id, lock=True)
+        if row is None:
+            raise NotFound(f"capacity pool {pool_id} not found", reason="POOL_NOT_FOUND")
+        pool = capacity.Pool.of(row)
+        if pool.type_id != plugin.type_id:
+            raise invalid(
+                "capacity_pool_id",
+                f"pool {pool_id} serves {pool.type_id}, not {plugin.type_id}",
+                "POOL_TYPE_MISMATCH",
+            )
+        if request.provider_id and pool.provider_id != request.provider_id:
+            raise invalid(
+                "capacity_pool_id",
+                f"pool {pool_id} belongs to provider {pool.provider_id}",
+                "POOL_PROVIDER_MISMATCH",
+            )
+        if quantity > pool.capacity:
+            raise invalid(
+                "quantity",
+                f"more than pool {pool_id} can ever hold ({pool.capacity})",
+                "QUANTITY_OVER_CAPACITY",
+            )
+        return pool
+
+    @staticmethod
+    def _course_length(
+        plugin: AssistanceTypePlugin, data: Mapping[str, Any], pool: capacity.Pool | None
+    ) -> int | None:
+        if plugin.course_length_key is not None:
+            length = data.get(plugin.course_length_key)
+            if not isinstance(length, int) or length < 1:
+                raise invalid(
+                    f"data.{plugin.course_length_key}",
+                    "the number of sessions in the course is required",
+                )
+            return length
+        if plugin.course_length_from_pool:
+            if pool is None or not pool.sessions:
+                raise FailedPrecondition("the cohort has no course length", reason="NO_LENGTH")
+            return pool.sessions
+        return None
+
+    @staticmethod
+    async def _check_need_open(conn: Connection, need: asyncpg.Record) -> None:
+        if need["state"] == "MET":
+            raise FailedPrecondition(
+                f"need {need['need_id']} is already met", reason="NEED_ALREADY_MET"
+            )
+        current = await conn.fetchval(
+            "SELECT assistance_id FROM assistance WHERE need_id = $1 AND active",
+            need["need_id"],
+        )
+        if current is not None:
+            raise FailedPrecondition(
+                f"need {need['need_id']} already has unfinished assistance {current}",
+                reason="ASSISTANCE_IN_PROGRESS",
+                metadata={"assistance_id": current},
+            )
 
     async def AdvanceAssistance(
         self, request: pb.AdvanceAssistanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.AdvanceAssistanceResponse:
-        raise Unimplemented("AdvanceAssistance is not available yet")
+        current = await self.db.pool.fetchrow(
+            "SELECT type_id, pool_id FROM assistance WHERE assistance_id = $1",
+            request.assistance_id,
+        )
+        if current is None:
+            raise NotFound(f"assistance {request.assistance_id} not found")
+        plugin = self._installed(current["type_id"])
+        transition = plugin.transition_for(request.action)
+        if transition is None:
+            raise invalid(
+                "action",
+                f"{plugin.type_id} has no action {request.action!r}; its actions are "
+                + ", ".join(sorted({t.action for t in plugin.all_transitions})),
+                "UNKNOWN_ACTION",
+            )
+        data = struct_to_dict(request.data)
+        check_data(plugin.action_validator(transition), data)
+
+        async with self.db.transaction() as conn:
+
+            async def advance() -> pb.AdvanceAssistanceResponse:
+                pool_id = current["pool_id"]
+                if pool_id is not None:
+                    await capacity.pool_row(conn, pool_id, lock=True)
+                row = await fetch_one(
+                    conn,
+                    "SELECT * FROM assistance WHERE assistance_id = $1 FOR UPDATE",
+                    request.assistance_id,
+                )
+                await self._apply(conn, plugin, transition, row, data, request.actor)
+                advanced = await load_assistance(conn, request.assistance_id)
+                assert advanced is not None
+                return pb.AdvanceAssistanceResponse(assistance=advanced)
+
+            return await idempotent(
+                conn,
+                method="AdvanceAssistance",
+                request=request,
+                response_type=pb.AdvanceAssistanceResponse,
+                effect=advance,
+            )
+
+    async def _apply(
+        self,
+        conn: Connection,
+        plugin: AssistanceTypePlugin,
+        t: Transition,
+        row: asyncpg.Record,
+        data: Mapping[str, Any],
+        actor: str,
+    ) -> None:
+        """One lifecycle transition, with the effects the type declares for it."""
+        state = row["state"]
+        if state not in t.from_states:
+            allowed = sorted({x.action for x in plugin.all_transitions if state in x.from_states})
+            raise FailedPrecondition(
+                f"cannot {t.action} assistance {row['assistance_id']} in state {state}; "
+                f"allowed: {', '.join(allowed) or 'none (finished)'}",
+                reason="ILLEGAL_TRANSITION",
+                metadata={"state": state, "action": t.action, "allowed": ",".join(allowed)},
+            )
+        attended = row["attended_sessions"]
+        if t.records_attendance:
+            attended += data[ATTENDANCE_KEY]
+            if attended > row["course_length"]:
+                raise InvalidArgument(
+                    f"attendance beyond the course length: {row['attended_sessions']} of "
+                    f"{row['course_length']} sessions already attended",
+                    [
+                        FieldViolation(
+                            f"data.{ATTENDANCE_KEY}",
+                            f"at most {row['course_length'] - row['attended_sessions']} more "
+                            f"session(s) can be attended in a course of {row['course_length']}",
+                            "ATTENDANCE_BEYOND_COURSE",
+                        )
+                    ],
+                )
+        if t.requires_full_attendance and attended < (row["course_length"] or 0):
+            raise FailedPrecondition(
+                f"only {attended} of {row['course_length']} sessions attended",
+                reason="COURSE_NOT_FULLY_ATTENDED",
+            )
+        holds = row["holds_capacity"]
+        if t.releases_capacity and holds:
+            await capacity.release(conn, row["pool_id"], row["quantity"])
+            holds = False
+        if state == WAITLISTED:
+            await capacity.leave_waitlist(conn, row["assistance_id"])
+        delivered_at, follow_ups = row["delivered_at"], row["follow_up_dates"]
+        if t.delivers:
+            today = await conn.fetchval("SELECT (now() AT TIME ZONE $1)::date", PROGRAMME_TIME_ZONE)
+            follow_ups = [today + timedelta(days=d) for d in plugin.follow_up_days]
+        await conn.execute(
+            """UPDATE assistance SET state = $2, active = $3, holds_capacity = $4,
+                   attended_sessions = $5,
+                   delivered_at = CASE WHEN $6 THEN now() ELSE delivered_at END,
+                   follow_up_dates = $7, updated_at = now()
+               WHERE assistance_id = $1""",
+            row["assistance_id"],
+            t.to_state,
+            not plugin.all_states[t.to_state].terminal,
+            holds,
+            attended,
+            t.delivers and delivered_at is None,
+            follow_ups,
+        )
+        await capacity.record_event(
+            conn, row["assistance_id"], state, t.to_state, t.action, actor, json.dumps(data)
+        )
+        await refresh_need(conn, row["need_id"], met=t.meets_need)
+        if row["pool_id"] is not None and row["holds_capacity"] and not holds:
+            await self._promote(conn, row["pool_id"], plugin)
+
+    async def _promote(self, conn: Connection, pool_id: str, plugin: AssistanceTypePlugin) -> None:
+        for promoted in await capacity.promote_waiting(conn, pool_id, plugin):
+            need_id = await conn.fetchval(
+                "SELECT need_id FROM assistance WHERE assistance_id = $1", promoted
+            )
+            await refresh_need(conn, need_id)
 
     async def GetAssistance(
         self, request: pb.GetAssistanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetAssistanceResponse:
-        raise Unimplemented("GetAssistance is not available yet")
+        async with self.db.pool.acquire() as conn:
+            found = await load_assistance(conn, request.assistance_id)
+        if found is None:
+            raise NotFound(f"assistance {request.assistance_id} not found")
+        return pb.GetAssistanceResponse(assistance=found)
 
     async def ListAssistance(
         self, request: pb.ListAssistanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAssistanceResponse:
-        raise Unimplemented("ListAssistance is not available yet")
+        filters = {
+            "survivor_id": request.survivor_id,
+            "type_id": request.type_id,
+            "state": request.state,
+            "district_code": request.district_code,
+            "pool_id": request.capacity_pool_id,
+        }
+        after = pagination.decode(request.page_token, filters)
+        size = pagination.page_size(request.page_size)
+        rows = await self.db.pool.fetch(
+            f"""{ASSISTANCE_SELECT}
+                WHERE ($1 = '' OR a.survivor_id = $1) AND ($2 = '' OR a.type_id = $2)
+                  AND ($3 = '' OR a.state = $3) AND ($4 = '' OR a.district_code = $4)
+                  AND ($5 = '' OR a.pool_id = $5) AND ($6::bigint IS NULL OR a.ord > $6)
+                ORDER BY a.ord LIMIT $7""",
+            *filters.values(),
+            after[0] if after else None,
+            size + 1,
+        )
+        page = rows[:size]
+        token = pagination.encode([page[-1]["ord"]], filters) if len(rows) > size else ""
+        return pb.ListAssistanceResponse(
+            assistance=[assistance_to_proto(r) for r in page], next_page_token=token
+        )
 
     async def ListProviders(
         self, request: pb.ListProvidersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListProvidersResponse:
-        raise Unimplemented("ListProviders is not available yet")
+        filters = {"type_id": request.type_id, "district_code": request.district_code}
+        after = pagination.decode(request.page_token, filters)
+        size = pagination.page_size(request.page_size)
+        async with self.db.pool.acquire() as conn:
+            providers = await conn.fetch(
+                """SELECT * FROM providers pr
+                   WHERE ($1 = '' OR EXISTS (SELECT 1 FROM capacity_pools c
+                          WHERE c.provider_id = pr.provider_id AND c.type_id = $1))
+                     AND ($2 = '' OR pr.district_code = $2)
+                     AND ($3::text IS NULL OR pr.provider_id > $3)
+                   ORDER BY pr.provider_id LIMIT $4""",
+                request.type_id,
+                request.district_code,
+                after[0] if after else None,
+                size + 1,
+            )
+            page = providers[:size]
+            pools = await conn.fetch(
+                f"""SELECT {POOL_COLUMNS} FROM capacity_pools p
+                    WHERE p.provider_id = ANY($1::text[]) AND ($2 = '' OR p.type_id = $2)
+                    ORDER BY p.pool_id""",
+                [p["provider_id"] for p in page],
+                request.type_id,
+            )
+        token = (
+            pagination.encode([page[-1]["provider_id"]], filters) if len(providers) > size else ""
+        )
+        return pb.ListProvidersResponse(
+            providers=[
+                pb.Provider(
+                    provider_id=p["provider_id"],
+                    name=text(p["name_en"], p["name_az"]),
+                    kind=_PROVIDER_KINDS[p["kind"]],
+                    district_code=p["district_code"],
+                    pools=[pool_to_proto(c) for c in pools if c["provider_id"] == p["provider_id"]],
+                )
+                for p in page
+            ],
+            next_page_token=token,
+        )
 
     async def GetDeliveryReport(
         self, request: pb.GetDeliveryReportRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetDeliveryReportResponse:
-        raise Unimplemented("GetDeliveryReport is not available yet")
+        if request.type_id:
+            self._plugin(request.type_id)
+        as_of = date(request.as_of.year, request.as_of.month, request.as_of.day)
+        rows = await self.db.pool.fetch(
+            f"""WITH upto AS (
+                    SELECT (($1::date + 1)::timestamp AT TIME ZONE '{PROGRAMME_TIME_ZONE}') AS t),
+                n AS (
+                    SELECT type_id, district_code, sex, age_band,
+                           count(*) FILTER (WHERE met_at IS NULL OR met_at >= upto.t) AS open,
+                           count(*) FILTER (WHERE met_at < upto.t) AS met
+                    FROM needs, upto
+                    WHERE created_at < upto.t AND ($2 = '' OR type_id = $2)
+                    GROUP BY 1, 2, 3, 4),
+                d AS (
+                    SELECT type_id, district_code, sex, age_band, count(*) AS delivered
+                    FROM assistance, upto
+                    WHERE delivered_at < upto.t AND ($2 = '' OR type_id = $2)
+                    GROUP BY 1, 2, 3, 4)
+                SELECT type_id, district_code, sex, age_band, coalesce(n.open, 0) AS open,
+                       coalesce(n.met, 0) AS met, coalesce(d.delivered, 0) AS delivered
+                FROM n FULL JOIN d USING (type_id, district_code, sex, age_band)
+                ORDER BY type_id, district_code, sex, age_band""",
+            as_of,
+            request.type_id,
+        )
+        return pb.GetDeliveryReportResponse(
+            report=pb.DeliveryReport(
+                as_of=request.as_of,
+                rows=[
+                    pb.DeliveryRow(
+                        type_id=r["type_id"],
+                        district_code=r["district_code"],
+                        sex=r["sex"],
+                        age_band=r["age_band"],
+                        needs_open=r["open"],
+                        needs_met=r["met"],
+                        delivered=r["delivered"],
+                    )
+                    for r in rows
+                ],
+            )
+        )
+
+    async def CreateCapacityPool(
+        self, request: pb.CreateCapacityPoolRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateCapacityPoolResponse:
+        plugin = self._plugin(request.type_id)
+        if not plugin.uses_capacity:
+            raise invalid("type_id", f"{plugin.type_id} has no capacity to pool")
+        if plugin.course_length_from_pool and not request.sessions:
+            raise invalid("sessions", f"a {plugin.type_id} cohort needs its number of sessions")
+        if request.sessions and not plugin.course_length_from_pool:
+            raise invalid("sessions", f"{plugin.type_id} does not take its course from a pool")
+        if not request.name.en.strip() or not request.name.az.strip():
+            raise invalid("name", "a pool needs a name in English and in Azerbaijani")
+        async with self.db.transaction() as conn:
+
+            async def create() -> pb.CreateCapacityPoolResponse:
+                if not await conn.fetchval(
+                    "SELECT true FROM providers WHERE provider_id = $1", request.provider_id
+                ):
+                    raise NotFound(f"provider {request.provider_id} not found")
+                created = await capacity.insert_pool(
+                    conn,
+                    pool_id=request.pool_id,
+                    provider_id=request.provider_id,
+                    type_id=plugin.type_id,
+                    model=plugin.capacity_model,
+                    name_en=request.name.en,
+                    name_az=request.name.az,
+                    capacity=request.capacity,
+                    sessions=request.sessions or None,
+                    reason="pool opened",
+                )
+                if not created:
+                    raise AlreadyExists(f"capacity pool {request.pool_id} already exists")
+                row = await capacity.pool_row(conn, request.pool_id)
+                assert row is not None
+                return pb.CreateCapacityPoolResponse(pool=pool_to_proto(row))
+
+            return await idempotent(
+                conn,
+                method="CreateCapacityPool",
+                request=request,
+                response_type=pb.CreateCapacityPoolResponse,
+                effect=create,
+            )
+
+    async def AdjustCapacity(
+        self, request: pb.AdjustCapacityRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AdjustCapacityResponse:
+        async with self.db.transaction() as conn:
+
+            async def adjust() -> pb.AdjustCapacityResponse:
+                row = await capacity.pool_row(conn, request.pool_id, lock=True)
+                if row is None:
+                    raise NotFound(f"capacity pool {request.pool_id} not found")
+                pool = capacity.Pool.of(row)
+                if pool.capacity + request.delta < pool.reserved:
+                    raise FailedPrecondition(
+                        f"only {pool.free} unit(s) of pool {pool.pool_id} are free; reserved "
+                        "units cannot be written off",
+                        reason="CAPACITY_RESERVED",
+                    )
+                await conn.execute(
+                    "UPDATE capacity_pools SET capacity = capacity + $2 WHERE pool_id = $1",
+                    pool.pool_id,
+                    request.delta,
+                )
+                await conn.execute(
+                    "INSERT INTO capacity_adjustments (pool_id, delta, reason) VALUES ($1, $2, $3)",
+                    pool.pool_id,
+                    request.delta,
+                    request.reason,
+                )
+                if request.delta > 0:
+                    await self._promote(conn, pool.pool_id, self._installed(pool.type_id))
+                after = await capacity.pool_row(conn, pool.pool_id)
+                assert after is not None
+                return pb.AdjustCapacityResponse(pool=pool_to_proto(after))
+
+            return await idempotent(
+                conn,
+                method="AdjustCapacity",
+                request=request,
+                response_type=pb.AdjustCapacityResponse,
+                effect=adjust,
+            )
 
 
 async def attach(server: grpc.aio.Server, db: Database, settings: Settings) -> None:
-    pb_grpc.add_AssistanceServiceServicer_to_server(
-        AssistanceServicer(db, load_catalogue()), server
-    )
+    catalogue = load_catalogue()
+    reference = capacity.load_reference_data(HERE / "reference.yaml")
+    async with db.transaction() as conn:
+        await capacity.seed_reference_data(conn, reference, catalogue)
+    pb_grpc.add_AssistanceServiceServicer_to_server(AssistanceServicer(db, catalogue), server)
 
 
 SPEC = ServiceSpec(

@@ -170,22 +170,46 @@ class Transition(_message.Message):
     FROM_STATE_FIELD_NUMBER: _builtins.int
     TO_STATE_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
+    DATA_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
+    RELEASES_CAPACITY_FIELD_NUMBER: _builtins.int
+    DELIVERS_FIELD_NUMBER: _builtins.int
+    MEETS_NEED_FIELD_NUMBER: _builtins.int
+    RECORDS_ATTENDANCE_FIELD_NUMBER: _builtins.int
+    REQUIRES_FULL_ATTENDANCE_FIELD_NUMBER: _builtins.int
     from_state: _builtins.str
     """From state id."""
     to_state: _builtins.str
     """To state id."""
     action: _builtins.str
     """The action that performs it, for example "deliver"."""
+    data_schema_json: _builtins.str
+    """JSON schema of the data the action carries."""
+    releases_capacity: _builtins.bool
+    """The reserved place is freed and goes to the next one waiting."""
+    delivers: _builtins.bool
+    """The assistance counts as delivered; follow-ups are scheduled from then."""
+    meets_need: _builtins.bool
+    """The need the assistance addresses is met."""
+    records_attendance: _builtins.bool
+    """Adds data.sessions attended sessions, never beyond the course length."""
+    requires_full_attendance: _builtins.bool
+    """Refused until every session of the course has been attended."""
     def __init__(
         self,
         *,
         from_state: _builtins.str = ...,
         to_state: _builtins.str = ...,
         action: _builtins.str = ...,
+        data_schema_json: _builtins.str = ...,
+        releases_capacity: _builtins.bool = ...,
+        delivers: _builtins.bool = ...,
+        meets_need: _builtins.bool = ...,
+        records_attendance: _builtins.bool = ...,
+        requires_full_attendance: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "from_state", b"from_state", "to_state", b"to_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "data_schema_json", b"data_schema_json", "delivers", b"delivers", "from_state", b"from_state", "meets_need", b"meets_need", "records_attendance", b"records_attendance", "releases_capacity", b"releases_capacity", "requires_full_attendance", b"requires_full_attendance", "to_state", b"to_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -204,12 +228,18 @@ class AssistanceType(_message.Message):
     TRANSITIONS_FIELD_NUMBER: _builtins.int
     FOLLOW_UP_DAYS_FIELD_NUMBER: _builtins.int
     DATA_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
+    INITIAL_STATE_FIELD_NUMBER: _builtins.int
+    ELIGIBILITY_RULES_YAML_FIELD_NUMBER: _builtins.int
     type_id: _builtins.str
     """Type id, for example "wheelchair"."""
     capacity_model: Global___CapacityModel.ValueType
     """How capacity is counted."""
     data_schema_json: _builtins.str
     """JSON schema of the type-specific data carried in Assistance.data."""
+    initial_state: _builtins.str
+    """The state a new (not waitlisted) assistance starts in."""
+    eligibility_rules_yaml: _builtins.str
+    """Eligibility rules the type proposes to the eligibility service (rule-set YAML)."""
     @_builtins.property
     def name(self) -> _localized_text_pb2.LocalizedText:
         """Display name."""
@@ -236,10 +266,12 @@ class AssistanceType(_message.Message):
         transitions: _abc.Iterable[Global___Transition] | None = ...,
         follow_up_days: _abc.Iterable[_builtins.int] | None = ...,
         data_schema_json: _builtins.str = ...,
+        initial_state: _builtins.str = ...,
+        eligibility_rules_yaml: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity_model", b"capacity_model", "data_schema_json", b"data_schema_json", "follow_up_days", b"follow_up_days", "name", b"name", "states", b"states", "transitions", b"transitions", "type_id", b"type_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity_model", b"capacity_model", "data_schema_json", b"data_schema_json", "eligibility_rules_yaml", b"eligibility_rules_yaml", "follow_up_days", b"follow_up_days", "initial_state", b"initial_state", "name", b"name", "states", b"states", "transitions", b"transitions", "type_id", b"type_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -375,6 +407,12 @@ class Assistance(_message.Message):
     HISTORY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    COURSE_LENGTH_FIELD_NUMBER: _builtins.int
+    ATTENDED_SESSIONS_FIELD_NUMBER: _builtins.int
+    REFERRAL_CONSENT_FIELD_NUMBER: _builtins.int
+    DELIVERY_TIME_FIELD_NUMBER: _builtins.int
+    FOLLOW_UP_DATES_FIELD_NUMBER: _builtins.int
     assistance_id: _builtins.str
     """Opaque assistance id."""
     need_id: _builtins.str
@@ -391,6 +429,14 @@ class Assistance(_message.Message):
     """The capacity pool (stock, cohort, slot pool), if any."""
     waitlist_position: _builtins.int
     """1-based waitlist position; 0 means not waitlisted."""
+    quantity: _builtins.int
+    """Units reserved (items of stock; one seat or slot)."""
+    course_length: _builtins.int
+    """Sessions in the course; 0 when the type has no course."""
+    attended_sessions: _builtins.int
+    """Sessions attended so far."""
+    referral_consent: _builtins.bool
+    """The survivor consented to the referral to the provider."""
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
         """Type-specific data, valid against the type's data_schema_json."""
@@ -407,6 +453,14 @@ class Assistance(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When it last changed."""
 
+    @_builtins.property
+    def delivery_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was delivered; unset until then."""
+
+    @_builtins.property
+    def follow_up_dates(self) -> _containers.RepeatedCompositeFieldContainer[_date_pb2.Date]:
+        """Dates follow-ups are due, from the type's follow-up schedule."""
+
     def __init__(
         self,
         *,
@@ -422,10 +476,16 @@ class Assistance(_message.Message):
         history: _abc.Iterable[Global___AssistanceEvent] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        quantity: _builtins.int = ...,
+        course_length: _builtins.int = ...,
+        attended_sessions: _builtins.int = ...,
+        referral_consent: _builtins.bool = ...,
+        delivery_time: _timestamp_pb2.Timestamp | None = ...,
+        follow_up_dates: _abc.Iterable[_date_pb2.Date] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "data", b"data", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "data", b"data", "delivery_time", b"delivery_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistance_id", b"assistance_id", "capacity_pool_id", b"capacity_pool_id", "create_time", b"create_time", "data", b"data", "history", b"history", "need_id", b"need_id", "provider_id", b"provider_id", "state", b"state", "survivor_id", b"survivor_id", "type_id", b"type_id", "update_time", b"update_time", "waitlist_position", b"waitlist_position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistance_id", b"assistance_id", "attended_sessions", b"attended_sessions", "capacity_pool_id", b"capacity_pool_id", "course_length", b"course_length", "create_time", b"create_time", "data", b"data", "delivery_time", b"delivery_time", "follow_up_dates", b"follow_up_dates", "history", b"history", "need_id", b"need_id", "provider_id", b"provider_id", "quantity", b"quantity", "referral_consent", b"referral_consent", "state", b"state", "survivor_id", b"survivor_id", "type_id", b"type_id", "update_time", b"update_time", "waitlist_position", b"waitlist_position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -445,6 +505,8 @@ class CapacityPool(_message.Message):
     FREE_FIELD_NUMBER: _builtins.int
     WAITLISTED_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    SESSIONS_FIELD_NUMBER: _builtins.int
     pool_id: _builtins.str
     """Opaque pool id (e.g. a cohort id)."""
     type_id: _builtins.str
@@ -459,6 +521,10 @@ class CapacityPool(_message.Message):
     """Free units."""
     waitlisted: _builtins.int
     """Requests waiting for capacity."""
+    provider_id: _builtins.str
+    """The provider that owns it."""
+    sessions: _builtins.int
+    """Sessions in the course a cohort runs; 0 when not a course."""
     @_builtins.property
     def name(self) -> _localized_text_pb2.LocalizedText:
         """Display name."""
@@ -474,10 +540,12 @@ class CapacityPool(_message.Message):
         free: _builtins.int = ...,
         waitlisted: _builtins.int = ...,
         name: _localized_text_pb2.LocalizedText | None = ...,
+        provider_id: _builtins.str = ...,
+        sessions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "free", b"free", "model", b"model", "name", b"name", "pool_id", b"pool_id", "reserved", b"reserved", "type_id", b"type_id", "waitlisted", b"waitlisted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "free", b"free", "model", b"model", "name", b"name", "pool_id", b"pool_id", "provider_id", b"provider_id", "reserved", b"reserved", "sessions", b"sessions", "type_id", b"type_id", "waitlisted", b"waitlisted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -742,6 +810,7 @@ class RequestAssistanceRequest(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     REFERRAL_CONSENT_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (UUID)."""
     need_id: _builtins.str
@@ -754,6 +823,8 @@ class RequestAssistanceRequest(_message.Message):
     """The survivor consented to referral to an external provider."""
     requested_by: _builtins.str
     """Who requests it."""
+    quantity: _builtins.int
+    """Units to reserve from stock; 0 means 1. Seats and slots are one per person."""
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
         """Type-specific data, validated against the type's data_schema_json."""
@@ -768,10 +839,11 @@ class RequestAssistanceRequest(_message.Message):
         data: _struct_pb2.Struct | None = ...,
         referral_consent: _builtins.bool = ...,
         requested_by: _builtins.str = ...,
+        quantity: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity_pool_id", b"capacity_pool_id", "data", b"data", "need_id", b"need_id", "provider_id", b"provider_id", "referral_consent", b"referral_consent", "request_id", b"request_id", "requested_by", b"requested_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity_pool_id", b"capacity_pool_id", "data", b"data", "need_id", b"need_id", "provider_id", b"provider_id", "quantity", b"quantity", "referral_consent", b"referral_consent", "request_id", b"request_id", "requested_by", b"requested_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -923,6 +995,7 @@ class ListAssistanceRequest(_message.Message):
     TYPE_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     DISTRICT_CODE_FIELD_NUMBER: _builtins.int
+    CAPACITY_POOL_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum results to return; 0 means the server default."""
     page_token: _builtins.str
@@ -935,6 +1008,8 @@ class ListAssistanceRequest(_message.Message):
     """Only assistance in this lifecycle state."""
     district_code: _builtins.str
     """Only survivors in this district."""
+    capacity_pool_id: _builtins.str
+    """Only assistance in this capacity pool (e.g. a cohort and its waitlist)."""
     def __init__(
         self,
         *,
@@ -944,10 +1019,11 @@ class ListAssistanceRequest(_message.Message):
         type_id: _builtins.str = ...,
         state: _builtins.str = ...,
         district_code: _builtins.str = ...,
+        capacity_pool_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["district_code", b"district_code", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "survivor_id", b"survivor_id", "type_id", b"type_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity_pool_id", b"capacity_pool_id", "district_code", b"district_code", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "survivor_id", b"survivor_id", "type_id", b"type_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1094,3 +1170,133 @@ class GetDeliveryReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDeliveryReportResponse: _TypeAlias = GetDeliveryReportResponse  # noqa: Y015
+
+@_typing.final
+class CreateCapacityPoolRequest(_message.Message):
+    """CreateCapacityPoolRequest is the request for AssistanceService.CreateCapacityPool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    POOL_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    TYPE_ID_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (UUID)."""
+    pool_id: _builtins.str
+    """The new pool's id, for example "cohort-computer-barda-2026-09"."""
+    provider_id: _builtins.str
+    """The provider that runs it."""
+    type_id: _builtins.str
+    """The assistance type it serves; its capacity model must not be NONE."""
+    capacity: _builtins.int
+    """Units: items in stock, seats in the cohort, slots."""
+    sessions: _builtins.int
+    """Sessions in the course, for types whose course length comes from the pool."""
+    @_builtins.property
+    def name(self) -> _localized_text_pb2.LocalizedText:
+        """Display name in both languages."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        pool_id: _builtins.str = ...,
+        provider_id: _builtins.str = ...,
+        type_id: _builtins.str = ...,
+        capacity: _builtins.int = ...,
+        sessions: _builtins.int = ...,
+        name: _localized_text_pb2.LocalizedText | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "name", b"name", "pool_id", b"pool_id", "provider_id", b"provider_id", "request_id", b"request_id", "sessions", b"sessions", "type_id", b"type_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCapacityPoolRequest: _TypeAlias = CreateCapacityPoolRequest  # noqa: Y015
+
+@_typing.final
+class CreateCapacityPoolResponse(_message.Message):
+    """CreateCapacityPoolResponse is the response for AssistanceService.CreateCapacityPool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pool(self) -> Global___CapacityPool:
+        """The pool created."""
+
+    def __init__(
+        self,
+        *,
+        pool: Global___CapacityPool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCapacityPoolResponse: _TypeAlias = CreateCapacityPoolResponse  # noqa: Y015
+
+@_typing.final
+class AdjustCapacityRequest(_message.Message):
+    """AdjustCapacityRequest is the request for AssistanceService.AdjustCapacity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    POOL_ID_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (UUID)."""
+    pool_id: _builtins.str
+    """The pool."""
+    delta: _builtins.int
+    """Units to add (restock, more seats) or, when negative, to write off."""
+    reason: _builtins.str
+    """Why, for the audit trail."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        pool_id: _builtins.str = ...,
+        delta: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "pool_id", b"pool_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustCapacityRequest: _TypeAlias = AdjustCapacityRequest  # noqa: Y015
+
+@_typing.final
+class AdjustCapacityResponse(_message.Message):
+    """AdjustCapacityResponse is the response for AssistanceService.AdjustCapacity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pool(self) -> Global___CapacityPool:
+        """The pool after the change (and after promoting anyone waiting)."""
+
+    def __init__(
+        self,
+        *,
+        pool: Global___CapacityPool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustCapacityResponse: _TypeAlias = AdjustCapacityResponse  # noqa: Y015

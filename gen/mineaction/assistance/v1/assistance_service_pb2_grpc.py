@@ -78,6 +78,16 @@ class AssistanceServiceStub:
                 request_serializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.GetDeliveryReportRequest.SerializeToString,
                 response_deserializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.GetDeliveryReportResponse.FromString,
                 _registered_method=True)
+        self.CreateCapacityPool = channel.unary_unary(
+                '/mineaction.assistance.v1.AssistanceService/CreateCapacityPool',
+                request_serializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.CreateCapacityPoolRequest.SerializeToString,
+                response_deserializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.CreateCapacityPoolResponse.FromString,
+                _registered_method=True)
+        self.AdjustCapacity = channel.unary_unary(
+                '/mineaction.assistance.v1.AssistanceService/AdjustCapacity',
+                request_serializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.AdjustCapacityRequest.SerializeToString,
+                response_deserializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.AdjustCapacityResponse.FromString,
+                _registered_method=True)
 
 
 class AssistanceServiceServicer:
@@ -144,6 +154,21 @@ class AssistanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCapacityPool(self, request, context):
+        """CreateCapacityPool opens a provider's new pool: a cohort, a stock, a slot pool.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdjustCapacity(self, request, context):
+        """AdjustCapacity adds capacity (restock, more seats) or writes it off; added
+        places go to the pool's waitlist first, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AssistanceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +211,16 @@ def add_AssistanceServiceServicer_to_server(servicer, server):
                     servicer.GetDeliveryReport,
                     request_deserializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.GetDeliveryReportRequest.FromString,
                     response_serializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.GetDeliveryReportResponse.SerializeToString,
+            ),
+            'CreateCapacityPool': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCapacityPool,
+                    request_deserializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.CreateCapacityPoolRequest.FromString,
+                    response_serializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.CreateCapacityPoolResponse.SerializeToString,
+            ),
+            'AdjustCapacity': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdjustCapacity,
+                    request_deserializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.AdjustCapacityRequest.FromString,
+                    response_serializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.AdjustCapacityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -408,6 +443,60 @@ class AssistanceService:
             '/mineaction.assistance.v1.AssistanceService/GetDeliveryReport',
             mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.GetDeliveryReportRequest.SerializeToString,
             mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.GetDeliveryReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCapacityPool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mineaction.assistance.v1.AssistanceService/CreateCapacityPool',
+            mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.CreateCapacityPoolRequest.SerializeToString,
+            mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.CreateCapacityPoolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdjustCapacity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mineaction.assistance.v1.AssistanceService/AdjustCapacity',
+            mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.AdjustCapacityRequest.SerializeToString,
+            mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.AdjustCapacityResponse.FromString,
             options,
             channel_credentials,
             insecure,

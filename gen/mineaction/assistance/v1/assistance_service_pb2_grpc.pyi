@@ -55,6 +55,12 @@ class AssistanceServiceStub:
     """ListProviders pages through providers and their capacity pools."""
     GetDeliveryReport: _grpc.UnaryUnaryMultiCallable[_assistance_service_pb2.GetDeliveryReportRequest, _assistance_service_pb2.GetDeliveryReportResponse]
     """GetDeliveryReport returns needs and deliveries, disaggregated."""
+    CreateCapacityPool: _grpc.UnaryUnaryMultiCallable[_assistance_service_pb2.CreateCapacityPoolRequest, _assistance_service_pb2.CreateCapacityPoolResponse]
+    """CreateCapacityPool opens a provider's new pool: a cohort, a stock, a slot pool."""
+    AdjustCapacity: _grpc.UnaryUnaryMultiCallable[_assistance_service_pb2.AdjustCapacityRequest, _assistance_service_pb2.AdjustCapacityResponse]
+    """AdjustCapacity adds capacity (restock, more seats) or writes it off; added
+    places go to the pool's waitlist first, in order.
+    """
 
 @_typing.type_check_only
 class AssistanceServiceAsyncStub(AssistanceServiceStub):
@@ -83,6 +89,12 @@ class AssistanceServiceAsyncStub(AssistanceServiceStub):
     """ListProviders pages through providers and their capacity pools."""
     GetDeliveryReport: _aio.UnaryUnaryMultiCallable[_assistance_service_pb2.GetDeliveryReportRequest, _assistance_service_pb2.GetDeliveryReportResponse]  # type: ignore[assignment]
     """GetDeliveryReport returns needs and deliveries, disaggregated."""
+    CreateCapacityPool: _aio.UnaryUnaryMultiCallable[_assistance_service_pb2.CreateCapacityPoolRequest, _assistance_service_pb2.CreateCapacityPoolResponse]  # type: ignore[assignment]
+    """CreateCapacityPool opens a provider's new pool: a cohort, a stock, a slot pool."""
+    AdjustCapacity: _aio.UnaryUnaryMultiCallable[_assistance_service_pb2.AdjustCapacityRequest, _assistance_service_pb2.AdjustCapacityResponse]  # type: ignore[assignment]
+    """AdjustCapacity adds capacity (restock, more seats) or writes it off; added
+    places go to the pool's waitlist first, in order.
+    """
 
 class AssistanceServiceServicer(metaclass=_abc_1.ABCMeta):
     """AssistanceService tracks holistic assistance (medical, rehabilitation,
@@ -156,5 +168,23 @@ class AssistanceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_assistance_service_pb2.GetDeliveryReportResponse, _abc.Awaitable[_assistance_service_pb2.GetDeliveryReportResponse]]:
         """GetDeliveryReport returns needs and deliveries, disaggregated."""
+
+    @_abc_1.abstractmethod
+    def CreateCapacityPool(
+        self,
+        request: _assistance_service_pb2.CreateCapacityPoolRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_assistance_service_pb2.CreateCapacityPoolResponse, _abc.Awaitable[_assistance_service_pb2.CreateCapacityPoolResponse]]:
+        """CreateCapacityPool opens a provider's new pool: a cohort, a stock, a slot pool."""
+
+    @_abc_1.abstractmethod
+    def AdjustCapacity(
+        self,
+        request: _assistance_service_pb2.AdjustCapacityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_assistance_service_pb2.AdjustCapacityResponse, _abc.Awaitable[_assistance_service_pb2.AdjustCapacityResponse]]:
+        """AdjustCapacity adds capacity (restock, more seats) or writes it off; added
+        places go to the pool's waitlist first, in order.
+        """
 
 def add_AssistanceServiceServicer_to_server(servicer: AssistanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,256 @@
+"""Capacity pools, reservations and ordered waitlists.
+
+Every change to a pool's numbers happens with the pool row locked (SELECT ... FOR UPDATE),
+so concurrent reservations queue on that lock: none can overbook, and the waitlist order
+is the order in which requests got the lock. The CHECK (reserved <= capacity) in the
+database backs this up.
+
+Lock order, everywhere: pool, then assistance, then need. Promoting a waiting request
+touches another survivor's assistance and need, so any other order could deadlock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+import yaml
+
+from services.assistance.catalogue import PROMOTE, AssistanceTypePlugin
+from services.common.db import Connection
+
+log = structlog.get_logger("mineaction.assistance")
+
+SYSTEM_ACTOR = "system"
+
+POOL_COLUMNS = """p.pool_id, p.provider_id, p.type_id, p.model, p.name_en, p.name_az,
+    p.capacity, p.reserved, p.sessions,
+    (SELECT count(*) FROM waitlist w WHERE w.pool_id = p.pool_id)::int AS waitlisted"""
+
+
+@dataclass(frozen=True)
+class Pool:
+    pool_id: str
+    provider_id: str
+    type_id: str
+    capacity: int
+    reserved: int
+    sessions: int | None
+    waitlisted: int
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.reserved
+
+    @classmethod
+    def of(cls, row: asyncpg.Record) -> Pool:
+        return cls(
+            row["pool_id"],
+            row["provider_id"],
+            row["type_id"],
+            row["capacity"],
+            row["reserved"],
+            row["sessions"],
+            row["waitlisted"],
+        )
+
+
+async def pool_row(conn: Connection, pool_id: str, *, lock: bool = False) -> asyncpg.Record | None:
+    # FOR UPDATE cannot sit beside the aggregate subquery, so lock first, then read.
+    if lock and not await conn.fetchval(
+        "SELECT true FROM capacity_pools WHERE pool_id = $1 FOR UPDATE", pool_id
+    ):
+        return None
+    return await conn.fetchrow(
+        f"SELECT {POOL_COLUMNS} FROM capacity_pools p WHERE p.pool_id = $1", pool_id
+    )
+
+
+async def choose_pool(
+    conn: Connection, type_id: str, provider_id: str, quantity: int
+) -> str | None:
+    """The caller left the pool open: prefer one that can take the request now (most
+    free first), else the shortest waitlist. A preference only; the lock decides."""
+    pool_id: str | None = await conn.fetchval(
+        f"""SELECT pool_id FROM (SELECT {POOL_COLUMNS} FROM capacity_pools p
+               WHERE p.type_id = $1 AND ($2 = '' OR p.provider_id = $2)
+                 AND p.capacity >= $3) c
+            ORDER BY (c.capacity - c.reserved >= $3 AND c.waitlisted = 0) DESC,
+                     c.waitlisted, c.capacity - c.reserved DESC, c.pool_id
+            LIMIT 1""",
+        type_id,
+        provider_id,
+        quantity,
+    )
+    return pool_id
+
+
+async def take(conn: Connection, pool: Pool, quantity: int) -> bool:
+    """Reserve `quantity` units if they are free and nobody is waiting ahead (first
+    come, first served); the pool must be locked. False means: join the waitlist."""
+    if pool.waitlisted or pool.free < quantity:
+        return False
+    await conn.execute(
+        "UPDATE capacity_pools SET reserved = reserved + $2 WHERE pool_id = $1",
+        pool.pool_id,
+        quantity,
+    )
+    return True
+
+
+async def join_waitlist(conn: Connection, pool_id: str, assistance_id: str, quantity: int) -> None:
+    await conn.execute(
+        "INSERT INTO waitlist (pool_id, assistance_id, quantity) VALUES ($1, $2, $3)",
+        pool_id,
+        assistance_id,
+        quantity,
+    )
+
+
+async def leave_waitlist(conn: Connection, assistance_id: str) -> None:
+    await conn.execute("DELETE FROM waitlist WHERE assistance_id = $1", assistance_id)
+
+
+async def release(conn: Connection, pool_id: str, quantity: int) -> None:
+    await conn.execute(
+        "UPDATE capacity_pools SET reserved = reserved - $2 WHERE pool_id = $1",
+        pool_id,
+        quantity,
+    )
+
+
+async def promote_waiting(
+    conn: Connection, pool_id: str, plugin: AssistanceTypePlugin
+) -> list[str]:
+    """Give free places to those waiting, strictly in order: the head of the queue is
+    never skipped for a smaller request behind it. Returns the promoted assistance ids.
+    The pool must be locked; the caller refreshes the promoted needs' state."""
+    promoted: list[str] = []
+    while True:
+        head = await conn.fetchrow(
+            """SELECT w.seq, w.assistance_id, w.quantity, p.capacity - p.reserved AS free
+               FROM waitlist w JOIN capacity_pools p USING (pool_id)
+               WHERE w.pool_id = $1 ORDER BY w.seq LIMIT 1""",
+            pool_id,
+        )
+        if head is None or head["free"] < head["quantity"]:
+            return promoted
+        await conn.execute("DELETE FROM waitlist WHERE seq = $1", head["seq"])
+        await conn.execute(
+            "UPDATE capacity_pools SET reserved = reserved + $2 WHERE pool_id = $1",
+            pool_id,
+            head["quantity"],
+        )
+        await conn.execute(
+            """UPDATE assistance SET state = $2, holds_capacity = true, updated_at = now()
+               WHERE assistance_id = $1""",
+            head["assistance_id"],
+            plugin.initial_state,
+        )
+        await record_event(
+            conn, head["assistance_id"], "waitlisted", plugin.initial_state, PROMOTE, SYSTEM_ACTOR
+        )
+        promoted.append(head["assistance_id"])
+
+
+async def record_event(
+    conn: Connection,
+    assistance_id: str,
+    from_state: str,
+    to_state: str,
+    action: str,
+    actor: str,
+    data_json: str = "{}",
+) -> None:
+    await conn.execute(
+        """INSERT INTO assistance_events
+               (assistance_id, seq, from_state, to_state, action, actor, data)
+           SELECT $1, coalesce(max(seq), 0) + 1, $2, $3, $4, $5, $6::jsonb
+           FROM assistance_events WHERE assistance_id = $1""",
+        assistance_id,
+        from_state,
+        to_state,
+        action,
+        actor,
+        data_json,
+    )
+
+
+def load_reference_data(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return data
+
+
+async def seed_reference_data(
+    conn: Connection, data: Mapping[str, Any], catalogue: Mapping[str, AssistanceTypePlugin]
+) -> None:
+    """Providers and pools from the reference data; existing ones are never changed.
+    A pool whose type is not installed is skipped: it would serve nobody."""
+    for provider in data["providers"]:
+        await conn.execute(
+            """INSERT INTO providers (provider_id, name_en, name_az, kind, district_code)
+               VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
+            provider["provider_id"],
+            provider["name"]["en"],
+            provider["name"]["az"],
+            provider["kind"],
+            provider["district_code"],
+        )
+        for pool in provider["pools"]:
+            plugin = catalogue.get(pool["type_id"])
+            if plugin is None or not plugin.uses_capacity:
+                log.warning("reference pool skipped", pool_id=pool["pool_id"])
+                continue
+            await insert_pool(
+                conn,
+                pool_id=pool["pool_id"],
+                provider_id=provider["provider_id"],
+                type_id=pool["type_id"],
+                model=plugin.capacity_model,
+                name_en=pool["name"]["en"],
+                name_az=pool["name"]["az"],
+                capacity=pool["capacity"],
+                sessions=pool.get("sessions"),
+                reason="reference data",
+            )
+
+
+async def insert_pool(
+    conn: Connection,
+    *,
+    pool_id: str,
+    provider_id: str,
+    type_id: str,
+    model: str,
+    name_en: str,
+    name_az: str,
+    capacity: int,
+    sessions: int | None,
+    reason: str,
+) -> bool:
+    """Create a pool with its opening capacity on the audit trail; False if it exists."""
+    created = await conn.fetchval(
+        """INSERT INTO capacity_pools
+               (pool_id, provider_id, type_id, model, name_en, name_az, capacity, sessions)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING true""",
+        pool_id,
+        provider_id,
+        type_id,
+        model,
+        name_en,
+        name_az,
+        capacity,
+        sessions,
+    )
+    if created and capacity:
+        await conn.execute(
+            "INSERT INTO capacity_adjustments (pool_id, delta, reason) VALUES ($1, $2, $3)",
+            pool_id,
+            capacity,
+            reason,
+        )
+    return bool(created)

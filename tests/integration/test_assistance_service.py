@@ -1,0 +1,645 @@
+"""The assistance service over real gRPC against real PostgreSQL: needs, the five shipped
+types' lifecycles, capacity with atomic reservation and ordered waitlists, consent, bad
+input that writes nothing, idempotency, listings and the delivery report."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from mineaction.assistance.v1 import assistance_service_pb2 as pb
+from mineaction.assistance.v1 import assistance_service_pb2_grpc as pb_grpc
+from mineaction.type.v1 import age_band_pb2, localized_text_pb2, sex_pb2
+from tests.conftest import Cluster
+from tests.factories import new_id, pdate, request_id
+
+# --- helpers (also used by the plugin end-to-end test) -----------------------------------
+
+
+def baku_today() -> date:
+    """Report days and follow-up dates are counted where the programme works."""
+    return datetime.now(ZoneInfo("Asia/Baku")).date()
+
+
+def struct(**values: Any) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(values)
+    return s
+
+
+async def record_need(
+    stub: pb_grpc.AssistanceServiceStub,
+    type_id: str,
+    *,
+    district: str = "barda",
+    sex: int = sex_pb2.SEX_FEMALE,
+    age_band: int = age_band_pb2.AGE_BAND_18_34,
+) -> pb.Need:
+    response = await stub.RecordNeed(
+        pb.RecordNeedRequest(
+            request_id=request_id(),
+            survivor_id=new_id("srv"),
+            type_id=type_id,
+            assessed_by="cw-01",
+            district_code=district,
+            sex=sex,  # type: ignore[arg-type]
+            age_band=age_band,  # type: ignore[arg-type]
+        )
+    )
+    return response.need
+
+
+async def request(
+    stub: pb_grpc.AssistanceServiceStub, need_id: str, **fields: Any
+) -> pb.Assistance:
+    fields.setdefault("referral_consent", True)
+    response = await stub.RequestAssistance(
+        pb.RequestAssistanceRequest(
+            request_id=request_id(), need_id=need_id, requested_by="cw-01", **fields
+        )
+    )
+    return response.assistance
+
+
+async def advance(
+    stub: pb_grpc.AssistanceServiceStub, assistance_id: str, action: str, **data: Any
+) -> pb.Assistance:
+    response = await stub.AdvanceAssistance(
+        pb.AdvanceAssistanceRequest(
+            request_id=request_id(),
+            assistance_id=assistance_id,
+            action=action,
+            data=struct(**data),
+            actor="cw-01",
+        )
+    )
+    return response.assistance
+
+
+async def create_pool(
+    stub: pb_grpc.AssistanceServiceStub,
+    type_id: str,
+    capacity: int,
+    *,
+    provider_id: str = "barda-vocational-centre",
+    sessions: int = 0,
+) -> pb.CapacityPool:
+    response = await stub.CreateCapacityPool(
+        pb.CreateCapacityPoolRequest(
+            request_id=request_id(),
+            pool_id=new_id("pool"),
+            provider_id=provider_id,
+            type_id=type_id,
+            capacity=capacity,
+            sessions=sessions,
+            name=localized_text_pb2.LocalizedText(en="Test pool", az="Sınaq hovuzu"),
+        )
+    )
+    return response.pool
+
+
+def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """field -> description from the google.rpc.BadRequest detail."""
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return {v.field: v.description for v in bad.field_violations}
+    raise AssertionError(f"no BadRequest detail in {status}")
+
+
+def reason(error: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
+
+
+# --- the catalogue --------------------------------------------------------------------
+
+
+async def test_types_are_listed_in_both_languages_with_their_lifecycles(cluster: Cluster) -> None:
+    response = await cluster.assistance.ListAssistanceTypes(pb.ListAssistanceTypesRequest())
+    types = {t.type_id: t for t in response.assistance_types}
+    assert {
+        "wheelchair",
+        "spa_rehabilitation",
+        "english_course",
+        "computer_course",
+        "carpet_weaving",
+    } <= set(types)
+    assert types["wheelchair"].name.az == "Əlil arabası"
+    assert types["computer_course"].name.az == "Kompüter kursu"
+    wheelchair = types["wheelchair"]
+    assert wheelchair.capacity_model == pb.CAPACITY_MODEL_STOCK
+    assert list(wheelchair.follow_up_days) == [90]
+    assert wheelchair.initial_state == "fitting_assessment"
+    assert "waitlisted" in {s.state_id for s in wheelchair.states}
+    assert ("allocated", "deliver", "delivered") in {
+        (t.from_state, t.action, t.to_state) for t in wheelchair.transitions
+    }
+    assert "seat_width_cm" in wheelchair.data_schema_json
+    assert "programmes: [wheelchair]" in wheelchair.eligibility_rules_yaml
+    # Paging through one at a time reaches every type exactly once.
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await cluster.assistance.ListAssistanceTypes(
+            pb.ListAssistanceTypesRequest(page_size=2, page_token=token)
+        )
+        seen += [t.type_id for t in page.assistance_types]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == sorted(types)
+
+
+# --- capacity: cohorts, waitlists, promotion ------------------------------------------
+
+
+async def test_a_cohort_fills_then_waitlists_in_order_and_a_dropout_promotes_the_next(
+    cluster: Cluster,
+) -> None:
+    stub = cluster.assistance
+    pool = await create_pool(stub, "computer_course", 2, sessions=10)
+    needs = [await record_need(stub, "computer_course") for _ in range(4)]
+    enrolled = [
+        await request(stub, n.need_id, capacity_pool_id=pool.pool_id, data=struct(level="office"))
+        for n in needs
+    ]
+    assert [a.state for a in enrolled] == ["enrolled", "enrolled", "waitlisted", "waitlisted"]
+    assert [a.waitlist_position for a in enrolled] == [0, 0, 1, 2]
+    assert enrolled[0].course_length == 10
+    assert enrolled[0].provider_id == "barda-vocational-centre"
+
+    # Needs follow their assistance: referred to the training centre, not met.
+    need = await stub.ListAssistance(pb.ListAssistanceRequest(capacity_pool_id=pool.pool_id))
+    assert [a.assistance_id for a in need.assistance] == [a.assistance_id for a in enrolled]
+
+    await advance(stub, enrolled[0].assistance_id, "attend", sessions=2)
+    dropped = await advance(stub, enrolled[0].assistance_id, "drop_out")
+    assert dropped.state == "dropped_out"
+
+    promoted = (
+        await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=enrolled[2].assistance_id))
+    ).assistance
+    assert promoted.state == "enrolled"
+    assert promoted.waitlist_position == 0
+    assert [(e.action, e.actor) for e in promoted.history] == [
+        ("request", "cw-01"),
+        ("promote", "system"),
+    ]
+    last = (
+        await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=enrolled[3].assistance_id))
+    ).assistance
+    assert (last.state, last.waitlist_position) == ("waitlisted", 1)
+
+    # Cancelling from the waitlist leaves it; the dropout's need is open again.
+    cancelled = await advance(stub, last.assistance_id, "cancel")
+    assert (cancelled.state, cancelled.waitlist_position) == ("cancelled", 0)
+    providers = await stub.ListProviders(
+        pb.ListProvidersRequest(type_id="computer_course", district_code="barda")
+    )
+    [mine] = [p for pr in providers.providers for p in pr.pools if p.pool_id == pool.pool_id]
+    assert (mine.capacity, mine.reserved, mine.free, mine.waitlisted) == (2, 2, 0, 0)
+    again = await request(
+        stub, needs[0].need_id, capacity_pool_id=pool.pool_id, data=struct(level="office")
+    )
+    assert again.state == "waitlisted"
+
+
+async def test_fifty_concurrent_requests_for_the_last_seats_never_overbook(
+    cluster: Cluster,
+) -> None:
+    stub = cluster.assistance
+    seats = 7
+    pool = await create_pool(stub, "english_course", seats, sessions=30)
+    needs = [await record_need(stub, "english_course") for _ in range(50)]
+    results = await asyncio.gather(
+        *(
+            request(stub, n.need_id, capacity_pool_id=pool.pool_id, data=struct(level="a1"))
+            for n in needs
+        )
+    )
+    reserved = [a for a in results if a.state == "enrolled"]
+    waiting = [a for a in results if a.state == "waitlisted"]
+    assert len(reserved) == seats
+    assert len(waiting) == 50 - seats
+    assert sorted(a.waitlist_position for a in waiting) == list(range(1, 50 - seats + 1))
+    # Positions follow arrival order under the pool's lock, which is the list order.
+    listed = await stub.ListAssistance(
+        pb.ListAssistanceRequest(capacity_pool_id=pool.pool_id, state="waitlisted")
+    )
+    assert [a.waitlist_position for a in listed.assistance] == list(range(1, 50 - seats + 1))
+    # Adding two seats promotes exactly the first two waiting.
+    adjusted = await stub.AdjustCapacity(
+        pb.AdjustCapacityRequest(
+            request_id=request_id(), pool_id=pool.pool_id, delta=2, reason="second classroom"
+        )
+    )
+    assert (adjusted.pool.capacity, adjusted.pool.reserved, adjusted.pool.waitlisted) == (
+        seats + 2,
+        seats + 2,
+        50 - seats - 2,
+    )
+    first_two = listed.assistance[:2]
+    for a in first_two:
+        got = await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=a.assistance_id))
+        assert got.assistance.state == "enrolled"
+    third = await stub.GetAssistance(
+        pb.GetAssistanceRequest(assistance_id=listed.assistance[2].assistance_id)
+    )
+    assert third.assistance.waitlist_position == 1
+    # Reserved places cannot be written off.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.AdjustCapacity(
+            pb.AdjustCapacityRequest(
+                request_id=request_id(), pool_id=pool.pool_id, delta=-1, reason="broken chair"
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+# --- the shipped lifecycles -----------------------------------------------------------
+
+
+async def test_a_wheelchair_is_delivered_from_stock_and_the_need_is_met_only_at_follow_up(
+    cluster: Cluster,
+) -> None:
+    stub = cluster.assistance
+    pool = await create_pool(stub, "wheelchair", 1, provider_id="baku-mobility-aids")
+    need = await record_need(stub, "wheelchair", district="saatli", sex=sex_pb2.SEX_MALE)
+    chair = await request(
+        stub, need.need_id, capacity_pool_id=pool.pool_id, data=struct(seat_width_cm=44)
+    )
+    assert chair.state == "fitting_assessment"
+    await advance(stub, chair.assistance_id, "allocate_from_stock")
+    delivered = await advance(
+        stub, chair.assistance_id, "deliver", serial_number="WC-2026-0193", fitted_by="pt-07"
+    )
+    assert delivered.state == "delivered"
+    assert delivered.delivery_time.seconds > 0
+    [due] = delivered.follow_up_dates
+    assert (date(due.year, due.month, due.day) - baku_today()).days in (89, 90, 91)
+
+    listing = await stub.ListAssistance(pb.ListAssistanceRequest(survivor_id=need.survivor_id))
+    assert [a.state for a in listing.assistance] == ["delivered"]
+    # Delivered is not met: the need stays open until the follow-up confirms it.
+    key = ("saatli", sex_pb2.SEX_MALE, age_band_pb2.AGE_BAND_18_34)
+    assert (await report_rows(cluster, "wheelchair"))[key] == (1, 0, 1)
+    done = await advance(stub, chair.assistance_id, "follow_up", notes="in daily use")
+    assert done.state == "followed_up"
+    assert (await report_rows(cluster, "wheelchair"))[key] == (0, 1, 1)
+    # A met need takes no more assistance.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await request(
+            stub, need.need_id, capacity_pool_id=pool.pool_id, data=struct(seat_width_cm=44)
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(err.value) == "NEED_ALREADY_MET"
+
+
+async def test_a_procured_wheelchair_returns_its_stock_item_to_the_next_waiting(
+    cluster: Cluster,
+) -> None:
+    stub = cluster.assistance
+    pool = await create_pool(stub, "wheelchair", 1, provider_id="baku-mobility-aids")
+    first = await request(
+        stub,
+        (await record_need(stub, "wheelchair")).need_id,
+        capacity_pool_id=pool.pool_id,
+        data=struct(seat_width_cm=38),
+    )
+    second = await request(
+        stub,
+        (await record_need(stub, "wheelchair")).need_id,
+        capacity_pool_id=pool.pool_id,
+        data=struct(seat_width_cm=50),
+    )
+    assert (first.state, second.state) == ("fitting_assessment", "waitlisted")
+    await advance(stub, first.assistance_id, "procure", order_reference="PO-1187")
+    got = await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=second.assistance_id))
+    assert got.assistance.state == "fitting_assessment"
+    received = await advance(stub, first.assistance_id, "receive_procured")
+    assert received.state == "allocated"
+
+
+async def test_a_spa_course_records_attendance_completes_and_frees_its_slot(
+    cluster: Cluster,
+) -> None:
+    stub = cluster.assistance
+    pool = await create_pool(stub, "spa_rehabilitation", 1, provider_id="naftalan-health-resort")
+    course = await request(
+        stub,
+        (await record_need(stub, "spa_rehabilitation")).need_id,
+        capacity_pool_id=pool.pool_id,
+        data=struct(sessions=10, treatment="naftalan_oil"),
+    )
+    waiting = await request(
+        stub,
+        (await record_need(stub, "spa_rehabilitation")).need_id,
+        capacity_pool_id=pool.pool_id,
+        data=struct(sessions=5, treatment="mud"),
+    )
+    assert (course.course_length, waiting.state) == (10, "waitlisted")
+    await advance(stub, course.assistance_id, "attend", sessions=6)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await advance(stub, course.assistance_id, "complete")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(err.value) == "COURSE_NOT_FULLY_ATTENDED"
+    attended = await advance(stub, course.assistance_id, "attend", sessions=4)
+    assert attended.attended_sessions == 10
+    completed = await advance(stub, course.assistance_id, "complete")
+    assert completed.state == "delivered"
+    promoted = await stub.GetAssistance(
+        pb.GetAssistanceRequest(assistance_id=waiting.assistance_id)
+    )
+    assert promoted.assistance.state == "booked"
+    lapsed = await advance(stub, waiting.assistance_id, "lapse")
+    assert lapsed.state == "lapsed"
+
+
+async def test_carpet_weaving_runs_training_equipment_workshop_and_follow_up(
+    cluster: Cluster,
+) -> None:
+    stub = cluster.assistance
+    need = await record_need(stub, "carpet_weaving", district="aghjabadi")
+    support = await request(stub, need.need_id, data=struct(enterprise="cooperative"))
+    assert support.provider_id == "aghjabadi-carpet-workshop"
+    await advance(stub, support.assistance_id, "complete_training")
+    equipment = [
+        {"item": "vertical loom", "quantity": 1},
+        {"item": "wool yarn, kg", "quantity": 40},
+    ]
+    delivered = await advance(stub, support.assistance_id, "hand_over_equipment", items=equipment)
+    assert len(delivered.follow_up_dates) == 2
+    joined = await advance(
+        stub, support.assistance_id, "join_workshop", kind="cooperative", name="Ağcabədi Xalça"
+    )
+    done = await advance(stub, joined.assistance_id, "follow_up")
+    assert done.state == "followed_up"
+    assert [e.action for e in done.history] == [
+        "request",
+        "complete_training",
+        "hand_over_equipment",
+        "join_workshop",
+        "follow_up",
+    ]
+
+
+# --- refusals that write nothing ------------------------------------------------------
+
+
+async def assert_writes_nothing(
+    cluster: Cluster, call: Any, code: grpc.StatusCode
+) -> grpc.aio.AioRpcError:
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    assert err.value.code() == code, err.value.details()
+    assert await cluster.row_counts() == before
+    return err.value
+
+
+async def test_an_unknown_type_is_invalid_and_writes_nothing(cluster: Cluster) -> None:
+    error = await assert_writes_nothing(
+        cluster, record_need(cluster.assistance, "hovercraft"), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert "unknown assistance type" in violations(error)["type_id"]
+    error = await assert_writes_nothing(
+        cluster,
+        create_pool(cluster.assistance, "hovercraft", 3),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "type_id" in violations(error)
+
+
+async def test_data_the_type_rejects_is_invalid_and_writes_nothing(cluster: Cluster) -> None:
+    stub = cluster.assistance
+    need = await record_need(stub, "wheelchair")
+    error = await assert_writes_nothing(
+        cluster,
+        request(stub, need.need_id, data=struct(seat_width_cm=95, colour="red")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    found = violations(error)
+    assert "95 is greater than the maximum of 60" in found["data.seat_width_cm"]
+    assert "colour" in found["data"]
+    error = await assert_writes_nothing(
+        cluster, request(stub, need.need_id), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert "required" in violations(error)["data.seat_width_cm"]
+
+
+async def test_attendance_beyond_the_course_length_is_invalid_and_writes_nothing(
+    cluster: Cluster,
+) -> None:
+    stub = cluster.assistance
+    pool = await create_pool(stub, "computer_course", 3, sessions=4)
+    course = await request(
+        stub,
+        (await record_need(stub, "computer_course")).need_id,
+        capacity_pool_id=pool.pool_id,
+        data=struct(level="basic_literacy"),
+    )
+    await advance(stub, course.assistance_id, "attend", sessions=3)
+    error = await assert_writes_nothing(
+        cluster,
+        advance(stub, course.assistance_id, "attend", sessions=2),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "at most 1 more session" in violations(error)["data.sessions"]
+    error = await assert_writes_nothing(
+        cluster,
+        advance(stub, course.assistance_id, "attend", sessions=0),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "data.sessions" in violations(error)
+
+
+async def test_a_negative_quantity_is_invalid_and_writes_nothing(cluster: Cluster) -> None:
+    stub = cluster.assistance
+    need = await record_need(stub, "wheelchair")
+    error = await assert_writes_nothing(
+        cluster,
+        request(stub, need.need_id, quantity=-2, data=struct(seat_width_cm=40)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "quantity" in violations(error)
+    # In-kind equipment quantities are checked against the type's declaration too.
+    support = await request(
+        stub, (await record_need(stub, "carpet_weaving")).need_id, data=struct(enterprise="factory")
+    )
+    await advance(stub, support.assistance_id, "complete_training")
+    error = await assert_writes_nothing(
+        cluster,
+        advance(
+            stub,
+            support.assistance_id,
+            "hand_over_equipment",
+            items=[{"item": "loom", "quantity": -1}],
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "less than the minimum of 1" in violations(error)["data.items[0].quantity"]
+    error = await assert_writes_nothing(
+        cluster,
+        stub.AdjustCapacity(
+            pb.AdjustCapacityRequest(
+                request_id=request_id(), pool_id="stock-wheelchairs-baku", delta=0, reason="none"
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "delta" in violations(error)
+
+
+async def test_a_referral_without_consent_is_refused_and_writes_nothing(cluster: Cluster) -> None:
+    stub = cluster.assistance
+    need = await record_need(stub, "english_course")
+    error = await assert_writes_nothing(
+        cluster,
+        request(stub, need.need_id, referral_consent=False, data=struct(level="a2")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert reason(error) == "REFERRAL_CONSENT_MISSING"
+
+
+async def test_an_illegal_transition_is_refused_and_changes_nothing(cluster: Cluster) -> None:
+    stub = cluster.assistance
+    pool = await create_pool(stub, "wheelchair", 2, provider_id="baku-mobility-aids")
+    chair = await request(
+        stub,
+        (await record_need(stub, "wheelchair")).need_id,
+        capacity_pool_id=pool.pool_id,
+        data=struct(seat_width_cm=41),
+    )
+    error = await assert_writes_nothing(
+        cluster,
+        advance(stub, chair.assistance_id, "deliver", serial_number="X-1", fitted_by="pt"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert reason(error) == "ILLEGAL_TRANSITION"
+    error = await assert_writes_nothing(
+        cluster, advance(stub, chair.assistance_id, "teleport"), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert "no action 'teleport'" in violations(error)["action"]
+    await advance(stub, chair.assistance_id, "cancel")
+    await assert_writes_nothing(
+        cluster, advance(stub, chair.assistance_id, "cancel"), grpc.StatusCode.FAILED_PRECONDITION
+    )
+    got = await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=chair.assistance_id))
+    assert got.assistance.state == "cancelled"
+
+
+async def test_missing_records_are_not_found(cluster: Cluster) -> None:
+    stub = cluster.assistance
+    for call in (
+        stub.GetAssistance(pb.GetAssistanceRequest(assistance_id="ast-missing")),
+        request(stub, "need-missing"),
+        advance(stub, "ast-missing", "cancel"),
+    ):
+        await assert_writes_nothing(cluster, call, grpc.StatusCode.NOT_FOUND)
+
+
+# --- idempotency ----------------------------------------------------------------------
+
+
+async def test_every_mutation_is_idempotent_through_its_request_id(cluster: Cluster) -> None:
+    stub = cluster.assistance
+    pool = await create_pool(stub, "computer_course", 1, sessions=8)
+    need = await record_need(stub, "computer_course")
+    call = pb.RequestAssistanceRequest(
+        request_id=request_id(),
+        need_id=need.need_id,
+        capacity_pool_id=pool.pool_id,
+        data=struct(level="office"),
+        referral_consent=True,
+        requested_by="cw-01",
+    )
+    first, second = await asyncio.gather(stub.RequestAssistance(call), stub.RequestAssistance(call))
+    assert first == second
+    assistance_id = first.assistance.assistance_id
+    step = pb.AdvanceAssistanceRequest(
+        request_id=request_id(),
+        assistance_id=assistance_id,
+        action="attend",
+        data=struct(sessions=3),
+        actor="cw-01",
+    )
+    once = await stub.AdvanceAssistance(step)
+    twice = await stub.AdvanceAssistance(step)
+    assert once == twice
+    assert twice.assistance.attended_sessions == 3
+    step.data.CopyFrom(struct(sessions=4))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.AdvanceAssistance(step)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+# --- providers and the delivery report ------------------------------------------------
+
+
+async def test_providers_show_their_free_capacity(cluster: Cluster) -> None:
+    response = await cluster.assistance.ListProviders(pb.ListProvidersRequest(page_size=2))
+    assert len(response.providers) == 2 and response.next_page_token
+    everyone = await cluster.assistance.ListProviders(pb.ListProvidersRequest())
+    by_id = {p.provider_id: p for p in everyone.providers}
+    naftalan = by_id["naftalan-health-resort"]
+    assert naftalan.name.az == "Naftalan Müalicə-Sağlamlıq Mərkəzi"
+    assert naftalan.kind == pb.PROVIDER_KIND_SPA_CENTRE
+    seeded = {p.pool_id: p for p in by_id["baku-mobility-aids"].pools}
+    stock = seeded["stock-wheelchairs-baku"]
+    assert stock.model == pb.CAPACITY_MODEL_STOCK
+    assert stock.free == stock.capacity - stock.reserved
+
+
+async def report_rows(
+    cluster: Cluster, type_id: str
+) -> dict[tuple[str, int, int], tuple[int, int, int]]:
+    response = await cluster.assistance.GetDeliveryReport(
+        pb.GetDeliveryReportRequest(as_of=pdate(baku_today()), type_id=type_id)
+    )
+    return {
+        (r.district_code, r.sex, r.age_band): (r.needs_open, r.needs_met, r.delivered)
+        for r in response.report.rows
+    }
+
+
+async def test_the_delivery_report_separates_needs_from_delivery(cluster: Cluster) -> None:
+    stub = cluster.assistance
+    key = ("khojavend", sex_pb2.SEX_FEMALE, age_band_pb2.AGE_BAND_60_PLUS)
+    needs = [
+        await record_need(
+            stub, "english_course", district="khojavend", age_band=age_band_pb2.AGE_BAND_60_PLUS
+        )
+        for _ in range(3)
+    ]
+    pool = await create_pool(stub, "english_course", 5, sessions=2)
+    course = await request(
+        stub, needs[0].need_id, capacity_pool_id=pool.pool_id, data=struct(level="a1")
+    )
+    await advance(stub, course.assistance_id, "attend", sessions=2)
+    await advance(stub, course.assistance_id, "complete", certificate_number="EN-A1-0042")
+    assert (await report_rows(cluster, "english_course"))[key] == (3, 0, 1)
+    await advance(stub, course.assistance_id, "follow_up")
+    assert (await report_rows(cluster, "english_course"))[key] == (2, 1, 1)
+    # Before these needs were recorded the report had nothing for them.
+    yesterday = await stub.GetDeliveryReport(
+        pb.GetDeliveryReportRequest(as_of=pdate(date(2020, 1, 1)))
+    )
+    assert not yesterday.report.rows
