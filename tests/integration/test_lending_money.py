@@ -1,0 +1,510 @@
+"""The money paths over gRPC against real PostgreSQL: the ledger's database guarantees,
+the fund reservation, idempotency under concurrency, bad input, arrears and pauses,
+reschedules, reversals, write-offs with recoveries, and the portfolio report."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date
+
+import asyncpg
+import grpc
+import pytest
+
+from mineaction.lending.v1 import lending_service_pb2 as pb
+from mineaction.type.v1 import sex_pb2
+from services.lending.schedule import build_schedule
+from tests.conftest import Cluster
+from tests.factories import new_id, pdate, request_id
+from tests.lending_helpers import (
+    active_loan,
+    approved_loan,
+    disburse,
+    error_reason,
+    field_violations,
+    ledger_invariants,
+    lending_db,
+    open_fund,
+    repayment,
+)
+
+START = date(2026, 3, 10)  # small_trade: 12 months, 1 month grace; first due 2026-05-10
+
+
+async def test_postings_refuse_update_delete_and_truncate(cluster: Cluster) -> None:
+    fund_id = await open_fund(cluster, 1_000_000)
+    await active_loan(cluster, fund_id=fund_id)
+    async with lending_db(cluster).pool.acquire() as conn:
+        posting_id = await conn.fetchval(
+            "SELECT max(posting_id) FROM postings WHERE fund_id = $1", fund_id
+        )
+        for statement in (
+            "UPDATE postings SET amount_minor = amount_minor + 1 WHERE posting_id = $1",
+            "DELETE FROM postings WHERE posting_id = $1",
+            "UPDATE ledger_transactions SET value_date = value_date + 1 WHERE transaction_id = "
+            "(SELECT transaction_id FROM postings WHERE posting_id = $1)",
+        ):
+            with pytest.raises(asyncpg.RestrictViolationError, match="append-only"):
+                await conn.execute(statement, posting_id)
+        with pytest.raises(asyncpg.RestrictViolationError, match="append-only"):
+            await conn.execute("TRUNCATE postings CASCADE")
+        assert await conn.fetchval("SELECT count(*) FROM postings WHERE fund_id = $1", fund_id) == 4
+
+
+async def test_the_database_refuses_an_unbalanced_transaction(cluster: Cluster) -> None:
+    fund_id = await open_fund(cluster, 1_000_000)
+    async with lending_db(cluster).pool.acquire() as conn:
+        with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
+            async with conn.transaction():
+                await conn.execute(
+                    """INSERT INTO ledger_transactions (transaction_id, fund_id, kind, value_date,
+                           recorded_by, loan_id) VALUES ('txn-lopsided', $1, 'CAPITAL',
+                           '2026-01-01', 'test', NULL)""",
+                    fund_id,
+                )
+                await conn.execute(
+                    """INSERT INTO postings (transaction_id, fund_id, account, amount_minor)
+                       VALUES ('txn-lopsided', $1, 'FUND_CASH', 100),
+                              ('txn-lopsided', $1, 'FUND_CAPITAL', -99)""",
+                    fund_id,
+                )
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM ledger_transactions WHERE transaction_id = 'txn-lopsided'"
+            )
+            == 0
+        )
+        await ledger_invariants(conn)
+
+
+async def test_disbursement_beyond_the_fund_is_refused_and_writes_nothing(
+    cluster: Cluster,
+) -> None:
+    fund_id = await open_fund(cluster, 150_000)
+    first = await approved_loan(cluster.lending, fund_id=fund_id, amount_minor=100_000)
+    second = await approved_loan(cluster.lending, fund_id=fund_id, amount_minor=100_000)
+    await disburse(cluster.lending, first.loan_id, 100_000, START)
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await disburse(cluster.lending, second.loan_id, 100_000, START)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(refused.value) == "INSUFFICIENT_FUNDS"
+    assert await cluster.row_counts() == before
+    fund = (await cluster.lending.GetFund(pb.GetFundRequest(fund_id=fund_id))).fund
+    assert fund.available_minor == 50_000
+    loan = (await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=second.loan_id))).loan
+    assert loan.state == pb.LOAN_STATE_APPROVED
+
+
+async def test_concurrent_disbursements_never_overdraw_the_fund(cluster: Cluster) -> None:
+    fund_id = await open_fund(cluster, 250_000)
+    loans = [
+        await approved_loan(cluster.lending, fund_id=fund_id, amount_minor=100_000)
+        for _ in range(5)
+    ]
+    results = await asyncio.gather(
+        *(disburse(cluster.lending, loan.loan_id, 100_000, START) for loan in loans),
+        return_exceptions=True,
+    )
+    assert sum(1 for r in results if isinstance(r, pb.DisburseTrancheResponse)) == 2
+    fund = (await cluster.lending.GetFund(pb.GetFundRequest(fund_id=fund_id))).fund
+    assert fund.available_minor == 50_000
+
+
+async def test_fifty_concurrent_duplicates_have_exactly_one_effect(cluster: Cluster) -> None:
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await active_loan(cluster, fund_id=fund_id)
+    request = repayment(loan.loan_id, 10_000, date(2026, 5, 10))
+    responses = await asyncio.gather(*(cluster.lending.RecordRepayment(request) for _ in range(50)))
+    assert len({r.repayment.transaction_id for r in responses}) == 1
+    assert len({r.SerializeToString(deterministic=True) for r in responses}) == 1
+    async with lending_db(cluster).pool.acquire() as conn:
+        repayments = await conn.fetchval(
+            "SELECT count(*) FROM ledger_transactions WHERE loan_id = $1 AND kind = 'REPAYMENT'",
+            loan.loan_id,
+        )
+    assert repayments == 1
+    after = (await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=loan.loan_id))).loan
+    assert after.repaid_principal_minor == 10_000
+
+    changed = pb.RecordRepaymentRequest()
+    changed.CopyFrom(request)
+    changed.amount_minor = 20_000
+    with pytest.raises(grpc.aio.AioRpcError) as reused:
+        await cluster.lending.RecordRepayment(changed)
+    assert reused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def _refused_without_writes(
+    cluster: Cluster, call: object, field: str, code: grpc.StatusCode
+) -> None:
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call  # type: ignore[misc]
+    assert refused.value.code() == code, refused.value.details()
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert field in field_violations(refused.value)
+    assert await cluster.row_counts() == before
+
+
+async def test_bad_input_is_invalid_argument_with_field_violations_and_writes_nothing(
+    cluster: Cluster,
+) -> None:
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await active_loan(cluster, fund_id=fund_id)
+    lending = cluster.lending
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+
+    for amount in (0, -500):
+        await _refused_without_writes(
+            cluster,
+            lending.RecordRepayment(repayment(loan.loan_id, amount, date(2026, 5, 10))),
+            "amount_minor",
+            invalid,
+        )
+    application = pb.SubmitLoanApplicationRequest(
+        request_id=request_id(),
+        survivor_id=new_id("srv"),
+        product_id="small_trade",
+        amount_minor=400_001,  # the product's maximum is 400,000
+        currency_code="AZN",
+        district_code="saatli",
+        borrower_sex=sex_pb2.SEX_FEMALE,
+        borrower_age_band=2,  # type: ignore[arg-type]
+        submitted_by="cw-01",
+        fund_id=fund_id,
+    )
+    await _refused_without_writes(
+        cluster, lending.SubmitLoanApplication(application), "amount_minor", invalid
+    )
+    application.amount_minor, application.product_id = 100_000, "camel_breeding"
+    await _refused_without_writes(
+        cluster, lending.SubmitLoanApplication(application), "product_id", invalid
+    )
+    await _refused_without_writes(
+        cluster,
+        lending.RecordRepayment(repayment("loan-nonexistent", 1_000, date(2026, 5, 10))),
+        "loan_id",
+        invalid,
+    )
+    in_dollars = repayment(loan.loan_id, 1_000, date(2026, 5, 10))
+    in_dollars.currency_code = "USD"
+    await _refused_without_writes(
+        cluster, lending.RecordRepayment(in_dollars), "currency_code", invalid
+    )
+    await _refused_without_writes(
+        cluster,
+        lending.RecordRepayment(repayment(loan.loan_id, 1_000, date(2026, 3, 9))),
+        "payment_date",
+        invalid,
+    )
+    await _refused_without_writes(
+        cluster,
+        lending.RecordRepayment(repayment(loan.loan_id, 120_001, date(2026, 5, 10))),
+        "amount_minor",
+        invalid,
+    )
+    impossible = repayment(loan.loan_id, 1_000, date(2026, 5, 10))
+    impossible.payment_date.day = 31
+    impossible.payment_date.month = 2
+    await _refused_without_writes(
+        cluster, lending.RecordRepayment(impossible), "payment_date", invalid
+    )
+    # Illegal transitions are FAILED_PRECONDITION and change nothing either.
+    submitted = await lending.SubmitLoanApplication(
+        pb.SubmitLoanApplicationRequest(
+            request_id=request_id(),
+            survivor_id=new_id("srv"),
+            product_id="small_trade",
+            amount_minor=100_000,
+            currency_code="AZN",
+            district_code="saatli",
+            borrower_sex=sex_pb2.SEX_FEMALE,
+            borrower_age_band=2,  # type: ignore[arg-type]
+            submitted_by="cw-01",
+            fund_id=fund_id,
+        )
+    )
+    await _refused_without_writes(
+        cluster,
+        disburse(lending, submitted.loan.loan_id, 100_000, START),
+        "",
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    withdrawn = await lending.WithdrawLoan(
+        pb.WithdrawLoanRequest(
+            request_id=request_id(),
+            loan_id=submitted.loan.loan_id,
+            withdrawn_by="cw-01",
+            reason="the applicant found seasonal work",
+        )
+    )
+    assert withdrawn.loan.state == pb.LOAN_STATE_WITHDRAWN
+    await _refused_without_writes(
+        cluster,
+        lending.ApproveLoan(
+            pb.ApproveLoanRequest(
+                request_id=request_id(),
+                loan_id=submitted.loan.loan_id,
+                approved_by="cm-02",
+                committee_decision_ref="CM-1",
+            )
+        ),
+        "",
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+
+
+async def test_arrears_grow_then_pause_and_the_pause_cannot_be_deleted(cluster: Cluster) -> None:
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await active_loan(cluster, fund_id=fund_id)
+
+    async def dpd(on: date) -> int:
+        got = await cluster.lending.GetLoan(
+            pb.GetLoanRequest(loan_id=loan.loan_id, as_of=pdate(on))
+        )
+        return got.loan.days_past_due
+
+    assert await dpd(date(2026, 5, 10)) == 0  # first instalment due today: not yet late
+    assert await dpd(date(2026, 6, 9)) == 30
+    assert await dpd(date(2026, 6, 10)) == 31
+    paused = await cluster.lending.PauseDelinquency(
+        pb.PauseDelinquencyRequest(
+            request_id=request_id(),
+            loan_id=loan.loan_id,
+            start_date=pdate(date(2026, 6, 11)),
+            end_date=pdate(date(2026, 7, 10)),
+            reason="hospitalised: prosthesis surgery",
+            requested_by="cw-01",
+        )
+    )
+    assert paused.loan.days_past_due == 31
+    assert await dpd(date(2026, 7, 1)) == 31  # frozen during the pause
+    assert await dpd(date(2026, 7, 10)) == 31
+    assert await dpd(date(2026, 7, 11)) == 32  # and grows again after it
+    schedule = (
+        await cluster.lending.GetRepaymentSchedule(
+            pb.GetRepaymentScheduleRequest(loan_id=loan.loan_id, as_of=pdate(date(2026, 7, 11)))
+        )
+    ).schedule
+    assert max(i.days_past_due for i in schedule.instalments) == 32  # same rule as GetLoan
+    assert schedule.instalments[0].state == pb.INSTALMENT_STATE_OVERDUE
+    got = await cluster.lending.GetLoan(
+        pb.GetLoanRequest(loan_id=loan.loan_id, as_of=pdate(date(2026, 7, 11)))
+    )
+    assert got.loan.bucket == pb.DELINQUENCY_BUCKET_31_60
+
+    async with lending_db(cluster).pool.acquire() as conn:
+        for statement in (
+            "DELETE FROM delinquency_pauses WHERE loan_id = $1",
+            "UPDATE delinquency_pauses SET end_date = end_date + 30 WHERE loan_id = $1",
+        ):
+            with pytest.raises(asyncpg.RestrictViolationError):
+                await conn.execute(statement, loan.loan_id)
+
+    no_reason = pb.PauseDelinquencyRequest(
+        request_id=request_id(),
+        loan_id=loan.loan_id,
+        start_date=pdate(date(2026, 8, 1)),
+        end_date=pdate(date(2027, 9, 1)),  # longer than a year
+        reason="",
+        requested_by="cw-01",
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await cluster.lending.PauseDelinquency(no_reason)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "reason" in field_violations(refused.value)
+
+
+async def test_reschedule_rebuilds_the_rest_and_keeps_the_old_schedule(cluster: Cluster) -> None:
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await active_loan(cluster, fund_id=fund_id)
+    await cluster.lending.RecordRepayment(repayment(loan.loan_id, 10_000, date(2026, 5, 10)))
+    rescheduled = await cluster.lending.RescheduleLoan(
+        pb.RescheduleLoanRequest(
+            request_id=request_id(),
+            loan_id=loan.loan_id,
+            reason="drought: the stall lost its summer trade",
+            new_term_months=18,
+            additional_grace_months=2,
+            effective_date=pdate(date(2026, 8, 31)),
+            requested_by="lo-03",
+        )
+    )
+    assert rescheduled.loan.state == pb.LOAN_STATE_ACTIVE
+    assert rescheduled.loan.days_past_due == 0  # arrears cured by the new schedule
+    new = rescheduled.schedule
+    assert new.revision == 2 and new.base_repaid_minor == 10_000
+    assert sum(i.principal_due_minor for i in new.instalments) == 110_000
+    assert len(new.instalments) == 16
+    first_due = new.instalments[0].due_date
+    assert (first_due.year, first_due.month, first_due.day) == (2026, 11, 30)
+    old = (
+        await cluster.lending.GetRepaymentSchedule(
+            pb.GetRepaymentScheduleRequest(loan_id=loan.loan_id, revision=1)
+        )
+    ).schedule
+    assert old.reason == "initial" and len(old.instalments) == 11
+    # Readable as it stood when it was replaced: the first instalment short and late.
+    first = old.instalments[0]
+    assert first.state == pb.INSTALMENT_STATE_OVERDUE and first.principal_paid_minor == 10_000
+    assert first.days_past_due == (date(2026, 8, 31) - date(2026, 5, 10)).days
+    paid = await cluster.lending.RecordRepayment(repayment(loan.loan_id, 6_875, date(2026, 11, 30)))
+    assert [(a.instalment_number, a.principal_minor) for a in paid.repayment.allocations] == [
+        (1, 6_875)
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as backdated:
+        await cluster.lending.RescheduleLoan(
+            pb.RescheduleLoanRequest(
+                request_id=request_id(),
+                loan_id=loan.loan_id,
+                reason="again",
+                new_term_months=6,
+                effective_date=pdate(date(2026, 3, 1)),
+                requested_by="lo-03",
+            )
+        )
+    assert backdated.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(backdated.value) == ["effective_date"]
+
+
+async def test_reversal_corrects_a_repayment_and_reopens_a_repaid_loan(cluster: Cluster) -> None:
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await active_loan(cluster, fund_id=fund_id)
+    full = await cluster.lending.RecordRepayment(repayment(loan.loan_id, 120_000, date(2026, 6, 1)))
+    assert full.loan.state == pb.LOAN_STATE_CLOSED_OBLIGATIONS_MET
+    reverse = pb.ReverseRepaymentRequest(
+        request_id=request_id(),
+        loan_id=loan.loan_id,
+        transaction_id=full.repayment.transaction_id,
+        reason="the bank transfer bounced",
+        reversed_by="acc-07",
+    )
+    reversed_ = await cluster.lending.ReverseRepayment(reverse)
+    assert reversed_.loan.state == pb.LOAN_STATE_ACTIVE
+    assert reversed_.loan.outstanding_principal_minor == 120_000
+    again = pb.ReverseRepaymentRequest()
+    again.CopyFrom(reverse)
+    again.request_id = request_id()
+    with pytest.raises(grpc.aio.AioRpcError) as twice:
+        await cluster.lending.ReverseRepayment(again)
+    assert twice.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    fund = (await cluster.lending.GetFund(pb.GetFundRequest(fund_id=fund_id))).fund
+    assert fund.available_minor == 1_000_000 - 120_000
+    assert fund.repaid_principal_minor == 0
+    async with lending_db(cluster).pool.acquire() as conn:
+        kinds = await conn.fetch(
+            "SELECT kind FROM ledger_transactions WHERE loan_id = $1 ORDER BY created_at",
+            loan.loan_id,
+        )
+        await ledger_invariants(conn)
+    assert [k["kind"] for k in kinds] == ["DISBURSEMENT", "REPAYMENT", "REPAYMENT_REVERSAL"]
+
+
+async def test_write_off_needs_two_people_and_recoveries_return_to_the_fund(
+    cluster: Cluster,
+) -> None:
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await active_loan(cluster, fund_id=fund_id)
+    await cluster.lending.RecordRepayment(repayment(loan.loan_id, 20_000, date(2026, 5, 10)))
+    proposal = pb.WriteOffLoanRequest(
+        request_id=request_id(),
+        loan_id=loan.loan_id,
+        reason="the borrower died; no estate",
+        proposed_by="lo-03",
+        confirmed_by="lo-03",
+        write_off_date=pdate(date(2027, 6, 30)),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as alone:
+        await cluster.lending.WriteOffLoan(proposal)
+    assert alone.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    proposal.confirmed_by = "LO-03"  # the same person in other letters
+    with pytest.raises(grpc.aio.AioRpcError) as disguised:
+        await cluster.lending.WriteOffLoan(proposal)
+    assert disguised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    proposal.confirmed_by = "pm-01"
+    written = await cluster.lending.WriteOffLoan(proposal)
+    assert written.loan.state == pb.LOAN_STATE_CLOSED_WRITTEN_OFF
+    assert written.loan.written_off_minor == 100_000
+    assert written.loan.outstanding_principal_minor == 0
+
+    recovery = await cluster.lending.RecordRepayment(
+        repayment(loan.loan_id, 15_000, date(2027, 9, 1))
+    )
+    assert recovery.repayment.recovery
+    assert recovery.loan.recovered_minor == 15_000
+    with pytest.raises(grpc.aio.AioRpcError) as too_much:
+        await cluster.lending.RecordRepayment(repayment(loan.loan_id, 85_001, date(2027, 9, 2)))
+    assert too_much.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fund = (await cluster.lending.GetFund(pb.GetFundRequest(fund_id=fund_id))).fund
+    assert (fund.disbursed_minor, fund.repaid_principal_minor) == (120_000, 20_000)
+    assert (fund.written_off_minor, fund.recovered_minor) == (100_000, 15_000)
+    assert fund.available_minor == 1_000_000 - 120_000 + 20_000 + 15_000
+    assert fund.outstanding_principal_minor == 0
+    again = await cluster.lending.WriteOffLoan(proposal)  # a retry: the stored answer
+    assert again == written
+    proposal.request_id = request_id()
+    with pytest.raises(grpc.aio.AioRpcError) as closed:
+        await cluster.lending.WriteOffLoan(proposal)
+    assert closed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_portfolio_report_par30_buckets_and_breakdowns(cluster: Cluster) -> None:
+    fund_id = await open_fund(cluster, 5_000_000)
+    lending = cluster.lending
+    on_time = await active_loan(cluster, fund_id=fund_id)
+    late = await active_loan(cluster, fund_id=fund_id)
+    very_late = await approved_loan(
+        lending, fund_id=fund_id, district_code="tartar", sex=sex_pb2.SEX_MALE, amount_minor=240_000
+    )
+    await disburse(lending, very_late.loan_id, 240_000, START)
+    as_of = date(2026, 8, 20)
+    await lending.RecordRepayment(repayment(on_time.loan_id, 50_000, as_of))  # ahead: prepaid
+    await lending.RecordRepayment(repayment(late.loan_id, 10_910, date(2026, 5, 10)))
+    report = (
+        await lending.GetPortfolioReport(
+            pb.GetPortfolioReportRequest(as_of=pdate(as_of), fund_id=fund_id)
+        )
+    ).report
+    total = report.total
+    assert total.active_loans == 3
+    outstanding = {
+        on_time.loan_id: 70_000,
+        late.loan_id: 120_000 - 10_910,
+        very_late.loan_id: 240_000,
+    }
+    assert total.outstanding_principal_minor == sum(outstanding.values())
+    dpd = {
+        loan_id: (
+            await lending.GetLoan(pb.GetLoanRequest(loan_id=loan_id, as_of=pdate(as_of)))
+        ).loan.days_past_due
+        for loan_id in outstanding
+    }
+    assert dpd == {
+        on_time.loan_id: 0,
+        late.loan_id: (as_of - date(2026, 6, 10)).days,
+        very_late.loan_id: (as_of - date(2026, 5, 10)).days,
+    }
+    assert total.par30_outstanding_minor == outstanding[late.loan_id] + 240_000
+    assert total.par30_basis_points == total.par30_outstanding_minor * 10_000 // sum(
+        outstanding.values()
+    )
+    buckets = {b.bucket: (b.loans, b.outstanding_principal_minor) for b in total.buckets}
+    assert buckets[pb.DELINQUENCY_BUCKET_CURRENT] == (1, 70_000)
+    assert buckets[pb.DELINQUENCY_BUCKET_61_90] == (1, outstanding[late.loan_id])
+    assert buckets[pb.DELINQUENCY_BUCKET_OVER_90] == (1, 240_000)
+    assert buckets[pb.DELINQUENCY_BUCKET_1_30] == (0, 0)
+    # Repayment rate: principal repaid against principal fallen due, prepayments left out.
+    fallen_due = {
+        amount: sum(i.principal_minor for i in build_schedule(amount, START, 12, 1)[:4])
+        for amount in (120_000, 240_000)
+    }
+    repaid_against_due = fallen_due[120_000] + 10_910 + 0
+    assert total.repayment_rate_basis_points == repaid_against_due * 10_000 // (
+        2 * fallen_due[120_000] + fallen_due[240_000]
+    )
+    by_district = {b.key: b.figures for b in report.by_district}
+    assert by_district["tartar"].par30_basis_points == 10_000
+    assert by_district["saatli"].active_loans == 2
+    assert {b.key for b in report.by_sex} == {"SEX_FEMALE", "SEX_MALE"}
+    assert [b.key for b in report.by_product] == ["small_trade"]
