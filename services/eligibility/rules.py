@@ -82,12 +82,20 @@ class Text:
     en: str
     az: str
 
-    def render(self, values: Mapping[str, Any]) -> Text:
-        return Text(_fill(self.en, values), _fill(self.az, values))
+    def render(self, values: Mapping[str, str]) -> Text:
+        # Safe: load() admits only {fact} and {parameter} placeholders, and every value
+        # is already a display string.
+        return Text(self.en.format_map(values), self.az.format_map(values))
 
+    def placeholders(self) -> set[str]:
+        return set(_PLACEHOLDER.findall(self.en)) | set(_PLACEHOLDER.findall(self.az))
 
-def _fill(template: str, values: Mapping[str, Any]) -> str:
-    return _PLACEHOLDER.sub(lambda m: _display(values.get(m.group(1), "?")), template)
+    def well_formed(self) -> bool:
+        """Braces appear only as {name} placeholders."""
+        return all(
+            "{" not in rest and "}" not in rest
+            for rest in (_PLACEHOLDER.sub("", self.en), _PLACEHOLDER.sub("", self.az))
+        )
 
 
 def _display(value: Any) -> str:
@@ -151,6 +159,22 @@ class TestCase:
     expect: Mapping[str, Outcome]
 
 
+class _PeriodContext:
+    """A CEL context holding one period's parameters; a survivor's facts are supplied
+    through a resolver, so evaluating a survivor converts only the facts rules read.
+    Evaluation is synchronous, so one context can serve every request of a process."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+        self.shown_params = {name: _display(value) for name, value in params.items()}
+        self.facts: Mapping[str, Any] = {}
+        self.cel = cel.Context({"params": params})
+        self.cel.set_variable_resolver(self._resolve)
+
+    def _resolve(self, name: str) -> Any:
+        return self.facts.get(name)
+
+
 @dataclass(frozen=True)
 class RuleSet:
     rule_set_id: str
@@ -161,9 +185,25 @@ class RuleSet:
     priority: tuple[ScoreComponent, ...]
     tests: tuple[TestCase, ...]
     source: str
+    by_programme: Mapping[str, tuple[Rule, ...]]
+
+    _contexts: dict[tuple[int, ...], _PeriodContext] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def params_at(self, day: date) -> dict[str, Any]:
         return {name: p.at(day) for name, p in self.parameters.items()}
+
+    def context_at(self, day: date) -> _PeriodContext:
+        """The CEL context for the parameters in force on `day`, built once per period:
+        turning parameter lists into CEL values is the costly part of an evaluation."""
+        key = tuple(
+            sum(1 for period in p.periods if period.start <= day) for p in self.parameters.values()
+        )
+        context = self._contexts.get(key)
+        if context is None:
+            context = self._contexts[key] = _PeriodContext(self.params_at(day))
+        return context
 
     def change_dates(self) -> list[date]:
         return sorted({period.start for p in self.parameters.values() for period in p.periods})
@@ -211,14 +251,16 @@ class Decision:
 
 def evaluate(rule_set: RuleSet, facts: Mapping[str, Any], day: date) -> Decision:
     """Decide every programme for one survivor's facts, as of `day`."""
-    params = rule_set.params_at(day)
-    context = cel.Context({**facts, "params": params})
-    shown = {**facts, **params}
+    period = rule_set.context_at(day)
+    context, shown_params = period.cel, period.shown_params
+    period.facts = facts
+    shown = {name: _display(value) for name, value in facts.items()}
+    shown.update(shown_params)
     results: dict[str, RuleResult] = {}
     for rule in rule_set.rules:
         missing = tuple(name for name in rule.needs if name not in facts)
-        inputs = {name: _display(facts[name]) for name in rule.reads if name in facts}
-        inputs.update({f"params.{n}": _display(params.get(n)) for n in rule.params_read})
+        inputs = {name: shown[name] for name in rule.reads if name in facts}
+        inputs.update({f"params.{n}": shown_params[n] for n in rule.params_read})
         if missing:
             results[rule.id] = RuleResult(rule.id, False, missing, inputs, rule.explain_fail)
             continue
@@ -226,7 +268,7 @@ def evaluate(rule_set: RuleSet, facts: Mapping[str, Any], day: date) -> Decision
         template = rule.explain_pass if passed else rule.explain_fail
         results[rule.id] = RuleResult(rule.id, passed, (), inputs, template.render(shown))
     decisions = tuple(
-        _decide(programme_id, rule_set.rules, results) for programme_id in rule_set.programmes
+        _decide(programme_id, own, results) for programme_id, own in rule_set.by_programme.items()
     )
     parts = tuple(
         ScorePart(c.name, int(c.program.execute(context)), c.explanation.render(shown))
@@ -238,7 +280,7 @@ def evaluate(rule_set: RuleSet, facts: Mapping[str, Any], day: date) -> Decision
 def _decide(
     programme_id: str, rules: Iterable[Rule], results: Mapping[str, RuleResult]
 ) -> ProgrammeDecision:
-    own = [(rule, results[rule.id]) for rule in rules if programme_id in rule.programmes]
+    own = [(rule, results[rule.id]) for rule in rules]
     missing = tuple(sorted({m for _, r in own for m in r.missing}))
     if any(rule.effect == "require" and not r.passed and not r.missing for rule, r in own):
         outcome: Outcome = "NOT_ELIGIBLE"
@@ -369,7 +411,9 @@ def load(source: str) -> RuleSet:
         priority=tuple(priority),
         tests=tuple(tests),
         source=source,
+        by_programme={pid: tuple(r for r in rules if pid in r.programmes) for pid in programmes},
     )
+    _check_placeholders(loader, rule_set)
     _type_check(loader, rule_set)
     if loader.problems:
         raise RuleSetError(loader.problems)
@@ -515,6 +559,24 @@ def _load_tests(loader: _Loader, raw: Any, programmes: Mapping[str, Text]) -> li
         if case_id and isinstance(day, date) and intake is not None:
             tests.append(TestCase(case_id, day, intake, expect))
     return tests
+
+
+def _check_placeholders(loader: _Loader, rule_set: RuleSet) -> None:
+    """Explanations may name only facts and parameters, as {name}."""
+    known = set(FACT_SAMPLES) | set(rule_set.parameters)
+    texts = [
+        (f"rules[{i}].explain.{kind}", text)
+        for i, rule in enumerate(rule_set.rules)
+        for kind, text in (("pass", rule.explain_pass), ("fail", rule.explain_fail))
+    ] + [
+        (f"priority.components[{i}].explain", c.explanation)
+        for i, c in enumerate(rule_set.priority)
+    ]
+    for path, text in texts:
+        if not text.well_formed():
+            loader.fail(path, "braces may only enclose a fact or parameter name, as {age}")
+        for name in sorted(text.placeholders() - known):
+            loader.fail(path, f"unknown placeholder {{{name}}}")
 
 
 def _type_check(loader: _Loader, rule_set: RuleSet) -> None:

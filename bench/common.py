@@ -1,0 +1,159 @@
+"""Shared bench plumbing: a database to run against, free ports, service processes,
+and closed- and open-loop load generators with latency percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+
+
+@contextlib.contextmanager
+def database() -> Iterator[str]:
+    """DATABASE_URL when set, else an embedded PostgreSQL in a temporary folder."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    import pgserver
+
+    with tempfile.TemporaryDirectory() as folder:
+        server = pgserver.get_server(folder, cleanup_mode="delete")  # type: ignore[attr-defined]
+        yield str(server.get_uri())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def process(argv: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process, started and waited for, stopped with SIGTERM afterwards."""
+    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{argv} did not start")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def service(module: str, variable: str, database_url: str) -> tuple[list[str], dict[str, str], int]:
+    port = free_port()
+    env = {variable: f"127.0.0.1:{port}", "DATABASE_URL": database_url, "LOG_LEVEL": "error"}
+    return [sys.executable, "-m", module], env, port
+
+
+@dataclass
+class Result:
+    count: int
+    seconds: float
+    latencies_ms: list[float]
+    errors: list[str]
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+async def closed_loop(
+    call: Callable[[int], Awaitable[object]], *, concurrency: int, seconds: float
+) -> Result:
+    """As fast as `concurrency` callers can go, for `seconds`."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    deadline = time.perf_counter() + seconds
+    counter = iter(range(10**9))
+
+    async def caller() -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                await call(next(counter))
+            except grpc.aio.AioRpcError as error:
+                errors.append(error.code().name)
+                continue
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return Result(len(latencies), time.perf_counter() - started, latencies, errors)
+
+
+async def open_loop(
+    call: Callable[[int], Awaitable[object]], *, rate: float, seconds: float
+) -> Result:
+    """Requests sent on a fixed schedule, whatever the server does (no coordinated
+    omission): latency counts from when the request was due."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    total = int(rate * seconds)
+    begin = time.perf_counter()
+
+    async def one(index: int, due: float) -> None:
+        try:
+            await call(index)
+        except grpc.aio.AioRpcError as error:
+            errors.append(error.code().name)
+            return
+        latencies.append((time.perf_counter() - due) * 1000)
+
+    tasks = []
+    for index in range(total):
+        due = begin + index / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(index, due)))
+    await asyncio.gather(*tasks)
+    return Result(total, time.perf_counter() - begin, latencies, errors)
+
+
+@contextlib.asynccontextmanager
+async def channel(port: int) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        await ch.channel_ready()
+        yield ch
+
+
+def echo_server_main(port: int) -> None:
+    """An empty echo gRPC server: the ceiling for any grpc.aio service on this machine."""
+
+    async def serve() -> None:
+        async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return request
+
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+                ),
+            )
+        )
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())

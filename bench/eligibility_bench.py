@@ -1,0 +1,114 @@
+"""Eligibility speed: in-process assessments per second on one core, and over gRPC the
+throughput against an empty echo server plus p99 latency at 500 requests per second.
+
+    .venv/bin/python -m bench.eligibility_bench
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable
+import time
+from datetime import date
+from pathlib import Path
+
+from bench.common import (
+    channel,
+    closed_loop,
+    database,
+    echo_server_main,
+    free_port,
+    open_loop,
+    process,
+    service,
+)
+from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
+from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
+from services.eligibility import intake, rules
+from services.eligibility.service import decision_to_proto
+from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
+
+SHIPPED = Path(__file__).parent.parent / "services/eligibility/rulesets/reintegration.yaml"
+CONCURRENCY = 32
+SECONDS = 5.0
+
+
+def in_process(n: int = 20_000) -> float:
+    """Full assessment: facts, every programme with its trace, the priority score, and
+    the response message."""
+    rule_set = rules.load(SHIPPED.read_text(encoding="utf-8"))
+    survivor = saatli_fish_farmer()
+    day = date(2026, 3, 1)
+    started = time.perf_counter()
+    for _ in range(n):
+        decision = rules.evaluate(rule_set, intake.facts(survivor, day), day)
+        decisions, priority = decision_to_proto(decision)
+        pb.Assessment(decisions=decisions, priority=priority).SerializeToString()
+    return n / (time.perf_counter() - started)
+
+
+async def over_grpc(database_url: str) -> None:
+    echo_port = free_port()
+    echo_argv = [sys.executable, "-m", "bench.eligibility_bench", "--echo-server", str(echo_port)]
+    with process(echo_argv, {}, echo_port):
+        async with channel(echo_port) as ch:
+            echo = ch.unary_unary("/bench.Echo/Echo")
+            payload = pb.AssessEligibilityRequest(
+                request_id=request_id(),
+                survivor_id="srv-bench",
+                assessment_date=pdate(date.today()),
+            ).SerializeToString()
+            echo_result = await closed_loop(
+                lambda _: echo(payload), concurrency=CONCURRENCY, seconds=SECONDS
+            )
+
+    argv, env, port = service("services.eligibility", "ELIGIBILITY_ADDRESS", database_url)
+    with process(argv, env, port):
+        async with channel(port) as ch:
+            stub = pb_grpc.EligibilityServiceStub(ch)
+            survivors = []
+            for _ in range(200):
+                registration = register_request(saatli_fish_farmer())
+                await stub.RegisterSurvivor(registration)
+                survivors.append(registration.intake.survivor_id)
+            day = pdate(date(2026, 3, 1))
+
+            def assess(i: int) -> Awaitable[object]:
+                return stub.AssessEligibility(
+                    pb.AssessEligibilityRequest(
+                        request_id=request_id(),
+                        survivor_id=survivors[i % len(survivors)],
+                        assessment_date=day,
+                    )
+                )
+
+            await closed_loop(assess, concurrency=CONCURRENCY, seconds=1.0)  # warm up
+            assess_result = await closed_loop(assess, concurrency=CONCURRENCY, seconds=SECONDS)
+            paced = await open_loop(assess, rate=500, seconds=10.0)
+
+    print(f"echo server (empty grpc.aio)   : {echo_result.rate:8.0f} req/s")
+    print(
+        f"AssessEligibility over gRPC     : {assess_result.rate:8.0f} req/s "
+        f"= {assess_result.rate / echo_result.rate:.0%} of echo (target >= 60%)"
+    )
+    print(
+        f"AssessEligibility at 500 req/s  : p50 {paced.percentile(50):.1f} ms, "
+        f"p99 {paced.percentile(99):.1f} ms (target p99 <= 10 ms), achieved {paced.rate:.0f} req/s"
+    )
+    failed = assess_result.errors + paced.errors
+    print(f"failed calls                    : {len(failed)} {sorted(set(failed))}")
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--echo-server":
+        echo_server_main(int(sys.argv[2]))
+        return
+    rate = in_process()
+    print(f"in-process full assessment      : {rate:8.0f} /s on one core (target >= 10,000)")
+    with database() as url:
+        asyncio.run(over_grpc(url))
+
+
+if __name__ == "__main__":
+    main()
