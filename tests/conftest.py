@@ -33,6 +33,9 @@ from services.common.server import ServiceHost
 from services.eligibility.service import SPEC as ELIGIBILITY
 from services.lending.service import SPEC as LENDING
 from workers.journey import search_attributes
+from workers.journey.activities import JourneyActivities
+from workers.journey.worker import open_outbox
+from workers.notifications.outbox import Outbox
 
 BIN = Path(sys.executable).parent
 SCHEMAS = ("eligibility", "lending", "assistance")
@@ -163,6 +166,26 @@ async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
     )
     yield env
     await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def outbox(settings: Settings) -> AsyncIterator[Outbox]:
+    box = await open_outbox(settings)
+    yield box
+    await box.db.close()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def activities(cluster: Cluster, outbox: Outbox) -> AsyncIterator[JourneyActivities]:
+    """The journey's activities, calling the in-process services over gRPC."""
+    acts = JourneyActivities(
+        cluster.address("eligibility"),
+        cluster.address("lending"),
+        cluster.address("assistance"),
+        outbox,
+    )
+    yield acts
+    await acts.close()
 
 
 @pytest.fixture

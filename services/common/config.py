@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     lending_address: HostPort = Field("127.0.0.1:50052", alias="LENDING_ADDRESS")
     assistance_address: HostPort = Field("127.0.0.1:50053", alias="ASSISTANCE_ADDRESS")
 
+    notification_channel: str = Field("file", min_length=1, alias="NOTIFICATION_CHANNEL")
+
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="LOG_LEVEL")
     log_format: Literal["auto", "json", "console"] = Field("auto", alias="LOG_FORMAT")
     shutdown_grace_seconds: float = Field(5.0, ge=0, le=300, alias="SHUTDOWN_GRACE_SECONDS")

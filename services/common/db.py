@@ -70,7 +70,7 @@ def load_migrations(*folders: Path) -> list[Migration]:
     return migrations
 
 
-async def fetch_one(conn: Connection, query: str, *args: object) -> asyncpg.Record:
+async def fetch_one(conn: Connection | asyncpg.Pool, query: str, *args: object) -> asyncpg.Record:
     """fetchrow for statements that always return a row (INSERT ... RETURNING)."""
     row = await conn.fetchrow(query, *args)
     if row is None:

@@ -484,6 +484,82 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             ],
         )
 
+    # --- impact follow-ups and reach ------------------------------------------------
+
+    async def RecordFollowUp(
+        self, request: pb.RecordFollowUpRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordFollowUpResponse:
+        follow_up = request.follow_up
+        async with self.db.transaction() as conn:
+
+            async def record() -> pb.RecordFollowUpResponse:
+                known = await conn.fetchval(
+                    "SELECT 1 FROM survivors WHERE survivor_id = $1", follow_up.survivor_id
+                )
+                if not known:
+                    raise invalid("follow_up.survivor_id", "survivor is not registered")
+                inserted = await conn.fetchval(
+                    """INSERT INTO follow_ups (survivor_id, months_after, household_income_minor,
+                           working, family_members_supported, recorded_by, recorded_on)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7)
+                       ON CONFLICT DO NOTHING RETURNING true""",
+                    follow_up.survivor_id,
+                    follow_up.months_after,
+                    follow_up.household_income_minor,
+                    follow_up.working,
+                    follow_up.family_members_supported,
+                    follow_up.recorded_by,
+                    intake_mod.to_date(follow_up.recorded_on),
+                )
+                if not inserted:
+                    raise FailedPrecondition(
+                        f"the +{follow_up.months_after}-month follow-up of "
+                        f"{follow_up.survivor_id} is already recorded",
+                        reason="FOLLOW_UP_RECORDED",
+                    )
+                return pb.RecordFollowUpResponse(follow_up=follow_up)
+
+            return await idempotent(
+                conn,
+                method="RecordFollowUp",
+                request=request,
+                response_type=pb.RecordFollowUpResponse,
+                effect=record,
+            )
+
+    async def GetReachReport(
+        self, request: pb.GetReachReportRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetReachReportResponse:
+        row = await fetch_one(
+            self.db.pool,
+            """SELECT count(*) AS survivors,
+                      coalesce(sum((intake->>'household_size')::int - 1), 0) AS family_members
+               FROM survivors WHERE $1 = '' OR district_code = $1""",
+            request.district_code,
+        )
+        follow = await fetch_one(
+            self.db.pool,
+            """SELECT count(*) FILTER (WHERE f.months_after = 6) AS six,
+                      count(*) FILTER (WHERE f.months_after = 12) AS twelve,
+                      count(*) FILTER (WHERE f.months_after = 12 AND f.working) AS working,
+                      coalesce(sum(f.family_members_supported) FILTER (WHERE f.months_after =
+                          (SELECT max(months_after) FROM follow_ups g
+                           WHERE g.survivor_id = f.survivor_id)), 0) AS supported
+               FROM follow_ups f JOIN survivors s USING (survivor_id)
+               WHERE $1 = '' OR s.district_code = $1""",
+            request.district_code,
+        )
+        return pb.GetReachReportResponse(
+            report=pb.ReachReport(
+                survivors=row["survivors"],
+                family_members=row["family_members"],
+                followed_up_6=follow["six"],
+                followed_up_12=follow["twelve"],
+                working_at_12=follow["working"],
+                family_members_supported=follow["supported"],
+            )
+        )
+
 
 def _optional_date(request: Any, name: str) -> date | None:
     return intake_mod.to_date(getattr(request, name)) if request.HasField(name) else None

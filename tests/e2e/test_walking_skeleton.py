@@ -1,6 +1,6 @@
-"""The walking skeleton: a survivor is registered and assessed, a journey starts and
-reaches all three services through activities, on real PostgreSQL and a real Temporal
-dev server, and an operator finds it by its search attributes and decides on the loan."""
+"""The walking skeleton on the real Temporal dev server: a survivor is registered and
+assessed, a journey starts and reaches all three services through activities, an
+operator finds it by its search attributes and records the committee's decision."""
 
 from __future__ import annotations
 
@@ -8,25 +8,28 @@ import asyncio
 import uuid
 
 import pytest
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from tests.conftest import Cluster
 from tests.factories import register_request, saatli_fish_farmer
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
+    AssistancePlan,
     CommitteeDecision,
     JourneyInput,
     JourneyStatus,
+    LoanRequest,
     journey_workflow_id,
 )
 from workers.journey.worker import build_worker
 from workers.journey.workflows import SurvivorJourneyWorkflow, initial_search_attributes
 
 
-async def wait_for_stage(handle, stage: str) -> JourneyStatus:  # type: ignore[no-untyped-def]
-    for _ in range(200):
-        status: JourneyStatus = await handle.query(SurvivorJourneyWorkflow.status)
+async def wait_for_stage(handle: WorkflowHandle, stage: str) -> JourneyStatus:  # type: ignore[type-arg]
+    status: JourneyStatus | None = None
+    for _ in range(300):
+        status = await handle.query(SurvivorJourneyWorkflow.status)
         if status.stage == stage:
             return status
         await asyncio.sleep(0.05)
@@ -43,26 +46,28 @@ async def visible(client: Client, query: str) -> list[str]:
     return []
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 async def test_survivor_journey_through_every_part(
-    cluster: Cluster, dev_client: Client, task_queue: str
+    cluster: Cluster, dev_client: Client, activities: JourneyActivities, task_queue: str
 ) -> None:
     survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
     await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(survivor_id)))
 
-    activities = JourneyActivities(
-        cluster.address("eligibility"), cluster.address("lending"), cluster.address("assistance")
-    )
     async with build_worker(dev_client, activities, task_queue):
         handle = await dev_client.start_workflow(
             SurvivorJourneyWorkflow.run,
             JourneyInput(
                 survivor_id=survivor_id,
                 case_worker_id="cw-01",
-                loan_product_id="fish_farming",
-                loan_amount_minor=500_000,
-                loan_purpose="1,000 fingerlings and feed",
-                assistance_type_ids=["wheelchair", "english_course"],
+                loan=LoanRequest("fish_farming", 500_000, "1,000 fingerlings and feed"),
+                assistance=[
+                    AssistancePlan(
+                        "wheelchair",
+                        provider_id="baku-mobility-aids",
+                        capacity_pool_id="stock-wheelchairs-baku",
+                        data={"seat_width_cm": 44},
+                    )
+                ],
             ),
             id=journey_workflow_id(survivor_id),
             task_queue=task_queue,
@@ -71,7 +76,6 @@ async def test_survivor_journey_through_every_part(
         status = await wait_for_stage(handle, "COMMITTEE_REVIEW")
         assert status.rule_set_version >= 1
         assert "startup_loan" in status.eligible_programmes
-        assert len(status.need_ids) == 2
         assert status.loan_status == "SUBMITTED"
 
         # The operator's view: filterable by stage and district, no personal data.
@@ -92,14 +96,16 @@ async def test_survivor_journey_through_every_part(
             SurvivorJourneyWorkflow.record_committee_decision,
             CommitteeDecision(approve=True, member_id="cm-02", decision_ref="CM-2026-014"),
         )
-        assert decided.stage == "LOAN_APPROVED"
-        result = await handle.result()
-    await activities.close()
+        assert decided.loan_status == "APPROVED"
+        status = await wait_for_stage(handle, "GRACE")
+        assert status.loan_status == "ACTIVE"
+        assert status.next_due_date
+        await handle.terminate("the walking skeleton ends at the first disbursement")
 
-    assert result.loan_status == "APPROVED"
-    loan = (await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=result.loan_id))).loan
-    assert loan.state == lending_pb.LOAN_STATE_APPROVED
+    loan = (await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=status.loan_id))).loan
+    assert loan.state == lending_pb.LOAN_STATE_ACTIVE
     assert loan.survivor_id == survivor_id
     assert loan.district_code == "saatli"
     assert loan.approved_by == "cm-02"
     assert loan.submitted_by == "cw-01"
+    assert loan.disbursed_minor == 500_000

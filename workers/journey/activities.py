@@ -1,16 +1,19 @@
 """Activities: the journey's only way to reach the services, always over gRPC.
 
 Request ids come from the workflow id and the step, never the run id, so a retried or
-replayed step (even in a new run) is the same request to the service.
+replayed step (even in a new run) is the same request to the service, and the service
+answers it once.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from datetime import date
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import struct_pb2
 from google.type import date_pb2
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -22,13 +25,26 @@ from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibilit
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
 from workers.journey.model import (
+    AdvanceInput,
     AssessInput,
     AssessmentSummary,
+    AssistanceState,
+    DisburseInput,
+    FollowUpInput,
+    HardshipInput,
     LoanApplicationInput,
     LoanDecisionInput,
+    LoanSnapshot,
     LoanSummary,
     NeedInput,
+    Notification,
+    RepaymentInput,
+    RequestAssistanceInput,
+    SnapshotInput,
+    SurvivorProfile,
+    WriteOffInput,
 )
+from workers.notifications.outbox import Outbox
 
 T = TypeVar("T")
 
@@ -45,6 +61,10 @@ BUSINESS_REJECTIONS = frozenset(
 )
 _REQUEST_ID_NAMESPACE = uuid.UUID("6f0d6a52-8a53-4c55-9d8e-3a1f0c2b7e41")
 RPC_TIMEOUT_SECONDS = 10.0
+_LANGUAGE = {
+    eligibility_pb.LANGUAGE_AZERBAIJANI: "az",
+    eligibility_pb.LANGUAGE_ENGLISH: "en",
+}
 
 
 def step_request_id(step: str) -> str:
@@ -63,23 +83,60 @@ async def call(rpc: Callable[..., Awaitable[T]], request: object) -> T:
         raise
 
 
-def _date(iso: str) -> date_pb2.Date:
-    year, month, day = (int(part) for part in iso.split("-"))
-    return date_pb2.Date(year=year, month=month, day=day)
+def pdate(iso: str) -> date_pb2.Date:
+    day = date.fromisoformat(iso)
+    return date_pb2.Date(year=day.year, month=day.month, day=day.day)
+
+
+def iso(value: date_pb2.Date) -> str:
+    return date(value.year, value.month, value.day).isoformat() if value.year else ""
+
+
+def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
+    packed = struct_pb2.Struct()
+    packed.update(data)
+    return packed
+
+
+def _loan_summary(loan: lending_pb.Loan) -> LoanSummary:
+    return LoanSummary(
+        loan.loan_id, lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_")
+    )
+
+
+def _assistance_state(
+    type_id: str, need_id: str, a: assistance_pb.Assistance, terminal: bool
+) -> AssistanceState:
+    return AssistanceState(
+        type_id, need_id, a.assistance_id, a.state, terminal, a.waitlist_position
+    )
 
 
 class JourneyActivities:
-    """Holds one channel per service; the worker creates it once per process."""
+    """Holds one channel per service and the outbox; the worker creates it once."""
 
-    def __init__(self, eligibility: str, lending: str, assistance: str) -> None:
+    def __init__(self, eligibility: str, lending: str, assistance: str, outbox: Outbox) -> None:
         self._channels = [grpc.aio.insecure_channel(a) for a in (eligibility, lending, assistance)]
         self.eligibility = eligibility_grpc.EligibilityServiceStub(self._channels[0])
         self.lending = lending_grpc.LendingServiceStub(self._channels[1])
         self.assistance = assistance_grpc.AssistanceServiceStub(self._channels[2])
+        self.outbox = outbox
+        self._terminal_states: dict[str, set[str]] = {}
 
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close()
+
+    # --- eligibility -------------------------------------------------------------------
+
+    @activity.defn
+    async def survivor_profile(self, survivor_id: str) -> SurvivorProfile:
+        """Only the district and language leave this activity; the intake stays behind."""
+        survivor = await call(
+            self.eligibility.GetSurvivor, eligibility_pb.GetSurvivorRequest(survivor_id=survivor_id)
+        )
+        intake = survivor.survivor.intake
+        return SurvivorProfile(intake.district_code, _LANGUAGE.get(intake.preferred_language, "az"))
 
     @activity.defn
     async def assess_eligibility(self, params: AssessInput) -> AssessmentSummary:
@@ -88,7 +145,7 @@ class JourneyActivities:
             eligibility_pb.AssessEligibilityRequest(
                 request_id=step_request_id("assess"),
                 survivor_id=params.survivor_id,
-                assessment_date=_date(params.assessment_date),
+                assessment_date=pdate(params.assessment_date),
             ),
         )
         a = response.assessment
@@ -104,20 +161,24 @@ class JourneyActivities:
         )
 
     @activity.defn
-    async def record_need(self, params: NeedInput) -> str:
-        response = await call(
-            self.assistance.RecordNeed,
-            assistance_pb.RecordNeedRequest(
-                request_id=step_request_id(f"need/{params.type_id}"),
-                survivor_id=params.survivor_id,
-                type_id=params.type_id,
-                assessed_by=params.assessed_by,
-                district_code=params.district_code,
-                sex=params.sex,  # type: ignore[arg-type]
-                age_band=params.age_band,  # type: ignore[arg-type]
+    async def record_follow_up(self, params: FollowUpInput) -> None:
+        await call(
+            self.eligibility.RecordFollowUp,
+            eligibility_pb.RecordFollowUpRequest(
+                request_id=step_request_id(f"follow-up/{params.months_after}"),
+                follow_up=eligibility_pb.FollowUp(
+                    survivor_id=params.survivor_id,
+                    months_after=params.months_after,
+                    household_income_minor=params.household_income_minor,
+                    working=params.working,
+                    family_members_supported=params.family_members_supported,
+                    recorded_by=params.recorded_by,
+                    recorded_on=pdate(params.recorded_on),
+                ),
             ),
         )
-        return str(response.need.need_id)
+
+    # --- lending -----------------------------------------------------------------------
 
     @activity.defn
     async def submit_loan_application(self, params: LoanApplicationInput) -> LoanSummary:
@@ -140,11 +201,12 @@ class JourneyActivities:
 
     @activity.defn
     async def decide_loan(self, params: LoanDecisionInput) -> LoanSummary:
+        request_id = step_request_id("committee-decision")
         if params.approve:
             approved = await call(
                 self.lending.ApproveLoan,
                 lending_pb.ApproveLoanRequest(
-                    request_id=step_request_id("committee-decision"),
+                    request_id=request_id,
                     loan_id=params.loan_id,
                     approved_by=params.member_id,
                     committee_decision_ref=params.decision_ref,
@@ -155,7 +217,7 @@ class JourneyActivities:
         rejected = await call(
             self.lending.RejectLoan,
             lending_pb.RejectLoanRequest(
-                request_id=step_request_id("committee-decision"),
+                request_id=request_id,
                 loan_id=params.loan_id,
                 rejected_by=params.member_id,
                 reason=params.reason,
@@ -163,17 +225,213 @@ class JourneyActivities:
         )
         return _loan_summary(rejected.loan)
 
+    @activity.defn
+    async def disburse_tranche(self, params: DisburseInput) -> LoanSummary:
+        response = await call(
+            self.lending.DisburseTranche,
+            lending_pb.DisburseTrancheRequest(
+                request_id=step_request_id(f"tranche/{params.sequence}"),
+                loan_id=params.loan_id,
+                amount_minor=params.amount_minor,
+                currency_code="AZN",
+                kind=lending_pb.DisbursementKind.Value(f"DISBURSEMENT_KIND_{params.kind}"),
+                description=params.description,
+                disbursement_date=pdate(params.disbursement_date),
+                disbursed_by=params.disbursed_by,
+            ),
+        )
+        return _loan_summary(response.loan)
+
+    @activity.defn
+    async def loan_snapshot(self, params: SnapshotInput) -> LoanSnapshot:
+        """Read-only: the loan and its schedule as of a date, straight from the ledger."""
+        as_of = pdate(params.as_of)
+        loan = (
+            await call(
+                self.lending.GetLoan, lending_pb.GetLoanRequest(loan_id=params.loan_id, as_of=as_of)
+            )
+        ).loan
+        schedule = (
+            await call(
+                self.lending.GetRepaymentSchedule,
+                lending_pb.GetRepaymentScheduleRequest(loan_id=params.loan_id, as_of=as_of),
+            )
+        ).schedule
+        today = date.fromisoformat(params.as_of)
+        upcoming = [i for i in schedule.instalments if date.fromisoformat(iso(i.due_date)) > today]
+        overdue = sum(
+            i.principal_due_minor - i.principal_paid_minor
+            for i in schedule.instalments
+            if date.fromisoformat(iso(i.due_date)) <= today
+        )
+        following = next(
+            (i for i in upcoming if i.principal_due_minor > i.principal_paid_minor), None
+        )
+        return LoanSnapshot(
+            status=lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_"),
+            days_past_due=loan.days_past_due,
+            outstanding_minor=loan.outstanding_principal_minor,
+            overdue_minor=overdue,
+            next_due_date=iso(following.due_date) if following else "",
+            next_due_minor=(following.principal_due_minor - following.principal_paid_minor)
+            if following
+            else 0,
+            first_due_date=next(
+                (iso(i.due_date) for i in schedule.instalments if i.principal_due_minor > 0), ""
+            ),
+        )
+
+    @activity.defn
+    async def record_repayment(self, params: RepaymentInput) -> None:
+        """Payment collection's call, used by simulated borrowers."""
+        await call(
+            self.lending.RecordRepayment,
+            lending_pb.RecordRepaymentRequest(
+                request_id=step_request_id(f"repayment/{params.step}"),
+                loan_id=params.loan_id,
+                amount_minor=params.amount_minor,
+                currency_code="AZN",
+                payment_date=pdate(params.payment_date),
+                received_by="payment-collection",
+                channel="simulation",
+            ),
+        )
+
+    @activity.defn
+    async def apply_hardship(self, params: HardshipInput) -> None:
+        if params.kind == "pause":
+            await call(
+                self.lending.PauseDelinquency,
+                lending_pb.PauseDelinquencyRequest(
+                    request_id=step_request_id(f"pause/{params.start_date}"),
+                    loan_id=params.loan_id,
+                    start_date=pdate(params.start_date),
+                    end_date=pdate(params.end_date),
+                    reason=params.reason,
+                    requested_by=params.requested_by,
+                ),
+            )
+            return
+        await call(
+            self.lending.RescheduleLoan,
+            lending_pb.RescheduleLoanRequest(
+                request_id=step_request_id(f"reschedule/{params.effective_date}"),
+                loan_id=params.loan_id,
+                reason=params.reason,
+                new_term_months=params.new_term_months,
+                additional_grace_months=params.additional_grace_months,
+                effective_date=pdate(params.effective_date),
+                requested_by=params.requested_by,
+            ),
+        )
+
+    @activity.defn
+    async def write_off_loan(self, params: WriteOffInput) -> LoanSummary:
+        response = await call(
+            self.lending.WriteOffLoan,
+            lending_pb.WriteOffLoanRequest(
+                request_id=step_request_id("write-off"),
+                loan_id=params.loan_id,
+                reason=params.reason,
+                proposed_by=params.proposed_by,
+                confirmed_by=params.confirmed_by,
+                write_off_date=pdate(params.write_off_date),
+            ),
+        )
+        return _loan_summary(response.loan)
+
+    # --- assistance --------------------------------------------------------------------
+
+    @activity.defn
+    async def record_need(self, params: NeedInput) -> str:
+        response = await call(
+            self.assistance.RecordNeed,
+            assistance_pb.RecordNeedRequest(
+                request_id=step_request_id(f"need/{params.type_id}"),
+                survivor_id=params.survivor_id,
+                type_id=params.type_id,
+                assessed_by=params.assessed_by,
+                district_code=params.district_code,
+                sex=params.sex,  # type: ignore[arg-type]
+                age_band=params.age_band,  # type: ignore[arg-type]
+            ),
+        )
+        return str(response.need.need_id)
+
+    async def _is_terminal(self, type_id: str, state: str) -> bool:
+        if type_id not in self._terminal_states:
+            types = await call(
+                self.assistance.ListAssistanceTypes,
+                assistance_pb.ListAssistanceTypesRequest(page_size=500),
+            )
+            for t in types.assistance_types:
+                self._terminal_states[t.type_id] = {s.state_id for s in t.states if s.terminal}
+        return state in self._terminal_states.get(type_id, set())
+
+    @activity.defn
+    async def request_assistance(self, params: RequestAssistanceInput) -> AssistanceState:
+        plan = params.plan
+        response = await call(
+            self.assistance.RequestAssistance,
+            assistance_pb.RequestAssistanceRequest(
+                request_id=step_request_id("request"),
+                need_id=params.need_id,
+                provider_id=plan.provider_id,
+                capacity_pool_id=plan.capacity_pool_id,
+                data=_struct(plan.data),
+                referral_consent=True,
+                requested_by=params.requested_by,
+                quantity=plan.quantity,
+            ),
+        )
+        a = response.assistance
+        return _assistance_state(
+            plan.type_id, params.need_id, a, await self._is_terminal(plan.type_id, a.state)
+        )
+
+    @activity.defn
+    async def advance_assistance(self, params: AdvanceInput) -> AssistanceState:
+        response = await call(
+            self.assistance.AdvanceAssistance,
+            assistance_pb.AdvanceAssistanceRequest(
+                request_id=step_request_id(f"advance/{params.step}"),
+                assistance_id=params.assistance_id,
+                action=params.action,
+                data=_struct(params.data),
+                actor=params.actor,
+            ),
+        )
+        a = response.assistance
+        return _assistance_state(
+            a.type_id, a.need_id, a, await self._is_terminal(a.type_id, a.state)
+        )
+
+    # --- notifications -----------------------------------------------------------------
+
+    @activity.defn
+    async def notify(self, notification: Notification) -> bool:
+        return await self.outbox.queue(
+            notification.dedupe_key,
+            notification.kind,
+            notification.recipient,
+            notification.language,
+            notification.params,
+        )
+
     def all(self) -> list[Callable[..., object]]:
         return [
+            self.survivor_profile,
             self.assess_eligibility,
-            self.record_need,
+            self.record_follow_up,
             self.submit_loan_application,
             self.decide_loan,
+            self.disburse_tranche,
+            self.loan_snapshot,
+            self.record_repayment,
+            self.apply_hardship,
+            self.write_off_loan,
+            self.record_need,
+            self.request_assistance,
+            self.advance_assistance,
+            self.notify,
         ]
-
-
-def _loan_summary(loan: lending_pb.Loan) -> LoanSummary:
-    return LoanSummary(
-        loan_id=loan.loan_id,
-        status=lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_"),
-    )

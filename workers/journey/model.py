@@ -1,13 +1,14 @@
 """Plain frozen dataclasses that cross the workflow boundary.
 
 Workflow state never holds protobuf objects, balances or personal data: only opaque ids,
-codes and the decisions people made.
+codes, dates and the decisions people made. Dates travel as ISO strings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 TASK_QUEUE = "survivor-journeys"
 
@@ -18,9 +19,21 @@ class Stage(StrEnum):
     ASSISTANCE_PLAN = "ASSISTANCE_PLAN"
     LOAN_APPLICATION = "LOAN_APPLICATION"
     COMMITTEE_REVIEW = "COMMITTEE_REVIEW"
-    LOAN_APPROVED = "LOAN_APPROVED"
+    DISBURSEMENT = "DISBURSEMENT"
+    GRACE = "GRACE"
+    REPAYMENT = "REPAYMENT"
+    ARREARS_REVIEW = "ARREARS_REVIEW"
+    REPAID = "REPAID"
+    FOLLOW_UP = "FOLLOW_UP"
+    ASSISTANCE_ONLY = "ASSISTANCE_ONLY"
+    COMPLETED = "COMPLETED"
     CLOSED_NOT_ELIGIBLE = "CLOSED_NOT_ELIGIBLE"
     CLOSED_REJECTED = "CLOSED_REJECTED"
+    WRITTEN_OFF = "WRITTEN_OFF"
+
+
+LOAN_PROGRAMMES = ("startup_loan", "expansion_loan")
+CLOSED_LOAN_STATES = ("CLOSED_OBLIGATIONS_MET", "CLOSED_WRITTEN_OFF")
 
 
 def journey_workflow_id(survivor_id: str) -> str:
@@ -28,24 +41,80 @@ def journey_workflow_id(survivor_id: str) -> str:
     return f"journey-{survivor_id}"
 
 
+def assistance_workflow_id(journey_id: str, type_id: str) -> str:
+    return f"{journey_id}-assistance-{type_id}"
+
+
+@dataclass(frozen=True)
+class JourneyPolicy:
+    """The programme's timings, in days; the defaults are the programme's own."""
+
+    reminder_days_before_due: int = 3
+    due_tolerance_days: int = 3
+    committee_reminder_days: int = 7
+    committee_deadline_days: int = 21
+    field_visit_days_past_due: int = 30
+    committee_review_days_past_due: int = 90
+    arrears_check_days: int = 30
+    follow_up_months: tuple[int, ...] = (6, 12)
+    follow_up_window_days: int = 60
+
+
+@dataclass(frozen=True)
+class TranchePlan:
+    amount_minor: int
+    description: str
+    kind: str = "IN_KIND"  # CASH or IN_KIND
+    days_after_approval: int = 0
+
+
+@dataclass(frozen=True)
+class LoanRequest:
+    product_id: str
+    amount_minor: int
+    purpose: str
+    tranches: list[TranchePlan] = field(default_factory=list)
+
+    def tranche_plan(self) -> list[TranchePlan]:
+        """One tranche of the whole amount unless the plan splits it."""
+        return self.tranches or [TranchePlan(self.amount_minor, self.purpose, "CASH", 0)]
+
+
+@dataclass(frozen=True)
+class AssistancePlan:
+    type_id: str
+    provider_id: str = ""
+    capacity_pool_id: str = ""
+    quantity: int = 1
+    data: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class JourneyInput:
     survivor_id: str
     case_worker_id: str
-    loan_product_id: str = ""
-    loan_amount_minor: int = 0
-    loan_purpose: str = ""
-    assistance_type_ids: list[str] = field(default_factory=list)
+    loan: LoanRequest | None = None
+    assistance: list[AssistancePlan] = field(default_factory=list)
     programme_year: int = 1
+    policy: JourneyPolicy = field(default_factory=JourneyPolicy)
+    resume: JourneyState | None = None  # set only by continue-as-new
 
 
 # --- activity inputs and results -------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class SurvivorProfile:
+    """What the journey needs to know about the survivor; no personal data."""
+
+    district_code: str
+    preferred_language: str  # "az" or "en"
+
+
+@dataclass(frozen=True)
 class AssessInput:
     survivor_id: str
-    assessment_date: str  # ISO date, taken from workflow time
+    assessment_date: str
 
 
 @dataclass(frozen=True)
@@ -56,16 +125,6 @@ class AssessmentSummary:
     sex: int
     age_band: int
     eligible_programmes: list[str]
-
-
-@dataclass(frozen=True)
-class NeedInput:
-    survivor_id: str
-    type_id: str
-    assessed_by: str
-    district_code: str
-    sex: int
-    age_band: int
 
 
 @dataclass(frozen=True)
@@ -95,7 +154,140 @@ class LoanSummary:
     status: str
 
 
-# --- updates and queries ---------------------------------------------------------------
+@dataclass(frozen=True)
+class DisburseInput:
+    loan_id: str
+    sequence: int
+    amount_minor: int
+    kind: str
+    description: str
+    disbursement_date: str
+    disbursed_by: str
+
+
+@dataclass(frozen=True)
+class SnapshotInput:
+    loan_id: str
+    as_of: str
+
+
+@dataclass(frozen=True)
+class LoanSnapshot:
+    """The ledger's view of a loan on a date; the journey keeps no balance of its own."""
+
+    status: str
+    days_past_due: int
+    outstanding_minor: int
+    overdue_minor: int
+    next_due_date: str  # "" when no instalment is still to fall due
+    next_due_minor: int
+    first_due_date: str
+
+
+@dataclass(frozen=True)
+class RepaymentInput:
+    loan_id: str
+    amount_minor: int
+    payment_date: str
+    step: str
+
+
+@dataclass(frozen=True)
+class HardshipInput:
+    loan_id: str
+    kind: str  # "pause" or "reschedule"
+    reason: str
+    requested_by: str
+    start_date: str = ""
+    end_date: str = ""
+    new_term_months: int = 0
+    additional_grace_months: int = 0
+    effective_date: str = ""
+
+
+@dataclass(frozen=True)
+class WriteOffInput:
+    loan_id: str
+    reason: str
+    proposed_by: str
+    confirmed_by: str
+    write_off_date: str
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One message to a person, queued in the outbox; the dedupe key makes a retried or
+    replayed step queue it once."""
+
+    dedupe_key: str
+    kind: str
+    recipient: str  # an opaque id: the survivor or a staff member
+    language: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FollowUpInput:
+    survivor_id: str
+    months_after: int
+    household_income_minor: int
+    working: bool
+    family_members_supported: int
+    recorded_by: str
+    recorded_on: str
+
+
+# --- assistance child workflow ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AssistanceInput:
+    journey_id: str
+    survivor_id: str
+    case_worker_id: str
+    district_code: str
+    sex: int
+    age_band: int
+    plan: AssistancePlan
+
+
+@dataclass(frozen=True)
+class NeedInput:
+    survivor_id: str
+    type_id: str
+    assessed_by: str
+    district_code: str
+    sex: int
+    age_band: int
+
+
+@dataclass(frozen=True)
+class RequestAssistanceInput:
+    need_id: str
+    plan: AssistancePlan
+    requested_by: str
+
+
+@dataclass(frozen=True)
+class AdvanceInput:
+    assistance_id: str
+    action: str
+    actor: str
+    data: dict[str, Any] = field(default_factory=dict)
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class AssistanceState:
+    type_id: str
+    need_id: str
+    assistance_id: str
+    state: str
+    terminal: bool
+    waitlist_position: int = 0
+
+
+# --- updates, signals and queries ------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -107,12 +299,69 @@ class CommitteeDecision:
 
 
 @dataclass(frozen=True)
+class Hardship:
+    """A hardship pause of delinquency, or a reschedule, decided by staff."""
+
+    kind: str  # "pause" or "reschedule"
+    reason: str
+    requested_by: str
+    pause_days: int = 0
+    new_term_months: int = 0
+    additional_grace_months: int = 0
+
+
+@dataclass(frozen=True)
+class WriteOffDecision:
+    reason: str
+    proposed_by: str
+    confirmed_by: str
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    household_income_minor: int
+    working: bool
+    family_members_supported: int
+    recorded_by: str
+
+
+@dataclass(frozen=True)
+class AssistanceAction:
+    action: str
+    actor: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class JourneyStatus:
     survivor_id: str
     stage: str
-    assessment_id: str
     rule_set_version: int
+    assessment_id: str
     eligible_programmes: list[str]
-    need_ids: list[str]
     loan_id: str
     loan_status: str
+    next_due_date: str
+    next_due_minor: int
+    outstanding_minor: int
+    days_past_due: int
+    assistance: list[AssistanceState]
+    follow_ups_recorded: list[int]
+
+
+@dataclass
+class JourneyState:
+    """Everything the journey remembers; carried across continue-as-new."""
+
+    stage: str = Stage.INTAKE.value
+    profile: SurvivorProfile | None = None
+    assessment: AssessmentSummary | None = None
+    loan: LoanSummary | None = None
+    snapshot: LoanSnapshot | None = None
+    tranches_disbursed: int = 0
+    approved_on: str = ""
+    reminded_due_dates: list[str] = field(default_factory=list)
+    escalations: list[str] = field(default_factory=list)
+    assistance: dict[str, AssistanceState] = field(default_factory=dict)
+    closed_on: str = ""
+    follow_ups_recorded: list[int] = field(default_factory=list)

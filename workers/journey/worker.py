@@ -13,15 +13,19 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from services.common.config import ConfigError, Settings, load_settings
+from services.common.db import Database, database_url
 from services.common.logging import configure_logging
 from workers.journey import search_attributes
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import TASK_QUEUE
-from workers.journey.workflows import SurvivorJourneyWorkflow
+from workers.journey.workflows import AssistanceWorkflow, SurvivorJourneyWorkflow
+from workers.notifications import outbox
+from workers.notifications.channels import load_channel
+from workers.simulation.workflows import BorrowerWorkflow
 
 log = structlog.get_logger("mineaction.worker")
 
-WORKFLOWS: Sequence[type] = (SurvivorJourneyWorkflow,)
+WORKFLOWS: Sequence[type] = (SurvivorJourneyWorkflow, AssistanceWorkflow, BorrowerWorkflow)
 
 
 async def connect(settings: Settings, *, attempts: int = 30) -> Client:
@@ -51,14 +55,33 @@ def build_worker(
     )
 
 
+async def open_outbox(settings: Settings) -> outbox.Outbox:
+    """The worker's own schema holds the notification outbox."""
+    db = await Database.open(
+        database_url(settings),
+        outbox.SCHEMA,
+        outbox.MIGRATIONS,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+    )
+    return outbox.Outbox(db)
+
+
+def journey_activities(settings: Settings, box: outbox.Outbox) -> JourneyActivities:
+    return JourneyActivities(
+        settings.eligibility_address, settings.lending_address, settings.assistance_address, box
+    )
+
+
 async def run(settings: Settings) -> None:
     client = await connect(settings)
     added = await search_attributes.register(client, settings.temporal_namespace)
     if added:
         log.info("search attributes registered", added=added)
-    activities = JourneyActivities(
-        settings.eligibility_address, settings.lending_address, settings.assistance_address
-    )
+    box = await open_outbox(settings)
+    channel = load_channel(settings.notification_channel, settings.state_dir)
+    dispatcher = asyncio.create_task(box.run_dispatcher(channel))
+    activities = journey_activities(settings, box)
     worker = build_worker(client, activities)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -68,7 +91,9 @@ async def run(settings: Settings) -> None:
         log.info("worker started", task_queue=TASK_QUEUE)
         await stop.wait()
         log.info("shutdown requested")
+    dispatcher.cancel()
     await activities.close()
+    await box.db.close()
     log.info("worker stopped")
 
 

@@ -1,31 +1,56 @@
-"""SurvivorJourneyWorkflow: one per survivor, keyed by the opaque survivor id."""
+"""The survivor's journey: one SurvivorJourneyWorkflow per survivor, keyed by the opaque
+survivor id, from intake to final repayment and the impact follow-ups; each assistance
+item runs as an AssistanceWorkflow child, in parallel with the loan.
+
+Workflow code is deterministic: time comes from workflow.now(), money from the ledger
+(through activities), and nothing here does I/O.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, date, datetime, time, timedelta
 from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from workers.journey import search_attributes as sa
     from workers.journey.activities import JourneyActivities
     from workers.journey.model import (
+        CLOSED_LOAN_STATES,
+        LOAN_PROGRAMMES,
+        AdvanceInput,
         AssessInput,
-        AssessmentSummary,
+        AssistanceAction,
+        AssistanceInput,
+        AssistanceState,
         CommitteeDecision,
+        DisburseInput,
+        FollowUp,
+        FollowUpInput,
+        Hardship,
+        HardshipInput,
         JourneyInput,
+        JourneyState,
         JourneyStatus,
         LoanApplicationInput,
         LoanDecisionInput,
+        LoanSnapshot,
         LoanSummary,
         NeedInput,
+        Notification,
+        RequestAssistanceInput,
+        SnapshotInput,
         Stage,
+        WriteOffDecision,
+        WriteOffInput,
+        assistance_workflow_id,
     )
-
-LOAN_PROGRAMMES = ("startup_loan", "expansion_loan")
 
 Arg = TypeVar("Arg")
 Result = TypeVar("Result")
@@ -53,48 +78,78 @@ async def call_service(
     )
 
 
+def today() -> date:
+    return workflow.now().date()
+
+
+def add_months(day: date, months: int) -> date:
+    month = day.month - 1 + months
+    year, month = day.year + month // 12, month % 12 + 1
+    last = (date(year + month // 12, month % 12 + 1, 1) - timedelta(days=1)).day
+    return date(year, month, min(day.day, last))
+
+
 @workflow.defn
 class SurvivorJourneyWorkflow:
     def __init__(self) -> None:
-        self._survivor_id = ""
-        self._stage = Stage.INTAKE
-        self._assessment: AssessmentSummary | None = None
-        self._need_ids: list[str] = []
-        self._loan: LoanSummary | None = None
+        self._input: JourneyInput | None = None
+        self._s = JourneyState()
         self._deciding = False
-        self._decided = False
+        self._decision: CommitteeDecision | None = None
+        self._hardship_applied = False
+        self._follow_up: FollowUp | None = None
+
+    # --- the journey -------------------------------------------------------------------
 
     @workflow.run
     async def run(self, journey: JourneyInput) -> JourneyStatus:
-        self._survivor_id = journey.survivor_id
+        self._input = journey
+        if journey.resume is not None:  # continued as new in the repayment cycle
+            self._s = journey.resume
+            return await self._after_disbursement()
+
+        profile = await call_service(JourneyActivities.survivor_profile, journey.survivor_id)
+        self._s.profile = profile
+        workflow.upsert_search_attributes(
+            [
+                sa.DISTRICT_CODE.value_set(profile.district_code),
+                sa.PROGRAMME_YEAR.value_set(journey.programme_year),
+            ]
+        )
         self._set_stage(Stage.ELIGIBILITY)
-        workflow.upsert_search_attributes([sa.PROGRAMME_YEAR.value_set(journey.programme_year)])
         assessment = await call_service(
             JourneyActivities.assess_eligibility,
-            AssessInput(journey.survivor_id, workflow.now().date().isoformat()),
+            AssessInput(journey.survivor_id, today().isoformat()),
         )
-        self._assessment = assessment
-        workflow.upsert_search_attributes([sa.DISTRICT_CODE.value_set(assessment.district_code)])
+        self._s.assessment = assessment
 
         self._set_stage(Stage.ASSISTANCE_PLAN)
-        for type_id in journey.assistance_type_ids:
-            need_id = await call_service(
-                JourneyActivities.record_need,
-                NeedInput(
+        for plan in journey.assistance:
+            child_id = assistance_workflow_id(workflow.info().workflow_id, plan.type_id)
+            await workflow.start_child_workflow(
+                AssistanceWorkflow.run,
+                AssistanceInput(
+                    workflow.info().workflow_id,
                     journey.survivor_id,
-                    type_id,
                     journey.case_worker_id,
                     assessment.district_code,
                     assessment.sex,
                     assessment.age_band,
+                    plan,
                 ),
+                id=child_id,
+                # The child outlives a continue-as-new of its parent.
+                parent_close_policy=ParentClosePolicy.ABANDON,
             )
-            self._need_ids.append(need_id)
+            self._s.assistance[plan.type_id] = AssistanceState(plan.type_id, "", "", "", False)
 
-        wants_loan = journey.loan_product_id and journey.loan_amount_minor > 0
-        eligible = any(p in assessment.eligible_programmes for p in LOAN_PROGRAMMES)
-        if not (wants_loan and eligible):
-            self._set_stage(Stage.CLOSED_NOT_ELIGIBLE if wants_loan else Stage.ASSISTANCE_PLAN)
+        loan = journey.loan
+        if loan is None:
+            self._set_stage(Stage.ASSISTANCE_ONLY)
+            await workflow.wait_condition(self._assistance_finished)
+            return self._complete()
+        if not any(p in assessment.eligible_programmes for p in LOAN_PROGRAMMES):
+            self._set_stage(Stage.CLOSED_NOT_ELIGIBLE)
             return self.status()
 
         self._set_stage(Stage.LOAN_APPLICATION)
@@ -103,9 +158,9 @@ class SurvivorJourneyWorkflow:
                 JourneyActivities.submit_loan_application,
                 LoanApplicationInput(
                     journey.survivor_id,
-                    journey.loan_product_id,
-                    journey.loan_amount_minor,
-                    journey.loan_purpose,
+                    loan.product_id,
+                    loan.amount_minor,
+                    loan.purpose,
                     journey.case_worker_id,
                     assessment.district_code,
                     assessment.sex,
@@ -113,19 +168,220 @@ class SurvivorJourneyWorkflow:
                 ),
             )
         )
+        if not await self._committee():
+            self._set_stage(Stage.CLOSED_REJECTED)
+            return self.status()
+        await self._disburse()
+        return await self._after_disbursement()
+
+    async def _committee(self) -> bool:
+        """Wait for the committee's decision; remind after N days, escalate at the
+        deadline, and keep waiting: a loan is never decided by a timer."""
+        assert self._input is not None and self._s.loan is not None
+        policy = self._input.policy
         self._set_stage(Stage.COMMITTEE_REVIEW)
-        await workflow.wait_condition(lambda: self._decided)
+        loan_id = self._s.loan.loan_id
+        waits = (
+            (policy.committee_reminder_days, "committee_reminder"),
+            (
+                policy.committee_deadline_days - policy.committee_reminder_days,
+                "committee_escalation",
+            ),
+        )
+        waited = 0
+        for days, kind in waits:
+            try:
+                await workflow.wait_condition(
+                    lambda: self._decision is not None, timeout=timedelta(days=days)
+                )
+                break
+            except TimeoutError:
+                waited += days
+                await self._notify(
+                    kind, self._input.case_worker_id, {"loan_id": loan_id, "days": waited}
+                )
+        await workflow.wait_condition(
+            lambda: self._s.loan is not None and self._s.loan.status != "SUBMITTED"
+        )
+        assert self._s.loan is not None
+        if self._s.loan.status == "APPROVED":
+            self._s.approved_on = today().isoformat()
+            return True
+        return False
+
+    async def _disburse(self) -> None:
+        """Tranche by tranche, each on its planned day after approval."""
+        assert self._input is not None and self._input.loan is not None
+        assert self._s.loan is not None
+        self._set_stage(Stage.DISBURSEMENT)
+        approved = date.fromisoformat(self._s.approved_on)
+        for sequence, tranche in enumerate(self._input.loan.tranche_plan(), start=1):
+            if sequence <= self._s.tranches_disbursed:
+                continue
+            due = approved + timedelta(days=tranche.days_after_approval)
+            if due > today():
+                await workflow.sleep(self._until(due))
+            self._set_loan(
+                await call_service(
+                    JourneyActivities.disburse_tranche,
+                    DisburseInput(
+                        self._s.loan.loan_id,
+                        sequence,
+                        tranche.amount_minor,
+                        tranche.kind,
+                        tranche.description,
+                        today().isoformat(),
+                        self._input.case_worker_id,
+                    ),
+                )
+            )
+            self._s.tranches_disbursed = sequence
+
+    async def _after_disbursement(self) -> JourneyStatus:
+        await self._repayment_cycle()
+        if self._s.stage == Stage.WRITTEN_OFF:
+            return self.status()
+        await self._follow_ups()
+        await workflow.wait_condition(self._assistance_finished)
+        return self._complete()
+
+    async def _repayment_cycle(self) -> None:
+        """One turn per instalment: remind before the due date, check the ledger after
+        it (plus the tolerance), escalate arrears. A hardship update or a write-off ends
+        the wait early and the cycle re-reads the loan."""
+        assert self._input is not None and self._s.loan is not None and self._s.profile
+        policy = self._input.policy
+        while True:
+            snap = await self._snapshot()
+            if snap.status in CLOSED_LOAN_STATES:
+                self._s.closed_on = today().isoformat()
+                self._set_stage(
+                    Stage.REPAID if snap.status == "CLOSED_OBLIGATIONS_MET" else Stage.WRITTEN_OFF
+                )
+                return
+            await self._escalate_arrears(snap)
+            if snap.next_due_date:
+                due = date.fromisoformat(snap.next_due_date)
+                if self._s.stage != Stage.ARREARS_REVIEW:
+                    in_grace = today() < date.fromisoformat(snap.first_due_date)
+                    self._set_stage(Stage.GRACE if in_grace else Stage.REPAYMENT)
+                remind_on = due - timedelta(days=policy.reminder_days_before_due)
+                if snap.next_due_date not in self._s.reminded_due_dates:
+                    if remind_on > today() and await self._wait_or_interrupted(remind_on):
+                        continue
+                    await self._notify(
+                        "repayment_reminder",
+                        self._input.survivor_id,
+                        {"amount_minor": snap.next_due_minor, "due_date": snap.next_due_date},
+                        key=f"reminder/{snap.next_due_date}",
+                        language=self._s.profile.preferred_language,
+                    )
+                    self._s.reminded_due_dates.append(snap.next_due_date)
+                wake = due + timedelta(days=policy.due_tolerance_days)
+            else:  # every instalment has fallen due: watch the arrears until they close
+                wake = today() + timedelta(days=policy.arrears_check_days)
+            await self._wait_or_interrupted(wake)
+            if workflow.info().is_continue_as_new_suggested():
+                # Bounded history: carry the state into a fresh run, once no human
+                # decision is half-way through its handler.
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(replace(self._input, resume=self._s))
+
+    async def _snapshot(self) -> LoanSnapshot:
+        assert self._s.loan is not None
+        snap = await call_service(
+            JourneyActivities.loan_snapshot,
+            SnapshotInput(self._s.loan.loan_id, today().isoformat()),
+        )
+        self._s.snapshot = snap
+        if snap.status != self._s.loan.status:
+            self._set_loan(LoanSummary(self._s.loan.loan_id, snap.status))
+        workflow.upsert_search_attributes([sa.DAYS_PAST_DUE.value_set(snap.days_past_due)])
+        return snap
+
+    async def _escalate_arrears(self, snap: LoanSnapshot) -> None:
+        """A field visit at 30 days past due, committee review at 90: once per episode."""
+        assert self._input is not None and self._s.loan is not None
+        policy = self._input.policy
+        if snap.days_past_due == 0:
+            self._s.escalations.clear()
+            if self._s.stage == Stage.ARREARS_REVIEW:
+                self._set_stage(Stage.REPAYMENT)
+            return
+        episode = (today() - timedelta(days=snap.days_past_due)).isoformat()
+        for threshold, kind in (
+            (policy.field_visit_days_past_due, "field_visit"),
+            (policy.committee_review_days_past_due, "arrears_committee_review"),
+        ):
+            if snap.days_past_due >= threshold and kind not in self._s.escalations:
+                self._s.escalations.append(kind)
+                await self._notify(
+                    kind,
+                    self._input.case_worker_id,
+                    {"loan_id": self._s.loan.loan_id, "days_past_due": snap.days_past_due},
+                    key=f"{kind}/{episode}",
+                )
+                if kind == "arrears_committee_review":
+                    self._set_stage(Stage.ARREARS_REVIEW)
+
+    async def _follow_ups(self) -> None:
+        """Impact follow-ups at +6 and +12 months after final repayment."""
+        assert self._input is not None
+        policy = self._input.policy
+        closed = date.fromisoformat(self._s.closed_on)
+        for months in policy.follow_up_months:
+            if months in self._s.follow_ups_recorded:
+                continue
+            due = add_months(closed, months)
+            if due > today():
+                await workflow.sleep(self._until(due))
+            self._set_stage(Stage.FOLLOW_UP)
+            await self._notify(
+                "follow_up_due",
+                self._input.case_worker_id,
+                {"survivor_id": self._input.survivor_id, "months": months},
+                key=f"follow-up/{months}",
+            )
+            self._follow_up = None
+            try:
+                await workflow.wait_condition(
+                    lambda: self._follow_up is not None,
+                    timeout=timedelta(days=policy.follow_up_window_days),
+                )
+            except TimeoutError:
+                workflow.logger.info("follow-up not recorded in time", extra={"months": months})
+                continue
+            assert self._follow_up is not None
+            await call_service(
+                JourneyActivities.record_follow_up,
+                FollowUpInput(
+                    self._input.survivor_id,
+                    months,
+                    self._follow_up.household_income_minor,
+                    self._follow_up.working,
+                    self._follow_up.family_members_supported,
+                    self._follow_up.recorded_by,
+                    today().isoformat(),
+                ),
+            )
+            self._s.follow_ups_recorded.append(months)
+
+    def _complete(self) -> JourneyStatus:
+        self._set_stage(Stage.COMPLETED)
         return self.status()
+
+    # --- human decisions ---------------------------------------------------------------
 
     @workflow.update
     async def record_committee_decision(self, decision: CommitteeDecision) -> JourneyStatus:
-        assert self._loan is not None  # guaranteed by the validator
+        assert self._s.loan is not None  # guaranteed by the validator
         self._deciding = True
+        self._decision = decision
         self._set_loan(
             await call_service(
                 JourneyActivities.decide_loan,
                 LoanDecisionInput(
-                    self._loan.loan_id,
+                    self._s.loan.loan_id,
                     decision.approve,
                     decision.member_id,
                     decision.decision_ref,
@@ -133,15 +389,13 @@ class SurvivorJourneyWorkflow:
                 ),
             )
         )
-        self._set_stage(Stage.LOAN_APPROVED if decision.approve else Stage.CLOSED_REJECTED)
-        self._decided = True
         return self.status()
 
     @record_committee_decision.validator
     def validate_committee_decision(self, decision: CommitteeDecision) -> None:
         """Runs before anything is written to history: a refused update leaves no trace."""
-        if self._stage != Stage.COMMITTEE_REVIEW or self._loan is None or self._deciding:
-            raise ValueError(f"no loan awaits a committee decision (stage is {self._stage})")
+        if self._s.stage != Stage.COMMITTEE_REVIEW or self._s.loan is None or self._deciding:
+            raise ValueError(f"no loan awaits a committee decision (stage is {self._s.stage})")
         if not decision.member_id.strip():
             raise ValueError("member_id is required")
         if not decision.decision_ref.strip():
@@ -149,27 +403,243 @@ class SurvivorJourneyWorkflow:
         if not decision.approve and not decision.reason.strip():
             raise ValueError("a rejection needs a reason")
 
+    @workflow.update
+    async def request_hardship(self, hardship: Hardship) -> JourneyStatus:
+        assert self._s.loan is not None
+        start = today()
+        await call_service(
+            JourneyActivities.apply_hardship,
+            HardshipInput(
+                self._s.loan.loan_id,
+                hardship.kind,
+                hardship.reason,
+                hardship.requested_by,
+                start_date=start.isoformat(),
+                end_date=(start + timedelta(days=hardship.pause_days)).isoformat(),
+                new_term_months=hardship.new_term_months,
+                additional_grace_months=hardship.additional_grace_months,
+                effective_date=start.isoformat(),
+            ),
+        )
+        self._hardship_applied = True
+        return self.status()
+
+    @request_hardship.validator
+    def validate_hardship(self, hardship: Hardship) -> None:
+        if self._s.stage not in (Stage.GRACE, Stage.REPAYMENT, Stage.ARREARS_REVIEW):
+            raise ValueError(f"hardship applies to a loan being repaid (stage is {self._s.stage})")
+        if not hardship.reason.strip() or not hardship.requested_by.strip():
+            raise ValueError("hardship needs a reason and who asked for it")
+        if hardship.kind == "pause":
+            if not 1 <= hardship.pause_days <= 366:
+                raise ValueError("a pause lasts from 1 to 366 days")
+        elif hardship.kind == "reschedule":
+            if (
+                not 1 <= hardship.new_term_months <= 120
+                or not 0 <= hardship.additional_grace_months <= 24
+            ):
+                raise ValueError("a reschedule needs 1-120 months of new term and 0-24 of grace")
+        else:
+            raise ValueError("kind must be pause or reschedule")
+
+    @workflow.update
+    async def record_write_off(self, decision: WriteOffDecision) -> JourneyStatus:
+        assert self._s.loan is not None
+        self._set_loan(
+            await call_service(
+                JourneyActivities.write_off_loan,
+                WriteOffInput(
+                    self._s.loan.loan_id,
+                    decision.reason,
+                    decision.proposed_by,
+                    decision.confirmed_by,
+                    today().isoformat(),
+                ),
+            )
+        )
+        self._hardship_applied = True  # wakes the cycle, which sees the closed loan
+        return self.status()
+
+    @record_write_off.validator
+    def validate_write_off(self, decision: WriteOffDecision) -> None:
+        if self._s.stage not in (Stage.REPAYMENT, Stage.ARREARS_REVIEW, Stage.GRACE):
+            raise ValueError(
+                f"only a loan being repaid can be written off (stage is {self._s.stage})"
+            )
+        if not decision.reason.strip():
+            raise ValueError("a write-off needs a reason")
+        if not decision.proposed_by.strip() or decision.proposed_by == decision.confirmed_by:
+            raise ValueError("a write-off needs a proposer and a different confirming approver")
+
+    @workflow.update
+    def record_follow_up(self, follow_up: FollowUp) -> JourneyStatus:
+        self._follow_up = follow_up
+        return self.status()
+
+    @record_follow_up.validator
+    def validate_follow_up(self, follow_up: FollowUp) -> None:
+        if self._s.stage != Stage.FOLLOW_UP or self._follow_up is not None:
+            raise ValueError(f"no follow-up is due (stage is {self._s.stage})")
+        if (
+            follow_up.household_income_minor < 0
+            or not 0 <= follow_up.family_members_supported <= 49
+        ):
+            raise ValueError("income must not be negative; family members 0-49")
+        if not follow_up.recorded_by.strip():
+            raise ValueError("recorded_by is required")
+
+    @workflow.signal
+    def assistance_updated(self, state: AssistanceState) -> None:
+        """Sent by the assistance child workflows as their items move."""
+        self._s.assistance[state.type_id] = state
+
     @workflow.query
     def status(self) -> JourneyStatus:
-        assessment = self._assessment
+        s = self._s
+        snap = s.snapshot
         return JourneyStatus(
-            survivor_id=self._survivor_id,
-            stage=self._stage.value,
-            assessment_id=assessment.assessment_id if assessment else "",
-            rule_set_version=assessment.rule_set_version if assessment else 0,
-            eligible_programmes=list(assessment.eligible_programmes) if assessment else [],
-            need_ids=list(self._need_ids),
-            loan_id=self._loan.loan_id if self._loan else "",
-            loan_status=self._loan.status if self._loan else "",
+            survivor_id=self._input.survivor_id if self._input else "",
+            stage=s.stage,
+            rule_set_version=s.assessment.rule_set_version if s.assessment else 0,
+            assessment_id=s.assessment.assessment_id if s.assessment else "",
+            eligible_programmes=list(s.assessment.eligible_programmes) if s.assessment else [],
+            loan_id=s.loan.loan_id if s.loan else "",
+            loan_status=s.loan.status if s.loan else "",
+            next_due_date=snap.next_due_date if snap else "",
+            next_due_minor=snap.next_due_minor if snap else 0,
+            outstanding_minor=snap.outstanding_minor if snap else 0,
+            days_past_due=snap.days_past_due if snap else 0,
+            assistance=list(s.assistance.values()),
+            follow_ups_recorded=list(s.follow_ups_recorded),
+        )
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _assistance_finished(self) -> bool:
+        return all(a.terminal for a in self._s.assistance.values())
+
+    @staticmethod
+    def _until(day: date) -> timedelta:
+        """Time from now to the start of `day`, in workflow time (UTC)."""
+        start = datetime.combine(day, time(), tzinfo=UTC)
+        return max(timedelta(0), start - workflow.now())
+
+    async def _wait_or_interrupted(self, day: date) -> bool:
+        """Sleep until `day`; True if a hardship or write-off cut the wait short."""
+        self._hardship_applied = False
+        try:
+            await workflow.wait_condition(lambda: self._hardship_applied, timeout=self._until(day))
+        except TimeoutError:
+            return False
+        return True
+
+    async def _notify(
+        self,
+        kind: str,
+        recipient: str,
+        params: dict[str, object],
+        *,
+        key: str = "",
+        language: str = "az",
+    ) -> None:
+        await call_service(
+            JourneyActivities.notify,
+            Notification(
+                f"{workflow.info().workflow_id}/{key or kind}",
+                kind,
+                recipient,
+                language,
+                dict(params),
+            ),
         )
 
     def _set_stage(self, stage: Stage) -> None:
-        self._stage = stage
+        self._s.stage = stage.value
         workflow.upsert_search_attributes([sa.STAGE.value_set(stage.value)])
 
     def _set_loan(self, loan: LoanSummary) -> None:
-        self._loan = loan
+        self._s.loan = loan
         workflow.upsert_search_attributes([sa.LOAN_STATUS.value_set(loan.status)])
+
+
+@workflow.defn
+class AssistanceWorkflow:
+    """One assistance item: the need is recorded, the assistance requested from the
+    provider, and each step of its lifecycle arrives as a validated update from the
+    people delivering it. The parent journey hears of every change."""
+
+    def __init__(self) -> None:
+        self._input: AssistanceInput | None = None
+        self._state: AssistanceState | None = None
+        self._steps = 0
+        self._busy = False
+
+    @workflow.run
+    async def run(self, item: AssistanceInput) -> AssistanceState:
+        self._input = item
+        need_id = await call_service(
+            JourneyActivities.record_need,
+            NeedInput(
+                item.survivor_id,
+                item.plan.type_id,
+                item.case_worker_id,
+                item.district_code,
+                item.sex,
+                item.age_band,
+            ),
+        )
+        try:
+            requested = await call_service(
+                JourneyActivities.request_assistance,
+                RequestAssistanceInput(need_id, item.plan, item.case_worker_id),
+            )
+        except ActivityError as error:
+            # Refused (bad plan data, no consent...): the need stays open for a new plan.
+            workflow.logger.warning("assistance request refused", extra={"cause": str(error.cause)})
+            requested = AssistanceState(item.plan.type_id, need_id, "", "refused", True)
+        await self._publish(item, requested)
+        await workflow.wait_condition(lambda: self._state is not None and self._state.terminal)
+        assert self._state is not None
+        return self._state
+
+    @workflow.update
+    async def advance(self, action: AssistanceAction) -> AssistanceState:
+        assert self._state is not None
+        self._busy = True
+        self._steps += 1
+        try:
+            state = await call_service(
+                JourneyActivities.advance_assistance,
+                AdvanceInput(
+                    self._state.assistance_id, action.action, action.actor, action.data, self._steps
+                ),
+            )
+        except ActivityError as error:  # the service refused the step: tell the caller
+            raise ApplicationError(str(error.cause or error)) from None
+        finally:
+            self._busy = False
+        assert self._input is not None
+        await self._publish(self._input, state)
+        return state
+
+    @advance.validator
+    def validate_advance(self, action: AssistanceAction) -> None:
+        if self._state is None or self._state.terminal or self._busy:
+            raise ValueError("this assistance item is not awaiting a step")
+        if not action.action.strip() or not action.actor.strip():
+            raise ValueError("action and actor are required")
+
+    @workflow.query
+    def state(self) -> AssistanceState | None:
+        return self._state
+
+    async def _publish(self, item: AssistanceInput, state: AssistanceState) -> None:
+        self._state = state
+        parent = workflow.get_external_workflow_handle(item.journey_id)
+        try:
+            await parent.signal(SurvivorJourneyWorkflow.assistance_updated, state)
+        except ApplicationError:
+            workflow.logger.info("the journey has closed; the item goes on alone")
 
 
 def initial_search_attributes(programme_year: int) -> TypedSearchAttributes:

@@ -1320,3 +1320,191 @@ class SimulateRuleSetResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SimulateRuleSetResponse: _TypeAlias = SimulateRuleSetResponse  # noqa: Y015
+
+@_typing.final
+class FollowUp(_message.Message):
+    """FollowUp is an impact follow-up of a survivor after final repayment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SURVIVOR_ID_FIELD_NUMBER: _builtins.int
+    MONTHS_AFTER_FIELD_NUMBER: _builtins.int
+    HOUSEHOLD_INCOME_MINOR_FIELD_NUMBER: _builtins.int
+    WORKING_FIELD_NUMBER: _builtins.int
+    FAMILY_MEMBERS_SUPPORTED_FIELD_NUMBER: _builtins.int
+    RECORDED_BY_FIELD_NUMBER: _builtins.int
+    RECORDED_ON_FIELD_NUMBER: _builtins.int
+    survivor_id: _builtins.str
+    """The survivor followed up."""
+    months_after: _builtins.int
+    """Months after final repayment: 6 or 12."""
+    household_income_minor: _builtins.int
+    """Monthly household income now, in qəpik."""
+    working: _builtins.bool
+    """The survivor is working (employed or running the business)."""
+    family_members_supported: _builtins.int
+    """Family members the survivor's work supports."""
+    recorded_by: _builtins.str
+    """Who recorded the follow-up."""
+    @_builtins.property
+    def recorded_on(self) -> _date_pb2.Date:
+        """The date of the follow-up visit."""
+
+    def __init__(
+        self,
+        *,
+        survivor_id: _builtins.str = ...,
+        months_after: _builtins.int = ...,
+        household_income_minor: _builtins.int = ...,
+        working: _builtins.bool = ...,
+        family_members_supported: _builtins.int = ...,
+        recorded_by: _builtins.str = ...,
+        recorded_on: _date_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_on", b"recorded_on"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["family_members_supported", b"family_members_supported", "household_income_minor", b"household_income_minor", "months_after", b"months_after", "recorded_by", b"recorded_by", "recorded_on", b"recorded_on", "survivor_id", b"survivor_id", "working", b"working"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowUp: _TypeAlias = FollowUp  # noqa: Y015
+
+@_typing.final
+class RecordFollowUpRequest(_message.Message):
+    """RecordFollowUpRequest is the request of RecordFollowUp."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FOLLOW_UP_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (UUID)."""
+    @_builtins.property
+    def follow_up(self) -> Global___FollowUp:
+        """The follow-up."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        follow_up: Global___FollowUp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["follow_up", b"follow_up"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow_up", b"follow_up", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordFollowUpRequest: _TypeAlias = RecordFollowUpRequest  # noqa: Y015
+
+@_typing.final
+class RecordFollowUpResponse(_message.Message):
+    """RecordFollowUpResponse is the response of RecordFollowUp."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FOLLOW_UP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def follow_up(self) -> Global___FollowUp:
+        """The recorded follow-up."""
+
+    def __init__(
+        self,
+        *,
+        follow_up: Global___FollowUp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["follow_up", b"follow_up"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow_up", b"follow_up"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordFollowUpResponse: _TypeAlias = RecordFollowUpResponse  # noqa: Y015
+
+@_typing.final
+class GetReachReportRequest(_message.Message):
+    """GetReachReportRequest is the request of GetReachReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISTRICT_CODE_FIELD_NUMBER: _builtins.int
+    district_code: _builtins.str
+    """Restrict to one district (optional)."""
+    def __init__(
+        self,
+        *,
+        district_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["district_code", b"district_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReachReportRequest: _TypeAlias = GetReachReportRequest  # noqa: Y015
+
+@_typing.final
+class ReachReport(_message.Message):
+    """ReachReport is the programme's reach: survivors and their family members."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SURVIVORS_FIELD_NUMBER: _builtins.int
+    FAMILY_MEMBERS_FIELD_NUMBER: _builtins.int
+    FOLLOWED_UP_6_FIELD_NUMBER: _builtins.int
+    FOLLOWED_UP_12_FIELD_NUMBER: _builtins.int
+    WORKING_AT_12_FIELD_NUMBER: _builtins.int
+    FAMILY_MEMBERS_SUPPORTED_FIELD_NUMBER: _builtins.int
+    survivors: _builtins.int
+    """Registered survivors (with consent)."""
+    family_members: _builtins.int
+    """Their family members: household members other than the survivor."""
+    followed_up_6: _builtins.int
+    """Survivors with a +6-month follow-up."""
+    followed_up_12: _builtins.int
+    """Survivors with a +12-month follow-up."""
+    working_at_12: _builtins.int
+    """Of those followed up at +12 months, how many are working."""
+    family_members_supported: _builtins.int
+    """Family members supported, as reported at the latest follow-up of each survivor."""
+    def __init__(
+        self,
+        *,
+        survivors: _builtins.int = ...,
+        family_members: _builtins.int = ...,
+        followed_up_6: _builtins.int = ...,
+        followed_up_12: _builtins.int = ...,
+        working_at_12: _builtins.int = ...,
+        family_members_supported: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["family_members", b"family_members", "family_members_supported", b"family_members_supported", "followed_up_12", b"followed_up_12", "followed_up_6", b"followed_up_6", "survivors", b"survivors", "working_at_12", b"working_at_12"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReachReport: _TypeAlias = ReachReport  # noqa: Y015
+
+@_typing.final
+class GetReachReportResponse(_message.Message):
+    """GetReachReportResponse is the response of GetReachReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def report(self) -> Global___ReachReport:
+        """The report."""
+
+    def __init__(
+        self,
+        *,
+        report: Global___ReachReport | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReachReportResponse: _TypeAlias = GetReachReportResponse  # noqa: Y015

@@ -82,6 +82,16 @@ class EligibilityServiceStub:
                 request_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.SimulateRuleSetRequest.SerializeToString,
                 response_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.SimulateRuleSetResponse.FromString,
                 _registered_method=True)
+        self.RecordFollowUp = channel.unary_unary(
+                '/mineaction.eligibility.v1.EligibilityService/RecordFollowUp',
+                request_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.RecordFollowUpRequest.SerializeToString,
+                response_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.RecordFollowUpResponse.FromString,
+                _registered_method=True)
+        self.GetReachReport = channel.unary_unary(
+                '/mineaction.eligibility.v1.EligibilityService/GetReachReport',
+                request_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetReachReportRequest.SerializeToString,
+                response_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetReachReportResponse.FromString,
+                _registered_method=True)
 
 
 class EligibilityServiceServicer:
@@ -155,6 +165,20 @@ class EligibilityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordFollowUp(self, request, context):
+        """RecordFollowUp records an impact follow-up (+6 or +12 months after final repayment).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReachReport(self, request, context):
+        """GetReachReport reports the programme's reach: survivors, family members, follow-ups.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EligibilityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +226,16 @@ def add_EligibilityServiceServicer_to_server(servicer, server):
                     servicer.SimulateRuleSet,
                     request_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.SimulateRuleSetRequest.FromString,
                     response_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.SimulateRuleSetResponse.SerializeToString,
+            ),
+            'RecordFollowUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFollowUp,
+                    request_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.RecordFollowUpRequest.FromString,
+                    response_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.RecordFollowUpResponse.SerializeToString,
+            ),
+            'GetReachReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReachReport,
+                    request_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetReachReportRequest.FromString,
+                    response_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetReachReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -450,6 +484,60 @@ class EligibilityService:
             '/mineaction.eligibility.v1.EligibilityService/SimulateRuleSet',
             mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.SimulateRuleSetRequest.SerializeToString,
             mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.SimulateRuleSetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFollowUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mineaction.eligibility.v1.EligibilityService/RecordFollowUp',
+            mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.RecordFollowUpRequest.SerializeToString,
+            mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.RecordFollowUpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReachReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mineaction.eligibility.v1.EligibilityService/GetReachReport',
+            mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetReachReportRequest.SerializeToString,
+            mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetReachReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,10 @@ class EligibilityServiceStub:
     """SimulateRuleSet re-evaluates stored assessments under a draft rule set and
     reports which decisions would change. Nothing is stored.
     """
+    RecordFollowUp: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.RecordFollowUpRequest, _eligibility_service_pb2.RecordFollowUpResponse]
+    """RecordFollowUp records an impact follow-up (+6 or +12 months after final repayment)."""
+    GetReachReport: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetReachReportRequest, _eligibility_service_pb2.GetReachReportResponse]
+    """GetReachReport reports the programme's reach: survivors, family members, follow-ups."""
 
 @_typing.type_check_only
 class EligibilityServiceAsyncStub(EligibilityServiceStub):
@@ -89,6 +93,10 @@ class EligibilityServiceAsyncStub(EligibilityServiceStub):
     """SimulateRuleSet re-evaluates stored assessments under a draft rule set and
     reports which decisions would change. Nothing is stored.
     """
+    RecordFollowUp: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.RecordFollowUpRequest, _eligibility_service_pb2.RecordFollowUpResponse]  # type: ignore[assignment]
+    """RecordFollowUp records an impact follow-up (+6 or +12 months after final repayment)."""
+    GetReachReport: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetReachReportRequest, _eligibility_service_pb2.GetReachReportResponse]  # type: ignore[assignment]
+    """GetReachReport reports the programme's reach: survivors, family members, follow-ups."""
 
 class EligibilityServiceServicer(metaclass=_abc_1.ABCMeta):
     """EligibilityService stores survivor intake records and decides, under a
@@ -171,5 +179,21 @@ class EligibilityServiceServicer(metaclass=_abc_1.ABCMeta):
         """SimulateRuleSet re-evaluates stored assessments under a draft rule set and
         reports which decisions would change. Nothing is stored.
         """
+
+    @_abc_1.abstractmethod
+    def RecordFollowUp(
+        self,
+        request: _eligibility_service_pb2.RecordFollowUpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eligibility_service_pb2.RecordFollowUpResponse, _abc.Awaitable[_eligibility_service_pb2.RecordFollowUpResponse]]:
+        """RecordFollowUp records an impact follow-up (+6 or +12 months after final repayment)."""
+
+    @_abc_1.abstractmethod
+    def GetReachReport(
+        self,
+        request: _eligibility_service_pb2.GetReachReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eligibility_service_pb2.GetReachReportResponse, _abc.Awaitable[_eligibility_service_pb2.GetReachReportResponse]]:
+        """GetReachReport reports the programme's reach: survivors, family members, follow-ups."""
 
 def add_EligibilityServiceServicer_to_server(servicer: EligibilityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

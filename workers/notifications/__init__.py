@@ -1,0 +1,1 @@
+"""Notifications: an outbox table, bilingual messages and pluggable delivery channels."""

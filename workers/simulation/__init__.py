@@ -1,0 +1,1 @@
+"""Simulated borrowers: repayment behaviour for tests, demos and programme simulations."""
