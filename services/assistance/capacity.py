@@ -5,8 +5,11 @@ so concurrent reservations queue on that lock: none can overbook, and the waitli
 is the order in which requests got the lock. The CHECK (reserved <= capacity) in the
 database backs this up.
 
-Lock order, everywhere: pool, then assistance, then need. Promoting a waiting request
-touches another survivor's assistance and need, so any other order could deadlock.
+Lock order. Changing an assistance that holds or waits for a place locks pool, then
+assistance, then need (promotion touches another survivor's assistance and need). A new
+request locks its need and then, last, the pool. That cannot deadlock with the first
+order: a need whose assistance sits in a pool has an unfinished assistance, so a new
+request for it is refused before it ever asks for the pool's lock.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import asyncpg
 import structlog
 import yaml
 
-from services.assistance.catalogue import PROMOTE, AssistanceTypePlugin
+from services.assistance.catalogue import PROMOTE, REQUEST, WAITLISTED, AssistanceTypePlugin
 from services.common.db import Connection
 
 log = structlog.get_logger("mineaction.assistance")
@@ -28,8 +31,7 @@ log = structlog.get_logger("mineaction.assistance")
 SYSTEM_ACTOR = "system"
 
 POOL_COLUMNS = """p.pool_id, p.provider_id, p.type_id, p.model, p.name_en, p.name_az,
-    p.capacity, p.reserved, p.sessions,
-    (SELECT count(*) FROM waitlist w WHERE w.pool_id = p.pool_id)::int AS waitlisted"""
+    p.capacity, p.reserved, p.sessions, p.waiting AS waitlisted"""
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,10 @@ class Pool:
 
 
 async def pool_row(conn: Connection, pool_id: str, *, lock: bool = False) -> asyncpg.Record | None:
-    # FOR UPDATE cannot sit beside the aggregate subquery, so lock first, then read.
-    if lock and not await conn.fetchval(
-        "SELECT true FROM capacity_pools WHERE pool_id = $1 FOR UPDATE", pool_id
-    ):
-        return None
     return await conn.fetchrow(
-        f"SELECT {POOL_COLUMNS} FROM capacity_pools p WHERE p.pool_id = $1", pool_id
+        f"SELECT {POOL_COLUMNS} FROM capacity_pools p WHERE p.pool_id = $1"
+        + (" FOR UPDATE" if lock else ""),
+        pool_id,
     )
 
 
@@ -89,30 +88,65 @@ async def choose_pool(
     return pool_id
 
 
-async def take(conn: Connection, pool: Pool, quantity: int) -> bool:
-    """Reserve `quantity` units if they are free and nobody is waiting ahead (first
-    come, first served); the pool must be locked. False means: join the waitlist."""
-    if pool.waitlisted or pool.free < quantity:
-        return False
-    await conn.execute(
-        "UPDATE capacity_pools SET reserved = reserved + $2 WHERE pool_id = $1",
-        pool.pool_id,
-        quantity,
-    )
-    return True
+async def place_request(
+    conn: Connection,
+    *,
+    assistance_id: str,
+    pool_id: str,
+    quantity: int,
+    initial_state: str,
+    actor: str,
+    data_json: str,
+) -> int:
+    """Reserve `quantity` units for a new (provisionally waitlisted) assistance if they are
+    free and nobody waits ahead of it (first come, first served), else put it on the
+    waitlist; record the request event. Returns 0 when reserved, else the 1-based
+    waitlist position.
 
-
-async def join_waitlist(conn: Connection, pool_id: str, assistance_id: str, quantity: int) -> None:
-    await conn.execute(
-        "INSERT INTO waitlist (pool_id, assistance_id, quantity) VALUES ($1, $2, $3)",
-        pool_id,
+    One statement: its UPDATE both locks the pool row and decides on the row's latest
+    committed version (READ COMMITTED re-reads a row it had to wait for), and the waitlist
+    entry's seq is drawn under that lock, so the waitlist order is the order of arrival at
+    the lock. Being last before commit, it keeps the lock as short as it can be."""
+    waiting: int = await conn.fetchval(
+        """WITH pool AS (
+               UPDATE capacity_pools SET
+                   reserved = reserved + CASE WHEN waiting = 0 AND capacity - reserved >= $3
+                                              THEN $3 ELSE 0 END,
+                   waiting = waiting + CASE WHEN waiting = 0 AND capacity - reserved >= $3
+                                            THEN 0 ELSE 1 END
+               WHERE pool_id = $2 RETURNING waiting),
+           placed AS (
+               UPDATE assistance SET state = $4, holds_capacity = true
+               WHERE assistance_id = $1 AND (SELECT waiting FROM pool) = 0),
+           queued AS (
+               INSERT INTO waitlist (pool_id, assistance_id, quantity)
+               SELECT $2, $1, $3 FROM pool WHERE waiting > 0),
+           event AS (
+               INSERT INTO assistance_events
+                   (assistance_id, seq, from_state, to_state, action, actor, data)
+               SELECT $1, 1, '', CASE WHEN waiting = 0 THEN $4 ELSE $5 END, $6, $7, $8::jsonb
+               FROM pool)
+           SELECT waiting FROM pool""",
         assistance_id,
+        pool_id,
         quantity,
+        initial_state,
+        WAITLISTED,
+        REQUEST,
+        actor,
+        data_json,
     )
+    return waiting
 
 
 async def leave_waitlist(conn: Connection, assistance_id: str) -> None:
-    await conn.execute("DELETE FROM waitlist WHERE assistance_id = $1", assistance_id)
+    """Take a request off its waitlist; the pool must be locked."""
+    await conn.execute(
+        """WITH gone AS (DELETE FROM waitlist WHERE assistance_id = $1 RETURNING pool_id)
+           UPDATE capacity_pools p SET waiting = waiting - 1 FROM gone
+           WHERE p.pool_id = gone.pool_id""",
+        assistance_id,
+    )
 
 
 async def release(conn: Connection, pool_id: str, quantity: int) -> None:
@@ -141,7 +175,8 @@ async def promote_waiting(
             return promoted
         await conn.execute("DELETE FROM waitlist WHERE seq = $1", head["seq"])
         await conn.execute(
-            "UPDATE capacity_pools SET reserved = reserved + $2 WHERE pool_id = $1",
+            """UPDATE capacity_pools SET reserved = reserved + $2, waiting = waiting - 1
+               WHERE pool_id = $1""",
             pool_id,
             head["quantity"],
         )

@@ -171,7 +171,7 @@ def _date(value: Any) -> date_pb2.Date:
 
 
 def assistance_to_proto(
-    row: asyncpg.Record, events: list[asyncpg.Record] | None = None
+    row: asyncpg.Record, events: list[dict[str, Any]] | None = None
 ) -> pb.Assistance:
     message = pb.Assistance(
         assistance_id=row["assistance_id"],
@@ -194,31 +194,31 @@ def assistance_to_proto(
     if row["delivered_at"] is not None:
         message.delivery_time.CopyFrom(timestamp(row["delivered_at"]))
     for e in events or ():
-        message.history.append(
-            pb.AssistanceEvent(
-                from_state=e["from_state"],
-                to_state=e["to_state"],
-                action=e["action"],
-                actor=e["actor"],
-                time=timestamp(e["at"]),
-                data=dict_to_struct(json.loads(e["data"])),
-            )
+        event = pb.AssistanceEvent(
+            from_state=e["from_state"],
+            to_state=e["to_state"],
+            action=e["action"],
+            actor=e["actor"],
+            data=dict_to_struct(e["data"]),
         )
+        event.time.FromJsonString(e["at"])
+        message.history.append(event)
     return message
 
 
-async def load_assistance(
-    conn: Connection, assistance_id: str, *, with_history: bool = True
-) -> pb.Assistance | None:
-    row = await conn.fetchrow(f"{ASSISTANCE_SELECT} WHERE a.assistance_id = $1", assistance_id)
+async def load_assistance(conn: Connection, assistance_id: str) -> pb.Assistance | None:
+    """One assistance with its history, in one round trip (it runs under pool locks)."""
+    row = await conn.fetchrow(
+        f"""{ASSISTANCE_SELECT.replace("SELECT a.*", "SELECT a.*, h.history", 1)}
+            CROSS JOIN LATERAL (
+                SELECT coalesce(json_agg(json_build_object(
+                           'from_state', e.from_state, 'to_state', e.to_state,
+                           'action', e.action, 'actor', e.actor, 'at', e.at,
+                           'data', e.data) ORDER BY e.seq), '[]') AS history
+                FROM assistance_events e WHERE e.assistance_id = a.assistance_id) h
+            WHERE a.assistance_id = $1""",
+        assistance_id,
+    )
     if row is None:
         return None
-    events = (
-        await conn.fetch(
-            "SELECT * FROM assistance_events WHERE assistance_id = $1 ORDER BY seq",
-            assistance_id,
-        )
-        if with_history
-        else None
-    )
-    return assistance_to_proto(row, events)
+    return assistance_to_proto(row, json.loads(row["history"]))

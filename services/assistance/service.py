@@ -9,9 +9,12 @@ delivery alone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections import defaultdict
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,7 @@ from services.assistance.records import (
     pool_to_proto,
     struct_to_dict,
     text,
+    timestamp,
     type_to_proto,
 )
 from services.common import pagination
@@ -92,6 +96,11 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
     def __init__(self, db: Database, catalogue: Mapping[str, AssistanceTypePlugin]) -> None:
         self.db = db
         self.catalogue = catalogue
+        # One waiter per pool and process at the pool's row lock: when a popular cohort
+        # draws many requests at once, the rest queue here (in order) instead of all
+        # waking in PostgreSQL at every commit. The row lock still decides; this only
+        # keeps the herd off it, and replicas each have their own gate.
+        self._gates: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def _plugin(self, type_id: str, field: str = "type_id") -> AssistanceTypePlugin:
         plugin = self.catalogue.get(type_id)
@@ -157,88 +166,109 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
     async def RequestAssistance(
         self, request: pb.RequestAssistanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.RequestAssistanceResponse:
-        # The need fixes the type; its data and quantity are checked before anything else.
-        need = await self.db.pool.fetchrow(
-            "SELECT * FROM needs WHERE need_id = $1", request.need_id
-        )
-        if need is None:
-            raise NotFound(f"need {request.need_id} not found", reason="NEED_NOT_FOUND")
-        plugin = self._installed(need["type_id"])
         data = struct_to_dict(request.data)
-        check_data(plugin.validator, data)
         quantity = request.quantity or 1
-        if quantity != 1 and plugin.capacity_model != "stock":
-            raise invalid(
-                "quantity",
-                "only stock is reserved in quantities; seats and slots are one per person",
-                "QUANTITY_NOT_STOCK",
-            )
-        if not plugin.uses_capacity and request.capacity_pool_id:
-            raise invalid("capacity_pool_id", f"{plugin.type_id} has no capacity pools")
-
-        async with self.db.transaction() as conn:
+        # The pool gate, if taken, is released as soon as the transaction has ended
+        # (before the connection goes back to the pool, which costs a round trip).
+        async with (
+            self.db.pool.acquire() as conn,
+            AsyncExitStack() as gate,
+            conn.transaction(),
+        ):
 
             async def create() -> pb.RequestAssistanceResponse:
-                pool = await self._pool_for(conn, plugin, request, quantity)
-                provider_id = pool.provider_id if pool else request.provider_id
-                if provider_id and not await conn.fetchval(
-                    "SELECT true FROM providers WHERE provider_id = $1", provider_id
-                ):
-                    raise NotFound(f"provider {provider_id} not found", reason="NO_PROVIDER")
-                if provider_id and not request.referral_consent:
-                    raise FailedPrecondition(
-                        f"referral to provider {provider_id} needs the survivor's recorded "
-                        "consent (referral_consent)",
-                        reason="REFERRAL_CONSENT_MISSING",
-                        metadata={"provider_id": provider_id},
-                    )
-                course_length = self._course_length(plugin, data, pool)
-                locked = await fetch_one(
-                    conn,
-                    "SELECT * FROM needs WHERE need_id = $1 FOR UPDATE",
+                # The need fixes the type. It is locked so that one need never gets two
+                # unfinished assistances; everything but the pool is settled before the
+                # pool is touched, so the pool's lock is held for the last statement only.
+                need = await conn.fetchrow(
+                    """SELECT n.*, (SELECT a.assistance_id FROM assistance a
+                                    WHERE a.need_id = n.need_id AND a.active LIMIT 1) AS current
+                       FROM needs n WHERE n.need_id = $1 FOR UPDATE""",
                     request.need_id,
                 )
-                await self._check_need_open(conn, locked)
-                reserved = await capacity.take(conn, pool, quantity) if pool else False
-                state = plugin.initial_state if reserved or pool is None else WAITLISTED
+                if need is None:
+                    raise NotFound(f"need {request.need_id} not found", reason="NEED_NOT_FOUND")
+                plugin = self._installed(need["type_id"])
+                self._check_request(plugin, data, quantity, request)
+                self._check_need_open(need)
+                pool = await self._pool_for(conn, plugin, request, quantity)
+                provider_id = await self._provider_for(conn, pool, request)
+                course_length = self._course_length(plugin, data, pool)
                 assistance_id = f"ast-{uuid.uuid4().hex[:20]}"
-                await conn.execute(
-                    """INSERT INTO assistance (assistance_id, need_id, survivor_id, type_id,
-                           state, active, provider_id, pool_id, quantity, holds_capacity,
-                           referral_consent, data, course_length, district_code, sex,
-                           age_band)
-                       VALUES ($1, $2, $3, $4, $5, true, $6, $7, $8, $9, $10, $11::jsonb,
-                               $12, $13, $14, $15)""",
+                created_at = await conn.fetchval(
+                    """WITH created AS (
+                           INSERT INTO assistance (assistance_id, need_id, survivor_id, type_id,
+                               state, active, provider_id, pool_id, quantity, referral_consent,
+                               data, course_length, district_code, sex, age_band)
+                           VALUES ($1, $2, $3, $4, $5, true, $6, $7, $8, $9, $10::jsonb, $11,
+                                   $12, $13, $14)
+                           RETURNING created_at)
+                       UPDATE needs SET state = $15, updated_at = now() FROM created
+                       WHERE need_id = $2 RETURNING created.created_at""",
                     assistance_id,
-                    request.need_id,
-                    locked["survivor_id"],
+                    need["need_id"],
+                    need["survivor_id"],
                     plugin.type_id,
-                    state,
-                    provider_id or None,
+                    WAITLISTED if pool else plugin.initial_state,
+                    provider_id,
                     pool.pool_id if pool else None,
                     quantity,
-                    reserved,
                     request.referral_consent,
                     json.dumps(data),
                     course_length,
-                    locked["district_code"],
-                    locked["sex"],
-                    locked["age_band"],
+                    need["district_code"],
+                    need["sex"],
+                    need["age_band"],
+                    "REFERRED" if provider_id else "PLANNED",
                 )
-                if pool and not reserved:
-                    await capacity.join_waitlist(conn, pool.pool_id, assistance_id, quantity)
-                await capacity.record_event(
-                    conn,
-                    assistance_id,
-                    "",
-                    state,
-                    REQUEST,
-                    request.requested_by,
-                    json.dumps(data),
+                position = 0
+                if pool is None:
+                    await capacity.record_event(
+                        conn,
+                        assistance_id,
+                        "",
+                        plugin.initial_state,
+                        REQUEST,
+                        request.requested_by,
+                        json.dumps(data),
+                    )
+                else:
+                    await gate.enter_async_context(self._gates[pool.pool_id])
+                    position = await capacity.place_request(
+                        conn,
+                        assistance_id=assistance_id,
+                        pool_id=pool.pool_id,
+                        quantity=quantity,
+                        initial_state=plugin.initial_state,
+                        actor=request.requested_by,
+                        data_json=json.dumps(data),
+                    )
+                state = WAITLISTED if position else plugin.initial_state
+                created = pb.Assistance(
+                    assistance_id=assistance_id,
+                    need_id=need["need_id"],
+                    survivor_id=need["survivor_id"],
+                    type_id=plugin.type_id,
+                    state=state,
+                    provider_id=provider_id or "",
+                    capacity_pool_id=pool.pool_id if pool else "",
+                    waitlist_position=position,
+                    data=request.data,
+                    create_time=timestamp(created_at),
+                    update_time=timestamp(created_at),
+                    quantity=quantity,
+                    course_length=course_length or 0,
+                    referral_consent=request.referral_consent,
+                    history=[
+                        pb.AssistanceEvent(
+                            to_state=state,
+                            action=REQUEST,
+                            actor=request.requested_by,
+                            time=timestamp(created_at),
+                            data=request.data,
+                        )
+                    ],
                 )
-                await refresh_need(conn, request.need_id)
-                created = await load_assistance(conn, assistance_id)
-                assert created is not None
                 return pb.RequestAssistanceResponse(assistance=created)
 
             return await idempotent(
@@ -249,6 +279,47 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 effect=create,
             )
 
+    @staticmethod
+    def _check_request(
+        plugin: AssistanceTypePlugin,
+        data: Mapping[str, Any],
+        quantity: int,
+        request: pb.RequestAssistanceRequest,
+    ) -> None:
+        check_data(plugin.validator, data)
+        if quantity != 1 and plugin.capacity_model != "stock":
+            raise invalid(
+                "quantity",
+                "only stock is reserved in quantities; seats and slots are one per person",
+                "QUANTITY_NOT_STOCK",
+            )
+        if not plugin.uses_capacity and request.capacity_pool_id:
+            raise invalid("capacity_pool_id", f"{plugin.type_id} has no capacity pools")
+
+    @staticmethod
+    async def _provider_for(
+        conn: Connection, pool: capacity.Pool | None, request: pb.RequestAssistanceRequest
+    ) -> str | None:
+        """The provider the survivor is referred to, if any; referral needs consent."""
+        if pool is not None:
+            provider_id = pool.provider_id  # the pool's foreign key vouches for it
+        elif request.provider_id:
+            provider_id = request.provider_id
+            if not await conn.fetchval(
+                "SELECT true FROM providers WHERE provider_id = $1", provider_id
+            ):
+                raise NotFound(f"provider {provider_id} not found", reason="NO_PROVIDER")
+        else:
+            return None
+        if not request.referral_consent:
+            raise FailedPrecondition(
+                f"referral to provider {provider_id} needs the survivor's recorded consent "
+                "(referral_consent)",
+                reason="REFERRAL_CONSENT_MISSING",
+                metadata={"provider_id": provider_id},
+            )
+        return provider_id
+
     async def _pool_for(
         self,
         conn: Connection,
@@ -256,7 +327,8 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         request: pb.RequestAssistanceRequest,
         quantity: int,
     ) -> capacity.Pool | None:
-        """The pool to reserve from, locked; None for a type without capacity."""
+        """The pool to reserve from (read, not locked: what is checked here never
+        changes); None for a type without capacity."""
         if not plugin.uses_capacity:
             return None
         pool_id = request.capacity_pool_id or await capacity.choose_pool(
@@ -268,7 +340,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 + (f" at provider {request.provider_id}" if request.provider_id else ""),
                 reason="NO_CAPACITY_POOL",
             )
-        row = await capacity.pool_row(conn, pool_id, lock=True)
+        row = await capacity.pool_row(conn, pool_id)
         if row is None:
             raise NotFound(f"capacity pool {pool_id} not found", reason="POOL_NOT_FOUND")
         pool = capacity.Pool.of(row)
@@ -311,20 +383,16 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         return None
 
     @staticmethod
-    async def _check_need_open(conn: Connection, need: asyncpg.Record) -> None:
+    def _check_need_open(need: asyncpg.Record) -> None:
         if need["state"] == "MET":
             raise FailedPrecondition(
                 f"need {need['need_id']} is already met", reason="NEED_ALREADY_MET"
             )
-        current = await conn.fetchval(
-            "SELECT assistance_id FROM assistance WHERE need_id = $1 AND active",
-            need["need_id"],
-        )
-        if current is not None:
+        if need["current"] is not None:
             raise FailedPrecondition(
-                f"need {need['need_id']} already has unfinished assistance {current}",
+                f"need {need['need_id']} already has unfinished assistance {need['current']}",
                 reason="ASSISTANCE_IN_PROGRESS",
-                metadata={"assistance_id": current},
+                metadata={"assistance_id": need["current"]},
             )
 
     async def AdvanceAssistance(

