@@ -22,11 +22,7 @@ import asyncpg
 from services.common.db import Connection
 
 _FIGURES = """
-WITH base AS (
-    SELECT l.loan_id, l.fund_id, l.product_id, l.district_code, l.borrower_sex
-    FROM loans l WHERE {where}
-),
-bal AS (
+WITH bal AS (
     SELECT p.loan_id,
         coalesce(sum(p.amount_minor) FILTER (
             WHERE p.account = 'LOANS_RECEIVABLE' AND t.kind = 'DISBURSEMENT'), 0) AS disbursed,
@@ -40,58 +36,77 @@ bal AS (
         coalesce(sum(p.amount_minor) FILTER (
             WHERE p.account = 'LOANS_RECEIVABLE'), 0) AS outstanding
     FROM postings p JOIN ledger_transactions t ON t.transaction_id = p.transaction_id
-    WHERE p.loan_id IN (SELECT loan_id FROM base) AND t.value_date <= $1
+    WHERE {postings} AND t.value_date <= $1
       AND p.account IN ('LOANS_RECEIVABLE', 'RECOVERY_INCOME')
     GROUP BY p.loan_id
 ),
 rev AS (
-    SELECT DISTINCT ON (r.loan_id) r.loan_id, r.revision, r.base_repaid_minor
+    SELECT DISTINCT ON (r.loan_id) r.loan_id, r.base_repaid_minor, r.due_dates,
+        r.cumulative_minor
     FROM schedule_revisions r
-    WHERE r.loan_id IN (SELECT loan_id FROM base) AND r.effective_date <= $1
+    WHERE {revisions} AND r.effective_date <= $1
     ORDER BY r.loan_id, r.revision DESC
 ),
-arr AS (
-    SELECT i.loan_id,
-        min(i.due_date) FILTER (WHERE i.due_date < $1
-            AND i.cumulative_minor > rev.base_repaid_minor + coalesce(bal.repaid, 0))
-            AS oldest_overdue,
-        max(i.cumulative_minor) AS fallen_due
-    FROM instalments i
-    JOIN rev ON rev.loan_id = i.loan_id AND rev.revision = i.revision
-    LEFT JOIN bal ON bal.loan_id = i.loan_id
-    WHERE i.due_date <= $1
-    GROUP BY i.loan_id
-),
 pz AS (
-    SELECT loan_id, range_agg(daterange(start_date, end_date, '[]')) AS paused
-    FROM delinquency_pauses
-    WHERE loan_id IN (SELECT loan_id FROM base) AND start_date <= $1
-    GROUP BY loan_id
+    SELECT d.loan_id, range_agg(daterange(d.start_date, d.end_date, '[]')) AS paused
+    FROM delinquency_pauses d
+    WHERE {pauses} AND d.start_date <= $1
+    GROUP BY d.loan_id
 ),
-figures AS (
-    SELECT base.*,
+pos AS (
+    SELECT l.loan_id, l.fund_id, l.product_id, l.district_code, l.borrower_sex,
         coalesce(bal.disbursed, 0)::bigint AS disbursed,
         coalesce(bal.repaid, 0)::bigint AS repaid,
         coalesce(bal.written_off, 0)::bigint AS written_off,
         coalesce(bal.recovered, 0)::bigint AS recovered,
         coalesce(bal.outstanding, 0)::bigint AS outstanding,
         coalesce(rev.base_repaid_minor, 0)::bigint AS base_repaid,
-        coalesce(arr.fallen_due, 0)::bigint AS fallen_due,
-        CASE WHEN coalesce(bal.outstanding, 0) > 0 AND arr.oldest_overdue IS NOT NULL THEN
-            ($1 - arr.oldest_overdue) - coalesce((
-                SELECT sum(upper(r) - lower(r)) FROM unnest(
-                    pz.paused * datemultirange(daterange(arr.oldest_overdue, $1, '(]'))) r
+        rev.due_dates,
+        rev.cumulative_minor,
+        -- Instalments fully paid (oldest first) and instalments fallen due by $1.
+        width_bucket(coalesce(bal.repaid, 0)::bigint - rev.base_repaid_minor,
+            rev.cumulative_minor) AS paid_count,
+        width_bucket($1::date, rev.due_dates) AS due_count,
+        pz.paused
+    FROM loans l
+    LEFT JOIN bal ON bal.loan_id = l.loan_id
+    LEFT JOIN rev ON rev.loan_id = l.loan_id
+    LEFT JOIN pz ON pz.loan_id = l.loan_id
+    WHERE {loans}
+),
+figures AS (
+    SELECT pos.*,
+        coalesce(cumulative_minor[due_count], 0)::bigint AS fallen_due,
+        CASE WHEN outstanding > 0 AND due_dates[paid_count + 1] < $1 THEN
+            ($1 - due_dates[paid_count + 1]) - coalesce((
+                SELECT sum(upper(r) - lower(r)) FROM unnest(paused * datemultirange(
+                    daterange(due_dates[paid_count + 1], $1, '(]'))) r
             ), 0)
         ELSE 0 END::integer AS dpd
-    FROM base
-    LEFT JOIN bal ON bal.loan_id = base.loan_id
-    LEFT JOIN rev ON rev.loan_id = base.loan_id
-    LEFT JOIN arr ON arr.loan_id = base.loan_id
-    LEFT JOIN pz ON pz.loan_id = base.loan_id
+    FROM pos
 )
 """
 
-LOAN_FIGURES = _FIGURES.format(where="l.loan_id = ANY($2::text[])") + "SELECT * FROM figures"
+_FOR_LOANS = "{column} = ANY($2::text[])"
+_IN_FUND = "{column} IN (SELECT loan_id FROM loans WHERE fund_id = $2)"
+# The loan row, its figures and its tranches in one round trip.
+LOAN_VIEW = (
+    _FIGURES.format(
+        postings=_FOR_LOANS.format(column="p.loan_id"),
+        revisions=_FOR_LOANS.format(column="r.loan_id"),
+        pauses=_FOR_LOANS.format(column="d.loan_id"),
+        loans=_FOR_LOANS.format(column="l.loan_id"),
+    )
+    + """
+SELECT l.*, f.disbursed, f.repaid, f.written_off, f.recovered, f.outstanding, f.dpd,
+    (SELECT coalesce(json_agg(json_build_object(
+        'sequence', t.sequence, 'amount_minor', t.amount_minor, 'kind', t.kind,
+        'description', t.description, 'disbursement_date', t.disbursement_date,
+        'transaction_id', t.transaction_id) ORDER BY t.sequence), '[]')
+     FROM tranches t WHERE t.loan_id = l.loan_id) AS tranches
+FROM loans l JOIN figures f ON f.loan_id = l.loan_id
+"""
+)
 
 
 @dataclass(frozen=True)
@@ -103,22 +118,16 @@ class LoanFigures:
     outstanding_minor: int = 0
     days_past_due: int = 0
 
-
-async def loan_figures(
-    conn: Connection | asyncpg.Pool, loan_ids: list[str], as_of: date
-) -> dict[str, LoanFigures]:
-    rows = await conn.fetch(LOAN_FIGURES, as_of, loan_ids)
-    return {
-        r["loan_id"]: LoanFigures(
-            disbursed_minor=r["disbursed"],
-            repaid_minor=r["repaid"],
-            written_off_minor=r["written_off"],
-            recovered_minor=r["recovered"],
-            outstanding_minor=r["outstanding"],
-            days_past_due=r["dpd"],
+    @classmethod
+    def of(cls, row: asyncpg.Record) -> LoanFigures:
+        return cls(
+            disbursed_minor=row["disbursed"],
+            repaid_minor=row["repaid"],
+            written_off_minor=row["written_off"],
+            recovered_minor=row["recovered"],
+            outstanding_minor=row["outstanding"],
+            days_past_due=row["dpd"],
         )
-        for r in rows
-    }
 
 
 # Buckets by days past due; CURRENT is an active loan with nothing overdue.
@@ -152,8 +161,24 @@ FROM figures WHERE disbursed > 0
 GROUP BY GROUPING SETS ((), (district_code), (borrower_sex), (product_id))
 """
 
-REPORT_ALL_FUNDS = _FIGURES.format(where="$2::text = ''") + _REPORT_SELECT
-REPORT_ONE_FUND = _FIGURES.format(where="l.fund_id = $2") + _REPORT_SELECT
+REPORT_ALL_FUNDS = (
+    _FIGURES.format(
+        postings="p.loan_id IS NOT NULL AND $2::text = ''",
+        revisions="TRUE",
+        pauses="TRUE",
+        loans="TRUE",
+    )
+    + _REPORT_SELECT
+)
+REPORT_ONE_FUND = (
+    _FIGURES.format(
+        postings="p.loan_id IS NOT NULL AND p.fund_id = $2",
+        revisions=_IN_FUND.format(column="r.loan_id"),
+        pauses=_IN_FUND.format(column="d.loan_id"),
+        loans="l.fund_id = $2",
+    )
+    + _REPORT_SELECT
+)
 
 
 @dataclass(frozen=True)

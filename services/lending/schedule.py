@@ -17,8 +17,7 @@ No I/O and no clock, so it is fast and property-testable. Rules (docs/lending.md
 
 from __future__ import annotations
 
-import calendar
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import date
 from typing import NamedTuple
 
@@ -30,13 +29,26 @@ class Instalment(NamedTuple):
     cumulative_minor: int  # principal due up to and including this instalment
 
 
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _month_end(year: int, month: int) -> int:
+    if month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
+        return 29
+    return _MONTH_DAYS[month - 1]
+
+
+_new_instalment = Instalment._make
+
+
 def add_months(anchor: date, months: int) -> date:
     """The anchor's day `months` calendar months later, clamped to that month's end."""
-    index = anchor.year * 12 + anchor.month - 1 + months
-    year, month = divmod(index, 12)
+    year, month = divmod(anchor.year * 12 + anchor.month - 1 + months, 12)
     month += 1
-    last = calendar.monthrange(year, month)[1]
-    return date(year, month, min(anchor.day, last))
+    day = anchor.day
+    if day > 28:  # only the last days of a month can need clamping
+        day = min(day, _month_end(year, month))
+    return date(year, month, day)
 
 
 def due_dates(
@@ -47,8 +59,20 @@ def due_dates(
         raise ValueError("grace_months must be at least 0 and less than term_months")
     if len(set(moratorium_months)) >= 12:
         raise ValueError("at least one calendar month must be outside the moratorium")
-    candidates = [add_months(anchor, k) for k in range(grace_months + 1, term_months + 1)]
-    dates = [d for d in candidates if d.month not in moratorium_months]
+    # add_months inlined: this loop is most of the cost of a schedule.
+    start = anchor.year * 12 + anchor.month - 1
+    day = anchor.day
+    dates = []
+    for index in range(start + grace_months + 1, start + term_months + 1):
+        year, month = divmod(index, 12)
+        month += 1
+        if month in moratorium_months:
+            continue
+        if day <= 28:
+            dates.append(date(year, month, day))
+        else:
+            last = _month_end(year, month) if month == 2 else _MONTH_DAYS[month - 1]
+            dates.append(date(year, month, day if day <= last else last))
     offset = term_months
     while not dates:
         offset += 1
@@ -74,10 +98,26 @@ def build_schedule(
     moratorium_months: Collection[int] = (),
 ) -> list[Instalment]:
     dates = due_dates(anchor, term_months, grace_months, moratorium_months)
-    amounts = split_principal(principal_minor, len(dates))
+    count = len(dates)
+    if principal_minor < 0:
+        raise ValueError("principal must be non-negative")
+    base, remainder = divmod(principal_minor, count)  # as split_principal, inlined for speed
     schedule: list[Instalment] = []
     cumulative = 0
-    for number, (due, amount) in enumerate(zip(dates, amounts, strict=True), start=1):
+    for index, due in enumerate(dates):
+        amount = base + 1 if index < remainder else base
         cumulative += amount
-        schedule.append(Instalment(number, due, amount, cumulative))
+        schedule.append(_new_instalment((index + 1, due, amount, cumulative)))
     return schedule
+
+
+def instalments_from_arrays(
+    due_dates: Sequence[date], cumulative: Sequence[int]
+) -> list[Instalment]:
+    """A stored revision's instalments back from its due-date and cumulative arrays."""
+    previous = 0
+    result = []
+    for number, (due, total) in enumerate(zip(due_dates, cumulative, strict=True), start=1):
+        result.append(Instalment(number, due, total - previous, total))
+        previous = total
+    return result

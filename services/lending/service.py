@@ -3,8 +3,9 @@ repayments, reschedules, hardship pauses, write-offs, the fund and the portfolio
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from services.lending import arrears, figures, ledger
 from services.lending.figures import LoanFigures
 from services.lending.ledger import FUND_CASH, LOANS_RECEIVABLE, Posting
 from services.lending.lifecycle import check_transition
-from services.lending.schedule import Instalment, build_schedule
+from services.lending.schedule import Instalment, build_schedule, instalments_from_arrays
 
 HERE = Path(__file__).parent
 DEFAULT_FUND = "main"
@@ -52,13 +53,14 @@ def today() -> date:
     return datetime.now(UTC).date()
 
 
-def tranche_to_proto(row: asyncpg.Record) -> pb.Tranche:
+def tranche_to_proto(row: Mapping[str, Any] | asyncpg.Record) -> pb.Tranche:
+    on = row["disbursement_date"]
     return pb.Tranche(
         sequence=row["sequence"],
         amount_minor=row["amount_minor"],
         kind=pb.DisbursementKind.Value(f"DISBURSEMENT_KIND_{row['kind']}"),
         description=row["description"],
-        disbursement_date=to_pdate(row["disbursement_date"]),
+        disbursement_date=to_pdate(on if isinstance(on, date) else date.fromisoformat(on)),
         transaction_id=row["transaction_id"],
     )
 
@@ -66,7 +68,7 @@ def tranche_to_proto(row: asyncpg.Record) -> pb.Tranche:
 def loan_to_proto(
     row: asyncpg.Record,
     numbers: LoanFigures | None = None,
-    tranches: Sequence[asyncpg.Record] = (),
+    tranches: Sequence[Mapping[str, Any]] = (),
 ) -> pb.Loan:
     numbers = numbers or LoanFigures()
     active = row["state"] == "ACTIVE"
@@ -153,7 +155,7 @@ async def seed_reference_data(conn: Connection) -> None:
 _LOAN_FOR_UPDATE = """
 SELECT l.*, p.term_months, p.grace_months, p.moratorium_months, p.max_tranches,
     b.disbursed, b.repaid, b.written_off, b.recovered, b.outstanding, b.last_value_date,
-    b.first_disbursed_on
+    b.first_disbursed_on, rv.base_repaid_minor, rv.due_dates, rv.cumulative_minor
 FROM loans l
 JOIN loan_products p ON p.product_id = l.product_id AND p.version = l.product_version
 CROSS JOIN LATERAL (
@@ -176,6 +178,10 @@ CROSS JOIN LATERAL (
     FROM postings ps JOIN ledger_transactions t ON t.transaction_id = ps.transaction_id
     WHERE ps.loan_id = l.loan_id AND ps.account IN ('LOANS_RECEIVABLE', 'RECOVERY_INCOME')
 ) b
+LEFT JOIN LATERAL (
+    SELECT r.base_repaid_minor, r.due_dates, r.cumulative_minor FROM schedule_revisions r
+    WHERE r.loan_id = l.loan_id ORDER BY r.revision DESC LIMIT 1
+) rv ON true
 WHERE l.loan_id = $1
 FOR UPDATE OF l
 """
@@ -359,10 +365,10 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     ) -> pb.GetLoanResponse:
         as_of = from_pdate(request.as_of) if request.HasField("as_of") else today()
         async with self.db.pool.acquire() as conn:
-            row = await conn.fetchrow("SELECT * FROM loans WHERE loan_id = $1", request.loan_id)
-            if row is None:
+            loans = await self._loan_views(conn, [request.loan_id], as_of)
+            if not loans:
                 raise NotFound(f"loan {request.loan_id} does not exist")
-            return pb.GetLoanResponse(loan=await self._loan_view(conn, row, as_of))
+            return pb.GetLoanResponse(loan=loans[0])
 
     async def ListLoans(
         self, request: pb.ListLoansRequest, context: grpc.aio.ServicerContext
@@ -390,7 +396,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 size + 1,
             )
             page = rows[:size]
-            loans = await self._loan_views(conn, page, today())
+            loans = await self._loan_views(conn, [r["loan_id"] for r in page], today())
         token = pagination.encode([page[-1]["loan_id"]], query) if len(rows) > size else ""
         return pb.ListLoansResponse(loans=loans, next_page_token=token)
 
@@ -440,7 +446,8 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             "SELECT 1 FROM funds WHERE fund_id = $1", request.fund_id
         ):
             raise invalid("fund_id", f"unknown fund {request.fund_id!r}")
-        rows = await figures.portfolio(self.db.pool, from_pdate(request.as_of), request.fund_id)
+        async with self.db.pool.acquire() as conn:
+            rows = await figures.portfolio(conn, from_pdate(request.as_of), request.fund_id)
         report = pb.PortfolioReport(as_of=request.as_of)
         for row in rows:
             numbers = pb.PortfolioFigures(
@@ -621,10 +628,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                         f"overpayment: only {loan['outstanding']} qəpik is outstanding",
                         "OVERPAYMENT",
                     )
-                revision = await self._current_revision(conn, request.loan_id)
                 allocation = arrears.allocate(
-                    revision.instalments,
-                    loan["repaid"] - revision.base_repaid,
+                    instalments_from_arrays(loan["due_dates"], loan["cumulative_minor"]),
+                    loan["repaid"] - loan["base_repaid_minor"],
                     request.amount_minor,
                 )
                 txn_id = await ledger.post(
@@ -757,8 +763,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                             "reversed only on an active or repaid loan",
                             reason="LOAN_NOT_ACTIVE",
                         )
-                    revision = await self._current_revision(conn, request.loan_id)
-                    if loan["repaid"] - original["amount"] < revision.base_repaid:
+                    if loan["repaid"] - original["amount"] < loan["base_repaid_minor"]:
                         raise FailedPrecondition(
                             "the loan was rescheduled after this repayment; reversing it "
                             "would undo principal the current schedule counts as repaid",
@@ -982,28 +987,16 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 field, f"must not be before the first disbursement ({first})", "BEFORE_DISBURSEMENT"
             )
 
-    async def _loan_view(
-        self, conn: Connection, loan: asyncpg.Record | str, as_of: date
-    ) -> pb.Loan:
-        if isinstance(loan, str):
-            loan = await fetch_one(conn, "SELECT * FROM loans WHERE loan_id = $1", loan)
-        return (await self._loan_views(conn, [loan], as_of))[0]
+    async def _loan_view(self, conn: Connection, loan_id: str, as_of: date) -> pb.Loan:
+        return (await self._loan_views(conn, [loan_id], as_of))[0]
 
     @staticmethod
-    async def _loan_views(
-        conn: Connection, rows: Sequence[asyncpg.Record], as_of: date
-    ) -> list[pb.Loan]:
-        ids = [r["loan_id"] for r in rows]
-        numbers = await figures.loan_figures(conn, ids, as_of)
-        tranches: dict[str, list[asyncpg.Record]] = {}
-        for t in await conn.fetch(
-            "SELECT * FROM tranches WHERE loan_id = ANY($1::text[]) ORDER BY loan_id, sequence",
-            ids,
-        ):
-            tranches.setdefault(t["loan_id"], []).append(t)
+    async def _loan_views(conn: Connection, loan_ids: list[str], as_of: date) -> list[pb.Loan]:
+        """Loans with their figures as of a date and their tranches, in the given order."""
+        rows = {r["loan_id"]: r for r in await conn.fetch(figures.LOAN_VIEW, as_of, loan_ids)}
         return [
-            loan_to_proto(r, numbers.get(r["loan_id"]), tranches.get(r["loan_id"], ()))
-            for r in rows
+            loan_to_proto(row, LoanFigures.of(row), json.loads(row["tranches"]))
+            for row in (rows[i] for i in loan_ids if i in rows)
         ]
 
     @staticmethod
@@ -1021,8 +1014,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         await conn.execute(
             """WITH rev AS (
                    INSERT INTO schedule_revisions (loan_id, revision, effective_date,
-                       principal_minor, base_repaid_minor, reason, created_by)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7))
+                       principal_minor, base_repaid_minor, reason, created_by, due_dates,
+                       cumulative_minor)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $11))
                INSERT INTO instalments (loan_id, revision, number, due_date, principal_minor,
                    cumulative_minor)
                SELECT $1, $2, n, d, p, c
@@ -1039,9 +1033,6 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             [i.principal_minor for i in instalments],
             [i.cumulative_minor for i in instalments],
         )
-
-    async def _current_revision(self, conn: Connection, loan_id: str) -> _Revision:
-        return await _Revision.load(conn, loan_id, None)
 
     async def _schedule_view(
         self, conn: Connection, loan_id: str, revision: int, as_of: date

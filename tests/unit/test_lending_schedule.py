@@ -3,6 +3,7 @@ moratorium, rounding, allocation and paused days past due."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import date, timedelta
 
 import pytest
@@ -62,7 +63,7 @@ def test_schedules_are_exact_monotonic_and_respect_grace(
     assert schedule[-1].cumulative_minor == principal
     assert [i.number for i in schedule] == list(range(1, len(schedule) + 1))
     dates = [i.due_date for i in schedule]
-    assert all(a < b for a, b in zip(dates, dates[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(dates))
     assert dates[0] >= add_months(anchor, grace + 1)  # nothing falls due during grace
     assert all(d.month not in moratorium for d in dates)
     amounts = [i.principal_minor for i in schedule]
@@ -72,7 +73,7 @@ def test_schedules_are_exact_monotonic_and_respect_grace(
         assert len(schedule) == term - grace
         assert dates[-1] == add_months(anchor, term)
     for d in dates:  # calendar months from the anchor day, clamped to month end
-        assert d.day == anchor.day or d.day < anchor.day and (d + timedelta(days=1)).day == 1
+        assert d.day == anchor.day or (d.day < anchor.day and (d + timedelta(days=1)).day == 1)
 
 
 @given(principals, anchors, terms, st.lists(st.integers(0, 10_000_000_000), max_size=5))

@@ -1,0 +1,431 @@
+"""Lending benchmarks; prints the figures that docs/benchmarks.md records.
+
+    .venv/bin/python -m bench.lending_bench [--seconds 5] [--concurrency 32] [--loans 100000]
+
+- RecordRepayment over gRPC with durable commits (synchronous_commit on), sustained rate,
+  and the same postings written by a bare asyncpg transaction in the same run;
+- generating a 36-month schedule;
+- GetPortfolioReport over a synthetic portfolio bulk-loaded with COPY.
+
+Uses DATABASE_URL when set, else an embedded PostgreSQL (pgserver) in a temporary folder;
+either way in a fresh database that is dropped at the end. The service runs in-process
+on a free port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import tempfile
+import time
+import timeit
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import date, timedelta
+from pathlib import Path
+
+import asyncpg
+import grpc
+from google.type import date_pb2
+
+from mineaction.lending.v1 import lending_service_pb2 as pb
+from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
+from mineaction.type.v1 import age_band_pb2, sex_pb2
+from services.common.config import load_settings
+from services.common.logging import configure_logging
+from services.common.server import ServiceHost
+from services.lending import ledger
+from services.lending.ledger import FUND_CASH, LOANS_RECEIVABLE, Posting
+from services.lending.schedule import build_schedule
+from services.lending.service import SPEC
+
+DISTRICTS = ["saatli", "tartar", "aghdam", "fuzuli", "jabrayil", "goranboy", "aghjabadi"]
+PRODUCTS = {  # product_id: (term, grace, moratorium, max amount)
+    "fish_farming": (24, 8, (), 800_000),
+    "livestock": (24, 4, (1, 2), 700_000),
+    "carpet_weaving": (18, 3, (), 500_000),
+    "small_trade": (12, 1, (), 400_000),
+    "business_expansion": (36, 2, (), 800_000),
+}
+REPORT_DATE = date(2026, 12, 31)
+LOANS_PER_WORKER = 16
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, query = url.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{name}" + (f"?{query}" if query else "")
+
+
+def bench_schedule() -> float:
+    """Microseconds per 36-month schedule (best of 5 runs of 2,000)."""
+    runs = timeit.repeat(
+        lambda: build_schedule(800_000, date(2026, 1, 31), 36, 2, (1, 2)), number=2_000, repeat=5
+    )
+    return min(runs) / 2_000 * 1e6
+
+
+async def _sustained(
+    seconds: float, concurrency: int, one: Callable[[int], Awaitable[None]]
+) -> float:
+    """Operations per second with `concurrency` workers for `seconds`."""
+    deadline = time.perf_counter() + seconds
+    done = [0] * concurrency
+
+    async def worker(index: int) -> None:
+        while time.perf_counter() < deadline:
+            await one(index)
+            done[index] += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return sum(done) / (time.perf_counter() - started)
+
+
+async def bench_repayments(
+    host: ServiceHost, stub: pb_grpc.LendingServiceStub, seconds: float, concurrency: int
+) -> tuple[float, float]:
+    assert host.db is not None
+    fund_id = "bench-fund"
+    async with host.db.transaction() as conn:
+        await ledger.open_fund(
+            conn,
+            fund_id=fund_id,
+            name_en="Bench fund",
+            name_az="Sınaq fondu",
+            committed_capital_minor=10_000_000_000,
+            committed_on=date(2025, 1, 1),
+        )
+
+    async def new_loan(_: int) -> str:
+        submitted = await stub.SubmitLoanApplication(
+            pb.SubmitLoanApplicationRequest(
+                request_id=str(uuid.uuid4()),
+                survivor_id=f"srv-{uuid.uuid4().hex[:10]}",
+                product_id="business_expansion",
+                amount_minor=800_000,
+                currency_code="AZN",
+                district_code="saatli",
+                borrower_sex=sex_pb2.SEX_MALE,
+                borrower_age_band=age_band_pb2.AGE_BAND_35_59,
+                submitted_by="cw-01",
+                fund_id=fund_id,
+            )
+        )
+        loan_id: str = submitted.loan.loan_id
+        await stub.ApproveLoan(
+            pb.ApproveLoanRequest(
+                request_id=str(uuid.uuid4()),
+                loan_id=loan_id,
+                approved_by="cm-02",
+                committee_decision_ref="CM-BENCH",
+            )
+        )
+        await stub.DisburseTranche(
+            pb.DisburseTrancheRequest(
+                request_id=str(uuid.uuid4()),
+                loan_id=loan_id,
+                amount_minor=800_000,
+                currency_code="AZN",
+                kind=pb.DISBURSEMENT_KIND_CASH,
+                description="bench",
+                disbursement_date=date_pb2.Date(year=2026, month=1, day=15),
+                disbursed_by="lo-03",
+            )
+        )
+        return loan_id
+
+    # Enough loans that none gets more repayments than a real 36-month loan would.
+    loan_ids: list[str] = []
+    for _ in range(LOANS_PER_WORKER):
+        loan_ids += await asyncio.gather(*(new_loan(i) for i in range(concurrency)))
+    turn = [0] * concurrency
+
+    def next_loan(index: int) -> str:
+        turn[index] += 1
+        return loan_ids[(turn[index] % LOANS_PER_WORKER) * concurrency + index]
+
+    async def repay(index: int) -> None:
+        await stub.RecordRepayment(
+            pb.RecordRepaymentRequest(
+                request_id=str(uuid.uuid4()),
+                loan_id=next_loan(index),
+                amount_minor=1,
+                currency_code="AZN",
+                payment_date=date_pb2.Date(year=2026, month=6, day=1),
+                received_by="cashier-01",
+                channel="bank_transfer",
+            )
+        )
+
+    await _sustained(1.0, concurrency, repay)  # warm-up
+    grpc_rate = await _sustained(seconds, concurrency, repay)
+
+    async def bare(index: int) -> None:
+        assert host.db is not None
+        loan_id = next_loan(index)
+        async with host.db.transaction() as conn:
+            await ledger.post(
+                conn,
+                fund_id=fund_id,
+                loan_id=loan_id,
+                kind="REPAYMENT",
+                value_date=date(2026, 6, 1),
+                recorded_by="cashier-01",
+                postings=[
+                    Posting(FUND_CASH, 1, loan_id),
+                    Posting(LOANS_RECEIVABLE, -1, loan_id),
+                ],
+            )
+
+    await _sustained(1.0, concurrency, bare)
+    bare_rate = await _sustained(seconds, concurrency, bare)
+    return grpc_rate, bare_rate
+
+
+async def load_portfolio(conn: asyncpg.Connection, loans: int) -> None:
+    """COPY a synthetic portfolio: loans, disbursements, schedules, repayments, pauses."""
+    rng = random.Random(42)
+    await conn.execute(
+        """INSERT INTO funds (fund_id, name_en, name_az, committed_capital_minor)
+           VALUES ('synthetic', 'Synthetic', 'Sintetik', 0)"""
+    )
+    loan_rows, txn_rows, posting_rows, revision_rows, instalment_rows, pause_rows = (
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+    )
+    for n in range(loans):
+        loan_id = f"syn-{n:07d}"
+        product_id = rng.choice(list(PRODUCTS))
+        term, grace, moratorium, high = PRODUCTS[product_id]
+        principal = rng.randrange(100_000, high + 1, 100)
+        anchor = date(2025, 1, 1) + timedelta(days=rng.randrange(0, 600))
+        loan_rows.append(
+            (
+                loan_id,
+                f"srv-{n:07d}",
+                product_id,
+                1,
+                "synthetic",
+                "ACTIVE",
+                principal,
+                "AZN",
+                rng.choice(DISTRICTS),
+                rng.choice((1, 2)),
+                rng.randint(1, 4),
+                "cw-01",
+                "cm-02",
+            )
+        )
+        disbursement = f"syn-d-{n:07d}"
+        txn_rows.append((disbursement, "synthetic", loan_id, "DISBURSEMENT", anchor, "bench"))
+        posting_rows += [
+            (disbursement, "synthetic", LOANS_RECEIVABLE, loan_id, principal),
+            (disbursement, "synthetic", FUND_CASH, loan_id, -principal),
+        ]
+        schedule = build_schedule(principal, anchor, term, grace, moratorium)
+        revision_rows.append(
+            (
+                loan_id,
+                1,
+                anchor,
+                principal,
+                0,
+                "initial",
+                "bench",
+                [i.due_date for i in schedule],
+                [i.cumulative_minor for i in schedule],
+            )
+        )
+        instalment_rows += [
+            (loan_id, 1, i.number, i.due_date, i.principal_minor, i.cumulative_minor)
+            for i in schedule
+        ]
+        due = [i for i in schedule if i.due_date <= REPORT_DATE]
+        if due:  # most pay what fell due, some fall behind by 1 to 6 instalments
+            behind = 0 if rng.random() < 0.7 else rng.randint(1, 6)
+            kept = due[: max(len(due) - behind, 0)]
+            if kept:
+                paid = kept[-1].cumulative_minor
+                repayment = f"syn-r-{n:07d}"
+                txn_rows.append(
+                    (repayment, "synthetic", loan_id, "REPAYMENT", kept[-1].due_date, "bench")
+                )
+                posting_rows += [
+                    (repayment, "synthetic", FUND_CASH, loan_id, paid),
+                    (repayment, "synthetic", LOANS_RECEIVABLE, loan_id, -paid),
+                ]
+        if rng.random() < 0.02:
+            start = REPORT_DATE - timedelta(days=rng.randint(10, 120))
+            pause_rows.append((loan_id, start, start + timedelta(days=60), "hospital", "cw-01"))
+
+    async with conn.transaction():
+        await conn.copy_records_to_table(
+            "loans",
+            records=loan_rows,
+            columns=[
+                "loan_id",
+                "survivor_id",
+                "product_id",
+                "product_version",
+                "fund_id",
+                "state",
+                "principal_minor",
+                "currency_code",
+                "district_code",
+                "borrower_sex",
+                "borrower_age_band",
+                "submitted_by",
+                "approved_by",
+            ],
+        )
+        await conn.copy_records_to_table(
+            "ledger_transactions",
+            records=txn_rows,
+            columns=["transaction_id", "fund_id", "loan_id", "kind", "value_date", "recorded_by"],
+        )
+        await conn.copy_records_to_table(
+            "postings",
+            records=posting_rows,
+            columns=["transaction_id", "fund_id", "account", "loan_id", "amount_minor"],
+        )
+        await conn.copy_records_to_table(
+            "schedule_revisions",
+            records=revision_rows,
+            columns=[
+                "loan_id",
+                "revision",
+                "effective_date",
+                "principal_minor",
+                "base_repaid_minor",
+                "reason",
+                "created_by",
+                "due_dates",
+                "cumulative_minor",
+            ],
+        )
+        await conn.copy_records_to_table(
+            "instalments",
+            records=instalment_rows,
+            columns=[
+                "loan_id",
+                "revision",
+                "number",
+                "due_date",
+                "principal_minor",
+                "cumulative_minor",
+            ],
+        )
+        await conn.copy_records_to_table(
+            "delinquency_pauses",
+            records=pause_rows,
+            columns=["loan_id", "start_date", "end_date", "reason", "requested_by"],
+        )
+        # Fresh statistics before commit, when the deferred balance checks plan their
+        # lookups: without them each check would scan the whole postings table.
+        await conn.execute("ANALYZE")
+
+
+async def bench_report(
+    stub: pb_grpc.LendingServiceStub, fund_id: str
+) -> tuple[float, pb.PortfolioReport]:
+    request = pb.GetPortfolioReportRequest(
+        as_of=date_pb2.Date(year=REPORT_DATE.year, month=REPORT_DATE.month, day=REPORT_DATE.day),
+        fund_id=fund_id,
+    )
+    await stub.GetPortfolioReport(request)  # warm caches
+    times = []
+    report = pb.PortfolioReport()
+    for _ in range(5):
+        started = time.perf_counter()
+        report = (await stub.GetPortfolioReport(request)).report
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), report
+
+
+async def main(args: argparse.Namespace) -> None:
+    server_url = os.environ.get("DATABASE_URL")
+    state = Path(tempfile.mkdtemp(prefix="lending-bench-"))
+    embedded = None
+    if not server_url:
+        import pgserver
+
+        embedded = pgserver.get_server(state / "pg", cleanup_mode="delete")  # type: ignore[attr-defined]
+        server_url = str(embedded.get_uri())
+    name = f"lending_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(server_url)
+    await admin.execute(f"CREATE DATABASE {name}")
+    url = _with_database(server_url, name)
+    settings = load_settings(
+        DATABASE_URL=url,
+        MINEACTION_STATE_DIR=str(state),
+        LOG_LEVEL="error",
+        LOG_FORMAT="json",
+        DB_POOL_MAX_SIZE=args.pool,
+    )
+    configure_logging(settings, process="bench")
+    host = ServiceHost(SPEC, settings, address="127.0.0.1:0")
+    await host.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.port}")
+    stub = pb_grpc.LendingServiceStub(channel)
+    try:
+        probe = await asyncpg.connect(url, server_settings={"search_path": SPEC.name})
+        durability = {
+            k: await probe.fetchval(f"SHOW {k}")
+            for k in ("fsync", "synchronous_commit", "wal_sync_method", "server_version")
+        }
+        print(f"PostgreSQL: {durability}; {os.cpu_count()} CPU(s); pool {args.pool}")
+
+        micros = bench_schedule()
+        print(f"36-month schedule generation: {micros:.1f} µs (target <= 100 µs)")
+
+        grpc_rate, bare_rate = await bench_repayments(host, stub, args.seconds, args.concurrency)
+        print(
+            f"RecordRepayment over gRPC: {grpc_rate:.0f}/s sustained over {args.seconds:.0f} s, "
+            f"{args.concurrency} concurrent (target >= 500/s)"
+        )
+        print(
+            f"bare asyncpg transaction of the same postings: {bare_rate:.0f}/s; "
+            f"ratio {grpc_rate / bare_rate:.0%} (target >= 50%)"
+        )
+
+        started = time.perf_counter()
+        await load_portfolio(probe, args.loans)
+        loaded_in = time.perf_counter() - started
+        print(f"loaded {args.loans} synthetic loans with COPY in {loaded_in:.1f} s")
+        elapsed, report = await bench_report(stub, "synthetic")
+        total = report.total
+        print(
+            f"GetPortfolioReport over {args.loans} loans: {elapsed * 1000:.0f} ms median of 5 "
+            f"(target <= 1000 ms); active {total.active_loans}, PAR30 "
+            f"{total.par30_basis_points / 100:.2f}%, repayment rate "
+            f"{total.repayment_rate_basis_points / 100:.2f}%"
+        )
+        await probe.close()
+    finally:
+        await channel.close()
+        await host.stop(grace=1)
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+        if embedded is not None:
+            embedded.cleanup()
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--pool", type=int, default=32)
+    parser.add_argument("--loans", type=int, default=100_000)
+    asyncio.run(main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    cli()

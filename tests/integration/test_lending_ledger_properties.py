@@ -1,0 +1,200 @@
+"""Property test over the real gRPC API and PostgreSQL: any sequence of disbursements,
+repayments, reversals, reschedules, pauses, write-offs and recoveries keeps every ledger
+invariant, and the ledger agrees with a plain model of the loan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+import grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mineaction.lending.v1 import lending_service_pb2 as pb
+from tests.conftest import Cluster
+from tests.factories import pdate, request_id
+from tests.lending_helpers import (
+    approved_loan,
+    disburse,
+    ledger_invariants,
+    lending_db,
+    open_fund,
+    repayment,
+)
+
+CAPITAL = 1_500_000
+PRINCIPAL = 600_000  # business_expansion: up to 3 tranches, 36 months, 2 months grace
+FAR_FUTURE = date(2100, 1, 1)
+EXPECTED_REFUSALS = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT}
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("disburse"), st.integers(1, PRINCIPAL), st.integers(0, 40)),
+        st.tuples(st.just("repay"), st.integers(1, 300_000), st.integers(0, 60)),
+        st.tuples(st.just("reverse"), st.integers(0, 10), st.just(0)),
+        st.tuples(st.just("reschedule"), st.integers(2, 24), st.integers(0, 60)),
+        st.tuples(st.just("pause"), st.integers(1, 90), st.integers(0, 30)),
+        st.tuples(st.just("write_off"), st.just(0), st.integers(0, 30)),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@dataclass
+class Model:
+    """What the loan should look like, kept by hand."""
+
+    disbursed: int = 0
+    repaid: int = 0
+    written_off: int = 0
+    recovered: int = 0
+    today: date = date(2026, 2, 1)
+    repayments: list[tuple[str, int, bool]] = field(default_factory=list)  # id, amount, recovery
+
+    @property
+    def outstanding(self) -> int:
+        return self.disbursed - self.repaid - self.written_off
+
+
+async def _apply(cluster: Cluster, loan_id: str, model: Model, op: tuple[str, int, int]) -> None:
+    lending = cluster.lending
+    kind, number, days = op
+    on = model.today + timedelta(days=days)
+    if kind == "disburse":
+        await disburse(lending, loan_id, number, on)
+        model.disbursed += number
+    elif kind == "repay":
+        done = await lending.RecordRepayment(repayment(loan_id, number, on))
+        if done.repayment.recovery:
+            model.recovered += number
+        else:
+            model.repaid += number
+        model.repayments.append((done.repayment.transaction_id, number, done.repayment.recovery))
+    elif kind == "reverse":
+        if not model.repayments:
+            return
+        txn_id, amount, recovery = model.repayments[number % len(model.repayments)]
+        await lending.ReverseRepayment(
+            pb.ReverseRepaymentRequest(
+                request_id=request_id(),
+                loan_id=loan_id,
+                transaction_id=txn_id,
+                reason="correction",
+                reversed_by="acc-07",
+            )
+        )
+        model.repayments.remove((txn_id, amount, recovery))
+        if recovery:
+            model.recovered -= amount
+        else:
+            model.repaid -= amount
+        on = model.today  # a reversal keeps the original's value date
+    elif kind == "reschedule":
+        await lending.RescheduleLoan(
+            pb.RescheduleLoanRequest(
+                request_id=request_id(),
+                loan_id=loan_id,
+                reason="hardship",
+                new_term_months=number,
+                additional_grace_months=1,
+                effective_date=pdate(on),
+                requested_by="lo-03",
+            )
+        )
+    elif kind == "pause":
+        await lending.PauseDelinquency(
+            pb.PauseDelinquencyRequest(
+                request_id=request_id(),
+                loan_id=loan_id,
+                start_date=pdate(on),
+                end_date=pdate(on + timedelta(days=number)),
+                reason="hospitalised",
+                requested_by="cw-01",
+            )
+        )
+        on = model.today  # a pause posts nothing
+    else:
+        await lending.WriteOffLoan(
+            pb.WriteOffLoanRequest(
+                request_id=request_id(),
+                loan_id=loan_id,
+                reason="uncollectable",
+                proposed_by="lo-03",
+                confirmed_by="pm-01",
+                write_off_date=pdate(on),
+            )
+        )
+        model.written_off = model.outstanding
+    model.today = max(model.today, on)
+
+
+async def _check(cluster: Cluster, fund_id: str, loan_id: str, model: Model) -> None:
+    lending = cluster.lending
+    fund = (await lending.GetFund(pb.GetFundRequest(fund_id=fund_id))).fund
+    loan = (await lending.GetLoan(pb.GetLoanRequest(loan_id=loan_id, as_of=pdate(FAR_FUTURE)))).loan
+    assert (fund.disbursed_minor, loan.disbursed_minor) == (model.disbursed, model.disbursed)
+    assert (fund.repaid_principal_minor, loan.repaid_principal_minor) == (model.repaid,) * 2
+    assert (fund.written_off_minor, loan.written_off_minor) == (model.written_off,) * 2
+    assert (fund.recovered_minor, loan.recovered_minor) == (model.recovered,) * 2
+    assert loan.outstanding_principal_minor == model.outstanding >= 0
+    assert fund.outstanding_principal_minor == model.outstanding
+    assert fund.available_minor == (CAPITAL - model.disbursed + model.repaid + model.recovered) >= 0
+    if model.written_off:
+        assert loan.state == pb.LOAN_STATE_CLOSED_WRITTEN_OFF
+    elif model.disbursed and model.outstanding == 0:
+        assert loan.state == pb.LOAN_STATE_CLOSED_OBLIGATIONS_MET
+    elif model.disbursed:
+        assert loan.state == pb.LOAN_STATE_ACTIVE
+    if model.disbursed:
+        schedule = (
+            await lending.GetRepaymentSchedule(
+                pb.GetRepaymentScheduleRequest(loan_id=loan_id, as_of=pdate(FAR_FUTURE))
+            )
+        ).schedule
+        due = sum(i.principal_due_minor for i in schedule.instalments)
+        paid = sum(i.principal_paid_minor for i in schedule.instalments)
+        assert schedule.base_repaid_minor + due == model.disbursed  # exact, every revision
+        if not model.written_off:
+            assert schedule.base_repaid_minor + paid == model.repaid
+    async with lending_db(cluster).pool.acquire() as conn:
+        await ledger_invariants(conn)
+        by_account = await conn.fetch(
+            "SELECT account, sum(amount_minor) AS total FROM postings WHERE fund_id = $1 "
+            "GROUP BY account",
+            fund_id,
+        )
+    assert sum(r["total"] for r in by_account) == 0  # the fund's books balance
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(first_tranche=st.integers(1, PRINCIPAL), ops=operations)
+async def test_any_sequence_of_operations_keeps_the_ledger_invariants(
+    cluster: Cluster, first_tranche: int, ops: list[tuple[str, int, int]]
+) -> None:
+    fund_id = await open_fund(cluster, CAPITAL)
+    loan = await approved_loan(
+        cluster.lending, fund_id=fund_id, product_id="business_expansion", amount_minor=PRINCIPAL
+    )
+    model = Model()
+    for op in [("disburse", first_tranche, 0), *ops]:
+        before = await _posting_count(cluster, fund_id)
+        try:
+            await _apply(cluster, loan.loan_id, model, op)
+        except grpc.aio.AioRpcError as refused:
+            # Refusals are business rules, never bugs, and they write nothing.
+            assert refused.code() in EXPECTED_REFUSALS, (op, refused.details())
+            assert await _posting_count(cluster, fund_id) == before
+        await _check(cluster, fund_id, loan.loan_id, model)
+
+
+async def _posting_count(cluster: Cluster, fund_id: str) -> int:
+    count: int = await lending_db(cluster).pool.fetchval(
+        "SELECT count(*) FROM postings WHERE fund_id = $1", fund_id
+    )
+    return count
