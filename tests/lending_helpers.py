@@ -21,7 +21,7 @@ from tests.factories import new_id, pdate, request_id
 
 def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
     """The BadRequest field paths carried by a refused call."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     fields: list[str] = []
     for detail in status.details if status is not None else []:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
@@ -32,7 +32,7 @@ def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
 
 
 def error_reason(error: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     for detail in status.details if status is not None else []:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
