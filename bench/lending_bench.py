@@ -227,8 +227,16 @@ async def load_portfolio(conn: asyncpg.Connection, loans: int) -> None:
         disbursement = f"syn-d-{n:07d}"
         txn_rows.append((disbursement, "synthetic", loan_id, "DISBURSEMENT", anchor, "bench"))
         posting_rows += [
-            (disbursement, "synthetic", LOANS_RECEIVABLE, loan_id, principal),
-            (disbursement, "synthetic", FUND_CASH, loan_id, -principal),
+            (
+                disbursement,
+                "synthetic",
+                LOANS_RECEIVABLE,
+                loan_id,
+                principal,
+                "DISBURSEMENT",
+                anchor,
+            ),
+            (disbursement, "synthetic", FUND_CASH, loan_id, -principal, "DISBURSEMENT", anchor),
         ]
         schedule = build_schedule(principal, anchor, term, grace, moratorium)
         revision_rows.append(
@@ -255,12 +263,19 @@ async def load_portfolio(conn: asyncpg.Connection, loans: int) -> None:
             if kept:
                 paid = kept[-1].cumulative_minor
                 repayment = f"syn-r-{n:07d}"
-                txn_rows.append(
-                    (repayment, "synthetic", loan_id, "REPAYMENT", kept[-1].due_date, "bench")
-                )
+                paid_on = kept[-1].due_date
+                txn_rows.append((repayment, "synthetic", loan_id, "REPAYMENT", paid_on, "bench"))
                 posting_rows += [
-                    (repayment, "synthetic", FUND_CASH, loan_id, paid),
-                    (repayment, "synthetic", LOANS_RECEIVABLE, loan_id, -paid),
+                    (repayment, "synthetic", FUND_CASH, loan_id, paid, "REPAYMENT", paid_on),
+                    (
+                        repayment,
+                        "synthetic",
+                        LOANS_RECEIVABLE,
+                        loan_id,
+                        -paid,
+                        "REPAYMENT",
+                        paid_on,
+                    ),
                 ]
         if rng.random() < 0.02:
             start = REPORT_DATE - timedelta(days=rng.randint(10, 120))
@@ -294,7 +309,15 @@ async def load_portfolio(conn: asyncpg.Connection, loans: int) -> None:
         await conn.copy_records_to_table(
             "postings",
             records=posting_rows,
-            columns=["transaction_id", "fund_id", "account", "loan_id", "amount_minor"],
+            columns=[
+                "transaction_id",
+                "fund_id",
+                "account",
+                "loan_id",
+                "amount_minor",
+                "kind",
+                "value_date",
+            ],
         )
         await conn.copy_records_to_table(
             "schedule_revisions",

@@ -25,27 +25,25 @@ _FIGURES = """
 WITH bal AS (
     SELECT p.loan_id,
         coalesce(sum(p.amount_minor) FILTER (
-            WHERE p.account = 'LOANS_RECEIVABLE' AND t.kind = 'DISBURSEMENT'), 0) AS disbursed,
+            WHERE p.account = 'LOANS_RECEIVABLE' AND p.kind = 'DISBURSEMENT'), 0) AS disbursed,
         coalesce(-sum(p.amount_minor) FILTER (
             WHERE p.account = 'LOANS_RECEIVABLE'
-              AND t.kind IN ('REPAYMENT', 'REPAYMENT_REVERSAL')), 0) AS repaid,
+              AND p.kind IN ('REPAYMENT', 'REPAYMENT_REVERSAL')), 0) AS repaid,
         coalesce(-sum(p.amount_minor) FILTER (
-            WHERE p.account = 'LOANS_RECEIVABLE' AND t.kind = 'WRITE_OFF'), 0) AS written_off,
+            WHERE p.account = 'LOANS_RECEIVABLE' AND p.kind = 'WRITE_OFF'), 0) AS written_off,
         coalesce(-sum(p.amount_minor) FILTER (
-            WHERE p.account = 'RECOVERY_INCOME'), 0) AS recovered,
-        coalesce(sum(p.amount_minor) FILTER (
-            WHERE p.account = 'LOANS_RECEIVABLE'), 0) AS outstanding
-    FROM postings p JOIN ledger_transactions t ON t.transaction_id = p.transaction_id
-    WHERE {postings} AND t.value_date <= $1
+            WHERE p.account = 'RECOVERY_INCOME'), 0) AS recovered
+    FROM postings p
+    WHERE {postings} AND p.value_date <= $1
       AND p.account IN ('LOANS_RECEIVABLE', 'RECOVERY_INCOME')
     GROUP BY p.loan_id
 ),
-rev AS (
-    SELECT DISTINCT ON (r.loan_id) r.loan_id, r.base_repaid_minor, r.due_dates,
-        r.cumulative_minor
+rev AS (  -- the revision in force: the latest one effective by $1
+    SELECT r.loan_id, r.base_repaid_minor, r.due_dates, r.cumulative_minor
     FROM schedule_revisions r
-    WHERE {revisions} AND r.effective_date <= $1
-    ORDER BY r.loan_id, r.revision DESC
+    WHERE {revisions} AND r.effective_date <= $1 AND NOT EXISTS (
+        SELECT 1 FROM schedule_revisions n
+        WHERE n.loan_id = r.loan_id AND n.revision > r.revision AND n.effective_date <= $1)
 ),
 pz AS (
     SELECT d.loan_id, range_agg(daterange(d.start_date, d.end_date, '[]')) AS paused
@@ -59,7 +57,8 @@ pos AS (
         coalesce(bal.repaid, 0)::bigint AS repaid,
         coalesce(bal.written_off, 0)::bigint AS written_off,
         coalesce(bal.recovered, 0)::bigint AS recovered,
-        coalesce(bal.outstanding, 0)::bigint AS outstanding,
+        -- The receivable moves only by these three kinds (and their reversals).
+        coalesce(bal.disbursed - bal.repaid - bal.written_off, 0)::bigint AS outstanding,
         coalesce(rev.base_repaid_minor, 0)::bigint AS base_repaid,
         rev.due_dates,
         rev.cumulative_minor,
@@ -88,7 +87,6 @@ figures AS (
 """
 
 _FOR_LOANS = "{column} = ANY($2::text[])"
-_IN_FUND = "{column} IN (SELECT loan_id FROM loans WHERE fund_id = $2)"
 # The loan row, its figures and its tranches in one round trip.
 LOAN_VIEW = (
     _FIGURES.format(
@@ -173,8 +171,8 @@ REPORT_ALL_FUNDS = (
 REPORT_ONE_FUND = (
     _FIGURES.format(
         postings="p.loan_id IS NOT NULL AND p.fund_id = $2",
-        revisions=_IN_FUND.format(column="r.loan_id"),
-        pauses=_IN_FUND.format(column="d.loan_id"),
+        revisions="TRUE",
+        pauses="TRUE",
         loans="l.fund_id = $2",
     )
     + _REPORT_SELECT

@@ -64,8 +64,9 @@ async def post(
                INSERT INTO ledger_transactions (transaction_id, fund_id, loan_id, kind,
                    value_date, recorded_by, memo, reverses)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8))
-           INSERT INTO postings (transaction_id, fund_id, account, loan_id, amount_minor)
-           SELECT $1, $2, a, l, m
+           INSERT INTO postings (transaction_id, fund_id, account, loan_id, amount_minor, kind,
+               value_date)
+           SELECT $1, $2, a, l, m, $4, $5
            FROM unnest($9::text[], $10::text[], $11::bigint[]) AS x(a, l, m)""",
         txn_id,
         fund_id,
@@ -175,11 +176,11 @@ async def fund_statement(conn: Connection, fund_id: str) -> FundStatement:
                  coalesce(sum(p.amount_minor) FILTER (
                      WHERE p.account = 'FUND_CAPITAL'), 0)::bigint AS capital_balance,
                  coalesce(sum(p.amount_minor) FILTER (
-                     WHERE p.account = 'LOANS_RECEIVABLE' AND t.kind = 'DISBURSEMENT'),
+                     WHERE p.account = 'LOANS_RECEIVABLE' AND p.kind = 'DISBURSEMENT'),
                      0)::bigint AS disbursed,
                  coalesce(-sum(p.amount_minor) FILTER (
                      WHERE p.account = 'LOANS_RECEIVABLE'
-                       AND t.kind IN ('REPAYMENT', 'REPAYMENT_REVERSAL')), 0)::bigint AS repaid,
+                       AND p.kind IN ('REPAYMENT', 'REPAYMENT_REVERSAL')), 0)::bigint AS repaid,
                  coalesce(sum(p.amount_minor) FILTER (
                      WHERE p.account = 'WRITE_OFF_EXPENSE'), 0)::bigint AS written_off,
                  coalesce(-sum(p.amount_minor) FILTER (
@@ -188,8 +189,7 @@ async def fund_statement(conn: Connection, fund_id: str) -> FundStatement:
                      WHERE p.account = 'FUND_CASH'), 0)::bigint AS available,
                  coalesce(sum(p.amount_minor) FILTER (
                      WHERE p.account = 'LOANS_RECEIVABLE'), 0)::bigint AS outstanding
-               FROM postings p JOIN ledger_transactions t USING (transaction_id, fund_id)
-               WHERE p.fund_id = f.fund_id) s
+               FROM postings p WHERE p.fund_id = f.fund_id) s
            WHERE f.fund_id = $1""",
         fund_id,
     )

@@ -161,21 +161,21 @@ JOIN loan_products p ON p.product_id = l.product_id AND p.version = l.product_ve
 CROSS JOIN LATERAL (
     SELECT
         coalesce(sum(ps.amount_minor) FILTER (
-            WHERE ps.account = 'LOANS_RECEIVABLE' AND t.kind = 'DISBURSEMENT'), 0)::bigint
+            WHERE ps.account = 'LOANS_RECEIVABLE' AND ps.kind = 'DISBURSEMENT'), 0)::bigint
             AS disbursed,
         coalesce(-sum(ps.amount_minor) FILTER (
             WHERE ps.account = 'LOANS_RECEIVABLE'
-              AND t.kind IN ('REPAYMENT', 'REPAYMENT_REVERSAL')), 0)::bigint AS repaid,
+              AND ps.kind IN ('REPAYMENT', 'REPAYMENT_REVERSAL')), 0)::bigint AS repaid,
         coalesce(-sum(ps.amount_minor) FILTER (
-            WHERE ps.account = 'LOANS_RECEIVABLE' AND t.kind = 'WRITE_OFF'), 0)::bigint
+            WHERE ps.account = 'LOANS_RECEIVABLE' AND ps.kind = 'WRITE_OFF'), 0)::bigint
             AS written_off,
         coalesce(-sum(ps.amount_minor) FILTER (
             WHERE ps.account = 'RECOVERY_INCOME'), 0)::bigint AS recovered,
         coalesce(sum(ps.amount_minor) FILTER (
             WHERE ps.account = 'LOANS_RECEIVABLE'), 0)::bigint AS outstanding,
-        max(t.value_date) AS last_value_date,
-        min(t.value_date) FILTER (WHERE t.kind = 'DISBURSEMENT') AS first_disbursed_on
-    FROM postings ps JOIN ledger_transactions t ON t.transaction_id = ps.transaction_id
+        max(ps.value_date) AS last_value_date,
+        min(ps.value_date) FILTER (WHERE ps.kind = 'DISBURSEMENT') AS first_disbursed_on
+    FROM postings ps
     WHERE ps.loan_id = l.loan_id AND ps.account IN ('LOANS_RECEIVABLE', 'RECOVERY_INCOME')
 ) b
 LEFT JOIN LATERAL (
@@ -1045,10 +1045,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             conn,
             """SELECT
                  coalesce((SELECT -sum(p.amount_minor) FROM postings p
-                   JOIN ledger_transactions t ON t.transaction_id = p.transaction_id
                    WHERE p.loan_id = $1 AND p.account = 'LOANS_RECEIVABLE'
-                     AND t.kind IN ('REPAYMENT', 'REPAYMENT_REVERSAL')
-                     AND t.value_date <= $2), 0)::bigint AS repaid,
+                     AND p.kind IN ('REPAYMENT', 'REPAYMENT_REVERSAL')
+                     AND p.value_date <= $2), 0)::bigint AS repaid,
                  (SELECT write_off_date FROM write_offs WHERE loan_id = $1) AS written_off_on,
                  (SELECT coalesce(array_agg(start_date ORDER BY pause_id), '{}') FROM
                      delinquency_pauses WHERE loan_id = $1) AS pause_starts,

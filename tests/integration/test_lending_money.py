@@ -63,9 +63,10 @@ async def test_the_database_refuses_an_unbalanced_transaction(cluster: Cluster) 
                     fund_id,
                 )
                 await conn.execute(
-                    """INSERT INTO postings (transaction_id, fund_id, account, amount_minor)
-                       VALUES ('txn-lopsided', $1, 'FUND_CASH', 100),
-                              ('txn-lopsided', $1, 'FUND_CAPITAL', -99)""",
+                    """INSERT INTO postings (transaction_id, fund_id, account, amount_minor, kind,
+                           value_date)
+                       VALUES ('txn-lopsided', $1, 'FUND_CASH', 100, 'CAPITAL', '2026-01-01'),
+                              ('txn-lopsided', $1, 'FUND_CAPITAL', -99, 'CAPITAL', '2026-01-01')""",
                     fund_id,
                 )
         assert (
