@@ -39,8 +39,9 @@ from services.common.logging import configure_logging
 from services.common.server import ServiceHost
 
 TARGET_PER_SECOND = 300
-# Connections: one per concurrent client, so none waits for a connection to reach the pool.
-POOL_SIZE = 50
+# Connections: enough that requests do not queue for one; far more only adds backends
+# contending for the hot pool row (measured: 10 -> ~180/s, 20 -> ~250/s, 50 -> ~120/s).
+POOL_SIZE = 20
 PROVIDER = "barda-vocational-centre"
 
 
