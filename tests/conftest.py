@@ -152,6 +152,7 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(BIN / "temporal-test-server")
     )
+    await search_attributes.register(env.client, env.client.namespace)
     yield env
     await env.shutdown()
 

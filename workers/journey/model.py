@@ -347,6 +347,7 @@ class JourneyStatus:
     days_past_due: int
     assistance: list[AssistanceState]
     follow_ups_recorded: list[int]
+    follow_up_due: int  # months (6 or 12) while a follow-up awaits its answers, else 0
 
 
 @dataclass
@@ -365,3 +366,4 @@ class JourneyState:
     assistance: dict[str, AssistanceState] = field(default_factory=dict)
     closed_on: str = ""
     follow_ups_recorded: list[int] = field(default_factory=list)
+    follow_up_due: int = 0

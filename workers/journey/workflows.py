@@ -103,6 +103,9 @@ class SurvivorJourneyWorkflow:
 
     @workflow.run
     async def run(self, journey: JourneyInput) -> JourneyStatus:
+        return await self._finish(await self._journey(journey))
+
+    async def _journey(self, journey: JourneyInput) -> JourneyStatus:
         self._input = journey
         if journey.resume is not None:  # continued as new in the repayment cycle
             self._s = journey.resume
@@ -336,6 +339,7 @@ class SurvivorJourneyWorkflow:
             if due > today():
                 await workflow.sleep(self._until(due))
             self._set_stage(Stage.FOLLOW_UP)
+            self._s.follow_up_due = months
             await self._notify(
                 "follow_up_due",
                 self._input.case_worker_id,
@@ -350,6 +354,7 @@ class SurvivorJourneyWorkflow:
                 )
             except TimeoutError:
                 workflow.logger.info("follow-up not recorded in time", extra={"months": months})
+                self._s.follow_up_due = 0
                 continue
             assert self._follow_up is not None
             await call_service(
@@ -365,10 +370,17 @@ class SurvivorJourneyWorkflow:
                 ),
             )
             self._s.follow_ups_recorded.append(months)
+            self._s.follow_up_due = 0
+            self._set_stage(Stage.REPAID)
 
     def _complete(self) -> JourneyStatus:
         self._set_stage(Stage.COMPLETED)
         return self.status()
+
+    async def _finish(self, status: JourneyStatus) -> JourneyStatus:
+        """Let any decision being recorded finish before the journey closes."""
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return status
 
     # --- human decisions ---------------------------------------------------------------
 
@@ -478,7 +490,7 @@ class SurvivorJourneyWorkflow:
 
     @record_follow_up.validator
     def validate_follow_up(self, follow_up: FollowUp) -> None:
-        if self._s.stage != Stage.FOLLOW_UP or self._follow_up is not None:
+        if not self._s.follow_up_due or self._follow_up is not None:
             raise ValueError(f"no follow-up is due (stage is {self._s.stage})")
         if (
             follow_up.household_income_minor < 0
@@ -511,6 +523,7 @@ class SurvivorJourneyWorkflow:
             days_past_due=snap.days_past_due if snap else 0,
             assistance=list(s.assistance.values()),
             follow_ups_recorded=list(s.follow_ups_recorded),
+            follow_up_due=s.follow_up_due,
         )
 
     # --- helpers -----------------------------------------------------------------------
@@ -598,7 +611,13 @@ class AssistanceWorkflow:
             workflow.logger.warning("assistance request refused", extra={"cause": str(error.cause)})
             requested = AssistanceState(item.plan.type_id, need_id, "", "refused", True)
         await self._publish(item, requested)
-        await workflow.wait_condition(lambda: self._state is not None and self._state.terminal)
+        await workflow.wait_condition(
+            lambda: (
+                self._state is not None
+                and self._state.terminal
+                and workflow.all_handlers_finished()
+            )
+        )
         assert self._state is not None
         return self._state
 

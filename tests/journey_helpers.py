@@ -1,0 +1,62 @@
+"""Driving journeys in tests: a worker on a given Temporal environment, pools of our own,
+and stepping time-skipped time until a journey reaches a stage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
+from mineaction.type.v1 import localized_text_pb2
+from tests.conftest import Cluster
+from tests.factories import new_id, request_id
+from workers.journey.model import JourneyStatus
+from workers.journey.workflows import SurvivorJourneyWorkflow
+
+
+async def own_pool(
+    cluster: Cluster, provider_id: str, type_id: str, capacity: int, sessions: int = 0
+) -> str:
+    """A capacity pool only this test uses, so other tests cannot empty it."""
+    pool_id = new_id(f"pool-{type_id.replace('_', '-')}")
+    await cluster.assistance.CreateCapacityPool(
+        assistance_pb.CreateCapacityPoolRequest(
+            request_id=request_id(),
+            pool_id=pool_id,
+            provider_id=provider_id,
+            type_id=type_id,
+            capacity=capacity,
+            sessions=sessions,
+            name=localized_text_pb2.LocalizedText(
+                en=f"Test pool {pool_id}", az=f"Test hovuzu {pool_id}"
+            ),
+        )
+    )
+    return pool_id
+
+
+async def status_of(handle: WorkflowHandle) -> JourneyStatus:  # type: ignore[type-arg]
+    return await handle.query(SurvivorJourneyWorkflow.status)
+
+
+async def skip_until(
+    env: WorkflowEnvironment,
+    handle: WorkflowHandle,  # type: ignore[type-arg]
+    done: Callable[[JourneyStatus], bool],
+    *,
+    step: timedelta = timedelta(days=10),
+    limit: timedelta = timedelta(days=2000),
+) -> JourneyStatus:
+    """Advance time-skipped time in steps until the journey's status satisfies `done`."""
+    waited = timedelta(0)
+    while True:
+        status = await status_of(handle)
+        if done(status):
+            return status
+        if waited > limit:
+            raise AssertionError(f"journey not there after {waited}: {status}")
+        await env.sleep(step)
+        waited += step
