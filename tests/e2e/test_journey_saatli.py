@@ -179,7 +179,8 @@ async def test_saatli_fish_farmer_from_intake_to_follow_ups(
     # One reminder per instalment, in Azerbaijani with the amount in manat, never twice.
     async with outbox.db.pool.acquire() as conn:
         reminders = await conn.fetch(
-            "SELECT dedupe_key, language, text FROM outbox WHERE dedupe_key LIKE $1 ORDER BY dedupe_key",
+            """SELECT dedupe_key, language, text FROM outbox
+               WHERE dedupe_key LIKE $1 ORDER BY dedupe_key""",
             f"{handle.id}/reminder/%",
         )
     assert len(reminders) == 16

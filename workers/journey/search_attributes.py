@@ -12,8 +12,8 @@ from temporalio.api.operatorservice.v1 import (
     ListSearchAttributesRequest,
 )
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKey
+from temporalio.service import RPCError, RPCStatusCode
 
 STAGE = SearchAttributeKey.for_keyword("Stage")
 DISTRICT_CODE = SearchAttributeKey.for_keyword("DistrictCode")
