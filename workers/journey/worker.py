@@ -82,13 +82,13 @@ async def run(settings: Settings) -> None:
     channel = load_channel(settings.notification_channel, settings.state_dir)
     dispatcher = asyncio.create_task(box.run_dispatcher(channel))
     activities = journey_activities(settings, box)
-    worker = build_worker(client, activities)
+    worker = build_worker(client, activities, settings.journey_task_queue)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with worker:
-        log.info("worker started", task_queue=TASK_QUEUE)
+        log.info("worker started", task_queue=settings.journey_task_queue)
         await stop.wait()
         log.info("shutdown requested")
     dispatcher.cancel()
