@@ -166,6 +166,23 @@ class Cluster:
             print(f"  {name.ljust(width)}  {where}", flush=True)
         print(flush=True)
 
+    def seed_demo(self) -> None:
+        """On first start only: a small live cohort for a new operator to look at."""
+        marker = self.settings.state_dir / "demo-cohort-started"
+        if marker.exists() or self.settings.temporal_address is not None:
+            return
+        import asyncio
+
+        from cluster.demo import start_demo_cohort
+
+        try:
+            ids = asyncio.run(start_demo_cohort(self.settings))
+        except Exception as error:  # the cluster is still useful without its demo
+            print(f"cluster: the demo cohort could not be started: {error}", file=sys.stderr)
+            return
+        marker.write_text("\n".join(ids) + "\n")
+        print(f"Demo cohort started: {len(ids)} journeys, e.g. {ids[0]}", flush=True)
+
     def watch(self, stop_requested: list[int]) -> None:
         while not stop_requested:
             for part in self.parts:
@@ -217,6 +234,8 @@ def main() -> None:
     try:
         cluster.start()
         cluster.report()
+        if not settings.no_demo:
+            cluster.seed_demo()
         cluster.watch(stop_requested)
         exit_code = 0 if stop_requested else 1
     except RuntimeError as error:

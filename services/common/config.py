@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     assistance_address: HostPort = Field("127.0.0.1:50053", alias="ASSISTANCE_ADDRESS")
 
     journey_task_queue: str = Field("survivor-journeys", min_length=1, alias="JOURNEY_TASK_QUEUE")
+    no_demo: bool = Field(False, alias="MINEACTION_NO_DEMO")
     notification_channel: str = Field("file", min_length=1, alias="NOTIFICATION_CHANNEL")
 
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="LOG_LEVEL")

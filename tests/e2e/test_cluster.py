@@ -62,9 +62,9 @@ class RunningCluster:
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.banner = self._read_until("Journey worker")
+        self.banner = self.read_until("Journey worker")
 
-    def _read_until(self, marker: str, timeout: float = 90) -> str:
+    def read_until(self, marker: str, timeout: float = 90) -> str:
         assert self.process.stdout is not None
         seen = []
         deadline = time.monotonic() + timeout
@@ -117,6 +117,8 @@ def test_cluster_runs_stops_cleanly_and_resumes_its_data(
     first = start_cluster()
     for name in ("Temporal Web UI", "Eligibility gRPC", "Lending gRPC", "Assistance gRPC"):
         assert name in first.banner
+    # A new operator finds live journeys at once, the Saatli fish farmer among them.
+    assert "journey-demo-saatli-001" in first.read_until("Demo cohort started")
     for name in SERVICES:
         with grpc.insecure_channel(cluster_env[f"{name}_ADDRESS"]) as channel:
             health = health_pb2_grpc.HealthStub(channel).Check(
