@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import cel
 import yaml
@@ -187,9 +187,15 @@ class RuleSet:
     source: str
     by_programme: Mapping[str, tuple[Rule, ...]]
 
+    @property
+    def optional_facts(self) -> frozenset[str]:
+        """Facts some rule needs and a survivor may not have."""
+        return frozenset(name for rule in self.rules for name in rule.needs)
+
     _contexts: dict[tuple[int, ...], _PeriodContext] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _combined: dict[frozenset[str], Any] = field(default_factory=dict, compare=False, repr=False)
 
     def params_at(self, day: date) -> dict[str, Any]:
         return {name: p.at(day) for name, p in self.parameters.items()}
@@ -205,6 +211,20 @@ class RuleSet:
             context = self._contexts[key] = _PeriodContext(self.params_at(day))
         return context
 
+    def combined(self, missing: frozenset[str]) -> Any:
+        """One CEL program giving every evaluable condition, then every score component,
+        as a list: one evaluation per survivor instead of one per rule. Rules whose
+        `needs` are missing are left out (they ask for review). Cached per missing set;
+        each part was compiled and checked on its own at load."""
+        program = self._combined.get(missing)
+        if program is None:
+            parts = [r.expression for r in self.rules if not missing.intersection(r.needs)]
+            parts += [c.expression for c in self.priority]
+            program = self._combined[missing] = cel.compile(
+                "[" + ", ".join(f"({part})" for part in parts) + "]"
+            )
+        return program
+
     def change_dates(self) -> list[date]:
         return sorted({period.start for p in self.parameters.values() for period in p.periods})
 
@@ -212,8 +232,7 @@ class RuleSet:
 # --- results ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RuleResult:
+class RuleResult(NamedTuple):  # tuples: built thousands of times a second
     rule_id: str
     passed: bool
     missing: tuple[str, ...]
@@ -221,16 +240,14 @@ class RuleResult:
     explanation: Text
 
 
-@dataclass(frozen=True)
-class ProgrammeDecision:
+class ProgrammeDecision(NamedTuple):  # tuples: built thousands of times a second
     programme_id: str
     outcome: Outcome
     rule_results: tuple[RuleResult, ...]
     missing_data: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class ScorePart:
+class ScorePart(NamedTuple):  # tuples: built thousands of times a second
     name: str
     points: int
     explanation: Text
@@ -252,27 +269,28 @@ class Decision:
 def evaluate(rule_set: RuleSet, facts: Mapping[str, Any], day: date) -> Decision:
     """Decide every programme for one survivor's facts, as of `day`."""
     period = rule_set.context_at(day)
-    context, shown_params = period.cel, period.shown_params
+    shown_params = period.shown_params
     period.facts = facts
+    absent = frozenset(name for name in rule_set.optional_facts if name not in facts)
+    values = iter(rule_set.combined(absent).execute(period.cel))
     shown = {name: _display(value) for name, value in facts.items()}
     shown.update(shown_params)
     results: dict[str, RuleResult] = {}
     for rule in rule_set.rules:
-        missing = tuple(name for name in rule.needs if name not in facts)
         inputs = {name: shown[name] for name in rule.reads if name in facts}
         inputs.update({f"params.{n}": shown_params[n] for n in rule.params_read})
+        missing = tuple(name for name in rule.needs if name in absent)
         if missing:
             results[rule.id] = RuleResult(rule.id, False, missing, inputs, rule.explain_fail)
             continue
-        passed = rule.program.execute(context) is True
+        passed = next(values) is True
         template = rule.explain_pass if passed else rule.explain_fail
         results[rule.id] = RuleResult(rule.id, passed, (), inputs, template.render(shown))
     decisions = tuple(
         _decide(programme_id, own, results) for programme_id, own in rule_set.by_programme.items()
     )
     parts = tuple(
-        ScorePart(c.name, int(c.program.execute(context)), c.explanation.render(shown))
-        for c in rule_set.priority
+        ScorePart(c.name, int(next(values)), c.explanation.render(shown)) for c in rule_set.priority
     )
     return Decision(decisions, sum(p.points for p in parts), parts)
 
