@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable
 import time
+from collections.abc import Awaitable
 from datetime import date
 from pathlib import Path
 

@@ -38,6 +38,11 @@ async def own_pool(
     return pool_id
 
 
+def follow_up_due(months: int) -> Callable[[JourneyStatus], bool]:
+    """Done when the journey awaits the answers of its +`months` follow-up."""
+    return lambda status: status.follow_up_due == months
+
+
 async def status_of(handle: WorkflowHandle) -> JourneyStatus:  # type: ignore[type-arg]
     return await handle.query(SurvivorJourneyWorkflow.status)
 

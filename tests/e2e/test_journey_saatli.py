@@ -16,7 +16,7 @@ from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from tests.conftest import Cluster
 from tests.factories import pdate, register_request, saatli_fish_farmer
-from tests.journey_helpers import own_pool, skip_until, status_of
+from tests.journey_helpers import follow_up_due, own_pool, skip_until, status_of
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
     AssistanceAction,
@@ -135,7 +135,7 @@ async def test_saatli_fish_farmer_from_intake_to_follow_ups(
                 ),
             ),
         ):
-            await skip_until(env, handle, lambda s, m=months: s.follow_up_due == m)
+            await skip_until(env, handle, follow_up_due(months))
             await handle.execute_update(SurvivorJourneyWorkflow.record_follow_up, answer)
         result = await handle.result()
 
