@@ -57,6 +57,13 @@ def _intake_from_json(raw: str) -> pb.SurvivorIntake:
     return json_format.ParseDict(json.loads(raw), pb.SurvivorIntake())
 
 
+def _stored_intake(row: asyncpg.Record) -> pb.SurvivorIntake:
+    """The intake from its protobuf bytes; rows written before those existed have JSON."""
+    if row["intake_pb"] is not None:
+        return pb.SurvivorIntake.FromString(row["intake_pb"])
+    return _intake_from_json(row["intake"])
+
+
 def decision_to_proto(
     decision: rules.Decision,
 ) -> tuple[list[pb.ProgrammeDecision], pb.PriorityScore]:
@@ -132,11 +139,13 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             async def register() -> pb.RegisterSurvivorResponse:
                 row = await fetch_one(
                     conn,
-                    """INSERT INTO survivors (survivor_id, intake, district_code, consent_given_on)
-                       VALUES ($1, $2::jsonb, $3, $4)
+                    """INSERT INTO survivors (survivor_id, intake, district_code, consent_given_on,
+                                              intake_pb)
+                       VALUES ($1, $2::jsonb, $3, $4, $5)
                        ON CONFLICT (survivor_id) DO UPDATE
                          SET intake = EXCLUDED.intake, district_code = EXCLUDED.district_code,
-                             consent_given_on = EXCLUDED.consent_given_on, updated_at = now()
+                             consent_given_on = EXCLUDED.consent_given_on,
+                             intake_pb = EXCLUDED.intake_pb, updated_at = now()
                        RETURNING created_at, updated_at""",
                     intake.survivor_id,
                     _intake_json(intake),
@@ -144,6 +153,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                     intake_mod.to_date(intake.consent.recorded_on)
                     if intake.consent.HasField("recorded_on")
                     else date.today(),
+                    intake.SerializeToString(),
                 )
                 return pb.RegisterSurvivorResponse(
                     survivor=self._survivor(intake, row["created_at"], row["updated_at"])
@@ -170,15 +180,14 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         self, request: pb.GetSurvivorRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSurvivorResponse:
         row = await self.db.pool.fetchrow(
-            "SELECT intake::text, created_at, updated_at FROM survivors WHERE survivor_id = $1",
+            """SELECT intake::text, intake_pb, created_at, updated_at FROM survivors
+               WHERE survivor_id = $1""",
             request.survivor_id,
         )
         if row is None:
             raise NotFound(f"survivor {request.survivor_id} is not registered")
         return pb.GetSurvivorResponse(
-            survivor=self._survivor(
-                _intake_from_json(row["intake"]), row["created_at"], row["updated_at"]
-            )
+            survivor=self._survivor(_stored_intake(row), row["created_at"], row["updated_at"])
         )
 
     # --- assessments -----------------------------------------------------------------
@@ -204,13 +213,13 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         self, conn: Connection, request: pb.AssessEligibilityRequest, day: date
     ) -> pb.AssessEligibilityResponse:
         row = await conn.fetchrow(
-            """SELECT intake::text, pinned_rule_set_id, pinned_rule_set_version
+            """SELECT intake::text, intake_pb, pinned_rule_set_id, pinned_rule_set_version
                FROM survivors WHERE survivor_id = $1 FOR UPDATE""",
             request.survivor_id,
         )
         if row is None:
             raise NotFound(f"survivor {request.survivor_id} is not registered")
-        survivor = _intake_from_json(row["intake"])
+        survivor = _stored_intake(row)
         if not survivor.consent.data_processing:
             raise FailedPrecondition("no recorded consent", reason="CONSENT_REQUIRED")
         if day < intake_mod.to_date(survivor.date_of_birth):
@@ -246,8 +255,9 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         )
         await conn.execute(
             """INSERT INTO assessments (assessment_id, survivor_id, assessment_date, rule_set_id,
-                   rule_set_version, district_code, intake, result, reassessment_reason)
-               VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9)""",
+                   rule_set_version, district_code, intake, result, reassessment_reason,
+                   intake_pb)
+               VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10)""",
             assessment.assessment_id,
             request.survivor_id,
             day,
@@ -257,6 +267,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             row["intake"],
             assessment.SerializeToString(),
             request.reassessment_reason,
+            survivor.SerializeToString(),
         )
         if pinned is None or request.reassess_under_latest:
             await conn.execute(
@@ -447,7 +458,8 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         evaluated = 0
         async with self.db.pool.acquire() as conn, conn.transaction(readonly=True):
             cursor = conn.cursor(
-                """SELECT assessment_id, assessment_date, intake::text, result FROM assessments
+                """SELECT assessment_id, assessment_date, intake::text, intake_pb, result
+                   FROM assessments
                    ORDER BY assessment_date, assessment_id LIMIT $1""",
                 SIMULATION_LIMIT,
             )
@@ -458,7 +470,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                     for d in pb.Assessment.FromString(row["result"]).decisions
                 }
                 day = row["assessment_date"]
-                facts = intake_mod.facts(_intake_from_json(row["intake"]), day)
+                facts = intake_mod.facts(_stored_intake(row), day)
                 after = rules.evaluate(candidate, facts, day).outcomes()
                 for programme_id, outcome in after.items():
                     old = before.get(programme_id, pb.OUTCOME_UNSPECIFIED)
