@@ -24,16 +24,10 @@ worker (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, JOURNEY_TASK_QUEUE).
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 from datetime import timedelta
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client
 
 from services.common.config import ConfigError, load_settings
 
@@ -41,6 +35,9 @@ TIMEOUT_SECONDS = 5.0
 
 
 def grpc_serving(address: str) -> bool:
+    import grpc  # each mode imports only what it needs
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     with grpc.insecure_channel(address) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
@@ -58,6 +55,11 @@ def grpc_serving(address: str) -> bool:
 async def worker_polling_here() -> bool | None:
     """True if this container's worker polls the task queue, False if not, None if
     Temporal did not answer."""
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+    from temporalio.client import Client
+
     settings = load_settings()
     suffix = "@" + socket.gethostname()
     try:
@@ -103,4 +105,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter finalization: native threads of the gRPC and Temporal runtimes can
+    # abort it (SIGABRT, exit 134), which would turn a passing probe into a failing one.
+    os._exit(code)
