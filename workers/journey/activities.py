@@ -116,7 +116,13 @@ class JourneyActivities:
     """Holds one channel per service and the outbox; the worker creates it once."""
 
     def __init__(self, eligibility: str, lending: str, assistance: str, outbox: Outbox) -> None:
-        self._channels = [grpc.aio.insecure_channel(a) for a in (eligibility, lending, assistance)]
+        # Round robin over every address a name resolves to (dns:///lending:50052 with
+        # several replicas); the default would pin each channel to one replica.
+        options = [("grpc.lb_policy_name", "round_robin")]
+        self._channels = [
+            grpc.aio.insecure_channel(a, options=options)
+            for a in (eligibility, lending, assistance)
+        ]
         self.eligibility = eligibility_grpc.EligibilityServiceStub(self._channels[0])
         self.lending = lending_grpc.LendingServiceStub(self._channels[1])
         self.assistance = assistance_grpc.AssistanceServiceStub(self._channels[2])
