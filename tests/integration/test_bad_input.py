@@ -42,6 +42,8 @@ def invalid_requests(method: descriptor.MethodDescriptor) -> list[Message]:
         candidates.append(request_class(page_token="x" * 600))
     if "request_id" in fields:
         candidates.append(request_class(request_id="not-a-uuid"))
+    if "district_code" in fields:
+        candidates.append(request_class(district_code="Not a district!"))
     return [c for c in candidates if violations_of(c, shared_validator())]
 
 
