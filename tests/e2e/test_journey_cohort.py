@@ -272,6 +272,11 @@ async def test_cohort_of_40_survivors_and_160_family_members(
             )
             assert approved.loan_status in ("APPROVED", "ACTIVE")
             m.loan_id = approved.loan_id
+        # Borrowers start paying once their loans are disbursed (before that, the lending
+        # service has no schedule and a borrower's first read is refused).
+        while any(m.stage in ("COMMITTEE_REVIEW", "DISBURSEMENT") for m in members):
+            await asyncio.sleep(0.05)
+            await refresh(members)
         for m in members:
             await client.start_workflow(
                 BorrowerWorkflow.run,

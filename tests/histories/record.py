@@ -1,0 +1,281 @@
+"""Record the committed journey histories that tests/replay replays.
+
+    .venv/bin/python -m tests.histories.record
+
+Starts the real cluster in-process (an embedded PostgreSQL from pgserver, the three
+services on free ports, the time-skipping Temporal test server and the journey worker),
+runs each representative journey to its end, and writes every run's history as JSON next
+to this file, with manifest.json naming each file's workflow id and event count. It
+prints the event counts, among them the 36-month loan's (see docs/journeys.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from services.assistance.service import SPEC as ASSISTANCE
+from services.common.config import Settings, load_settings
+from services.common.logging import configure_logging
+from services.common.server import ServiceHost
+from services.eligibility.service import SPEC as ELIGIBILITY
+from services.lending.service import SPEC as LENDING
+from tests.conftest import Cluster
+from tests.factories import register_request, saatli_fish_farmer
+from tests.journey_helpers import skip_until, status_of
+from workers.journey import search_attributes
+from workers.journey.activities import JourneyActivities
+from workers.journey.model import (
+    CommitteeDecision,
+    FollowUp,
+    Hardship,
+    JourneyInput,
+    JourneyStatus,
+    LoanRequest,
+    WriteOffDecision,
+    journey_workflow_id,
+)
+from workers.journey.worker import build_worker, open_outbox
+from workers.journey.workflows import SurvivorJourneyWorkflow
+from workers.simulation.workflows import Behaviour, BorrowerInput, BorrowerWorkflow
+
+HERE = Path(__file__).parent
+MANIFEST = HERE / "manifest.json"
+BIN = Path(sys.executable).parent
+TASK_QUEUE = "record-histories"
+TERMINAL = ("COMPLETED", "WRITTEN_OFF")
+
+Handle = WorkflowHandle[SurvivorJourneyWorkflow, JourneyStatus]
+Step = Callable[[Handle, JourneyStatus], Awaitable[bool]]
+
+
+def survivor_id(scenario: str) -> str:
+    """Fixed, opaque ids: each recording runs on a fresh database."""
+    return f"rec-{scenario.replace('_', '-')}"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    product_id: str
+    amount_minor: int
+    behaviour: Behaviour
+    answer_follow_ups: bool = True
+    reschedule: bool = False
+    write_off: bool = False
+    commit: bool = True  # False: measured and printed, but not written
+
+
+SCENARIOS = {
+    # Twelve monthly instalments paid on the day; both follow-ups answered.
+    "on_time": Scenario("small_trade", 120_000, Behaviour()),
+    # Instalments 2 and 3 paid 40 days late (a field visit), then on time; the
+    # follow-ups go unanswered and time out.
+    "late": Scenario(
+        "small_trade",
+        120_000,
+        Behaviour(days_late=40, late_from=2, late_until=3),
+        answer_follow_ups=False,
+    ),
+    # Carpet weaving, rescheduled for hardship at the first instalment.
+    "rescheduled": Scenario("carpet_weaving", 150_000, Behaviour(), reschedule=True),
+    # Two payments, then nothing: committee review at 90 days past due, written off.
+    "written_off": Scenario("small_trade", 120_000, Behaviour(stop_after=2), write_off=True),
+    # The longest product: 36 months (2 of grace), repaid on time, both follow-ups.
+    # Not committed (about 1,700 events between the two workflows): run to measure.
+    "on_time_36_months": Scenario("business_expansion", 360_000, Behaviour(), commit=False),
+}
+
+
+@dataclass
+class Recorded:
+    files: dict[str, dict[str, object]] = field(default_factory=dict)
+    events_per_run: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+
+
+async def write_runs(
+    client: Client,
+    workflow_id: str,
+    first_run_id: str | None,
+    stem: str,
+    out: Recorded,
+    *,
+    commit: bool,
+) -> list[int]:
+    """Write each run of a workflow (more than one if it continued as new), compactly."""
+    counts: list[int] = []
+    run_id = first_run_id
+    while True:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        name = f"{stem}.json" if not counts else f"{stem}.run{len(counts) + 1}.json"
+        counts.append(len(history.events))
+        if commit:
+            compact = json.dumps(json.loads(history.to_json()), separators=(",", ":"))
+            (HERE / name).write_text(compact + "\n")
+            out.files[name] = {"workflow_id": workflow_id, "events": len(history.events)}
+        last = history.events[-1]
+        if not last.HasField("workflow_execution_continued_as_new_event_attributes"):
+            return counts
+        run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+
+
+async def run_scenario(
+    env: WorkflowEnvironment, cluster: Cluster, name: str, scenario: Scenario, out: Recorded
+) -> None:
+    client = env.client
+    sid = survivor_id(name)
+    await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(sid)))
+    handle: Handle = await client.start_workflow(
+        SurvivorJourneyWorkflow.run,
+        JourneyInput(
+            survivor_id=sid,
+            case_worker_id="cw-07",
+            loan=LoanRequest(scenario.product_id, scenario.amount_minor, f"{name} journey"),
+        ),
+        id=journey_workflow_id(sid),
+        task_queue=TASK_QUEUE,
+    )
+    await skip_until(env, handle, lambda s: s.stage == "COMMITTEE_REVIEW", step=timedelta(hours=1))
+    approved = await handle.execute_update(
+        SurvivorJourneyWorkflow.record_committee_decision,
+        CommitteeDecision(True, "cm-03", f"CM-REC-{name}"),
+    )
+    # The borrower starts paying once the loan is disbursed (before that, the lending
+    # service has no schedule for it and the borrower's first read is refused).
+    for _ in range(200):
+        if (await status_of(handle)).stage not in ("COMMITTEE_REVIEW", "DISBURSEMENT"):
+            break
+        await asyncio.sleep(0.05)
+    borrower = await client.start_workflow(
+        BorrowerWorkflow.run,
+        BorrowerInput(approved.loan_id, scenario.behaviour),
+        id=f"borrower-{approved.loan_id}",
+        task_queue=TASK_QUEUE,
+    )
+    rescheduled = False
+    answered: set[int] = set()
+    for _ in range(400):
+        status = await status_of(handle)
+        if status.stage in TERMINAL:
+            break
+        if scenario.reschedule and not rescheduled and status.stage == "REPAYMENT":
+            await handle.execute_update(
+                SurvivorJourneyWorkflow.request_hardship,
+                Hardship(
+                    "reschedule",
+                    "The workshop flooded",
+                    "lo-02",
+                    new_term_months=18,
+                    additional_grace_months=3,
+                ),
+            )
+            rescheduled = True
+        if scenario.write_off and status.stage == "ARREARS_REVIEW":
+            await handle.execute_update(
+                SurvivorJourneyWorkflow.record_write_off,
+                WriteOffDecision("No payment for over 90 days", "lo-02", "pm-01"),
+            )
+        due = status.follow_up_due
+        if scenario.answer_follow_ups and due and due not in answered:
+            await handle.execute_update(
+                SurvivorJourneyWorkflow.record_follow_up,
+                FollowUp(100_000, True, 4, "cw-07"),
+            )
+            answered.add(due)
+        await env.sleep(timedelta(days=10))
+    else:
+        raise AssertionError(f"{name} did not finish: {status}")
+    # Results one at a time (the time-skipping server's lock pitfall).
+    result = await handle.result()
+    paid = await borrower.result()
+    journey_runs = await write_runs(
+        client, handle.id, handle.first_execution_run_id, name, out, commit=scenario.commit
+    )
+    borrower_runs = await write_runs(
+        client,
+        borrower.id,
+        borrower.first_execution_run_id,
+        f"{name}.borrower",
+        out,
+        commit=scenario.commit,
+    )
+    out.events_per_run[name] = {"journey": journey_runs, "borrower": borrower_runs}
+    print(
+        f"{name:>18}: {result.stage} ({result.loan_status}), {paid} payments; "
+        f"journey events per run {journey_runs}, borrower events {borrower_runs}"
+    )
+    assert (await status_of(handle)).stage in TERMINAL
+
+
+async def start_services(settings: Settings) -> tuple[Cluster, list[ServiceHost]]:
+    hosts = {
+        spec.name: ServiceHost(spec, settings, address="127.0.0.1:0")
+        for spec in (ELIGIBILITY, LENDING, ASSISTANCE)
+    }
+    for host in hosts.values():
+        await host.start()
+    channels = {
+        name: grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") for name, host in hosts.items()
+    }
+    return Cluster(hosts, channels), list(hosts.values())
+
+
+async def main() -> None:
+    import pgserver
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="delete")  # type: ignore[attr-defined]
+        try:
+            settings = load_settings(
+                DATABASE_URL=str(server.get_uri()),
+                MINEACTION_STATE_DIR=str(Path(tmp) / "state"),
+                LOG_FORMAT="json",
+                LOG_LEVEL="warning",
+                SHUTDOWN_GRACE_SECONDS=1,
+            )
+            configure_logging(settings, process="recorder")
+            cluster, hosts = await start_services(settings)
+            box = await open_outbox(settings)
+            activities = JourneyActivities(
+                cluster.address("eligibility"),
+                cluster.address("lending"),
+                cluster.address("assistance"),
+                box,
+            )
+            env = await WorkflowEnvironment.start_time_skipping(
+                test_server_existing_path=str(BIN / "temporal-test-server")
+            )
+            await search_attributes.register(env.client, env.client.namespace)
+            out = Recorded()
+            for old in HERE.glob("*.json"):
+                old.unlink()
+            async with build_worker(env.client, activities, TASK_QUEUE):
+                for name, scenario in SCENARIOS.items():
+                    await run_scenario(env, cluster, name, scenario, out)
+            manifest = {"files": out.files, "events_per_run": out.events_per_run}
+            MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            await env.shutdown()
+            await activities.close()
+            await box.db.close()
+            for channel in cluster.channels.values():
+                await channel.close()
+            for host in hosts:
+                await host.stop(grace=1)
+        finally:
+            server.cleanup()
+    print(f"recorded {len(out.files)} histories in {time.monotonic() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
