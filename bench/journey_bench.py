@@ -308,9 +308,10 @@ async def time_skipping(database_url: str, journeys: int) -> None:
 
 @contextlib.contextmanager
 def dev_cluster(
-    database_url: str, state_dir: str
-) -> Iterator[tuple[dict[str, str], contextlib.ExitStack]]:
-    """The dev server and the three services as processes; yields the worker's env."""
+    database_url: str, state_dir: str, on_file: bool
+) -> Iterator[tuple[dict[str, str], contextlib.ExitStack, dict[str, int]]]:
+    """The dev server and the three services as processes; yields the worker's env, the
+    stack to add the worker to, and the processes' pids."""
     port, ui_port = free_port(), free_port()
     temporal = [
         str(BIN / "temporal"),
@@ -323,14 +324,17 @@ def dev_cluster(
         "--ui-port",
         str(ui_port),
         "--headless",
-        "--db-filename",
-        str(Path(state_dir) / "temporal.db"),
         "--log-level",
         "warn",
         *search_attributes.dev_server_flags(),
     ]
+    if on_file:  # as `make run` does; without it the dev server keeps its state in memory
+        temporal += ["--db-filename", str(Path(state_dir) / "temporal.db")]
     with contextlib.ExitStack() as stack:
-        stack.enter_context(quiet_process(temporal, port, Path(state_dir) / "temporal.log"))
+        server = stack.enter_context(
+            quiet_process(temporal, port, Path(state_dir) / "temporal.log")
+        )
+        pids = {"temporal dev server": server.pid}
         env = {
             "TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
             "DATABASE_URL": database_url,
@@ -344,9 +348,15 @@ def dev_cluster(
             ("assistance", "ASSISTANCE_ADDRESS"),
         ):
             argv, service_env, service_port = service(f"services.{name}", variable, database_url)
-            stack.enter_context(process(argv, service_env, service_port))
+            pids[name] = stack.enter_context(process(argv, service_env, service_port)).pid
             env[variable] = service_env[variable]
-        yield env, stack
+        yield env, stack, pids
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU time of each process so far."""
+    times = {name: psutil.Process(pid).cpu_times() for name, pid in pids.items()}
+    return {name: t.user + t.system for name, t in times.items()}
 
 
 @contextlib.contextmanager
@@ -432,9 +442,24 @@ async def wait_parked(client: Client, expected: int, within: float = 600) -> flo
     raise RuntimeError(f"only {count.count} of {expected} journeys reached committee review")
 
 
-async def dev_server(database_url: str, paced: int, rate: float, open_total: int) -> None:
-    print(f"2. Dev server, one worker process: {paced} journeys started at {rate:.0f}/s")
-    with tempfile.TemporaryDirectory() as state, dev_cluster(database_url, state) as (env, stack):
+async def dev_server(
+    database_url: str,
+    paced: int,
+    rate: float,
+    open_total: int,
+    on_file: bool,
+    unsandboxed: bool = False,
+) -> None:
+    store = "SQLite file" if on_file else "in memory"
+    sandbox = " WITHOUT the workflow sandbox (diagnostic)" if unsandboxed else ""
+    print(
+        f"2. Dev server ({store}), one worker process{sandbox}: "
+        f"{paced} journeys started at {rate:.0f}/s"
+    )
+    with (
+        tempfile.TemporaryDirectory() as state,
+        dev_cluster(database_url, state, on_file) as (env, stack, pids),
+    ):
         client = await Client.connect(env["TEMPORAL_ADDRESS"])
         async with grpc.aio.insecure_channel(env["ELIGIBILITY_ADDRESS"]) as channel:
             eligibility = eligibility_grpc.EligibilityServiceStub(channel)
@@ -452,9 +477,10 @@ async def dev_server(database_url: str, paced: int, rate: float, open_total: int
                 f"{time.perf_counter() - registering:.1f} s"
             )
 
-        worker = stack.enter_context(worker_process(env, Path(state) / "worker.log"))
+        worker = stack.enter_context(worker_process(env, Path(state) / "worker.log", unsandboxed))
         await wait_for_worker(client, worker)
         proc = psutil.Process(worker.pid)
+        pids["worker"] = worker.pid
         idle_rss = proc.memory_info().rss / MiB
 
         async def start(index: int) -> object:
@@ -470,6 +496,7 @@ async def dev_server(database_url: str, paced: int, rate: float, open_total: int
         await start(len(survivors) - 1)
         await wait_parked(client, 1)
 
+        cpu_before = cpu_seconds(pids)
         result = await open_loop(lambda i: start(i), rate=rate, seconds=paced / rate)
         print(
             f"   started {result.count} journeys in {result.seconds:.1f} s = "
@@ -479,6 +506,14 @@ async def dev_server(database_url: str, paced: int, rate: float, open_total: int
         )
         parked_after = await wait_parked(client, paced + 1)
         print(f"   all at committee review {parked_after:.1f} s after the last start")
+        cpu_after = cpu_seconds(pids)
+        print(
+            "   CPU per journey (start to committee review): "
+            + ", ".join(
+                f"{name} {(cpu_after[name] - cpu_before[name]) * 1000 / paced:.0f} ms"
+                for name in pids
+            )
+        )
         paced_ids = [journey_workflow_id(s) for s in survivors[:paced]]
         print_latency("paced", await latency_of(client, paced_ids))
 
@@ -511,11 +546,17 @@ async def dev_server(database_url: str, paced: int, rate: float, open_total: int
 
 
 @contextlib.contextmanager
-def worker_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """One `python -m workers`, as `make run` starts it; SIGTERM at the end."""
+def worker_process(
+    env: dict[str, str], log: Path, unsandboxed: bool = False
+) -> Iterator[subprocess.Popen[bytes]]:
+    """One `python -m workers`, as `make run` starts it; SIGTERM at the end. With
+    `unsandboxed`, the same worker without the workflow sandbox (a diagnostic only)."""
+    argv = [sys.executable, "-m", "workers"]
+    if unsandboxed:
+        argv = [sys.executable, "-m", "bench.journey_bench", "--unsandboxed-worker"]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "workers"],
+            argv,
             env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -545,13 +586,45 @@ async def wait_for_worker(client: Client, worker: subprocess.Popen[bytes]) -> No
     raise RuntimeError("the worker never polled its task queue")
 
 
+def unsandboxed_worker_main() -> None:
+    """`python -m workers`, except that workflows run without the sandbox: shows how much
+    of the worker's CPU per journey is the sandbox's (diagnostic; never for production)."""
+    from temporalio.worker import UnsandboxedWorkflowRunner
+
+    from workers.journey import worker as journey_worker
+    from workers.journey.activities import JourneyActivities
+
+    def build(
+        client: Client, activities: JourneyActivities, task_queue: str = "survivor-journeys"
+    ) -> Worker:
+        return Worker(
+            client,
+            task_queue=task_queue,
+            workflows=list(WORKFLOWS),
+            activities=activities.all(),
+            workflow_runner=UnsandboxedWorkflowRunner(),
+        )
+
+    journey_worker.build_worker = build
+    journey_worker.main()
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--unsandboxed-worker"]:
+        unsandboxed_worker_main()
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--journeys", type=int, default=3, help="time-skipped journeys")
     parser.add_argument("--paced", type=int, default=500, help="journeys started at --rate")
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--open", type=int, default=1000, help="open journeys for memory")
     parser.add_argument("--only", choices=("skip", "dev"))
+    parser.add_argument(
+        "--in-memory", action="store_true", help="dev server without its SQLite file"
+    )
+    parser.add_argument(
+        "--unsandboxed", action="store_true", help="diagnostic: worker without the sandbox"
+    )
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     print(f"load average before: {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
@@ -559,7 +632,11 @@ def main() -> None:
         if args.only != "dev":
             asyncio.run(time_skipping(url, args.journeys))
         if args.only != "skip":
-            asyncio.run(dev_server(url, args.paced, args.rate, args.open))
+            asyncio.run(
+                dev_server(
+                    url, args.paced, args.rate, args.open, not args.in_memory, args.unsandboxed
+                )
+            )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
