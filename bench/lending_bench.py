@@ -8,8 +8,10 @@
 - GetPortfolioReport over a synthetic portfolio bulk-loaded with COPY.
 
 Uses DATABASE_URL when set, else an embedded PostgreSQL (pgserver) in a temporary folder;
-either way in a fresh database that is dropped at the end. The service runs in-process
-on a free port.
+either way in a fresh database that is dropped at the end. The service runs as its own
+process (`python -m services.lending`, as deployed) on a free port; the load generator and
+the bare asyncpg comparison run in the bench's process, each with a pool of `--pool`
+connections.
 """
 
 from __future__ import annotations
@@ -31,12 +33,10 @@ import asyncpg
 import grpc
 from google.type import date_pb2
 
+from bench.common import process, service
 from mineaction.lending.v1 import lending_service_pb2 as pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import age_band_pb2, sex_pb2
-from services.common.config import load_settings
-from services.common.logging import configure_logging
-from services.common.server import ServiceHost
 from services.lending import ledger
 from services.lending.ledger import FUND_CASH, LOANS_RECEIVABLE, Posting
 from services.lending.schedule import build_schedule
@@ -86,11 +86,10 @@ async def _sustained(
 
 
 async def bench_repayments(
-    host: ServiceHost, stub: pb_grpc.LendingServiceStub, seconds: float, concurrency: int
+    pool: asyncpg.Pool, stub: pb_grpc.LendingServiceStub, seconds: float, concurrency: int
 ) -> tuple[float, float]:
-    assert host.db is not None
     fund_id = "bench-fund"
-    async with host.db.transaction() as conn:
+    async with pool.acquire() as conn, conn.transaction():
         await ledger.open_fund(
             conn,
             fund_id=fund_id,
@@ -165,9 +164,10 @@ async def bench_repayments(
     grpc_rate = await _sustained(seconds, concurrency, repay)
 
     async def bare(index: int) -> None:
-        assert host.db is not None
+        # The same transaction and postings as a repayment, in one statement, with no
+        # checks, no idempotency key and no response.
         loan_id = next_loan(index)
-        async with host.db.transaction() as conn:
+        async with pool.acquire() as conn, conn.transaction():
             await ledger.post(
                 conn,
                 fund_id=fund_id,
@@ -386,30 +386,38 @@ async def main(args: argparse.Namespace) -> None:
     admin = await asyncpg.connect(server_url)
     await admin.execute(f"CREATE DATABASE {name}")
     url = _with_database(server_url, name)
-    settings = load_settings(
-        DATABASE_URL=url,
-        MINEACTION_STATE_DIR=str(state),
-        LOG_LEVEL="error",
-        LOG_FORMAT="json",
-        DB_POOL_MAX_SIZE=args.pool,
-    )
-    configure_logging(settings, process="bench")
-    host = ServiceHost(SPEC, settings, address="127.0.0.1:0")
-    await host.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.port}")
-    stub = pb_grpc.LendingServiceStub(channel)
+    argv, env, port = service("services.lending", "LENDING_ADDRESS", url)
+    env |= {"DB_POOL_MAX_SIZE": str(args.pool), "LOG_FORMAT": "json"}
     try:
-        probe = await asyncpg.connect(url, server_settings={"search_path": SPEC.name})
+        with process(argv, env, port):
+            await _run(args, url, port)
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+        if embedded is not None:
+            embedded.cleanup()
+
+
+async def _run(args: argparse.Namespace, url: str, port: int) -> None:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = pb_grpc.LendingServiceStub(channel)
+    settings = {"search_path": SPEC.name}
+    pool = await asyncpg.create_pool(
+        url, min_size=args.pool, max_size=args.pool, server_settings=settings
+    )
+    probe = await asyncpg.connect(url, server_settings=settings)
+    try:
         durability = {
             k: await probe.fetchval(f"SHOW {k}")
             for k in ("fsync", "synchronous_commit", "wal_sync_method", "server_version")
         }
         print(f"PostgreSQL: {durability}; {os.cpu_count()} CPU(s); pool {args.pool}")
+        print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
         micros = bench_schedule()
         print(f"36-month schedule generation: {micros:.1f} µs (target <= 100 µs)")
 
-        grpc_rate, bare_rate = await bench_repayments(host, stub, args.seconds, args.concurrency)
+        grpc_rate, bare_rate = await bench_repayments(pool, stub, args.seconds, args.concurrency)
         print(
             f"RecordRepayment over gRPC: {grpc_rate:.0f}/s sustained over {args.seconds:.0f} s, "
             f"{args.concurrency} concurrent (target >= 500/s)"
@@ -431,14 +439,11 @@ async def main(args: argparse.Namespace) -> None:
             f"{total.par30_basis_points / 100:.2f}%, repayment rate "
             f"{total.repayment_rate_basis_points / 100:.2f}%"
         )
-        await probe.close()
+        print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
+        await probe.close()
+        await pool.close()
         await channel.close()
-        await host.stop(grace=1)
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.close()
-        if embedded is not None:
-            embedded.cleanup()
 
 
 def cli() -> None:

@@ -612,49 +612,48 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         async with self.db.transaction() as conn:
 
             async def repay() -> pb.RecordRepaymentResponse:
-                loan = await self._loan_for_update(conn, request.loan_id)
-                if loan["state"] == "CLOSED_WRITTEN_OFF":
+                # Lock, check, post and close in one round trip (migration 005).
+                txn_id = ledger.new_transaction_id()
+                result = await fetch_one(
+                    conn,
+                    "SELECT * FROM lending_record_repayment($1, $2, $3, $4, $5, $6)",
+                    request.loan_id,
+                    request.amount_minor,
+                    paid_on,
+                    request.received_by,
+                    request.channel,
+                    txn_id,
+                )
+                outcome = result["outcome"]
+                if outcome == "UNKNOWN_LOAN":
+                    raise invalid("loan_id", f"unknown loan {request.loan_id!r}", "UNKNOWN_LOAN")
+                if outcome == "WRITTEN_OFF":
+                    loan = await self._loan_for_update(conn, request.loan_id)
                     return await self._record_recovery(conn, loan, request, paid_on)
-                if loan["state"] != "ACTIVE":
+                if outcome == "NOT_ACTIVE":
                     raise FailedPrecondition(
-                        f"loan {request.loan_id} is {loan['state']}; repayments need an "
+                        f"loan {request.loan_id} is {result['state']}; repayments need an "
                         "ACTIVE (or, as recoveries, a written-off) loan",
                         reason="LOAN_NOT_ACTIVE",
                     )
-                self._check_not_before_disbursement(loan, paid_on, "payment_date")
-                if request.amount_minor > loan["outstanding"]:
+                if outcome == "BEFORE_DISBURSEMENT":
+                    raise invalid(
+                        "payment_date",
+                        f"must not be before the first disbursement "
+                        f"({result['first_disbursed_on']})",
+                        "BEFORE_DISBURSEMENT",
+                    )
+                if outcome == "OVERPAYMENT":
                     raise invalid(
                         "amount_minor",
-                        f"overpayment: only {loan['outstanding']} qəpik is outstanding",
+                        f"overpayment: only {result['outstanding']} qəpik is outstanding",
                         "OVERPAYMENT",
                     )
                 allocation = arrears.allocate(
-                    instalments_from_arrays(loan["due_dates"], loan["cumulative_minor"]),
-                    loan["repaid"] - loan["base_repaid_minor"],
+                    instalments_from_arrays(result["due_dates"], result["cumulative_minor"]),
+                    result["repaid_against_revision"],
                     request.amount_minor,
                 )
-                txn_id = await ledger.post(
-                    conn,
-                    fund_id=loan["fund_id"],
-                    loan_id=request.loan_id,
-                    kind="REPAYMENT",
-                    value_date=paid_on,
-                    recorded_by=request.received_by,
-                    memo=request.channel,
-                    postings=[
-                        Posting(FUND_CASH, request.amount_minor, request.loan_id),
-                        Posting(LOANS_RECEIVABLE, -request.amount_minor, request.loan_id),
-                    ],
-                )
-                if request.amount_minor == loan["outstanding"]:
-                    await self._set_state(
-                        conn,
-                        request.loan_id,
-                        "ACTIVE",
-                        "CLOSED_OBLIGATIONS_MET",
-                        request.received_by,
-                        "repaid in full",
-                    )
                 return pb.RecordRepaymentResponse(
                     loan=await self._loan_view(conn, request.loan_id, paid_on),
                     repayment=pb.Repayment(
@@ -988,7 +987,8 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             )
 
     async def _loan_view(self, conn: Connection, loan_id: str, as_of: date) -> pb.Loan:
-        return (await self._loan_views(conn, [loan_id], as_of))[0]
+        row = await fetch_one(conn, figures.LOAN_VIEW_ONE, as_of, loan_id)
+        return loan_to_proto(row, LoanFigures.of(row), json.loads(row["tranches"]))
 
     @staticmethod
     async def _loan_views(conn: Connection, loan_ids: list[str], as_of: date) -> list[pb.Loan]:
