@@ -59,35 +59,40 @@ pz AS (
     WHERE {pauses} AND d.start_date <= $1
     GROUP BY d.loan_id
 ),
+sched AS (  -- what the revision in force says as of $1, narrow: no arrays past here
+    SELECT bal.loan_id, bal.disbursed, bal.repaid, bal.written_off, bal.recovered,
+        rev.base_repaid_minor,
+        -- Principal fallen due by $1 (instalments due by then, cumulated).
+        rev.cumulative_minor[width_bucket($1::date, rev.due_dates)] AS fallen_due,
+        -- The oldest instalment not covered by the principal repaid against the revision
+        -- (oldest due first): one past the instalments fully paid.
+        rev.due_dates[width_bucket(bal.repaid::bigint - rev.base_repaid_minor,
+            rev.cumulative_minor) + 1] AS oldest_unpaid_due
+    FROM bal LEFT JOIN rev ON rev.loan_id = bal.loan_id
+),
 pos AS (
     SELECT l.loan_id, l.fund_id, l.product_id, l.district_code, l.borrower_sex,
-        coalesce(bal.disbursed, 0)::bigint AS disbursed,
-        coalesce(bal.repaid, 0)::bigint AS repaid,
-        coalesce(bal.written_off, 0)::bigint AS written_off,
-        coalesce(bal.recovered, 0)::bigint AS recovered,
+        coalesce(s.disbursed, 0)::bigint AS disbursed,
+        coalesce(s.repaid, 0)::bigint AS repaid,
+        coalesce(s.written_off, 0)::bigint AS written_off,
+        coalesce(s.recovered, 0)::bigint AS recovered,
         -- The receivable moves only by these three kinds (and their reversals).
-        coalesce(bal.disbursed - bal.repaid - bal.written_off, 0)::bigint AS outstanding,
-        coalesce(rev.base_repaid_minor, 0)::bigint AS base_repaid,
-        rev.due_dates,
-        rev.cumulative_minor,
-        -- Instalments fully paid (oldest first) and instalments fallen due by $1.
-        width_bucket(coalesce(bal.repaid, 0)::bigint - rev.base_repaid_minor,
-            rev.cumulative_minor) AS paid_count,
-        width_bucket($1::date, rev.due_dates) AS due_count,
+        coalesce(s.disbursed - s.repaid - s.written_off, 0)::bigint AS outstanding,
+        coalesce(s.base_repaid_minor, 0)::bigint AS base_repaid,
+        coalesce(s.fallen_due, 0)::bigint AS fallen_due,
+        s.oldest_unpaid_due,
         pz.paused
     FROM loans l
-    LEFT JOIN bal ON bal.loan_id = l.loan_id
-    LEFT JOIN rev ON rev.loan_id = l.loan_id
+    LEFT JOIN sched s ON s.loan_id = l.loan_id
     LEFT JOIN pz ON pz.loan_id = l.loan_id
     WHERE {loans}
 ),
 figures AS (
     SELECT pos.*,
-        coalesce(cumulative_minor[due_count], 0)::bigint AS fallen_due,
-        CASE WHEN outstanding > 0 AND due_dates[paid_count + 1] < $1 THEN
-            ($1 - due_dates[paid_count + 1]) - coalesce((
+        CASE WHEN outstanding > 0 AND oldest_unpaid_due < $1 THEN
+            ($1 - oldest_unpaid_due) - coalesce((
                 SELECT sum(upper(r) - lower(r)) FROM unnest(paused * datemultirange(
-                    daterange(due_dates[paid_count + 1], $1, '(]'))) r
+                    daterange(oldest_unpaid_due, $1, '(]'))) r
             ), 0)
         ELSE 0 END::integer AS dpd
     FROM pos
