@@ -257,6 +257,9 @@ class JourneyActivities:
                 self.lending.GetLoan, lending_pb.GetLoanRequest(loan_id=params.loan_id, as_of=as_of)
             )
         ).loan
+        status = lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_")
+        if not loan.disbursed_minor:  # no schedule before the first tranche
+            return LoanSnapshot(status, 0, 0, 0, "", 0, "")
         schedule = (
             await call(
                 self.lending.GetRepaymentSchedule,
@@ -274,7 +277,7 @@ class JourneyActivities:
             (i for i in upcoming if i.principal_due_minor > i.principal_paid_minor), None
         )
         return LoanSnapshot(
-            status=lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_"),
+            status=status,
             days_past_due=loan.days_past_due,
             outstanding_minor=loan.outstanding_principal_minor,
             overdue_minor=overdue,

@@ -47,6 +47,9 @@ class BorrowerWorkflow:
             )
             if snap.status in CLOSED_LOAN_STATES:
                 return paid
+            if snap.status == "APPROVED" and workflow.patched("borrower-waits-for-disbursement"):
+                await workflow.sleep(timedelta(days=1))  # nothing to repay before the money
+                continue
             if behaviour.stop_after and paid >= behaviour.stop_after:
                 return paid
             if snap.overdue_minor > 0:
