@@ -48,10 +48,9 @@ WITH bal AS (
 ),
 rev AS (  -- the revision in force: the latest one effective by $1
     SELECT r.loan_id, r.base_repaid_minor, r.due_dates, r.cumulative_minor
-    FROM schedule_revisions r
-    WHERE {revisions} AND r.effective_date <= $1 AND NOT EXISTS (
-        SELECT 1 FROM schedule_revisions n
-        WHERE n.loan_id = r.loan_id AND n.revision > r.revision AND n.effective_date <= $1)
+    FROM (SELECT n.loan_id, max(n.revision) AS revision FROM schedule_revisions n
+          WHERE {revisions} AND n.effective_date <= $1 GROUP BY n.loan_id) latest
+    JOIN schedule_revisions r ON r.loan_id = latest.loan_id AND r.revision = latest.revision
 ),
 pz AS (
     SELECT d.loan_id, range_agg(daterange(d.start_date, d.end_date, '[]')) AS paused
@@ -115,7 +114,7 @@ def _loan_view(condition: str) -> str:
         _FIGURES.format(
             positions=condition.format(column="lp.loan_id"),
             postings=condition.format(column="p.loan_id"),
-            revisions=condition.format(column="r.loan_id"),
+            revisions=condition.format(column="n.loan_id"),
             pauses=condition.format(column="d.loan_id"),
             loans=condition.format(column="l.loan_id"),
         )
