@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import statistics
@@ -86,8 +87,12 @@ async def _sustained(
 
 
 async def bench_repayments(
-    pool: asyncpg.Pool, stub: pb_grpc.LendingServiceStub, seconds: float, concurrency: int
+    pool: asyncpg.Pool,
+    stubs: list[pb_grpc.LendingServiceStub],
+    seconds: float,
+    concurrency: int,
 ) -> tuple[float, float]:
+    stub = stubs[0]
     fund_id = "bench-fund"
     async with pool.acquire() as conn, conn.transaction():
         await ledger.open_fund(
@@ -148,7 +153,7 @@ async def bench_repayments(
         return loan_ids[(turn[index] % LOANS_PER_WORKER) * concurrency + index]
 
     async def repay(index: int) -> None:
-        await stub.RecordRepayment(
+        await stubs[index % len(stubs)].RecordRepayment(
             pb.RecordRepaymentRequest(
                 request_id=str(uuid.uuid4()),
                 loan_id=next_loan(index),
@@ -386,11 +391,15 @@ async def main(args: argparse.Namespace) -> None:
     admin = await asyncpg.connect(server_url)
     await admin.execute(f"CREATE DATABASE {name}")
     url = _with_database(server_url, name)
-    argv, env, port = service("services.lending", "LENDING_ADDRESS", url)
-    env |= {"DB_POOL_MAX_SIZE": str(args.pool), "LOG_FORMAT": "json"}
     try:
-        with process(argv, env, port):
-            await _run(args, url, port)
+        with contextlib.ExitStack() as replicas:
+            ports = []
+            for _ in range(args.replicas):  # behind client-side round robin
+                argv, env, port = service("services.lending", "LENDING_ADDRESS", url)
+                env |= {"DB_POOL_MAX_SIZE": str(args.pool // args.replicas), "LOG_FORMAT": "json"}
+                replicas.enter_context(process(argv, env, port))
+                ports.append(port)
+            await _run(args, url, ports)
     finally:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.close()
@@ -398,9 +407,9 @@ async def main(args: argparse.Namespace) -> None:
             embedded.cleanup()
 
 
-async def _run(args: argparse.Namespace, url: str, port: int) -> None:
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    stub = pb_grpc.LendingServiceStub(channel)
+async def _run(args: argparse.Namespace, url: str, ports: list[int]) -> None:
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for port in ports]
+    stubs = [pb_grpc.LendingServiceStub(channel) for channel in channels]
     settings = {"search_path": SPEC.name}
     pool = await asyncpg.create_pool(
         url, min_size=args.pool, max_size=args.pool, server_settings=settings
@@ -411,13 +420,16 @@ async def _run(args: argparse.Namespace, url: str, port: int) -> None:
             k: await probe.fetchval(f"SHOW {k}")
             for k in ("fsync", "synchronous_commit", "wal_sync_method", "server_version")
         }
-        print(f"PostgreSQL: {durability}; {os.cpu_count()} CPU(s); pool {args.pool}")
+        print(
+            f"PostgreSQL: {durability}; {os.cpu_count()} CPU(s); {args.replicas} service "
+            f"process(es) sharing {args.pool} connections; bare asyncpg pool {args.pool}"
+        )
         print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
         micros = bench_schedule()
         print(f"36-month schedule generation: {micros:.1f} µs (target <= 100 µs)")
 
-        grpc_rate, bare_rate = await bench_repayments(pool, stub, args.seconds, args.concurrency)
+        grpc_rate, bare_rate = await bench_repayments(pool, stubs, args.seconds, args.concurrency)
         print(
             f"RecordRepayment over gRPC: {grpc_rate:.0f}/s sustained over {args.seconds:.0f} s, "
             f"{args.concurrency} concurrent (target >= 500/s)"
@@ -427,11 +439,13 @@ async def _run(args: argparse.Namespace, url: str, port: int) -> None:
             f"ratio {grpc_rate / bare_rate:.0%} (target >= 50%)"
         )
 
+        if not args.loans:
+            return
         started = time.perf_counter()
         await load_portfolio(probe, args.loans)
         loaded_in = time.perf_counter() - started
         print(f"loaded {args.loans} synthetic loans with COPY in {loaded_in:.1f} s")
-        elapsed, report = await bench_report(stub, "synthetic")
+        elapsed, report = await bench_report(stubs[0], "synthetic")
         total = report.total
         print(
             f"GetPortfolioReport over {args.loans} loans: {elapsed * 1000:.0f} ms median of 5 "
@@ -443,7 +457,8 @@ async def _run(args: argparse.Namespace, url: str, port: int) -> None:
     finally:
         await probe.close()
         await pool.close()
-        await channel.close()
+        for channel in channels:
+            await channel.close()
 
 
 def cli() -> None:
@@ -451,7 +466,8 @@ def cli() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--pool", type=int, default=32)
-    parser.add_argument("--loans", type=int, default=100_000)
+    parser.add_argument("--loans", type=int, default=100_000, help="0: no report")
+    parser.add_argument("--replicas", type=int, default=1, help="service processes")
     asyncio.run(main(parser.parse_args()))
 
 
