@@ -57,7 +57,7 @@ from services.common.errors import (
     NotFound,
     invalid,
 )
-from services.common.idempotency import idempotent
+from services.common.idempotency import idempotent, once_per_request
 from services.common.server import ServiceSpec
 
 HERE = Path(__file__).parent
@@ -136,32 +136,25 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         self, request: pb.RecordNeedRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordNeedResponse:
         self._plugin(request.type_id)
-        async with self.db.transaction() as conn:
 
-            async def record() -> pb.RecordNeedResponse:
-                row = await fetch_one(
-                    conn,
-                    """INSERT INTO needs (need_id, survivor_id, type_id, state, description,
-                           assessed_by, district_code, sex, age_band)
-                       VALUES ($1, $2, $3, 'OPEN', $4, $5, $6, $7, $8) RETURNING *""",
-                    f"need-{uuid.uuid4().hex[:20]}",
-                    request.survivor_id,
-                    request.type_id,
-                    request.description,
-                    request.assessed_by,
-                    request.district_code,
-                    request.sex,
-                    request.age_band,
-                )
-                return pb.RecordNeedResponse(need=need_to_proto(row))
-
-            return await idempotent(
+        async def record(conn: Connection) -> pb.RecordNeedResponse:
+            row = await fetch_one(
                 conn,
-                method="RecordNeed",
-                request=request,
-                response_type=pb.RecordNeedResponse,
-                effect=record,
+                """INSERT INTO needs (need_id, survivor_id, type_id, state, description,
+                       assessed_by, district_code, sex, age_band)
+                   VALUES ($1, $2, $3, 'OPEN', $4, $5, $6, $7, $8) RETURNING *""",
+                f"need-{uuid.uuid4().hex[:20]}",
+                request.survivor_id,
+                request.type_id,
+                request.description,
+                request.assessed_by,
+                request.district_code,
+                request.sex,
+                request.age_band,
             )
+            return pb.RecordNeedResponse(need=need_to_proto(row))
+
+        return await once_per_request(self.db, request, pb.RecordNeedResponse, record)
 
     async def RequestAssistance(
         self, request: pb.RequestAssistanceRequest, context: grpc.aio.ServicerContext
@@ -416,29 +409,21 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         data = struct_to_dict(request.data)
         check_data(plugin.action_validator(transition), data)
 
-        async with self.db.transaction() as conn:
-
-            async def advance() -> pb.AdvanceAssistanceResponse:
-                pool_id = current["pool_id"]
-                if pool_id is not None:
-                    await capacity.pool_row(conn, pool_id, lock=True)
-                row = await fetch_one(
-                    conn,
-                    "SELECT * FROM assistance WHERE assistance_id = $1 FOR UPDATE",
-                    request.assistance_id,
-                )
-                await self._apply(conn, plugin, transition, row, data, request.actor)
-                advanced = await load_assistance(conn, request.assistance_id)
-                assert advanced is not None
-                return pb.AdvanceAssistanceResponse(assistance=advanced)
-
-            return await idempotent(
+        async def advance(conn: Connection) -> pb.AdvanceAssistanceResponse:
+            pool_id = current["pool_id"]
+            if pool_id is not None:
+                await capacity.pool_row(conn, pool_id, lock=True)
+            row = await fetch_one(
                 conn,
-                method="AdvanceAssistance",
-                request=request,
-                response_type=pb.AdvanceAssistanceResponse,
-                effect=advance,
+                "SELECT * FROM assistance WHERE assistance_id = $1 FOR UPDATE",
+                request.assistance_id,
             )
+            await self._apply(conn, plugin, transition, row, data, request.actor)
+            advanced = await load_assistance(conn, request.assistance_id)
+            assert advanced is not None
+            return pb.AdvanceAssistanceResponse(assistance=advanced)
+
+        return await once_per_request(self.db, request, pb.AdvanceAssistanceResponse, advance)
 
     async def _apply(
         self,
@@ -657,79 +642,64 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             raise invalid("sessions", f"{plugin.type_id} does not take its course from a pool")
         if not request.name.en.strip() or not request.name.az.strip():
             raise invalid("name", "a pool needs a name in English and in Azerbaijani")
-        async with self.db.transaction() as conn:
 
-            async def create() -> pb.CreateCapacityPoolResponse:
-                if not await conn.fetchval(
-                    "SELECT true FROM providers WHERE provider_id = $1", request.provider_id
-                ):
-                    raise NotFound(f"provider {request.provider_id} not found")
-                created = await capacity.insert_pool(
-                    conn,
-                    pool_id=request.pool_id,
-                    provider_id=request.provider_id,
-                    type_id=plugin.type_id,
-                    model=plugin.capacity_model,
-                    name_en=request.name.en,
-                    name_az=request.name.az,
-                    capacity=request.capacity,
-                    sessions=request.sessions or None,
-                    reason="pool opened",
-                )
-                if not created:
-                    raise AlreadyExists(f"capacity pool {request.pool_id} already exists")
-                row = await capacity.pool_row(conn, request.pool_id)
-                assert row is not None
-                return pb.CreateCapacityPoolResponse(pool=pool_to_proto(row))
-
-            return await idempotent(
+        async def create(conn: Connection) -> pb.CreateCapacityPoolResponse:
+            if not await conn.fetchval(
+                "SELECT true FROM providers WHERE provider_id = $1", request.provider_id
+            ):
+                raise NotFound(f"provider {request.provider_id} not found")
+            created = await capacity.insert_pool(
                 conn,
-                method="CreateCapacityPool",
-                request=request,
-                response_type=pb.CreateCapacityPoolResponse,
-                effect=create,
+                pool_id=request.pool_id,
+                provider_id=request.provider_id,
+                type_id=plugin.type_id,
+                model=plugin.capacity_model,
+                name_en=request.name.en,
+                name_az=request.name.az,
+                capacity=request.capacity,
+                sessions=request.sessions or None,
+                reason="pool opened",
             )
+            if not created:
+                raise AlreadyExists(f"capacity pool {request.pool_id} already exists")
+            row = await capacity.pool_row(conn, request.pool_id)
+            assert row is not None
+            return pb.CreateCapacityPoolResponse(pool=pool_to_proto(row))
+
+        return await once_per_request(self.db, request, pb.CreateCapacityPoolResponse, create)
 
     async def AdjustCapacity(
         self, request: pb.AdjustCapacityRequest, context: grpc.aio.ServicerContext
     ) -> pb.AdjustCapacityResponse:
-        async with self.db.transaction() as conn:
-
-            async def adjust() -> pb.AdjustCapacityResponse:
-                row = await capacity.pool_row(conn, request.pool_id, lock=True)
-                if row is None:
-                    raise NotFound(f"capacity pool {request.pool_id} not found")
-                pool = capacity.Pool.of(row)
-                if pool.capacity + request.delta < pool.reserved:
-                    raise FailedPrecondition(
-                        f"only {pool.free} unit(s) of pool {pool.pool_id} are free; reserved "
-                        "units cannot be written off",
-                        reason="CAPACITY_RESERVED",
-                    )
-                await conn.execute(
-                    "UPDATE capacity_pools SET capacity = capacity + $2 WHERE pool_id = $1",
-                    pool.pool_id,
-                    request.delta,
+        async def adjust(conn: Connection) -> pb.AdjustCapacityResponse:
+            row = await capacity.pool_row(conn, request.pool_id, lock=True)
+            if row is None:
+                raise NotFound(f"capacity pool {request.pool_id} not found")
+            pool = capacity.Pool.of(row)
+            if pool.capacity + request.delta < pool.reserved:
+                raise FailedPrecondition(
+                    f"only {pool.free} unit(s) of pool {pool.pool_id} are free; reserved "
+                    "units cannot be written off",
+                    reason="CAPACITY_RESERVED",
                 )
-                await conn.execute(
-                    "INSERT INTO capacity_adjustments (pool_id, delta, reason) VALUES ($1, $2, $3)",
-                    pool.pool_id,
-                    request.delta,
-                    request.reason,
-                )
-                if request.delta > 0:
-                    await self._promote(conn, pool.pool_id, self._installed(pool.type_id))
-                after = await capacity.pool_row(conn, pool.pool_id)
-                assert after is not None
-                return pb.AdjustCapacityResponse(pool=pool_to_proto(after))
-
-            return await idempotent(
-                conn,
-                method="AdjustCapacity",
-                request=request,
-                response_type=pb.AdjustCapacityResponse,
-                effect=adjust,
+            await conn.execute(
+                "UPDATE capacity_pools SET capacity = capacity + $2 WHERE pool_id = $1",
+                pool.pool_id,
+                request.delta,
             )
+            await conn.execute(
+                "INSERT INTO capacity_adjustments (pool_id, delta, reason) VALUES ($1, $2, $3)",
+                pool.pool_id,
+                request.delta,
+                request.reason,
+            )
+            if request.delta > 0:
+                await self._promote(conn, pool.pool_id, self._installed(pool.type_id))
+            after = await capacity.pool_row(conn, pool.pool_id)
+            assert after is not None
+            return pb.AdjustCapacityResponse(pool=pool_to_proto(after))
+
+        return await once_per_request(self.db, request, pb.AdjustCapacityResponse, adjust)
 
 
 async def attach(server: grpc.aio.Server, db: Database, settings: Settings) -> None:

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from services.common.db import Connection
+from services.common.db import Connection, Database
 from services.common.errors import AlreadyExists
 
 ResponseT = TypeVar("ResponseT", bound=Message)
@@ -65,3 +65,22 @@ async def idempotent(
         response.SerializeToString(deterministic=True),
     )
     return response
+
+
+async def once_per_request(
+    db: Database,
+    request: Message,
+    response_type: type[ResponseT],
+    effect: Callable[[Connection], Awaitable[ResponseT]],
+) -> ResponseT:
+    """The shape of every mutating RPC: one transaction, run at most once per request_id.
+    The method recorded with the key is the RPC's name, from its response type."""
+    method = response_type.DESCRIPTOR.name.removesuffix("Response")
+    async with db.transaction() as conn:
+        return await idempotent(
+            conn,
+            method=method,
+            request=request,
+            response_type=response_type,
+            effect=lambda: effect(conn),
+        )

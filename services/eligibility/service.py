@@ -24,7 +24,7 @@ from services.common.errors import (
     NotFound,
     invalid,
 )
-from services.common.idempotency import idempotent
+from services.common.idempotency import once_per_request
 from services.common.server import ServiceSpec
 from services.eligibility import intake as intake_mod
 from services.eligibility import rules
@@ -134,38 +134,30 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 reason="CONSENT_REQUIRED",
             )
 
-        async with self.db.transaction() as conn:
-
-            async def register() -> pb.RegisterSurvivorResponse:
-                row = await fetch_one(
-                    conn,
-                    """INSERT INTO survivors (survivor_id, intake, district_code, consent_given_on,
-                                              intake_pb)
-                       VALUES ($1, $2::jsonb, $3, $4, $5)
-                       ON CONFLICT (survivor_id) DO UPDATE
-                         SET intake = EXCLUDED.intake, district_code = EXCLUDED.district_code,
-                             consent_given_on = EXCLUDED.consent_given_on,
-                             intake_pb = EXCLUDED.intake_pb, updated_at = now()
-                       RETURNING created_at, updated_at""",
-                    intake.survivor_id,
-                    _intake_json(intake),
-                    intake.district_code,
-                    intake_mod.to_date(intake.consent.recorded_on)
-                    if intake.consent.HasField("recorded_on")
-                    else date.today(),
-                    intake.SerializeToString(),
-                )
-                return pb.RegisterSurvivorResponse(
-                    survivor=self._survivor(intake, row["created_at"], row["updated_at"])
-                )
-
-            return await idempotent(
+        async def register(conn: Connection) -> pb.RegisterSurvivorResponse:
+            row = await fetch_one(
                 conn,
-                method="RegisterSurvivor",
-                request=request,
-                response_type=pb.RegisterSurvivorResponse,
-                effect=register,
+                """INSERT INTO survivors (survivor_id, intake, district_code, consent_given_on,
+                                          intake_pb)
+                   VALUES ($1, $2::jsonb, $3, $4, $5)
+                   ON CONFLICT (survivor_id) DO UPDATE
+                     SET intake = EXCLUDED.intake, district_code = EXCLUDED.district_code,
+                         consent_given_on = EXCLUDED.consent_given_on,
+                         intake_pb = EXCLUDED.intake_pb, updated_at = now()
+                   RETURNING created_at, updated_at""",
+                intake.survivor_id,
+                _intake_json(intake),
+                intake.district_code,
+                intake_mod.to_date(intake.consent.recorded_on)
+                if intake.consent.HasField("recorded_on")
+                else date.today(),
+                intake.SerializeToString(),
             )
+            return pb.RegisterSurvivorResponse(
+                survivor=self._survivor(intake, row["created_at"], row["updated_at"])
+            )
+
+        return await once_per_request(self.db, request, pb.RegisterSurvivorResponse, register)
 
     @staticmethod
     def _survivor(intake: pb.SurvivorIntake, created: datetime, updated: datetime) -> pb.Survivor:
@@ -196,18 +188,11 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         self, request: pb.AssessEligibilityRequest, context: grpc.aio.ServicerContext
     ) -> pb.AssessEligibilityResponse:
         day = intake_mod.to_date(request.assessment_date)
-        async with self.db.transaction() as conn:
 
-            async def assess() -> pb.AssessEligibilityResponse:
-                return await self._assess(conn, request, day)
+        async def assess(conn: Connection) -> pb.AssessEligibilityResponse:
+            return await self._assess(conn, request, day)
 
-            return await idempotent(
-                conn,
-                method="AssessEligibility",
-                request=request,
-                response_type=pb.AssessEligibilityResponse,
-                effect=assess,
-            )
+        return await once_per_request(self.db, request, pb.AssessEligibilityResponse, assess)
 
     async def _assess(
         self, conn: Connection, request: pb.AssessEligibilityRequest, day: date
@@ -408,42 +393,35 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 "the rule set was not published: " + "; ".join(v.description for v in detail[:10]),
                 detail,
             )
-        async with self.db.transaction() as conn:
 
-            async def publish() -> pb.PublishRuleSetResponse:
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext($1))", f"rule_set:{rule_set.rule_set_id}"
-                )
-                version = await conn.fetchval(
-                    "SELECT coalesce(max(version), 0) + 1 FROM rule_sets WHERE rule_set_id = $1",
-                    rule_set.rule_set_id,
-                )
-                row = await fetch_one(
-                    conn,
-                    """INSERT INTO rule_sets (rule_set_id, version, source_yaml, published_by,
-                                              change_note)
-                       VALUES ($1, $2, $3, $4, $5) RETURNING *""",
-                    rule_set.rule_set_id,
-                    version,
-                    request.source_yaml,
-                    request.published_by,
-                    request.change_note,
-                )
-                return pb.PublishRuleSetResponse(
-                    rule_set=self._rule_set(row),
-                    test_results=[
-                        pb.TestCaseResult(case_id=r.case_id, passed=r.passed, failures=r.failures)
-                        for r in results
-                    ],
-                )
-
-            return await idempotent(
-                conn,
-                method="PublishRuleSet",
-                request=request,
-                response_type=pb.PublishRuleSetResponse,
-                effect=publish,
+        async def publish(conn: Connection) -> pb.PublishRuleSetResponse:
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))", f"rule_set:{rule_set.rule_set_id}"
             )
+            version = await conn.fetchval(
+                "SELECT coalesce(max(version), 0) + 1 FROM rule_sets WHERE rule_set_id = $1",
+                rule_set.rule_set_id,
+            )
+            row = await fetch_one(
+                conn,
+                """INSERT INTO rule_sets (rule_set_id, version, source_yaml, published_by,
+                                          change_note)
+                   VALUES ($1, $2, $3, $4, $5) RETURNING *""",
+                rule_set.rule_set_id,
+                version,
+                request.source_yaml,
+                request.published_by,
+                request.change_note,
+            )
+            return pb.PublishRuleSetResponse(
+                rule_set=self._rule_set(row),
+                test_results=[
+                    pb.TestCaseResult(case_id=r.case_id, passed=r.passed, failures=r.failures)
+                    for r in results
+                ],
+            )
+
+        return await once_per_request(self.db, request, pb.PublishRuleSetResponse, publish)
 
     async def SimulateRuleSet(
         self, request: pb.SimulateRuleSetRequest, context: grpc.aio.ServicerContext
@@ -502,42 +480,35 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         self, request: pb.RecordFollowUpRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordFollowUpResponse:
         follow_up = request.follow_up
-        async with self.db.transaction() as conn:
 
-            async def record() -> pb.RecordFollowUpResponse:
-                known = await conn.fetchval(
-                    "SELECT 1 FROM survivors WHERE survivor_id = $1", follow_up.survivor_id
-                )
-                if not known:
-                    raise invalid("follow_up.survivor_id", "survivor is not registered")
-                inserted = await conn.fetchval(
-                    """INSERT INTO follow_ups (survivor_id, months_after, household_income_minor,
-                           working, family_members_supported, recorded_by, recorded_on)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7)
-                       ON CONFLICT DO NOTHING RETURNING true""",
-                    follow_up.survivor_id,
-                    follow_up.months_after,
-                    follow_up.household_income_minor,
-                    follow_up.working,
-                    follow_up.family_members_supported,
-                    follow_up.recorded_by,
-                    intake_mod.to_date(follow_up.recorded_on),
-                )
-                if not inserted:
-                    raise FailedPrecondition(
-                        f"the +{follow_up.months_after}-month follow-up of "
-                        f"{follow_up.survivor_id} is already recorded",
-                        reason="FOLLOW_UP_RECORDED",
-                    )
-                return pb.RecordFollowUpResponse(follow_up=follow_up)
-
-            return await idempotent(
-                conn,
-                method="RecordFollowUp",
-                request=request,
-                response_type=pb.RecordFollowUpResponse,
-                effect=record,
+        async def record(conn: Connection) -> pb.RecordFollowUpResponse:
+            known = await conn.fetchval(
+                "SELECT 1 FROM survivors WHERE survivor_id = $1", follow_up.survivor_id
             )
+            if not known:
+                raise invalid("follow_up.survivor_id", "survivor is not registered")
+            inserted = await conn.fetchval(
+                """INSERT INTO follow_ups (survivor_id, months_after, household_income_minor,
+                       working, family_members_supported, recorded_by, recorded_on)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)
+                   ON CONFLICT DO NOTHING RETURNING true""",
+                follow_up.survivor_id,
+                follow_up.months_after,
+                follow_up.household_income_minor,
+                follow_up.working,
+                follow_up.family_members_supported,
+                follow_up.recorded_by,
+                intake_mod.to_date(follow_up.recorded_on),
+            )
+            if not inserted:
+                raise FailedPrecondition(
+                    f"the +{follow_up.months_after}-month follow-up of "
+                    f"{follow_up.survivor_id} is already recorded",
+                    reason="FOLLOW_UP_RECORDED",
+                )
+            return pb.RecordFollowUpResponse(follow_up=follow_up)
+
+        return await once_per_request(self.db, request, pb.RecordFollowUpResponse, record)
 
     async def GetReachReport(
         self, request: pb.GetReachReportRequest, context: grpc.aio.ServicerContext

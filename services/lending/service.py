@@ -23,7 +23,7 @@ from services.common import pagination
 from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one
 from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, invalid
-from services.common.idempotency import idempotent
+from services.common.idempotency import once_per_request
 from services.common.server import ServiceSpec
 from services.lending import arrears, figures, ledger
 from services.lending.figures import LoanFigures
@@ -214,135 +214,103 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def SubmitLoanApplication(
         self, request: pb.SubmitLoanApplicationRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitLoanApplicationResponse:
-        async with self.db.transaction() as conn:
-
-            async def submit() -> pb.SubmitLoanApplicationResponse:
-                product = await conn.fetchrow(
-                    """SELECT * FROM loan_products WHERE product_id = $1
-                       ORDER BY version DESC LIMIT 1""",
-                    request.product_id,
-                )
-                if product is None:
-                    raise invalid("product_id", f"unknown loan product {request.product_id!r}")
-                low, high = product["min_amount_minor"], product["max_amount_minor"]
-                if not low <= request.amount_minor <= high:
-                    raise invalid(
-                        "amount_minor",
-                        f"must be from {low} to {high} qəpik for product {request.product_id}",
-                    )
-                fund_id = request.fund_id or DEFAULT_FUND
-                if not await conn.fetchval("SELECT 1 FROM funds WHERE fund_id = $1", fund_id):
-                    raise invalid("fund_id", f"unknown fund {fund_id!r}")
-                row = await fetch_one(
-                    conn,
-                    """INSERT INTO loans (loan_id, survivor_id, product_id, product_version,
-                           fund_id, state, principal_minor, currency_code, purpose,
-                           district_code, borrower_sex, borrower_age_band, submitted_by)
-                       VALUES ($1, $2, $3, $4, $5, 'SUBMITTED', $6, $7, $8, $9, $10, $11, $12)
-                       RETURNING *""",
-                    f"loan-{uuid.uuid4().hex[:20]}",
-                    request.survivor_id,
-                    product["product_id"],
-                    product["version"],
-                    fund_id,
-                    request.amount_minor,
-                    request.currency_code,
-                    request.purpose,
-                    request.district_code,
-                    request.borrower_sex,
-                    request.borrower_age_band,
-                    request.submitted_by,
-                )
-                await self._record_event(
-                    conn, row["loan_id"], None, "SUBMITTED", request.submitted_by, ""
-                )
-                return pb.SubmitLoanApplicationResponse(loan=loan_to_proto(row))
-
-            return await idempotent(
-                conn,
-                method="SubmitLoanApplication",
-                request=request,
-                response_type=pb.SubmitLoanApplicationResponse,
-                effect=submit,
+        async def submit(conn: Connection) -> pb.SubmitLoanApplicationResponse:
+            product = await conn.fetchrow(
+                """SELECT * FROM loan_products WHERE product_id = $1
+                   ORDER BY version DESC LIMIT 1""",
+                request.product_id,
             )
+            if product is None:
+                raise invalid("product_id", f"unknown loan product {request.product_id!r}")
+            low, high = product["min_amount_minor"], product["max_amount_minor"]
+            if not low <= request.amount_minor <= high:
+                raise invalid(
+                    "amount_minor",
+                    f"must be from {low} to {high} qəpik for product {request.product_id}",
+                )
+            fund_id = request.fund_id or DEFAULT_FUND
+            if not await conn.fetchval("SELECT 1 FROM funds WHERE fund_id = $1", fund_id):
+                raise invalid("fund_id", f"unknown fund {fund_id!r}")
+            row = await fetch_one(
+                conn,
+                """INSERT INTO loans (loan_id, survivor_id, product_id, product_version,
+                       fund_id, state, principal_minor, currency_code, purpose,
+                       district_code, borrower_sex, borrower_age_band, submitted_by)
+                   VALUES ($1, $2, $3, $4, $5, 'SUBMITTED', $6, $7, $8, $9, $10, $11, $12)
+                   RETURNING *""",
+                f"loan-{uuid.uuid4().hex[:20]}",
+                request.survivor_id,
+                product["product_id"],
+                product["version"],
+                fund_id,
+                request.amount_minor,
+                request.currency_code,
+                request.purpose,
+                request.district_code,
+                request.borrower_sex,
+                request.borrower_age_band,
+                request.submitted_by,
+            )
+            await self._record_event(
+                conn, row["loan_id"], None, "SUBMITTED", request.submitted_by, ""
+            )
+            return pb.SubmitLoanApplicationResponse(loan=loan_to_proto(row))
+
+        return await once_per_request(self.db, request, pb.SubmitLoanApplicationResponse, submit)
 
     async def ApproveLoan(
         self, request: pb.ApproveLoanRequest, context: grpc.aio.ServicerContext
     ) -> pb.ApproveLoanResponse:
-        async with self.db.transaction() as conn:
-
-            async def approve() -> pb.ApproveLoanResponse:
-                loan = await self._loan_for_update(conn, request.loan_id)
-                check_transition(loan["loan_id"], loan["state"], "APPROVED")
-                if loan["submitted_by"] == request.approved_by:
-                    raise PermissionDenied(
-                        "four eyes: whoever submitted an application cannot approve it",
-                        reason="FOUR_EYES",
-                    )
-                row = await fetch_one(
-                    conn,
-                    """UPDATE loans SET state = 'APPROVED', approved_by = $2,
-                           committee_decision_ref = $3, updated_at = now()
-                       WHERE loan_id = $1 RETURNING *""",
-                    request.loan_id,
-                    request.approved_by,
-                    request.committee_decision_ref,
+        async def approve(conn: Connection) -> pb.ApproveLoanResponse:
+            loan = await self._loan_for_update(conn, request.loan_id)
+            check_transition(loan["loan_id"], loan["state"], "APPROVED")
+            if loan["submitted_by"] == request.approved_by:
+                raise PermissionDenied(
+                    "four eyes: whoever submitted an application cannot approve it",
+                    reason="FOUR_EYES",
                 )
-                await self._record_event(
-                    conn,
-                    request.loan_id,
-                    "SUBMITTED",
-                    "APPROVED",
-                    request.approved_by,
-                    request.note,
-                )
-                return pb.ApproveLoanResponse(loan=loan_to_proto(row))
-
-            return await idempotent(
+            row = await fetch_one(
                 conn,
-                method="ApproveLoan",
-                request=request,
-                response_type=pb.ApproveLoanResponse,
-                effect=approve,
+                """UPDATE loans SET state = 'APPROVED', approved_by = $2,
+                       committee_decision_ref = $3, updated_at = now()
+                   WHERE loan_id = $1 RETURNING *""",
+                request.loan_id,
+                request.approved_by,
+                request.committee_decision_ref,
             )
+            await self._record_event(
+                conn,
+                request.loan_id,
+                "SUBMITTED",
+                "APPROVED",
+                request.approved_by,
+                request.note,
+            )
+            return pb.ApproveLoanResponse(loan=loan_to_proto(row))
+
+        return await once_per_request(self.db, request, pb.ApproveLoanResponse, approve)
 
     async def RejectLoan(
         self, request: pb.RejectLoanRequest, context: grpc.aio.ServicerContext
     ) -> pb.RejectLoanResponse:
-        async with self.db.transaction() as conn:
-
-            async def reject() -> pb.RejectLoanResponse:
-                row = await self._close_application(
-                    conn, request.loan_id, "REJECTED", request.rejected_by, request.reason
-                )
-                return pb.RejectLoanResponse(loan=loan_to_proto(row))
-
-            return await idempotent(
-                conn,
-                method="RejectLoan",
-                request=request,
-                response_type=pb.RejectLoanResponse,
-                effect=reject,
+        async def reject(conn: Connection) -> pb.RejectLoanResponse:
+            row = await self._close_application(
+                conn, request.loan_id, "REJECTED", request.rejected_by, request.reason
             )
+            return pb.RejectLoanResponse(loan=loan_to_proto(row))
+
+        return await once_per_request(self.db, request, pb.RejectLoanResponse, reject)
 
     async def WithdrawLoan(
         self, request: pb.WithdrawLoanRequest, context: grpc.aio.ServicerContext
     ) -> pb.WithdrawLoanResponse:
-        async with self.db.transaction() as conn:
-
-            async def withdraw() -> pb.WithdrawLoanResponse:
-                row = await self._close_application(
-                    conn, request.loan_id, "WITHDRAWN", request.withdrawn_by, request.reason
-                )
-                return pb.WithdrawLoanResponse(loan=loan_to_proto(row))
-
-            return await idempotent(
-                conn,
-                method="WithdrawLoan",
-                request=request,
-                response_type=pb.WithdrawLoanResponse,
-                effect=withdraw,
+        async def withdraw(conn: Connection) -> pb.WithdrawLoanResponse:
+            row = await self._close_application(
+                conn, request.loan_id, "WITHDRAWN", request.withdrawn_by, request.reason
             )
+            return pb.WithdrawLoanResponse(loan=loan_to_proto(row))
+
+        return await once_per_request(self.db, request, pb.WithdrawLoanResponse, withdraw)
 
     async def _close_application(
         self, conn: Connection, loan_id: str, target: str, actor: str, note: str
@@ -485,107 +453,100 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         self, request: pb.DisburseTrancheRequest, context: grpc.aio.ServicerContext
     ) -> pb.DisburseTrancheResponse:
         on = from_pdate(request.disbursement_date)
-        async with self.db.transaction() as conn:
 
-            async def disburse() -> pb.DisburseTrancheResponse:
-                loan = await self._loan_for_update(conn, request.loan_id)
-                if loan["state"] not in ("APPROVED", "ACTIVE"):
-                    check_transition(loan["loan_id"], loan["state"], "ACTIVE")
-                tranches = await conn.fetch(
-                    "SELECT * FROM tranches WHERE loan_id = $1 ORDER BY sequence",
-                    request.loan_id,
-                )
-                remaining = loan["principal_minor"] - loan["disbursed"]
-                if request.amount_minor > remaining:
-                    raise invalid(
-                        "amount_minor",
-                        f"only {remaining} qəpik of the approved principal is undisbursed",
-                        "ABOVE_APPROVED_PRINCIPAL",
-                    )
-                if tranches and on < tranches[-1]["disbursement_date"]:
-                    raise invalid(
-                        "disbursement_date",
-                        "must not be before the previous tranche "
-                        f"({tranches[-1]['disbursement_date']})",
-                        "BEFORE_DISBURSEMENT",
-                    )
-                if len(tranches) >= loan["max_tranches"]:
-                    raise FailedPrecondition(
-                        f"the product allows {loan['max_tranches']} tranche(s)",
-                        reason="MAX_TRANCHES",
-                    )
-                if tranches:
-                    await self._check_further_tranche(conn, request.loan_id, on)
-                available = await ledger.lock_fund_available(conn, loan["fund_id"])
-                if request.amount_minor > available:
-                    raise FailedPrecondition(
-                        f"fund {loan['fund_id']} has {available} qəpik available",
-                        reason="INSUFFICIENT_FUNDS",
-                        metadata={"fund_id": loan["fund_id"], "available_minor": str(available)},
-                    )
-                kind = pb.DisbursementKind.Name(request.kind).removeprefix("DISBURSEMENT_KIND_")
-                sequence = len(tranches) + 1
-                txn_id = await ledger.post(
-                    conn,
-                    fund_id=loan["fund_id"],
-                    loan_id=request.loan_id,
-                    kind="DISBURSEMENT",
-                    value_date=on,
-                    recorded_by=request.disbursed_by,
-                    memo=f"tranche {sequence}: {request.description}",
-                    postings=[
-                        Posting(LOANS_RECEIVABLE, request.amount_minor, request.loan_id),
-                        Posting(FUND_CASH, -request.amount_minor, request.loan_id),
-                    ],
-                )
-                tranche = await fetch_one(
-                    conn,
-                    """INSERT INTO tranches (loan_id, sequence, amount_minor, kind, description,
-                           disbursement_date, transaction_id, disbursed_by)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *""",
-                    request.loan_id,
-                    sequence,
-                    request.amount_minor,
-                    kind,
-                    request.description,
-                    on,
-                    txn_id,
-                    request.disbursed_by,
-                )
-                # The schedule covers everything disbursed, anchored on the first tranche.
-                anchor = tranches[0]["disbursement_date"] if tranches else on
-                await self._insert_revision(
-                    conn,
-                    request.loan_id,
-                    sequence,
-                    build_schedule(
-                        loan["disbursed"] + request.amount_minor,
-                        anchor,
-                        loan["term_months"],
-                        loan["grace_months"],
-                        loan["moratorium_months"],
-                    ),
-                    effective_date=on,
-                    base_repaid=0,
-                    reason="initial" if sequence == 1 else f"tranche {sequence} disbursed",
-                    created_by=request.disbursed_by,
-                )
-                if loan["state"] == "APPROVED":
-                    await self._set_state(
-                        conn, request.loan_id, "APPROVED", "ACTIVE", request.disbursed_by, ""
-                    )
-                return pb.DisburseTrancheResponse(
-                    loan=await self._loan_view(conn, request.loan_id, on),
-                    tranche=tranche_to_proto(tranche),
-                )
-
-            return await idempotent(
-                conn,
-                method="DisburseTranche",
-                request=request,
-                response_type=pb.DisburseTrancheResponse,
-                effect=disburse,
+        async def disburse(conn: Connection) -> pb.DisburseTrancheResponse:
+            loan = await self._loan_for_update(conn, request.loan_id)
+            if loan["state"] not in ("APPROVED", "ACTIVE"):
+                check_transition(loan["loan_id"], loan["state"], "ACTIVE")
+            tranches = await conn.fetch(
+                "SELECT * FROM tranches WHERE loan_id = $1 ORDER BY sequence",
+                request.loan_id,
             )
+            remaining = loan["principal_minor"] - loan["disbursed"]
+            if request.amount_minor > remaining:
+                raise invalid(
+                    "amount_minor",
+                    f"only {remaining} qəpik of the approved principal is undisbursed",
+                    "ABOVE_APPROVED_PRINCIPAL",
+                )
+            if tranches and on < tranches[-1]["disbursement_date"]:
+                raise invalid(
+                    "disbursement_date",
+                    "must not be before the previous tranche "
+                    f"({tranches[-1]['disbursement_date']})",
+                    "BEFORE_DISBURSEMENT",
+                )
+            if len(tranches) >= loan["max_tranches"]:
+                raise FailedPrecondition(
+                    f"the product allows {loan['max_tranches']} tranche(s)",
+                    reason="MAX_TRANCHES",
+                )
+            if tranches:
+                await self._check_further_tranche(conn, request.loan_id, on)
+            available = await ledger.lock_fund_available(conn, loan["fund_id"])
+            if request.amount_minor > available:
+                raise FailedPrecondition(
+                    f"fund {loan['fund_id']} has {available} qəpik available",
+                    reason="INSUFFICIENT_FUNDS",
+                    metadata={"fund_id": loan["fund_id"], "available_minor": str(available)},
+                )
+            kind = pb.DisbursementKind.Name(request.kind).removeprefix("DISBURSEMENT_KIND_")
+            sequence = len(tranches) + 1
+            txn_id = await ledger.post(
+                conn,
+                fund_id=loan["fund_id"],
+                loan_id=request.loan_id,
+                kind="DISBURSEMENT",
+                value_date=on,
+                recorded_by=request.disbursed_by,
+                memo=f"tranche {sequence}: {request.description}",
+                postings=[
+                    Posting(LOANS_RECEIVABLE, request.amount_minor, request.loan_id),
+                    Posting(FUND_CASH, -request.amount_minor, request.loan_id),
+                ],
+            )
+            tranche = await fetch_one(
+                conn,
+                """INSERT INTO tranches (loan_id, sequence, amount_minor, kind, description,
+                       disbursement_date, transaction_id, disbursed_by)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *""",
+                request.loan_id,
+                sequence,
+                request.amount_minor,
+                kind,
+                request.description,
+                on,
+                txn_id,
+                request.disbursed_by,
+            )
+            # The schedule covers everything disbursed, anchored on the first tranche.
+            anchor = tranches[0]["disbursement_date"] if tranches else on
+            await self._insert_revision(
+                conn,
+                request.loan_id,
+                sequence,
+                build_schedule(
+                    loan["disbursed"] + request.amount_minor,
+                    anchor,
+                    loan["term_months"],
+                    loan["grace_months"],
+                    loan["moratorium_months"],
+                ),
+                effective_date=on,
+                base_repaid=0,
+                reason="initial" if sequence == 1 else f"tranche {sequence} disbursed",
+                created_by=request.disbursed_by,
+            )
+            if loan["state"] == "APPROVED":
+                await self._set_state(
+                    conn, request.loan_id, "APPROVED", "ACTIVE", request.disbursed_by, ""
+                )
+            return pb.DisburseTrancheResponse(
+                loan=await self._loan_view(conn, request.loan_id, on),
+                tranche=tranche_to_proto(tranche),
+            )
+
+        return await once_per_request(self.db, request, pb.DisburseTrancheResponse, disburse)
 
     async def _check_further_tranche(self, conn: Connection, loan_id: str, on: date) -> None:
         """A later tranche re-spreads the whole schedule, so it must come before the
@@ -609,71 +570,62 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         self, request: pb.RecordRepaymentRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordRepaymentResponse:
         paid_on = from_pdate(request.payment_date)
-        async with self.db.transaction() as conn:
 
-            async def repay() -> pb.RecordRepaymentResponse:
-                # Lock, check, post and close in one round trip (migration 005).
-                txn_id = ledger.new_transaction_id()
-                result = await fetch_one(
-                    conn,
-                    "SELECT * FROM lending_record_repayment($1, $2, $3, $4, $5, $6)",
-                    request.loan_id,
-                    request.amount_minor,
-                    paid_on,
-                    request.received_by,
-                    request.channel,
-                    txn_id,
-                )
-                outcome = result["outcome"]
-                if outcome == "UNKNOWN_LOAN":
-                    raise invalid("loan_id", f"unknown loan {request.loan_id!r}", "UNKNOWN_LOAN")
-                if outcome == "WRITTEN_OFF":
-                    loan = await self._loan_for_update(conn, request.loan_id)
-                    return await self._record_recovery(conn, loan, request, paid_on)
-                if outcome == "NOT_ACTIVE":
-                    raise FailedPrecondition(
-                        f"loan {request.loan_id} is {result['state']}; repayments need an "
-                        "ACTIVE (or, as recoveries, a written-off) loan",
-                        reason="LOAN_NOT_ACTIVE",
-                    )
-                if outcome == "BEFORE_DISBURSEMENT":
-                    raise invalid(
-                        "payment_date",
-                        f"must not be before the first disbursement "
-                        f"({result['first_disbursed_on']})",
-                        "BEFORE_DISBURSEMENT",
-                    )
-                if outcome == "OVERPAYMENT":
-                    raise invalid(
-                        "amount_minor",
-                        f"overpayment: only {result['outstanding']} qəpik is outstanding",
-                        "OVERPAYMENT",
-                    )
-                allocation = arrears.allocate(
-                    instalments_from_arrays(result["due_dates"], result["cumulative_minor"]),
-                    result["repaid_against_revision"],
-                    request.amount_minor,
-                )
-                return pb.RecordRepaymentResponse(
-                    loan=await self._loan_view(conn, request.loan_id, paid_on),
-                    repayment=pb.Repayment(
-                        transaction_id=txn_id,
-                        amount_minor=request.amount_minor,
-                        payment_date=request.payment_date,
-                        allocations=[
-                            pb.Allocation(instalment_number=n, principal_minor=a)
-                            for n, a in allocation
-                        ],
-                    ),
-                )
-
-            return await idempotent(
+        async def repay(conn: Connection) -> pb.RecordRepaymentResponse:
+            # Lock, check, post and close in one round trip (migration 005).
+            txn_id = ledger.new_transaction_id()
+            result = await fetch_one(
                 conn,
-                method="RecordRepayment",
-                request=request,
-                response_type=pb.RecordRepaymentResponse,
-                effect=repay,
+                "SELECT * FROM lending_record_repayment($1, $2, $3, $4, $5, $6)",
+                request.loan_id,
+                request.amount_minor,
+                paid_on,
+                request.received_by,
+                request.channel,
+                txn_id,
             )
+            outcome = result["outcome"]
+            if outcome == "UNKNOWN_LOAN":
+                raise invalid("loan_id", f"unknown loan {request.loan_id!r}", "UNKNOWN_LOAN")
+            if outcome == "WRITTEN_OFF":
+                loan = await self._loan_for_update(conn, request.loan_id)
+                return await self._record_recovery(conn, loan, request, paid_on)
+            if outcome == "NOT_ACTIVE":
+                raise FailedPrecondition(
+                    f"loan {request.loan_id} is {result['state']}; repayments need an "
+                    "ACTIVE (or, as recoveries, a written-off) loan",
+                    reason="LOAN_NOT_ACTIVE",
+                )
+            if outcome == "BEFORE_DISBURSEMENT":
+                raise invalid(
+                    "payment_date",
+                    f"must not be before the first disbursement ({result['first_disbursed_on']})",
+                    "BEFORE_DISBURSEMENT",
+                )
+            if outcome == "OVERPAYMENT":
+                raise invalid(
+                    "amount_minor",
+                    f"overpayment: only {result['outstanding']} qəpik is outstanding",
+                    "OVERPAYMENT",
+                )
+            allocation = arrears.allocate(
+                instalments_from_arrays(result["due_dates"], result["cumulative_minor"]),
+                result["repaid_against_revision"],
+                request.amount_minor,
+            )
+            return pb.RecordRepaymentResponse(
+                loan=await self._loan_view(conn, request.loan_id, paid_on),
+                repayment=pb.Repayment(
+                    transaction_id=txn_id,
+                    amount_minor=request.amount_minor,
+                    payment_date=request.payment_date,
+                    allocations=[
+                        pb.Allocation(instalment_number=n, principal_minor=a) for n, a in allocation
+                    ],
+                ),
+            )
+
+        return await once_per_request(self.db, request, pb.RecordRepaymentResponse, repay)
 
     async def _record_recovery(
         self,
@@ -725,175 +677,152 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def ReverseRepayment(
         self, request: pb.ReverseRepaymentRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReverseRepaymentResponse:
-        async with self.db.transaction() as conn:
-
-            async def reverse() -> pb.ReverseRepaymentResponse:
-                loan = await self._loan_for_update(conn, request.loan_id)
-                original = await conn.fetchrow(
-                    """SELECT t.*, r.transaction_id AS reversed_by_txn,
-                           (SELECT sum(amount_minor) FROM postings p
-                            WHERE p.transaction_id = t.transaction_id
-                              AND p.account = 'FUND_CASH') AS amount
-                       FROM ledger_transactions t
-                       LEFT JOIN ledger_transactions r ON r.reverses = t.transaction_id
-                       WHERE t.transaction_id = $1 AND t.loan_id = $2""",
-                    request.transaction_id,
-                    request.loan_id,
-                )
-                if original is None or original["kind"] not in ledger.REVERSAL_OF:
-                    raise invalid(
-                        "transaction_id",
-                        f"no repayment or recovery {request.transaction_id!r} on this loan",
-                    )
-                if original["reversed_by_txn"] is not None:
-                    raise FailedPrecondition(
-                        f"transaction {request.transaction_id} was already reversed by "
-                        f"{original['reversed_by_txn']}",
-                        reason="ALREADY_REVERSED",
-                    )
-                reopen = False
-                if original["kind"] == "RECOVERY":
-                    if loan["state"] != "CLOSED_WRITTEN_OFF":  # pragma: no cover - invariant
-                        raise FailedPrecondition("recoveries exist only on written-off loans")
-                else:
-                    if loan["state"] not in ("ACTIVE", "CLOSED_OBLIGATIONS_MET"):
-                        raise FailedPrecondition(
-                            f"loan {request.loan_id} is {loan['state']}; a repayment can be "
-                            "reversed only on an active or repaid loan",
-                            reason="LOAN_NOT_ACTIVE",
-                        )
-                    if loan["repaid"] - original["amount"] < loan["base_repaid_minor"]:
-                        raise FailedPrecondition(
-                            "the loan was rescheduled after this repayment; reversing it "
-                            "would undo principal the current schedule counts as repaid",
-                            reason="REPAYMENT_BEFORE_RESCHEDULE",
-                        )
-                    reopen = loan["state"] == "CLOSED_OBLIGATIONS_MET"
-                reversal_id = await ledger.reverse(
-                    conn,
-                    request.transaction_id,
-                    recorded_by=request.reversed_by,
-                    memo=request.reason,
-                )
-                if reopen:
-                    await self._set_state(
-                        conn,
-                        request.loan_id,
-                        "CLOSED_OBLIGATIONS_MET",
-                        "ACTIVE",
-                        request.reversed_by,
-                        f"reopened by reversal {reversal_id}: {request.reason}",
-                    )
-                return pb.ReverseRepaymentResponse(
-                    loan=await self._loan_view(conn, request.loan_id, original["value_date"]),
-                    reversal_transaction_id=reversal_id,
-                )
-
-            return await idempotent(
-                conn,
-                method="ReverseRepayment",
-                request=request,
-                response_type=pb.ReverseRepaymentResponse,
-                effect=reverse,
+        async def reverse(conn: Connection) -> pb.ReverseRepaymentResponse:
+            loan = await self._loan_for_update(conn, request.loan_id)
+            original = await conn.fetchrow(
+                """SELECT t.*, r.transaction_id AS reversed_by_txn,
+                       (SELECT sum(amount_minor) FROM postings p
+                        WHERE p.transaction_id = t.transaction_id
+                          AND p.account = 'FUND_CASH') AS amount
+                   FROM ledger_transactions t
+                   LEFT JOIN ledger_transactions r ON r.reverses = t.transaction_id
+                   WHERE t.transaction_id = $1 AND t.loan_id = $2""",
+                request.transaction_id,
+                request.loan_id,
             )
+            if original is None or original["kind"] not in ledger.REVERSAL_OF:
+                raise invalid(
+                    "transaction_id",
+                    f"no repayment or recovery {request.transaction_id!r} on this loan",
+                )
+            if original["reversed_by_txn"] is not None:
+                raise FailedPrecondition(
+                    f"transaction {request.transaction_id} was already reversed by "
+                    f"{original['reversed_by_txn']}",
+                    reason="ALREADY_REVERSED",
+                )
+            reopen = False
+            if original["kind"] == "RECOVERY":
+                if loan["state"] != "CLOSED_WRITTEN_OFF":  # pragma: no cover - invariant
+                    raise FailedPrecondition("recoveries exist only on written-off loans")
+            else:
+                if loan["state"] not in ("ACTIVE", "CLOSED_OBLIGATIONS_MET"):
+                    raise FailedPrecondition(
+                        f"loan {request.loan_id} is {loan['state']}; a repayment can be "
+                        "reversed only on an active or repaid loan",
+                        reason="LOAN_NOT_ACTIVE",
+                    )
+                if loan["repaid"] - original["amount"] < loan["base_repaid_minor"]:
+                    raise FailedPrecondition(
+                        "the loan was rescheduled after this repayment; reversing it "
+                        "would undo principal the current schedule counts as repaid",
+                        reason="REPAYMENT_BEFORE_RESCHEDULE",
+                    )
+                reopen = loan["state"] == "CLOSED_OBLIGATIONS_MET"
+            reversal_id = await ledger.reverse(
+                conn,
+                request.transaction_id,
+                recorded_by=request.reversed_by,
+                memo=request.reason,
+            )
+            if reopen:
+                await self._set_state(
+                    conn,
+                    request.loan_id,
+                    "CLOSED_OBLIGATIONS_MET",
+                    "ACTIVE",
+                    request.reversed_by,
+                    f"reopened by reversal {reversal_id}: {request.reason}",
+                )
+            return pb.ReverseRepaymentResponse(
+                loan=await self._loan_view(conn, request.loan_id, original["value_date"]),
+                reversal_transaction_id=reversal_id,
+            )
+
+        return await once_per_request(self.db, request, pb.ReverseRepaymentResponse, reverse)
 
     async def RescheduleLoan(
         self, request: pb.RescheduleLoanRequest, context: grpc.aio.ServicerContext
     ) -> pb.RescheduleLoanResponse:
         effective = from_pdate(request.effective_date)
-        async with self.db.transaction() as conn:
 
-            async def reschedule() -> pb.RescheduleLoanResponse:
-                loan = await self._active_loan(conn, request.loan_id, "rescheduling")
-                self._check_not_before_disbursement(loan, effective, "effective_date")
-                if effective < loan["last_value_date"]:
-                    raise invalid(
-                        "effective_date",
-                        f"must not be before the loan's latest transaction "
-                        f"({loan['last_value_date']})",
-                        "BEFORE_LATEST_TRANSACTION",
-                    )
-                if request.additional_grace_months >= request.new_term_months:
-                    raise invalid("additional_grace_months", "must be less than new_term_months")
-                latest = await conn.fetchval(
-                    "SELECT max(revision) FROM schedule_revisions WHERE loan_id = $1",
-                    request.loan_id,
+        async def reschedule(conn: Connection) -> pb.RescheduleLoanResponse:
+            loan = await self._active_loan(conn, request.loan_id, "rescheduling")
+            self._check_not_before_disbursement(loan, effective, "effective_date")
+            if effective < loan["last_value_date"]:
+                raise invalid(
+                    "effective_date",
+                    f"must not be before the loan's latest transaction ({loan['last_value_date']})",
+                    "BEFORE_LATEST_TRANSACTION",
                 )
-                revision = latest + 1
-                await self._insert_revision(
-                    conn,
-                    request.loan_id,
-                    revision,
-                    build_schedule(
-                        loan["outstanding"],
-                        effective,
-                        request.new_term_months,
-                        request.additional_grace_months,
-                        loan["moratorium_months"],
-                    ),
-                    effective_date=effective,
-                    base_repaid=loan["repaid"],
-                    reason=f"rescheduled: {request.reason}",
-                    created_by=request.requested_by,
-                )
-                await self._record_event(
-                    conn,
-                    request.loan_id,
-                    "ACTIVE",
-                    "ACTIVE",
-                    request.requested_by,
-                    f"rescheduled (revision {revision}): {request.reason}",
-                )
-                return pb.RescheduleLoanResponse(
-                    loan=await self._loan_view(conn, request.loan_id, effective),
-                    schedule=await self._schedule_view(conn, request.loan_id, revision, effective),
-                )
-
-            return await idempotent(
-                conn,
-                method="RescheduleLoan",
-                request=request,
-                response_type=pb.RescheduleLoanResponse,
-                effect=reschedule,
+            if request.additional_grace_months >= request.new_term_months:
+                raise invalid("additional_grace_months", "must be less than new_term_months")
+            latest = await conn.fetchval(
+                "SELECT max(revision) FROM schedule_revisions WHERE loan_id = $1",
+                request.loan_id,
             )
+            revision = latest + 1
+            await self._insert_revision(
+                conn,
+                request.loan_id,
+                revision,
+                build_schedule(
+                    loan["outstanding"],
+                    effective,
+                    request.new_term_months,
+                    request.additional_grace_months,
+                    loan["moratorium_months"],
+                ),
+                effective_date=effective,
+                base_repaid=loan["repaid"],
+                reason=f"rescheduled: {request.reason}",
+                created_by=request.requested_by,
+            )
+            await self._record_event(
+                conn,
+                request.loan_id,
+                "ACTIVE",
+                "ACTIVE",
+                request.requested_by,
+                f"rescheduled (revision {revision}): {request.reason}",
+            )
+            return pb.RescheduleLoanResponse(
+                loan=await self._loan_view(conn, request.loan_id, effective),
+                schedule=await self._schedule_view(conn, request.loan_id, revision, effective),
+            )
+
+        return await once_per_request(self.db, request, pb.RescheduleLoanResponse, reschedule)
 
     async def PauseDelinquency(
         self, request: pb.PauseDelinquencyRequest, context: grpc.aio.ServicerContext
     ) -> pb.PauseDelinquencyResponse:
         start, end = from_pdate(request.start_date), from_pdate(request.end_date)
-        async with self.db.transaction() as conn:
 
-            async def pause() -> pb.PauseDelinquencyResponse:
-                loan = await self._active_loan(conn, request.loan_id, "a hardship pause")
-                self._check_not_before_disbursement(loan, start, "start_date")
-                await conn.execute(
-                    """INSERT INTO delinquency_pauses (loan_id, start_date, end_date, reason,
-                           requested_by) VALUES ($1, $2, $3, $4, $5)""",
-                    request.loan_id,
-                    start,
-                    end,
-                    request.reason,
-                    request.requested_by,
-                )
-                await self._record_event(
-                    conn,
-                    request.loan_id,
-                    "ACTIVE",
-                    "ACTIVE",
-                    request.requested_by,
-                    f"delinquency paused {start} to {end}: {request.reason}",
-                )
-                return pb.PauseDelinquencyResponse(
-                    loan=await self._loan_view(conn, request.loan_id, end)
-                )
-
-            return await idempotent(
-                conn,
-                method="PauseDelinquency",
-                request=request,
-                response_type=pb.PauseDelinquencyResponse,
-                effect=pause,
+        async def pause(conn: Connection) -> pb.PauseDelinquencyResponse:
+            loan = await self._active_loan(conn, request.loan_id, "a hardship pause")
+            self._check_not_before_disbursement(loan, start, "start_date")
+            await conn.execute(
+                """INSERT INTO delinquency_pauses (loan_id, start_date, end_date, reason,
+                       requested_by) VALUES ($1, $2, $3, $4, $5)""",
+                request.loan_id,
+                start,
+                end,
+                request.reason,
+                request.requested_by,
             )
+            await self._record_event(
+                conn,
+                request.loan_id,
+                "ACTIVE",
+                "ACTIVE",
+                request.requested_by,
+                f"delinquency paused {start} to {end}: {request.reason}",
+            )
+            return pb.PauseDelinquencyResponse(
+                loan=await self._loan_view(conn, request.loan_id, end)
+            )
+
+        return await once_per_request(self.db, request, pb.PauseDelinquencyResponse, pause)
 
     async def WriteOffLoan(
         self, request: pb.WriteOffLoanRequest, context: grpc.aio.ServicerContext
@@ -904,60 +833,50 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 "four eyes: a write-off needs a second person to confirm it",
                 reason="FOUR_EYES",
             )
-        async with self.db.transaction() as conn:
 
-            async def write_off() -> pb.WriteOffLoanResponse:
-                loan = await self._loan_for_update(conn, request.loan_id)
-                check_transition(request.loan_id, loan["state"], "CLOSED_WRITTEN_OFF")
-                if on < loan["last_value_date"]:
-                    raise invalid(
-                        "write_off_date",
-                        f"must not be before the loan's latest transaction "
-                        f"({loan['last_value_date']})",
-                        "BEFORE_LATEST_TRANSACTION",
-                    )
-                txn_id = await ledger.post(
-                    conn,
-                    fund_id=loan["fund_id"],
-                    loan_id=request.loan_id,
-                    kind="WRITE_OFF",
-                    value_date=on,
-                    recorded_by=request.confirmed_by,
-                    memo=request.reason,
-                    postings=[
-                        Posting(ledger.WRITE_OFF_EXPENSE, loan["outstanding"], request.loan_id),
-                        Posting(LOANS_RECEIVABLE, -loan["outstanding"], request.loan_id),
-                    ],
+        async def write_off(conn: Connection) -> pb.WriteOffLoanResponse:
+            loan = await self._loan_for_update(conn, request.loan_id)
+            check_transition(request.loan_id, loan["state"], "CLOSED_WRITTEN_OFF")
+            if on < loan["last_value_date"]:
+                raise invalid(
+                    "write_off_date",
+                    f"must not be before the loan's latest transaction ({loan['last_value_date']})",
+                    "BEFORE_LATEST_TRANSACTION",
                 )
-                await conn.execute(
-                    """INSERT INTO write_offs (loan_id, transaction_id, write_off_date, reason,
-                           proposed_by, confirmed_by) VALUES ($1, $2, $3, $4, $5, $6)""",
-                    request.loan_id,
-                    txn_id,
-                    on,
-                    request.reason,
-                    request.proposed_by,
-                    request.confirmed_by,
-                )
-                await self._set_state(
-                    conn,
-                    request.loan_id,
-                    "ACTIVE",
-                    "CLOSED_WRITTEN_OFF",
-                    request.confirmed_by,
-                    f"proposed by {request.proposed_by}: {request.reason}",
-                )
-                return pb.WriteOffLoanResponse(
-                    loan=await self._loan_view(conn, request.loan_id, on)
-                )
-
-            return await idempotent(
+            txn_id = await ledger.post(
                 conn,
-                method="WriteOffLoan",
-                request=request,
-                response_type=pb.WriteOffLoanResponse,
-                effect=write_off,
+                fund_id=loan["fund_id"],
+                loan_id=request.loan_id,
+                kind="WRITE_OFF",
+                value_date=on,
+                recorded_by=request.confirmed_by,
+                memo=request.reason,
+                postings=[
+                    Posting(ledger.WRITE_OFF_EXPENSE, loan["outstanding"], request.loan_id),
+                    Posting(LOANS_RECEIVABLE, -loan["outstanding"], request.loan_id),
+                ],
             )
+            await conn.execute(
+                """INSERT INTO write_offs (loan_id, transaction_id, write_off_date, reason,
+                       proposed_by, confirmed_by) VALUES ($1, $2, $3, $4, $5, $6)""",
+                request.loan_id,
+                txn_id,
+                on,
+                request.reason,
+                request.proposed_by,
+                request.confirmed_by,
+            )
+            await self._set_state(
+                conn,
+                request.loan_id,
+                "ACTIVE",
+                "CLOSED_WRITTEN_OFF",
+                request.confirmed_by,
+                f"proposed by {request.proposed_by}: {request.reason}",
+            )
+            return pb.WriteOffLoanResponse(loan=await self._loan_view(conn, request.loan_id, on))
+
+        return await once_per_request(self.db, request, pb.WriteOffLoanResponse, write_off)
 
     # ----- helpers ------------------------------------------------------------------------
 
