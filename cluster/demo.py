@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import date
 
 import grpc
-from google.type import date_pb2
 from temporalio.client import Client, WorkflowHandle
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import sex_pb2
 from services.common.config import Settings
+from services.common.protoconv import proto_date
 from workers.journey.model import (
     AssistancePlan,
     CommitteeDecision,
@@ -45,10 +45,6 @@ class DemoSurvivor:
     loan: LoanRequest | None
     assistance: tuple[AssistancePlan, ...]
     approve: bool
-
-
-def _d(value: date) -> date_pb2.Date:
-    return date_pb2.Date(year=value.year, month=value.month, day=value.day)
 
 
 COHORT = (
@@ -122,10 +118,10 @@ COHORT = (
 def intake(survivor: DemoSurvivor) -> pb.SurvivorIntake:
     return pb.SurvivorIntake(
         survivor_id=survivor.survivor_id,
-        date_of_birth=_d(survivor.born),
+        date_of_birth=proto_date(survivor.born),
         sex=survivor.sex,  # type: ignore[arg-type]
         district_code=survivor.district,
-        incident_date=_d(date(2010, 4, 11)),
+        incident_date=proto_date(date(2010, 4, 11)),
         incident_type=pb.INCIDENT_TYPE_LANDMINE,
         functioning=[
             pb.FunctioningDifficulty(
@@ -145,7 +141,7 @@ def intake(survivor: DemoSurvivor) -> pb.SurvivorIntake:
         languages=[pb.LANGUAGE_AZERBAIJANI],
         preferred_language=pb.LANGUAGE_AZERBAIJANI,
         consent=pb.Consent(
-            data_processing=True, recorded_on=_d(date.today()), recorded_by="cw-demo"
+            data_processing=True, recorded_on=proto_date(date.today()), recorded_by="cw-demo"
         ),
     )
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import date
 
-from google.type import date_pb2
-
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.type.v1 import sex_pb2
+from services.common.protoconv import proto_date
 
 
 def new_id(prefix: str) -> str:
@@ -19,8 +18,8 @@ def request_id() -> str:
     return str(uuid.uuid4())
 
 
-def pdate(value: date) -> date_pb2.Date:
-    return date_pb2.Date(year=value.year, month=value.month, day=value.day)
+# Tests write dates as `pdate(date(2026, 3, 1))`.
+pdate = proto_date
 
 
 def saatli_fish_farmer(survivor_id: str | None = None) -> eligibility_pb.SurvivorIntake:

@@ -10,14 +10,14 @@ from typing import Any
 
 import asyncpg
 import jsonschema
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from google.type import date_pb2
+from google.protobuf import json_format, struct_pb2
 
 from mineaction.assistance.v1 import assistance_service_pb2 as pb
 from mineaction.type.v1 import localized_text_pb2
 from services.assistance.catalogue import AssistanceTypePlugin
 from services.common.db import Connection
 from services.common.errors import FieldViolation, InvalidArgument
+from services.common.protoconv import proto_date, timestamp
 
 CAPACITY_TO_PROTO = {
     "stock": pb.CAPACITY_MODEL_STOCK,
@@ -36,12 +36,6 @@ ASSISTANCE_SELECT = """
 
 def text(en: str, az: str) -> localized_text_pb2.LocalizedText:
     return localized_text_pb2.LocalizedText(en=en, az=az)
-
-
-def timestamp(moment: Any) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def _schema_json(schema: Mapping[str, Any]) -> str:
@@ -166,10 +160,6 @@ def pool_to_proto(row: asyncpg.Record) -> pb.CapacityPool:
     )
 
 
-def _date(value: Any) -> date_pb2.Date:
-    return date_pb2.Date(year=value.year, month=value.month, day=value.day)
-
-
 def assistance_to_proto(
     row: asyncpg.Record, events: list[dict[str, Any]] | None = None
 ) -> pb.Assistance:
@@ -189,7 +179,7 @@ def assistance_to_proto(
         course_length=row["course_length"] or 0,
         attended_sessions=row["attended_sessions"],
         referral_consent=row["referral_consent"],
-        follow_up_dates=[_date(d) for d in row["follow_up_dates"]],
+        follow_up_dates=[proto_date(d) for d in row["follow_up_dates"]],
     )
     if row["delivered_at"] is not None:
         message.delivery_time.CopyFrom(timestamp(row["delivered_at"]))

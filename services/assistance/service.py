@@ -43,7 +43,6 @@ from services.assistance.records import (
     pool_to_proto,
     struct_to_dict,
     text,
-    timestamp,
     type_to_proto,
 )
 from services.common import pagination
@@ -58,6 +57,7 @@ from services.common.errors import (
     invalid,
 )
 from services.common.idempotency import idempotent, once_per_request
+from services.common.protoconv import timestamp
 from services.common.server import ServiceSpec
 
 HERE = Path(__file__).parent

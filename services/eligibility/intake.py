@@ -10,11 +10,11 @@ from typing import Any
 
 import yaml
 from google.protobuf import json_format
-from google.type import date_pb2
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common.errors import FieldViolation
+from services.common.protoconv import from_proto_date
 
 REFERENCE = Path(__file__).parent / "reference"
 
@@ -42,14 +42,6 @@ def known_districts() -> dict[str, dict[str, str]]:
     return {d["code"]: {"en": d["en"], "az": d["az"]} for d in data["districts"]}
 
 
-def to_date(value: date_pb2.Date) -> date:
-    return date(value.year, value.month, value.day)
-
-
-def to_proto_date(value: date) -> date_pb2.Date:
-    return date_pb2.Date(year=value.year, month=value.month, day=value.day)
-
-
 def years_between(start: date, end: date) -> int:
     return end.year - start.year - ((end.month, end.day) < (start.month, start.day))
 
@@ -75,11 +67,11 @@ def intake_violations(intake: pb.SurvivorIntake, today: date, field: str) -> lis
                 "district.known",
             )
         )
-    if to_date(intake.date_of_birth) > today:
+    if from_proto_date(intake.date_of_birth) > today:
         violations.append(
             FieldViolation(f"{field}.date_of_birth", "must not be in the future", "date.past")
         )
-    if to_date(intake.incident_date) > today:
+    if from_proto_date(intake.incident_date) > today:
         violations.append(
             FieldViolation(f"{field}.incident_date", "must not be in the future", "date.past")
         )
@@ -89,7 +81,7 @@ def intake_violations(intake: pb.SurvivorIntake, today: date, field: str) -> lis
 def facts(intake: pb.SurvivorIntake, day: date) -> dict[str, Any]:
     """The facts a rule set reads, as of `day`. A functioning domain that was not
     recorded is absent, so rules that need it ask for review."""
-    age = years_between(to_date(intake.date_of_birth), day)
+    age = years_between(from_proto_date(intake.date_of_birth), day)
     result: dict[str, Any] = {
         "age": age,
         "sex": sex_pb2.Sex.Name(intake.sex).removeprefix("SEX_").lower(),
@@ -97,7 +89,7 @@ def facts(intake: pb.SurvivorIntake, day: date) -> dict[str, Any]:
         "incident_type": pb.IncidentType.Name(intake.incident_type)
         .removeprefix("INCIDENT_TYPE_")
         .lower(),
-        "years_since_incident": years_between(to_date(intake.incident_date), day),
+        "years_since_incident": years_between(from_proto_date(intake.incident_date), day),
         "household_size": intake.household_size,
         "dependants": intake.dependants,
         "female_headed": intake.female_headed_household,

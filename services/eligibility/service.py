@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 import grpc
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import json_format
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
@@ -25,6 +25,7 @@ from services.common.errors import (
     invalid,
 )
 from services.common.idempotency import once_per_request
+from services.common.protoconv import from_proto_date, timestamp
 from services.common.server import ServiceSpec
 from services.eligibility import intake as intake_mod
 from services.eligibility import rules
@@ -41,12 +42,6 @@ _OUTCOME = {
 
 def _text(text: rules.Text) -> localized_text_pb2.LocalizedText:
     return localized_text_pb2.LocalizedText(en=text.en, az=text.az)
-
-
-def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def _intake_json(intake: pb.SurvivorIntake) -> str:
@@ -148,7 +143,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 intake.survivor_id,
                 _intake_json(intake),
                 intake.district_code,
-                intake_mod.to_date(intake.consent.recorded_on)
+                from_proto_date(intake.consent.recorded_on)
                 if intake.consent.HasField("recorded_on")
                 else date.today(),
                 intake.SerializeToString(),
@@ -164,8 +159,8 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         return pb.Survivor(
             survivor_id=intake.survivor_id,
             intake=intake,
-            create_time=_timestamp(created),
-            update_time=_timestamp(updated),
+            create_time=timestamp(created),
+            update_time=timestamp(updated),
         )
 
     async def GetSurvivor(
@@ -187,7 +182,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
     async def AssessEligibility(
         self, request: pb.AssessEligibilityRequest, context: grpc.aio.ServicerContext
     ) -> pb.AssessEligibilityResponse:
-        day = intake_mod.to_date(request.assessment_date)
+        day = from_proto_date(request.assessment_date)
 
         async def assess(conn: Connection) -> pb.AssessEligibilityResponse:
             return await self._assess(conn, request, day)
@@ -207,7 +202,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         survivor = _stored_intake(row)
         if not survivor.consent.data_processing:
             raise FailedPrecondition("no recorded consent", reason="CONSENT_REQUIRED")
-        if day < intake_mod.to_date(survivor.date_of_birth):
+        if day < from_proto_date(survivor.date_of_birth):
             raise invalid("assessment_date", "is before the survivor's date of birth")
 
         rule_set_id = row["pinned_rule_set_id"] or DEFAULT_RULE_SET
@@ -233,7 +228,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             rule_set_version=version,
             decisions=decisions,
             priority=priority,
-            create_time=_timestamp(datetime.now(UTC)),
+            create_time=timestamp(datetime.now(UTC)),
             district_code=survivor.district_code,
             sex=survivor.sex,
             age_band=intake_mod.age_band(age),  # type: ignore[arg-type]
@@ -323,7 +318,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             rule_set_id=row["rule_set_id"],
             version=row["version"],
             source_yaml=row["source_yaml"],
-            publish_time=_timestamp(row["published_at"]),
+            publish_time=timestamp(row["published_at"]),
             published_by=row["published_by"],
             change_note=row["change_note"],
         )
@@ -498,7 +493,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 follow_up.working,
                 follow_up.family_members_supported,
                 follow_up.recorded_by,
-                intake_mod.to_date(follow_up.recorded_on),
+                from_proto_date(follow_up.recorded_on),
             )
             if not inserted:
                 raise FailedPrecondition(
@@ -545,7 +540,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
 
 
 def _optional_date(request: Any, name: str) -> date | None:
-    return intake_mod.to_date(getattr(request, name)) if request.HasField(name) else None
+    return from_proto_date(getattr(request, name)) if request.HasField(name) else None
 
 
 async def attach(server: grpc.aio.Server, db: Database, settings: Settings) -> None:

@@ -13,8 +13,6 @@ from typing import Any
 import asyncpg
 import grpc
 import yaml
-from google.protobuf import timestamp_pb2
-from google.type import date_pb2
 
 from mineaction.lending.v1 import lending_service_pb2 as pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
@@ -24,6 +22,7 @@ from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one
 from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, invalid
 from services.common.idempotency import once_per_request
+from services.common.protoconv import from_proto_date, proto_date, timestamp
 from services.common.server import ServiceSpec
 from services.lending import arrears, figures, ledger
 from services.lending.figures import LoanFigures
@@ -33,20 +32,6 @@ from services.lending.schedule import Instalment, build_schedule, instalments_fr
 
 HERE = Path(__file__).parent
 DEFAULT_FUND = "main"
-
-
-def _timestamp(moment: Any) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
-def to_pdate(value: date) -> date_pb2.Date:
-    return date_pb2.Date(year=value.year, month=value.month, day=value.day)
-
-
-def from_pdate(value: date_pb2.Date) -> date:
-    return date(value.year, value.month, value.day)  # protovalidate has checked it
 
 
 def today() -> date:
@@ -60,7 +45,7 @@ def tranche_to_proto(row: Mapping[str, Any] | asyncpg.Record) -> pb.Tranche:
         amount_minor=row["amount_minor"],
         kind=pb.DisbursementKind.Value(f"DISBURSEMENT_KIND_{row['kind']}"),
         description=row["description"],
-        disbursement_date=to_pdate(on if isinstance(on, date) else date.fromisoformat(on)),
+        disbursement_date=proto_date(on if isinstance(on, date) else date.fromisoformat(on)),
         transaction_id=row["transaction_id"],
     )
 
@@ -98,8 +83,8 @@ def loan_to_proto(
         )
         if active
         else pb.DELINQUENCY_BUCKET_UNSPECIFIED,
-        create_time=_timestamp(row["created_at"]),
-        update_time=_timestamp(row["updated_at"]),
+        create_time=timestamp(row["created_at"]),
+        update_time=timestamp(row["updated_at"]),
         purpose=row["purpose"],
         tranches=[tranche_to_proto(t) for t in tranches],
     )
@@ -331,7 +316,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def GetLoan(
         self, request: pb.GetLoanRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetLoanResponse:
-        as_of = from_pdate(request.as_of) if request.HasField("as_of") else today()
+        as_of = from_proto_date(request.as_of) if request.HasField("as_of") else today()
         async with self.db.pool.acquire() as conn:
             loans = await self._loan_views(conn, [request.loan_id], as_of)
             if not loans:
@@ -371,7 +356,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def GetRepaymentSchedule(
         self, request: pb.GetRepaymentScheduleRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetRepaymentScheduleResponse:
-        as_of = from_pdate(request.as_of) if request.HasField("as_of") else today()
+        as_of = from_proto_date(request.as_of) if request.HasField("as_of") else today()
         async with self.db.pool.acquire() as conn:
             loan = await conn.fetchrow(
                 "SELECT state FROM loans WHERE loan_id = $1", request.loan_id
@@ -415,7 +400,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         ):
             raise invalid("fund_id", f"unknown fund {request.fund_id!r}")
         async with self.db.pool.acquire() as conn:
-            rows = await figures.portfolio(conn, from_pdate(request.as_of), request.fund_id)
+            rows = await figures.portfolio(conn, from_proto_date(request.as_of), request.fund_id)
         report = pb.PortfolioReport(as_of=request.as_of)
         for row in rows:
             numbers = pb.PortfolioFigures(
@@ -452,7 +437,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def DisburseTranche(
         self, request: pb.DisburseTrancheRequest, context: grpc.aio.ServicerContext
     ) -> pb.DisburseTrancheResponse:
-        on = from_pdate(request.disbursement_date)
+        on = from_proto_date(request.disbursement_date)
 
         async def disburse(conn: Connection) -> pb.DisburseTrancheResponse:
             loan = await self._loan_for_update(conn, request.loan_id)
@@ -569,7 +554,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def RecordRepayment(
         self, request: pb.RecordRepaymentRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordRepaymentResponse:
-        paid_on = from_pdate(request.payment_date)
+        paid_on = from_proto_date(request.payment_date)
 
         async def repay(conn: Connection) -> pb.RecordRepaymentResponse:
             # Lock, check, post and close in one round trip (migration 005).
@@ -744,7 +729,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def RescheduleLoan(
         self, request: pb.RescheduleLoanRequest, context: grpc.aio.ServicerContext
     ) -> pb.RescheduleLoanResponse:
-        effective = from_pdate(request.effective_date)
+        effective = from_proto_date(request.effective_date)
 
         async def reschedule(conn: Connection) -> pb.RescheduleLoanResponse:
             loan = await self._active_loan(conn, request.loan_id, "rescheduling")
@@ -796,7 +781,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def PauseDelinquency(
         self, request: pb.PauseDelinquencyRequest, context: grpc.aio.ServicerContext
     ) -> pb.PauseDelinquencyResponse:
-        start, end = from_pdate(request.start_date), from_pdate(request.end_date)
+        start, end = from_proto_date(request.start_date), from_proto_date(request.end_date)
 
         async def pause(conn: Connection) -> pb.PauseDelinquencyResponse:
             loan = await self._active_loan(conn, request.loan_id, "a hardship pause")
@@ -827,7 +812,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def WriteOffLoan(
         self, request: pb.WriteOffLoanRequest, context: grpc.aio.ServicerContext
     ) -> pb.WriteOffLoanResponse:
-        on = from_pdate(request.write_off_date)
+        on = from_proto_date(request.write_off_date)
         if request.proposed_by.strip().lower() == request.confirmed_by.strip().lower():
             raise PermissionDenied(
                 "four eyes: a write-off needs a second person to confirm it",
@@ -987,13 +972,13 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             loan_id=loan_id,
             revision=rev.revision,
             reason=rev.reason,
-            create_time=_timestamp(rev.created_at),
-            effective_date=to_pdate(rev.effective_date),
+            create_time=timestamp(rev.created_at),
+            effective_date=proto_date(rev.effective_date),
             base_repaid_minor=rev.base_repaid,
             instalments=[
                 pb.Instalment(
                     number=s.number,
-                    due_date=to_pdate(s.due_date),
+                    due_date=proto_date(s.due_date),
                     principal_due_minor=s.principal_minor,
                     principal_paid_minor=s.paid_minor,
                     days_past_due=s.days_past_due,

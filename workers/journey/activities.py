@@ -24,6 +24,7 @@ from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
+from services.common.protoconv import proto_date
 from workers.journey.model import (
     AdvanceInput,
     AssessInput,
@@ -84,8 +85,7 @@ async def call(rpc: Callable[..., Awaitable[T]], request: object) -> T:
 
 
 def pdate(iso: str) -> date_pb2.Date:
-    day = date.fromisoformat(iso)
-    return date_pb2.Date(year=day.year, month=day.month, day=day.day)
+    return proto_date(date.fromisoformat(iso))
 
 
 def iso(value: date_pb2.Date) -> str:
