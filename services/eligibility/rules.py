@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 from typing import Any, Literal, NamedTuple
 
 import cel
@@ -187,7 +188,7 @@ class RuleSet:
     source: str
     by_programme: Mapping[str, tuple[Rule, ...]]
 
-    @property
+    @cached_property  # read on every evaluation; the rules never change
     def optional_facts(self) -> frozenset[str]:
         """Facts some rule needs and a survivor may not have."""
         return frozenset(name for rule in self.rules for name in rule.needs)
