@@ -10,18 +10,14 @@
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 import grpc
 import pytest
 import pytest_asyncio
-from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as assistance_grpc
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
@@ -32,12 +28,11 @@ from services.common.logging import configure_logging
 from services.common.server import ServiceHost
 from services.eligibility.service import SPEC as ELIGIBILITY
 from services.lending.service import SPEC as LENDING
-from workers.journey import search_attributes
 from workers.journey.activities import JourneyActivities
 from workers.journey.worker import open_outbox
 from workers.notifications.outbox import Outbox
 
-BIN = Path(sys.executable).parent
+pytest_plugins = ["tests.temporal_fixtures"]
 SCHEMAS = ("eligibility", "lending", "assistance")
 
 
@@ -148,28 +143,6 @@ async def cluster(settings: Settings) -> AsyncIterator[Cluster]:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(BIN / "temporal-test-server")
-    )
-    await search_attributes.register(env.client, env.client.namespace)
-    yield env
-    await env.shutdown()
-
-
-@pytest_asyncio.fixture(scope="session")
-async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The real Temporal dev server (the one `make run` uses), with our attributes."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(BIN / "temporal"),
-        search_attributes=search_attributes.ALL,
-        dev_server_log_level="error",
-    )
-    yield env
-    await env.shutdown()
-
-
-@pytest_asyncio.fixture(scope="session")
 async def outbox(settings: Settings) -> AsyncIterator[Outbox]:
     box = await open_outbox(settings)
     yield box
@@ -193,8 +166,3 @@ async def activities(cluster: Cluster, outbox: Outbox) -> AsyncIterator[JourneyA
 def task_queue() -> str:
     """Every test polls its own task queue, so tests never steal each other's tasks."""
     return f"tq-{uuid.uuid4()}"
-
-
-@pytest.fixture
-def dev_client(dev_server_env: WorkflowEnvironment) -> Client:
-    return dev_server_env.client

@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     no_demo: bool = Field(False, alias="MINEACTION_NO_DEMO")
     notification_channel: str = Field("file", min_length=1, alias="NOTIFICATION_CHANNEL")
 
+    # Temporal payload encryption: a JSON keyring of AES-256 keys by id, one of them
+    # active for new payloads; the codec server lets the Web UI show decrypted payloads.
+    payload_keys_file: Path | None = Field(None, alias="PAYLOAD_KEYS_FILE")
+    codec_server_address: HostPort = Field("127.0.0.1:8234", alias="CODEC_SERVER_ADDRESS")
+
+    # Prometheus metrics: each process serves /metrics on its own port (9101 eligibility,
+    # 9102 lending, 9103 assistance, 9104 worker); METRICS_PORT overrides it, 0 turns it off.
+    metrics_host: str = Field("127.0.0.1", min_length=1, alias="METRICS_HOST")
+    metrics_port: int | None = Field(None, ge=0, le=65535, alias="METRICS_PORT")
+
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="LOG_LEVEL")
     log_format: Literal["auto", "json", "console"] = Field("auto", alias="LOG_FORMAT")
     shutdown_grace_seconds: float = Field(5.0, ge=0, le=300, alias="SHUTDOWN_GRACE_SECONDS")
@@ -67,6 +77,10 @@ class Settings(BaseSettings):
     def embedded_temporal_address(self) -> str:
         """Where the embedded dev server listens when TEMPORAL_ADDRESS is not set."""
         return f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def effective_payload_keys_file(self) -> Path:
+        return self.payload_keys_file or self.state_dir / "payload-keys.json"
 
     @property
     def effective_temporal_address(self) -> str:
