@@ -3,6 +3,20 @@ numbered plain-SQL migrations applied at start.
 
 Without DATABASE_URL the process uses an embedded PostgreSQL (pgserver) whose data lives
 under the state folder; several processes share the same embedded server.
+
+When PostgreSQL goes away (stopped, restarted, failed over, network cut):
+- at start, `Database.open` raises `DatabaseUnreachable` (a ConnectionError) naming the
+  server, within `CONNECT_TIMEOUT_SECONDS`; the entry points print it as one line;
+- while serving, every use of the pool that meets a lost or refused connection raises
+  `Unavailable` (gRPC UNAVAILABLE, reason DATABASE_UNAVAILABLE) instead of a bare asyncpg
+  error, so the caller gets a clear, retryable answer and never INTERNAL;
+- broken connections never go back into the pool, so once the server is back the same
+  process serves again: the pool opens fresh connections on demand;
+- `Database.transaction` retries only what is safe: acquiring a connection and BEGIN,
+  where nothing has been sent yet. It never replays a unit of work. A loss before COMMIT
+  rolled the work back; a loss during COMMIT leaves the outcome unknown, and it is the
+  caller's retry with the same request_id that the idempotency key resolves to exactly
+  one effect.
 """
 
 from __future__ import annotations
@@ -13,12 +27,15 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import structlog
-from asyncpg.pool import PoolConnectionProxy
+from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 from services.common.config import Settings
+from services.common.errors import Unavailable
 
 log = structlog.get_logger("mineaction.db")
 
@@ -30,8 +47,102 @@ _MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _SCHEMA_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
+# How long opening one connection may take before the server counts as unreachable
+# (asyncpg's own default is 60 s, long enough to look like a hang).
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+# What a lost, refused or shut-down connection looks like from asyncpg and the socket.
+_SERVER_GONE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, and "closed mid-operation"
+    asyncpg.exceptions.AdminShutdownError,  # 57P01: server stopping or restarting
+    asyncpg.exceptions.CrashShutdownError,  # 57P02
+    asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.exceptions.TooManyConnectionsError,  # 53300
+    ConnectionError,  # refused, reset, broken pipe
+)
+# ...and, while connecting, any socket error (no such host or socket file, timeout).
+_CANNOT_CONNECT: tuple[type[BaseException], ...] = (*_SERVER_GONE, OSError)
+# ...and at start-up, also a refusal by the server (no such database, bad password).
+_OPEN_FAILURES: tuple[type[BaseException], ...] = (*_CANNOT_CONNECT, asyncpg.PostgresError)
+
+
 class MigrationError(Exception):
     """A migration folder or the recorded migrations are not what the code expects."""
+
+
+class DatabaseUnreachable(ConnectionError):
+    """PostgreSQL cannot be reached at start-up (a ConnectionError, so the entry points
+    print it as one line and exit 1)."""
+
+
+def server_location(url: str) -> str:
+    """Where a DATABASE_URL points, without user or password: host:port/database."""
+    parts = urlsplit(url)
+    host = parts.hostname or ",".join(parse_qs(parts.query).get("host", [])) or "localhost"
+    port = parts.port or 5432
+    database = parts.path.lstrip("/") or "postgres"
+    return f"{host}:{port}/{database}"
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return f"no answer within {CONNECT_TIMEOUT_SECONDS:g} s"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def connection_lost(error: BaseException, conn: Connection | None = None) -> bool:
+    """Whether `error` means the server is gone rather than the statement being wrong."""
+    if isinstance(error, _SERVER_GONE):
+        return True
+    # asyncpg says "connection is closed" with a plain InterfaceError.
+    return isinstance(error, asyncpg.InterfaceError) and conn is not None and conn.is_closed()
+
+
+def _unavailable(what: str, error: BaseException) -> Unavailable:
+    return Unavailable(
+        f"database unavailable: {what} ({_reason(error)}); retry later, "
+        "mutating calls with the same request_id",
+        reason="DATABASE_UNAVAILABLE",
+    )
+
+
+class _GuardedAcquire(PoolAcquireContext):
+    """`async with pool.acquire() as conn:` that turns a lost connection into Unavailable,
+    whether it is lost while connecting, inside the block, or while being released."""
+
+    __slots__ = ()
+
+    async def __aexit__(self, *exc: object) -> None:
+        exc_val = exc[1] if len(exc) > 1 and isinstance(exc[1], BaseException) else None
+        conn = self.connection
+        try:
+            await super().__aexit__(*exc)
+        except Exception as release_error:
+            if exc_val is None and not connection_lost(release_error, conn):
+                raise
+            # The pool has already terminated the connection; report the first failure.
+            if exc_val is None:
+                raise _unavailable("the connection was lost", release_error) from release_error
+        if exc_val is not None and connection_lost(exc_val, conn):
+            raise _unavailable("the connection was lost mid-call", exc_val) from exc_val
+
+
+class GuardedPool(asyncpg.Pool):
+    """The process's pool: asyncpg's, but a lost or refused connection is Unavailable.
+
+    asyncpg already discards a closed connection on release and reconnects its holder on
+    the next acquire; this class only makes the failure a clear, retryable answer."""
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        return _GuardedAcquire(self, timeout)
+
+    # asyncpg's one internal path for both `async with pool.acquire()` and `await`.
+    async def _acquire(self, timeout: float | None) -> PoolConnectionProxy:  # noqa: ASYNC109
+        try:
+            return await super()._acquire(timeout)  # type: ignore[misc, no-any-return]
+        except _CANNOT_CONNECT as error:
+            raise _unavailable("cannot connect to PostgreSQL", error) from error
 
 
 def embedded_postgres_url(state_dir: Path) -> str:
@@ -131,25 +242,100 @@ class Database:
     async def open(
         cls, url: str, schema: str, migrations_dir: Path, *, min_size: int = 1, max_size: int = 10
     ) -> Database:
+        """Migrate, then open the pool. An unreachable server raises DatabaseUnreachable
+        within about CONNECT_TIMEOUT_SECONDS, naming the server (never the password)."""
         migrations = load_migrations(COMMON_MIGRATIONS, migrations_dir)
-        conn = await asyncpg.connect(url)
+        try:
+            conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_SECONDS)
+        except _OPEN_FAILURES as error:
+            raise DatabaseUnreachable(
+                f"cannot reach PostgreSQL at {server_location(url)}: {_reason(error)}; "
+                "check DATABASE_URL and that the server is running"
+            ) from None
         try:
             await migrate(conn, schema, migrations)
         finally:
             await conn.close()
-        pool = await asyncpg.create_pool(
+        pool = GuardedPool(
             url,
             min_size=min_size,
             max_size=max_size,
+            max_queries=50_000,
+            max_inactive_connection_lifetime=300.0,
+            loop=None,
+            connection_class=asyncpg.Connection,
+            record_class=asyncpg.Record,
+            timeout=CONNECT_TIMEOUT_SECONDS,
             server_settings={"search_path": schema, "application_name": f"mineaction-{schema}"},
         )
+        try:
+            await pool
+        except Unavailable as error:
+            raise DatabaseUnreachable(
+                f"cannot reach PostgreSQL at {server_location(url)}: {error.message}"
+            ) from None
         return cls(pool, schema)
+
+    async def _begin(self) -> tuple[PoolConnectionProxy, Any]:
+        """A pooled connection inside a fresh transaction. A pooled connection that turns
+        out to be dead at BEGIN is dropped and BEGIN tried once more on a new one: nothing
+        had been sent, so this retry is always safe."""
+        for attempt in (1, 2):
+            conn: PoolConnectionProxy = await self.pool.acquire()
+            tx = conn.transaction()
+            try:
+                await tx.start()
+            except BaseException as error:
+                await self._release(conn)
+                if not connection_lost(error, conn):
+                    raise
+                if attempt == 2:
+                    raise _unavailable("the connection was lost at BEGIN", error) from error
+                log.warning("dropped a dead pooled connection", error=_reason(error))
+                continue
+            return conn, tx
+        raise AssertionError("unreachable")
+
+    async def _release(self, conn: PoolConnectionProxy) -> None:
+        """Give a connection back; a broken one is terminated by the pool, never reused."""
+        try:
+            await self.pool.release(conn)
+        except Exception as error:
+            if not connection_lost(error, conn):
+                raise
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        """Every write goes through here: one connection, one transaction."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            yield conn
+        """Every write goes through here: one connection, one transaction.
+
+        A lost connection raises Unavailable: before COMMIT nothing was written; during
+        COMMIT the outcome is unknown and the message says so."""
+        conn, tx = await self._begin()
+        try:
+            try:
+                yield conn
+            except BaseException as error:
+                if not conn.is_closed():
+                    try:
+                        await tx.rollback()
+                    except Exception as rollback_error:
+                        if not connection_lost(rollback_error, conn):
+                            raise
+                if connection_lost(error, conn):
+                    raise _unavailable(
+                        "the connection was lost before commit, nothing was written", error
+                    ) from error
+                raise
+            try:
+                await tx.commit()
+            except Exception as error:
+                if connection_lost(error, conn):
+                    raise _unavailable(
+                        "the connection was lost during commit, the outcome is unknown", error
+                    ) from error
+                raise
+        finally:
+            await self._release(conn)
 
     async def close(self) -> None:
         await self.pool.close()

@@ -95,6 +95,11 @@ class AlreadyExists(DomainError):
     default_reason = "ALREADY_EXISTS"
 
 
+class Unauthenticated(DomainError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
 class PermissionDenied(DomainError):
     code = grpc.StatusCode.PERMISSION_DENIED
     default_reason = "PERMISSION_DENIED"
@@ -103,6 +108,14 @@ class PermissionDenied(DomainError):
 class Unimplemented(DomainError):
     code = grpc.StatusCode.UNIMPLEMENTED
     default_reason = "UNIMPLEMENTED"
+
+
+class Unavailable(DomainError):
+    """A dependency (the database) cannot be reached right now. The caller may retry:
+    mutating calls with the same request_id, which makes the retry safe."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "UNAVAILABLE"
 
 
 def internal_status() -> status_pb2.Status:
