@@ -1641,8 +1641,50 @@ class PauseDelinquencyResponse(_message.Message):
 Global___PauseDelinquencyResponse: _TypeAlias = PauseDelinquencyResponse  # noqa: Y015
 
 @_typing.final
-class WriteOffLoanRequest(_message.Message):
-    """WriteOffLoanRequest is the request for LendingService.WriteOffLoan."""
+class LoanWriteOffProposal(_message.Message):
+    """LoanWriteOffProposal is a proposed write-off awaiting a second person."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOAN_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PROPOSED_BY_FIELD_NUMBER: _builtins.int
+    WRITE_OFF_DATE_FIELD_NUMBER: _builtins.int
+    PROPOSE_TIME_FIELD_NUMBER: _builtins.int
+    loan_id: _builtins.str
+    """The loan."""
+    reason: _builtins.str
+    """Why the loan is to be written off."""
+    proposed_by: _builtins.str
+    """Who proposed it."""
+    @_builtins.property
+    def write_off_date(self) -> _date_pb2.Date:
+        """Date the write-off will carry (the ledger value date)."""
+
+    @_builtins.property
+    def propose_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was proposed."""
+
+    def __init__(
+        self,
+        *,
+        loan_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        proposed_by: _builtins.str = ...,
+        write_off_date: _date_pb2.Date | None = ...,
+        propose_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["propose_time", b"propose_time", "write_off_date", b"write_off_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan_id", b"loan_id", "propose_time", b"propose_time", "proposed_by", b"proposed_by", "reason", b"reason", "write_off_date", b"write_off_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoanWriteOffProposal: _TypeAlias = LoanWriteOffProposal  # noqa: Y015
+
+@_typing.final
+class ProposeLoanWriteOffRequest(_message.Message):
+    """ProposeLoanWriteOffRequest is the request for LendingService.ProposeLoanWriteOff."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1650,7 +1692,6 @@ class WriteOffLoanRequest(_message.Message):
     LOAN_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     PROPOSED_BY_FIELD_NUMBER: _builtins.int
-    CONFIRMED_BY_FIELD_NUMBER: _builtins.int
     WRITE_OFF_DATE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (UUID)."""
@@ -1659,9 +1700,9 @@ class WriteOffLoanRequest(_message.Message):
     reason: _builtins.str
     """Why the loan is written off."""
     proposed_by: _builtins.str
-    """Who proposes the write-off."""
-    confirmed_by: _builtins.str
-    """A second person who confirms it; must differ from proposed_by."""
+    """Who proposes the write-off: empty or the caller's own identity; a service
+    relaying a staff decision names the staff member.
+    """
     @_builtins.property
     def write_off_date(self) -> _date_pb2.Date:
         """Date of the write-off (the ledger value date)."""
@@ -1673,20 +1714,75 @@ class WriteOffLoanRequest(_message.Message):
         loan_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         proposed_by: _builtins.str = ...,
-        confirmed_by: _builtins.str = ...,
         write_off_date: _date_pb2.Date | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["write_off_date", b"write_off_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmed_by", b"confirmed_by", "loan_id", b"loan_id", "proposed_by", b"proposed_by", "reason", b"reason", "request_id", b"request_id", "write_off_date", b"write_off_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan_id", b"loan_id", "proposed_by", b"proposed_by", "reason", b"reason", "request_id", b"request_id", "write_off_date", b"write_off_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___WriteOffLoanRequest: _TypeAlias = WriteOffLoanRequest  # noqa: Y015
+Global___ProposeLoanWriteOffRequest: _TypeAlias = ProposeLoanWriteOffRequest  # noqa: Y015
 
 @_typing.final
-class WriteOffLoanResponse(_message.Message):
-    """WriteOffLoanResponse is the response for LendingService.WriteOffLoan."""
+class ProposeLoanWriteOffResponse(_message.Message):
+    """ProposeLoanWriteOffResponse is the response for LendingService.ProposeLoanWriteOff."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPOSAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def proposal(self) -> Global___LoanWriteOffProposal:
+        """The open proposal."""
+
+    def __init__(
+        self,
+        *,
+        proposal: Global___LoanWriteOffProposal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["proposal", b"proposal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["proposal", b"proposal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProposeLoanWriteOffResponse: _TypeAlias = ProposeLoanWriteOffResponse  # noqa: Y015
+
+@_typing.final
+class ConfirmLoanWriteOffRequest(_message.Message):
+    """ConfirmLoanWriteOffRequest is the request for LendingService.ConfirmLoanWriteOff."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LOAN_ID_FIELD_NUMBER: _builtins.int
+    CONFIRMED_BY_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (UUID)."""
+    loan_id: _builtins.str
+    """The loan."""
+    confirmed_by: _builtins.str
+    """Who confirms: empty or the caller's own identity (a relaying service
+    names the staff member); must differ from whoever proposed it.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        loan_id: _builtins.str = ...,
+        confirmed_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmed_by", b"confirmed_by", "loan_id", b"loan_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmLoanWriteOffRequest: _TypeAlias = ConfirmLoanWriteOffRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmLoanWriteOffResponse(_message.Message):
+    """ConfirmLoanWriteOffResponse is the response for LendingService.ConfirmLoanWriteOff."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1706,7 +1802,7 @@ class WriteOffLoanResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___WriteOffLoanResponse: _TypeAlias = WriteOffLoanResponse  # noqa: Y015
+Global___ConfirmLoanWriteOffResponse: _TypeAlias = ConfirmLoanWriteOffResponse  # noqa: Y015
 
 @_typing.final
 class GetFundRequest(_message.Message):

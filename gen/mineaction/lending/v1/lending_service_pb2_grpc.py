@@ -103,10 +103,15 @@ class LendingServiceStub:
                 request_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.PauseDelinquencyRequest.SerializeToString,
                 response_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.PauseDelinquencyResponse.FromString,
                 _registered_method=True)
-        self.WriteOffLoan = channel.unary_unary(
-                '/mineaction.lending.v1.LendingService/WriteOffLoan',
-                request_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WriteOffLoanRequest.SerializeToString,
-                response_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WriteOffLoanResponse.FromString,
+        self.ProposeLoanWriteOff = channel.unary_unary(
+                '/mineaction.lending.v1.LendingService/ProposeLoanWriteOff',
+                request_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ProposeLoanWriteOffRequest.SerializeToString,
+                response_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ProposeLoanWriteOffResponse.FromString,
+                _registered_method=True)
+        self.ConfirmLoanWriteOff = channel.unary_unary(
+                '/mineaction.lending.v1.LendingService/ConfirmLoanWriteOff',
+                request_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ConfirmLoanWriteOffRequest.SerializeToString,
+                response_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ConfirmLoanWriteOffResponse.FromString,
                 _registered_method=True)
         self.GetFund = channel.unary_unary(
                 '/mineaction.lending.v1.LendingService/GetFund',
@@ -219,8 +224,17 @@ class LendingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def WriteOffLoan(self, request, context):
-        """WriteOffLoan writes off the outstanding principal (four-eyes).
+    def ProposeLoanWriteOff(self, request, context):
+        """ProposeLoanWriteOff proposes writing off an active loan's outstanding
+        principal. Nothing is posted until a different person confirms it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmLoanWriteOff(self, request, context):
+        """ConfirmLoanWriteOff confirms the loan's open write-off proposal and posts the
+        write-off (four eyes: the proposer cannot confirm).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -308,10 +322,15 @@ def add_LendingServiceServicer_to_server(servicer, server):
                     request_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.PauseDelinquencyRequest.FromString,
                     response_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.PauseDelinquencyResponse.SerializeToString,
             ),
-            'WriteOffLoan': grpc.unary_unary_rpc_method_handler(
-                    servicer.WriteOffLoan,
-                    request_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WriteOffLoanRequest.FromString,
-                    response_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WriteOffLoanResponse.SerializeToString,
+            'ProposeLoanWriteOff': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeLoanWriteOff,
+                    request_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ProposeLoanWriteOffRequest.FromString,
+                    response_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ProposeLoanWriteOffResponse.SerializeToString,
+            ),
+            'ConfirmLoanWriteOff': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmLoanWriteOff,
+                    request_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ConfirmLoanWriteOffRequest.FromString,
+                    response_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ConfirmLoanWriteOffResponse.SerializeToString,
             ),
             'GetFund': grpc.unary_unary_rpc_method_handler(
                     servicer.GetFund,
@@ -690,7 +709,7 @@ class LendingService:
             _registered_method=True)
 
     @staticmethod
-    def WriteOffLoan(request,
+    def ProposeLoanWriteOff(request,
             target,
             options=(),
             channel_credentials=None,
@@ -703,9 +722,36 @@ class LendingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mineaction.lending.v1.LendingService/WriteOffLoan',
-            mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WriteOffLoanRequest.SerializeToString,
-            mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WriteOffLoanResponse.FromString,
+            '/mineaction.lending.v1.LendingService/ProposeLoanWriteOff',
+            mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ProposeLoanWriteOffRequest.SerializeToString,
+            mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ProposeLoanWriteOffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmLoanWriteOff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mineaction.lending.v1.LendingService/ConfirmLoanWriteOff',
+            mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ConfirmLoanWriteOffRequest.SerializeToString,
+            mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ConfirmLoanWriteOffResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,8 +65,14 @@ class LendingServiceStub:
     """RescheduleLoan creates a new schedule revision for the outstanding principal."""
     PauseDelinquency: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.PauseDelinquencyRequest, _lending_service_pb2.PauseDelinquencyResponse]
     """PauseDelinquency stops days-past-due accruing for a period (e.g. medical)."""
-    WriteOffLoan: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.WriteOffLoanRequest, _lending_service_pb2.WriteOffLoanResponse]
-    """WriteOffLoan writes off the outstanding principal (four-eyes)."""
+    ProposeLoanWriteOff: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.ProposeLoanWriteOffRequest, _lending_service_pb2.ProposeLoanWriteOffResponse]
+    """ProposeLoanWriteOff proposes writing off an active loan's outstanding
+    principal. Nothing is posted until a different person confirms it.
+    """
+    ConfirmLoanWriteOff: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.ConfirmLoanWriteOffRequest, _lending_service_pb2.ConfirmLoanWriteOffResponse]
+    """ConfirmLoanWriteOff confirms the loan's open write-off proposal and posts the
+    write-off (four eyes: the proposer cannot confirm).
+    """
     GetFund: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.GetFundRequest, _lending_service_pb2.GetFundResponse]
     """GetFund returns a loan fund's capital figures."""
     GetPortfolioReport: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.GetPortfolioReportRequest, _lending_service_pb2.GetPortfolioReportResponse]
@@ -109,8 +115,14 @@ class LendingServiceAsyncStub(LendingServiceStub):
     """RescheduleLoan creates a new schedule revision for the outstanding principal."""
     PauseDelinquency: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.PauseDelinquencyRequest, _lending_service_pb2.PauseDelinquencyResponse]  # type: ignore[assignment]
     """PauseDelinquency stops days-past-due accruing for a period (e.g. medical)."""
-    WriteOffLoan: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.WriteOffLoanRequest, _lending_service_pb2.WriteOffLoanResponse]  # type: ignore[assignment]
-    """WriteOffLoan writes off the outstanding principal (four-eyes)."""
+    ProposeLoanWriteOff: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.ProposeLoanWriteOffRequest, _lending_service_pb2.ProposeLoanWriteOffResponse]  # type: ignore[assignment]
+    """ProposeLoanWriteOff proposes writing off an active loan's outstanding
+    principal. Nothing is posted until a different person confirms it.
+    """
+    ConfirmLoanWriteOff: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.ConfirmLoanWriteOffRequest, _lending_service_pb2.ConfirmLoanWriteOffResponse]  # type: ignore[assignment]
+    """ConfirmLoanWriteOff confirms the loan's open write-off proposal and posts the
+    write-off (four eyes: the proposer cannot confirm).
+    """
     GetFund: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.GetFundRequest, _lending_service_pb2.GetFundResponse]  # type: ignore[assignment]
     """GetFund returns a loan fund's capital figures."""
     GetPortfolioReport: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.GetPortfolioReportRequest, _lending_service_pb2.GetPortfolioReportResponse]  # type: ignore[assignment]
@@ -230,12 +242,24 @@ class LendingServiceServicer(metaclass=_abc_1.ABCMeta):
         """PauseDelinquency stops days-past-due accruing for a period (e.g. medical)."""
 
     @_abc_1.abstractmethod
-    def WriteOffLoan(
+    def ProposeLoanWriteOff(
         self,
-        request: _lending_service_pb2.WriteOffLoanRequest,
+        request: _lending_service_pb2.ProposeLoanWriteOffRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_lending_service_pb2.WriteOffLoanResponse, _abc.Awaitable[_lending_service_pb2.WriteOffLoanResponse]]:
-        """WriteOffLoan writes off the outstanding principal (four-eyes)."""
+    ) -> _typing.Union[_lending_service_pb2.ProposeLoanWriteOffResponse, _abc.Awaitable[_lending_service_pb2.ProposeLoanWriteOffResponse]]:
+        """ProposeLoanWriteOff proposes writing off an active loan's outstanding
+        principal. Nothing is posted until a different person confirms it.
+        """
+
+    @_abc_1.abstractmethod
+    def ConfirmLoanWriteOff(
+        self,
+        request: _lending_service_pb2.ConfirmLoanWriteOffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lending_service_pb2.ConfirmLoanWriteOffResponse, _abc.Awaitable[_lending_service_pb2.ConfirmLoanWriteOffResponse]]:
+        """ConfirmLoanWriteOff confirms the loan's open write-off proposal and posts the
+        write-off (four eyes: the proposer cannot confirm).
+        """
 
     @_abc_1.abstractmethod
     def GetFund(
