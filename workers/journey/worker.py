@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 from services.common.config import ConfigError, Settings, load_settings
 from services.common.db import Database, database_url
 from services.common.logging import configure_logging
+from workers.codec import KeyringError, data_converter
 from workers.journey import search_attributes
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import TASK_QUEUE
@@ -29,11 +30,19 @@ WORKFLOWS: Sequence[type] = (SurvivorJourneyWorkflow, AssistanceWorkflow, Borrow
 
 
 async def connect(settings: Settings, *, attempts: int = 30) -> Client:
-    """Connect, retrying while a freshly started Temporal comes up."""
+    """Connect, retrying while a freshly started Temporal comes up. Every payload the
+    client sends or reads is encrypted with the cluster's keyring (workers.codec); a
+    missing or malformed keyring raises ConfigError."""
+    try:
+        converter = data_converter(settings)
+    except KeyringError as error:
+        raise ConfigError(str(error)) from None
     for attempt in range(1, attempts + 1):
         try:
             return await Client.connect(
-                settings.effective_temporal_address, namespace=settings.temporal_namespace
+                settings.effective_temporal_address,
+                namespace=settings.temporal_namespace,
+                data_converter=converter,
             )
         except RuntimeError as error:
             if attempt == attempts:
@@ -106,6 +115,9 @@ def main() -> None:
     configure_logging(settings, process="worker")
     try:
         asyncio.run(run(settings))
+    except ConfigError as error:
+        print(f"worker: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     except ConnectionError as error:
         print(f"worker: {error}", file=sys.stderr)
         raise SystemExit(1) from None
