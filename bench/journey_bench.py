@@ -57,6 +57,7 @@ from services.common.server import ServiceHost
 from services.eligibility.service import SPEC as ELIGIBILITY
 from services.lending.service import SPEC as LENDING
 from tests.factories import register_request, saatli_fish_farmer
+from workers.codec import data_converter
 from workers.journey import search_attributes
 from workers.journey.model import (
     CommitteeDecision,
@@ -253,7 +254,8 @@ async def time_skipping(database_url: str, journeys: int) -> None:
             box = await open_outbox(settings)
             acts = journey_activities(settings, box)
             env = await WorkflowEnvironment.start_time_skipping(
-                test_server_existing_path=str(BIN / "temporal-test-server")
+                test_server_existing_path=str(BIN / "temporal-test-server"),
+                data_converter=data_converter(settings),
             )
             await search_attributes.register(env.client, env.client.namespace)
             timing = ActivityTiming()
@@ -465,7 +467,10 @@ async def dev_server(
         tempfile.TemporaryDirectory() as state,
         dev_cluster(database_url, state, on_file) as (env, stack, pids),
     ):
-        client = await Client.connect(env["TEMPORAL_ADDRESS"])
+        # The worker process finds the keyring in the same state folder.
+        client = await Client.connect(
+            env["TEMPORAL_ADDRESS"], data_converter=data_converter(load_settings(**env))
+        )
         async with grpc.aio.insecure_channel(env["ELIGIBILITY_ADDRESS"]) as channel:
             eligibility = eligibility_grpc.EligibilityServiceStub(channel)
             survivors = [f"srv-{uuid.uuid4().hex[:12]}" for _ in range(max(paced, open_total))]

@@ -18,7 +18,7 @@ journey task queue (workflow or activity tasks):
   an outage of Temporal never restarts every worker at once.
 
 Exit code 0 passes, 1 fails, 2 is a usage error. It reads the same environment as the
-worker (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, JOURNEY_TASK_QUEUE).
+worker (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, JOURNEY_TASK_QUEUE, PAYLOAD_KEYS_FILE).
 """
 
 from __future__ import annotations
@@ -60,12 +60,20 @@ async def worker_polling_here() -> bool | None:
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
     from temporalio.client import Client
 
+    from workers.codec import KeyringError, data_converter
+
     settings = load_settings()
+    try:  # the worker's own converter (the probe reads no payload, but stays consistent)
+        converter = data_converter(settings)
+    except KeyringError as error:
+        raise ConfigError(str(error)) from None
     suffix = "@" + socket.gethostname()
     try:
         client = await asyncio.wait_for(
             Client.connect(
-                settings.effective_temporal_address, namespace=settings.temporal_namespace
+                settings.effective_temporal_address,
+                namespace=settings.temporal_namespace,
+                data_converter=converter,
             ),
             TIMEOUT_SECONDS,
         )
