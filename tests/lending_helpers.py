@@ -151,3 +151,29 @@ async def ledger_invariants(conn: asyncpg.Connection | asyncpg.pool.PoolConnecti
            WHERE NOT EXISTS (SELECT 1 FROM postings p WHERE p.transaction_id = t.transaction_id)"""
     )
     assert empty == 0
+
+
+async def write_off(
+    lending: pb_grpc.LendingServiceStub,
+    loan_id: str,
+    on: date,
+    *,
+    reason: str = "uncollectable",
+    proposed_by: str = "lo-03",
+    confirmed_by: str = "pm-01",
+) -> pb.ConfirmLoanWriteOffResponse:
+    """Propose, then confirm, naming the two people (the default test token relays)."""
+    await lending.ProposeLoanWriteOff(
+        pb.ProposeLoanWriteOffRequest(
+            request_id=request_id(),
+            loan_id=loan_id,
+            reason=reason,
+            proposed_by=proposed_by,
+            write_off_date=pdate(on),
+        )
+    )
+    return await lending.ConfirmLoanWriteOff(
+        pb.ConfirmLoanWriteOffRequest(
+            request_id=request_id(), loan_id=loan_id, confirmed_by=confirmed_by
+        )
+    )

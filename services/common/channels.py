@@ -2,6 +2,8 @@
 benchmarks and the tests: one place that knows how a caller presents its bearer token.
 
 Every call on a channel from `open_channel` carries `authorization: Bearer <token>`.
+With TLS_CA_FILE set (see `client_tls`), channels use TLS, presenting the client
+certificate when TLS_CLIENT_CERT_FILE/TLS_CLIENT_KEY_FILE are set (mutual TLS).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from services.common.config import Settings
+from services.common.config import ConfigError, Settings
 
 TOKEN_ENV = "MINEACTION_TOKEN"
 DEV_TOKEN_FILE = "dev-token"
@@ -27,6 +29,33 @@ def default_token(settings: Settings) -> str | None:
     if path.is_file():
         return path.read_text().strip() or None
     return None
+
+
+def service_token(settings: Settings) -> str:
+    """The worker's own token (role `service`), from SERVICE_TOKEN_FILE."""
+    path = settings.effective_service_token_file
+    try:
+        token = path.read_text().strip()
+    except OSError as error:
+        raise ConfigError(f"SERVICE_TOKEN_FILE: cannot read {path}: {error.strerror}") from None
+    if not token:
+        raise ConfigError(f"SERVICE_TOKEN_FILE: {path} is empty")
+    return token
+
+
+def client_tls(settings: Settings) -> grpc.ChannelCredentials | None:
+    """TLS credentials for channels to the services, or None for plaintext."""
+    if settings.tls_ca_file is None:
+        return None
+    try:
+        root = settings.tls_ca_file.read_bytes()
+        cert = settings.tls_client_cert_file.read_bytes() if settings.tls_client_cert_file else None
+        key = settings.tls_client_key_file.read_bytes() if settings.tls_client_key_file else None
+    except OSError as error:
+        raise ConfigError(f"cannot read a TLS file: {error}") from None
+    return grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=key, certificate_chain=cert
+    )
 
 
 class _BearerToken(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
@@ -58,7 +87,13 @@ def open_channel(
     token: str | None,
     *,
     options: Sequence[tuple[str, Any]] = (),
+    tls: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
-    """An asyncio channel to `address` whose calls carry `token` (None: no token)."""
+    """An asyncio channel to `address` whose calls carry `token` (None: no token), over
+    TLS when `tls` is given (see `client_tls`)."""
     interceptors = [_BearerToken(token)] if token else None
+    if tls is not None:
+        return grpc.aio.secure_channel(
+            address, tls, options=list(options), interceptors=interceptors
+        )
     return grpc.aio.insecure_channel(address, options=list(options), interceptors=interceptors)

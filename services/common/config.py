@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -69,6 +69,27 @@ class Settings(BaseSettings):
     metrics_host: str = Field("127.0.0.1", min_length=1, alias="METRICS_HOST")
     metrics_port: int | None = Field(None, ge=0, le=65535, alias="METRICS_PORT")
 
+    # Authentication: bearer JWTs signed with Ed25519, verified against a JWKS file of
+    # public keys by key id (several keys during a rotation). The signing key is only
+    # needed where tokens are minted (the local cluster, the CLI's dev commands).
+    auth_jwks_file: Path | None = Field(None, alias="AUTH_JWKS_FILE")
+    auth_signing_key_file: Path | None = Field(None, alias="AUTH_SIGNING_KEY_FILE")
+    auth_issuer: str = Field("mineaction", min_length=1, alias="AUTH_ISSUER")
+    auth_audience: str = Field("mineaction-api", min_length=1, alias="AUTH_AUDIENCE")
+    auth_leeway_seconds: int = Field(30, ge=0, le=600, alias="AUTH_LEEWAY_SECONDS")
+    # The worker's own token (role `service`).
+    service_token_file: Path | None = Field(None, alias="SERVICE_TOKEN_FILE")
+
+    # Optional mutual TLS. Server side: certificate and key; with a client CA, clients
+    # must present a certificate it signed. Client side: the CA that signed the servers'
+    # certificates, and the client's own certificate and key.
+    tls_cert_file: Path | None = Field(None, alias="TLS_CERT_FILE")
+    tls_key_file: Path | None = Field(None, alias="TLS_KEY_FILE")
+    tls_client_ca_file: Path | None = Field(None, alias="TLS_CLIENT_CA_FILE")
+    tls_ca_file: Path | None = Field(None, alias="TLS_CA_FILE")
+    tls_client_cert_file: Path | None = Field(None, alias="TLS_CLIENT_CERT_FILE")
+    tls_client_key_file: Path | None = Field(None, alias="TLS_CLIENT_KEY_FILE")
+
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="LOG_LEVEL")
     log_format: Literal["auto", "json", "console"] = Field("auto", alias="LOG_FORMAT")
     shutdown_grace_seconds: float = Field(5.0, ge=0, le=300, alias="SHUTDOWN_GRACE_SECONDS")
@@ -81,6 +102,35 @@ class Settings(BaseSettings):
     @property
     def effective_payload_keys_file(self) -> Path:
         return self.payload_keys_file or self.state_dir / "payload-keys.json"
+
+    @property
+    def effective_jwks_file(self) -> Path:
+        return self.auth_jwks_file or self.state_dir / "jwks.json"
+
+    @property
+    def effective_signing_key_file(self) -> Path:
+        return self.auth_signing_key_file or self.state_dir / "signing-key.json"
+
+    @property
+    def effective_service_token_file(self) -> Path:
+        return self.service_token_file or self.state_dir / "service-token"
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        """A certificate without its key (or the reverse) is a mistake, not a choice."""
+        for cert, key, names in (
+            (self.tls_cert_file, self.tls_key_file, "TLS_CERT_FILE and TLS_KEY_FILE"),
+            (
+                self.tls_client_cert_file,
+                self.tls_client_key_file,
+                "TLS_CLIENT_CERT_FILE and TLS_CLIENT_KEY_FILE",
+            ),
+        ):
+            if (cert is None) != (key is None):
+                raise ValueError(f"{names} must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
+        return self
 
     @property
     def effective_temporal_address(self) -> str:
@@ -97,7 +147,10 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            name = str(error["loc"][0]) if error["loc"] else "?"
+            if not error["loc"]:  # a check across several variables names them itself
+                lines.append(f"  {error['msg'].removeprefix('Value error, ')}")
+                continue
+            name = str(error["loc"][0])
             field = Settings.model_fields.get(name)
             variable = field.alias if field is not None and field.alias else name.upper()
             lines.append(f"  {variable}: {error['msg']} (got {error.get('input')!r})")

@@ -4,15 +4,24 @@
    and logs one line per call with its status code and duration;
 2. error mapping: domain errors become their status codes with google.rpc details;
    anything unexpected is logged with its trace and becomes a bare INTERNAL;
-3. validation: protovalidate on every request; violations become INVALID_ARGUMENT
+3. authentication: the bearer token is verified (UNAUTHENTICATED otherwise); only the
+   health and reflection services are open;
+4. audit: every mutating call of an authenticated caller is recorded with its outcome,
+   refusals included;
+5. authorization: the access policy's roles for the method (PERMISSION_DENIED
+   otherwise, and for any method the policy does not list), and the request's actor
+   field bound to the caller's identity;
+6. validation: protovalidate on every request; violations become INVALID_ARGUMENT
    with google.rpc.BadRequest field violations, before any handler code runs.
 
 Only unary-unary methods are wrapped: the project's APIs are all unary, and the health
-and reflection services' streams pass through untouched.
+and reflection services' streams pass through untouched. Any other streaming method is
+refused by the authentication step.
 """
 
 from __future__ import annotations
 
+import contextvars
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -26,7 +35,17 @@ import structlog
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from services.common.errors import DomainError, FieldViolation, InvalidArgument, internal_status
+from services.common.audit import AuditLog, AuditRecord, is_mutating, resource_ids
+from services.common.auth import AccessPolicy, Principal, TokenVerifier
+from services.common.errors import (
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+    internal_status,
+)
 
 log = structlog.get_logger("mineaction.rpc")
 
@@ -213,5 +232,175 @@ class ValidationInterceptor(UnaryInterceptor):
         return await call_next(request, context)
 
 
-def interceptor_chain() -> list[grpc.aio.ServerInterceptor]:
-    return [RequestContextInterceptor(), ErrorMappingInterceptor(), ValidationInterceptor()]
+@dataclass
+class Caller:
+    """The verified caller of the current RPC, shared by the steps of the chain."""
+
+    principal: Principal
+    on_behalf_of: str = ""  # the staff member a relaying service named
+
+
+_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
+
+
+def current_caller() -> Caller | None:
+    return _caller.get()
+
+
+def bearer_token(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            scheme, _, token = str(value).partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated(
+                    "the authorization header must be 'Bearer <token>'", reason="TOKEN_MISSING"
+                )
+            return token.strip()
+    raise Unauthenticated(
+        "no bearer token: send the header 'authorization: Bearer <token>'",
+        reason="TOKEN_MISSING",
+    )
+
+
+class AuthenticationInterceptor(UnaryInterceptor):
+    def __init__(self, verifier: TokenVerifier, policy: AccessPolicy) -> None:
+        self._verifier = verifier
+        self._policy = policy
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if self._policy.is_open(handler_call_details.method):
+            return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        if handler is not None and handler.unary_unary is None:
+            return None  # a streaming method outside the open services: not served
+        return await super().intercept_service(lambda _: _resolved(handler), handler_call_details)
+
+    async def around(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext, call_next: Handler
+    ) -> Any:
+        principal = self._verifier.verify(bearer_token(context))
+        token = _caller.set(Caller(principal))
+        structlog.contextvars.bind_contextvars(subject=principal.subject)
+        try:
+            return await call_next(request, context)
+        finally:
+            _caller.reset(token)
+
+
+async def _resolved(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    return handler
+
+
+class AuditInterceptor(UnaryInterceptor):
+    def __init__(self, audit: AuditLog) -> None:
+        self._audit = audit
+
+    async def around(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext, call_next: Handler
+    ) -> Any:
+        caller = current_caller()
+        if caller is None or not is_mutating(request):
+            return await call_next(request, context)
+        code, reason = "OK", ""
+        try:
+            return await call_next(request, context)
+        except DomainError as error:
+            code, reason = error.code.name, error.reason
+            raise
+        except grpc.aio.AbortError:
+            code = _code_name(context.code() or grpc.StatusCode.UNKNOWN)
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL.name
+            raise
+        finally:
+            entry = AuditRecord(
+                subject=caller.principal.subject,
+                roles=sorted(caller.principal.roles),
+                method=method,
+                request_id=str(request.request_id),
+                resource_ids=resource_ids(request),
+                code=code,
+                reason=reason,
+                on_behalf_of=caller.on_behalf_of,
+            )
+            try:
+                await self._audit.record(entry)
+            except Exception:
+                log.exception("audit entry not recorded", code=code)
+                if code == "OK":
+                    # No acknowledged change goes unaudited: the caller retries with the
+                    # same request_id, gets the same answer, and that call is recorded.
+                    raise Unavailable(
+                        "the call could not be audited; retry with the same request_id",
+                        reason="AUDIT_UNAVAILABLE",
+                    ) from None
+
+
+class AuthorizationInterceptor(UnaryInterceptor):
+    def __init__(self, policy: AccessPolicy) -> None:
+        self._policy = policy
+
+    async def around(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext, call_next: Handler
+    ) -> Any:
+        caller = current_caller()
+        if caller is None:  # an open method
+            return await call_next(request, context)
+        principal = caller.principal
+        rule = self._policy.rule(method)
+        if rule is None:
+            raise PermissionDenied(
+                f"{method} is not in the access policy", reason="METHOD_NOT_ALLOWED"
+            )
+        if not principal.roles & rule.roles:
+            raise PermissionDenied(
+                f"{method.rsplit('/', 1)[-1]} needs one of the roles "
+                f"{', '.join(sorted(rule.roles))}; the token has "
+                f"{', '.join(sorted(principal.roles)) or 'none'}",
+                reason="ROLE_NOT_ALLOWED",
+            )
+        if rule.actor_field and isinstance(request, Message):
+            caller.on_behalf_of = bind_actor(request, rule.actor_field, principal)
+        return await call_next(request, context)
+
+
+def bind_actor(request: Message, path: str, principal: Principal) -> str:
+    """Make the request's actor field name the caller. Staff: empty means themselves, and
+    anyone else is refused. A relaying service may name the staff member it acts for;
+    returns that name ("" when the caller acts as itself)."""
+    *parents, name = path.split(".")
+    message = request
+    for part in parents:
+        message = getattr(message, part)
+    named = str(getattr(message, name))
+    if not named:
+        setattr(message, name, principal.subject)
+        return ""
+    if named.strip().lower() == principal.subject.strip().lower():
+        return ""
+    if principal.relays:
+        return named
+    raise PermissionDenied(
+        f"{path} must be empty or your own identity ({principal.subject}); only a service "
+        "may act for someone else",
+        reason="ACTOR_NOT_CALLER",
+        metadata={"field": path},
+    )
+
+
+def interceptor_chain(
+    verifier: TokenVerifier, policy: AccessPolicy, audit: AuditLog
+) -> list[grpc.aio.ServerInterceptor]:
+    return [
+        RequestContextInterceptor(),
+        ErrorMappingInterceptor(),
+        AuthenticationInterceptor(verifier, policy),
+        AuditInterceptor(audit),
+        AuthorizationInterceptor(policy),
+        ValidationInterceptor(),
+    ]

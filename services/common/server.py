@@ -1,8 +1,10 @@
 """gRPC server start-up shared by the three services.
 
 Each service describes itself with a ServiceSpec; ServiceHost runs it: migrations, the
-pool, a grpc.aio server with the interceptor chain, the standard health service and
-server reflection, and graceful shutdown on SIGTERM or SIGINT.
+pool, a grpc.aio server with the interceptor chain (authentication, audit, authorization
+included), the audit service over the service's own audit log, the standard health
+service and server reflection, TLS when configured (mutual when a client CA is set), and
+graceful shutdown on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common import audit
+from services.common.auth import AccessPolicy, AuthConfigError, TokenVerifier
 from services.common.config import ConfigError, Settings, load_settings
 from services.common.db import Database, MigrationError, database_url
 from services.common.interceptors import interceptor_chain
@@ -60,6 +64,11 @@ class ServiceHost:
         self._health = health.aio.HealthServicer()
 
     async def start(self) -> int:
+        # Keys, policy and certificates first: a process that cannot check callers must
+        # not start at all (AuthConfigError names the file).
+        verifier = TokenVerifier.from_settings(self.settings)
+        policy = AccessPolicy.load()
+        credentials = server_credentials(self.settings)
         self.db = await Database.open(
             database_url(self.settings),
             self.spec.name,
@@ -67,8 +76,9 @@ class ServiceHost:
             min_size=self.settings.db_pool_min_size,
             max_size=self.settings.db_pool_max_size,
         )
+        await audit.apply_migrations(self.db)
         server = grpc.aio.server(
-            interceptors=interceptor_chain(),
+            interceptors=interceptor_chain(verifier, policy, audit.AuditLog(self.db)),
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -76,17 +86,23 @@ class ServiceHost:
             ],
         )
         await self.spec.attach(server, self.db, self.settings)
+        audit.attach(server, self.db)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
                 self.spec.full_name,
+                audit.SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
             server,
         )
         try:
-            self.port = server.add_insecure_port(self.address)
+            self.port = (
+                server.add_secure_port(self.address, credentials)
+                if credentials is not None
+                else server.add_insecure_port(self.address)
+            )
         except RuntimeError:
             self.port = 0
         if self.port == 0:
@@ -94,7 +110,7 @@ class ServiceHost:
             raise PortInUse(self.address)
         await server.start()
         self._server = server
-        for name in ("", self.spec.full_name):
+        for name in ("", self.spec.full_name, audit.SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("service started", service=self.spec.name, address=self.address, port=self.port)
         return self.port
@@ -111,6 +127,26 @@ class ServiceHost:
             await self.db.close()
             self.db = None
         log.info("service stopped", service=self.spec.name)
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS when TLS_CERT_FILE/TLS_KEY_FILE are set; with TLS_CLIENT_CA_FILE, callers must
+    also present a certificate that CA signed (mutual TLS)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    try:
+        chain = settings.tls_cert_file.read_bytes()
+        key = settings.tls_key_file.read_bytes()
+        client_ca = (
+            settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+        )
+    except OSError as error:
+        raise AuthConfigError(f"cannot read a TLS file: {error}") from None
+    return grpc.ssl_server_credentials(
+        [(key, chain)],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 async def serve_until_signalled(host: ServiceHost) -> None:
@@ -134,6 +170,6 @@ def main(spec: ServiceSpec) -> None:
     configure_logging(settings, process=spec.name)
     try:
         asyncio.run(serve_until_signalled(ServiceHost(spec, settings)))
-    except (PortInUse, MigrationError, OSError) as error:
+    except (PortInUse, MigrationError, AuthConfigError, OSError) as error:
         print(f"{spec.name}: {error}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -172,6 +172,21 @@ FOR UPDATE OF l
 """
 
 
+def same_person(a: str, b: str) -> bool:
+    """Four eyes compares identities as the tokens and the relayed names spell them."""
+    return a.strip().lower() == b.strip().lower()
+
+
+def _proposal_to_proto(row: asyncpg.Record) -> pb.LoanWriteOffProposal:
+    return pb.LoanWriteOffProposal(
+        loan_id=row["loan_id"],
+        reason=row["reason"],
+        proposed_by=row["proposed_by"],
+        write_off_date=proto_date(row["write_off_date"]),
+        propose_time=timestamp(row["created_at"]),
+    )
+
+
 class LendingServicer(pb_grpc.LendingServiceServicer):
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -249,7 +264,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         async def approve(conn: Connection) -> pb.ApproveLoanResponse:
             loan = await self._loan_for_update(conn, request.loan_id)
             check_transition(loan["loan_id"], loan["state"], "APPROVED")
-            if loan["submitted_by"] == request.approved_by:
+            if same_person(loan["submitted_by"], request.approved_by):
                 raise PermissionDenied(
                     "four eyes: whoever submitted an application cannot approve it",
                     reason="FOUR_EYES",
@@ -809,25 +824,64 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
 
         return await once_per_request(self.db, request, pb.PauseDelinquencyResponse, pause)
 
-    async def WriteOffLoan(
-        self, request: pb.WriteOffLoanRequest, context: grpc.aio.ServicerContext
-    ) -> pb.WriteOffLoanResponse:
+    async def ProposeLoanWriteOff(
+        self, request: pb.ProposeLoanWriteOffRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ProposeLoanWriteOffResponse:
         on = from_proto_date(request.write_off_date)
-        if request.proposed_by.strip().lower() == request.confirmed_by.strip().lower():
-            raise PermissionDenied(
-                "four eyes: a write-off needs a second person to confirm it",
-                reason="FOUR_EYES",
-            )
 
-        async def write_off(conn: Connection) -> pb.WriteOffLoanResponse:
+        async def propose(conn: Connection) -> pb.ProposeLoanWriteOffResponse:
             loan = await self._loan_for_update(conn, request.loan_id)
             check_transition(request.loan_id, loan["state"], "CLOSED_WRITTEN_OFF")
-            if on < loan["last_value_date"]:
-                raise invalid(
-                    "write_off_date",
-                    f"must not be before the loan's latest transaction ({loan['last_value_date']})",
-                    "BEFORE_LATEST_TRANSACTION",
+            self._check_write_off_date(loan, on)
+            row = await conn.fetchrow(
+                """INSERT INTO write_off_proposals (loan_id, reason, write_off_date, proposed_by)
+                   VALUES ($1, $2, $3, $4) ON CONFLICT (loan_id) DO NOTHING RETURNING *""",
+                request.loan_id,
+                request.reason,
+                on,
+                request.proposed_by,
+            )
+            if row is None:
+                raise FailedPrecondition(
+                    f"loan {request.loan_id} already has a write-off proposal waiting for "
+                    "confirmation",
+                    reason="WRITE_OFF_ALREADY_PROPOSED",
+                    metadata={"loan_id": request.loan_id},
                 )
+            await self._record_event(
+                conn,
+                request.loan_id,
+                "ACTIVE",
+                "ACTIVE",
+                request.proposed_by,
+                f"write-off proposed: {request.reason}",
+            )
+            return pb.ProposeLoanWriteOffResponse(proposal=_proposal_to_proto(row))
+
+        return await once_per_request(self.db, request, pb.ProposeLoanWriteOffResponse, propose)
+
+    async def ConfirmLoanWriteOff(
+        self, request: pb.ConfirmLoanWriteOffRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ConfirmLoanWriteOffResponse:
+        async def confirm(conn: Connection) -> pb.ConfirmLoanWriteOffResponse:
+            loan = await self._loan_for_update(conn, request.loan_id)
+            proposal = await conn.fetchrow(
+                "SELECT * FROM write_off_proposals WHERE loan_id = $1", request.loan_id
+            )
+            if proposal is None:
+                raise FailedPrecondition(
+                    f"loan {request.loan_id} has no write-off proposal to confirm",
+                    reason="NO_WRITE_OFF_PROPOSAL",
+                    metadata={"loan_id": request.loan_id},
+                )
+            if same_person(proposal["proposed_by"], request.confirmed_by):
+                raise PermissionDenied(
+                    "four eyes: whoever proposed a write-off cannot confirm it",
+                    reason="FOUR_EYES",
+                )
+            check_transition(request.loan_id, loan["state"], "CLOSED_WRITTEN_OFF")
+            on = proposal["write_off_date"]
+            self._check_write_off_date(loan, on)
             txn_id = await ledger.post(
                 conn,
                 fund_id=loan["fund_id"],
@@ -835,7 +889,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 kind="WRITE_OFF",
                 value_date=on,
                 recorded_by=request.confirmed_by,
-                memo=request.reason,
+                memo=proposal["reason"],
                 postings=[
                     Posting(ledger.WRITE_OFF_EXPENSE, loan["outstanding"], request.loan_id),
                     Posting(LOANS_RECEIVABLE, -loan["outstanding"], request.loan_id),
@@ -847,8 +901,8 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 request.loan_id,
                 txn_id,
                 on,
-                request.reason,
-                request.proposed_by,
+                proposal["reason"],
+                proposal["proposed_by"],
                 request.confirmed_by,
             )
             await self._set_state(
@@ -857,11 +911,22 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 "ACTIVE",
                 "CLOSED_WRITTEN_OFF",
                 request.confirmed_by,
-                f"proposed by {request.proposed_by}: {request.reason}",
+                f"proposed by {proposal['proposed_by']}: {proposal['reason']}",
             )
-            return pb.WriteOffLoanResponse(loan=await self._loan_view(conn, request.loan_id, on))
+            return pb.ConfirmLoanWriteOffResponse(
+                loan=await self._loan_view(conn, request.loan_id, on)
+            )
 
-        return await once_per_request(self.db, request, pb.WriteOffLoanResponse, write_off)
+        return await once_per_request(self.db, request, pb.ConfirmLoanWriteOffResponse, confirm)
+
+    @staticmethod
+    def _check_write_off_date(loan: asyncpg.Record, on: date) -> None:
+        if loan["last_value_date"] is not None and on < loan["last_value_date"]:
+            raise invalid(
+                "write_off_date",
+                f"must not be before the loan's latest transaction ({loan['last_value_date']})",
+                "BEFORE_LATEST_TRANSACTION",
+            )
 
     # ----- helpers ------------------------------------------------------------------------
 

@@ -12,10 +12,12 @@ from google.protobuf import descriptor, message_factory
 from google.protobuf.message import Message
 
 from mineaction.assistance.v1 import assistance_service_pb2
+from mineaction.audit.v1 import audit_service_pb2
 from mineaction.eligibility.v1 import eligibility_service_pb2
 from mineaction.lending.v1 import lending_service_pb2
-from services.common.interceptors import shared_validator, violations_of
-from tests.conftest import Cluster
+from services.common.auth import ROLES, AccessPolicy, Principal
+from services.common.interceptors import bind_actor, shared_validator, violations_of
+from tests.conftest import DEFAULT_SUBJECT, Cluster
 from tests.grpc_errors import details
 
 SERVICES = {
@@ -23,12 +25,27 @@ SERVICES = {
     "lending": lending_service_pb2.DESCRIPTOR.services_by_name["LendingService"],
     "assistance": assistance_service_pb2.DESCRIPTOR.services_by_name["AssistanceService"],
 }
+# Every service process also hosts the audit service; one host is enough here.
+AUDIT = audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"]
+POLICY = AccessPolicy.load()
+CALLER = Principal(DEFAULT_SUBJECT, frozenset(ROLES))
 
 
 def all_methods() -> Iterator[tuple[str, descriptor.MethodDescriptor]]:
-    for name, service in SERVICES.items():
+    for name, service in [*SERVICES.items(), ("lending", AUDIT)]:
         for method in service.methods:
             yield name, method
+
+
+def expected_violations(method: descriptor.MethodDescriptor, request: Message) -> set[str]:
+    """What the contract refuses once the server has filled the actor field (an empty
+    actor field means the caller)."""
+    bound = type(request)()
+    bound.CopyFrom(request)
+    rule = POLICY.rule(f"/{method.containing_service.full_name}/{method.name}")
+    if rule is not None and rule.actor_field:
+        bind_actor(bound, rule.actor_field, CALLER)
+    return {v.field for v in violations_of(bound, shared_validator())}
 
 
 def invalid_requests(method: descriptor.MethodDescriptor) -> list[Message]:
@@ -44,7 +61,7 @@ def invalid_requests(method: descriptor.MethodDescriptor) -> list[Message]:
         candidates.append(request_class(request_id="not-a-uuid"))
     if "district_code" in fields:
         candidates.append(request_class(district_code="Not a district!"))
-    return [c for c in candidates if violations_of(c, shared_validator())]
+    return [c for c in candidates if expected_violations(method, c)]
 
 
 def call(cluster: Cluster, service: str, method: descriptor.MethodDescriptor) -> Any:
@@ -66,7 +83,7 @@ async def test_invalid_request_is_refused_with_field_violations(
     before = await cluster.row_counts()
     rpc = call(cluster, service, method)
     for request in requests:
-        expected = {v.field for v in violations_of(request, shared_validator())}
+        expected = expected_violations(method, request)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await rpc(request, timeout=10)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()

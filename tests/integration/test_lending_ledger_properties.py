@@ -21,6 +21,7 @@ from tests.lending_helpers import (
     lending_db,
     open_fund,
     repayment,
+    write_off,
 )
 
 CAPITAL = 1_500_000
@@ -116,16 +117,7 @@ async def _apply(cluster: Cluster, loan_id: str, model: Model, op: tuple[str, in
         )
         on = model.today  # a pause posts nothing
     else:
-        await lending.WriteOffLoan(
-            pb.WriteOffLoanRequest(
-                request_id=request_id(),
-                loan_id=loan_id,
-                reason="uncollectable",
-                proposed_by="lo-03",
-                confirmed_by="pm-01",
-                write_off_date=pdate(on),
-            )
-        )
+        await write_off(lending, loan_id, on)
         model.written_off = model.outstanding
     model.today = max(model.today, on)
 

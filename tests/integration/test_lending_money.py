@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from mineaction.lending.v1 import lending_service_pb2 as pb
+from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import sex_pb2
 from services.lending.schedule import build_schedule
 from tests.conftest import Cluster
@@ -26,6 +27,7 @@ from tests.lending_helpers import (
     lending_db,
     open_fund,
     repayment,
+    write_off,
 )
 
 START = date(2026, 3, 10)  # small_trade: 12 months, 1 month grace; first due 2026-05-10
@@ -405,29 +407,63 @@ async def test_reversal_corrects_a_repayment_and_reopens_a_repaid_loan(cluster: 
 async def test_write_off_needs_two_people_and_recoveries_return_to_the_fund(
     cluster: Cluster,
 ) -> None:
+    """Four eyes by identity: the proposer's token cannot confirm, whatever it writes in
+    confirmed_by; a second person's token can."""
     fund_id = await open_fund(cluster, 1_000_000)
     loan = await active_loan(cluster, fund_id=fund_id)
     await cluster.lending.RecordRepayment(repayment(loan.loan_id, 20_000, date(2026, 5, 10)))
-    proposal = pb.WriteOffLoanRequest(
-        request_id=request_id(),
-        loan_id=loan.loan_id,
-        reason="the borrower died; no estate",
-        proposed_by="lo-03",
-        confirmed_by="lo-03",
-        write_off_date=pdate(date(2027, 6, 30)),
+    officer = cluster.channel("lending", cluster.token_for("loan_officer", subject="lo-03"))
+    # the same person, with the manager's role too, in other letters
+    same = cluster.channel(
+        "lending", cluster.token_for("programme_manager", "loan_officer", subject="LO-03")
     )
-    with pytest.raises(grpc.aio.AioRpcError) as alone:
-        await cluster.lending.WriteOffLoan(proposal)
-    assert alone.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    proposal.confirmed_by = "LO-03"  # the same person in other letters
-    with pytest.raises(grpc.aio.AioRpcError) as disguised:
-        await cluster.lending.WriteOffLoan(proposal)
-    assert disguised.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    proposal.confirmed_by = "pm-01"
-    written = await cluster.lending.WriteOffLoan(proposal)
+    manager = cluster.channel("lending", cluster.token_for("programme_manager", subject="pm-01"))
+    try:
+        confirm = pb.ConfirmLoanWriteOffRequest(request_id=request_id(), loan_id=loan.loan_id)
+        with pytest.raises(grpc.aio.AioRpcError) as nothing_proposed:
+            await pb_grpc.LendingServiceStub(manager).ConfirmLoanWriteOff(confirm)
+        assert nothing_proposed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(nothing_proposed.value) == "NO_WRITE_OFF_PROPOSAL"
+
+        proposed = await pb_grpc.LendingServiceStub(officer).ProposeLoanWriteOff(
+            pb.ProposeLoanWriteOffRequest(
+                request_id=request_id(),
+                loan_id=loan.loan_id,
+                reason="the borrower died; no estate",
+                write_off_date=pdate(date(2027, 6, 30)),
+            )
+        )
+        assert proposed.proposal.proposed_by == "lo-03"  # the token's subject
+        nothing_posted = await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=loan.loan_id))
+        assert nothing_posted.loan.state == pb.LOAN_STATE_ACTIVE
+
+        confirm.request_id = request_id()
+        with pytest.raises(grpc.aio.AioRpcError) as alone:
+            await pb_grpc.LendingServiceStub(same).ConfirmLoanWriteOff(confirm)
+        assert alone.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert error_reason(alone.value) == "FOUR_EYES"
+        # naming someone else does not help a staff member: actor fields are their own
+        confirm.request_id, confirm.confirmed_by = request_id(), "pm-01"
+        with pytest.raises(grpc.aio.AioRpcError) as pretending:
+            await pb_grpc.LendingServiceStub(same).ConfirmLoanWriteOff(confirm)
+        assert pretending.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert error_reason(pretending.value) == "ACTOR_NOT_CALLER"
+
+        confirm.request_id, confirm.confirmed_by = request_id(), ""
+        written = await pb_grpc.LendingServiceStub(manager).ConfirmLoanWriteOff(confirm)
+        again = await pb_grpc.LendingServiceStub(manager).ConfirmLoanWriteOff(confirm)
+        assert again == written  # a retry: the stored answer
+    finally:
+        for channel in (officer, same, manager):
+            await channel.close()
     assert written.loan.state == pb.LOAN_STATE_CLOSED_WRITTEN_OFF
     assert written.loan.written_off_minor == 100_000
     assert written.loan.outstanding_principal_minor == 0
+    async with lending_db(cluster).pool.acquire() as conn:
+        names = await conn.fetchrow(
+            "SELECT proposed_by, confirmed_by FROM write_offs WHERE loan_id = $1", loan.loan_id
+        )
+    assert (names["proposed_by"], names["confirmed_by"]) == ("lo-03", "pm-01")
 
     recovery = await cluster.lending.RecordRepayment(
         repayment(loan.loan_id, 15_000, date(2027, 9, 1))
@@ -442,11 +478,8 @@ async def test_write_off_needs_two_people_and_recoveries_return_to_the_fund(
     assert (fund.written_off_minor, fund.recovered_minor) == (100_000, 15_000)
     assert fund.available_minor == 1_000_000 - 120_000 + 20_000 + 15_000
     assert fund.outstanding_principal_minor == 0
-    again = await cluster.lending.WriteOffLoan(proposal)  # a retry: the stored answer
-    assert again == written
-    proposal.request_id = request_id()
     with pytest.raises(grpc.aio.AioRpcError) as closed:
-        await cluster.lending.WriteOffLoan(proposal)
+        await write_off(cluster.lending, loan.loan_id, date(2027, 9, 3))
     assert closed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 

@@ -24,6 +24,8 @@ from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
+from services.common.channels import client_tls, open_channel, service_token
+from services.common.config import Settings, load_settings
 from services.common.protoconv import proto_date
 from workers.journey.model import (
     AdvanceInput,
@@ -113,14 +115,33 @@ def _assistance_state(
 
 
 class JourneyActivities:
-    """Holds one channel per service and the outbox; the worker creates it once."""
+    """Holds one channel per service and the outbox; the worker creates it once.
 
-    def __init__(self, eligibility: str, lending: str, assistance: str, outbox: Outbox) -> None:
+    Every call carries the worker's own token (role `service`); it relays the staff
+    decisions that reached the journey as updates by naming the staff member in the
+    request's actor field (submitted_by, approved_by, ...).
+    """
+
+    def __init__(
+        self,
+        eligibility: str,
+        lending: str,
+        assistance: str,
+        outbox: Outbox,
+        *,
+        token: str | None = None,
+        tls: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        if token is None:
+            # Built without a token (the worker's journey_activities): the service token
+            # and client TLS from this process's settings.
+            settings = load_settings()
+            token, tls = service_token(settings), client_tls(settings)
         # Round robin over every address a name resolves to (dns:///lending:50052 with
         # several replicas); the default would pin each channel to one replica.
         options = [("grpc.lb_policy_name", "round_robin")]
         self._channels = [
-            grpc.aio.insecure_channel(a, options=options)
+            open_channel(a, token, options=options, tls=tls)
             for a in (eligibility, lending, assistance)
         ]
         self.eligibility = eligibility_grpc.EligibilityServiceStub(self._channels[0])
@@ -128,6 +149,17 @@ class JourneyActivities:
         self.assistance = assistance_grpc.AssistanceServiceStub(self._channels[2])
         self.outbox = outbox
         self._terminal_states: dict[str, set[str]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, outbox: Outbox) -> JourneyActivities:
+        return cls(
+            settings.eligibility_address,
+            settings.lending_address,
+            settings.assistance_address,
+            outbox,
+            token=service_token(settings),
+            tls=client_tls(settings),
+        )
 
     async def close(self) -> None:
         for channel in self._channels:
@@ -336,15 +368,24 @@ class JourneyActivities:
 
     @activity.defn
     async def write_off_loan(self, params: WriteOffInput) -> LoanSummary:
-        response = await call(
-            self.lending.WriteOffLoan,
-            lending_pb.WriteOffLoanRequest(
-                request_id=step_request_id("write-off"),
+        """Both people's decisions reached the journey together; the service records
+        them as a proposal and a confirmation, four eyes checked on the two names."""
+        await call(
+            self.lending.ProposeLoanWriteOff,
+            lending_pb.ProposeLoanWriteOffRequest(
+                request_id=step_request_id("write-off/propose"),
                 loan_id=params.loan_id,
                 reason=params.reason,
                 proposed_by=params.proposed_by,
-                confirmed_by=params.confirmed_by,
                 write_off_date=pdate(params.write_off_date),
+            ),
+        )
+        response = await call(
+            self.lending.ConfirmLoanWriteOff,
+            lending_pb.ConfirmLoanWriteOffRequest(
+                request_id=step_request_id("write-off/confirm"),
+                loan_id=params.loan_id,
+                confirmed_by=params.confirmed_by,
             ),
         )
         return _loan_summary(response.loan)
