@@ -1,0 +1,8 @@
+"""`mineaction`: the operators' command-line tool (Typer and Rich) over the cluster's gRPC
+APIs and the Temporal journeys, and `mineaction simulate` for programme managers."""
+
+import os
+
+# gRPC core's informational lines (fork handlers when PostgreSQL helpers start) are not
+# for the operator; errors still show.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

@@ -1,0 +1,79 @@
+"""What every command needs: the cluster's settings (the same as the services'), the
+caller's token, channels to the services and the Temporal client."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from temporalio.client import Client
+
+from cli.errors import RUNNING_HINT, CliError
+from cli.inputs import BadInput, existing_file
+from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
+from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
+from services.common.channels import default_token, open_channel
+from services.common.config import Settings, load_settings
+from workers.journey.worker import connect
+
+# A call that takes longer than this is reported, never waited for without end.
+CALL_TIMEOUT_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class Options:
+    """The global options (`mineaction --token-file ... COMMAND`)."""
+
+    token_file: Path | None = None
+
+
+def settings() -> Settings:
+    return load_settings()  # ConfigError names the bad variable
+
+
+def token(options: Options, configured: Settings) -> str | None:
+    if options.token_file is not None:
+        path = existing_file(options.token_file, "token file")
+        value = path.read_text(encoding="utf-8").strip()
+        if not value:
+            raise BadInput(f"token file {str(path)!r} is empty")
+        return value
+    return default_token(configured)
+
+
+@contextlib.asynccontextmanager
+async def channel(address: str, bearer: str | None) -> AsyncIterator[grpc.aio.Channel]:
+    chan = open_channel(address, bearer)
+    try:
+        yield chan
+    finally:
+        await chan.close()
+
+
+@contextlib.asynccontextmanager
+async def eligibility(
+    configured: Settings, bearer: str | None
+) -> AsyncIterator[eligibility_grpc.EligibilityServiceStub]:
+    async with channel(configured.eligibility_address, bearer) as chan:
+        yield eligibility_grpc.EligibilityServiceStub(chan)
+
+
+@contextlib.asynccontextmanager
+async def lending(
+    configured: Settings, bearer: str | None
+) -> AsyncIterator[lending_grpc.LendingServiceStub]:
+    async with channel(configured.lending_address, bearer) as chan:
+        yield lending_grpc.LendingServiceStub(chan)
+
+
+async def temporal_client(configured: Settings) -> Client:
+    """The same connection the worker makes (one attempt: an operator waits for no one)."""
+    try:
+        return await connect(configured, attempts=1)
+    except (ConnectionError, RuntimeError):
+        raise CliError(
+            f"Temporal at {configured.effective_temporal_address} is not reachable — {RUNNING_HINT}"
+        ) from None

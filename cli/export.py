@@ -1,0 +1,186 @@
+"""CSV exports: loans, the portfolio report and assessments. Amounts are exact manat
+(two decimals, from integer qəpik) with the qəpik alongside."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import AsyncIterator, Iterable
+from datetime import date
+from typing import IO, Any
+
+from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
+from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
+from mineaction.lending.v1 import lending_service_pb2 as lending_pb
+from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
+from services.common.protoconv import proto_date
+
+PAGE = 200
+
+
+def azn(minor: int) -> str:
+    """Exact manat without thousands separators: 123456 -> '1234.56'."""
+    sign = "-" if minor < 0 else ""
+    whole, cents = divmod(abs(minor), 100)
+    return f"{sign}{whole}.{cents:02d}"
+
+
+LOAN_COLUMNS = (
+    "loan_id",
+    "survivor_id",
+    "product_id",
+    "state",
+    "fund_id",
+    "district_code",
+    "principal_azn",
+    "disbursed_azn",
+    "repaid_principal_azn",
+    "outstanding_principal_azn",
+    "written_off_azn",
+    "recovered_azn",
+    "days_past_due",
+    "bucket",
+    "principal_minor",
+    "outstanding_principal_minor",
+)
+
+
+async def loans(
+    stub: lending_grpc.LendingServiceStub,
+    state: lending_pb.LoanState.ValueType,
+    district: str,
+    rpc_timeout: float,
+) -> AsyncIterator[list[str]]:
+    token = ""
+    while True:
+        page = await stub.ListLoans(
+            lending_pb.ListLoansRequest(
+                page_size=PAGE, page_token=token, state=state, district_code=district
+            ),
+            timeout=rpc_timeout,
+        )
+        for loan in page.loans:
+            yield [
+                loan.loan_id,
+                loan.survivor_id,
+                loan.product_id,
+                lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_"),
+                loan.fund_id,
+                loan.district_code,
+                azn(loan.principal_minor),
+                azn(loan.disbursed_minor),
+                azn(loan.repaid_principal_minor),
+                azn(loan.outstanding_principal_minor),
+                azn(loan.written_off_minor),
+                azn(loan.recovered_minor),
+                str(loan.days_past_due),
+                lending_pb.DelinquencyBucket.Name(loan.bucket).removeprefix("DELINQUENCY_BUCKET_"),
+                str(loan.principal_minor),
+                str(loan.outstanding_principal_minor),
+            ]
+        token = page.next_page_token
+        if not token:
+            return
+
+
+PORTFOLIO_COLUMNS = (
+    "as_of",
+    "breakdown",
+    "key",
+    "active_loans",
+    "outstanding_principal_azn",
+    "par30_outstanding_azn",
+    "par30_percent",
+    "repayment_rate_percent",
+    "outstanding_principal_minor",
+    "par30_outstanding_minor",
+)
+
+
+def portfolio_rows(report: lending_pb.PortfolioReport, as_of: date) -> Iterable[list[str]]:
+    groups: list[tuple[str, list[tuple[str, lending_pb.PortfolioFigures]]]] = [
+        ("total", [("all", report.total)]),
+        ("district", [(b.key, b.figures) for b in report.by_district]),
+        ("sex", [(b.key, b.figures) for b in report.by_sex]),
+        ("product", [(b.key, b.figures) for b in report.by_product]),
+    ]
+    for breakdown, rows in groups:
+        for key, f in rows:
+            yield [
+                as_of.isoformat(),
+                breakdown,
+                key,
+                str(f.active_loans),
+                azn(f.outstanding_principal_minor),
+                azn(f.par30_outstanding_minor),
+                f"{f.par30_basis_points / 100:.2f}",
+                f"{f.repayment_rate_basis_points / 100:.2f}",
+                str(f.outstanding_principal_minor),
+                str(f.par30_outstanding_minor),
+            ]
+
+
+async def portfolio(
+    stub: lending_grpc.LendingServiceStub, as_of: date, fund_id: str, rpc_timeout: float
+) -> list[list[str]]:
+    response = await stub.GetPortfolioReport(
+        lending_pb.GetPortfolioReportRequest(as_of=proto_date(as_of), fund_id=fund_id),
+        timeout=rpc_timeout,
+    )
+    return list(portfolio_rows(response.report, as_of))
+
+
+ASSESSMENT_COLUMNS = (
+    "assessment_id",
+    "survivor_id",
+    "assessment_date",
+    "rule_set_id",
+    "rule_set_version",
+    "district_code",
+    "programme_id",
+    "outcome",
+    "failed_rules",
+    "missing_data",
+    "priority_score",
+)
+
+
+async def assessments(
+    stub: eligibility_grpc.EligibilityServiceStub,
+    survivor_id: str,
+    district: str,
+    rpc_timeout: float,
+) -> AsyncIterator[list[str]]:
+    token = ""
+    while True:
+        page = await stub.ListAssessments(
+            eligibility_pb.ListAssessmentsRequest(
+                page_size=PAGE, page_token=token, survivor_id=survivor_id, district_code=district
+            ),
+            timeout=rpc_timeout,
+        )
+        for a in page.assessments:
+            d8 = a.assessment_date
+            day = f"{d8.year:04d}-{d8.month:02d}-{d8.day:02d}"
+            for d in a.decisions:
+                yield [
+                    a.assessment_id,
+                    a.survivor_id,
+                    day,
+                    a.rule_set_id,
+                    str(a.rule_set_version),
+                    a.district_code,
+                    d.programme_id,
+                    eligibility_pb.Outcome.Name(d.outcome).removeprefix("OUTCOME_"),
+                    " ".join(r.rule_id for r in d.rule_results if not r.passed),
+                    " ".join(d.missing_data),
+                    str(a.priority.total),
+                ]
+        token = page.next_page_token
+        if not token:
+            return
+
+
+def writer(out: IO[str], columns: Iterable[str]) -> Any:
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(list(columns))
+    return w

@@ -1,0 +1,130 @@
+"""Checks of what the operator typed, made before anything is called: each bad value
+raises BadInput with one line that says what is wrong and what is expected."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+# The services' own patterns (proto/mineaction/*/v1: buf.validate annotations).
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,63}$")
+_CODE = re.compile(r"^[a-z][a-z0-9_]{1,39}$")
+_DISTRICT = re.compile(r"^[a-z][a-z_]{1,39}$")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_AMOUNT = re.compile(r"^\d+(\.\d+)?$")
+
+LANGUAGES = ("en", "az")
+MAX_AMOUNT_MINOR = 10_000_000_000  # the services' limit on one request: 100 million AZN
+
+
+class BadInput(Exception):
+    """Refused before any call; the message is the whole story, on one line."""
+
+
+def identifier(value: str, what: str) -> str:
+    """An opaque id as the services accept it (3-64 letters, digits, '-' and '_')."""
+    value = value.strip()
+    if not _ID.match(value):
+        raise BadInput(
+            f"{what} {value!r} is not a valid id: use 3 to 64 letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def code(value: str, what: str) -> str:
+    """A product, programme or assistance-type code such as `fish_farming`."""
+    value = value.strip()
+    if not _CODE.match(value):
+        raise BadInput(f"{what} {value!r} is not valid: use lower-case letters, digits and '_'")
+    return value
+
+
+def district(value: str) -> str:
+    value = value.strip()
+    if not _DISTRICT.match(value):
+        raise BadInput(f"district {value!r} is not valid: use a lower-case code such as saatli")
+    return value
+
+
+def staff(value: str, what: str) -> str:
+    """Who did something (a staff id): required, at most 64 characters."""
+    value = value.strip()
+    if not value:
+        raise BadInput(f"{what} is required")
+    if len(value) > 64:
+        raise BadInput(f"{what} is longer than 64 characters")
+    return value
+
+
+def amount_minor(value: str, what: str = "amount") -> int:
+    """Manat as typed (`12.50`, `1500`) to integer qəpik, exactly: no floats, no
+    rounding; more than two decimals, zero, negative or absurd amounts are refused."""
+    text = value.strip()
+    if text.startswith("-"):
+        raise BadInput(f"{what} must be positive, got {value!r}")
+    match = _AMOUNT.match(text)
+    if not match:
+        raise BadInput(f"{what} {value!r} is not an amount in manat, e.g. 12.50")
+    if match.group(1) and len(match.group(1)) > 3:
+        raise BadInput(f"{what} {value!r} has more than 2 decimals (1 AZN = 100 qəpik)")
+    minor = int(Decimal(text) * 100)  # exact: at most two decimals
+    if minor <= 0:
+        raise BadInput(f"{what} must be positive, got {value!r}")
+    if minor > MAX_AMOUNT_MINOR:
+        raise BadInput(f"{what} {value!r} is above the limit of {MAX_AMOUNT_MINOR // 100:,} AZN")
+    return minor
+
+
+def manat(minor: int) -> str:
+    """Qəpik as manat for display: 123456 -> '1,234.56'."""
+    sign = "-" if minor < 0 else ""
+    whole, cents = divmod(abs(minor), 100)
+    return f"{sign}{whole:,}.{cents:02d}"
+
+
+def iso_date(value: str, what: str = "date") -> date:
+    value = value.strip()
+    if not _ISO_DATE.match(value):
+        raise BadInput(f"{what} {value!r} is not a date in the form YYYY-MM-DD")
+    try:
+        parsed = date.fromisoformat(value)
+    except ValueError:
+        raise BadInput(f"{what} {value!r} is not a real calendar date") from None
+    if not 1900 <= parsed.year <= 2100:
+        raise BadInput(f"{what} {value!r} is outside 1900-2100")
+    return parsed
+
+
+def language(value: str) -> str:
+    value = value.strip().lower()
+    if value not in LANGUAGES:
+        raise BadInput(f"unknown language {value!r}: use en (English) or az (Azerbaijani)")
+    return value
+
+
+def existing_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise BadInput(f"{what} {str(path)!r} does not exist")
+    if not path.is_file():
+        raise BadInput(f"{what} {str(path)!r} is not a file")
+    return path
+
+
+def count(value: int, what: str, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise BadInput(f"{what} must be from {low} to {high}, got {value}")
+    return value
+
+
+def share(value: float, what: str) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise BadInput(f"{what} must be a share from 0 to 1, got {value}")
+    return value
+
+
+def request_id() -> str:
+    return str(uuid.uuid4())

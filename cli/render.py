@@ -1,0 +1,191 @@
+"""Rich tables for what the services and the journeys answer, in English or Azerbaijani."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from cli.inputs import manat
+from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
+from mineaction.lending.v1 import lending_service_pb2 as lending_pb
+from workers.journey.model import JourneyStatus
+
+LABELS: dict[str, dict[str, str]] = {
+    "assessment": {"en": "Eligibility assessment", "az": "Uyğunluq qiymətləndirməsi"},
+    "programme": {"en": "Programme", "az": "Proqram"},
+    "outcome": {"en": "Outcome", "az": "Nəticə"},
+    "rule": {"en": "Rule", "az": "Qayda"},
+    "result": {"en": "Result", "az": "Nəticə"},
+    "explanation": {"en": "Explanation", "az": "İzah"},
+    "passed": {"en": "passed", "az": "keçdi"},
+    "failed": {"en": "failed", "az": "keçmədi"},
+    "missing": {"en": "missing data", "az": "çatışmayan məlumat"},
+    "OUTCOME_ELIGIBLE": {"en": "eligible", "az": "uyğundur"},
+    "OUTCOME_NOT_ELIGIBLE": {"en": "not eligible", "az": "uyğun deyil"},
+    "OUTCOME_NEEDS_REVIEW": {"en": "needs review", "az": "yoxlanılmalıdır"},
+    "priority": {"en": "Priority score", "az": "Prioritet balı"},
+    "rule_set": {"en": "rule set", "az": "qaydalar toplusu"},
+    "journey": {"en": "Journey", "az": "Yol xəritəsi"},
+    "stage": {"en": "Stage", "az": "Mərhələ"},
+    "workflow": {"en": "Workflow", "az": "İş axını"},
+    "eligible_programmes": {"en": "Eligible programmes", "az": "Uyğun proqramlar"},
+    "loan": {"en": "Loan", "az": "Kredit"},
+    "loan_status": {"en": "Loan status", "az": "Kreditin vəziyyəti"},
+    "next_due": {"en": "Next instalment", "az": "Növbəti ödəniş"},
+    "outstanding": {"en": "Outstanding (AZN)", "az": "Qalıq borc (AZN)"},
+    "days_past_due": {"en": "Days past due", "az": "Gecikmə günləri"},
+    "assistance": {"en": "Assistance", "az": "Yardım"},
+    "follow_ups": {"en": "Follow-ups recorded", "az": "Qeydə alınmış izləmələr"},
+    "follow_up_due": {"en": "Follow-up due", "az": "Gözlənilən izləmə"},
+    "none": {"en": "none", "az": "yoxdur"},
+}
+
+
+def label(key: str, lang: str) -> str:
+    return LABELS.get(key, {}).get(lang, key)
+
+
+def console() -> Console:
+    # Wide enough for the tables when the output is a pipe or a file.
+    return Console(soft_wrap=False, width=None if Console().is_terminal else 160)
+
+
+def assessment_table(a: eligibility_pb.Assessment, lang: str) -> Table:
+    title = (
+        f"{label('assessment', lang)} {a.assessment_id} — {a.survivor_id}, "
+        f"{a.assessment_date.year:04d}-{a.assessment_date.month:02d}-{a.assessment_date.day:02d}, "
+        f"{label('rule_set', lang)} {a.rule_set_id} v{a.rule_set_version}"
+    )
+    table = Table(title=title, show_lines=True)
+    table.add_column(label("programme", lang), style="bold")
+    table.add_column(label("outcome", lang))
+    table.add_column(label("rule", lang))
+    table.add_column(label("result", lang))
+    table.add_column(label("explanation", lang), overflow="fold")
+    for d in a.decisions:
+        outcome_key = eligibility_pb.Outcome.Name(d.outcome)
+        style = {"OUTCOME_ELIGIBLE": "green", "OUTCOME_NOT_ELIGIBLE": "red"}.get(
+            outcome_key, "yellow"
+        )
+        outcome = f"[{style}]{label(outcome_key, lang)}[/{style}]"
+        first = True
+        for r in d.rule_results:
+            text = r.explanation.az if lang == "az" else r.explanation.en
+            table.add_row(
+                d.programme_id if first else "",
+                outcome if first else "",
+                r.rule_id,
+                label("passed" if r.passed else "failed", lang),
+                text or r.explanation.en,
+            )
+            first = False
+        if d.missing_data:
+            table.add_row(
+                d.programme_id if first else "",
+                outcome if first else "",
+                "",
+                label("missing", lang),
+                ", ".join(d.missing_data),
+            )
+            first = False
+        if first:
+            table.add_row(d.programme_id, outcome, "", "", "")
+    return table
+
+
+def priority_line(a: eligibility_pb.Assessment, lang: str) -> str:
+    parts = ", ".join(f"{c.name} {c.points:+d}" for c in a.priority.components if c.points)
+    return f"{label('priority', lang)}: {a.priority.total}" + (f" ({parts})" if parts else "")
+
+
+def journey_table(status: JourneyStatus, workflow_id: str, state: str, lang: str) -> Table:
+    table = Table(title=f"{label('journey', lang)} {status.survivor_id}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    none = label("none", lang)
+    rows = [
+        (label("workflow", lang), f"{workflow_id} ({state})"),
+        (label("stage", lang), status.stage),
+        (
+            label("eligible_programmes", lang),
+            ", ".join(status.eligible_programmes) or none,
+        ),
+        (label("loan", lang), status.loan_id or none),
+        (label("loan_status", lang), status.loan_status or none),
+        (
+            label("next_due", lang),
+            f"{status.next_due_date}: {manat(status.next_due_minor)} AZN"
+            if status.next_due_date
+            else none,
+        ),
+        (label("outstanding", lang), manat(status.outstanding_minor)),
+        (label("days_past_due", lang), str(status.days_past_due)),
+        (
+            label("assistance", lang),
+            "; ".join(f"{a.type_id}: {a.state or '…'}" for a in status.assistance) or none,
+        ),
+        (
+            label("follow_ups", lang),
+            ", ".join(f"+{m}" for m in status.follow_ups_recorded) or none,
+        ),
+    ]
+    if status.follow_up_due:
+        rows.append((label("follow_up_due", lang), f"+{status.follow_up_due}"))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def fund_table(f: lending_pb.Fund, lang: str) -> Table:
+    name = f.name.az if lang == "az" else f.name.en
+    table = Table(title=f"{name} ({f.fund_id})", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key, value in (
+        ("Committed capital", f.committed_capital_minor),
+        ("Disbursed", f.disbursed_minor),
+        ("Repaid principal", f.repaid_principal_minor),
+        ("Written off", f.written_off_minor),
+        ("Recovered", f.recovered_minor),
+        ("Outstanding principal", f.outstanding_principal_minor),
+        ("Available to lend", f.available_minor),
+    ):
+        table.add_row(f"{key} (AZN)", manat(value))
+    return table
+
+
+def percent(basis_points: int) -> str:
+    return f"{basis_points / 100:.2f}%"
+
+
+def portfolio_table(title: str, rows: list[tuple[str, lending_pb.PortfolioFigures]]) -> Table:
+    table = Table(title=title)
+    table.add_column("")
+    table.add_column("Active loans", justify="right")
+    table.add_column("Outstanding (AZN)", justify="right")
+    table.add_column("PAR30 (AZN)", justify="right")
+    table.add_column("PAR30", justify="right")
+    table.add_column("Repayment rate", justify="right")
+    for key, f in rows:
+        table.add_row(
+            key,
+            str(f.active_loans),
+            manat(f.outstanding_principal_minor),
+            manat(f.par30_outstanding_minor),
+            percent(f.par30_basis_points),
+            percent(f.repayment_rate_basis_points),
+        )
+    return table
+
+
+def buckets_table(f: lending_pb.PortfolioFigures) -> Table:
+    table = Table(title="Delinquency buckets")
+    table.add_column("Bucket")
+    table.add_column("Loans", justify="right")
+    table.add_column("Outstanding (AZN)", justify="right")
+    for b in f.buckets:
+        name = lending_pb.DelinquencyBucket.Name(b.bucket).removeprefix("DELINQUENCY_BUCKET_")
+        table.add_row(
+            name.replace("_", "-").lower(), str(b.loans), manat(b.outstanding_principal_minor)
+        )
+    return table

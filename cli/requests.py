@@ -1,0 +1,89 @@
+"""Requests are checked here with the services' own protovalidate rules before they are
+sent, so a bad value is refused on the operator's machine and nothing is written."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import yaml
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from cli.inputs import BadInput, iso_date
+from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
+from services.common.interceptors import shared_validator, violations_of
+
+M = TypeVar("M", bound=Message)
+
+_INTAKE_DATES = ("date_of_birth", "incident_date", "dateOfBirth", "incidentDate")
+_SHORT_ENUMS = {
+    "sex": "SEX_",
+    "incident_type": "INCIDENT_TYPE_",
+    "incidentType": "INCIDENT_TYPE_",
+    "preferred_language": "LANGUAGE_",
+    "preferredLanguage": "LANGUAGE_",
+}
+
+
+def checked(request: M) -> M:
+    """The request, if the services' validation rules accept it; else BadInput."""
+    violations = violations_of(request, shared_validator())
+    if violations:
+        listed = "; ".join(f"{v.field}: {v.description}" for v in violations[:6])
+        more = f" (and {len(violations) - 6} more)" if len(violations) > 6 else ""
+        raise BadInput(f"{len(violations)} invalid field(s): {listed}{more}")
+    return request
+
+
+def _date(value: Any, what: str) -> Any:
+    """YAML dates, 'YYYY-MM-DD' strings and {year, month, day} all become the last."""
+    if isinstance(value, dict):
+        return value
+    parsed = iso_date(str(value), what)
+    return {"year": parsed.year, "month": parsed.month, "day": parsed.day}
+
+
+def _enum(value: Any, prefix: str) -> Any:
+    if isinstance(value, str) and not value.upper().startswith(prefix):
+        return prefix + value.upper()
+    return value.upper() if isinstance(value, str) else value
+
+
+def intake_from_text(text: str, source: str) -> eligibility_pb.SurvivorIntake:
+    """A SurvivorIntake from YAML or JSON (the API's JSON form, as in the README's grpcurl
+    example); dates may be written 1981-05-14 and enums without prefix (sex: male)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise BadInput(f"{source} is not valid YAML or JSON{where}") from None
+    if isinstance(data, dict) and isinstance(data.get("intake"), dict):
+        data = data["intake"]  # a whole RegisterSurvivorRequest body is fine too
+    if not isinstance(data, dict):
+        raise BadInput(f"{source} must hold a mapping of intake fields")
+    for key in _INTAKE_DATES:
+        if key in data:
+            data[key] = _date(data[key], key)
+    consent = data.get("consent")
+    if isinstance(consent, dict):
+        for key in ("recorded_on", "recordedOn"):
+            if key in consent:
+                consent[key] = _date(consent[key], f"consent.{key}")
+    for key, prefix in _SHORT_ENUMS.items():
+        if key in data:
+            data[key] = _enum(data[key], prefix)
+    if isinstance(data.get("languages"), list):
+        data["languages"] = [_enum(v, "LANGUAGE_") for v in data["languages"]]
+    for item in data.get("functioning") or []:
+        if isinstance(item, dict):
+            if "domain" in item:
+                item["domain"] = _enum(item["domain"], "WASHINGTON_GROUP_DOMAIN_")
+            if "level" in item:
+                item["level"] = _enum(item["level"], "DIFFICULTY_LEVEL_")
+    intake = eligibility_pb.SurvivorIntake()
+    try:
+        json_format.ParseDict(data, intake)
+    except json_format.ParseError as error:
+        raise BadInput(f"{source}: {error}") from None
+    return intake
