@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, Annotated, Any
 
 import typer
 from rich.table import Table
+from typer._click.exceptions import ClickException
+from typer.core import TyperGroup
+from typer.exceptions import Abort
 
 from cli import context, inputs, render
 from cli import export as csv_export
-from cli.errors import calling, run, temporal
+from cli.errors import calling, fail, run, temporal
 from cli.inputs import BadInput, manat
 from cli.requests import checked, intake_from_text
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
@@ -37,7 +40,37 @@ from workers.journey.model import (
 )
 from workers.journey.workflows import SurvivorJourneyWorkflow, initial_search_attributes
 
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a missing argument, an unknown option) as one `error:` line too."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            result = super().main(
+                args=args,
+                prog_name=prog_name or "mineaction",
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+        except ClickException as error:
+            fail(f"{error.format_message()} (see mineaction --help)", error.exit_code)
+        except Abort:
+            fail("aborted", 1)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="mineaction",
     help="Operate the survivor reintegration programme: survivors, journeys, loans, reports.",
     no_args_is_help=True,
@@ -329,7 +362,7 @@ def journey_decide(
 # --- repayments -----------------------------------------------------------------------
 
 
-@app.command()
+@app.command(context_settings={"ignore_unknown_options": True})
 def repay(
     loan_id: Annotated[str, typer.Argument(help="The loan.")],
     amount: Annotated[str, typer.Argument(help="Amount received, in manat (e.g. 208.35).")],
@@ -489,15 +522,22 @@ def fund(
 Output = Annotated[Path, typer.Option("--output", "-o", help="CSV file to write; '-' for stdout.")]
 
 
-@contextlib.contextmanager
-def _output(path: Path) -> Iterator[IO[str]]:
+def _check_output(path: Path) -> None:
+    """Checked before any call: an export never fetches what it cannot write."""
     if str(path) == "-":
-        yield sys.stdout
         return
     if path.is_dir():
         raise BadInput(f"--output {str(path)!r} is a directory")
     if not path.parent.is_dir():
         raise BadInput(f"--output: the folder {str(path.parent)!r} does not exist")
+
+
+@contextlib.contextmanager
+def _output(path: Path) -> Iterator[IO[str]]:
+    if str(path) == "-":
+        yield sys.stdout
+        return
+    _check_output(path)
     partial = path.with_name(path.name + ".partial")
     with partial.open("w", encoding="utf-8", newline="") as out:
         yield out
@@ -522,6 +562,7 @@ def export_loans(
     """Every loan (or a state's, a district's) with its balances as of today."""
 
     async def go() -> None:
+        _check_output(output)
         state_value = lending_pb.LOAN_STATE_UNSPECIFIED
         if state is not None:
             if state.lower() not in _STATES:
@@ -549,6 +590,7 @@ def export_portfolio(
     """The portfolio report, one row per total, district, sex and product."""
 
     async def go() -> None:
+        _check_output(output)
         day = _date_or_today(as_of, "--as-of")
         fund_id = inputs.identifier(fund, "fund id") if fund else ""
         settings = context.settings()
@@ -570,6 +612,7 @@ def export_assessments(
     """Every assessment, one row per programme decision."""
 
     async def go() -> None:
+        _check_output(output)
         sid = inputs.identifier(survivor_id, "survivor id") if survivor_id else ""
         district_code = inputs.district(district) if district is not None else ""
         settings = context.settings()

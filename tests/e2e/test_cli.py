@@ -1,0 +1,441 @@
+"""The `mineaction` command-line tool against the real parts: the three services
+in-process (the `cluster` fixture), the Temporal dev server with a journey worker on this
+test's task queue, and, for `simulate`, its own scratch lending service and time-skipping
+server. The CLI runs in a thread (it has its own event loop), exactly as from a shell."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.testing import WorkflowEnvironment
+from typer.testing import CliRunner
+
+from cli.main import app
+from services.common.config import Settings
+from tests.conftest import Cluster
+from workers.journey import search_attributes as sa
+from workers.journey.activities import JourneyActivities
+from workers.journey.model import JourneyInput, JourneyStatus, journey_workflow_id
+from workers.journey.worker import build_worker
+from workers.journey.workflows import SurvivorJourneyWorkflow
+
+INTAKE = """\
+survivor_id: {survivor_id}
+date_of_birth: 1981-05-14
+sex: male
+district_code: saatli
+incident_date: 2003-09-02
+incident_type: landmine
+injuries: [lower_limb_amputation]
+functioning:
+  - {{domain: walking, level: a_lot_of_difficulty}}
+  - {{domain: cognition, level: no_difficulty}}
+household_size: 5
+dependants: 3
+monthly_household_income_minor: 60000
+languages: [azerbaijani]
+preferred_language: azerbaijani
+consent: {{data_processing: true, recorded_on: 2026-02-20, recorded_by: cw-01}}
+"""
+
+
+class Ran:
+    def __init__(self, exit_code: int, stdout: str, stderr: str) -> None:
+        self.exit_code, self.stdout, self.stderr = exit_code, stdout, stderr
+
+    def __repr__(self) -> str:
+        return f"exit {self.exit_code}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def cli_env(
+    cluster: Cluster, settings: Settings, dev_server_env: WorkflowEnvironment, task_queue: str
+) -> dict[str, str]:
+    """The environment an operator's shell would have, pointing at the test cluster."""
+    return {
+        "ELIGIBILITY_ADDRESS": cluster.address("eligibility"),
+        "LENDING_ADDRESS": cluster.address("lending"),
+        "ASSISTANCE_ADDRESS": cluster.address("assistance"),
+        "TEMPORAL_ADDRESS": dev_server_env.client.service_client.config.target_host,
+        "MINEACTION_STATE_DIR": str(settings.state_dir),  # its dev-token is the default
+        "JOURNEY_TASK_QUEUE": task_queue,
+        "PAYLOAD_KEYS_FILE": os.environ["PAYLOAD_KEYS_FILE"],
+        "COLUMNS": "200",
+    }
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_token() -> Iterator[None]:
+    before = os.environ.pop("MINEACTION_TOKEN", None)
+    yield
+    if before is not None:
+        os.environ["MINEACTION_TOKEN"] = before
+
+
+async def mineaction(env: dict[str, str], *args: str) -> Ran:
+    """`mineaction ARGS` with `env` added to the environment."""
+    result = await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
+    return Ran(result.exit_code, result.stdout, result.stderr)
+
+
+def one_error_line(ran: Ran) -> str:
+    assert ran.exit_code != 0, ran
+    lines = ran.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), ran
+    assert "Traceback" not in ran.stdout + ran.stderr
+    return lines[0]
+
+
+def write_intake(folder: Path, survivor_id: str) -> Path:
+    path = folder / f"{survivor_id}.yaml"
+    path.write_text(INTAKE.format(survivor_id=survivor_id), encoding="utf-8")
+    return path
+
+
+async def wait_for_stage(handle: WorkflowHandle[Any, Any], stage: str) -> JourneyStatus:
+    status: JourneyStatus | None = None
+    for _ in range(300):
+        status = await handle.query(SurvivorJourneyWorkflow.status)
+        if status.stage == stage:
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"journey never reached {stage}; last status {status}")
+
+
+async def test_register_and_assess_in_both_languages(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    ran = await mineaction(
+        cli_env, "register", str(write_intake(tmp_path, survivor_id)), "--assess", "--lang", "az"
+    )
+    assert ran.exit_code == 0, ran
+    assert f"registered survivor {survivor_id}" in ran.stdout
+    assert "Uyğunluq qiymətləndirməsi" in ran.stdout and "uyğundur" in ran.stdout
+    assert "startup_loan" in ran.stdout
+
+    ran = await mineaction(cli_env, "assess", survivor_id, "--date", "2026-11-26")
+    assert ran.exit_code == 0, ran
+    assert "Eligibility assessment" in ran.stdout and "2026-11-26" in ran.stdout
+    # Why the expansion loan was refused, in English this time.
+    assert "expansion_loan" in ran.stdout and "not eligible" in ran.stdout
+
+    out = tmp_path / "assessments.csv"
+    ran = await mineaction(
+        cli_env, "export", "assessments", "--survivor-id", survivor_id, "-o", str(out)
+    )
+    assert ran.exit_code == 0, ran
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert {r["survivor_id"] for r in rows} == {survivor_id}
+    assert len({r["assessment_id"] for r in rows}) == 2
+    by_programme = {r["programme_id"]: r for r in rows if r["assessment_date"] == "2026-11-26"}
+    assert by_programme["startup_loan"]["outcome"] == "ELIGIBLE"
+    assert by_programme["expansion_loan"]["outcome"] == "NOT_ELIGIBLE"
+    assert "established_business" in by_programme["expansion_loan"]["failed_rules"]
+
+
+@pytest.mark.timeout(120)
+async def test_a_journey_driven_from_the_cli(
+    cli_env: dict[str, str],
+    dev_client: Client,
+    activities: JourneyActivities,
+    task_queue: str,
+    tmp_path: Path,
+) -> None:
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    assert (
+        await mineaction(cli_env, "register", str(write_intake(tmp_path, survivor_id)))
+    ).exit_code == 0
+    async with build_worker(dev_client, activities, task_queue):
+        ran = await mineaction(
+            cli_env,
+            "journey", "start", survivor_id,
+            "--case-worker", "cw-01",
+            "--product", "fish_farming",
+            "--amount", "5000.00",
+            "--purpose", "1,000 fingerlings and feed",
+        )  # fmt: skip
+        assert ran.exit_code == 0, ran
+        handle = dev_client.get_workflow_handle(journey_workflow_id(survivor_id))
+        await wait_for_stage(handle, "COMMITTEE_REVIEW")
+
+        ran = await mineaction(cli_env, "journey", "status", survivor_id)
+        assert ran.exit_code == 0, ran
+        assert "COMMITTEE_REVIEW" in ran.stdout and "SUBMITTED" in ran.stdout
+
+        # The journey's own rule (a rejection needs a reason) is checked before calling;
+        # a decision the workflow refuses comes back as one line.
+        refused = await mineaction(
+            cli_env, "journey", "decide", survivor_id, "--reject", "--member", "cm-02",
+            "--ref", "CM-1",
+        )  # fmt: skip
+        assert "a rejection needs --reason" in one_error_line(refused)
+        ran = await mineaction(
+            cli_env, "journey", "decide", survivor_id, "--approve", "--member", "cm-02",
+            "--ref", "CM-2026-014",
+        )  # fmt: skip
+        assert ran.exit_code == 0, ran
+        assert "approved by cm-02" in ran.stdout
+        again = await mineaction(
+            cli_env, "journey", "decide", survivor_id, "--approve", "--member", "cm-02",
+            "--ref", "CM-2026-014",
+        )  # fmt: skip
+        assert "the journey refused it" in one_error_line(again)
+
+        status = await wait_for_stage(handle, "GRACE")
+        ran = await mineaction(cli_env, "journey", "status", survivor_id, "--lang", "az")
+        assert ran.exit_code == 0, ran
+        assert "Mərhələ" in ran.stdout and "GRACE" in ran.stdout and status.loan_id in ran.stdout
+        assert "5,000.00" in ran.stdout
+        await handle.terminate("the test ends after the first repayment")
+
+    today = date.today().isoformat()
+    ran = await mineaction(cli_env, "repay", status.loan_id, "125.50", "--date", today)
+    assert ran.exit_code == 0, ran
+    assert "recorded repayment of 125.50 AZN" in ran.stdout
+    assert "outstanding 4,874.50 AZN" in ran.stdout
+
+    ran = await mineaction(cli_env, "export", "loans", "--state", "active")
+    assert ran.exit_code == 0, ran
+    loans = {r["loan_id"]: r for r in csv.DictReader(io.StringIO(ran.stdout))}
+    row = loans[status.loan_id]
+    assert row["survivor_id"] == survivor_id and row["product_id"] == "fish_farming"
+    assert row["principal_azn"] == "5000.00" and row["repaid_principal_azn"] == "125.50"
+    assert row["outstanding_principal_azn"] == "4874.50"
+    assert row["outstanding_principal_minor"] == "487450"
+
+    ran = await mineaction(cli_env, "portfolio")
+    assert ran.exit_code == 0, ran
+    assert "Portfolio as of" in ran.stdout and "saatli" in ran.stdout and "PAR30" in ran.stdout
+
+    out = tmp_path / "portfolio.csv"
+    ran = await mineaction(cli_env, "export", "portfolio", "--output", str(out))
+    assert ran.exit_code == 0, ran
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    total = next(r for r in rows if r["breakdown"] == "total")
+    saatli = next(r for r in rows if r["breakdown"] == "district" and r["key"] == "saatli")
+    assert int(total["active_loans"]) >= 1
+    assert int(total["outstanding_principal_minor"]) >= 487450
+    assert int(saatli["outstanding_principal_minor"]) >= 487450
+
+    ran = await mineaction(cli_env, "fund", "main")
+    assert ran.exit_code == 0, ran
+    assert "Available to lend" in ran.stdout and "200,000.00" in ran.stdout
+
+
+async def test_arrears_lists_journeys_by_days_past_due(
+    cli_env: dict[str, str], dev_client: Client, task_queue: str
+) -> None:
+    """Two journeys (no worker: they only carry the attributes a journey sets), one 45
+    days past due, one current; the visibility query finds only the first."""
+    district = "arrears_" + "".join(c for c in uuid.uuid4().hex if c.isalpha())[:8]
+    handles = []
+    for days in (45, 0):
+        survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+        handles.append(
+            await dev_client.start_workflow(
+                SurvivorJourneyWorkflow.run,
+                JourneyInput(survivor_id=survivor_id, case_worker_id="cw-01"),
+                id=journey_workflow_id(survivor_id),
+                task_queue=task_queue,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(sa.STAGE, "REPAYMENT"),
+                        SearchAttributePair(sa.DISTRICT_CODE, district),
+                        SearchAttributePair(sa.LOAN_STATUS, "ACTIVE"),
+                        SearchAttributePair(sa.DAYS_PAST_DUE, days),
+                    ]
+                ),
+            )
+        )
+    try:
+        late_id = handles[0].id.removeprefix("journey-")
+        ran = Ran(1, "", "")
+        for _ in range(50):  # visibility is eventually consistent
+            ran = await mineaction(cli_env, "arrears", "--min-days", "30", "--district", district)
+            if late_id in ran.stdout:
+                break
+            await asyncio.sleep(0.2)
+        assert ran.exit_code == 0, ran
+        assert late_id in ran.stdout and "45" in ran.stdout
+        assert handles[1].id.removeprefix("journey-") not in ran.stdout
+        ran = await mineaction(cli_env, "arrears", "--min-days", "46", "--district", district)
+        assert ran.exit_code == 0 and late_id not in ran.stdout, ran
+    finally:
+        for handle in handles:
+            await handle.terminate("test over")
+
+
+async def test_bad_input_is_refused_before_any_call(
+    cli_env: dict[str, str], cluster: Cluster, tmp_path: Path
+) -> None:
+    no_consent = tmp_path / "no-consent.yaml"
+    no_consent.write_text(
+        INTAKE.format(survivor_id="srv-no-consent").replace(
+            "data_processing: true", "data_processing: false"
+        )
+    )
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("survivor_id: [unclosed\n")
+    bad_field = tmp_path / "bad-field.yaml"
+    bad_field.write_text(
+        INTAKE.format(survivor_id="srv-bad-field").replace("household_size: 5", "household_size: 0")
+    )
+    cases: list[tuple[list[str], str]] = [
+        (["repay", "loan-0001", "-5"], "must be positive"),
+        (["repay", "loan-0001", "12.345"], "more than 2 decimals"),
+        (["repay", "loan-0001", "abc"], "not an amount"),
+        (["repay", "loan-0001", "0"], "must be positive"),
+        (["repay", "bad id!", "10"], "not a valid id"),
+        (["repay", "loan-0001", "10", "--date", "2026-02-30"], "not a real calendar date"),
+        (["repay", "loan-0001", "10", "--date", "26/11/2026"], "YYYY-MM-DD"),
+        (["assess", "srv-0001", "--lang", "fr"], "unknown language"),
+        (["register", str(tmp_path / "missing.yaml")], "does not exist"),
+        (["register", str(broken)], "not valid YAML"),
+        (["register", str(no_consent)], "consent"),
+        (["register", str(bad_field)], "household_size"),
+        (
+            [
+                "journey",
+                "start",
+                "srv-0001",
+                "--case-worker",
+                "cw-01",
+                "--product",
+                "fish_farming",
+                "--amount",
+                "1.001",
+            ],
+            "more than 2 decimals",
+        ),
+        (["portfolio", "--as-of", "2026-13-01"], "not a real calendar date"),
+        (["export", "loans", "--state", "nonsense"], "unknown loan state"),
+        (["export", "loans", "-o", str(tmp_path / "no" / "such" / "x.csv")], "does not exist"),
+        (["--token-file", str(tmp_path / "no-token"), "fund"], "token file"),
+        (["simulate", "--on-time", "0.5", "--late", "0.1", "--default", "0.1"], "add up to 1"),
+        (["simulate", "--amount", "99999"], "outside the carpet_weaving"),
+    ]
+    before = await cluster.row_counts()
+    # Addresses nobody listens on: a message about an unreachable service would mean the
+    # CLI called before checking.
+    dead = {
+        **cli_env,
+        "ELIGIBILITY_ADDRESS": f"127.0.0.1:{closed_port()}",
+        "LENDING_ADDRESS": f"127.0.0.1:{closed_port()}",
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{closed_port()}",
+    }
+    for env in (cli_env, dead):
+        for args, expected in cases:
+            ran = await mineaction(env, *args)
+            line = one_error_line(ran)
+            assert ran.exit_code == 2, (args, ran)
+            assert expected in line, (args, line)
+    assert await cluster.row_counts() == before
+    assert not (tmp_path / "no").exists()
+
+
+async def test_services_and_temporal_down_give_one_clear_line(cli_env: dict[str, str]) -> None:
+    lending = f"127.0.0.1:{closed_port()}"
+    temporal = f"127.0.0.1:{closed_port()}"
+    down = {**cli_env, "LENDING_ADDRESS": lending, "TEMPORAL_ADDRESS": temporal}
+    started = time.monotonic()
+    line = one_error_line(await mineaction(down, "fund"))
+    assert line == (
+        f"error: the lending service at {lending} is not reachable — "
+        "is the cluster running (make run)?"
+    )
+    line = one_error_line(await mineaction(down, "repay", "loan-0001", "10.00"))
+    assert f"the lending service at {lending} is not reachable" in line
+    for args in (["journey", "status", "srv-0001"], ["arrears"]):
+        line = one_error_line(await mineaction(down, *args))
+        assert line == (
+            f"error: Temporal at {temporal} is not reachable — is the cluster running (make run)?"
+        )
+    assert time.monotonic() - started < 30  # a clear answer, not a hang
+
+
+async def test_a_missing_journey_and_an_unknown_survivor(cli_env: dict[str, str]) -> None:
+    line = one_error_line(await mineaction(cli_env, "journey", "status", "srv-nobody-0001"))
+    assert "journey-srv-nobody-0001 was not found" in line
+    line = one_error_line(
+        await mineaction(
+            cli_env,
+            "journey",
+            "start",
+            "srv-nobody-0001",
+            "--case-worker",
+            "cw-01",
+            "--assistance",
+            "wheelchair",
+        )
+    )
+    assert line.startswith("error: not found:"), line
+    line = one_error_line(await mineaction(cli_env, "repay", "loan-nobody-01", "10"))
+    assert "unknown loan" in line or "not found" in line
+
+
+async def test_tokens_are_presented_and_a_bad_one_is_refused(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad-token"
+    bad.write_text("not-a-jwt\n")
+    line = one_error_line(await mineaction(cli_env, "--token-file", str(bad), "fund"))
+    assert "refused the call as unauthenticated" in line and "MINEACTION_TOKEN" in line
+    ran = await mineaction({**cli_env, "MINEACTION_TOKEN": "not-a-jwt"}, "fund")
+    assert "unauthenticated" in one_error_line(ran)
+
+
+@pytest.mark.timeout(120)
+async def test_simulate_writes_the_chart_and_consistent_ledger_figures(
+    cli_env: dict[str, str], postgres_server_url: str, tmp_path: Path
+) -> None:
+    chart = tmp_path / "fund.png"
+    env = {**cli_env, "DATABASE_URL": postgres_server_url}
+    started = time.monotonic()
+    ran = await mineaction(
+        env, "simulate", "--survivors", "4", "--months", "14", "--amount", "2000",
+        "--on-time", "0.5", "--late", "0.25", "--default", "0.25", "--chart", str(chart),
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran
+    assert time.monotonic() - started < 60
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = ran.stdout
+    assert "Simulation assumptions" in out and "50% pay every instalment" in out
+    # The month table: available + outstanding is the capital every month (no write-offs
+    # are modelled), and the loan count never falls.
+    rows = re.findall(
+        r"│\s+(\d+) │ (\d{4}-\d\d-\d\d) │\s+(\d+) │\s+(\d+) │\s+([\d,.]+) │\s+([\d,.]+) │"
+        r"\s+([\d,.]+) │\s+([\d,.]+) │\s+([\d,.]+) │\s+([\d.]+) │",
+        out,
+    )
+    assert [int(r[0]) for r in rows] == list(range(15)), out
+
+    def minor(text: str) -> int:
+        return int(text.replace(",", "").replace(".", ""))
+
+    for _, _, loans, _, disbursed, repaid, available, outstanding, *_ in rows:
+        assert minor(available) + minor(outstanding) == 8_000_00
+        assert minor(disbursed) - minor(repaid) == minor(outstanding)
+        assert minor(disbursed) == int(loans) * 2_000_00
+    assert int(rows[0][2]) == 4 and minor(rows[0][6]) == 0
+    assert "✓" in out and "more financed by repayments" in out
