@@ -1,0 +1,107 @@
+"""The CLI's checks of what the operator typed, made before anything is called."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from cli import inputs
+from cli.inputs import BadInput
+from cli.requests import intake_from_text
+from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
+from mineaction.type.v1 import sex_pb2
+
+
+@pytest.mark.parametrize(
+    ("typed", "minor"),
+    [("12.50", 1250), ("12.5", 1250), ("1500", 150_000), ("0.01", 1), ("0.10", 10),
+     ("99999999.99", 9_999_999_999), ("  7.05 ", 705)],
+)  # fmt: skip
+def test_manat_becomes_exact_qepik(typed: str, minor: int) -> None:
+    assert inputs.amount_minor(typed) == minor
+
+
+@pytest.mark.parametrize(
+    ("typed", "why"),
+    [("12.345", "more than 2 decimals"), ("0.001", "more than 2 decimals"),
+     ("-5", "positive"), ("0", "positive"), ("0.00", "positive"), ("abc", "not an amount"),
+     ("1e3", "not an amount"), ("nan", "not an amount"), ("1,500", "not an amount"),
+     ("", "not an amount"), ("100000001", "above the limit")],
+)  # fmt: skip
+def test_bad_amounts_are_refused(typed: str, why: str) -> None:
+    with pytest.raises(BadInput, match=why):
+        inputs.amount_minor(typed)
+
+
+def test_manat_display() -> None:
+    assert inputs.manat(123456) == "1,234.56"
+    assert inputs.manat(5) == "0.05"
+    assert inputs.manat(-250) == "-2.50"
+
+
+def test_dates_ids_and_languages() -> None:
+    assert inputs.iso_date("2026-02-28") == date(2026, 2, 28)
+    for bad, why in (("2026-02-30", "real calendar"), ("2026-2-3", "YYYY-MM-DD"),
+                     ("1850-01-01", "1900-2100")):  # fmt: skip
+        with pytest.raises(BadInput, match=why):
+            inputs.iso_date(bad)
+    assert inputs.identifier(" srv-saatli-001 ", "survivor id") == "srv-saatli-001"
+    for bad in ("ab", "bad id", "-leading", "x" * 65):
+        with pytest.raises(BadInput, match="not a valid id"):
+            inputs.identifier(bad, "survivor id")
+    assert inputs.language("AZ") == "az"
+    with pytest.raises(BadInput, match="unknown language"):
+        inputs.language("ru")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="does not exist"):
+        inputs.existing_file(tmp_path / "nope.yaml", "intake file")
+    with pytest.raises(BadInput, match="not a file"):
+        inputs.existing_file(tmp_path, "intake file")
+
+
+def test_intake_yaml_with_friendly_dates_and_enums() -> None:
+    intake = intake_from_text(
+        """
+        survivor_id: srv-001
+        date_of_birth: 1981-05-14
+        sex: male
+        district_code: saatli
+        incident_date: "2003-09-02"
+        incident_type: landmine
+        functioning: [{domain: walking, level: a_lot_of_difficulty}]
+        household_size: 5
+        languages: [azerbaijani]
+        preferred_language: azerbaijani
+        consent: {data_processing: true, recorded_on: 2026-02-20, recorded_by: cw-01}
+        """,
+        "intake.yaml",
+    )
+    assert intake.sex == sex_pb2.SEX_MALE
+    assert (intake.date_of_birth.year, intake.date_of_birth.month) == (1981, 5)
+    assert intake.incident_type == pb.INCIDENT_TYPE_LANDMINE
+    assert intake.functioning[0].level == pb.DIFFICULTY_LEVEL_A_LOT_OF_DIFFICULTY
+    assert intake.consent.recorded_on.day == 20
+
+
+def test_intake_in_the_api_json_form() -> None:
+    intake = intake_from_text(
+        '{"intake": {"survivor_id": "srv-002", "sex": "SEX_FEMALE",'
+        ' "date_of_birth": {"year": 1990, "month": 1, "day": 2}}}',
+        "intake.json",
+    )
+    assert intake.survivor_id == "srv-002" and intake.date_of_birth.year == 1990
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [("[1, 2]", "mapping"), ("survivor_id: [x", "not valid YAML"),
+     ("no_such_field: 1", "no_such_field"), ("sex: robot", "SEX_ROBOT"),
+     ("date_of_birth: 14/05/1981", "YYYY-MM-DD")],
+)  # fmt: skip
+def test_bad_intake_files(text: str, why: str) -> None:
+    with pytest.raises(BadInput, match=why):
+        intake_from_text(text, "intake.yaml")
