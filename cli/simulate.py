@@ -538,7 +538,7 @@ def write_chart(result: Result, path: Path) -> None:
     right.set_ylim(bottom=0)
     handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     labels = left.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
-    left.legend(handles, labels, loc="upper left")
+    left.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     a = result.assumptions
     fig.suptitle(
         f"Revolving fund: {a.survivors} survivors, {a.product_id} loans of "
