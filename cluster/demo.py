@@ -2,8 +2,9 @@
 journeys in the Web UI at once. It includes the programme's own case: a fish farmer in
 Saatli with a start-up loan for fingerlings, then feed.
 
-Everything goes through the public APIs: survivors are registered over gRPC, journeys
-started on the Temporal frontend, committee decisions sent as updates.
+Everything goes through the public APIs: survivors are registered over gRPC (with the
+dev token), journeys started on the Temporal frontend, committee decisions sent as
+updates.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import date
 
-import grpc
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import WorkflowHandle
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import sex_pb2
+from services.common.channels import client_tls, default_token, open_channel
 from services.common.config import Settings
 from services.common.protoconv import proto_date
 from workers.journey.model import (
@@ -29,6 +30,7 @@ from workers.journey.model import (
     TranchePlan,
     journey_workflow_id,
 )
+from workers.journey.worker import connect
 from workers.journey.workflows import SurvivorJourneyWorkflow, initial_search_attributes
 from workers.simulation.workflows import Behaviour, BorrowerInput, BorrowerWorkflow
 
@@ -156,11 +158,11 @@ async def _stage(handle: WorkflowHandle, wanted: str, attempts: int = 100) -> bo
 
 async def start_demo_cohort(settings: Settings) -> list[str]:
     """Register the demo survivors and start their journeys; returns the journey ids."""
-    client = await Client.connect(
-        settings.effective_temporal_address, namespace=settings.temporal_namespace
-    )
+    client = await connect(settings)
     started = []
-    async with grpc.aio.insecure_channel(settings.eligibility_address) as channel:
+    async with open_channel(
+        settings.eligibility_address, default_token(settings), tls=client_tls(settings)
+    ) as channel:
         eligibility = pb_grpc.EligibilityServiceStub(channel)
         for survivor in COHORT:
             await eligibility.RegisterSurvivor(

@@ -1,5 +1,9 @@
 """`make run`: the whole cluster in the foreground, on the embedded defaults.
 
+On first start it creates, in the state folder, a signing key and the JWKS the services
+verify tokens with; on every start it writes `dev-token` (every role) and the worker's
+`service-token`.
+
 Order of start: PostgreSQL, Temporal (dev server with its Web UI and a SQLite file in the
 state folder), the three services, the worker. Ctrl-C (or SIGTERM) stops them in reverse.
 If a port is taken nothing is started; if any part dies, the rest is stopped too, so half
@@ -18,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.auth import ensure_dev_credentials
+from services.common.channels import DEV_TOKEN_FILE
 from services.common.config import ConfigError, Settings, load_settings
 
 BIN = Path(sys.executable).parent
@@ -122,6 +128,8 @@ class Cluster:
 
     def start(self) -> None:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        # A signing key and JWKS on first start; dev-token and service-token every start.
+        ensure_dev_credentials(self.settings)
         if self.settings.database_url is None:
             import pgserver
 
@@ -159,6 +167,7 @@ class Cluster:
             ("Lending gRPC", self.settings.lending_address),
             ("Assistance gRPC", self.settings.assistance_address),
             ("Journey worker", "task queue survivor-journeys"),
+            ("Dev token", str(self.settings.state_dir / DEV_TOKEN_FILE) + " (every role)"),
         ]
         width = max(len(name) for name, _ in rows)
         print("\nThe cluster is running (Ctrl-C stops it):", flush=True)

@@ -144,8 +144,9 @@ class Cluster:
         return counts
 
 
-@pytest_asyncio.fixture(scope="session")
-async def cluster(settings: Settings) -> AsyncIterator[Cluster]:
+async def start_services(settings: Settings) -> Cluster:
+    """The three services on free ports, with default channels (every role). The
+    settings' state folder must hold the dev credentials (ensure_dev_credentials)."""
     hosts = {
         spec.name: ServiceHost(spec, settings, address="127.0.0.1:0")
         for spec in (ELIGIBILITY, LENDING, ASSISTANCE)
@@ -154,11 +155,21 @@ async def cluster(settings: Settings) -> AsyncIterator[Cluster]:
         await host.start()
     token = mint_with_settings(settings, subject=DEFAULT_SUBJECT, roles=ROLES)
     channels = {name: open_channel(f"127.0.0.1:{host.port}", token) for name, host in hosts.items()}
-    yield Cluster(hosts, channels, settings)
-    for channel in channels.values():
+    return Cluster(hosts, channels, settings)
+
+
+async def stop_services(cluster: Cluster) -> None:
+    for channel in cluster.channels.values():
         await channel.close()
-    for host in hosts.values():
+    for host in cluster.hosts.values():
         await host.stop(grace=1)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def cluster(settings: Settings) -> AsyncIterator[Cluster]:
+    running = await start_services(settings)
+    yield running
+    await stop_services(running)
 
 
 @pytest_asyncio.fixture(scope="session")

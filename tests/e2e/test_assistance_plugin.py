@@ -20,6 +20,8 @@ import pytest_asyncio
 from mineaction.assistance.v1 import assistance_service_pb2 as pb
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as pb_grpc
 from services.assistance.service import SPEC
+from services.common.auth import ROLES, mint_with_settings
+from services.common.channels import open_channel
 from services.common.config import Settings
 from services.common.server import ServiceHost
 from tests.conftest import Cluster
@@ -50,7 +52,8 @@ async def with_prosthesis(settings: Settings) -> AsyncIterator[pb_grpc.Assistanc
     host = ServiceHost(SPEC, settings, address="127.0.0.1:0")
     try:
         await host.start()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+        token = mint_with_settings(settings, subject="tester", roles=ROLES)
+        async with open_channel(f"127.0.0.1:{host.port}", token) as channel:
             yield pb_grpc.AssistanceServiceStub(channel)
     finally:
         await host.stop(grace=1)

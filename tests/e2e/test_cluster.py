@@ -37,6 +37,11 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def dev_token(env: dict[str, str]) -> tuple[tuple[str, str]]:
+    token = (Path(env["MINEACTION_STATE_DIR"]) / "dev-token").read_text().strip()
+    return (("authorization", f"Bearer {token}"),)
+
+
 @pytest.fixture
 def cluster_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TEMPORAL_ADDRESS")}
@@ -131,7 +136,12 @@ def test_cluster_runs_stops_cleanly_and_resumes_its_data(
     registration = register_request()
     survivor_id = registration.intake.survivor_id
     with grpc.insecure_channel(cluster_env["ELIGIBILITY_ADDRESS"]) as channel:
-        eligibility_grpc.EligibilityServiceStub(channel).RegisterSurvivor(registration, timeout=10)
+        eligibility = eligibility_grpc.EligibilityServiceStub(channel)
+        # No token, no service; the dev token the launcher wrote opens every RPC.
+        with pytest.raises(grpc.RpcError) as refused:
+            eligibility.RegisterSurvivor(registration, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        eligibility.RegisterSurvivor(registration, timeout=10, metadata=dev_token(cluster_env))
 
     code, orphans = first.stop()
     assert code == 0
@@ -142,7 +152,11 @@ def test_cluster_runs_stops_cleanly_and_resumes_its_data(
     with grpc.insecure_channel(cluster_env["ELIGIBILITY_ADDRESS"]) as channel:
         survivor = (
             eligibility_grpc.EligibilityServiceStub(channel)
-            .GetSurvivor(eligibility_pb.GetSurvivorRequest(survivor_id=survivor_id), timeout=10)
+            .GetSurvivor(
+                eligibility_pb.GetSurvivorRequest(survivor_id=survivor_id),
+                timeout=10,
+                metadata=dev_token(cluster_env),
+            )
             .survivor
         )
     assert survivor.intake.district_code == "saatli"

@@ -166,6 +166,8 @@ async def test_worker_killed_mid_disbursement_disburses_each_tranche_once(
         "DATABASE_URL": settings.database_url,
         "JOURNEY_TASK_QUEUE": task_queue,
         "MINEACTION_STATE_DIR": str(tmp_path),
+        # the worker's token, signed with the test services' key
+        "SERVICE_TOKEN_FILE": str(settings.effective_service_token_file),
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "warning",
     }

@@ -21,17 +21,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-import grpc
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from services.assistance.service import SPEC as ASSISTANCE
-from services.common.config import Settings, load_settings
+from services.common.auth import ensure_dev_credentials
+from services.common.channels import service_token
+from services.common.config import load_settings
 from services.common.logging import configure_logging
-from services.common.server import ServiceHost
-from services.eligibility.service import SPEC as ELIGIBILITY
-from services.lending.service import SPEC as LENDING
-from tests.conftest import Cluster
+from tests.conftest import Cluster, start_services, stop_services
 from tests.factories import register_request, saatli_fish_farmer
 from tests.journey_helpers import skip_until, status_of
 from workers.journey import search_attributes
@@ -217,19 +214,6 @@ async def run_scenario(
     assert (await status_of(handle)).stage in TERMINAL
 
 
-async def start_services(settings: Settings) -> tuple[Cluster, list[ServiceHost]]:
-    hosts = {
-        spec.name: ServiceHost(spec, settings, address="127.0.0.1:0")
-        for spec in (ELIGIBILITY, LENDING, ASSISTANCE)
-    }
-    for host in hosts.values():
-        await host.start()
-    channels = {
-        name: grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") for name, host in hosts.items()
-    }
-    return Cluster(hosts, channels), list(hosts.values())
-
-
 async def main() -> None:
     import pgserver
 
@@ -245,13 +229,15 @@ async def main() -> None:
                 SHUTDOWN_GRACE_SECONDS=1,
             )
             configure_logging(settings, process="recorder")
-            cluster, hosts = await start_services(settings)
+            ensure_dev_credentials(settings)
+            cluster = await start_services(settings)
             box = await open_outbox(settings)
             activities = JourneyActivities(
                 cluster.address("eligibility"),
                 cluster.address("lending"),
                 cluster.address("assistance"),
                 box,
+                token=service_token(settings),
             )
             env = await WorkflowEnvironment.start_time_skipping(
                 test_server_existing_path=str(BIN / "temporal-test-server")
@@ -268,10 +254,7 @@ async def main() -> None:
             await env.shutdown()
             await activities.close()
             await box.db.close()
-            for channel in cluster.channels.values():
-                await channel.close()
-            for host in hosts:
-                await host.stop(grace=1)
+            await stop_services(cluster)
         finally:
             server.cleanup()
     print(f"recorded {len(out.files)} histories in {time.monotonic() - started:.1f} s")
