@@ -19,21 +19,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
-import grpc
 from google.protobuf import struct_pb2
 
-from bench.common import database, process, service
+from bench.common import bench_auth, bench_token, database, process, service
 from mineaction.assistance.v1 import assistance_service_pb2 as pb
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import age_band_pb2, localized_text_pb2, sex_pb2
 from services.assistance.service import SPEC
+from services.common.channels import open_channel
 from services.common.config import load_settings
 from services.common.logging import configure_logging
 from services.common.server import ServiceHost
@@ -139,7 +138,7 @@ async def assistance_service(url: str, in_process: bool) -> AsyncIterator[int]:
         LOG_LEVEL="error",
         LOG_FORMAT="json",
         DB_POOL_MAX_SIZE=POOL_SIZE,
-        MINEACTION_STATE_DIR=tempfile.gettempdir(),
+        MINEACTION_STATE_DIR=str(bench_auth().state_dir),
     )
     configure_logging(settings, process="bench")
     host = ServiceHost(SPEC, settings, address="127.0.0.1:0")
@@ -157,7 +156,7 @@ async def main(reservations: int, clients: int, last_seats: int, in_process: boo
         try:
             async with (
                 assistance_service(url, in_process) as port,
-                grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+                open_channel(f"127.0.0.1:{port}", bench_token()) as channel,
             ):
                 stub = pb_grpc.AssistanceServiceStub(channel)
                 print(f"service: {'in this process' if in_process else 'its own process'}")

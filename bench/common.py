@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import subprocess
@@ -15,6 +16,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
+
+from services.common.auth import ensure_dev_credentials
+from services.common.channels import DEV_TOKEN_FILE, open_channel
+from services.common.config import Settings, load_settings
 
 
 @contextlib.contextmanager
@@ -55,9 +60,27 @@ def process(argv: list[str], env: dict[str, str], port: int) -> Iterator[subproc
         proc.wait(timeout=30)
 
 
+@functools.cache
+def bench_auth() -> Settings:
+    """Settings whose state folder (a temporary one) holds a signing key, the JWKS the
+    services verify with, and a dev-token with every role that the benches call with."""
+    settings = load_settings(MINEACTION_STATE_DIR=tempfile.mkdtemp(prefix="bench-auth-"))
+    ensure_dev_credentials(settings)
+    return settings
+
+
+def bench_token() -> str:
+    return (bench_auth().state_dir / DEV_TOKEN_FILE).read_text().strip()
+
+
 def service(module: str, variable: str, database_url: str) -> tuple[list[str], dict[str, str], int]:
     port = free_port()
-    env = {variable: f"127.0.0.1:{port}", "DATABASE_URL": database_url, "LOG_LEVEL": "error"}
+    env = {
+        variable: f"127.0.0.1:{port}",
+        "DATABASE_URL": database_url,
+        "LOG_LEVEL": "error",
+        "AUTH_JWKS_FILE": str(bench_auth().effective_jwks_file),
+    }
     return [sys.executable, "-m", module], env, port
 
 
@@ -132,7 +155,7 @@ async def open_loop(
 
 @contextlib.asynccontextmanager
 async def channel(port: int) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+    async with open_channel(f"127.0.0.1:{port}", bench_token()) as ch:
         await ch.channel_ready()
         yield ch
 

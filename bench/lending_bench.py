@@ -31,13 +31,13 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import asyncpg
-import grpc
 from google.type import date_pb2
 
-from bench.common import process, service
+from bench.common import bench_token, process, service
 from mineaction.lending.v1 import lending_service_pb2 as pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import age_band_pb2, sex_pb2
+from services.common.channels import open_channel
 from services.lending import ledger
 from services.lending.ledger import FUND_CASH, LOANS_RECEIVABLE, Posting
 from services.lending.schedule import build_schedule
@@ -408,7 +408,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 async def _run(args: argparse.Namespace, url: str, ports: list[int]) -> None:
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for port in ports]
+    channels = [open_channel(f"127.0.0.1:{port}", bench_token()) for port in ports]
     stubs = [pb_grpc.LendingServiceStub(channel) for channel in channels]
     settings = {"search_path": SPEC.name}
     pool = await asyncpg.create_pool(
