@@ -21,9 +21,11 @@ When PostgreSQL goes away (stopped, restarted, failed over, network cut):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ import structlog
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 from services.common.config import Settings
-from services.common.errors import Unavailable
+from services.common.errors import DomainError, Unavailable
 
 log = structlog.get_logger("mineaction.db")
 
@@ -66,6 +68,12 @@ _CANNOT_CONNECT: tuple[type[BaseException], ...] = (*_SERVER_GONE, OSError)
 _OPEN_FAILURES: tuple[type[BaseException], ...] = (*_CANNOT_CONNECT, asyncpg.PostgresError)
 
 
+# How long a connection that failed with a protocol-state error gets to show it was
+# closed by the server (see `lost`).
+_SETTLE_SECONDS = 0.5
+_SETTLE_STEPS = 50
+
+
 class MigrationError(Exception):
     """A migration folder or the recorded migrations are not what the code expects."""
 
@@ -91,40 +99,100 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def connection_lost(error: BaseException, conn: Connection | None = None) -> bool:
-    """Whether `error` means the server is gone rather than the statement being wrong."""
-    if isinstance(error, _SERVER_GONE):
+def _is_closed(conn: Connection) -> bool:
+    """Closed, or already taken back by the pool, which it does when a connection closes."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:  # "connection has been released back to the pool"
         return True
-    # asyncpg says "connection is closed" with a plain InterfaceError.
-    return isinstance(error, asyncpg.InterfaceError) and conn is not None and conn.is_closed()
+
+
+def _discard(conn: Connection) -> None:
+    """Close a connection at once so that the pool never hands it out again."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """The error and what it was raised from or while handling (a few links at most)."""
+    link: BaseException | None = error
+    for _ in range(8):
+        if link is None:
+            return
+        yield link
+        link = link.__cause__ or link.__context__
+
+
+def connection_lost(error: BaseException, conn: Connection | None = None) -> bool:
+    """Whether `error` means the server is gone rather than the statement being wrong.
+
+    The cause chain counts: asyncpg may report a lost connection as a protocol-state
+    error raised while handling it (a rollback on a connection the server just closed).
+    A DomainError is already an answer, never a lost connection."""
+    for link in _chain(error):
+        if isinstance(link, DomainError):
+            return False
+        if isinstance(link, _SERVER_GONE):
+            return True
+        # asyncpg says "connection is closed" with a plain InterfaceError.
+        if isinstance(link, asyncpg.InterfaceError) and conn is not None and _is_closed(conn):
+            return True
+    return False
+
+
+async def lost(error: BaseException, conn: Connection | None) -> bool:
+    """connection_lost, and also asyncpg's protocol-state error when the server has closed
+    the connection under it.
+
+    When PostgreSQL shuts down it sends each session a FATAL message and then closes the
+    socket. A query that starts between the two fails with InternalClientError ("another
+    operation is in progress") before asyncpg has seen the close. Such a connection closes
+    within moments; a connection that stays open means a real bug, which stays INTERNAL."""
+    if connection_lost(error, conn):
+        return True
+    if conn is None or not any(isinstance(e, asyncpg.InternalClientError) for e in _chain(error)):
+        return False
+    for _ in range(_SETTLE_STEPS):
+        if _is_closed(conn):
+            return True
+        await asyncio.sleep(_SETTLE_SECONDS / _SETTLE_STEPS)
+    return _is_closed(conn)
 
 
 def _unavailable(what: str, error: BaseException) -> Unavailable:
+    root = next((e for e in _chain(error) if isinstance(e, _CANNOT_CONNECT)), error)
     return Unavailable(
-        f"database unavailable: {what} ({_reason(error)}); retry later, "
+        f"database unavailable: {what} ({_reason(root)}); retry later, "
         "mutating calls with the same request_id",
         reason="DATABASE_UNAVAILABLE",
     )
 
 
+async def _quietly(release: Awaitable[object]) -> None:
+    """Give a connection back. If that fails (it is reset first, and the server may have
+    closed it meanwhile), asyncpg has already closed it, so it is never reused; the work
+    done on it stands or fell on its own, and the caller is not told about the release."""
+    try:
+        await release
+    except Exception as error:
+        log.warning("a connection was closed instead of reused", error=_reason(error))
+
+
 class _GuardedAcquire(PoolAcquireContext):
     """`async with pool.acquire() as conn:` that turns a lost connection into Unavailable,
-    whether it is lost while connecting, inside the block, or while being released."""
+    whether it is lost while connecting or inside the block; a connection lost while being
+    given back is only logged."""
 
     __slots__ = ()
 
     async def __aexit__(self, *exc: object) -> None:
         exc_val = exc[1] if len(exc) > 1 and isinstance(exc[1], BaseException) else None
         conn = self.connection
-        try:
-            await super().__aexit__(*exc)
-        except Exception as release_error:
-            if exc_val is None and not connection_lost(release_error, conn):
-                raise
-            # The pool has already terminated the connection; report the first failure.
-            if exc_val is None:
-                raise _unavailable("the connection was lost", release_error) from release_error
-        if exc_val is not None and connection_lost(exc_val, conn):
+        gone = exc_val is not None and await lost(exc_val, conn)
+        if gone and conn is not None:
+            _discard(conn)  # half-closed: never reset it, never hand it out again
+        await _quietly(super().__aexit__(*exc))
+        if gone and exc_val is not None:
             raise _unavailable("the connection was lost mid-call", exc_val) from exc_val
 
 
@@ -286,8 +354,11 @@ class Database:
             try:
                 await tx.start()
             except BaseException as error:
+                gone = await lost(error, conn)
+                if gone:
+                    _discard(conn)
                 await self._release(conn)
-                if not connection_lost(error, conn):
+                if not gone:
                     raise
                 if attempt == 2:
                     raise _unavailable("the connection was lost at BEGIN", error) from error
@@ -297,12 +368,7 @@ class Database:
         raise AssertionError("unreachable")
 
     async def _release(self, conn: PoolConnectionProxy) -> None:
-        """Give a connection back; a broken one is terminated by the pool, never reused."""
-        try:
-            await self.pool.release(conn)
-        except Exception as error:
-            if not connection_lost(error, conn):
-                raise
+        await _quietly(self.pool.release(conn))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -315,21 +381,22 @@ class Database:
             try:
                 yield conn
             except BaseException as error:
-                if not conn.is_closed():
-                    try:
-                        await tx.rollback()
-                    except Exception as rollback_error:
-                        if not connection_lost(rollback_error, conn):
-                            raise
-                if connection_lost(error, conn):
+                if await lost(error, conn):
+                    _discard(conn)  # never back into the pool, never a rollback on it
                     raise _unavailable(
                         "the connection was lost before commit, nothing was written", error
                     ) from error
+                if not _is_closed(conn):
+                    try:
+                        await tx.rollback()
+                    except Exception:
+                        _discard(conn)  # a connection in an unknown state is not reused
                 raise
             try:
                 await tx.commit()
             except Exception as error:
-                if connection_lost(error, conn):
+                if await lost(error, conn):
+                    _discard(conn)
                     raise _unavailable(
                         "the connection was lost during commit, the outcome is unknown", error
                     ) from error
