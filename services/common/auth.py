@@ -124,16 +124,25 @@ def publish_key(jwks_file: Path, key: SigningKey) -> None:
 
 def read_jwks(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise AuthConfigError(
-            f"no JWKS file at {path}: set AUTH_JWKS_FILE (make run creates one in the state folder)"
+            f"no JWKS file at {path}: set AUTH_JWKS_FILE or AUTH_JWKS (make run creates "
+            "one in the state folder)"
         ) from None
-    except (OSError, ValueError) as error:
+    except OSError as error:
         raise AuthConfigError(f"cannot read the JWKS file {path}: {error}") from None
+    return parse_jwks(text, str(path))
+
+
+def parse_jwks(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise AuthConfigError(f"{where} is not JSON: {error}") from None
     keys = data.get("keys") if isinstance(data, dict) else None
     if not isinstance(keys, list) or not keys or not all(k.get("kid") for k in keys):
-        raise AuthConfigError(f"{path} must be a JWKS: {{'keys': [...]}}, each with a kid")
+        raise AuthConfigError(f"{where} must be a JWKS: {{'keys': [...]}}, each with a kid")
     return {"keys": keys}
 
 
@@ -202,8 +211,10 @@ class TokenVerifier:
         issuer: str,
         audience: str,
         leeway_seconds: int = 30,
+        inline_jwks: str | None = None,
     ) -> None:
         self._file = jwks_file
+        self._inline = inline_jwks
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
@@ -217,11 +228,13 @@ class TokenVerifier:
             issuer=settings.auth_issuer,
             audience=settings.auth_audience,
             leeway_seconds=settings.auth_leeway_seconds,
+            inline_jwks=settings.auth_jwks,
         )
 
     def _load(self) -> dict[str, jwt.PyJWK]:
+        jwks = parse_jwks(self._inline, "AUTH_JWKS") if self._inline else read_jwks(self._file)
         keys = {}
-        for jwk in read_jwks(self._file)["keys"]:
+        for jwk in jwks["keys"]:
             try:
                 keys[str(jwk["kid"])] = jwt.PyJWK(jwk, algorithm=ALGORITHM)
             except jwt.exceptions.PyJWTError as error:

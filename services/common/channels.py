@@ -32,7 +32,9 @@ def default_token(settings: Settings) -> str | None:
 
 
 def service_token(settings: Settings) -> str:
-    """The worker's own token (role `service`), from SERVICE_TOKEN_FILE."""
+    """The worker's own token (role `service`): SERVICE_TOKEN, else SERVICE_TOKEN_FILE."""
+    if settings.service_token:
+        return settings.service_token.strip()
     path = settings.effective_service_token_file
     try:
         token = path.read_text().strip()

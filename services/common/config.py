@@ -73,12 +73,14 @@ class Settings(BaseSettings):
     # public keys by key id (several keys during a rotation). The signing key is only
     # needed where tokens are minted (the local cluster, the CLI's dev commands).
     auth_jwks_file: Path | None = Field(None, alias="AUTH_JWKS_FILE")
+    auth_jwks: str | None = Field(None, min_length=2, alias="AUTH_JWKS")  # inline JSON instead
     auth_signing_key_file: Path | None = Field(None, alias="AUTH_SIGNING_KEY_FILE")
     auth_issuer: str = Field("mineaction", min_length=1, alias="AUTH_ISSUER")
     auth_audience: str = Field("mineaction-api", min_length=1, alias="AUTH_AUDIENCE")
     auth_leeway_seconds: int = Field(30, ge=0, le=600, alias="AUTH_LEEWAY_SECONDS")
     # The worker's own token (role `service`).
     service_token_file: Path | None = Field(None, alias="SERVICE_TOKEN_FILE")
+    service_token: str | None = Field(None, min_length=1, alias="SERVICE_TOKEN")  # inline
 
     # Optional mutual TLS. Server side: certificate and key; with a client CA, clients
     # must present a certificate it signed. Client side: the CA that signed the servers'
