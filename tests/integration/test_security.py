@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -511,3 +512,15 @@ async def test_the_audit_log_is_append_only_in_the_database(
         with pytest.raises(asyncpg.PostgresError, match="append-only"):
             await conn.execute(statement.format(t="audit_log"))
         assert await conn.fetchval("SELECT count(*) FROM audit_log") == before
+
+
+async def test_a_service_without_keys_does_not_start(
+    cluster: Cluster, tmp_path: pytest.TempPathFactory
+) -> None:
+    from services.common.auth import AuthConfigError
+    from services.common.server import ServiceHost
+    from services.lending.service import SPEC
+
+    keyless = cluster.settings.model_copy(update={"auth_jwks_file": Path(str(tmp_path)) / "none"})
+    with pytest.raises(AuthConfigError, match="AUTH_JWKS_FILE"):
+        await ServiceHost(SPEC, keyless, address="127.0.0.1:0").start()

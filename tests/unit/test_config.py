@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,28 @@ def test_process_refuses_bad_configuration(module: str) -> None:
     assert result.returncode == 2
     assert "LENDING_ADDRESS: Value error, expected HOST:PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_auth_files_default_to_the_state_folder(tmp_path: Path) -> None:
+    settings = load_settings(MINEACTION_STATE_DIR=str(tmp_path))
+    assert settings.effective_jwks_file == tmp_path / "jwks.json"
+    assert settings.effective_service_token_file == tmp_path / "service-token"
+    assert settings.effective_signing_key_file == tmp_path / "signing-key.json"
+    chosen = load_settings(AUTH_JWKS_FILE="/etc/keys/jwks.json", SERVICE_TOKEN_FILE="/run/t")
+    assert chosen.effective_jwks_file == Path("/etc/keys/jwks.json")
+    assert chosen.effective_service_token_file == Path("/run/t")
+
+
+@pytest.mark.parametrize(
+    ("variables", "complaint"),
+    [
+        ({"TLS_CERT_FILE": "/x.crt"}, "TLS_CERT_FILE and TLS_KEY_FILE must be set together"),
+        ({"TLS_CLIENT_KEY_FILE": "/x.key"}, "TLS_CLIENT_CERT_FILE and TLS_CLIENT_KEY_FILE"),
+        ({"TLS_CLIENT_CA_FILE": "/ca.pem"}, "TLS_CLIENT_CA_FILE needs TLS_CERT_FILE"),
+        ({"AUTH_LEEWAY_SECONDS": "-1"}, "AUTH_LEEWAY_SECONDS"),
+        ({"AUTH_AUDIENCE": ""}, "AUTH_AUDIENCE"),
+    ],
+)
+def test_bad_security_settings_stop_start_up(variables: dict[str, str], complaint: str) -> None:
+    with pytest.raises(ConfigError, match=complaint):
+        load_settings(**variables)
