@@ -514,13 +514,11 @@ async def test_the_audit_log_is_append_only_in_the_database(
         assert await conn.fetchval("SELECT count(*) FROM audit_log") == before
 
 
-async def test_a_service_without_keys_does_not_start(
-    cluster: Cluster, tmp_path: pytest.TempPathFactory
-) -> None:
+async def test_a_service_without_keys_does_not_start(cluster: Cluster, tmp_path: Path) -> None:
     from services.common.auth import AuthConfigError
     from services.common.server import ServiceHost
     from services.lending.service import SPEC
 
-    keyless = cluster.settings.model_copy(update={"auth_jwks_file": Path(str(tmp_path)) / "none"})
+    keyless = cluster.settings.model_copy(update={"auth_jwks_file": tmp_path / "none"})
     with pytest.raises(AuthConfigError, match="AUTH_JWKS_FILE"):
         await ServiceHost(SPEC, keyless, address="127.0.0.1:0").start()
