@@ -207,7 +207,10 @@ def test_a_missing_keyring_says_how_to_create_one(tmp_path: Path) -> None:
         load_keyring(tmp_path / "missing.json")
 
 
-def test_the_state_folder_keyring_is_created_but_a_named_one_must_exist(tmp_path: Path) -> None:
+def test_the_state_folder_keyring_is_created_but_a_named_one_must_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PAYLOAD_KEYS_FILE", raising=False)  # set by the Temporal fixtures
     local = load_settings(MINEACTION_STATE_DIR=str(tmp_path))
     keyring = keyring_for(local)
     assert (tmp_path / "payload-keys.json").exists()
