@@ -463,6 +463,7 @@ async def test_write_off_needs_two_people_and_recoveries_return_to_the_fund(
         names = await conn.fetchrow(
             "SELECT proposed_by, confirmed_by FROM write_offs WHERE loan_id = $1", loan.loan_id
         )
+    assert names is not None
     assert (names["proposed_by"], names["confirmed_by"]) == ("lo-03", "pm-01")
 
     recovery = await cluster.lending.RecordRepayment(
