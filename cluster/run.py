@@ -25,6 +25,8 @@ from pathlib import Path
 from services.common.auth import ensure_dev_credentials
 from services.common.channels import DEV_TOKEN_FILE
 from services.common.config import ConfigError, Settings, load_settings
+from services.common.metrics import PORT_OFFSETS, metrics_port
+from workers.codec import ensure_keyring
 
 BIN = Path(sys.executable).parent
 _PR_SET_PDEATHSIG = 1
@@ -97,6 +99,9 @@ def plan(settings: Settings) -> list[Part]:
                     settings.temporal_namespace,
                     "--log-level",
                     "warn",
+                    # The Web UI asks the codec server to show payloads decrypted.
+                    "--ui-codec-endpoint",
+                    f"http://{settings.codec_server_address}",
                     *dev_server_flags(),
                 ],
                 address,
@@ -108,9 +113,24 @@ def plan(settings: Settings) -> list[Part]:
         ("lending", settings.lending_address),
         ("assistance", settings.assistance_address),
     ):
-        parts.append(Part(name, [python, "-m", f"services.{name}"], address, [port_of(address)]))
-    parts.append(Part("worker", [python, "-m", "workers"], settings.effective_temporal_address))
+        ports = [port_of(address), *metrics_ports(settings, name)]
+        parts.append(Part(name, [python, "-m", f"services.{name}"], address, ports))
+    parts.append(
+        Part(
+            "worker",
+            [python, "-m", "workers"],
+            settings.effective_temporal_address,
+            metrics_ports(settings, "worker"),
+        )
+    )
+    codec = settings.codec_server_address
+    parts.append(Part("codec", [python, "-m", "workers.codec_server"], codec, [port_of(codec)]))
     return parts
+
+
+def metrics_ports(settings: Settings, process: str) -> list[int]:
+    port = metrics_port(settings, process)
+    return [port] if port else []
 
 
 class Cluster:
@@ -130,6 +150,9 @@ class Cluster:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         # A signing key and JWKS on first start; dev-token and service-token every start.
         ensure_dev_credentials(self.settings)
+        # The payload keyring before the worker, the codec server and the demo use it.
+        if self.settings.payload_keys_file is None:
+            ensure_keyring(self.settings.effective_payload_keys_file)
         if self.settings.database_url is None:
             import pgserver
 
@@ -167,6 +190,8 @@ class Cluster:
             ("Lending gRPC", self.settings.lending_address),
             ("Assistance gRPC", self.settings.assistance_address),
             ("Journey worker", "task queue survivor-journeys"),
+            ("Codec server", f"http://{self.settings.codec_server_address}"),
+            ("Metrics", self._metrics_row()),
             ("Dev token", str(self.settings.state_dir / DEV_TOKEN_FILE) + " (every role)"),
         ]
         width = max(len(name) for name, _ in rows)
@@ -174,6 +199,13 @@ class Cluster:
         for name, where in rows:
             print(f"  {name.ljust(width)}  {where}", flush=True)
         print(flush=True)
+
+    def _metrics_row(self) -> str:
+        ports = {name: metrics_port(self.settings, name) for name in PORT_OFFSETS}
+        if not all(ports.values()):
+            return "off"
+        listed = ", ".join(f"{port} {name}" for name, port in ports.items())
+        return f"http://{self.settings.metrics_host}:PORT/metrics ({listed})"
 
     def seed_demo(self) -> None:
         """On first start only: a small live cohort for a new operator to look at."""

@@ -82,6 +82,7 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
         LOG_FORMAT="json",
         LOG_LEVEL="warning",
         SHUTDOWN_GRACE_SECONDS=1,
+        METRICS_PORT=0,  # in-process hosts share one process; tests/e2e/test_cluster scrapes
     )
     configure_logging(configured, process="tests")
     # Signing key, JWKS, dev-token and service-token in the state folder, as `make run`.

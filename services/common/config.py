@@ -64,9 +64,11 @@ class Settings(BaseSettings):
     payload_keys_file: Path | None = Field(None, alias="PAYLOAD_KEYS_FILE")
     codec_server_address: HostPort = Field("127.0.0.1:8234", alias="CODEC_SERVER_ADDRESS")
 
-    # Prometheus metrics: each process serves /metrics on its own port (9101 eligibility,
-    # 9102 lending, 9103 assistance, 9104 worker); METRICS_PORT overrides it, 0 turns it off.
+    # Prometheus metrics: each process serves /metrics on its own port, METRICS_BASE_PORT
+    # plus its offset (9101 eligibility, 9102 lending, 9103 assistance, 9104 worker);
+    # METRICS_PORT sets one process's port outright. Either set to 0 turns metrics off.
     metrics_host: str = Field("127.0.0.1", min_length=1, alias="METRICS_HOST")
+    metrics_base_port: int = Field(9101, ge=0, le=65532, alias="METRICS_BASE_PORT")
     metrics_port: int | None = Field(None, ge=0, le=65535, alias="METRICS_PORT")
 
     # Authentication: bearer JWTs signed with Ed25519, verified against a JWKS file of

@@ -1,7 +1,8 @@
 """The one interceptor chain every service process runs, outermost first:
 
 1. request context: clears and binds the structlog context (method, request_id, peer)
-   and logs one line per call with its status code and duration;
+   logs one line per call with its status code and duration, and counts and times it
+   for Prometheus;
 2. error mapping: domain errors become their status codes with google.rpc details;
    anything unexpected is logged with its trace and becomes a bare INTERNAL;
 3. authentication: the bearer token is verified (UNAUTHENTICATED otherwise); only the
@@ -46,6 +47,7 @@ from services.common.errors import (
     Unavailable,
     internal_status,
 )
+from services.common.metrics import observe_rpc
 
 log = structlog.get_logger("mineaction.rpc")
 
@@ -135,8 +137,10 @@ class RequestContextInterceptor(UnaryInterceptor):
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         finally:
-            elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
-            log.info("rpc", code=_code_name(code), duration_ms=elapsed_ms)
+            elapsed = time.perf_counter() - started
+            code_name = _code_name(code)
+            observe_rpc(method, code_name, elapsed)
+            log.info("rpc", code=code_name, duration_ms=round(elapsed * 1000, 3))
 
 
 def _code_name(code: Any) -> str:

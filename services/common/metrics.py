@@ -7,8 +7,9 @@
   and activity task latencies, poll counts, cache sizes, ...), so one port carries both
   the SDK's runtime metrics and the worker's own.
 
-Default ports (METRICS_PORT overrides, 0 turns metrics off): 9101 eligibility,
-9102 lending, 9103 assistance, 9104 worker.
+Ports: METRICS_BASE_PORT (9101) plus the process's offset, so 9101 eligibility,
+9102 lending, 9103 assistance, 9104 worker; METRICS_PORT sets one process's port
+outright (as in Kubernetes, one process per pod); 0 turns metrics off.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from services.common.config import Settings
 
-DEFAULT_PORTS = {"eligibility": 9101, "lending": 9102, "assistance": 9103, "worker": 9104}
+PORT_OFFSETS = {"eligibility": 0, "lending": 1, "assistance": 2, "worker": 3}
 
 RPC_REQUESTS = Counter(
     "mineaction_rpc_requests",
@@ -57,7 +58,10 @@ def watch_pool(service: str, size: Callable[[], int], idle: Callable[[], int]) -
 
 
 def metrics_port(settings: Settings, process: str) -> int:
-    return DEFAULT_PORTS[process] if settings.metrics_port is None else settings.metrics_port
+    if settings.metrics_port is not None:
+        return settings.metrics_port
+    base = settings.metrics_base_port
+    return base + PORT_OFFSETS[process] if base else 0
 
 
 class MetricsEndpoint:

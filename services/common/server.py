@@ -27,6 +27,7 @@ from services.common.config import ConfigError, Settings, load_settings
 from services.common.db import Database, MigrationError, database_url
 from services.common.interceptors import interceptor_chain
 from services.common.logging import configure_logging
+from services.common.metrics import MetricsEndpoint, metrics_port, serve_metrics, watch_pool
 
 log = structlog.get_logger("mineaction.server")
 
@@ -62,6 +63,7 @@ class ServiceHost:
         self.db: Database | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        self._metrics: MetricsEndpoint | None = None
 
     async def start(self) -> int:
         # Keys, policy and certificates first: a process that cannot check callers must
@@ -108,6 +110,14 @@ class ServiceHost:
         if self.port == 0:
             await self.db.close()
             raise PortInUse(self.address)
+        try:
+            self._metrics = serve_metrics(self.settings, self.spec.name)
+        except OSError as error:
+            await self.db.close()
+            port = metrics_port(self.settings, self.spec.name)
+            raise PortInUse(f"{self.settings.metrics_host}:{port} (metrics)") from error
+        pool = self.db.pool
+        watch_pool(self.spec.name, pool.get_size, pool.get_idle_size)
         await server.start()
         self._server = server
         for name in ("", self.spec.full_name, audit.SERVICE_NAME):
@@ -123,6 +133,9 @@ class ServiceHost:
                 self.settings.shutdown_grace_seconds if grace is None else grace
             )
             self._server = None
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
         if self.db is not None:
             await self.db.close()
             self.db = None

@@ -4,6 +4,7 @@ half a cluster when a port is taken."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -32,6 +33,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive free ports (the metrics ports are a block)."""
+    for _ in range(50):
+        first = free_port()
+        if first + count <= 65535 and not any(port_open(first + i) for i in range(count)):
+            return first
+    raise AssertionError("no block of free ports")
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -51,6 +61,8 @@ def cluster_env(tmp_path: Path) -> dict[str, str]:
         TEMPORAL_UI_PORT=str(free_port()),
         LOG_FORMAT="json",
         LOG_LEVEL="warning",
+        METRICS_BASE_PORT=str(free_port_block(4)),
+        CODEC_SERVER_ADDRESS=f"127.0.0.1:{free_port()}",
     )
     for name in SERVICES:
         env[f"{name}_ADDRESS"] = f"127.0.0.1:{free_port()}"
@@ -90,7 +102,10 @@ class RunningCluster:
 
     def ports(self) -> list[int]:
         ports = [int(self.env["TEMPORAL_PORT"]), int(self.env["TEMPORAL_UI_PORT"])]
-        return ports + [int(self.env[f"{n}_ADDRESS"].rsplit(":", 1)[1]) for n in SERVICES]
+        ports += [int(self.env[f"{n}_ADDRESS"].rsplit(":", 1)[1]) for n in SERVICES]
+        ports.append(int(self.env["CODEC_SERVER_ADDRESS"].rsplit(":", 1)[1]))
+        base = int(self.env["METRICS_BASE_PORT"])
+        return ports + [base + offset for offset in range(4)]
 
     def stop(self) -> tuple[int, list[psutil.Process]]:
         children = psutil.Process(self.process.pid).children(recursive=True)
@@ -142,6 +157,8 @@ def test_cluster_runs_stops_cleanly_and_resumes_its_data(
             eligibility.RegisterSurvivor(registration, timeout=10)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         eligibility.RegisterSurvivor(registration, timeout=10, metadata=dev_token(cluster_env))
+    assert_metrics_served(cluster_env)
+    assert_codec_server_decrypts(cluster_env)
 
     code, orphans = first.stop()
     assert code == 0
@@ -163,6 +180,54 @@ def test_cluster_runs_stops_cleanly_and_resumes_its_data(
     code, orphans = second.stop()
     assert code == 0
     assert orphans == []
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def assert_metrics_served(env: dict[str, str]) -> None:
+    """Each service counts its calls by method and code; the worker's port carries the
+    Temporal SDK's runtime metrics."""
+    base = int(env["METRICS_BASE_PORT"])
+    eligibility = scrape(base)
+    service = 'service="mineaction.eligibility.v1.EligibilityService"'
+    for code in ("OK", "UNAUTHENTICATED"):
+        counted = [
+            line
+            for line in eligibility.splitlines()
+            if line.startswith("mineaction_rpc_requests_total{")
+            and 'method="RegisterSurvivor"' in line
+            and f'code="{code}"' in line
+            and service in line
+        ]
+        assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 1, code
+    assert "mineaction_rpc_duration_seconds_bucket{" in eligibility
+    assert 'mineaction_db_pool_connections{service="eligibility",state="open"}' in eligibility
+    assert 'service="mineaction.lending.v1.LendingService"' in scrape(base + 1)
+    assert "mineaction_db_pool_connections" in scrape(base + 2)
+    worker = scrape(base + 3)
+    assert "temporal_workflow_task" in worker or "temporal_request" in worker
+
+
+def assert_codec_server_decrypts(env: dict[str, str]) -> None:
+    """The Web UI's codec endpoint round-trips a payload under the cluster's keyring."""
+    address = env["CODEC_SERVER_ADDRESS"]
+    plain = {"metadata": {"encoding": "anNvbi9wbGFpbg=="}, "data": "eyJhIjogMX0="}
+
+    def post(path: str, payloads: list[object]) -> list[dict[str, object]]:
+        request = urllib.request.Request(
+            f"http://{address}/{path}",
+            data=json.dumps({"payloads": payloads}).encode(),
+            headers={"Content-Type": "application/json", "X-Namespace": "default"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return list(json.loads(response.read())["payloads"])
+
+    encrypted = post("encode", [plain])
+    assert encrypted[0] != plain
+    assert post("decode", encrypted) == [plain]
 
 
 def test_taken_port_is_named_and_nothing_starts(cluster_env: dict[str, str]) -> None:

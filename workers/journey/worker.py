@@ -10,11 +10,13 @@ from collections.abc import Sequence
 
 import structlog
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
 from services.common.config import ConfigError, Settings, load_settings
 from services.common.db import Database, database_url
 from services.common.logging import configure_logging
+from services.common.metrics import temporal_runtime
 from workers.codec import KeyringError, data_converter
 from workers.journey import search_attributes
 from workers.journey.activities import JourneyActivities
@@ -29,7 +31,9 @@ log = structlog.get_logger("mineaction.worker")
 WORKFLOWS: Sequence[type] = (SurvivorJourneyWorkflow, AssistanceWorkflow, BorrowerWorkflow)
 
 
-async def connect(settings: Settings, *, attempts: int = 30) -> Client:
+async def connect(
+    settings: Settings, *, attempts: int = 30, runtime: Runtime | None = None
+) -> Client:
     """Connect, retrying while a freshly started Temporal comes up. Every payload the
     client sends or reads is encrypted with the cluster's keyring (workers.codec); a
     missing or malformed keyring raises ConfigError."""
@@ -43,6 +47,7 @@ async def connect(settings: Settings, *, attempts: int = 30) -> Client:
                 settings.effective_temporal_address,
                 namespace=settings.temporal_namespace,
                 data_converter=converter,
+                runtime=runtime,
             )
         except RuntimeError as error:
             if attempt == attempts:
@@ -77,13 +82,12 @@ async def open_outbox(settings: Settings) -> outbox.Outbox:
 
 
 def journey_activities(settings: Settings, box: outbox.Outbox) -> JourneyActivities:
-    return JourneyActivities(
-        settings.eligibility_address, settings.lending_address, settings.assistance_address, box
-    )
+    return JourneyActivities.from_settings(settings, box)
 
 
 async def run(settings: Settings) -> None:
-    client = await connect(settings)
+    # The worker's metrics port is served by the Temporal runtime's Prometheus exporter.
+    client = await connect(settings, runtime=temporal_runtime(settings))
     added = await search_attributes.register(client, settings.temporal_namespace)
     if added:
         log.info("search attributes registered", added=added)
