@@ -128,6 +128,39 @@ def _violation_path(field: str, error: jsonschema.ValidationError) -> str:
     return path
 
 
+# What each schema keyword asks for, in words taken from the schema only: jsonschema's own
+# messages quote the rejected value, which may be personal data, and refusals are logged.
+_RULES: dict[str, str] = {
+    "type": "must be of type {}",
+    "enum": "must be one of {}",
+    "const": "must be {}",
+    "minimum": "must be at least {}",
+    "maximum": "must be at most {}",
+    "exclusiveMinimum": "must be more than {}",
+    "exclusiveMaximum": "must be less than {}",
+    "minLength": "must be at least {} characters long",
+    "maxLength": "must be at most {} characters long",
+    "pattern": "must match the pattern {}",
+    "format": "must be a valid {}",
+    "minItems": "must have at least {} items",
+    "maxItems": "must have at most {} items",
+    "uniqueItems": "must not repeat items",
+    "required": "is required",
+}
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+        # Property names are the caller's field names, not their values: name them.
+        schema = error.schema if isinstance(error.schema, Mapping) else {}
+        declared = schema.get("properties", {})
+        extra = sorted(str(key) for key in error.instance if key not in declared)
+        return f"has properties the assistance type does not declare: {', '.join(extra)}"
+    rule = _RULES.get(str(error.validator), "does not satisfy the schema's {} rule")
+    value = error.validator_value if error.validator in _RULES else error.validator
+    return rule.format(value)
+
+
 def check_data(
     validator: jsonschema.protocols.Validator, data: Mapping[str, Any], field: str = "data"
 ) -> None:
@@ -135,7 +168,7 @@ def check_data(
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         violations = [
-            FieldViolation(_violation_path(field, e), e.message, f"schema.{e.validator}")
+            FieldViolation(_violation_path(field, e), _describe(e), f"schema.{e.validator}")
             for e in errors
         ]
         raise InvalidArgument(

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     temporal_address: HostPort | None = Field(None, alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field("default", min_length=1, alias="TEMPORAL_NAMESPACE")
     temporal_port: int = Field(7233, ge=1, le=65535, alias="TEMPORAL_PORT")
+    # How long a worker keeps trying to reach Temporal at start (one attempt a second).
+    temporal_connect_timeout_seconds: int = Field(
+        30, ge=1, le=3600, alias="TEMPORAL_CONNECT_TIMEOUT_SECONDS"
+    )
     temporal_ui_port: int = Field(8233, ge=1, le=65535, alias="TEMPORAL_UI_PORT")
 
     eligibility_address: HostPort = Field("127.0.0.1:50051", alias="ELIGIBILITY_ADDRESS")

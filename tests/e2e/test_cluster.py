@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -216,7 +216,7 @@ def assert_codec_server_decrypts(env: dict[str, str]) -> None:
     address = env["CODEC_SERVER_ADDRESS"]
     plain = {"metadata": {"encoding": "anNvbi9wbGFpbg=="}, "data": "eyJhIjogMX0="}
 
-    def post(path: str, payloads: list[object]) -> list[dict[str, object]]:
+    def post(path: str, payloads: Sequence[object]) -> list[dict[str, object]]:
         request = urllib.request.Request(
             f"http://{address}/{path}",
             data=json.dumps({"payloads": payloads}).encode(),

@@ -4,6 +4,7 @@ the journey task queue until SIGTERM or SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ WORKFLOWS: Sequence[type] = (SurvivorJourneyWorkflow, AssistanceWorkflow, Borrow
 
 
 async def connect(
-    settings: Settings, *, attempts: int = 30, runtime: Runtime | None = None
+    settings: Settings, *, attempts: int | None = None, runtime: Runtime | None = None
 ) -> Client:
     """Connect, retrying while a freshly started Temporal comes up. Every payload the
     client sends or reads is encrypted with the cluster's keyring (workers.codec); a
@@ -41,6 +42,7 @@ async def connect(
         converter = data_converter(settings)
     except KeyringError as error:
         raise ConfigError(str(error)) from None
+    attempts = attempts or settings.temporal_connect_timeout_seconds
     for attempt in range(1, attempts + 1):
         try:
             return await Client.connect(
@@ -123,5 +125,7 @@ def main() -> None:
         print(f"worker: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     except ConnectionError as error:
-        print(f"worker: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        print(f"worker: {error}", file=sys.stderr, flush=True)
+        # Skip interpreter finalisation: it races the Temporal core's threads and can
+        # abort the process (PyGILState_Release) instead of exiting with this line.
+        os._exit(1)
