@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psutil
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType, TaskQueueType
@@ -51,6 +50,8 @@ from temporalio.worker import (
 from bench.common import database, free_port, open_loop, process, service
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from services.assistance.service import SPEC as ASSISTANCE
+from services.common.auth import ensure_dev_credentials
+from services.common.channels import DEV_TOKEN_FILE, open_channel
 from services.common.config import load_settings
 from services.common.logging import configure_logging
 from services.common.server import ServiceHost
@@ -96,6 +97,10 @@ def journey_input(survivor_id: str, policy: JourneyPolicy | None = None) -> Jour
         loan=fish_farm_loan(),
         policy=policy or JourneyPolicy(),
     )
+
+
+def dev_token(state_dir: str) -> str:
+    return (Path(state_dir) / DEV_TOKEN_FILE).read_text().strip()
 
 
 def pct(values: list[float], p: float) -> float:
@@ -160,9 +165,15 @@ class _Timed(ActivityInboundInterceptor):
 @contextlib.asynccontextmanager
 async def in_process_services(database_url: str, state_dir: str) -> AsyncIterator[dict[str, str]]:
     settings = load_settings(
-        DATABASE_URL=database_url, MINEACTION_STATE_DIR=state_dir, LOG_LEVEL="error"
+        DATABASE_URL=database_url,
+        MINEACTION_STATE_DIR=state_dir,
+        LOG_LEVEL="error",
+        METRICS_PORT=0,  # three hosts in one process, and other runs on this machine
     )
     configure_logging(settings, process="bench")
+    # As `make run` does: a signing key, the JWKS the services verify with, the dev-token
+    # the bench registers survivors with and the worker's service-token, in the state folder.
+    ensure_dev_credentials(settings)
     hosts = [
         ServiceHost(spec, settings, address="127.0.0.1:0")
         for spec in (ELIGIBILITY, LENDING, ASSISTANCE)
@@ -263,7 +274,7 @@ async def time_skipping(database_url: str, journeys: int) -> None:
             results = []
             try:
                 async with (
-                    grpc.aio.insecure_channel(addresses["eligibility"]) as channel,
+                    open_channel(addresses["eligibility"], dev_token(state)) as channel,
                     Worker(
                         env.client,
                         task_queue=task_queue,
@@ -335,6 +346,10 @@ def dev_cluster(
         "warn",
         *search_attributes.dev_server_flags(),
     ]
+    # The services verify tokens against the state folder's JWKS; the worker calls them
+    # with the service-token there, the bench with the dev-token.
+    ensure_dev_credentials(load_settings(MINEACTION_STATE_DIR=state_dir))
+    jwks_file = str(load_settings(MINEACTION_STATE_DIR=state_dir).effective_jwks_file)
     if on_file:  # as `make run` does; without it the dev server keeps its state in memory
         temporal += ["--db-filename", str(Path(state_dir) / "temporal.db")]
     with contextlib.ExitStack() as stack:
@@ -348,6 +363,7 @@ def dev_cluster(
             "MINEACTION_STATE_DIR": state_dir,
             "LOG_LEVEL": "error",
             "LOG_FORMAT": "json",
+            "METRICS_PORT": "0",
         }
         for name, variable in (
             ("eligibility", "ELIGIBILITY_ADDRESS"),
@@ -355,6 +371,8 @@ def dev_cluster(
             ("assistance", "ASSISTANCE_ADDRESS"),
         ):
             argv, service_env, service_port = service(f"services.{name}", variable, database_url)
+            service_env["AUTH_JWKS_FILE"] = jwks_file
+            service_env["METRICS_PORT"] = "0"  # other clusters may run on this machine
             pids[name] = stack.enter_context(process(argv, service_env, service_port)).pid
             env[variable] = service_env[variable]
         yield env, stack, pids
@@ -471,7 +489,7 @@ async def dev_server(
         client = await Client.connect(
             env["TEMPORAL_ADDRESS"], data_converter=data_converter(load_settings(**env))
         )
-        async with grpc.aio.insecure_channel(env["ELIGIBILITY_ADDRESS"]) as channel:
+        async with open_channel(env["ELIGIBILITY_ADDRESS"], dev_token(state)) as channel:
             eligibility = eligibility_grpc.EligibilityServiceStub(channel)
             survivors = [f"srv-{uuid.uuid4().hex[:12]}" for _ in range(max(paced, open_total))]
             registering = time.perf_counter()
