@@ -80,6 +80,8 @@ def service(module: str, variable: str, database_url: str) -> tuple[list[str], d
         "DATABASE_URL": database_url,
         "LOG_LEVEL": "error",
         "AUTH_JWKS_FILE": str(bench_auth().effective_jwks_file),
+        # No /metrics port: a cluster running alongside holds the default ones.
+        "METRICS_PORT": "0",
     }
     return [sys.executable, "-m", module], env, port
 

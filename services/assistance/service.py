@@ -45,7 +45,7 @@ from services.assistance.records import (
     text,
     type_to_proto,
 )
-from services.common import pagination
+from services.common import audit, pagination
 from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one
 from services.common.errors import (
@@ -264,13 +264,15 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 )
                 return pb.RequestAssistanceResponse(assistance=created)
 
-            return await idempotent(
+            response = await idempotent(
                 conn,
                 method="RequestAssistance",
                 request=request,
                 response_type=pb.RequestAssistanceResponse,
                 effect=create,
             )
+        audit.transaction_committed()
+        return response
 
     @staticmethod
     def _check_request(

@@ -6,7 +6,9 @@ AuditService.ListAuditEntries, which every service process hosts over its own lo
 
 from __future__ import annotations
 
+import contextvars
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,25 +71,85 @@ class AuditRecord:
     reason: str = ""
     on_behalf_of: str = ""
 
+    def arguments(self) -> tuple[object, ...]:
+        """The values for `insert_statement`, in its order."""
+        return (
+            self.subject,
+            self.roles,
+            self.method,
+            self.request_id,
+            json.dumps(self.resource_ids),
+            self.code,
+            self.reason,
+            self.on_behalf_of,
+        )
+
+
+def insert_statement(first: int = 1) -> str:
+    """INSERT of one entry whose values are the parameters $first .. $first+7."""
+    n = [f"${first + i}" for i in range(8)]
+    return f"""INSERT INTO audit_log (subject, roles, method, request_id, resource_ids,
+                   code, reason, on_behalf_of)
+               VALUES ({n[0]}, {n[1]}, {n[2]}, {n[3]}, {n[4]}::jsonb, {n[5]}, {n[6]}, {n[7]})"""
+
+
+_INSERT = insert_statement()
+
+
+@dataclass
+class PendingAudit:
+    """The entry of the mutating call in progress. A call whose effect commits writes its
+    OK entry in that same transaction (no extra round trip or commit, and never an
+    acknowledged change without its entry); the interceptor writes every other entry
+    (refusals, failures, replays) on its own after the call."""
+
+    entry: Callable[[str, str], AuditRecord]  # (code, reason) -> the entry
+    written: bool = False  # the OK entry was written in the call's transaction...
+    committed: bool = False  # ...and that transaction committed
+
+
+_pending: contextvars.ContextVar[PendingAudit | None] = contextvars.ContextVar(
+    "pending_audit", default=None
+)
+
+
+def begin_call(pending: PendingAudit) -> contextvars.Token[PendingAudit | None]:
+    return _pending.set(pending)
+
+
+def end_call(token: contextvars.Token[PendingAudit | None]) -> None:
+    _pending.reset(token)
+
+
+def to_write_in_transaction() -> AuditRecord | None:
+    """The OK entry to write with the effect, once per call; None when there is none
+    (no audited caller, or already written). The caller calls `written_in_transaction`
+    after the statement and `transaction_committed` after its commit."""
+    pending = _pending.get()
+    if pending is None or pending.written:
+        return None
+    return pending.entry("OK", "")
+
+
+def written_in_transaction() -> None:
+    pending = _pending.get()
+    if pending is not None:
+        pending.written = True
+
+
+def transaction_committed() -> None:
+    """Called once the transaction that wrote the call's entry has committed."""
+    pending = _pending.get()
+    if pending is not None and pending.written:
+        pending.committed = True
+
 
 class AuditLog:
     def __init__(self, db: Database) -> None:
         self.db = db
 
     async def record(self, entry: AuditRecord) -> None:
-        await self.db.pool.execute(
-            """INSERT INTO audit_log (subject, roles, method, request_id, resource_ids,
-                   code, reason, on_behalf_of)
-               VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8)""",
-            entry.subject,
-            entry.roles,
-            entry.method,
-            entry.request_id,
-            json.dumps(entry.resource_ids),
-            entry.code,
-            entry.reason,
-            entry.on_behalf_of,
-        )
+        await self.db.pool.execute(_INSERT, *entry.arguments())
 
 
 def _time(value: timestamp_pb2.Timestamp | None) -> datetime | None:

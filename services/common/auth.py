@@ -16,6 +16,7 @@ import json
 import os
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,6 +64,16 @@ class Principal:
     @property
     def relays(self) -> bool:
         return RELAY_ROLE in self.roles
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """A token whose signature and claims verified: what is re-checked at each use."""
+
+    principal: Principal
+    kid: str
+    expires_at: float
+    not_before: float
 
 
 # --- keys ------------------------------------------------------------------------------
@@ -203,6 +214,9 @@ class TokenVerifier:
 
     # An unknown kid re-reads the JWKS file (a key just published) at most this often.
     RELOAD_INTERVAL_SECONDS = 5.0
+    # Verified tokens remembered (callers reuse one token for hours; an Ed25519 check and
+    # the claim parsing cost more than the rest of a small call). Least recently used go.
+    CACHE_SIZE = 1024
 
     def __init__(
         self,
@@ -220,6 +234,7 @@ class TokenVerifier:
         self._leeway = leeway_seconds
         self._keys = self._load()
         self._loaded_at = time.monotonic()
+        self._verified: OrderedDict[str, _Verified] = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenVerifier:
@@ -251,7 +266,28 @@ class TokenVerifier:
         return self._keys.get(kid)
 
     def verify(self, token: str) -> Principal:
-        """The token's principal, or Unauthenticated saying what is wrong."""
+        """The token's principal, or Unauthenticated saying what is wrong.
+
+        A token seen before is not verified again, but its expiry (and not-before) is
+        checked at every use, and it stops being accepted as soon as its key leaves the
+        JWKS; anything else goes through the full check, which says what is wrong."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            now = time.time()
+            if (
+                cached.not_before - self._leeway <= now < cached.expires_at + self._leeway
+                and cached.kid in self._keys
+            ):
+                self._verified.move_to_end(token)
+                return cached.principal
+            del self._verified[token]
+        principal, verified = self._verify(token)
+        self._verified[token] = verified
+        if len(self._verified) > self.CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, _Verified]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.exceptions.DecodeError:
@@ -301,7 +337,15 @@ class TokenVerifier:
             raise Unauthenticated("the token has no roles claim", reason="TOKEN_NO_ROLES")
         if not isinstance(subject, str) or not subject.strip():
             raise Unauthenticated("the token has no subject", reason="TOKEN_NO_SUBJECT")
-        return Principal(subject, frozenset(r for r in roles if r in ROLES))
+        principal = Principal(subject, frozenset(r for r in roles if r in ROLES))
+        # exp is required and numeric (jwt.decode checked it); nbf is optional.
+        not_before = claims.get("nbf")
+        return principal, _Verified(
+            principal,
+            kid,
+            float(claims["exp"]),
+            float(not_before) if isinstance(not_before, int | float) else float("-inf"),
+        )
 
 
 # --- the access policy -------------------------------------------------------------------

@@ -4,6 +4,9 @@ The key row is inserted first, inside the caller's transaction. A concurrent dup
 blocks on the primary key until the first transaction ends, then reads the stored answer;
 if the first one rolled back, the duplicate proceeds as if it were first. So fifty
 concurrent duplicates have exactly one effect.
+
+The stored answer is written by the same statement as the call's audit entry, in the
+transaction of the effect (see services/common/audit.py, PendingAudit).
 """
 
 from __future__ import annotations
@@ -14,18 +17,64 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
+from services.common import audit
 from services.common.db import Connection, Database
 from services.common.errors import AlreadyExists
 
 ResponseT = TypeVar("ResponseT", bound=Message)
 
+_CLAIM = """INSERT INTO idempotency_keys (request_id, method, payload_hash)
+            VALUES ($1, $2, $3) ON CONFLICT (request_id) DO NOTHING RETURNING true"""
+_STORED = "SELECT method, payload_hash, response FROM idempotency_keys WHERE request_id = $1"
+_STORE = "UPDATE idempotency_keys SET response = $2 WHERE request_id = $1"
+_STORE_AND_AUDIT = f"WITH audit AS ({audit.insert_statement(3)})\n{_STORE}"
+
 
 def payload_hash(request: Message) -> bytes:
     """Hash of the request without its request_id, stable across equal payloads."""
-    payload = type(request)()
-    payload.CopyFrom(request)
-    payload.ClearField("request_id")
-    return hashlib.sha256(payload.SerializeToString(deterministic=True)).digest()
+    # Cleared and put back around the serialization instead of hashing a copy: nothing
+    # else runs in between (no await).
+    request_id: str = request.request_id  # type: ignore[attr-defined]
+    request.ClearField("request_id")
+    try:
+        return hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+    finally:
+        request.request_id = request_id  # type: ignore[attr-defined]
+
+
+def method_of(response_type: type[Message]) -> str:
+    """The method recorded with the key: the RPC's name, from its response type."""
+    return response_type.DESCRIPTOR.name.removesuffix("Response")
+
+
+def replayed(
+    stored: tuple[str | None, bytes | None, bytes | None] | None,
+    *,
+    request_id: str,
+    method: str,
+    digest: bytes,
+    response_type: type[ResponseT],
+) -> ResponseT:
+    """The first answer for a request_id already used: (method, payload hash, response)
+    as stored. A different method or payload is refused."""
+    if stored is None or stored[0] != method or bytes(stored[1] or b"") != digest:
+        raise AlreadyExists(
+            f"request_id {request_id} was already used for a different request",
+            reason="REQUEST_ID_REUSED",
+            metadata={"request_id": request_id},
+        )
+    return response_type.FromString(bytes(stored[2] or b""))
+
+
+async def store_response(conn: Connection, request_id: str, response: Message) -> None:
+    """Store the first answer, and with it the call's OK audit entry (one statement)."""
+    answer = response.SerializeToString(deterministic=True)
+    entry = audit.to_write_in_transaction()
+    if entry is None:
+        await conn.execute(_STORE, request_id, answer)
+        return
+    await conn.execute(_STORE_AND_AUDIT, request_id, answer, *entry.arguments())
+    audit.written_in_transaction()
 
 
 async def idempotent(
@@ -36,34 +85,22 @@ async def idempotent(
     response_type: type[ResponseT],
     effect: Callable[[], Awaitable[ResponseT]],
 ) -> ResponseT:
-    """Run `effect` once per request_id; must be called inside a transaction."""
+    """Run `effect` once per request_id; must be called inside a transaction. The caller
+    calls `audit.transaction_committed()` once that transaction has committed."""
     request_id: str = request.request_id  # type: ignore[attr-defined]
     digest = payload_hash(request)
-    first = await conn.fetchval(
-        """INSERT INTO idempotency_keys (request_id, method, payload_hash)
-           VALUES ($1, $2, $3) ON CONFLICT (request_id) DO NOTHING RETURNING true""",
-        request_id,
-        method,
-        digest,
-    )
+    first = await conn.fetchval(_CLAIM, request_id, method, digest)
     if not first:
-        row = await conn.fetchrow(
-            "SELECT method, payload_hash, response FROM idempotency_keys WHERE request_id = $1",
-            request_id,
+        row = await conn.fetchrow(_STORED, request_id)
+        return replayed(
+            None if row is None else (row["method"], row["payload_hash"], row["response"]),
+            request_id=request_id,
+            method=method,
+            digest=digest,
+            response_type=response_type,
         )
-        if row is None or row["method"] != method or bytes(row["payload_hash"]) != digest:
-            raise AlreadyExists(
-                f"request_id {request_id} was already used for a different request",
-                reason="REQUEST_ID_REUSED",
-                metadata={"request_id": request_id},
-            )
-        return response_type.FromString(bytes(row["response"]))
     response = await effect()
-    await conn.execute(
-        "UPDATE idempotency_keys SET response = $2 WHERE request_id = $1",
-        request_id,
-        response.SerializeToString(deterministic=True),
-    )
+    await store_response(conn, request_id, response)
     return response
 
 
@@ -73,14 +110,14 @@ async def once_per_request(
     response_type: type[ResponseT],
     effect: Callable[[Connection], Awaitable[ResponseT]],
 ) -> ResponseT:
-    """The shape of every mutating RPC: one transaction, run at most once per request_id.
-    The method recorded with the key is the RPC's name, from its response type."""
-    method = response_type.DESCRIPTOR.name.removesuffix("Response")
+    """The shape of every mutating RPC: one transaction, run at most once per request_id."""
     async with db.transaction() as conn:
-        return await idempotent(
+        response = await idempotent(
             conn,
-            method=method,
+            method=method_of(response_type),
             request=request,
             response_type=response_type,
             effect=lambda: effect(conn),
         )
+    audit.transaction_committed()
+    return response

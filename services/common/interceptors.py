@@ -36,6 +36,7 @@ import structlog
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
+from services.common import audit
 from services.common.audit import AuditLog, AuditRecord, is_mutating, resource_ids
 from services.common.auth import AccessPolicy, Principal, TokenVerifier
 from services.common.errors import (
@@ -300,8 +301,8 @@ async def _resolved(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
 
 class AuditInterceptor(UnaryInterceptor):
-    def __init__(self, audit: AuditLog) -> None:
-        self._audit = audit
+    def __init__(self, audit_log: AuditLog) -> None:
+        self._audit = audit_log
 
     async def around(
         self, method: str, request: Any, context: grpc.aio.ServicerContext, call_next: Handler
@@ -309,6 +310,22 @@ class AuditInterceptor(UnaryInterceptor):
         caller = current_caller()
         if caller is None or not is_mutating(request):
             return await call_next(request, context)
+
+        def entry(code: str, reason: str) -> AuditRecord:
+            # Built when written: authorization fills in on_behalf_of after this step.
+            return AuditRecord(
+                subject=caller.principal.subject,
+                roles=sorted(caller.principal.roles),
+                method=method,
+                request_id=str(request.request_id),
+                resource_ids=resource_ids(request),
+                code=code,
+                reason=reason,
+                on_behalf_of=caller.on_behalf_of,
+            )
+
+        pending = audit.PendingAudit(entry)
+        scope = audit.begin_call(pending)
         code, reason = "OK", ""
         try:
             return await call_next(request, context)
@@ -322,27 +339,24 @@ class AuditInterceptor(UnaryInterceptor):
             code = grpc.StatusCode.INTERNAL.name
             raise
         finally:
-            entry = AuditRecord(
-                subject=caller.principal.subject,
-                roles=sorted(caller.principal.roles),
-                method=method,
-                request_id=str(request.request_id),
-                resource_ids=resource_ids(request),
-                code=code,
-                reason=reason,
-                on_behalf_of=caller.on_behalf_of,
-            )
-            try:
-                await self._audit.record(entry)
-            except Exception:
-                log.exception("audit entry not recorded", code=code)
-                if code == "OK":
-                    # No acknowledged change goes unaudited: the caller retries with the
-                    # same request_id, gets the same answer, and that call is recorded.
-                    raise Unavailable(
-                        "the call could not be audited; retry with the same request_id",
-                        reason="AUDIT_UNAVAILABLE",
-                    ) from None
+            audit.end_call(scope)
+            # Written with the effect and committed: done. Anything else (a refusal, a
+            # replayed answer, a failure, even after a commit) gets its own entry.
+            if not (pending.committed and code == "OK"):
+                await self._record(entry(code, reason))
+
+    async def _record(self, entry: AuditRecord) -> None:
+        try:
+            await self._audit.record(entry)
+        except Exception:
+            log.exception("audit entry not recorded", code=entry.code)
+            if entry.code == "OK":
+                # No acknowledged change goes unaudited: the caller retries with the
+                # same request_id, gets the same answer, and that call is recorded.
+                raise Unavailable(
+                    "the call could not be audited; retry with the same request_id",
+                    reason="AUDIT_UNAVAILABLE",
+                ) from None
 
 
 class AuthorizationInterceptor(UnaryInterceptor):
@@ -398,13 +412,13 @@ def bind_actor(request: Message, path: str, principal: Principal) -> str:
 
 
 def interceptor_chain(
-    verifier: TokenVerifier, policy: AccessPolicy, audit: AuditLog
+    verifier: TokenVerifier, policy: AccessPolicy, audit_log: AuditLog
 ) -> list[grpc.aio.ServerInterceptor]:
     return [
         RequestContextInterceptor(),
         ErrorMappingInterceptor(),
         AuthenticationInterceptor(verifier, policy),
-        AuditInterceptor(audit),
+        AuditInterceptor(audit_log),
         AuthorizationInterceptor(policy),
         ValidationInterceptor(),
     ]

@@ -17,7 +17,7 @@ import yaml
 from mineaction.lending.v1 import lending_service_pb2 as pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import localized_text_pb2, sex_pb2
-from services.common import pagination
+from services.common import audit, idempotency, pagination
 from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one
 from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, invalid
@@ -569,14 +569,20 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def RecordRepayment(
         self, request: pb.RecordRepaymentRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordRepaymentResponse:
+        # once_per_request, with the key claimed by the repayment's own statement
+        # (migration 007): one round trip fewer on the busiest mutating call.
         paid_on = from_proto_date(request.payment_date)
-
-        async def repay(conn: Connection) -> pb.RecordRepaymentResponse:
-            # Lock, check, post and close in one round trip (migration 005).
+        response_type = pb.RecordRepaymentResponse
+        method = idempotency.method_of(response_type)
+        digest = idempotency.payload_hash(request)
+        async with self.db.transaction() as conn:
             txn_id = ledger.new_transaction_id()
             result = await fetch_one(
                 conn,
-                "SELECT * FROM lending_record_repayment($1, $2, $3, $4, $5, $6)",
+                "SELECT * FROM lending_record_repayment_once($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                request.request_id,
+                method,
+                digest,
                 request.loan_id,
                 request.amount_minor,
                 paid_on,
@@ -584,48 +590,73 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 request.channel,
                 txn_id,
             )
-            outcome = result["outcome"]
-            if outcome == "UNKNOWN_LOAN":
-                raise invalid("loan_id", f"unknown loan {request.loan_id!r}", "UNKNOWN_LOAN")
-            if outcome == "WRITTEN_OFF":
-                loan = await self._loan_for_update(conn, request.loan_id)
-                return await self._record_recovery(conn, loan, request, paid_on)
-            if outcome == "NOT_ACTIVE":
-                raise FailedPrecondition(
-                    f"loan {request.loan_id} is {result['state']}; repayments need an "
-                    "ACTIVE (or, as recoveries, a written-off) loan",
-                    reason="LOAN_NOT_ACTIVE",
+            if result["outcome"] == "REPLAY":  # (a missing row has no method: refused)
+                return idempotency.replayed(
+                    (
+                        result["stored_method"],
+                        result["stored_payload_hash"],
+                        result["stored_response"],
+                    ),
+                    request_id=request.request_id,
+                    method=method,
+                    digest=digest,
+                    response_type=response_type,
                 )
-            if outcome == "BEFORE_DISBURSEMENT":
-                raise invalid(
-                    "payment_date",
-                    f"must not be before the first disbursement ({result['first_disbursed_on']})",
-                    "BEFORE_DISBURSEMENT",
-                )
-            if outcome == "OVERPAYMENT":
-                raise invalid(
-                    "amount_minor",
-                    f"overpayment: only {result['outstanding']} qəpik is outstanding",
-                    "OVERPAYMENT",
-                )
-            allocation = arrears.allocate(
-                instalments_from_arrays(result["due_dates"], result["cumulative_minor"]),
-                result["repaid_against_revision"],
-                request.amount_minor,
-            )
-            return pb.RecordRepaymentResponse(
-                loan=await self._loan_view(conn, request.loan_id, paid_on),
-                repayment=pb.Repayment(
-                    transaction_id=txn_id,
-                    amount_minor=request.amount_minor,
-                    payment_date=request.payment_date,
-                    allocations=[
-                        pb.Allocation(instalment_number=n, principal_minor=a) for n, a in allocation
-                    ],
-                ),
-            )
+            response = await self._repaid(conn, request, paid_on, txn_id, result)
+            await idempotency.store_response(conn, request.request_id, response)
+        audit.transaction_committed()
+        return response
 
-        return await once_per_request(self.db, request, pb.RecordRepaymentResponse, repay)
+    async def _repaid(
+        self,
+        conn: Connection,
+        request: pb.RecordRepaymentRequest,
+        paid_on: date,
+        txn_id: str,
+        result: asyncpg.Record,
+    ) -> pb.RecordRepaymentResponse:
+        """The answer to a repayment from lending_record_repayment's outcome; a refusal
+        raises (and the transaction, key included, rolls back)."""
+        outcome = result["outcome"]
+        if outcome == "UNKNOWN_LOAN":
+            raise invalid("loan_id", f"unknown loan {request.loan_id!r}", "UNKNOWN_LOAN")
+        if outcome == "WRITTEN_OFF":
+            loan = await self._loan_for_update(conn, request.loan_id)
+            return await self._record_recovery(conn, loan, request, paid_on)
+        if outcome == "NOT_ACTIVE":
+            raise FailedPrecondition(
+                f"loan {request.loan_id} is {result['state']}; repayments need an "
+                "ACTIVE (or, as recoveries, a written-off) loan",
+                reason="LOAN_NOT_ACTIVE",
+            )
+        if outcome == "BEFORE_DISBURSEMENT":
+            raise invalid(
+                "payment_date",
+                f"must not be before the first disbursement ({result['first_disbursed_on']})",
+                "BEFORE_DISBURSEMENT",
+            )
+        if outcome == "OVERPAYMENT":
+            raise invalid(
+                "amount_minor",
+                f"overpayment: only {result['outstanding']} qəpik is outstanding",
+                "OVERPAYMENT",
+            )
+        allocation = arrears.allocate(
+            instalments_from_arrays(result["due_dates"], result["cumulative_minor"]),
+            result["repaid_against_revision"],
+            request.amount_minor,
+        )
+        return pb.RecordRepaymentResponse(
+            loan=await self._loan_view(conn, request.loan_id, paid_on),
+            repayment=pb.Repayment(
+                transaction_id=txn_id,
+                amount_minor=request.amount_minor,
+                payment_date=request.payment_date,
+                allocations=[
+                    pb.Allocation(instalment_number=n, principal_minor=a) for n, a in allocation
+                ],
+            ),
+        )
 
     async def _record_recovery(
         self,
