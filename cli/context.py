@@ -13,6 +13,7 @@ from temporalio.client import Client
 
 from cli.errors import RUNNING_HINT, CliError
 from cli.inputs import BadInput, existing_file
+from mineaction.assistance.v1 import assistance_service_pb2_grpc as assistance_grpc
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
 from services.common.channels import default_token, open_channel
@@ -67,6 +68,14 @@ async def lending(
 ) -> AsyncIterator[lending_grpc.LendingServiceStub]:
     async with channel(configured.lending_address, bearer) as chan:
         yield lending_grpc.LendingServiceStub(chan)
+
+
+@contextlib.asynccontextmanager
+async def assistance(
+    configured: Settings, bearer: str | None
+) -> AsyncIterator[assistance_grpc.AssistanceServiceStub]:
+    async with channel(configured.assistance_address, bearer) as chan:
+        yield assistance_grpc.AssistanceServiceStub(chan)
 
 
 async def temporal_client(configured: Settings) -> Client:

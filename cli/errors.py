@@ -12,11 +12,13 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from temporalio.client import (
+    RPCTimeoutOrCancelledError,
     WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli.inputs import BadInput
@@ -75,15 +77,34 @@ def calling(service: str, address: str) -> Iterator[None]:
         raise CliError(_grpc_line(error, service, address)) from None
 
 
+def _root_message(error: BaseException) -> str:
+    """The innermost failure's message: a validator's refusal, or the service's answer
+    under "Activity task failed" (an update whose activity the service refused)."""
+    message = ""
+    current: BaseException | None = error
+    while current is not None:
+        text = current.message if isinstance(current, FailureError) else str(current)
+        if text:
+            message = text
+        current = current.cause if isinstance(current, FailureError) else None
+    return one_line(message)
+
+
 @contextlib.contextmanager
-def temporal(address: str, what: str = "") -> Iterator[None]:
+def temporal(address: str, what: str = "", refuser: str = "the journey") -> Iterator[None]:
     """Turn a Temporal client error into a CliError with one clear line."""
     try:
         yield
     except WorkflowUpdateFailedError as error:
         cause = error.cause
-        message = getattr(cause, "message", None) or str(cause or error)
-        raise CliError(f"the journey refused it: {one_line(message)}") from None
+        message = _root_message(cause) if cause is not None else one_line(str(error))
+        raise CliError(f"{refuser} refused it: {message}") from None
+    except (WorkflowUpdateRPCTimeoutOrCancelledError, RPCTimeoutOrCancelledError):
+        raise CliError(
+            f"{what or 'the workflow'} did not answer in time — is the journey worker "
+            "running (make run)? An update already sent may still be applied when it is: "
+            "check `mineaction journey status` before retrying"
+        ) from None
     except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as error:
         raise CliError(f"the journey could not answer: {one_line(str(error))}") from None
     except WorkflowAlreadyStartedError:
@@ -91,8 +112,14 @@ def temporal(address: str, what: str = "") -> Iterator[None]:
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
             raise CliError(f"{what or 'the workflow'} was not found") from None
-        if error.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+        if error.status == RPCStatusCode.UNAVAILABLE:
             raise CliError(f"Temporal at {address} is not reachable — {RUNNING_HINT}") from None
+        if error.status == RPCStatusCode.DEADLINE_EXCEEDED:
+            # Connected, so Temporal is up: a query or update waits for a worker.
+            raise CliError(
+                f"{what or 'the workflow'} did not answer in time — is the journey worker "
+                "running (make run)?"
+            ) from None
         if error.status in (RPCStatusCode.UNAUTHENTICATED, RPCStatusCode.PERMISSION_DENIED):
             raise CliError(f"Temporal refused the call: {one_line(error.message)}") from None
         raise CliError(

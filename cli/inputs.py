@@ -3,11 +3,13 @@ raises BadInput with one line that says what is wrong and what is expected."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 # The services' own patterns (proto/mineaction/*/v1: buf.validate annotations).
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,63}$")
@@ -15,6 +17,8 @@ _CODE = re.compile(r"^[a-z][a-z0-9_]{1,39}$")
 _DISTRICT = re.compile(r"^[a-z][a-z_]{1,39}$")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _AMOUNT = re.compile(r"^\d+(\.\d+)?$")
+_ACTION = re.compile(r"^[a-z][a-z_]{1,39}$")
+_DATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 LANGUAGES = ("en", "az")
 MAX_AMOUNT_MINOR = 10_000_000_000  # the services' limit on one request: 100 million AZN
@@ -60,9 +64,10 @@ def staff(value: str, what: str) -> str:
     return value
 
 
-def amount_minor(value: str, what: str = "amount") -> int:
+def amount_minor(value: str, what: str = "amount", *, allow_zero: bool = False) -> int:
     """Manat as typed (`12.50`, `1500`) to integer qəpik, exactly: no floats, no
-    rounding; more than two decimals, zero, negative or absurd amounts are refused."""
+    rounding; more than two decimals, negative or absurd amounts are refused, and zero
+    unless `allow_zero` (an income may be nothing; a loan or a payment may not)."""
     text = value.strip()
     if text.startswith("-"):
         raise BadInput(f"{what} must be positive, got {value!r}")
@@ -72,11 +77,56 @@ def amount_minor(value: str, what: str = "amount") -> int:
     if match.group(1) and len(match.group(1)) > 3:
         raise BadInput(f"{what} {value!r} has more than 2 decimals (1 AZN = 100 qəpik)")
     minor = int(Decimal(text) * 100)  # exact: at most two decimals
-    if minor <= 0:
+    if minor < 0 or (minor == 0 and not allow_zero):
         raise BadInput(f"{what} must be positive, got {value!r}")
     if minor > MAX_AMOUNT_MINOR:
         raise BadInput(f"{what} {value!r} is above the limit of {MAX_AMOUNT_MINOR // 100:,} AZN")
     return minor
+
+
+def text(value: str, what: str, max_len: int) -> str:
+    """Free text a person must give (a reason): required, at most `max_len` characters."""
+    value = value.strip()
+    if not value:
+        raise BadInput(f"{what} is required")
+    if len(value) > max_len:
+        raise BadInput(f"{what} is longer than {max_len} characters")
+    return value
+
+
+def action(value: str) -> str:
+    """An assistance lifecycle action such as `allocate_from_stock`."""
+    value = value.strip()
+    if not _ACTION.match(value):
+        raise BadInput(
+            f"action {value!r} is not valid: use lower-case letters and '_', e.g. deliver"
+        )
+    return value
+
+
+def _scalar(raw: str) -> Any:
+    """A data value as typed: JSON (44, true, "x", [..]) when it parses, else the text."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def data_pairs(pairs: list[str], what: str) -> dict[str, Any]:
+    """KEY=VALUE pairs (repeated option) as a dict; values are JSON when they parse
+    (`seat_width_cm=44` is a number, `kind=manual` a string)."""
+    data: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not _DATA_KEY.match(key):
+            raise BadInput(f"{what} {pair!r}: use KEY=VALUE, e.g. seat_width_cm=44")
+        if key in data:
+            raise BadInput(f"{what}: {key!r} is given twice")
+        data[key] = _scalar(raw.strip())
+    if len(data) > 64:
+        raise BadInput(f"{what}: at most 64 keys")
+    return data
 
 
 def manat(minor: int) -> str:

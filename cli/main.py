@@ -9,11 +9,12 @@ with a non-zero exit code; bad input is refused before anything is called (exit 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
@@ -21,7 +22,7 @@ from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
 from typer.exceptions import Abort
 
-from cli import context, inputs, render
+from cli import catalogue, context, inputs, render
 from cli import export as csv_export
 from cli.errors import calling, fail, run, temporal
 from cli.inputs import BadInput, manat
@@ -31,14 +32,25 @@ from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.protoconv import proto_date
 from workers.journey import search_attributes as sa
 from workers.journey.model import (
+    AssistanceAction,
     AssistancePlan,
+    AssistanceState,
     CommitteeDecision,
+    FollowUp,
+    Hardship,
     JourneyInput,
     JourneyStatus,
     LoanRequest,
+    Stage,
+    WriteOffDecision,
+    assistance_workflow_id,
     journey_workflow_id,
 )
-from workers.journey.workflows import SurvivorJourneyWorkflow, initial_search_attributes
+from workers.journey.workflows import (
+    AssistanceWorkflow,
+    SurvivorJourneyWorkflow,
+    initial_search_attributes,
+)
 
 
 class _OneLineErrors(TyperGroup):
@@ -53,20 +65,41 @@ class _OneLineErrors(TyperGroup):
         **extra: Any,
     ) -> Any:
         try:
-            result = super().main(
-                args=args,
-                prog_name=prog_name or "mineaction",
-                complete_var=complete_var,
-                standalone_mode=False,
-                **extra,
-            )
-        except ClickException as error:
-            fail(f"{error.format_message()} (see mineaction --help)", error.exit_code)
-        except Abort:
-            fail("aborted", 1)
+            try:
+                result = super().main(
+                    args=args,
+                    prog_name=prog_name or "mineaction",
+                    complete_var=complete_var,
+                    standalone_mode=False,
+                    **extra,
+                )
+            except ClickException as error:
+                fail(f"{error.format_message()} (see mineaction --help)", error.exit_code)
+            except Abort:
+                fail("aborted", 1)
+        except SystemExit as done:
+            if args is None:  # the console script, not a test's CliRunner
+                _exit_process(done.code)
+            raise
         if not standalone_mode:
             return result
-        sys.exit(result if isinstance(result, int) else 0)
+        code = result if isinstance(result, int) else 0
+        if args is None:
+            _exit_process(code)
+        sys.exit(code)
+
+
+def _exit_process(code: object) -> NoReturn:
+    """End the `mineaction` process once the command is done and its output flushed.
+
+    Skipping interpreter finalization is deliberate: the Temporal client's native runtime
+    threads, torn down while Python finalizes, aborted about one run in five after a
+    workflow update ("Fatal Python error: PyGILState_Release", exit 134 instead of the
+    command's code). Every command closes its channels, files and scratch servers itself
+    before it returns, so nothing is left for finalization to do."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
 
 
 app = typer.Typer(
@@ -77,7 +110,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-journey_app = typer.Typer(help="Start a survivor's journey, show it, record decisions.")
+journey_app = typer.Typer(
+    help="Start a survivor's journey, show it, and steer it: the committee's decision, "
+    "hardship, write-off, impact follow-ups, a provider's step on an assistance item."
+)
 export_app = typer.Typer(help="Export CSV (loans, portfolio, assessments).")
 app.add_typer(journey_app, name="journey")
 app.add_typer(export_app, name="export")
@@ -213,15 +249,32 @@ def assess(
 # --- journeys -------------------------------------------------------------------------
 
 
-def _assistance_plan(spec: str) -> AssistancePlan:
-    """TYPE[:PROVIDER[:POOL]], e.g. wheelchair:baku-mobility-aids:stock-wheelchairs-baku."""
-    parts = spec.split(":")
-    if len(parts) > 3:
-        raise BadInput(f"--assistance {spec!r}: use TYPE[:PROVIDER[:POOL]]")
-    type_id = inputs.code(parts[0], "assistance type")
-    provider = inputs.identifier(parts[1], "provider id") if len(parts) > 1 and parts[1] else ""
-    pool = inputs.identifier(parts[2], "capacity pool id") if len(parts) > 2 and parts[2] else ""
-    return AssistancePlan(type_id, provider_id=provider, capacity_pool_id=pool)
+def _assistance_plans(specs: list[str], data_specs: list[str]) -> list[AssistancePlan]:
+    """TYPE[:PROVIDER[:POOL]], e.g. wheelchair:baku-mobility-aids:stock-wheelchairs-baku,
+    and each item's request data as TYPE:KEY=VALUE (wheelchair:seat_width_cm=44)."""
+    data: dict[str, list[str]] = {}
+    for spec in data_specs:
+        type_part, sep, pair = spec.partition(":")
+        if not sep:
+            raise BadInput(f"--data {spec!r}: use TYPE:KEY=VALUE, e.g. wheelchair:seat_width_cm=44")
+        data.setdefault(inputs.code(type_part, "--data assistance type"), []).append(pair)
+    plans: list[AssistancePlan] = []
+    for spec in specs:
+        parts = spec.split(":")
+        if len(parts) > 3:
+            raise BadInput(f"--assistance {spec!r}: use TYPE[:PROVIDER[:POOL]]")
+        type_id = inputs.code(parts[0], "assistance type")
+        if any(p.type_id == type_id for p in plans):
+            raise BadInput(f"--assistance {type_id} is given twice: one item per type")
+        provider = inputs.identifier(parts[1], "provider id") if len(parts) > 1 and parts[1] else ""
+        pool = (
+            inputs.identifier(parts[2], "capacity pool id") if len(parts) > 2 and parts[2] else ""
+        )
+        item_data = inputs.data_pairs(data.pop(type_id, []), f"--data {type_id}")
+        plans.append(AssistancePlan(type_id, provider, pool, data=item_data))
+    if data:
+        raise BadInput(f"--data for {', '.join(sorted(data))}, which has no --assistance")
+    return plans
 
 
 @journey_app.command("start")
@@ -238,6 +291,14 @@ def journey_start(
     assistance: Annotated[
         list[str] | None,
         typer.Option(help="Assistance TYPE[:PROVIDER[:POOL]]; repeat for several."),
+    ] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data",
+            help="An assistance item's request data, TYPE:KEY=VALUE (e.g. "
+            "wheelchair:seat_width_cm=44); repeat for several.",
+        ),
     ] = None,
     programme_year: Annotated[int, typer.Option(help="Programme year, 1-3.")] = 1,
 ) -> None:
@@ -258,7 +319,7 @@ def journey_start(
                 inputs.amount_minor(amount, "--amount"),
                 purpose.strip() or "start-up loan",
             )
-        plans = [_assistance_plan(s) for s in assistance or []]
+        plans = _assistance_plans(assistance or [], data or [])
         if not loan and not plans:
             raise BadInput("a journey needs a loan (--product, --amount) or --assistance")
         settings = context.settings()
@@ -269,6 +330,12 @@ def journey_start(
                 await stub.GetSurvivor(
                     eligibility_pb.GetSurvivorRequest(survivor_id=sid), timeout=TIMEOUT
                 )
+        if plans:  # a plan the assistance service would refuse is refused here
+            async with context.assistance(settings, token) as assist:
+                with calling("assistance", settings.assistance_address):
+                    known = await catalogue.load(assist, TIMEOUT)
+            for plan in plans:
+                known.check_plan(plan.type_id, plan.data)
         client = await context.temporal_client(settings)
         workflow_id = journey_workflow_id(sid)
         with temporal(settings.effective_temporal_address, f"the journey {workflow_id}"):
@@ -355,6 +422,288 @@ def journey_decide(
             f"loan {status.loan_id} {verb} by {member_id} ({decision_ref}); "
             f"loan status {status.loan_status}, stage {status.stage}"
         )
+
+    run(go())
+
+
+async def _update_journey(survivor_id: str, update: Any, arg: Any) -> JourneyStatus:
+    """Send one of the journey's updates; its validator's refusal, or the service's
+    refusal of the step, comes back as one line (exit 1) and nothing is recorded."""
+    settings = context.settings()
+    client = await context.temporal_client(settings)
+    workflow_id = journey_workflow_id(survivor_id)
+    handle = client.get_workflow_handle_for(SurvivorJourneyWorkflow.run, workflow_id)
+    with temporal(settings.effective_temporal_address, f"the journey {workflow_id}"):
+        status: JourneyStatus = await handle.execute_update(update, arg, rpc_timeout=RPC_TIMEOUT)
+    return status
+
+
+def _loan_line(status: JourneyStatus) -> str:
+    line = f"loan {status.loan_id} {status.loan_status}, stage {status.stage}"
+    if status.next_due_date:
+        line += f"; next instalment {status.next_due_date}: {manat(status.next_due_minor)} AZN"
+    return line
+
+
+@journey_app.command("hardship")
+def journey_hardship(
+    survivor_id: Annotated[str, typer.Argument(help="The survivor whose loan it is.")],
+    reason: Annotated[str, typer.Option(help="Why, e.g. hospitalised.")],
+    requested_by: Annotated[str, typer.Option(help="Staff id who asks for it (loan officer).")],
+    pause_days: Annotated[
+        int | None, typer.Option(help="Pause delinquency for this many days (1-366).")
+    ] = None,
+    new_term_months: Annotated[
+        int | None, typer.Option(help="Reschedule: the new remaining term (1-120 months).")
+    ] = None,
+    grace_months: Annotated[
+        int, typer.Option(help="Reschedule: extra grace months before it (0-24).")
+    ] = 0,
+) -> None:
+    """Hardship on a loan being repaid: a pause of delinquency (--pause-days) or a
+    reschedule (--new-term-months, --grace-months); the journey's request_hardship."""
+
+    async def go() -> None:
+        sid = inputs.identifier(survivor_id, "survivor id")
+        why = inputs.text(reason, "--reason", 1000)
+        who = inputs.staff(requested_by, "--requested-by")
+        if (pause_days is None) == (new_term_months is None):
+            raise BadInput(
+                "say either --pause-days N (a pause) or --new-term-months N (a reschedule)"
+            )
+        if pause_days is not None:
+            if grace_months:
+                raise BadInput("--grace-months goes with a reschedule, not a pause")
+            inputs.count(pause_days, "--pause-days", 1, 366)
+            hardship = Hardship("pause", why, who, pause_days=pause_days)
+        else:
+            assert new_term_months is not None
+            inputs.count(new_term_months, "--new-term-months", 1, 120)
+            inputs.count(grace_months, "--grace-months", 0, 24)
+            hardship = Hardship(
+                "reschedule",
+                why,
+                who,
+                new_term_months=new_term_months,
+                additional_grace_months=grace_months,
+            )
+        status = await _update_journey(sid, SurvivorJourneyWorkflow.request_hardship, hardship)
+        done = (
+            f"delinquency paused for {pause_days} days"
+            if pause_days is not None
+            else f"rescheduled over {new_term_months} months"
+            + (f" after {grace_months} more months of grace" if grace_months else "")
+        )
+        render.console().print(f"{done} (asked by {who}); {_loan_line(status)}", markup=False)
+
+    run(go())
+
+
+@journey_app.command("write-off")
+def journey_write_off(
+    survivor_id: Annotated[str, typer.Argument(help="The survivor whose loan it is.")],
+    reason: Annotated[str, typer.Option(help="Why the loan cannot be recovered.")],
+    proposed_by: Annotated[str, typer.Option(help="Staff id who proposes it (loan officer).")],
+    confirmed_by: Annotated[
+        str, typer.Option(help="A different staff id who confirms it (programme manager).")
+    ],
+) -> None:
+    """Write off the journey's loan: a proposal and a confirmation by two different
+    people (four eyes), posted to the ledger; the journey's record_write_off."""
+
+    async def go() -> None:
+        sid = inputs.identifier(survivor_id, "survivor id")
+        why = inputs.text(reason, "--reason", 1000)
+        proposer = inputs.staff(proposed_by, "--proposed-by")
+        confirmer = inputs.staff(confirmed_by, "--confirmed-by")
+        # The lending service compares identities case-insensitively.
+        if proposer.casefold() == confirmer.casefold():
+            raise BadInput("four eyes: --confirmed-by must be someone other than --proposed-by")
+        status = await _update_journey(
+            sid,
+            SurvivorJourneyWorkflow.record_write_off,
+            WriteOffDecision(why, proposer, confirmer),
+        )
+        render.console().print(
+            f"written off: proposed by {proposer}, confirmed by {confirmer}; {_loan_line(status)}",
+            markup=False,
+        )
+
+    run(go())
+
+
+@journey_app.command("follow-up")
+def journey_follow_up(
+    survivor_id: Annotated[str, typer.Argument(help="The survivor followed up.")],
+    income: Annotated[
+        str, typer.Option(help="Monthly household income now, in manat (0 allowed).")
+    ],
+    family_members: Annotated[
+        int, typer.Option(help="Family members the survivor's work supports (0-49).")
+    ],
+    recorded_by: Annotated[str, typer.Option(help="Staff id who made the visit.")],
+    working: Annotated[
+        bool | None,
+        typer.Option("--working/--not-working", help="Working (employed or in business)?"),
+    ] = None,
+) -> None:
+    """Answer the impact follow-up the journey awaits (+6 or +12 months after the last
+    repayment): household income, work, family members supported."""
+
+    async def go() -> None:
+        sid = inputs.identifier(survivor_id, "survivor id")
+        income_minor = inputs.amount_minor(income, "--income", allow_zero=True)
+        if working is None:
+            raise BadInput("say --working or --not-working")
+        inputs.count(family_members, "--family-members", 0, 49)
+        who = inputs.staff(recorded_by, "--recorded-by")
+        status = await _update_journey(
+            sid,
+            SurvivorJourneyWorkflow.record_follow_up,
+            FollowUp(income_minor, working, family_members, who),
+        )
+        months = f"+{status.follow_up_due}-month " if status.follow_up_due else ""
+        render.console().print(
+            f"recorded the {months}follow-up of {sid} by {who}: income {manat(income_minor)} "
+            f"AZN a month, {'working' if working else 'not working'}, "
+            f"{family_members} family member(s) supported",
+            markup=False,
+        )
+
+    run(go())
+
+
+@journey_app.command("assist")
+def journey_assist(
+    survivor_id: Annotated[str, typer.Argument(help="The survivor.")],
+    type_id: Annotated[str, typer.Argument(help="The assistance item's type, e.g. wheelchair.")],
+    action: Annotated[str, typer.Argument(help="The lifecycle action, e.g. deliver.")],
+    actor: Annotated[str, typer.Option(help="Who takes the step (provider or staff id).")],
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data", help="The step's data, KEY=VALUE (e.g. serial_number=WC-1); repeatable."
+        ),
+    ] = None,
+) -> None:
+    """A provider's step on one of the journey's assistance items (the item's advance
+    update), checked against the type's lifecycle before it is sent."""
+
+    async def go() -> None:
+        sid = inputs.identifier(survivor_id, "survivor id")
+        kind = inputs.code(type_id, "assistance type")
+        step = inputs.action(action)
+        who = inputs.staff(actor, "--actor")
+        step_data = inputs.data_pairs(data or [], "--data")
+        settings = context.settings()
+        token = context.token(_OPTIONS, settings)
+        async with context.assistance(settings, token) as assist:
+            with calling("assistance", settings.assistance_address):
+                known = await catalogue.load(assist, TIMEOUT)
+        known.check_step(kind, step, step_data)
+        client = await context.temporal_client(settings)
+        workflow_id = assistance_workflow_id(journey_workflow_id(sid), kind)
+        handle = client.get_workflow_handle_for(AssistanceWorkflow.run, workflow_id)
+        with temporal(
+            settings.effective_temporal_address,
+            f"the {kind} item of {sid} ({workflow_id})",
+            refuser=f"the {kind} item",
+        ):
+            state: AssistanceState = await handle.execute_update(
+                AssistanceWorkflow.advance,
+                AssistanceAction(step, who, step_data),
+                rpc_timeout=RPC_TIMEOUT,
+            )
+        render.console().print(
+            f"{kind} of {sid}: {step} by {who}; now {render.assistance_state(state)}",
+            markup=False,
+        )
+
+    run(go())
+
+
+_STAGES = tuple(stage.value for stage in Stage)
+
+
+@app.command()
+def journeys(
+    stage: Annotated[
+        str | None, typer.Option(help="Only this stage, e.g. COMMITTEE_REVIEW or repayment.")
+    ] = None,
+    district: Annotated[str | None, typer.Option(help="Only this district.")] = None,
+    loan_status: Annotated[
+        str | None, typer.Option(help="Only this loan status, e.g. ACTIVE.")
+    ] = None,
+    programme_year: Annotated[int | None, typer.Option(help="Only this programme year.")] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Closed journeys too (default: running only).")
+    ] = False,
+    limit: Annotated[int, typer.Option(help="At most this many journeys.")] = 200,
+) -> None:
+    """List journeys by stage, district, loan status (the journeys' search attributes)."""
+
+    async def go() -> None:
+        inputs.count(limit, "--limit", 1, 10_000)
+        query = "WorkflowType = 'SurvivorJourneyWorkflow'"
+        if not all_:
+            query += " AND ExecutionStatus = 'Running'"
+        if stage is not None:
+            wanted = stage.strip().upper()
+            if wanted not in _STAGES:
+                raise BadInput(f"unknown stage {stage!r}: use one of {', '.join(_STAGES)}")
+            query += f" AND {sa.STAGE.name} = '{wanted}'"
+        if district is not None:
+            query += f" AND {sa.DISTRICT_CODE.name} = '{inputs.district(district)}'"
+        if loan_status is not None:
+            wanted_status = loan_status.strip().upper()
+            if wanted_status not in _LOAN_STATUSES:
+                raise BadInput(
+                    f"unknown loan status {loan_status!r}: use one of {', '.join(_LOAN_STATUSES)}"
+                )
+            query += f" AND {sa.LOAN_STATUS.name} = '{wanted_status}'"
+        if programme_year is not None:
+            inputs.count(programme_year, "--programme-year", 1, 3)
+            query += f" AND {sa.PROGRAMME_YEAR.name} = {programme_year}"
+        settings = context.settings()
+        client = await context.temporal_client(settings)
+        rows: list[tuple[str, ...]] = []
+        with temporal(settings.effective_temporal_address, "the journeys"):
+            async for wf in client.list_workflows(query, limit=limit, rpc_timeout=RPC_TIMEOUT):
+                attrs = wf.typed_search_attributes
+                rows.append(
+                    (
+                        wf.id.removeprefix("journey-"),
+                        attrs.get(sa.STAGE) or "",
+                        attrs.get(sa.DISTRICT_CODE) or "",
+                        attrs.get(sa.LOAN_STATUS) or "",
+                        str(attrs.get(sa.DAYS_PAST_DUE) or 0),
+                        str(attrs.get(sa.PROGRAMME_YEAR) or ""),
+                        wf.status.name.lower().replace("_", " ") if wf.status else "",
+                        wf.start_time.strftime("%Y-%m-%d %H:%M") if wf.start_time else "",
+                    )
+                )
+        rows.sort(key=lambda r: r[0])
+        filters = ", ".join(
+            f"{name} {value}"
+            for name, value in (
+                ("stage", stage),
+                ("district", district),
+                ("loan status", loan_status),
+                ("year", programme_year),
+            )
+            if value is not None
+        )
+        title = f"{'Journeys' if all_ else 'Running journeys'}{': ' + filters if filters else ''}"
+        more = " (limit reached)" if len(rows) >= limit else ""
+        table = Table(title=f"{title} — {len(rows)}{more}")
+        for column in (
+            "Survivor", "Stage", "District", "Loan status", "Days past due", "Year", "Workflow",
+            "Started (UTC)",
+        ):  # fmt: skip
+            table.add_column(column, justify="right" if column == "Days past due" else "left")
+        for row in rows:
+            table.add_row(*row)
+        render.console().print(table)
 
     run(go())
 
@@ -544,6 +893,11 @@ def _output(path: Path) -> Iterator[IO[str]]:
     partial.replace(path)  # a failed export leaves no half-written file behind
 
 
+_LOAN_STATUSES = tuple(
+    n.removeprefix("LOAN_STATE_")
+    for n, v in lending_pb.LoanState.items()
+    if v != lending_pb.LOAN_STATE_UNSPECIFIED
+)
 _STATES = {
     n.removeprefix("LOAN_STATE_").lower(): v
     for n, v in lending_pb.LoanState.items()

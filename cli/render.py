@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cli.inputs import manat
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
-from workers.journey.model import JourneyStatus
+from workers.journey.model import AssistanceState, JourneyStatus
 
 LABELS: dict[str, dict[str, str]] = {
     "assessment": {"en": "Eligibility assessment", "az": "Uyğunluq qiymətləndirməsi"},
@@ -37,6 +38,9 @@ LABELS: dict[str, dict[str, str]] = {
     "assistance": {"en": "Assistance", "az": "Yardım"},
     "follow_ups": {"en": "Follow-ups recorded", "az": "Qeydə alınmış izləmələr"},
     "follow_up_due": {"en": "Follow-up due", "az": "Gözlənilən izləmə"},
+    "assessment_id": {"en": "Assessment", "az": "Qiymətləndirmə"},
+    "months": {"en": "months", "az": "ay"},
+    "awaiting": {"en": "awaiting the answers", "az": "cavablar gözlənilir"},
     "none": {"en": "none", "az": "yoxdur"},
 }
 
@@ -98,14 +102,31 @@ def priority_line(a: eligibility_pb.Assessment, lang: str) -> str:
     return f"{label('priority', lang)}: {a.priority.total}" + (f" ({parts})" if parts else "")
 
 
+def assistance_state(a: AssistanceState) -> str:
+    """One item: its state, where it waits, its assistance id; '…' until it is known."""
+    state = a.state or "…"
+    if a.waitlist_position:
+        state += f" (waitlist #{a.waitlist_position})"
+    if a.terminal:
+        state += " (finished)"
+    return state + (f" [{a.assistance_id}]" if a.assistance_id else "")
+
+
 def journey_table(status: JourneyStatus, workflow_id: str, state: str, lang: str) -> Table:
+    """Everything the journey's status query answers."""
     table = Table(title=f"{label('journey', lang)} {status.survivor_id}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     none = label("none", lang)
+    assessment = (
+        f"{status.assessment_id} ({label('rule_set', lang)} v{status.rule_set_version})"
+        if status.assessment_id
+        else none
+    )
     rows = [
         (label("workflow", lang), f"{workflow_id} ({state})"),
         (label("stage", lang), status.stage),
+        (label("assessment_id", lang), assessment),
         (
             label("eligible_programmes", lang),
             ", ".join(status.eligible_programmes) or none,
@@ -118,21 +139,30 @@ def journey_table(status: JourneyStatus, workflow_id: str, state: str, lang: str
             if status.next_due_date
             else none,
         ),
-        (label("outstanding", lang), manat(status.outstanding_minor)),
+        (label("outstanding", lang), manat(status.outstanding_minor) if status.loan_id else none),
         (label("days_past_due", lang), str(status.days_past_due)),
-        (
-            label("assistance", lang),
-            "; ".join(f"{a.type_id}: {a.state or '…'}" for a in status.assistance) or none,
-        ),
+    ]
+    if not status.assistance:
+        rows.append((label("assistance", lang), none))
+    for i, a in enumerate(status.assistance):
+        rows.append(
+            (label("assistance", lang) if i == 0 else "", f"{a.type_id}: {assistance_state(a)}")
+        )
+    rows.append(
         (
             label("follow_ups", lang),
-            ", ".join(f"+{m}" for m in status.follow_ups_recorded) or none,
-        ),
-    ]
+            ", ".join(f"+{m} {label('months', lang)}" for m in status.follow_ups_recorded) or none,
+        )
+    )
     if status.follow_up_due:
-        rows.append((label("follow_up_due", lang), f"+{status.follow_up_due}"))
+        rows.append(
+            (
+                label("follow_up_due", lang),
+                f"+{status.follow_up_due} {label('months', lang)}: {label('awaiting', lang)}",
+            )
+        )
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, escape(value))  # ids in [brackets] are not Rich markup
     return table
 
 

@@ -1,0 +1,75 @@
+"""The assistance catalogue as the assistance service publishes it: an assistance plan
+or a provider's step is checked against its type's lifecycle and JSON Schemas before
+anything is started or sent, so a plan the service would refuse is refused here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from cli.inputs import BadInput
+from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
+from mineaction.assistance.v1 import assistance_service_pb2_grpc as assistance_grpc
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    types: dict[str, assistance_pb.AssistanceType]
+
+    def type(self, type_id: str) -> assistance_pb.AssistanceType:
+        found = self.types.get(type_id)
+        if found is None:
+            raise BadInput(
+                f"unknown assistance type {type_id!r}: the catalogue has "
+                f"{', '.join(sorted(self.types)) or 'none'}"
+            )
+        return found
+
+    def check_plan(self, type_id: str, data: dict[str, Any]) -> None:
+        """The request data of a new assistance item, against the type's schema."""
+        kind = self.type(type_id)
+        _check(kind.data_schema_json, data, f"--data for {type_id}")
+
+    def check_step(self, type_id: str, action: str, data: dict[str, Any]) -> None:
+        """A lifecycle action the type declares (or the core's cancel), with its data."""
+        kind = self.type(type_id)
+        transitions = [t for t in kind.transitions if t.action == action]
+        actions = sorted({t.action for t in kind.transitions} | {"cancel"})
+        if action == "cancel":
+            if data:
+                raise BadInput("cancel takes no --data")
+            return
+        if not transitions:
+            raise BadInput(f"{type_id} has no action {action!r}: use one of {', '.join(actions)}")
+        _check(transitions[0].data_schema_json, data, f"--data for {action}")
+
+
+def _check(schema_json: str, data: dict[str, Any], what: str) -> None:
+    if not schema_json:
+        return
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    errors = sorted(cls(schema, format_checker=cls.FORMAT_CHECKER).iter_errors(data), key=str)
+    if errors:
+        first = errors[0]
+        where = "/".join(str(p) for p in first.absolute_path)
+        at = f"{where}: " if where else ""
+        raise BadInput(f"{what} is refused by the type's schema: {at}{first.message}")
+
+
+async def load(stub: assistance_grpc.AssistanceServiceStub, seconds: float) -> Catalogue:
+    types: dict[str, assistance_pb.AssistanceType] = {}
+    token = ""
+    while True:
+        page = await stub.ListAssistanceTypes(
+            assistance_pb.ListAssistanceTypesRequest(page_size=500, page_token=token),
+            timeout=seconds,
+        )
+        for kind in page.assistance_types:
+            types[kind.type_id] = kind
+        token = page.next_page_token
+        if not token:
+            return Catalogue(types)
