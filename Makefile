@@ -44,7 +44,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 typecheck: setup
-	$(VENV)/bin/mypy services workers cluster cli tests bench tools
+	$(VENV)/bin/mypy services workers cluster cli tests bench tools deploy
 
 pytest: setup
 	$(VENV)/bin/pytest

@@ -27,7 +27,6 @@ import base64
 import binascii
 import hmac
 import json
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -56,24 +55,16 @@ class CodecServerConfig:
     token: str | None = None
 
 
-def config_from(settings: Settings, environ: dict[str, str] | None = None) -> CodecServerConfig:
-    """The server's options; CODEC_SERVER_CORS_ORIGINS and CODEC_SERVER_TOKEN are read
-    here, with a ConfigError naming the variable when one is bad."""
-    environ = dict(os.environ) if environ is None else environ
-    raw = environ.get("CODEC_SERVER_CORS_ORIGINS")
+def config_from(settings: Settings) -> CodecServerConfig:
+    """The server's options: the namespace it serves, the browser origins it answers
+    (by default the local Web UI's) and the bearer token it may require."""
+    raw = settings.codec_server_cors_origins
     if raw is None:
         port = settings.temporal_ui_port
         origins = frozenset({f"http://localhost:{port}", f"http://127.0.0.1:{port}"})
     else:
         origins = frozenset(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
-        bad = sorted(o for o in origins if not o.startswith(("http://", "https://")))
-        if bad:
-            raise ConfigError(
-                "invalid configuration:\n  CODEC_SERVER_CORS_ORIGINS: each origin must start "
-                f"with http:// or https:// (got {', '.join(bad)})"
-            )
-    token = environ.get("CODEC_SERVER_TOKEN") or None
-    return CodecServerConfig(settings.temporal_namespace, origins, token)
+    return CodecServerConfig(settings.temporal_namespace, origins, settings.codec_server_token)
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -31,6 +31,17 @@ def _postgres_url(value: str) -> str:
     return value
 
 
+def _origins(value: str) -> str:
+    bad = [
+        o
+        for o in value.split(",")
+        if o.strip() and not o.strip().startswith(("http://", "https://"))
+    ]
+    if bad:
+        raise ValueError(f"each origin must start with http:// or https:// (got {', '.join(bad)})")
+    return value
+
+
 HostPort = Annotated[str, AfterValidator(_host_port)]
 PostgresUrl = Annotated[str, AfterValidator(_postgres_url)]
 
@@ -67,6 +78,12 @@ class Settings(BaseSettings):
     # active for new payloads; the codec server lets the Web UI show decrypted payloads.
     payload_keys_file: Path | None = Field(None, alias="PAYLOAD_KEYS_FILE")
     codec_server_address: HostPort = Field("127.0.0.1:8234", alias="CODEC_SERVER_ADDRESS")
+    # Browser origins allowed to call the codec server (comma-separated); unset: the
+    # local Web UI on TEMPORAL_UI_PORT. With a token set, callers must present it.
+    codec_server_cors_origins: Annotated[str, AfterValidator(_origins)] | None = Field(
+        None, alias="CODEC_SERVER_CORS_ORIGINS"
+    )
+    codec_server_token: str | None = Field(None, min_length=1, alias="CODEC_SERVER_TOKEN")
 
     # Prometheus metrics: each process serves /metrics on its own port, METRICS_BASE_PORT
     # plus its offset (9101 eligibility, 9102 lending, 9103 assistance, 9104 worker);

@@ -250,20 +250,19 @@ def test_cors_origins_come_from_the_environment() -> None:
     from services.common.config import ConfigError, load_settings
 
     settings = load_settings(TEMPORAL_UI_PORT=9233, TEMPORAL_NAMESPACE="agency")
-    default = config_from(settings, {})
+    default = config_from(settings)
     assert default.origins == {"http://localhost:9233", "http://127.0.0.1:9233"}
     assert default.namespace == "agency" and default.token is None
     chosen = config_from(
-        settings,
-        {
-            "CODEC_SERVER_CORS_ORIGINS": "https://temporal.agency.az/, http://ui:8080",
-            "CODEC_SERVER_TOKEN": "t",
-        },
+        load_settings(
+            CODEC_SERVER_CORS_ORIGINS="https://temporal.agency.az/, http://ui:8080",
+            CODEC_SERVER_TOKEN="t",
+        )
     )
     assert chosen.origins == {"https://temporal.agency.az", "http://ui:8080"}
     assert chosen.token == "t"
     with pytest.raises(ConfigError, match="CODEC_SERVER_CORS_ORIGINS"):
-        config_from(settings, {"CODEC_SERVER_CORS_ORIGINS": "temporal.agency.az"})
+        load_settings(CODEC_SERVER_CORS_ORIGINS="temporal.agency.az")
 
 
 # --- the process ------------------------------------------------------------------------
