@@ -14,7 +14,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import (
+    RetryPolicy,
+    SearchAttributePair,
+    SearchAttributeUpdate,
+    TypedSearchAttributes,
+)
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ParentClosePolicy
 
@@ -78,6 +83,40 @@ async def call_service(
     )
 
 
+async def call_local(
+    activity: Callable[[JourneyActivities, Arg], Awaitable[Result]], arg: Arg
+) -> Result:
+    """The same call as a local activity: it runs in the worker inside the workflow task
+    that asks for it (a marker in the history), so it costs no activity task and no
+    further workflow task. Same timeouts and retry policy; the activity's request id still
+    comes from the workflow id and the step."""
+    return await workflow.execute_local_activity_method(
+        activity,
+        arg,
+        start_to_close_timeout=SERVICE_CALL_TIMEOUT,
+        schedule_to_close_timeout=timedelta(hours=1),
+        retry_policy=SERVICE_CALL_RETRY,
+    )
+
+
+# Reads, and the outbox write in the worker's own database: cheap, idempotent, and on the
+# journey's busiest paths (the start, every instalment), so they run as local activities.
+LOCAL_ACTIVITIES = frozenset(
+    {
+        "survivor_profile",
+        "assess_eligibility",
+        "submit_loan_application",
+        "loan_snapshot",
+        "notify",
+    }
+)
+
+# Journeys started from this change on (workflow.patched): the start path and the reads of
+# the repayment cycle run as local activities, and search attributes are upserted once per
+# workflow task, only when a value changes. Older histories replay on the old path.
+FEWER_TASKS_PATCH = "journey-fewer-tasks"
+
+
 def today() -> date:
     return workflow.now().date()
 
@@ -98,6 +137,10 @@ class SurvivorJourneyWorkflow:
         self._decision: CommitteeDecision | None = None
         self._hardship_applied = False
         self._follow_up: FollowUp | None = None
+        # Set by FEWER_TASKS_PATCH: local activities and batched search attributes.
+        self._fewer_tasks = False
+        self._sa_pending: dict[str, SearchAttributeUpdate] = {}  # type: ignore[type-arg]
+        self._sa_current: dict[str, object] = {}
 
     # --- the journey -------------------------------------------------------------------
 
@@ -107,20 +150,24 @@ class SurvivorJourneyWorkflow:
 
     async def _journey(self, journey: JourneyInput) -> JourneyStatus:
         self._input = journey
+        if workflow.patched(FEWER_TASKS_PATCH):
+            self._fewer_tasks = True
+            # What the starter (or the run continued from) already set.
+            self._sa_current = {
+                pair.key.name: pair.value for pair in workflow.info().typed_search_attributes
+            }
         if journey.resume is not None:  # continued as new in the repayment cycle
             self._s = journey.resume
             return await self._after_disbursement()
 
-        profile = await call_service(JourneyActivities.survivor_profile, journey.survivor_id)
+        profile = await self._call(JourneyActivities.survivor_profile, journey.survivor_id)
         self._s.profile = profile
-        workflow.upsert_search_attributes(
-            [
-                sa.DISTRICT_CODE.value_set(profile.district_code),
-                sa.PROGRAMME_YEAR.value_set(journey.programme_year),
-            ]
+        self._upsert(
+            sa.DISTRICT_CODE.value_set(profile.district_code),
+            sa.PROGRAMME_YEAR.value_set(journey.programme_year),
         )
         self._set_stage(Stage.ELIGIBILITY)
-        assessment = await call_service(
+        assessment = await self._call(
             JourneyActivities.assess_eligibility,
             AssessInput(journey.survivor_id, today().isoformat()),
         )
@@ -149,7 +196,7 @@ class SurvivorJourneyWorkflow:
         loan = journey.loan
         if loan is None:
             self._set_stage(Stage.ASSISTANCE_ONLY)
-            await workflow.wait_condition(self._assistance_finished)
+            await self._wait_condition(self._assistance_finished)
             return self._complete()
         if not any(p in assessment.eligible_programmes for p in LOAN_PROGRAMMES):
             self._set_stage(Stage.CLOSED_NOT_ELIGIBLE)
@@ -157,7 +204,7 @@ class SurvivorJourneyWorkflow:
 
         self._set_stage(Stage.LOAN_APPLICATION)
         self._set_loan(
-            await call_service(
+            await self._call(
                 JourneyActivities.submit_loan_application,
                 LoanApplicationInput(
                     journey.survivor_id,
@@ -194,8 +241,8 @@ class SurvivorJourneyWorkflow:
         waited = 0
         for days, kind in waits:
             try:
-                await workflow.wait_condition(
-                    lambda: self._decision is not None, timeout=timedelta(days=days)
+                await self._wait_condition(
+                    lambda: self._decision is not None, within=timedelta(days=days)
                 )
                 break
             except TimeoutError:
@@ -203,7 +250,7 @@ class SurvivorJourneyWorkflow:
                 await self._notify(
                     kind, self._input.case_worker_id, {"loan_id": loan_id, "days": waited}
                 )
-        await workflow.wait_condition(
+        await self._wait_condition(
             lambda: self._s.loan is not None and self._s.loan.status != "SUBMITTED"
         )
         assert self._s.loan is not None
@@ -223,9 +270,9 @@ class SurvivorJourneyWorkflow:
                 continue
             due = approved + timedelta(days=tranche.days_after_approval)
             if due > today():
-                await workflow.sleep(self._until(due))
+                await self._sleep(self._until(due))
             self._set_loan(
-                await call_service(
+                await self._call(
                     JourneyActivities.disburse_tranche,
                     DisburseInput(
                         self._s.loan.loan_id,
@@ -245,7 +292,7 @@ class SurvivorJourneyWorkflow:
         if self._s.stage == Stage.WRITTEN_OFF:
             return self.status()
         await self._follow_ups()
-        await workflow.wait_condition(self._assistance_finished)
+        await self._wait_condition(self._assistance_finished)
         return self._complete()
 
     async def _repayment_cycle(self) -> None:
@@ -287,19 +334,19 @@ class SurvivorJourneyWorkflow:
             if workflow.info().is_continue_as_new_suggested():
                 # Bounded history: carry the state into a fresh run, once no human
                 # decision is half-way through its handler.
-                await workflow.wait_condition(workflow.all_handlers_finished)
+                await self._wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(replace(self._input, resume=self._s))
 
     async def _snapshot(self) -> LoanSnapshot:
         assert self._s.loan is not None
-        snap = await call_service(
+        snap = await self._call(
             JourneyActivities.loan_snapshot,
             SnapshotInput(self._s.loan.loan_id, today().isoformat()),
         )
         self._s.snapshot = snap
         if snap.status != self._s.loan.status:
             self._set_loan(LoanSummary(self._s.loan.loan_id, snap.status))
-        workflow.upsert_search_attributes([sa.DAYS_PAST_DUE.value_set(snap.days_past_due)])
+        self._upsert(sa.DAYS_PAST_DUE.value_set(snap.days_past_due))
         return snap
 
     async def _escalate_arrears(self, snap: LoanSnapshot) -> None:
@@ -337,7 +384,7 @@ class SurvivorJourneyWorkflow:
                 continue
             due = add_months(closed, months)
             if due > today():
-                await workflow.sleep(self._until(due))
+                await self._sleep(self._until(due))
             self._set_stage(Stage.FOLLOW_UP)
             self._s.follow_up_due = months
             await self._notify(
@@ -348,16 +395,16 @@ class SurvivorJourneyWorkflow:
             )
             self._follow_up = None
             try:
-                await workflow.wait_condition(
+                await self._wait_condition(
                     lambda: self._follow_up is not None,
-                    timeout=timedelta(days=policy.follow_up_window_days),
+                    within=timedelta(days=policy.follow_up_window_days),
                 )
             except TimeoutError:
                 workflow.logger.info("follow-up not recorded in time", extra={"months": months})
                 self._s.follow_up_due = 0
                 continue
             assert self._follow_up is not None
-            await call_service(
+            await self._call(
                 JourneyActivities.record_follow_up,
                 FollowUpInput(
                     self._input.survivor_id,
@@ -379,7 +426,8 @@ class SurvivorJourneyWorkflow:
 
     async def _finish(self, status: JourneyStatus) -> JourneyStatus:
         """Let any decision being recorded finish before the journey closes."""
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._wait_condition(workflow.all_handlers_finished)
+        self._flush()
         return status
 
     # --- human decisions ---------------------------------------------------------------
@@ -390,7 +438,7 @@ class SurvivorJourneyWorkflow:
         self._deciding = True
         self._decision = decision
         self._set_loan(
-            await call_service(
+            await self._call(
                 JourneyActivities.decide_loan,
                 LoanDecisionInput(
                     self._s.loan.loan_id,
@@ -401,6 +449,7 @@ class SurvivorJourneyWorkflow:
                 ),
             )
         )
+        self._flush()
         return self.status()
 
     @record_committee_decision.validator
@@ -419,7 +468,7 @@ class SurvivorJourneyWorkflow:
     async def request_hardship(self, hardship: Hardship) -> JourneyStatus:
         assert self._s.loan is not None
         start = today()
-        await call_service(
+        await self._call(
             JourneyActivities.apply_hardship,
             HardshipInput(
                 self._s.loan.loan_id,
@@ -458,7 +507,7 @@ class SurvivorJourneyWorkflow:
     async def record_write_off(self, decision: WriteOffDecision) -> JourneyStatus:
         assert self._s.loan is not None
         self._set_loan(
-            await call_service(
+            await self._call(
                 JourneyActivities.write_off_loan,
                 WriteOffInput(
                     self._s.loan.loan_id,
@@ -470,6 +519,7 @@ class SurvivorJourneyWorkflow:
             )
         )
         self._hardship_applied = True  # wakes the cycle, which sees the closed loan
+        self._flush()
         return self.status()
 
     @record_write_off.validator
@@ -541,7 +591,7 @@ class SurvivorJourneyWorkflow:
         """Sleep until `day`; True if a hardship or write-off cut the wait short."""
         self._hardship_applied = False
         try:
-            await workflow.wait_condition(lambda: self._hardship_applied, timeout=self._until(day))
+            await self._wait_condition(lambda: self._hardship_applied, within=self._until(day))
         except TimeoutError:
             return False
         return True
@@ -555,7 +605,7 @@ class SurvivorJourneyWorkflow:
         key: str = "",
         language: str = "az",
     ) -> None:
-        await call_service(
+        await self._call(
             JourneyActivities.notify,
             Notification(
                 f"{workflow.info().workflow_id}/{key or kind}",
@@ -568,11 +618,47 @@ class SurvivorJourneyWorkflow:
 
     def _set_stage(self, stage: Stage) -> None:
         self._s.stage = stage.value
-        workflow.upsert_search_attributes([sa.STAGE.value_set(stage.value)])
+        self._upsert(sa.STAGE.value_set(stage.value))
 
     def _set_loan(self, loan: LoanSummary) -> None:
         self._s.loan = loan
-        workflow.upsert_search_attributes([sa.LOAN_STATUS.value_set(loan.status)])
+        self._upsert(sa.LOAN_STATUS.value_set(loan.status))
+
+    def _upsert(self, *updates: SearchAttributeUpdate) -> None:  # type: ignore[type-arg]
+        """Old path: one upsert per call. New path: held until the task's next await
+        (_flush), so a task makes at most one upsert, and only of changed values."""
+        if not self._fewer_tasks:
+            workflow.upsert_search_attributes(list(updates))
+            return
+        for update in updates:
+            self._sa_pending[update.key.name] = update
+
+    def _flush(self) -> None:
+        changed = [
+            u for name, u in self._sa_pending.items() if self._sa_current.get(name) != u.value
+        ]
+        self._sa_pending.clear()
+        if changed:
+            workflow.upsert_search_attributes(changed)
+            self._sa_current.update((u.key.name, u.value) for u in changed)
+
+    async def _call(
+        self, activity: Callable[[JourneyActivities, Arg], Awaitable[Result]], arg: Arg
+    ) -> Result:
+        self._flush()
+        if self._fewer_tasks and getattr(activity, "__name__", "") in LOCAL_ACTIVITIES:
+            return await call_local(activity, arg)
+        return await call_service(activity, arg)
+
+    async def _wait_condition(
+        self, condition: Callable[[], bool], *, within: timedelta | None = None
+    ) -> None:
+        self._flush()
+        await workflow.wait_condition(condition, timeout=within)
+
+    async def _sleep(self, duration: timedelta) -> None:
+        self._flush()
+        await workflow.sleep(duration)
 
 
 @workflow.defn
