@@ -189,7 +189,7 @@ class Cluster:
             ("Eligibility gRPC", self.settings.eligibility_address),
             ("Lending gRPC", self.settings.lending_address),
             ("Assistance gRPC", self.settings.assistance_address),
-            ("Journey worker", "task queue survivor-journeys"),
+            ("Journey worker", f"task queue {self.settings.journey_task_queue}"),
             ("Codec server", f"http://{self.settings.codec_server_address}"),
             ("Metrics", self._metrics_row()),
             ("Dev token", str(self.settings.state_dir / DEV_TOKEN_FILE) + " (every role)"),

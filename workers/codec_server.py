@@ -154,7 +154,11 @@ def build_app(codec: EncryptionCodec, config: CodecServerConfig) -> web.Applicat
                 document = json.loads(body)
             except (UnicodeDecodeError, json.JSONDecodeError) as error:
                 return _error(400, f"the body is not JSON: {error}")
-            if not isinstance(document, dict) or not isinstance(document.get("payloads"), list):
+            # Proto3 JSON leaves an empty list out: `{}` is zero payloads (the Temporal
+            # CLI sends it for a query without arguments).
+            if not isinstance(document, dict) or not isinstance(
+                document.setdefault("payloads", []), list
+            ):
                 return _error(400, 'expected a JSON object {"payloads": [...]}')
             problem = _payloads_problem(document["payloads"])
             if problem is not None:
@@ -170,7 +174,7 @@ def build_app(codec: EncryptionCodec, config: CodecServerConfig) -> web.Applicat
                 return _error(400, f"cannot {what}: {error}")
             out = Payloads(payloads=result)  # type: ignore[arg-type]
             log.debug("codec request", operation=what, payloads=len(result))
-            return web.json_response(json_format.MessageToDict(out))
+            return web.json_response({"payloads": [], **json_format.MessageToDict(out)})
 
         return handle
 
