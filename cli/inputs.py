@@ -69,8 +69,9 @@ def amount_minor(value: str, what: str = "amount", *, allow_zero: bool = False) 
     rounding; more than two decimals, negative or absurd amounts are refused, and zero
     unless `allow_zero` (an income may be nothing; a loan or a payment may not)."""
     text = value.strip()
+    sign_rule = "must not be negative" if allow_zero else "must be positive"
     if text.startswith("-"):
-        raise BadInput(f"{what} must be positive, got {value!r}")
+        raise BadInput(f"{what} {sign_rule}, got {value!r}")
     match = _AMOUNT.match(text)
     if not match:
         raise BadInput(f"{what} {value!r} is not an amount in manat, e.g. 12.50")

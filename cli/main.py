@@ -18,13 +18,15 @@ from typing import IO, Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
+from temporalio.client import WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
 from typer.exceptions import Abort
 
 from cli import catalogue, context, inputs, render
 from cli import export as csv_export
-from cli.errors import calling, fail, run, temporal
+from cli.errors import CliError, calling, fail, run, temporal
 from cli.inputs import BadInput, manat
 from cli.requests import checked, intake_from_text
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
@@ -201,8 +203,7 @@ def register(
         async with context.eligibility(settings, token) as stub:
             with calling("eligibility", settings.eligibility_address):
                 survivor = (await stub.RegisterSurvivor(request, timeout=TIMEOUT)).survivor
-            out = render.console()
-            out.print(f"registered survivor {survivor.survivor_id} ({intake.district_code})")
+            render.line(f"registered survivor {survivor.survivor_id} ({intake.district_code})")
             if assess:
                 await _assess(
                     stub, settings.eligibility_address, survivor.survivor_id, on, language
@@ -353,9 +354,7 @@ def journey_start(
                 search_attributes=initial_search_attributes(programme_year),
                 rpc_timeout=RPC_TIMEOUT,
             )
-        render.console().print(
-            f"started journey {workflow_id} on task queue {settings.journey_task_queue}"
-        )
+        render.line(f"started journey {workflow_id} on task queue {settings.journey_task_queue}")
 
     run(go())
 
@@ -418,7 +417,7 @@ def journey_decide(
                 rpc_timeout=RPC_TIMEOUT,
             )
         verb = "approved" if approve else "rejected"
-        render.console().print(
+        render.line(
             f"loan {status.loan_id} {verb} by {member_id} ({decision_ref}); "
             f"loan status {status.loan_status}, stage {status.stage}"
         )
@@ -432,17 +431,44 @@ async def _update_journey(survivor_id: str, update: Any, arg: Any) -> JourneySta
     settings = context.settings()
     client = await context.temporal_client(settings)
     workflow_id = journey_workflow_id(survivor_id)
-    handle = client.get_workflow_handle_for(SurvivorJourneyWorkflow.run, workflow_id)
-    with temporal(settings.effective_temporal_address, f"the journey {workflow_id}"):
-        status: JourneyStatus = await handle.execute_update(update, arg, rpc_timeout=RPC_TIMEOUT)
+    handle = client.get_workflow_handle(workflow_id)
+    status: JourneyStatus = await _send_update(
+        handle, update, arg, settings.effective_temporal_address, f"the journey {workflow_id}"
+    )
     return status
 
 
+async def _send_update(
+    handle: WorkflowHandle[Any, Any],
+    update: Any,
+    arg: Any,
+    address: str,
+    what: str,
+    refuser: str = "the journey",
+) -> Any:
+    """An update, with a workflow that has ended told apart from one that never was."""
+    with temporal(address, what, refuser):
+        try:
+            return await handle.execute_update(update, arg, rpc_timeout=RPC_TIMEOUT)
+        except RPCError as error:
+            if error.status != RPCStatusCode.NOT_FOUND:
+                raise
+            described = await handle.describe(rpc_timeout=RPC_TIMEOUT)  # NOT_FOUND: never was
+        state = described.status.name.lower() if described.status else "closed"
+        stage = described.typed_search_attributes.get(sa.STAGE)
+        raise CliError(
+            f"{what} has ended ({state}{', stage ' + stage if stage else ''}): "
+            "it takes no more decisions"
+        )
+
+
 def _loan_line(status: JourneyStatus) -> str:
-    line = f"loan {status.loan_id} {status.loan_status}, stage {status.stage}"
-    if status.next_due_date:
-        line += f"; next instalment {status.next_due_date}: {manat(status.next_due_minor)} AZN"
-    return line
+    """The update's answer is the journey before it re-reads the ledger: the loan's state
+    is new, its schedule not yet, so no instalment is shown here."""
+    return (
+        f"loan {status.loan_id} {status.loan_status}; the journey re-reads the schedule "
+        f"from the ledger now (mineaction journey status {status.survivor_id})"
+    )
 
 
 @journey_app.command("hardship")
@@ -494,7 +520,7 @@ def journey_hardship(
             else f"rescheduled over {new_term_months} months"
             + (f" after {grace_months} more months of grace" if grace_months else "")
         )
-        render.console().print(f"{done} (asked by {who}); {_loan_line(status)}", markup=False)
+        render.line(f"{done} (asked by {who}); {_loan_line(status)}")
 
     run(go())
 
@@ -524,9 +550,8 @@ def journey_write_off(
             SurvivorJourneyWorkflow.record_write_off,
             WriteOffDecision(why, proposer, confirmer),
         )
-        render.console().print(
-            f"written off: proposed by {proposer}, confirmed by {confirmer}; {_loan_line(status)}",
-            markup=False,
+        render.line(
+            f"written off: proposed by {proposer}, confirmed by {confirmer}; {_loan_line(status)}"
         )
 
     run(go())
@@ -563,11 +588,10 @@ def journey_follow_up(
             FollowUp(income_minor, working, family_members, who),
         )
         months = f"+{status.follow_up_due}-month " if status.follow_up_due else ""
-        render.console().print(
+        render.line(
             f"recorded the {months}follow-up of {sid} by {who}: income {manat(income_minor)} "
             f"AZN a month, {'working' if working else 'not working'}, "
-            f"{family_members} family member(s) supported",
-            markup=False,
+            f"{family_members} family member(s) supported"
         )
 
     run(go())
@@ -603,21 +627,15 @@ def journey_assist(
         known.check_step(kind, step, step_data)
         client = await context.temporal_client(settings)
         workflow_id = assistance_workflow_id(journey_workflow_id(sid), kind)
-        handle = client.get_workflow_handle_for(AssistanceWorkflow.run, workflow_id)
-        with temporal(
+        state: AssistanceState = await _send_update(
+            client.get_workflow_handle(workflow_id),
+            AssistanceWorkflow.advance,
+            AssistanceAction(step, who, step_data),
             settings.effective_temporal_address,
             f"the {kind} item of {sid} ({workflow_id})",
             refuser=f"the {kind} item",
-        ):
-            state: AssistanceState = await handle.execute_update(
-                AssistanceWorkflow.advance,
-                AssistanceAction(step, who, step_data),
-                rpc_timeout=RPC_TIMEOUT,
-            )
-        render.console().print(
-            f"{kind} of {sid}: {step} by {who}; now {render.assistance_state(state)}",
-            markup=False,
         )
+        render.line(f"{kind} of {sid}: {step} by {who}; now {render.assistance_state(state)}")
 
     run(go())
 
@@ -748,7 +766,7 @@ def repay(
             f"#{a.instalment_number} {manat(a.principal_minor)}" for a in repayment.allocations
         )
         kind = "recovery" if repayment.recovery else "repayment"
-        render.console().print(
+        render.line(
             f"recorded {kind} of {manat(repayment.amount_minor)} AZN on {loan.loan_id} "
             f"(transaction {repayment.transaction_id}); "
             + (f"allocated {allocated}; " if allocated else "")

@@ -54,6 +54,11 @@ def console() -> Console:
     return Console(soft_wrap=False, width=None if Console().is_terminal else 160)
 
 
+def line(text: str) -> None:
+    """One line of plain output: never wrapped (it is grepped), never read as markup."""
+    console().print(text, markup=False, soft_wrap=True, highlight=False)
+
+
 def assessment_table(a: eligibility_pb.Assessment, lang: str) -> Table:
     title = (
         f"{label('assessment', lang)} {a.assessment_id} — {a.survivor_id}, "
@@ -136,7 +141,7 @@ def journey_table(status: JourneyStatus, workflow_id: str, state: str, lang: str
         (
             label("next_due", lang),
             f"{status.next_due_date}: {manat(status.next_due_minor)} AZN"
-            if status.next_due_date
+            if status.next_due_date and not status.loan_status.startswith("CLOSED")
             else none,
         ),
         (label("outstanding", lang), manat(status.outstanding_minor) if status.loan_id else none),

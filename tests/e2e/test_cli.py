@@ -14,7 +14,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,18 @@ from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from cli.main import app
+from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.config import Settings
 from tests.conftest import Cluster
+from tests.journey_helpers import follow_up_due, own_pool, skip_until
 from workers.journey import search_attributes as sa
 from workers.journey.activities import JourneyActivities
-from workers.journey.model import JourneyInput, JourneyStatus, journey_workflow_id
+from workers.journey.model import (
+    JourneyInput,
+    JourneyStatus,
+    assistance_workflow_id,
+    journey_workflow_id,
+)
 from workers.journey.worker import build_worker
 from workers.journey.workflows import SurvivorJourneyWorkflow
 
@@ -51,6 +58,11 @@ languages: [azerbaijani]
 preferred_language: azerbaijani
 consent: {{data_processing: true, recorded_on: 2026-02-20, recorded_by: cw-01}}
 """
+
+
+HARDSHIP = ["journey", "hardship", "srv-0001", "--reason", "flood", "--requested-by", "lo-01"]
+WRITE_OFF = ["journey", "write-off", "srv-0001", "--reason", "closed", "--proposed-by", "lo-01"]
+FOLLOW_UP = ["journey", "follow-up", "srv-0001", "--family-members", "4", "--recorded-by", "c"]
 
 
 class Ran:
@@ -334,7 +346,30 @@ async def test_bad_input_is_refused_before_any_call(
         (["--token-file", str(tmp_path / "no-token"), "fund"], "token file"),
         (["simulate", "--on-time", "0.5", "--late", "0.1", "--default", "0.1"], "add up to 1"),
         (["simulate", "--amount", "99999"], "outside the carpet_weaving"),
-    ]
+        (HARDSHIP, "say either --pause-days N"),
+        ([*HARDSHIP, "--pause-days", "3", "--new-term-months", "6"], "say either"),
+        ([*HARDSHIP, "--pause-days", "0"], "--pause-days must be from 1 to 366"),
+        ([*HARDSHIP, "--pause-days", "9", "--grace-months", "2"], "goes with a reschedule"),
+        ([*HARDSHIP, "--new-term-months", "121"], "--new-term-months must be from 1 to 120"),
+        ([*HARDSHIP[:3], "--reason", " ", "--requested-by", "lo-01", "--pause-days", "9"],
+         "--reason is required"),
+        ([*WRITE_OFF, "--confirmed-by", "LO-01"], "four eyes"),
+        ([*FOLLOW_UP, "--income", "-5", "--working"], "--income must not be negative"),
+        ([*FOLLOW_UP, "--income", "900"], "say --working or --not-working"),
+        ([*FOLLOW_UP, "--income", "9.001", "--working"], "more than 2 decimals"),
+        (["journey", "follow-up", "srv-0001", "--income", "900", "--working",
+          "--family-members", "50", "--recorded-by", "cw-01"], "--family-members must be"),
+        (["journey", "assist", "srv-0001", "wheelchair", "Deliver!", "--actor", "s-1"],
+         "action 'Deliver!' is not valid"),
+        (["journey", "assist", "srv-0001", "wheelchair", "deliver", "--actor", "s-1",
+          "--data", "serial_number"], "use KEY=VALUE"),
+        (["journey", "assist", "srv-0001", "Wheel Chair", "deliver", "--actor", "s-1"],
+         "assistance type 'Wheel Chair' is not valid"),
+        (["journey", "start", "srv-0001", "--case-worker", "cw-01", "--assistance",
+          "wheelchair", "--data", "english_course:level=a1"], "which has no --assistance"),
+        (["journeys", "--stage", "sleeping"], "unknown stage 'sleeping'"),
+        (["journeys", "--loan-status", "late"], "unknown loan status 'late'"),
+    ]  # fmt: skip
     before = await cluster.row_counts()
     # Addresses nobody listens on: a message about an unreachable service would mean the
     # CLI called before checking.
@@ -439,3 +474,201 @@ async def test_simulate_writes_the_chart_and_consistent_ledger_figures(
         assert minor(disbursed) == int(loans) * 2_000_00
     assert int(rows[0][2]) == 4 and minor(rows[0][6]) == 0
     assert "✓" in out and "more financed by repayments" in out
+
+
+@pytest.mark.timeout(120)
+async def test_steering_a_journey_from_the_cli(
+    cli_env: dict[str, str],
+    cluster: Cluster,
+    dev_client: Client,
+    activities: JourneyActivities,
+    task_queue: str,
+    tmp_path: Path,
+) -> None:
+    """Hardship, a provider's step and a write-off through the journey's own updates;
+    the journey's refusals (its validators, the services' answers) as one line."""
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    pool = await own_pool(cluster, "baku-mobility-aids", "wheelchair", 1)
+    assert (
+        await mineaction(cli_env, "register", str(write_intake(tmp_path, survivor_id)))
+    ).exit_code == 0
+    async with build_worker(dev_client, activities, task_queue):
+        # The item's data is checked against the catalogue's schema before anything starts.
+        start = [
+            "journey", "start", survivor_id, "--case-worker", "cw-01",
+            "--product", "fish_farming", "--amount", "5000",
+            "--assistance", f"wheelchair:baku-mobility-aids:{pool}",
+        ]  # fmt: skip
+        line = one_error_line(await mineaction(cli_env, *start))
+        assert "'seat_width_cm' is a required property" in line, line
+        ran = await mineaction(cli_env, *start, "--data", "wheelchair:seat_width_cm=44")
+        assert ran.exit_code == 0, ran
+        handle = dev_client.get_workflow_handle(journey_workflow_id(survivor_id))
+        await wait_for_stage(handle, "COMMITTEE_REVIEW")
+
+        # Hardship before the loan is repaid: the journey's validator says why not.
+        hardship = [
+            "journey", "hardship", survivor_id, "--reason", "hospitalised",
+            "--requested-by", "lo-01",
+        ]  # fmt: skip
+        refused = await mineaction(cli_env, *hardship, "--pause-days", "60")
+        line = one_error_line(refused)
+        assert ran.exit_code == 0 and refused.exit_code == 1
+        assert line == (
+            "error: the journey refused it: hardship applies to a loan being repaid "
+            "(stage is COMMITTEE_REVIEW)"
+        ), line
+
+        ran = await mineaction(
+            cli_env, "journey", "decide", survivor_id, "--approve", "--member", "cm-02",
+            "--ref", "CM-2026-020",
+        )  # fmt: skip
+        assert ran.exit_code == 0, ran
+        await wait_for_stage(handle, "GRACE")
+
+        # The journeys' search attributes: this one is in GRACE, in saatli.
+        ran = Ran(1, "", "")
+        for _ in range(50):  # visibility is eventually consistent
+            ran = await mineaction(cli_env, "journeys", "--stage", "grace", "--district", "saatli")
+            if survivor_id in ran.stdout:
+                break
+            await asyncio.sleep(0.2)
+        assert ran.exit_code == 0 and survivor_id in ran.stdout, ran
+        assert "GRACE" in ran.stdout and "ACTIVE" in ran.stdout
+        ran = await mineaction(cli_env, "journeys", "--stage", "COMMITTEE_REVIEW")
+        assert ran.exit_code == 0 and survivor_id not in ran.stdout, ran
+
+        ran = await mineaction(cli_env, *hardship, "--pause-days", "60")
+        assert ran.exit_code == 0, ran
+        assert "delinquency paused for 60 days (asked by lo-01)" in ran.stdout
+        ran = await mineaction(cli_env, *hardship, "--new-term-months", "18", "--grace-months", "3")
+        assert ran.exit_code == 0, ran
+        assert "rescheduled over 18 months after 3 more months of grace" in ran.stdout
+
+        # A provider's step: the item's advance update. An action the type does not have
+        # is refused before sending (exit 2); one its lifecycle does not allow now is the
+        # service's refusal, in one line.
+        refused = await mineaction(
+            cli_env, "journey", "assist", survivor_id, "wheelchair", "fly", "--actor", "s-01"
+        )
+        assert refused.exit_code == 2
+        assert "wheelchair has no action 'fly': use one of allocate_from_stock, cancel" in (
+            one_error_line(refused)
+        )
+        ran = await mineaction(
+            cli_env, "journey", "assist", survivor_id, "wheelchair", "allocate_from_stock",
+            "--actor", "supplier-01",
+        )  # fmt: skip
+        assert ran.exit_code == 0, ran
+        assert "now allocated" in ran.stdout
+        refused = await mineaction(
+            cli_env, "journey", "assist", survivor_id, "wheelchair", "receive_procured",
+            "--actor", "supplier-01",
+        )  # fmt: skip
+        line = one_error_line(refused)
+        assert refused.exit_code == 1
+        assert line.startswith("error: the wheelchair item refused it:"), line
+        assert "cannot receive_procured" in line and "allowed: " in line
+
+        ran = await mineaction(cli_env, "journey", "status", survivor_id)
+        assert ran.exit_code == 0, ran
+        status = await handle.query(SurvivorJourneyWorkflow.status)
+        assert f"{status.assessment_id} (rule set v{status.rule_set_version})" in ran.stdout
+        assert status.assistance[0].assistance_id in ran.stdout
+        assert "wheelchair: allocated" in ran.stdout
+
+        # No follow-up is due while the loan is being repaid.
+        refused = await mineaction(
+            cli_env, "journey", "follow-up", survivor_id, "--income", "900", "--working",
+            "--family-members", "4", "--recorded-by", "cw-01",
+        )  # fmt: skip
+        assert one_error_line(refused) == (
+            "error: the journey refused it: no follow-up is due (stage is GRACE)"
+        )
+
+        write_off = [
+            "journey", "write-off", survivor_id, "--reason", "the business has closed",
+            "--proposed-by", "lo-01", "--confirmed-by", "pm-01",
+        ]  # fmt: skip
+        ran = await mineaction(cli_env, *write_off)
+        assert ran.exit_code == 0, ran
+        assert "written off: proposed by lo-01, confirmed by pm-01" in ran.stdout
+        assert "CLOSED_WRITTEN_OFF" in ran.stdout
+        await wait_for_stage(handle, "WRITTEN_OFF")
+        line = one_error_line(await mineaction(cli_env, *write_off))
+        # The written-off journey has ended: said so, not "not found".
+        assert line == (
+            f"error: the journey {handle.id} has ended (completed, stage WRITTEN_OFF): "
+            "it takes no more decisions"
+        ), line
+        loan = (
+            await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=status.loan_id))
+        ).loan
+        assert loan.state == lending_pb.LOAN_STATE_CLOSED_WRITTEN_OFF
+        assert loan.written_off_minor == 500_000
+        await dev_client.get_workflow_handle(
+            assistance_workflow_id(handle.id, "wheelchair")
+        ).terminate("the journey has ended; the test is over")
+
+
+@pytest.mark.timeout(120)
+async def test_impact_follow_up_from_the_cli(
+    cli_env: dict[str, str],
+    time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+    tmp_path: Path,
+) -> None:
+    """Repaid in full, the journey asks for its +6 month follow-up (time skipped); the
+    operator answers it from the CLI, and a second answer is refused."""
+    env = {
+        **cli_env,
+        "TEMPORAL_ADDRESS": time_skipping_env.client.service_client.config.target_host,
+    }
+    client = time_skipping_env.client
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    assert (
+        await mineaction(env, "register", str(write_intake(tmp_path, survivor_id)))
+    ).exit_code == 0
+    async with build_worker(client, activities, task_queue):
+        ran = await mineaction(
+            env, "journey", "start", survivor_id, "--case-worker", "cw-01",
+            "--product", "fish_farming", "--amount", "2000",
+        )  # fmt: skip
+        assert ran.exit_code == 0, ran
+        handle = client.get_workflow_handle(journey_workflow_id(survivor_id))
+        await skip_until(
+            time_skipping_env, handle, lambda s: s.stage == "COMMITTEE_REVIEW",
+            step=timedelta(minutes=10),
+        )  # fmt: skip
+        ran = await mineaction(
+            env, "journey", "decide", survivor_id, "--approve", "--member", "cm-02",
+            "--ref", "CM-2026-021",
+        )  # fmt: skip
+        assert ran.exit_code == 0, ran
+        status = await skip_until(
+            time_skipping_env, handle, lambda s: s.stage == "GRACE", step=timedelta(minutes=10)
+        )
+        ran = await mineaction(env, "repay", status.loan_id, "2000")
+        assert ran.exit_code == 0 and "CLOSED_OBLIGATIONS_MET" in ran.stdout, ran
+
+        await skip_until(time_skipping_env, handle, follow_up_due(6))
+        ran = await mineaction(env, "journey", "status", survivor_id)
+        assert ran.exit_code == 0 and "+6 months: awaiting the answers" in ran.stdout, ran
+        answer = [
+            "journey", "follow-up", survivor_id, "--income", "0", "--not-working",
+            "--family-members", "4", "--recorded-by", "cw-07",
+        ]  # fmt: skip
+        ran = await mineaction(env, *answer)
+        assert ran.exit_code == 0, ran
+        assert ran.stdout.strip() == (
+            f"recorded the +6-month follow-up of {survivor_id} by cw-07: income 0.00 AZN a "
+            "month, not working, 4 family member(s) supported"
+        )
+        line = one_error_line(await mineaction(env, *answer))
+        assert line.startswith("error: the journey refused it: no follow-up is due"), line
+        status = await skip_until(
+            time_skipping_env, handle, lambda s: 6 in s.follow_ups_recorded,
+            step=timedelta(minutes=10),
+        )  # fmt: skip
+        await handle.terminate("the test ends after the +6 month follow-up")

@@ -105,3 +105,33 @@ def test_intake_in_the_api_json_form() -> None:
 def test_bad_intake_files(text: str, why: str) -> None:
     with pytest.raises(BadInput, match=why):
         intake_from_text(text, "intake.yaml")
+
+
+def test_data_pairs_are_json_values_or_text() -> None:
+    assert inputs.data_pairs(["seat_width_cm=44", "kind=manual", "ok=true", "notes=a=b"], "d") == {
+        "seat_width_cm": 44,
+        "kind": "manual",
+        "ok": True,
+        "notes": "a=b",
+    }
+    for bad, why in ((["44"], "KEY=VALUE"), (["a b=1"], "KEY=VALUE"), (["k=1", "k=2"], "twice")):
+        with pytest.raises(BadInput, match=why):
+            inputs.data_pairs(bad, "--data")
+
+
+def test_an_income_may_be_zero_but_not_negative() -> None:
+    assert inputs.amount_minor("0", "--income", allow_zero=True) == 0
+    assert inputs.amount_minor("900.50", "--income", allow_zero=True) == 90_050
+    with pytest.raises(BadInput, match="must not be negative"):
+        inputs.amount_minor("-1", "--income", allow_zero=True)
+
+
+def test_actions_and_required_text() -> None:
+    assert inputs.action(" allocate_from_stock ") == "allocate_from_stock"
+    for bad in ("Deliver", "de-liver", "x", ""):
+        with pytest.raises(BadInput, match="is not valid"):
+            inputs.action(bad)
+    with pytest.raises(BadInput, match="--reason is required"):
+        inputs.text("  ", "--reason", 10)
+    with pytest.raises(BadInput, match="longer than 10"):
+        inputs.text("x" * 11, "--reason", 10)
