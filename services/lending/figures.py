@@ -98,28 +98,33 @@ figures AS (
 )
 """
 
-_LOAN_VIEW_SELECT = """
-SELECT l.*, f.disbursed, f.repaid, f.written_off, f.recovered, f.outstanding, f.dpd,
-    (SELECT coalesce(json_agg(json_build_object(
+# A loan's tranches as a JSON array (an expression over `l`, the loans row).
+TRANCHES_JSON = """(SELECT coalesce(json_agg(json_build_object(
         'sequence', t.sequence, 'amount_minor', t.amount_minor, 'kind', t.kind,
         'description', t.description, 'disbursement_date', t.disbursement_date,
         'transaction_id', t.transaction_id) ORDER BY t.sequence), '[]')
-     FROM tranches t WHERE t.loan_id = l.loan_id) AS tranches
+     FROM tranches t WHERE t.loan_id = l.loan_id)"""
+
+_LOAN_VIEW_SELECT = f"""
+SELECT l.*, f.disbursed, f.repaid, f.written_off, f.recovered, f.outstanding, f.dpd,
+    {TRANCHES_JSON} AS tranches
 FROM loans l JOIN figures f ON f.loan_id = l.loan_id
 """
 
 
-def _loan_view(condition: str) -> str:
-    return (
-        _FIGURES.format(
-            positions=condition.format(column="lp.loan_id"),
-            postings=condition.format(column="p.loan_id"),
-            revisions=condition.format(column="n.loan_id"),
-            pauses=condition.format(column="d.loan_id"),
-            loans=condition.format(column="l.loan_id"),
-        )
-        + _LOAN_VIEW_SELECT
+def loan_figures(condition: str) -> str:
+    """The figures CTEs restricted to the loans `condition` (over {column}) selects."""
+    return _FIGURES.format(
+        positions=condition.format(column="lp.loan_id"),
+        postings=condition.format(column="p.loan_id"),
+        revisions=condition.format(column="n.loan_id"),
+        pauses=condition.format(column="d.loan_id"),
+        loans=condition.format(column="l.loan_id"),
     )
+
+
+def _loan_view(condition: str) -> str:
+    return loan_figures(condition) + _LOAN_VIEW_SELECT
 
 
 # The loan rows, their figures and their tranches in one round trip: $1 the date, $2 an
@@ -128,7 +133,8 @@ LOAN_VIEW = _loan_view("{column} = ANY($2::text[])")
 # The same for one loan ($2 its id). With a scalar id PostgreSQL settles on a generic
 # plan of the prepared statement after five runs; with an array it re-plans every call,
 # and planning costs ten times the execution.
-LOAN_VIEW_ONE = _loan_view("{column} = $2::text")
+ONE_LOAN = "{column} = $2::text"
+LOAN_VIEW_ONE = _loan_view(ONE_LOAN)
 
 
 @dataclass(frozen=True)

@@ -569,8 +569,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def RecordRepayment(
         self, request: pb.RecordRepaymentRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordRepaymentResponse:
-        # once_per_request, with the key claimed by the repayment's own statement
-        # (migration 007): one round trip fewer on the busiest mutating call.
+        # once_per_request, with the key claimed and the response's loan read by the
+        # repayment's own statement (migration 008): BEGIN, that, the stored answer with
+        # the audit entry, COMMIT.
         paid_on = from_proto_date(request.payment_date)
         response_type = pb.RecordRepaymentResponse
         method = idempotency.method_of(response_type)
@@ -579,7 +580,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             txn_id = ledger.new_transaction_id()
             result = await fetch_one(
                 conn,
-                "SELECT * FROM lending_record_repayment_once($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "SELECT * FROM lending_repay($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 request.request_id,
                 method,
                 digest,
@@ -615,8 +616,8 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         txn_id: str,
         result: asyncpg.Record,
     ) -> pb.RecordRepaymentResponse:
-        """The answer to a repayment from lending_record_repayment's outcome; a refusal
-        raises (and the transaction, key included, rolls back)."""
+        """The answer to a repayment from lending_repay's outcome; a refusal raises (and
+        the transaction, key included, rolls back)."""
         outcome = result["outcome"]
         if outcome == "UNKNOWN_LOAN":
             raise invalid("loan_id", f"unknown loan {request.loan_id!r}", "UNKNOWN_LOAN")
@@ -638,7 +639,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         if outcome == "OVERPAYMENT":
             raise invalid(
                 "amount_minor",
-                f"overpayment: only {result['outstanding']} qəpik is outstanding",
+                f"overpayment: only {result['outstanding_before']} qəpik is outstanding",
                 "OVERPAYMENT",
             )
         allocation = arrears.allocate(
@@ -647,7 +648,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             request.amount_minor,
         )
         return pb.RecordRepaymentResponse(
-            loan=await self._loan_view(conn, request.loan_id, paid_on),
+            loan=loan_to_proto(
+                result["loan"], LoanFigures.of(result), json.loads(result["tranches"])
+            ),
             repayment=pb.Repayment(
                 transaction_id=txn_id,
                 amount_minor=request.amount_minor,

@@ -1,0 +1,146 @@
+"""The shortcuts taken for speed keep their promises: RecordRepayment's one-statement
+path (migration 008) answers like GetLoan, its audit entry is written with the effect and
+exactly once, refusals and replays are still audited, and cached tokens still expire."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import date, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+from mineaction.audit.v1 import audit_service_pb2 as audit_pb
+from mineaction.audit.v1 import audit_service_pb2_grpc as audit_grpc
+from mineaction.lending.v1 import lending_service_pb2 as pb
+from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
+from services.common.auth import SigningKey, TokenVerifier, mint_token, publish_key
+from services.common.errors import Unauthenticated
+from services.lending import figures
+from tests.conftest import Cluster
+from tests.factories import pdate
+from tests.lending_helpers import active_loan, open_fund, repayment
+
+MIGRATION = Path(figures.__file__).parent / "migrations" / "008_repayment_with_its_loan_view.sql"
+
+
+def test_the_repayment_function_holds_the_same_loan_view_as_figures() -> None:
+    """lending_loan_view_one is a static copy of the Python SQL; it must not drift."""
+    sql = MIGRATION.read_text()
+    assert figures.loan_figures(figures.ONE_LOAN) in sql
+    assert figures.TRANCHES_JSON in sql
+    # ...and the Python single-loan view is made of the same two pieces.
+    assert figures.LOAN_VIEW_ONE.startswith(figures.loan_figures(figures.ONE_LOAN))
+    assert figures.TRANCHES_JSON in figures.LOAN_VIEW_ONE
+
+
+async def test_a_repayment_answers_with_the_loan_as_get_loan_shows_it(cluster: Cluster) -> None:
+    loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
+    for amount, on in ((10_000, date(2026, 5, 10)), (110_000, date(2026, 7, 1))):
+        paid = await cluster.lending.RecordRepayment(repayment(loan.loan_id, amount, on))
+        seen = await cluster.lending.GetLoan(
+            pb.GetLoanRequest(loan_id=loan.loan_id, as_of=pdate(on))
+        )
+        assert paid.loan == seen.loan
+    assert paid.loan.state == pb.LOAN_STATE_CLOSED_OBLIGATIONS_MET
+
+
+async def _entries(cluster: Cluster, subject: str) -> list[audit_pb.AuditEntry]:
+    async with cluster.channel("lending", cluster.token_for("auditor", subject="aud-2")) as ch:
+        response = await audit_grpc.AuditServiceStub(ch).ListAuditEntries(
+            audit_pb.ListAuditEntriesRequest(subject=subject), timeout=10
+        )
+    return list(response.audit_entries)
+
+
+async def test_every_repayment_call_is_audited_exactly_once(cluster: Cluster) -> None:
+    loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
+    subject = f"lo-{uuid.uuid4().hex[:6]}"
+    first = repayment(loan.loan_id, 10_000, date(2026, 5, 10))
+    over = repayment(loan.loan_id, 10_000_000, date(2026, 5, 10))
+    for request in (first, over):
+        request.received_by = ""  # the caller themselves
+    async with cluster.channel("lending", cluster.token_for("loan_officer", subject=subject)) as ch:
+        stub = pb_grpc.LendingServiceStub(ch)
+        answer = await stub.RecordRepayment(first)
+        assert await stub.RecordRepayment(first) == answer  # a replay: no second effect
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.RecordRepayment(over)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    entries = await _entries(cluster, subject)
+    assert [(e.request_id, e.code) for e in entries] == [
+        (over.request_id, "INVALID_ARGUMENT"),
+        (first.request_id, "OK"),  # the replay
+        (first.request_id, "OK"),  # the effect, written in its transaction
+    ]
+    assert entries[2].resource_ids["loan_id"] == loan.loan_id
+
+
+async def test_a_relayed_name_is_in_the_entry_written_with_the_effect(cluster: Cluster) -> None:
+    loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
+    token = cluster.settings.effective_service_token_file.read_text().strip()
+    request = repayment(loan.loan_id, 5_000, date(2026, 5, 10))
+    request.received_by = f"cashier-{uuid.uuid4().hex[:6]}"
+    async with cluster.channel("lending", token) as channel:
+        await pb_grpc.LendingServiceStub(channel).RecordRepayment(request)
+    entries = [
+        e for e in await _entries(cluster, "journey-worker") if e.request_id == request.request_id
+    ]
+    assert [(e.code, e.on_behalf_of) for e in entries] == [("OK", request.received_by)]
+
+
+def _verifier(tmp_path: Path, key: SigningKey) -> TokenVerifier:
+    jwks = tmp_path / "jwks.json"
+    publish_key(jwks, key)
+    return TokenVerifier(jwks, issuer="iss", audience="aud", leeway_seconds=0)
+
+
+def test_a_cached_token_still_expires(tmp_path: Path) -> None:
+    key = SigningKey.generate()
+    verifier = _verifier(tmp_path, key)
+    token = mint_token(
+        key,
+        subject="lo-1",
+        roles=["loan_officer"],
+        issuer="iss",
+        audience="aud",
+        ttl=timedelta(seconds=2),
+    )
+    assert verifier.verify(token).subject == "lo-1"
+    assert verifier.verify(token).subject == "lo-1"  # from the cache
+    time.sleep(2.1)
+    with pytest.raises(Unauthenticated) as expired:
+        verifier.verify(token)
+    assert expired.value.reason == "TOKEN_EXPIRED"
+
+
+def test_a_cached_token_stops_verifying_when_its_key_is_withdrawn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = SigningKey.generate(), SigningKey.generate()
+    verifier = _verifier(tmp_path, old)
+    token = mint_token(old, subject="lo-1", roles=["loan_officer"], issuer="iss", audience="aud")
+    assert verifier.verify(token).subject == "lo-1"
+    # Rotation finished: the JWKS lists only the new key, and a token under it makes the
+    # verifier re-read the file.
+    (tmp_path / "jwks.json").unlink()
+    publish_key(tmp_path / "jwks.json", new)
+    monkeypatch.setattr(TokenVerifier, "RELOAD_INTERVAL_SECONDS", 0.0)
+    fresh = mint_token(new, subject="lo-2", roles=["loan_officer"], issuer="iss", audience="aud")
+    assert verifier.verify(fresh).subject == "lo-2"
+    with pytest.raises(Unauthenticated) as withdrawn:
+        verifier.verify(token)
+    assert withdrawn.value.reason == "TOKEN_UNKNOWN_KEY"
+
+
+def test_the_token_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = SigningKey.generate()
+    verifier = _verifier(tmp_path, key)
+    monkeypatch.setattr(TokenVerifier, "CACHE_SIZE", 3)
+    for n in range(5):
+        token = mint_token(key, subject=f"s{n}", roles=["auditor"], issuer="iss", audience="aud")
+        assert verifier.verify(token).subject == f"s{n}"
+    assert len(verifier._verified) == 3
+    assert verifier.verify(token).subject == "s4"
