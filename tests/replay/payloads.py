@@ -37,3 +37,18 @@ def is_search_attribute(path: str) -> bool:
     """Search attributes are indexed by the server, so Temporal never passes them to a
     payload codec; they must carry no personal data instead."""
     return "search_attributes" in path
+
+
+# Marker details the SDK's core writes itself, never through the payload codec: a patch
+# marker's patch id and a local activity marker's bookkeeping (sequence number, activity
+# type, attempt, times). They carry no personal data; a local activity's result (the
+# marker's `result`) goes through the codec like any other payload.
+SDK_MARKER_METADATA = (
+    "marker_recorded_event_attributes.details[patch-data]",
+    "marker_recorded_event_attributes.details[data]",
+)
+
+
+def is_sdk_marker_metadata(path: str) -> bool:
+    """A marker detail written by the SDK core, in clear in every worker's history."""
+    return any(part in path for part in SDK_MARKER_METADATA)

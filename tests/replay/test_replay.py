@@ -20,7 +20,7 @@ from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
 from tests.replay.altered import ReorderedJourneyWorkflow
-from tests.replay.payloads import is_search_attribute, payloads_in
+from tests.replay.payloads import is_sdk_marker_metadata, is_search_attribute, payloads_in
 from workers.codec import (
     ENCODING,
     EncryptionCodec,
@@ -59,7 +59,7 @@ def encrypted(original: WorkflowHistory, codec: EncryptionCodec) -> WorkflowHist
     events = History(events=original.events)
     count = 0
     for path, payload in payloads_in(events):
-        if not is_search_attribute(path):
+        if not is_search_attribute(path) and not is_sdk_marker_metadata(path):
             payload.CopyFrom(codec.encrypt(payload))
             count += 1
     assert count > 0
