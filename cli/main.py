@@ -1032,8 +1032,7 @@ def simulate(
         "simulation.png"
     ),
 ) -> None:
-    """Run N synthetic borrowers' loans for 36 months under Temporal time skipping and
-    show how the revolving fund performs (ledger figures), month by month."""
+    """Run N synthetic borrowers' loans for 36 months under Temporal time skipping and show how the revolving fund performs (ledger figures), month by month."""  # noqa: E501
     from cli import simulate as sim
 
     def go_assumptions() -> sim.Assumptions:
