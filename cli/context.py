@@ -16,7 +16,7 @@ from cli.inputs import BadInput, existing_file
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as assistance_grpc
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
-from services.common.channels import default_token, open_channel
+from services.common.channels import client_tls, default_token, open_channel
 from services.common.config import Settings, load_settings
 from workers.journey.worker import connect
 
@@ -46,8 +46,10 @@ def token(options: Options, configured: Settings) -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def channel(address: str, bearer: str | None) -> AsyncIterator[grpc.aio.Channel]:
-    chan = open_channel(address, bearer)
+async def channel(
+    configured: Settings, address: str, bearer: str | None
+) -> AsyncIterator[grpc.aio.Channel]:
+    chan = open_channel(address, bearer, tls=client_tls(configured))
     try:
         yield chan
     finally:
@@ -58,7 +60,7 @@ async def channel(address: str, bearer: str | None) -> AsyncIterator[grpc.aio.Ch
 async def eligibility(
     configured: Settings, bearer: str | None
 ) -> AsyncIterator[eligibility_grpc.EligibilityServiceStub]:
-    async with channel(configured.eligibility_address, bearer) as chan:
+    async with channel(configured, configured.eligibility_address, bearer) as chan:
         yield eligibility_grpc.EligibilityServiceStub(chan)
 
 
@@ -66,7 +68,7 @@ async def eligibility(
 async def lending(
     configured: Settings, bearer: str | None
 ) -> AsyncIterator[lending_grpc.LendingServiceStub]:
-    async with channel(configured.lending_address, bearer) as chan:
+    async with channel(configured, configured.lending_address, bearer) as chan:
         yield lending_grpc.LendingServiceStub(chan)
 
 
@@ -74,7 +76,7 @@ async def lending(
 async def assistance(
     configured: Settings, bearer: str | None
 ) -> AsyncIterator[assistance_grpc.AssistanceServiceStub]:
-    async with channel(configured.assistance_address, bearer) as chan:
+    async with channel(configured, configured.assistance_address, bearer) as chan:
         yield assistance_grpc.AssistanceServiceStub(chan)
 
 
