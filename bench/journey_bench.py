@@ -630,6 +630,7 @@ def unsandboxed_worker_main() -> None:
             task_queue=task_queue,
             workflows=list(WORKFLOWS),
             activities=activities.all(),
+            max_cached_workflows=journey_worker.MAX_CACHED_WORKFLOWS,
             workflow_runner=UnsandboxedWorkflowRunner(),
         )
 

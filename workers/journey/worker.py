@@ -31,6 +31,13 @@ log = structlog.get_logger("mineaction.worker")
 
 WORKFLOWS: Sequence[type] = (SurvivorJourneyWorkflow, AssistanceWorkflow, BorrowerWorkflow)
 
+# Journeys kept in the worker's memory between tasks (the SDK's default is 1,000). Each
+# costs about 200 KiB, half of it the sandbox's own copy of the workflow module; a journey
+# beyond this many, the least recently active, is evicted and replays its history on its
+# next task (days later for a journey parked at a committee or between instalments), so
+# the worker stays near 250 MiB however many journeys are open.
+MAX_CACHED_WORKFLOWS = 600
+
 
 async def connect(
     settings: Settings, *, attempts: int | None = None, runtime: Runtime | None = None
@@ -68,6 +75,7 @@ def build_worker(
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
         activities=activities.all(),
+        max_cached_workflows=MAX_CACHED_WORKFLOWS,
     )
 
 

@@ -8,6 +8,7 @@ Workflow code is deterministic: time comes from workflow.now(), money from the l
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -160,17 +161,26 @@ class SurvivorJourneyWorkflow:
             self._s = journey.resume
             return await self._after_disbursement()
 
-        profile = await self._call(JourneyActivities.survivor_profile, journey.survivor_id)
-        self._s.profile = profile
-        self._upsert(
-            sa.DISTRICT_CODE.value_set(profile.district_code),
-            sa.PROGRAMME_YEAR.value_set(journey.programme_year),
-        )
-        self._set_stage(Stage.ELIGIBILITY)
-        assessment = await self._call(
-            JourneyActivities.assess_eligibility,
-            AssessInput(journey.survivor_id, today().isoformat()),
-        )
+        assess = AssessInput(journey.survivor_id, today().isoformat())
+        if self._fewer_tasks:  # independent reads: both at once, in the first task
+            profile, assessment = await asyncio.gather(
+                self._call(JourneyActivities.survivor_profile, journey.survivor_id),
+                self._call(JourneyActivities.assess_eligibility, assess),
+            )
+            self._s.profile = profile
+            self._upsert(
+                sa.DISTRICT_CODE.value_set(profile.district_code),
+                sa.PROGRAMME_YEAR.value_set(journey.programme_year),
+            )
+        else:
+            profile = await self._call(JourneyActivities.survivor_profile, journey.survivor_id)
+            self._s.profile = profile
+            self._upsert(
+                sa.DISTRICT_CODE.value_set(profile.district_code),
+                sa.PROGRAMME_YEAR.value_set(journey.programme_year),
+            )
+            self._set_stage(Stage.ELIGIBILITY)
+            assessment = await self._call(JourneyActivities.assess_eligibility, assess)
         self._s.assessment = assessment
 
         self._set_stage(Stage.ASSISTANCE_PLAN)
