@@ -47,6 +47,23 @@ def method_of(response_type: type[Message]) -> str:
     return response_type.DESCRIPTOR.name.removesuffix("Response")
 
 
+def check_replay(
+    stored_method: str | None,
+    stored_hash: bytes | None,
+    *,
+    request_id: str,
+    method: str,
+    digest: bytes,
+) -> None:
+    """A request_id already used is answered again only for the same method and payload."""
+    if stored_method != method or bytes(stored_hash or b"") != digest:
+        raise AlreadyExists(
+            f"request_id {request_id} was already used for a different request",
+            reason="REQUEST_ID_REUSED",
+            metadata={"request_id": request_id},
+        )
+
+
 def replayed(
     stored: tuple[str | None, bytes | None, bytes | None] | None,
     *,
@@ -57,13 +74,9 @@ def replayed(
 ) -> ResponseT:
     """The first answer for a request_id already used: (method, payload hash, response)
     as stored. A different method or payload is refused."""
-    if stored is None or stored[0] != method or bytes(stored[1] or b"") != digest:
-        raise AlreadyExists(
-            f"request_id {request_id} was already used for a different request",
-            reason="REQUEST_ID_REUSED",
-            metadata={"request_id": request_id},
-        )
-    return response_type.FromString(bytes(stored[2] or b""))
+    method_stored, hash_stored, response = stored or (None, None, None)
+    check_replay(method_stored, hash_stored, request_id=request_id, method=method, digest=digest)
+    return response_type.FromString(bytes(response or b""))
 
 
 async def store_response(conn: Connection, request_id: str, response: Message) -> None:

@@ -14,8 +14,10 @@ services/lending/arrears.py holds the per-instalment version of the same rules.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import asyncpg
 
@@ -147,7 +149,7 @@ class LoanFigures:
     days_past_due: int = 0
 
     @classmethod
-    def of(cls, row: asyncpg.Record) -> LoanFigures:
+    def of(cls, row: Mapping[str, Any] | asyncpg.Record) -> LoanFigures:
         return cls(
             disbursed_minor=row["disbursed"],
             repaid_minor=row["repaid"],

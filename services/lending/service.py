@@ -51,7 +51,7 @@ def tranche_to_proto(row: Mapping[str, Any] | asyncpg.Record) -> pb.Tranche:
 
 
 def loan_to_proto(
-    row: asyncpg.Record,
+    row: Mapping[str, Any] | asyncpg.Record,
     numbers: LoanFigures | None = None,
     tranches: Sequence[Mapping[str, Any]] = (),
 ) -> pb.Loan:
@@ -87,6 +87,43 @@ def loan_to_proto(
         update_time=timestamp(row["updated_at"]),
         purpose=row["purpose"],
         tranches=[tranche_to_proto(t) for t in tranches],
+    )
+
+
+_REPAY_ONCE = "SELECT * FROM lending_repay_once(" + ", ".join(f"${n}" for n in range(1, 18)) + ")"
+_REPAYMENT_REFUSED = "LR001"  # raised by lending_repay_once, with nothing written
+
+
+def repayment_answer(
+    request: pb.RecordRepaymentRequest, stored: bytes
+) -> pb.RecordRepaymentResponse:
+    """The response to a repayment from the answer stored with its request_id: JSON from
+    lending_repay_once (migration 009), the same for the first call and every replay; or
+    the protobuf that earlier versions stored (a serialized message never starts with
+    '{': that would be field 15 as a group)."""
+    if not stored.startswith(b"{"):
+        return pb.RecordRepaymentResponse.FromString(stored)
+    answer = json.loads(stored)
+    loan = dict(answer["loan"])
+    for column in ("created_at", "updated_at"):
+        loan[column] = datetime.fromisoformat(loan[column])
+    allocation = arrears.allocate(
+        instalments_from_arrays(
+            [date.fromisoformat(d) for d in answer["due_dates"]], answer["cumulative_minor"]
+        ),
+        answer["repaid_against_revision"],
+        request.amount_minor,
+    )
+    return pb.RecordRepaymentResponse(
+        loan=loan_to_proto(loan, LoanFigures.of(answer), answer["tranches"]),
+        repayment=pb.Repayment(
+            transaction_id=answer["transaction_id"],
+            amount_minor=request.amount_minor,
+            payment_date=request.payment_date,
+            allocations=[
+                pb.Allocation(instalment_number=n, principal_minor=a) for n, a in allocation
+            ],
+        ),
     )
 
 
@@ -569,18 +606,17 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def RecordRepayment(
         self, request: pb.RecordRepaymentRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordRepaymentResponse:
-        # once_per_request, with the key claimed and the response's loan read by the
-        # repayment's own statement (migration 008): BEGIN, that, the stored answer with
-        # the audit entry, COMMIT.
+        # once_per_request in one statement that is its own transaction (migration 009):
+        # key, repayment, the answer stored with the key, and the audit entry.
         paid_on = from_proto_date(request.payment_date)
-        response_type = pb.RecordRepaymentResponse
-        method = idempotency.method_of(response_type)
+        method = idempotency.method_of(pb.RecordRepaymentResponse)
         digest = idempotency.payload_hash(request)
-        async with self.db.transaction() as conn:
-            txn_id = ledger.new_transaction_id()
-            result = await fetch_one(
-                conn,
-                "SELECT * FROM lending_repay($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        entry = audit.to_write_in_transaction()
+        txn_id = ledger.new_transaction_id()
+        try:
+            row = await fetch_one(
+                self.db.pool,
+                _REPAY_ONCE,
                 request.request_id,
                 method,
                 digest,
@@ -590,76 +626,64 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 request.received_by,
                 request.channel,
                 txn_id,
+                *(entry.arguments() if entry is not None else (None,) * 8),
             )
-            if result["outcome"] == "REPLAY":  # (a missing row has no method: refused)
-                return idempotency.replayed(
-                    (
-                        result["stored_method"],
-                        result["stored_payload_hash"],
-                        result["stored_response"],
-                    ),
-                    request_id=request.request_id,
-                    method=method,
-                    digest=digest,
-                    response_type=response_type,
-                )
-            response = await self._repaid(conn, request, paid_on, txn_id, result)
-            await idempotency.store_response(conn, request.request_id, response)
-        audit.transaction_committed()
-        return response
+        except asyncpg.PostgresError as error:
+            if getattr(error, "sqlstate", None) != _REPAYMENT_REFUSED:
+                raise
+            return await self._repayment_refused(error, request, paid_on)
+        if not row["replayed"]:
+            if entry is not None:  # written by the statement, which has committed
+                audit.written_in_transaction()
+                audit.transaction_committed()
+            return repayment_answer(request, bytes(row["answer"]))
+        idempotency.check_replay(
+            row["stored_method"],
+            row["stored_payload_hash"],
+            request_id=request.request_id,
+            method=method,
+            digest=digest,
+        )
+        return repayment_answer(request, bytes(row["answer"] or b""))
 
-    async def _repaid(
-        self,
-        conn: Connection,
-        request: pb.RecordRepaymentRequest,
-        paid_on: date,
-        txn_id: str,
-        result: asyncpg.Record,
+    async def _repayment_refused(
+        self, error: asyncpg.PostgresError, request: pb.RecordRepaymentRequest, paid_on: date
     ) -> pb.RecordRepaymentResponse:
-        """The answer to a repayment from lending_repay's outcome; a refusal raises (and
-        the transaction, key included, rolls back)."""
-        outcome = result["outcome"]
-        if outcome == "UNKNOWN_LOAN":
-            raise invalid("loan_id", f"unknown loan {request.loan_id!r}", "UNKNOWN_LOAN")
+        """lending_repay_once's refusal (nothing was written) as its gRPC error; a
+        written-off loan takes the recovery path instead, as its own idempotent call."""
+        outcome = str(getattr(error, "message", ""))
+        detail = json.loads(getattr(error, "detail", None) or "{}")
         if outcome == "WRITTEN_OFF":
-            loan = await self._loan_for_update(conn, request.loan_id)
-            return await self._record_recovery(conn, loan, request, paid_on)
+
+            async def recover(conn: Connection) -> pb.RecordRepaymentResponse:
+                loan = await self._loan_for_update(conn, request.loan_id)
+                if loan["state"] != "CLOSED_WRITTEN_OFF":  # changed since: ask again
+                    raise FailedPrecondition(
+                        f"loan {request.loan_id} changed while recording; retry",
+                        reason="LOAN_CHANGED",
+                    )
+                return await self._record_recovery(conn, loan, request, paid_on)
+
+            return await once_per_request(self.db, request, pb.RecordRepaymentResponse, recover)
         if outcome == "NOT_ACTIVE":
             raise FailedPrecondition(
-                f"loan {request.loan_id} is {result['state']}; repayments need an "
+                f"loan {request.loan_id} is {detail.get('state')}; repayments need an "
                 "ACTIVE (or, as recoveries, a written-off) loan",
                 reason="LOAN_NOT_ACTIVE",
             )
         if outcome == "BEFORE_DISBURSEMENT":
             raise invalid(
                 "payment_date",
-                f"must not be before the first disbursement ({result['first_disbursed_on']})",
+                f"must not be before the first disbursement ({detail.get('first_disbursed_on')})",
                 "BEFORE_DISBURSEMENT",
             )
         if outcome == "OVERPAYMENT":
             raise invalid(
                 "amount_minor",
-                f"overpayment: only {result['outstanding_before']} qəpik is outstanding",
+                f"overpayment: only {detail.get('outstanding')} qəpik is outstanding",
                 "OVERPAYMENT",
             )
-        allocation = arrears.allocate(
-            instalments_from_arrays(result["due_dates"], result["cumulative_minor"]),
-            result["repaid_against_revision"],
-            request.amount_minor,
-        )
-        return pb.RecordRepaymentResponse(
-            loan=loan_to_proto(
-                result["loan"], LoanFigures.of(result), json.loads(result["tranches"])
-            ),
-            repayment=pb.Repayment(
-                transaction_id=txn_id,
-                amount_minor=request.amount_minor,
-                payment_date=request.payment_date,
-                allocations=[
-                    pb.Allocation(instalment_number=n, principal_minor=a) for n, a in allocation
-                ],
-            ),
-        )
+        raise invalid("loan_id", f"unknown loan {request.loan_id!r}", "UNKNOWN_LOAN")
 
     async def _record_recovery(
         self,
