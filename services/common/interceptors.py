@@ -98,17 +98,26 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        inner: Handler = handler.unary_unary
         method = handler_call_details.method
+        # gRPC asks every interceptor for the handler on every call; the wrapped handler
+        # of a method is built once (per handler it wraps) and reused.
+        built: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]]
+        built = self.__dict__.setdefault("_built_handlers", {})
+        cached = built.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        inner: Handler = handler.unary_unary
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             return await self.around(method, request, context, inner)
 
-        return grpc.unary_unary_rpc_method_handler(
+        wrapping = grpc.unary_unary_rpc_method_handler(
             wrapped,
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+        built[method] = (handler, wrapping)
+        return wrapping
 
 
 def request_id_of(request: Any, context: grpc.aio.ServicerContext) -> str:

@@ -42,9 +42,26 @@ def allocate(
     schedule: Sequence[Instalment], repaid_before: int, amount: int
 ) -> list[tuple[int, int]]:
     """(instalment number, principal) pairs that a payment of `amount` adds."""
-    before = paid_amounts(schedule, repaid_before)
-    after = paid_amounts(schedule, repaid_before + amount)
-    return [(i.number, a - b) for i, b, a in zip(schedule, before, after, strict=True) if a > b]
+    return allocate_cumulative([i.cumulative_minor for i in schedule], repaid_before, amount)
+
+
+def allocate_cumulative(
+    cumulative: Sequence[int], repaid_before: int, amount: int
+) -> list[tuple[int, int]]:
+    """`allocate` from the cumulative amounts alone: instalment n gets the part of
+    [repaid_before, repaid_before + amount) that falls in [cumulative(n-1), cumulative(n)),
+    which is what `paid_amounts` adds to it."""
+    low, high = repaid_before, repaid_before + amount
+    result = []
+    previous = 0
+    for number, total in enumerate(cumulative, start=1):
+        if previous >= high:
+            break
+        paid = min(high, total) - max(low, previous)
+        if paid > 0:
+            result.append((number, paid))
+        previous = total
+    return result
 
 
 def overdue_days(due: date, as_of: date, pauses: Iterable[Pause]) -> int:

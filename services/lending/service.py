@@ -28,7 +28,7 @@ from services.lending import arrears, figures, ledger
 from services.lending.figures import LoanFigures
 from services.lending.ledger import FUND_CASH, LOANS_RECEIVABLE, Posting
 from services.lending.lifecycle import check_transition
-from services.lending.schedule import Instalment, build_schedule, instalments_from_arrays
+from services.lending.schedule import Instalment, build_schedule
 
 HERE = Path(__file__).parent
 DEFAULT_FUND = "main"
@@ -107,12 +107,8 @@ def repayment_answer(
     loan = dict(answer["loan"])
     for column in ("created_at", "updated_at"):
         loan[column] = datetime.fromisoformat(loan[column])
-    allocation = arrears.allocate(
-        instalments_from_arrays(
-            [date.fromisoformat(d) for d in answer["due_dates"]], answer["cumulative_minor"]
-        ),
-        answer["repaid_against_revision"],
-        request.amount_minor,
+    allocation = arrears.allocate_cumulative(
+        answer["cumulative_minor"], answer["repaid_against_revision"], request.amount_minor
     )
     return pb.RecordRepaymentResponse(
         loan=loan_to_proto(loan, LoanFigures.of(answer), answer["tranches"]),

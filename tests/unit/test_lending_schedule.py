@@ -97,6 +97,21 @@ def test_allocation_is_oldest_first_and_never_exceeds_what_is_due(
                 assert paid[earlier.number - 1] == earlier.principal_minor
 
 
+@given(principals, anchors, terms, st.integers(0, 10_000_000_000), st.integers(0, 10_000_000_000))
+def test_allocation_from_cumulative_amounts_is_the_waterfall_difference(
+    principal: int, anchor: date, term_grace: tuple[int, int], before: int, payment: int
+) -> None:
+    """allocate (cumulative amounts only, used by RecordRepayment) adds to each instalment
+    exactly what paid_amounts says it has after the payment and did not have before."""
+    schedule = build_schedule(principal, anchor, *term_grace)
+    repaid = min(before, principal)
+    amount = min(payment, principal - repaid)
+    was = arrears.paid_amounts(schedule, repaid)
+    now = arrears.paid_amounts(schedule, repaid + amount)
+    expected = [(i.number, a - b) for i, b, a in zip(schedule, was, now, strict=True) if a > b]
+    assert arrears.allocate(schedule, repaid, amount) == expected
+
+
 def test_days_past_due_stop_growing_during_a_pause() -> None:
     due = date(2026, 5, 1)
     assert arrears.overdue_days(due, date(2026, 5, 1), []) == 0
