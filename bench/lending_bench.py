@@ -27,13 +27,15 @@ import time
 import timeit
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
 import asyncpg
+import grpc
 from google.type import date_pb2
 
-from bench.common import bench_token, process, service
+from bench.common import bearer_metadata, bench_token, process, service
 from mineaction.lending.v1 import lending_service_pb2 as pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import age_band_pb2, sex_pb2
@@ -69,10 +71,55 @@ def bench_schedule() -> float:
     return min(runs) / 2_000 * 1e6
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes so far (Linux /proc; 0 for any gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuMeter:
+    """CPU used per operation by each party while a load runs: the service process(es),
+    this process (the load generator, or the bare asyncpg client) and PostgreSQL (every
+    process in pg_stat_activity: backends, WAL writer, checkpointer, ...)."""
+
+    service_pids: list[int]
+    postgres_pids: list[int] = field(default_factory=list)
+
+    def sample(self) -> tuple[float, float, float]:
+        return (
+            _cpu_seconds(self.service_pids),
+            time.process_time(),
+            _cpu_seconds(self.postgres_pids),
+        )
+
+    @staticmethod
+    def per_operation(
+        before: tuple[float, float, float], after: tuple[float, float, float], operations: int
+    ) -> str:
+        service, client, postgres = (
+            (a - b) / max(operations, 1) * 1e6 for a, b in zip(after, before, strict=True)
+        )
+        return (
+            f"CPU per operation: service {service:.0f} µs, this process {client:.0f} µs, "
+            f"PostgreSQL {postgres:.0f} µs"
+        )
+
+
 async def _sustained(
-    seconds: float, concurrency: int, one: Callable[[int], Awaitable[None]]
+    seconds: float,
+    concurrency: int,
+    one: Callable[[int], Awaitable[None]],
+    meter: CpuMeter | None = None,
 ) -> float:
-    """Operations per second with `concurrency` workers for `seconds`."""
+    """Operations per second with `concurrency` workers for `seconds`; with a meter,
+    also prints the CPU each party used per operation."""
     deadline = time.perf_counter() + seconds
     done = [0] * concurrency
 
@@ -81,18 +128,26 @@ async def _sustained(
             await one(index)
             done[index] += 1
 
+    before = meter.sample() if meter else None
     started = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    return sum(done) / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    if meter and before:
+        print("  " + meter.per_operation(before, meter.sample(), sum(done)))
+    return sum(done) / elapsed
 
 
 async def bench_repayments(
     pool: asyncpg.Pool,
     stubs: list[pb_grpc.LendingServiceStub],
+    fast_stubs: list[pb_grpc.LendingServiceStub],
     seconds: float,
     concurrency: int,
+    meter: CpuMeter,
 ) -> tuple[float, float]:
+    """`fast_stubs` carry no client interceptor: the load loop passes the token itself."""
     stub = stubs[0]
+    auth = bearer_metadata()
     fund_id = "bench-fund"
     async with pool.acquire() as conn, conn.transaction():
         await ledger.open_fund(
@@ -153,7 +208,7 @@ async def bench_repayments(
         return loan_ids[(turn[index] % LOANS_PER_WORKER) * concurrency + index]
 
     async def repay(index: int) -> None:
-        await stubs[index % len(stubs)].RecordRepayment(
+        await fast_stubs[index % len(fast_stubs)].RecordRepayment(
             pb.RecordRepaymentRequest(
                 request_id=str(uuid.uuid4()),
                 loan_id=next_loan(index),
@@ -162,11 +217,17 @@ async def bench_repayments(
                 payment_date=date_pb2.Date(year=2026, month=6, day=1),
                 received_by="cashier-01",
                 channel="bank_transfer",
-            )
+            ),
+            metadata=auth,
         )
 
     await _sustained(1.0, concurrency, repay)  # warm-up
-    grpc_rate = await _sustained(seconds, concurrency, repay)
+    async with pool.acquire() as conn:
+        meter.postgres_pids = [
+            r["pid"] for r in await conn.fetch("SELECT pid FROM pg_stat_activity")
+        ]
+    print("RecordRepayment over gRPC, measured:")
+    grpc_rate = await _sustained(seconds, concurrency, repay, meter)
 
     async def bare(index: int) -> None:
         # The same transaction and postings as a repayment, in one statement, with no
@@ -187,7 +248,8 @@ async def bench_repayments(
             )
 
     await _sustained(1.0, concurrency, bare)
-    bare_rate = await _sustained(seconds, concurrency, bare)
+    print("bare asyncpg, measured:")
+    bare_rate = await _sustained(seconds, concurrency, bare, meter)
     return grpc_rate, bare_rate
 
 
@@ -393,13 +455,14 @@ async def main(args: argparse.Namespace) -> None:
     url = _with_database(server_url, name)
     try:
         with contextlib.ExitStack() as replicas:
-            ports = []
+            ports: list[int] = []
+            pids: list[int] = []
             for _ in range(args.replicas):  # behind client-side round robin
                 argv, env, port = service("services.lending", "LENDING_ADDRESS", url)
                 env |= {"DB_POOL_MAX_SIZE": str(args.pool // args.replicas), "LOG_FORMAT": "json"}
-                replicas.enter_context(process(argv, env, port))
+                pids.append(replicas.enter_context(process(argv, env, port)).pid)
                 ports.append(port)
-            await _run(args, url, ports)
+            await _run(args, url, ports, CpuMeter(pids))
     finally:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.close()
@@ -407,9 +470,11 @@ async def main(args: argparse.Namespace) -> None:
             embedded.cleanup()
 
 
-async def _run(args: argparse.Namespace, url: str, ports: list[int]) -> None:
+async def _run(args: argparse.Namespace, url: str, ports: list[int], meter: CpuMeter) -> None:
     channels = [open_channel(f"127.0.0.1:{port}", bench_token()) for port in ports]
     stubs = [pb_grpc.LendingServiceStub(channel) for channel in channels]
+    plain = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for port in ports]
+    fast_stubs = [pb_grpc.LendingServiceStub(channel) for channel in plain]
     settings = {"search_path": SPEC.name}
     pool = await asyncpg.create_pool(
         url, min_size=args.pool, max_size=args.pool, server_settings=settings
@@ -429,7 +494,9 @@ async def _run(args: argparse.Namespace, url: str, ports: list[int]) -> None:
         micros = bench_schedule()
         print(f"36-month schedule generation: {micros:.1f} µs (target <= 100 µs)")
 
-        grpc_rate, bare_rate = await bench_repayments(pool, stubs, args.seconds, args.concurrency)
+        grpc_rate, bare_rate = await bench_repayments(
+            pool, stubs, fast_stubs, args.seconds, args.concurrency, meter
+        )
         print(
             f"RecordRepayment over gRPC: {grpc_rate:.0f}/s sustained over {args.seconds:.0f} s, "
             f"{args.concurrency} concurrent (target >= 500/s)"
@@ -457,7 +524,7 @@ async def _run(args: argparse.Namespace, url: str, ports: list[int]) -> None:
     finally:
         await probe.close()
         await pool.close()
-        for channel in channels:
+        for channel in channels + plain:
             await channel.close()
 
 
