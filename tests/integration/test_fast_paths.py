@@ -45,6 +45,13 @@ async def test_a_repayment_answers_with_the_loan_as_get_loan_shows_it(cluster: C
         )
         assert paid.loan == seen.loan
     assert paid.loan.state == pb.LOAN_STATE_CLOSED_OBLIGATIONS_MET
+    # A refusal from the one statement writes nothing, not even the request_id's key.
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as closed:
+        await cluster.lending.RecordRepayment(repayment(loan.loan_id, 1, date(2026, 7, 2)))
+    assert closed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "CLOSED_OBLIGATIONS_MET" in (closed.value.details() or "")
+    assert await cluster.row_counts() == before
 
 
 async def _entries(cluster: Cluster, subject: str) -> list[audit_pb.AuditEntry]:
