@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         LOAN_PROGRAMMES,
         AdvanceInput,
         AssessInput,
+        AssessmentSummary,
         AssistanceAction,
         AssistanceInput,
         AssistanceState,
@@ -53,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         RequestAssistanceInput,
         SnapshotInput,
         Stage,
+        SurvivorProfile,
         WriteOffDecision,
         WriteOffInput,
         assistance_workflow_id,
@@ -163,10 +165,19 @@ class SurvivorJourneyWorkflow:
 
         assess = AssessInput(journey.survivor_id, today().isoformat())
         if self._fewer_tasks:  # independent reads: both at once, in the first task
-            profile, assessment = await asyncio.gather(
+            # Both settle before either's failure ends the run: a workflow's failure must
+            # be its last command, after every local activity's marker.
+            read_profile, read_assessment = await asyncio.gather(
                 self._call(JourneyActivities.survivor_profile, journey.survivor_id),
                 self._call(JourneyActivities.assess_eligibility, assess),
+                return_exceptions=True,
             )
+            for outcome in (read_profile, read_assessment):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            assert isinstance(read_profile, SurvivorProfile)
+            assert isinstance(read_assessment, AssessmentSummary)
+            profile, assessment = read_profile, read_assessment
             self._s.profile = profile
             self._upsert(
                 sa.DISTRICT_CODE.value_set(profile.district_code),
