@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from services.common.config import ConfigError, Settings
+from services.common.tracing import client_interceptors
 
 TOKEN_ENV = "MINEACTION_TOKEN"
 DEV_TOKEN_FILE = "dev-token"
@@ -92,8 +93,8 @@ def open_channel(
     tls: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
     """An asyncio channel to `address` whose calls carry `token` (None: no token), over
-    TLS when `tls` is given (see `client_tls`)."""
-    interceptors = [_BearerToken(token)] if token else None
+    TLS when `tls` is given (see `client_tls`), traced when tracing is on."""
+    interceptors = [*client_interceptors(), *([_BearerToken(token)] if token else [])] or None
     if tls is not None:
         return grpc.aio.secure_channel(
             address, tls, options=list(options), interceptors=interceptors

@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     tls_client_cert_file: Path | None = Field(None, alias="TLS_CLIENT_CERT_FILE")
     tls_client_key_file: Path | None = Field(None, alias="TLS_CLIENT_KEY_FILE")
 
+    # OpenTelemetry tracing across gRPC and Temporal: off, otlp (OTEL_EXPORTER_OTLP_*
+    # variables name the collector) or console.
+    tracing: Literal["off", "otlp", "console"] = Field("off", alias="TRACING")
+
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="LOG_LEVEL")
     log_format: Literal["auto", "json", "console"] = Field("auto", alias="LOG_FORMAT")
     shutdown_grace_seconds: float = Field(5.0, ge=0, le=300, alias="SHUTDOWN_GRACE_SECONDS")

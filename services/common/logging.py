@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from services.common.config import Settings
@@ -35,12 +36,22 @@ def add_temporal_context(_: WrappedLogger, __: str, event_dict: EventDict) -> Ev
     return event_dict
 
 
+def add_trace_ids(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """The current OpenTelemetry span's ids, when tracing is on and a span is open."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(context.span_id, "016x"))
+    return event_dict
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         add_temporal_context,
+        add_trace_ids,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
     ]
