@@ -40,6 +40,7 @@ from mineaction.lending.v1 import lending_service_pb2 as pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common.channels import open_channel
+from services.common.db import keep_session
 from services.lending import ledger
 from services.lending.ledger import FUND_CASH, LOANS_RECEIVABLE, Posting
 from services.lending.schedule import build_schedule
@@ -476,8 +477,10 @@ async def _run(args: argparse.Namespace, url: str, ports: list[int], meter: CpuM
     plain = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for port in ports]
     fast_stubs = [pb_grpc.LendingServiceStub(channel) for channel in plain]
     settings = {"search_path": SPEC.name}
+    # The bare client gets the service's pool settings, its release without a session
+    # reset included (services/common/db.py keep_session): like for like.
     pool = await asyncpg.create_pool(
-        url, min_size=args.pool, max_size=args.pool, server_settings=settings
+        url, min_size=args.pool, max_size=args.pool, server_settings=settings, reset=keep_session
     )
     probe = await asyncpg.connect(url, server_settings=settings)
     try:

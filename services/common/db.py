@@ -74,7 +74,7 @@ _SETTLE_SECONDS = 0.5
 _SETTLE_STEPS = 50
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
+async def keep_session(conn: asyncpg.Connection) -> None:
     """The pool's reset on release, after asyncpg has rolled back any open transaction.
 
     The services keep no session state: every setting is SET LOCAL, every advisory lock
@@ -344,7 +344,7 @@ class Database:
             record_class=asyncpg.Record,
             timeout=CONNECT_TIMEOUT_SECONDS,
             server_settings={"search_path": schema, "application_name": f"mineaction-{schema}"},
-            reset=_keep_session,
+            reset=keep_session,
         )
         try:
             await pool
