@@ -69,7 +69,13 @@ from workers.journey.model import (
     TranchePlan,
     journey_workflow_id,
 )
-from workers.journey.worker import WORKFLOWS, journey_activities, open_outbox
+from workers.journey.worker import (
+    MAX_CACHED_WORKFLOWS,
+    WORKFLOWS,
+    journey_activities,
+    open_outbox,
+    workflow_runner,
+)
 from workers.journey.workflows import SurvivorJourneyWorkflow, initial_search_attributes
 from workers.simulation.workflows import Behaviour, BorrowerInput, BorrowerWorkflow
 
@@ -281,6 +287,8 @@ async def time_skipping(database_url: str, journeys: int) -> None:
                         workflows=list(WORKFLOWS),
                         activities=acts.all(),
                         interceptors=[timing],
+                        max_cached_workflows=MAX_CACHED_WORKFLOWS,
+                        workflow_runner=workflow_runner(),
                     ),
                 ):
                     eligibility = eligibility_grpc.EligibilityServiceStub(channel)

@@ -13,6 +13,7 @@ import structlog
 from temporalio.client import Client
 from temporalio.runtime import Runtime
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from services.common.config import ConfigError, Settings, load_settings
 from services.common.db import Database, database_url
@@ -37,6 +38,24 @@ WORKFLOWS: Sequence[type] = (SurvivorJourneyWorkflow, AssistanceWorkflow, Borrow
 # next task (days later for a journey parked at a committee or between instalments), so
 # the worker stays near 250 MiB however many journeys are open.
 MAX_CACHED_WORKFLOWS = 600
+
+# Modules the sandbox shares with the host instead of importing afresh for every workflow
+# run: stateless constants, dataclasses and the activity stubs. The heavy ones (protobuf,
+# grpc, the services' stubs) already come through `imports_passed_through()`; the search
+# attribute keys did not (a `from package import module` inside that block is still
+# re-imported), costing every new run a module import. The workflow modules themselves stay
+# sandboxed: re-imported per run, so non-deterministic calls in them are caught.
+PASSTHROUGH_MODULES = (
+    "workers.journey.search_attributes",
+    "workers.journey.model",
+    "workers.journey.activities",
+)
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH_MODULES)
+    )
 
 
 async def connect(
@@ -76,6 +95,7 @@ def build_worker(
         workflows=list(WORKFLOWS),
         activities=activities.all(),
         max_cached_workflows=MAX_CACHED_WORKFLOWS,
+        workflow_runner=workflow_runner(),
     )
 
 
