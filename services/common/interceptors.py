@@ -17,7 +17,7 @@
 
 Only unary-unary methods are wrapped: the project's APIs are all unary, and the health
 and reflection services' streams pass through untouched. Any other streaming method is
-refused by the authentication step.
+refused by the authentication step. The steps run as one gRPC interceptor (StepChain).
 """
 
 from __future__ import annotations
@@ -82,42 +82,14 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
-class UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Base class: subclasses implement `around`, which wraps one unary call."""
+class UnaryInterceptor:
+    """One step of the chain: subclasses implement `around`, which wraps one unary call.
+    StepChain runs the steps as one gRPC interceptor."""
 
     async def around(
         self, method: str, request: Any, context: grpc.aio.ServicerContext, call_next: Handler
     ) -> Any:
         raise NotImplementedError
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method = handler_call_details.method
-        # gRPC asks every interceptor for the handler on every call; the wrapped handler
-        # of a method is built once (per handler it wraps) and reused.
-        built: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]]
-        built = self.__dict__.setdefault("_built_handlers", {})
-        cached = built.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        inner: Handler = handler.unary_unary
-
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await self.around(method, request, context, inner)
-
-        wrapping = grpc.unary_unary_rpc_method_handler(
-            wrapped,
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
-        built[method] = (handler, wrapping)
-        return wrapping
 
 
 def request_id_of(request: Any, context: grpc.aio.ServicerContext) -> str:
@@ -277,21 +249,8 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str:
 
 
 class AuthenticationInterceptor(UnaryInterceptor):
-    def __init__(self, verifier: TokenVerifier, policy: AccessPolicy) -> None:
+    def __init__(self, verifier: TokenVerifier) -> None:
         self._verifier = verifier
-        self._policy = policy
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        if self._policy.is_open(handler_call_details.method):
-            return await continuation(handler_call_details)
-        handler = await continuation(handler_call_details)
-        if handler is not None and handler.unary_unary is None:
-            return None  # a streaming method outside the open services: not served
-        return await super().intercept_service(lambda _: _resolved(handler), handler_call_details)
 
     async def around(
         self, method: str, request: Any, context: grpc.aio.ServicerContext, call_next: Handler
@@ -303,10 +262,6 @@ class AuthenticationInterceptor(UnaryInterceptor):
             return await call_next(request, context)
         finally:
             _caller.reset(token)
-
-
-async def _resolved(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    return handler
 
 
 class AuditInterceptor(UnaryInterceptor):
@@ -420,14 +375,60 @@ def bind_actor(request: Message, path: str, principal: Principal) -> str:
     )
 
 
+class StepChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """The steps above as one gRPC interceptor: gRPC consults it once per call (instead of
+    once per step), and each method's composed handler is built once. The behaviour is
+    the steps', in order; health and reflection skip authentication (and so the steps
+    that need a caller pass them through), and a streaming method outside them is not
+    served."""
+
+    def __init__(self, steps: list[UnaryInterceptor], policy: AccessPolicy) -> None:
+        self._steps = steps
+        self._policy = policy
+        self._built: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        is_open = self._policy.is_open(method)
+        if handler is None or handler.unary_unary is None:
+            return handler if is_open else None
+        cached = self._built.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        call: Handler = handler.unary_unary
+        for step in reversed(self._steps):
+            if not (is_open and isinstance(step, AuthenticationInterceptor)):
+                call = _link(step, method, call)
+        composed = grpc.unary_unary_rpc_method_handler(
+            call,
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+        self._built[method] = (handler, composed)
+        return composed
+
+
+def _link(step: UnaryInterceptor, method: str, call_next: Handler) -> Handler:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await step.around(method, request, context, call_next)
+
+    return call
+
+
 def interceptor_chain(
     verifier: TokenVerifier, policy: AccessPolicy, audit_log: AuditLog
 ) -> list[grpc.aio.ServerInterceptor]:
-    return [
+    steps: list[UnaryInterceptor] = [
         RequestContextInterceptor(),
         ErrorMappingInterceptor(),
-        AuthenticationInterceptor(verifier, policy),
+        AuthenticationInterceptor(verifier),
         AuditInterceptor(audit_log),
         AuthorizationInterceptor(policy),
         ValidationInterceptor(),
     ]
+    return [StepChain(steps, policy)]
