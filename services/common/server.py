@@ -10,6 +10,7 @@ graceful shutdown on SIGTERM or SIGINT.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -119,6 +120,9 @@ class ServiceHost:
         pool = self.db.pool
         watch_pool(self.spec.name, pool.get_size, pool.get_idle_size)
         await server.start()
+        # Everything loaded so far (modules, descriptors, plugins, pools) lives as long as
+        # the process: keep it out of the garbage collector's full passes.
+        gc.freeze()
         self._server = server
         for name in ("", self.spec.full_name, audit.SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
