@@ -24,6 +24,7 @@ from services.common.config import Settings
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Tracer
     from temporalio.client import Interceptor
 
 _provider: TracerProvider | None = None
@@ -57,6 +58,15 @@ def shutdown_tracing() -> None:
     if _provider is not None:
         _provider.shutdown()
         _provider = None
+
+
+def tracer(name: str) -> Tracer:
+    """A tracer for spans of our own (a no-op one while tracing is off)."""
+    if _provider is None:
+        from opentelemetry.trace import NoOpTracer
+
+        return NoOpTracer()
+    return _provider.get_tracer(name)
 
 
 def _exporter(kind: str) -> SpanExporter:
@@ -94,4 +104,4 @@ def temporal_interceptors() -> list[Interceptor]:
         return []
     from temporalio.contrib.opentelemetry import TracingInterceptor
 
-    return [TracingInterceptor(_provider.get_tracer("mineaction.temporal"))]
+    return [TracingInterceptor(tracer("mineaction.temporal"))]
