@@ -139,6 +139,7 @@ async def assistance_service(url: str, in_process: bool) -> AsyncIterator[int]:
         LOG_FORMAT="json",
         DB_POOL_MAX_SIZE=POOL_SIZE,
         MINEACTION_STATE_DIR=str(bench_auth().state_dir),
+        METRICS_PORT=0,  # an in-process host; a running cluster may hold 9101-9104
     )
     configure_logging(settings, process="bench")
     host = ServiceHost(SPEC, settings, address="127.0.0.1:0")

@@ -105,6 +105,7 @@ async def lending(
         LOG_FORMAT="json",
         LOG_LEVEL="warning",
         SHUTDOWN_GRACE_SECONDS=1,
+        METRICS_PORT=0,  # an in-process host; a running cluster may hold 9101-9104
     )
     configure_logging(settings, process="tests")
     ensure_dev_credentials(settings)  # the JWKS the service checks, and a token for us

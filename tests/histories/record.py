@@ -227,6 +227,7 @@ async def main() -> None:
                 LOG_FORMAT="json",
                 LOG_LEVEL="warning",
                 SHUTDOWN_GRACE_SECONDS=1,
+                METRICS_PORT=0,  # an in-process host; a running cluster may hold 9101-9104
             )
             configure_logging(settings, process="recorder")
             ensure_dev_credentials(settings)
