@@ -188,7 +188,7 @@ async def test_bad_input_is_invalid_argument_with_field_violations_and_writes_no
         cluster,
         lending.RecordRepayment(repayment("loan-nonexistent", 1_000, date(2026, 5, 10))),
         "loan_id",
-        invalid,
+        grpc.StatusCode.NOT_FOUND,  # a missing record, not a malformed request
     )
     in_dollars = repayment(loan.loan_id, 1_000, date(2026, 5, 10))
     in_dollars.currency_code = "USD"
