@@ -29,11 +29,14 @@ from services.common.db import Database, MigrationError, database_url
 from services.common.interceptors import interceptor_chain
 from services.common.logging import configure_logging
 from services.common.metrics import MetricsEndpoint, metrics_port, serve_metrics, watch_pool
+from services.common.tracing import configure_tracing, server_interceptors
 
 log = structlog.get_logger("mineaction.server")
 
 # Transport limit; the validation step refuses anything above 1 MiB with field details.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
+CONNECTION_AGE_GRACE_MS = 30 * 1000  # in-flight calls on an aged-out connection may finish
 
 
 class PortInUse(Exception):
@@ -81,11 +84,17 @@ class ServiceHost:
         )
         await audit.apply_migrations(self.db)
         server = grpc.aio.server(
-            interceptors=interceptor_chain(verifier, policy, audit.AuditLog(self.db)),
+            interceptors=[
+                *server_interceptors(),  # tracing, when on: outermost, so it times it all
+                *interceptor_chain(verifier, policy, audit.AuditLog(self.db)),
+            ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
+                # Clients reconnect now and then, so new replicas get their share of calls.
+                ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+                ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS),
             ],
         )
         await self.spec.attach(server, self.db, self.settings)
@@ -185,6 +194,7 @@ def main(spec: ServiceSpec) -> None:
         print(f"{spec.name}: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings, process=spec.name)
+    configure_tracing(settings, spec.name)
     try:
         asyncio.run(serve_until_signalled(ServiceHost(spec, settings)))
     except (PortInUse, MigrationError, AuthConfigError, OSError) as error:
