@@ -3,6 +3,8 @@ and stepping time-skipped time until a journey reaches a stage."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -45,6 +47,22 @@ def follow_up_due(months: int) -> Callable[[JourneyStatus], bool]:
 
 async def status_of(handle: WorkflowHandle) -> JourneyStatus:  # type: ignore[type-arg]
     return await handle.query(SurvivorJourneyWorkflow.status)
+
+
+async def wait_for_stage(
+    handle: WorkflowHandle,  # type: ignore[type-arg]
+    *stages: str,
+    within: float = 15.0,
+) -> JourneyStatus:
+    """Poll the status query (real time) until the journey is in one of `stages`."""
+    deadline = time.monotonic() + within
+    status: JourneyStatus | None = None
+    while time.monotonic() < deadline:
+        status = await status_of(handle)
+        if status.stage in stages:
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"journey never reached {' or '.join(stages)}; last status {status}")
 
 
 async def skip_until(

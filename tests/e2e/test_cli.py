@@ -16,10 +16,9 @@ import uuid
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
@@ -28,12 +27,11 @@ from cli.main import app
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.config import Settings
 from tests.conftest import Cluster
-from tests.journey_helpers import follow_up_due, own_pool, skip_until
+from tests.journey_helpers import follow_up_due, own_pool, skip_until, wait_for_stage
 from workers.journey import search_attributes as sa
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
     JourneyInput,
-    JourneyStatus,
     assistance_workflow_id,
     journey_workflow_id,
 )
@@ -122,16 +120,6 @@ def write_intake(folder: Path, survivor_id: str) -> Path:
     path = folder / f"{survivor_id}.yaml"
     path.write_text(INTAKE.format(survivor_id=survivor_id), encoding="utf-8")
     return path
-
-
-async def wait_for_stage(handle: WorkflowHandle[Any, Any], stage: str) -> JourneyStatus:
-    status: JourneyStatus | None = None
-    for _ in range(300):
-        status = await handle.query(SurvivorJourneyWorkflow.status)
-        if status.stage == stage:
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"journey never reached {stage}; last status {status}")
 
 
 async def test_register_and_assess_in_both_languages(

@@ -40,10 +40,10 @@ from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.config import Settings
 from tests.conftest import Cluster
 from tests.factories import register_request, saatli_fish_farmer
+from tests.journey_helpers import wait_for_stage
 from workers.journey.model import (
     CommitteeDecision,
     JourneyInput,
-    JourneyStatus,
     LoanRequest,
     TranchePlan,
     journey_workflow_id,
@@ -87,21 +87,6 @@ async def wait_for_poller(client: Client, task_queue: str, proc: subprocess.Pope
             return
         await asyncio.sleep(0.2)
     raise AssertionError("the worker never polled its task queue")
-
-
-async def wait_for_stage(
-    handle: WorkflowHandle,  # type: ignore[type-arg]
-    stages: set[str],
-    within: float,
-) -> JourneyStatus:
-    deadline = time.monotonic() + within
-    status: JourneyStatus | None = None
-    while time.monotonic() < deadline:
-        status = await handle.query(SurvivorJourneyWorkflow.status)
-        if status.stage in stages:
-            return status
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"journey never reached {stages}; last status {status}")
 
 
 async def disbursement_started(
@@ -198,7 +183,7 @@ async def test_worker_killed_mid_disbursement_disburses_each_tranche_once(
                 task_queue=task_queue,
                 search_attributes=initial_search_attributes(programme_year=1),
             )
-            status = await wait_for_stage(handle, {"COMMITTEE_REVIEW"}, within=30)
+            status = await wait_for_stage(handle, "COMMITTEE_REVIEW", within=30)
             loan_id = status.loan_id
 
             watching = asyncio.create_task(disbursement_started(handle))
@@ -224,7 +209,7 @@ async def test_worker_killed_mid_disbursement_disburses_each_tranche_once(
         with worker_process(env, log) as second:
             await wait_for_poller(client, task_queue, second)
             # The killed attempt times out after its 30 s start-to-close; the retry runs here.
-            status = await wait_for_stage(handle, {"GRACE", "REPAYMENT"}, within=90)
+            status = await wait_for_stage(handle, "GRACE", "REPAYMENT", within=90)
         recovered_in = time.monotonic() - killed_at
 
         assert status.loan_status == "ACTIVE"

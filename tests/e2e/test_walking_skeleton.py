@@ -8,32 +8,22 @@ import asyncio
 import uuid
 
 import pytest
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowUpdateFailedError
 
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from tests.conftest import Cluster
 from tests.factories import register_request, saatli_fish_farmer
+from tests.journey_helpers import wait_for_stage
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
     AssistancePlan,
     CommitteeDecision,
     JourneyInput,
-    JourneyStatus,
     LoanRequest,
     journey_workflow_id,
 )
 from workers.journey.worker import build_worker
 from workers.journey.workflows import SurvivorJourneyWorkflow, initial_search_attributes
-
-
-async def wait_for_stage(handle: WorkflowHandle, stage: str) -> JourneyStatus:  # type: ignore[type-arg]
-    status: JourneyStatus | None = None
-    for _ in range(300):
-        status = await handle.query(SurvivorJourneyWorkflow.status)
-        if status.stage == stage:
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"journey never reached {stage}; last status {status}")
 
 
 async def visible(client: Client, query: str) -> list[str]:

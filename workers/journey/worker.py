@@ -19,6 +19,7 @@ from services.common.config import ConfigError, Settings, load_settings
 from services.common.db import Database, database_url
 from services.common.logging import configure_logging
 from services.common.metrics import temporal_runtime
+from services.common.tracing import configure_tracing, temporal_interceptors
 from workers.codec import KeyringError, data_converter
 from workers.journey import search_attributes
 from workers.journey.activities import JourneyActivities
@@ -76,6 +77,7 @@ async def connect(
                 namespace=settings.temporal_namespace,
                 data_converter=converter,
                 runtime=runtime,
+                interceptors=temporal_interceptors(),  # tracing, when it is on
             )
         except RuntimeError as error:
             if attempt == attempts:
@@ -147,6 +149,7 @@ def main() -> None:
         print(f"worker: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings, process="worker")
+    configure_tracing(settings, "worker")
     try:
         asyncio.run(run(settings))
     except ConfigError as error:
