@@ -24,7 +24,7 @@ from temporalio.testing import WorkflowEnvironment
 from tests.conftest import Cluster
 from tests.factories import pdate, register_request, saatli_fish_farmer
 from tests.journey_helpers import follow_up_due, own_pool, skip_until, status_of
-from tests.replay.payloads import is_search_attribute, payloads_in
+from tests.replay.payloads import is_sdk_marker_metadata, is_search_attribute, payloads_in
 from workers.codec import ENCODING, KEY_ID_METADATA
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
@@ -222,8 +222,8 @@ async def test_the_server_holds_only_encrypted_payloads_and_no_personal_data(
             raw = history.SerializeToString()
             assert not leaks(raw), f"{workflow_id}: personal data in the raw history"
             for path, payload in payloads_in(history):
-                if is_search_attribute(path):
-                    continue  # never encoded by Temporal; see test_personal_data
+                if is_search_attribute(path) or is_sdk_marker_metadata(path):
+                    continue  # never encoded by Temporal: codes and ids, no personal data
                 event = run[int(path.split("[", 1)[1].split("]", 1)[0])]
                 where = f"{workflow_id} {EventType.Name(event.event_type)} {path}"
                 assert payload.metadata["encoding"] == ENCODING, where
@@ -280,10 +280,14 @@ async def test_a_failure_message_is_encrypted_in_history(
     failures = []
     for event in await raw_history(keyless, handle.id):
         for path, payload in payloads_in(event):
-            if not is_search_attribute(path):
+            if not (is_search_attribute(path) or is_sdk_marker_metadata(path)):
                 assert payload.metadata["encoding"] == ENCODING, path
         if event.HasField("activity_task_failed_event_attributes"):
             failures.append(event.activity_task_failed_event_attributes.failure)
+        # A local activity's failure is recorded in its marker.
+        marker = event.marker_recorded_event_attributes
+        if event.HasField("marker_recorded_event_attributes") and marker.HasField("failure"):
+            failures.append(marker.failure)
     assert failures, "the profile lookup of an unknown survivor should fail"
     for failure in failures:
         assert failure.message == "Encoded failure"
