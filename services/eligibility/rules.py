@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
@@ -169,6 +169,8 @@ class _PeriodContext:
         self.params = params
         self.shown_params = {name: _display(value) for name, value in params.items()}
         self.facts: Mapping[str, Any] = {}
+        # Serialized trace fragments of this period, built by services/eligibility/trace.py.
+        self.fragments: dict[Any, bytes] = {}
         self.cel = cel.Context({"params": params})
         self.cel.set_variable_resolver(self._resolve)
 
@@ -265,6 +267,57 @@ class Decision:
 
 
 # --- evaluation ------------------------------------------------------------------------
+
+
+def condition_values(
+    rule_set: RuleSet, facts: Mapping[str, Any], day: date
+) -> tuple[_PeriodContext, frozenset[str], Iterator[Any]]:
+    """The period's context, the optional facts absent, and the values of every
+    evaluable condition then every score component, in order (as `evaluate` reads them)."""
+    period = rule_set.context_at(day)
+    period.facts = facts
+    absent = frozenset(name for name in rule_set.optional_facts if name not in facts)
+    return period, absent, iter(rule_set.combined(absent).execute(period.cel))
+
+
+class _Shown(dict[str, str]):
+    """`evaluate`'s display strings of the facts and parameters, made on demand."""
+
+    def __init__(self, facts: Mapping[str, Any], shown_params: Mapping[str, str]) -> None:
+        super().__init__()
+        self.facts = facts
+        self.shown_params = shown_params
+
+    def __missing__(self, name: str) -> str:
+        if name in self.shown_params:
+            return self.shown_params[name]
+        value = self[name] = _display(self.facts[name])
+        return value
+
+
+def rule_result(
+    rule: Rule,
+    passed: bool,
+    missing: tuple[str, ...],
+    facts: Mapping[str, Any],
+    period: _PeriodContext,
+) -> RuleResult:
+    """One rule's result exactly as `evaluate` builds it."""
+    shown = _Shown(facts, period.shown_params)
+    inputs = {name: shown[name] for name in rule.reads if name in facts}
+    inputs.update({f"params.{n}": period.shown_params[n] for n in rule.params_read})
+    if missing:
+        return RuleResult(rule.id, False, missing, inputs, rule.explain_fail)
+    template = rule.explain_pass if passed else rule.explain_fail
+    return RuleResult(rule.id, passed, (), inputs, template.render(shown))
+
+
+def score_part(
+    component: ScoreComponent, points: int, facts: Mapping[str, Any], period: _PeriodContext
+) -> ScorePart:
+    """One score component exactly as `evaluate` builds it."""
+    shown = _Shown(facts, period.shown_params)
+    return ScorePart(component.name, points, component.explanation.render(shown))
 
 
 def evaluate(rule_set: RuleSet, facts: Mapping[str, Any], day: date) -> Decision:

@@ -24,11 +24,11 @@ from services.common.errors import (
     NotFound,
     invalid,
 )
-from services.common.idempotency import once_per_request
+from services.common.idempotency import Writes, once_per_request, once_per_request_deferred
 from services.common.protoconv import from_proto_date, timestamp
 from services.common.server import ServiceSpec
 from services.eligibility import intake as intake_mod
-from services.eligibility import rules
+from services.eligibility import rules, trace
 from services.eligibility.rulebook import RuleBook
 
 DEFAULT_RULE_SET = "reintegration"
@@ -57,6 +57,31 @@ def _stored_intake(row: asyncpg.Record) -> pb.SurvivorIntake:
     if row["intake_pb"] is not None:
         return pb.SurvivorIntake.FromString(row["intake_pb"])
     return _intake_from_json(row["intake"])
+
+
+# The survivor, locked, with the latest version of the rule set it is (or would be)
+# assessed under: one round trip.
+_SURVIVOR_FOR_ASSESSMENT = """
+    SELECT s.intake_pb, CASE WHEN s.intake_pb IS NULL THEN s.intake::text END AS intake,
+           s.pinned_rule_set_id, s.pinned_rule_set_version,
+           (SELECT max(r.version) FROM rule_sets r
+            WHERE r.rule_set_id = coalesce(s.pinned_rule_set_id, $2)) AS latest_version
+    FROM survivors s WHERE s.survivor_id = $1 FOR UPDATE OF s"""
+
+
+def _assessment_writes(first: int) -> str:
+    """The assessment row (its intake copied from the survivor row, not sent back and
+    forth) and, on a first assessment or a re-assessment, the version pin."""
+    n = [f"${first + i}" for i in range(10)]
+    return f"""assessment AS (
+        INSERT INTO assessments (assessment_id, survivor_id, assessment_date, rule_set_id,
+            rule_set_version, district_code, intake, result, reassessment_reason, intake_pb)
+        SELECT {n[0]}, s.survivor_id, {n[2]}::date, {n[3]}, {n[4]}::int, {n[5]}, s.intake,
+               {n[6]}::bytea, {n[7]}, coalesce(s.intake_pb, {n[8]}::bytea)
+        FROM survivors s WHERE s.survivor_id = {n[1]}),
+      pin AS (
+        UPDATE survivors SET pinned_rule_set_id = {n[3]}, pinned_rule_set_version = {n[4]}::int
+        WHERE survivor_id = {n[1]} AND {n[9]}::boolean)"""
 
 
 def decision_to_proto(
@@ -184,19 +209,20 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
     ) -> pb.AssessEligibilityResponse:
         day = from_proto_date(request.assessment_date)
 
-        async def assess(conn: Connection) -> pb.AssessEligibilityResponse:
+        async def assess(conn: Connection) -> tuple[pb.AssessEligibilityResponse, Writes]:
             return await self._assess(conn, request, day)
 
-        return await once_per_request(self.db, request, pb.AssessEligibilityResponse, assess)
+        return await once_per_request_deferred(
+            self.db, request, pb.AssessEligibilityResponse, assess
+        )
 
     async def _assess(
         self, conn: Connection, request: pb.AssessEligibilityRequest, day: date
-    ) -> pb.AssessEligibilityResponse:
-        row = await conn.fetchrow(
-            """SELECT intake::text, intake_pb, pinned_rule_set_id, pinned_rule_set_version
-               FROM survivors WHERE survivor_id = $1 FOR UPDATE""",
-            request.survivor_id,
-        )
+    ) -> tuple[pb.AssessEligibilityResponse, Writes]:
+        """Reads and locks the survivor (with the latest rule-set version) in one round
+        trip; the assessment row and the pin are written by the statement that stores the
+        answer (see idempotency.Writes)."""
+        row = await conn.fetchrow(_SURVIVOR_FOR_ASSESSMENT, request.survivor_id, DEFAULT_RULE_SET)
         if row is None:
             raise NotFound(f"survivor {request.survivor_id} is not registered")
         survivor = _stored_intake(row)
@@ -206,7 +232,9 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             raise invalid("assessment_date", "is before the survivor's date of birth")
 
         rule_set_id = row["pinned_rule_set_id"] or DEFAULT_RULE_SET
-        latest = await self.rulebook.latest_version(conn, rule_set_id)
+        latest = row["latest_version"]
+        if latest is None:
+            raise NotFound(f"rule set {rule_set_id} has no published version")
         pinned = row["pinned_rule_set_version"]
         if request.reassess_under_latest:
             if not request.reassessment_reason.strip():
@@ -218,46 +246,35 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             version = pinned or latest
         rule_set = await self.rulebook.get(conn, rule_set_id, version)
         facts = intake_mod.facts(survivor, day)
-        decisions, priority = decision_to_proto(rules.evaluate(rule_set, facts, day))
-        age = facts["age"]
-        assessment = pb.Assessment(
-            assessment_id=f"asm-{uuid.uuid4().hex[:20]}",
-            survivor_id=request.survivor_id,
-            assessment_date=request.assessment_date,
-            rule_set_id=rule_set_id,
-            rule_set_version=version,
-            decisions=decisions,
-            priority=priority,
-            create_time=timestamp(datetime.now(UTC)),
-            district_code=survivor.district_code,
-            sex=survivor.sex,
-            age_band=intake_mod.age_band(age),  # type: ignore[arg-type]
-        )
-        await conn.execute(
-            """INSERT INTO assessments (assessment_id, survivor_id, assessment_date, rule_set_id,
-                   rule_set_version, district_code, intake, result, reassessment_reason,
-                   intake_pb)
-               VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10)""",
-            assessment.assessment_id,
-            request.survivor_id,
-            day,
-            rule_set_id,
-            version,
-            survivor.district_code,
-            row["intake"],
-            assessment.SerializeToString(),
-            request.reassessment_reason,
-            survivor.SerializeToString(),
-        )
-        if pinned is None or request.reassess_under_latest:
-            await conn.execute(
-                """UPDATE survivors SET pinned_rule_set_id = $2, pinned_rule_set_version = $3
-                   WHERE survivor_id = $1""",
+        response = pb.AssessEligibilityResponse()
+        assessment = response.assessment
+        assessment.MergeFromString(trace.assessment_trace(rule_set, facts, day))
+        assessment.assessment_id = f"asm-{uuid.uuid4().hex[:20]}"
+        assessment.survivor_id = request.survivor_id
+        assessment.assessment_date.CopyFrom(request.assessment_date)
+        assessment.rule_set_id = rule_set_id
+        assessment.rule_set_version = version
+        assessment.create_time.CopyFrom(timestamp(datetime.now(UTC)))
+        assessment.district_code = survivor.district_code
+        assessment.sex = survivor.sex
+        assessment.age_band = intake_mod.age_band(facts["age"])  # type: ignore[assignment]
+        writes = Writes(
+            _assessment_writes,
+            (
+                assessment.assessment_id,
                 request.survivor_id,
+                day,
                 rule_set_id,
                 version,
-            )
-        return pb.AssessEligibilityResponse(assessment=assessment)
+                survivor.district_code,
+                assessment.SerializeToString(),
+                request.reassessment_reason,
+                # Rows from before intake_pb existed: the intake parsed from its JSON.
+                None if row["intake_pb"] is not None else survivor.SerializeToString(),
+                pinned is None or request.reassess_under_latest,
+            ),
+        )
+        return response, writes
 
     async def GetAssessment(
         self, request: pb.GetAssessmentRequest, context: grpc.aio.ServicerContext

@@ -1,0 +1,177 @@
+"""An assessment's decisions and priority score as protobuf bytes, fast.
+
+`rules.evaluate` is the reference: it builds every rule result, renders every
+explanation and leaves the message to `service.decision_to_proto`. That Python work,
+not CEL, was most of an assessment's cost. Here the same results are assembled from
+serialized fragments cached per rule-set period: a rule's result (its inputs and its
+rendered explanation in both languages) depends only on whether it passed, which of its
+`needs` are missing, and the values of the facts it reads or names in its explanations,
+and those repeat across survivors. A cache miss builds the fragment with the reference
+code itself (`rules.rule_result`), so a fragment is exactly what the reference gives.
+
+Concatenated protobuf encodings of one message type parse as the merge of the messages,
+and a repeated field keeps the order of its elements: a programme decision is its header
+(id, outcome, missing data) followed by one fragment per rule, each fragment being the
+encoding of a ProgrammeDecision holding that one rule result. The only encoding written
+here by hand is a length-delimited field (tag, length, bytes) around a whole message.
+tests/unit/test_eligibility_rules.py checks the result against the reference on many
+generated survivors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+from typing import Any
+
+from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
+from mineaction.type.v1 import localized_text_pb2
+from services.eligibility import rules
+
+_OUTCOME = {
+    "ELIGIBLE": pb.OUTCOME_ELIGIBLE,
+    "NOT_ELIGIBLE": pb.OUTCOME_NOT_ELIGIBLE,
+    "NEEDS_REVIEW": pb.OUTCOME_NEEDS_REVIEW,
+}
+_ABSENT = object()
+# A period's fragments are dropped all at once past this many (a bound on memory; the
+# next assessments rebuild what they use).
+MAX_FRAGMENTS = 200_000
+
+
+def _length_delimited(field_number: int, payload: bytes) -> bytes:
+    """One length-delimited field (wire type 2): tag, varint length, payload."""
+    out = bytearray()
+    for value in ((field_number << 3) | 2, len(payload)):
+        while value > 0x7F:
+            out.append((value & 0x7F) | 0x80)
+            value >>= 7
+        out.append(value)
+    return bytes(out) + payload
+
+
+_DECISIONS = pb.Assessment.DESCRIPTOR.fields_by_name["decisions"].number
+_PRIORITY = pb.Assessment.DESCRIPTOR.fields_by_name["priority"].number
+
+
+def _text(text: rules.Text) -> localized_text_pb2.LocalizedText:
+    return localized_text_pb2.LocalizedText(en=text.en, az=text.az)
+
+
+def _key_value(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+class _Plan:
+    """What a rule set's structure fixes, computed once per rule set."""
+
+    def __init__(self, rule_set: rules.RuleSet) -> None:
+        index = {rule.id: i for i, rule in enumerate(rule_set.rules)}
+        facts = set(rules.FACT_SAMPLES)
+        # The facts a rule's result depends on: those it reads, needs, or names.
+        self.rule_keys = tuple(
+            tuple(dict.fromkeys([*rule.reads, *rule.needs, *_named_facts(rule, facts)]))
+            for rule in rule_set.rules
+        )
+        self.component_keys = tuple(
+            tuple(sorted(c.explanation.placeholders() & facts)) for c in rule_set.priority
+        )
+        self.programmes = tuple(
+            (
+                programme_id,
+                tuple(index[rule.id] for rule in own),
+                tuple(rule.effect == "require" for rule in own),
+            )
+            for programme_id, own in rule_set.by_programme.items()
+        )
+
+
+def _named_facts(rule: rules.Rule, facts: set[str]) -> list[str]:
+    return sorted((rule.explain_pass.placeholders() | rule.explain_fail.placeholders()) & facts)
+
+
+_plans: dict[int, tuple[rules.RuleSet, _Plan]] = {}
+
+
+def _plan(rule_set: rules.RuleSet) -> _Plan:
+    entry = _plans.get(id(rule_set))
+    if entry is None or entry[0] is not rule_set:
+        entry = _plans[id(rule_set)] = (rule_set, _Plan(rule_set))
+    return entry[1]
+
+
+def assessment_trace(rule_set: rules.RuleSet, facts: Mapping[str, Any], day: date) -> bytes:
+    """The `decisions` and `priority` fields of an Assessment, encoded: equal to
+    `decision_to_proto(rules.evaluate(rule_set, facts, day))` once parsed."""
+    plan = _plan(rule_set)
+    period, absent, values = rules.condition_values(rule_set, facts, day)
+    cache = period.fragments
+    if len(cache) > MAX_FRAGMENTS:
+        cache.clear()
+    get = facts.get
+    # Per rule: (passed, missing, fragment).
+    results: list[tuple[bool, tuple[str, ...], bytes]] = []
+    for i, rule in enumerate(rule_set.rules):
+        missing = tuple(name for name in rule.needs if name in absent) if absent else ()
+        passed = False if missing else next(values) is True
+        key = (i, passed, missing, *[_key_value(get(n, _ABSENT)) for n in plan.rule_keys[i]])
+        fragment = cache.get(key)
+        if fragment is None:
+            r = rules.rule_result(rule, passed, missing, facts, period)
+            fragment = cache[key] = pb.ProgrammeDecision(
+                rule_results=[
+                    pb.RuleResult(
+                        rule_id=r.rule_id,
+                        passed=r.passed,
+                        inputs=dict(r.inputs),
+                        explanation=_text(r.explanation),
+                    )
+                ]
+            ).SerializeToString()
+        results.append((passed, missing, fragment))
+    parts = [_decision(programme, results, cache) for programme in plan.programmes]
+    total = 0
+    scores = []
+    for i, component in enumerate(rule_set.priority):
+        points = int(next(values))
+        total += points
+        key = ("score", i, points, *[_key_value(get(n, _ABSENT)) for n in plan.component_keys[i]])
+        fragment = cache.get(key)
+        if fragment is None:
+            part = rules.score_part(component, points, facts, period)
+            fragment = cache[key] = pb.PriorityScore(
+                components=[
+                    pb.ScoreComponent(
+                        name=part.name, points=part.points, explanation=_text(part.explanation)
+                    )
+                ]
+            ).SerializeToString()
+        scores.append(fragment)
+    priority = pb.PriorityScore(total=total).SerializeToString() + b"".join(scores)
+    parts.append(_length_delimited(_PRIORITY, priority))
+    return b"".join(parts)
+
+
+def _decision(
+    programme: tuple[str, tuple[int, ...], tuple[bool, ...]],
+    results: list[tuple[bool, tuple[str, ...], bytes]],
+    cache: dict[Any, bytes],
+) -> bytes:
+    """One programme's decision, as `rules._decide` makes it, as an Assessment field."""
+    programme_id, indices, required = programme
+    own = [results[i] for i in indices]
+    missing = tuple(sorted({m for _, miss, _ in own for m in miss}))
+    refused = zip(required, own, strict=True)
+    if any(req and not passed and not miss for req, (passed, miss, _) in refused):
+        outcome: rules.Outcome = "NOT_ELIGIBLE"
+    elif missing or any(not passed for passed, _, _ in own):
+        outcome = "NEEDS_REVIEW"
+    else:
+        outcome = "ELIGIBLE"
+    key = ("programme", programme_id, outcome, missing)
+    header = cache.get(key)
+    if header is None:
+        header = cache[key] = pb.ProgrammeDecision(
+            programme_id=programme_id, outcome=_OUTCOME[outcome], missing_data=list(missing)
+        ).SerializeToString()
+    return _length_delimited(_DECISIONS, header + b"".join(fragment for _, _, fragment in own))
