@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
 from google.type import date_pb2
+from grpc_status import rpc_status
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -30,6 +32,7 @@ from services.common.channels import client_tls, open_channel, service_token
 from services.common.config import Settings, load_settings
 from services.common.protoconv import proto_date
 from workers.journey.model import (
+    CLOSED_LOAN_STATES,
     AdvanceInput,
     AssessInput,
     AssessmentSummary,
@@ -77,13 +80,30 @@ def step_request_id(step: str) -> str:
     return str(uuid.uuid5(_REQUEST_ID_NAMESPACE, f"{activity.info().workflow_id}/{step}"))
 
 
+def rejection_reason(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason the service gave (FOUR_EYES, LOAN_NOT_ACTIVE...), or ""."""
+    with contextlib.suppress(ValueError):
+        status = rpc_status.from_call(error)
+        for detail in status.details if status is not None else []:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                return str(info.reason)
+    return ""
+
+
 async def call(rpc: Callable[..., Awaitable[T]], request: object) -> T:
+    """A business rejection becomes a non-retryable ApplicationError whose type is the
+    status code and whose first detail is the service's ErrorInfo reason (or "")."""
     try:
         return await rpc(request, timeout=RPC_TIMEOUT_SECONDS)
     except grpc.aio.AioRpcError as error:
         if error.code() in BUSINESS_REJECTIONS:
             raise ApplicationError(
-                error.details() or error.code().name, type=error.code().name, non_retryable=True
+                error.details() or error.code().name,
+                rejection_reason(error),
+                type=error.code().name,
+                non_retryable=True,
             ) from None
         raise
 
@@ -241,7 +261,10 @@ class JourneyActivities:
 
     @activity.defn
     async def decide_loan(self, params: LoanDecisionInput) -> LoanSummary:
-        request_id = step_request_id("committee-decision")
+        # Each attempt is its own request: a decision the service refused (four eyes...)
+        # can be followed by another with a different member or outcome.
+        step = "committee-decision"
+        request_id = step_request_id(step if params.attempt <= 1 else f"{step}/{params.attempt}")
         if params.approve:
             approved = await call(
                 self.lending.ApproveLoan,
@@ -321,6 +344,19 @@ class JourneyActivities:
                     lending_pb.GetRepaymentScheduleRequest(loan_id=params.loan_id, as_of=as_of),
                 )
             ).schedule
+        if status in CLOSED_LOAN_STATES:  # repaid or written off: nothing falls due any more
+            return LoanSnapshot(
+                status=status,
+                days_past_due=loan.days_past_due,
+                outstanding_minor=loan.outstanding_principal_minor,
+                overdue_minor=0,
+                next_due_date="",
+                next_due_minor=0,
+                first_due_date=next(
+                    (iso(i.due_date) for i in schedule.instalments if i.principal_due_minor > 0),
+                    "",
+                ),
+            )
         today = date.fromisoformat(params.as_of)
         upcoming = [i for i in schedule.instalments if date.fromisoformat(iso(i.due_date)) > today]
         overdue = sum(
@@ -363,11 +399,17 @@ class JourneyActivities:
 
     @activity.defn
     async def apply_hardship(self, params: HardshipInput) -> None:
+        # The journey numbers its hardship requests, so a second pause or reschedule the
+        # same day is a request of its own; histories from before (sequence 0) keep the
+        # date.
+        def step(on: str) -> str:
+            return f"{params.kind}/{f'#{params.sequence}' if params.sequence else on}"
+
         if params.kind == "pause":
             await call(
                 self.lending.PauseDelinquency,
                 lending_pb.PauseDelinquencyRequest(
-                    request_id=step_request_id(f"pause/{params.start_date}"),
+                    request_id=step_request_id(step(params.start_date)),
                     loan_id=params.loan_id,
                     start_date=pdate(params.start_date),
                     end_date=pdate(params.end_date),
@@ -379,7 +421,7 @@ class JourneyActivities:
         await call(
             self.lending.RescheduleLoan,
             lending_pb.RescheduleLoanRequest(
-                request_id=step_request_id(f"reschedule/{params.effective_date}"),
+                request_id=step_request_id(step(params.effective_date)),
                 loan_id=params.loan_id,
                 reason=params.reason,
                 new_term_months=params.new_term_months,

@@ -146,6 +146,9 @@ class LoanDecisionInput:
     member_id: str
     decision_ref: str
     reason: str
+    # The journey's count of decisions sent (patch journey-decision-attempts): each
+    # attempt its own request id. 0 (histories from before it) and 1 keep the first id.
+    attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,10 @@ class HardshipInput:
     new_term_months: int = 0
     additional_grace_months: int = 0
     effective_date: str = ""
+    # The journey's count of hardship requests (patch journey-hardship-sequence): the
+    # request id comes from it, so two the same day are two requests. 0 in histories from
+    # before it: the request id comes from the date.
+    sequence: int = 0
 
 
 @dataclass(frozen=True)
@@ -367,3 +374,7 @@ class JourneyState:
     closed_on: str = ""
     follow_ups_recorded: list[int] = field(default_factory=list)
     follow_up_due: int = 0
+    # Counters for the request ids of human decisions: the same in every replay and
+    # carried across continue-as-new, so no two attempts share an id.
+    committee_decisions: int = 0
+    hardship_requests: int = 0

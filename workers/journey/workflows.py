@@ -119,6 +119,30 @@ LOCAL_ACTIVITIES = frozenset(
 # workflow task, only when a value changes. Older histories replay on the old path.
 FEWER_TASKS_PATCH = "journey-fewer-tasks"
 
+# Journeys reaching committee review from this change on: the reminders and escalation go
+# on until a decision is accepted by lending (not merely sent), and each decision sent is
+# its own request (its attempt number in the request id), so one the service refused (four
+# eyes) can be followed by a correct one.
+DECISION_ATTEMPTS_PATCH = "journey-decision-attempts"
+# Hardship requests from this change on are numbered per journey; the request id comes
+# from the number, so a second pause or reschedule the same day is a request of its own.
+HARDSHIP_SEQUENCE_PATCH = "journey-hardship-sequence"
+
+
+def refused(error: ActivityError) -> ApplicationError:
+    """An update's activity failed: fail the update with the service's own answer (its
+    message, status code as the type, ErrorInfo reason as the first detail), not with
+    "Activity task failed"."""
+    cause = error.cause
+    if isinstance(cause, ApplicationError):
+        return ApplicationError(cause.message, *cause.details, type=cause.type, non_retryable=True)
+    return ApplicationError(str(cause or error), type="SERVICE_CALL_FAILED", non_retryable=True)
+
+
+def same_person(a: str, b: str) -> bool:
+    """Four eyes as lending compares the names: case and surrounding spaces ignored."""
+    return a.strip().casefold() == b.strip().casefold()
+
 
 def today() -> date:
     return workflow.now().date()
@@ -138,6 +162,8 @@ class SurvivorJourneyWorkflow:
         self._s = JourneyState()
         self._deciding = False
         self._decision: CommitteeDecision | None = None
+        self._decision_attempts = False  # set by DECISION_ATTEMPTS_PATCH
+        self._writing_off = False
         self._hardship_applied = False
         self._follow_up: FollowUp | None = None
         # Set by FEWER_TASKS_PATCH: local activities and batched search attributes.
@@ -252,6 +278,10 @@ class SurvivorJourneyWorkflow:
         policy = self._input.policy
         self._set_stage(Stage.COMMITTEE_REVIEW)
         loan_id = self._s.loan.loan_id
+        self._decision_attempts = workflow.patched(DECISION_ATTEMPTS_PATCH)
+        # Remind until lending has accepted a decision; on the old path the first
+        # decision sent stopped the reminders, even one the service then refused.
+        awaited = self._loan_decided if self._decision_attempts else self._decision_sent
         waits = (
             (policy.committee_reminder_days, "committee_reminder"),
             (
@@ -262,18 +292,14 @@ class SurvivorJourneyWorkflow:
         waited = 0
         for days, kind in waits:
             try:
-                await self._wait_condition(
-                    lambda: self._decision is not None, within=timedelta(days=days)
-                )
+                await self._wait_condition(awaited, within=timedelta(days=days))
                 break
             except TimeoutError:
                 waited += days
                 await self._notify(
                     kind, self._input.case_worker_id, {"loan_id": loan_id, "days": waited}
                 )
-        await self._wait_condition(
-            lambda: self._s.loan is not None and self._s.loan.status != "SUBMITTED"
-        )
+        await self._wait_condition(self._loan_decided)
         assert self._s.loan is not None
         if self._s.loan.status == "APPROVED":
             self._s.approved_on = today().isoformat()
@@ -458,8 +484,12 @@ class SurvivorJourneyWorkflow:
         assert self._s.loan is not None  # guaranteed by the validator
         self._deciding = True
         self._decision = decision
-        self._set_loan(
-            await self._call(
+        attempt = 0
+        if self._decision_attempts:
+            self._s.committee_decisions += 1
+            attempt = self._s.committee_decisions
+        try:
+            loan = await self._call(
                 JourneyActivities.decide_loan,
                 LoanDecisionInput(
                     self._s.loan.loan_id,
@@ -467,16 +497,28 @@ class SurvivorJourneyWorkflow:
                     decision.member_id,
                     decision.decision_ref,
                     decision.reason,
+                    attempt,
                 ),
             )
-        )
+        except ActivityError as error:
+            # Lending refused it (four eyes...): nothing was decided, so the loan awaits
+            # another decision, and the caller hears why.
+            self._deciding = False
+            self._decision = None
+            raise refused(error) from None
+        self._set_loan(loan)
         self._flush()
         return self.status()
 
     @record_committee_decision.validator
     def validate_committee_decision(self, decision: CommitteeDecision) -> None:
         """Runs before anything is written to history: a refused update leaves no trace."""
-        if self._s.stage != Stage.COMMITTEE_REVIEW or self._s.loan is None or self._deciding:
+        if (
+            self._s.stage != Stage.COMMITTEE_REVIEW
+            or self._s.loan is None
+            or self._s.loan.status != "SUBMITTED"
+            or self._deciding
+        ):
             raise ValueError(f"no loan awaits a committee decision (stage is {self._s.stage})")
         if not decision.member_id.strip():
             raise ValueError("member_id is required")
@@ -489,20 +531,28 @@ class SurvivorJourneyWorkflow:
     async def request_hardship(self, hardship: Hardship) -> JourneyStatus:
         assert self._s.loan is not None
         start = today()
-        await self._call(
-            JourneyActivities.apply_hardship,
-            HardshipInput(
-                self._s.loan.loan_id,
-                hardship.kind,
-                hardship.reason,
-                hardship.requested_by,
-                start_date=start.isoformat(),
-                end_date=(start + timedelta(days=hardship.pause_days)).isoformat(),
-                new_term_months=hardship.new_term_months,
-                additional_grace_months=hardship.additional_grace_months,
-                effective_date=start.isoformat(),
-            ),
-        )
+        sequence = 0
+        if workflow.patched(HARDSHIP_SEQUENCE_PATCH):
+            self._s.hardship_requests += 1
+            sequence = self._s.hardship_requests
+        try:
+            await self._call(
+                JourneyActivities.apply_hardship,
+                HardshipInput(
+                    self._s.loan.loan_id,
+                    hardship.kind,
+                    hardship.reason,
+                    hardship.requested_by,
+                    start_date=start.isoformat(),
+                    end_date=(start + timedelta(days=hardship.pause_days)).isoformat(),
+                    new_term_months=hardship.new_term_months,
+                    additional_grace_months=hardship.additional_grace_months,
+                    effective_date=start.isoformat(),
+                    sequence=sequence,
+                ),
+            )
+        except ActivityError as error:  # nothing changed: say why, the journey goes on
+            raise refused(error) from None
         self._hardship_applied = True
         return self.status()
 
@@ -527,8 +577,9 @@ class SurvivorJourneyWorkflow:
     @workflow.update
     async def record_write_off(self, decision: WriteOffDecision) -> JourneyStatus:
         assert self._s.loan is not None
-        self._set_loan(
-            await self._call(
+        self._writing_off = True
+        try:
+            loan = await self._call(
                 JourneyActivities.write_off_loan,
                 WriteOffInput(
                     self._s.loan.loan_id,
@@ -538,20 +589,30 @@ class SurvivorJourneyWorkflow:
                     today().isoformat(),
                 ),
             )
-        )
+        except ActivityError as error:  # refused: the loan is still being repaid
+            raise refused(error) from None
+        finally:
+            self._writing_off = False
+        self._set_loan(loan)
         self._hardship_applied = True  # wakes the cycle, which sees the closed loan
         self._flush()
         return self.status()
 
     @record_write_off.validator
     def validate_write_off(self, decision: WriteOffDecision) -> None:
-        if self._s.stage not in (Stage.REPAYMENT, Stage.ARREARS_REVIEW, Stage.GRACE):
+        if (
+            self._s.stage not in (Stage.REPAYMENT, Stage.ARREARS_REVIEW, Stage.GRACE)
+            or self._writing_off
+            or (self._s.loan is not None and self._s.loan.status in CLOSED_LOAN_STATES)
+        ):
             raise ValueError(
                 f"only a loan being repaid can be written off (stage is {self._s.stage})"
             )
         if not decision.reason.strip():
             raise ValueError("a write-off needs a reason")
-        if not decision.proposed_by.strip() or decision.proposed_by == decision.confirmed_by:
+        if not decision.proposed_by.strip() or same_person(
+            decision.proposed_by, decision.confirmed_by
+        ):
             raise ValueError("a write-off needs a proposer and a different confirming approver")
 
     @workflow.update
@@ -580,6 +641,9 @@ class SurvivorJourneyWorkflow:
     def status(self) -> JourneyStatus:
         s = self._s
         snap = s.snapshot
+        # A closed loan (repaid or written off) has nothing more falling due, even before
+        # the cycle has read it again.
+        closed = s.loan is not None and s.loan.status in CLOSED_LOAN_STATES
         return JourneyStatus(
             survivor_id=self._input.survivor_id if self._input else "",
             stage=s.stage,
@@ -588,8 +652,8 @@ class SurvivorJourneyWorkflow:
             eligible_programmes=list(s.assessment.eligible_programmes) if s.assessment else [],
             loan_id=s.loan.loan_id if s.loan else "",
             loan_status=s.loan.status if s.loan else "",
-            next_due_date=snap.next_due_date if snap else "",
-            next_due_minor=snap.next_due_minor if snap else 0,
+            next_due_date=snap.next_due_date if snap and not closed else "",
+            next_due_minor=snap.next_due_minor if snap and not closed else 0,
             outstanding_minor=snap.outstanding_minor if snap else 0,
             days_past_due=snap.days_past_due if snap else 0,
             assistance=list(s.assistance.values()),
@@ -598,6 +662,12 @@ class SurvivorJourneyWorkflow:
         )
 
     # --- helpers -----------------------------------------------------------------------
+
+    def _decision_sent(self) -> bool:
+        return self._decision is not None
+
+    def _loan_decided(self) -> bool:
+        return self._s.loan is not None and self._s.loan.status != "SUBMITTED"
 
     def _assistance_finished(self) -> bool:
         return all(a.terminal for a in self._s.assistance.values())
