@@ -1,0 +1,193 @@
+"""People's decisions that the lending service refuses, or that come twice the same day,
+on the real Temporal dev server with the real services: a refused decision leaves the
+journey ready for a correct one and says why; a second hardship request the same day is
+a request of its own; a write-off's four eyes ignore case as lending does; a closed loan
+has no next instalment."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from mineaction.lending.v1 import lending_service_pb2 as lending_pb
+from tests.conftest import Cluster
+from tests.factories import register_request, saatli_fish_farmer
+from tests.journey_helpers import status_of, wait_for_stage
+from workers.journey.activities import JourneyActivities
+from workers.journey.model import (
+    CommitteeDecision,
+    Hardship,
+    JourneyInput,
+    JourneyStatus,
+    LoanRequest,
+    SnapshotInput,
+    WriteOffDecision,
+    journey_workflow_id,
+)
+from workers.journey.worker import build_worker
+from workers.journey.workflows import SurvivorJourneyWorkflow, initial_search_attributes
+
+CASE_WORKER = "cw-31"
+
+
+async def start_journey(
+    cluster: Cluster, client: Client, task_queue: str
+) -> WorkflowHandle[SurvivorJourneyWorkflow, JourneyStatus]:
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(survivor_id)))
+    return await client.start_workflow(
+        SurvivorJourneyWorkflow.run,
+        JourneyInput(
+            survivor_id=survivor_id,
+            case_worker_id=CASE_WORKER,
+            loan=LoanRequest("fish_farming", 500_000, "1,000 fingerlings and feed"),
+        ),
+        id=journey_workflow_id(survivor_id),
+        task_queue=task_queue,
+        search_attributes=initial_search_attributes(programme_year=1),
+    )
+
+
+def refusal(error: WorkflowUpdateFailedError) -> ApplicationError:
+    """The update's own failure: the service's answer, not "Activity task failed"."""
+    assert isinstance(error.cause, ApplicationError), repr(error.cause)
+    return error.cause
+
+
+@pytest.mark.timeout(120)
+async def test_a_decision_lending_refuses_leaves_the_journey_ready_for_a_correct_one(
+    cluster: Cluster, dev_client: Client, activities: JourneyActivities, task_queue: str
+) -> None:
+    async with build_worker(dev_client, activities, task_queue):
+        handle = await start_journey(cluster, dev_client, task_queue)
+        await wait_for_stage(handle, "COMMITTEE_REVIEW")
+
+        # The case worker who submitted the application cannot approve it (four eyes,
+        # enforced by lending, case-insensitively): the update fails with lending's reason.
+        with pytest.raises(WorkflowUpdateFailedError) as raised:
+            await handle.execute_update(
+                SurvivorJourneyWorkflow.record_committee_decision,
+                CommitteeDecision(approve=True, member_id="CW-31", decision_ref="CM-2026-101"),
+            )
+        failure = refusal(raised.value)
+        assert failure.type == "PERMISSION_DENIED"
+        assert failure.details == ("FOUR_EYES",)
+        assert "four eyes" in failure.message
+
+        status = await status_of(handle)
+        assert (status.stage, status.loan_status) == ("COMMITTEE_REVIEW", "SUBMITTED")
+
+        # A correct decision follows: another member, another payload, its own request.
+        decided = await handle.execute_update(
+            SurvivorJourneyWorkflow.record_committee_decision,
+            CommitteeDecision(approve=True, member_id="cm-02", decision_ref="CM-2026-101"),
+        )
+        assert decided.loan_status == "APPROVED"
+        # Once decided, no second decision.
+        with pytest.raises(WorkflowUpdateFailedError):
+            await handle.execute_update(
+                SurvivorJourneyWorkflow.record_committee_decision,
+                CommitteeDecision(approve=False, member_id="cm-03", decision_ref="x", reason="y"),
+            )
+        status = await wait_for_stage(handle, "GRACE")
+        assert status.loan_status == "ACTIVE"
+        await handle.terminate("the test ends at the first disbursement")
+
+    loan = (await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=status.loan_id))).loan
+    assert loan.approved_by == "cm-02"
+    assert loan.submitted_by == CASE_WORKER
+
+
+async def approved_journey(
+    cluster: Cluster, client: Client, task_queue: str
+) -> tuple[WorkflowHandle[SurvivorJourneyWorkflow, JourneyStatus], str]:
+    """A journey whose loan is approved and disbursed: in grace, an instalment ahead."""
+    handle = await start_journey(cluster, client, task_queue)
+    await wait_for_stage(handle, "COMMITTEE_REVIEW")
+    await handle.execute_update(
+        SurvivorJourneyWorkflow.record_committee_decision,
+        CommitteeDecision(approve=True, member_id="cm-02", decision_ref="CM-2026-102"),
+    )
+    status = await wait_for_stage(handle, "GRACE")
+    assert status.next_due_date and status.next_due_minor > 0
+    return handle, status.loan_id
+
+
+@pytest.mark.timeout(120)
+async def test_two_hardship_requests_the_same_day_are_two_requests(
+    cluster: Cluster, dev_client: Client, activities: JourneyActivities, task_queue: str
+) -> None:
+    async with build_worker(dev_client, activities, task_queue):
+        handle, loan_id = await approved_journey(cluster, dev_client, task_queue)
+
+        # Two pauses and two reschedules the same day, each with its own figures: four
+        # requests, none mistaken for a reuse of another's request id.
+        for hardship in (
+            Hardship("pause", "flooded pond", "lo-01", pause_days=30),
+            Hardship("pause", "flooded pond, longer", "lo-01", pause_days=60),
+            Hardship("reschedule", "harvest lost", "lo-01", new_term_months=18),
+            Hardship(
+                "reschedule", "harvest lost", "lo-01", new_term_months=24, additional_grace_months=3
+            ),
+        ):
+            await handle.execute_update(SurvivorJourneyWorkflow.request_hardship, hardship)
+        schedule = (
+            await cluster.lending.GetRepaymentSchedule(
+                lending_pb.GetRepaymentScheduleRequest(loan_id=loan_id)
+            )
+        ).schedule
+        assert schedule.revision == 3  # the first schedule and both reschedules
+
+        # A refused hardship request says why, and the journey goes on.
+        with pytest.raises(WorkflowUpdateFailedError) as raised:
+            await handle.execute_update(
+                SurvivorJourneyWorkflow.request_hardship,
+                Hardship("reschedule", "harvest lost", "lo-01", 6, 12, 12),
+            )
+        failure = refusal(raised.value)
+        assert failure.type == "INVALID_ARGUMENT"
+        assert "additional_grace_months" in failure.message
+
+        status = await status_of(handle)
+        assert status.stage == "GRACE"
+        await handle.terminate("the test ends after the hardship requests")
+
+
+@pytest.mark.timeout(120)
+async def test_a_write_off_needs_two_people_whatever_the_case_and_closes_the_schedule(
+    cluster: Cluster, dev_client: Client, activities: JourneyActivities, task_queue: str
+) -> None:
+    async with build_worker(dev_client, activities, task_queue):
+        handle, loan_id = await approved_journey(cluster, dev_client, task_queue)
+
+        # The same person spelled in another case is still one person: the journey refuses
+        # it before anything reaches lending, as lending would.
+        with pytest.raises(WorkflowUpdateFailedError) as raised:
+            await handle.execute_update(
+                SurvivorJourneyWorkflow.record_write_off,
+                WriteOffDecision("the business has closed", "lo-01", " LO-01"),
+            )
+        assert "different confirming approver" in refusal(raised.value).message
+
+        written_off = await handle.execute_update(
+            SurvivorJourneyWorkflow.record_write_off,
+            WriteOffDecision("the business has closed", "lo-01", "pm-01"),
+        )
+        assert written_off.loan_status == "CLOSED_WRITTEN_OFF"
+        assert (written_off.next_due_date, written_off.next_due_minor) == ("", 0)
+        final = await handle.result()
+        assert final.stage == "WRITTEN_OFF"
+        assert (final.next_due_date, final.next_due_minor) == ("", 0)
+
+    # The ledger read itself shows nothing falling due on a closed loan.
+    snapshot = await ActivityEnvironment().run(
+        activities.loan_snapshot,
+        SnapshotInput(loan_id, datetime.now(UTC).date().isoformat()),
+    )
+    assert snapshot.status == "CLOSED_WRITTEN_OFF"
+    assert (snapshot.next_due_date, snapshot.next_due_minor, snapshot.overdue_minor) == ("", 0, 0)
