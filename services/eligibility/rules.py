@@ -170,7 +170,7 @@ class _PeriodContext:
         self.shown_params = {name: _display(value) for name, value in params.items()}
         self.facts: Mapping[str, Any] = {}
         # Serialized trace fragments of this period, built by services/eligibility/trace.py.
-        self.fragments: dict[Any, bytes] = {}
+        self.fragments: dict[Any, tuple[bytes, int]] = {}
         self.cel = cel.Context({"params": params})
         self.cel.set_variable_resolver(self._resolve)
 
@@ -199,6 +199,7 @@ class RuleSet:
         default_factory=dict, compare=False, repr=False
     )
     _combined: dict[frozenset[str], Any] = field(default_factory=dict, compare=False, repr=False)
+    _by_day: dict[date, _PeriodContext] = field(default_factory=dict, compare=False, repr=False)
 
     def params_at(self, day: date) -> dict[str, Any]:
         return {name: p.at(day) for name, p in self.parameters.items()}
@@ -206,12 +207,18 @@ class RuleSet:
     def context_at(self, day: date) -> _PeriodContext:
         """The CEL context for the parameters in force on `day`, built once per period:
         turning parameter lists into CEL values is the costly part of an evaluation."""
+        context = self._by_day.get(day)
+        if context is not None:
+            return context
         key = tuple(
             sum(1 for period in p.periods if period.start <= day) for p in self.parameters.values()
         )
         context = self._contexts.get(key)
         if context is None:
             context = self._contexts[key] = _PeriodContext(self.params_at(day))
+        if len(self._by_day) > 10_000:
+            self._by_day.clear()
+        self._by_day[day] = context
         return context
 
     def combined(self, missing: frozenset[str]) -> Any:

@@ -20,6 +20,7 @@ generated survivors.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from datetime import date
 from typing import Any
@@ -34,6 +35,7 @@ _OUTCOME = {
     "NEEDS_REVIEW": pb.OUTCOME_NEEDS_REVIEW,
 }
 _ABSENT = object()
+_serials = itertools.count(1)  # never reused, so a programme's key names its fragments
 # A period's fragments are dropped all at once past this many (a bound on memory; the
 # next assessments rebuild what they use).
 MAX_FRAGMENTS = 200_000
@@ -73,8 +75,9 @@ class _Plan:
             tuple(dict.fromkeys([*rule.reads, *rule.needs, *_named_facts(rule, facts)]))
             for rule in rule_set.rules
         )
-        self.component_keys = tuple(
-            tuple(sorted(c.explanation.placeholders() & facts)) for c in rule_set.priority
+        # The facts the score's explanations name.
+        self.score_keys = tuple(
+            sorted({n for c in rule_set.priority for n in c.explanation.placeholders() & facts})
         )
         self.programmes = tuple(
             (
@@ -109,69 +112,75 @@ def assessment_trace(rule_set: rules.RuleSet, facts: Mapping[str, Any], day: dat
     if len(cache) > MAX_FRAGMENTS:
         cache.clear()
     get = facts.get
-    # Per rule: (passed, missing, fragment).
-    results: list[tuple[bool, tuple[str, ...], bytes]] = []
+    # Per rule: (passed, missing, fragment, serial number of the fragment).
+    results: list[tuple[bool, tuple[str, ...], bytes, int]] = []
     for i, rule in enumerate(rule_set.rules):
         missing = tuple(name for name in rule.needs if name in absent) if absent else ()
         passed = False if missing else next(values) is True
         key = (i, passed, missing, *[_key_value(get(n, _ABSENT)) for n in plan.rule_keys[i]])
-        fragment = cache.get(key)
-        if fragment is None:
+        entry = cache.get(key)
+        if entry is None:
             r = rules.rule_result(rule, passed, missing, facts, period)
-            fragment = cache[key] = pb.ProgrammeDecision(
-                rule_results=[
-                    pb.RuleResult(
-                        rule_id=r.rule_id,
-                        passed=r.passed,
-                        inputs=dict(r.inputs),
-                        explanation=_text(r.explanation),
-                    )
-                ]
-            ).SerializeToString()
-        results.append((passed, missing, fragment))
-    parts = [_decision(programme, results, cache) for programme in plan.programmes]
-    total = 0
-    scores = []
-    for i, component in enumerate(rule_set.priority):
-        points = int(next(values))
-        total += points
-        key = ("score", i, points, *[_key_value(get(n, _ABSENT)) for n in plan.component_keys[i]])
-        fragment = cache.get(key)
-        if fragment is None:
-            part = rules.score_part(component, points, facts, period)
-            fragment = cache[key] = pb.PriorityScore(
-                components=[
-                    pb.ScoreComponent(
-                        name=part.name, points=part.points, explanation=_text(part.explanation)
-                    )
-                ]
-            ).SerializeToString()
-        scores.append(fragment)
-    priority = pb.PriorityScore(total=total).SerializeToString() + b"".join(scores)
-    parts.append(_length_delimited(_PRIORITY, priority))
+            entry = cache[key] = (
+                pb.ProgrammeDecision(
+                    rule_results=[
+                        pb.RuleResult(
+                            rule_id=r.rule_id,
+                            passed=r.passed,
+                            inputs=dict(r.inputs),
+                            explanation=_text(r.explanation),
+                        )
+                    ]
+                ).SerializeToString(),
+                next(_serials),
+            )
+        results.append((passed, missing, *entry))
+    parts = []
+    for number, programme in enumerate(plan.programmes):
+        own = [results[i] for i in programme[1]]
+        key = ("programme", number, *[serial for *_, serial in own])
+        entry = cache.get(key)
+        if entry is None:
+            entry = cache[key] = (_decision(programme, own, cache), 0)
+        parts.append(entry[0])
+    points = tuple(int(next(values)) for _ in rule_set.priority)
+    key = ("priority", points, *[_key_value(get(n, _ABSENT)) for n in plan.score_keys])
+    entry = cache.get(key)
+    if entry is None:
+        entry = cache[key] = (_priority(rule_set, points, facts, period), 0)
+    parts.append(entry[0])
     return b"".join(parts)
+
+
+def _priority(
+    rule_set: rules.RuleSet, points: tuple[int, ...], facts: Mapping[str, Any], period: Any
+) -> bytes:
+    """The priority score, as `rules.evaluate` makes it, as an Assessment field."""
+    score = pb.PriorityScore(total=sum(points))
+    for component, value in zip(rule_set.priority, points, strict=True):
+        part = rules.score_part(component, value, facts, period)
+        score.components.add(
+            name=part.name, points=part.points, explanation=_text(part.explanation)
+        )
+    return _length_delimited(_PRIORITY, score.SerializeToString())
 
 
 def _decision(
     programme: tuple[str, tuple[int, ...], tuple[bool, ...]],
-    results: list[tuple[bool, tuple[str, ...], bytes]],
-    cache: dict[Any, bytes],
+    own: list[tuple[bool, tuple[str, ...], bytes, int]],
+    cache: dict[Any, tuple[bytes, int]],
 ) -> bytes:
     """One programme's decision, as `rules._decide` makes it, as an Assessment field."""
-    programme_id, indices, required = programme
-    own = [results[i] for i in indices]
-    missing = tuple(sorted({m for _, miss, _ in own for m in miss}))
+    programme_id, _, required = programme
+    missing = tuple(sorted({m for _, miss, _, _ in own for m in miss}))
     refused = zip(required, own, strict=True)
-    if any(req and not passed and not miss for req, (passed, miss, _) in refused):
+    if any(req and not passed and not miss for req, (passed, miss, _, _) in refused):
         outcome: rules.Outcome = "NOT_ELIGIBLE"
-    elif missing or any(not passed for passed, _, _ in own):
+    elif missing or any(not passed for passed, *_ in own):
         outcome = "NEEDS_REVIEW"
     else:
         outcome = "ELIGIBLE"
-    key = ("programme", programme_id, outcome, missing)
-    header = cache.get(key)
-    if header is None:
-        header = cache[key] = pb.ProgrammeDecision(
-            programme_id=programme_id, outcome=_OUTCOME[outcome], missing_data=list(missing)
-        ).SerializeToString()
-    return _length_delimited(_DECISIONS, header + b"".join(fragment for _, _, fragment in own))
+    header = pb.ProgrammeDecision(
+        programme_id=programme_id, outcome=_OUTCOME[outcome], missing_data=list(missing)
+    ).SerializeToString()
+    return _length_delimited(_DECISIONS, header + b"".join(fragment for _, _, fragment, _ in own))

@@ -7,9 +7,14 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from services.eligibility import rules
-from services.eligibility.service import facts_of_case
+from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
+from mineaction.type.v1 import sex_pb2
+from services.eligibility import intake, rules, trace
+from services.eligibility.service import decision_to_proto, facts_of_case
+from tests.factories import pdate
 
 SHIPPED = Path("services/eligibility/rulesets/reintegration.yaml").read_text(encoding="utf-8")
 
@@ -140,3 +145,65 @@ def test_malformed_rule_set_points_at_rule_and_position(
     problem = next(p for p in caught.value.problems if p.path == path)
     assert message in problem.message
     assert problem.line > 0 and problem.column > 0
+
+
+# --- the fast trace against the reference evaluation -------------------------------------
+
+_DISTRICTS = ["saatli", "fuzuli", "baku", "tartar", "ganja", "aghdam"]
+
+
+@st.composite
+def _intakes(draw: st.DrawFn) -> tuple[pb.SurvivorIntake, date]:
+    day = draw(st.dates(date(2026, 1, 1), date(2027, 12, 31)))
+    born = draw(st.dates(date(1940, 1, 1), day))
+    incident = draw(st.dates(born, day))
+    household = draw(st.integers(1, 12))
+    functioning = [
+        pb.FunctioningDifficulty(domain=domain, level=level)
+        for domain, level in draw(
+            st.dictionaries(st.sampled_from(range(1, 7)), st.sampled_from(range(1, 5)), max_size=6)
+        ).items()
+    ]
+    survivor = pb.SurvivorIntake(
+        survivor_id="srv-generated",
+        date_of_birth=pdate(born),
+        sex=draw(st.sampled_from([sex_pb2.SEX_MALE, sex_pb2.SEX_FEMALE])),
+        district_code=draw(st.sampled_from(_DISTRICTS)),
+        incident_date=pdate(incident),
+        incident_type=draw(st.sampled_from([pb.INCIDENT_TYPE_LANDMINE, pb.INCIDENT_TYPE_ERW])),
+        injuries=draw(st.lists(st.sampled_from(["lower_limb_amputation", "blindness"]))),
+        functioning=functioning,
+        household_size=household,
+        dependants=draw(st.integers(0, household - 1)),
+        female_headed_household=draw(st.booleans()),
+        monthly_household_income_minor=draw(st.integers(0, 500_000)),
+        active_programme_loans=draw(st.integers(0, 2)),
+        languages=draw(
+            st.lists(st.sampled_from([pb.LANGUAGE_AZERBAIJANI, pb.LANGUAGE_ENGLISH]), unique=True)
+        ),
+        consent=pb.Consent(data_processing=True),
+    )
+    if draw(st.booleans()):
+        survivor.existing_business.years_operating = draw(st.integers(0, 20))
+        survivor.existing_business.sector = draw(st.sampled_from(["fish_farming", "retail"]))
+    return survivor, day
+
+
+_SHIPPED_RULE_SET = rules.load(SHIPPED)
+_CEILING_RULE_SET = rules.load(with_ceiling_change("      - {from: 2027-01-01, value: 20000}"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(_intakes())
+def test_fast_trace_equals_the_reference_evaluation(case: tuple[pb.SurvivorIntake, date]) -> None:
+    """trace.assessment_trace (cached fragments) gives exactly the messages that
+    rules.evaluate + decision_to_proto give, on the first call and from the cache (shared
+    by every generated survivor, as in the service)."""
+    survivor, day = case
+    for rule_set in (_SHIPPED_RULE_SET, _CEILING_RULE_SET):
+        facts = intake.facts(survivor, day)
+        decisions, priority = decision_to_proto(rules.evaluate(rule_set, facts, day))
+        reference = pb.Assessment(decisions=decisions, priority=priority)
+        for _ in range(2):
+            fast = pb.Assessment.FromString(trace.assessment_trace(rule_set, facts, day))
+            assert fast == reference
