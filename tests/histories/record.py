@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from services.common.auth import ensure_dev_credentials
@@ -143,6 +143,17 @@ async def run_scenario(
         task_queue=TASK_QUEUE,
     )
     await skip_until(env, handle, lambda s: s.stage == "COMMITTEE_REVIEW", step=timedelta(hours=1))
+    # The case worker who submitted it cannot approve it: lending refuses (four eyes), the
+    # update fails with that reason, and the committee's own decision follows.
+    try:
+        await handle.execute_update(
+            SurvivorJourneyWorkflow.record_committee_decision,
+            CommitteeDecision(True, "cw-07", f"CM-REC-{name}"),
+        )
+    except WorkflowUpdateFailedError:
+        pass
+    else:
+        raise AssertionError("lending approved a loan its own submitter decided")
     approved = await handle.execute_update(
         SurvivorJourneyWorkflow.record_committee_decision,
         CommitteeDecision(True, "cm-03", f"CM-REC-{name}"),
@@ -166,6 +177,11 @@ async def run_scenario(
         if status.stage in TERMINAL:
             break
         if scenario.reschedule and not rescheduled and status.stage == "REPAYMENT":
+            # A pause, then the reschedule the same day: two requests of their own.
+            await handle.execute_update(
+                SurvivorJourneyWorkflow.request_hardship,
+                Hardship("pause", "The workshop flooded", "lo-02", pause_days=30),
+            )
             await handle.execute_update(
                 SurvivorJourneyWorkflow.request_hardship,
                 Hardship(
