@@ -43,8 +43,10 @@ def varied_survivors(n: int = 5_000, seed: int = 7) -> list[pb.SurvivorIntake]:
     survivors = []
     for _ in range(n):
         survivor = saatli_fish_farmer("srv-bench")
-        born = date(rng.randint(1950, 2006), 1 + rng.randrange(12), 1 + rng.randrange(28))
+        born = date(rng.randint(1950, 2004), 1 + rng.randrange(12), 1 + rng.randrange(28))
         survivor.date_of_birth.CopyFrom(pdate(born))
+        incident = date(min(2025, born.year + rng.randint(8, 40)), 6, 1)
+        survivor.incident_date.CopyFrom(pdate(incident))
         survivor.district_code = rng.choice(["saatli", "fuzuli", "tartar", "baku", "aghdam"])
         survivor.household_size = rng.randint(1, 9)
         survivor.dependants = rng.randint(0, survivor.household_size - 1)
@@ -58,6 +60,7 @@ def varied_survivors(n: int = 5_000, seed: int = 7) -> list[pb.SurvivorIntake]:
             survivor.ClearField("existing_business")
         else:
             survivor.existing_business.years_operating = rng.randint(0, 10)
+            survivor.existing_business.sector = rng.choice(["fish_farming", "retail", "crafts"])
         if rng.random() < 0.3:
             survivor.languages.append(pb.LANGUAGE_ENGLISH)
         survivors.append(survivor)
@@ -110,8 +113,9 @@ async def over_grpc(database_url: str) -> None:
         async with channel(port) as ch:
             stub = pb_grpc.EligibilityServiceStub(ch)
             survivors = []
-            for _ in range(200):
-                registration = register_request(saatli_fish_farmer())
+            for index, survivor in enumerate(varied_survivors(200, seed=11)):
+                survivor.survivor_id = f"srv-bench-{index:03d}-{request_id()[:8]}"
+                registration = register_request(survivor)
                 await stub.RegisterSurvivor(registration)
                 survivors.append(registration.intake.survivor_id)
             day = pdate(date(2026, 3, 1))
