@@ -23,23 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from tests.factories import register_request
+from tests.ports import free_port, free_port_block
 
 SERVICES = ("ELIGIBILITY", "LENDING", "ASSISTANCE")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def free_port_block(count: int) -> int:
-    """The first of `count` consecutive free ports (the metrics ports are a block)."""
-    for _ in range(50):
-        first = free_port()
-        if first + count <= 65535 and not any(port_open(first + i) for i in range(count)):
-            return first
-    raise AssertionError("no block of free ports")
 
 
 def port_open(port: int) -> bool:

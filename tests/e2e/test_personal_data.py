@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from services.common.channels import open_channel
 from services.common.config import Settings
 from tests.e2e.test_payload_encryption import BIRTH_DATES, NAMES, PHONES, free_text, leaks
 from tests.factories import pdate, register_request, saatli_fish_farmer
+from tests.ports import free_port
 from workers.journey.model import (
     AssistanceAction,
     AssistancePlan,
@@ -57,12 +57,6 @@ from workers.journey.workflows import (
 )
 
 SERVICES = ("eligibility", "lending", "assistance")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

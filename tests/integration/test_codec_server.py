@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 import pytest_asyncio
 from temporalio.api.common.v1 import Payload
 
+from tests.ports import free_port
 from workers.codec import (
     ENCODING,
     EncryptionCodec,
@@ -58,12 +58,6 @@ def payload_of(j: dict[str, Any]) -> Payload:
         metadata={k: base64.b64decode(v) for k, v in j.get("metadata", {}).items()},
         data=base64.b64decode(j.get("data", "")),
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
