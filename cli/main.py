@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Annotated, Any, NoReturn
@@ -941,13 +941,11 @@ def export_loans(
                 raise BadInput(f"unknown loan state {state!r}: use one of {', '.join(_STATES)}")
             state_value = _STATES[state.lower()]
         district_code = inputs.district(district) if district is not None else ""
-        settings = context.settings()
-        token = context.token(_OPTIONS, settings)
-        async with context.lending(settings, token) as stub:
-            rows = []
-            with calling("lending", settings.lending_address):
-                async for row in csv_export.loans(stub, state_value, district_code, TIMEOUT):
-                    rows.append(row)
+        async with _service("lending") as (stub, calls):
+            with calls:
+                rows = [
+                    row async for row in csv_export.loans(stub, state_value, district_code, TIMEOUT)
+                ]
         _write(output, csv_export.LOAN_COLUMNS, rows, "loans")
 
     run(go())
@@ -965,10 +963,8 @@ def export_portfolio(
         _check_output(output)
         day = _date_or_today(as_of, "--as-of")
         fund_id = inputs.identifier(fund, "fund id") if fund else ""
-        settings = context.settings()
-        token = context.token(_OPTIONS, settings)
-        async with context.lending(settings, token) as stub:
-            with calling("lending", settings.lending_address):
+        async with _service("lending") as (stub, calls):
+            with calls:
                 rows = await csv_export.portfolio(stub, day, fund_id, TIMEOUT)
         _write(output, csv_export.PORTFOLIO_COLUMNS, rows, "rows")
 
@@ -987,16 +983,25 @@ def export_assessments(
         _check_output(output)
         sid = inputs.identifier(survivor_id, "survivor id") if survivor_id else ""
         district_code = inputs.district(district) if district is not None else ""
-        settings = context.settings()
-        token = context.token(_OPTIONS, settings)
-        async with context.eligibility(settings, token) as stub:
-            rows = []
-            with calling("eligibility", settings.eligibility_address):
-                async for row in csv_export.assessments(stub, sid, district_code, TIMEOUT):
-                    rows.append(row)
+        async with _service("eligibility") as (stub, calls):
+            with calls:
+                rows = [
+                    row async for row in csv_export.assessments(stub, sid, district_code, TIMEOUT)
+                ]
         _write(output, csv_export.ASSESSMENT_COLUMNS, rows, "rows")
 
     run(go())
+
+
+@contextlib.asynccontextmanager
+async def _service(name: str) -> AsyncIterator[tuple[Any, contextlib.AbstractContextManager[None]]]:
+    """A stub for one service with the caller's token, and the context that turns its
+    gRPC errors into one clear line."""
+    settings = context.settings()
+    token = context.token(_OPTIONS, settings)
+    opener = {"lending": context.lending, "eligibility": context.eligibility}[name]
+    async with opener(settings, token) as stub:
+        yield stub, calling(name, getattr(settings, f"{name}_address"))
 
 
 def _write(output: Path, columns: tuple[str, ...], rows: list[list[str]], what: str) -> None:
