@@ -161,7 +161,11 @@ def _intakes(draw: st.DrawFn) -> tuple[pb.SurvivorIntake, date]:
     functioning = [
         pb.FunctioningDifficulty(domain=domain, level=level)
         for domain, level in draw(
-            st.dictionaries(st.sampled_from(range(1, 7)), st.sampled_from(range(1, 5)), max_size=6)
+            st.dictionaries(
+                st.sampled_from(pb.WashingtonGroupDomain.values()[1:]),
+                st.sampled_from(pb.DifficultyLevel.values()[1:]),
+                max_size=6,
+            )
         ).items()
     ]
     survivor = pb.SurvivorIntake(
