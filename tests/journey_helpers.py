@@ -4,11 +4,15 @@ and stepping time-skipped time until a journey reaches a stage."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from temporalio.client import WorkflowHandle
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
@@ -83,3 +87,21 @@ async def skip_until(
             raise AssertionError(f"journey not there after {waited}: {status}")
         await env.sleep(step)
         waited += step
+
+
+async def wait_for_poller(client: Client, task_queue: str, proc: subprocess.Popen[bytes]) -> None:
+    """Until a worker process polls the task queue (its start-up takes a few seconds)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the worker exited with code {proc.returncode}"
+        described = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=task_queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+            )
+        )
+        if described.pollers:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError("the worker never polled its task queue")

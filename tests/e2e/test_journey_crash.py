@@ -29,10 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from temporalio.api.enums.v1 import EventType, PendingActivityState, TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.api.enums.v1 import EventType, PendingActivityState
+from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -40,7 +38,7 @@ from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.config import Settings
 from tests.conftest import Cluster
 from tests.factories import register_request, saatli_fish_farmer
-from tests.journey_helpers import wait_for_stage
+from tests.journey_helpers import wait_for_poller, wait_for_stage
 from workers.journey.model import (
     CommitteeDecision,
     JourneyInput,
@@ -69,24 +67,6 @@ def worker_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
-
-
-async def wait_for_poller(client: Client, task_queue: str, proc: subprocess.Popen[bytes]) -> None:
-    """Until the worker process polls the task queue (its start-up takes a few seconds)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the worker exited with code {proc.returncode}"
-        described = await client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(
-                namespace=client.namespace,
-                task_queue=TaskQueue(name=task_queue),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-            )
-        )
-        if described.pollers:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError("the worker never polled its task queue")
 
 
 async def disbursement_started(

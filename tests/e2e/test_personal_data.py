@@ -25,10 +25,6 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
@@ -38,13 +34,13 @@ from services.common.channels import open_channel
 from services.common.config import Settings
 from tests.e2e.test_payload_encryption import BIRTH_DATES, NAMES, PHONES, free_text, leaks
 from tests.factories import pdate, register_request, saatli_fish_farmer
+from tests.journey_helpers import wait_for_poller, wait_for_stage
 from tests.ports import free_port
 from workers.journey.model import (
     AssistanceAction,
     AssistancePlan,
     CommitteeDecision,
     JourneyInput,
-    JourneyStatus,
     LoanRequest,
     TranchePlan,
     assistance_workflow_id,
@@ -96,41 +92,6 @@ async def serving(address: str, proc: subprocess.Popen[bytes], log: Path) -> Non
     raise AssertionError(f"{address} never served")
 
 
-async def polling(
-    client: Client, task_queue: str, proc: subprocess.Popen[bytes], log: Path
-) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the worker exited; see {log}")
-        described = await client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(
-                namespace=client.namespace,
-                task_queue=TaskQueue(name=task_queue),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-            )
-        )
-        if described.pollers:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError("the worker never polled")
-
-
-async def wait_for(
-    handle: WorkflowHandle,  # type: ignore[type-arg]
-    stage: str,
-    within: float = 60,
-) -> JourneyStatus:
-    deadline = time.monotonic() + within
-    while True:
-        status: JourneyStatus = await handle.query(SurvivorJourneyWorkflow.status)
-        if status.stage == stage:
-            return status
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not at {stage} after {within}s: {status}")
-        await asyncio.sleep(0.2)
-
-
 def log_records(log: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
 
@@ -179,7 +140,7 @@ async def test_no_personal_data_in_workflow_ids_search_attributes_or_logs(
         for name in SERVICES:
             await serving(addresses[name], procs[name], logs[name])
         worker = stack.enter_context(process("workers", env, logs["worker"]))
-        await polling(client, task_queue, worker, logs["worker"])
+        await wait_for_poller(client, task_queue, worker)
 
         channel = open_channel(addresses["eligibility"], token)
         eligibility = eligibility_grpc.EligibilityServiceStub(channel)
@@ -235,7 +196,7 @@ async def test_no_personal_data_in_workflow_ids_search_attributes_or_logs(
             task_queue=task_queue,
             search_attributes=initial_search_attributes(programme_year=1),
         )
-        await wait_for(handle, "COMMITTEE_REVIEW")
+        await wait_for_stage(handle, "COMMITTEE_REVIEW", within=60)
         await handle.execute_update(
             SurvivorJourneyWorkflow.record_committee_decision,
             CommitteeDecision(approve=True, member_id="cm-03", decision_ref="CM-2026-077"),
@@ -249,7 +210,7 @@ async def test_no_personal_data_in_workflow_ids_search_attributes_or_logs(
             await chair.execute_update(
                 AssistanceWorkflow.advance, AssistanceAction(action, "provider-01", data)
             )
-        await wait_for(handle, "GRACE")
+        await wait_for_stage(handle, "GRACE", within=60)
 
         # Workflow ids and search attributes, as an operator lists them.
         executions = [e async for e in client.list_workflows(f'TaskQueue = "{task_queue}"')]
