@@ -89,6 +89,14 @@ async def test_saatli_fish_farmer_from_intake_to_follow_ups(
             SurvivorJourneyWorkflow.record_committee_decision,
             CommitteeDecision(approve=True, member_id="cm-03", decision_ref="CM-2026-031"),
         )
+        # Between the tranches the journey shows what the ledger holds: the first one.
+        status = await skip_until(
+            env,
+            handle,
+            lambda s: s.stage == "DISBURSEMENT" and s.outstanding_minor > 0,
+            step=timedelta(hours=1),
+        )
+        assert status.outstanding_minor == 300_000
 
         # The wheelchair and the course move in parallel with the loan.
         chair = client.get_workflow_handle(assistance_workflow_id(handle.id, "wheelchair"))

@@ -124,7 +124,9 @@ def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
 
 def _loan_summary(loan: lending_pb.Loan) -> LoanSummary:
     return LoanSummary(
-        loan.loan_id, lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_")
+        loan.loan_id,
+        lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_"),
+        loan.outstanding_principal_minor,
     )
 
 

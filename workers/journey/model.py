@@ -155,6 +155,9 @@ class LoanDecisionInput:
 class LoanSummary:
     loan_id: str
     status: str
+    # Principal outstanding when the service answered (a tranche disbursed, a decision);
+    # the status query shows it until the repayment cycle's first ledger snapshot.
+    outstanding_minor: int = 0
 
 
 @dataclass(frozen=True)

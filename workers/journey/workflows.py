@@ -654,7 +654,9 @@ class SurvivorJourneyWorkflow:
             loan_status=s.loan.status if s.loan else "",
             next_due_date=snap.next_due_date if snap and not closed else "",
             next_due_minor=snap.next_due_minor if snap and not closed else 0,
-            outstanding_minor=snap.outstanding_minor if snap else 0,
+            outstanding_minor=(
+                snap.outstanding_minor if snap else s.loan.outstanding_minor if s.loan else 0
+            ),
             days_past_due=snap.days_past_due if snap else 0,
             assistance=list(s.assistance.values()),
             follow_ups_recorded=list(s.follow_ups_recorded),
