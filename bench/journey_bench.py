@@ -499,7 +499,9 @@ async def dev_server(
         )
         async with open_channel(env["ELIGIBILITY_ADDRESS"], dev_token(state)) as channel:
             eligibility = eligibility_grpc.EligibilityServiceStub(channel)
-            survivors = [f"srv-{uuid.uuid4().hex[:12]}" for _ in range(max(paced, open_total))]
+            # One more than measured: the last one warms the worker up.
+            count = max(paced, open_total) + 1
+            survivors = [f"srv-{uuid.uuid4().hex[:12]}" for _ in range(count)]
             registering = time.perf_counter()
             for chunk in range(0, len(survivors), 50):
                 await asyncio.gather(
@@ -572,6 +574,8 @@ async def dev_server(
             burst_ids = [journey_workflow_id(s) for s in survivors[paced : paced + more]]
             print_latency("burst", await latency_of(client, burst_ids))
 
+        if open_total == 0:
+            return  # --open 0: the start rate and latency only
         print(f"3. Worker memory with {open_total} open journeys parked at committee review")
         await asyncio.sleep(2)
         rss = proc.memory_info().rss / MiB
