@@ -4,6 +4,7 @@ the journey task queue until SIGTERM or SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -133,6 +134,12 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with worker:
+        # Everything imported and built so far lives as long as the process: move it out
+        # of the cyclic collector's reach, so a full collection scans only what the
+        # workflows and activities allocate (it scanned the protobuf, gRPC and Temporal
+        # modules each time, 30-80 ms with the event loop stopped).
+        gc.collect()
+        gc.freeze()
         log.info("worker started", task_queue=settings.journey_task_queue)
         await stop.wait()
         log.info("shutdown requested")
