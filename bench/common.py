@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -42,9 +43,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def process(argv: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A server process, started and waited for, stopped with SIGTERM afterwards."""
-    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+def process(
+    argv: list[str], env: dict[str, str], port: int, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process, started and waited for on its port, stopped with SIGTERM
+    afterwards; its output goes to `log` (with its errors), else nowhere."""
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(log.open("wb")) if log else subprocess.DEVNULL
+        errors = subprocess.STDOUT if log else None
+        proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=errors)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -52,7 +59,7 @@ def process(argv: list[str], env: dict[str, str], port: int) -> Iterator[subproc
                 if sock.connect_ex(("127.0.0.1", port)) == 0:
                     break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{argv} did not start")
+                raise RuntimeError(f"{argv[0]} did not start" + (f"; see {log}" if log else ""))
             time.sleep(0.1)
         yield proc
     finally:

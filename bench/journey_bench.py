@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from temporalio.worker import (
 )
 
 from bench.common import database, free_port, open_loop, process, service
+from cluster.run import dev_server_argv
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from services.assistance.service import SPEC as ASSISTANCE
 from services.common.auth import ensure_dev_credentials
@@ -338,32 +338,16 @@ def dev_cluster(
 ) -> Iterator[tuple[dict[str, str], contextlib.ExitStack, dict[str, int]]]:
     """The dev server and the three services as processes; yields the worker's env, the
     stack to add the worker to, and the processes' pids."""
-    port, ui_port = free_port(), free_port()
-    temporal = [
-        str(BIN / "temporal"),
-        "server",
-        "start-dev",
-        "--ip",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--ui-port",
-        str(ui_port),
-        "--headless",
-        "--log-level",
-        "warn",
-        *search_attributes.dev_server_flags(),
-    ]
+    port = free_port()
+    settings = load_settings(MINEACTION_STATE_DIR=state_dir, TEMPORAL_PORT=port)
+    # Without the file the dev server keeps its state in memory; the bench needs no UI.
+    temporal = dev_server_argv(settings, on_file=on_file, headless=True)
     # The services verify tokens against the state folder's JWKS; the worker calls them
     # with the service-token there, the bench with the dev-token.
-    ensure_dev_credentials(load_settings(MINEACTION_STATE_DIR=state_dir))
-    jwks_file = str(load_settings(MINEACTION_STATE_DIR=state_dir).effective_jwks_file)
-    if on_file:  # as `make run` does; without it the dev server keeps its state in memory
-        temporal += ["--db-filename", str(Path(state_dir) / "temporal.db")]
+    ensure_dev_credentials(settings)
+    jwks_file = str(settings.effective_jwks_file)
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(
-            quiet_process(temporal, port, Path(state_dir) / "temporal.log")
-        )
+        server = stack.enter_context(process(temporal, {}, port, Path(state_dir) / "temporal.log"))
         pids = {"temporal dev server": server.pid}
         env = {
             "TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
@@ -390,28 +374,6 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """User + system CPU time of each process so far."""
     times = {name: psutil.Process(pid).cpu_times() for name, pid in pids.items()}
     return {name: t.user + t.system for name, t in times.items()}
-
-
-@contextlib.contextmanager
-def quiet_process(argv: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A server process whose output goes to a file; waited for on its port."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while not port_open(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{argv[0]} did not start; see {log}")
-            time.sleep(0.1)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass
@@ -632,21 +594,8 @@ def unsandboxed_worker_main() -> None:
     from temporalio.worker import UnsandboxedWorkflowRunner
 
     from workers.journey import worker as journey_worker
-    from workers.journey.activities import JourneyActivities
 
-    def build(
-        client: Client, activities: JourneyActivities, task_queue: str = "survivor-journeys"
-    ) -> Worker:
-        return Worker(
-            client,
-            task_queue=task_queue,
-            workflows=list(WORKFLOWS),
-            activities=activities.all(),
-            max_cached_workflows=journey_worker.MAX_CACHED_WORKFLOWS,
-            workflow_runner=UnsandboxedWorkflowRunner(),
-        )
-
-    journey_worker.build_worker = build
+    journey_worker.workflow_runner = UnsandboxedWorkflowRunner  # type: ignore[assignment]
     journey_worker.main()
 
 

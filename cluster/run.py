@@ -73,37 +73,50 @@ def wait_for_port(port: int, timeout: float, part: Part) -> None:
     raise RuntimeError(f"{part.name} did not open port {port} within {timeout:.0f}s")
 
 
+def dev_server_argv(
+    settings: Settings, *, on_file: bool = True, headless: bool = False
+) -> list[str]:
+    """`temporal server start-dev` as the cluster runs it: state in a SQLite file in the
+    state folder (or in memory), the Web UI pointed at the codec server so it shows
+    payloads decrypted (or no UI), and the journeys' search attributes."""
+    from workers.journey.search_attributes import dev_server_flags
+
+    argv = [
+        str(BIN / "temporal"),
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(settings.temporal_port),
+        "--namespace",
+        settings.temporal_namespace,
+        "--log-level",
+        "warn",
+        *dev_server_flags(),
+    ]
+    if on_file:
+        argv += ["--db-filename", str((settings.state_dir / "temporal.db").resolve())]
+    if headless:
+        return [*argv, "--headless"]
+    return [
+        *argv,
+        "--ui-port",
+        str(settings.temporal_ui_port),
+        "--ui-codec-endpoint",
+        f"http://{settings.codec_server_address}",
+    ]
+
+
 def plan(settings: Settings) -> list[Part]:
     python = sys.executable
     parts: list[Part] = []
     if settings.temporal_address is None:
-        from workers.journey.search_attributes import dev_server_flags
-
         address = settings.embedded_temporal_address
         parts.append(
             Part(
                 "temporal",
-                [
-                    str(BIN / "temporal"),
-                    "server",
-                    "start-dev",
-                    "--ip",
-                    "127.0.0.1",
-                    "--port",
-                    str(port_of(address)),
-                    "--ui-port",
-                    str(settings.temporal_ui_port),
-                    "--db-filename",
-                    str((settings.state_dir / "temporal.db").resolve()),
-                    "--namespace",
-                    settings.temporal_namespace,
-                    "--log-level",
-                    "warn",
-                    # The Web UI asks the codec server to show payloads decrypted.
-                    "--ui-codec-endpoint",
-                    f"http://{settings.codec_server_address}",
-                    *dev_server_flags(),
-                ],
+                dev_server_argv(settings),
                 address,
                 [port_of(address), settings.temporal_ui_port],
             )

@@ -23,6 +23,8 @@ import pytest
 import pytest_asyncio
 from temporalio.api.common.v1 import Payload
 
+from cluster.run import dev_server_argv
+from services.common.config import ConfigError, load_settings
 from tests.ports import free_port
 from workers.codec import (
     ENCODING,
@@ -36,7 +38,6 @@ from workers.codec_server import CodecServerConfig, build_app, config_from, star
 
 UI = "http://localhost:8233"
 NAME = "Günay Əliyeva"
-BIN = Path(sys.executable).parent
 
 
 @dataclass(frozen=True)
@@ -244,8 +245,6 @@ async def test_a_configured_token_is_required(keys: Path) -> None:
 
 
 def test_cors_origins_come_from_the_environment() -> None:
-    from services.common.config import ConfigError, load_settings
-
     settings = load_settings(TEMPORAL_UI_PORT=9233, TEMPORAL_NAMESPACE="agency")
     default = config_from(settings)
     assert default.origins == {"http://localhost:9233", "http://127.0.0.1:9233"}
@@ -351,41 +350,34 @@ def test_the_process_refuses_bad_configuration_in_one_line(tmp_path: Path) -> No
 
 
 async def test_the_dev_server_web_ui_is_pointed_at_the_codec_server(tmp_path: Path) -> None:
-    """The flag `make run` passes: the Web UI then asks the codec server for payloads."""
-    port, ui_port, codec_port = free_port(), free_port(), free_port()
+    """The dev server as `make run` starts it: its Web UI asks the codec server for
+    payloads."""
+    ui_port, codec_port = free_port(), free_port()
     endpoint = f"http://127.0.0.1:{codec_port}"
+    settings = load_settings(
+        MINEACTION_STATE_DIR=str(tmp_path),
+        TEMPORAL_PORT=free_port(),
+        TEMPORAL_UI_PORT=ui_port,
+        CODEC_SERVER_ADDRESS=f"127.0.0.1:{codec_port}",
+    )
     proc = await asyncio.create_subprocess_exec(
-        str(BIN / "temporal"),
-        "server",
-        "start-dev",
-        "--ip",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--ui-port",
-        str(ui_port),
-        "--ui-codec-endpoint",
-        endpoint,
-        "--db-filename",
-        str(tmp_path / "temporal.db"),
-        "--log-level",
-        "error",
+        *dev_server_argv(settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        settings: dict[str, Any] = {}
+        ui_settings: dict[str, Any] = {}
         async with aiohttp.ClientSession() as http:
             for _ in range(150):
                 try:
                     async with http.get(f"http://127.0.0.1:{ui_port}/api/v1/settings") as r:
                         if r.status == 200:
-                            settings = await r.json()
+                            ui_settings = await r.json()
                             break
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.2)
-        assert settings["Codec"]["Endpoint"] == endpoint
+        assert ui_settings["Codec"]["Endpoint"] == endpoint
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
