@@ -31,16 +31,6 @@ def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
     return fields
 
 
-def error_reason(error: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(error)
-    for detail in status.details if status is not None else []:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    return ""
-
-
 def lending_db(cluster: Cluster) -> Database:
     db = cluster.hosts["lending"].db
     assert db is not None

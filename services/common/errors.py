@@ -128,3 +128,20 @@ def invalid(field: str, description: str, reason: str = "") -> InvalidArgument:
     return InvalidArgument(
         f"invalid {field}: {description}", [FieldViolation(field, description, reason)]
     )
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    """The caller's side: the ErrorInfo reason a refused call carries (FOUR_EYES,
+    LOAN_NOT_ACTIVE...), or "" when it carries none."""
+    from grpc_status import rpc_status
+
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # trailing details that do not match the status code
+        return ""
+    for detail in status.details if status is not None else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""

@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 from mineaction.assistance.v1 import assistance_service_pb2 as pb
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import age_band_pb2, localized_text_pb2, sex_pb2
+from services.common.errors import reason_of
 from tests.conftest import Cluster
 from tests.factories import new_id, pdate, request_id
 
@@ -116,17 +117,6 @@ def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
             detail.Unpack(bad)
             return {v.field: v.description for v in bad.field_violations}
     raise AssertionError(f"no BadRequest detail in {status}")
-
-
-def reason(error: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    return ""
 
 
 # --- the catalogue --------------------------------------------------------------------
@@ -308,7 +298,7 @@ async def test_a_wheelchair_is_delivered_from_stock_and_the_need_is_met_only_at_
             stub, need.need_id, capacity_pool_id=pool.pool_id, data=struct(seat_width_cm=44)
         )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert reason(err.value) == "NEED_ALREADY_MET"
+    assert reason_of(err.value) == "NEED_ALREADY_MET"
 
 
 async def test_a_procured_wheelchair_returns_its_stock_item_to_the_next_waiting(
@@ -358,7 +348,7 @@ async def test_a_spa_course_records_attendance_completes_and_frees_its_slot(
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await advance(stub, course.assistance_id, "complete")
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert reason(err.value) == "COURSE_NOT_FULLY_ATTENDED"
+    assert reason_of(err.value) == "COURSE_NOT_FULLY_ATTENDED"
     attended = await advance(stub, course.assistance_id, "attend", sessions=4)
     assert attended.attended_sessions == 10
     completed = await advance(stub, course.assistance_id, "complete")
@@ -514,7 +504,7 @@ async def test_a_referral_without_consent_is_refused_and_writes_nothing(cluster:
         request(stub, need.need_id, referral_consent=False, data=struct(level="a2")),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
-    assert reason(error) == "REFERRAL_CONSENT_MISSING"
+    assert reason_of(error) == "REFERRAL_CONSENT_MISSING"
 
 
 async def test_an_illegal_transition_is_refused_and_changes_nothing(cluster: Cluster) -> None:
@@ -531,7 +521,7 @@ async def test_an_illegal_transition_is_refused_and_changes_nothing(cluster: Clu
         advance(stub, chair.assistance_id, "deliver", serial_number="X-1", fitted_by="pt"),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
-    assert reason(error) == "ILLEGAL_TRANSITION"
+    assert reason_of(error) == "ILLEGAL_TRANSITION"
     error = await assert_writes_nothing(
         cluster, advance(stub, chair.assistance_id, "teleport"), grpc.StatusCode.INVALID_ARGUMENT
     )

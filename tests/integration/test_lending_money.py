@@ -14,6 +14,7 @@ import pytest
 from mineaction.lending.v1 import lending_service_pb2 as pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import sex_pb2
+from services.common.errors import reason_of
 from services.lending.schedule import build_schedule
 from tests.conftest import Cluster
 from tests.factories import new_id, pdate, request_id
@@ -21,7 +22,6 @@ from tests.lending_helpers import (
     active_loan,
     approved_loan,
     disburse,
-    error_reason,
     field_violations,
     ledger_invariants,
     lending_db,
@@ -91,7 +91,7 @@ async def test_disbursement_beyond_the_fund_is_refused_and_writes_nothing(
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await disburse(cluster.lending, second.loan_id, 100_000, START)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert error_reason(refused.value) == "INSUFFICIENT_FUNDS"
+    assert reason_of(refused.value) == "INSUFFICIENT_FUNDS"
     assert await cluster.row_counts() == before
     fund = (await cluster.lending.GetFund(pb.GetFundRequest(fund_id=fund_id))).fund
     assert fund.available_minor == 50_000
@@ -423,7 +423,7 @@ async def test_write_off_needs_two_people_and_recoveries_return_to_the_fund(
         with pytest.raises(grpc.aio.AioRpcError) as nothing_proposed:
             await pb_grpc.LendingServiceStub(manager).ConfirmLoanWriteOff(confirm)
         assert nothing_proposed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert error_reason(nothing_proposed.value) == "NO_WRITE_OFF_PROPOSAL"
+        assert reason_of(nothing_proposed.value) == "NO_WRITE_OFF_PROPOSAL"
 
         proposed = await pb_grpc.LendingServiceStub(officer).ProposeLoanWriteOff(
             pb.ProposeLoanWriteOffRequest(
@@ -441,13 +441,13 @@ async def test_write_off_needs_two_people_and_recoveries_return_to_the_fund(
         with pytest.raises(grpc.aio.AioRpcError) as alone:
             await pb_grpc.LendingServiceStub(same).ConfirmLoanWriteOff(confirm)
         assert alone.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert error_reason(alone.value) == "FOUR_EYES"
+        assert reason_of(alone.value) == "FOUR_EYES"
         # naming someone else does not help a staff member: actor fields are their own
         confirm.request_id, confirm.confirmed_by = request_id(), "pm-01"
         with pytest.raises(grpc.aio.AioRpcError) as pretending:
             await pb_grpc.LendingServiceStub(same).ConfirmLoanWriteOff(confirm)
         assert pretending.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert error_reason(pretending.value) == "ACTOR_NOT_CALLER"
+        assert reason_of(pretending.value) == "ACTOR_NOT_CALLER"
 
         confirm.request_id, confirm.confirmed_by = request_id(), ""
         written = await pb_grpc.LendingServiceStub(manager).ConfirmLoanWriteOff(confirm)

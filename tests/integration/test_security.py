@@ -35,9 +35,10 @@ from services.common.auth import (
     mint_token,
     publish_key,
 )
+from services.common.errors import reason_of
 from tests.conftest import Cluster
 from tests.factories import pdate, request_id
-from tests.lending_helpers import active_loan, approved_loan, error_reason, open_fund
+from tests.lending_helpers import active_loan, approved_loan, open_fund
 
 SERVICES = {
     "eligibility": eligibility_service_pb2.DESCRIPTOR.services_by_name["EligibilityService"],
@@ -183,7 +184,7 @@ async def test_a_missing_or_bad_token_is_unauthenticated(cluster: Cluster, case:
                 lending_pb.GetFundRequest(fund_id="revolving-fund"), timeout=10
             )
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert error_reason(caught.value) == reason
+    assert reason_of(caught.value) == reason
     assert caught.value.details()  # a message a person can act on
     assert await cluster.row_counts() == before
 
@@ -332,11 +333,11 @@ async def test_whoever_submits_a_loan_cannot_approve_it(cluster: Cluster) -> Non
         with pytest.raises(grpc.aio.AioRpcError) as own:
             await lending_grpc.LendingServiceStub(mine).ApproveLoan(approve)
         assert own.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert error_reason(own.value) == "FOUR_EYES"
+        assert reason_of(own.value) == "FOUR_EYES"
         approve.request_id, approve.approved_by = request_id(), "rauf"  # naming another
         with pytest.raises(grpc.aio.AioRpcError) as posing:
             await lending_grpc.LendingServiceStub(mine).ApproveLoan(approve)
-        assert error_reason(posing.value) == "ACTOR_NOT_CALLER"
+        assert reason_of(posing.value) == "ACTOR_NOT_CALLER"
         approve.request_id, approve.approved_by = request_id(), ""
         approved = await lending_grpc.LendingServiceStub(theirs).ApproveLoan(approve)
     assert approved.loan.approved_by == "rauf"
@@ -360,7 +361,7 @@ async def test_the_service_relays_names_and_four_eyes_compares_them(cluster: Clu
                     committee_decision_ref="CM-1",
                 )
             )
-        assert error_reason(same.value) == "FOUR_EYES"
+        assert reason_of(same.value) == "FOUR_EYES"
     # and a person whose token says cw-07 cannot approve what the worker submitted for them
     async with cluster.channel(
         "lending", cluster.token_for("committee_member", subject="cw-07")
@@ -373,7 +374,7 @@ async def test_the_service_relays_names_and_four_eyes_compares_them(cluster: Clu
                     committee_decision_ref="CM-1",
                 )
             )
-        assert error_reason(person.value) == "FOUR_EYES"
+        assert reason_of(person.value) == "FOUR_EYES"
 
 
 # --- the audit log -------------------------------------------------------------------------

@@ -16,9 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
 from google.type import date_pb2
-from grpc_status import rpc_status
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -30,6 +28,7 @@ from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
 from services.common.channels import client_tls, open_channel, service_token
 from services.common.config import Settings, load_settings
+from services.common.errors import reason_of
 from services.common.protoconv import proto_date
 from workers.journey.model import (
     CLOSED_LOAN_STATES,
@@ -80,18 +79,6 @@ def step_request_id(step: str) -> str:
     return str(uuid.uuid5(_REQUEST_ID_NAMESPACE, f"{activity.info().workflow_id}/{step}"))
 
 
-def rejection_reason(error: grpc.aio.AioRpcError) -> str:
-    """The ErrorInfo reason the service gave (FOUR_EYES, LOAN_NOT_ACTIVE...), or ""."""
-    with contextlib.suppress(ValueError):
-        status = rpc_status.from_call(error)
-        for detail in status.details if status is not None else []:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                return str(info.reason)
-    return ""
-
-
 async def call(rpc: Callable[..., Awaitable[T]], request: object) -> T:
     """A business rejection becomes a non-retryable ApplicationError whose type is the
     status code and whose first detail is the service's ErrorInfo reason (or "")."""
@@ -101,7 +88,7 @@ async def call(rpc: Callable[..., Awaitable[T]], request: object) -> T:
         if error.code() in BUSINESS_REJECTIONS:
             raise ApplicationError(
                 error.details() or error.code().name,
-                rejection_reason(error),
+                reason_of(error),
                 type=error.code().name,
                 non_retryable=True,
             ) from None
