@@ -33,10 +33,8 @@ from typing import Any
 
 import psutil
 from temporalio import activity
-from temporalio.api.enums.v1 import EventType, TaskQueueType
+from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import (
@@ -58,9 +56,11 @@ from services.common.server import ServiceHost
 from services.eligibility.service import SPEC as ELIGIBILITY
 from services.lending.service import SPEC as LENDING
 from tests.factories import register_request, saatli_fish_farmer
+from tests.journey_helpers import wait_for_poller
 from workers.codec import data_converter
 from workers.journey import search_attributes
 from workers.journey.model import (
+    TASK_QUEUE,
     CommitteeDecision,
     JourneyInput,
     JourneyPolicy,
@@ -478,7 +478,7 @@ async def dev_server(
             )
 
         worker = stack.enter_context(worker_process(env, Path(state) / "worker.log", unsandboxed))
-        await wait_for_worker(client, worker)
+        await wait_for_poller(client, TASK_QUEUE, worker)
         proc = psutil.Process(worker.pid)
         pids["worker"] = worker.pid
         idle_rss = proc.memory_info().rss / MiB
@@ -568,24 +568,6 @@ def worker_process(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-
-
-async def wait_for_worker(client: Client, worker: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise RuntimeError(f"the worker exited with code {worker.returncode}")
-        described = await client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(
-                namespace=client.namespace,
-                task_queue=TaskQueue(name="survivor-journeys"),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-            )
-        )
-        if described.pollers:
-            return
-        await asyncio.sleep(0.2)
-    raise RuntimeError("the worker never polled its task queue")
 
 
 def unsandboxed_worker_main() -> None:
