@@ -9,7 +9,6 @@ with a non-zero exit code; bad input is refused before anything is called (exit 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -48,6 +47,7 @@ from workers.journey.model import (
     assistance_workflow_id,
     journey_workflow_id,
 )
+from workers.journey.worker import exit_now
 from workers.journey.workflows import (
     AssistanceWorkflow,
     SurvivorJourneyWorkflow,
@@ -92,16 +92,9 @@ class _OneLineErrors(TyperGroup):
 
 
 def _exit_process(code: object) -> NoReturn:
-    """End the `mineaction` process once the command is done and its output flushed.
-
-    Skipping interpreter finalization is deliberate: the Temporal client's native runtime
-    threads, torn down while Python finalizes, aborted about one run in five after a
-    workflow update ("Fatal Python error: PyGILState_Release", exit 134 instead of the
-    command's code). Every command closes its channels, files and scratch servers itself
-    before it returns, so nothing is left for finalization to do."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+    """End the `mineaction` process once the command is done (see `exit_now`: every
+    command closes its channels, files and scratch servers itself before it returns)."""
+    exit_now(code if isinstance(code, int) else (0 if code is None else 1))
 
 
 app = typer.Typer(

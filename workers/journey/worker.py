@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import structlog
 from temporalio.client import Client
@@ -161,9 +162,17 @@ def main() -> None:
         asyncio.run(run(settings))
     except ConfigError as error:
         print(f"worker: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_now(2)
     except ConnectionError as error:
-        print(f"worker: {error}", file=sys.stderr, flush=True)
-        # Skip interpreter finalisation: it races the Temporal core's threads and can
-        # abort the process (PyGILState_Release) instead of exiting with this line.
-        os._exit(1)
+        print(f"worker: {error}", file=sys.stderr)
+        exit_now(1)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End a process that has used a Temporal client, skipping interpreter finalization:
+    the Temporal core's native threads, torn down while Python finalizes, can abort the
+    process ("Fatal Python error: PyGILState_Release", exit 134) instead of exiting with
+    `code`. Callers close what they opened first; output is flushed here."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
