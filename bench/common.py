@@ -21,6 +21,7 @@ import grpc
 from services.common.auth import ensure_dev_credentials
 from services.common.channels import DEV_TOKEN_FILE, open_channel
 from services.common.config import Settings, load_settings
+from tests.ports import free_port
 
 
 @contextlib.contextmanager
@@ -34,12 +35,6 @@ def database() -> Iterator[str]:
     with tempfile.TemporaryDirectory() as folder:
         server = pgserver.get_server(folder, cleanup_mode="delete")  # type: ignore[attr-defined]
         yield str(server.get_uri())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ from bench.common import (
     closed_loop,
     database,
     echo_server_main,
-    free_port,
     open_loop,
     process,
     service,
@@ -29,6 +28,7 @@ from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
 from services.eligibility import intake, rules, trace
 from services.eligibility.service import decision_to_proto
 from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
+from tests.ports import free_port
 
 SHIPPED = Path(__file__).parent.parent / "services/eligibility/rulesets/reintegration.yaml"
 CONCURRENCY = 32

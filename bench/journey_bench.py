@@ -44,7 +44,7 @@ from temporalio.worker import (
     Worker,
 )
 
-from bench.common import database, free_port, open_loop, process, service
+from bench.common import database, open_loop, process, service
 from cluster.run import dev_server_argv
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from services.assistance.service import SPEC as ASSISTANCE
@@ -57,6 +57,7 @@ from services.eligibility.service import SPEC as ELIGIBILITY
 from services.lending.service import SPEC as LENDING
 from tests.factories import register_request, saatli_fish_farmer
 from tests.journey_helpers import wait_for_poller
+from tests.ports import free_port
 from workers.codec import data_converter
 from workers.journey import search_attributes
 from workers.journey.model import (
