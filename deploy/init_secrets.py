@@ -22,7 +22,6 @@ Secrets (docs/operations.md). It prints file names and key ids, never key materi
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -38,6 +37,7 @@ from services.common.auth import (
     publish_key,
     read_jwks,
     save_signing_key,
+    write_private,
 )
 from workers.codec import ensure_keyring
 
@@ -48,12 +48,6 @@ OPERATOR_TOKEN = "operator-token"
 PAYLOAD_KEYS = "payload-keys.json"
 # The private files a container reads: the container user (uid 10001) must own them.
 MOUNTED_PRIVATE = (SERVICE_TOKEN, PAYLOAD_KEYS)
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
 
 
 def init_secrets(
@@ -103,7 +97,7 @@ def init_secrets(
         token = mint_token(
             key, subject=subject, roles=roles, issuer=issuer, audience=audience, ttl=ttl
         )
-        _write_private(folder / name, token + "\n")
+        write_private(folder / name, token + "\n")
         lines.append(f"minted   {folder / name} (subject {subject}, valid {valid})")
     keyring, created = ensure_keyring(folder / PAYLOAD_KEYS)
     verb = "created " if created else "kept    "

@@ -105,7 +105,7 @@ class SigningKey:
         return cls(str(jwk["kid"]), key)
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Secrets are created readable by their owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -114,7 +114,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def save_signing_key(path: Path, key: SigningKey) -> None:
-    _write_private(path, json.dumps(key.private_jwk(), indent=2) + "\n")
+    write_private(path, json.dumps(key.private_jwk(), indent=2) + "\n")
 
 
 def load_signing_key(path: Path) -> SigningKey:
@@ -418,4 +418,4 @@ def ensure_dev_credentials(settings: Settings, *, ttl: timedelta = timedelta(day
             audience=settings.auth_audience,
             ttl=ttl,
         )
-        _write_private(path, token + "\n")
+        write_private(path, token + "\n")
