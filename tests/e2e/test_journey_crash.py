@@ -2,16 +2,15 @@
 killed with SIGKILL while a `disburse_tranche` activity is in flight, a new worker
 process finishes the journey, and the ledger shows exactly one disbursement per tranche.
 
-The kill is aimed, not left to chance: the moment Temporal reports a `disburse_tranche`
-attempt as started, the worker is frozen (SIGSTOP), the lending service is given a moment
-to commit whatever request the worker had already sent, and then the worker is killed
-(SIGKILL). So the usual outcome is the hard case: the tranche is in the ledger, but
-Temporal never heard that the activity completed. The attempt times out (30 s
-start-to-close, there are no heartbeats), a new attempt runs on the new worker with the
-same request id (derived from the workflow id and the step), and the lending service
-answers it from its idempotency record instead of disbursing again. If the worker was
-frozen before its request left, the retry is the first disbursement; the ledger must
-look the same either way.
+The kill is aimed, not left to chance: the test holds the loan's fund row (as a
+concurrent disbursement would), so the first tranche's call waits inside the lending
+service; the moment Temporal reports that attempt as started, the worker is frozen
+(SIGSTOP, so its connection stays open), the fund released, and once lending has
+committed the tranche the worker is killed (SIGKILL). So the outcome is the hard case:
+the tranche is in the ledger, but Temporal never hears that the activity completed. The
+attempt times out (30 s start-to-close, there are no heartbeats), a new attempt runs on
+the new worker with the same request id (derived from the workflow id and the step), and
+the lending service answers it from its idempotency record instead of disbursing again.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -86,6 +85,21 @@ async def disbursement_started(
                 return int(pending.attempt)
         await asyncio.sleep(0.005)
     raise AssertionError("no disburse_tranche activity was ever started")
+
+
+@contextlib.asynccontextmanager
+async def fund_held(cluster: Cluster, loan_id: str) -> AsyncIterator[None]:
+    """Hold the loan's fund row, as a concurrent disbursement would: DisburseTranche for
+    this loan waits until the block ends (approval does not touch the fund)."""
+    db = cluster.hosts["lending"].db
+    assert db is not None
+    async with db.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """SELECT 1 FROM lending.funds f JOIN lending.loans l ON l.fund_id = f.fund_id
+               WHERE l.loan_id = $1 FOR UPDATE OF f""",
+            loan_id,
+        )
+        yield
 
 
 async def ledger_rows(cluster: Cluster, loan_id: str) -> tuple[list[int], list[int]]:
@@ -166,24 +180,28 @@ async def test_worker_killed_mid_disbursement_disburses_each_tranche_once(
             status = await wait_for_stage(handle, "COMMITTEE_REVIEW", within=30)
             loan_id = status.loan_id
 
-            watching = asyncio.create_task(disbursement_started(handle))
-            await handle.execute_update(
-                SurvivorJourneyWorkflow.record_committee_decision,
-                CommitteeDecision(approve=True, member_id="cm-05", decision_ref="CM-2026-077"),
-            )
-            attempt = await watching
-            first.send_signal(signal.SIGSTOP)  # frozen mid-activity: it reports nothing
-            in_ledger_at_freeze = len((await ledger_rows(cluster, loan_id))[0])
-            # Let lending finish any request the frozen worker had already sent.
-            for _ in range(20):
-                await asyncio.sleep(0.05)
-                if len((await ledger_rows(cluster, loan_id))[0]) > in_ledger_at_freeze:
+            # The fund row is held, so the first tranche's call waits inside lending:
+            # the kill is sure to land while that activity is in flight.
+            async with fund_held(cluster, loan_id):
+                watching = asyncio.create_task(disbursement_started(handle))
+                await handle.execute_update(
+                    SurvivorJourneyWorkflow.record_committee_decision,
+                    CommitteeDecision(approve=True, member_id="cm-05", decision_ref="CM-2026-077"),
+                )
+                attempt = await watching
+                # Frozen, not yet killed: its connection stays open, so lending finishes
+                # the call once the fund is released, and nobody hears the answer.
+                first.send_signal(signal.SIGSTOP)
+            for _ in range(100):
+                if (await ledger_rows(cluster, loan_id))[0]:
                     break
+                await asyncio.sleep(0.05)
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
             assert first.returncode == -signal.SIGKILL
         in_ledger_at_kill = len((await ledger_rows(cluster, loan_id))[0])
         assert attempt == 1
+        assert in_ledger_at_kill == 1, "the killed attempt's tranche should be committed"
 
         killed_at = time.monotonic()
         with worker_process(env, log) as second:
@@ -213,7 +231,7 @@ async def test_worker_killed_mid_disbursement_disburses_each_tranche_once(
         assert max(attempts) >= 2, "no activity attempt was cut short by the kill"
         print(
             f"\nkill landed with {in_ledger_at_kill} of {len(TRANCHES)} tranches in the ledger "
-            f"({in_ledger_at_freeze} when frozen); recovered in {recovered_in:.1f} s; "
+            f"when it was killed; recovered in {recovered_in:.1f} s; "
             f"test ran {time.monotonic() - started:.1f} s"
         )
     finally:
