@@ -84,6 +84,19 @@ class AuditRecord:
             self.on_behalf_of,
         )
 
+    def as_json(self) -> dict[str, object]:
+        """The entry for `insert_many_statement`."""
+        return {
+            "subject": self.subject,
+            "roles": self.roles,
+            "method": self.method,
+            "request_id": self.request_id,
+            "resource_ids": self.resource_ids,
+            "code": self.code,
+            "reason": self.reason,
+            "on_behalf_of": self.on_behalf_of,
+        }
+
 
 def insert_statement(first: int = 1) -> str:
     """INSERT of one entry whose values are the parameters $first .. $first+7."""
@@ -94,6 +107,18 @@ def insert_statement(first: int = 1) -> str:
 
 
 _INSERT = insert_statement()
+
+
+def insert_many_statement(parameter: int) -> str:
+    """INSERT of many entries from one parameter, $parameter: a JSON array of
+    `AuditRecord.as_json` objects (one array, since each entry's roles are an array)."""
+    return f"""INSERT INTO audit_log (subject, roles, method, request_id, resource_ids,
+                   code, reason, on_behalf_of)
+               SELECT e.subject, e.roles, e.method, e.request_id, e.resource_ids, e.code,
+                      e.reason, e.on_behalf_of
+               FROM jsonb_to_recordset(${parameter}::jsonb) AS e(subject text, roles text[],
+                   method text, request_id text, resource_ids jsonb, code text, reason text,
+                   on_behalf_of text)"""
 
 
 @dataclass
@@ -119,6 +144,12 @@ def begin_call(pending: PendingAudit) -> contextvars.Token[PendingAudit | None]:
 
 def end_call(token: contextvars.Token[PendingAudit | None]) -> None:
     _pending.reset(token)
+
+
+def current_call() -> PendingAudit | None:
+    """The audited call in progress, for work that writes its entry from another task
+    (a group commit): it marks `written` and `committed` on the object itself."""
+    return _pending.get()
 
 
 def to_write_in_transaction() -> AuditRecord | None:

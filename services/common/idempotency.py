@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from google.protobuf.message import Message
@@ -80,39 +79,15 @@ def replayed(
     return response_type.FromString(bytes(response or b""))
 
 
-@dataclass(frozen=True)
-class Writes:
-    """An effect's own writes, deferred to the statement that stores the answer (one
-    round trip instead of several, in the same transaction): `ctes(first)` gives
-    data-modifying common table expressions, `name AS (INSERT ...), ...`, whose
-    parameters are numbered from $first, in the order of `arguments`."""
-
-    ctes: Callable[[int], str]
-    arguments: tuple[object, ...]
-
-
-async def store_response(
-    conn: Connection, request_id: str, response: Message, writes: Writes | None = None
-) -> None:
-    """Store the first answer, and with it the call's OK audit entry and the effect's
-    deferred writes (one statement)."""
+async def store_response(conn: Connection, request_id: str, response: Message) -> None:
+    """Store the first answer, and with it the call's OK audit entry (one statement)."""
     answer = response.SerializeToString(deterministic=True)
     entry = audit.to_write_in_transaction()
-    if writes is None:
-        if entry is None:
-            await conn.execute(_STORE, request_id, answer)
-            return
-        await conn.execute(_STORE_AND_AUDIT, request_id, answer, *entry.arguments())
-        audit.written_in_transaction()
+    if entry is None:
+        await conn.execute(_STORE, request_id, answer)
         return
-    ctes = [writes.ctes(3)]
-    arguments = [request_id, answer, *writes.arguments]
-    if entry is not None:
-        ctes.append(f"audit AS ({audit.insert_statement(3 + len(writes.arguments))})")
-        arguments += entry.arguments()
-    await conn.execute(f"WITH {', '.join(ctes)}\n{_STORE}", *arguments)
-    if entry is not None:
-        audit.written_in_transaction()
+    await conn.execute(_STORE_AND_AUDIT, request_id, answer, *entry.arguments())
+    audit.written_in_transaction()
 
 
 async def idempotent(
@@ -125,20 +100,6 @@ async def idempotent(
 ) -> ResponseT:
     """Run `effect` once per request_id; must be called inside a transaction. The caller
     calls `audit.transaction_committed()` once that transaction has committed."""
-
-    async def with_no_writes() -> tuple[ResponseT, Writes | None]:
-        return await effect(), None
-
-    return await _idempotent(conn, method, request, response_type, with_no_writes)
-
-
-async def _idempotent(
-    conn: Connection,
-    method: str,
-    request: Message,
-    response_type: type[ResponseT],
-    effect: Callable[[], Awaitable[tuple[ResponseT, Writes | None]]],
-) -> ResponseT:
     request_id: str = request.request_id  # type: ignore[attr-defined]
     digest = payload_hash(request)
     first = await conn.fetchval(_CLAIM, request_id, method, digest)
@@ -151,8 +112,8 @@ async def _idempotent(
             digest=digest,
             response_type=response_type,
         )
-    response, writes = await effect()
-    await store_response(conn, request_id, response, writes)
+    response = await effect()
+    await store_response(conn, request_id, response)
     return response
 
 
@@ -170,23 +131,6 @@ async def once_per_request(
             request=request,
             response_type=response_type,
             effect=lambda: effect(conn),
-        )
-    audit.transaction_committed()
-    return response
-
-
-async def once_per_request_deferred(
-    db: Database,
-    request: Message,
-    response_type: type[ResponseT],
-    effect: Callable[[Connection], Awaitable[tuple[ResponseT, Writes | None]]],
-) -> ResponseT:
-    """`once_per_request` for an effect that hands back its writes with its answer: they
-    run in the statement that stores the answer, so a call is one round trip shorter per
-    write. The effect may still read (and lock) before it returns."""
-    async with db.transaction() as conn:
-        response = await _idempotent(
-            conn, method_of(response_type), request, response_type, lambda: effect(conn)
         )
     audit.transaction_committed()
     return response

@@ -3,11 +3,13 @@ facts a rule set reads."""
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import yaml
 from google.protobuf import json_format
 
@@ -108,6 +110,19 @@ def facts(intake: pb.SurvivorIntake, day: date) -> dict[str, Any]:
     if levels:
         result["max_difficulty"] = max(levels.values())
     return result
+
+
+def intake_json(intake: pb.SurvivorIntake) -> str:
+    """The intake as stored beside its bytes: JSON that reports and SQL can read."""
+    return json.dumps(json_format.MessageToDict(intake, preserving_proto_field_name=True))
+
+
+def stored_intake(row: asyncpg.Record) -> pb.SurvivorIntake:
+    """The intake of a stored row from its protobuf bytes (`intake_pb`); rows written
+    before those existed have only the JSON (`intake`)."""
+    if row["intake_pb"] is not None:
+        return pb.SurvivorIntake.FromString(row["intake_pb"])
+    return json_format.ParseDict(json.loads(row["intake"]), pb.SurvivorIntake())
 
 
 def intake_from_dict(data: dict[str, Any]) -> pb.SurvivorIntake:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import uuid
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 import grpc
-from google.protobuf import json_format
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
@@ -24,14 +21,14 @@ from services.common.errors import (
     NotFound,
     invalid,
 )
-from services.common.idempotency import Writes, once_per_request, once_per_request_deferred
+from services.common.idempotency import once_per_request
 from services.common.protoconv import from_proto_date, timestamp
 from services.common.server import ServiceSpec
 from services.eligibility import intake as intake_mod
-from services.eligibility import rules, trace
+from services.eligibility import rules
+from services.eligibility.assessing import Assessor
 from services.eligibility.rulebook import RuleBook
 
-DEFAULT_RULE_SET = "reintegration"
 SIMULATION_LIMIT = 100_000
 _OUTCOME = {
     "ELIGIBLE": pb.OUTCOME_ELIGIBLE,
@@ -42,46 +39,6 @@ _OUTCOME = {
 
 def _text(text: rules.Text) -> localized_text_pb2.LocalizedText:
     return localized_text_pb2.LocalizedText(en=text.en, az=text.az)
-
-
-def _intake_json(intake: pb.SurvivorIntake) -> str:
-    return json.dumps(json_format.MessageToDict(intake, preserving_proto_field_name=True))
-
-
-def _intake_from_json(raw: str) -> pb.SurvivorIntake:
-    return json_format.ParseDict(json.loads(raw), pb.SurvivorIntake())
-
-
-def _stored_intake(row: asyncpg.Record) -> pb.SurvivorIntake:
-    """The intake from its protobuf bytes; rows written before those existed have JSON."""
-    if row["intake_pb"] is not None:
-        return pb.SurvivorIntake.FromString(row["intake_pb"])
-    return _intake_from_json(row["intake"])
-
-
-# The survivor, locked, with the latest version of the rule set it is (or would be)
-# assessed under: one round trip.
-_SURVIVOR_FOR_ASSESSMENT = """
-    SELECT s.intake_pb, CASE WHEN s.intake_pb IS NULL THEN s.intake::text END AS intake,
-           s.pinned_rule_set_id, s.pinned_rule_set_version,
-           (SELECT max(r.version) FROM rule_sets r
-            WHERE r.rule_set_id = coalesce(s.pinned_rule_set_id, $2)) AS latest_version
-    FROM survivors s WHERE s.survivor_id = $1 FOR UPDATE OF s"""
-
-
-def _assessment_writes(first: int) -> str:
-    """The assessment row (its intake copied from the survivor row, not sent back and
-    forth) and, on a first assessment or a re-assessment, the version pin."""
-    n = [f"${first + i}" for i in range(10)]
-    return f"""assessment AS (
-        INSERT INTO assessments (assessment_id, survivor_id, assessment_date, rule_set_id,
-            rule_set_version, district_code, intake, result, reassessment_reason, intake_pb)
-        SELECT {n[0]}, s.survivor_id, {n[2]}::date, {n[3]}, {n[4]}::int, {n[5]}, s.intake,
-               {n[6]}::bytea, {n[7]}, coalesce(s.intake_pb, {n[8]}::bytea)
-        FROM survivors s WHERE s.survivor_id = {n[1]}),
-      pin AS (
-        UPDATE survivors SET pinned_rule_set_id = {n[3]}, pinned_rule_set_version = {n[4]}::int
-        WHERE survivor_id = {n[1]} AND {n[9]}::boolean)"""
 
 
 def decision_to_proto(
@@ -138,6 +95,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
     def __init__(self, db: Database, rulebook: RuleBook) -> None:
         self.db = db
         self.rulebook = rulebook
+        self.assessor = Assessor(db, rulebook)
 
     # --- survivors -----------------------------------------------------------------
 
@@ -166,7 +124,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                          intake_pb = EXCLUDED.intake_pb, updated_at = now()
                    RETURNING created_at, updated_at""",
                 intake.survivor_id,
-                _intake_json(intake),
+                intake_mod.intake_json(intake),
                 intake.district_code,
                 from_proto_date(intake.consent.recorded_on)
                 if intake.consent.HasField("recorded_on")
@@ -199,7 +157,9 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         if row is None:
             raise NotFound(f"survivor {request.survivor_id} is not registered")
         return pb.GetSurvivorResponse(
-            survivor=self._survivor(_stored_intake(row), row["created_at"], row["updated_at"])
+            survivor=self._survivor(
+                intake_mod.stored_intake(row), row["created_at"], row["updated_at"]
+            )
         )
 
     # --- assessments -----------------------------------------------------------------
@@ -207,74 +167,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
     async def AssessEligibility(
         self, request: pb.AssessEligibilityRequest, context: grpc.aio.ServicerContext
     ) -> pb.AssessEligibilityResponse:
-        day = from_proto_date(request.assessment_date)
-
-        async def assess(conn: Connection) -> tuple[pb.AssessEligibilityResponse, Writes]:
-            return await self._assess(conn, request, day)
-
-        return await once_per_request_deferred(
-            self.db, request, pb.AssessEligibilityResponse, assess
-        )
-
-    async def _assess(
-        self, conn: Connection, request: pb.AssessEligibilityRequest, day: date
-    ) -> tuple[pb.AssessEligibilityResponse, Writes]:
-        """Reads and locks the survivor (with the latest rule-set version) in one round
-        trip; the assessment row and the pin are written by the statement that stores the
-        answer (see idempotency.Writes)."""
-        row = await conn.fetchrow(_SURVIVOR_FOR_ASSESSMENT, request.survivor_id, DEFAULT_RULE_SET)
-        if row is None:
-            raise NotFound(f"survivor {request.survivor_id} is not registered")
-        survivor = _stored_intake(row)
-        if not survivor.consent.data_processing:
-            raise FailedPrecondition("no recorded consent", reason="CONSENT_REQUIRED")
-        if day < from_proto_date(survivor.date_of_birth):
-            raise invalid("assessment_date", "is before the survivor's date of birth")
-
-        rule_set_id = row["pinned_rule_set_id"] or DEFAULT_RULE_SET
-        latest = row["latest_version"]
-        if latest is None:
-            raise NotFound(f"rule set {rule_set_id} has no published version")
-        pinned = row["pinned_rule_set_version"]
-        if request.reassess_under_latest:
-            if not request.reassessment_reason.strip():
-                raise invalid(
-                    "reassessment_reason", "a re-assessment under a newer rule set needs a reason"
-                )
-            version = latest
-        else:
-            version = pinned or latest
-        rule_set = await self.rulebook.get(conn, rule_set_id, version)
-        facts = intake_mod.facts(survivor, day)
-        response = pb.AssessEligibilityResponse()
-        assessment = response.assessment
-        assessment.MergeFromString(trace.assessment_trace(rule_set, facts, day))
-        assessment.assessment_id = f"asm-{uuid.uuid4().hex[:20]}"
-        assessment.survivor_id = request.survivor_id
-        assessment.assessment_date.CopyFrom(request.assessment_date)
-        assessment.rule_set_id = rule_set_id
-        assessment.rule_set_version = version
-        assessment.create_time.CopyFrom(timestamp(datetime.now(UTC)))
-        assessment.district_code = survivor.district_code
-        assessment.sex = survivor.sex
-        assessment.age_band = intake_mod.age_band(facts["age"])  # type: ignore[assignment]
-        writes = Writes(
-            _assessment_writes,
-            (
-                assessment.assessment_id,
-                request.survivor_id,
-                day,
-                rule_set_id,
-                version,
-                survivor.district_code,
-                assessment.SerializeToString(),
-                request.reassessment_reason,
-                # Rows from before intake_pb existed: the intake parsed from its JSON.
-                None if row["intake_pb"] is not None else survivor.SerializeToString(),
-                pinned is None or request.reassess_under_latest,
-            ),
-        )
-        return response, writes
+        return await self.assessor.assess(request)
 
     async def GetAssessment(
         self, request: pb.GetAssessmentRequest, context: grpc.aio.ServicerContext
@@ -460,7 +353,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                     for d in pb.Assessment.FromString(row["result"]).decisions
                 }
                 day = row["assessment_date"]
-                facts = intake_mod.facts(_stored_intake(row), day)
+                facts = intake_mod.facts(intake_mod.stored_intake(row), day)
                 after = rules.evaluate(candidate, facts, day).outcomes()
                 for programme_id, outcome in after.items():
                     old = before.get(programme_id, pb.OUTCOME_UNSPECIFIED)

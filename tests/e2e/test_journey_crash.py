@@ -192,7 +192,7 @@ async def test_worker_killed_mid_disbursement_disburses_each_tranche_once(
                 # Frozen, not yet killed: its connection stays open, so lending finishes
                 # the call once the fund is released, and nobody hears the answer.
                 first.send_signal(signal.SIGSTOP)
-            for _ in range(100):
+            for _ in range(600):  # up to 30 s on a busy machine
                 if (await ledger_rows(cluster, loan_id))[0]:
                     break
                 await asyncio.sleep(0.05)

@@ -1,0 +1,146 @@
+"""Assessments that arrive together share a transaction (services/eligibility/assessing.py);
+what each caller sees is what one transaction per call would give."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import date
+
+import grpc
+import pytest
+
+from mineaction.audit.v1 import audit_service_pb2 as audit_pb
+from mineaction.audit.v1 import audit_service_pb2_grpc as audit_grpc
+from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
+from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
+from tests.conftest import Cluster
+from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
+
+ASSESSED_ON = pdate(date(2026, 3, 1))
+
+
+def assess(survivor_id: str, **fields: object) -> pb.AssessEligibilityRequest:
+    request = pb.AssessEligibilityRequest(
+        request_id=request_id(), survivor_id=survivor_id, assessment_date=ASSESSED_ON
+    )
+    for name, value in fields.items():
+        if name == "assessment_date":
+            request.assessment_date.CopyFrom(value)  # type: ignore[arg-type]
+        else:
+            setattr(request, name, value)
+    return request
+
+
+async def registered(cluster: Cluster, count: int) -> list[str]:
+    survivors = [saatli_fish_farmer() for _ in range(count)]
+    for survivor in survivors:
+        await cluster.eligibility.RegisterSurvivor(register_request(survivor))
+    return [s.survivor_id for s in survivors]
+
+
+async def outcomes(
+    stub: pb_grpc.EligibilityServiceStub, requests: list[pb.AssessEligibilityRequest]
+) -> list[pb.AssessEligibilityResponse | grpc.StatusCode]:
+    """Every request sent at once; each one's answer or error code, in order."""
+
+    async def one(request: pb.AssessEligibilityRequest) -> object:
+        try:
+            return await stub.AssessEligibility(request, timeout=30)
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+
+    return list(await asyncio.gather(*(one(r) for r in requests)))
+
+
+def case_worker(cluster: Cluster, subject: str) -> grpc.aio.Channel:
+    return cluster.channel("eligibility", cluster.token_for("case_worker", subject=subject))
+
+
+async def assessments_of(cluster: Cluster, survivor_id: str) -> list[pb.Assessment]:
+    listed = await cluster.eligibility.ListAssessments(
+        pb.ListAssessmentsRequest(survivor_id=survivor_id)
+    )
+    return list(listed.assessments)
+
+
+async def audit_entries(cluster: Cluster, subject: str) -> list[audit_pb.AuditEntry]:
+    token = cluster.token_for("auditor", subject="auditor-gc")
+    async with cluster.channel("eligibility", token) as channel:
+        response = await audit_grpc.AuditServiceStub(channel).ListAuditEntries(
+            audit_pb.ListAuditEntriesRequest(subject=subject, page_size=200), timeout=10
+        )
+    return list(response.audit_entries)
+
+
+@pytest.mark.timeout(60)
+async def test_fifty_concurrent_duplicates_have_one_effect(cluster: Cluster) -> None:
+    (survivor_id,) = await registered(cluster, 1)
+    request = assess(survivor_id)
+    subject = f"cw-{uuid.uuid4().hex[:6]}"
+    async with case_worker(cluster, subject) as ch:
+        answers = await outcomes(pb_grpc.EligibilityServiceStub(ch), [request] * 50)
+    assert all(a == answers[0] for a in answers)
+    assert isinstance(answers[0], pb.AssessEligibilityResponse)
+    stored = await assessments_of(cluster, survivor_id)
+    assert [a.assessment_id for a in stored] == [answers[0].assessment.assessment_id]
+    assert stored[0] == answers[0].assessment
+    # Every call is audited once: the effect with its transaction, the replays after.
+    entries = await audit_entries(cluster, subject)
+    assert [(e.request_id, e.code) for e in entries] == [(request.request_id, "OK")] * 50
+
+
+@pytest.mark.timeout(60)
+async def test_refused_calls_among_many_leave_nothing_and_the_rest_commit(
+    cluster: Cluster,
+) -> None:
+    survivors = await registered(cluster, 12)
+    good = [assess(s) for s in survivors]
+    unknown = assess("srv-nobody-registered")
+    before_birth = assess(survivors[0], assessment_date=pdate(date(1970, 1, 1)))
+    no_reason = assess(survivors[1], reassess_under_latest=True)
+    refused = [unknown, before_birth, no_reason]
+    subject = f"cw-{uuid.uuid4().hex[:6]}"
+    async with case_worker(cluster, subject) as ch:
+        stub = pb_grpc.EligibilityServiceStub(ch)
+        answers = await outcomes(stub, good[:6] + refused + good[6:])
+        assert answers[6:9] == [
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ]
+        accepted = answers[:6] + answers[9:]
+        assert all(isinstance(a, pb.AssessEligibilityResponse) for a in accepted)
+        for survivor_id, answer in zip(survivors, accepted, strict=True):
+            assert isinstance(answer, pb.AssessEligibilityResponse)
+            assert answer.assessment.survivor_id == survivor_id
+            assert [a.assessment_id for a in await assessments_of(cluster, survivor_id)] == [
+                answer.assessment.assessment_id
+            ]
+        # A refused call kept nothing, not even its request_id: sent again corrected, it
+        # is a first call.
+        before_birth.assessment_date.CopyFrom(ASSESSED_ON)
+        corrected = await stub.AssessEligibility(before_birth)
+    assert len(await assessments_of(cluster, survivors[0])) == 2
+    assert corrected.assessment.survivor_id == survivors[0]
+    codes = sorted((e.request_id, e.code) for e in await audit_entries(cluster, subject))
+    expected = [(r.request_id, "OK") for r in good] + [
+        (unknown.request_id, "NOT_FOUND"),
+        (before_birth.request_id, "INVALID_ARGUMENT"),
+        (no_reason.request_id, "INVALID_ARGUMENT"),
+        (before_birth.request_id, "OK"),
+    ]
+    assert codes == sorted(expected)
+
+
+@pytest.mark.timeout(60)
+async def test_concurrent_first_assessments_of_one_survivor_agree_on_the_pin(
+    cluster: Cluster,
+) -> None:
+    (survivor_id,) = await registered(cluster, 1)
+    answers = await outcomes(cluster.eligibility, [assess(survivor_id) for _ in range(10)])
+    versions = {a.assessment.rule_set_version for a in answers}
+    assert len(versions) == 1
+    assert len(await assessments_of(cluster, survivor_id)) == 10
+    later = await cluster.eligibility.AssessEligibility(assess(survivor_id))
+    assert {later.assessment.rule_set_version} == versions
