@@ -28,6 +28,8 @@ from services.lending import arrears, figures, ledger
 from services.lending.figures import LoanFigures
 from services.lending.ledger import FUND_CASH, LOANS_RECEIVABLE, Posting
 from services.lending.lifecycle import check_transition
+from services.lending.repayments import METHOD as REPAYMENT_METHOD
+from services.lending.repayments import Repayment, RepaymentGroups
 from services.lending.schedule import Instalment, build_schedule
 
 HERE = Path(__file__).parent
@@ -88,10 +90,6 @@ def loan_to_proto(
         purpose=row["purpose"],
         tranches=[tranche_to_proto(t) for t in tranches],
     )
-
-
-_REPAY_ONCE = "SELECT * FROM lending_repay_once(" + ", ".join(f"${n}" for n in range(1, 18)) + ")"
-_REPAYMENT_REFUSED = "LR001"  # raised by lending_repay_once, with nothing written
 
 
 def repayment_answer(
@@ -223,6 +221,7 @@ def _proposal_to_proto(row: asyncpg.Record) -> pb.LoanWriteOffProposal:
 class LendingServicer(pb_grpc.LendingServiceServicer):
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.repayments = RepaymentGroups(db)
 
     # ----- products and applications -------------------------------------------------
 
@@ -602,53 +601,35 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def RecordRepayment(
         self, request: pb.RecordRepaymentRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordRepaymentResponse:
-        # once_per_request in one statement that is its own transaction (migration 009):
-        # key, repayment, the answer stored with the key, and the audit entry.
+        # once_per_request in one statement, with the calls that arrive meanwhile
+        # (services/lending/repayments.py): key, repayment, answer and audit entry.
         paid_on = from_proto_date(request.payment_date)
-        method = idempotency.method_of(pb.RecordRepaymentResponse)
         digest = idempotency.payload_hash(request)
-        entry = audit.to_write_in_transaction()
-        txn_id = ledger.new_transaction_id()
-        try:
-            row = await fetch_one(
-                self.db.pool,
-                _REPAY_ONCE,
-                request.request_id,
-                method,
-                digest,
-                request.loan_id,
-                request.amount_minor,
-                paid_on,
-                request.received_by,
-                request.channel,
-                txn_id,
-                *(entry.arguments() if entry is not None else (None,) * 8),
-            )
-        except asyncpg.PostgresError as error:
-            if getattr(error, "sqlstate", None) != _REPAYMENT_REFUSED:
-                raise
-            return await self._repayment_refused(error, request, paid_on)
-        if not row["replayed"]:
-            if entry is not None:  # written by the statement, which has committed
-                audit.written_in_transaction()
-                audit.transaction_committed()
-            return repayment_answer(request, bytes(row["answer"]))
-        idempotency.check_replay(
-            row["stored_method"],
-            row["stored_payload_hash"],
-            request_id=request.request_id,
-            method=method,
-            digest=digest,
+        written = await self.repayments.record(
+            Repayment(request, paid_on, digest, ledger.new_transaction_id(), audit.current_call())
         )
-        return repayment_answer(request, bytes(row["answer"] or b""))
+        if written.outcome == "OK":
+            return repayment_answer(request, bytes(written.answer or b""))
+        if written.outcome == "REPLAY":
+            idempotency.check_replay(
+                written.stored_method,
+                written.stored_payload_hash,
+                request_id=request.request_id,
+                method=REPAYMENT_METHOD,
+                digest=digest,
+            )
+            return repayment_answer(request, bytes(written.answer or b""))
+        return await self._repayment_refused(written.outcome, written.detail, request, paid_on)
 
     async def _repayment_refused(
-        self, error: asyncpg.PostgresError, request: pb.RecordRepaymentRequest, paid_on: date
+        self,
+        outcome: str,
+        detail: Mapping[str, object],
+        request: pb.RecordRepaymentRequest,
+        paid_on: date,
     ) -> pb.RecordRepaymentResponse:
         """lending_repay_once's refusal (nothing was written) as its gRPC error; a
         written-off loan takes the recovery path instead, as its own idempotent call."""
-        outcome = str(getattr(error, "message", ""))
-        detail = json.loads(getattr(error, "detail", None) or "{}")
         if outcome == "WRITTEN_OFF":
 
             async def recover(conn: Connection) -> pb.RecordRepaymentResponse:

@@ -543,3 +543,55 @@ async def test_portfolio_report_par30_buckets_and_breakdowns(cluster: Cluster) -
     assert by_district["saatli"].active_loans == 2
     assert {b.key for b in report.by_sex} == {"SEX_FEMALE", "SEX_MALE"}
     assert [b.key for b in report.by_product] == ["small_trade"]
+
+
+async def test_repayments_arriving_together_each_get_their_own_outcome(cluster: Cluster) -> None:
+    """Repayments sent at once share a transaction (services/lending/repayments.py); each
+    still gets what it would alone: a refused one leaves nothing, its request_id included;
+    two of one loan both apply; a duplicate pair has one effect."""
+    fund_id = await open_fund(cluster, 1_000_000)
+    a, b, c = [(await active_loan(cluster, fund_id=fund_id)).loan_id for _ in range(3)]
+    on = date(2026, 5, 10)
+    over = repayment(b, 10_000_000, on)
+    duplicate = repayment(c, 3_000, on)
+    requests = [
+        repayment(a, 10_000, on),
+        over,
+        repayment(a, 5_000, on),
+        duplicate,
+        repayment(b, 7_000, on),
+        duplicate,
+        repayment("loan-that-does-not-exist", 1_000, on),
+    ]
+
+    async def outcome(request: pb.RecordRepaymentRequest) -> object:
+        try:
+            return await cluster.lending.RecordRepayment(request)
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+
+    results = await asyncio.gather(*(outcome(r) for r in requests))
+    assert results[1] == grpc.StatusCode.INVALID_ARGUMENT
+    assert results[6] == grpc.StatusCode.NOT_FOUND
+    assert results[3] == results[5]
+    assert all(isinstance(results[i], pb.RecordRepaymentResponse) for i in (0, 2, 3, 4))
+
+    async def repaid(loan_id: str) -> tuple[int, int]:
+        loan = (await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=loan_id))).loan
+        async with lending_db(cluster).pool.acquire() as conn:
+            count = await conn.fetchval(
+                """SELECT count(*) FROM ledger_transactions
+                   WHERE loan_id = $1 AND kind = 'REPAYMENT'""",
+                loan_id,
+            )
+        return loan.repaid_principal_minor, count
+
+    assert await repaid(a) == (15_000, 2)
+    assert await repaid(b) == (7_000, 1)
+    assert await repaid(c) == (3_000, 1)
+    # The refused overpayment kept nothing: its request_id, corrected, is a first call.
+    over.amount_minor = 2_000
+    corrected = await cluster.lending.RecordRepayment(over)
+    assert corrected.loan.repaid_principal_minor == 9_000
+    async with lending_db(cluster).pool.acquire() as conn:
+        await ledger_invariants(conn)
