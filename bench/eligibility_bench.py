@@ -10,11 +10,15 @@ import asyncio
 import random
 import sys
 import time
+import uuid
 from collections.abc import Awaitable
 from datetime import date
 from pathlib import Path
 
+import asyncpg
+
 from bench.common import (
+    Result,
     channel,
     closed_loop,
     database,
@@ -93,6 +97,27 @@ def in_process(n: int = 20_000) -> tuple[float, float]:
     return fast, reference
 
 
+async def bare_commits(database_url: str) -> Result:
+    """One autocommit INSERT of an assessment-sized row (7 kB) per call, paced at 500 per
+    second, on one connection: what a durable commit alone costs on this machine."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        table = f"bench_commit_{uuid.uuid4().hex[:8]}"
+        await conn.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, result bytea)")
+        row = random.randbytes(7_000)
+        lock = asyncio.Lock()
+
+        async def insert(_: int) -> None:
+            async with lock:
+                await conn.execute(f"INSERT INTO {table} (result) VALUES ($1)", row)
+
+        result = await open_loop(insert, rate=500, seconds=10.0)
+        await conn.execute(f"DROP TABLE {table}")
+        return result
+    finally:
+        await conn.close()
+
+
 async def over_grpc(database_url: str) -> None:
     echo_port = free_port()
     echo_argv = [sys.executable, "-m", "bench.eligibility_bench", "--echo-server", str(echo_port)]
@@ -133,6 +158,7 @@ async def over_grpc(database_url: str) -> None:
             assess_result = await closed_loop(assess, concurrency=CONCURRENCY, seconds=SECONDS)
             paced = await open_loop(assess, rate=500, seconds=10.0)
 
+    commits = await bare_commits(database_url)
     print(f"echo server (empty grpc.aio)   : {echo_result.rate:8.0f} req/s")
     print(
         f"AssessEligibility over gRPC     : {assess_result.rate:8.0f} req/s "
@@ -141,6 +167,11 @@ async def over_grpc(database_url: str) -> None:
     print(
         f"AssessEligibility at 500 req/s  : p50 {paced.percentile(50):.1f} ms, "
         f"p99 {paced.percentile(99):.1f} ms (target p99 <= 10 ms), achieved {paced.rate:.0f} req/s"
+    )
+    print(
+        f"bare durable commit at 500/s    : p50 {commits.percentile(50):.1f} ms, "
+        f"p99 {commits.percentile(99):.1f} ms, max {max(commits.latencies_ms):.0f} ms "
+        "(one asyncpg INSERT of a 7 kB row: the floor under any durable call here)"
     )
     failed = assess_result.errors + paced.errors
     print(f"failed calls                    : {len(failed)} {sorted(set(failed))}")

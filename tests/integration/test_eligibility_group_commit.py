@@ -14,6 +14,8 @@ from mineaction.audit.v1 import audit_service_pb2 as audit_pb
 from mineaction.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
+from services.eligibility.assessing import Assessor
+from services.eligibility.rulebook import RuleBook
 from tests.conftest import Cluster
 from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
 
@@ -144,3 +146,30 @@ async def test_concurrent_first_assessments_of_one_survivor_agree_on_the_pin(
     assert len(await assessments_of(cluster, survivor_id)) == 10
     later = await cluster.eligibility.AssessEligibility(assess(survivor_id))
     assert {later.assessment.rule_set_version} == versions
+
+
+@pytest.mark.timeout(60)
+async def test_an_intake_changed_while_deciding_is_decided_again(cluster: Cluster) -> None:
+    """The survivor is re-registered (moved to Fuzuli) after the group read it and before
+    it wrote: the call runs again on what is stored now, never on the stale intake."""
+    survivor = saatli_fish_farmer()
+    await cluster.eligibility.RegisterSurvivor(register_request(survivor))
+    moved = pb.SurvivorIntake()
+    moved.CopyFrom(survivor)
+    moved.district_code = "fuzuli"
+    db = cluster.hosts["eligibility"].db
+    assert db is not None
+    decided: list[str] = []
+
+    class MovedMeanwhile(Assessor):
+        async def _decide(self, conn, call, row, pins):  # type: ignore[no-untyped-def]
+            decided.append(row["survivor_id"])
+            if len(decided) == 1:
+                await cluster.eligibility.RegisterSurvivor(register_request(moved))
+            return await super()._decide(conn, call, row, pins)
+
+    answer = await MovedMeanwhile(db, RuleBook()).assess(assess(survivor.survivor_id))
+    assert decided == [survivor.survivor_id] * 2
+    assert answer.assessment.district_code == "fuzuli"
+    stored = await assessments_of(cluster, survivor.survivor_id)
+    assert [a.district_code for a in stored] == ["fuzuli"]
