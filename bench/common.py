@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 
 from services.common.auth import ensure_dev_credentials
-from services.common.channels import DEV_TOKEN_FILE, open_channel
+from services.common.channels import DEV_TOKEN_FILE
 from services.common.config import Settings, load_settings
 from tests.ports import free_port
 
@@ -177,7 +177,8 @@ async def open_loop(
 
 @contextlib.asynccontextmanager
 async def channel(port: int) -> AsyncIterator[grpc.aio.Channel]:
-    async with open_channel(f"127.0.0.1:{port}", bench_token()) as ch:
+    """A plain channel: load loops pass `bearer_metadata()` with each call."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         await ch.channel_ready()
         yield ch
 

@@ -19,6 +19,7 @@ import asyncpg
 
 from bench.common import (
     Result,
+    bearer_metadata,
     channel,
     closed_loop,
     database,
@@ -119,6 +120,7 @@ async def bare_commits(database_url: str) -> Result:
 
 
 async def over_grpc(database_url: str) -> None:
+    auth = bearer_metadata()
     echo_port = free_port()
     echo_argv = [sys.executable, "-m", "bench.eligibility_bench", "--echo-server", str(echo_port)]
     with process(echo_argv, {}, echo_port):
@@ -130,7 +132,7 @@ async def over_grpc(database_url: str) -> None:
                 assessment_date=pdate(date.today()),
             ).SerializeToString()
             echo_result = await closed_loop(
-                lambda _: echo(payload), concurrency=CONCURRENCY, seconds=SECONDS
+                lambda _: echo(payload, metadata=auth), concurrency=CONCURRENCY, seconds=SECONDS
             )
 
     argv, env, port = service("services.eligibility", "ELIGIBILITY_ADDRESS", database_url)
@@ -141,7 +143,7 @@ async def over_grpc(database_url: str) -> None:
             for index, survivor in enumerate(varied_survivors(200, seed=11)):
                 survivor.survivor_id = f"srv-bench-{index:03d}-{request_id()[:8]}"
                 registration = register_request(survivor)
-                await stub.RegisterSurvivor(registration)
+                await stub.RegisterSurvivor(registration, metadata=auth)
                 survivors.append(registration.intake.survivor_id)
             day = pdate(date(2026, 3, 1))
 
@@ -151,7 +153,8 @@ async def over_grpc(database_url: str) -> None:
                         request_id=request_id(),
                         survivor_id=survivors[i % len(survivors)],
                         assessment_date=day,
-                    )
+                    ),
+                    metadata=auth,
                 )
 
             await closed_loop(assess, concurrency=CONCURRENCY, seconds=1.0)  # warm up
