@@ -73,6 +73,15 @@ def wait_for_port(port: int, timeout: float, part: Part) -> None:
     raise RuntimeError(f"{part.name} did not open port {port} within {timeout:.0f}s")
 
 
+# SQLite's default journal syncs the file several times per transaction, and the dev
+# server writes one per workflow task: in WAL mode with synchronous=normal a commit is a
+# write, and the log is synced at checkpoints. A dev server that crashes loses nothing; a
+# power cut may lose its last moments of history, which the journeys redo safely (every
+# call they make carries a request id from the workflow id and the step). Measured at 20
+# journeys started per second: workflow-task p50 70-80 ms before, 39-42 ms after.
+DEV_SERVER_SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
+
+
 def dev_server_argv(
     settings: Settings, *, on_file: bool = True, headless: bool = False
 ) -> list[str]:
@@ -97,6 +106,7 @@ def dev_server_argv(
     ]
     if on_file:
         argv += ["--db-filename", str((settings.state_dir / "temporal.db").resolve())]
+        argv += [f"--sqlite-pragma={pragma}" for pragma in DEV_SERVER_SQLITE_PRAGMAS]
     if headless:
         return [*argv, "--headless"]
     return [

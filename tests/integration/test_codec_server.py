@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -351,7 +353,7 @@ def test_the_process_refuses_bad_configuration_in_one_line(tmp_path: Path) -> No
 
 async def test_the_dev_server_web_ui_is_pointed_at_the_codec_server(tmp_path: Path) -> None:
     """The dev server as `make run` starts it: its Web UI asks the codec server for
-    payloads."""
+    payloads, and its SQLite file is in WAL mode (cluster/run.py, one write per commit)."""
     ui_port, codec_port = free_port(), free_port()
     endpoint = f"http://127.0.0.1:{codec_port}"
     settings = load_settings(
@@ -378,6 +380,8 @@ async def test_the_dev_server_web_ui_is_pointed_at_the_codec_server(tmp_path: Pa
                     pass
                 await asyncio.sleep(0.2)
         assert ui_settings["Codec"]["Endpoint"] == endpoint
+        with contextlib.closing(sqlite3.connect(tmp_path / "temporal.db")) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
