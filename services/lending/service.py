@@ -954,6 +954,52 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
 
         return await once_per_request(self.db, request, pb.ConfirmLoanWriteOffResponse, confirm)
 
+    async def WithdrawLoanWriteOff(
+        self, request: pb.WithdrawLoanWriteOffRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WithdrawLoanWriteOffResponse:
+        async def withdraw(conn: Connection) -> pb.WithdrawLoanWriteOffResponse:
+            loan = await self._loan_for_update(conn, request.loan_id)
+            if loan["state"] != "ACTIVE":  # a confirmed write-off is final
+                raise FailedPrecondition(
+                    f"loan {request.loan_id} is {loan['state']}; only an active loan's open "
+                    "write-off proposal can be withdrawn",
+                    reason="LOAN_NOT_ACTIVE",
+                )
+            row = await conn.fetchrow(
+                """WITH proposal AS (
+                       DELETE FROM write_off_proposals WHERE loan_id = $1 RETURNING *)
+                   INSERT INTO write_off_withdrawals (loan_id, reason, write_off_date,
+                       proposed_by, proposed_at, withdrawn_by, withdraw_reason)
+                   SELECT loan_id, reason, write_off_date, proposed_by, created_at, $2, $3
+                   FROM proposal
+                   RETURNING loan_id, reason, write_off_date, proposed_by,
+                             proposed_at AS created_at, withdrawn_by, withdrawn_at""",
+                request.loan_id,
+                request.withdrawn_by,
+                request.reason,
+            )
+            if row is None:
+                raise FailedPrecondition(
+                    f"loan {request.loan_id} has no write-off proposal to withdraw",
+                    reason="NO_WRITE_OFF_PROPOSAL",
+                    metadata={"loan_id": request.loan_id},
+                )
+            await self._record_event(
+                conn,
+                request.loan_id,
+                loan["state"],
+                loan["state"],
+                request.withdrawn_by,
+                f"write-off withdrawn: {request.reason}",
+            )
+            return pb.WithdrawLoanWriteOffResponse(
+                withdrawn=_proposal_to_proto(row),
+                withdrawn_by=row["withdrawn_by"],
+                withdraw_time=timestamp(row["withdrawn_at"]),
+            )
+
+        return await once_per_request(self.db, request, pb.WithdrawLoanWriteOffResponse, withdraw)
+
     @staticmethod
     def _check_write_off_date(loan: asyncpg.Record, on: date) -> None:
         if loan["last_value_date"] is not None and on < loan["last_value_date"]:

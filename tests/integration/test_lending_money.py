@@ -595,3 +595,72 @@ async def test_repayments_arriving_together_each_get_their_own_outcome(cluster: 
     assert corrected.loan.repaid_principal_minor == 9_000
     async with lending_db(cluster).pool.acquire() as conn:
         await ledger_invariants(conn)
+
+
+async def test_a_write_off_proposal_can_be_withdrawn_with_a_reason_and_proposed_again(
+    cluster: Cluster,
+) -> None:
+    """A proposal made by mistake is withdrawn (kept on record, with who and why); nothing
+    is left to confirm, a new proposal may follow, and a confirmed write-off is final."""
+    loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
+    officer = cluster.channel("lending", cluster.token_for("loan_officer", subject="lo-07"))
+    manager = cluster.channel("lending", cluster.token_for("programme_manager", subject="pm-02"))
+    try:
+        as_officer, as_manager = (pb_grpc.LendingServiceStub(c) for c in (officer, manager))
+        withdraw = pb.WithdrawLoanWriteOffRequest(
+            request_id=request_id(), loan_id=loan.loan_id, reason="the borrower is back"
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as nothing:
+            await as_officer.WithdrawLoanWriteOff(withdraw)
+        assert reason_of(nothing.value) == "NO_WRITE_OFF_PROPOSAL"
+
+        propose = pb.ProposeLoanWriteOffRequest(
+            request_id=request_id(),
+            loan_id=loan.loan_id,
+            reason="no contact for a year",
+            write_off_date=pdate(date(2027, 6, 30)),
+        )
+        await as_officer.ProposeLoanWriteOff(propose)
+        withdraw.request_id = request_id()
+        withdrawn = await as_manager.WithdrawLoanWriteOff(withdraw)
+        assert await as_manager.WithdrawLoanWriteOff(withdraw) == withdrawn  # a retry
+        assert (withdrawn.withdrawn.reason, withdrawn.withdrawn.proposed_by) == (
+            "no contact for a year",
+            "lo-07",
+        )
+        assert withdrawn.withdrawn_by == "pm-02"  # the token's subject
+
+        confirm = pb.ConfirmLoanWriteOffRequest(request_id=request_id(), loan_id=loan.loan_id)
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await as_manager.ConfirmLoanWriteOff(confirm)
+        assert reason_of(gone.value) == "NO_WRITE_OFF_PROPOSAL"
+        still = (await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=loan.loan_id))).loan
+        assert still.state == pb.LOAN_STATE_ACTIVE and still.written_off_minor == 0
+
+        propose.request_id, propose.reason = request_id(), "the borrower died; no estate"
+        await as_officer.ProposeLoanWriteOff(propose)
+        confirm.request_id = request_id()
+        written = await as_manager.ConfirmLoanWriteOff(confirm)
+        assert written.loan.state == pb.LOAN_STATE_CLOSED_WRITTEN_OFF
+        withdraw.request_id = request_id()
+        with pytest.raises(grpc.aio.AioRpcError) as final:
+            await as_manager.WithdrawLoanWriteOff(withdraw)
+        assert final.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert reason_of(final.value) == "LOAN_NOT_ACTIVE"
+        with pytest.raises(grpc.aio.AioRpcError) as no_reason:
+            await as_manager.WithdrawLoanWriteOff(
+                pb.WithdrawLoanWriteOffRequest(request_id=request_id(), loan_id=loan.loan_id)
+            )
+        assert no_reason.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        for channel in (officer, manager):
+            await channel.close()
+    async with lending_db(cluster).pool.acquire() as conn:
+        kept = await conn.fetch(
+            "SELECT reason, withdrawn_by, withdraw_reason FROM write_off_withdrawals"
+            " WHERE loan_id = $1",
+            loan.loan_id,
+        )
+        with pytest.raises(asyncpg.PostgresError, match="append-only"):
+            await conn.execute("DELETE FROM write_off_withdrawals WHERE loan_id = $1", loan.loan_id)
+    assert [tuple(r) for r in kept] == [("no contact for a year", "pm-02", "the borrower is back")]

@@ -1805,6 +1805,76 @@ class ConfirmLoanWriteOffResponse(_message.Message):
 Global___ConfirmLoanWriteOffResponse: _TypeAlias = ConfirmLoanWriteOffResponse  # noqa: Y015
 
 @_typing.final
+class WithdrawLoanWriteOffRequest(_message.Message):
+    """WithdrawLoanWriteOffRequest is the request for LendingService.WithdrawLoanWriteOff."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LOAN_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_BY_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (UUID)."""
+    loan_id: _builtins.str
+    """The loan."""
+    reason: _builtins.str
+    """Why the proposal is withdrawn."""
+    withdrawn_by: _builtins.str
+    """Who withdraws it: empty or the caller's own identity; a service relaying a
+    staff decision names the staff member.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        loan_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        withdrawn_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan_id", b"loan_id", "reason", b"reason", "request_id", b"request_id", "withdrawn_by", b"withdrawn_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawLoanWriteOffRequest: _TypeAlias = WithdrawLoanWriteOffRequest  # noqa: Y015
+
+@_typing.final
+class WithdrawLoanWriteOffResponse(_message.Message):
+    """WithdrawLoanWriteOffResponse is the response for LendingService.WithdrawLoanWriteOff."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WITHDRAWN_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_BY_FIELD_NUMBER: _builtins.int
+    WITHDRAW_TIME_FIELD_NUMBER: _builtins.int
+    withdrawn_by: _builtins.str
+    """Who withdrew it."""
+    @_builtins.property
+    def withdrawn(self) -> Global___LoanWriteOffProposal:
+        """The proposal that was withdrawn."""
+
+    @_builtins.property
+    def withdraw_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was withdrawn."""
+
+    def __init__(
+        self,
+        *,
+        withdrawn: Global___LoanWriteOffProposal | None = ...,
+        withdrawn_by: _builtins.str = ...,
+        withdraw_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["withdraw_time", b"withdraw_time", "withdrawn", b"withdrawn"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["withdraw_time", b"withdraw_time", "withdrawn", b"withdrawn", "withdrawn_by", b"withdrawn_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawLoanWriteOffResponse: _TypeAlias = WithdrawLoanWriteOffResponse  # noqa: Y015
+
+@_typing.final
 class GetFundRequest(_message.Message):
     """GetFundRequest is the request for LendingService.GetFund."""
 

@@ -113,6 +113,11 @@ class LendingServiceStub:
                 request_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ConfirmLoanWriteOffRequest.SerializeToString,
                 response_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ConfirmLoanWriteOffResponse.FromString,
                 _registered_method=True)
+        self.WithdrawLoanWriteOff = channel.unary_unary(
+                '/mineaction.lending.v1.LendingService/WithdrawLoanWriteOff',
+                request_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WithdrawLoanWriteOffRequest.SerializeToString,
+                response_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WithdrawLoanWriteOffResponse.FromString,
+                _registered_method=True)
         self.GetFund = channel.unary_unary(
                 '/mineaction.lending.v1.LendingService/GetFund',
                 request_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.GetFundRequest.SerializeToString,
@@ -240,6 +245,14 @@ class LendingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WithdrawLoanWriteOff(self, request, context):
+        """WithdrawLoanWriteOff withdraws the loan's open write-off proposal, with a
+        reason; the loan stays active and a new proposal may follow.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetFund(self, request, context):
         """GetFund returns a loan fund's capital figures.
         """
@@ -331,6 +344,11 @@ def add_LendingServiceServicer_to_server(servicer, server):
                     servicer.ConfirmLoanWriteOff,
                     request_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ConfirmLoanWriteOffRequest.FromString,
                     response_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ConfirmLoanWriteOffResponse.SerializeToString,
+            ),
+            'WithdrawLoanWriteOff': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawLoanWriteOff,
+                    request_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WithdrawLoanWriteOffRequest.FromString,
+                    response_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WithdrawLoanWriteOffResponse.SerializeToString,
             ),
             'GetFund': grpc.unary_unary_rpc_method_handler(
                     servicer.GetFund,
@@ -752,6 +770,33 @@ class LendingService:
             '/mineaction.lending.v1.LendingService/ConfirmLoanWriteOff',
             mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ConfirmLoanWriteOffRequest.SerializeToString,
             mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ConfirmLoanWriteOffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawLoanWriteOff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mineaction.lending.v1.LendingService/WithdrawLoanWriteOff',
+            mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WithdrawLoanWriteOffRequest.SerializeToString,
+            mineaction_dot_lending_dot_v1_dot_lending__service__pb2.WithdrawLoanWriteOffResponse.FromString,
             options,
             channel_credentials,
             insecure,

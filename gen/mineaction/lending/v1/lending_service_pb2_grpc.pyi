@@ -73,6 +73,10 @@ class LendingServiceStub:
     """ConfirmLoanWriteOff confirms the loan's open write-off proposal and posts the
     write-off (four eyes: the proposer cannot confirm).
     """
+    WithdrawLoanWriteOff: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.WithdrawLoanWriteOffRequest, _lending_service_pb2.WithdrawLoanWriteOffResponse]
+    """WithdrawLoanWriteOff withdraws the loan's open write-off proposal, with a
+    reason; the loan stays active and a new proposal may follow.
+    """
     GetFund: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.GetFundRequest, _lending_service_pb2.GetFundResponse]
     """GetFund returns a loan fund's capital figures."""
     GetPortfolioReport: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.GetPortfolioReportRequest, _lending_service_pb2.GetPortfolioReportResponse]
@@ -122,6 +126,10 @@ class LendingServiceAsyncStub(LendingServiceStub):
     ConfirmLoanWriteOff: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.ConfirmLoanWriteOffRequest, _lending_service_pb2.ConfirmLoanWriteOffResponse]  # type: ignore[assignment]
     """ConfirmLoanWriteOff confirms the loan's open write-off proposal and posts the
     write-off (four eyes: the proposer cannot confirm).
+    """
+    WithdrawLoanWriteOff: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.WithdrawLoanWriteOffRequest, _lending_service_pb2.WithdrawLoanWriteOffResponse]  # type: ignore[assignment]
+    """WithdrawLoanWriteOff withdraws the loan's open write-off proposal, with a
+    reason; the loan stays active and a new proposal may follow.
     """
     GetFund: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.GetFundRequest, _lending_service_pb2.GetFundResponse]  # type: ignore[assignment]
     """GetFund returns a loan fund's capital figures."""
@@ -259,6 +267,16 @@ class LendingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_lending_service_pb2.ConfirmLoanWriteOffResponse, _abc.Awaitable[_lending_service_pb2.ConfirmLoanWriteOffResponse]]:
         """ConfirmLoanWriteOff confirms the loan's open write-off proposal and posts the
         write-off (four eyes: the proposer cannot confirm).
+        """
+
+    @_abc_1.abstractmethod
+    def WithdrawLoanWriteOff(
+        self,
+        request: _lending_service_pb2.WithdrawLoanWriteOffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lending_service_pb2.WithdrawLoanWriteOffResponse, _abc.Awaitable[_lending_service_pb2.WithdrawLoanWriteOffResponse]]:
+        """WithdrawLoanWriteOff withdraws the loan's open write-off proposal, with a
+        reason; the loan stays active and a new proposal may follow.
         """
 
     @_abc_1.abstractmethod
