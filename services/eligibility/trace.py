@@ -70,10 +70,20 @@ class _Plan:
     def __init__(self, rule_set: rules.RuleSet) -> None:
         index = {rule.id: i for i, rule in enumerate(rule_set.rules)}
         facts = set(rules.FACT_SAMPLES)
-        # The facts a rule's result depends on: those it reads, needs, or names.
-        self.rule_keys = tuple(
+        # The facts a rule's result depends on: those it reads, needs, or names; list
+        # facts apart, as they key the cache as tuples.
+        keys = [
             tuple(dict.fromkeys([*rule.reads, *rule.needs, *_named_facts(rule, facts)]))
             for rule in rule_set.rules
+        ]
+        self.rules = tuple(
+            (
+                i,
+                rule.needs,
+                tuple(n for n in names if not _is_list_fact(n)),
+                tuple(n for n in names if _is_list_fact(n)),
+            )
+            for i, (rule, names) in enumerate(zip(rule_set.rules, keys, strict=True))
         )
         # The facts the score's explanations name.
         self.score_keys = tuple(
@@ -87,6 +97,10 @@ class _Plan:
             )
             for programme_id, own in rule_set.by_programme.items()
         )
+
+
+def _is_list_fact(name: str) -> bool:
+    return isinstance(rules.FACT_SAMPLES[name], list)
 
 
 def _named_facts(rule: rules.Rule, facts: set[str]) -> list[str]:
@@ -112,15 +126,23 @@ def assessment_trace(rule_set: rules.RuleSet, facts: Mapping[str, Any], day: dat
     if len(cache) > MAX_FRAGMENTS:
         cache.clear()
     get = facts.get
-    # Per rule: (passed, missing, fragment, serial number of the fragment).
-    results: list[tuple[bool, tuple[str, ...], bytes, int]] = []
-    for i, rule in enumerate(rule_set.rules):
-        missing = tuple(name for name in rule.needs if name in absent) if absent else ()
+    absent_values = itertools.repeat(_ABSENT)
+    # Per rule: (passed, missing, fragment); and the fragment's serial number.
+    results: list[tuple[bool, tuple[str, ...], bytes]] = []
+    serials: list[int] = []
+    for i, needs, scalar_keys, list_keys in plan.rules:
+        missing = tuple(name for name in needs if name in absent) if absent else ()
         passed = False if missing else next(values) is True
-        key = (i, passed, missing, *[_key_value(get(n, _ABSENT)) for n in plan.rule_keys[i]])
+        key = (
+            i,
+            passed,
+            missing,
+            *map(get, scalar_keys, absent_values),
+            *[_key_value(get(n, _ABSENT)) for n in list_keys],
+        )
         entry = cache.get(key)
         if entry is None:
-            r = rules.rule_result(rule, passed, missing, facts, period)
+            r = rules.rule_result(rule_set.rules[i], passed, missing, facts, period)
             entry = cache[key] = (
                 pb.ProgrammeDecision(
                     rule_results=[
@@ -134,14 +156,16 @@ def assessment_trace(rule_set: rules.RuleSet, facts: Mapping[str, Any], day: dat
                 ).SerializeToString(),
                 next(_serials),
             )
-        results.append((passed, missing, *entry))
+        results.append((passed, missing, entry[0]))
+        serials.append(entry[1])
     parts = []
     for number, programme in enumerate(plan.programmes):
-        own = [results[i] for i in programme[1]]
-        key = ("programme", number, *[serial for *_, serial in own])
+        indexes = programme[1]
+        key = ("programme", number, *[serials[i] for i in indexes])
         entry = cache.get(key)
         if entry is None:
-            entry = cache[key] = (_decision(programme, own, cache), 0)
+            own = [results[i] for i in indexes]
+            entry = cache[key] = (_decision(programme, own), 0)
         parts.append(entry[0])
     points = tuple(int(next(values)) for _ in rule_set.priority)
     key = ("priority", points, *[_key_value(get(n, _ABSENT)) for n in plan.score_keys])
@@ -167,14 +191,13 @@ def _priority(
 
 def _decision(
     programme: tuple[str, tuple[int, ...], tuple[bool, ...]],
-    own: list[tuple[bool, tuple[str, ...], bytes, int]],
-    cache: dict[Any, tuple[bytes, int]],
+    own: list[tuple[bool, tuple[str, ...], bytes]],
 ) -> bytes:
     """One programme's decision, as `rules._decide` makes it, as an Assessment field."""
     programme_id, _, required = programme
-    missing = tuple(sorted({m for _, miss, _, _ in own for m in miss}))
+    missing = tuple(sorted({m for _, miss, _ in own for m in miss}))
     refused = zip(required, own, strict=True)
-    if any(req and not passed and not miss for req, (passed, miss, _, _) in refused):
+    if any(req and not passed and not miss for req, (passed, miss, _) in refused):
         outcome: rules.Outcome = "NOT_ELIGIBLE"
     elif missing or any(not passed for passed, *_ in own):
         outcome = "NEEDS_REVIEW"
@@ -183,4 +206,4 @@ def _decision(
     header = pb.ProgrammeDecision(
         programme_id=programme_id, outcome=_OUTCOME[outcome], missing_data=list(missing)
     ).SerializeToString()
-    return _length_delimited(_DECISIONS, header + b"".join(fragment for _, _, fragment, _ in own))
+    return _length_delimited(_DECISIONS, header + b"".join(fragment for _, _, fragment in own))
