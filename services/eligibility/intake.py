@@ -37,6 +37,15 @@ _DOMAIN = {
 _LANGUAGE = {pb.LANGUAGE_AZERBAIJANI: "az", pb.LANGUAGE_ENGLISH: "en"}
 
 
+def _short_names(enum: Any, prefix: str) -> dict[int, str]:
+    """An enum's values as the facts spell them: SEX_FEMALE -> female."""
+    return {v.number: v.name.removeprefix(prefix).lower() for v in enum.DESCRIPTOR.values}
+
+
+_SEX = _short_names(sex_pb2.Sex, "SEX_")
+_INCIDENT_TYPE = _short_names(pb.IncidentType, "INCIDENT_TYPE_")
+
+
 @cache
 def known_districts() -> dict[str, dict[str, str]]:
     """District code -> names in English and Azerbaijani."""
@@ -86,11 +95,9 @@ def facts(intake: pb.SurvivorIntake, day: date) -> dict[str, Any]:
     age = years_between(from_proto_date(intake.date_of_birth), day)
     result: dict[str, Any] = {
         "age": age,
-        "sex": sex_pb2.Sex.Name(intake.sex).removeprefix("SEX_").lower(),
+        "sex": _SEX[intake.sex],
         "district": intake.district_code,
-        "incident_type": pb.IncidentType.Name(intake.incident_type)
-        .removeprefix("INCIDENT_TYPE_")
-        .lower(),
+        "incident_type": _INCIDENT_TYPE[intake.incident_type],
         "years_since_incident": years_between(from_proto_date(intake.incident_date), day),
         "household_size": intake.household_size,
         "dependants": intake.dependants,
