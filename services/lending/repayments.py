@@ -61,13 +61,19 @@ class RepaymentGroups:
     async def record(self, repayment: Repayment) -> Outcome:
         return await self._group.submit(repayment)
 
-    async def _run(self, calls: Sequence[Repayment]) -> list[Outcome]:
+    async def _run(self, calls: Sequence[Repayment]) -> Sequence[Outcome | BaseException]:
         try:
             return await self._write(calls)
         except asyncpg.DeadlockDetectedError:
             # Two groups that reused one request_id for different loans can wait on each
             # other; PostgreSQL undid this one. One at a time, they cannot.
-            return [(await self._write([call]))[0] for call in calls]
+            return [await self._alone(call) for call in calls]
+
+    async def _alone(self, call: Repayment) -> Outcome | BaseException:
+        try:
+            return (await self._write([call]))[0]
+        except Exception as error:  # this call's own failure
+            return error
 
     async def _write(self, calls: Sequence[Repayment]) -> list[Outcome]:
         entries = [c.audit.entry("OK", "").as_json() if c.audit else None for c in calls]
