@@ -1,6 +1,7 @@
 """Lending benchmarks; prints the figures that docs/benchmarks.md records.
 
-    .venv/bin/python -m bench.lending_bench [--seconds 5] [--concurrency 32] [--loans 100000]
+    .venv/bin/python -m bench.lending_bench [--seconds 5] [--rounds 3] [--concurrency 32]
+                                            [--loans 100000]
 
 - RecordRepayment over gRPC with durable commits (synchronous_commit on), sustained rate,
   and the same postings written by a bare asyncpg transaction in the same run;
@@ -145,7 +146,8 @@ async def bench_repayments(
     seconds: float,
     concurrency: int,
     meter: CpuMeter,
-) -> tuple[float, float]:
+    rounds: int,
+) -> tuple[list[float], list[float]]:
     """`fast_stubs` carry no client interceptor: the load loop passes the token itself."""
     stub = stubs[0]
     auth = bearer_metadata()
@@ -198,15 +200,17 @@ async def bench_repayments(
         )
         return loan_id
 
-    # Enough loans that none gets more repayments than a real 36-month loan would.
+    # Enough loans that none gets more repayments than a real 36-month loan would (a
+    # loan's answer reads its history, so an overused loan would flatter the bare side).
+    per_worker = LOANS_PER_WORKER * rounds
     loan_ids: list[str] = []
-    for _ in range(LOANS_PER_WORKER):
+    for _ in range(per_worker):
         loan_ids += await asyncio.gather(*(new_loan(i) for i in range(concurrency)))
     turn = [0] * concurrency
 
     def next_loan(index: int) -> str:
         turn[index] += 1
-        return loan_ids[(turn[index] % LOANS_PER_WORKER) * concurrency + index]
+        return loan_ids[(turn[index] % per_worker) * concurrency + index]
 
     async def repay(index: int) -> None:
         await fast_stubs[index % len(fast_stubs)].RecordRepayment(
@@ -221,14 +225,6 @@ async def bench_repayments(
             ),
             metadata=auth,
         )
-
-    await _sustained(1.0, concurrency, repay)  # warm-up
-    async with pool.acquire() as conn:
-        meter.postgres_pids = [
-            r["pid"] for r in await conn.fetch("SELECT pid FROM pg_stat_activity")
-        ]
-    print("RecordRepayment over gRPC, measured:")
-    grpc_rate = await _sustained(seconds, concurrency, repay, meter)
 
     async def bare(index: int) -> None:
         # The same transaction and postings as a repayment, in one statement, with no
@@ -248,10 +244,29 @@ async def bench_repayments(
                 ],
             )
 
+    await _sustained(1.0, concurrency, repay)  # warm-up
     await _sustained(1.0, concurrency, bare)
-    print("bare asyncpg, measured:")
-    bare_rate = await _sustained(seconds, concurrency, bare, meter)
-    return grpc_rate, bare_rate
+    async with pool.acquire() as conn:
+        meter.postgres_pids = [
+            r["pid"] for r in await conn.fetch("SELECT pid FROM pg_stat_activity")
+        ]
+    # Rounds in alternating order (gRPC then bare, bare then gRPC, ...), so that the
+    # machine's speed drifting during the run weighs on both sides alike.
+    grpc_rates: list[float] = []
+    bare_rates: list[float] = []
+    for number in range(rounds):
+        phases = [
+            ("RecordRepayment over gRPC", repay, grpc_rates),
+            ("bare asyncpg", bare, bare_rates),
+        ]
+        for label, load, rates in phases if number % 2 == 0 else reversed(phases):
+            print(f"round {number + 1}, {label}:")
+            rates.append(await _sustained(seconds, concurrency, load, meter))
+        print(
+            f"  round {number + 1}: {grpc_rates[-1]:.0f}/s against {bare_rates[-1]:.0f}/s = "
+            f"{grpc_rates[-1] / bare_rates[-1]:.0%}"
+        )
+    return grpc_rates, bare_rates
 
 
 async def load_portfolio(conn: asyncpg.Connection, loans: int) -> None:
@@ -497,16 +512,20 @@ async def _run(args: argparse.Namespace, url: str, ports: list[int], meter: CpuM
         micros = bench_schedule()
         print(f"36-month schedule generation: {micros:.1f} µs (target <= 100 µs)")
 
-        grpc_rate, bare_rate = await bench_repayments(
-            pool, stubs, fast_stubs, args.seconds, args.concurrency, meter
+        grpc_rates, bare_rates = await bench_repayments(
+            pool, stubs, fast_stubs, args.seconds, args.concurrency, meter, args.rounds
+        )
+        ratios = [g / b for g, b in zip(grpc_rates, bare_rates, strict=True)]
+        print(
+            f"RecordRepayment over gRPC: {statistics.median(grpc_rates):.0f}/s sustained "
+            f"(median of {args.rounds} rounds of {args.seconds:.0f} s), {args.concurrency} "
+            f"concurrent (target >= 500/s)"
         )
         print(
-            f"RecordRepayment over gRPC: {grpc_rate:.0f}/s sustained over {args.seconds:.0f} s, "
-            f"{args.concurrency} concurrent (target >= 500/s)"
-        )
-        print(
-            f"bare asyncpg transaction of the same postings: {bare_rate:.0f}/s; "
-            f"ratio {grpc_rate / bare_rate:.0%} (target >= 50%)"
+            "bare asyncpg transaction of the same postings: "
+            f"{statistics.median(bare_rates):.0f}/s; "
+            f"ratio per round {', '.join(f'{r:.0%}' for r in ratios)}, median "
+            f"{statistics.median(ratios):.0%} (target >= 50%)"
         )
 
         if not args.loans:
@@ -535,6 +554,7 @@ def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating gRPC/bare rounds")
     parser.add_argument("--pool", type=int, default=32)
     parser.add_argument("--loans", type=int, default=100_000, help="0: no report")
     parser.add_argument("--replicas", type=int, default=1, help="service processes")
