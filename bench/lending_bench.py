@@ -200,23 +200,29 @@ async def bench_repayments(
         )
         return loan_id
 
-    # Enough loans that none gets more repayments than a real 36-month loan would (a
-    # loan's answer reads its history, so an overused loan would flatter the bare side).
+    # Enough loans that none gets more repayments than a real 36-month loan would, and
+    # one set for each side: a repayment's answer reads its loan's history (its cost grows
+    # with it), a bare insert does not, so shared loans would flatter the bare side.
     per_worker = LOANS_PER_WORKER * rounds
-    loan_ids: list[str] = []
-    for _ in range(per_worker):
-        loan_ids += await asyncio.gather(*(new_loan(i) for i in range(concurrency)))
-    turn = [0] * concurrency
 
-    def next_loan(index: int) -> str:
-        turn[index] += 1
-        return loan_ids[(turn[index] % per_worker) * concurrency + index]
+    async def loan_set() -> list[str]:
+        loans: list[str] = []
+        for _ in range(per_worker):
+            loans += await asyncio.gather(*(new_loan(i) for i in range(concurrency)))
+        return loans
+
+    loan_sets = {"grpc": await loan_set(), "bare": await loan_set()}
+    turns = {side: [0] * concurrency for side in loan_sets}
+
+    def next_loan(side: str, index: int) -> str:
+        turns[side][index] += 1
+        return loan_sets[side][(turns[side][index] % per_worker) * concurrency + index]
 
     async def repay(index: int) -> None:
         await fast_stubs[index % len(fast_stubs)].RecordRepayment(
             pb.RecordRepaymentRequest(
                 request_id=str(uuid.uuid4()),
-                loan_id=next_loan(index),
+                loan_id=next_loan("grpc", index),
                 amount_minor=1,
                 currency_code="AZN",
                 payment_date=date_pb2.Date(year=2026, month=6, day=1),
@@ -229,7 +235,7 @@ async def bench_repayments(
     async def bare(index: int) -> None:
         # The same transaction and postings as a repayment, in one statement, with no
         # checks, no idempotency key and no response.
-        loan_id = next_loan(index)
+        loan_id = next_loan("bare", index)
         async with pool.acquire() as conn, conn.transaction():
             await ledger.post(
                 conn,
