@@ -23,7 +23,10 @@ from tests.conftest import Cluster
 from tests.factories import pdate
 from tests.lending_helpers import active_loan, open_fund, repayment
 
-MIGRATION = Path(figures.__file__).parent / "migrations" / "008_repayment_with_its_loan_view.sql"
+# The latest migration that defines lending_loan_view_one.
+MIGRATION = (
+    Path(figures.__file__).parent / "migrations" / "013_loan_view_skips_unneeded_postings.sql"
+)
 
 
 def test_the_repayment_function_holds_the_same_loan_view_as_figures() -> None:
