@@ -368,7 +368,14 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             loans = await self._loan_views(conn, [request.loan_id], as_of)
             if not loans:
                 raise NotFound(f"loan {request.loan_id} does not exist")
-            return pb.GetLoanResponse(loan=loans[0])
+            response = pb.GetLoanResponse(loan=loans[0])
+            if request.include_schedule:
+                revision = await self._latest_revision(conn, request.loan_id)
+                if revision is not None:
+                    response.schedule.CopyFrom(
+                        await self._schedule_view(conn, request.loan_id, revision, as_of)
+                    )
+            return response
 
     async def ListLoans(
         self, request: pb.ListLoansRequest, context: grpc.aio.ServicerContext
@@ -410,10 +417,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             )
             if loan is None:
                 raise NotFound(f"loan {request.loan_id} does not exist")
-            revision = request.revision or await conn.fetchval(
-                "SELECT max(revision) FROM schedule_revisions WHERE loan_id = $1",
-                request.loan_id,
-            )
+            revision = request.revision or await self._latest_revision(conn, request.loan_id)
             if revision is None:
                 raise NotFound(f"loan {request.loan_id} has no schedule until it is disbursed")
             schedule = await self._schedule_view(conn, request.loan_id, revision, as_of)
@@ -1083,6 +1087,14 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             [i.principal_minor for i in instalments],
             [i.cumulative_minor for i in instalments],
         )
+
+    @staticmethod
+    async def _latest_revision(conn: Connection, loan_id: str) -> int | None:
+        """The loan's schedule in force; None before its first disbursement."""
+        revision: int | None = await conn.fetchval(
+            "SELECT max(revision) FROM schedule_revisions WHERE loan_id = $1", loan_id
+        )
+        return revision
 
     async def _schedule_view(
         self, conn: Connection, loan_id: str, revision: int, as_of: date

@@ -664,3 +664,32 @@ async def test_a_write_off_proposal_can_be_withdrawn_with_a_reason_and_proposed_
         with pytest.raises(asyncpg.PostgresError, match="append-only"):
             await conn.execute("DELETE FROM write_off_withdrawals WHERE loan_id = $1", loan.loan_id)
     assert [tuple(r) for r in kept] == [("no contact for a year", "pm-02", "the borrower is back")]
+
+
+async def test_get_loan_answers_with_its_schedule_in_one_call(cluster: Cluster) -> None:
+    """What the journeys read at every due date: the loan and the schedule in force, as of
+    one date, from one call; no schedule before the first disbursement."""
+    fund_id = await open_fund(cluster, 1_000_000)
+    approved = await approved_loan(cluster.lending, fund_id=fund_id, amount_minor=120_000)
+    ask = pb.GetLoanRequest(
+        loan_id=approved.loan_id, as_of=pdate(date(2026, 5, 1)), include_schedule=True
+    )
+    before = await cluster.lending.GetLoan(ask)
+    assert before.loan.state == pb.LOAN_STATE_APPROVED and not before.HasField("schedule")
+
+    await disburse(cluster.lending, approved.loan_id, 120_000, date(2026, 3, 10))
+    await cluster.lending.RecordRepayment(repayment(approved.loan_id, 7_000, date(2026, 4, 20)))
+    both = await cluster.lending.GetLoan(ask)
+    alone = await cluster.lending.GetRepaymentSchedule(
+        pb.GetRepaymentScheduleRequest(loan_id=approved.loan_id, as_of=ask.as_of)
+    )
+    assert both.schedule == alone.schedule and both.schedule.instalments
+    assert (
+        both.loan
+        == (
+            await cluster.lending.GetLoan(
+                pb.GetLoanRequest(loan_id=approved.loan_id, as_of=ask.as_of)
+            )
+        ).loan
+    )
+    assert sum(i.principal_paid_minor for i in both.schedule.instalments) == 7_000

@@ -7,8 +7,6 @@ answers it once.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import date
@@ -296,43 +294,18 @@ class JourneyActivities:
 
     @activity.defn
     async def loan_snapshot(self, params: SnapshotInput) -> LoanSnapshot:
-        """Read-only: the loan and its schedule as of a date, straight from the ledger."""
-        as_of = pdate(params.as_of)
-        # Lending has no single read of a loan with its schedule, so both are asked at
-        # once: one round trip of wall time instead of two.
-        loan_call = call(
-            self.lending.GetLoan, lending_pb.GetLoanRequest(loan_id=params.loan_id, as_of=as_of)
+        """Read-only: the loan and its schedule as of a date, straight from the ledger, in
+        one call."""
+        answer = await call(
+            self.lending.GetLoan,
+            lending_pb.GetLoanRequest(
+                loan_id=params.loan_id, as_of=pdate(params.as_of), include_schedule=True
+            ),
         )
-        schedule_call = asyncio.ensure_future(
-            call(
-                self.lending.GetRepaymentSchedule,
-                lending_pb.GetRepaymentScheduleRequest(loan_id=params.loan_id, as_of=as_of),
-            )
-        )
-        try:
-            loan = (await loan_call).loan
-        except BaseException:
-            schedule_call.cancel()
-            with contextlib.suppress(BaseException):
-                await schedule_call
-            raise
+        loan, schedule = answer.loan, answer.schedule
         status = lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_")
-        if not loan.disbursed_minor:  # no schedule before the first tranche (NOT_FOUND)
-            with contextlib.suppress(ApplicationError, grpc.aio.AioRpcError):
-                await schedule_call
+        if not loan.disbursed_minor:  # no schedule before the first tranche
             return LoanSnapshot(status, 0, 0, 0, "", 0, "")
-        try:
-            schedule = (await schedule_call).schedule
-        except ApplicationError as error:
-            if error.type != grpc.StatusCode.NOT_FOUND.name:
-                raise
-            # Read just before the first tranche created the schedule: read it again.
-            schedule = (
-                await call(
-                    self.lending.GetRepaymentSchedule,
-                    lending_pb.GetRepaymentScheduleRequest(loan_id=params.loan_id, as_of=as_of),
-                )
-            ).schedule
         if status in CLOSED_LOAN_STATES:  # repaid or written off: nothing falls due any more
             return LoanSnapshot(
                 status=status,

@@ -1326,8 +1326,13 @@ class GetLoanRequest(_message.Message):
 
     LOAN_ID_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    INCLUDE_SCHEDULE_FIELD_NUMBER: _builtins.int
     loan_id: _builtins.str
     """The loan."""
+    include_schedule: _builtins.bool
+    """Also return the loan's schedule in force (its latest revision) as of the
+    same date, in the same call.
+    """
     @_builtins.property
     def as_of(self) -> _date_pb2.Date:
         """Date the arrears figures are computed for; unset means today (UTC)."""
@@ -1337,10 +1342,11 @@ class GetLoanRequest(_message.Message):
         *,
         loan_id: _builtins.str = ...,
         as_of: _date_pb2.Date | None = ...,
+        include_schedule: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "loan_id", b"loan_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "include_schedule", b"include_schedule", "loan_id", b"loan_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1353,18 +1359,26 @@ class GetLoanResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LOAN_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def loan(self) -> Global___Loan:
         """The loan."""
+
+    @_builtins.property
+    def schedule(self) -> Global___RepaymentSchedule:
+        """The schedule in force, when include_schedule was asked and the loan has
+        one (from its first disbursement on).
+        """
 
     def __init__(
         self,
         *,
         loan: Global___Loan | None = ...,
+        schedule: Global___RepaymentSchedule | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan", "schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan", "schedule", b"schedule"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
