@@ -174,20 +174,20 @@ class Assessor:
             if assessed:
                 rows = await conn.fetch(_WRITE, *_write_arguments(assessed, pins, survivors))
                 written = {r["request_id"]: (r["fresh"], r["claimed"]) for r in rows}
-        used: list[int] = list(refused)  # a refusal of a request_id already used: replayed
-        for decided in assessed:
-            call = decided.call
-            fresh, claimed = written[call.request.request_id]
-            index = first[call.request.request_id]
-            if not fresh:
-                continue  # its survivor changed since it was read: RUN_AGAIN
-            if not claimed:
-                used.append(index)
-                continue
-            outcomes[index] = decided.response
-            if call.audit is not None:  # written by the statement, which has committed
-                call.audit.written = call.audit.committed = True
-        await self._replay(calls, used, outcomes)
+            used: list[int] = list(refused)  # a refusal of a request_id already used: replayed
+            for decided in assessed:
+                call = decided.call
+                fresh, claimed = written[call.request.request_id]
+                index = first[call.request.request_id]
+                if not fresh:
+                    continue  # its survivor changed since it was read: RUN_AGAIN
+                if not claimed:
+                    used.append(index)
+                    continue
+                outcomes[index] = decided.response
+                if call.audit is not None:  # written by the statement, which has committed
+                    call.audit.written = call.audit.committed = True
+            await self._replay(conn, calls, used, outcomes)
         return outcomes
 
     async def _decide(
@@ -236,41 +236,39 @@ class Assessor:
             pins[request.survivor_id] = _Pin(pin.rule_set_id, version)
         return _Assessed(call, response, request.reassessment_reason, intake_pb)
 
+    @staticmethod
     async def _replay(
-        self, calls: Sequence[_Call], used: list[int], outcomes: list[Outcome]
+        conn: Connection, calls: Sequence[_Call], used: list[int], outcomes: list[Outcome]
     ) -> None:
         """The first answer for each call whose request_id was already used; a refused
         call whose request_id is unused keeps its refusal."""
         if not used:
             return
-        async with self.db.pool.acquire() as conn:
-            rows = await conn.fetch(_STORED, [calls[i].request.request_id for i in used])
-            stored = {
-                r["request_id"]: (r["method"], r["payload_hash"], r["response"]) for r in rows
-            }
-            answers: dict[int, pb.AssessEligibilityResponse] = {}
-            for index in used:
-                call = calls[index]
-                if call.request.request_id not in stored:
-                    continue
-                try:
-                    answers[index] = replayed(
-                        stored[call.request.request_id],
-                        request_id=call.request.request_id,
-                        method=_METHOD,
-                        digest=call.digest,
-                        response_type=pb.AssessEligibilityResponse,
-                    )
-                except Exception as error:
-                    outcomes[index] = error
-            # The answer stored with the key names the assessment (see _write_arguments);
-            # answers stored before that hold it whole.
-            named = [a.assessment.assessment_id for a in answers.values() if _names_only(a)]
-            results = (
-                {r["assessment_id"]: r["result"] for r in await conn.fetch(_ASSESSMENTS, named)}
-                if named
-                else {}
-            )
+        rows = await conn.fetch(_STORED, [calls[i].request.request_id for i in used])
+        stored = {r["request_id"]: (r["method"], r["payload_hash"], r["response"]) for r in rows}
+        answers: dict[int, pb.AssessEligibilityResponse] = {}
+        for index in used:
+            call = calls[index]
+            if call.request.request_id not in stored:
+                continue
+            try:
+                answers[index] = replayed(
+                    stored[call.request.request_id],
+                    request_id=call.request.request_id,
+                    method=_METHOD,
+                    digest=call.digest,
+                    response_type=pb.AssessEligibilityResponse,
+                )
+            except Exception as error:
+                outcomes[index] = error
+        # The answer stored with the key names the assessment (see _write_arguments);
+        # answers stored before that hold it whole.
+        named = [a.assessment.assessment_id for a in answers.values() if _names_only(a)]
+        results = (
+            {r["assessment_id"]: r["result"] for r in await conn.fetch(_ASSESSMENTS, named)}
+            if named
+            else {}
+        )
         for index, answer in answers.items():
             if _names_only(answer):
                 answer.assessment.ParseFromString(results[answer.assessment.assessment_id])

@@ -10,7 +10,6 @@ import grpc
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
-from mineaction.type.v1 import localized_text_pb2
 from services.common import pagination
 from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one
@@ -28,17 +27,9 @@ from services.eligibility import intake as intake_mod
 from services.eligibility import rules
 from services.eligibility.assessing import Assessor
 from services.eligibility.rulebook import RuleBook
+from services.eligibility.trace import OUTCOME, rule_result_message, score_component_message
 
 SIMULATION_LIMIT = 100_000
-_OUTCOME = {
-    "ELIGIBLE": pb.OUTCOME_ELIGIBLE,
-    "NOT_ELIGIBLE": pb.OUTCOME_NOT_ELIGIBLE,
-    "NEEDS_REVIEW": pb.OUTCOME_NEEDS_REVIEW,
-}
-
-
-def _text(text: rules.Text) -> localized_text_pb2.LocalizedText:
-    return localized_text_pb2.LocalizedText(en=text.en, az=text.az)
 
 
 def decision_to_proto(
@@ -47,26 +38,15 @@ def decision_to_proto(
     decisions = [
         pb.ProgrammeDecision(
             programme_id=d.programme_id,
-            outcome=_OUTCOME[d.outcome],
+            outcome=OUTCOME[d.outcome],
             missing_data=list(d.missing_data),
-            rule_results=[
-                pb.RuleResult(
-                    rule_id=r.rule_id,
-                    passed=r.passed,
-                    inputs=dict(r.inputs),
-                    explanation=_text(r.explanation),
-                )
-                for r in d.rule_results
-            ],
+            rule_results=[rule_result_message(r) for r in d.rule_results],
         )
         for d in decision.decisions
     ]
     priority = pb.PriorityScore(
         total=decision.priority_total,
-        components=[
-            pb.ScoreComponent(name=p.name, points=p.points, explanation=_text(p.explanation))
-            for p in decision.priority_parts
-        ],
+        components=[score_component_message(p) for p in decision.priority_parts],
     )
     return decisions, priority
 
@@ -357,7 +337,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 after = rules.evaluate(candidate, facts, day).outcomes()
                 for programme_id, outcome in after.items():
                     old = before.get(programme_id, pb.OUTCOME_UNSPECIFIED)
-                    if _OUTCOME[outcome] == old:
+                    if OUTCOME[outcome] == old:
                         continue
                     counts[programme_id] = counts.get(programme_id, 0) + 1
                     examples = changed.setdefault(programme_id, [])
@@ -366,7 +346,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                             pb.DecisionChangeExample(
                                 assessment_id=row["assessment_id"],
                                 before=old,
-                                after=_OUTCOME[outcome],
+                                after=OUTCOME[outcome],
                             )
                         )
         return pb.SimulateRuleSetResponse(

@@ -29,7 +29,7 @@ from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.type.v1 import localized_text_pb2
 from services.eligibility import rules
 
-_OUTCOME = {
+OUTCOME = {
     "ELIGIBLE": pb.OUTCOME_ELIGIBLE,
     "NOT_ELIGIBLE": pb.OUTCOME_NOT_ELIGIBLE,
     "NEEDS_REVIEW": pb.OUTCOME_NEEDS_REVIEW,
@@ -58,6 +58,19 @@ _PRIORITY = pb.Assessment.DESCRIPTOR.fields_by_name["priority"].number
 
 def _text(text: rules.Text) -> localized_text_pb2.LocalizedText:
     return localized_text_pb2.LocalizedText(en=text.en, az=text.az)
+
+
+def rule_result_message(r: rules.RuleResult) -> pb.RuleResult:
+    """A rule's result as the API shows it (the reference and the fragments alike)."""
+    return pb.RuleResult(
+        rule_id=r.rule_id, passed=r.passed, inputs=dict(r.inputs), explanation=_text(r.explanation)
+    )
+
+
+def score_component_message(part: rules.ScorePart) -> pb.ScoreComponent:
+    return pb.ScoreComponent(
+        name=part.name, points=part.points, explanation=_text(part.explanation)
+    )
 
 
 def _key_value(value: Any) -> Any:
@@ -144,16 +157,7 @@ def assessment_trace(rule_set: rules.RuleSet, facts: Mapping[str, Any], day: dat
         if entry is None:
             r = rules.rule_result(rule_set.rules[i], passed, missing, facts, period)
             entry = cache[key] = (
-                pb.ProgrammeDecision(
-                    rule_results=[
-                        pb.RuleResult(
-                            rule_id=r.rule_id,
-                            passed=r.passed,
-                            inputs=dict(r.inputs),
-                            explanation=_text(r.explanation),
-                        )
-                    ]
-                ).SerializeToString(),
+                pb.ProgrammeDecision(rule_results=[rule_result_message(r)]).SerializeToString(),
                 next(_serials),
             )
         results.append((passed, missing, entry[0]))
@@ -182,9 +186,8 @@ def _priority(
     """The priority score, as `rules.evaluate` makes it, as an Assessment field."""
     score = pb.PriorityScore(total=sum(points))
     for component, value in zip(rule_set.priority, points, strict=True):
-        part = rules.score_part(component, value, facts, period)
-        score.components.add(
-            name=part.name, points=part.points, explanation=_text(part.explanation)
+        score.components.append(
+            score_component_message(rules.score_part(component, value, facts, period))
         )
     return _length_delimited(_PRIORITY, score.SerializeToString())
 
@@ -204,6 +207,6 @@ def _decision(
     else:
         outcome = "ELIGIBLE"
     header = pb.ProgrammeDecision(
-        programme_id=programme_id, outcome=_OUTCOME[outcome], missing_data=list(missing)
+        programme_id=programme_id, outcome=OUTCOME[outcome], missing_data=list(missing)
     ).SerializeToString()
     return _length_delimited(_DECISIONS, header + b"".join(fragment for _, _, fragment in own))
