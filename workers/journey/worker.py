@@ -23,6 +23,7 @@ from services.common.logging import configure_logging
 from services.common.metrics import temporal_runtime
 from services.common.tracing import configure_tracing, temporal_interceptors
 from workers.codec import KeyringError, data_converter
+from workers.compiled_once import compile_once
 from workers.journey import search_attributes
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import TASK_QUEUE
@@ -56,6 +57,7 @@ PASSTHROUGH_MODULES = (
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:
+    compile_once(*WORKFLOWS)
     return SandboxedWorkflowRunner(
         restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH_MODULES)
     )
