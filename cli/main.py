@@ -771,6 +771,44 @@ def repay(
     run(go())
 
 
+@app.command("withdraw-write-off")
+def withdraw_write_off(
+    loan_id: Annotated[str, typer.Argument(help="The loan whose write-off proposal to withdraw.")],
+    reason: Annotated[str, typer.Option(help="Why the proposal is withdrawn.")],
+    by: Annotated[
+        str,
+        typer.Option(help="Staff id who withdraws it (default: the token's own identity)."),
+    ] = "",
+    request_id: Annotated[
+        str | None,
+        typer.Option(help="Idempotency key (UUID) to retry safely; default new."),
+    ] = None,
+) -> None:
+    """Withdraw a loan's open write-off proposal, with a reason (kept on record); the loan
+    stays ACTIVE and a new proposal may follow. A confirmed write-off is final."""
+
+    async def go() -> None:
+        request = lending_pb.WithdrawLoanWriteOffRequest(
+            request_id=request_id or inputs.request_id(),
+            loan_id=inputs.identifier(loan_id, "loan id"),
+            reason=inputs.text(reason, "--reason", 1000),
+            withdrawn_by=inputs.staff(by, "--by") if by else "",
+        )
+        checked(request)
+        settings = context.settings()
+        token = context.token(_OPTIONS, settings)
+        async with context.lending(settings, token) as stub:
+            with calling("lending", settings.lending_address):
+                response = await stub.WithdrawLoanWriteOff(request, timeout=TIMEOUT)
+        proposal = response.withdrawn
+        render.line(
+            f"withdrawn by {response.withdrawn_by}: the write-off of {request.loan_id} "
+            f"proposed by {proposal.proposed_by} ({proposal.reason}); the loan stays ACTIVE"
+        )
+
+    run(go())
+
+
 # --- arrears --------------------------------------------------------------------------
 
 

@@ -27,7 +27,9 @@ from cli.main import app
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.config import Settings
 from tests.conftest import Cluster
+from tests.factories import pdate, request_id
 from tests.journey_helpers import follow_up_due, own_pool, skip_until, wait_for_stage
+from tests.lending_helpers import active_loan, open_fund
 from workers.journey import search_attributes as sa
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
@@ -415,6 +417,38 @@ async def test_a_missing_journey_and_an_unknown_survivor(cli_env: dict[str, str]
     assert line.startswith("error: not found:"), line
     line = one_error_line(await mineaction(cli_env, "repay", "loan-nobody-01", "10"))
     assert "unknown loan" in line or "not found" in line
+
+
+async def test_a_write_off_proposal_withdrawn_from_the_cli(
+    cli_env: dict[str, str], cluster: Cluster
+) -> None:
+    """The operator's way out of a proposal made by mistake: withdrawn with a reason, the
+    loan still ACTIVE; nothing left to withdraw, or no reason, says so in one line."""
+    loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
+    withdraw = ["withdraw-write-off", loan.loan_id, "--reason", "the borrower is back"]
+    line = one_error_line(await mineaction(cli_env, *withdraw))
+    assert line == f"error: refused: loan {loan.loan_id} has no write-off proposal to withdraw"
+
+    await cluster.lending.ProposeLoanWriteOff(
+        lending_pb.ProposeLoanWriteOffRequest(
+            request_id=request_id(),
+            loan_id=loan.loan_id,
+            reason="no contact for a year",
+            proposed_by="lo-07",
+            write_off_date=pdate(date(2027, 6, 30)),
+        )
+    )
+    ran = await mineaction(cli_env, *withdraw, "--by", "pm-02")
+    assert ran.exit_code == 0, ran
+    assert ran.stdout.strip() == (
+        f"withdrawn by pm-02: the write-off of {loan.loan_id} proposed by lo-07 "
+        "(no contact for a year); the loan stays ACTIVE"
+    )
+    still = (await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=loan.loan_id))).loan
+    assert still.state == lending_pb.LOAN_STATE_ACTIVE and still.written_off_minor == 0
+
+    refused = await mineaction(cli_env, "withdraw-write-off", loan.loan_id, "--reason", " ")
+    assert refused.exit_code == 2 and "--reason" in one_error_line(refused)
 
 
 async def test_tokens_are_presented_and_a_bad_one_is_refused(
