@@ -14,9 +14,10 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import grpc
 
 from services.common.auth import ensure_dev_credentials
@@ -203,3 +204,53 @@ def echo_server_main(port: int) -> None:
         await server.wait_for_termination()
 
     asyncio.run(serve())
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes so far (Linux /proc; 0 for any gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuMeter:
+    """CPU used per operation by each party while a load runs: the service process(es),
+    this process (the load generator, or the bare asyncpg client) and PostgreSQL (every
+    process in pg_stat_activity: backends, WAL writer, checkpointer, ...)."""
+
+    service_pids: list[int]
+    postgres_pids: list[int] = field(default_factory=list)
+
+    def sample(self) -> tuple[float, float, float]:
+        return (
+            cpu_seconds(self.service_pids),
+            time.process_time(),
+            cpu_seconds(self.postgres_pids),
+        )
+
+    @staticmethod
+    def per_operation(
+        before: tuple[float, float, float], after: tuple[float, float, float], operations: int
+    ) -> str:
+        service, client, postgres = (
+            (a - b) / max(operations, 1) * 1e6 for a, b in zip(after, before, strict=True)
+        )
+        return (
+            f"CPU per operation: service {service:.0f} µs, this process {client:.0f} µs, "
+            f"PostgreSQL {postgres:.0f} µs"
+        )
+
+
+async def postgres_pids(database_url: str) -> list[int]:
+    """Every PostgreSQL process the server lists: backends, WAL writer, checkpointer, ..."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return [row["pid"] for row in await conn.fetch("SELECT pid FROM pg_stat_activity")]
+    finally:
+        await conn.close()

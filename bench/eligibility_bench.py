@@ -18,6 +18,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.common import (
+    CpuMeter,
     Result,
     bearer_metadata,
     channel,
@@ -25,6 +26,7 @@ from bench.common import (
     database,
     echo_server_main,
     open_loop,
+    postgres_pids,
     process,
     service,
 )
@@ -123,7 +125,7 @@ async def over_grpc(database_url: str) -> None:
     auth = bearer_metadata()
     echo_port = free_port()
     echo_argv = [sys.executable, "-m", "bench.eligibility_bench", "--echo-server", str(echo_port)]
-    with process(echo_argv, {}, echo_port):
+    with process(echo_argv, {}, echo_port) as echo_process:
         async with channel(echo_port) as ch:
             echo = ch.unary_unary("/bench.Echo/Echo")
             payload = pb.AssessEligibilityRequest(
@@ -131,12 +133,15 @@ async def over_grpc(database_url: str) -> None:
                 survivor_id="srv-bench",
                 assessment_date=pdate(date.today()),
             ).SerializeToString()
+            meter = CpuMeter([echo_process.pid])
+            before = meter.sample()
             echo_result = await closed_loop(
                 lambda _: echo(payload, metadata=auth), concurrency=CONCURRENCY, seconds=SECONDS
             )
+            echo_cpu = meter.per_operation(before, meter.sample(), echo_result.count)
 
     argv, env, port = service("services.eligibility", "ELIGIBILITY_ADDRESS", database_url)
-    with process(argv, env, port):
+    with process(argv, env, port) as service_process:
         async with channel(port) as ch:
             stub = pb_grpc.EligibilityServiceStub(ch)
             survivors = []
@@ -158,15 +163,20 @@ async def over_grpc(database_url: str) -> None:
                 )
 
             await closed_loop(assess, concurrency=CONCURRENCY, seconds=1.0)  # warm up
+            meter = CpuMeter([service_process.pid], await postgres_pids(database_url))
+            before = meter.sample()
             assess_result = await closed_loop(assess, concurrency=CONCURRENCY, seconds=SECONDS)
+            assess_cpu = meter.per_operation(before, meter.sample(), assess_result.count)
             paced = await open_loop(assess, rate=500, seconds=10.0)
 
     commits = await bare_commits(database_url)
     print(f"echo server (empty grpc.aio)   : {echo_result.rate:8.0f} req/s")
+    print(f"  {echo_cpu.replace('service', 'echo server')}")
     print(
         f"AssessEligibility over gRPC     : {assess_result.rate:8.0f} req/s "
         f"= {assess_result.rate / echo_result.rate:.0%} of echo (target >= 60%)"
     )
+    print(f"  {assess_cpu}")
     print(
         f"AssessEligibility at 500 req/s  : p50 {paced.percentile(50):.1f} ms, "
         f"p99 {paced.percentile(99):.1f} ms (target p99 <= 10 ms), achieved {paced.rate:.0f} req/s"

@@ -28,7 +28,6 @@ import time
 import timeit
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import asyncpg
 import grpc
 from google.type import date_pb2
 
-from bench.common import bearer_metadata, bench_token, process, service
+from bench.common import CpuMeter, bearer_metadata, bench_token, process, service
 from mineaction.lending.v1 import lending_service_pb2 as pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import age_band_pb2, sex_pb2
@@ -71,47 +70,6 @@ def bench_schedule() -> float:
         lambda: build_schedule(800_000, date(2026, 1, 31), 36, 2, (1, 2)), number=2_000, repeat=5
     )
     return min(runs) / 2_000 * 1e6
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of these processes so far (Linux /proc; 0 for any gone)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class CpuMeter:
-    """CPU used per operation by each party while a load runs: the service process(es),
-    this process (the load generator, or the bare asyncpg client) and PostgreSQL (every
-    process in pg_stat_activity: backends, WAL writer, checkpointer, ...)."""
-
-    service_pids: list[int]
-    postgres_pids: list[int] = field(default_factory=list)
-
-    def sample(self) -> tuple[float, float, float]:
-        return (
-            _cpu_seconds(self.service_pids),
-            time.process_time(),
-            _cpu_seconds(self.postgres_pids),
-        )
-
-    @staticmethod
-    def per_operation(
-        before: tuple[float, float, float], after: tuple[float, float, float], operations: int
-    ) -> str:
-        service, client, postgres = (
-            (a - b) / max(operations, 1) * 1e6 for a, b in zip(after, before, strict=True)
-        )
-        return (
-            f"CPU per operation: service {service:.0f} µs, this process {client:.0f} µs, "
-            f"PostgreSQL {postgres:.0f} µs"
-        )
 
 
 async def _sustained(
