@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import date
+from typing import Any, cast
 
 import asyncpg
 import grpc
@@ -14,7 +15,10 @@ import pytest
 from mineaction.lending.v1 import lending_service_pb2 as pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import sex_pb2
+from services.common import idempotency
 from services.common.errors import reason_of
+from services.lending import ledger
+from services.lending.repayments import Outcome, Repayment, RepaymentGroups
 from services.lending.schedule import build_schedule
 from tests.conftest import Cluster
 from tests.factories import new_id, pdate, request_id
@@ -595,6 +599,82 @@ async def test_repayments_arriving_together_each_get_their_own_outcome(cluster: 
     assert corrected.loan.repaid_principal_minor == 9_000
     async with lending_db(cluster).pool.acquire() as conn:
         await ledger_invariants(conn)
+
+
+async def test_two_groups_caught_in_a_deadlock_still_answer_every_repayment(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two service processes' groups can wait on each other when a client reuses one
+    request_id on two loans: PostgreSQL undoes one group, and its repayments are redone
+    one at a time. Every call gets its answer, the request_id has one effect, and the
+    ledger holds exactly the repayments that were answered as made."""
+    fund_id = await open_fund(cluster, 1_000_000)
+    x, a, b = sorted([(await active_loan(cluster, fund_id=fund_id)).loan_id for _ in range(3)])
+    on = date(2026, 5, 10)
+    reused = request_id()
+    first = [repayment(a, 1_000, on), repayment(b, 2_000, on)]
+    second = [repayment(x, 3_000, on), repayment(a, 4_000, on)]
+    first[1].request_id = second[0].request_id = reused
+    db = lending_db(cluster)
+    # Two processes' groups: each its own one-group-at-a-time writer.
+    one, other = RepaymentGroups(db), RepaymentGroups(db)
+    redone: list[str] = []
+    for groups in (one, other):
+        alone = groups._alone
+
+        async def counted(single: Repayment, alone: Any = alone) -> Outcome | BaseException:
+            redone.append(single.request.loan_id)
+            return cast(Outcome | BaseException, await alone(single))
+
+        monkeypatch.setattr(groups, "_alone", counted)
+
+    calls = {
+        id(r): Repayment(r, on, idempotency.payload_hash(r), ledger.new_transaction_id(), None)
+        for r in first + second
+    }
+
+    async def waiting_on_locks(count: int) -> None:
+        for _ in range(200):
+            async with db.pool.acquire() as conn:
+                waiting = await conn.fetchval(
+                    """SELECT count(*) FROM pg_stat_activity
+                       WHERE wait_event_type = 'Lock' AND query LIKE '%lending_repay_many%'"""
+                )
+            if waiting >= count:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"expected {count} group(s) waiting on a lock")
+
+    # The order that closes the cycle, made certain: loan x is held, so the second group
+    # claims the reused key and waits; the first then locks loan a and waits for the key;
+    # x released, the second goes on to loan a, held by the first.
+    async with db.pool.acquire() as blocker, blocker.transaction():
+        await blocker.execute("SELECT 1 FROM loans WHERE loan_id = $1 FOR UPDATE", x)
+        second_group = asyncio.gather(*(other.record(calls[id(r)]) for r in second))
+        await waiting_on_locks(1)
+        first_group = asyncio.gather(*(one.record(calls[id(r)]) for r in first))
+        await waiting_on_locks(2)
+    outcomes = [*await first_group, *await second_group]
+
+    # PostgreSQL undid one group; its two repayments were redone one at a time.
+    assert sorted(redone) in (sorted([a, b]), sorted([x, a])), redone
+    assert sorted(o.outcome for o in outcomes) == ["OK", "OK", "OK", "REPLAY"], outcomes
+    # The reused key kept the payload of whichever repayment took it first; the other
+    # call's digest differs, which the service answers as a reused request_id.
+    replayed = next(
+        (call, o) for call, o in zip(first + second, outcomes, strict=True) if o.outcome == "REPLAY"
+    )
+    assert replayed[0].request_id == reused
+    assert replayed[1].stored_payload_hash != idempotency.payload_hash(replayed[0])
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch(
+            """SELECT loan_id, count(*) AS n FROM ledger_transactions
+               WHERE loan_id = ANY($1::text[]) AND kind = 'REPAYMENT' GROUP BY loan_id""",
+            [x, a, b],
+        )
+        await ledger_invariants(conn)
+    made = {row["loan_id"]: row["n"] for row in rows}
+    assert made.get(a) == 2 and made.get(x, 0) + made.get(b, 0) == 1, made
 
 
 async def test_a_write_off_proposal_can_be_withdrawn_with_a_reason_and_proposed_again(
