@@ -13,9 +13,10 @@ import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import IO, Annotated, Any, NoReturn
+from typing import IO, Annotated, Any, NoReturn, TypeVar
 
 import typer
+from google.protobuf.message import Message
 from rich.table import Table
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
@@ -722,6 +723,22 @@ def journeys(
 # --- repayments -----------------------------------------------------------------------
 
 
+Response = TypeVar("Response", bound=Message)
+
+
+async def call_lending(rpc: str, request: Message, answer: type[Response]) -> Response:
+    """One call to the lending service with the operator's token; the request is checked
+    against the services' own validation rules before it is sent."""
+    checked(request)
+    settings = context.settings()
+    token = context.token(_OPTIONS, settings)
+    async with context.lending(settings, token) as stub:
+        with calling("lending", settings.lending_address):
+            response = await getattr(stub, rpc)(request, timeout=TIMEOUT)
+    assert isinstance(response, answer), f"{rpc} answered {type(response).__name__}"
+    return response
+
+
 @app.command(context_settings={"ignore_unknown_options": True})
 def repay(
     loan_id: Annotated[str, typer.Argument(help="The loan.")],
@@ -748,12 +765,9 @@ def repay(
             received_by=inputs.staff(received_by, "--received-by"),
             channel=channel,
         )
-        checked(request)
-        settings = context.settings()
-        token = context.token(_OPTIONS, settings)
-        async with context.lending(settings, token) as stub:
-            with calling("lending", settings.lending_address):
-                response = await stub.RecordRepayment(request, timeout=TIMEOUT)
+        response = await call_lending(
+            "RecordRepayment", request, lending_pb.RecordRepaymentResponse
+        )
         loan, repayment = response.loan, response.repayment
         allocated = ", ".join(
             f"#{a.instalment_number} {manat(a.principal_minor)}" for a in repayment.allocations
@@ -794,12 +808,9 @@ def withdraw_write_off(
             reason=inputs.text(reason, "--reason", 1000),
             withdrawn_by=inputs.staff(by, "--by") if by else "",
         )
-        checked(request)
-        settings = context.settings()
-        token = context.token(_OPTIONS, settings)
-        async with context.lending(settings, token) as stub:
-            with calling("lending", settings.lending_address):
-                response = await stub.WithdrawLoanWriteOff(request, timeout=TIMEOUT)
+        response = await call_lending(
+            "WithdrawLoanWriteOff", request, lending_pb.WithdrawLoanWriteOffResponse
+        )
         proposal = response.withdrawn
         render.line(
             f"withdrawn by {response.withdrawn_by}: the write-off of {request.loan_id} "
@@ -868,18 +879,10 @@ def portfolio(
     async def go() -> None:
         day = _date_or_today(as_of, "--as-of")
         fund_id = inputs.identifier(fund, "fund id") if fund else ""
-        settings = context.settings()
-        token = context.token(_OPTIONS, settings)
-        async with context.lending(settings, token) as stub:
-            with calling("lending", settings.lending_address):
-                report = (
-                    await stub.GetPortfolioReport(
-                        lending_pb.GetPortfolioReportRequest(
-                            as_of=proto_date(day), fund_id=fund_id
-                        ),
-                        timeout=TIMEOUT,
-                    )
-                ).report
+        request = lending_pb.GetPortfolioReportRequest(as_of=proto_date(day), fund_id=fund_id)
+        report = (
+            await call_lending("GetPortfolioReport", request, lending_pb.GetPortfolioReportResponse)
+        ).report
         out = render.console()
         out.print(render.portfolio_table(f"Portfolio as of {day}", [("Total", report.total)]))
         out.print(render.buckets_table(report.total))
@@ -903,13 +906,8 @@ def fund(
     async def go() -> None:
         language = inputs.language(lang)
         fid = inputs.identifier(fund_id, "fund id")
-        settings = context.settings()
-        token = context.token(_OPTIONS, settings)
-        async with context.lending(settings, token) as stub:
-            with calling("lending", settings.lending_address):
-                f = (
-                    await stub.GetFund(lending_pb.GetFundRequest(fund_id=fid), timeout=TIMEOUT)
-                ).fund
+        request = lending_pb.GetFundRequest(fund_id=fid)
+        f = (await call_lending("GetFund", request, lending_pb.GetFundResponse)).fund
         render.console().print(render.fund_table(f, language))
 
     run(go())
