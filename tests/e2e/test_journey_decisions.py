@@ -7,6 +7,7 @@ has no next instalment."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -16,8 +17,9 @@ from temporalio.testing import ActivityEnvironment
 
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from tests.conftest import Cluster
-from tests.factories import register_request, saatli_fish_farmer
+from tests.factories import register_request, request_id, saatli_fish_farmer
 from tests.journey_helpers import status_of, wait_for_stage
+from tests.lending_helpers import active_loan, lending_db, open_fund
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
     CommitteeDecision,
@@ -25,8 +27,10 @@ from workers.journey.model import (
     JourneyInput,
     JourneyStatus,
     LoanRequest,
+    LoanSummary,
     SnapshotInput,
     WriteOffDecision,
+    WriteOffInput,
     journey_workflow_id,
 )
 from workers.journey.worker import build_worker
@@ -191,3 +195,54 @@ async def test_a_write_off_needs_two_people_whatever_the_case_and_closes_the_sch
     )
     assert snapshot.status == "CLOSED_WRITTEN_OFF"
     assert (snapshot.next_due_date, snapshot.next_due_minor, snapshot.overdue_minor) == ("", 0, 0)
+
+
+async def test_a_write_off_decided_again_after_a_refused_confirmation(
+    cluster: Cluster, activities: JourneyActivities
+) -> None:
+    """The journey's write-off activity, on the real lending service: after a refused
+    confirmation, the next decision confirms the same open proposal; and if that proposal
+    was withdrawn through lending's API meanwhile, it proposes afresh, once, whatever the
+    retries."""
+    fund_id = await open_fund(cluster, 2_000_000)
+    today = datetime.now(UTC).date().isoformat()
+
+    async def decide(
+        loan_id: str, confirmed_by: str, attempt_began: datetime | None = None
+    ) -> tuple[LoanSummary, datetime]:
+        env = ActivityEnvironment()
+        began = attempt_began or datetime.now(UTC)
+        env.info = replace(
+            env.info, workflow_id=f"journey-{loan_id}", current_attempt_scheduled_time=began
+        )
+        decision = WriteOffInput(loan_id, "the business has closed", "lo-01", confirmed_by, today)
+        return await env.run(activities.write_off_loan, decision), began
+
+    async def write_offs(loan_id: str) -> list[str]:
+        async with lending_db(cluster).pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT kind FROM ledger_transactions WHERE loan_id = $1 AND kind = 'WRITE_OFF'",
+                loan_id,
+            )
+        return [row["kind"] for row in rows]
+
+    for withdrawn in (False, True):
+        loan = await active_loan(cluster, fund_id=fund_id)
+        # Lending accepts the proposal and refuses the confirmation (four eyes).
+        with pytest.raises(ApplicationError) as refused:
+            await decide(loan.loan_id, "LO-01")
+        assert refused.value.details[:1] == ("FOUR_EYES",)
+        if withdrawn:
+            await cluster.lending.WithdrawLoanWriteOff(
+                lending_pb.WithdrawLoanWriteOffRequest(
+                    request_id=request_id(),
+                    loan_id=loan.loan_id,
+                    reason="proposed while the borrower was in hospital",
+                    withdrawn_by="pm-02",
+                )
+            )
+        summary, began = await decide(loan.loan_id, "pm-01")
+        assert summary.status == "CLOSED_WRITTEN_OFF", withdrawn
+        # A retry of the same attempt (a worker lost mid-way) answers the same, once.
+        assert (await decide(loan.loan_id, "pm-01", began))[0] == summary
+        assert await write_offs(loan.loan_id) == ["WRITE_OFF"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import date
+from datetime import UTC, date
 from typing import Any, TypeVar
 
 import grpc
@@ -396,21 +396,51 @@ class JourneyActivities:
     @activity.defn
     async def write_off_loan(self, params: WriteOffInput) -> LoanSummary:
         """Both people's decisions reached the journey together; the service records
-        them as a proposal and a confirmation, four eyes checked on the two names."""
-        await call(
+        them as a proposal and a confirmation, four eyes checked on the two names.
+
+        The steps keep their names across decisions, so that after a refused confirmation
+        the same proposal with another confirming person goes through. A proposal from an
+        earlier decision may have been withdrawn through lending's API since: then this
+        decision is a new proposal, a request of its own named after the withdrawn one (so
+        any retry of this decision finds it made and answers the same)."""
+        proposal = await self._propose_write_off(params, "write-off/propose")
+        try:
+            return await self._confirm_write_off(params, "write-off/confirm")
+        except ApplicationError as refused:
+            made = proposal.propose_time.ToDatetime(tzinfo=UTC)
+            if made >= activity.info().current_attempt_scheduled_time:
+                raise  # this decision's own proposal: the refusal stands
+            first_refusal = refused
+        after = f"write-off/after/{proposal.propose_time.ToJsonString()}"
+        try:
+            await self._propose_write_off(params, f"{after}/propose")
+        except ApplicationError:
+            # Not withdrawn after all (still open, or the loan has closed): the refusal of
+            # the confirmation is the answer.
+            raise first_refusal from None
+        return await self._confirm_write_off(params, f"{after}/confirm")
+
+    async def _propose_write_off(
+        self, params: WriteOffInput, step: str
+    ) -> lending_pb.LoanWriteOffProposal:
+        response = await call(
             self.lending.ProposeLoanWriteOff,
             lending_pb.ProposeLoanWriteOffRequest(
-                request_id=step_request_id("write-off/propose"),
+                request_id=step_request_id(step),
                 loan_id=params.loan_id,
                 reason=params.reason,
                 proposed_by=params.proposed_by,
                 write_off_date=pdate(params.write_off_date),
             ),
         )
+        proposal: lending_pb.LoanWriteOffProposal = response.proposal
+        return proposal
+
+    async def _confirm_write_off(self, params: WriteOffInput, step: str) -> LoanSummary:
         response = await call(
             self.lending.ConfirmLoanWriteOff,
             lending_pb.ConfirmLoanWriteOffRequest(
-                request_id=step_request_id("write-off/confirm"),
+                request_id=step_request_id(step),
                 loan_id=params.loan_id,
                 confirmed_by=params.confirmed_by,
             ),
