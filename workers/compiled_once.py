@@ -1,12 +1,13 @@
 """Workflow modules compiled once per worker process.
 
 The workflow sandbox imports a workflow's module afresh for every workflow run, through
-the ordinary import system. Where no bytecode cache can be read (PYTHONDONTWRITEBYTECODE,
-as our images and this project's machines set it, or a read-only tree), every run
-compiled the module's source again: a quarter of the worker's CPU at 20 journeys started
-per second. The loader here keeps each module's code object for the life of the process,
-so a run still executes the module in its own sandbox (its globals and the sandbox's
-checks are untouched) but never recompiles it. It also means a running worker keeps the
+the ordinary import system. Where no bytecode cache exists (PYTHONDONTWRITEBYTECODE on a
+source checkout, as `make run` on this project's machines, or a read-only tree), every
+run compiled the module's source again: a quarter of the worker's CPU at 20 journeys
+started per second; where one exists, every run read and unmarshalled it. The loader
+here keeps each module's code object for the life of the process, so a run still
+executes the module in its own sandbox (its globals and the sandbox's checks are
+untouched) but never compiles or reads it again. It also means a running worker keeps the
 workflow code it started with even if the files change under it.
 """
 
