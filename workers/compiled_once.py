@@ -2,13 +2,18 @@
 
 The workflow sandbox imports a workflow's module afresh for every workflow run, through
 the ordinary import system. Where no bytecode cache exists (PYTHONDONTWRITEBYTECODE on a
-source checkout, as `make run` on this project's machines, or a read-only tree), every
+source checkout, as this project's machines set it in their environment, or a read-only
+tree), every
 run compiled the module's source again: a quarter of the worker's CPU at 20 journeys
 started per second; where one exists, every run read and unmarshalled it. The loader
 here keeps each module's code object for the life of the process, so a run still
 executes the module in its own sandbox (its globals and the sandbox's checks are
 untouched) but never compiles or reads it again. It also means a running worker keeps the
-workflow code it started with even if the files change under it.
+workflow code of its first run of each module even if the files change under it.
+
+Limits: the folders' finder knows Python source files only (the workflow folders hold
+nothing else), and the packages above them (`workers`, `workers.journey`) are still loaded
+afresh per run by the sandbox: they are a line each.
 """
 
 from __future__ import annotations

@@ -28,9 +28,11 @@ MAX_GROUP = 32
 # One group in the database at a time: calls that arrive meanwhile make the next, larger
 # group, and PostgreSQL spends less per repayment (measured with the bench's alternating
 # rounds on a quiet machine: ratio to the bare transaction 39-43% with 4 in flight,
-# 38-58% with 2, 44-53% with 1; throughput the same). A group waits for the one before
-# it, so a repayment held by a row lock holds up those behind it for as long: locks on
-# a loan are held only by its own short writes.
+# 38-58% with 2, 44-53% with 1; throughput the same). The price: a group waits for the
+# one before it, so a repayment that waits on a lock holds up this process's repayments
+# behind it: a loan locked by a write-off, withdrawal or pause being recorded (milliseconds),
+# a loan or request_id held by another replica's group (its statement, milliseconds; a
+# deadlock between two replicas' groups, about a second until PostgreSQL undoes one).
 IN_FLIGHT = 1
 _REPAY_MANY = "SELECT * FROM lending_repay_many(" + ", ".join(f"${n}" for n in range(1, 11)) + ")"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
@@ -17,17 +17,16 @@ from temporalio.testing import ActivityEnvironment
 
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from tests.conftest import Cluster
-from tests.factories import register_request, request_id, saatli_fish_farmer
+from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
 from tests.journey_helpers import status_of, wait_for_stage
 from tests.lending_helpers import active_loan, lending_db, open_fund
-from workers.journey.activities import JourneyActivities
+from workers.journey.activities import JourneyActivities, step_request_id
 from workers.journey.model import (
     CommitteeDecision,
     Hardship,
     JourneyInput,
     JourneyStatus,
     LoanRequest,
-    LoanSummary,
     SnapshotInput,
     WriteOffDecision,
     WriteOffInput,
@@ -197,6 +196,48 @@ async def test_a_write_off_needs_two_people_whatever_the_case_and_closes_the_sch
     assert (snapshot.next_due_date, snapshot.next_due_minor, snapshot.overdue_minor) == ("", 0, 0)
 
 
+def decision_environment(
+    loan_id: str, scheduled: datetime, retried_after: timedelta | None = None
+) -> ActivityEnvironment:
+    """The write-off activity of one decision (first scheduled at `scheduled`) in the
+    journey of `loan_id`: its first attempt, or a second one `retried_after` later."""
+    env = ActivityEnvironment()
+    env.info = replace(
+        env.info,
+        workflow_id=f"journey-{loan_id}",
+        scheduled_time=scheduled,
+        current_attempt_scheduled_time=scheduled + (retried_after or timedelta()),
+        attempt=1 if retried_after is None else 2,
+    )
+    return env
+
+
+def write_off_decision(loan_id: str, confirmed_by: str) -> WriteOffInput:
+    today = datetime.now(UTC).date().isoformat()
+    return WriteOffInput(loan_id, "the business has closed", "lo-01", confirmed_by, today)
+
+
+async def withdraw(cluster: Cluster, loan_id: str) -> lending_pb.LoanWriteOffProposal:
+    response = await cluster.lending.WithdrawLoanWriteOff(
+        lending_pb.WithdrawLoanWriteOffRequest(
+            request_id=request_id(),
+            loan_id=loan_id,
+            reason="proposed while the borrower was in hospital",
+            withdrawn_by="pm-02",
+        )
+    )
+    return response.withdrawn
+
+
+async def written_off_transactions(cluster: Cluster, loan_id: str) -> int:
+    async with lending_db(cluster).pool.acquire() as conn:
+        count = await conn.fetchval(
+            "SELECT count(*) FROM ledger_transactions WHERE loan_id = $1 AND kind = 'WRITE_OFF'",
+            loan_id,
+        )
+    return int(count)
+
+
 async def test_a_write_off_decided_again_after_a_refused_confirmation(
     cluster: Cluster, activities: JourneyActivities
 ) -> None:
@@ -205,44 +246,74 @@ async def test_a_write_off_decided_again_after_a_refused_confirmation(
     was withdrawn through lending's API meanwhile, it proposes afresh, once, whatever the
     retries."""
     fund_id = await open_fund(cluster, 2_000_000)
-    today = datetime.now(UTC).date().isoformat()
-
-    async def decide(
-        loan_id: str, confirmed_by: str, attempt_began: datetime | None = None
-    ) -> tuple[LoanSummary, datetime]:
-        env = ActivityEnvironment()
-        began = attempt_began or datetime.now(UTC)
-        env.info = replace(
-            env.info, workflow_id=f"journey-{loan_id}", current_attempt_scheduled_time=began
-        )
-        decision = WriteOffInput(loan_id, "the business has closed", "lo-01", confirmed_by, today)
-        return await env.run(activities.write_off_loan, decision), began
-
-    async def write_offs(loan_id: str) -> list[str]:
-        async with lending_db(cluster).pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT kind FROM ledger_transactions WHERE loan_id = $1 AND kind = 'WRITE_OFF'",
-                loan_id,
-            )
-        return [row["kind"] for row in rows]
-
+    now = datetime.now(UTC)
+    later = now + timedelta(minutes=5)  # the people's next decision
     for withdrawn in (False, True):
         loan = await active_loan(cluster, fund_id=fund_id)
         # Lending accepts the proposal and refuses the confirmation (four eyes).
         with pytest.raises(ApplicationError) as refused:
-            await decide(loan.loan_id, "LO-01")
+            await decision_environment(loan.loan_id, now).run(
+                activities.write_off_loan, write_off_decision(loan.loan_id, "LO-01")
+            )
         assert refused.value.details[:1] == ("FOUR_EYES",)
         if withdrawn:
-            await cluster.lending.WithdrawLoanWriteOff(
-                lending_pb.WithdrawLoanWriteOffRequest(
-                    request_id=request_id(),
-                    loan_id=loan.loan_id,
-                    reason="proposed while the borrower was in hospital",
-                    withdrawn_by="pm-02",
-                )
-            )
-        summary, began = await decide(loan.loan_id, "pm-01")
+            await withdraw(cluster, loan.loan_id)
+        decision = write_off_decision(loan.loan_id, "pm-01")
+        summary = await decision_environment(loan.loan_id, later).run(
+            activities.write_off_loan, decision
+        )
         assert summary.status == "CLOSED_WRITTEN_OFF", withdrawn
-        # A retry of the same attempt (a worker lost mid-way) answers the same, once.
-        assert (await decide(loan.loan_id, "pm-01", began))[0] == summary
-        assert await write_offs(loan.loan_id) == ["WRITE_OFF"]
+        # A retry of that decision (a worker lost mid-way) answers the same, once.
+        retried = await decision_environment(loan.loan_id, later, timedelta(minutes=2)).run(
+            activities.write_off_loan, decision
+        )
+        assert retried == summary
+        assert await written_off_transactions(cluster, loan.loan_id) == 1
+
+
+async def test_a_withdrawal_of_the_decisions_own_proposal_stands(
+    cluster: Cluster, activities: JourneyActivities
+) -> None:
+    """A proposal withdrawn while the decision that made it is being retried is not made
+    again behind the withdrawer's back; a chain of earlier decisions' proposals, each
+    withdrawn, is followed to a fresh one."""
+    fund_id = await open_fund(cluster, 2_000_000)
+    loan = await active_loan(cluster, fund_id=fund_id)
+    began = datetime.now(UTC) - timedelta(seconds=1)
+    first_attempt = decision_environment(loan.loan_id, began)
+    # The first attempt proposed and was lost before confirming; the proposal is withdrawn.
+    await cluster.lending.ProposeLoanWriteOff(
+        lending_pb.ProposeLoanWriteOffRequest(
+            request_id=first_attempt.run(step_request_id, "write-off/propose"),
+            loan_id=loan.loan_id,
+            reason="the business has closed",
+            proposed_by="lo-01",
+            write_off_date=pdate(datetime.now(UTC).date()),
+        )
+    )
+    withdrawn = await withdraw(cluster, loan.loan_id)
+    with pytest.raises(ApplicationError) as refused:
+        await decision_environment(loan.loan_id, began, timedelta(minutes=2)).run(
+            activities.write_off_loan, write_off_decision(loan.loan_id, "pm-01")
+        )
+    assert refused.value.details[:1] == ("NO_WRITE_OFF_PROPOSAL",)
+    assert await written_off_transactions(cluster, loan.loan_id) == 0
+
+    # Later decisions: the one above (its proposal withdrawn), then one whose fresh
+    # proposal was left unconfirmed and withdrawn too; the next decision proposes a third.
+    second_step = f"write-off/after/{withdrawn.propose_time.ToJsonString()}/propose"
+    await cluster.lending.ProposeLoanWriteOff(
+        lending_pb.ProposeLoanWriteOffRequest(
+            request_id=first_attempt.run(step_request_id, second_step),
+            loan_id=loan.loan_id,
+            reason="the business has closed",
+            proposed_by="lo-01",
+            write_off_date=pdate(datetime.now(UTC).date()),
+        )
+    )
+    await withdraw(cluster, loan.loan_id)
+    summary = await decision_environment(loan.loan_id, began + timedelta(minutes=5)).run(
+        activities.write_off_loan, write_off_decision(loan.loan_id, "pm-01")
+    )
+    assert summary.status == "CLOSED_WRITTEN_OFF"
+    assert await written_off_transactions(cluster, loan.loan_id) == 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date
+from datetime import UTC, date, timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -75,6 +75,17 @@ _LANGUAGE = {
 def step_request_id(step: str) -> str:
     """A request id that is the same for every attempt and run of this workflow's step."""
     return str(uuid.uuid5(_REQUEST_ID_NAMESPACE, f"{activity.info().workflow_id}/{step}"))
+
+
+# A proposal made less than this before the write-off activity was first scheduled counts
+# as the decision's own: the database's and Temporal's clocks may differ a little, and a
+# refused confirmation, a withdrawal and a new decision by people take longer than this.
+SAME_DECISION_MARGIN = timedelta(minutes=1)
+
+
+def _from_an_earlier_decision(proposal: lending_pb.LoanWriteOffProposal) -> bool:
+    made = proposal.propose_time.ToDatetime(tzinfo=UTC)
+    return made < activity.info().scheduled_time - SAME_DECISION_MARGIN
 
 
 async def call(rpc: Callable[..., Awaitable[T]], request: object) -> T:
@@ -401,24 +412,27 @@ class JourneyActivities:
         The steps keep their names across decisions, so that after a refused confirmation
         the same proposal with another confirming person goes through. A proposal from an
         earlier decision may have been withdrawn through lending's API since: then this
-        decision is a new proposal, a request of its own named after the withdrawn one (so
-        any retry of this decision finds it made and answers the same)."""
+        decision is a new proposal, a request of its own named after the withdrawn one, and
+        so on along the chain if that one was withdrawn too (so any retry of this decision
+        finds what it made and answers the same). A proposal this decision made itself, on
+        any attempt, is never replaced: its withdrawal stands."""
         proposal = await self._propose_write_off(params, "write-off/propose")
-        try:
-            return await self._confirm_write_off(params, "write-off/confirm")
-        except ApplicationError as refused:
-            made = proposal.propose_time.ToDatetime(tzinfo=UTC)
-            if made >= activity.info().current_attempt_scheduled_time:
-                raise  # this decision's own proposal: the refusal stands
-            first_refusal = refused
-        after = f"write-off/after/{proposal.propose_time.ToJsonString()}"
-        try:
-            await self._propose_write_off(params, f"{after}/propose")
-        except ApplicationError:
-            # Not withdrawn after all (still open, or the loan has closed): the refusal of
-            # the confirmation is the answer.
-            raise first_refusal from None
-        return await self._confirm_write_off(params, f"{after}/confirm")
+        confirm_step = "write-off/confirm"
+        while True:
+            try:
+                return await self._confirm_write_off(params, confirm_step)
+            except ApplicationError as refused:
+                if not _from_an_earlier_decision(proposal):
+                    raise
+                refusal = refused
+            after = f"write-off/after/{proposal.propose_time.ToJsonString()}"
+            try:
+                proposal = await self._propose_write_off(params, f"{after}/propose")
+            except ApplicationError:
+                # Not withdrawn after all (still open, or the loan has closed): the refusal
+                # of the confirmation is the answer.
+                raise refusal from None
+            confirm_step = f"{after}/confirm"
 
     async def _propose_write_off(
         self, params: WriteOffInput, step: str
