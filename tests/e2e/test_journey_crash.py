@@ -102,6 +102,24 @@ async def fund_held(cluster: Cluster, loan_id: str) -> AsyncIterator[None]:
         yield
 
 
+async def waiting_on_the_fund(cluster: Cluster, within: float = 30) -> None:
+    """Poll until a lending transaction waits on a fund row's lock (DisburseTranche,
+    blocked by `fund_held`)."""
+    db = cluster.hosts["lending"].db
+    assert db is not None
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        async with db.pool.acquire() as conn:
+            waiting = await conn.fetchval(
+                """SELECT count(*) FROM pg_stat_activity
+                   WHERE wait_event_type = 'Lock' AND query LIKE '%FROM funds%FOR UPDATE%'"""
+            )
+        if waiting:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the disbursement never reached lending's fund lock")
+
+
 async def ledger_rows(cluster: Cluster, loan_id: str) -> tuple[list[int], list[int]]:
     """Read-only, straight from the lending schema: the tranche rows' amounts and the
     amounts of the DISBURSEMENT transactions (their receivable postings)."""
@@ -189,6 +207,10 @@ async def test_worker_killed_mid_disbursement_disburses_each_tranche_once(
                     CommitteeDecision(approve=True, member_id="cm-05", decision_ref="CM-2026-077"),
                 )
                 attempt = await watching
+                # The attempt has started on the worker; freeze it only once its call has
+                # reached lending and waits there on the fund (the worker may not have
+                # sent it yet when Temporal reports the attempt started).
+                await waiting_on_the_fund(cluster)
                 # Frozen, not yet killed: its connection stays open, so lending finishes
                 # the call once the fund is released, and nobody hears the answer.
                 first.send_signal(signal.SIGSTOP)
