@@ -212,9 +212,11 @@ def decision_environment(
     return env
 
 
-def write_off_decision(loan_id: str, confirmed_by: str) -> WriteOffInput:
+def write_off_decision(
+    loan_id: str, confirmed_by: str, reason: str = "the business has closed"
+) -> WriteOffInput:
     today = datetime.now(UTC).date().isoformat()
-    return WriteOffInput(loan_id, "the business has closed", "lo-01", confirmed_by, today)
+    return WriteOffInput(loan_id, reason, "lo-01", confirmed_by, today)
 
 
 async def withdraw(cluster: Cluster, loan_id: str) -> lending_pb.LoanWriteOffProposal:
@@ -242,13 +244,14 @@ async def test_a_write_off_decided_again_after_a_refused_confirmation(
     cluster: Cluster, activities: JourneyActivities
 ) -> None:
     """The journey's write-off activity, on the real lending service: after a refused
-    confirmation, the next decision confirms the same open proposal; and if that proposal
-    was withdrawn through lending's API meanwhile, it proposes afresh, once, whatever the
-    retries."""
-    fund_id = await open_fund(cluster, 2_000_000)
+    confirmation, the next decision confirms the same open proposal; if that proposal was
+    withdrawn through lending's API meanwhile, it proposes afresh, with the same reason or
+    another, once, whatever the retries."""
+    fund_id = await open_fund(cluster, 3_000_000)
     now = datetime.now(UTC)
     later = now + timedelta(minutes=5)  # the people's next decision
-    for withdrawn in (False, True):
+    other_reason = "the borrower has left the district"
+    for withdrawn, reason in ((False, None), (True, None), (True, other_reason)):
         loan = await active_loan(cluster, fund_id=fund_id)
         # Lending accepts the proposal and refuses the confirmation (four eyes).
         with pytest.raises(ApplicationError) as refused:
@@ -258,11 +261,19 @@ async def test_a_write_off_decided_again_after_a_refused_confirmation(
         assert refused.value.details[:1] == ("FOUR_EYES",)
         if withdrawn:
             await withdraw(cluster, loan.loan_id)
-        decision = write_off_decision(loan.loan_id, "pm-01")
+        else:
+            # Another reason while the first proposal is open: lending says it is open.
+            with pytest.raises(ApplicationError) as still_open:
+                await decision_environment(loan.loan_id, later).run(
+                    activities.write_off_loan,
+                    write_off_decision(loan.loan_id, "pm-01", other_reason),
+                )
+            assert still_open.value.details[:1] == ("WRITE_OFF_ALREADY_PROPOSED",)
+        decision = write_off_decision(loan.loan_id, "pm-01", reason or "the business has closed")
         summary = await decision_environment(loan.loan_id, later).run(
             activities.write_off_loan, decision
         )
-        assert summary.status == "CLOSED_WRITTEN_OFF", withdrawn
+        assert summary.status == "CLOSED_WRITTEN_OFF", (withdrawn, reason)
         # A retry of that decision (a worker lost mid-way) answers the same, once.
         retried = await decision_environment(loan.loan_id, later, timedelta(minutes=2)).run(
             activities.write_off_loan, decision

@@ -7,6 +7,7 @@ answers it once.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, timedelta
@@ -81,6 +82,12 @@ def step_request_id(step: str) -> str:
 # as the decision's own: the database's and Temporal's clocks may differ a little, and a
 # refused confirmation, a withdrawal and a new decision by people take longer than this.
 SAME_DECISION_MARGIN = timedelta(minutes=1)
+
+
+def _proposal_digest(params: WriteOffInput) -> str:
+    """What a write-off proposal says, as a short name for its request."""
+    said = "\x00".join((params.reason, params.proposed_by, params.write_off_date))
+    return hashlib.sha256(said.encode()).hexdigest()[:16]
 
 
 def _from_an_earlier_decision(proposal: lending_pb.LoanWriteOffProposal) -> bool:
@@ -410,14 +417,23 @@ class JourneyActivities:
         them as a proposal and a confirmation, four eyes checked on the two names.
 
         The steps keep their names across decisions, so that after a refused confirmation
-        the same proposal with another confirming person goes through. A proposal from an
-        earlier decision may have been withdrawn through lending's API since: then this
-        decision is a new proposal, a request of its own named after the withdrawn one, and
-        so on along the chain if that one was withdrawn too (so any retry of this decision
-        finds what it made and answers the same). A proposal this decision made itself, on
-        any attempt, is never replaced: its withdrawal stands."""
-        proposal = await self._propose_write_off(params, "write-off/propose")
-        confirm_step = "write-off/confirm"
+        the same proposal with another confirming person goes through. A decision that
+        proposes something else (another proposer, reason or day) is a request of its own,
+        named after what it proposes. A proposal from an earlier decision may have been
+        withdrawn through lending's API since: then this decision is a new proposal, a
+        request of its own named after the withdrawn one, and so on along the chain if that
+        one was withdrawn too (so any retry of this decision finds what it made and answers
+        the same). A proposal this decision made itself, on any attempt, is never replaced:
+        its withdrawal stands."""
+        step = "write-off"
+        try:
+            proposal = await self._propose_write_off(params, f"{step}/propose")
+        except ApplicationError as refused:
+            if refused.details[:1] != ("REQUEST_ID_REUSED",):
+                raise
+            step = f"write-off/{_proposal_digest(params)}"
+            proposal = await self._propose_write_off(params, f"{step}/propose")
+        confirm_step = f"{step}/confirm"
         while True:
             try:
                 return await self._confirm_write_off(params, confirm_step)
