@@ -247,10 +247,6 @@ class CpuMeter:
         )
 
 
-async def postgres_pids(database_url: str) -> list[int]:
+async def postgres_pids(db: asyncpg.Pool | asyncpg.Connection) -> list[int]:
     """Every PostgreSQL process the server lists: backends, WAL writer, checkpointer, ..."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        return [row["pid"] for row in await conn.fetch("SELECT pid FROM pg_stat_activity")]
-    finally:
-        await conn.close()
+    return [row["pid"] for row in await db.fetch("SELECT pid FROM pg_stat_activity")]

@@ -163,7 +163,11 @@ async def over_grpc(database_url: str) -> None:
                 )
 
             await closed_loop(assess, concurrency=CONCURRENCY, seconds=1.0)  # warm up
-            meter = CpuMeter([service_process.pid], await postgres_pids(database_url))
+            pg = await asyncpg.connect(database_url)
+            try:
+                meter = CpuMeter([service_process.pid], await postgres_pids(pg))
+            finally:
+                await pg.close()
             before = meter.sample()
             assess_result = await closed_loop(assess, concurrency=CONCURRENCY, seconds=SECONDS)
             assess_cpu = meter.per_operation(before, meter.sample(), assess_result.count)

@@ -35,7 +35,14 @@ import asyncpg
 import grpc
 from google.type import date_pb2
 
-from bench.common import CpuMeter, bearer_metadata, bench_token, process, service
+from bench.common import (
+    CpuMeter,
+    bearer_metadata,
+    bench_token,
+    postgres_pids,
+    process,
+    service,
+)
 from mineaction.lending.v1 import lending_service_pb2 as pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import age_band_pb2, sex_pb2
@@ -210,10 +217,7 @@ async def bench_repayments(
 
     await _sustained(1.0, concurrency, repay)  # warm-up
     await _sustained(1.0, concurrency, bare)
-    async with pool.acquire() as conn:
-        meter.postgres_pids = [
-            r["pid"] for r in await conn.fetch("SELECT pid FROM pg_stat_activity")
-        ]
+    meter.postgres_pids = await postgres_pids(pool)
     # Rounds in alternating order (gRPC then bare, bare then gRPC, ...), so that the
     # machine's speed drifting during the run weighs on both sides alike.
     grpc_rates: list[float] = []

@@ -85,17 +85,8 @@ class AuditRecord:
         )
 
     def as_json(self) -> dict[str, object]:
-        """The entry for `insert_many_statement`."""
-        return {
-            "subject": self.subject,
-            "roles": self.roles,
-            "method": self.method,
-            "request_id": self.request_id,
-            "resource_ids": self.resource_ids,
-            "code": self.code,
-            "reason": self.reason,
-            "on_behalf_of": self.on_behalf_of,
-        }
+        """The entry for `insert_many_statement`: its fields by name."""
+        return dict(vars(self))
 
 
 def insert_statement(first: int = 1) -> str:
@@ -132,6 +123,15 @@ class PendingAudit:
     written: bool = False  # the OK entry was written in the call's transaction...
     committed: bool = False  # ...and that transaction committed
 
+    def ok_entry(self) -> AuditRecord:
+        """The entry to write with the call's effect."""
+        return self.entry("OK", "")
+
+    def committed_with_effect(self) -> None:
+        """The OK entry was written by the statement that made the effect, which has
+        committed (a group commit writing it from another task)."""
+        self.written = self.committed = True
+
 
 _pending: contextvars.ContextVar[PendingAudit | None] = contextvars.ContextVar(
     "pending_audit", default=None
@@ -148,7 +148,7 @@ def end_call(token: contextvars.Token[PendingAudit | None]) -> None:
 
 def current_call() -> PendingAudit | None:
     """The audited call in progress, for work that writes its entry from another task
-    (a group commit): it marks `written` and `committed` on the object itself."""
+    (a group commit): it calls `committed_with_effect` on the object itself."""
     return _pending.get()
 
 
@@ -159,7 +159,7 @@ def to_write_in_transaction() -> AuditRecord | None:
     pending = _pending.get()
     if pending is None or pending.written:
         return None
-    return pending.entry("OK", "")
+    return pending.ok_entry()
 
 
 def written_in_transaction() -> None:

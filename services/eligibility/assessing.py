@@ -185,8 +185,8 @@ class Assessor:
                     used.append(index)
                     continue
                 outcomes[index] = decided.response
-                if call.audit is not None:  # written by the statement, which has committed
-                    call.audit.written = call.audit.committed = True
+                if call.audit is not None:
+                    call.audit.committed_with_effect()
             await self._replay(conn, calls, used, outcomes)
         return outcomes
 
@@ -292,7 +292,7 @@ def _write_arguments(
 ) -> tuple[object, ...]:
     """The arguments of _WRITE, one array per column."""
     assessments = [a.response.assessment for a in assessed]
-    entries = [a.call.audit.entry("OK", "").as_json() for a in assessed if a.call.audit]
+    entries = [a.call.audit.ok_entry().as_json() for a in assessed if a.call.audit]
     return (
         [a.call.request.request_id for a in assessed],
         _METHOD,

@@ -82,7 +82,7 @@ class RepaymentGroups:
             return error
 
     async def _write(self, calls: Sequence[Repayment]) -> list[Outcome]:
-        entries = [c.audit.entry("OK", "").as_json() if c.audit else None for c in calls]
+        entries = [c.audit.ok_entry().as_json() if c.audit else None for c in calls]
         rows = await self.db.pool.fetch(
             _REPAY_MANY,
             [c.request.request_id for c in calls],
@@ -109,6 +109,5 @@ class RepaymentGroups:
             if outcome is None:
                 raise RuntimeError("lending_repay_many left a repayment unanswered")
             if outcome.outcome == "OK" and call.audit is not None:
-                # Written by the statement, which has committed.
-                call.audit.written = call.audit.committed = True
+                call.audit.committed_with_effect()
         return [o for o in outcomes if o is not None]

@@ -427,36 +427,36 @@ class JourneyActivities:
         its withdrawal stands."""
         step = "write-off"
         try:
-            proposal = await self._propose_write_off(params, f"{step}/propose")
+            proposal = await self._propose_write_off(params, step)
         except ApplicationError as refused:
             if refused.details[:1] != ("REQUEST_ID_REUSED",):
                 raise
             step = f"write-off/{_proposal_digest(params)}"
-            proposal = await self._propose_write_off(params, f"{step}/propose")
-        confirm_step = f"{step}/confirm"
+            proposal = await self._propose_write_off(params, step)
         while True:
             try:
-                return await self._confirm_write_off(params, confirm_step)
+                return await self._confirm_write_off(params, step)
             except ApplicationError as refused:
                 if not _from_an_earlier_decision(proposal):
                     raise
                 refusal = refused
-            after = f"write-off/after/{proposal.propose_time.ToJsonString()}"
+            step = f"write-off/after/{proposal.propose_time.ToJsonString()}"
             try:
-                proposal = await self._propose_write_off(params, f"{after}/propose")
+                proposal = await self._propose_write_off(params, step)
             except ApplicationError:
                 # Not withdrawn after all (still open, or the loan has closed): the refusal
                 # of the confirmation is the answer.
                 raise refusal from None
-            confirm_step = f"{after}/confirm"
 
     async def _propose_write_off(
         self, params: WriteOffInput, step: str
     ) -> lending_pb.LoanWriteOffProposal:
+        """The proposal of the write-off whose requests are named `step`/propose and
+        `step`/confirm."""
         response = await call(
             self.lending.ProposeLoanWriteOff,
             lending_pb.ProposeLoanWriteOffRequest(
-                request_id=step_request_id(step),
+                request_id=step_request_id(f"{step}/propose"),
                 loan_id=params.loan_id,
                 reason=params.reason,
                 proposed_by=params.proposed_by,
@@ -470,7 +470,7 @@ class JourneyActivities:
         response = await call(
             self.lending.ConfirmLoanWriteOff,
             lending_pb.ConfirmLoanWriteOffRequest(
-                request_id=step_request_id(step),
+                request_id=step_request_id(f"{step}/confirm"),
                 loan_id=params.loan_id,
                 confirmed_by=params.confirmed_by,
             ),
