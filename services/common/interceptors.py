@@ -39,6 +39,7 @@ from google.rpc import status_pb2
 from services.common import audit
 from services.common.audit import AuditLog, AuditRecord, is_mutating, resource_ids
 from services.common.auth import AccessPolicy, Principal, TokenVerifier
+from services.common.encoded import serializer_passing_encoded
 from services.common.errors import (
     DomainError,
     FieldViolation,
@@ -407,7 +408,7 @@ class StepChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         composed = grpc.unary_unary_rpc_method_handler(
             call,
             request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
+            response_serializer=serializer_passing_encoded(handler.response_serializer),
         )
         self._built[method] = (handler, composed)
         return composed

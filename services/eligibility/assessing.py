@@ -19,22 +19,23 @@ Python decides.
 from __future__ import annotations
 
 import json
-import uuid
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 
 import asyncpg
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from services.common import audit
 from services.common.db import Connection, Database
+from services.common.encoded import Encoded, holding
 from services.common.errors import FailedPrecondition, NotFound, invalid
 from services.common.group_commit import RUN_AGAIN, GroupCommit, RunAgain
 from services.common.idempotency import method_of, payload_hash, replayed
-from services.common.protoconv import from_proto_date, timestamp
+from services.common.protoconv import from_proto_date, now_timestamp, proto_date
 from services.eligibility import intake as intake_mod
-from services.eligibility import trace
+from services.eligibility import rules, trace
 from services.eligibility.rulebook import RuleBook
 
 DEFAULT_RULE_SET = "reintegration"
@@ -110,15 +111,21 @@ class _Pin:
 
 @dataclass
 class _Assessed:
-    """A decided call: its answer and what its row in each array of _WRITE holds."""
+    """A decided call: its assessment (the header: ids, version, survivor's district and
+    band), the whole assessment encoded, and what else its row in _WRITE holds."""
 
     call: _Call
-    response: pb.AssessEligibilityResponse
+    assessment: pb.Assessment
+    encoded: bytes
     reason: str
     intake_pb: bytes | None
 
+    def response(self) -> Answer:
+        return holding(pb.AssessEligibilityResponse, "assessment", self.encoded)
 
-Outcome = pb.AssessEligibilityResponse | BaseException | RunAgain
+
+Answer = pb.AssessEligibilityResponse | Encoded[pb.AssessEligibilityResponse]
+Outcome = Answer | BaseException | RunAgain
 
 
 class Assessor:
@@ -127,11 +134,9 @@ class Assessor:
         self.rulebook = rulebook
         # One group at a time: a group is two round trips, and the calls that arrive
         # meanwhile make the next one (measured: no better with two or more in flight).
-        self._group: GroupCommit[_Call, pb.AssessEligibilityResponse] = GroupCommit(
-            self._run, in_flight=1
-        )
+        self._group: GroupCommit[_Call, Answer] = GroupCommit(self._run, in_flight=1)
 
-    async def assess(self, request: pb.AssessEligibilityRequest) -> pb.AssessEligibilityResponse:
+    async def assess(self, request: pb.AssessEligibilityRequest) -> Answer:
         call = _Call(
             request,
             from_proto_date(request.assessment_date),
@@ -184,7 +189,7 @@ class Assessor:
                 if not claimed:
                     used.append(index)
                     continue
-                outcomes[index] = decided.response
+                outcomes[index] = decided.response()
                 if call.audit is not None:
                     call.audit.committed_with_effect()
             await self._replay(conn, calls, used, outcomes)
@@ -217,24 +222,12 @@ class Assessor:
         else:
             version = pin.version or latest
         rule_set = await self.rulebook.get(conn, pin.rule_set_id, version)
-        facts = intake_mod.facts(survivor, day)
-        response = pb.AssessEligibilityResponse()
-        assessment = response.assessment
-        assessment.MergeFromString(trace.assessment_trace(rule_set, facts, day))
-        assessment.assessment_id = f"asm-{uuid.uuid4().hex[:20]}"
-        assessment.survivor_id = request.survivor_id
-        assessment.assessment_date.CopyFrom(request.assessment_date)
-        assessment.rule_set_id = pin.rule_set_id
-        assessment.rule_set_version = version
-        assessment.create_time.CopyFrom(timestamp(datetime.now(UTC)))
-        assessment.district_code = survivor.district_code
-        assessment.sex = survivor.sex
-        assessment.age_band = intake_mod.age_band(facts["age"])  # type: ignore[assignment]
+        assessment, encoded = new_assessment(survivor, rule_set, version, day)
         # Rows from before intake_pb existed: the intake parsed from its JSON.
         intake_pb = None if row["intake_pb"] is not None else survivor.SerializeToString()
         if pin.version is None or request.reassess_under_latest:
             pins[request.survivor_id] = _Pin(pin.rule_set_id, version)
-        return _Assessed(call, response, request.reassessment_reason, intake_pb)
+        return _Assessed(call, assessment, encoded, request.reassessment_reason, intake_pb)
 
     @staticmethod
     async def _replay(
@@ -275,6 +268,28 @@ class Assessor:
             outcomes[index] = answer
 
 
+def new_assessment(
+    survivor: pb.SurvivorIntake, rule_set: rules.RuleSet, version: int, day: date
+) -> tuple[pb.Assessment, bytes]:
+    """An assessment of `survivor` on `day`: its header (ids, version, the survivor's
+    district and band) and the whole assessment encoded, the header followed by the
+    decisions and priority score (once parsed, one Assessment). Stored and served as
+    these bytes, never parsed here."""
+    facts = intake_mod.facts(survivor, day)
+    assessment = pb.Assessment(
+        assessment_id=f"asm-{secrets.token_hex(10)}",
+        survivor_id=survivor.survivor_id,
+        assessment_date=proto_date(day),
+        rule_set_id=rule_set.rule_set_id,
+        rule_set_version=version,
+        create_time=now_timestamp(),
+        district_code=survivor.district_code,
+        sex=survivor.sex,
+        age_band=intake_mod.age_band(facts["age"]),  # type: ignore[arg-type]
+    )
+    return assessment, assessment.SerializeToString() + trace.assessment_trace(rule_set, facts, day)
+
+
 def _names_only(answer: pb.AssessEligibilityResponse) -> bool:
     return not answer.assessment.rule_set_id
 
@@ -291,7 +306,7 @@ def _write_arguments(
     assessed: list[_Assessed], pins: dict[str, _Pin], survivors: dict[str, asyncpg.Record]
 ) -> tuple[object, ...]:
     """The arguments of _WRITE, one array per column."""
-    assessments = [a.response.assessment for a in assessed]
+    assessments = [a.assessment for a in assessed]
     entries = [a.call.audit.ok_entry().as_json() for a in assessed if a.call.audit]
     return (
         [a.call.request.request_id for a in assessed],
@@ -304,7 +319,7 @@ def _write_arguments(
         [x.rule_set_id for x in assessments],
         [x.rule_set_version for x in assessments],
         [x.district_code for x in assessments],
-        [x.SerializeToString() for x in assessments],
+        [a.encoded for a in assessed],
         [a.reason for a in assessed],
         [a.intake_pb for a in assessed],
         [survivors[x.survivor_id]["row_version"] for x in assessments],

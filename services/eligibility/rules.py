@@ -172,10 +172,12 @@ class _PeriodContext:
         # Serialized trace fragments of this period, built by services/eligibility/trace.py.
         self.fragments: dict[Any, tuple[bytes, int]] = {}
         self.cel = cel.Context({"params": params})
-        self.cel.set_variable_resolver(self._resolve)
 
-    def _resolve(self, name: str) -> Any:
-        return self.facts.get(name)
+    def bind(self, facts: Mapping[str, Any]) -> None:
+        """Make `facts` the survivor the next evaluation reads (the dict's own `get` as
+        the resolver: no Python frame per variable read)."""
+        self.facts = facts
+        self.cel.set_variable_resolver(facts.get)
 
 
 @dataclass(frozen=True)
@@ -282,7 +284,7 @@ def condition_values(
     """The period's context, the optional facts absent, and the values of every
     evaluable condition then every score component, in order (as `evaluate` reads them)."""
     period = rule_set.context_at(day)
-    period.facts = facts
+    period.bind(facts)
     absent = frozenset(name for name in rule_set.optional_facts if name not in facts)
     return period, absent, iter(rule_set.combined(absent).execute(period.cel))
 
@@ -331,7 +333,7 @@ def evaluate(rule_set: RuleSet, facts: Mapping[str, Any], day: date) -> Decision
     """Decide every programme for one survivor's facts, as of `day`."""
     period = rule_set.context_at(day)
     shown_params = period.shown_params
-    period.facts = facts
+    period.bind(facts)
     absent = frozenset(name for name in rule_set.optional_facts if name not in facts)
     values = iter(rule_set.combined(absent).execute(period.cel))
     shown = {name: _display(value) for name, value in facts.items()}

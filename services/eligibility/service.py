@@ -13,6 +13,7 @@ from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
 from services.common import pagination
 from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one
+from services.common.encoded import holding, served
 from services.common.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -147,7 +148,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
     async def AssessEligibility(
         self, request: pb.AssessEligibilityRequest, context: grpc.aio.ServicerContext
     ) -> pb.AssessEligibilityResponse:
-        return await self.assessor.assess(request)
+        return served(await self.assessor.assess(request))
 
     async def GetAssessment(
         self, request: pb.GetAssessmentRequest, context: grpc.aio.ServicerContext
@@ -157,7 +158,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         )
         if result is None:
             raise NotFound(f"assessment {request.assessment_id} does not exist")
-        return pb.GetAssessmentResponse(assessment=pb.Assessment.FromString(result))
+        return served(holding(pb.GetAssessmentResponse, "assessment", result))
 
     async def ListAssessments(
         self, request: pb.ListAssessmentsRequest, context: grpc.aio.ServicerContext

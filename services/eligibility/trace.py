@@ -13,7 +13,7 @@ Concatenated protobuf encodings of one message type parse as the merge of the me
 and a repeated field keeps the order of its elements: a programme decision is its header
 (id, outcome, missing data) followed by one fragment per rule, each fragment being the
 encoding of a ProgrammeDecision holding that one rule result. The only encoding written
-here by hand is a length-delimited field (tag, length, bytes) around a whole message.
+here by hand is a length-delimited field around a whole message (services/common/encoded.py).
 tests/unit/test_eligibility_rules.py checks the result against the reference on many
 generated survivors.
 """
@@ -21,12 +21,14 @@ generated survivors.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date
 from typing import Any
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.type.v1 import localized_text_pb2
+from services.common.encoded import field
 from services.eligibility import rules
 
 OUTCOME = {
@@ -39,17 +41,6 @@ _serials = itertools.count(1)  # never reused, so a programme's key names its fr
 # A period's fragments are dropped all at once past this many (a bound on memory; the
 # next assessments rebuild what they use).
 MAX_FRAGMENTS = 200_000
-
-
-def _length_delimited(field_number: int, payload: bytes) -> bytes:
-    """One length-delimited field (wire type 2): tag, varint length, payload."""
-    out = bytearray()
-    for value in ((field_number << 3) | 2, len(payload)):
-        while value > 0x7F:
-            out.append((value & 0x7F) | 0x80)
-            value >>= 7
-        out.append(value)
-    return bytes(out) + payload
 
 
 _DECISIONS = pb.Assessment.DESCRIPTOR.fields_by_name["decisions"].number
@@ -73,43 +64,68 @@ def score_component_message(part: rules.ScorePart) -> pb.ScoreComponent:
     )
 
 
-def _key_value(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
 class _Plan:
     """What a rule set's structure fixes, computed once per rule set."""
 
     def __init__(self, rule_set: rules.RuleSet) -> None:
         index = {rule.id: i for i, rule in enumerate(rule_set.rules)}
         facts = set(rules.FACT_SAMPLES)
-        # The facts a rule's result depends on: those it reads, needs, or names; list
-        # facts apart, as they key the cache as tuples.
-        keys = [
-            tuple(dict.fromkeys([*rule.reads, *rule.needs, *_named_facts(rule, facts)]))
-            for rule in rule_set.rules
-        ]
+        # Every fact, absent ones as _ABSENT and lists as tuples: what the cache keys read.
+        self.blank: dict[str, Any] = dict.fromkeys(rules.FACT_SAMPLES, _ABSENT)
+        self.list_facts = tuple(n for n in rules.FACT_SAMPLES if _is_list_fact(n))
+        self.rule_set = rule_set
+        # Per rule: the facts its result depends on (those it reads, needs, or names),
+        # read from the complete facts in one call.
         self.rules = tuple(
-            (
-                i,
-                rule.needs,
-                tuple(n for n in names if not _is_list_fact(n)),
-                tuple(n for n in names if _is_list_fact(n)),
-            )
-            for i, (rule, names) in enumerate(zip(rule_set.rules, keys, strict=True))
+            (i, _reader(dict.fromkeys([*rule.reads, *rule.needs, *_named_facts(rule, facts)])))
+            for i, rule in enumerate(rule_set.rules)
         )
         # The facts the score's explanations name.
-        self.score_keys = tuple(
+        self.score_key = _reader(
             sorted({n for c in rule_set.priority for n in c.explanation.placeholders() & facts})
         )
+        # Per programme: (id, its rules' indexes, which they require), and a reader of
+        # its rules' fragment serials.
         self.programmes = tuple(
             (
-                programme_id,
-                tuple(index[rule.id] for rule in own),
-                tuple(rule.effect == "require" for rule in own),
+                (
+                    programme_id,
+                    tuple(index[rule.id] for rule in own),
+                    tuple(rule.effect == "require" for rule in own),
+                ),
+                _reader(index[rule.id] for rule in own),
             )
             for programme_id, own in rule_set.by_programme.items()
         )
+        self._missing: dict[frozenset[str], tuple[tuple[str, ...], ...]] = {}
+
+    def missing(self, absent: frozenset[str]) -> tuple[tuple[str, ...], ...]:
+        """Per rule, which of its `needs` are absent (few distinct sets: cached)."""
+        found = self._missing.get(absent)
+        if found is None:
+            found = self._missing[absent] = tuple(
+                tuple(name for name in rule.needs if name in absent) for rule in self.rule_set.rules
+            )
+        return found
+
+    def complete(self, facts: Mapping[str, Any]) -> dict[str, Any]:
+        full = self.blank.copy()
+        full.update(facts)
+        for name in self.list_facts:
+            if isinstance(full[name], list):
+                full[name] = tuple(full[name])
+        return full
+
+
+def _reader(keys: Iterable[Any]) -> Callable[[Any], Any]:
+    """The values at `keys` of a mapping or list, in one call (a constant when there
+    are none)."""
+    keys = tuple(keys)
+    return operator.itemgetter(*keys) if keys else _nothing
+
+
+def _nothing(_: object) -> tuple[()]:
+    return ()
 
 
 def _is_list_fact(name: str) -> bool:
@@ -138,21 +154,13 @@ def assessment_trace(rule_set: rules.RuleSet, facts: Mapping[str, Any], day: dat
     cache = period.fragments
     if len(cache) > MAX_FRAGMENTS:
         cache.clear()
-    get = facts.get
-    absent_values = itertools.repeat(_ABSENT)
+    full = plan.complete(facts)
     # Per rule: (passed, missing, fragment); and the fragment's serial number.
     results: list[tuple[bool, tuple[str, ...], bytes]] = []
     serials: list[int] = []
-    for i, needs, scalar_keys, list_keys in plan.rules:
-        missing = tuple(name for name in needs if name in absent) if absent else ()
+    for (i, read), missing in zip(plan.rules, plan.missing(absent), strict=True):
         passed = False if missing else next(values) is True
-        key = (
-            i,
-            passed,
-            missing,
-            *map(get, scalar_keys, absent_values),
-            *[_key_value(get(n, _ABSENT)) for n in list_keys],
-        )
+        key: tuple[Any, ...] = (i, passed, missing, read(full))
         entry = cache.get(key)
         if entry is None:
             r = rules.rule_result(rule_set.rules[i], passed, missing, facts, period)
@@ -163,16 +171,15 @@ def assessment_trace(rule_set: rules.RuleSet, facts: Mapping[str, Any], day: dat
         results.append((passed, missing, entry[0]))
         serials.append(entry[1])
     parts = []
-    for number, programme in enumerate(plan.programmes):
-        indexes = programme[1]
-        key = ("programme", number, *[serials[i] for i in indexes])
+    for number, (programme, read_serials) in enumerate(plan.programmes):
+        key = ("programme", number, read_serials(serials))
         entry = cache.get(key)
         if entry is None:
-            own = [results[i] for i in indexes]
+            own = [results[i] for i in programme[1]]
             entry = cache[key] = (_decision(programme, own), 0)
         parts.append(entry[0])
     points = tuple(int(next(values)) for _ in rule_set.priority)
-    key = ("priority", points, *[_key_value(get(n, _ABSENT)) for n in plan.score_keys])
+    key = ("priority", points, plan.score_key(full))
     entry = cache.get(key)
     if entry is None:
         entry = cache[key] = (_priority(rule_set, points, facts, period), 0)
@@ -189,7 +196,7 @@ def _priority(
         score.components.append(
             score_component_message(rules.score_part(component, value, facts, period))
         )
-    return _length_delimited(_PRIORITY, score.SerializeToString())
+    return field(_PRIORITY, score.SerializeToString())
 
 
 def _decision(
@@ -209,4 +216,4 @@ def _decision(
     header = pb.ProgrammeDecision(
         programme_id=programme_id, outcome=OUTCOME[outcome], missing_data=list(missing)
     ).SerializeToString()
-    return _length_delimited(_DECISIONS, header + b"".join(fragment for _, _, fragment in own))
+    return field(_DECISIONS, header + b"".join(fragment for _, _, fragment in own))

@@ -14,6 +14,7 @@ from mineaction.audit.v1 import audit_service_pb2 as audit_pb
 from mineaction.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
+from services.common.encoded import Encoded
 from services.eligibility.assessing import Assessor
 from services.eligibility.rulebook import RuleBook
 from tests.conftest import Cluster
@@ -170,6 +171,7 @@ async def test_an_intake_changed_while_deciding_is_decided_again(cluster: Cluste
 
     answer = await MovedMeanwhile(db, RuleBook()).assess(assess(survivor.survivor_id))
     assert decided == [survivor.survivor_id] * 2
-    assert answer.assessment.district_code == "fuzuli"
+    assert isinstance(answer, Encoded)  # a fresh assessment is served as its encoding
+    assert answer.message().assessment.district_code == "fuzuli"
     stored = await assessments_of(cluster, survivor.survivor_id)
     assert [a.district_code for a in stored] == ["fuzuli"]
