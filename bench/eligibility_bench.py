@@ -85,7 +85,10 @@ def in_process(n: int = 20_000) -> tuple[float, float]:
     day = date(2026, 3, 1)
     started = time.perf_counter()
     for i in range(n):
-        _, encoded = new_assessment(survivors[i % len(survivors)], rule_set, 1, day)
+        survivor = survivors[i % len(survivors)]
+        _, encoded = new_assessment(
+            survivor, rule_set, day, survivor_id=survivor.survivor_id, version=1
+        )
         holding(pb.AssessEligibilityResponse, "assessment", encoded)
     fast = n / (time.perf_counter() - started)
     started = time.perf_counter()

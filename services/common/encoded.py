@@ -50,9 +50,11 @@ def holding(message_type: type[M], field_name: str, payload: bytes) -> Encoded[M
     return Encoded(message_type, field(number, payload))
 
 
-def served(response: M | Encoded[M]) -> M:
+def served(message_type: type[M], response: M | Encoded[M]) -> M:
     """What a handler returns for `response`: its encoding goes out as it is. Typed as
     the message the servicer's signature promises, which is what the caller receives."""
+    if type(response) is Encoded and response.message_type is not message_type:
+        raise TypeError(f"{response.message_type.__name__} served as {message_type.__name__}")
     return cast(M, response)
 
 

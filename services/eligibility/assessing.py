@@ -222,7 +222,9 @@ class Assessor:
         else:
             version = pin.version or latest
         rule_set = await self.rulebook.get(conn, pin.rule_set_id, version)
-        assessment, encoded = new_assessment(survivor, rule_set, version, day)
+        assessment, encoded = new_assessment(
+            survivor, rule_set, day, survivor_id=request.survivor_id, version=version
+        )
         # Rows from before intake_pb existed: the intake parsed from its JSON.
         intake_pb = None if row["intake_pb"] is not None else survivor.SerializeToString()
         if pin.version is None or request.reassess_under_latest:
@@ -269,7 +271,12 @@ class Assessor:
 
 
 def new_assessment(
-    survivor: pb.SurvivorIntake, rule_set: rules.RuleSet, version: int, day: date
+    survivor: pb.SurvivorIntake,
+    rule_set: rules.RuleSet,
+    day: date,
+    *,
+    survivor_id: str,
+    version: int,
 ) -> tuple[pb.Assessment, bytes]:
     """An assessment of `survivor` on `day`: its header (ids, version, the survivor's
     district and band) and the whole assessment encoded, the header followed by the
@@ -278,7 +285,7 @@ def new_assessment(
     facts = intake_mod.facts(survivor, day)
     assessment = pb.Assessment(
         assessment_id=f"asm-{secrets.token_hex(10)}",
-        survivor_id=survivor.survivor_id,
+        survivor_id=survivor_id,
         assessment_date=proto_date(day),
         rule_set_id=rule_set.rule_set_id,
         rule_set_version=version,

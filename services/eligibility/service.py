@@ -148,7 +148,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
     async def AssessEligibility(
         self, request: pb.AssessEligibilityRequest, context: grpc.aio.ServicerContext
     ) -> pb.AssessEligibilityResponse:
-        return served(await self.assessor.assess(request))
+        return served(pb.AssessEligibilityResponse, await self.assessor.assess(request))
 
     async def GetAssessment(
         self, request: pb.GetAssessmentRequest, context: grpc.aio.ServicerContext
@@ -158,7 +158,8 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         )
         if result is None:
             raise NotFound(f"assessment {request.assessment_id} does not exist")
-        return served(holding(pb.GetAssessmentResponse, "assessment", result))
+        response = pb.GetAssessmentResponse
+        return served(response, holding(response, "assessment", result))
 
     async def ListAssessments(
         self, request: pb.ListAssessmentsRequest, context: grpc.aio.ServicerContext

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
-from services.common.encoded import Encoded, holding, serializer_passing_encoded
+from services.common.encoded import Encoded, holding, serializer_passing_encoded, served
 
 
 @pytest.mark.parametrize("survivors", [0, 1, 20, 5_000])  # lengths of 1, 2 and 3 bytes
@@ -40,3 +40,11 @@ def test_the_chain_serves_an_encoded_response_as_is_and_serializes_any_other() -
     assert served.assessment.assessment_id == "asm-2"
     assert [d.programme_id for d in served.assessment.decisions] == ["wheelchair"]
     assert serializer_passing_encoded(None) is None
+
+
+def test_an_encoding_of_another_response_type_is_not_served() -> None:
+    encoded = holding(pb.GetAssessmentResponse, "assessment", b"")
+    returned: object = served(pb.GetAssessmentResponse, encoded)
+    assert returned is encoded
+    with pytest.raises(TypeError, match="GetAssessmentResponse served as AssessEligibility"):
+        served(pb.AssessEligibilityResponse, encoded)  # type: ignore[misc]
