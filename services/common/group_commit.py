@@ -48,14 +48,13 @@ class GroupCommit(Generic[Call, Result]):
 
     async def submit(self, call: Call) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        # Marks an error as seen even when its caller is gone (see below).
-        future.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._waiting.append((call, future))
         if len(self._flushers) < self._in_flight:
             self._flushers.add(asyncio.create_task(self._flush()))
-        # A cancelled caller (deadline passed) leaves its call in the batch: the batch
-        # decides its outcome, and a retry with the same request_id gets that answer.
-        return await asyncio.shield(future)
+        # A caller cancelled meanwhile (deadline passed) cancels only its future: the call
+        # stays in its batch, which decides its outcome, and a retry with the same
+        # request_id gets that answer.
+        return await future
 
     async def _flush(self) -> None:
         try:
@@ -85,6 +84,7 @@ class GroupCommit(Generic[Call, Result]):
                     continue
                 elif isinstance(outcome, BaseException):
                     future.set_exception(outcome)
+                    future.exception()  # seen, even if its caller is cancelled before it looks
                 else:
                     future.set_result(outcome)
             self._waiting[:0] = again

@@ -14,6 +14,7 @@ outright (as in Kubernetes, one process per pod); 0 turns metrics off.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
@@ -46,9 +47,15 @@ DB_POOL_CONNECTIONS = Gauge(
 
 def observe_rpc(full_method: str, code: str, seconds: float) -> None:
     """Record one call; `full_method` is gRPC's '/package.Service/Method'."""
+    requests, duration = _rpc_series(full_method, code)
+    requests.inc()
+    duration.observe(seconds)
+
+
+@functools.cache  # a series per method and status code, as many as Prometheus keeps
+def _rpc_series(full_method: str, code: str) -> tuple[Counter, Histogram]:
     service, _, method = full_method.lstrip("/").partition("/")
-    RPC_REQUESTS.labels(service, method, code).inc()
-    RPC_DURATION.labels(service, method, code).observe(seconds)
+    return RPC_REQUESTS.labels(service, method, code), RPC_DURATION.labels(service, method, code)
 
 
 def watch_pool(service: str, size: Callable[[], int], idle: Callable[[], int]) -> None:
