@@ -174,9 +174,14 @@ def assessment_trace(rule_set: rules.RuleSet, facts: Mapping[str, Any], day: dat
     for number, (programme, read_serials) in enumerate(plan.programmes):
         key = ("programme", number, read_serials(serials))
         entry = cache.get(key)
-        if entry is None:
+        if entry is None:  # a rule's fragment is new; its outcome seldom is
             own = [results[i] for i in programme[1]]
-            entry = cache[key] = (_decision(programme, own), 0)
+            state = ("header", number, *[(passed, missing) for passed, missing, _ in own])
+            header = cache.get(state)
+            if header is None:
+                header = cache[state] = (_header(programme, own), 0)
+            fragments = b"".join([fragment for _, _, fragment in own])
+            entry = cache[key] = (field(_DECISIONS, header[0] + fragments), 0)
         parts.append(entry[0])
     points = tuple(int(next(values)) for _ in rule_set.priority)
     key = ("priority", points, plan.score_key(full))
@@ -199,11 +204,12 @@ def _priority(
     return field(_PRIORITY, score.SerializeToString())
 
 
-def _decision(
+def _header(
     programme: tuple[str, tuple[int, ...], tuple[bool, ...]],
     own: list[tuple[bool, tuple[str, ...], bytes]],
 ) -> bytes:
-    """One programme's decision, as `rules._decide` makes it, as an Assessment field."""
+    """One programme's decision as `rules._decide` makes it (id, outcome, missing data),
+    encoded without its rule results, which follow it."""
     programme_id, _, required = programme
     missing = tuple(sorted({m for _, miss, _ in own for m in miss}))
     refused = zip(required, own, strict=True)
@@ -213,7 +219,6 @@ def _decision(
         outcome = "NEEDS_REVIEW"
     else:
         outcome = "ELIGIBLE"
-    header = pb.ProgrammeDecision(
+    return pb.ProgrammeDecision(
         programme_id=programme_id, outcome=OUTCOME[outcome], missing_data=list(missing)
     ).SerializeToString()
-    return field(_DECISIONS, header + b"".join(fragment for _, _, fragment in own))
