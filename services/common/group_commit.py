@@ -84,7 +84,6 @@ class GroupCommit(Generic[Call, Result]):
                     continue
                 elif isinstance(outcome, BaseException):
                     future.set_exception(outcome)
-                    future.exception()  # seen, even if its caller is cancelled before it looks
                 else:
                     future.set_result(outcome)
             self._waiting[:0] = again
