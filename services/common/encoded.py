@@ -43,11 +43,16 @@ class Encoded(Generic[M]):
         return self.message_type.FromString(self.data)
 
 
-def holding(message_type: type[M], field_name: str, payload: bytes) -> Encoded[M]:
-    """A `message_type` message whose message field `field_name` is `payload`, that
-    field's message encoded."""
+def holding(
+    message_type: type[M], field_name: str, *payloads: bytes, rest: M | None = None
+) -> Encoded[M]:
+    """A `message_type` message whose message field `field_name` is `payloads`, each one
+    message encoded (several for a repeated field), with `rest`'s other fields."""
     number = message_type.DESCRIPTOR.fields_by_name[field_name].number
-    return Encoded(message_type, field(number, payload))
+    data = b"".join([field(number, payload) for payload in payloads])
+    if rest is not None:
+        data += rest.SerializeToString()
+    return Encoded(message_type, data)
 
 
 def served(message_type: type[M], response: M | Encoded[M]) -> M:

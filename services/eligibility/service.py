@@ -197,9 +197,11 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             if len(rows) > size
             else ""
         )
-        return pb.ListAssessmentsResponse(
-            assessments=[pb.Assessment.FromString(r["result"]) for r in page],
-            next_page_token=token,
+        response = pb.ListAssessmentsResponse
+        assessments = [r["result"] for r in page]  # served as stored, never parsed here
+        return served(
+            response,
+            holding(response, "assessments", *assessments, rest=response(next_page_token=token)),
         )
 
     # --- rule sets ---------------------------------------------------------------------

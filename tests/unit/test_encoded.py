@@ -48,3 +48,18 @@ def test_an_encoding_of_another_response_type_is_not_served() -> None:
     assert returned is encoded
     with pytest.raises(TypeError, match="GetAssessmentResponse served as AssessEligibility"):
         served(pb.AssessEligibilityResponse, encoded)  # type: ignore[misc]
+
+
+def test_a_page_of_encoded_messages_with_other_fields_is_protobufs_own_encoding() -> None:
+    page = [pb.Assessment(assessment_id=f"asm-{n}", rule_set_version=n) for n in range(3)]
+    response = pb.ListAssessmentsResponse
+    encoded = holding(
+        response,
+        "assessments",
+        *[a.SerializeToString() for a in page],
+        rest=response(next_page_token="token-2"),
+    )
+    expected = response(assessments=page, next_page_token="token-2")
+    assert encoded.data == expected.SerializeToString()
+    empty = holding(response, "assessments", rest=response(next_page_token=""))
+    assert empty.data == b"" and empty.message() == response()
