@@ -183,7 +183,7 @@ def assessment_trace(rule_set: rules.RuleSet, facts: Mapping[str, Any], day: dat
             fragments = b"".join([fragment for _, _, fragment in own])
             entry = cache[key] = (field(_DECISIONS, header[0] + fragments), 0)
         parts.append(entry[0])
-    points = tuple(int(next(values)) for _ in rule_set.priority)
+    points = tuple(map(int, values))  # what is left: the score components, in order
     key = ("priority", points, plan.score_key(full))
     entry = cache.get(key)
     if entry is None:
