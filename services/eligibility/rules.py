@@ -479,7 +479,7 @@ def load(source: str) -> RuleSet:
         if not _ID.match(str(pid)):
             loader.fail(f"programmes.{pid}", "programme id must be lower-case letters, digits, _")
     rules = _load_rules(loader, data.get("rules"), programmes, parameters)
-    priority = _load_priority(loader, data.get("priority"))
+    priority = _load_priority(loader, data.get("priority"), parameters)
     tests = _load_tests(loader, data.get("tests", []), programmes)
     if loader.problems:
         raise RuleSetError(loader.problems)
@@ -576,14 +576,9 @@ def _load_rules(
         explain_fail = loader.text(explain.get("fail"), f"{path}.explain.fail")
         if program is None or not rule_id or not isinstance(expression, str):
             continue
-        reads = tuple(v for v in program.references()["variables"] if v != "params")
-        for name in reads:
-            if name not in FACT_SAMPLES:
-                loader.fail(f"{path}.expression", f"unknown fact {name}")
-        params_read = tuple(dict.fromkeys(_PARAM_REF.findall(expression)))
-        for name in params_read:
-            if name not in parameters:
-                loader.fail(f"{path}.expression", f"unknown parameter {name}")
+        reads, params_read = _references(
+            loader, program, expression, parameters, f"{path}.expression"
+        )
         rules.append(
             Rule(
                 rule_id,
@@ -601,7 +596,25 @@ def _load_rules(
     return rules
 
 
-def _load_priority(loader: _Loader, raw: Any) -> list[ScoreComponent]:
+def _references(
+    loader: _Loader, program: Any, expression: str, parameters: Mapping[str, Any], path: str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The facts and the parameters an expression reads, each known (in every branch:
+    the type check evaluates only the branches the sample facts take)."""
+    reads = tuple(v for v in program.references()["variables"] if v != "params")
+    for name in reads:
+        if name not in FACT_SAMPLES:
+            loader.fail(path, f"unknown fact {name}")
+    params_read = tuple(dict.fromkeys(_PARAM_REF.findall(expression)))
+    for name in params_read:
+        if name not in parameters:
+            loader.fail(path, f"unknown parameter {name}")
+    return reads, params_read
+
+
+def _load_priority(
+    loader: _Loader, raw: Any, parameters: Mapping[str, Any]
+) -> list[ScoreComponent]:
     components = []
     spec_list = (raw or {}).get("components", []) if isinstance(raw, dict) else None
     if not isinstance(spec_list, list):
@@ -615,6 +628,7 @@ def _load_priority(loader: _Loader, raw: Any) -> list[ScoreComponent]:
         program = loader.compile(spec.get("points"), f"{path}.points")
         text = loader.text(spec.get("explain"), f"{path}.explain")
         if program is not None:
+            _references(loader, program, spec["points"], parameters, f"{path}.points")
             components.append(ScoreComponent(name, spec["points"], program, text))
     return components
 

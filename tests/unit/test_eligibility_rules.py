@@ -121,8 +121,25 @@ def test_decision_explains_every_rule_with_the_values_it_read() -> None:
             "unknown fact",
             0,
         ),
+        (
+            "(income_per_person_minor <= params.income_ceiling_per_person_minor ? 10 : 0)",
+            "priority.components[3].points",
+            "unknown parameter income_ceilng_per_person_minor",
+            0,
+        ),
+        ("female_headed ? 15 : 0", "priority.components[2].points", "unknown fact", 0),
     ],
-    ids=["bad-yaml", "syntax", "unknown-parameter", "type", "overlap", "unknown-fact"],
+    ids=[
+        "bad-yaml",
+        "syntax",
+        "unknown-parameter",
+        "type",
+        "overlap",
+        "unknown-fact",
+        # in a branch the sample facts do not take, so only the references can tell
+        "score-unknown-parameter",
+        "score-unknown-fact",
+    ],
 )
 def test_malformed_rule_set_points_at_rule_and_position(
     change: str, path: str, message: str, line: int
@@ -137,6 +154,11 @@ def test_malformed_rule_set_points_at_rule_and_position(
             change + "\n      - {from: 2026-01-01, value: 25000}",
         ),
         "rules[3].expression": (change, "expression: active_credit_lines < 1"),
+        "priority.components[3].points": (
+            change,
+            change.replace("income_ceiling_per", "income_ceilng_per"),
+        ),
+        "priority.components[2].points": (change, "female_headed ? 15 : widowed * 15"),
     }
     old, new = replacements.get(path, (change, change))
     source = SHIPPED + "\n" + change if path == "(document)" else SHIPPED.replace(old, new, 1)
