@@ -400,16 +400,11 @@ def journey_decide(
             raise BadInput("--ref is at most 128 characters and --reason 1000")
         if not approve and not reason.strip():
             raise BadInput("a rejection needs --reason")
-        settings = context.settings()
-        client = await context.temporal_client(settings)
-        workflow_id = journey_workflow_id(sid)
-        handle = client.get_workflow_handle_for(SurvivorJourneyWorkflow.run, workflow_id)
-        with temporal(settings.effective_temporal_address, f"the journey {workflow_id}"):
-            status = await handle.execute_update(
-                SurvivorJourneyWorkflow.record_committee_decision,
-                CommitteeDecision(approve, member_id, decision_ref, reason.strip()),
-                rpc_timeout=RPC_TIMEOUT,
-            )
+        status = await _update_journey(
+            sid,
+            SurvivorJourneyWorkflow.record_committee_decision,
+            CommitteeDecision(approve, member_id, decision_ref, reason.strip()),
+        )
         verb = "approved" if approve else "rejected"
         render.line(
             f"loan {status.loan_id} {verb} by {member_id} ({decision_ref}); "

@@ -617,12 +617,14 @@ async def test_steering_a_journey_from_the_cli(
         assert "written off: proposed by lo-01, confirmed by pm-01" in ran.stdout
         assert "CLOSED_WRITTEN_OFF" in ran.stdout
         await wait_for_stage(handle, "WRITTEN_OFF")
-        line = one_error_line(await mineaction(cli_env, *write_off))
-        # The written-off journey has ended: said so, not "not found".
-        assert line == (
-            f"error: the journey {handle.id} has ended (completed, stage WRITTEN_OFF): "
-            "it takes no more decisions"
-        ), line
+        decide = ["journey", "decide", survivor_id, "--member", "cm-02", "--ref", "CM-9"]
+        for again in (write_off, [*decide, "--approve"]):
+            line = one_error_line(await mineaction(cli_env, *again))
+            # The written-off journey has ended: said so, not "not found".
+            assert line == (
+                f"error: the journey {handle.id} has ended (completed, stage WRITTEN_OFF): "
+                "it takes no more decisions"
+            ), line
         loan = (
             await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=status.loan_id))
         ).loan
