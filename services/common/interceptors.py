@@ -211,11 +211,9 @@ class ValidationInterceptor(UnaryInterceptor):
             )
         violations = violations_of(request, self._validator)
         if violations:
-            raise InvalidArgument(
-                f"{len(violations)} invalid field(s): "
-                + "; ".join(f"{v.field}: {v.description}" for v in violations[:5]),
-                violations,
-            )
+            shown = "; ".join(f"{v.field}: {v.description}" for v in violations[:5])
+            more = f"; {len(violations) - 5} more in the details" if len(violations) > 5 else ""
+            raise InvalidArgument(f"{len(violations)} invalid field(s): {shown}{more}", violations)
         return await call_next(request, context)
 
 

@@ -90,6 +90,12 @@ async def test_invalid_request_is_refused_with_field_violations(
         info, fields = details(caught.value)
         assert info is not None and info.reason == "INVALID_ARGUMENT"
         assert set(fields) == expected
+        # The message names the count and the first five; the rest are in the details.
+        message = caught.value.details() or ""
+        assert message.startswith(f"{len(fields)} invalid field(s): "), message
+        assert message.count(": ") == min(len(fields), 5) + 1, message
+        if len(fields) > 5:
+            assert message.endswith(f"; {len(fields) - 5} more in the details"), message
     assert await cluster.row_counts() == before
 
 
