@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import Coroutine, Iterator
 from typing import Any, NoReturn, TypeVar
@@ -144,6 +145,11 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         fail(str(error))
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except BrokenPipeError:
+        # The reader stopped reading (`mineaction export ... | head`): nothing is wrong.
+        # Standard output goes nowhere from now on, so that exiting does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
     except grpc.aio.AioRpcError as error:  # a call outside `calling` (a bug, but say it well)
         fail(f"a service call failed ({error.code().name}): {error.details()}")
     except Exception as error:

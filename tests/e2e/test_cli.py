@@ -11,6 +11,7 @@ import io
 import os
 import re
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -116,6 +117,27 @@ def one_error_line(ran: Ran) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), ran
     assert "Traceback" not in ran.stdout + ran.stderr
     return lines[0]
+
+
+async def test_output_read_only_in_part_is_not_an_error(cli_env: dict[str, str]) -> None:
+    """`mineaction export loans | head`: the reader closes the pipe before the CLI writes."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from cli.main import app; app()",
+            "export",
+            "loans",
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **cli_env},
+        )
+    finally:
+        os.close(write_end)
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert (process.returncode, stderr.decode()) == (0, "")
 
 
 def write_intake(folder: Path, survivor_id: str) -> Path:
