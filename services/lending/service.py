@@ -664,7 +664,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 f"overpayment: only {detail.get('outstanding')} qəpik is outstanding",
                 "OVERPAYMENT",
             )
-        raise NotFound(f"loan {request.loan_id} does not exist", reason="LOAN_NOT_FOUND")
+        raise invalid("loan_id", f"unknown loan {request.loan_id!r}", "LOAN_NOT_FOUND")
 
     async def _record_recovery(
         self,
@@ -1018,8 +1018,8 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     @staticmethod
     async def _loan_for_update(conn: Connection, loan_id: str) -> asyncpg.Record:
         row = await conn.fetchrow(_LOAN_FOR_UPDATE, loan_id)
-        if row is None:
-            raise NotFound(f"loan {loan_id} does not exist", reason="LOAN_NOT_FOUND")
+        if row is None:  # a mutation naming no loan is bad input, as an unknown product is
+            raise invalid("loan_id", f"unknown loan {loan_id!r}", "LOAN_NOT_FOUND")
         return row
 
     async def _active_loan(self, conn: Connection, loan_id: str, action: str) -> asyncpg.Record:

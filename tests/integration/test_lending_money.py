@@ -192,7 +192,20 @@ async def test_bad_input_is_invalid_argument_with_field_violations_and_writes_no
         cluster,
         lending.RecordRepayment(repayment("loan-nonexistent", 1_000, date(2026, 5, 10))),
         "loan_id",
-        grpc.StatusCode.NOT_FOUND,  # a missing record, not a malformed request
+        invalid,
+    )
+    await _refused_without_writes(
+        cluster,
+        lending.ApproveLoan(
+            pb.ApproveLoanRequest(
+                request_id=request_id(),
+                loan_id="loan-nonexistent",
+                approved_by="cm-02",
+                committee_decision_ref="CM-1",
+            )
+        ),
+        "loan_id",
+        invalid,
     )
     in_dollars = repayment(loan.loan_id, 1_000, date(2026, 5, 10))
     in_dollars.currency_code = "USD"
@@ -576,7 +589,7 @@ async def test_repayments_arriving_together_each_get_their_own_outcome(cluster: 
 
     results = await asyncio.gather(*(outcome(r) for r in requests))
     assert results[1] == grpc.StatusCode.INVALID_ARGUMENT
-    assert results[6] == grpc.StatusCode.NOT_FOUND
+    assert results[6] == grpc.StatusCode.INVALID_ARGUMENT  # an unknown loan
     assert results[3] == results[5]
     assert all(isinstance(results[i], pb.RecordRepaymentResponse) for i in (0, 2, 3, 4))
 
