@@ -325,6 +325,11 @@ def journey_start(
                 await stub.GetSurvivor(
                     eligibility_pb.GetSurvivorRequest(survivor_id=sid), timeout=TIMEOUT
                 )
+        if loan is not None:  # a loan lending would refuse is refused here
+            async with context.lending(settings, token) as lend:
+                with calling("lending", settings.lending_address):
+                    products = await _loan_products(lend)
+            _check_loan(loan, products)
         if plans:  # a plan the assistance service would refuse is refused here
             async with context.assistance(settings, token) as assist:
                 with calling("assistance", settings.assistance_address):
@@ -351,6 +356,34 @@ def journey_start(
         render.line(f"started journey {workflow_id} on task queue {settings.journey_task_queue}")
 
     run(go())
+
+
+async def _loan_products(stub: Any) -> dict[str, lending_pb.LoanProduct]:
+    products: dict[str, lending_pb.LoanProduct] = {}
+    token = ""
+    while True:
+        page = await stub.ListLoanProducts(
+            lending_pb.ListLoanProductsRequest(page_size=500, page_token=token), timeout=TIMEOUT
+        )
+        products.update((p.product_id, p) for p in page.loan_products)
+        token = page.next_page_token
+        if not token:
+            return products
+
+
+def _check_loan(loan: LoanRequest, products: dict[str, lending_pb.LoanProduct]) -> None:
+    """What lending would refuse when the journey applies, refused before it starts."""
+    product = products.get(loan.product_id)
+    if product is None:
+        raise BadInput(
+            f"unknown loan product {loan.product_id!r}; the products are "
+            + ", ".join(sorted(products))
+        )
+    if not product.min_amount_minor <= loan.amount_minor <= product.max_amount_minor:
+        raise BadInput(
+            f"--amount for {loan.product_id} must be from {inputs.manat(product.min_amount_minor)}"
+            f" to {inputs.manat(product.max_amount_minor)} AZN"
+        )
 
 
 @journey_app.command("status")

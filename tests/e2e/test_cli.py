@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
@@ -545,6 +546,16 @@ async def test_steering_a_journey_from_the_cli(
         ]  # fmt: skip
         line = one_error_line(await mineaction(cli_env, *start))
         assert "'seat_width_cm' is a required property" in line, line
+        # So is the loan, against lending's products: exit 2, and nothing starts.
+        for product, amount, expected in (
+            ("camel_breeding", "5000", "unknown loan product 'camel_breeding'; the products are "),
+            ("fish_farming", "999999", "--amount for fish_farming must be from "),
+        ):
+            loan_start = [*start[:5], "--product", product, "--amount", amount]
+            refused = await mineaction(cli_env, *loan_start)
+            assert refused.exit_code == 2 and expected in one_error_line(refused), refused
+        with pytest.raises(RPCError, match="not found"):  # no journey was started
+            await dev_client.get_workflow_handle(journey_workflow_id(survivor_id)).describe()
         ran = await mineaction(cli_env, *start, "--data", "wheelchair:seat_width_cm=44")
         assert ran.exit_code == 0, ran
         handle = dev_client.get_workflow_handle(journey_workflow_id(survivor_id))
