@@ -916,10 +916,11 @@ def portfolio(
         out.print(render.buckets_table(report.total))
         for title, rows in (
             ("By district", report.by_district),
-            ("By sex", report.by_sex),
+            ("By sex", report.by_sex),  # keyed SEX_FEMALE, ...: shown as female, ...
             ("By product", report.by_product),
         ):
-            out.print(render.portfolio_table(title, [(r.key, r.figures) for r in rows]))
+            keyed = [(r.key.removeprefix("SEX_").lower(), r.figures) for r in rows]
+            out.print(render.portfolio_table(title, keyed))
 
     run(go())
 

@@ -252,6 +252,7 @@ async def test_a_journey_driven_from_the_cli(
     ran = await mineaction(cli_env, "portfolio")
     assert ran.exit_code == 0, ran
     assert "Portfolio as of" in ran.stdout and "saatli" in ran.stdout and "PAR30" in ran.stdout
+    assert "By sex" in ran.stdout and "SEX_" not in ran.stdout  # shown as male, female
 
     out = tmp_path / "portfolio.csv"
     ran = await mineaction(cli_env, "export", "portfolio", "--output", str(out))
