@@ -539,8 +539,10 @@ def journey_hardship(
         done = (
             f"delinquency paused for {pause_days} days"
             if pause_days is not None
-            else f"rescheduled over {new_term_months} months"
-            + (f" after {grace_months} more months of grace" if grace_months else "")
+            # The new schedule starts today: its grace counts from now, not from the
+            # old schedule's first instalment.
+            else f"rescheduled from today over {new_term_months} months"
+            + (f", the first {grace_months} without instalments" if grace_months else "")
         )
         render.line(f"{done} (asked by {who}); {_loan_line(status)}")
 
