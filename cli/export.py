@@ -73,13 +73,20 @@ async def loans(
                 azn(loan.written_off_minor),
                 azn(loan.recovered_minor),
                 str(loan.days_past_due),
-                lending_pb.DelinquencyBucket.Name(loan.bucket).removeprefix("DELINQUENCY_BUCKET_"),
+                _bucket(loan.bucket),
                 str(loan.principal_minor),
                 str(loan.outstanding_principal_minor),
             ]
         token = page.next_page_token
         if not token:
             return
+
+
+def _bucket(bucket: lending_pb.DelinquencyBucket.ValueType) -> str:
+    """A loan being repaid has a bucket; any other (closed, written off) none: empty."""
+    if bucket == lending_pb.DELINQUENCY_BUCKET_UNSPECIFIED:
+        return ""
+    return lending_pb.DelinquencyBucket.Name(bucket).removeprefix("DELINQUENCY_BUCKET_")
 
 
 PORTFOLIO_COLUMNS = (

@@ -666,6 +666,10 @@ async def test_steering_a_journey_from_the_cli(
         ).loan
         assert loan.state == lending_pb.LOAN_STATE_CLOSED_WRITTEN_OFF
         assert loan.written_off_minor == 500_000
+        ran = await mineaction(cli_env, "export", "loans", "--state", "closed_written_off")
+        rows = {r["loan_id"]: r for r in csv.DictReader(io.StringIO(ran.stdout))}
+        assert rows[status.loan_id]["written_off_azn"] == "5000.00"
+        assert rows[status.loan_id]["bucket"] == ""  # not UNSPECIFIED: no bucket once closed
         await dev_client.get_workflow_handle(
             assistance_workflow_id(handle.id, "wheelchair")
         ).terminate("the journey has ended; the test is over")
