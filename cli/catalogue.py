@@ -5,12 +5,14 @@ anything is started or sent, so a plan the service would refuse is refused here.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
 
 from cli.inputs import BadInput
+from cli.paging import pages
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as assistance_grpc
 
@@ -61,15 +63,10 @@ def _check(schema_json: str, data: dict[str, Any], what: str) -> None:
 
 
 async def load(stub: assistance_grpc.AssistanceServiceStub, seconds: float) -> Catalogue:
-    types: dict[str, assistance_pb.AssistanceType] = {}
-    token = ""
-    while True:
-        page = await stub.ListAssistanceTypes(
-            assistance_pb.ListAssistanceTypesRequest(page_size=500, page_token=token),
-            timeout=seconds,
-        )
-        for kind in page.assistance_types:
-            types[kind.type_id] = kind
-        token = page.next_page_token
-        if not token:
-            return Catalogue(types)
+    def fetch(token: str) -> Awaitable[assistance_pb.ListAssistanceTypesResponse]:
+        request = assistance_pb.ListAssistanceTypesRequest(page_size=500, page_token=token)
+        return stub.ListAssistanceTypes(request, timeout=seconds)  # type: ignore[no-any-return]
+
+    return Catalogue(
+        {kind.type_id: kind async for page in pages(fetch) for kind in page.assistance_types}
+    )

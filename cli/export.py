@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from datetime import date
 from typing import IO, Any
 
+from cli.paging import pages
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
@@ -50,14 +51,13 @@ async def loans(
     district: str,
     rpc_timeout: float,
 ) -> AsyncIterator[list[str]]:
-    token = ""
-    while True:
-        page = await stub.ListLoans(
-            lending_pb.ListLoansRequest(
-                page_size=PAGE, page_token=token, state=state, district_code=district
-            ),
-            timeout=rpc_timeout,
+    def fetch(token: str) -> Awaitable[lending_pb.ListLoansResponse]:
+        request = lending_pb.ListLoansRequest(
+            page_size=PAGE, page_token=token, state=state, district_code=district
         )
+        return stub.ListLoans(request, timeout=rpc_timeout)  # type: ignore[no-any-return]
+
+    async for page in pages(fetch):
         for loan in page.loans:
             yield [
                 loan.loan_id,
@@ -77,9 +77,6 @@ async def loans(
                 str(loan.principal_minor),
                 str(loan.outstanding_principal_minor),
             ]
-        token = page.next_page_token
-        if not token:
-            return
 
 
 def _bucket(bucket: lending_pb.DelinquencyBucket.ValueType) -> str:
@@ -157,14 +154,13 @@ async def assessments(
     district: str,
     rpc_timeout: float,
 ) -> AsyncIterator[list[str]]:
-    token = ""
-    while True:
-        page = await stub.ListAssessments(
-            eligibility_pb.ListAssessmentsRequest(
-                page_size=PAGE, page_token=token, survivor_id=survivor_id, district_code=district
-            ),
-            timeout=rpc_timeout,
+    def fetch(token: str) -> Awaitable[eligibility_pb.ListAssessmentsResponse]:
+        request = eligibility_pb.ListAssessmentsRequest(
+            page_size=PAGE, page_token=token, survivor_id=survivor_id, district_code=district
         )
+        return stub.ListAssessments(request, timeout=rpc_timeout)  # type: ignore[no-any-return]
+
+    async for page in pages(fetch):
         for a in page.assessments:
             d8 = a.assessment_date
             day = f"{d8.year:04d}-{d8.month:02d}-{d8.day:02d}"
@@ -182,9 +178,6 @@ async def assessments(
                     " ".join(d.missing_data),
                     str(a.priority.total),
                 ]
-        token = page.next_page_token
-        if not token:
-            return
 
 
 def writer(out: IO[str], columns: Iterable[str]) -> Any:

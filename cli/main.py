@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Annotated, Any, NoReturn, TypeVar
@@ -28,6 +28,7 @@ from cli import catalogue, context, inputs, render
 from cli import export as csv_export
 from cli.errors import CliError, calling, fail, run, temporal
 from cli.inputs import BadInput, manat
+from cli.paging import pages
 from cli.requests import checked, intake_from_text
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
@@ -359,16 +360,11 @@ def journey_start(
 
 
 async def _loan_products(stub: Any) -> dict[str, lending_pb.LoanProduct]:
-    products: dict[str, lending_pb.LoanProduct] = {}
-    token = ""
-    while True:
-        page = await stub.ListLoanProducts(
-            lending_pb.ListLoanProductsRequest(page_size=500, page_token=token), timeout=TIMEOUT
-        )
-        products.update((p.product_id, p) for p in page.loan_products)
-        token = page.next_page_token
-        if not token:
-            return products
+    def fetch(token: str) -> Awaitable[lending_pb.ListLoanProductsResponse]:
+        request = lending_pb.ListLoanProductsRequest(page_size=500, page_token=token)
+        return stub.ListLoanProducts(request, timeout=TIMEOUT)  # type: ignore[no-any-return]
+
+    return {p.product_id: p async for page in pages(fetch) for p in page.loan_products}
 
 
 def _check_loan(loan: LoanRequest, products: dict[str, lending_pb.LoanProduct]) -> None:

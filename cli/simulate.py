@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from datetime import time as clock
@@ -37,6 +37,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from cli.errors import CliError
 from cli.inputs import BadInput, manat
+from cli.paging import pages
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
 from mineaction.type.v1 import age_band_pb2, sex_pb2
@@ -289,15 +290,13 @@ class Programme:
         return fund
 
     async def loans(self) -> int:
-        count, token = 0, ""
-        while True:
-            page = await self.lending.ListLoans(
-                lending_pb.ListLoansRequest(page_size=500, page_token=token), timeout=CALL_TIMEOUT
-            )
-            count += sum(1 for loan in page.loans if loan.fund_id == FUND_ID)
-            token = page.next_page_token
-            if not token:
-                return count
+        def fetch(token: str) -> Awaitable[lending_pb.ListLoansResponse]:
+            request = lending_pb.ListLoansRequest(page_size=500, page_token=token)
+            return self.lending.ListLoans(request, timeout=CALL_TIMEOUT)  # type: ignore[no-any-return]
+
+        return sum(
+            [1 async for page in pages(fetch) for loan in page.loans if loan.fund_id == FUND_ID]
+        )
 
     async def figures(self, month: int, as_of: date) -> MonthFigures:
         f = await self.fund()
