@@ -168,7 +168,6 @@ class _PeriodContext:
     def __init__(self, params: dict[str, Any]) -> None:
         self.params = params
         self.shown_params = {name: _display(value) for name, value in params.items()}
-        self.facts: Mapping[str, Any] = {}
         # Serialized trace fragments of this period, built by services/eligibility/trace.py.
         self.fragments: dict[Any, tuple[bytes, int]] = {}
         self.cel = cel.Context({"params": params})
@@ -176,7 +175,6 @@ class _PeriodContext:
     def bind(self, facts: Mapping[str, Any]) -> None:
         """Make `facts` the survivor the next evaluation reads (the dict's own `get` as
         the resolver: no Python frame per variable read)."""
-        self.facts = facts
         self.cel.set_variable_resolver(facts.get)
 
 
