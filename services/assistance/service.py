@@ -48,6 +48,7 @@ from services.assistance.records import (
 from services.common import audit, pagination
 from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one
+from services.common.districts import require_known_district
 from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -136,6 +137,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         self, request: pb.RecordNeedRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordNeedResponse:
         self._plugin(request.type_id)
+        require_known_district(request.district_code)
 
         async def record(conn: Connection) -> pb.RecordNeedResponse:
             row = await fetch_one(

@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import asyncpg
-import yaml
 from google.protobuf import json_format
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.type.v1 import age_band_pb2, sex_pb2
+from services.common.districts import district_violations
 from services.common.errors import FieldViolation
 from services.common.protoconv import from_proto_date
-
-REFERENCE = Path(__file__).parent / "reference"
 
 _LEVEL = {
     pb.DIFFICULTY_LEVEL_NO_DIFFICULTY: 0,
@@ -46,13 +42,6 @@ _SEX = _short_names(sex_pb2.Sex, "SEX_")
 _INCIDENT_TYPE = _short_names(pb.IncidentType, "INCIDENT_TYPE_")
 
 
-@cache
-def known_districts() -> dict[str, dict[str, str]]:
-    """District code -> names in English and Azerbaijani."""
-    data = yaml.safe_load((REFERENCE / "districts.yaml").read_text(encoding="utf-8"))
-    return {d["code"]: {"en": d["en"], "az": d["az"]} for d in data["districts"]}
-
-
 def years_between(start: date, end: date) -> int:
     return end.year - start.year - ((end.month, end.day) < (start.month, start.day))
 
@@ -69,15 +58,7 @@ def age_band(age: int) -> int:
 
 def intake_violations(intake: pb.SurvivorIntake, today: date, field: str) -> list[FieldViolation]:
     """What protovalidate cannot check: the district list and dates against today."""
-    violations = []
-    if intake.district_code not in known_districts():
-        violations.append(
-            FieldViolation(
-                f"{field}.district_code",
-                f"unknown district {intake.district_code!r}",
-                "district.known",
-            )
-        )
+    violations = district_violations(intake.district_code, f"{field}.district_code")
     if from_proto_date(intake.date_of_birth) > today:
         violations.append(
             FieldViolation(f"{field}.date_of_birth", "must not be in the future", "date.past")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -447,7 +448,7 @@ async def attach(server: grpc.aio.Server, db: Database, settings: Settings) -> N
 SPEC = ServiceSpec(
     name="eligibility",
     full_name="mineaction.eligibility.v1.EligibilityService",
-    migrations_dir=intake_mod.REFERENCE.parent / "migrations",
+    migrations_dir=Path(__file__).parent / "migrations",
     attach=attach,
     address=lambda settings: settings.eligibility_address,
 )

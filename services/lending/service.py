@@ -20,6 +20,7 @@ from mineaction.type.v1 import localized_text_pb2, sex_pb2
 from services.common import audit, idempotency, pagination
 from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one
+from services.common.districts import require_known_district
 from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, invalid
 from services.common.idempotency import once_per_request
 from services.common.protoconv import from_proto_date, proto_date, timestamp
@@ -246,6 +247,8 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def SubmitLoanApplication(
         self, request: pb.SubmitLoanApplicationRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitLoanApplicationResponse:
+        require_known_district(request.district_code)
+
         async def submit(conn: Connection) -> pb.SubmitLoanApplicationResponse:
             product = await conn.fetchrow(
                 """SELECT * FROM loan_products WHERE product_id = $1

@@ -416,6 +416,17 @@ async def test_an_unknown_type_is_invalid_and_writes_nothing(cluster: Cluster) -
     assert "type_id" in violations(error)
 
 
+async def test_a_need_in_an_unknown_district_is_invalid_and_writes_nothing(
+    cluster: Cluster,
+) -> None:
+    error = await assert_writes_nothing(
+        cluster,
+        record_need(cluster.assistance, "wheelchair", district="bardaa"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert violations(error)["district_code"] == "unknown district 'bardaa'"
+
+
 async def test_data_the_type_rejects_is_invalid_and_writes_nothing(cluster: Cluster) -> None:
     stub = cluster.assistance
     need = await record_need(stub, "wheelchair")

@@ -188,6 +188,11 @@ async def test_bad_input_is_invalid_argument_with_field_violations_and_writes_no
     await _refused_without_writes(
         cluster, lending.SubmitLoanApplication(application), "product_id", invalid
     )
+    # A district the eligibility service would refuse for the survivor's intake.
+    application.product_id, application.district_code = "small_trade", "saatly"
+    await _refused_without_writes(
+        cluster, lending.SubmitLoanApplication(application), "district_code", invalid
+    )
     await _refused_without_writes(
         cluster,
         lending.RecordRepayment(repayment("loan-nonexistent", 1_000, date(2026, 5, 10))),

@@ -1,0 +1,35 @@
+"""The districts the programme works in or receives survivors from: one list for every
+service that records a district (a survivor's intake, a loan, a need), so that reports
+broken down by district add up across services."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from services.common.errors import FieldViolation, InvalidArgument
+
+DISTRICTS_FILE = Path(__file__).parent / "districts.yaml"
+
+
+@cache
+def known_districts() -> dict[str, dict[str, str]]:
+    """District code -> names in English and Azerbaijani."""
+    data = yaml.safe_load(DISTRICTS_FILE.read_text(encoding="utf-8"))
+    return {d["code"]: {"en": d["en"], "az": d["az"]} for d in data["districts"]}
+
+
+def district_violations(code: str, field: str) -> list[FieldViolation]:
+    """The field violation for a district code not on the list (none for a known one)."""
+    if code in known_districts():
+        return []
+    return [FieldViolation(field, f"unknown district {code!r}", "district.known")]
+
+
+def require_known_district(code: str, field: str = "district_code") -> None:
+    """INVALID_ARGUMENT, before anything is written, for a district not on the list."""
+    violations = district_violations(code, field)
+    if violations:
+        raise InvalidArgument(f"invalid {field}: {violations[0].description}", violations)
