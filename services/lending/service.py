@@ -97,7 +97,7 @@ def repayment_answer(
     request: pb.RecordRepaymentRequest, stored: bytes
 ) -> pb.RecordRepaymentResponse:
     """The response to a repayment from the answer stored with its request_id: JSON from
-    lending_repay_once (migration 009), the same for the first call and every replay; or
+    lending_repay_once (migrations 009, 014), the same for the first call and every replay; or
     the protobuf that earlier versions stored (a serialized message never starts with
     '{': that would be field 15 as a group)."""
     if not stored.startswith(b"{"):
