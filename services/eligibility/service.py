@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+import yaml
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
@@ -51,6 +52,12 @@ def decision_to_proto(
         components=[score_component_message(p) for p in decision.priority_parts],
     )
     return decisions, priority
+
+
+def same_rules(published_yaml: str, candidate_yaml: str) -> bool:
+    """Two sources that say the same (comments, spacing and key order aside): publishing
+    one over the other would make a version that decides nothing differently."""
+    return bool(yaml.safe_load(published_yaml) == yaml.safe_load(candidate_yaml))
 
 
 def facts_of_case(intake_data: dict[str, Any], day: date) -> dict[str, Any]:
@@ -288,10 +295,22 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext($1))", f"rule_set:{rule_set.rule_set_id}"
             )
-            version = await conn.fetchval(
-                "SELECT coalesce(max(version), 0) + 1 FROM rule_sets WHERE rule_set_id = $1",
+            latest = await conn.fetchrow(
+                """SELECT version, source_yaml FROM rule_sets WHERE rule_set_id = $1
+                   ORDER BY version DESC LIMIT 1""",
                 rule_set.rule_set_id,
             )
+            if latest is not None and same_rules(latest["source_yaml"], request.source_yaml):
+                raise FailedPrecondition(
+                    f"rule set {rule_set.rule_set_id} version {latest['version']} already says "
+                    "exactly this; nothing was published",
+                    reason="RULE_SET_UNCHANGED",
+                    metadata={
+                        "rule_set_id": rule_set.rule_set_id,
+                        "version": str(latest["version"]),
+                    },
+                )
+            version = (latest["version"] if latest else 0) + 1
             row = await fetch_one(
                 conn,
                 """INSERT INTO rule_sets (rule_set_id, version, source_yaml, published_by,

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
+from services.common.errors import reason_of
 from tests.conftest import Cluster
 from tests.factories import new_id, pdate, register_request, request_id, saatli_fish_farmer
 from tests.grpc_errors import details
@@ -226,6 +227,17 @@ async def test_publish_pin_reassess_and_what_if(cluster: Cluster) -> None:
     published = await publish(cluster, candidate)
     assert published.rule_set.version == pinned_version + 1
     assert all(r.passed for r in published.test_results)
+
+    # The same rules again, only a comment added: no second version that says the same.
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as unchanged:
+        await publish(cluster, "# re-sent by mistake\n" + candidate)
+    assert unchanged.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(unchanged.value) == "RULE_SET_UNCHANGED"
+    assert f"version {pinned_version + 1} already says exactly this" in (
+        unchanged.value.details() or ""
+    )
+    assert await cluster.row_counts() == before
 
     # The earlier survivor stays on the version of their first assessment...
     again = await cluster.eligibility.AssessEligibility(
