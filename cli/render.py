@@ -42,6 +42,13 @@ LABELS: dict[str, dict[str, str]] = {
     "months": {"en": "months", "az": "ay"},
     "awaiting": {"en": "awaiting the answers", "az": "cavablar gözlənilir"},
     "none": {"en": "none", "az": "yoxdur"},
+    "committed_capital": {"en": "Committed capital", "az": "Ayrılmış kapital"},
+    "disbursed": {"en": "Disbursed", "az": "Verilmiş məbləğ"},
+    "repaid_principal": {"en": "Repaid principal", "az": "Qaytarılmış əsas borc"},
+    "written_off": {"en": "Written off", "az": "Balansdan silinmiş"},
+    "recovered": {"en": "Recovered", "az": "Silinmədən sonra qaytarılmış"},
+    "outstanding_principal": {"en": "Outstanding principal", "az": "Qalıq əsas borc"},
+    "available": {"en": "Available to lend", "az": "Kredit üçün mövcud vəsait"},
 }
 
 
@@ -177,15 +184,15 @@ def fund_table(f: lending_pb.Fund, lang: str) -> Table:
     table.add_column(style="bold")
     table.add_column(justify="right")
     for key, value in (
-        ("Committed capital", f.committed_capital_minor),
-        ("Disbursed", f.disbursed_minor),
-        ("Repaid principal", f.repaid_principal_minor),
-        ("Written off", f.written_off_minor),
-        ("Recovered", f.recovered_minor),
-        ("Outstanding principal", f.outstanding_principal_minor),
-        ("Available to lend", f.available_minor),
+        ("committed_capital", f.committed_capital_minor),
+        ("disbursed", f.disbursed_minor),
+        ("repaid_principal", f.repaid_principal_minor),
+        ("written_off", f.written_off_minor),
+        ("recovered", f.recovered_minor),
+        ("outstanding_principal", f.outstanding_principal_minor),
+        ("available", f.available_minor),
     ):
-        table.add_row(f"{key} (AZN)", manat(value))
+        table.add_row(f"{label(key, lang)} (AZN)", manat(value))
     return table
 
 

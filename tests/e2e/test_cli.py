@@ -267,6 +267,9 @@ async def test_a_journey_driven_from_the_cli(
     ran = await mineaction(cli_env, "fund", "main")
     assert ran.exit_code == 0, ran
     assert "Available to lend" in ran.stdout and "200,000.00" in ran.stdout
+    ran = await mineaction(cli_env, "fund", "main", "--lang", "az")
+    assert ran.exit_code == 0, ran
+    assert "Kredit üçün mövcud vəsait" in ran.stdout and "Available" not in ran.stdout
 
 
 async def test_arrears_lists_journeys_by_days_past_due(
