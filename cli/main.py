@@ -9,6 +9,7 @@ with a non-zero exit code; bad input is refused before anything is called (exit 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -402,9 +403,34 @@ def journey_status(
                 SurvivorJourneyWorkflow.status, rpc_timeout=RPC_TIMEOUT
             )
         state = described.status.name if described.status else "UNKNOWN"
+        status = await _with_ledger_figures(status)
         render.console().print(render.journey_table(status, workflow_id, state, language))
 
     run(go())
+
+
+async def _with_ledger_figures(status: JourneyStatus) -> JourneyStatus:
+    """The loan's state, outstanding principal and days past due as the ledger says them
+    now: the journey reads them at its own steps (monthly), so a repayment made since at
+    the cashier's desk shows here at once. The journey's own figures when the lending
+    service cannot answer, said so."""
+    if not status.loan_id:
+        return status
+    try:
+        loan = (
+            await call_lending(
+                "GetLoan", lending_pb.GetLoanRequest(loan_id=status.loan_id), lending_pb.GetLoanResponse
+            )
+        ).loan
+    except CliError as error:
+        render.line(f"Loan figures as the journey last read them: {error}")
+        return status
+    return dataclasses.replace(
+        status,
+        loan_status=lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_"),
+        outstanding_minor=loan.outstanding_principal_minor,
+        days_past_due=loan.days_past_due,
+    )
 
 
 @journey_app.command("decide")
