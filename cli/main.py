@@ -417,11 +417,8 @@ async def _with_ledger_figures(status: JourneyStatus) -> JourneyStatus:
     if not status.loan_id:
         return status
     try:
-        loan = (
-            await call_lending(
-                "GetLoan", lending_pb.GetLoanRequest(loan_id=status.loan_id), lending_pb.GetLoanResponse
-            )
-        ).loan
+        request = lending_pb.GetLoanRequest(loan_id=status.loan_id)
+        loan = (await call_lending("GetLoan", request, lending_pb.GetLoanResponse)).loan
     except CliError as error:
         render.line(f"Loan figures as the journey last read them: {error}")
         return status

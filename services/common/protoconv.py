@@ -9,7 +9,6 @@ from datetime import UTC, date, datetime
 from google.protobuf import timestamp_pb2
 from google.type import date_pb2
 
-
 _EPOCH = {True: datetime(1970, 1, 1, tzinfo=UTC), False: datetime(1970, 1, 1)}
 
 
