@@ -14,6 +14,7 @@ from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibilit
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
 from services.common.protoconv import proto_date
+from workers.journey.activities import loan_status
 
 PAGE = 200
 
@@ -63,7 +64,7 @@ async def loans(
                 loan.loan_id,
                 loan.survivor_id,
                 loan.product_id,
-                lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_"),
+                loan_status(loan),
                 loan.fund_id,
                 loan.district_code,
                 azn(loan.principal_minor),

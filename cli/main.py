@@ -35,6 +35,7 @@ from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.protoconv import proto_date
 from workers.journey import search_attributes as sa
+from workers.journey.activities import loan_snapshot_of, loan_status, snapshot_request
 from workers.journey.model import (
     AssistanceAction,
     AssistancePlan,
@@ -403,30 +404,37 @@ def journey_status(
                 SurvivorJourneyWorkflow.status, rpc_timeout=RPC_TIMEOUT
             )
         state = described.status.name if described.status else "UNKNOWN"
-        status = await _with_ledger_figures(status)
+        status = await _with_ledger_figures(status, language)
         render.console().print(render.journey_table(status, workflow_id, state, language))
 
     run(go())
 
 
-async def _with_ledger_figures(status: JourneyStatus) -> JourneyStatus:
-    """The loan's state, outstanding principal and days past due as the ledger says them
-    now: the journey reads them at its own steps (monthly), so a repayment made since at
-    the cashier's desk shows here at once. The journey's own figures when the lending
-    service cannot answer, said so."""
+async def _with_ledger_figures(status: JourneyStatus, language: str) -> JourneyStatus:
+    """The loan's state, outstanding principal, days past due and next instalment as the
+    ledger says them now: the journey reads them at its own steps (monthly), so a
+    repayment made since at the cashier's desk shows here at once. The journey's own
+    figures, said so, when the lending service cannot answer."""
     if not status.loan_id:
         return status
+    today = _today()
     try:
-        request = lending_pb.GetLoanRequest(loan_id=status.loan_id)
-        loan = (await call_lending("GetLoan", request, lending_pb.GetLoanResponse)).loan
-    except CliError as error:
-        render.line(f"Loan figures as the journey last read them: {error}")
+        answer = await call_lending(
+            "GetLoan",
+            snapshot_request(status.loan_id, today.isoformat()),
+            lending_pb.GetLoanResponse,
+        )
+    except (CliError, BadInput) as error:
+        render.line(f"{render.label('journey_figures', language)}: {error}")
         return status
+    snap = loan_snapshot_of(answer, today)
     return dataclasses.replace(
         status,
-        loan_status=lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_"),
-        outstanding_minor=loan.outstanding_principal_minor,
-        days_past_due=loan.days_past_due,
+        loan_status=snap.status,
+        outstanding_minor=snap.outstanding_minor,
+        days_past_due=snap.days_past_due,
+        next_due_date=snap.next_due_date,
+        next_due_minor=snap.next_due_minor,
     )
 
 
@@ -828,7 +836,7 @@ def repay(
             + (f"allocated {allocated}; " if allocated else "")
             + f"outstanding {manat(loan.outstanding_principal_minor)} AZN, "
             f"{loan.days_past_due} days past due, "
-            f"{lending_pb.LoanState.Name(loan.state).removeprefix('LOAN_STATE_')}"
+            f"{loan_status(loan)}"
         )
 
     run(go())
@@ -908,8 +916,8 @@ def arrears(
         table = Table(title=f"Journeys at least {min_days} day(s) past due: {len(rows)}")
         for column in ("Survivor", "Days past due", "Stage", "Loan status", "District"):
             table.add_column(column, justify="right" if column == "Days past due" else "left")
-        for dpd, survivor, stage, loan_status, district_code in rows:
-            table.add_row(survivor, str(dpd), stage, loan_status, district_code)
+        for dpd, survivor, stage, status_name, district_code in rows:
+            table.add_row(survivor, str(dpd), stage, status_name, district_code)
         render.console().print(table)
 
     run(go())

@@ -45,10 +45,14 @@ LABELS: dict[str, dict[str, str]] = {
     "committed_capital": {"en": "Committed capital", "az": "Ayrılmış kapital"},
     "disbursed": {"en": "Disbursed", "az": "Verilmiş məbləğ"},
     "repaid_principal": {"en": "Repaid principal", "az": "Qaytarılmış əsas borc"},
-    "written_off": {"en": "Written off", "az": "Balansdan silinmiş"},
-    "recovered": {"en": "Recovered", "az": "Silinmədən sonra qaytarılmış"},
+    "written_off": {"en": "Written off", "az": "Balansdan silinmiş borc"},
+    "recovered": {"en": "Recovered", "az": "Silindikdən sonra geri alınmış"},
     "outstanding_principal": {"en": "Outstanding principal", "az": "Qalıq əsas borc"},
     "available": {"en": "Available to lend", "az": "Kredit üçün mövcud vəsait"},
+    "journey_figures": {
+        "en": "Loan figures as the journey last read them",
+        "az": "Kredit göstəriciləri yol xəritəsinin son oxuduğu kimi",
+    },
 }
 
 

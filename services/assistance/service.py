@@ -137,9 +137,11 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         self, request: pb.RecordNeedRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordNeedResponse:
         self._plugin(request.type_id)
-        require_known_district(request.district_code)
 
         async def record(conn: Connection) -> pb.RecordNeedResponse:
+            # Checked here, not before: a retry of a need recorded before the check
+            # existed gets its first answer back.
+            require_known_district(request.district_code)
             row = await fetch_one(
                 conn,
                 """INSERT INTO needs (need_id, survivor_id, type_id, state, description,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from services.common.errors import FieldViolation, InvalidArgument
+from services.common.errors import FieldViolation, invalid
 
 DISTRICTS_FILE = Path(__file__).parent / "districts.yaml"
 
@@ -25,11 +25,17 @@ def district_violations(code: str, field: str) -> list[FieldViolation]:
     """The field violation for a district code not on the list (none for a known one)."""
     if code in known_districts():
         return []
-    return [FieldViolation(field, f"unknown district {code!r}", "district.known")]
+    return [FieldViolation(field, _unknown(code), _REASON)]
 
 
 def require_known_district(code: str, field: str = "district_code") -> None:
-    """INVALID_ARGUMENT, before anything is written, for a district not on the list."""
-    violations = district_violations(code, field)
-    if violations:
-        raise InvalidArgument(f"invalid {field}: {violations[0].description}", violations)
+    """INVALID_ARGUMENT for a district not on the list."""
+    if code not in known_districts():
+        raise invalid(field, _unknown(code), _REASON)
+
+
+_REASON = "district.known"
+
+
+def _unknown(code: str) -> str:
+    return f"unknown district {code!r}"

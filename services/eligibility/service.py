@@ -56,8 +56,17 @@ def decision_to_proto(
 
 def same_rules(published_yaml: str, candidate_yaml: str) -> bool:
     """Two sources that say the same (comments, spacing and key order aside): publishing
-    one over the other would make a version that decides nothing differently."""
-    return bool(yaml.safe_load(published_yaml) == yaml.safe_load(candidate_yaml))
+    one over the other would make a version that decides nothing differently. Compared
+    with each value's type, as CEL reads them: true is not 1, nor 25000.0 25000."""
+    return _typed(yaml.safe_load(published_yaml)) == _typed(yaml.safe_load(candidate_yaml))
+
+
+def _typed(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return (type(value).__name__, value)
 
 
 def facts_of_case(intake_data: dict[str, Any], day: date) -> dict[str, Any]:

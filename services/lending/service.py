@@ -247,9 +247,10 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def SubmitLoanApplication(
         self, request: pb.SubmitLoanApplicationRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitLoanApplicationResponse:
-        require_known_district(request.district_code)
-
         async def submit(conn: Connection) -> pb.SubmitLoanApplicationResponse:
+            # Checked here, not before: a retry of an application made before the check
+            # existed gets its first answer back.
+            require_known_district(request.district_code)
             product = await conn.fetchrow(
                 """SELECT * FROM loan_products WHERE product_id = $1
                    ORDER BY version DESC LIMIT 1""",

@@ -242,6 +242,12 @@ async def test_a_journey_driven_from_the_cli(
         ran = await mineaction(cli_env, "journey", "status", survivor_id)
         assert ran.exit_code == 0, ran
         assert "4,874.50" in ran.stdout and "5,000.00" not in ran.stdout
+        # Lending down: the journey's own figures, said so, and still exit 0.
+        lending_down = {**cli_env, "LENDING_ADDRESS": f"127.0.0.1:{closed_port()}"}
+        ran = await mineaction(lending_down, "journey", "status", survivor_id)
+        assert ran.exit_code == 0, ran
+        assert ran.stdout.startswith("Loan figures as the journey last read them: ")
+        assert "not reachable" in ran.stdout and "5,000.00" in ran.stdout
         await handle.terminate("the test ends after the first repayment")
 
     ran = await mineaction(cli_env, "export", "loans", "--state", "active")

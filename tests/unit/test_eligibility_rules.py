@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.type.v1 import sex_pb2
 from services.eligibility import intake, rules, trace
-from services.eligibility.service import decision_to_proto, facts_of_case
+from services.eligibility.service import decision_to_proto, facts_of_case, same_rules
 from tests.factories import pdate
 
 SHIPPED = Path("services/eligibility/rulesets/reintegration.yaml").read_text(encoding="utf-8")
@@ -233,3 +233,16 @@ def test_fast_trace_equals_the_reference_evaluation(case: tuple[pb.SurvivorIntak
         for _ in range(2):
             fast = pb.Assessment.FromString(trace.assessment_trace(rule_set, facts, day))
             assert fast == reference
+
+
+def test_the_same_rules_are_told_apart_from_a_change_of_type_or_value() -> None:
+    shipped = SHIPPED
+    assert same_rules(shipped, "# a comment\n" + shipped)
+    ceiling = "      - {from: 2026-01-01, value: 30000}"
+    assert ceiling in shipped
+    assert same_rules(shipped, shipped.replace(ceiling, "      - {value: 30000, from: 2026-01-01}"))
+    assert not same_rules(shipped, shipped.replace(ceiling, ceiling.replace("30000", "30000.0")))
+    assert not same_rules(shipped, shipped.replace(ceiling, ceiling.replace("30000", "29999")))
+    assert not same_rules(
+        shipped, shipped.replace(ceiling, ceiling.replace("2026-01-01", "'2026-01-01'"))
+    )

@@ -125,11 +125,56 @@ def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
     return packed
 
 
+def loan_status(loan: lending_pb.Loan) -> str:
+    """The loan's state as the journey names it: ACTIVE, CLOSED_OBLIGATIONS_MET, ..."""
+    return lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_")
+
+
 def _loan_summary(loan: lending_pb.Loan) -> LoanSummary:
-    return LoanSummary(
-        loan.loan_id,
-        lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_"),
-        loan.outstanding_principal_minor,
+    return LoanSummary(loan.loan_id, loan_status(loan), loan.outstanding_principal_minor)
+
+
+def snapshot_request(loan_id: str, as_of: str) -> lending_pb.GetLoanRequest:
+    return lending_pb.GetLoanRequest(loan_id=loan_id, as_of=pdate(as_of), include_schedule=True)
+
+
+def loan_snapshot_of(answer: lending_pb.GetLoanResponse, today: date) -> LoanSnapshot:
+    """The ledger's view of a loan on `today` from GetLoan's answer with its schedule: the
+    journey's monthly read, and the CLI's `journey status`."""
+    loan, schedule = answer.loan, answer.schedule
+    status = loan_status(loan)
+    if not loan.disbursed_minor:  # no schedule before the first tranche
+        return LoanSnapshot(status, 0, 0, 0, "", 0, "")
+    first_due_date = next(
+        (iso(i.due_date) for i in schedule.instalments if i.principal_due_minor > 0), ""
+    )
+    if status in CLOSED_LOAN_STATES:  # repaid or written off: nothing falls due any more
+        return LoanSnapshot(
+            status=status,
+            days_past_due=loan.days_past_due,
+            outstanding_minor=loan.outstanding_principal_minor,
+            overdue_minor=0,
+            next_due_date="",
+            next_due_minor=0,
+            first_due_date=first_due_date,
+        )
+    upcoming = [i for i in schedule.instalments if date.fromisoformat(iso(i.due_date)) > today]
+    overdue = sum(
+        i.principal_due_minor - i.principal_paid_minor
+        for i in schedule.instalments
+        if date.fromisoformat(iso(i.due_date)) <= today
+    )
+    following = next((i for i in upcoming if i.principal_due_minor > i.principal_paid_minor), None)
+    return LoanSnapshot(
+        status=status,
+        days_past_due=loan.days_past_due,
+        outstanding_minor=loan.outstanding_principal_minor,
+        overdue_minor=overdue,
+        next_due_date=iso(following.due_date) if following else "",
+        next_due_minor=(following.principal_due_minor - following.principal_paid_minor)
+        if following
+        else 0,
+        first_due_date=first_due_date,
     )
 
 
@@ -314,51 +359,9 @@ class JourneyActivities:
     async def loan_snapshot(self, params: SnapshotInput) -> LoanSnapshot:
         """Read-only: the loan and its schedule as of a date, straight from the ledger, in
         one call."""
-        answer = await call(
-            self.lending.GetLoan,
-            lending_pb.GetLoanRequest(
-                loan_id=params.loan_id, as_of=pdate(params.as_of), include_schedule=True
-            ),
-        )
-        loan, schedule = answer.loan, answer.schedule
-        status = lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_")
-        if not loan.disbursed_minor:  # no schedule before the first tranche
-            return LoanSnapshot(status, 0, 0, 0, "", 0, "")
-        if status in CLOSED_LOAN_STATES:  # repaid or written off: nothing falls due any more
-            return LoanSnapshot(
-                status=status,
-                days_past_due=loan.days_past_due,
-                outstanding_minor=loan.outstanding_principal_minor,
-                overdue_minor=0,
-                next_due_date="",
-                next_due_minor=0,
-                first_due_date=next(
-                    (iso(i.due_date) for i in schedule.instalments if i.principal_due_minor > 0),
-                    "",
-                ),
-            )
-        today = date.fromisoformat(params.as_of)
-        upcoming = [i for i in schedule.instalments if date.fromisoformat(iso(i.due_date)) > today]
-        overdue = sum(
-            i.principal_due_minor - i.principal_paid_minor
-            for i in schedule.instalments
-            if date.fromisoformat(iso(i.due_date)) <= today
-        )
-        following = next(
-            (i for i in upcoming if i.principal_due_minor > i.principal_paid_minor), None
-        )
-        return LoanSnapshot(
-            status=status,
-            days_past_due=loan.days_past_due,
-            outstanding_minor=loan.outstanding_principal_minor,
-            overdue_minor=overdue,
-            next_due_date=iso(following.due_date) if following else "",
-            next_due_minor=(following.principal_due_minor - following.principal_paid_minor)
-            if following
-            else 0,
-            first_due_date=next(
-                (iso(i.due_date) for i in schedule.instalments if i.principal_due_minor > 0), ""
-            ),
+        return loan_snapshot_of(
+            await call(self.lending.GetLoan, snapshot_request(params.loan_id, params.as_of)),
+            date.fromisoformat(params.as_of),
         )
 
     @activity.defn

@@ -1,6 +1,6 @@
 -- The answer stored with a repayment's request_id (migration 009) without the schedule's
 -- due dates: the response is built from the cumulative amounts alone
--- (services/lending/service.py repayment_answer), and the dates were a third of the JSON
+-- (services/lending/service.py repayment_answer), and the dates were a quarter of the JSON
 -- built here, stored, and parsed again for every repayment. Answers stored before keep
 -- them and replay as before.
 CREATE OR REPLACE FUNCTION lending_repay_once(
