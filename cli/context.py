@@ -41,8 +41,19 @@ def token(options: Options, configured: Settings) -> str | None:
         value = path.read_text(encoding="utf-8").strip()
         if not value:
             raise BadInput(f"token file {str(path)!r} is empty")
-        return value
-    return default_token(configured)
+        return _one_token(value, f"token file {str(path)!r}")
+    value = default_token(configured)
+    if value is None:
+        return None
+    return _one_token(value, "the token (MINEACTION_TOKEN or the dev-token file)")
+
+
+def _one_token(value: str, where: str) -> str:
+    """A token goes in a header: no spaces or line breaks inside (gRPC would refuse the
+    call with an internal error instead of saying what is wrong)."""
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise BadInput(f"{where} must hold one token on one line, with no spaces")
+    return value
 
 
 @contextlib.asynccontextmanager

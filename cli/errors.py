@@ -24,6 +24,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from cli.inputs import BadInput
 from services.common.config import ConfigError
+from services.common.errors import violations_in
 
 T = TypeVar("T")
 
@@ -57,7 +58,15 @@ def _grpc_line(error: grpc.aio.AioRpcError, service: str, address: str) -> str:
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return f"permission denied by the {service} service: {details or 'your role may not'}"
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return f"the {service} service refused the request: {details}"
+        # The fields at fault, where the message does not already name them.
+        named = "; ".join(
+            f"{v.field}: {v.description}"
+            for v in violations_in(error)
+            if f"{v.field}: {v.description}" not in details
+        )
+        return f"the {service} service refused the request: {details}" + (
+            f" ({named})" if named else ""
+        )
     if code == grpc.StatusCode.NOT_FOUND:
         return f"not found: {details}"
     if code == grpc.StatusCode.FAILED_PRECONDITION:

@@ -11,6 +11,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from services.common.districts import known_districts
+
 # The services' own patterns (proto/mineaction/*/v1: buf.validate annotations).
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,63}$")
 _CODE = re.compile(r"^[a-z][a-z0-9_]{1,39}$")
@@ -51,6 +53,17 @@ def district(value: str) -> str:
     value = value.strip()
     if not _DISTRICT.match(value):
         raise BadInput(f"district {value!r} is not valid: use a lower-case code such as saatli")
+    return value
+
+
+def known_district(value: str, what: str = "district") -> str:
+    """A district on the programme's list, the one every service checks."""
+    value = value.strip()
+    if not value:
+        raise BadInput(f"{what} is required")
+    if value not in known_districts():
+        listed = ", ".join(known_districts())
+        raise BadInput(f"unknown {what} {value!r}; the districts are {listed}")
     return value
 
 

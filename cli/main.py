@@ -181,7 +181,8 @@ def register(
         if survivor_id is not None:
             intake.survivor_id = inputs.identifier(survivor_id, "survivor id")
         if district is not None:
-            intake.district_code = inputs.district(district)
+            intake.district_code = district
+        inputs.known_district(intake.district_code, "intake district_code")
         if consent_by is not None:
             intake.consent.recorded_by = inputs.staff(consent_by, "--consent-by")
             intake.consent.data_processing = True
@@ -443,17 +444,16 @@ def journey_decide(
     survivor_id: Annotated[str, typer.Argument(help="The survivor whose loan was decided.")],
     member: Annotated[str, typer.Option(help="Committee member's staff id.")],
     ref: Annotated[str, typer.Option(help="The committee minute, e.g. CM-2026-014.")],
-    approve: Annotated[
-        bool | None, typer.Option("--approve/--reject", help="The committee's decision.")
-    ] = None,
+    approve: Annotated[bool, typer.Option("--approve", help="The committee approved.")] = False,
+    reject: Annotated[bool, typer.Option("--reject", help="The committee rejected.")] = False,
     reason: Annotated[str, typer.Option(help="Why (required for a rejection).")] = "",
 ) -> None:
     """Record the credit committee's decision on the journey's loan (a workflow update)."""
 
     async def go() -> None:
         sid = inputs.identifier(survivor_id, "survivor id")
-        if approve is None:
-            raise BadInput("say --approve or --reject")
+        if approve == reject:  # neither, or both: a decision is never guessed
+            raise BadInput("say either --approve or --reject")
         member_id = inputs.staff(member, "--member")
         decision_ref = inputs.staff(ref, "--ref")
         if len(decision_ref) > 128 or len(reason) > 1000:
@@ -1027,7 +1027,7 @@ def export_loans(
             if state.lower() not in _STATES:
                 raise BadInput(f"unknown loan state {state!r}: use one of {', '.join(_STATES)}")
             state_value = _STATES[state.lower()]
-        district_code = inputs.district(district) if district is not None else ""
+        district_code = inputs.known_district(district) if district is not None else ""
         async with _service("lending") as (stub, calls):
             with calls:
                 rows = [
@@ -1069,7 +1069,7 @@ def export_assessments(
     async def go() -> None:
         _check_output(output)
         sid = inputs.identifier(survivor_id, "survivor id") if survivor_id else ""
-        district_code = inputs.district(district) if district is not None else ""
+        district_code = inputs.known_district(district) if district is not None else ""
         async with _service("eligibility") as (stub, calls):
             with calls:
                 rows = [

@@ -49,11 +49,22 @@ def _enum(value: Any, prefix: str) -> Any:
     return value.upper() if isinstance(value, str) else value
 
 
+class _DatesAsText(yaml.SafeLoader):
+    """YAML's own loader, with dates left as text: `_date` then names the field of an
+    impossible one (1981-02-30) instead of YAML failing without saying where."""
+
+
+_DatesAsText.yaml_implicit_resolvers = {
+    first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def intake_from_text(text: str, source: str) -> eligibility_pb.SurvivorIntake:
     """A SurvivorIntake from YAML or JSON (the API's JSON form, as in the README's grpcurl
     example); dates may be written 1981-05-14 and enums without prefix (sex: male)."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_DatesAsText)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -7,13 +7,12 @@ from datetime import date
 
 import asyncpg
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from mineaction.lending.v1 import lending_service_pb2 as pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common.db import Database
+from services.common.errors import violations_in
 from services.lending import ledger
 from tests.conftest import Cluster
 from tests.factories import new_id, pdate, request_id
@@ -21,14 +20,7 @@ from tests.factories import new_id, pdate, request_id
 
 def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
     """The BadRequest field paths carried by a refused call."""
-    status = rpc_status.from_call(error)
-    fields: list[str] = []
-    for detail in status.details if status is not None else []:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return fields
+    return [v.field for v in violations_in(error)]
 
 
 def lending_db(cluster: Cluster) -> Database:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -133,15 +134,33 @@ def invalid(field: str, description: str, reason: str = "") -> InvalidArgument:
 def reason_of(error: grpc.aio.AioRpcError) -> str:
     """The caller's side: the ErrorInfo reason a refused call carries (FOUR_EYES,
     LOAN_NOT_ACTIVE...), or "" when it carries none."""
+    infos = _details_of(error, error_details_pb2.ErrorInfo)
+    return str(infos[0].reason) if infos else ""
+
+
+def violations_in(error: grpc.aio.AioRpcError) -> list[FieldViolation]:
+    """The caller's side: the BadRequest field violations a refused call carries."""
+    return [
+        FieldViolation(v.field, v.description, v.reason)
+        for bad in _details_of(error, error_details_pb2.BadRequest)
+        for v in bad.field_violations
+    ]
+
+
+_Detail = TypeVar("_Detail", error_details_pb2.ErrorInfo, error_details_pb2.BadRequest)
+
+
+def _details_of(error: grpc.aio.AioRpcError, kind: type[_Detail]) -> list[_Detail]:
     from grpc_status import rpc_status
 
     try:
         status = rpc_status.from_call(error)
     except ValueError:  # trailing details that do not match the status code
-        return ""
+        return []
+    found = []
     for detail in status.details if status is not None else []:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    return ""
+        if detail.Is(kind.DESCRIPTOR):
+            unpacked = kind()
+            detail.Unpack(unpacked)
+            found.append(unpacked)
+    return found

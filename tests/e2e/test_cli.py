@@ -162,6 +162,14 @@ async def test_register_and_assess_in_both_languages(
     ran = await mineaction(cli_env, "assess", survivor_id, "--date", "2026-11-26")
     assert ran.exit_code == 0, ran
     assert "Eligibility assessment" in ran.stdout and "2026-11-26" in ran.stdout
+
+    # A refusal only the service can make names the field at fault, not just the record.
+    future = write_intake(tmp_path, f"srv-{uuid.uuid4().hex[:12]}")
+    future.write_text(future.read_text().replace("2003-09-02", "2099-09-02"))
+    line = one_error_line(await mineaction(cli_env, "register", str(future)))
+    assert line.endswith(
+        "the intake record is not valid (intake.incident_date: must not be in the future)"
+    ), line
     # Why the expansion loan was refused, in English this time.
     assert "expansion_loan" in ran.stdout and "not eligible" in ran.stdout
 
@@ -340,7 +348,24 @@ async def test_bad_input_is_refused_before_any_call(
     bad_field.write_text(
         INTAKE.format(survivor_id="srv-bad-field").replace("household_size: 5", "household_size: 0")
     )
+    unknown_district = tmp_path / "unknown-district.yaml"
+    unknown_district.write_text(
+        INTAKE.format(survivor_id="srv-district").replace("saatli", "saatly")
+    )
+    impossible_birth = tmp_path / "impossible-birth.yaml"
+    impossible_birth.write_text(
+        INTAKE.format(survivor_id="srv-birth").replace("1981-05-14", "1981-02-30")
+    )
+    two_lines = tmp_path / "two-line-token"
+    two_lines.write_text("first-part\nsecond-part\n")
     cases: list[tuple[list[str], str]] = [
+        (["register", str(unknown_district)], "unknown intake district_code 'saatly'"),
+        (["register", str(impossible_birth)], "date_of_birth '1981-02-30' is not a real"),
+        (["register", "--survivor-id", "srv-0001", "--district", "saatly"], "'saatly'"),
+        (["export", "loans", "--district", "saatly"], "unknown district 'saatly'"),
+        (["--token-file", str(two_lines), "fund"], "one token on one line"),
+        (["journey", "decide", "srv-0001", "--member", "cm-02", "--ref", "CM-1", "--approve",
+          "--reject", "--reason", "why"], "say either --approve or --reject"),
         (["repay", "loan-0001", "-5"], "must be positive"),
         (["repay", "loan-0001", "12.345"], "more than 2 decimals"),
         (["repay", "loan-0001", "abc"], "not an amount"),
