@@ -42,10 +42,10 @@ def token(options: Options, configured: Settings) -> str | None:
         if not value:
             raise BadInput(f"token file {str(path)!r} is empty")
         return _one_token(value, f"token file {str(path)!r}")
-    value = default_token(configured)
-    if value is None:
+    configured_token = default_token(configured)
+    if configured_token is None:
         return None
-    return _one_token(value, "the token (MINEACTION_TOKEN or the dev-token file)")
+    return _one_token(configured_token, "the token (MINEACTION_TOKEN or the dev-token file)")
 
 
 def _one_token(value: str, where: str) -> str:
