@@ -1,0 +1,1 @@
+import services  # noqa: F401  (sets gRPC's process environment before gRPC loads)

@@ -83,6 +83,9 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
         LOG_LEVEL="warning",
         SHUTDOWN_GRACE_SECONDS=1,
         METRICS_PORT=0,  # in-process hosts share one process; tests/e2e/test_cluster scrapes
+        # Journeys under time skipping repay and disburse months ahead of the wall clock;
+        # tests/integration/test_lending_money.py checks the default on a host of its own.
+        LENDING_ACCEPT_FUTURE_DATES=True,
     )
     configure_logging(configured, process="tests")
     # Signing key, JWKS, dev-token and service-token in the state folder, as `make run`.

@@ -1,1 +1,3 @@
 """Temporal workflows and activities: each survivor's journey through the programme."""
+
+import services  # noqa: F401  (sets gRPC's process environment before gRPC loads)

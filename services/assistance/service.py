@@ -58,12 +58,12 @@ from services.common.errors import (
     invalid,
 )
 from services.common.idempotency import idempotent, once_per_request
+from services.common.programme_time import PROGRAMME_TIME_ZONE
 from services.common.protoconv import timestamp
 from services.common.server import ServiceSpec
 
 HERE = Path(__file__).parent
 # Report days end at midnight where the programme works.
-PROGRAMME_TIME_ZONE = "Asia/Baku"
 _PROVIDER_KINDS = {
     "CLINIC": pb.PROVIDER_KIND_CLINIC,
     "SPA_CENTRE": pb.PROVIDER_KIND_SPA_CENTRE,

@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     lending_address: HostPort = Field("127.0.0.1:50052", alias="LENDING_ADDRESS")
     assistance_address: HostPort = Field("127.0.0.1:50053", alias="ASSISTANCE_ADDRESS")
 
+    # Money movements (repayments, disbursements, write-offs) dated after today in Baku
+    # are refused; only a ledger whose clock is simulated accepts them: the `simulate`
+    # command's scratch ledger, and journeys run under time skipping.
+    lending_accept_future_dates: bool = Field(False, alias="LENDING_ACCEPT_FUTURE_DATES")
+
     journey_task_queue: str = Field("survivor-journeys", min_length=1, alias="JOURNEY_TASK_QUEUE")
     no_demo: bool = Field(False, alias="MINEACTION_NO_DEMO")
     notification_channel: str = Field("file", min_length=1, alias="NOTIFICATION_CHANNEL")

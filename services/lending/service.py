@@ -23,6 +23,7 @@ from services.common.db import Connection, Database, fetch_one
 from services.common.districts import require_known_district
 from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, invalid
 from services.common.idempotency import once_per_request
+from services.common.programme_time import programme_today
 from services.common.protoconv import from_proto_date, proto_date, timestamp
 from services.common.server import ServiceSpec
 from services.lending import arrears, figures, ledger
@@ -220,9 +221,18 @@ def _proposal_to_proto(row: asyncpg.Record) -> pb.LoanWriteOffProposal:
 
 
 class LendingServicer(pb_grpc.LendingServiceServicer):
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, accept_future_dates: bool = False) -> None:
         self.db = db
         self.repayments = RepaymentGroups(db)
+        self.accept_future_dates = accept_future_dates
+
+    def _not_after_today(self, field: str, on: date) -> None:
+        """Money is received, paid out or written off on a day that has come: a future
+        date (a typing slip, 2030 for 2023) would count in the fund now and in the loan
+        only later, and block every correction dated before it."""
+        today = programme_today()
+        if on > today and not self.accept_future_dates:
+            raise invalid(field, f"must not be after today ({today} in Baku)", "DATE_IN_FUTURE")
 
     # ----- products and applications -------------------------------------------------
 
@@ -495,6 +505,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         on = from_proto_date(request.disbursement_date)
 
         async def disburse(conn: Connection) -> pb.DisburseTrancheResponse:
+            self._not_after_today("disbursement_date", on)
             loan = await self._loan_for_update(conn, request.loan_id)
             if loan["state"] not in ("APPROVED", "ACTIVE"):
                 check_transition(loan["loan_id"], loan["state"], "ACTIVE")
@@ -612,6 +623,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         # once_per_request in one statement, with the calls that arrive meanwhile
         # (services/lending/repayments.py): key, repayment, answer and audit entry.
         paid_on = from_proto_date(request.payment_date)
+        self._not_after_today("payment_date", paid_on)
         digest = idempotency.payload_hash(request)
         written = await self.repayments.record(
             Repayment(request, paid_on, digest, ledger.new_transaction_id(), audit.current_call())
@@ -873,6 +885,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         on = from_proto_date(request.write_off_date)
 
         async def propose(conn: Connection) -> pb.ProposeLoanWriteOffResponse:
+            self._not_after_today("write_off_date", on)
             loan = await self._loan_for_update(conn, request.loan_id)
             check_transition(request.loan_id, loan["state"], "CLOSED_WRITTEN_OFF")
             self._check_write_off_date(loan, on)
@@ -1217,7 +1230,8 @@ class _Revision:
 async def attach(server: grpc.aio.Server, db: Database, settings: Settings) -> None:
     async with db.transaction() as conn:
         await seed_reference_data(conn)
-    pb_grpc.add_LendingServiceServicer_to_server(LendingServicer(db), server)
+    servicer = LendingServicer(db, accept_future_dates=settings.lending_accept_future_dates)
+    pb_grpc.add_LendingServiceServicer_to_server(servicer, server)
 
 
 SPEC = ServiceSpec(

@@ -5,7 +5,7 @@ reschedules, reversals, write-offs with recoveries, and the portfolio report."""
 from __future__ import annotations
 
 import asyncio
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, cast
 
 import asyncpg
@@ -16,10 +16,15 @@ from mineaction.lending.v1 import lending_service_pb2 as pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import sex_pb2
 from services.common import idempotency
+from services.common.auth import ROLES
+from services.common.channels import open_channel
 from services.common.errors import reason_of
+from services.common.programme_time import programme_today
+from services.common.server import ServiceHost
 from services.lending import ledger
 from services.lending.repayments import Outcome, Repayment, RepaymentGroups
 from services.lending.schedule import build_schedule
+from services.lending.service import SPEC as LENDING
 from tests.conftest import Cluster
 from tests.factories import new_id, pdate, request_id
 from tests.lending_helpers import (
@@ -791,3 +796,45 @@ async def test_get_loan_answers_with_its_schedule_in_one_call(cluster: Cluster) 
         ).loan
     )
     assert sum(i.principal_paid_minor for i in both.schedule.instalments) == 7_000
+
+
+async def test_money_dated_after_today_is_refused_and_writes_nothing(cluster: Cluster) -> None:
+    """A real ledger's default (the test cluster accepts future dates, for journeys under
+    time skipping): a second lending host on the same database, without them."""
+    real_clock = cluster.settings.model_copy(update={"lending_accept_future_dates": False})
+    host = ServiceHost(LENDING, real_clock, address="127.0.0.1:0")
+    await host.start()
+    channel = open_channel(f"127.0.0.1:{host.port}", cluster.token_for(*ROLES))
+    try:
+        lending = pb_grpc.LendingServiceStub(channel)
+        today = programme_today()
+        tomorrow = today + timedelta(days=1)
+        loan = await approved_loan(lending, fund_id=await open_fund(cluster, 1_000_000))
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        early = disburse(lending, loan.loan_id, 120_000, tomorrow)
+        await _refused_without_writes(cluster, early, "disbursement_date", invalid)
+        active = (await disburse(lending, loan.loan_id, 120_000, today)).loan
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await lending.RecordRepayment(repayment(active.loan_id, 1_000, tomorrow))
+        assert reason_of(refused.value) == "INVALID_ARGUMENT"
+        assert f"must not be after today ({today} in Baku)" in (refused.value.details() or "")
+        await _refused_without_writes(
+            cluster,
+            lending.RecordRepayment(repayment(active.loan_id, 1_000, tomorrow)),
+            "payment_date",
+            invalid,
+        )
+        proposal = pb.ProposeLoanWriteOffRequest(
+            request_id=request_id(),
+            loan_id=active.loan_id,
+            reason="the borrower emigrated",
+            write_off_date=pdate(tomorrow),
+        )
+        await _refused_without_writes(
+            cluster, lending.ProposeLoanWriteOff(proposal), "write_off_date", invalid
+        )
+        paid = await lending.RecordRepayment(repayment(active.loan_id, 1_000, today))
+        assert paid.loan.repaid_principal_minor == 1_000
+    finally:
+        await channel.close()
+        await host.stop(grace=1)
