@@ -20,6 +20,7 @@ from mineaction.assistance.v1 import assistance_service_pb2_grpc as assistance_g
 @dataclass(frozen=True)
 class Catalogue:
     types: dict[str, assistance_pb.AssistanceType]
+    providers: dict[str, assistance_pb.Provider]
 
     def type(self, type_id: str) -> assistance_pb.AssistanceType:
         found = self.types.get(type_id)
@@ -30,10 +31,35 @@ class Catalogue:
             )
         return found
 
-    def check_plan(self, type_id: str, data: dict[str, Any]) -> None:
-        """The request data of a new assistance item, against the type's schema."""
+    def check_plan(self, type_id: str, data: dict[str, Any], provider: str, pool: str) -> None:
+        """A new assistance item: its request data against the type's schema, and the
+        provider and capacity pool it names, as the service would check them."""
         kind = self.type(type_id)
         _check(kind.data_schema_json, data, f"--data for {type_id}")
+        if provider and provider not in self.providers:
+            raise BadInput(
+                f"unknown provider {provider!r}: the providers are "
+                f"{', '.join(sorted(self.providers)) or 'none'}"
+            )
+        if kind.capacity_model == assistance_pb.CAPACITY_MODEL_NONE:
+            if pool:
+                raise BadInput(f"{type_id} has no capacity pools: give no pool")
+            return
+        pools = {  # this type's pools, at the provider named, else anywhere
+            p.pool_id: owner
+            for owner, found in self.providers.items()
+            if owner == provider or not provider
+            for p in found.pools
+            if p.type_id == type_id
+        }
+        at = f" at provider {provider!r}" if provider else ""
+        if not pools:
+            raise BadInput(f"no {type_id} capacity pool{at}")
+        if pool and pool not in pools:
+            raise BadInput(
+                f"unknown {type_id} capacity pool {pool!r}{at}: the pools are "
+                f"{', '.join(sorted(pools))}"
+            )
 
     def check_step(self, type_id: str, action: str, data: dict[str, Any]) -> None:
         """A lifecycle action the type declares (or the core's cancel), with its data."""
@@ -67,6 +93,11 @@ async def load(stub: assistance_grpc.AssistanceServiceStub, seconds: float) -> C
         request = assistance_pb.ListAssistanceTypesRequest(page_size=500, page_token=token)
         return stub.ListAssistanceTypes(request, timeout=seconds)  # type: ignore[no-any-return]
 
+    def fetch_providers(token: str) -> Awaitable[assistance_pb.ListProvidersResponse]:
+        request = assistance_pb.ListProvidersRequest(page_size=500, page_token=token)
+        return stub.ListProviders(request, timeout=seconds)  # type: ignore[no-any-return]
+
     return Catalogue(
-        {kind.type_id: kind async for page in pages(fetch) for kind in page.assistance_types}
+        {kind.type_id: kind async for page in pages(fetch) for kind in page.assistance_types},
+        {p.provider_id: p async for page in pages(fetch_providers) for p in page.providers},
     )

@@ -339,7 +339,7 @@ def journey_start(
                 with calling("assistance", settings.assistance_address):
                     known = await catalogue.load(assist, TIMEOUT)
             for plan in plans:
-                known.check_plan(plan.type_id, plan.data)
+                known.check_plan(plan.type_id, plan.data, plan.provider_id, plan.capacity_pool_id)
         client = await context.temporal_client(settings)
         workflow_id = journey_workflow_id(sid)
         with temporal(settings.effective_temporal_address, f"the journey {workflow_id}"):

@@ -593,6 +593,16 @@ async def test_steering_a_journey_from_the_cli(
             loan_start = [*start[:5], "--product", product, "--amount", amount]
             refused = await mineaction(cli_env, *loan_start)
             assert refused.exit_code == 2 and expected in one_error_line(refused), refused
+        # And the provider and pool an item names, against the providers' own pools.
+        data = ["--data", "wheelchair:seat_width_cm=44"]
+        for item, expected in (
+            ("wheelchair:no-such-provider", "unknown provider 'no-such-provider'"),
+            ("wheelchair:baku-mobility-aids:stock-nope",
+             "unknown wheelchair capacity pool 'stock-nope' at provider 'baku-mobility-aids'"),
+            ("wheelchair:naftalan-health-resort", "no wheelchair capacity pool at provider"),
+        ):  # fmt: skip
+            refused = await mineaction(cli_env, *start[:9], "--assistance", item, *data)
+            assert refused.exit_code == 2 and expected in one_error_line(refused), refused
         with pytest.raises(RPCError, match="not found"):  # no journey was started
             await dev_client.get_workflow_handle(journey_workflow_id(survivor_id)).describe()
         ran = await mineaction(cli_env, *start, "--data", "wheelchair:seat_width_cm=44")
