@@ -14,7 +14,7 @@ from workers.journey.model import AssistanceState, JourneyStatus
 LABELS: dict[str, dict[str, str]] = {
     "assessment": {"en": "Eligibility assessment", "az": "Uyğunluq qiymətləndirməsi"},
     "programme": {"en": "Programme", "az": "Proqram"},
-    "outcome": {"en": "Outcome", "az": "Nəticə"},
+    "outcome": {"en": "Outcome", "az": "Qərar"},
     "rule": {"en": "Rule", "az": "Qayda"},
     "result": {"en": "Result", "az": "Nəticə"},
     "explanation": {"en": "Explanation", "az": "İzah"},

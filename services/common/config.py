@@ -187,5 +187,7 @@ def load_settings(**overrides: object) -> Settings:
             name = str(error["loc"][0])
             field = Settings.model_fields.get(name)
             variable = field.alias if field is not None and field.alias else name.upper()
-            lines.append(f"  {variable}: {error['msg']} (got {error.get('input')!r})")
+            message = error["msg"].removeprefix("Value error, ")
+            got = f"got {error.get('input')!r}"
+            lines.append(f"  {variable}: {message}" + ("" if got in message else f" ({got})"))
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

@@ -49,7 +49,7 @@ def test_process_refuses_bad_configuration(module: str) -> None:
         timeout=60,
     )
     assert result.returncode == 2
-    assert "LENDING_ADDRESS: Value error, expected HOST:PORT" in result.stderr
+    assert "LENDING_ADDRESS: expected HOST:PORT, got 'nonsense'\n" in result.stderr
     assert "Traceback" not in result.stderr
 
 
