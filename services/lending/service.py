@@ -227,9 +227,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         self.accept_future_dates = accept_future_dates
 
     def _not_after_today(self, field: str, on: date) -> None:
-        """Money is received, paid out or written off on a day that has come: a future
-        date (a typing slip, 2030 for 2023) would count in the fund now and in the loan
-        only later, and block every correction dated before it."""
+        """Money is received, paid out or written off, and a schedule rebuilt, on a day
+        that has come: a future date (a typing slip, 2030 for 2023) would count in the
+        fund now and in the loan only later, and block every correction dated before it."""
         today = programme_today()
         if on > today and not self.accept_future_dates:
             raise invalid(field, f"must not be after today ({today} in Baku)", "DATE_IN_FUTURE")
@@ -802,6 +802,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         effective = from_proto_date(request.effective_date)
 
         async def reschedule(conn: Connection) -> pb.RescheduleLoanResponse:
+            self._not_after_today("effective_date", effective)
             loan = await self._active_loan(conn, request.loan_id, "rescheduling")
             self._check_not_before_disbursement(loan, effective, "effective_date")
             if effective < loan["last_value_date"]:

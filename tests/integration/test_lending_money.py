@@ -833,6 +833,17 @@ async def test_money_dated_after_today_is_refused_and_writes_nothing(cluster: Cl
         await _refused_without_writes(
             cluster, lending.ProposeLoanWriteOff(proposal), "write_off_date", invalid
         )
+        reschedule = pb.RescheduleLoanRequest(
+            request_id=request_id(),
+            loan_id=active.loan_id,
+            reason="a flood took half the stock",
+            new_term_months=12,
+            effective_date=pdate(tomorrow),
+            requested_by="lo-03",
+        )
+        await _refused_without_writes(
+            cluster, lending.RescheduleLoan(reschedule), "effective_date", invalid
+        )
         paid = await lending.RecordRepayment(repayment(active.loan_id, 1_000, today))
         assert paid.loan.repaid_principal_minor == 1_000
     finally:
