@@ -20,6 +20,7 @@ import typer
 from google.protobuf.message import Message
 from rich.table import Table
 from temporalio.client import WorkflowHandle
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
@@ -343,6 +344,7 @@ def journey_start(
         client = await context.temporal_client(settings)
         workflow_id = journey_workflow_id(sid)
         with temporal(settings.effective_temporal_address, f"the journey {workflow_id}"):
+            await _no_earlier_journey(client.get_workflow_handle(workflow_id), sid)
             await client.start_workflow(
                 SurvivorJourneyWorkflow.run,
                 JourneyInput(
@@ -355,6 +357,9 @@ def journey_start(
                 id=workflow_id,
                 task_queue=settings.journey_task_queue,
                 search_attributes=initial_search_attributes(programme_year),
+                # One journey per survivor: its steps' request ids are made from the
+                # workflow id, so a second run would get the first run's answers back.
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 rpc_timeout=RPC_TIMEOUT,
             )
         render.line(f"started journey {workflow_id} on task queue {settings.journey_task_queue}")
@@ -409,6 +414,23 @@ def journey_status(
         render.console().print(render.journey_table(status, workflow_id, state, language))
 
     run(go())
+
+
+async def _no_earlier_journey(handle: WorkflowHandle[Any, Any], survivor_id: str) -> None:
+    """A survivor has one journey; an ended one is said so, with how it ended."""
+    try:
+        described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return
+        raise
+    state = described.status.name if described.status else "UNKNOWN"
+    if state == "RUNNING":
+        raise CliError(f"the journey {handle.id} is already running")
+    raise CliError(
+        f"survivor {survivor_id} already had a journey ({handle.id}, {state}); a survivor "
+        "has one journey, so a second is not started: see docs/cli.md"
+    )
 
 
 async def _with_ledger_figures(status: JourneyStatus, language: str) -> JourneyStatus:

@@ -258,6 +258,14 @@ async def test_a_journey_driven_from_the_cli(
         assert "not reachable" in ran.stdout and "5,000.00" in ran.stdout
         await handle.terminate("the test ends after the first repayment")
 
+    # One journey per survivor: a second start says how the first one ended, starts nothing.
+    again = await mineaction(
+        cli_env, "journey", "start", survivor_id, "--case-worker", "cw-01",
+        "--product", "fish_farming", "--amount", "5000.00",
+    )  # fmt: skip
+    assert again.exit_code == 1, again
+    assert f"already had a journey (journey-{survivor_id}, TERMINATED)" in one_error_line(again)
+
     ran = await mineaction(cli_env, "export", "loans", "--state", "active")
     assert ran.exit_code == 0, ran
     loans = {r["loan_id"]: r for r in csv.DictReader(io.StringIO(ran.stdout))}

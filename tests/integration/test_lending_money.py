@@ -234,6 +234,17 @@ async def test_bad_input_is_invalid_argument_with_field_violations_and_writes_no
         "amount_minor",
         invalid,
     )
+    blank_reason = pb.PauseDelinquencyRequest(
+        request_id=request_id(),
+        loan_id=loan.loan_id,
+        start_date=pdate(date(2026, 5, 10)),
+        end_date=pdate(date(2026, 6, 10)),
+        reason="   ",
+        requested_by="cw-01",
+    )
+    await _refused_without_writes(
+        cluster, lending.PauseDelinquency(blank_reason), "reason", invalid
+    )
     impossible = repayment(loan.loan_id, 1_000, date(2026, 5, 10))
     impossible.payment_date.day = 31
     impossible.payment_date.month = 2
