@@ -1137,9 +1137,14 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             as_of,
         )
         written_off = context["written_off_on"] is not None and context["written_off_on"] <= as_of
+        # Repayments recorded after the replacement, even dated on or before its day,
+        # belong to the revisions after it.
+        repaid = context["repaid"]
+        if rev.repaid_when_superseded is not None:
+            repaid = min(repaid, rev.repaid_when_superseded)
         rows = arrears.statuses(
             rev.instalments,
-            context["repaid"] - rev.base_repaid,
+            repaid - rev.base_repaid,
             as_of,
             zip(context["pause_starts"], context["pause_ends"], strict=True),
             written_off=written_off,
@@ -1202,16 +1207,20 @@ class _Revision:
         self.base_repaid: int = row["base_repaid_minor"]
         self.created_at: datetime = row["created_at"]
         self.superseded_on: date | None = row["superseded_on"]
+        # Principal repaid against the loan when the next revision replaced this one.
+        self.repaid_when_superseded: int | None = row["repaid_when_superseded"]
         self.instalments = instalments
 
     @classmethod
     async def load(cls, conn: Connection, loan_id: str, revision: int | None) -> _Revision:
         rows = await conn.fetch(
             """WITH r AS (
-                   SELECT r.*, (SELECT effective_date FROM schedule_revisions n
-                                WHERE n.loan_id = r.loan_id AND n.revision = r.revision + 1)
-                               AS superseded_on
-                   FROM schedule_revisions r WHERE r.loan_id = $1
+                   SELECT r.*, n.effective_date AS superseded_on,
+                       n.base_repaid_minor AS repaid_when_superseded
+                   FROM schedule_revisions r
+                   LEFT JOIN schedule_revisions n
+                     ON n.loan_id = r.loan_id AND n.revision = r.revision + 1
+                   WHERE r.loan_id = $1
                      AND r.revision = coalesce($2, (SELECT max(revision)
                          FROM schedule_revisions WHERE loan_id = $1)))
                SELECT r.*, i.number, i.due_date, i.principal_minor AS due,

@@ -407,6 +407,15 @@ async def test_reschedule_rebuilds_the_rest_and_keeps_the_old_schedule(cluster: 
         )
     assert backdated.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(backdated.value) == ["effective_date"]
+    # A repayment recorded after the reschedule, dated its very day, is the new schedule's:
+    # the old one still stands as it was replaced.
+    await cluster.lending.RecordRepayment(repayment(loan.loan_id, 2_000, date(2026, 8, 31)))
+    still = (
+        await cluster.lending.GetRepaymentSchedule(
+            pb.GetRepaymentScheduleRequest(loan_id=loan.loan_id, revision=1)
+        )
+    ).schedule
+    assert still.instalments == old.instalments
 
 
 async def test_reversal_corrects_a_repayment_and_reopens_a_repaid_loan(cluster: Cluster) -> None:
