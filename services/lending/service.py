@@ -384,7 +384,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 raise NotFound(f"loan {request.loan_id} does not exist")
             response = pb.GetLoanResponse(loan=loans[0])
             if request.include_schedule:
-                revision = await self._latest_revision(conn, request.loan_id)
+                revision = await self._revision_in_force(conn, request.loan_id, as_of)
                 if revision is not None:
                     response.schedule.CopyFrom(
                         await self._schedule_view(conn, request.loan_id, revision, as_of)
@@ -431,9 +431,14 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             )
             if loan is None:
                 raise NotFound(f"loan {request.loan_id} does not exist")
-            revision = request.revision or await self._latest_revision(conn, request.loan_id)
+            revision = request.revision or await self._revision_in_force(
+                conn, request.loan_id, as_of
+            )
             if revision is None:
-                raise NotFound(f"loan {request.loan_id} has no schedule until it is disbursed")
+                raise NotFound(
+                    f"loan {request.loan_id} has no schedule in force on {as_of} (none before "
+                    "its first disbursement)"
+                )
             schedule = await self._schedule_view(conn, request.loan_id, revision, as_of)
         return pb.GetRepaymentScheduleResponse(schedule=schedule)
 
@@ -1107,10 +1112,14 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         )
 
     @staticmethod
-    async def _latest_revision(conn: Connection, loan_id: str) -> int | None:
-        """The loan's schedule in force; None before its first disbursement."""
+    async def _revision_in_force(conn: Connection, loan_id: str, as_of: date) -> int | None:
+        """The loan's schedule in force on `as_of`: the latest revision effective by then;
+        None before its first disbursement."""
         revision: int | None = await conn.fetchval(
-            "SELECT max(revision) FROM schedule_revisions WHERE loan_id = $1", loan_id
+            """SELECT max(revision) FROM schedule_revisions
+               WHERE loan_id = $1 AND effective_date <= $2""",
+            loan_id,
+            as_of,
         )
         return revision
 

@@ -416,6 +416,14 @@ async def test_reschedule_rebuilds_the_rest_and_keeps_the_old_schedule(cluster: 
         )
     ).schedule
     assert still.instalments == old.instalments
+    # As of a date, the loan comes with the schedule in force then; none before the loan
+    # was disbursed (10 March).
+    for day, revision in ((date(2026, 8, 30), 1), (date(2026, 8, 31), 2), (date(2026, 3, 9), 0)):
+        answer = await cluster.lending.GetLoan(
+            pb.GetLoanRequest(loan_id=loan.loan_id, as_of=pdate(day), include_schedule=True)
+        )
+        assert answer.schedule.revision == revision, day
+        assert answer.HasField("schedule") == bool(revision), day
 
 
 async def test_reversal_corrects_a_repayment_and_reopens_a_repaid_loan(cluster: Cluster) -> None:
