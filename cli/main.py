@@ -840,7 +840,7 @@ def repay(
             loan_id=inputs.identifier(loan_id, "loan id"),
             amount_minor=inputs.amount_minor(amount),
             currency_code="AZN",
-            payment_date=proto_date(_date_or_today(payment_date, "--date")),
+            payment_date=proto_date(paid_on := _date_or_today(payment_date, "--date")),
             received_by=inputs.staff(received_by, "--received-by"),
             channel=channel,
         )
@@ -859,6 +859,8 @@ def repay(
             + f"outstanding {manat(loan.outstanding_principal_minor)} AZN, "
             f"{loan.days_past_due} days past due, "
             f"{loan_status(loan)}"
+            # The answer's figures are the loan's on the payment's date.
+             + ("" if paid_on == _today() else f" (as of {paid_on})")
         )
 
     run(go())

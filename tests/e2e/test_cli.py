@@ -495,6 +495,11 @@ async def test_a_write_off_proposal_withdrawn_from_the_cli(
     """The operator's way out of a proposal made by mistake: withdrawn with a reason, the
     loan still ACTIVE; nothing left to withdraw, or no reason, says so in one line."""
     loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
+    # A back-dated payment's figures are the loan's on that date, and the line says so.
+    ran = await mineaction(cli_env, "repay", loan.loan_id, "10", "--date", "2026-05-10")
+    assert ran.exit_code == 0 and ran.stdout.rstrip().endswith("(as of 2026-05-10)"), ran
+    ran = await mineaction(cli_env, "repay", loan.loan_id, "10")
+    assert ran.exit_code == 0 and "(as of" not in ran.stdout, ran
     withdraw = ["withdraw-write-off", loan.loan_id, "--reason", "the borrower is back"]
     line = one_error_line(await mineaction(cli_env, *withdraw))
     assert line == f"error: refused: loan {loan.loan_id} has no write-off proposal to withdraw"
