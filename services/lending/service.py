@@ -384,7 +384,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 raise NotFound(f"loan {request.loan_id} does not exist")
             response = pb.GetLoanResponse(loan=loans[0])
             if request.include_schedule:
-                revision = await self._revision_in_force(conn, request.loan_id, as_of)
+                revision = await self._revision_in_force(
+                    conn, request.loan_id, as_of if request.HasField("as_of") else None
+                )
                 if revision is not None:
                     response.schedule.CopyFrom(
                         await self._schedule_view(conn, request.loan_id, revision, as_of)
@@ -432,12 +434,14 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             if loan is None:
                 raise NotFound(f"loan {request.loan_id} does not exist")
             revision = request.revision or await self._revision_in_force(
-                conn, request.loan_id, as_of
+                conn, request.loan_id, as_of if request.HasField("as_of") else None
             )
             if revision is None:
                 raise NotFound(
                     f"loan {request.loan_id} has no schedule in force on {as_of} (none before "
                     "its first disbursement)"
+                    if request.HasField("as_of")
+                    else f"loan {request.loan_id} has no schedule until it is disbursed"
                 )
             schedule = await self._schedule_view(conn, request.loan_id, revision, as_of)
         return pb.GetRepaymentScheduleResponse(schedule=schedule)
@@ -1112,12 +1116,13 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         )
 
     @staticmethod
-    async def _revision_in_force(conn: Connection, loan_id: str, as_of: date) -> int | None:
-        """The loan's schedule in force on `as_of`: the latest revision effective by then;
-        None before its first disbursement."""
+    async def _revision_in_force(conn: Connection, loan_id: str, as_of: date | None) -> int | None:
+        """The loan's schedule in force on `as_of` (the latest revision effective by
+        then), or its latest when no date is asked for; None before its first
+        disbursement."""
         revision: int | None = await conn.fetchval(
             """SELECT max(revision) FROM schedule_revisions
-               WHERE loan_id = $1 AND effective_date <= $2""",
+               WHERE loan_id = $1 AND ($2::date IS NULL OR effective_date <= $2)""",
             loan_id,
             as_of,
         )
