@@ -60,7 +60,9 @@ def loan_to_proto(
     tranches: Sequence[Mapping[str, Any]] = (),
 ) -> pb.Loan:
     numbers = numbers or LoanFigures()
-    active = row["state"] == "ACTIVE"
+    # A loan with principal outstanding on the figures' date was active then, even if it
+    # has been closed or written off since.
+    active = row["state"] == "ACTIVE" or numbers.outstanding_minor > 0
     return pb.Loan(
         loan_id=row["loan_id"],
         survivor_id=row["survivor_id"],

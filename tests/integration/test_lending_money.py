@@ -520,6 +520,15 @@ async def test_write_off_needs_two_people_and_recoveries_return_to_the_fund(
         )
     assert names is not None
     assert (names["proposed_by"], names["confirmed_by"]) == ("lo-03", "pm-01")
+    # As of a day before the write-off the loan was active, late, and in its bucket.
+    before_write_off = (
+        await cluster.lending.GetLoan(
+            pb.GetLoanRequest(loan_id=loan.loan_id, as_of=pdate(date(2026, 7, 1)))
+        )
+    ).loan
+    assert before_write_off.outstanding_principal_minor == 100_000
+    assert before_write_off.days_past_due > 0
+    assert before_write_off.bucket != pb.DELINQUENCY_BUCKET_UNSPECIFIED
 
     recovery = await cluster.lending.RecordRepayment(
         repayment(loan.loan_id, 15_000, date(2027, 9, 1))
