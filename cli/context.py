@@ -16,7 +16,7 @@ from cli.inputs import BadInput, existing_file
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as assistance_grpc
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
-from services.common.channels import client_tls, default_token, open_channel
+from services.common.channels import DEV_TOKEN_FILE, client_tls, default_token, open_channel
 from services.common.config import Settings, load_settings
 from workers.journey.worker import connect
 
@@ -35,7 +35,7 @@ def settings() -> Settings:
     return load_settings()  # ConfigError names the bad variable
 
 
-def token(options: Options, configured: Settings) -> str | None:
+def token(options: Options, configured: Settings) -> str:
     if options.token_file is not None:
         path = existing_file(options.token_file, "token file")
         value = path.read_text(encoding="utf-8").strip()
@@ -43,8 +43,12 @@ def token(options: Options, configured: Settings) -> str | None:
             raise BadInput(f"token file {str(path)!r} is empty")
         return _one_token(value, f"token file {str(path)!r}")
     configured_token = default_token(configured)
-    if configured_token is None:
-        return None
+    if configured_token is None:  # every service call needs one: say where it was looked for
+        raise BadInput(
+            "no token: set MINEACTION_TOKEN or --token-file; the local cluster's dev-token "
+            f"would be {configured.state_dir / DEV_TOKEN_FILE}, which does not exist (run "
+            "from the cluster's folder, or set MINEACTION_STATE_DIR)"
+        )
     return _one_token(configured_token, "the token (MINEACTION_TOKEN or the dev-token file)")
 
 

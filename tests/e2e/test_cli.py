@@ -535,6 +535,13 @@ async def test_tokens_are_presented_and_a_bad_one_is_refused(
     assert "refused the call as unauthenticated" in line and "MINEACTION_TOKEN" in line
     ran = await mineaction({**cli_env, "MINEACTION_TOKEN": "not-a-jwt"}, "fund")
     assert "unauthenticated" in one_error_line(ran)
+    # No token anywhere (run outside the cluster's folder): said before any call, with
+    # where the dev-token was looked for.
+    nowhere = tmp_path / "elsewhere"
+    ran = await mineaction({**cli_env, "MINEACTION_STATE_DIR": str(nowhere)}, "fund")
+    line = one_error_line(ran)
+    assert ran.exit_code == 2 and line.startswith("error: no token: set MINEACTION_TOKEN"), ran
+    assert str(nowhere / "dev-token") in line
 
 
 @pytest.mark.timeout(120)
