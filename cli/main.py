@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from rich.table import Table
 from temporalio.client import WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
@@ -344,24 +345,26 @@ def journey_start(
         client = await context.temporal_client(settings)
         workflow_id = journey_workflow_id(sid)
         with temporal(settings.effective_temporal_address, f"the journey {workflow_id}"):
-            await _no_earlier_journey(client.get_workflow_handle(workflow_id), sid)
-            await client.start_workflow(
-                SurvivorJourneyWorkflow.run,
-                JourneyInput(
-                    survivor_id=sid,
-                    case_worker_id=worker,
-                    loan=loan,
-                    assistance=plans,
-                    programme_year=programme_year,
-                ),
-                id=workflow_id,
-                task_queue=settings.journey_task_queue,
-                search_attributes=initial_search_attributes(programme_year),
-                # One journey per survivor: its steps' request ids are made from the
-                # workflow id, so a second run would get the first run's answers back.
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                rpc_timeout=RPC_TIMEOUT,
-            )
+            try:
+                await client.start_workflow(
+                    SurvivorJourneyWorkflow.run,
+                    JourneyInput(
+                        survivor_id=sid,
+                        case_worker_id=worker,
+                        loan=loan,
+                        assistance=plans,
+                        programme_year=programme_year,
+                    ),
+                    id=workflow_id,
+                    task_queue=settings.journey_task_queue,
+                    search_attributes=initial_search_attributes(programme_year),
+                    # One journey per survivor: its steps' request ids are made from the
+                    # workflow id, so a second run would get the first run's answers back.
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    rpc_timeout=RPC_TIMEOUT,
+                )
+            except WorkflowAlreadyStartedError:
+                raise await _earlier_journey(client.get_workflow_handle(workflow_id), sid) from None
         render.line(f"started journey {workflow_id} on task queue {settings.journey_task_queue}")
 
     run(go())
@@ -416,18 +419,14 @@ def journey_status(
     run(go())
 
 
-async def _no_earlier_journey(handle: WorkflowHandle[Any, Any], survivor_id: str) -> None:
-    """A survivor has one journey; an ended one is said so, with how it ended."""
-    try:
-        described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
-    except RPCError as error:
-        if error.status == RPCStatusCode.NOT_FOUND:
-            return
-        raise
+async def _earlier_journey(handle: WorkflowHandle[Any, Any], survivor_id: str) -> CliError:
+    """Why a journey start was refused: the survivor's journey is running, or has ended
+    (a survivor has one journey), said with how it ended."""
+    described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
     state = described.status.name if described.status else "UNKNOWN"
     if state == "RUNNING":
-        raise CliError(f"the journey {handle.id} is already running")
-    raise CliError(
+        return CliError(f"the journey {handle.id} is already running")
+    return CliError(
         f"survivor {survivor_id} already had a journey ({handle.id}, {state}); a survivor "
         "has one journey, so a second is not started: see docs/cli.md"
     )

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     lending_address: HostPort = Field("127.0.0.1:50052", alias="LENDING_ADDRESS")
     assistance_address: HostPort = Field("127.0.0.1:50053", alias="ASSISTANCE_ADDRESS")
 
-    # Money movements (repayments, disbursements, write-offs) dated after today in Baku
+    # Repayments, disbursements, write-offs and reschedules dated after today in Baku
     # are refused; only a ledger whose clock is simulated accepts them: the `simulate`
     # command's scratch ledger, and journeys run under time skipping.
     lending_accept_future_dates: bool = Field(False, alias="LENDING_ACCEPT_FUTURE_DATES")

@@ -211,6 +211,11 @@ async def test_a_journey_driven_from_the_cli(
         assert ran.exit_code == 0, ran
         handle = dev_client.get_workflow_handle(journey_workflow_id(survivor_id))
         await wait_for_stage(handle, "COMMITTEE_REVIEW")
+        twice = await mineaction(
+            cli_env, "journey", "start", survivor_id, "--case-worker", "cw-01",
+            "--product", "fish_farming", "--amount", "5000.00",
+        )  # fmt: skip
+        assert f"the journey journey-{survivor_id} is already running" in one_error_line(twice)
 
         ran = await mineaction(cli_env, "journey", "status", survivor_id)
         assert ran.exit_code == 0, ran

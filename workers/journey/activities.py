@@ -28,7 +28,7 @@ from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
 from services.common.channels import client_tls, open_channel, service_token
 from services.common.config import Settings, load_settings
 from services.common.errors import reason_of
-from services.common.protoconv import proto_date
+from services.common.protoconv import from_proto_date, proto_date
 from workers.journey.model import (
     CLOSED_LOAN_STATES,
     AdvanceInput,
@@ -158,11 +158,11 @@ def loan_snapshot_of(answer: lending_pb.GetLoanResponse, today: date) -> LoanSna
             next_due_minor=0,
             first_due_date=first_due_date,
         )
-    upcoming = [i for i in schedule.instalments if date.fromisoformat(iso(i.due_date)) > today]
+    upcoming = [i for i in schedule.instalments if from_proto_date(i.due_date) > today]
     overdue = sum(
         i.principal_due_minor - i.principal_paid_minor
         for i in schedule.instalments
-        if date.fromisoformat(iso(i.due_date)) <= today
+        if from_proto_date(i.due_date) <= today
     )
     following = next((i for i in upcoming if i.principal_due_minor > i.principal_paid_minor), None)
     return LoanSnapshot(
