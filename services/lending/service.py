@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import grpc
@@ -23,6 +23,7 @@ from services.common.db import Connection, Database, fetch_one
 from services.common.districts import require_known_district
 from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, invalid
 from services.common.idempotency import once_per_request
+from services.common.money import qepik_and_manat
 from services.common.programme_time import programme_today
 from services.common.protoconv import from_proto_date, proto_date, timestamp
 from services.common.server import ServiceSpec
@@ -688,7 +689,8 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         if outcome == "OVERPAYMENT":
             raise invalid(
                 "amount_minor",
-                f"overpayment: only {detail.get('outstanding')} qəpik is outstanding",
+                f"overpayment: only {qepik_and_manat(cast(int, detail['outstanding']))} "
+                "is outstanding",
                 "OVERPAYMENT",
             )
         raise invalid("loan_id", f"unknown loan {request.loan_id!r}", "LOAN_NOT_FOUND")
@@ -714,7 +716,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         if request.amount_minor > unrecovered:
             raise invalid(
                 "amount_minor",
-                f"overpayment: only {unrecovered} qəpik written off is unrecovered",
+                f"overpayment: only {qepik_and_manat(unrecovered)} written off is unrecovered",
                 "OVERPAYMENT",
             )
         txn_id = await ledger.post(

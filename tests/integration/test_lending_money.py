@@ -538,6 +538,7 @@ async def test_write_off_needs_two_people_and_recoveries_return_to_the_fund(
     with pytest.raises(grpc.aio.AioRpcError) as too_much:
         await cluster.lending.RecordRepayment(repayment(loan.loan_id, 85_001, date(2027, 9, 2)))
     assert too_much.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "only 85000 qəpik (850.00 AZN) written off is unrecovered" in too_much.value.details()
     fund = (await cluster.lending.GetFund(pb.GetFundRequest(fund_id=fund_id))).fund
     assert (fund.disbursed_minor, fund.repaid_principal_minor) == (120_000, 20_000)
     assert (fund.written_off_minor, fund.recovered_minor) == (100_000, 15_000)
@@ -653,6 +654,12 @@ async def test_repayments_arriving_together_each_get_their_own_outcome(cluster: 
     assert await repaid(a) == (15_000, 2)
     assert await repaid(b) == (7_000, 1)
     assert await repaid(c) == (3_000, 1)
+    # The refusal says what is outstanding, in qəpik and in manat.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await cluster.lending.RecordRepayment(over)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    outstanding = 120_000 - 7_000  # active_loan's principal, less b's repayment above
+    assert f"only {outstanding} qəpik (1,130.00 AZN) is outstanding" in refused.value.details()
     # The refused overpayment kept nothing: its request_id, corrected, is a first call.
     over.amount_minor = 2_000
     corrected = await cluster.lending.RecordRepayment(over)

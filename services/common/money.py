@@ -1,0 +1,15 @@
+"""Money as people read it. The APIs count integer qəpik (100 to the manat); messages a
+person reads also give the amount in manat."""
+
+
+def manat(minor: int) -> str:
+    """Qəpik as manat for display: 123456 -> '1,234.56'."""
+    sign = "-" if minor < 0 else ""
+    whole, cents = divmod(abs(minor), 100)
+    return f"{sign}{whole:,}.{cents:02d}"
+
+
+def qepik_and_manat(minor: int) -> str:
+    """123456 -> '123456 qəpik (1,234.56 AZN)': the API's unit first, then the manat a
+    cashier typed."""
+    return f"{minor} qəpik ({manat(minor)} AZN)"
