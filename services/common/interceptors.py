@@ -23,6 +23,7 @@ refused by the authentication step. The steps run as one gRPC interceptor (StepC
 from __future__ import annotations
 
 import contextvars
+import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -402,7 +403,8 @@ class StepChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         call: Handler = handler.unary_unary
         for step in reversed(self._steps):
             if not (is_open and isinstance(step, AuthenticationInterceptor)):
-                call = _link(step, method, call)
+                # A partial, not a wrapping coroutine: one coroutine per step and call.
+                call = functools.partial(step.around, method, call_next=call)
         composed = grpc.unary_unary_rpc_method_handler(
             call,
             request_deserializer=_tolerant(handler.request_deserializer),
@@ -410,13 +412,6 @@ class StepChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
         self._built[method] = (handler, composed)
         return composed
-
-
-def _link(step: UnaryInterceptor, method: str, call_next: Handler) -> Handler:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await step.around(method, request, context, call_next)
-
-    return call
 
 
 def interceptor_chain(
