@@ -16,7 +16,6 @@ from services.common.districts import known_districts
 # The services' own patterns (proto/mineaction/*/v1: buf.validate annotations).
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,63}$")
 _CODE = re.compile(r"^[a-z][a-z0-9_]{1,39}$")
-_DISTRICT = re.compile(r"^[a-z][a-z_]{1,39}$")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _AMOUNT = re.compile(r"^\d+(\.\d+)?$")
 _ACTION = re.compile(r"^[a-z][a-z_]{1,39}$")
@@ -49,21 +48,16 @@ def code(value: str, what: str) -> str:
     return value
 
 
-def district(value: str) -> str:
+def known_district(value: str, what: str = "district", option: str = "") -> str:
+    """A district on the programme's list, the one every service checks; `option` names
+    the option it was given as, if any (`--district: unknown district 'saatly'; ...`)."""
     value = value.strip()
-    if not _DISTRICT.match(value):
-        raise BadInput(f"district {value!r} is not valid: use a lower-case code such as saatli")
-    return value
-
-
-def known_district(value: str, what: str = "district") -> str:
-    """A district on the programme's list, the one every service checks."""
-    value = value.strip()
+    at = f"{option}: " if option else ""
     if not value:
-        raise BadInput(f"{what} is required")
+        raise BadInput(f"{at}{what} is required")
     if value not in known_districts():
         listed = ", ".join(known_districts())
-        raise BadInput(f"unknown {what} {value!r}; the districts are {listed}")
+        raise BadInput(f"{at}unknown {what} {value!r}; the districts are {listed}")
     return value
 
 

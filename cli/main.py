@@ -743,7 +743,8 @@ def journeys(
                 raise BadInput(f"unknown stage {stage!r}: use one of {', '.join(_STAGES)}")
             query += f" AND {sa.STAGE.name} = '{wanted}'"
         if district is not None:
-            query += f" AND {sa.DISTRICT_CODE.name} = '{inputs.district(district)}'"
+            code = inputs.known_district(district, option="--district")
+            query += f" AND {sa.DISTRICT_CODE.name} = '{code}'"
         if loan_status is not None:
             wanted_status = loan_status.strip().upper()
             if wanted_status not in _LOAN_STATUSES:
@@ -919,7 +920,8 @@ def arrears(
             f"AND {sa.DAYS_PAST_DUE.name} >= {min_days}"
         )
         if district is not None:
-            query += f" AND {sa.DISTRICT_CODE.name} = '{inputs.district(district)}'"
+            code = inputs.known_district(district, option="--district")
+            query += f" AND {sa.DISTRICT_CODE.name} = '{code}'"
         settings = context.settings()
         client = await context.temporal_client(settings)
         rows: list[tuple[int, str, str, str, str]] = []
@@ -1050,7 +1052,9 @@ def export_loans(
             if state.lower() not in _STATES:
                 raise BadInput(f"unknown loan state {state!r}: use one of {', '.join(_STATES)}")
             state_value = _STATES[state.lower()]
-        district_code = inputs.known_district(district) if district is not None else ""
+        district_code = (
+            inputs.known_district(district, option="--district") if district is not None else ""
+        )
         async with _service("lending") as (stub, calls):
             with calls:
                 rows = [
@@ -1092,7 +1096,9 @@ def export_assessments(
     async def go() -> None:
         _check_output(output)
         sid = inputs.identifier(survivor_id, "survivor id") if survivor_id else ""
-        district_code = inputs.known_district(district) if district is not None else ""
+        district_code = (
+            inputs.known_district(district, option="--district") if district is not None else ""
+        )
         async with _service("eligibility") as (stub, calls):
             with calls:
                 rows = [

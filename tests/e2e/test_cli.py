@@ -303,46 +303,65 @@ async def test_a_journey_driven_from_the_cli(
     assert "Kredit üçün mövcud vəsait" in ran.stdout and "Available" not in ran.stdout
 
 
-async def test_arrears_lists_journeys_by_days_past_due(
+async def test_arrears_and_journeys_by_district(
     cli_env: dict[str, str], dev_client: Client, task_queue: str
 ) -> None:
-    """Two journeys (no worker: they only carry the attributes a journey sets), one 45
-    days past due, one current; the visibility query finds only the first."""
-    district = "arrears_" + "".join(c for c in uuid.uuid4().hex if c.isalpha())[:8]
-    handles = []
-    for days in (45, 0):
+    """Three journeys (no worker: they only carry the attributes a journey sets), in real
+    districts: in fuzuli one 45 days past due and one current, in barda one 45 days past
+    due. The dev server is shared with other tests, so only this test's own journeys are
+    looked for, present or absent, never a count."""
+    handles = {}
+    for name, district, days in (
+        ("late", "fuzuli", 45),
+        ("current", "fuzuli", 0),
+        ("elsewhere", "barda", 45),
+    ):
         survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
-        handles.append(
-            await dev_client.start_workflow(
-                SurvivorJourneyWorkflow.run,
-                JourneyInput(survivor_id=survivor_id, case_worker_id="cw-01"),
-                id=journey_workflow_id(survivor_id),
-                task_queue=task_queue,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(sa.STAGE, "REPAYMENT"),
-                        SearchAttributePair(sa.DISTRICT_CODE, district),
-                        SearchAttributePair(sa.LOAN_STATUS, "ACTIVE"),
-                        SearchAttributePair(sa.DAYS_PAST_DUE, days),
-                    ]
-                ),
-            )
+        handles[name] = await dev_client.start_workflow(
+            SurvivorJourneyWorkflow.run,
+            JourneyInput(survivor_id=survivor_id, case_worker_id="cw-01"),
+            id=journey_workflow_id(survivor_id),
+            task_queue=task_queue,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(sa.STAGE, "REPAYMENT"),
+                    SearchAttributePair(sa.DISTRICT_CODE, district),
+                    SearchAttributePair(sa.LOAN_STATUS, "ACTIVE"),
+                    SearchAttributePair(sa.DAYS_PAST_DUE, days),
+                ]
+            ),
         )
+    ids = {name: handle.id.removeprefix("journey-") for name, handle in handles.items()}
+
+    async def listed(*args: str) -> set[str]:
+        ran = await mineaction(cli_env, *args)
+        assert ran.exit_code == 0, ran
+        return {name for name, survivor_id in ids.items() if survivor_id in ran.stdout}
+
     try:
-        late_id = handles[0].id.removeprefix("journey-")
-        ran = Ran(1, "", "")
-        for _ in range(50):  # visibility is eventually consistent
-            ran = await mineaction(cli_env, "arrears", "--min-days", "30", "--district", district)
-            if late_id in ran.stdout:
+        for _ in range(50):  # visibility is eventually consistent: until all three show
+            if await listed("journeys", "--stage", "repayment") == set(ids):
                 break
             await asyncio.sleep(0.2)
-        assert ran.exit_code == 0, ran
-        assert late_id in ran.stdout and "45" in ran.stdout
-        assert handles[1].id.removeprefix("journey-") not in ran.stdout
-        ran = await mineaction(cli_env, "arrears", "--min-days", "46", "--district", district)
-        assert ran.exit_code == 0 and late_id not in ran.stdout, ran
+        assert await listed("arrears", "--min-days", "30") == {"late", "elsewhere"}
+        assert await listed("arrears", "--min-days", "30", "--district", "fuzuli") == {"late"}
+        assert await listed("arrears", "--min-days", "30", "--district", "barda") == {"elsewhere"}
+        assert await listed("arrears", "--min-days", "46", "--district", "fuzuli") == set()
+        assert await listed("journeys", "--district", "fuzuli") == {"late", "current"}
+        assert await listed("journeys", "--district", "barda", "--loan-status", "active") == {
+            "elsewhere"
+        }
+        # A district not on the programme's list is refused, not an empty list.
+        for command in (["journeys"], ["arrears", "--min-days", "30"]):
+            refused = await mineaction(cli_env, *command, "--district", "fuzulli")
+            line = one_error_line(refused)
+            assert refused.exit_code == 2, refused
+            assert line.startswith(
+                "error: --district: unknown district 'fuzulli'; the districts are aghdam, "
+            ), line
+            assert "fuzuli" in line and "barda" in line
     finally:
-        for handle in handles:
+        for handle in handles.values():
             await handle.terminate("test over")
 
 
@@ -375,7 +394,7 @@ async def test_bad_input_is_refused_before_any_call(
         (["register", str(unknown_district)], "unknown intake district_code 'saatly'"),
         (["register", str(impossible_birth)], "date_of_birth '1981-02-30' is not a real"),
         (["register", "--survivor-id", "srv-0001", "--district", "saatly"], "'saatly'"),
-        (["export", "loans", "--district", "saatly"], "unknown district 'saatly'"),
+        (["export", "loans", "--district", "saatly"], "--district: unknown district 'saatly'"),
         (["--token-file", str(two_lines), "fund"], "one token on one line"),
         (["journey", "decide", "srv-0001", "--member", "cm-02", "--ref", "CM-1", "--approve",
           "--reject", "--reason", "why"], "say either --approve or --reject"),
@@ -434,6 +453,8 @@ async def test_bad_input_is_refused_before_any_call(
           "wheelchair", "--data", "english_course:level=a1"], "which has no --assistance"),
         (["journeys", "--stage", "sleeping"], "unknown stage 'sleeping'"),
         (["journeys", "--loan-status", "late"], "unknown loan status 'late'"),
+        (["journeys", "--district", "saatly"], "--district: unknown district 'saatly'; the "),
+        (["arrears", "--district", "Saatli"], "--district: unknown district 'Saatli'; the "),
     ]  # fmt: skip
     before = await cluster.row_counts()
     # Addresses nobody listens on: a message about an unreachable service would mean the
