@@ -53,11 +53,77 @@ LABELS: dict[str, dict[str, str]] = {
         "en": "Loan figures as the journey last read them",
         "az": "Kredit göstəriciləri yol xəritəsinin son oxuduğu kimi",
     },
+    # Codes shown as `coded(kind, code, lang)`: the label, then the code a command takes.
+    # The journey's stages (workers.journey.model.Stage).
+    "stage:INTAKE": {"en": "Intake", "az": "Qəbul"},
+    "stage:ELIGIBILITY": {"en": "Eligibility assessment", "az": "Uyğunluğun qiymətləndirilməsi"},
+    "stage:ASSISTANCE_PLAN": {"en": "Assistance plan", "az": "Yardım planı"},
+    "stage:LOAN_APPLICATION": {"en": "Loan application", "az": "Kredit müraciəti"},
+    "stage:COMMITTEE_REVIEW": {
+        "en": "Credit committee review",
+        "az": "Kredit komitəsinin baxışı",
+    },
+    "stage:DISBURSEMENT": {"en": "Disbursement", "az": "Kreditin verilməsi"},
+    "stage:GRACE": {"en": "Grace period", "az": "Güzəşt müddəti"},
+    "stage:REPAYMENT": {"en": "Repayment", "az": "Kreditin qaytarılması"},
+    "stage:ARREARS_REVIEW": {
+        "en": "Arrears review",
+        "az": "Gecikmiş borcun araşdırılması",
+    },
+    "stage:REPAID": {"en": "Loan repaid", "az": "Kredit qaytarılıb"},
+    "stage:FOLLOW_UP": {"en": "Impact follow-up", "az": "Nəticələrin izlənməsi"},
+    "stage:ASSISTANCE_ONLY": {"en": "Assistance only, no loan", "az": "Yalnız yardım, kreditsiz"},
+    "stage:COMPLETED": {"en": "Completed", "az": "Başa çatıb"},
+    "stage:CLOSED_NOT_ELIGIBLE": {
+        "en": "Closed: not eligible",
+        "az": "Bağlanıb: uyğun deyil",
+    },
+    "stage:CLOSED_REJECTED": {
+        "en": "Closed: loan rejected",
+        "az": "Bağlanıb: kredit rədd edilib",
+    },
+    "stage:WRITTEN_OFF": {"en": "Loan written off", "az": "Kredit balansdan silinib"},
+    # The loan's states (lending's LoanState without its prefix).
+    "loan_state:SUBMITTED": {
+        "en": "Submitted, awaiting the committee",
+        "az": "Təqdim edilib, komitənin qərarı gözlənilir",
+    },
+    "loan_state:APPROVED": {"en": "Approved", "az": "Təsdiq edilib"},
+    "loan_state:REJECTED": {"en": "Rejected", "az": "Rədd edilib"},
+    "loan_state:WITHDRAWN": {"en": "Withdrawn", "az": "Geri götürülüb"},
+    "loan_state:ACTIVE": {"en": "Active", "az": "Aktiv"},
+    "loan_state:CLOSED_OBLIGATIONS_MET": {
+        "en": "Closed: repaid in full",
+        "az": "Bağlanıb: tam qaytarılıb",
+    },
+    "loan_state:CLOSED_WRITTEN_OFF": {
+        "en": "Closed: written off",
+        "az": "Bağlanıb: balansdan silinib",
+    },
+    # The journey's workflow, as Temporal reports it.
+    "workflow_state:RUNNING": {"en": "running", "az": "davam edir"},
+    "workflow_state:COMPLETED": {"en": "completed", "az": "başa çatıb"},
+    "workflow_state:FAILED": {"en": "failed", "az": "xəta ilə dayanıb"},
+    "workflow_state:CANCELED": {"en": "cancelled", "az": "ləğv edilib"},
+    "workflow_state:TERMINATED": {"en": "terminated", "az": "dayandırılıb"},
+    "workflow_state:CONTINUED_AS_NEW": {
+        "en": "continued as new",
+        "az": "yeni icra kimi davam edir",
+    },
+    "workflow_state:TIMED_OUT": {"en": "timed out", "az": "vaxtı bitib"},
 }
 
 
 def label(key: str, lang: str) -> str:
     return LABELS.get(key, {}).get(lang, key)
+
+
+def coded(kind: str, code: str, lang: str) -> str:
+    """A code (a stage, a loan state) as a reader sees it: its label in `lang`, then the
+    code itself, which commands take (`journeys --stage GRACE`): "Güzəşt müddəti (GRACE)".
+    A code without a label is shown as it is."""
+    key = f"{kind}:{code}"
+    return f"{LABELS[key][lang]} ({code})" if key in LABELS else code
 
 
 def console() -> Console:
@@ -128,8 +194,13 @@ def assistance_state(a: AssistanceState) -> str:
     return state + (f" [{a.assistance_id}]" if a.assistance_id else "")
 
 
-def journey_table(status: JourneyStatus, workflow_id: str, state: str, lang: str) -> Table:
-    """Everything the journey's status query answers."""
+def journey_table(
+    status: JourneyStatus,
+    workflow_id: str,
+    state: str,
+    lang: str,
+) -> Table:
+    """Everything the journey's status query answers; stages and states named in `lang`."""
     table = Table(title=f"{label('journey', lang)} {status.survivor_id}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -140,15 +211,18 @@ def journey_table(status: JourneyStatus, workflow_id: str, state: str, lang: str
         else none
     )
     rows = [
-        (label("workflow", lang), f"{workflow_id} ({state})"),
-        (label("stage", lang), status.stage),
+        (label("workflow", lang), f"{workflow_id}: {coded('workflow_state', state, lang)}"),
+        (label("stage", lang), coded("stage", status.stage, lang)),
         (label("assessment_id", lang), assessment),
         (
             label("eligible_programmes", lang),
             ", ".join(status.eligible_programmes) or none,
         ),
         (label("loan", lang), status.loan_id or none),
-        (label("loan_status", lang), status.loan_status or none),
+        (
+            label("loan_status", lang),
+            coded("loan_state", status.loan_status, lang) if status.loan_status else none,
+        ),
         (
             label("next_due", lang),
             f"{status.next_due_date}: {manat(status.next_due_minor)} AZN"

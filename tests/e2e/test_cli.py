@@ -19,13 +19,14 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from cli.main import app
+from cli.render import coded
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.config import Settings
 from tests.conftest import Cluster
@@ -36,6 +37,7 @@ from workers.journey import search_attributes as sa
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
     JourneyInput,
+    Stage,
     assistance_workflow_id,
     journey_workflow_id,
 )
@@ -110,6 +112,16 @@ async def mineaction(env: dict[str, str], *args: str) -> Ran:
     """`mineaction ARGS` with `env` added to the environment."""
     result = await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
     return Ran(result.exit_code, result.stdout, result.stderr)
+
+
+def table_rows(out: str) -> dict[str, str]:
+    """A key-value table's rows as printed (`│ Stage │ Grace period (GRACE) │`)."""
+    rows = {}
+    for row in out.splitlines():
+        cells = [c.strip() for c in row.strip().strip("│").split("│")]
+        if len(cells) == 2 and cells[0]:
+            rows[cells[0]] = cells[1]
+    return rows
 
 
 def one_error_line(ran: Ran) -> str:
@@ -219,7 +231,10 @@ async def test_a_journey_driven_from_the_cli(
 
         ran = await mineaction(cli_env, "journey", "status", survivor_id)
         assert ran.exit_code == 0, ran
-        assert "COMMITTEE_REVIEW" in ran.stdout and "SUBMITTED" in ran.stdout
+        # Stages and states are named, with the code a command takes (journeys --stage).
+        assert "Credit committee review (COMMITTEE_REVIEW)" in ran.stdout
+        assert "Submitted, awaiting the committee (SUBMITTED)" in ran.stdout
+        assert f"journey-{survivor_id}: running (RUNNING)" in ran.stdout
 
         # The journey's own rule (a rejection needs a reason) is checked before calling;
         # a decision the workflow refuses comes back as one line.
@@ -243,8 +258,18 @@ async def test_a_journey_driven_from_the_cli(
         status = await wait_for_stage(handle, "GRACE")
         ran = await mineaction(cli_env, "journey", "status", survivor_id, "--lang", "az")
         assert ran.exit_code == 0, ran
-        assert "Mərhələ" in ran.stdout and "GRACE" in ran.stdout and status.loan_id in ran.stdout
-        assert "5,000.00" in ran.stdout
+        assert status.loan_id in ran.stdout and "5,000.00" in ran.stdout
+        # Everything read in Azerbaijani: the stage, the loan's and the workflow's state.
+        shown = table_rows(ran.stdout)
+        assert shown["Mərhələ"] == "Güzəşt müddəti (GRACE)", shown
+        assert shown["Kreditin vəziyyəti"] == "Aktiv (ACTIVE)", shown
+        assert shown["İş axını"] == f"journey-{survivor_id}: davam edir (RUNNING)", shown
+        assert "Grace" not in ran.stdout and "running" not in ran.stdout
+        ran = await mineaction(cli_env, "journey", "status", survivor_id, "--lang", "en")
+        shown = table_rows(ran.stdout)
+        assert ran.exit_code == 0, ran
+        assert shown["Stage"] == "Grace period (GRACE)", shown
+        assert shown["Loan status"] == "Active (ACTIVE)", shown
 
         today = date.today().isoformat()
         ran = await mineaction(cli_env, "repay", status.loan_id, "125.50", "--date", today)
@@ -363,6 +388,22 @@ async def test_arrears_and_journeys_by_district(
     finally:
         for handle in handles.values():
             await handle.terminate("test over")
+
+
+def test_every_stage_and_loan_state_has_a_label_in_both_languages() -> None:
+    """journey status names every code it can show in English and Azerbaijani; a stage or
+    loan state added without its labels is caught here."""
+    codes = [("stage", stage.value) for stage in Stage] + [
+        ("loan_state", name.removeprefix("LOAN_STATE_"))
+        for name, value in lending_pb.LoanState.items()
+        if value != lending_pb.LOAN_STATE_UNSPECIFIED
+    ]
+    codes += [("workflow_state", s.name) for s in WorkflowExecutionStatus]
+    for kind, code in codes:
+        en, az = coded(kind, code, "en"), coded(kind, code, "az")
+        assert en.endswith(f" ({code})") and az.endswith(f" ({code})"), (kind, code)
+        assert en != az, (kind, code)  # written in each language, not copied
+    assert coded("stage", "GRACE", "az") == "Güzəşt müddəti (GRACE)"
 
 
 async def test_bad_input_is_refused_before_any_call(
