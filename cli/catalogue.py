@@ -15,6 +15,7 @@ from cli.inputs import BadInput
 from cli.paging import pages
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as assistance_grpc
+from mineaction.type.v1 import localized_text_pb2
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,26 @@ class Catalogue:
                 f"{', '.join(sorted(self.types)) or 'none'}"
             )
         return found
+
+    def type_name(self, type_id: str, lang: str) -> str | None:
+        """The type's name in `lang` ("en" or "az"); None for a type not in the catalogue."""
+        found = self.types.get(type_id)
+        return _in(found.name, lang) if found else None
+
+    def state_name(self, type_id: str, state_id: str, lang: str) -> str | None:
+        """A lifecycle state's name in `lang`, as the type declares it (the core's own
+        waitlisted and cancelled too); None for one the catalogue does not know."""
+        state = self._state(type_id, state_id)
+        return _in(state.name, lang) if state else None
+
+    def is_terminal(self, type_id: str, state_id: str) -> bool:
+        """The item's lifecycle has ended in this state (followed up, cancelled, ...)."""
+        state = self._state(type_id, state_id)
+        return bool(state and state.terminal)
+
+    def _state(self, type_id: str, state_id: str) -> assistance_pb.LifecycleState | None:
+        found = self.types.get(type_id)
+        return next((s for s in found.states if s.state_id == state_id), None) if found else None
 
     def check_plan(self, type_id: str, data: dict[str, Any], provider: str, pool: str) -> None:
         """A new assistance item: its request data against the type's schema, and the
@@ -73,6 +94,10 @@ class Catalogue:
         if not transitions:
             raise BadInput(f"{type_id} has no action {action!r}: use one of {', '.join(actions)}")
         _check(transitions[0].data_schema_json, data, f"--data for {action}")
+
+
+def _in(text: localized_text_pb2.LocalizedText, lang: str) -> str | None:
+    return (text.az if lang == "az" else text.en) or text.en or None
 
 
 def _check(schema_json: str, data: dict[str, Any], what: str) -> None:

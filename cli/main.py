@@ -33,11 +33,17 @@ from cli.errors import CliError, calling, fail, run, temporal
 from cli.inputs import BadInput, manat
 from cli.paging import pages
 from cli.requests import checked, intake_from_text
+from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.protoconv import proto_date
 from workers.journey import search_attributes as sa
-from workers.journey.activities import loan_snapshot_of, loan_status, snapshot_request
+from workers.journey.activities import (
+    assistance_state_of,
+    loan_snapshot_of,
+    loan_status,
+    snapshot_request,
+)
 from workers.journey.model import (
     AssistanceAction,
     AssistancePlan,
@@ -122,6 +128,7 @@ app.add_typer(export_app, name="export")
 TIMEOUT = context.CALL_TIMEOUT_SECONDS
 RPC_TIMEOUT = timedelta(seconds=TIMEOUT)
 _OPTIONS = context.Options()
+T = TypeVar("T")
 
 Lang = Annotated[str, typer.Option("--lang", help="en (English) or az (Azerbaijani).")]
 
@@ -414,7 +421,8 @@ def journey_status(
             )
         state = described.status.name if described.status else "UNKNOWN"
         status = await _with_ledger_figures(status, language)
-        render.console().print(render.journey_table(status, workflow_id, state, language))
+        status, known = await _with_live_assistance(status, language)
+        render.console().print(render.journey_table(status, workflow_id, state, language, known))
 
     run(go())
 
@@ -432,6 +440,17 @@ async def _earlier_journey(handle: WorkflowHandle[Any, Any], survivor_id: str) -
     )
 
 
+async def _read_or_say(note: str, language: str, read: Awaitable[T]) -> T | None:
+    """A live read for `journey status`. When the service or the token cannot be used, a
+    first line says, in the user's language, that the journey's own figures are shown
+    (`note`: the label that says which), and why; None then."""
+    try:
+        return await read
+    except (CliError, BadInput) as error:
+        render.line(f"{render.label(note, language)}: {error}")
+        return None
+
+
 async def _with_ledger_figures(status: JourneyStatus, language: str) -> JourneyStatus:
     """The loan's state, outstanding principal, days past due and next instalment as the
     ledger says them now: the journey reads them at its own steps (monthly), so a
@@ -440,14 +459,16 @@ async def _with_ledger_figures(status: JourneyStatus, language: str) -> JourneyS
     if not status.loan_id:
         return status
     today = _today()
-    try:
-        answer = await call_lending(
+    answer = await _read_or_say(
+        "journey_figures",
+        language,
+        call_lending(
             "GetLoan",
             snapshot_request(status.loan_id, today.isoformat()),
             lending_pb.GetLoanResponse,
-        )
-    except (CliError, BadInput) as error:
-        render.line(f"{render.label('journey_figures', language)}: {error}")
+        ),
+    )
+    if answer is None:
         return status
     snap = loan_snapshot_of(answer, today)
     return dataclasses.replace(
@@ -458,6 +479,46 @@ async def _with_ledger_figures(status: JourneyStatus, language: str) -> JourneyS
         next_due_date=snap.next_due_date,
         next_due_minor=snap.next_due_minor,
     )
+
+
+async def _with_live_assistance(
+    status: JourneyStatus, language: str
+) -> tuple[JourneyStatus, catalogue.Catalogue | None]:
+    """Each assistance item's state and waitlist place as the assistance service says them
+    now: the journey hears of an item only at its own steps, so a survivor promoted off a
+    waitlist (a place freed, capacity added) shows here at once. With the catalogue, whose
+    names show each item in the user's language. The journey's own view, said so, when the
+    assistance service cannot answer."""
+    if not status.assistance:
+        return status, None
+
+    async def read() -> tuple[catalogue.Catalogue, list[AssistanceState]]:
+        settings = context.settings()
+        token = context.token(_OPTIONS, settings)
+        async with context.assistance(settings, token) as stub:
+            with calling("assistance", settings.assistance_address):
+                known = await catalogue.load(stub, TIMEOUT)
+                items = []
+                for item in status.assistance:
+                    if item.assistance_id:  # requested: the service has its record
+                        request = checked(
+                            assistance_pb.GetAssistanceRequest(assistance_id=item.assistance_id)
+                        )
+                        now = (await stub.GetAssistance(request, timeout=TIMEOUT)).assistance
+                        item = assistance_state_of(
+                            item.type_id,
+                            item.need_id,
+                            now,
+                            known.is_terminal(now.type_id, now.state),
+                        )
+                    items.append(item)
+        return known, items
+
+    answer = await _read_or_say("journey_assistance", language, read())
+    if answer is None:
+        return status, None
+    known, items = answer
+    return dataclasses.replace(status, assistance=items), known
 
 
 @journey_app.command("decide")

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cli.catalogue import Catalogue
 from cli.inputs import manat
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
@@ -52,6 +53,17 @@ LABELS: dict[str, dict[str, str]] = {
     "journey_figures": {
         "en": "Loan figures as the journey last read them",
         "az": "Kredit göstəriciləri yol xəritəsinin son oxuduğu kimi",
+    },
+    "journey_assistance": {
+        "en": "Assistance as the journey last heard of it",
+        "az": "Yardım yol xəritəsinin son bildiyi kimi",
+    },
+    "waitlist": {"en": "waitlist #", "az": "növbədə №"},
+    "finished": {"en": "finished", "az": "başa çatıb"},
+    # The journey's own word for an item the assistance service refused to request.
+    "assistance_state:refused": {
+        "en": "refused by the assistance service",
+        "az": "yardım xidməti tərəfindən rədd edilib",
     },
     # Codes shown as `coded(kind, code, lang)`: the label, then the code a command takes.
     # The journey's stages (workers.journey.model.Stage).
@@ -184,14 +196,28 @@ def priority_line(a: eligibility_pb.Assessment, lang: str) -> str:
     return f"{label('priority', lang)}: {a.priority.total}" + (f" ({parts})" if parts else "")
 
 
-def assistance_state(a: AssistanceState) -> str:
-    """One item: its state, where it waits, its assistance id; '…' until it is known."""
-    state = a.state or "…"
+def assistance_state(a: AssistanceState, lang: str = "en", known: Catalogue | None = None) -> str:
+    """One item: its state, where it waits, its assistance id; '…' until it is known. The
+    state is named in `lang` as the assistance catalogue names it, when it is at hand."""
+    state = (
+        (known.state_name(a.type_id, a.state, lang) if known and a.state else None)
+        or LABELS.get(f"assistance_state:{a.state}", {}).get(lang)
+        or a.state
+        or "…"
+    )
     if a.waitlist_position:
-        state += f" (waitlist #{a.waitlist_position})"
+        state += f" ({label('waitlist', lang)}{a.waitlist_position})"
     if a.terminal:
-        state += " (finished)"
+        state += f" ({label('finished', lang)})"
     return state + (f" [{a.assistance_id}]" if a.assistance_id else "")
+
+
+def assistance_item(a: AssistanceState, lang: str, known: Catalogue | None) -> str:
+    """An item of the journey: its type named in `lang` with the type id that `journey
+    assist` takes ("Əlil arabası (wheelchair)"), then its state."""
+    name = known.type_name(a.type_id, lang) if known else None
+    kind = f"{name} ({a.type_id})" if name else a.type_id
+    return f"{kind}: {assistance_state(a, lang, known)}"
 
 
 def journey_table(
@@ -199,8 +225,10 @@ def journey_table(
     workflow_id: str,
     state: str,
     lang: str,
+    known: Catalogue | None = None,
 ) -> Table:
-    """Everything the journey's status query answers; stages and states named in `lang`."""
+    """Everything the journey's status query answers; stages and states named in `lang`
+    (the assistance items' from the catalogue `known`, when it could be read)."""
     table = Table(title=f"{label('journey', lang)} {status.survivor_id}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -235,9 +263,7 @@ def journey_table(
     if not status.assistance:
         rows.append((label("assistance", lang), none))
     for i, a in enumerate(status.assistance):
-        rows.append(
-            (label("assistance", lang) if i == 0 else "", f"{a.type_id}: {assistance_state(a)}")
-        )
+        rows.append((label("assistance", lang) if i == 0 else "", assistance_item(a, lang, known)))
     rows.append(
         (
             label("follow_ups", lang),

@@ -19,6 +19,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+from google.protobuf import struct_pb2
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
@@ -27,7 +28,9 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from cli.render import coded
+from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
+from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common.config import Settings
 from tests.conftest import Cluster
 from tests.factories import pdate, request_id
@@ -122,6 +125,12 @@ def table_rows(out: str) -> dict[str, str]:
         if len(cells) == 2 and cells[0]:
             rows[cells[0]] = cells[1]
     return rows
+
+
+def struct_of(**values: int | str) -> struct_pb2.Struct:
+    packed = struct_pb2.Struct()
+    packed.update(values)
+    return packed
 
 
 def one_error_line(ran: Ran) -> str:
@@ -768,7 +777,7 @@ async def test_steering_a_journey_from_the_cli(
         status = await handle.query(SurvivorJourneyWorkflow.status)
         assert f"{status.assessment_id} (rule set v{status.rule_set_version})" in ran.stdout
         assert status.assistance[0].assistance_id in ran.stdout
-        assert "wheelchair: allocated" in ran.stdout
+        assert "Wheelchair (wheelchair): Allocated [" in ran.stdout
 
         # No follow-up is due while the loan is being repaid.
         refused = await mineaction(
@@ -808,6 +817,108 @@ async def test_steering_a_journey_from_the_cli(
         await dev_client.get_workflow_handle(
             assistance_workflow_id(handle.id, "wheelchair")
         ).terminate("the journey has ended; the test is over")
+
+
+@pytest.mark.timeout(120)
+async def test_journey_status_reads_the_assistance_service_now(
+    cli_env: dict[str, str],
+    cluster: Cluster,
+    dev_client: Client,
+    activities: JourneyActivities,
+    task_queue: str,
+    tmp_path: Path,
+) -> None:
+    """A wheelchair item waits behind another survivor's for the pool's only wheelchair;
+    that one is cancelled and the service promotes this survivor off the waitlist. The
+    journey hears of it only at its next step, but `journey status` reads the service and
+    shows the item promoted at once, in the chosen language; without the service (or a
+    token), the journey's own view, said so."""
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    pool = await own_pool(cluster, "baku-mobility-aids", "wheelchair", 1)
+    first_in_line = (
+        await cluster.assistance.RecordNeed(
+            assistance_pb.RecordNeedRequest(
+                request_id=request_id(), survivor_id=f"srv-{uuid.uuid4().hex[:12]}",
+                type_id="wheelchair", assessed_by="cw-01", district_code="saatli",
+                sex=sex_pb2.SEX_FEMALE, age_band=age_band_pb2.AGE_BAND_35_59,
+            )
+        )
+    ).need  # fmt: skip
+    holder = (
+        await cluster.assistance.RequestAssistance(
+            assistance_pb.RequestAssistanceRequest(
+                request_id=request_id(), need_id=first_in_line.need_id,
+                provider_id="baku-mobility-aids", capacity_pool_id=pool,
+                data=struct_of(seat_width_cm=42), referral_consent=True, requested_by="cw-01",
+            )
+        )
+    ).assistance  # fmt: skip
+    assert holder.waitlist_position == 0, holder
+    assert (
+        await mineaction(cli_env, "register", str(write_intake(tmp_path, survivor_id)))
+    ).exit_code == 0
+    handle = dev_client.get_workflow_handle(journey_workflow_id(survivor_id))
+    async with build_worker(dev_client, activities, task_queue):
+        ran = await mineaction(
+            cli_env, "journey", "start", survivor_id, "--case-worker", "cw-01",
+            "--assistance", f"wheelchair:baku-mobility-aids:{pool}",
+            "--data", "wheelchair:seat_width_cm=44",
+        )  # fmt: skip
+        assert ran.exit_code == 0, ran
+        deadline = time.monotonic() + 15
+        while True:  # until the journey has heard the item was waitlisted
+            status = await handle.query(SurvivorJourneyWorkflow.status)
+            if status.assistance and status.assistance[0].assistance_id:
+                break
+            assert time.monotonic() < deadline, status
+            await asyncio.sleep(0.05)
+        item = status.assistance[0]
+        assert (item.state, item.waitlist_position) == ("waitlisted", 1), item
+        ran = await mineaction(cli_env, "journey", "status", survivor_id, "--lang", "az")
+        assert ran.exit_code == 0, ran
+        assert (
+            f"Əlil arabası (wheelchair): Gözləmə siyahısında (növbədə №1) [{item.assistance_id}]"
+            in ran.stdout
+        ), ran
+
+        await cluster.assistance.AdvanceAssistance(
+            assistance_pb.AdvanceAssistanceRequest(
+                request_id=request_id(), assistance_id=holder.assistance_id, action="cancel",
+                actor="cw-01",
+            )
+        )  # fmt: skip
+        # The journey itself still has the item waitlisted: it reads at its own steps.
+        still = (await handle.query(SurvivorJourneyWorkflow.status)).assistance[0]
+        assert (still.state, still.waitlist_position) == ("waitlisted", 1), still
+        ran = await mineaction(cli_env, "journey", "status", survivor_id)
+        assert ran.exit_code == 0, ran
+        assert (
+            f"Wheelchair (wheelchair): Fitting assessment [{item.assistance_id}]" in ran.stdout
+        ), ran
+        assert "waitlist" not in ran.stdout.lower()
+        ran = await mineaction(cli_env, "journey", "status", survivor_id, "--lang", "az")
+        assert ran.exit_code == 0, ran
+        assert "Əlil arabası (wheelchair): Uyğunluq qiymətləndirməsi [" in ran.stdout, ran
+        assert "Yalnız yardım, kreditsiz (ASSISTANCE_ONLY)" in ran.stdout, ran
+
+        # The assistance service down, or no token: the journey's own view, said so first
+        # in the user's language, and still exit 0.
+        down = {**cli_env, "ASSISTANCE_ADDRESS": f"127.0.0.1:{closed_port()}"}
+        ran = await mineaction(down, "journey", "status", survivor_id, "--lang", "az")
+        assert ran.exit_code == 0, ran
+        first = ran.stdout.splitlines()[0]
+        assert first.startswith("Yardım yol xəritəsinin son bildiyi kimi: "), ran
+        assert "not reachable" in first
+        assert f"wheelchair: waitlisted (növbədə №1) [{item.assistance_id}]" in ran.stdout
+        no_token = {**cli_env, "MINEACTION_STATE_DIR": str(tmp_path / "elsewhere")}
+        ran = await mineaction(no_token, "journey", "status", survivor_id)
+        assert ran.exit_code == 0, ran
+        assert ran.stdout.startswith("Assistance as the journey last heard of it: no token"), ran
+        assert "wheelchair: waitlisted (waitlist #1)" in ran.stdout
+        await handle.terminate("the test is over")
+        await dev_client.get_workflow_handle(
+            assistance_workflow_id(handle.id, "wheelchair")
+        ).terminate("the test is over")
 
 
 @pytest.mark.timeout(120)

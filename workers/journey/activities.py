@@ -178,9 +178,12 @@ def loan_snapshot_of(answer: lending_pb.GetLoanResponse, today: date) -> LoanSna
     )
 
 
-def _assistance_state(
+def assistance_state_of(
     type_id: str, need_id: str, a: assistance_pb.Assistance, terminal: bool
 ) -> AssistanceState:
+    """An item as the assistance service answers it: the journey's view after each of its
+    steps, and the CLI's `journey status` (which reads it afresh: a waitlisted item may have
+    been promoted since)."""
     return AssistanceState(
         type_id, need_id, a.assistance_id, a.state, terminal, a.waitlist_position
     )
@@ -525,7 +528,7 @@ class JourneyActivities:
             ),
         )
         a = response.assistance
-        return _assistance_state(
+        return assistance_state_of(
             plan.type_id, params.need_id, a, await self._is_terminal(plan.type_id, a.state)
         )
 
@@ -542,7 +545,7 @@ class JourneyActivities:
             ),
         )
         a = response.assistance
-        return _assistance_state(
+        return assistance_state_of(
             a.type_id, a.need_id, a, await self._is_terminal(a.type_id, a.state)
         )
 
