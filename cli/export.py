@@ -13,6 +13,7 @@ from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
+from services.common.money import manat
 from services.common.protoconv import proto_date
 from workers.journey.activities import loan_status
 
@@ -21,9 +22,7 @@ PAGE = 200
 
 def azn(minor: int) -> str:
     """Exact manat without thousands separators: 123456 -> '1234.56'."""
-    sign = "-" if minor < 0 else ""
-    whole, cents = divmod(abs(minor), 100)
-    return f"{sign}{whole}.{cents:02d}"
+    return manat(minor, grouped=False)
 
 
 LOAN_COLUMNS = (

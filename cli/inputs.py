@@ -137,13 +137,6 @@ def data_pairs(pairs: list[str], what: str) -> dict[str, Any]:
     return data
 
 
-def manat(minor: int) -> str:
-    """Qəpik as manat for display: 123456 -> '1,234.56'."""
-    sign = "-" if minor < 0 else ""
-    whole, cents = divmod(abs(minor), 100)
-    return f"{sign}{whole:,}.{cents:02d}"
-
-
 def iso_date(value: str, what: str = "date") -> date:
     value = value.strip()
     if not _ISO_DATE.match(value):

@@ -30,12 +30,13 @@ from typer.exceptions import Abort
 from cli import catalogue, context, inputs, render
 from cli import export as csv_export
 from cli.errors import CliError, calling, fail, run, temporal
-from cli.inputs import BadInput, manat
+from cli.inputs import BadInput
 from cli.paging import pages
 from cli.requests import checked, intake_from_text
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
+from services.common.money import manat
 from services.common.protoconv import proto_date
 from workers.journey import search_attributes as sa
 from workers.journey.activities import (
@@ -395,8 +396,8 @@ def _check_loan(loan: LoanRequest, products: dict[str, lending_pb.LoanProduct]) 
         )
     if not product.min_amount_minor <= loan.amount_minor <= product.max_amount_minor:
         raise BadInput(
-            f"--amount for {loan.product_id} must be from {inputs.manat(product.min_amount_minor)}"
-            f" to {inputs.manat(product.max_amount_minor)} AZN"
+            f"--amount for {loan.product_id} must be from {manat(product.min_amount_minor)}"
+            f" to {manat(product.max_amount_minor)} AZN"
         )
 
 

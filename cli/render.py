@@ -7,9 +7,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.catalogue import Catalogue
-from cli.inputs import manat
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
+from services.common.money import manat
 from workers.journey.model import AssistanceState, JourneyStatus
 
 LABELS: dict[str, dict[str, str]] = {

@@ -36,7 +36,7 @@ from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, Telemetr
 from temporalio.testing import WorkflowEnvironment
 
 from cli.errors import CliError
-from cli.inputs import BadInput, manat
+from cli.inputs import BadInput
 from cli.paging import pages
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
@@ -45,6 +45,7 @@ from services.common.auth import ensure_dev_credentials
 from services.common.channels import DEV_TOKEN_FILE, open_channel
 from services.common.config import Settings, load_settings
 from services.common.logging import configure_logging
+from services.common.money import manat
 from services.common.protoconv import proto_date
 from services.common.server import ServiceHost
 from services.lending import ledger

@@ -12,6 +12,7 @@ from cli.inputs import BadInput
 from cli.requests import intake_from_text
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.type.v1 import sex_pb2
+from services.common.money import manat, qepik_and_manat
 
 
 @pytest.mark.parametrize(
@@ -36,9 +37,11 @@ def test_bad_amounts_are_refused(typed: str, why: str) -> None:
 
 
 def test_manat_display() -> None:
-    assert inputs.manat(123456) == "1,234.56"
-    assert inputs.manat(5) == "0.05"
-    assert inputs.manat(-250) == "-2.50"
+    assert manat(123456) == "1,234.56"
+    assert manat(5) == "0.05"
+    assert manat(-250) == "-2.50"
+    assert manat(123456789, grouped=False) == "1234567.89"
+    assert qepik_and_manat(113000) == "113000 qəpik (1,130.00 AZN)"
 
 
 def test_dates_ids_and_languages() -> None:
