@@ -123,7 +123,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
     async def ListAssistanceTypes(
         self, request: pb.ListAssistanceTypesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAssistanceTypesResponse:
-        after = pagination.decode(request.page_token, {})
+        after = pagination.decode(request.page_token, {}, (pagination.text,))
         size = pagination.page_size(request.page_size)
         ids = sorted(t for t in self.catalogue if after is None or t > after[0])
         page = ids[:size]
@@ -528,7 +528,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             "district_code": request.district_code,
             "pool_id": request.capacity_pool_id,
         }
-        after = pagination.decode(request.page_token, filters)
+        after = pagination.decode(request.page_token, filters, (pagination.int64,))
         size = pagination.page_size(request.page_size)
         rows = await self.db.pool.fetch(
             f"""{ASSISTANCE_SELECT}
@@ -550,7 +550,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         self, request: pb.ListProvidersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListProvidersResponse:
         filters = {"type_id": request.type_id, "district_code": request.district_code}
-        after = pagination.decode(request.page_token, filters)
+        after = pagination.decode(request.page_token, filters, (pagination.text,))
         size = pagination.page_size(request.page_size)
         async with self.db.pool.acquire() as conn:
             providers = await conn.fetch(

@@ -204,7 +204,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             "start": start.isoformat() if start else "",
             "end": end.isoformat() if end else "",
         }
-        after = pagination.decode(request.page_token, query)
+        after = pagination.decode(request.page_token, query, (pagination.int64,))
         size = pagination.page_size(request.page_size)
         rows = await self.db.pool.fetch(
             """SELECT * FROM audit_log

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
+from datetime import date
 from typing import Any
 
 from services.common.errors import invalid
@@ -21,24 +23,48 @@ def page_size(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def _fingerprint(query: Any) -> str:
-    return hashlib.sha256(json.dumps(query, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _fingerprint(query: Any, key: list[Any]) -> str:
+    # Over the key too: a token whose key was edited is not one this service issued.
+    payload = json.dumps([query, key], sort_keys=True, default=str).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
 
 
 def encode(last_key: list[Any], query: Any) -> str:
-    payload = {"k": last_key, "q": _fingerprint(query)}
+    payload = {"k": last_key, "q": _fingerprint(query, last_key)}
     return base64.urlsafe_b64encode(json.dumps(payload, default=str).encode()).decode()
 
 
-def decode(token: str, query: Any) -> list[Any] | None:
-    """The sort key to continue after, or None for the first page."""
+def text(part: Any) -> str:
+    if not isinstance(part, str):
+        raise TypeError(part)
+    return part
+
+
+def _integer(bits: int) -> Callable[[Any], int]:
+    def integer(part: Any) -> int:
+        if type(part) is not int or not -(2 ** (bits - 1)) <= part < 2 ** (bits - 1):
+            raise ValueError(part)
+        return part
+
+    return integer
+
+
+int32, int64 = _integer(32), _integer(64)
+iso_date = date.fromisoformat  # TypeError for anything but text
+
+
+def decode(token: str, query: Any, parts: tuple[Callable[[Any], Any], ...]) -> list[Any] | None:
+    """The sort key to continue after, each part read by its `parts` reader (text, int32,
+    int64, iso_date), or None for the first page. Any token this service did not issue for
+    this query is INVALID_ARGUMENT, never a failure further on."""
     if not token:
         return None
     try:
         payload = json.loads(base64.urlsafe_b64decode(token.encode()))
         key, fingerprint = payload["k"], payload["q"]
+        typed = [read(part) for read, part in zip(parts, key, strict=True)]
     except (ValueError, KeyError, TypeError):
         raise invalid("page_token", "not a page token issued by this service") from None
-    if fingerprint != _fingerprint(query) or not isinstance(key, list):
-        raise invalid("page_token", "the page token belongs to a different query")
-    return key
+    if fingerprint != _fingerprint(query, key):
+        raise invalid("page_token", "not a page token this service issued for this query (filters)")
+    return typed

@@ -187,7 +187,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             "from": _optional_date(request, "from_date"),
             "to": _optional_date(request, "to_date"),
         }
-        after = pagination.decode(request.page_token, query)
+        after = pagination.decode(request.page_token, query, (pagination.iso_date, pagination.text))
         size = pagination.page_size(request.page_size)
         rows = await self.db.pool.fetch(
             """SELECT assessment_id, assessment_date, result FROM assessments
@@ -202,7 +202,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             request.district_code,
             query["from"],
             query["to"],
-            date.fromisoformat(after[0]) if after else None,
+            after[0] if after else None,
             after[1] if after else "",
             size + 1,
         )
@@ -238,7 +238,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         self, request: pb.ListRuleSetsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRuleSetsResponse:
         query = {"rule_set_id": request.rule_set_id}
-        after = pagination.decode(request.page_token, query)
+        after = pagination.decode(request.page_token, query, (pagination.text, pagination.int32))
         size = pagination.page_size(request.page_size)
         rows = await self.db.pool.fetch(
             """SELECT * FROM rule_sets
@@ -247,7 +247,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                ORDER BY rule_set_id, version LIMIT $4""",
             request.rule_set_id,
             after[0] if after else None,
-            int(after[1]) if after else 0,
+            after[1] if after else 0,
             size + 1,
         )
         page = rows[:size]

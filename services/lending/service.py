@@ -242,7 +242,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def ListLoanProducts(
         self, request: pb.ListLoanProductsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListLoanProductsResponse:
-        after = pagination.decode(request.page_token, {})
+        after = pagination.decode(request.page_token, {}, (pagination.text,))
         size = pagination.page_size(request.page_size)
         rows = await self.db.pool.fetch(
             """SELECT DISTINCT ON (product_id) * FROM loan_products
@@ -407,7 +407,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             "state": state,
             "district": request.district_code,
         }
-        after = pagination.decode(request.page_token, query)
+        after = pagination.decode(request.page_token, query, (pagination.text,))
         size = pagination.page_size(request.page_size)
         async with self.db.pool.acquire() as conn:
             rows = await conn.fetch(

@@ -3,6 +3,8 @@ INTERNAL, and not one row written anywhere."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +17,7 @@ from mineaction.assistance.v1 import assistance_service_pb2
 from mineaction.audit.v1 import audit_service_pb2
 from mineaction.eligibility.v1 import eligibility_service_pb2
 from mineaction.lending.v1 import lending_service_pb2
+from services.common import pagination
 from services.common.auth import ROLES, AccessPolicy, Principal
 from services.common.interceptors import bind_actor, shared_validator, violations_of
 from tests.conftest import DEFAULT_SUBJECT, Cluster
@@ -113,3 +116,42 @@ async def test_malformed_bytes_are_invalid_argument_not_internal(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     _, fields = details(caught.value)
     assert fields == ["(body)"]
+
+
+def _forged(key: list[Any], query: Any) -> str:
+    """A token as the service would issue it for this query, around a key it never issued."""
+    return pagination.encode(key, query)
+
+
+def _edited(key: list[Any], query: Any) -> str:
+    """A genuine token for this query whose key was then changed by hand."""
+    payload = json.loads(base64.urlsafe_b64decode(pagination.encode(key, query)))
+    payload["k"] = [*key[:-1], "edited"]
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+async def test_edited_or_forged_page_tokens_are_invalid_argument(cluster: Cluster) -> None:
+    """A page token is opaque: one edited by hand, or forged with a key of the wrong kind
+    (an impossible date, a number beyond the column), is INVALID_ARGUMENT on page_token,
+    never INTERNAL."""
+    assessments = {"survivor_id": "", "district_code": "", "from": None, "to": None}
+    assistance = dict.fromkeys(("survivor_id", "type_id", "state", "district_code", "pool_id"), "")
+    calls = [
+        (cluster.eligibility.ListAssessments, eligibility_service_pb2.ListAssessmentsRequest,
+         _forged(["2026-13-45", "asm-x"], assessments)),
+        (cluster.eligibility.ListAssessments, eligibility_service_pb2.ListAssessmentsRequest,
+         _edited(["2026-01-05", "asm-x"], assessments)),
+        (cluster.eligibility.ListRuleSets, eligibility_service_pb2.ListRuleSetsRequest,
+         _forged(["reintegration", 2**40], {"rule_set_id": ""})),
+        (cluster.assistance.ListAssistance, assistance_service_pb2.ListAssistanceRequest,
+         _forged([2**70], assistance)),
+        (cluster.assistance.ListAssistance, assistance_service_pb2.ListAssistanceRequest,
+         _forged(["12"], assistance)),
+        (cluster.lending.ListLoans, lending_service_pb2.ListLoansRequest,
+         _forged([12], {"survivor_id": "", "state": "", "district": ""})),
+    ]  # fmt: skip
+    for method, request_class, token in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await method(request_class(page_token=token))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, token
+        assert details(refused.value)[1] == ["page_token"]
