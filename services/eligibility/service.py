@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import yaml
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
+from mineaction.type.v1 import localized_text_pb2
 from services.common import pagination
 from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one
@@ -120,7 +121,8 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                      SET intake = EXCLUDED.intake, district_code = EXCLUDED.district_code,
                          consent_given_on = EXCLUDED.consent_given_on,
                          intake_pb = EXCLUDED.intake_pb, updated_at = now()
-                   RETURNING created_at, updated_at""",
+                   RETURNING created_at, updated_at, pinned_rule_set_id,
+                             pinned_rule_set_version""",
                 intake.survivor_id,
                 intake_mod.intake_json(intake),
                 intake.district_code,
@@ -129,36 +131,34 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 else date.today(),
                 intake.SerializeToString(),
             )
-            return pb.RegisterSurvivorResponse(
-                survivor=self._survivor(intake, row["created_at"], row["updated_at"])
-            )
+            return pb.RegisterSurvivorResponse(survivor=self._survivor(intake, row))
 
         return await once_per_request(self.db, request, pb.RegisterSurvivorResponse, register)
 
     @staticmethod
-    def _survivor(intake: pb.SurvivorIntake, created: datetime, updated: datetime) -> pb.Survivor:
+    def _survivor(intake: pb.SurvivorIntake, row: asyncpg.Record) -> pb.Survivor:
+        """The record, with the rule-set version the survivor's assessments use."""
         return pb.Survivor(
             survivor_id=intake.survivor_id,
             intake=intake,
-            create_time=timestamp(created),
-            update_time=timestamp(updated),
+            create_time=timestamp(row["created_at"]),
+            update_time=timestamp(row["updated_at"]),
+            pinned_rule_set_id=row["pinned_rule_set_id"] or "",
+            pinned_rule_set_version=row["pinned_rule_set_version"] or 0,
         )
 
     async def GetSurvivor(
         self, request: pb.GetSurvivorRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSurvivorResponse:
         row = await self.db.pool.fetchrow(
-            """SELECT intake::text, intake_pb, created_at, updated_at FROM survivors
-               WHERE survivor_id = $1""",
+            """SELECT intake::text, intake_pb, created_at, updated_at, pinned_rule_set_id,
+                      pinned_rule_set_version
+               FROM survivors WHERE survivor_id = $1""",
             request.survivor_id,
         )
         if row is None:
             raise NotFound(f"survivor {request.survivor_id} is not registered")
-        return pb.GetSurvivorResponse(
-            survivor=self._survivor(
-                intake_mod.stored_intake(row), row["created_at"], row["updated_at"]
-            )
-        )
+        return pb.GetSurvivorResponse(survivor=self._survivor(intake_mod.stored_intake(row), row))
 
     # --- assessments -----------------------------------------------------------------
 
@@ -223,8 +223,13 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
 
     # --- rule sets ---------------------------------------------------------------------
 
-    @staticmethod
-    def _rule_set(row: asyncpg.Record) -> pb.RuleSet:
+    async def _rule_set(
+        self, conn: Connection, row: asyncpg.Record, compiled: rules.RuleSet | None = None
+    ) -> pb.RuleSet:
+        """A published version, with the names of the programmes it decides (read from
+        the version as compiled, kept once per process)."""
+        if compiled is None:
+            compiled = await self.rulebook.get(conn, row["rule_set_id"], row["version"])
         return pb.RuleSet(
             rule_set_id=row["rule_set_id"],
             version=row["version"],
@@ -232,6 +237,13 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             publish_time=timestamp(row["published_at"]),
             published_by=row["published_by"],
             change_note=row["change_note"],
+            programmes=[
+                pb.RuleSetProgramme(
+                    programme_id=programme_id,
+                    name=localized_text_pb2.LocalizedText(en=name.en, az=name.az),
+                )
+                for programme_id, name in compiled.programmes.items()
+            ],
         )
 
     async def ListRuleSets(
@@ -240,25 +252,25 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         query = {"rule_set_id": request.rule_set_id}
         after = pagination.decode(request.page_token, query, (pagination.text, pagination.int32))
         size = pagination.page_size(request.page_size)
-        rows = await self.db.pool.fetch(
-            """SELECT * FROM rule_sets
-               WHERE ($1 = '' OR rule_set_id = $1)
-                 AND ($2::text IS NULL OR (rule_set_id, version) > ($2, $3))
-               ORDER BY rule_set_id, version LIMIT $4""",
-            request.rule_set_id,
-            after[0] if after else None,
-            after[1] if after else 0,
-            size + 1,
-        )
-        page = rows[:size]
+        async with self.db.pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT * FROM rule_sets
+                   WHERE ($1 = '' OR rule_set_id = $1)
+                     AND ($2::text IS NULL OR (rule_set_id, version) > ($2, $3))
+                   ORDER BY rule_set_id, version LIMIT $4""",
+                request.rule_set_id,
+                after[0] if after else None,
+                after[1] if after else 0,
+                size + 1,
+            )
+            page = rows[:size]
+            rule_sets = [await self._rule_set(conn, r) for r in page]
         token = (
             pagination.encode([page[-1]["rule_set_id"], page[-1]["version"]], query)
             if len(rows) > size
             else ""
         )
-        return pb.ListRuleSetsResponse(
-            rule_sets=[self._rule_set(r) for r in page], next_page_token=token
-        )
+        return pb.ListRuleSetsResponse(rule_sets=rule_sets, next_page_token=token)
 
     async def GetRuleSet(
         self, request: pb.GetRuleSetRequest, context: grpc.aio.ServicerContext
@@ -272,9 +284,9 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 request.rule_set_id,
                 version,
             )
-        if row is None:
-            raise NotFound(f"rule set {request.rule_set_id} version {version} does not exist")
-        return pb.GetRuleSetResponse(rule_set=self._rule_set(row))
+            if row is None:
+                raise NotFound(f"rule set {request.rule_set_id} version {version} does not exist")
+            return pb.GetRuleSetResponse(rule_set=await self._rule_set(conn, row))
 
     async def PublishRuleSet(
         self, request: pb.PublishRuleSetRequest, context: grpc.aio.ServicerContext
@@ -332,7 +344,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 request.change_note,
             )
             return pb.PublishRuleSetResponse(
-                rule_set=self._rule_set(row),
+                rule_set=await self._rule_set(conn, row, rule_set),
                 test_results=[
                     pb.TestCaseResult(case_id=r.case_id, passed=r.passed, failures=r.failures)
                     for r in results

@@ -29,6 +29,11 @@ async def register_and_assess(cluster: Cluster, intake: pb.SurvivorIntake) -> pb
     return response.assessment
 
 
+async def get_survivor(cluster: Cluster, survivor_id: str) -> pb.Survivor:
+    response = await cluster.eligibility.GetSurvivor(pb.GetSurvivorRequest(survivor_id=survivor_id))
+    return response.survivor
+
+
 def decision(assessment: pb.Assessment, programme_id: str) -> pb.ProgrammeDecision:
     return next(d for d in assessment.decisions if d.programme_id == programme_id)
 
@@ -199,8 +204,19 @@ async def test_publish_pin_reassess_and_what_if(cluster: Cluster) -> None:
     # A survivor assessed now is pinned to the current version.
     earlier = saatli_fish_farmer()
     earlier.monthly_household_income_minor = 125_000  # 25,000 per person
+    registered = await cluster.eligibility.RegisterSurvivor(register_request(earlier))
+    # Not pinned before a first assessment.
+    assert (
+        registered.survivor.pinned_rule_set_id,
+        registered.survivor.pinned_rule_set_version,
+    ) == ("", 0)
     first = await register_and_assess(cluster, earlier)
     pinned_version = first.rule_set_version
+    survivor = await get_survivor(cluster, earlier.survivor_id)
+    assert (survivor.pinned_rule_set_id, survivor.pinned_rule_set_version) == (
+        "reintegration",
+        pinned_version,
+    )
 
     # What-if: a 20,000 qəpik ceiling from 2026-02-01 would refuse this survivor's loan.
     candidate = ceiling_change("2026-02-01", 20_000)
@@ -247,6 +263,9 @@ async def test_publish_pin_reassess_and_what_if(cluster: Cluster) -> None:
     )
     assert again.assessment.rule_set_version == pinned_version
     assert decision(again.assessment, "startup_loan").outcome == pb.OUTCOME_ELIGIBLE
+    assert (await get_survivor(cluster, earlier.survivor_id)).pinned_rule_set_version == (
+        pinned_version
+    )
 
     # ...until a re-assessment under the newer version is asked for, with a reason.
     with pytest.raises(grpc.aio.AioRpcError) as no_reason:
@@ -270,6 +289,13 @@ async def test_publish_pin_reassess_and_what_if(cluster: Cluster) -> None:
     )
     assert reassessed.assessment.rule_set_version == pinned_version + 1
     assert decision(reassessed.assessment, "startup_loan").outcome == pb.OUTCOME_NOT_ELIGIBLE
+    # GetSurvivor says the survivor is now pinned to the newer version; so does a
+    # re-registration, which keeps the pin.
+    assert (await get_survivor(cluster, earlier.survivor_id)).pinned_rule_set_version == (
+        pinned_version + 1
+    )
+    again_registered = await cluster.eligibility.RegisterSurvivor(register_request(earlier))
+    assert again_registered.survivor.pinned_rule_set_version == pinned_version + 1
 
     # A newcomer is assessed under the latest version; before the effective date the old
     # ceiling still applies.
@@ -292,6 +318,32 @@ async def test_publish_pin_reassess_and_what_if(cluster: Cluster) -> None:
     assert [r.version for r in versions.rule_sets][-2:] == [pinned_version, pinned_version + 1]
     latest = await cluster.eligibility.GetRuleSet(pb.GetRuleSetRequest(rule_set_id="reintegration"))
     assert latest.rule_set.source_yaml == candidate
+
+
+async def test_a_rule_set_names_its_programmes_in_both_languages(cluster: Cluster) -> None:
+    """Clients show a programme by its name from the rule set, not by its id."""
+    latest = (
+        await cluster.eligibility.GetRuleSet(pb.GetRuleSetRequest(rule_set_id="reintegration"))
+    ).rule_set
+    names = {p.programme_id: (p.name.en, p.name.az) for p in latest.programmes}
+    assert names["carpet_weaving"] == (
+        "Carpet-weaving enterprise support",
+        "Xalçaçılıq müəssisəsinə dəstək",
+    )
+    assert names["startup_loan"][1] == "Biznesə başlamaq üçün mikrokredit"
+    assessment = await register_and_assess(cluster, saatli_fish_farmer())
+    # Every programme an assessment decides is named by the version that decided it.
+    decided = (
+        await cluster.eligibility.GetRuleSet(
+            pb.GetRuleSetRequest(rule_set_id="reintegration", version=assessment.rule_set_version)
+        )
+    ).rule_set
+    named = {p.programme_id for p in decided.programmes if p.name.en and p.name.az}
+    assert {d.programme_id for d in assessment.decisions} <= named
+    listed = await cluster.eligibility.ListRuleSets(
+        pb.ListRuleSetsRequest(rule_set_id="reintegration")
+    )
+    assert all(r.programmes for r in listed.rule_sets)
 
 
 async def test_malformed_rule_set_is_refused_with_rule_and_position(cluster: Cluster) -> None:

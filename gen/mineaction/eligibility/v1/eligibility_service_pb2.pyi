@@ -415,8 +415,21 @@ class Survivor(_message.Message):
     INTAKE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    PINNED_RULE_SET_ID_FIELD_NUMBER: _builtins.int
+    PINNED_RULE_SET_VERSION_FIELD_NUMBER: _builtins.int
     survivor_id: _builtins.str
     """Opaque survivor id."""
+    pinned_rule_set_id: _builtins.str
+    """Output only. The rule set the survivor is pinned to: the one of their first
+    assessment, or the one a re-assessment with reassess_under_latest moved them
+    to. Empty until the survivor is first assessed.
+    """
+    pinned_rule_set_version: _builtins.int
+    """Output only. The version of pinned_rule_set_id that AssessEligibility applies
+    to this survivor unless reassess_under_latest is set; 0 until the survivor is
+    first assessed. A later published version applies only after such a
+    re-assessment.
+    """
     @_builtins.property
     def intake(self) -> Global___SurvivorIntake:
         """The intake record as last registered."""
@@ -436,10 +449,12 @@ class Survivor(_message.Message):
         intake: Global___SurvivorIntake | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        pinned_rule_set_id: _builtins.str = ...,
+        pinned_rule_set_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "intake", b"intake", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "intake", b"intake", "survivor_id", b"survivor_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "intake", b"intake", "pinned_rule_set_id", b"pinned_rule_set_id", "pinned_rule_set_version", b"pinned_rule_set_version", "survivor_id", b"survivor_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -685,6 +700,7 @@ class RuleSet(_message.Message):
     PUBLISH_TIME_FIELD_NUMBER: _builtins.int
     PUBLISHED_BY_FIELD_NUMBER: _builtins.int
     CHANGE_NOTE_FIELD_NUMBER: _builtins.int
+    PROGRAMMES_FIELD_NUMBER: _builtins.int
     rule_set_id: _builtins.str
     """Rule-set id, for example "reintegration"."""
     version: _builtins.int
@@ -699,6 +715,12 @@ class RuleSet(_message.Message):
     def publish_time(self) -> _timestamp_pb2.Timestamp:
         """When it was published."""
 
+    @_builtins.property
+    def programmes(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleSetProgramme]:
+        """Output only. The programmes this version decides, each with its name in
+        English and Azerbaijani as the source names them, in the source's order.
+        """
+
     def __init__(
         self,
         *,
@@ -708,14 +730,43 @@ class RuleSet(_message.Message):
         publish_time: _timestamp_pb2.Timestamp | None = ...,
         published_by: _builtins.str = ...,
         change_note: _builtins.str = ...,
+        programmes: _abc.Iterable[Global___RuleSetProgramme] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["publish_time", b"publish_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_note", b"change_note", "publish_time", b"publish_time", "published_by", b"published_by", "rule_set_id", b"rule_set_id", "source_yaml", b"source_yaml", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_note", b"change_note", "programmes", b"programmes", "publish_time", b"publish_time", "published_by", b"published_by", "rule_set_id", b"rule_set_id", "source_yaml", b"source_yaml", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RuleSet: _TypeAlias = RuleSet  # noqa: Y015
+
+@_typing.final
+class RuleSetProgramme(_message.Message):
+    """RuleSetProgramme is a programme a rule set decides, with its name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAMME_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    programme_id: _builtins.str
+    """Programme id, for example "startup_loan" (see Programme)."""
+    @_builtins.property
+    def name(self) -> _localized_text_pb2.LocalizedText:
+        """The programme's name, for people to read."""
+
+    def __init__(
+        self,
+        *,
+        programme_id: _builtins.str = ...,
+        name: _localized_text_pb2.LocalizedText | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "programme_id", b"programme_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RuleSetProgramme: _TypeAlias = RuleSetProgramme  # noqa: Y015
 
 @_typing.final
 class TestCaseResult(_message.Message):
