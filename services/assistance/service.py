@@ -63,6 +63,9 @@ from services.common.protoconv import timestamp
 from services.common.server import ServiceSpec
 
 HERE = Path(__file__).parent
+# The most units one pool may hold: CreateCapacityPool's `capacity` is capped at this in
+# the contract, and AdjustCapacity keeps a pool within it.
+MAX_POOL_CAPACITY = 100_000
 # Report days end at midnight where the programme works.
 _PROVIDER_KINDS = {
     "CLINIC": pb.PROVIDER_KIND_CLINIC,
@@ -682,6 +685,15 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             if row is None:
                 raise NotFound(f"capacity pool {request.pool_id} not found")
             pool = capacity.Pool.of(row)
+            if pool.capacity + request.delta > MAX_POOL_CAPACITY:
+                raise invalid(
+                    "delta",
+                    f"would take pool {pool.pool_id} from {pool.capacity} to "
+                    f"{pool.capacity + request.delta} units; a pool holds at most "
+                    f"{MAX_POOL_CAPACITY}, so at most {MAX_POOL_CAPACITY - pool.capacity} "
+                    "more can be added",
+                    "CAPACITY_OVER_LIMIT",
+                )
             if pool.capacity + request.delta < pool.reserved:
                 raise FailedPrecondition(
                     f"only {pool.free} unit(s) of pool {pool.pool_id} are free; reserved "

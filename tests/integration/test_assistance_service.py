@@ -507,6 +507,30 @@ async def test_a_negative_quantity_is_invalid_and_writes_nothing(cluster: Cluste
     assert "delta" in violations(error)
 
 
+async def test_capacity_is_never_adjusted_beyond_the_largest_pool_and_nothing_is_written(
+    cluster: Cluster,
+) -> None:
+    stub = cluster.assistance
+    pool = await create_pool(stub, "wheelchair", 1, provider_id="baku-mobility-aids")
+
+    def adjust(delta: int) -> Any:
+        return stub.AdjustCapacity(
+            pb.AdjustCapacityRequest(
+                request_id=request_id(), pool_id=pool.pool_id, delta=delta, reason="restock"
+            )
+        )
+
+    # Up to the limit a pool may be created with, and not one unit more.
+    assert (await adjust(99999)).pool.capacity == 100000
+    error = await assert_writes_nothing(cluster, adjust(99999), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "at most 100000" in violations(error)["delta"]
+    error = await assert_writes_nothing(cluster, adjust(1), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "at most 0 more" in violations(error)["delta"]
+    # Writing off is still allowed from the top (all of it, so that no later request
+    # for a wheelchair is sent to this pool).
+    assert (await adjust(-100000)).pool.capacity == 0
+
+
 async def test_a_referral_without_consent_is_refused_and_writes_nothing(cluster: Cluster) -> None:
     stub = cluster.assistance
     need = await record_need(stub, "english_course")
