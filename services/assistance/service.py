@@ -670,7 +670,12 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 reason="pool opened",
             )
             if not created:
-                raise AlreadyExists(f"capacity pool {request.pool_id} already exists")
+                raise AlreadyExists(
+                    f"capacity pool {request.pool_id} already exists; choose another pool_id, "
+                    "or change the existing pool's capacity with AdjustCapacity",
+                    reason="POOL_ALREADY_EXISTS",
+                    metadata={"pool_id": request.pool_id},
+                )
             row = await capacity.pool_row(conn, request.pool_id)
             assert row is not None
             return pb.CreateCapacityPoolResponse(pool=pool_to_proto(row))

@@ -531,6 +531,38 @@ async def test_capacity_is_never_adjusted_beyond_the_largest_pool_and_nothing_is
     assert (await adjust(-100000)).pool.capacity == 0
 
 
+async def test_a_second_pool_with_the_same_id_is_refused_and_writes_nothing(
+    cluster: Cluster,
+) -> None:
+    stub = cluster.assistance
+    pool = await create_pool(stub, "computer_course", 4, sessions=10)
+    error = await assert_writes_nothing(
+        cluster,
+        stub.CreateCapacityPool(
+            pb.CreateCapacityPoolRequest(
+                request_id=request_id(),
+                pool_id=pool.pool_id,
+                provider_id="tartar-youth-centre",
+                type_id="english_course",
+                capacity=9,
+                sessions=20,
+                name=localized_text_pb2.LocalizedText(en="Another", az="Başqa"),
+            )
+        ),
+        grpc.StatusCode.ALREADY_EXISTS,
+    )
+    # Not REQUEST_ID_REUSED: the caller's request id is fine, the pool id is taken.
+    assert reason_of(error) == "POOL_ALREADY_EXISTS"
+    assert pool.pool_id in (error.details() or "")
+    providers = await stub.ListProviders(pb.ListProvidersRequest(type_id="computer_course"))
+    [kept] = [p for pr in providers.providers for p in pr.pools if p.pool_id == pool.pool_id]
+    assert (kept.provider_id, kept.type_id, kept.capacity) == (
+        "barda-vocational-centre",
+        "computer_course",
+        4,
+    )
+
+
 async def test_a_referral_without_consent_is_refused_and_writes_nothing(cluster: Cluster) -> None:
     stub = cluster.assistance
     need = await record_need(stub, "english_course")
