@@ -5,6 +5,7 @@ input that writes nothing, idempotency, listings and the delivery report."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -19,7 +20,7 @@ from mineaction.assistance.v1 import assistance_service_pb2 as pb
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import age_band_pb2, localized_text_pb2, sex_pb2
 from services.common.errors import reason_of
-from tests.conftest import Cluster
+from tests.conftest import DEFAULT_SUBJECT, Cluster
 from tests.factories import new_id, pdate, request_id
 
 # --- helpers (also used by the plugin end-to-end test) -----------------------------------
@@ -561,6 +562,96 @@ async def test_a_second_pool_with_the_same_id_is_refused_and_writes_nothing(
         "computer_course",
         4,
     )
+
+
+@pytest.mark.parametrize("blank", ["   ", "\t", " \n "])
+async def test_an_actor_of_only_spaces_is_invalid_and_writes_nothing(
+    cluster: Cluster, blank: str
+) -> None:
+    stub = cluster.assistance
+    need = await record_need(stub, "wheelchair")
+    chair = await request(stub, need.need_id, data=struct(seat_width_cm=42))
+    other_need = await record_need(stub, "wheelchair")
+    calls: dict[str, Callable[[], Any]] = {
+        "assessed_by": lambda: stub.RecordNeed(
+            pb.RecordNeedRequest(
+                request_id=request_id(),
+                survivor_id=new_id("srv"),
+                type_id="wheelchair",
+                assessed_by=blank,
+                district_code="barda",
+                sex=sex_pb2.SEX_FEMALE,
+                age_band=age_band_pb2.AGE_BAND_18_34,
+            )
+        ),
+        "requested_by": lambda: stub.RequestAssistance(
+            pb.RequestAssistanceRequest(
+                request_id=request_id(),
+                need_id=other_need.need_id,
+                data=struct(seat_width_cm=42),
+                referral_consent=True,
+                requested_by=blank,
+            )
+        ),
+        "actor": lambda: stub.AdvanceAssistance(
+            pb.AdvanceAssistanceRequest(
+                request_id=request_id(),
+                assistance_id=chair.assistance_id,
+                action="cancel",
+                actor=blank,
+            )
+        ),
+    }
+    for field, call in calls.items():
+        error = await assert_writes_nothing(cluster, call(), grpc.StatusCode.INVALID_ARGUMENT)
+        assert violations(error)[field] == "must name who acts, not only spaces"
+    # From a staff token a blank name is someone other than the caller.
+    async with cluster.channel("assistance", cluster.token_for("case_worker")) as channel:
+        as_staff = pb_grpc.AssistanceServiceStub(channel)
+        error = await assert_writes_nothing(
+            cluster,
+            as_staff.AdvanceAssistance(
+                pb.AdvanceAssistanceRequest(
+                    request_id=request_id(),
+                    assistance_id=chair.assistance_id,
+                    action="cancel",
+                    actor=blank,
+                )
+            ),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+        assert reason_of(error) == "ACTOR_NOT_CALLER"
+    got = await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=chair.assistance_id))
+    assert got.assistance.state != "cancelled"
+
+
+async def test_an_empty_actor_still_means_the_caller(cluster: Cluster) -> None:
+    stub = cluster.assistance
+    response = await stub.RecordNeed(
+        pb.RecordNeedRequest(
+            request_id=request_id(),
+            survivor_id=new_id("srv"),
+            type_id="wheelchair",
+            district_code="barda",
+            sex=sex_pb2.SEX_FEMALE,
+            age_band=age_band_pb2.AGE_BAND_18_34,
+        )
+    )
+    assert response.need.assessed_by == DEFAULT_SUBJECT
+    chair = await stub.RequestAssistance(
+        pb.RequestAssistanceRequest(
+            request_id=request_id(),
+            need_id=response.need.need_id,
+            data=struct(seat_width_cm=42),
+            referral_consent=True,
+        )
+    )
+    cancelled = await stub.AdvanceAssistance(
+        pb.AdvanceAssistanceRequest(
+            request_id=request_id(), assistance_id=chair.assistance.assistance_id, action="cancel"
+        )
+    )
+    assert [e.actor for e in cancelled.assistance.history] == [DEFAULT_SUBJECT, DEFAULT_SUBJECT]
 
 
 async def test_a_referral_without_consent_is_refused_and_writes_nothing(cluster: Cluster) -> None:
