@@ -211,7 +211,10 @@ def register(
         async with context.eligibility(settings, token) as stub:
             with calling("eligibility", settings.eligibility_address):
                 survivor = (await stub.RegisterSurvivor(request, timeout=TIMEOUT)).survivor
-            render.line(f"registered survivor {survivor.survivor_id} ({intake.district_code})")
+            render.line(
+                f"registered survivor {survivor.survivor_id} ({intake.district_code})"
+                + render.pin(survivor)
+            )
             if assess:
                 await _assess(
                     stub, settings.eligibility_address, survivor.survivor_id, on, language
@@ -220,17 +223,57 @@ def register(
     run(go())
 
 
-async def _assess(stub: object, address: str, survivor_id: str, on: date, lang: str) -> None:
+async def _assess(
+    stub: Any, address: str, survivor_id: str, on: date, lang: str, reason: str = ""
+) -> None:
+    """Assess, then show the decisions named as the deciding rule-set version names its
+    programmes, and say so when a newer version is published. A re-assessment under the
+    latest version is asked for with its `reason`."""
     request = checked(
         eligibility_pb.AssessEligibilityRequest(
-            request_id=inputs.request_id(), survivor_id=survivor_id, assessment_date=proto_date(on)
+            request_id=inputs.request_id(),
+            survivor_id=survivor_id,
+            assessment_date=proto_date(on),
+            reassess_under_latest=bool(reason),
+            reassessment_reason=reason,
         )
     )
     with calling("eligibility", address):
-        assessment = (await stub.AssessEligibility(request, timeout=TIMEOUT)).assessment  # type: ignore[attr-defined]
+        assessment = (await stub.AssessEligibility(request, timeout=TIMEOUT)).assessment
+    # The assessment is stored: from here on nothing fails the command, so a retry never
+    # makes a second one. Without the rule set, programmes are shown by their ids.
+    decided: eligibility_pb.RuleSet | None = None
+    latest: eligibility_pb.RuleSet | None = None
+    try:
+        with calling("eligibility", address):
+            latest, decided = await _rule_sets(stub, assessment)
+    except CliError as error:
+        render.line(f"{render.label('rule_set_unread', lang)}: {error}")
     out = render.console()
-    out.print(render.assessment_table(assessment, lang))
-    out.print(render.priority_line(assessment, lang))
+    out.print(render.assessment_table(assessment, lang, decided))
+    for text in render.priority_lines(assessment, lang):
+        render.line(text)
+    if latest is not None and latest.version > assessment.rule_set_version:
+        render.line(render.older_rule_set(assessment, latest.version, lang))
+
+
+async def _rule_sets(
+    stub: Any, assessment: eligibility_pb.Assessment
+) -> tuple[eligibility_pb.RuleSet, eligibility_pb.RuleSet]:
+    """The latest published version of the assessment's rule set, and the version that
+    decided it."""
+
+    async def version(number: int) -> eligibility_pb.RuleSet:
+        request = eligibility_pb.GetRuleSetRequest(
+            rule_set_id=assessment.rule_set_id, version=number
+        )
+        response = await stub.GetRuleSet(request, timeout=TIMEOUT)
+        return response.rule_set  # type: ignore[no-any-return]
+
+    latest = await version(0)
+    if latest.version == assessment.rule_set_version:
+        return latest, latest
+    return latest, await version(assessment.rule_set_version)
 
 
 @app.command()
@@ -239,18 +282,44 @@ def assess(
     assessment_date: Annotated[
         str | None, typer.Option("--date", help="Assessment date, YYYY-MM-DD (default today).")
     ] = None,
+    reassess_under_latest: Annotated[
+        bool,
+        typer.Option(
+            "--reassess-under-latest",
+            help="Assess under the latest published rule-set version, not the one the "
+            "survivor is pinned to (their first assessment's); needs --reason. The survivor "
+            "stays on the latest version from then on.",
+        ),
+    ] = False,
+    reason: Annotated[
+        str | None,
+        typer.Option(help="Why the survivor is re-assessed under the latest version (kept)."),
+    ] = None,
     lang: Lang = "en",
 ) -> None:
-    """Assess a registered survivor's eligibility: per-programme outcome and why."""
+    """Assess a registered survivor's eligibility: per-programme outcome and why.
+
+    A survivor is assessed under the rule-set version of their first assessment; when a
+    newer version is published, the output says so."""
 
     async def go() -> None:
         language = inputs.language(lang)
         sid = inputs.identifier(survivor_id, "survivor id")
         on = _date_or_today(assessment_date, "--date")
+        why = ""
+        if reassess_under_latest:
+            if reason is None or not reason.strip():
+                raise BadInput(
+                    "--reassess-under-latest needs --reason: say why the survivor is "
+                    "re-assessed under the latest rules (it is kept with the assessment)"
+                )
+            why = inputs.text(reason, "--reason", 500)
+        elif reason is not None:
+            raise BadInput("--reason goes with --reassess-under-latest")
         settings = context.settings()
         token = context.token(_OPTIONS, settings)
         async with context.eligibility(settings, token) as stub:
-            await _assess(stub, settings.eligibility_address, sid, on, language)
+            await _assess(stub, settings.eligibility_address, sid, on, language, why)
 
     run(go())
 

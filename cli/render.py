@@ -27,6 +27,43 @@ LABELS: dict[str, dict[str, str]] = {
     "OUTCOME_NEEDS_REVIEW": {"en": "needs review", "az": "yoxlanılmalıdır"},
     "priority": {"en": "Priority score", "az": "Prioritet balı"},
     "rule_set": {"en": "rule set", "az": "qaydalar toplusu"},
+    "rule_set_unread": {
+        "en": "programmes are shown by their ids: the rule set could not be read",
+        "az": "proqramlar kodları ilə göstərilir: qaydalar toplusunu oxumaq mümkün olmadı",
+    },
+    # {rule_set} {version} {latest} {command}: an assessment under an older version.
+    "older_rule_set": {
+        "en": "assessed under {rule_set} v{version}; v{latest} is the latest — re-assess "
+        "with `{command}` to use it",
+        "az": "{rule_set} qaydalar toplusunun v{version} versiyası ilə qiymətləndirilib; ən "
+        "son versiya v{latest} — ondan istifadə etmək üçün yenidən qiymətləndirin: "
+        "`{command}`",
+    },
+    "reason_placeholder": {"en": "why", "az": "səbəb"},
+    # Facts an assessment may lack (a rule's `needs`), shown as `coded("fact", ...)`: the
+    # Washington Group domains (WashingtonGroupDomain without its prefix, lower-case).
+    "fact:seeing": {"en": "Washington Group: seeing", "az": "Vaşinqton Qrupu: görmə"},
+    "fact:hearing": {"en": "Washington Group: hearing", "az": "Vaşinqton Qrupu: eşitmə"},
+    "fact:walking": {
+        "en": "Washington Group: walking or climbing steps",
+        "az": "Vaşinqton Qrupu: yerimə və ya pilləkənlə qalxma",
+    },
+    "fact:cognition": {
+        "en": "Washington Group: remembering or concentrating",
+        "az": "Vaşinqton Qrupu: yadda saxlama və ya diqqəti cəmləmə",
+    },
+    "fact:self_care": {
+        "en": "Washington Group: self-care",
+        "az": "Vaşinqton Qrupu: özünəqulluq",
+    },
+    "fact:communication": {
+        "en": "Washington Group: communicating",
+        "az": "Vaşinqton Qrupu: ünsiyyət",
+    },
+    "fact:max_difficulty": {
+        "en": "Washington Group: any answer",
+        "az": "Vaşinqton Qrupu: hər hansı cavab",
+    },
     "journey": {"en": "Journey", "az": "Yol xəritəsi"},
     "stage": {"en": "Stage", "az": "Mərhələ"},
     "workflow": {"en": "Workflow", "az": "İş axını"},
@@ -148,13 +185,27 @@ def line(text: str) -> None:
     console().print(text, markup=False, soft_wrap=True, highlight=False)
 
 
-def assessment_table(a: eligibility_pb.Assessment, lang: str) -> Table:
+def programme_name(programme_id: str, lang: str, rule_set: eligibility_pb.RuleSet | None) -> str:
+    """A programme as the rule set names it in `lang`, with its id: "Əlil arabası
+    (wheelchair)"; its id alone when the rule set is not at hand or does not name it."""
+    for p in rule_set.programmes if rule_set is not None else ():
+        if p.programme_id == programme_id:
+            name = p.name.az if lang == "az" else p.name.en
+            return f"{name} ({programme_id})" if name else programme_id
+    return programme_id
+
+
+def assessment_table(
+    a: eligibility_pb.Assessment, lang: str, rule_set: eligibility_pb.RuleSet | None = None
+) -> Table:
+    """Each programme's outcome and every rule's result, in `lang`; programmes named as
+    `rule_set` (the version that decided) names them."""
     title = (
         f"{label('assessment', lang)} {a.assessment_id} — {a.survivor_id}, "
         f"{a.assessment_date.year:04d}-{a.assessment_date.month:02d}-{a.assessment_date.day:02d}, "
         f"{label('rule_set', lang)} {a.rule_set_id} v{a.rule_set_version}"
     )
-    table = Table(title=title, show_lines=True)
+    table = Table(title=escape(title), show_lines=True)
     table.add_column(label("programme", lang), style="bold")
     table.add_column(label("outcome", lang))
     table.add_column(label("rule", lang))
@@ -166,34 +217,61 @@ def assessment_table(a: eligibility_pb.Assessment, lang: str) -> Table:
             outcome_key, "yellow"
         )
         outcome = f"[{style}]{label(outcome_key, lang)}[/{style}]"
+        programme = escape(programme_name(d.programme_id, lang, rule_set))
         first = True
         for r in d.rule_results:
             text = r.explanation.az if lang == "az" else r.explanation.en
             table.add_row(
-                d.programme_id if first else "",
+                programme if first else "",
                 outcome if first else "",
                 r.rule_id,
                 label("passed" if r.passed else "failed", lang),
-                text or r.explanation.en,
+                escape(text or r.explanation.en),
             )
             first = False
         if d.missing_data:
             table.add_row(
-                d.programme_id if first else "",
+                programme if first else "",
                 outcome if first else "",
                 "",
                 label("missing", lang),
-                ", ".join(d.missing_data),
+                escape(", ".join(coded("fact", fact, lang) for fact in d.missing_data)),
             )
             first = False
         if first:
-            table.add_row(d.programme_id, outcome, "", "", "")
+            table.add_row(programme, outcome, "", "", "")
     return table
 
 
-def priority_line(a: eligibility_pb.Assessment, lang: str) -> str:
-    parts = ", ".join(f"{c.name} {c.points:+d}" for c in a.priority.components if c.points)
-    return f"{label('priority', lang)}: {a.priority.total}" + (f" ({parts})" if parts else "")
+def priority_lines(a: eligibility_pb.Assessment, lang: str) -> list[str]:
+    """The score, then each part that gave points, named as the rule set explains it in
+    `lang`: "  +15  Himayədə olanlar (hər biri 5 bal, ən çoxu 30)."."""
+    lines = [f"{label('priority', lang)}: {a.priority.total}"]
+    for c in a.priority.components:
+        if c.points:
+            text = (c.explanation.az if lang == "az" else c.explanation.en) or c.explanation.en
+            lines.append(f"  {c.points:+d}  {text or c.name}")
+    return lines
+
+
+def older_rule_set(a: eligibility_pb.Assessment, latest: int, lang: str) -> str:
+    """Says that `a` was decided under an older version than the latest, and how to
+    re-assess under the latest."""
+    command = (
+        f"mineaction assess {a.survivor_id} --reassess-under-latest --reason "
+        f'"{label("reason_placeholder", lang)}"'
+    )
+    return label("older_rule_set", lang).format(
+        rule_set=a.rule_set_id, version=a.rule_set_version, latest=latest, command=command
+    )
+
+
+def pin(survivor: eligibility_pb.Survivor) -> str:
+    """ "; pinned to rule set reintegration v1" when the survivor has been assessed: the
+    version their assessments use until a re-assessment under the latest."""
+    if not survivor.pinned_rule_set_version:
+        return ""
+    return f"; pinned to rule set {survivor.pinned_rule_set_id} v{survivor.pinned_rule_set_version}"
 
 
 def assistance_state(a: AssistanceState, lang: str = "en", known: Catalogue | None = None) -> str:

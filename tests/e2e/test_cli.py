@@ -27,8 +27,9 @@ from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from cli.main import app
-from cli.render import coded
+from cli.render import LABELS, coded
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
+from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common.config import Settings
@@ -127,6 +128,21 @@ def table_rows(out: str) -> dict[str, str]:
     return rows
 
 
+def table_cells(out: str, column: int) -> list[str]:
+    """A bordered table's cells in `column` (0 first), each row's wrapped lines joined."""
+    cells: list[str] = []
+    current: list[str] = []
+    for row in [*out.splitlines(), ""]:
+        if row.startswith("│"):
+            parts = row.strip().strip("│").split("│")
+            if parts[column].strip():
+                current.append(parts[column].strip())
+        elif current:
+            cells.append(" ".join(current))
+            current = []
+    return cells
+
+
 def struct_of(**values: int | str) -> struct_pb2.Struct:
     packed = struct_pb2.Struct()
     packed.update(values)
@@ -178,7 +194,15 @@ async def test_register_and_assess_in_both_languages(
     assert ran.exit_code == 0, ran
     assert f"registered survivor {survivor_id}" in ran.stdout
     assert "Uyğunluq qiymətləndirməsi" in ran.stdout and "uyğundur" in ran.stdout
-    assert "startup_loan" in ran.stdout
+    # Programmes by the rule set's Azerbaijani names (with the id), the missing data and
+    # the score's parts in Azerbaijani too.
+    programmes = table_cells(ran.stdout, 0)
+    assert "Biznesə başlamaq üçün mikrokredit (startup_loan)" in programmes, programmes
+    assert "Xalçaçılıq müəssisəsinə dəstək (carpet_weaving)" in programmes
+    assert "Vaşinqton Qrupu: özünəqulluq (self_care)" in table_cells(ran.stdout, 4)
+    assert "Prioritet balı: " in ran.stdout
+    assert "  +15  Himayədə olanlar (hər biri 5 bal, ən çoxu 30)." in ran.stdout
+    assert "dependants +15" not in ran.stdout and "│ startup_loan" not in ran.stdout
 
     ran = await mineaction(cli_env, "assess", survivor_id, "--date", "2026-11-26")
     assert ran.exit_code == 0, ran
@@ -192,7 +216,10 @@ async def test_register_and_assess_in_both_languages(
         "the intake record is not valid (intake.incident_date: must not be in the future)"
     ), line
     # Why the expansion loan was refused, in English this time.
-    assert "expansion_loan" in ran.stdout and "not eligible" in ran.stdout
+    assert "Micro-credit expansion loan (expansion_loan)" in table_cells(ran.stdout, 0)
+    assert "not eligible" in ran.stdout
+    assert "Washington Group: self-care (self_care)" in table_cells(ran.stdout, 4)
+    assert "  +15  Dependants (5 points each, at most 30)." in ran.stdout
 
     out = tmp_path / "assessments.csv"
     ran = await mineaction(
@@ -206,6 +233,91 @@ async def test_register_and_assess_in_both_languages(
     assert by_programme["startup_loan"]["outcome"] == "ELIGIBLE"
     assert by_programme["expansion_loan"]["outcome"] == "NOT_ELIGIBLE"
     assert "established_business" in by_programme["expansion_loan"]["failed_rules"]
+
+
+async def test_reassessment_under_the_latest_rules_from_the_cli(
+    cli_env: dict[str, str], cluster: Cluster, tmp_path: Path
+) -> None:
+    """A survivor stays on the rule-set version of their first assessment; the CLI says
+    when a newer one is published, re-assesses under it when asked with a reason, and
+    shows the version a survivor is pinned to."""
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    intake = write_intake(tmp_path, survivor_id)
+    ran = await mineaction(cli_env, "register", str(intake), "--date", "2026-03-01", "--assess")
+    assert ran.exit_code == 0, ran
+    assert f"registered survivor {survivor_id} (saatli)\n" in ran.stdout  # not yet pinned
+    assert "is the latest" not in ran.stdout  # assessed under the latest: nothing to say
+    pinned = await cluster.eligibility.GetSurvivor(
+        eligibility_pb.GetSurvivorRequest(survivor_id=survivor_id)
+    )
+    version = pinned.survivor.pinned_rule_set_version
+    assert pinned.survivor.pinned_rule_set_id == "reintegration" and version >= 1
+
+    # A newer version is published: the same rules, another policy reference.
+    latest = await cluster.eligibility.GetRuleSet(
+        eligibility_pb.GetRuleSetRequest(rule_set_id="reintegration")
+    )
+    assert latest.rule_set.version == version
+    newer = await cluster.eligibility.PublishRuleSet(
+        eligibility_pb.PublishRuleSetRequest(
+            request_id=request_id(),
+            source_yaml=latest.rule_set.source_yaml.replace(
+                'policy_ref: "', f'policy_ref: "(revised {uuid.uuid4().hex[:6]}) ', 1
+            ),
+            published_by="pm-01",
+            change_note="policy reference revised",
+        )
+    )
+    assert newer.rule_set.version == version + 1
+
+    # Assessed again: still under the pinned version, and the output says a newer exists.
+    command = f"mineaction assess {survivor_id} --reassess-under-latest --reason"
+    for lang, says in (
+        ("en", f"assessed under reintegration v{version}; v{version + 1} is the latest — "
+               f're-assess with `{command} "why"` to use it'),
+        ("az", f"reintegration qaydalar toplusunun v{version} versiyası ilə qiymətləndirilib; "
+               f"ən son versiya v{version + 1} — ondan istifadə etmək üçün yenidən "
+               f'qiymətləndirin: `{command} "səbəb"`'),
+    ):  # fmt: skip
+        ran = await mineaction(
+            cli_env, "assess", survivor_id, "--date", "2026-03-01", "--lang", lang
+        )
+        assert ran.exit_code == 0, ran
+        assert says in ran.stdout, ran
+
+    # A re-assessment needs its reason; with one, it is made under the latest version.
+    line = one_error_line(
+        await mineaction(cli_env, "assess", survivor_id, "--reassess-under-latest")
+    )
+    assert "--reassess-under-latest needs --reason" in line
+    ran = await mineaction(
+        cli_env, "assess", survivor_id, "--date", "2026-03-01",
+        "--reassess-under-latest", "--reason", "annual review under the revised manual",
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran
+    assert f"reintegration v{version + 1}" in ran.stdout
+    assert "is the latest" not in ran.stdout
+    assert "Micro-credit start-up loan (startup_loan)" in table_cells(ran.stdout, 0)
+
+    # The survivor is pinned to the newer version now, as a re-registration shows.
+    ran = await mineaction(cli_env, "register", str(intake))
+    assert ran.exit_code == 0, ran
+    assert (
+        f"registered survivor {survivor_id} (saatli); pinned to rule set reintegration "
+        f"v{version + 1}"
+    ) in ran.stdout
+
+
+def test_every_washington_group_domain_has_a_label_in_both_languages() -> None:
+    """Missing data names a Washington Group domain; each is written in both languages."""
+    for name, value in eligibility_pb.WashingtonGroupDomain.items():
+        if value == eligibility_pb.WASHINGTON_GROUP_DOMAIN_UNSPECIFIED:
+            continue
+        code = name.removeprefix("WASHINGTON_GROUP_DOMAIN_").lower()
+        en, az = coded("fact", code, "en"), coded("fact", code, "az")
+        assert en.endswith(f" ({code})") and az.endswith(f" ({code})"), code
+        assert en != az, code
+    assert all(set(v) == {"en", "az"} for v in LABELS.values())
 
 
 @pytest.mark.timeout(120)
@@ -456,6 +568,9 @@ async def test_bad_input_is_refused_before_any_call(
         (["repay", "loan-0001", "10", "--date", "2026-02-30"], "not a real calendar date"),
         (["repay", "loan-0001", "10", "--date", "26/11/2026"], "YYYY-MM-DD"),
         (["assess", "srv-0001", "--lang", "fr"], "unknown language"),
+        (["assess", "srv-0001", "--reassess-under-latest"], "needs --reason"),
+        (["assess", "srv-0001", "--reassess-under-latest", "--reason", " "], "needs --reason"),
+        (["assess", "srv-0001", "--reason", "annual review"], "goes with --reassess-under"),
         (["register", str(tmp_path / "missing.yaml")], "does not exist"),
         (["register", str(broken)], "not valid YAML"),
         (["register", str(no_consent)], "consent"),
