@@ -244,6 +244,9 @@ async def main() -> None:
                 LOG_LEVEL="warning",
                 SHUTDOWN_GRACE_SECONDS=1,
                 METRICS_PORT=0,  # an in-process host; a running cluster may hold 9101-9104
+                # The journeys repay, disburse and reschedule months ahead of the wall
+                # clock under time skipping.
+                LENDING_ACCEPT_FUTURE_DATES=True,
             )
             configure_logging(settings, process="recorder")
             ensure_dev_credentials(settings)
