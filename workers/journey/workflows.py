@@ -127,6 +127,14 @@ DECISION_ATTEMPTS_PATCH = "journey-decision-attempts"
 # Hardship requests from this change on are numbered per journey; the request id comes
 # from the number, so a second pause or reschedule the same day is a request of its own.
 HARDSHIP_SEQUENCE_PATCH = "journey-hardship-sequence"
+# Hardship reschedules from this change on never make the borrower pay sooner: the journey
+# reads the loan first and, if the next instalment falls later than the grace asked for
+# would reach (the loan's first grace, or instalments prepaid), lengthens the grace to
+# reach it and the term by as much, keeping the number of instalments asked for.
+RESCHEDULE_NOT_SOONER_PATCH = "journey-reschedule-not-sooner"
+# What RescheduleLoan accepts (and the hardship validator lets through).
+MAX_RESCHEDULE_GRACE_MONTHS = 24
+MAX_RESCHEDULE_TERM_MONTHS = 120
 
 
 def refused(error: ActivityError) -> ApplicationError:
@@ -153,6 +161,23 @@ def add_months(day: date, months: int) -> date:
     year, month = day.year + month // 12, month % 12 + 1
     last = (date(year + month // 12, month % 12 + 1, 1) - timedelta(days=1)).day
     return date(year, month, min(day.day, last))
+
+
+def not_sooner(effective: date, next_due: str, grace: int, term: int) -> tuple[int, int]:
+    """The grace and term for a hardship reschedule from `effective` whose first
+    instalment falls no sooner than `next_due` (the next instalment of the schedule it
+    replaces, ISO; empty when none is ahead). Lending counts the grace from the effective
+    date: the first instalment falls `grace + 1` months after it. The grace grows (to at
+    most 24 months) until that reaches `next_due`, and the term by as much (to at most
+    120), so the instalments are as many as asked for and no larger. A product's
+    moratorium months can only put the first instalment later still."""
+    if not next_due:
+        return grace, term
+    due = date.fromisoformat(next_due)
+    needed = grace
+    while needed < MAX_RESCHEDULE_GRACE_MONTHS and add_months(effective, needed + 1) < due:
+        needed += 1
+    return needed, min(term + needed - grace, MAX_RESCHEDULE_TERM_MONTHS)
 
 
 @workflow.defn
@@ -535,7 +560,13 @@ class SurvivorJourneyWorkflow:
         if workflow.patched(HARDSHIP_SEQUENCE_PATCH):
             self._s.hardship_requests += 1
             sequence = self._s.hardship_requests
+        term, grace = hardship.new_term_months, hardship.additional_grace_months
         try:
+            if hardship.kind == "reschedule" and workflow.patched(RESCHEDULE_NOT_SOONER_PATCH):
+                # The ledger's next instalment now, not the cycle's last read of it: a
+                # payment at the cashier's desk may have moved it since.
+                snap = await self._snapshot()
+                grace, term = not_sooner(start, snap.next_due_date, grace, term)
             await self._call(
                 JourneyActivities.apply_hardship,
                 HardshipInput(
@@ -545,8 +576,8 @@ class SurvivorJourneyWorkflow:
                     hardship.requested_by,
                     start_date=start.isoformat(),
                     end_date=(start + timedelta(days=hardship.pause_days)).isoformat(),
-                    new_term_months=hardship.new_term_months,
-                    additional_grace_months=hardship.additional_grace_months,
+                    new_term_months=term,
+                    additional_grace_months=grace,
                     effective_date=start.isoformat(),
                     sequence=sequence,
                 ),
