@@ -718,10 +718,10 @@ def journey_hardship(
         done = (
             f"delinquency paused for {pause_days} days"
             if pause_days is not None
-            # The new schedule starts today: its grace counts from now, not from the
-            # old schedule's first instalment.
-            else f"rescheduled from today over {new_term_months} months"
-            + (f", the first {grace_months} without instalments" if grace_months else "")
+            # The new schedule starts today, its grace counted from now; the journey
+            # lengthens both where the old schedule's next instalment was later.
+            else f"rescheduled from today over at least {new_term_months} months"
+            + (f", at least the first {grace_months} without instalments" if grace_months else "")
         )
         render.line(f"{done} (asked by {who}); {_loan_line(status)}")
 
