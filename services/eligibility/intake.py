@@ -57,9 +57,11 @@ def age_band(age: int) -> int:
 
 
 def intake_violations(intake: pb.SurvivorIntake, today: date, field: str) -> list[FieldViolation]:
-    """What protovalidate cannot check: the district list and dates against today."""
+    """What protovalidate cannot check: the district list, and dates against today (the
+    programme's date in Baku) and the date of birth."""
     violations = district_violations(intake.district_code, f"{field}.district_code")
-    if from_proto_date(intake.date_of_birth) > today:
+    born = from_proto_date(intake.date_of_birth)
+    if born > today:
         violations.append(
             FieldViolation(f"{field}.date_of_birth", "must not be in the future", "date.past")
         )
@@ -67,6 +69,19 @@ def intake_violations(intake: pb.SurvivorIntake, today: date, field: str) -> lis
         violations.append(
             FieldViolation(f"{field}.incident_date", "must not be in the future", "date.past")
         )
+    if intake.consent.HasField("recorded_on"):
+        consented = from_proto_date(intake.consent.recorded_on)
+        where = f"{field}.consent.recorded_on"
+        if consented > today:
+            violations.append(FieldViolation(where, "must not be in the future", "date.past"))
+        if consented < born:
+            violations.append(
+                FieldViolation(
+                    where,
+                    f"must not be before the date of birth ({born})",
+                    "date.after_birth",
+                )
+            )
     return violations
 
 

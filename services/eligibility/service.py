@@ -25,6 +25,7 @@ from services.common.errors import (
     invalid,
 )
 from services.common.idempotency import once_per_request
+from services.common.programme_time import programme_today
 from services.common.protoconv import from_proto_date, timestamp
 from services.common.server import ServiceSpec
 from services.eligibility import intake as intake_mod
@@ -102,7 +103,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         self, request: pb.RegisterSurvivorRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterSurvivorResponse:
         intake = request.intake
-        violations = intake_mod.intake_violations(intake, date.today(), "intake")
+        violations = intake_mod.intake_violations(intake, programme_today(), "intake")
         if violations:
             raise InvalidArgument("the intake record is not valid", violations)
         if not intake.consent.data_processing:

@@ -3,7 +3,7 @@ explanations in both languages, pinning to a rule-set version, publishing, what-
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import grpc
@@ -11,6 +11,7 @@ import pytest
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from services.common.errors import reason_of
+from services.common.programme_time import programme_today
 from tests.conftest import Cluster
 from tests.factories import new_id, pdate, register_request, request_id, saatli_fish_farmer
 from tests.grpc_errors import details
@@ -107,6 +108,14 @@ def _incident_before_birth(i: pb.SurvivorIntake) -> None:
     i.incident_date.CopyFrom(pdate(date(1970, 1, 1)))
 
 
+def _consent_in_future(i: pb.SurvivorIntake) -> None:
+    i.consent.recorded_on.CopyFrom(pdate(programme_today() + timedelta(days=1)))
+
+
+def _consent_before_birth(i: pb.SurvivorIntake) -> None:
+    i.consent.recorded_on.CopyFrom(pdate(date(1950, 11, 20)))  # born 1981
+
+
 def _unknown_district(i: pb.SurvivorIntake) -> None:
     i.district_code = "atlantis"
 
@@ -128,6 +137,8 @@ def _oversized(i: pb.SurvivorIntake) -> None:
         (_negative_income, "intake.monthly_household_income_minor"),
         (_future_birth, "intake.date_of_birth"),
         (_incident_before_birth, "intake"),
+        (_consent_in_future, "intake.consent.recorded_on"),
+        (_consent_before_birth, "intake.consent.recorded_on"),
         (_unknown_district, "intake.district_code"),
         (_empty_household, "intake.household_size"),
         (_oversized, "(body)"),
@@ -137,6 +148,8 @@ def _oversized(i: pb.SurvivorIntake) -> None:
         "negative-income",
         "future-birth",
         "incident-before-birth",
+        "consent-in-future",
+        "consent-before-birth",
         "unknown-district",
         "household-0",
         "oversized",
