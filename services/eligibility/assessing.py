@@ -222,6 +222,9 @@ class Assessor:
         else:
             version = pin.version or latest
         rule_set = await self.rulebook.get(conn, pin.rule_set_id, version)
+        why = rule_set.not_in_force(day)
+        if why is not None:
+            raise invalid("assessment_date", why, "rule_set.in_force")
         assessment, encoded = new_assessment(
             survivor, rule_set, day, survivor_id=request.survivor_id, version=version
         )

@@ -47,5 +47,6 @@ class RuleBook:
             )
             if source is None:
                 raise NotFound(f"rule set {rule_set_id} version {version} does not exist")
-            self._compiled[key] = rules.load(source)
+            # A published version stays readable whatever checks came after it.
+            self._compiled[key] = rules.load(source, published=True)
         return self._compiled[key]

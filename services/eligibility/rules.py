@@ -21,6 +21,9 @@ from typing import Any, Literal, NamedTuple
 import cel
 import yaml
 
+from services.common.districts import known_districts
+from services.common.money import manat
+
 Outcome = Literal["ELIGIBLE", "NOT_ELIGIBLE", "NEEDS_REVIEW"]
 OUTCOMES: tuple[Outcome, ...] = ("ELIGIBLE", "NOT_ELIGIBLE", "NEEDS_REVIEW")
 _ID = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
@@ -56,6 +59,19 @@ FACT_SAMPLES: Mapping[str, Any] = {
     "communication": 0,
 }
 FUNCTIONING_FACTS = ("seeing", "hearing", "walking", "cognition", "self_care", "communication")
+LANGUAGES = ("en", "az")
+# How an explanation says a value (its inputs keep the value as it is): money in manat,
+# a district by its name, yes or no in the text's language.
+MONEY, DISTRICT = "money", "district"
+FACT_KINDS: Mapping[str, str] = {
+    **{name: MONEY for name in FACT_SAMPLES if name.endswith("_minor")},
+    "district": DISTRICT,
+}
+_YES_NO = {"en": ("no", "yes"), "az": ("xeyr", "bəli")}
+# The unit word rule sets used to write after an amount ("{x} qəpik", "{x} qəpikdən"):
+# an amount now says its own unit, so the word goes (an Azerbaijani ending stays on the
+# amount: "150.00 AZN-dən").
+_UNIT_AFTER = r"\{{{name}\}} ?qəpik(\w*)"
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,11 @@ class Problem:
         return f"{self.path}{where}: {self.message}"
 
 
+class NotInForce(ValueError):
+    """The rules cannot decide on a day: it is before they are in force, or a parameter
+    has no value on it (only a version published before gaps were refused can have one)."""
+
+
 class RuleSetError(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__("; ".join(str(p) for p in problems))
@@ -83,10 +104,20 @@ class Text:
     en: str
     az: str
 
-    def render(self, values: Mapping[str, str]) -> Text:
-        # Safe: load() admits only {fact} and {parameter} placeholders, and every value
-        # is already a display string.
-        return Text(self.en.format_map(values), self.az.format_map(values))
+    def render(self, en: Mapping[str, str], az: Mapping[str, str]) -> Text:
+        """The text with each placeholder replaced by its value as said in that language.
+        Safe: load() admits only {fact} and {parameter} placeholders, and every value is
+        already a display string."""
+        return Text(self.en.format_map(en), self.az.format_map(az))
+
+    def without_unit_words(self, amounts: Iterable[str]) -> Text:
+        """The text without the unit word after each amount placeholder: the amount
+        already says "120.00 AZN"."""
+        en, az = self.en, self.az
+        for name in amounts:
+            pattern = re.compile(_UNIT_AFTER.format(name=re.escape(name)))
+            en, az = (pattern.sub(_keep_ending(name), text) for text in (en, az))
+        return Text(en, az)
 
     def placeholders(self) -> set[str]:
         return set(_PLACEHOLDER.findall(self.en)) | set(_PLACEHOLDER.findall(self.az))
@@ -99,12 +130,45 @@ class Text:
         )
 
 
+def _keep_ending(name: str) -> Any:
+    def replace(match: re.Match[str]) -> str:
+        ending = match.group(1)
+        return f"{{{name}}}" + (f"-{ending}" if ending else "")
+
+    return replace
+
+
 def _display(value: Any) -> str:
+    """A value as a rule's inputs show it (as the facts hold it)."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list | tuple):
         return ", ".join(_display(v) for v in value)
     return str(value)
+
+
+def _said(value: Any, kind: str | None, language: str) -> str:
+    """A value as an explanation in `language` says it: money in manat ("120.00 AZN"),
+    a district by its name ("Saatlı"), yes or no in that language."""
+    if isinstance(value, bool):
+        return _YES_NO[language][value]
+    if isinstance(value, list | tuple):
+        return ", ".join(_said(v, kind, language) for v in value)
+    if kind == MONEY and isinstance(value, int):
+        return f"{manat(value)} AZN"
+    if kind == DISTRICT and isinstance(value, str):
+        names = known_districts().get(value)
+        return names[language] if names else value
+    return str(value)
+
+
+def parameter_kind(name: str, unit: str) -> str | None:
+    """Money for a parameter counted in qəpik, district for one of district codes."""
+    if name.endswith("_minor") or unit.strip().lower().startswith("qəpik"):
+        return MONEY
+    if unit.strip().lower().startswith("district"):
+        return DISTRICT
+    return None
 
 
 @dataclass(frozen=True)
@@ -122,12 +186,21 @@ class Parameter:
     periods: tuple[Period, ...]
 
     def at(self, day: date) -> Any:
-        """The value in force on `day`, or None before the first period."""
-        current = None
-        for period in self.periods:
-            if period.start <= day and (period.end is None or day < period.end):
-                current = period.value
-        return current
+        """The value in force on `day`, or None when none is (before the first period)."""
+        index = self.index_at(day)
+        return None if index < 0 else self.periods[index].value
+
+    def index_at(self, day: date) -> int:
+        """Which period is in force on `day`, or -1 when none is."""
+        for index in range(len(self.periods) - 1, -1, -1):
+            period = self.periods[index]
+            if period.start <= day:
+                return index if period.end is None or day < period.end else -1
+        return -1
+
+    @cached_property
+    def kind(self) -> str | None:
+        return parameter_kind(self.name, self.unit)
 
 
 @dataclass(frozen=True)
@@ -165,9 +238,14 @@ class _PeriodContext:
     through a resolver, so evaluating a survivor converts only the facts rules read.
     Evaluation is synchronous, so one context can serve every request of a process."""
 
-    def __init__(self, params: dict[str, Any]) -> None:
+    def __init__(self, params: dict[str, Any], kinds: Mapping[str, str | None]) -> None:
         self.params = params
         self.shown_params = {name: _display(value) for name, value in params.items()}
+        # Per language, how explanations say each parameter.
+        self.said_params = {
+            language: {name: _said(v, kinds.get(name), language) for name, v in params.items()}
+            for language in LANGUAGES
+        }
         # Serialized trace fragments of this period, built by services/eligibility/trace.py.
         self.fragments: dict[Any, tuple[bytes, int]] = {}
         self.cel = cel.Context({"params": params})
@@ -204,18 +282,39 @@ class RuleSet:
     def params_at(self, day: date) -> dict[str, Any]:
         return {name: p.at(day) for name, p in self.parameters.items()}
 
+    @cached_property
+    def kinds(self) -> dict[str, str | None]:
+        """How explanations say each fact and parameter (see `_said`)."""
+        return {**FACT_KINDS, **{name: p.kind for name, p in self.parameters.items()}}
+
+    @cached_property
+    def first_day(self) -> date | None:
+        """The first day any parameter has a value: the rules are in force from then on."""
+        return min((p.periods[0].start for p in self.parameters.values()), default=None)
+
+    def not_in_force(self, day: date) -> str | None:
+        """Why the rules cannot decide on `day` (a day before they are in force, or a
+        parameter without a value on it), or None when they can."""
+        if self.first_day is not None and day < self.first_day:
+            return f"the rules are in force from {self.first_day}; {day} is before that"
+        for name, parameter in self.parameters.items():
+            if parameter.index_at(day) < 0:
+                return f"parameter {name} has no value in force on {day}"
+        return None
+
     def context_at(self, day: date) -> _PeriodContext:
         """The CEL context for the parameters in force on `day`, built once per period:
-        turning parameter lists into CEL values is the costly part of an evaluation."""
+        turning parameter lists into CEL values is the costly part of an evaluation.
+        Raises NotInForce for a day on which some parameter has no value."""
         context = self._by_day.get(day)
         if context is not None:
             return context
-        key = tuple(
-            sum(1 for period in p.periods if period.start <= day) for p in self.parameters.values()
-        )
+        key = tuple(p.index_at(day) for p in self.parameters.values())
+        if -1 in key:
+            raise NotInForce(self.not_in_force(day) or f"the rules cannot decide on {day}")
         context = self._contexts.get(key)
         if context is None:
-            context = self._contexts[key] = _PeriodContext(self.params_at(day))
+            context = self._contexts[key] = _PeriodContext(self.params_at(day), self.kinds)
         if len(self._by_day) > 10_000:
             self._by_day.clear()
         self._by_day[day] = context
@@ -236,7 +335,16 @@ class RuleSet:
         return program
 
     def change_dates(self) -> list[date]:
-        return sorted({period.start for p in self.parameters.values() for period in p.periods})
+        """Every day some parameter's value starts or ends."""
+        return sorted(
+            {
+                day
+                for p in self.parameters.values()
+                for period in p.periods
+                for day in (period.start, period.end)
+                if day is not None
+            }
+        )
 
 
 # --- results ---------------------------------------------------------------------------
@@ -288,7 +396,8 @@ def condition_values(
 
 
 class _Shown(dict[str, str]):
-    """`evaluate`'s display strings of the facts and parameters, made on demand."""
+    """`evaluate`'s display strings of the facts and parameters (a rule's inputs), made
+    on demand."""
 
     def __init__(self, facts: Mapping[str, Any], shown_params: Mapping[str, str]) -> None:
         super().__init__()
@@ -302,7 +411,42 @@ class _Shown(dict[str, str]):
         return value
 
 
+_NOT_RECORDED = {"en": "not recorded", "az": "qeyd olunmayıb"}
+
+
+class _Said(dict[str, str]):
+    """How an explanation in one language says the facts and parameters, made on
+    demand: money in manat, a district by its name, a fact not recorded as such."""
+
+    def __init__(
+        self,
+        facts: Mapping[str, Any],
+        period: _PeriodContext,
+        kinds: Mapping[str, str | None],
+        language: str,
+    ) -> None:
+        super().__init__(period.said_params[language])  # parameters first, as said
+        self.facts = facts
+        self.kinds = kinds
+        self.language = language
+
+    def __missing__(self, name: str) -> str:
+        if name in self.facts:
+            value = _said(self.facts[name], self.kinds.get(name), self.language)
+        else:  # an optional fact the survivor's record lacks
+            value = _NOT_RECORDED[self.language]
+        self[name] = value
+        return value
+
+
+def _render(
+    text: Text, facts: Mapping[str, Any], period: _PeriodContext, kinds: Mapping[str, str | None]
+) -> Text:
+    return text.render(_Said(facts, period, kinds, "en"), _Said(facts, period, kinds, "az"))
+
+
 def rule_result(
+    rule_set: RuleSet,
     rule: Rule,
     passed: bool,
     missing: tuple[str, ...],
@@ -313,22 +457,32 @@ def rule_result(
     shown = _Shown(facts, period.shown_params)
     inputs = {name: shown[name] for name in rule.reads if name in facts}
     inputs.update({f"params.{n}": period.shown_params[n] for n in rule.params_read})
-    if missing:
-        return RuleResult(rule.id, False, missing, inputs, rule.explain_fail)
-    template = rule.explain_pass if passed else rule.explain_fail
-    return RuleResult(rule.id, passed, (), inputs, template.render(shown))
+    template = rule.explain_pass if passed and not missing else rule.explain_fail
+    return RuleResult(
+        rule.id,
+        passed and not missing,
+        missing,
+        inputs,
+        _render(template, facts, period, rule_set.kinds),
+    )
 
 
 def score_part(
-    component: ScoreComponent, points: int, facts: Mapping[str, Any], period: _PeriodContext
+    rule_set: RuleSet,
+    component: ScoreComponent,
+    points: int,
+    facts: Mapping[str, Any],
+    period: _PeriodContext,
 ) -> ScorePart:
     """One score component exactly as `evaluate` builds it."""
-    shown = _Shown(facts, period.shown_params)
-    return ScorePart(component.name, points, component.explanation.render(shown))
+    return ScorePart(
+        component.name, points, _render(component.explanation, facts, period, rule_set.kinds)
+    )
 
 
 def evaluate(rule_set: RuleSet, facts: Mapping[str, Any], day: date) -> Decision:
-    """Decide every programme for one survivor's facts, as of `day`."""
+    """Decide every programme for one survivor's facts, as of `day`. Raises NotInForce
+    for a day the rules cannot decide on (`RuleSet.not_in_force`)."""
     period = rule_set.context_at(day)
     shown_params = period.shown_params
     period.bind(facts)
@@ -336,22 +490,26 @@ def evaluate(rule_set: RuleSet, facts: Mapping[str, Any], day: date) -> Decision
     values = iter(rule_set.combined(absent).execute(period.cel))
     shown = {name: _display(value) for name, value in facts.items()}
     shown.update(shown_params)
+    en = _Said(facts, period, rule_set.kinds, "en")
+    az = _Said(facts, period, rule_set.kinds, "az")
     results: dict[str, RuleResult] = {}
     for rule in rule_set.rules:
         inputs = {name: shown[name] for name in rule.reads if name in facts}
         inputs.update({f"params.{n}": shown_params[n] for n in rule.params_read})
         missing = tuple(name for name in rule.needs if name in absent)
         if missing:
-            results[rule.id] = RuleResult(rule.id, False, missing, inputs, rule.explain_fail)
+            explanation = rule.explain_fail.render(en, az)
+            results[rule.id] = RuleResult(rule.id, False, missing, inputs, explanation)
             continue
         passed = next(values) is True
         template = rule.explain_pass if passed else rule.explain_fail
-        results[rule.id] = RuleResult(rule.id, passed, (), inputs, template.render(shown))
+        results[rule.id] = RuleResult(rule.id, passed, (), inputs, template.render(en, az))
     decisions = tuple(
         _decide(programme_id, own, results) for programme_id, own in rule_set.by_programme.items()
     )
     parts = tuple(
-        ScorePart(c.name, int(next(values)), c.explanation.render(shown)) for c in rule_set.priority
+        ScorePart(c.name, int(next(values)), c.explanation.render(en, az))
+        for c in rule_set.priority
     )
     return Decision(decisions, sum(p.points for p in parts), parts)
 
@@ -452,8 +610,13 @@ def _first_line(error: Exception) -> str:
     return detail[1].splitlines()[0].strip() if len(detail) > 1 else text.splitlines()[0]
 
 
-def load(source: str) -> RuleSet:
-    """Parse and check a rule set; raise RuleSetError listing every problem found."""
+def load(source: str, *, published: bool = False) -> RuleSet:
+    """Parse and check a rule set; raise RuleSetError listing every problem found.
+
+    `published` loads a version already published: the checks added since it was
+    published (a parameter without a value on some day, a test case before the rules'
+    first day) do not make it unreadable; the days it cannot decide on are refused when
+    an assessment asks for one (`RuleSet.not_in_force`)."""
     loader = _Loader(source)
     try:
         data = yaml.safe_load(source)
@@ -468,7 +631,13 @@ def load(source: str) -> RuleSet:
     rule_set_id = loader.get(data, "rule_set_id", "", str) or ""
     if rule_set_id and not _ID.match(rule_set_id):
         loader.fail("rule_set_id", "must be lower-case letters, digits and _")
-    parameters = _load_parameters(loader, data.get("parameters"))
+    places: dict[str, list[int]] = {}
+    parameters = _load_parameters(loader, data.get("parameters"), places)
+    if not published:
+        _check_coverage(loader, parameters, places)
+    amounts = [n for n, kind in FACT_KINDS.items() if kind == MONEY] + [
+        n for n, p in parameters.items() if p.kind == MONEY
+    ]
     programmes = {
         pid: loader.text(name, f"programmes.{pid}")
         for pid, name in (loader.get(data, "programmes", "", dict) or {}).items()
@@ -476,9 +645,10 @@ def load(source: str) -> RuleSet:
     for pid in programmes:
         if not _ID.match(str(pid)):
             loader.fail(f"programmes.{pid}", "programme id must be lower-case letters, digits, _")
-    rules = _load_rules(loader, data.get("rules"), programmes, parameters)
-    priority = _load_priority(loader, data.get("priority"), parameters)
-    tests = _load_tests(loader, data.get("tests", []), programmes)
+    rules = _load_rules(loader, data.get("rules"), programmes, parameters, amounts)
+    priority = _load_priority(loader, data.get("priority"), parameters, amounts)
+    first_day = min((p.periods[0].start for p in parameters.values()), default=None)
+    tests = _load_tests(loader, data.get("tests", []), programmes, None if published else first_day)
     if loader.problems:
         raise RuleSetError(loader.problems)
     rule_set = RuleSet(
@@ -499,7 +669,11 @@ def load(source: str) -> RuleSet:
     return rule_set
 
 
-def _load_parameters(loader: _Loader, raw: Any) -> dict[str, Parameter]:
+def _load_parameters(
+    loader: _Loader, raw: Any, places: dict[str, list[int]]
+) -> dict[str, Parameter]:
+    """The parameters; `places` gets, for each one whose values are well formed, where
+    its values are in the YAML, in date order."""
     if not isinstance(raw, dict):
         loader.fail("parameters", "parameters is required (a mapping)")
         return {}
@@ -511,7 +685,8 @@ def _load_parameters(loader: _Loader, raw: Any) -> dict[str, Parameter]:
             continue
         unit = loader.get(spec, "unit", path, str)
         policy_ref = loader.get(spec, "policy_ref", path, str)
-        periods = []
+        before = len(loader.problems)
+        periods: list[tuple[int, Period]] = []  # with each value's place in the YAML
         for index, entry in enumerate(loader.get(spec, "values", path, list) or []):
             where = f"{path}.values[{index}]"
             if not isinstance(entry, dict) or "value" not in entry:
@@ -524,9 +699,9 @@ def _load_parameters(loader: _Loader, raw: Any) -> dict[str, Parameter]:
             if end is not None and end <= start:
                 loader.fail(where, "until must be after from")
                 continue
-            periods.append(Period(start, end, entry["value"]))
-        periods.sort(key=lambda p: p.start)
-        for index, (earlier, later) in enumerate(itertools.pairwise(periods)):
+            periods.append((index, Period(start, end, entry["value"])))
+        periods.sort(key=lambda p: p[1].start)
+        for index, ((_, earlier), (_, later)) in enumerate(itertools.pairwise(periods)):
             if earlier.start == later.start or (
                 earlier.end is not None and earlier.end > later.start
             ):
@@ -536,12 +711,54 @@ def _load_parameters(loader: _Loader, raw: Any) -> dict[str, Parameter]:
                     f"(entries {index} and {index + 1} in date order)",
                 )
         if unit and policy_ref and periods:
-            parameters[str(name)] = Parameter(str(name), unit, policy_ref, tuple(periods))
+            parameters[str(name)] = Parameter(
+                str(name), unit, policy_ref, tuple(p for _, p in periods)
+            )
+            if len(loader.problems) == before:
+                places[str(name)] = [index for index, _ in periods]
     return parameters
 
 
+def _check_coverage(
+    loader: _Loader, parameters: Mapping[str, Parameter], places: Mapping[str, list[int]]
+) -> None:
+    """Every parameter has a value in force on every day from the rule set's first day
+    on: its first value starts that day, each value runs until the next one starts, and
+    the last runs on (no `until`). Otherwise an assessment on a day without a value
+    could not be decided."""
+    first = min((p.periods[0].start for p in parameters.values()), default=None)
+    for name, parameter in parameters.items():
+        if name not in places:  # its values are refused already
+            continue
+        where = [f"parameters.{name}.values[{index}]" for index in places[name]]
+        periods = parameter.periods
+        if first is not None and periods[0].start > first:
+            loader.fail(
+                where[0],
+                f"parameter {name} has no value in force on {first}, when the rule set's "
+                f"other values start; its first value starts on {periods[0].start}",
+            )
+        for index, (earlier, later) in enumerate(itertools.pairwise(periods)):
+            if earlier.end is not None and earlier.end < later.start:
+                loader.fail(
+                    where[index],
+                    f"parameter {name} has no value in force from {earlier.end} until "
+                    f"{later.start}",
+                )
+        if periods[-1].end is not None:
+            loader.fail(
+                where[-1],
+                f"parameter {name} has no value in force from {periods[-1].end}: leave out "
+                "until on its last value (it stays in force until a later value starts)",
+            )
+
+
 def _load_rules(
-    loader: _Loader, raw: Any, programmes: Mapping[str, Text], parameters: Mapping[str, Parameter]
+    loader: _Loader,
+    raw: Any,
+    programmes: Mapping[str, Text],
+    parameters: Mapping[str, Parameter],
+    amounts: list[str],
 ) -> list[Rule]:
     if not isinstance(raw, list) or not raw:
         loader.fail("rules", "rules is required (a non-empty list)")
@@ -572,6 +789,8 @@ def _load_rules(
         explain = spec.get("explain") or {}
         explain_pass = loader.text(explain.get("pass"), f"{path}.explain.pass")
         explain_fail = loader.text(explain.get("fail"), f"{path}.explain.fail")
+        explain_pass = explain_pass.without_unit_words(amounts)
+        explain_fail = explain_fail.without_unit_words(amounts)
         if program is None or not rule_id or not isinstance(expression, str):
             continue
         reads, params_read = _references(
@@ -611,7 +830,7 @@ def _references(
 
 
 def _load_priority(
-    loader: _Loader, raw: Any, parameters: Mapping[str, Any]
+    loader: _Loader, raw: Any, parameters: Mapping[str, Any], amounts: list[str]
 ) -> list[ScoreComponent]:
     components = []
     spec_list = (raw or {}).get("components", []) if isinstance(raw, dict) else None
@@ -624,14 +843,18 @@ def _load_priority(
         if name is None:
             continue
         program = loader.compile(spec.get("points"), f"{path}.points")
-        text = loader.text(spec.get("explain"), f"{path}.explain")
+        text = loader.text(spec.get("explain"), f"{path}.explain").without_unit_words(amounts)
         if program is not None:
             _references(loader, program, spec["points"], parameters, f"{path}.points")
             components.append(ScoreComponent(name, spec["points"], program, text))
     return components
 
 
-def _load_tests(loader: _Loader, raw: Any, programmes: Mapping[str, Text]) -> list[TestCase]:
+def _load_tests(
+    loader: _Loader, raw: Any, programmes: Mapping[str, Text], first_day: date | None
+) -> list[TestCase]:
+    """The test cases; each must be assessed on or after `first_day` (when given), the
+    rules' first day."""
     tests = []
     for index, spec in enumerate(raw if isinstance(raw, list) else []):
         path = f"tests[{index}]"
@@ -642,6 +865,11 @@ def _load_tests(loader: _Loader, raw: Any, programmes: Mapping[str, Text]) -> li
         day = spec.get("assessment_date")
         if not isinstance(day, date):
             loader.fail(f"{path}.assessment_date", "assessment_date must be a date")
+        elif first_day is not None and day < first_day:
+            loader.fail(
+                f"{path}.assessment_date",
+                f"{day} is before {first_day}, when the rule set's values start",
+            )
         intake = loader.get(spec, "intake", path, dict)
         expect = loader.get(spec, "expect", path, dict) or {}
         for programme_id, outcome in expect.items():
@@ -677,7 +905,10 @@ def _type_check(loader: _Loader, rule_set: RuleSet) -> None:
     condition must give a bool and a score component a whole number."""
     days = rule_set.change_dates() or [date.today()]
     for day in days:
-        context = cel.Context({**FACT_SAMPLES, "params": rule_set.params_at(day)})
+        params = rule_set.params_at(day)
+        if any(value is None for value in params.values()):
+            continue  # a day without some value: _check_coverage says which
+        context = cel.Context({**FACT_SAMPLES, "params": params})
         for index, rule in enumerate(rule_set.rules):
             _expect_type(loader, rule.program, context, f"rules[{index}].expression", bool, day)
         for index, component in enumerate(rule_set.priority):

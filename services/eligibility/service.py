@@ -380,6 +380,9 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 }
                 day = row["assessment_date"]
                 facts = intake_mod.facts(intake_mod.stored_intake(row), day)
+                why = candidate.not_in_force(day)
+                if why is not None:  # the candidate could not decide this survivor again
+                    raise invalid("source_yaml", f"assessment {row['assessment_id']}: {why}")
                 after = rules.evaluate(candidate, facts, day).outcomes()
                 for programme_id, outcome in after.items():
                     old = before.get(programme_id, pb.OUTCOME_UNSPECIFIED)

@@ -163,7 +163,7 @@ def assessment_trace(rule_set: rules.RuleSet, facts: Mapping[str, Any], day: dat
         key: tuple[Any, ...] = (i, passed, missing, read(full))
         entry = cache.get(key)
         if entry is None:
-            r = rules.rule_result(rule_set.rules[i], passed, missing, facts, period)
+            r = rules.rule_result(rule_set, rule_set.rules[i], passed, missing, facts, period)
             entry = cache[key] = (
                 pb.ProgrammeDecision(rule_results=[rule_result_message(r)]).SerializeToString(),
                 next(_serials),
@@ -199,7 +199,7 @@ def _priority(
     score = pb.PriorityScore(total=sum(points))
     for component, value in zip(rule_set.priority, points, strict=True):
         score.components.append(
-            score_component_message(rules.score_part(component, value, facts, period))
+            score_component_message(rules.score_part(rule_set, component, value, facts, period))
         )
     return field(_PRIORITY, score.SerializeToString())
 

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
-from services.common.errors import reason_of
+from services.common.errors import reason_of, violations_in
 from services.common.programme_time import programme_today
 from tests.conftest import Cluster
 from tests.factories import new_id, pdate, register_request, request_id, saatli_fish_farmer
@@ -60,10 +60,14 @@ async def test_refusal_is_explained_in_azerbaijani(cluster: Cluster) -> None:
     assert refused.outcome == pb.OUTCOME_NOT_ELIGIBLE
     failed = [r for r in refused.rule_results if not r.passed]
     assert [r.rule_id for r in failed] == ["income_ceiling"]
+    # Money in manat and the district by its name, as the survivor reads them.
     assert failed[0].explanation.az == (
-        "Ailə üzvü başına aylıq gəlir (50000 qəpik) 30000 qəpik həddini aşır."
+        "Ailə üzvü başına aylıq gəlir (500.00 AZN) 300.00 AZN həddini aşır."
     )
     assert failed[0].inputs["income_per_person_minor"] == "50000"
+    district = next(r for r in refused.rule_results if r.rule_id == "programme_district")
+    assert district.explanation.az == "Saatlı rayonu proqram tərəfindən əhatə olunur."
+    assert district.explanation.en == "The district Saatli is served by the programme."
 
 
 async def test_missing_data_asks_for_review_and_says_which(cluster: Cluster) -> None:
@@ -405,3 +409,114 @@ async def test_assessments_list_by_district_and_date_with_pages(cluster: Cluster
             )
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_rules_with_a_parameter_gap_are_refused_pointing_at_it(cluster: Cluster) -> None:
+    """A ceiling that ends on 2026-11-01 with nothing after it would leave every later
+    assessment undecidable: refused by SimulateRuleSet and PublishRuleSet, naming the
+    parameter and where its value is in the YAML."""
+    gap = SHIPPED.replace(
+        "      - {from: 2026-01-01, value: 30000}",
+        "      - {from: 2026-01-01, until: 2026-11-01, value: 30000}",
+        1,
+    )
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as simulated:
+        await cluster.eligibility.SimulateRuleSet(pb.SimulateRuleSetRequest(source_yaml=gap))
+    with pytest.raises(grpc.aio.AioRpcError) as published:
+        await publish(cluster, gap)
+    for caught in (simulated, published):
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        message = caught.value.details() or ""
+        assert "parameters.income_ceiling_per_person_minor.values[0] (line" in message
+        assert (
+            "parameter income_ceiling_per_person_minor has no value in force from 2026-11-01"
+            in message
+        )
+    assert await cluster.row_counts() == before
+
+
+async def test_an_assessment_before_the_rules_are_in_force_is_refused(cluster: Cluster) -> None:
+    intake = saatli_fish_farmer()
+    await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cluster.eligibility.AssessEligibility(
+            pb.AssessEligibilityRequest(
+                request_id=request_id(),
+                survivor_id=intake.survivor_id,
+                assessment_date=pdate(date(2025, 6, 1)),
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [violation] = violations_in(caught.value)
+    assert violation.field == "assessment_date"
+    assert violation.description == (
+        "the rules are in force from 2026-01-01; 2025-06-01 is before that"
+    )
+    assert await cluster.row_counts() == before
+
+
+async def test_a_version_published_with_a_gap_refuses_assessments_in_it(cluster: Cluster) -> None:
+    """A version stored before gaps were refused still decides the days it covers; a day
+    in its gap is refused, naming the parameter, and nothing is stored."""
+    rule_set_id = new_id("gap").replace("-", "_")
+    source = SHIPPED.replace("rule_set_id: reintegration", f"rule_set_id: {rule_set_id}", 1)
+    source = source.replace(
+        "      - {from: 2026-01-01, value: 30000}",
+        "      - {from: 2026-01-01, until: 2026-11-01, value: 30000}",
+        1,
+    )
+    intake = saatli_fish_farmer()
+    await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    db = cluster.hosts["eligibility"].db
+    assert db is not None
+    async with db.pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO rule_sets (rule_set_id, version, source_yaml, published_by,
+                                      change_note)
+               VALUES ($1, 1, $2, 'pm-01', 'published before gaps were refused')""",
+            rule_set_id,
+            source,
+        )
+        await conn.execute(
+            """UPDATE survivors SET pinned_rule_set_id = $2, pinned_rule_set_version = 1
+               WHERE survivor_id = $1""",
+            intake.survivor_id,
+            rule_set_id,
+        )
+
+    def assess(day: date) -> pb.AssessEligibilityRequest:
+        return pb.AssessEligibilityRequest(
+            request_id=request_id(), survivor_id=intake.survivor_id, assessment_date=pdate(day)
+        )
+
+    covered = await cluster.eligibility.AssessEligibility(assess(date(2026, 10, 1)))
+    assert covered.assessment.rule_set_id == rule_set_id
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cluster.eligibility.AssessEligibility(assess(date(2026, 11, 15)))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [violation] = violations_in(caught.value)
+    assert violation.field == "assessment_date"
+    assert violation.description == (
+        "parameter income_ceiling_per_person_minor has no value in force on 2026-11-15"
+    )
+    assert await cluster.row_counts() == before
+
+
+async def test_simulating_rules_that_start_after_past_assessments_is_refused(
+    cluster: Cluster,
+) -> None:
+    """Rules in force only from 2027 cannot decide an assessment of 2026 again: the
+    simulation says so instead of failing."""
+    await register_and_assess(cluster, saatli_fish_farmer())
+    later = SHIPPED.replace("from: 2026-01-01", "from: 2027-01-01").replace(
+        "assessment_date: 2026-03-01", "assessment_date: 2027-03-01"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cluster.eligibility.SimulateRuleSet(pb.SimulateRuleSetRequest(source_yaml=later))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [violation] = violations_in(caught.value)
+    assert violation.field == "source_yaml"
+    assert "the rules are in force from 2027-01-01" in violation.description

@@ -74,7 +74,9 @@ def test_decision_explains_every_rule_with_the_values_it_read() -> None:
         "income_per_person_minor": "45000",
         "params.income_ceiling_per_person_minor": "30000",
     }
-    assert "45000" in income.explanation.az and "həddini aşır" in income.explanation.az
+    assert income.explanation.az == (
+        "Ailə üzvü başına aylıq gəlir (450.00 AZN) 300.00 AZN həddini aşır."
+    )
     wheelchair = next(d for d in decision.decisions if d.programme_id == "wheelchair")
     assert wheelchair.outcome == "NEEDS_REVIEW"
     assert wheelchair.missing_data == ("walking",)
@@ -169,6 +171,188 @@ def test_malformed_rule_set_points_at_rule_and_position(
     assert problem.line > 0 and problem.column > 0
 
 
+# --- every day from the rules' first day has a value ------------------------------------
+
+CEILING = "      - {from: 2026-01-01, value: 30000}"
+_FARMER_FACTS = intake.facts(
+    intake.intake_from_dict(
+        dict(next(c for c in rules.load(SHIPPED).tests if c.id == "saatli_fish_farmer").intake)
+    ),
+    date(2026, 3, 1),
+)
+
+
+def ceiling_values(*lines: str) -> str:
+    """The shipped rules with the income ceiling's values replaced by `lines`."""
+    assert CEILING in SHIPPED
+    return SHIPPED.replace(CEILING, "\n".join(f"      - {line}" for line in lines), 1)
+
+
+@pytest.mark.parametrize(
+    ("values", "entry", "message"),
+    [
+        (
+            ["{from: 2026-01-01, until: 2026-11-01, value: 30000}"],
+            0,
+            "parameter income_ceiling_per_person_minor has no value in force from 2026-11-01",
+        ),
+        (
+            [
+                "{from: 2027-01-01, value: 20000}",
+                "{from: 2026-01-01, until: 2026-11-01, value: 30000}",
+            ],
+            1,  # the entry whose until leaves the gap, as written in the YAML
+            "parameter income_ceiling_per_person_minor has no value in force from 2026-11-01 "
+            "until 2027-01-01",
+        ),
+        (
+            ["{from: 2027-01-01, value: 30000}"],
+            0,
+            "parameter income_ceiling_per_person_minor has no value in force on 2026-01-01",
+        ),
+    ],
+    ids=["until-on-the-last-value", "gap-between-values", "first-value-late"],
+)
+def test_a_parameter_without_a_value_on_some_day_is_refused_pointing_at_it(
+    values: list[str], entry: int, message: str
+) -> None:
+    with pytest.raises(rules.RuleSetError) as caught:
+        rules.load(ceiling_values(*values))
+    path = f"parameters.income_ceiling_per_person_minor.values[{entry}]"
+    assert [p.path for p in caught.value.problems] == [path]  # and no CEL type error
+    problem = caught.value.problems[0]
+    assert message in problem.message
+    assert problem.line > 0 and problem.column > 0
+
+
+def test_values_that_follow_each_other_are_accepted() -> None:
+    rule_set = rules.load(
+        ceiling_values(
+            "{from: 2026-01-01, until: 2026-11-01, value: 30000}",
+            "{from: 2026-11-01, value: 11000}",
+        )
+    )
+    ceiling = rule_set.parameters["income_ceiling_per_person_minor"]
+    assert (ceiling.at(date(2026, 10, 31)), ceiling.at(date(2026, 11, 1))) == (30000, 11000)
+
+
+def test_a_test_case_before_the_rules_first_day_is_refused() -> None:
+    source = SHIPPED.replace("assessment_date: 2026-03-01", "assessment_date: 2025-03-01", 1)
+    with pytest.raises(rules.RuleSetError) as caught:
+        rules.load(source)
+    problem = next(p for p in caught.value.problems if p.path == "tests[0].assessment_date")
+    assert "2025-03-01 is before 2026-01-01" in problem.message and problem.line > 0
+
+
+def test_a_day_before_the_rules_is_named_and_never_evaluated() -> None:
+    rule_set = rules.load(SHIPPED)
+    assert rule_set.not_in_force(date(2026, 1, 1)) is None
+    assert rule_set.not_in_force(date(2025, 12, 31)) == (
+        "the rules are in force from 2026-01-01; 2025-12-31 is before that"
+    )
+    with pytest.raises(rules.NotInForce, match="in force from 2026-01-01"):
+        rules.evaluate(rule_set, _FARMER_FACTS, date(2025, 6, 1))
+
+
+def test_a_version_published_with_a_gap_stays_readable_and_refuses_its_gap() -> None:
+    """Versions published before gaps were refused are still read; a day in the gap is
+    named, never decided with the value from before the gap."""
+    source = ceiling_values(
+        "{from: 2026-01-01, until: 2026-11-01, value: 30000}", "{from: 2027-01-01, value: 100}"
+    )
+    with pytest.raises(rules.RuleSetError):
+        rules.load(source)
+    rule_set = rules.load(source, published=True)
+    before = rules.evaluate(rule_set, _FARMER_FACTS, date(2026, 10, 31))  # cached context
+    assert before.outcomes()["startup_loan"] == "ELIGIBLE"
+    assert rule_set.not_in_force(date(2026, 12, 1)) == (
+        "parameter income_ceiling_per_person_minor has no value in force on 2026-12-01"
+    )
+    with pytest.raises(rules.NotInForce):
+        rules.evaluate(rule_set, _FARMER_FACTS, date(2026, 12, 1))
+    after = rules.evaluate(rule_set, _FARMER_FACTS, date(2027, 1, 1))
+    assert after.outcomes()["startup_loan"] == "NOT_ELIGIBLE"
+
+
+# --- explanations as people read them ----------------------------------------------------
+
+
+def _explanations(decision: rules.Decision) -> list[rules.Text]:
+    return [r.explanation for d in decision.decisions for r in d.rule_results] + [
+        p.explanation for p in decision.priority_parts
+    ]
+
+
+def test_explanations_give_money_in_manat_and_districts_by_name() -> None:
+    rule_set = rules.load(SHIPPED)
+    facts = {**_FARMER_FACTS, "income_per_person_minor": 12000, "district": "saatli"}
+    decision = rules.evaluate(rule_set, facts, date(2026, 3, 1))
+    results = {r.rule_id: r for d in decision.decisions for r in d.rule_results}
+    income = results["income_ceiling"]
+    assert income.explanation.az == (
+        "Ailə üzvü başına aylıq gəlir (120.00 AZN) 300.00 AZN həddini aşmır."
+    )
+    assert income.explanation.en == (
+        "Household income per person (120.00 AZN a month) is at or below the ceiling of 300.00 AZN."
+    )
+    assert income.inputs == {  # the values read stay as the rules read them
+        "income_per_person_minor": "12000",
+        "params.income_ceiling_per_person_minor": "30000",
+    }
+    district = results["programme_district"]
+    assert district.explanation.az == "Saatlı rayonu proqram tərəfindən əhatə olunur."
+    assert district.explanation.en == "The district Saatli is served by the programme."
+    assert district.inputs == {
+        "district": "saatli",
+        "params.programme_districts": ", ".join(
+            rule_set.parameters["programme_districts"].periods[0].value
+        ),
+    }
+    score = next(p for p in decision.priority_parts if p.name == "income_per_person")
+    assert "150.00 AZN-dən az" in score.explanation.az
+    for text in _explanations(decision):
+        for said in (text.en, text.az):
+            assert "qəpik" not in said and "{" not in said, said
+
+
+def test_an_explanation_asking_for_missing_data_names_the_values_it_can() -> None:
+    facts = {k: v for k, v in _FARMER_FACTS.items() if k != "walking"}
+    decision = rules.evaluate(rules.load(SHIPPED), facts, date(2026, 3, 1))
+    wheelchair = next(d for d in decision.decisions if d.programme_id == "wheelchair")
+    walking = next(r for r in wheelchair.rule_results if r.rule_id == "walking_difficulty")
+    assert walking.missing == ("walking",)
+    assert walking.explanation.en == (
+        "Walking difficulty is not recorded or is below the wheelchair threshold 2."
+    )
+
+
+@pytest.mark.parametrize(
+    ("template", "said"),
+    [
+        ("{max_loan_minor} qəpik", "8,000.00 AZN"),
+        ("{max_loan_minor} qəpikdən çox", "8,000.00 AZN-dən çox"),
+        ("{max_loan_minor}qəpik.", "8,000.00 AZN."),
+        ("{female_headed}", "bəli"),
+        ("{district} və {credit_min_age} qəpik", "Füzuli və 18 qəpik"),
+    ],
+)
+def test_a_unit_word_after_an_amount_goes_and_values_are_said_in_the_language(
+    template: str, said: str
+) -> None:
+    """Rule sets written before amounts said their own unit put "qəpik" after them; it
+    goes, so that published versions read well too. Other words stay."""
+    source = SHIPPED.replace(
+        'az: "Mövcud biznes yoxdur: başlanğıc krediti uyğundur."', f'az: "{template}"', 1
+    )
+    rule_set = rules.load(source)
+    facts = {**_FARMER_FACTS, "has_business": False, "female_headed": True, "district": "fuzuli"}
+    decision = rules.evaluate(rule_set, facts, date(2026, 3, 1))
+    result = next(
+        r for d in decision.decisions for r in d.rule_results if r.rule_id == "starting_a_business"
+    )
+    assert result.explanation.az == said
+
+
 # --- the fast trace against the reference evaluation -------------------------------------
 
 _DISTRICTS = ["saatli", "fuzuli", "baku", "tartar", "ganja", "aghdam"]
@@ -217,6 +401,12 @@ def _intakes(draw: st.DrawFn) -> tuple[pb.SurvivorIntake, date]:
 
 _SHIPPED_RULE_SET = rules.load(SHIPPED)
 _CEILING_RULE_SET = rules.load(with_ceiling_change("      - {from: 2027-01-01, value: 20000}"))
+# A value that ends where the next starts (until), and a district and amounts said in words.
+_UNTIL_RULE_SET = rules.load(
+    ceiling_values(
+        "{from: 2026-01-01, until: 2026-11-01, value: 30000}", "{from: 2026-11-01, value: 11000}"
+    )
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -226,7 +416,7 @@ def test_fast_trace_equals_the_reference_evaluation(case: tuple[pb.SurvivorIntak
     rules.evaluate + decision_to_proto give, on the first call and from the cache (shared
     by every generated survivor, as in the service)."""
     survivor, day = case
-    for rule_set in (_SHIPPED_RULE_SET, _CEILING_RULE_SET):
+    for rule_set in (_SHIPPED_RULE_SET, _CEILING_RULE_SET, _UNTIL_RULE_SET):
         facts = intake.facts(survivor, day)
         decisions, priority = decision_to_proto(rules.evaluate(rule_set, facts, day))
         reference = pb.Assessment(decisions=decisions, priority=priority)
