@@ -549,6 +549,19 @@ class JourneyActivities:
             a.type_id, a.need_id, a, await self._is_terminal(a.type_id, a.state)
         )
 
+    @activity.defn
+    async def read_assistance(self, assistance_id: str) -> AssistanceState:
+        """Read-only: the item as the assistance service holds it now, whoever moved it
+        (a step sent straight to the service, a promotion off the waitlist)."""
+        response = await call(
+            self.assistance.GetAssistance,
+            assistance_pb.GetAssistanceRequest(assistance_id=assistance_id),
+        )
+        a = response.assistance
+        return assistance_state_of(
+            a.type_id, a.need_id, a, await self._is_terminal(a.type_id, a.state)
+        )
+
     # --- notifications -----------------------------------------------------------------
 
     @activity.defn
@@ -576,5 +589,6 @@ class JourneyActivities:
             self.record_need,
             self.request_assistance,
             self.advance_assistance,
+            self.read_assistance,
             self.notify,
         ]

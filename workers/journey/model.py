@@ -259,6 +259,8 @@ class AssistanceInput:
     sex: int
     age_band: int
     plan: AssistancePlan
+    # Set when an item that waited long on a waitlist continues as new: where it was.
+    resume: AssistanceResume | None = None
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,15 @@ class AssistanceState:
     state: str
     terminal: bool
     waitlist_position: int = 0
+
+
+@dataclass(frozen=True)
+class AssistanceResume:
+    """What a waitlisted item carries into its next run: the item as last read, and how
+    many steps it has sent (its request ids go on from there)."""
+
+    state: AssistanceState
+    steps: int
 
 
 # --- updates, signals and queries ------------------------------------------------------
@@ -340,6 +351,14 @@ class AssistanceAction:
     action: str
     actor: str
     data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AssistanceRefresh:
+    """Staff ask an assistance item to read its record from the assistance service again
+    (a step sent straight to the service, a promotion off the waitlist)."""
+
+    requested_by: str
 
 
 @dataclass(frozen=True)

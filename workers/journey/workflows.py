@@ -35,6 +35,8 @@ with workflow.unsafe.imports_passed_through():
         AssessmentSummary,
         AssistanceAction,
         AssistanceInput,
+        AssistanceRefresh,
+        AssistanceResume,
         AssistanceState,
         CommitteeDecision,
         DisburseInput,
@@ -132,6 +134,18 @@ HARDSHIP_SEQUENCE_PATCH = "journey-hardship-sequence"
 # would reach (the loan's first grace, or instalments prepaid), lengthens the grace to
 # reach it and the term by as much, keeping the number of instalments asked for.
 RESCHEDULE_NOT_SOONER_PATCH = "journey-reschedule-not-sooner"
+# Assistance items from this change on, when the service refuses a step, read the item's
+# record from the service again and publish it if it moved: a step sent straight to the
+# assistance service (a drop-out under staff's own token) or a promotion off the waitlist
+# reaches the item, its journey, and ends the item when the record is finished.
+ASSISTANCE_CATCH_UP_PATCH = "assistance-catch-up"
+# Items waitlisted from this change on read their record once a day while they wait, so a
+# promotion reaches the journey without anyone acting; after WAITLIST_READS_PER_RUN reads
+# (or when the server suggests it) the item continues as new, so its history stays small.
+ASSISTANCE_WAITLIST_READS_PATCH = "assistance-waitlist-reads"
+WAITLISTED = "waitlisted"
+WAITLIST_READ_EVERY = timedelta(days=1)
+WAITLIST_READS_PER_RUN = 90
 # What RescheduleLoan accepts (and the hardship validator lets through).
 MAX_RESCHEDULE_GRACE_MONTHS = 24
 MAX_RESCHEDULE_TERM_MONTHS = 120
@@ -789,38 +803,48 @@ class SurvivorJourneyWorkflow:
 class AssistanceWorkflow:
     """One assistance item: the need is recorded, the assistance requested from the
     provider, and each step of its lifecycle arrives as a validated update from the
-    people delivering it. The parent journey hears of every change."""
+    people delivering it. The parent journey hears of every change, including those made
+    outside the item (read from the assistance service when a step is refused, on staff's
+    `refresh`, and once a day while waitlisted)."""
 
     def __init__(self) -> None:
         self._input: AssistanceInput | None = None
         self._state: AssistanceState | None = None
         self._steps = 0
         self._busy = False
+        self._published = 0  # states published so far: a read older than the last is dropped
 
     @workflow.run
     async def run(self, item: AssistanceInput) -> AssistanceState:
         self._input = item
-        need_id = await call_service(
-            JourneyActivities.record_need,
-            NeedInput(
-                item.survivor_id,
-                item.plan.type_id,
-                item.case_worker_id,
-                item.district_code,
-                item.sex,
-                item.age_band,
-            ),
-        )
-        try:
-            requested = await call_service(
-                JourneyActivities.request_assistance,
-                RequestAssistanceInput(need_id, item.plan, item.case_worker_id),
+        if item.resume is not None:  # continued as new while waitlisted
+            self._state, self._steps = item.resume.state, item.resume.steps
+        else:
+            need_id = await call_service(
+                JourneyActivities.record_need,
+                NeedInput(
+                    item.survivor_id,
+                    item.plan.type_id,
+                    item.case_worker_id,
+                    item.district_code,
+                    item.sex,
+                    item.age_band,
+                ),
             )
-        except ActivityError as error:
-            # Refused (bad plan data, no consent...): the need stays open for a new plan.
-            workflow.logger.warning("assistance request refused", extra={"cause": str(error.cause)})
-            requested = AssistanceState(item.plan.type_id, need_id, "", "refused", True)
-        await self._publish(item, requested)
+            try:
+                requested = await call_service(
+                    JourneyActivities.request_assistance,
+                    RequestAssistanceInput(need_id, item.plan, item.case_worker_id),
+                )
+            except ActivityError as error:
+                # Refused (bad plan data, no consent...): the need stays open for a new plan.
+                workflow.logger.warning(
+                    "assistance request refused", extra={"cause": str(error.cause)}
+                )
+                requested = AssistanceState(item.plan.type_id, need_id, "", "refused", True)
+            await self._publish(item, requested)
+        if self._waitlisted() and workflow.patched(ASSISTANCE_WAITLIST_READS_PATCH):
+            await self._read_while_waitlisted()
         await workflow.wait_condition(
             lambda: (
                 self._state is not None
@@ -844,7 +868,13 @@ class AssistanceWorkflow:
                 ),
             )
         except ActivityError as error:  # the service refused the step: tell the caller
-            raise ApplicationError(str(error.cause or error)) from None
+            refusal = ApplicationError(str(error.cause or error))
+            if workflow.patched(ASSISTANCE_CATCH_UP_PATCH):
+                # Perhaps the item moved outside this workflow (finished through the
+                # assistance API, promoted): catch up, so the journey hears and a
+                # finished item ends. The caller still gets the refusal.
+                await self._catch_up(quietly=True)
+            raise refusal from None
         finally:
             self._busy = False
         assert self._input is not None
@@ -858,12 +888,84 @@ class AssistanceWorkflow:
         if not action.action.strip() or not action.actor.strip():
             raise ValueError("action and actor are required")
 
+    @workflow.update
+    async def refresh(self, request: AssistanceRefresh) -> AssistanceState:
+        """Read the item's record from the assistance service and publish it if it moved:
+        staff make an item catch up with a change made outside it, without a step. No
+        history from before this update can hold one, so it needs no patch."""
+        workflow.logger.info("refresh asked", extra={"requested_by": request.requested_by})
+        self._busy = True
+        try:
+            await self._catch_up(quietly=False)
+        finally:
+            self._busy = False
+        assert self._state is not None
+        return self._state
+
+    @refresh.validator
+    def validate_refresh(self, request: AssistanceRefresh) -> None:
+        if self._state is None or self._state.terminal or self._busy:
+            raise ValueError("this assistance item is not awaiting a step")
+        if not self._state.assistance_id:
+            raise ValueError("this assistance item was never requested from the service")
+        if not request.requested_by.strip():
+            raise ValueError("requested_by is required")
+
     @workflow.query
     def state(self) -> AssistanceState | None:
         return self._state
 
+    def _waitlisted(self) -> bool:
+        return (
+            self._state is not None and self._state.state == WAITLISTED and not self._state.terminal
+        )
+
+    async def _catch_up(self, *, quietly: bool) -> None:
+        """The item's record as the assistance service holds it now, published if it
+        moved. A read that fails is logged (quietly) or fails the caller's update."""
+        assert self._input is not None and self._state is not None
+        if not self._state.assistance_id:
+            return
+        before = self._published
+        try:
+            now = await call_local(JourneyActivities.read_assistance, self._state.assistance_id)
+        except ActivityError as error:
+            if not quietly:
+                raise refused(error) from None
+            workflow.logger.warning(
+                "assistance record not read", extra={"cause": str(error.cause or error)}
+            )
+            return
+        if self._published == before and now != self._state:
+            await self._publish(self._input, now)
+
+    async def _read_while_waitlisted(self) -> None:
+        """Once a day while the item waits, read its record: a place freed elsewhere
+        promotes it at the service. Continue as new now and then, so the history of an
+        item that waits for months stays small."""
+        assert self._input is not None
+        reads = 0
+        while self._waitlisted():
+            try:
+                await workflow.wait_condition(
+                    lambda: not self._waitlisted(), timeout=WAITLIST_READ_EVERY
+                )
+                return
+            except TimeoutError:
+                pass
+            await self._catch_up(quietly=True)
+            reads += 1
+            if reads >= WAITLIST_READS_PER_RUN or workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if self._waitlisted():
+                    assert self._state is not None
+                    workflow.continue_as_new(
+                        replace(self._input, resume=AssistanceResume(self._state, self._steps))
+                    )
+
     async def _publish(self, item: AssistanceInput, state: AssistanceState) -> None:
         self._state = state
+        self._published += 1
         parent = workflow.get_external_workflow_handle(item.journey_id)
         try:
             await parent.signal(SurvivorJourneyWorkflow.assistance_updated, state)

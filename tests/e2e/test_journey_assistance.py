@@ -1,0 +1,307 @@
+"""A journey's assistance items hear of changes made outside them, end to end under time
+skipping with the real services: an item dropped out straight through the assistance API
+ends at the next step sent to it (refused), and its journey completes as after a drop-out
+sent through the journey; a survivor promoted off a waitlist shows as promoted in the
+journey after staff's `refresh`, or by itself within a day."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+
+import pytest
+import pytest_asyncio
+from google.protobuf import struct_pb2
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.converter import DataConverter
+from temporalio.testing import WorkflowEnvironment
+
+from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
+from mineaction.assistance.v1 import assistance_service_pb2_grpc as assistance_grpc
+from mineaction.type.v1 import age_band_pb2, sex_pb2
+from tests.conftest import Cluster
+from tests.factories import register_request, request_id, saatli_fish_farmer
+from tests.journey_helpers import own_pool, status_of
+from tests.temporal_fixtures import BIN
+from workers.journey import search_attributes
+from workers.journey.activities import JourneyActivities
+from workers.journey.model import (
+    AssistanceAction,
+    AssistancePlan,
+    AssistanceRefresh,
+    AssistanceState,
+    JourneyInput,
+    JourneyStatus,
+    assistance_workflow_id,
+    journey_workflow_id,
+)
+from workers.journey.worker import build_worker
+from workers.journey.workflows import (
+    WAITLIST_READS_PER_RUN,
+    AssistanceWorkflow,
+    SurvivorJourneyWorkflow,
+    initial_search_attributes,
+)
+
+
+@pytest_asyncio.fixture
+async def own_time_skipping_env(
+    encrypting_converter: DataConverter,
+) -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server for one test. When an assistance item ends after its journey
+    has closed (a journey of assistance only completes on the item's last signal), the test
+    server stops skipping time for good, so these tests do not share the session's."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+        data_converter=encrypting_converter,
+    )
+    await search_attributes.register(env.client, env.client.namespace)
+    yield env
+    await env.shutdown()
+
+
+Journey = WorkflowHandle[SurvivorJourneyWorkflow, JourneyStatus]
+Item = WorkflowHandle[AssistanceWorkflow, AssistanceState]
+
+
+async def start_journey(
+    cluster: Cluster, client: Client, task_queue: str, plan: AssistancePlan
+) -> tuple[Journey, Item]:
+    """A journey of assistance only, once its one item is requested from the service."""
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(survivor_id)))
+    journey: Journey = await client.start_workflow(
+        SurvivorJourneyWorkflow.run,
+        JourneyInput(survivor_id=survivor_id, case_worker_id="cw-12", assistance=[plan]),
+        id=journey_workflow_id(survivor_id),
+        task_queue=task_queue,
+        search_attributes=initial_search_attributes(programme_year=1),
+    )
+    await journey_heard(journey, lambda a: bool(a.assistance_id))
+    item: Item = client.get_workflow_handle_for(
+        AssistanceWorkflow.run, assistance_workflow_id(journey.id, plan.type_id)
+    )
+    return journey, item
+
+
+async def journey_heard(
+    journey: Journey, done: Callable[[AssistanceState], bool], within: float = 15.0
+) -> AssistanceState:
+    """The journey's view of its one item, once `done(item)` holds (real time)."""
+    deadline = time.monotonic() + within
+    while True:
+        status = await status_of(journey)
+        if status.assistance and done(status.assistance[0]):
+            return status.assistance[0]
+        assert time.monotonic() < deadline, f"the journey never heard it: {status}"
+        await asyncio.sleep(0.05)
+
+
+async def staff_advance(cluster: Cluster, assistance_id: str, action: str, who: str) -> None:
+    """A step sent straight to the assistance service under a case worker's own token."""
+    channel = cluster.channel("assistance", cluster.token_for("case_worker", subject=who))
+    try:
+        await assistance_grpc.AssistanceServiceStub(channel).AdvanceAssistance(
+            assistance_pb.AdvanceAssistanceRequest(
+                request_id=request_id(), assistance_id=assistance_id, action=action, actor=who
+            )
+        )
+    finally:
+        await channel.close()
+
+
+async def someone_holds(cluster: Cluster, pool: str) -> str:
+    """Another survivor takes the pool's only wheelchair; their assistance id."""
+    need = (
+        await cluster.assistance.RecordNeed(
+            assistance_pb.RecordNeedRequest(
+                request_id=request_id(),
+                survivor_id=f"srv-{uuid.uuid4().hex[:12]}",
+                type_id="wheelchair",
+                assessed_by="cw-12",
+                district_code="saatli",
+                sex=sex_pb2.SEX_FEMALE,
+                age_band=age_band_pb2.AGE_BAND_35_59,
+            )
+        )
+    ).need
+    seat = struct_pb2.Struct()
+    seat.update({"seat_width_cm": 42})
+    holder = (
+        await cluster.assistance.RequestAssistance(
+            assistance_pb.RequestAssistanceRequest(
+                request_id=request_id(),
+                need_id=need.need_id,
+                provider_id="baku-mobility-aids",
+                capacity_pool_id=pool,
+                data=seat,
+                referral_consent=True,
+                requested_by="cw-12",
+            )
+        )
+    ).assistance
+    assert holder.waitlist_position == 0, holder
+    return str(holder.assistance_id)
+
+
+@pytest.mark.timeout(120)
+async def test_an_item_dropped_out_through_the_assistance_api_ends_and_its_journey_completes(
+    cluster: Cluster,
+    own_time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    client = own_time_skipping_env.client
+    pool = await own_pool(cluster, "barda-vocational-centre", "english_course", 5, sessions=4)
+    plan = AssistancePlan("english_course", "barda-vocational-centre", pool, 1, {"level": "a1"})
+    async with build_worker(client, activities, task_queue):
+        # Through the journey: the course dropped out by its own step, for comparison.
+        through_journey, its_item = await start_journey(cluster, client, task_queue, plan)
+        for action, data in (("attend", {"sessions": 1}), ("drop_out", {})):
+            await its_item.execute_update(
+                AssistanceWorkflow.advance, AssistanceAction(action, "provider-01", data)
+            )
+        expected = await asyncio.wait_for(through_journey.result(), 15)
+
+        journey, item = await start_journey(cluster, client, task_queue, plan)
+        attending = await item.execute_update(
+            AssistanceWorkflow.advance, AssistanceAction("attend", "provider-01", {"sessions": 1})
+        )
+        assert (attending.state, attending.terminal) == ("attending", False)
+        # Staff drop the survivor out straight through the assistance API.
+        await staff_advance(cluster, attending.assistance_id, "drop_out", "cw-12")
+        record = (
+            await cluster.assistance.GetAssistance(
+                assistance_pb.GetAssistanceRequest(assistance_id=attending.assistance_id)
+            )
+        ).assistance
+        assert record.state == "dropped_out"
+        assert (await item.query(AssistanceWorkflow.state)) == attending  # not heard yet
+
+        # The provider's next step is refused by the service, and the caller hears why...
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await item.execute_update(
+                AssistanceWorkflow.advance,
+                AssistanceAction("attend", "provider-01", {"sessions": 1}),
+            )
+        assert "allowed: none (finished)" in str(refused.value.cause)
+        # ...and the item has caught up with its record: it ends, terminal, and so does the
+        # journey, as it did after the drop-out sent through the journey.
+        ended = await asyncio.wait_for(item.result(), 15)
+        assert (ended.state, ended.terminal) == ("dropped_out", True)
+        assert ended.assistance_id == attending.assistance_id
+        result = await asyncio.wait_for(journey.result(), 15)
+
+    assert result.stage == expected.stage == "COMPLETED"
+    assert [(a.type_id, a.state, a.terminal) for a in result.assistance] == [
+        ("english_course", "dropped_out", True)
+    ]
+    assert [(a.type_id, a.state, a.terminal) for a in expected.assistance] == [
+        (a.type_id, a.state, a.terminal) for a in result.assistance
+    ]
+    # The item's workflow has ended: it takes no more steps.
+    assert (await item.describe()).status == WorkflowExecutionStatus.COMPLETED
+
+
+@pytest.mark.timeout(120)
+async def test_staff_refresh_brings_a_promotion_off_the_waitlist_to_the_journey(
+    cluster: Cluster,
+    own_time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    client = own_time_skipping_env.client
+    pool = await own_pool(cluster, "baku-mobility-aids", "wheelchair", 1)
+    holder = await someone_holds(cluster, pool)
+    plan = AssistancePlan("wheelchair", "baku-mobility-aids", pool, 1, {"seat_width_cm": 44})
+    async with build_worker(client, activities, task_queue):
+        journey, item = await start_journey(cluster, client, task_queue, plan)
+        waiting = await item.query(AssistanceWorkflow.state)
+        assert waiting is not None
+        assert (waiting.state, waiting.waitlist_position) == ("waitlisted", 1)
+
+        # Nothing has moved: a refresh reads the record and changes nothing.
+        same = await item.execute_update(AssistanceWorkflow.refresh, AssistanceRefresh("cw-12"))
+        assert same == waiting
+        with pytest.raises(WorkflowUpdateFailedError) as blank:
+            await item.execute_update(AssistanceWorkflow.refresh, AssistanceRefresh("  "))
+        assert "requested_by is required" in str(blank.value.cause)
+
+        # The other survivor's wheelchair is cancelled: the service promotes this one.
+        await staff_advance(cluster, holder, "cancel", "cw-12")
+        assert (await item.query(AssistanceWorkflow.state)) == waiting  # not heard yet
+        promoted = await item.execute_update(AssistanceWorkflow.refresh, AssistanceRefresh("cw-12"))
+        assert (promoted.state, promoted.waitlist_position, promoted.terminal) == (
+            "fitting_assessment",
+            0,
+            False,
+        )
+        heard = await journey_heard(journey, lambda a: a.state != "waitlisted")
+        assert heard == promoted
+        # The item goes on with its next step as usual.
+        allocated = await item.execute_update(
+            AssistanceWorkflow.advance, AssistanceAction("allocate_from_stock", "provider-01")
+        )
+        assert allocated.state == "allocated"
+        await journey.terminate("the test is over")
+        await item.terminate("the test is over")
+
+
+@pytest.mark.timeout(180)
+async def test_a_waitlisted_item_reads_its_record_daily_and_continues_as_new_while_it_waits(
+    cluster: Cluster,
+    own_time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    env, client = own_time_skipping_env, own_time_skipping_env.client
+    pool = await own_pool(cluster, "baku-mobility-aids", "wheelchair", 1)
+    holder = await someone_holds(cluster, pool)
+    plan = AssistancePlan("wheelchair", "baku-mobility-aids", pool, 1, {"seat_width_cm": 44})
+    async with build_worker(client, activities, task_queue):
+        journey, item = await start_journey(cluster, client, task_queue, plan)
+        first_run = (await item.describe()).run_id
+        # A quarter and more on the waitlist: one read a day, and a fresh run after
+        # WAITLIST_READS_PER_RUN of them, which still knows where the item is.
+        # (ten days at a time: the test server stalls on one sleep across a continue-as-new)
+        for _ in range(WAITLIST_READS_PER_RUN // 10 + 1):
+            await env.sleep(timedelta(days=10))
+        now = await item.describe()
+        assert now.run_id != first_run
+        history = await client.get_workflow_handle(item.id, run_id=first_run).fetch_history()
+        # About six events a read: a timer, its workflow task and the read's marker.
+        assert len(history.events) < 7 * WAITLIST_READS_PER_RUN
+        assert history.events[-1].HasField("workflow_execution_continued_as_new_event_attributes")
+        waiting = await item.query(AssistanceWorkflow.state)
+        assert waiting is not None
+        assert (waiting.state, waiting.waitlist_position) == ("waitlisted", 1)
+
+        # A place frees up; within a day the item, and the journey, know without anyone
+        # asking.
+        await staff_advance(cluster, holder, "cancel", "cw-12")
+        await env.sleep(timedelta(days=1, hours=1))
+        promoted = await item.query(AssistanceWorkflow.state)
+        assert promoted is not None
+        assert (promoted.state, promoted.waitlist_position) == ("fitting_assessment", 0)
+        assert await journey_heard(journey, lambda a: a.state != "waitlisted") == promoted
+        # Steps go on in the new run, as their own requests (the step count carried over).
+        for action, data in (
+            ("allocate_from_stock", {}),
+            ("deliver", {"serial_number": "WC-2026-0077", "fitted_by": "pt-01"}),
+            ("follow_up", {"notes": "fits well"}),
+        ):
+            state = await item.execute_update(
+                AssistanceWorkflow.advance, AssistanceAction(action, "provider-01", data)
+            )
+        assert state.terminal
+        result = await asyncio.wait_for(journey.result(), 15)
+    assert result.stage == "COMPLETED"
+    assert [(a.state, a.terminal) for a in result.assistance] == [("followed_up", True)]
