@@ -48,6 +48,7 @@ from workers.journey.activities import (
 from workers.journey.model import (
     AssistanceAction,
     AssistancePlan,
+    AssistanceRefresh,
     AssistanceState,
     CommitteeDecision,
     FollowUp,
@@ -804,7 +805,14 @@ def journey_follow_up(
 def journey_assist(
     survivor_id: Annotated[str, typer.Argument(help="The survivor.")],
     type_id: Annotated[str, typer.Argument(help="The assistance item's type, e.g. wheelchair.")],
-    action: Annotated[str, typer.Argument(help="The lifecycle action, e.g. deliver.")],
+    action: Annotated[
+        str,
+        typer.Argument(
+            help="The lifecycle action, e.g. deliver; or refresh, to have the item read its "
+            "record from the assistance service (a step sent there directly, a promotion off "
+            "the waitlist)."
+        ),
+    ],
     actor: Annotated[str, typer.Option(help="Who takes the step (provider or staff id).")],
     data: Annotated[
         list[str] | None,
@@ -814,7 +822,8 @@ def journey_assist(
     ] = None,
 ) -> None:
     """A provider's step on one of the journey's assistance items (the item's advance
-    update), checked against the type's lifecycle before it is sent."""
+    update), checked against the type's lifecycle before it is sent; or `refresh`: the
+    item reads its record from the assistance service and the journey hears of it."""
 
     async def go() -> None:
         sid = inputs.identifier(survivor_id, "survivor id")
@@ -827,18 +836,25 @@ def journey_assist(
         async with context.assistance(settings, token) as assist:
             with calling("assistance", settings.assistance_address):
                 known = await catalogue.load(assist, TIMEOUT)
-        known.check_step(kind, step, step_data)
+        refresh = step == "refresh"
+        if refresh:
+            known.type(kind)
+            if step_data:
+                raise BadInput("refresh takes no --data")
+        else:
+            known.check_step(kind, step, step_data)
         client = await context.temporal_client(settings)
         workflow_id = assistance_workflow_id(journey_workflow_id(sid), kind)
         state: AssistanceState = await _send_update(
             client.get_workflow_handle(workflow_id),
-            AssistanceWorkflow.advance,
-            AssistanceAction(step, who, step_data),
+            AssistanceWorkflow.refresh if refresh else AssistanceWorkflow.advance,
+            AssistanceRefresh(who) if refresh else AssistanceAction(step, who, step_data),
             settings.effective_temporal_address,
             f"the {kind} item of {sid} ({workflow_id})",
             refuser=f"the {kind} item",
         )
-        render.line(f"{kind} of {sid}: {step} by {who}; now {render.assistance_state(state)}")
+        done = "read its record again" if refresh else step
+        render.line(f"{kind} of {sid}: {done} by {who}; now {render.assistance_state(state)}")
 
     run(go())
 

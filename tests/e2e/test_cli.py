@@ -948,7 +948,8 @@ async def test_journey_status_reads_the_assistance_service_now(
     that one is cancelled and the service promotes this survivor off the waitlist. The
     journey hears of it only at its next step, but `journey status` reads the service and
     shows the item promoted at once, in the chosen language; without the service (or a
-    token), the journey's own view, said so."""
+    token), the journey's own view, said so. `journey assist … refresh` has the item read
+    its record, and the journey then has it promoted too."""
     survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
     pool = await own_pool(cluster, "baku-mobility-aids", "wheelchair", 1)
     first_in_line = (
@@ -1031,6 +1032,26 @@ async def test_journey_status_reads_the_assistance_service_now(
         assert ran.exit_code == 0, ran
         assert ran.stdout.startswith("Assistance as the journey last heard of it: no token"), ran
         assert "wheelchair: waitlisted (waitlist #1)" in ran.stdout
+        # Staff make the item read its record: the journey itself now has it promoted.
+        ran = await mineaction(
+            cli_env, "journey", "assist", survivor_id, "wheelchair", "refresh", "--actor", "cw-01"
+        )
+        assert ran.exit_code == 0, ran
+        assert "wheelchair of" in ran.stdout and "read its record again by cw-01" in ran.stdout
+        deadline = time.monotonic() + 15
+        while True:  # until the journey has heard it
+            heard = (await handle.query(SurvivorJourneyWorkflow.status)).assistance[0]
+            if heard.state != "waitlisted":
+                break
+            assert time.monotonic() < deadline, heard
+            await asyncio.sleep(0.05)
+        assert (heard.state, heard.waitlist_position) == ("fitting_assessment", 0), heard
+        refused = await mineaction(
+            cli_env, "journey", "assist", survivor_id, "wheelchair", "refresh", "--actor", "cw-01",
+            "--data", "a=1",
+        )  # fmt: skip
+        assert one_error_line(refused) == "error: refresh takes no --data"
+        assert refused.exit_code == 2
         await handle.terminate("the test is over")
         await dev_client.get_workflow_handle(
             assistance_workflow_id(handle.id, "wheelchair")
