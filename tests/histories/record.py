@@ -4,8 +4,9 @@
 
 Starts the real cluster in-process (an embedded PostgreSQL from pgserver, the three
 services on free ports, the time-skipping Temporal test server and the journey worker),
-runs each representative journey to its end, and writes every run's history as JSON next
-to this file, with manifest.json naming each file's workflow id and event count. It
+runs each representative journey to its end (and one journey of assistance only, whose
+items' histories are written too), and writes every run's history as JSON next to this
+file, with manifest.json naming each file's workflow id and event count. It
 prints the event counts, among them the 36-month loan's (see docs/journeys.md).
 """
 
@@ -21,19 +22,25 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from google.protobuf import struct_pb2
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
+from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
+from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common.auth import ensure_dev_credentials
 from services.common.channels import service_token
 from services.common.config import load_settings
 from services.common.logging import configure_logging
 from tests.conftest import Cluster, start_services, stop_services
-from tests.factories import register_request, saatli_fish_farmer
-from tests.journey_helpers import skip_until, status_of
+from tests.factories import register_request, request_id, saatli_fish_farmer
+from tests.journey_helpers import own_pool, skip_until, status_of
 from workers.journey import search_attributes
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
+    AssistanceAction,
+    AssistancePlan,
+    AssistanceRefresh,
     CommitteeDecision,
     FollowUp,
     Hardship,
@@ -41,10 +48,11 @@ from workers.journey.model import (
     JourneyStatus,
     LoanRequest,
     WriteOffDecision,
+    assistance_workflow_id,
     journey_workflow_id,
 )
 from workers.journey.worker import build_worker, open_outbox
-from workers.journey.workflows import SurvivorJourneyWorkflow
+from workers.journey.workflows import AssistanceWorkflow, SurvivorJourneyWorkflow
 from workers.simulation.workflows import Behaviour, BorrowerInput, BorrowerWorkflow
 
 HERE = Path(__file__).parent
@@ -230,6 +238,142 @@ async def run_scenario(
     assert (await status_of(handle)).stage in TERMINAL
 
 
+async def run_assisted(env: WorkflowEnvironment, cluster: Cluster, out: Recorded) -> None:
+    """A journey of assistance only: an English course whose provider first sends a step
+    the course cannot take yet (refused by the service; the record has not moved), which
+    staff refresh, which is attended, and whose survivor is dropped out straight through
+    the assistance API (the provider's next step is refused and the course ends); and a
+    wheelchair waitlisted behind another survivor's, promoted when that one is cancelled
+    through the assistance API (the item reads it the next day), then delivered and
+    followed up.
+
+    (The pre_assistance_catch_up.assisted.* histories, recorded before the item read its
+    record, attended and completed the course through the journey instead.)"""
+    client, name = env.client, "assisted"
+    sid = survivor_id(name)
+    await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(sid)))
+    course_pool = await own_pool(cluster, "barda-vocational-centre", "english_course", 5, 2)
+    chair_pool = await own_pool(cluster, "baku-mobility-aids", "wheelchair", 1)
+    need = (
+        await cluster.assistance.RecordNeed(
+            assistance_pb.RecordNeedRequest(
+                request_id=request_id(),
+                survivor_id=survivor_id("assisted_holder"),
+                type_id="wheelchair",
+                assessed_by="cw-07",
+                district_code="saatli",
+                sex=sex_pb2.SEX_FEMALE,
+                age_band=age_band_pb2.AGE_BAND_35_59,
+            )
+        )
+    ).need
+    seat = struct_pb2.Struct()
+    seat.update({"seat_width_cm": 42})
+    holder = (
+        await cluster.assistance.RequestAssistance(
+            assistance_pb.RequestAssistanceRequest(
+                request_id=request_id(),
+                need_id=need.need_id,
+                provider_id="baku-mobility-aids",
+                capacity_pool_id=chair_pool,
+                data=seat,
+                referral_consent=True,
+                requested_by="cw-07",
+            )
+        )
+    ).assistance
+    handle: Handle = await client.start_workflow(
+        SurvivorJourneyWorkflow.run,
+        JourneyInput(
+            survivor_id=sid,
+            case_worker_id="cw-07",
+            assistance=[
+                AssistancePlan(
+                    "english_course", "barda-vocational-centre", course_pool, 1, {"level": "a1"}
+                ),
+                AssistancePlan(
+                    "wheelchair", "baku-mobility-aids", chair_pool, 1, {"seat_width_cm": 44}
+                ),
+            ],
+        ),
+        id=journey_workflow_id(sid),
+        task_queue=TASK_QUEUE,
+    )
+    for _ in range(200):  # until both items are requested
+        status = await status_of(handle)
+        if len(status.assistance) == 2 and all(a.assistance_id for a in status.assistance):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"{name}: the items were never requested: {status}")
+    course = client.get_workflow_handle(assistance_workflow_id(handle.id, "english_course"))
+    chair = client.get_workflow_handle(assistance_workflow_id(handle.id, "wheelchair"))
+    try:
+        await course.execute_update(
+            AssistanceWorkflow.advance,
+            AssistanceAction("complete", "provider-01", {"certificate_number": "EN-REC-1"}),
+        )
+    except WorkflowUpdateFailedError:
+        pass
+    else:
+        raise AssertionError("the service completed a course nobody attended")
+    # Staff ask the course to read its record again: nothing has moved.
+    await course.execute_update(AssistanceWorkflow.refresh, AssistanceRefresh("cw-07"))
+    attending = await course.execute_update(
+        AssistanceWorkflow.advance, AssistanceAction("attend", "provider-01", {"sessions": 1})
+    )
+    # The survivor drops out, sent straight to the assistance service; the provider's next
+    # step is refused, and the course reads its record and ends.
+    await cluster.assistance.AdvanceAssistance(
+        assistance_pb.AdvanceAssistanceRequest(
+            request_id=request_id(),
+            assistance_id=attending.assistance_id,
+            action="drop_out",
+            actor="cw-07",
+        )
+    )
+    try:
+        await course.execute_update(
+            AssistanceWorkflow.advance, AssistanceAction("attend", "provider-01", {"sessions": 1})
+        )
+    except WorkflowUpdateFailedError:
+        pass
+    else:
+        raise AssertionError("the service let a survivor who dropped out attend")
+    await cluster.assistance.AdvanceAssistance(
+        assistance_pb.AdvanceAssistanceRequest(
+            request_id=request_id(),
+            assistance_id=holder.assistance_id,
+            action="cancel",
+            actor="cw-07",
+        )
+    )
+    await env.sleep(timedelta(days=2))
+    promoted = await chair.query(AssistanceWorkflow.state)
+    if promoted is None or promoted.state == "waitlisted":
+        raise AssertionError(f"the wheelchair never read its promotion: {promoted}")
+    for action, data in (
+        ("allocate_from_stock", {}),
+        ("deliver", {"serial_number": "WC-REC-1", "fitted_by": "pt-01"}),
+        ("follow_up", {"notes": "fits well"}),
+    ):
+        await chair.execute_update(
+            AssistanceWorkflow.advance, AssistanceAction(action, "provider-01", data)
+        )
+    result = await handle.result()
+    counts = {
+        "journey": await write_runs(
+            client, handle.id, handle.first_execution_run_id, name, out, commit=True
+        )
+    }
+    for item in (course, chair):
+        kind = item.id.rsplit("-assistance-", 1)[1]
+        counts[kind] = await write_runs(client, item.id, None, f"{name}.{kind}", out, commit=True)
+    out.events_per_run[name] = counts
+    print(f"{name:>18}: {result.stage}; events per run {counts}")
+    assert result.stage == "COMPLETED", result
+
+
 async def main() -> None:
     import pgserver
 
@@ -273,6 +417,7 @@ async def main() -> None:
             async with build_worker(env.client, activities, TASK_QUEUE):
                 for name, scenario in SCENARIOS.items():
                     await run_scenario(env, cluster, name, scenario, out)
+                await run_assisted(env, cluster, out)
             files = {
                 name: entry
                 for name, entry in kept.get("files", {}).items()
