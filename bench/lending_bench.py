@@ -85,9 +85,11 @@ async def _sustained(
     concurrency: int,
     one: Callable[[int], Awaitable[None]],
     meter: CpuMeter | None = None,
+    pool: asyncpg.Pool | None = None,
 ) -> float:
     """Operations per second with `concurrency` workers for `seconds`; with a meter,
-    also prints the CPU each party used per operation."""
+    also prints the CPU each party used per operation, and with the pool how many
+    operations each commit carried."""
     quiet_collector()
     deadline = time.perf_counter() + seconds
     done = [0] * concurrency
@@ -97,13 +99,28 @@ async def _sustained(
             await one(index)
             done[index] += 1
 
+    commits_before = await _commits(pool) if pool else 0
     before = meter.sample() if meter else None
     started = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     elapsed = time.perf_counter() - started
     if meter and before:
         print("  " + meter.per_operation(before, meter.sample(), sum(done)))
+    if pool:
+        committed = await _commits(pool) - commits_before - 1  # less the first count's own
+        print(f"  {sum(done) / max(committed, 1):.1f} operations per commit")
     return sum(done) / elapsed
+
+
+async def _commits(pool: asyncpg.Pool) -> int:
+    """Transactions committed in the database so far. Each backend reports its counts
+    within a second of going idle, hence the wait."""
+    await asyncio.sleep(1.1)
+    return int(
+        await pool.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
+    )
 
 
 async def bench_repayments(
@@ -231,7 +248,7 @@ async def bench_repayments(
         ]
         for label, load, rates in phases if number % 2 == 0 else reversed(phases):
             print(f"round {number + 1}, {label}:")
-            rates.append(await _sustained(seconds, concurrency, load, meter))
+            rates.append(await _sustained(seconds, concurrency, load, meter, pool))
         print(
             f"  round {number + 1}: {grpc_rates[-1]:.0f}/s against {bare_rates[-1]:.0f}/s = "
             f"{grpc_rates[-1] / bare_rates[-1]:.0%}"
