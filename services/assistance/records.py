@@ -34,6 +34,13 @@ ASSISTANCE_SELECT = """
     FROM assistance a LEFT JOIN waitlist w ON w.assistance_id = a.assistance_id"""
 
 
+# A need with the assistance requested for it, oldest first (one indexed lookup per need).
+NEED_SELECT = """
+    SELECT n.*, array(SELECT a.assistance_id FROM assistance a
+                      WHERE a.need_id = n.need_id ORDER BY a.ord) AS assistance_ids
+    FROM needs n"""
+
+
 def text(en: str, az: str) -> localized_text_pb2.LocalizedText:
     return localized_text_pb2.LocalizedText(en=en, az=az)
 
@@ -88,6 +95,7 @@ def need_to_proto(row: asyncpg.Record) -> pb.Need:
         district_code=row["district_code"],
         sex=row["sex"],
         age_band=row["age_band"],
+        assistance_ids=row.get("assistance_ids") or (),
     )
 
 

@@ -36,6 +36,7 @@ from services.assistance.catalogue import (
 )
 from services.assistance.records import (
     ASSISTANCE_SELECT,
+    NEED_SELECT,
     assistance_to_proto,
     check_data,
     load_assistance,
@@ -162,6 +163,42 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             return pb.RecordNeedResponse(need=need_to_proto(row))
 
         return await once_per_request(self.db, request, pb.RecordNeedResponse, record)
+
+    async def GetNeed(
+        self, request: pb.GetNeedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetNeedResponse:
+        row = await self.db.pool.fetchrow(f"{NEED_SELECT} WHERE n.need_id = $1", request.need_id)
+        if row is None:
+            raise NotFound(f"need {request.need_id} not found", reason="NEED_NOT_FOUND")
+        return pb.GetNeedResponse(need=need_to_proto(row))
+
+    async def ListNeeds(
+        self, request: pb.ListNeedsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListNeedsResponse:
+        filters = {
+            "survivor_id": request.survivor_id,
+            "type_id": request.type_id,
+            # The stored state: NEED_STATE_OPEN is 'OPEN'; unspecified is any state.
+            "state": pb.NeedState.Name(request.state).removeprefix("NEED_STATE_")
+            if request.state
+            else "",
+            "district_code": request.district_code,
+        }
+        after = pagination.decode(request.page_token, filters, (pagination.int64,))
+        size = pagination.page_size(request.page_size)
+        rows = await self.db.pool.fetch(
+            f"""{NEED_SELECT}
+                WHERE ($1 = '' OR n.survivor_id = $1) AND ($2 = '' OR n.type_id = $2)
+                  AND ($3 = '' OR n.state = $3) AND ($4 = '' OR n.district_code = $4)
+                  AND ($5::bigint IS NULL OR n.ord > $5)
+                ORDER BY n.ord LIMIT $6""",
+            *filters.values(),
+            after[0] if after else None,
+            size + 1,
+        )
+        page = rows[:size]
+        token = pagination.encode([page[-1]["ord"]], filters) if len(rows) > size else ""
+        return pb.ListNeedsResponse(needs=[need_to_proto(r) for r in page], next_page_token=token)
 
     async def RequestAssistance(
         self, request: pb.RequestAssistanceRequest, context: grpc.aio.ServicerContext

@@ -44,11 +44,12 @@ async def record_need(
     district: str = "barda",
     sex: int = sex_pb2.SEX_FEMALE,
     age_band: int = age_band_pb2.AGE_BAND_18_34,
+    survivor_id: str = "",
 ) -> pb.Need:
     response = await stub.RecordNeed(
         pb.RecordNeedRequest(
             request_id=request_id(),
-            survivor_id=new_id("srv"),
+            survivor_id=survivor_id or new_id("srv"),
             type_id=type_id,
             assessed_by="cw-01",
             district_code=district,
@@ -390,6 +391,181 @@ async def test_carpet_weaving_runs_training_equipment_workshop_and_follow_up(
     ]
 
 
+# --- reading needs --------------------------------------------------------------------
+
+
+async def test_a_need_is_read_back_with_its_state_and_the_assistance_for_it(
+    cluster: Cluster,
+) -> None:
+    stub = cluster.assistance
+    recorded = await record_need(stub, "wheelchair", district="saatli")
+    got = await stub.GetNeed(pb.GetNeedRequest(need_id=recorded.need_id))
+    assert got.need == recorded
+    assert got.need.state == pb.NEED_STATE_OPEN and not got.need.assistance_ids
+
+    pool = await create_pool(stub, "wheelchair", 2, provider_id="baku-mobility-aids")
+    first = await request(
+        stub, recorded.need_id, capacity_pool_id=pool.pool_id, data=struct(seat_width_cm=44)
+    )
+    got = await stub.GetNeed(pb.GetNeedRequest(need_id=recorded.need_id))
+    assert got.need.state == pb.NEED_STATE_REFERRED
+    assert list(got.need.assistance_ids) == [first.assistance_id]
+    # Cancelled, the need is open again; a second attempt comes after the first.
+    await advance(stub, first.assistance_id, "cancel")
+    reopened = (await stub.GetNeed(pb.GetNeedRequest(need_id=recorded.need_id))).need
+    assert reopened.state == pb.NEED_STATE_OPEN
+    second = await request(
+        stub, recorded.need_id, capacity_pool_id=pool.pool_id, data=struct(seat_width_cm=46)
+    )
+    await advance(stub, second.assistance_id, "allocate_from_stock")
+    await advance(stub, second.assistance_id, "deliver", serial_number="WC-1", fitted_by="pt-07")
+    # Delivered is not met...
+    delivered = (await stub.GetNeed(pb.GetNeedRequest(need_id=recorded.need_id))).need
+    assert delivered.state == pb.NEED_STATE_REFERRED
+    await advance(stub, second.assistance_id, "follow_up")
+    met = (await stub.GetNeed(pb.GetNeedRequest(need_id=recorded.need_id))).need
+    assert met.state == pb.NEED_STATE_MET
+    assert list(met.assistance_ids) == [first.assistance_id, second.assistance_id]
+    assert met.update_time.ToDatetime() >= recorded.update_time.ToDatetime()
+
+
+async def list_all(
+    stub: pb_grpc.AssistanceServiceStub, request: pb.ListNeedsRequest
+) -> list[list[pb.Need]]:
+    """Every page of a listing, following next_page_token."""
+    pages = []
+    while True:
+        response = await stub.ListNeeds(request)
+        pages.append(list(response.needs))
+        if not response.next_page_token:
+            return pages
+        request.page_token = response.next_page_token
+
+
+async def test_needs_are_listed_by_survivor_and_by_state_across_pages(cluster: Cluster) -> None:
+    stub = cluster.assistance
+    survivor = new_id("srv")
+    types = ["wheelchair", "english_course", "computer_course", "carpet_weaving", "wheelchair"]
+    needs = [
+        await record_need(stub, type_id, district="tartar", survivor_id=survivor)
+        for type_id in types
+    ]
+    await record_need(stub, "wheelchair", district="tartar")  # another survivor's
+    pool = await create_pool(stub, "computer_course", 1, sessions=4)
+    course = await request(
+        stub, needs[2].need_id, capacity_pool_id=pool.pool_id, data=struct(level="office")
+    )
+
+    pages = await list_all(stub, pb.ListNeedsRequest(survivor_id=survivor, page_size=2))
+    assert [len(page) for page in pages] == [2, 2, 1]
+    listed = [n for page in pages for n in page]
+    assert [n.need_id for n in listed] == [n.need_id for n in needs]  # as recorded
+    assert listed[2].state == pb.NEED_STATE_REFERRED
+    assert list(listed[2].assistance_ids) == [course.assistance_id]
+    assert [n.type_id for n in listed] == types
+
+    open_pages = await list_all(
+        stub,
+        pb.ListNeedsRequest(survivor_id=survivor, state=pb.NEED_STATE_OPEN, page_size=3),
+    )
+    assert [len(page) for page in open_pages] == [3, 1]
+    assert [n.need_id for page in open_pages for n in page] == [
+        n.need_id for i, n in enumerate(needs) if i != 2
+    ]
+    # Every referred need, of every survivor: this one among them, and only referred ones.
+    referred = [
+        n
+        for page in await list_all(
+            stub, pb.ListNeedsRequest(state=pb.NEED_STATE_REFERRED, page_size=20)
+        )
+        for n in page
+    ]
+    assert needs[2].need_id in {n.need_id for n in referred}
+    assert {n.state for n in referred} == {pb.NEED_STATE_REFERRED}
+    assert len({n.need_id for n in referred}) == len(referred)  # no page repeats one
+    wheelchairs = await stub.ListNeeds(
+        pb.ListNeedsRequest(survivor_id=survivor, type_id="wheelchair", district_code="tartar")
+    )
+    assert [n.need_id for n in wheelchairs.needs] == [needs[0].need_id, needs[4].need_id]
+    assert not wheelchairs.next_page_token
+    elsewhere = await stub.ListNeeds(
+        pb.ListNeedsRequest(survivor_id=survivor, district_code="barda")
+    )
+    assert not elsewhere.needs
+
+
+async def test_a_need_page_token_is_bound_to_its_filters(cluster: Cluster) -> None:
+    stub = cluster.assistance
+    survivor = new_id("srv")
+    for _ in range(2):
+        await record_need(stub, "english_course", survivor_id=survivor)
+    first = await stub.ListNeeds(pb.ListNeedsRequest(survivor_id=survivor, page_size=1))
+    assert first.next_page_token
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.ListNeeds(
+            pb.ListNeedsRequest(
+                survivor_id=survivor,
+                state=pb.NEED_STATE_OPEN,
+                page_size=1,
+                page_token=first.next_page_token,
+            )
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations(refused.value)) == {"page_token"}
+
+
+async def test_an_unknown_need_is_not_found(cluster: Cluster) -> None:
+    error = await assert_writes_nothing(
+        cluster,
+        cluster.assistance.GetNeed(pb.GetNeedRequest(need_id="need-missing")),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert reason_of(error) == "NEED_NOT_FOUND"
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        (pb.ListNeedsRequest(survivor_id="not a survivor!"), "survivor_id"),
+        (pb.ListNeedsRequest(type_id="Wheelchair"), "type_id"),
+        (pb.ListNeedsRequest(state=99), "state"),  # type: ignore[arg-type]
+        (pb.ListNeedsRequest(district_code="Not a district!"), "district_code"),
+        (pb.ListNeedsRequest(page_size=501), "page_size"),
+        (pb.ListNeedsRequest(page_token="not a token"), "page_token"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "filter",
+)
+async def test_bad_need_filters_are_invalid_argument(
+    cluster: Cluster, bad: pb.ListNeedsRequest, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await cluster.assistance.ListNeeds(bad)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations(refused.value)) == {field}
+
+
+async def test_needs_are_read_only_by_the_roles_that_follow_them(cluster: Cluster) -> None:
+    need = await record_need(cluster.assistance, "spa_rehabilitation")
+    for role, allowed in [("auditor", True), ("programme_manager", True), ("loan_officer", False),
+                          ("committee_member", False)]:  # fmt: skip
+        async with cluster.channel("assistance", cluster.token_for(role)) as channel:
+            stub = pb_grpc.AssistanceServiceStub(channel)
+            calls = [
+                stub.GetNeed(pb.GetNeedRequest(need_id=need.need_id)),
+                stub.ListNeeds(pb.ListNeedsRequest(survivor_id=need.survivor_id)),
+            ]
+            for call in calls:
+                if allowed:
+                    await call
+                    continue
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call
+                assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, role
+                assert reason_of(refused.value) == "ROLE_NOT_ALLOWED"
+    listed = await cluster.assistance.ListNeeds(pb.ListNeedsRequest(survivor_id=need.survivor_id))
+    assert [n.need_id for n in listed.needs] == [need.need_id]
+
+
 # --- refusals that write nothing ------------------------------------------------------
 
 
@@ -696,6 +872,7 @@ async def test_missing_records_are_not_found(cluster: Cluster) -> None:
     stub = cluster.assistance
     for call in (
         stub.GetAssistance(pb.GetAssistanceRequest(assistance_id="ast-missing")),
+        stub.GetNeed(pb.GetNeedRequest(need_id="need-missing")),
         request(stub, "need-missing"),
         advance(stub, "ast-missing", "cancel"),
     ):

@@ -136,6 +136,7 @@ async def test_edited_or_forged_page_tokens_are_invalid_argument(cluster: Cluste
     never INTERNAL."""
     assessments = {"survivor_id": "", "district_code": "", "from": None, "to": None}
     assistance = dict.fromkeys(("survivor_id", "type_id", "state", "district_code", "pool_id"), "")
+    needs = dict.fromkeys(("survivor_id", "type_id", "state", "district_code"), "")
     calls = [
         (cluster.eligibility.ListAssessments, eligibility_service_pb2.ListAssessmentsRequest,
          _forged(["2026-13-45", "asm-x"], assessments)),
@@ -147,6 +148,10 @@ async def test_edited_or_forged_page_tokens_are_invalid_argument(cluster: Cluste
          _forged([2**70], assistance)),
         (cluster.assistance.ListAssistance, assistance_service_pb2.ListAssistanceRequest,
          _forged(["12"], assistance)),
+        (cluster.assistance.ListNeeds, assistance_service_pb2.ListNeedsRequest,
+         _forged([2**70], needs)),
+        (cluster.assistance.ListNeeds, assistance_service_pb2.ListNeedsRequest,
+         _edited([12], needs)),
         (cluster.lending.ListLoans, lending_service_pb2.ListLoansRequest,
          _forged([12], {"survivor_id": "", "state": "", "district": ""})),
     ]  # fmt: skip

@@ -294,6 +294,7 @@ class Need(_message.Message):
     DISTRICT_CODE_FIELD_NUMBER: _builtins.int
     SEX_FIELD_NUMBER: _builtins.int
     AGE_BAND_FIELD_NUMBER: _builtins.int
+    ASSISTANCE_IDS_FIELD_NUMBER: _builtins.int
     need_id: _builtins.str
     """Opaque need id."""
     survivor_id: _builtins.str
@@ -320,6 +321,13 @@ class Need(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When it last changed."""
 
+    @_builtins.property
+    def assistance_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The assistance requested for it, oldest first: finished attempts (cancelled,
+        dropped out...) and at most one unfinished one, always the last. Empty in
+        RecordNeed's answer.
+        """
+
     def __init__(
         self,
         *,
@@ -334,10 +342,11 @@ class Need(_message.Message):
         district_code: _builtins.str = ...,
         sex: _sex_pb2.Sex.ValueType = ...,
         age_band: _age_band_pb2.AgeBand.ValueType = ...,
+        assistance_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_band", b"age_band", "assessed_by", b"assessed_by", "create_time", b"create_time", "description", b"description", "district_code", b"district_code", "need_id", b"need_id", "sex", b"sex", "state", b"state", "survivor_id", b"survivor_id", "type_id", b"type_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_band", b"age_band", "assessed_by", b"assessed_by", "assistance_ids", b"assistance_ids", "create_time", b"create_time", "description", b"description", "district_code", b"district_code", "need_id", b"need_id", "sex", b"sex", "state", b"state", "survivor_id", b"survivor_id", "type_id", b"type_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -796,6 +805,122 @@ class RecordNeedResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordNeedResponse: _TypeAlias = RecordNeedResponse  # noqa: Y015
+
+@_typing.final
+class GetNeedRequest(_message.Message):
+    """GetNeedRequest is the request for AssistanceService.GetNeed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEED_ID_FIELD_NUMBER: _builtins.int
+    need_id: _builtins.str
+    """The need."""
+    def __init__(
+        self,
+        *,
+        need_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["need_id", b"need_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNeedRequest: _TypeAlias = GetNeedRequest  # noqa: Y015
+
+@_typing.final
+class GetNeedResponse(_message.Message):
+    """GetNeedResponse is the response for AssistanceService.GetNeed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def need(self) -> Global___Need:
+        """The need."""
+
+    def __init__(
+        self,
+        *,
+        need: Global___Need | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["need", b"need"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["need", b"need"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNeedResponse: _TypeAlias = GetNeedResponse  # noqa: Y015
+
+@_typing.final
+class ListNeedsRequest(_message.Message):
+    """ListNeedsRequest is the request for AssistanceService.ListNeeds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SURVIVOR_ID_FIELD_NUMBER: _builtins.int
+    TYPE_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DISTRICT_CODE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum results to return; 0 means the server default."""
+    page_token: _builtins.str
+    """next_page_token from a previous response."""
+    survivor_id: _builtins.str
+    """Only this survivor's needs."""
+    type_id: _builtins.str
+    """Only needs for this assistance type."""
+    state: Global___NeedState.ValueType
+    """Only needs in this state; unspecified means any."""
+    district_code: _builtins.str
+    """Only survivors in this district."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        survivor_id: _builtins.str = ...,
+        type_id: _builtins.str = ...,
+        state: Global___NeedState.ValueType = ...,
+        district_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["district_code", b"district_code", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "survivor_id", b"survivor_id", "type_id", b"type_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNeedsRequest: _TypeAlias = ListNeedsRequest  # noqa: Y015
+
+@_typing.final
+class ListNeedsResponse(_message.Message):
+    """ListNeedsResponse is the response for AssistanceService.ListNeeds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEEDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when there are no more."""
+    @_builtins.property
+    def needs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Need]:
+        """The page of needs, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        needs: _abc.Iterable[Global___Need] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["needs", b"needs", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNeedsResponse: _TypeAlias = ListNeedsResponse  # noqa: Y015
 
 @_typing.final
 class RequestAssistanceRequest(_message.Message):

@@ -48,6 +48,16 @@ class AssistanceServiceStub:
                 request_serializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.RecordNeedRequest.SerializeToString,
                 response_deserializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.RecordNeedResponse.FromString,
                 _registered_method=True)
+        self.GetNeed = channel.unary_unary(
+                '/mineaction.assistance.v1.AssistanceService/GetNeed',
+                request_serializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.GetNeedRequest.SerializeToString,
+                response_deserializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.GetNeedResponse.FromString,
+                _registered_method=True)
+        self.ListNeeds = channel.unary_unary(
+                '/mineaction.assistance.v1.AssistanceService/ListNeeds',
+                request_serializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.ListNeedsRequest.SerializeToString,
+                response_deserializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.ListNeedsResponse.FromString,
+                _registered_method=True)
         self.RequestAssistance = channel.unary_unary(
                 '/mineaction.assistance.v1.AssistanceService/RequestAssistance',
                 request_serializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.RequestAssistanceRequest.SerializeToString,
@@ -106,6 +116,20 @@ class AssistanceServiceServicer:
 
     def RecordNeed(self, request, context):
         """RecordNeed records an assessed need of a survivor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNeed(self, request, context):
+        """GetNeed returns one need with its state and the assistance requested for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNeeds(self, request, context):
+        """ListNeeds pages through needs, oldest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -181,6 +205,16 @@ def add_AssistanceServiceServicer_to_server(servicer, server):
                     servicer.RecordNeed,
                     request_deserializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.RecordNeedRequest.FromString,
                     response_serializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.RecordNeedResponse.SerializeToString,
+            ),
+            'GetNeed': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNeed,
+                    request_deserializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.GetNeedRequest.FromString,
+                    response_serializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.GetNeedResponse.SerializeToString,
+            ),
+            'ListNeeds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNeeds,
+                    request_deserializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.ListNeedsRequest.FromString,
+                    response_serializer=mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.ListNeedsResponse.SerializeToString,
             ),
             'RequestAssistance': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestAssistance,
@@ -281,6 +315,60 @@ class AssistanceService:
             '/mineaction.assistance.v1.AssistanceService/RecordNeed',
             mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.RecordNeedRequest.SerializeToString,
             mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.RecordNeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNeed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mineaction.assistance.v1.AssistanceService/GetNeed',
+            mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.GetNeedRequest.SerializeToString,
+            mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.GetNeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNeeds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mineaction.assistance.v1.AssistanceService/ListNeeds',
+            mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.ListNeedsRequest.SerializeToString,
+            mineaction_dot_assistance_dot_v1_dot_assistance__service__pb2.ListNeedsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,10 @@ class AssistanceServiceStub:
     """ListAssistanceTypes pages through the configured assistance types."""
     RecordNeed: _grpc.UnaryUnaryMultiCallable[_assistance_service_pb2.RecordNeedRequest, _assistance_service_pb2.RecordNeedResponse]
     """RecordNeed records an assessed need of a survivor."""
+    GetNeed: _grpc.UnaryUnaryMultiCallable[_assistance_service_pb2.GetNeedRequest, _assistance_service_pb2.GetNeedResponse]
+    """GetNeed returns one need with its state and the assistance requested for it."""
+    ListNeeds: _grpc.UnaryUnaryMultiCallable[_assistance_service_pb2.ListNeedsRequest, _assistance_service_pb2.ListNeedsResponse]
+    """ListNeeds pages through needs, oldest first."""
     RequestAssistance: _grpc.UnaryUnaryMultiCallable[_assistance_service_pb2.RequestAssistanceRequest, _assistance_service_pb2.RequestAssistanceResponse]
     """RequestAssistance starts assistance for a need, reserving capacity or
     joining a waitlist.
@@ -75,6 +79,10 @@ class AssistanceServiceAsyncStub(AssistanceServiceStub):
     """ListAssistanceTypes pages through the configured assistance types."""
     RecordNeed: _aio.UnaryUnaryMultiCallable[_assistance_service_pb2.RecordNeedRequest, _assistance_service_pb2.RecordNeedResponse]  # type: ignore[assignment]
     """RecordNeed records an assessed need of a survivor."""
+    GetNeed: _aio.UnaryUnaryMultiCallable[_assistance_service_pb2.GetNeedRequest, _assistance_service_pb2.GetNeedResponse]  # type: ignore[assignment]
+    """GetNeed returns one need with its state and the assistance requested for it."""
+    ListNeeds: _aio.UnaryUnaryMultiCallable[_assistance_service_pb2.ListNeedsRequest, _assistance_service_pb2.ListNeedsResponse]  # type: ignore[assignment]
+    """ListNeeds pages through needs, oldest first."""
     RequestAssistance: _aio.UnaryUnaryMultiCallable[_assistance_service_pb2.RequestAssistanceRequest, _assistance_service_pb2.RequestAssistanceResponse]  # type: ignore[assignment]
     """RequestAssistance starts assistance for a need, reserving capacity or
     joining a waitlist.
@@ -118,6 +126,22 @@ class AssistanceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_assistance_service_pb2.RecordNeedResponse, _abc.Awaitable[_assistance_service_pb2.RecordNeedResponse]]:
         """RecordNeed records an assessed need of a survivor."""
+
+    @_abc_1.abstractmethod
+    def GetNeed(
+        self,
+        request: _assistance_service_pb2.GetNeedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_assistance_service_pb2.GetNeedResponse, _abc.Awaitable[_assistance_service_pb2.GetNeedResponse]]:
+        """GetNeed returns one need with its state and the assistance requested for it."""
+
+    @_abc_1.abstractmethod
+    def ListNeeds(
+        self,
+        request: _assistance_service_pb2.ListNeedsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_assistance_service_pb2.ListNeedsResponse, _abc.Awaitable[_assistance_service_pb2.ListNeedsResponse]]:
+        """ListNeeds pages through needs, oldest first."""
 
     @_abc_1.abstractmethod
     def RequestAssistance(
