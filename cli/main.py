@@ -19,7 +19,7 @@ from typing import IO, Annotated, Any, NoReturn, TypeVar
 import typer
 from google.protobuf.message import Message
 from rich.table import Table
-from temporalio.client import WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -59,6 +59,7 @@ from workers.journey.model import (
     Stage,
     WriteOffDecision,
     assistance_workflow_id,
+    journey_of,
     journey_workflow_id,
 )
 from workers.journey.worker import exit_now
@@ -381,7 +382,8 @@ def journey_start(
     ] = None,
     programme_year: Annotated[int, typer.Option(help="Programme year, 1-3.")] = 1,
 ) -> None:
-    """Start a survivor's journey (a SurvivorJourneyWorkflow keyed by the survivor id)."""
+    """Start a survivor's journey (a SurvivorJourneyWorkflow keyed by the survivor id);
+    a later one once the survivor's previous journey has ended."""
 
     async def go() -> None:
         sid = inputs.identifier(survivor_id, "survivor id")
@@ -421,7 +423,13 @@ def journey_start(
             for plan in plans:
                 known.check_plan(plan.type_id, plan.data, plan.provider_id, plan.capacity_pool_id)
         client = await context.temporal_client(settings)
-        workflow_id = journey_workflow_id(sid)
+        earlier = await _journeys_of(client, sid, settings.effective_temporal_address)
+        if earlier and earlier[-1].state == "RUNNING":
+            raise CliError(f"the journey {earlier[-1].workflow_id} is already running")
+        if earlier:  # a later journey: nothing of the earlier ones may still be open
+            await _no_open_loan(sid, earlier[-1])
+        number = len(earlier) + 1
+        workflow_id = journey_workflow_id(sid, number)
         with temporal(settings.effective_temporal_address, f"the journey {workflow_id}"):
             try:
                 await client.start_workflow(
@@ -436,14 +444,19 @@ def journey_start(
                     id=workflow_id,
                     task_queue=settings.journey_task_queue,
                     search_attributes=initial_search_attributes(programme_year),
-                    # One journey per survivor: its steps' request ids are made from the
-                    # workflow id, so a second run would get the first run's answers back.
+                    # Each journey has its own id, never reused: its steps' request ids
+                    # are made from it, so a second run under it would get the first
+                    # run's answers back. Two starts at once race for the same id, and
+                    # the second is refused.
                     id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                     rpc_timeout=RPC_TIMEOUT,
                 )
             except WorkflowAlreadyStartedError:
-                raise await _earlier_journey(client.get_workflow_handle(workflow_id), sid) from None
+                raise await _started_meanwhile(client.get_workflow_handle(workflow_id)) from None
         render.line(f"started journey {workflow_id} on task queue {settings.journey_task_queue}")
+        if earlier:
+            before = "; ".join(f"{j.workflow_id} {j.ended()}" for j in earlier)
+            render.line(f"this is survivor {sid}'s {_ordinal(number)} journey (before: {before})")
 
     run(go())
 
@@ -482,8 +495,8 @@ def journey_status(
         language = inputs.language(lang)
         sid = inputs.identifier(survivor_id, "survivor id")
         settings = context.settings()
-        client = await context.temporal_client(settings)
-        workflow_id = journey_workflow_id(sid)
+        client, latest, earlier = await _latest_journey(sid)
+        workflow_id = latest.workflow_id
         handle = client.get_workflow_handle_for(SurvivorJourneyWorkflow.run, workflow_id)
         with temporal(settings.effective_temporal_address, f"the journey {workflow_id}"):
             described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
@@ -493,22 +506,109 @@ def journey_status(
         state = described.status.name if described.status else "UNKNOWN"
         status = await _with_ledger_figures(status, language)
         status, known = await _with_live_assistance(status, language)
-        render.console().print(render.journey_table(status, workflow_id, state, language, known))
+        render.console().print(
+            render.journey_table(
+                status,
+                workflow_id,
+                state,
+                language,
+                known,
+                earlier=[(j.workflow_id, j.state, j.stage) for j in earlier],
+            )
+        )
 
     run(go())
 
 
-async def _earlier_journey(handle: WorkflowHandle[Any, Any], survivor_id: str) -> CliError:
-    """Why a journey start was refused: the survivor's journey is running, or has ended
-    (a survivor has one journey), said with how it ended."""
+@dataclasses.dataclass(frozen=True)
+class _Journey:
+    """One of a survivor's journeys as Temporal describes it."""
+
+    number: int
+    workflow_id: str
+    state: str  # RUNNING, COMPLETED, TERMINATED...
+    stage: str  # the Stage search attribute: how far it went, or how it ended
+
+    def ended(self) -> str:
+        return f"({self.state}{', stage ' + self.stage if self.stage else ''})"
+
+
+# Survivors have a few journeys at most; the search for the latest stops here.
+MAX_JOURNEYS = 1000
+
+
+async def _journeys_of(client: Client, survivor_id: str, address: str) -> list[_Journey]:
+    """The survivor's journeys, first to latest: `journey-<survivor>`, then `.2`, `.3`...
+    until one was never started. Read by id (not through visibility, which is eventually
+    consistent), so a journey started a moment ago is found."""
+    found: list[_Journey] = []
+    with temporal(address, f"the journeys of {survivor_id}"):
+        for number in range(1, MAX_JOURNEYS + 1):
+            handle = client.get_workflow_handle(journey_workflow_id(survivor_id, number))
+            try:
+                described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
+            except RPCError as error:
+                if error.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                break
+            found.append(
+                _Journey(
+                    number,
+                    handle.id,
+                    described.status.name if described.status else "UNKNOWN",
+                    described.typed_search_attributes.get(sa.STAGE) or "",
+                )
+            )
+    return found
+
+
+async def _latest_journey(survivor_id: str) -> tuple[Client, _Journey, list[_Journey]]:
+    """The survivor's current journey (the latest) and the earlier ones; the first
+    journey's id "was not found" when the survivor has none."""
+    settings = context.settings()
+    client = await context.temporal_client(settings)
+    journeys = await _journeys_of(client, survivor_id, settings.effective_temporal_address)
+    if not journeys:
+        raise CliError(f"the journey {journey_workflow_id(survivor_id)} was not found")
+    return client, journeys[-1], journeys[:-1]
+
+
+async def _no_open_loan(survivor_id: str, previous: _Journey) -> None:
+    """A later journey is refused while a loan of the survivor is still open in the
+    ledger (a journey terminated while its loan was being repaid): the new journey would
+    apply for another while nobody follows that one."""
+    answer = await call_lending(
+        "ListLoans",
+        lending_pb.ListLoansRequest(survivor_id=survivor_id, page_size=500),
+        lending_pb.ListLoansResponse,
+    )
+    still_open = [
+        loan for loan in answer.loans if loan_status(loan) in ("SUBMITTED", "APPROVED", "ACTIVE")
+    ]
+    if still_open:
+        loans = ", ".join(f"{loan.loan_id} ({loan_status(loan)})" for loan in still_open)
+        raise CliError(
+            f"survivor {survivor_id}'s last journey {previous.workflow_id} has ended "
+            f"{previous.ended()}, but loan {loans} is still open: a new journey is started "
+            "once it is closed (repaid, written off, rejected or withdrawn); see docs/cli.md"
+        )
+
+
+async def _started_meanwhile(handle: WorkflowHandle[Any, Any]) -> CliError:
+    """Another start took this journey's id a moment before this one."""
     described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
     state = described.status.name if described.status else "UNKNOWN"
     if state == "RUNNING":
         return CliError(f"the journey {handle.id} is already running")
     return CliError(
-        f"survivor {survivor_id} already had a journey ({handle.id}, {state}); a survivor "
-        "has one journey, so a second is not started: see docs/cli.md"
+        f"the journey {handle.id} was started meanwhile and has ended ({state}): "
+        "see mineaction journey status, then start again"
     )
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 async def _read_or_say(note: str, language: str, read: Awaitable[T]) -> T | None:
@@ -631,8 +731,8 @@ async def _update_journey(survivor_id: str, update: Any, arg: Any) -> JourneySta
     """Send one of the journey's updates; its validator's refusal, or the service's
     refusal of the step, comes back as one line (exit 1) and nothing is recorded."""
     settings = context.settings()
-    client = await context.temporal_client(settings)
-    workflow_id = journey_workflow_id(survivor_id)
+    client, latest, _ = await _latest_journey(survivor_id)
+    workflow_id = latest.workflow_id
     handle = client.get_workflow_handle(workflow_id)
     status: JourneyStatus = await _send_update(
         handle, update, arg, settings.effective_temporal_address, f"the journey {workflow_id}"
@@ -843,8 +943,8 @@ def journey_assist(
                 raise BadInput("refresh takes no --data")
         else:
             known.check_step(kind, step, step_data)
-        client = await context.temporal_client(settings)
-        workflow_id = assistance_workflow_id(journey_workflow_id(sid), kind)
+        client, latest, _ = await _latest_journey(sid)
+        workflow_id = assistance_workflow_id(latest.workflow_id, kind)
         state: AssistanceState = await _send_update(
             client.get_workflow_handle(workflow_id),
             AssistanceWorkflow.refresh if refresh else AssistanceWorkflow.advance,
@@ -860,6 +960,13 @@ def journey_assist(
 
 
 _STAGES = tuple(stage.value for stage in Stage)
+
+
+def _survivor_cell(workflow_id: str) -> str:
+    """The survivor a listed journey follows, and which of their journeys it is after the
+    first: `srv-0001`, `srv-0001 (journey 2)`."""
+    survivor_id, number = journey_of(workflow_id)
+    return survivor_id if number == 1 else f"{survivor_id} (journey {number})"
 
 
 @app.command()
@@ -910,7 +1017,7 @@ def journeys(
                 attrs = wf.typed_search_attributes
                 rows.append(
                     (
-                        wf.id.removeprefix("journey-"),
+                        _survivor_cell(wf.id),
                         attrs.get(sa.STAGE) or "",
                         attrs.get(sa.DISTRICT_CODE) or "",
                         attrs.get(sa.LOAN_STATUS) or "",
@@ -1078,7 +1185,7 @@ def arrears(
                 rows.append(
                     (
                         attrs.get(sa.DAYS_PAST_DUE) or 0,
-                        wf.id.removeprefix("journey-"),
+                        _survivor_cell(wf.id),
                         attrs.get(sa.STAGE) or "",
                         attrs.get(sa.LOAN_STATUS) or "",
                         attrs.get(sa.DISTRICT_CODE) or "",

@@ -67,6 +67,7 @@ LABELS: dict[str, dict[str, str]] = {
     "journey": {"en": "Journey", "az": "Yol xəritəsi"},
     "stage": {"en": "Stage", "az": "Mərhələ"},
     "workflow": {"en": "Workflow", "az": "İş axını"},
+    "earlier_journeys": {"en": "Earlier journeys", "az": "Əvvəlki yol xəritələri"},
     "eligible_programmes": {"en": "Eligible programmes", "az": "Uyğun proqramlar"},
     "loan": {"en": "Loan", "az": "Kredit"},
     "loan_status": {"en": "Loan status", "az": "Kreditin vəziyyəti"},
@@ -304,9 +305,12 @@ def journey_table(
     state: str,
     lang: str,
     known: Catalogue | None = None,
+    earlier: list[tuple[str, str, str]] | None = None,
 ) -> Table:
     """Everything the journey's status query answers; stages and states named in `lang`
-    (the assistance items' from the catalogue `known`, when it could be read)."""
+    (the assistance items' from the catalogue `known`, when it could be read); then the
+    survivor's `earlier` journeys (workflow id, workflow state, last stage), how each
+    ended."""
     table = Table(title=f"{label('journey', lang)} {status.survivor_id}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -355,6 +359,11 @@ def journey_table(
                 f"+{status.follow_up_due} {label('months', lang)}: {label('awaiting', lang)}",
             )
         )
+    for i, (workflow, state, stage) in enumerate(earlier or []):
+        ended = coded("workflow_state", state, lang)
+        if stage:
+            ended += f", {coded('stage', stage, lang)}"
+        rows.append((label("earlier_journeys", lang) if i == 0 else "", f"{workflow}: {ended}"))
     for key, value in rows:
         table.add_row(key, escape(value))  # ids in [brackets] are not Rich markup
     return table

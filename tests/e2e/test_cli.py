@@ -409,13 +409,18 @@ async def test_a_journey_driven_from_the_cli(
         assert "not reachable" in ran.stdout and "5,000.00" in ran.stdout
         await handle.terminate("the test ends after the first repayment")
 
-    # One journey per survivor: a second start says how the first one ended, starts nothing.
+    # The journey ended (terminated) with its loan still being repaid: a new journey would
+    # apply for another loan while nobody follows this one, so none is started.
     again = await mineaction(
         cli_env, "journey", "start", survivor_id, "--case-worker", "cw-01",
         "--product", "fish_farming", "--amount", "5000.00",
     )  # fmt: skip
     assert again.exit_code == 1, again
-    assert f"already had a journey (journey-{survivor_id}, TERMINATED)" in one_error_line(again)
+    line = one_error_line(again)
+    assert f"last journey journey-{survivor_id} has ended (TERMINATED" in line, line
+    assert f"loan {status.loan_id} (ACTIVE) is still open" in line, line
+    with pytest.raises(RPCError):  # nothing was started
+        await dev_client.get_workflow_handle(journey_workflow_id(survivor_id, 2)).describe()
 
     ran = await mineaction(cli_env, "export", "loans", "--state", "active")
     assert ran.exit_code == 0, ran
@@ -447,6 +452,117 @@ async def test_a_journey_driven_from_the_cli(
     ran = await mineaction(cli_env, "fund", "main", "--lang", "az")
     assert ran.exit_code == 0, ran
     assert "Kredit üçün mövcud vəsait" in ran.stdout and "Available" not in ran.stdout
+
+
+@pytest.mark.timeout(180)
+async def test_a_later_journey_once_the_first_has_ended(
+    cli_env: dict[str, str],
+    dev_client: Client,
+    activities: JourneyActivities,
+    task_queue: str,
+    tmp_path: Path,
+) -> None:
+    """A survivor whose first journey closed not eligible (income above the ceiling) is
+    registered again with a lower income: a second journey starts under an id of its own,
+    is assessed afresh, applies for a loan of its own and is the one every journey command
+    steers; the first stays readable; no third starts while the second runs."""
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    intake = write_intake(tmp_path, survivor_id)
+    low_income = intake.read_text(encoding="utf-8")
+    # 2,500 AZN a month for 5: 500 AZN a person, above the 300 AZN ceiling.
+    intake.write_text(
+        low_income.replace(
+            "monthly_household_income_minor: 60000", "monthly_household_income_minor: 250000"
+        ),
+        encoding="utf-8",
+    )
+    assert (await mineaction(cli_env, "register", str(intake))).exit_code == 0
+    start = [
+        "journey", "start", survivor_id, "--case-worker", "cw-01",
+        "--product", "fish_farming", "--amount", "5000.00",
+    ]  # fmt: skip
+    async with build_worker(dev_client, activities, task_queue):
+        ran = await mineaction(cli_env, *start)
+        assert ran.exit_code == 0, ran
+        assert f"started journey journey-{survivor_id} on" in ran.stdout
+        assert "journey (before" not in ran.stdout  # the first says nothing of earlier ones
+        first = dev_client.get_workflow_handle_for(
+            SurvivorJourneyWorkflow.run, journey_workflow_id(survivor_id)
+        )
+        ended = await first.result()
+        assert ended.stage == "CLOSED_NOT_ELIGIBLE" and not ended.loan_id, ended
+
+        # Circumstances changed: registered again with 600 AZN a month for 5.
+        intake.write_text(low_income, encoding="utf-8")
+        assert (await mineaction(cli_env, "register", str(intake))).exit_code == 0
+        ran = await mineaction(cli_env, *start)
+        assert ran.exit_code == 0, ran
+        second_id = f"journey-{survivor_id}.2"
+        assert journey_workflow_id(survivor_id, 2) == second_id
+        assert f"started journey {second_id} on" in ran.stdout, ran
+        assert (
+            f"this is survivor {survivor_id}'s 2nd journey (before: journey-{survivor_id} "
+            "(COMPLETED, stage CLOSED_NOT_ELIGIBLE))"
+        ) in ran.stdout, ran
+        second = dev_client.get_workflow_handle_for(SurvivorJourneyWorkflow.run, second_id)
+        status = await wait_for_stage(second, "COMMITTEE_REVIEW")
+        # Assessed afresh (not the first journey's assessment) and a loan of its own.
+        assert status.assessment_id and status.assessment_id != ended.assessment_id
+        assert "startup_loan" in status.eligible_programmes, status
+        assert status.loan_id and status.loan_status == "SUBMITTED", status
+        ran = await mineaction(cli_env, "export", "loans")
+        assert ran.exit_code == 0, ran
+        loans = [
+            r for r in csv.DictReader(io.StringIO(ran.stdout)) if r["survivor_id"] == survivor_id
+        ]
+        assert [r["loan_id"] for r in loans] == [status.loan_id], loans
+
+        # While the second runs, no other starts.
+        twice = await mineaction(cli_env, *start)
+        assert f"the journey {second_id} is already running" in one_error_line(twice)
+        with pytest.raises(RPCError):
+            await dev_client.get_workflow_handle(journey_workflow_id(survivor_id, 3)).describe()
+
+        # Every journey command finds the current journey; status names the earlier one.
+        ran = await mineaction(cli_env, "journey", "status", survivor_id)
+        assert ran.exit_code == 0, ran
+        shown = table_rows(ran.stdout)
+        assert shown["Workflow"] == f"{second_id}: running (RUNNING)", shown
+        assert shown["Loan"] == status.loan_id, shown
+        assert shown["Earlier journeys"].startswith(f"journey-{survivor_id}: "), shown
+        assert "(COMPLETED)" in shown["Earlier journeys"], shown
+        assert "(CLOSED_NOT_ELIGIBLE)" in shown["Earlier journeys"], shown
+        ran = await mineaction(cli_env, "journey", "status", survivor_id, "--lang", "az")
+        assert "Əvvəlki yol xəritələri" in ran.stdout, ran
+        ran = await mineaction(
+            cli_env, "journey", "decide", survivor_id, "--approve", "--member", "cm-02",
+            "--ref", "CM-2026-101",
+        )  # fmt: skip
+        assert ran.exit_code == 0, ran
+        assert f"loan {status.loan_id} approved by cm-02" in ran.stdout, ran
+        await wait_for_stage(second, "GRACE")
+        for _ in range(50):  # visibility is eventually consistent
+            ran = await mineaction(cli_env, "journeys", "--stage", "grace", "--district", "saatli")
+            if f"{survivor_id} (journey 2)" in ran.stdout:
+                break
+            await asyncio.sleep(0.2)
+        assert f"{survivor_id} (journey 2)" in ran.stdout, ran
+        # The operators' query for all of a survivor's journeys (docs/operators.md).
+        query = (
+            f'WorkflowId = "journey-{survivor_id}" '
+            f'OR WorkflowId STARTS_WITH "journey-{survivor_id}."'
+        )
+        assert {wf.id async for wf in dev_client.list_workflows(query)} == {
+            f"journey-{survivor_id}",
+            second_id,
+        }
+
+        # The first journey's history is still there, and still says how it ended.
+        assert (await first.describe()).status == WorkflowExecutionStatus.COMPLETED
+        history = await first.fetch_history()
+        assert len(history.events) > 3
+        assert (await first.result()).stage == "CLOSED_NOT_ELIGIBLE"
+        await second.terminate("the test ends once the loan is disbursed")
 
 
 async def test_arrears_and_journeys_by_district(

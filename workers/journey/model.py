@@ -36,9 +36,24 @@ LOAN_PROGRAMMES = ("startup_loan", "expansion_loan")
 CLOSED_LOAN_STATES = ("CLOSED_OBLIGATIONS_MET", "CLOSED_WRITTEN_OFF")
 
 
-def journey_workflow_id(survivor_id: str) -> str:
-    """Workflow ids carry only the opaque survivor id."""
-    return f"journey-{survivor_id}"
+def journey_workflow_id(survivor_id: str, number: int = 1) -> str:
+    """The survivor's `number`th journey: `journey-<survivor id>` for the first, then
+    `journey-<survivor id>.2`, `.3`... Workflow ids carry only the opaque survivor id.
+
+    Each journey has an id of its own because its steps' request ids (and its assistance
+    items' workflow ids) are made from it: a later journey under the same id would be
+    answered with the first one's assessment and loan. Survivor ids hold no '.', so no
+    survivor's first journey can be another's later one."""
+    return f"journey-{survivor_id}" if number <= 1 else f"journey-{survivor_id}.{number}"
+
+
+def journey_of(workflow_id: str) -> tuple[str, int]:
+    """The survivor and the journey's number from a journey's workflow id."""
+    survivor_id = workflow_id.removeprefix("journey-")
+    base, dot, number = survivor_id.rpartition(".")
+    if dot and number.isdigit():
+        return base, int(number)
+    return survivor_id, 1
 
 
 def assistance_workflow_id(journey_id: str, type_id: str) -> str:

@@ -1,6 +1,7 @@
-"""The survivor's journey: one SurvivorJourneyWorkflow per survivor, keyed by the opaque
-survivor id, from intake to final repayment and the impact follow-ups; each assistance
-item runs as an AssistanceWorkflow child, in parallel with the loan.
+"""The survivor's journey: one SurvivorJourneyWorkflow per survivor at a time, keyed by the
+opaque survivor id (and, from a survivor's second journey on, its number: see
+journey_workflow_id), from intake to final repayment and the impact follow-ups; each
+assistance item runs as an AssistanceWorkflow child, in parallel with the loan.
 
 Workflow code is deterministic: time comes from workflow.now(), money from the ledger
 (through activities), and nothing here does I/O.
