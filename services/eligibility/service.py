@@ -422,11 +422,13 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             if not known:
                 raise invalid("follow_up.survivor_id", "survivor is not registered")
             inserted = await conn.fetchval(
-                """INSERT INTO follow_ups (survivor_id, months_after, household_income_minor,
-                       working, family_members_supported, recorded_by, recorded_on)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7)
+                """INSERT INTO follow_ups (survivor_id, loan_id, months_after,
+                       household_income_minor, working, family_members_supported,
+                       recorded_by, recorded_on)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                    ON CONFLICT DO NOTHING RETURNING true""",
                 follow_up.survivor_id,
+                follow_up.loan_id,
                 follow_up.months_after,
                 follow_up.household_income_minor,
                 follow_up.working,
@@ -435,9 +437,10 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 from_proto_date(follow_up.recorded_on),
             )
             if not inserted:
+                of_loan = f" after loan {follow_up.loan_id}" if follow_up.loan_id else ""
                 raise FailedPrecondition(
                     f"the +{follow_up.months_after}-month follow-up of "
-                    f"{follow_up.survivor_id} is already recorded",
+                    f"{follow_up.survivor_id}{of_loan} is already recorded",
                     reason="FOLLOW_UP_RECORDED",
                 )
             return pb.RecordFollowUpResponse(follow_up=follow_up)
@@ -454,16 +457,34 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                FROM survivors WHERE $1 = '' OR district_code = $1""",
             request.district_code,
         )
+        # Survivors are counted, not follow-ups: a survivor followed up after two loans
+        # counts once. Working at +12 is read from the survivor's latest +12-month
+        # follow-up; family members supported from the survivor's latest follow-up: that
+        # of the loan visited last, and of that loan the +12 if recorded, else the +6.
         follow = await fetch_one(
             self.db.pool,
-            """SELECT count(*) FILTER (WHERE f.months_after = 6) AS six,
-                      count(*) FILTER (WHERE f.months_after = 12) AS twelve,
-                      count(*) FILTER (WHERE f.months_after = 12 AND f.working) AS working,
-                      coalesce(sum(f.family_members_supported) FILTER (WHERE f.months_after =
-                          (SELECT max(months_after) FROM follow_ups g
-                           WHERE g.survivor_id = f.survivor_id)), 0) AS supported
-               FROM follow_ups f JOIN survivors s USING (survivor_id)
-               WHERE $1 = '' OR s.district_code = $1""",
+            """WITH f AS (
+                   SELECT f.survivor_id, f.loan_id, f.months_after, f.working,
+                          f.family_members_supported, f.recorded_on, f.created_at,
+                          max(f.recorded_on) OVER loan AS loan_visited,
+                          max(f.created_at) OVER loan AS loan_recorded
+                   FROM follow_ups f JOIN survivors s USING (survivor_id)
+                   WHERE $1 = '' OR s.district_code = $1
+                   WINDOW loan AS (PARTITION BY f.survivor_id, f.loan_id)
+               ), latest AS (
+                   SELECT DISTINCT ON (survivor_id) family_members_supported FROM f
+                   ORDER BY survivor_id, loan_visited DESC, loan_recorded DESC,
+                            months_after DESC
+               ), latest_12 AS (
+                   SELECT DISTINCT ON (survivor_id) working FROM f WHERE months_after = 12
+                   ORDER BY survivor_id, recorded_on DESC, created_at DESC
+               )
+               SELECT (SELECT count(DISTINCT survivor_id) FROM f WHERE months_after = 6)
+                          AS six,
+                      (SELECT count(*) FROM latest_12) AS twelve,
+                      (SELECT count(*) FROM latest_12 WHERE working) AS working,
+                      (SELECT coalesce(sum(family_members_supported), 0) FROM latest)
+                          AS supported""",
             request.district_code,
         )
         return pb.GetReachReportResponse(

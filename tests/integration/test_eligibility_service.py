@@ -520,3 +520,150 @@ async def test_simulating_rules_that_start_after_past_assessments_is_refused(
     [violation] = violations_in(caught.value)
     assert violation.field == "source_yaml"
     assert "the rules are in force from 2027-01-01" in violation.description
+
+
+# --- impact follow-ups, per loan, and the reach report --------------------------------
+
+
+def follow_up(
+    survivor_id: str,
+    loan_id: str,
+    months: int,
+    on: date,
+    *,
+    working: bool,
+    family_members: int,
+) -> pb.RecordFollowUpRequest:
+    return pb.RecordFollowUpRequest(
+        request_id=request_id(),
+        follow_up=pb.FollowUp(
+            survivor_id=survivor_id,
+            loan_id=loan_id,
+            months_after=months,
+            household_income_minor=90_000,
+            working=working,
+            family_members_supported=family_members,
+            recorded_by="tester",
+            recorded_on=pdate(on),
+        ),
+    )
+
+
+async def reach(cluster: Cluster) -> pb.ReachReport:
+    response = await cluster.eligibility.GetReachReport(
+        pb.GetReachReportRequest(district_code="saatli")
+    )
+    return response.report
+
+
+def change(before: pb.ReachReport, after: pb.ReachReport) -> dict[str, int]:
+    return {
+        name: getattr(after, name) - getattr(before, name)
+        for name in (
+            "followed_up_6",
+            "followed_up_12",
+            "working_at_12",
+            "family_members_supported",
+        )
+    }
+
+
+async def refused_follow_up(cluster: Cluster, request: pb.RecordFollowUpRequest) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cluster.eligibility.RecordFollowUp(request)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info, _ = details(caught.value)
+    assert info is not None and info.reason == "FOLLOW_UP_RECORDED"
+    return caught.value.details() or ""
+
+
+async def test_a_survivor_is_followed_up_after_each_loan_and_counted_once(
+    cluster: Cluster,
+) -> None:
+    intake = saatli_fish_farmer()
+    survivor = intake.survivor_id
+    await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    first, second = new_id("loan"), new_id("loan")
+    before = await reach(cluster)
+
+    await cluster.eligibility.RecordFollowUp(
+        follow_up(survivor, first, 6, date(2026, 1, 10), working=False, family_members=3)
+    )
+    await cluster.eligibility.RecordFollowUp(
+        follow_up(survivor, first, 12, date(2026, 7, 10), working=True, family_members=4)
+    )
+    # The second loan's +6-month follow-up is recorded, not refused as the survivor's.
+    recorded = await cluster.eligibility.RecordFollowUp(
+        follow_up(survivor, second, 6, date(2027, 6, 1), working=False, family_members=5)
+    )
+    assert recorded.follow_up.loan_id == second
+    # A second +6-month follow-up of the same loan is refused, as before.
+    message = await refused_follow_up(
+        cluster, follow_up(survivor, second, 6, date(2027, 6, 2), working=True, family_members=1)
+    )
+    assert (
+        message == f"the +6-month follow-up of {survivor} after loan {second} is already recorded"
+    )
+
+    # Survivors are counted, not follow-ups; family members at the latest follow-up (the
+    # second loan's +6); working from the +12 on record (the first loan's).
+    assert change(before, await reach(cluster)) == {
+        "followed_up_6": 1,
+        "followed_up_12": 1,
+        "working_at_12": 1,
+        "family_members_supported": 5,
+    }
+
+    # The second loan's +12: still one survivor at +12, now not working, supporting 6.
+    await cluster.eligibility.RecordFollowUp(
+        follow_up(survivor, second, 12, date(2027, 12, 1), working=False, family_members=6)
+    )
+    await refused_follow_up(
+        cluster, follow_up(survivor, second, 12, date(2027, 12, 2), working=True, family_members=6)
+    )
+    assert change(before, await reach(cluster)) == {
+        "followed_up_6": 1,
+        "followed_up_12": 1,
+        "working_at_12": 0,
+        "family_members_supported": 6,
+    }
+
+
+async def test_a_follow_up_without_a_loan_is_recorded_once(cluster: Cluster) -> None:
+    intake = saatli_fish_farmer()
+    survivor = intake.survivor_id
+    await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    before = await reach(cluster)
+    await cluster.eligibility.RecordFollowUp(
+        follow_up(survivor, "", 12, date(2026, 7, 10), working=True, family_members=3)
+    )
+    # The +6 visit written down later, with a later date: the +12 stays the latest.
+    await cluster.eligibility.RecordFollowUp(
+        follow_up(survivor, "", 6, date(2026, 8, 1), working=True, family_members=2)
+    )
+    message = await refused_follow_up(
+        cluster, follow_up(survivor, "", 12, date(2026, 7, 11), working=True, family_members=3)
+    )
+    assert message == f"the +12-month follow-up of {survivor} is already recorded"
+    assert change(before, await reach(cluster)) == {
+        "followed_up_6": 1,
+        "followed_up_12": 1,
+        "working_at_12": 1,
+        "family_members_supported": 3,
+    }
+
+
+@pytest.mark.parametrize("loan_id", ["x", "-loan-1", "loan 1", "l" * 65])
+async def test_a_malformed_loan_id_on_a_follow_up_is_refused(
+    cluster: Cluster, loan_id: str
+) -> None:
+    intake = saatli_fish_farmer()
+    await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cluster.eligibility.RecordFollowUp(
+            follow_up(
+                intake.survivor_id, loan_id, 6, date(2026, 1, 10), working=True, family_members=2
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(details(caught.value)[1]) == {"follow_up.loan_id"}

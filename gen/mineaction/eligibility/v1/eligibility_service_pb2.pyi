@@ -1374,7 +1374,7 @@ Global___SimulateRuleSetResponse: _TypeAlias = SimulateRuleSetResponse  # noqa: 
 
 @_typing.final
 class FollowUp(_message.Message):
-    """FollowUp is an impact follow-up of a survivor after final repayment."""
+    """FollowUp is an impact follow-up of a survivor after the final repayment of a loan."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1385,6 +1385,7 @@ class FollowUp(_message.Message):
     FAMILY_MEMBERS_SUPPORTED_FIELD_NUMBER: _builtins.int
     RECORDED_BY_FIELD_NUMBER: _builtins.int
     RECORDED_ON_FIELD_NUMBER: _builtins.int
+    LOAN_ID_FIELD_NUMBER: _builtins.int
     survivor_id: _builtins.str
     """The survivor followed up."""
     months_after: _builtins.int
@@ -1397,6 +1398,11 @@ class FollowUp(_message.Message):
     """Family members the survivor's work supports."""
     recorded_by: _builtins.str
     """Who recorded the follow-up."""
+    loan_id: _builtins.str
+    """The loan followed up (the lending service's loan id): a survivor has one +6 and one
+    +12 month follow-up per loan. Empty for a follow-up not tied to a loan, and for those
+    recorded before follow-ups named their loan.
+    """
     @_builtins.property
     def recorded_on(self) -> _date_pb2.Date:
         """The date of the follow-up visit."""
@@ -1411,10 +1417,11 @@ class FollowUp(_message.Message):
         family_members_supported: _builtins.int = ...,
         recorded_by: _builtins.str = ...,
         recorded_on: _date_pb2.Date | None = ...,
+        loan_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_on", b"recorded_on"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["family_members_supported", b"family_members_supported", "household_income_minor", b"household_income_minor", "months_after", b"months_after", "recorded_by", b"recorded_by", "recorded_on", b"recorded_on", "survivor_id", b"survivor_id", "working", b"working"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["family_members_supported", b"family_members_supported", "household_income_minor", b"household_income_minor", "loan_id", b"loan_id", "months_after", b"months_after", "recorded_by", b"recorded_by", "recorded_on", b"recorded_on", "survivor_id", b"survivor_id", "working", b"working"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

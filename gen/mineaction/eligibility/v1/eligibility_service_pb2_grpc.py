@@ -166,7 +166,9 @@ class EligibilityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordFollowUp(self, request, context):
-        """RecordFollowUp records an impact follow-up (+6 or +12 months after final repayment).
+        """RecordFollowUp records an impact follow-up (+6 or +12 months after a loan's final
+        repayment); each is recorded once per survivor and loan (FAILED_PRECONDITION,
+        FOLLOW_UP_RECORDED, for a second).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -59,7 +59,10 @@ class EligibilityServiceStub:
     reports which decisions would change. Nothing is stored.
     """
     RecordFollowUp: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.RecordFollowUpRequest, _eligibility_service_pb2.RecordFollowUpResponse]
-    """RecordFollowUp records an impact follow-up (+6 or +12 months after final repayment)."""
+    """RecordFollowUp records an impact follow-up (+6 or +12 months after a loan's final
+    repayment); each is recorded once per survivor and loan (FAILED_PRECONDITION,
+    FOLLOW_UP_RECORDED, for a second).
+    """
     GetReachReport: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetReachReportRequest, _eligibility_service_pb2.GetReachReportResponse]
     """GetReachReport reports the programme's reach: survivors, family members, follow-ups."""
 
@@ -94,7 +97,10 @@ class EligibilityServiceAsyncStub(EligibilityServiceStub):
     reports which decisions would change. Nothing is stored.
     """
     RecordFollowUp: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.RecordFollowUpRequest, _eligibility_service_pb2.RecordFollowUpResponse]  # type: ignore[assignment]
-    """RecordFollowUp records an impact follow-up (+6 or +12 months after final repayment)."""
+    """RecordFollowUp records an impact follow-up (+6 or +12 months after a loan's final
+    repayment); each is recorded once per survivor and loan (FAILED_PRECONDITION,
+    FOLLOW_UP_RECORDED, for a second).
+    """
     GetReachReport: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetReachReportRequest, _eligibility_service_pb2.GetReachReportResponse]  # type: ignore[assignment]
     """GetReachReport reports the programme's reach: survivors, family members, follow-ups."""
 
@@ -186,7 +192,10 @@ class EligibilityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _eligibility_service_pb2.RecordFollowUpRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_eligibility_service_pb2.RecordFollowUpResponse, _abc.Awaitable[_eligibility_service_pb2.RecordFollowUpResponse]]:
-        """RecordFollowUp records an impact follow-up (+6 or +12 months after final repayment)."""
+        """RecordFollowUp records an impact follow-up (+6 or +12 months after a loan's final
+        repayment); each is recorded once per survivor and loan (FAILED_PRECONDITION,
+        FOLLOW_UP_RECORDED, for a second).
+        """
 
     @_abc_1.abstractmethod
     def GetReachReport(
