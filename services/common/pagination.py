@@ -23,10 +23,12 @@ def page_size(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def _fingerprint(query: Any, key: list[Any]) -> str:
-    # Over the key too: a token whose key was edited is not one this service issued.
-    payload = json.dumps([query, key], sort_keys=True, default=str).encode()
-    return hashlib.sha256(payload).hexdigest()[:16]
+def _fingerprint(query: Any, key: list[Any] | None = None) -> str:
+    """Over the key too: a token whose key was edited is not one this service issued.
+    Without a key, as tokens were issued before (still read while they are in use; their
+    key is checked by its readers all the same)."""
+    payload = json.dumps(query if key is None else [query, key], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def encode(last_key: list[Any], query: Any) -> str:
@@ -35,8 +37,10 @@ def encode(last_key: list[Any], query: Any) -> str:
 
 
 def text(part: Any) -> str:
-    if not isinstance(part, str):
+    """Text PostgreSQL can hold: no NUL, nothing that is not UTF-8 (a lone surrogate)."""
+    if not isinstance(part, str) or "\x00" in part:
         raise TypeError(part)
+    part.encode()  # UnicodeEncodeError, a ValueError, for a lone surrogate
     return part
 
 
@@ -65,6 +69,6 @@ def decode(token: str, query: Any, parts: tuple[Callable[[Any], Any], ...]) -> l
         typed = [read(part) for read, part in zip(parts, key, strict=True)]
     except (ValueError, KeyError, TypeError):
         raise invalid("page_token", "not a page token issued by this service") from None
-    if fingerprint != _fingerprint(query, key):
+    if fingerprint not in (_fingerprint(query, key), _fingerprint(query)):
         raise invalid("page_token", "not a page token this service issued for this query (filters)")
     return typed
