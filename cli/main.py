@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import sys
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -428,7 +429,7 @@ def journey_start(
             raise CliError(f"the journey {earlier[-1].workflow_id} is already running")
         if earlier:  # a later journey: nothing of the earlier ones may still be open
             await _no_open_loan(sid, earlier[-1])
-        number = len(earlier) + 1
+        number = earlier[-1].number + 1 if earlier else 1
         workflow_id = journey_workflow_id(sid, number)
         with temporal(settings.effective_temporal_address, f"the journey {workflow_id}"):
             try:
@@ -533,24 +534,32 @@ class _Journey:
         return f"({self.state}{', stage ' + self.stage if self.stage else ''})"
 
 
-# Survivors have a few journeys at most; the search for the latest stops here.
-MAX_JOURNEYS = 1000
-
-
 async def _journeys_of(client: Client, survivor_id: str, address: str) -> list[_Journey]:
     """The survivor's journeys, first to latest: `journey-<survivor>`, then `.2`, `.3`...
-    until one was never started. Read by id (not through visibility, which is eventually
-    consistent), so a journey started a moment ago is found."""
+    Read by id, so a journey started a moment ago is found (the workflow list lags); the
+    list says how far the numbers go, so a closed journey Temporal no longer keeps (past
+    the namespace's retention) does not hide the ones after it."""
     found: list[_Journey] = []
     with temporal(address, f"the journeys of {survivor_id}"):
-        for number in range(1, MAX_JOURNEYS + 1):
+        listed = 0
+        query = (
+            "WorkflowType = 'SurvivorJourneyWorkflow' AND "
+            f"WorkflowId STARTS_WITH '{journey_workflow_id(survivor_id)}'"
+        )
+        async for listing in client.list_workflows(query, rpc_timeout=RPC_TIMEOUT):
+            of, number = journey_of(listing.id)
+            if of == survivor_id:
+                listed = max(listed, number)
+        for number in itertools.count(1):
             handle = client.get_workflow_handle(journey_workflow_id(survivor_id, number))
             try:
                 described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
             except RPCError as error:
                 if error.status != RPCStatusCode.NOT_FOUND:
                     raise
-                break
+                if number >= listed:
+                    break
+                continue  # no longer kept; later ones are
             found.append(
                 _Journey(
                     number,
