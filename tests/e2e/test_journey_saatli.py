@@ -1,13 +1,14 @@
 """The programme's own case, end to end under time skipping: a fish farmer in Saatli gets
 a start-up loan for 1,000 fingerlings and then feed, with 8 months of grace until the
 harvest, repays monthly to the last qəpik, gets a wheelchair and an English course along
-the way, and is followed up at +6 and +12 months."""
+the way, and is followed up at +6 and +12 months. The farmer had been followed up after an
+earlier loan too: the journey's follow-ups are recorded as this loan's."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from datetime import timedelta
+from datetime import date, timedelta
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -15,7 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from tests.conftest import Cluster
-from tests.factories import pdate, register_request, saatli_fish_farmer
+from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
 from tests.journey_helpers import follow_up_due, own_pool, skip_until, status_of
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
@@ -46,6 +47,22 @@ async def test_saatli_fish_farmer_from_intake_to_follow_ups(
     env, client = time_skipping_env, time_skipping_env.client
     survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
     await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(survivor_id)))
+    # An earlier loan's follow-ups, recorded before follow-ups named their loan.
+    for months, on in ((6, date(2024, 6, 1)), (12, date(2024, 12, 1))):
+        await cluster.eligibility.RecordFollowUp(
+            eligibility_pb.RecordFollowUpRequest(
+                request_id=request_id(),
+                follow_up=eligibility_pb.FollowUp(
+                    survivor_id=survivor_id,
+                    months_after=months,
+                    household_income_minor=60_000,
+                    working=True,
+                    family_members_supported=3,
+                    recorded_by="cw-07",
+                    recorded_on=pdate(on),
+                ),
+            )
+        )
     wheelchairs = await own_pool(cluster, "baku-mobility-aids", "wheelchair", capacity=1)
     english = await own_pool(cluster, "barda-vocational-centre", "english_course", 5, sessions=2)
     fund_before = (await cluster.lending.GetFund(lending_pb.GetFundRequest(fund_id="main"))).fund
@@ -203,3 +220,11 @@ async def test_saatli_fish_farmer_from_intake_to_follow_ups(
         await cluster.eligibility.GetReachReport(eligibility_pb.GetReachReportRequest())
     ).report
     assert reach.followed_up_12 >= 1 and reach.working_at_12 >= 1
+    db = cluster.hosts["eligibility"].db
+    assert db is not None
+    follow_ups = await db.pool.fetch(
+        """SELECT loan_id, months_after FROM follow_ups WHERE survivor_id = $1
+           ORDER BY created_at""",
+        survivor_id,
+    )
+    assert [tuple(r) for r in follow_ups] == [("", 6), ("", 12), (loan_id, 6), (loan_id, 12)]

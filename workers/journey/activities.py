@@ -281,6 +281,7 @@ class JourneyActivities:
                 request_id=step_request_id(f"follow-up/{params.months_after}"),
                 follow_up=eligibility_pb.FollowUp(
                     survivor_id=params.survivor_id,
+                    loan_id=params.loan_id,
                     months_after=params.months_after,
                     household_income_minor=params.household_income_minor,
                     working=params.working,

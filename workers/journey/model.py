@@ -260,6 +260,9 @@ class FollowUpInput:
     family_members_supported: int
     recorded_by: str
     recorded_on: str
+    # The loan followed up (patch follow-up-per-loan); last, with a default, so inputs
+    # recorded before it still read. Empty: the follow-up is recorded as the survivor's.
+    loan_id: str = ""
 
 
 # --- assistance child workflow ---------------------------------------------------------

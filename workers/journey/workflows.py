@@ -144,6 +144,10 @@ ASSISTANCE_CATCH_UP_PATCH = "assistance-catch-up"
 # promotion reaches the journey without anyone acting; after WAITLIST_READS_PER_RUN reads
 # (or when the server suggests it) the item continues as new, so its history stays small.
 ASSISTANCE_WAITLIST_READS_PATCH = "assistance-waitlist-reads"
+# Follow-ups recorded from this change on name the journey's loan, so the eligibility
+# service records a survivor's +6 and +12 month follow-ups once per loan: a later loan
+# journey is followed up as well. Follow-ups recorded before were the survivor's.
+FOLLOW_UP_PER_LOAN_PATCH = "follow-up-per-loan"
 WAITLISTED = "waitlisted"
 WAITLIST_READ_EVERY = timedelta(days=1)
 WAITLIST_READS_PER_RUN = 90
@@ -491,6 +495,9 @@ class SurvivorJourneyWorkflow:
                 self._s.follow_up_due = 0
                 continue
             assert self._follow_up is not None
+            loan_id = ""
+            if self._s.loan is not None and workflow.patched(FOLLOW_UP_PER_LOAN_PATCH):
+                loan_id = self._s.loan.loan_id
             await self._call(
                 JourneyActivities.record_follow_up,
                 FollowUpInput(
@@ -501,6 +508,7 @@ class SurvivorJourneyWorkflow:
                     self._follow_up.family_members_supported,
                     self._follow_up.recorded_by,
                     today().isoformat(),
+                    loan_id,
                 ),
             )
             self._s.follow_ups_recorded.append(months)
