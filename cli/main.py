@@ -546,10 +546,14 @@ async def _journeys_of(client: Client, survivor_id: str, address: str) -> list[_
             "WorkflowType = 'SurvivorJourneyWorkflow' AND "
             f"WorkflowId STARTS_WITH '{journey_workflow_id(survivor_id)}'"
         )
-        async for listing in client.list_workflows(query, rpc_timeout=RPC_TIMEOUT):
-            of, number = journey_of(listing.id)
-            if of == survivor_id:
-                listed = max(listed, number)
+        try:
+            async for listing in client.list_workflows(query, rpc_timeout=RPC_TIMEOUT):
+                of, number = journey_of(listing.id)
+                if of == survivor_id:
+                    listed = max(listed, number)
+        except RPCError as error:  # a server without a workflow list: by id alone
+            if error.status != RPCStatusCode.UNIMPLEMENTED:
+                raise
         for number in itertools.count(1):
             handle = client.get_workflow_handle(journey_workflow_id(survivor_id, number))
             try:

@@ -41,12 +41,13 @@ from workers.journey import search_attributes as sa
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
     JourneyInput,
+    LoanRequest,
     Stage,
     assistance_workflow_id,
     journey_workflow_id,
 )
 from workers.journey.worker import build_worker
-from workers.journey.workflows import SurvivorJourneyWorkflow
+from workers.journey.workflows import SurvivorJourneyWorkflow, initial_search_attributes
 
 INTAKE = """\
 survivor_id: {survivor_id}
@@ -562,6 +563,30 @@ async def test_a_later_journey_once_the_first_has_ended(
         history = await first.fetch_history()
         assert len(history.events) > 3
         assert (await first.result()).stage == "CLOSED_NOT_ELIGIBLE"
+
+        # Past the namespace's retention Temporal drops a closed journey: a survivor whose
+        # first journey it no longer keeps, and whose second runs, is steered through the
+        # second, and no journey 1 starts again beside it.
+        other = f"srv-{uuid.uuid4().hex[:12]}"
+        registered = await mineaction(cli_env, "register", str(write_intake(tmp_path, other)))
+        assert registered.exit_code == 0, registered
+        kept = await dev_client.start_workflow(
+            SurvivorJourneyWorkflow.run,
+            JourneyInput(other, "cw-01", LoanRequest("fish_farming", 500_000, "fish")),
+            id=journey_workflow_id(other, 2),
+            task_queue=task_queue,
+            search_attributes=initial_search_attributes(1),
+        )
+        query = f"WorkflowId = '{kept.id}'"
+        for _ in range(50):  # the workflow list is eventually consistent
+            if [wf async for wf in dev_client.list_workflows(query)]:
+                break
+            await asyncio.sleep(0.2)
+        ran = await mineaction(cli_env, "journey", "status", other)
+        assert table_rows(ran.stdout)["Workflow"] == f"{kept.id}: running (RUNNING)", ran
+        twice = await mineaction(cli_env, *start[:2], other, *start[3:])
+        assert f"the journey {kept.id} is already running" in one_error_line(twice), twice
+        await kept.terminate("the test ends here")
         await second.terminate("the test ends once the loan is disbursed")
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from datetime import date
 
+import pytest
+
 from services.lending.schedule import build_schedule
 from workers.journey.workflows import not_sooner
 
@@ -45,6 +47,13 @@ def test_with_nothing_ahead_the_request_is_unchanged() -> None:
     assert not_sooner(date(2027, 2, 27), "", 0, 6) == (0, 6)
 
 
-def test_within_what_lending_accepts() -> None:
-    grace, term = not_sooner(date(2027, 1, 1), "2030-01-01", 0, 110)
-    assert (grace, term) == (24, 120)
+def test_a_reschedule_that_cannot_keep_the_next_instalment_is_refused_saying_why() -> None:
+    # A borrower who prepaid: the next instalment is 31 months away, past 24 of grace.
+    with pytest.raises(ValueError, match="more than 24 months of grace away"):
+        not_sooner(date(2026, 11, 27), "2029-06-27", 0, 36)
+    # Six months of grace to keep it, and 120 months of instalments: past 120 in all,
+    # so the instalments would be fewer and larger than asked.
+    with pytest.raises(ValueError, match="ask for at most 114 months"):
+        not_sooner(date(2026, 11, 27), "2027-06-27", 0, 120)
+    assert not_sooner(date(2026, 11, 27), "2027-06-27", 0, 114) == (6, 120)
+    assert first_due(date(2026, 11, 27), 6, 120) == date(2027, 6, 27)

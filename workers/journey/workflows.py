@@ -186,17 +186,31 @@ def not_sooner(effective: date, next_due: str, grace: int, term: int) -> tuple[i
     """The grace and term for a hardship reschedule from `effective` whose first
     instalment falls no sooner than `next_due` (the next instalment of the schedule it
     replaces, ISO; empty when none is ahead). Lending counts the grace from the effective
-    date: the first instalment falls `grace + 1` months after it. The grace grows (to at
-    most 24 months) until that reaches `next_due`, and the term by as much (to at most
-    120), so the instalments are as many as asked for and no larger. A product's
-    moratorium months can only put the first instalment later still."""
+    date: the first instalment falls `grace + 1` months after it. The grace grows until
+    that reaches `next_due`, and the term by as much, so the instalments are as many as
+    asked for and no larger. A product's moratorium months can only put the first
+    instalment later still. ValueError, saying why, when that would take more grace or a
+    longer term than a reschedule may have (24 and 120 months)."""
     if not next_due:
         return grace, term
     due = date.fromisoformat(next_due)
     needed = grace
-    while needed < MAX_RESCHEDULE_GRACE_MONTHS and add_months(effective, needed + 1) < due:
+    while add_months(effective, needed + 1) < due:
         needed += 1
-    return needed, min(term + needed - grace, MAX_RESCHEDULE_TERM_MONTHS)
+    if needed > MAX_RESCHEDULE_GRACE_MONTHS:
+        raise ValueError(
+            f"the next instalment ({due}) is more than {MAX_RESCHEDULE_GRACE_MONTHS} months "
+            "of grace away: a reschedule now would bring it forward; ask for a pause of "
+            "delinquency, or reschedule nearer the time"
+        )
+    if term + needed - grace > MAX_RESCHEDULE_TERM_MONTHS:
+        raise ValueError(
+            f"keeping the next instalment ({due}) takes {needed - grace} more months of "
+            f"grace, and {term} months of instalments with them pass the "
+            f"{MAX_RESCHEDULE_TERM_MONTHS}-month limit: ask for at most "
+            f"{MAX_RESCHEDULE_TERM_MONTHS - (needed - grace)} months"
+        )
+    return needed, term + needed - grace
 
 
 @workflow.defn
@@ -589,7 +603,10 @@ class SurvivorJourneyWorkflow:
                 # The ledger's next instalment now, not the cycle's last read of it: a
                 # payment at the cashier's desk may have moved it since.
                 snap = await self._snapshot()
-                grace, term = not_sooner(start, snap.next_due_date, grace, term)
+                try:
+                    grace, term = not_sooner(start, snap.next_due_date, grace, term)
+                except ValueError as error:  # nothing asked of lending: say why
+                    raise ApplicationError(str(error), non_retryable=True) from None
             await self._call(
                 JourneyActivities.apply_hardship,
                 HardshipInput(
