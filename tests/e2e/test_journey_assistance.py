@@ -10,7 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import pytest_asyncio
@@ -26,13 +26,16 @@ from temporalio.testing import WorkflowEnvironment
 
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as assistance_grpc
+from mineaction.audit.v1 import audit_service_pb2 as audit_pb
+from mineaction.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from mineaction.type.v1 import age_band_pb2, sex_pb2
+from services.common.protoconv import timestamp
 from tests.conftest import Cluster
 from tests.factories import register_request, request_id, saatli_fish_farmer
 from tests.journey_helpers import own_pool, status_of
 from tests.temporal_fixtures import BIN
 from workers.journey import search_attributes
-from workers.journey.activities import JourneyActivities
+from workers.journey.activities import JourneyActivities, request_id_of
 from workers.journey.model import (
     AssistanceAction,
     AssistancePlan,
@@ -269,6 +272,12 @@ async def test_a_waitlisted_item_reads_its_record_daily_and_continues_as_new_whi
     async with build_worker(client, activities, task_queue):
         journey, item = await start_journey(cluster, client, task_queue, plan)
         first_run = (await item.describe()).run_id
+        # A step the service refuses while the item waits: it is the item's first.
+        since = datetime.now(UTC)
+        with pytest.raises(WorkflowUpdateFailedError):
+            await item.execute_update(
+                AssistanceWorkflow.advance, AssistanceAction("allocate_from_stock", "provider-01")
+            )
         # A quarter and more on the waitlist: one read a day, and a fresh run after
         # WAITLIST_READS_PER_RUN of them, which still knows where the item is.
         # (ten days at a time: the test server stalls on one sleep across a continue-as-new)
@@ -305,3 +314,17 @@ async def test_a_waitlisted_item_reads_its_record_daily_and_continues_as_new_whi
         result = await asyncio.wait_for(journey.result(), 15)
     assert result.stage == "COMPLETED"
     assert [(a.state, a.terminal) for a in result.assistance] == [("followed_up", True)]
+    # The new run numbered its steps on from the first run's: the refused step and the
+    # three after it each went as a request of their own.
+    async with cluster.channel("assistance", cluster.token_for("auditor", subject="aud-3")) as ch:
+        listed = await audit_grpc.AuditServiceStub(ch).ListAuditEntries(
+            audit_pb.ListAuditEntriesRequest(
+                method="/mineaction.assistance.v1.AssistanceService/AdvanceAssistance",
+                start_time=timestamp(since),
+                page_size=500,
+            ),
+            timeout=10,
+        )
+    sent = {e.request_id: e.code for e in listed.audit_entries}
+    steps = [sent.get(request_id_of(item.id, f"advance/{n}")) for n in range(1, 5)]
+    assert steps == ["FAILED_PRECONDITION", "OK", "OK", "OK"], steps

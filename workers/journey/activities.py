@@ -75,7 +75,12 @@ _LANGUAGE = {
 
 def step_request_id(step: str) -> str:
     """A request id that is the same for every attempt and run of this workflow's step."""
-    return str(uuid.uuid5(_REQUEST_ID_NAMESPACE, f"{activity.info().workflow_id}/{step}"))
+    return request_id_of(str(activity.info().workflow_id), step)
+
+
+def request_id_of(workflow_id: str, step: str) -> str:
+    """The request id a workflow's step sends (the audit log shows which step a call was)."""
+    return str(uuid.uuid5(_REQUEST_ID_NAMESPACE, f"{workflow_id}/{step}"))
 
 
 # A proposal made less than this before the write-off activity was first scheduled counts
