@@ -129,7 +129,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 intake.district_code,
                 from_proto_date(intake.consent.recorded_on)
                 if intake.consent.HasField("recorded_on")
-                else date.today(),
+                else programme_today(),
                 intake.SerializeToString(),
             )
             return pb.RegisterSurvivorResponse(survivor=self._survivor(intake, row))
