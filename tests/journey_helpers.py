@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
+from google.protobuf import struct_pb2
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -16,7 +18,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
-from mineaction.type.v1 import localized_text_pb2
+from mineaction.type.v1 import age_band_pb2, localized_text_pb2, sex_pb2
 from tests.conftest import Cluster
 from tests.factories import new_id, request_id
 from workers.journey.model import JourneyStatus
@@ -105,3 +107,40 @@ async def wait_for_poller(client: Client, task_queue: str, proc: subprocess.Pope
             return
         await asyncio.sleep(0.2)
     raise AssertionError("the worker never polled its task queue")
+
+
+async def someone_holds(
+    cluster: Cluster, pool: str, *, survivor_id: str = "", case_worker: str = "cw-12"
+) -> str:
+    """Another survivor takes the pool's only wheelchair (at baku-mobility-aids); their
+    assistance id."""
+    need = (
+        await cluster.assistance.RecordNeed(
+            assistance_pb.RecordNeedRequest(
+                request_id=request_id(),
+                survivor_id=survivor_id or f"srv-{uuid.uuid4().hex[:12]}",
+                type_id="wheelchair",
+                assessed_by=case_worker,
+                district_code="saatli",
+                sex=sex_pb2.SEX_FEMALE,
+                age_band=age_band_pb2.AGE_BAND_35_59,
+            )
+        )
+    ).need
+    seat = struct_pb2.Struct()
+    seat.update({"seat_width_cm": 42})
+    holder = (
+        await cluster.assistance.RequestAssistance(
+            assistance_pb.RequestAssistanceRequest(
+                request_id=request_id(),
+                need_id=need.need_id,
+                provider_id="baku-mobility-aids",
+                capacity_pool_id=pool,
+                data=seat,
+                referral_consent=True,
+                requested_by=case_worker,
+            )
+        )
+    ).assistance
+    assert holder.waitlist_position == 0, holder
+    return str(holder.assistance_id)

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import pytest_asyncio
-from google.protobuf import struct_pb2
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -28,11 +27,10 @@ from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as assistance_grpc
 from mineaction.audit.v1 import audit_service_pb2 as audit_pb
 from mineaction.audit.v1 import audit_service_pb2_grpc as audit_grpc
-from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common.protoconv import timestamp
 from tests.conftest import Cluster
 from tests.factories import register_request, request_id, saatli_fish_farmer
-from tests.journey_helpers import own_pool, status_of
+from tests.journey_helpers import own_pool, someone_holds, status_of
 from tests.temporal_fixtures import BIN
 from workers.journey import search_attributes
 from workers.journey.activities import JourneyActivities, request_id_of
@@ -119,40 +117,6 @@ async def staff_advance(cluster: Cluster, assistance_id: str, action: str, who: 
         )
     finally:
         await channel.close()
-
-
-async def someone_holds(cluster: Cluster, pool: str) -> str:
-    """Another survivor takes the pool's only wheelchair; their assistance id."""
-    need = (
-        await cluster.assistance.RecordNeed(
-            assistance_pb.RecordNeedRequest(
-                request_id=request_id(),
-                survivor_id=f"srv-{uuid.uuid4().hex[:12]}",
-                type_id="wheelchair",
-                assessed_by="cw-12",
-                district_code="saatli",
-                sex=sex_pb2.SEX_FEMALE,
-                age_band=age_band_pb2.AGE_BAND_35_59,
-            )
-        )
-    ).need
-    seat = struct_pb2.Struct()
-    seat.update({"seat_width_cm": 42})
-    holder = (
-        await cluster.assistance.RequestAssistance(
-            assistance_pb.RequestAssistanceRequest(
-                request_id=request_id(),
-                need_id=need.need_id,
-                provider_id="baku-mobility-aids",
-                capacity_pool_id=pool,
-                data=seat,
-                referral_consent=True,
-                requested_by="cw-12",
-            )
-        )
-    ).assistance
-    assert holder.waitlist_position == 0, holder
-    return str(holder.assistance_id)
 
 
 @pytest.mark.timeout(120)

@@ -22,19 +22,17 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from google.protobuf import struct_pb2
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
-from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common.auth import ensure_dev_credentials
 from services.common.channels import service_token
 from services.common.config import load_settings
 from services.common.logging import configure_logging
 from tests.conftest import Cluster, start_services, stop_services
 from tests.factories import register_request, request_id, saatli_fish_farmer
-from tests.journey_helpers import own_pool, skip_until, status_of
+from tests.journey_helpers import own_pool, skip_until, someone_holds, status_of
 from workers.journey import search_attributes
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
@@ -254,34 +252,9 @@ async def run_assisted(env: WorkflowEnvironment, cluster: Cluster, out: Recorded
     await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(sid)))
     course_pool = await own_pool(cluster, "barda-vocational-centre", "english_course", 5, 2)
     chair_pool = await own_pool(cluster, "baku-mobility-aids", "wheelchair", 1)
-    need = (
-        await cluster.assistance.RecordNeed(
-            assistance_pb.RecordNeedRequest(
-                request_id=request_id(),
-                survivor_id=survivor_id("assisted_holder"),
-                type_id="wheelchair",
-                assessed_by="cw-07",
-                district_code="saatli",
-                sex=sex_pb2.SEX_FEMALE,
-                age_band=age_band_pb2.AGE_BAND_35_59,
-            )
-        )
-    ).need
-    seat = struct_pb2.Struct()
-    seat.update({"seat_width_cm": 42})
-    holder = (
-        await cluster.assistance.RequestAssistance(
-            assistance_pb.RequestAssistanceRequest(
-                request_id=request_id(),
-                need_id=need.need_id,
-                provider_id="baku-mobility-aids",
-                capacity_pool_id=chair_pool,
-                data=seat,
-                referral_consent=True,
-                requested_by="cw-07",
-            )
-        )
-    ).assistance
+    holder = await someone_holds(
+        cluster, chair_pool, survivor_id=survivor_id("assisted_holder"), case_worker="cw-07"
+    )
     handle: Handle = await client.start_workflow(
         SurvivorJourneyWorkflow.run,
         JourneyInput(
@@ -343,7 +316,7 @@ async def run_assisted(env: WorkflowEnvironment, cluster: Cluster, out: Recorded
     await cluster.assistance.AdvanceAssistance(
         assistance_pb.AdvanceAssistanceRequest(
             request_id=request_id(),
-            assistance_id=holder.assistance_id,
+            assistance_id=holder,
             action="cancel",
             actor="cw-07",
         )
