@@ -507,6 +507,7 @@ def journey_status(
         state = described.status.name if described.status else "UNKNOWN"
         status = await _with_ledger_figures(status, language)
         status, known = await _with_live_assistance(status, language)
+        rule_set = await _deciding_rule_set(status, language)
         render.console().print(
             render.journey_table(
                 status,
@@ -515,10 +516,29 @@ def journey_status(
                 language,
                 known,
                 earlier=[(j.workflow_id, j.state, j.stage) for j in earlier],
+                rule_set=rule_set,
             )
         )
 
     run(go())
+
+
+async def _deciding_rule_set(status: JourneyStatus, language: str) -> eligibility_pb.RuleSet | None:
+    """The rule-set version of the journey's assessment, whose names show the eligible
+    programmes in the user's language; None, said so, when it cannot be read."""
+    if not status.assessment_id or not status.eligible_programmes:
+        return None
+
+    async def read() -> eligibility_pb.RuleSet:
+        settings = context.settings()
+        token = context.token(_OPTIONS, settings)
+        async with context.eligibility(settings, token) as stub:
+            with calling("eligibility", settings.eligibility_address):
+                request = eligibility_pb.GetAssessmentRequest(assessment_id=status.assessment_id)
+                assessment = (await stub.GetAssessment(request, timeout=TIMEOUT)).assessment
+                return (await _rule_sets(stub, assessment))[1]
+
+    return await _read_or_say("rule_set_unread", language, read())
 
 
 @dataclasses.dataclass(frozen=True)

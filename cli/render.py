@@ -306,11 +306,12 @@ def journey_table(
     lang: str,
     known: Catalogue | None = None,
     earlier: list[tuple[str, str, str]] | None = None,
+    rule_set: eligibility_pb.RuleSet | None = None,
 ) -> Table:
     """Everything the journey's status query answers; stages and states named in `lang`
-    (the assistance items' from the catalogue `known`, when it could be read); then the
-    survivor's `earlier` journeys (workflow id, workflow state, last stage), how each
-    ended."""
+    (the assistance items' from the catalogue `known`, the eligible programmes from the
+    deciding `rule_set`, when they could be read); then the survivor's `earlier` journeys
+    (workflow id, workflow state, last stage), how each ended."""
     table = Table(title=f"{label('journey', lang)} {status.survivor_id}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -326,7 +327,8 @@ def journey_table(
         (label("assessment_id", lang), assessment),
         (
             label("eligible_programmes", lang),
-            ", ".join(status.eligible_programmes) or none,
+            ", ".join(programme_name(p, lang, rule_set) for p in status.eligible_programmes)
+            or none,
         ),
         (label("loan", lang), status.loan_id or none),
         (

@@ -386,6 +386,10 @@ async def test_a_journey_driven_from_the_cli(
         assert shown["Mərhələ"] == "Güzəşt müddəti (GRACE)", shown
         assert shown["Kreditin vəziyyəti"] == "Aktiv (ACTIVE)", shown
         assert shown["İş axını"] == f"journey-{survivor_id}: davam edir (RUNNING)", shown
+        # The programmes as the deciding rule-set version names them.
+        assert shown["Uyğun proqramlar"].startswith(
+            "Biznesə başlamaq üçün mikrokredit (startup_loan)"
+        ), shown
         assert "Grace" not in ran.stdout and "running" not in ran.stdout
         ran = await mineaction(cli_env, "journey", "status", survivor_id, "--lang", "en")
         shown = table_rows(ran.stdout)
