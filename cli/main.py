@@ -1086,6 +1086,58 @@ def journeys(
     run(go())
 
 
+_NEED_STATES = {
+    n.removeprefix("NEED_STATE_").lower(): v
+    for n, v in assistance_pb.NeedState.items()
+    if v != assistance_pb.NEED_STATE_UNSPECIFIED
+}
+
+
+@app.command()
+def needs(
+    survivor: Annotated[str | None, typer.Option(help="Only this survivor's needs.")] = None,
+    type_id: Annotated[
+        str | None, typer.Option("--type", help="Only needs of this type, e.g. wheelchair.")
+    ] = None,
+    state: Annotated[
+        str | None, typer.Option(help="Only needs in this state, e.g. open or referred.")
+    ] = None,
+    district: Annotated[str | None, typer.Option(help="Only this district.")] = None,
+    lang: Lang = "en",
+) -> None:
+    """Survivors' recorded needs (assistance ListNeeds), oldest first: each with its
+    state and the assistance requested for it."""
+
+    async def go() -> None:
+        language = inputs.language(lang)
+        request = assistance_pb.ListNeedsRequest(page_size=500)
+        if survivor is not None:
+            request.survivor_id = inputs.identifier(survivor, "--survivor")
+        if type_id is not None:
+            request.type_id = inputs.code(type_id, "--type")
+        if state is not None:
+            wanted = state.strip().lower()
+            if wanted not in _NEED_STATES:
+                raise BadInput(f"unknown --state {state!r}: use one of {', '.join(_NEED_STATES)}")
+            request.state = _NEED_STATES[wanted]
+        if district is not None:
+            request.district_code = inputs.known_district(district, option="--district")
+        settings = context.settings()
+        token = context.token(_OPTIONS, settings)
+        async with context.assistance(settings, token) as stub:
+            with calling("assistance", settings.assistance_address):
+                known = await catalogue.load(stub, TIMEOUT)
+
+                def fetch(page_token: str) -> Awaitable[assistance_pb.ListNeedsResponse]:
+                    request.page_token = page_token
+                    return stub.ListNeeds(checked(request), timeout=TIMEOUT)  # type: ignore[no-any-return]
+
+                found = [n async for page in pages(fetch) for n in page.needs]
+        render.console().print(render.needs_table(found, known, language))
+
+    run(go())
+
+
 # --- repayments -----------------------------------------------------------------------
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from cli.catalogue import Catalogue
+from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.money import manat
@@ -103,7 +106,20 @@ LABELS: dict[str, dict[str, str]] = {
         "en": "refused by the assistance service",
         "az": "yardım xidməti tərəfindən rədd edilib",
     },
+    "needs": {"en": "Needs", "az": "Ehtiyaclar"},
+    "need": {"en": "Need", "az": "Ehtiyac"},
+    "survivor": {"en": "Survivor", "az": "Sağ qalan"},
+    "type": {"en": "Type", "az": "Növ"},
+    "district": {"en": "District", "az": "Rayon"},
+    "need_state": {"en": "State", "az": "Vəziyyət"},
+    "recorded": {"en": "Recorded", "az": "Qeydə alınıb"},
     # Codes shown as `coded(kind, code, lang)`: the label, then the code a command takes.
+    # A need's states (the assistance service's NeedState, as `needs --state` takes them).
+    "need_state:open": {"en": "Open", "az": "Açıq"},
+    "need_state:planned": {"en": "Assistance requested", "az": "Yardım istənilib"},
+    "need_state:referred": {"en": "Referred to a provider", "az": "Təchizatçıya göndərilib"},
+    "need_state:met": {"en": "Met", "az": "Ödənilib"},
+    "need_state:closed_unmet": {"en": "Closed, not met", "az": "Bağlanıb, ödənilməyib"},
     # The journey's stages (workers.journey.model.Stage).
     "stage:INTAKE": {"en": "Intake", "az": "Qəbul"},
     "stage:ELIGIBILITY": {"en": "Eligibility assessment", "az": "Uyğunluğun qiymətləndirilməsi"},
@@ -297,6 +313,26 @@ def assistance_item(a: AssistanceState, lang: str, known: Catalogue | None) -> s
     name = known.type_name(a.type_id, lang) if known else None
     kind = f"{name} ({a.type_id})" if name else a.type_id
     return f"{kind}: {assistance_state(a, lang, known)}"
+
+
+def needs_table(needs: Sequence[assistance_pb.Need], known: Catalogue, lang: str) -> Table:
+    """Needs as staff read them: the type by its name in `lang`, the state, the assistance
+    requested for each."""
+    table = Table(title=f"{label('needs', lang)} — {len(needs)}")
+    for column in ("need", "survivor", "type", "district", "need_state", "assistance", "recorded"):
+        table.add_column(label(column, lang))
+    for need in needs:
+        named = known.type_name(need.type_id, lang)
+        table.add_row(
+            need.need_id,
+            need.survivor_id,
+            f"{named} ({need.type_id})" if named else need.type_id,
+            need.district_code,
+            coded("need_state", assistance_pb.NeedState.Name(need.state)[11:].lower(), lang),
+            ", ".join(need.assistance_ids) or label("none", lang),
+            need.create_time.ToDatetime().strftime("%Y-%m-%d"),
+        )
+    return table
 
 
 def journey_table(

@@ -1264,3 +1264,43 @@ async def test_impact_follow_up_from_the_cli(
             step=timedelta(minutes=10),
         )  # fmt: skip
         await handle.terminate("the test ends after the +6 month follow-up")
+
+
+async def test_needs_listed_for_staff(cli_env: dict[str, str], cluster: Cluster) -> None:
+    """A survivor's recorded needs, in either language, with what was requested for them;
+    filters the service would refuse are refused before any call."""
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+
+    def column(out: str, index: int) -> list[str]:  # one line per need
+        return [r.split("│")[index + 1].strip() for r in out.splitlines() if r.startswith("│")]
+
+    for type_id in ("wheelchair", "english_course"):
+        await cluster.assistance.RecordNeed(
+            assistance_pb.RecordNeedRequest(
+                request_id=request_id(),
+                survivor_id=survivor_id,
+                type_id=type_id,
+                assessed_by="cw-01",
+                district_code="saatli",
+                sex=sex_pb2.SEX_FEMALE,
+                age_band=age_band_pb2.AGE_BAND_35_59,
+            )
+        )
+    ran = await mineaction(cli_env, "needs", "--survivor", survivor_id)
+    assert ran.exit_code == 0, ran
+    rows = column(ran.stdout, 2)
+    assert rows == ["Wheelchair (wheelchair)", "English course (english_course)"], ran.stdout
+    assert column(ran.stdout, 4) == ["Open (open)", "Open (open)"], ran.stdout
+    ran = await mineaction(
+        cli_env, "needs", "--survivor", survivor_id, "--type", "wheelchair", "--lang", "az"
+    )
+    assert column(ran.stdout, 2) == ["Əlil arabası (wheelchair)"], ran.stdout
+    assert column(ran.stdout, 4) == ["Açıq (open)"], ran.stdout
+    ran = await mineaction(cli_env, "needs", "--survivor", survivor_id, "--state", "met")
+    assert ran.exit_code == 0 and "— 0" in ran.stdout, ran
+    for bad, says in (
+        (["--state", "closed"], "unknown --state 'closed'"),
+        (["--district", "saatly"], "--district: unknown district 'saatly'"),
+    ):
+        refused = await mineaction(cli_env, "needs", *bad)
+        assert refused.exit_code == 2 and says in one_error_line(refused), refused
