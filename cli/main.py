@@ -37,6 +37,8 @@ from cli.requests import checked, intake_from_text
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
+from services.common.auth import AccessPolicy, AuthConfigError, TokenVerifier
+from services.common.errors import Unauthenticated
 from services.common.money import manat
 from services.common.protoconv import proto_date
 from workers.journey import search_attributes as sa
@@ -68,6 +70,7 @@ from workers.journey.workflows import (
     AssistanceWorkflow,
     SurvivorJourneyWorkflow,
     initial_search_attributes,
+    same_person,
 )
 
 
@@ -746,6 +749,7 @@ def journey_decide(
             raise BadInput("--ref is at most 128 characters and --reason 1000")
         if not approve and not reason.strip():
             raise BadInput("a rejection needs --reason")
+        _acting(_LENDING + ("ApproveLoan" if approve else "RejectLoan"), member_id)
         status = await _update_journey(
             sid,
             SurvivorJourneyWorkflow.record_committee_decision,
@@ -758,6 +762,39 @@ def journey_decide(
         )
 
     run(go())
+
+
+_LENDING = "/mineaction.lending.v1.LendingService/"
+_ELIGIBILITY = "/mineaction.eligibility.v1.EligibilityService/"
+_ASSISTANCE = "/mineaction.assistance.v1.AssistanceService/"
+
+
+def _acting(method: str, *named: str) -> None:
+    """The caller may cause `method`: a journey's update reaches Temporal, not the
+    service, and the journey relays it under the worker's own identity, so the CLI checks
+    the token first as the service would: valid, a role the access policy allows for
+    `method`, and, for staff, their own identity among the people `named` (a service
+    token may name others). Access to Temporal itself is the deployment's to restrict
+    (docs/security.md)."""
+    settings = context.settings()
+    token = context.token(_OPTIONS, settings)
+    try:
+        principal = TokenVerifier.from_settings(settings).verify(token)
+    except Unauthenticated as error:
+        raise CliError(f"the token is not accepted: {error.message}") from None
+    except AuthConfigError as error:
+        raise CliError(f"the token cannot be checked: {error}") from None
+    rule = AccessPolicy.load().rule(method)
+    allowed = rule.roles if rule is not None else frozenset()
+    if not principal.roles & allowed:
+        raise CliError(
+            f"{method.rsplit('/', 1)[-1]} needs one of the roles {', '.join(sorted(allowed))}; "
+            f"the token ({principal.subject}) has {', '.join(sorted(principal.roles)) or 'none'}"
+        )
+    if named and not principal.relays and not any(same_person(n, principal.subject) for n in named):
+        raise CliError(
+            f"you ({principal.subject}) must be {' or '.join(named)}: staff act as themselves"
+        )
 
 
 async def _update_journey(survivor_id: str, update: Any, arg: Any) -> JourneyStatus:
@@ -848,6 +885,9 @@ def journey_hardship(
                 new_term_months=new_term_months,
                 additional_grace_months=grace_months,
             )
+        _acting(
+            _LENDING + ("PauseDelinquency" if pause_days is not None else "RescheduleLoan"), who
+        )
         status = await _update_journey(sid, SurvivorJourneyWorkflow.request_hardship, hardship)
         done = (
             f"delinquency paused for {pause_days} days"
@@ -882,6 +922,7 @@ def journey_write_off(
         # The lending service compares identities case-insensitively.
         if proposer.casefold() == confirmer.casefold():
             raise BadInput("four eyes: --confirmed-by must be someone other than --proposed-by")
+        _acting(_LENDING + "ConfirmLoanWriteOff", confirmer)
         status = await _update_journey(
             sid,
             SurvivorJourneyWorkflow.record_write_off,
@@ -919,6 +960,7 @@ def journey_follow_up(
             raise BadInput("say --working or --not-working")
         inputs.count(family_members, "--family-members", 0, 49)
         who = inputs.staff(recorded_by, "--recorded-by")
+        _acting(_ELIGIBILITY + "RecordFollowUp", who)
         status = await _update_journey(
             sid,
             SurvivorJourneyWorkflow.record_follow_up,
@@ -964,6 +1006,7 @@ def journey_assist(
         step = inputs.action(action)
         who = inputs.staff(actor, "--actor")
         step_data = inputs.data_pairs(data or [], "--data")
+        _acting(_ASSISTANCE + "AdvanceAssistance")  # the step may be a provider's, by name
         settings = context.settings()
         token = context.token(_OPTIONS, settings)
         async with context.assistance(settings, token) as assist:

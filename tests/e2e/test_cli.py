@@ -1304,3 +1304,39 @@ async def test_needs_listed_for_staff(cli_env: dict[str, str], cluster: Cluster)
     ):
         refused = await mineaction(cli_env, "needs", *bad)
         assert refused.exit_code == 2 and says in one_error_line(refused), refused
+
+
+async def test_journey_updates_check_the_callers_token_first(
+    cli_env: dict[str, str], cluster: Cluster
+) -> None:
+    """A journey's update reaches Temporal, not the services, so the CLI checks the token
+    as a service would before sending it: a role the access policy allows, staff acting
+    as themselves; a case worker may record a provider's step under the provider's name."""
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"  # no journey: past the check, "not found"
+    decide = ["journey", "decide", survivor_id, "--approve", "--member", "cm-07", "--ref", "CM-1"]
+    write_off = [
+        "journey", "write-off", survivor_id, "--reason", "fled the district",
+        "--proposed-by", "lo-03", "--confirmed-by", "pm-01",
+    ]  # fmt: skip
+    refresh = ["journey", "assist", survivor_id, "wheelchair", "refresh", "--actor", "supplier-01"]
+    for token, args, says in (
+        (cluster.token_for("auditor", subject="aud-1"), decide,
+         "ApproveLoan needs one of the roles committee_member, service; the token (aud-1) "
+         "has auditor"),
+        (cluster.token_for("committee_member", subject="cm-08"), decide,
+         "you (cm-08) must be cm-07"),
+        ("not-a-token", decide, "the token is not accepted"),
+        (cluster.token_for("loan_officer", subject="lo-03"), write_off,
+         "ConfirmLoanWriteOff needs one of the roles programme_manager, service"),
+        (cluster.token_for("auditor", subject="aud-1"), refresh,
+         "AdvanceAssistance needs one of the roles case_worker, service"),
+    ):  # fmt: skip
+        ran = await mineaction({**cli_env, "MINEACTION_TOKEN": token}, *args)
+        assert ran.exit_code == 1 and says in one_error_line(ran), (args, ran)
+    for token, args in (
+        (cluster.token_for("committee_member", subject="cm-07"), decide),
+        (cluster.token_for("programme_manager", subject="PM-01"), write_off),
+        (cluster.token_for("case_worker", subject="cw-01"), refresh),
+    ):
+        ran = await mineaction({**cli_env, "MINEACTION_TOKEN": token}, *args)
+        assert f"journey-{survivor_id} was not found" in one_error_line(ran), (args, ran)
