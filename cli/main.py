@@ -37,7 +37,7 @@ from cli.requests import checked, intake_from_text
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
-from services.common.auth import AccessPolicy, AuthConfigError, TokenVerifier
+from services.common.auth import AccessPolicy, AuthConfigError, Principal, TokenVerifier
 from services.common.errors import Unauthenticated
 from services.common.money import manat
 from services.common.protoconv import proto_date
@@ -769,6 +769,18 @@ _ELIGIBILITY = "/mineaction.eligibility.v1.EligibilityService/"
 _ASSISTANCE = "/mineaction.assistance.v1.AssistanceService/"
 
 
+def _caller() -> Principal:
+    """Who the token says the caller is, checked as the services check it."""
+    settings = context.settings()
+    token = context.token(_OPTIONS, settings)
+    try:
+        return TokenVerifier.from_settings(settings).verify(token)
+    except Unauthenticated as error:
+        raise CliError(f"the token is not accepted: {error.message}") from None
+    except AuthConfigError as error:
+        raise CliError(f"the token cannot be checked: {error}") from None
+
+
 def _acting(method: str, *named: str) -> None:
     """The caller may cause `method`: a journey's update reaches Temporal, not the
     service, and the journey relays it under the worker's own identity, so the CLI checks
@@ -776,14 +788,7 @@ def _acting(method: str, *named: str) -> None:
     `method`, and, for staff, their own identity among the people `named` (a service
     token may name others). Access to Temporal itself is the deployment's to restrict
     (docs/security.md)."""
-    settings = context.settings()
-    token = context.token(_OPTIONS, settings)
-    try:
-        principal = TokenVerifier.from_settings(settings).verify(token)
-    except Unauthenticated as error:
-        raise CliError(f"the token is not accepted: {error.message}") from None
-    except AuthConfigError as error:
-        raise CliError(f"the token cannot be checked: {error}") from None
+    principal = _caller()
     rule = AccessPolicy.load().rule(method)
     allowed = rule.roles if rule is not None else frozenset()
     if not principal.roles & allowed:
@@ -1207,7 +1212,9 @@ def repay(
     payment_date: Annotated[
         str | None, typer.Option("--date", help="Payment date, YYYY-MM-DD (default today).")
     ] = None,
-    received_by: Annotated[str, typer.Option(help="Who received it.")] = "cli",
+    received_by: Annotated[
+        str, typer.Option(help="Who received it (default: the token's own identity).")
+    ] = "",
     channel: Annotated[str, typer.Option(help="How it was paid, e.g. cash, bank.")] = "cli",
     request_id: Annotated[
         str | None,
@@ -1223,7 +1230,7 @@ def repay(
             amount_minor=inputs.amount_minor(amount),
             currency_code="AZN",
             payment_date=proto_date(paid_on := _date_or_today(payment_date, "--date")),
-            received_by=inputs.staff(received_by, "--received-by"),
+            received_by=inputs.staff(received_by or _caller().subject, "--received-by"),
             channel=channel,
         )
         response = await call_lending(

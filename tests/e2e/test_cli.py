@@ -324,6 +324,7 @@ def test_every_washington_group_domain_has_a_label_in_both_languages() -> None:
 @pytest.mark.timeout(120)
 async def test_a_journey_driven_from_the_cli(
     cli_env: dict[str, str],
+    cluster: Cluster,
     dev_client: Client,
     activities: JourneyActivities,
     task_queue: str,
@@ -398,7 +399,13 @@ async def test_a_journey_driven_from_the_cli(
         assert shown["Loan status"] == "Active (ACTIVE)", shown
 
         today = date.today().isoformat()
-        ran = await mineaction(cli_env, "repay", status.loan_id, "125.50", "--date", today)
+        # A loan officer's own token: the repayment is received in their name (it was
+        # received by "cli", not their identity, and refused).
+        officer = {
+            **cli_env,
+            "MINEACTION_TOKEN": cluster.token_for("loan_officer", subject="lo-03"),
+        }
+        ran = await mineaction(officer, "repay", status.loan_id, "125.50", "--date", today)
         assert ran.exit_code == 0, ran
         assert "recorded repayment of 125.50 AZN" in ran.stdout
         assert "outstanding 4,874.50 AZN" in ran.stdout
