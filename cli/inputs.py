@@ -75,7 +75,7 @@ def amount_minor(value: str, what: str = "amount", *, allow_zero: bool = False) 
     """Manat as typed (`12.50`, `1500`) to integer qəpik, exactly: no floats, no
     rounding; more than two decimals, negative or absurd amounts are refused, and zero
     unless `allow_zero` (an income may be nothing; a loan or a payment may not)."""
-    text = value.strip()
+    text = _decimal_point(value.strip(), what, value)
     sign_rule = "must not be negative" if allow_zero else "must be positive"
     if text.startswith("-"):
         raise BadInput(f"{what} {sign_rule}, got {value!r}")
@@ -90,6 +90,26 @@ def amount_minor(value: str, what: str = "amount", *, allow_zero: bool = False) 
     if minor > MAX_AMOUNT_MINOR:
         raise BadInput(f"{what} {value!r} is above the limit of {MAX_AMOUNT_MINOR // 100:,} AZN")
     return minor
+
+
+_GROUPED = re.compile(r"^\d{1,3}(,\d{3})+(\.\d+)?$")
+_DECIMAL_COMMA = re.compile(r"^\d+,\d{1,2}$")
+
+
+def _decimal_point(text: str, what: str, value: str) -> str:
+    """Amounts as staff copy them from the CLI's own output ("1,300.00") or type them in
+    Azerbaijani ("312,50"), as plain digits with a decimal point. A comma before exactly
+    three digits and nothing else ("1,500") could be either, and is refused."""
+    if "," not in text:
+        return text
+    if _DECIMAL_COMMA.match(text):
+        return text.replace(",", ".")
+    if _GROUPED.match(text) and "." in text:
+        return text.replace(",", "")
+    raise BadInput(
+        f"{what} {value!r} is not an amount in manat: write 1500 or 1,500.00 for fifteen "
+        "hundred, 1.50 or 1,50 for one and a half"
+    )
 
 
 def text(value: str, what: str, max_len: int) -> str:
