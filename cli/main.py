@@ -430,8 +430,8 @@ def journey_start(
         earlier = await _journeys_of(client, sid, settings.effective_temporal_address)
         if earlier and earlier[-1].state == "RUNNING":
             raise CliError(f"the journey {earlier[-1].workflow_id} is already running")
-        if earlier:  # a later journey: nothing of the earlier ones may still be open
-            await _no_open_loan(sid, earlier[-1])
+        if earlier or loan is not None:  # no second loan beside an open one
+            await _no_open_loan(sid, earlier[-1] if earlier else None)
         number = earlier[-1].number + 1 if earlier else 1
         workflow_id = journey_workflow_id(sid, number)
         with temporal(settings.effective_temporal_address, f"the journey {workflow_id}"):
@@ -609,10 +609,12 @@ async def _latest_journey(survivor_id: str) -> tuple[Client, _Journey, list[_Jou
     return client, journeys[-1], journeys[:-1]
 
 
-async def _no_open_loan(survivor_id: str, previous: _Journey) -> None:
-    """A later journey is refused while a loan of the survivor is still open in the
-    ledger (a journey terminated while its loan was being repaid): the new journey would
-    apply for another while nobody follows that one."""
+async def _no_open_loan(survivor_id: str, previous: _Journey | None) -> None:
+    """A journey is refused while a loan of the survivor is still open in the ledger: a
+    later journey's `previous` one may have been terminated while its loan was being
+    repaid (the new journey would apply for another while nobody follows that one), and a
+    first journey's loan would stand beside one made outside any journey. The eligibility
+    rule on active loans reads what the intake declares; this reads the ledger."""
     answer = await call_lending(
         "ListLoans",
         lending_pb.ListLoansRequest(survivor_id=survivor_id, page_size=500),
@@ -623,10 +625,15 @@ async def _no_open_loan(survivor_id: str, previous: _Journey) -> None:
     ]
     if still_open:
         loans = ", ".join(f"{loan.loan_id} ({loan_status(loan)})" for loan in still_open)
-        raise CliError(
+        before = (
             f"survivor {survivor_id}'s last journey {previous.workflow_id} has ended "
-            f"{previous.ended()}, but loan {loans} is still open: a new journey is started "
-            "once it is closed (repaid, written off, rejected or withdrawn); see docs/cli.md"
+            f"{previous.ended()}, but loan {loans} is still open"
+            if previous is not None
+            else f"survivor {survivor_id} already has loan {loans} open in the ledger"
+        )
+        raise CliError(
+            f"{before}: a new journey is started once it is closed (repaid, written off, "
+            "rejected or withdrawn); see docs/cli.md"
         )
 
 

@@ -1347,3 +1347,19 @@ async def test_journey_updates_check_the_callers_token_first(
     ):
         ran = await mineaction({**cli_env, "MINEACTION_TOKEN": token}, *args)
         assert f"journey-{survivor_id} was not found" in one_error_line(ran), (args, ran)
+
+
+async def test_no_journey_applies_for_a_loan_beside_an_open_one(
+    cli_env: dict[str, str], cluster: Cluster, tmp_path: Path
+) -> None:
+    """A survivor with a loan open in the ledger (made outside any journey) gets no first
+    journey with another loan, whatever the intake declares about active loans."""
+    loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
+    intake = write_intake(tmp_path, loan.survivor_id)
+    assert (await mineaction(cli_env, "register", str(intake))).exit_code == 0
+    ran = await mineaction(
+        cli_env, "journey", "start", loan.survivor_id, "--case-worker", "cw-01",
+        "--product", "fish_farming", "--amount", "5000.00",
+    )  # fmt: skip
+    line = one_error_line(ran)
+    assert ran.exit_code == 1 and f"already has loan {loan.loan_id} (ACTIVE) open" in line, ran
