@@ -765,7 +765,8 @@ def journey_decide(
         verb = "approved" if approve else "rejected"
         render.line(
             f"loan {status.loan_id} {verb} by {member_id} ({decision_ref}); "
-            f"loan status {status.loan_status}, stage {status.stage}"
+            f"loan status {status.loan_status}; the journey goes on from here "
+            f"(mineaction journey status {sid})"
         )
 
     run(go())

@@ -372,6 +372,12 @@ async def test_a_journey_driven_from_the_cli(
         )  # fmt: skip
         assert ran.exit_code == 0, ran
         assert "approved by cm-02" in ran.stdout
+        # Not the stage the answer had (still COMMITTEE_REVIEW): the journey goes on.
+        assert (
+            f"the journey goes on from here (mineaction journey status {survivor_id})"
+            in (ran.stdout)
+            and "stage COMMITTEE_REVIEW" not in ran.stdout
+        )
         again = await mineaction(
             cli_env, "journey", "decide", survivor_id, "--approve", "--member", "cm-02",
             "--ref", "CM-2026-014",
