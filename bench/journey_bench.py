@@ -177,6 +177,7 @@ async def in_process_services(database_url: str, state_dir: str) -> AsyncIterato
         LOG_LEVEL="error",
         METRICS_PORT=0,  # three hosts in one process, and other runs on this machine
         LENDING_ACCEPT_FUTURE_DATES=True,  # time skipping runs months ahead of the clock
+        ELIGIBILITY_ACCEPT_FUTURE_DATES=True,
     )
     configure_logging(settings, process="bench")
     # As `make run` does: a signing key, the JWKS the services verify with, the dev-token

@@ -348,6 +348,7 @@ async def run_simulation(
                 SHUTDOWN_GRACE_SECONDS=1,
                 METRICS_PORT=0,
                 LENDING_ACCEPT_FUTURE_DATES=True,  # the simulation's clock runs ahead
+                ELIGIBILITY_ACCEPT_FUTURE_DATES=True,
             )
             configure_logging(local, process="simulate")
             # Scratch credentials, as `make run` makes them: signing key, JWKS, dev-token,

@@ -86,6 +86,7 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
         # Journeys under time skipping repay and disburse months ahead of the wall clock;
         # tests/integration/test_lending_money.py checks the default on a host of its own.
         LENDING_ACCEPT_FUTURE_DATES=True,
+        ELIGIBILITY_ACCEPT_FUTURE_DATES=True,
     )
     configure_logging(configured, process="tests")
     # Signing key, JWKS, dev-token and service-token in the state folder, as `make run`.

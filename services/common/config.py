@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # are refused; only a ledger whose clock is simulated accepts them: the `simulate`
     # command's scratch ledger, and journeys run under time skipping.
     lending_accept_future_dates: bool = Field(False, alias="LENDING_ACCEPT_FUTURE_DATES")
+    # Assessments and impact follow-ups dated after today in Baku are refused, but where
+    # the clock is simulated (as above).
+    eligibility_accept_future_dates: bool = Field(False, alias="ELIGIBILITY_ACCEPT_FUTURE_DATES")
 
     journey_task_queue: str = Field("survivor-journeys", min_length=1, alias="JOURNEY_TASK_QUEUE")
     no_demo: bool = Field(False, alias="MINEACTION_NO_DEMO")

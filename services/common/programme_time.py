@@ -6,9 +6,20 @@ from __future__ import annotations
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
+from services.common.errors import invalid
+
 PROGRAMME_TIME_ZONE = "Asia/Baku"
 _ZONE = ZoneInfo(PROGRAMME_TIME_ZONE)
 
 
 def programme_today() -> date:
     return datetime.now(_ZONE).date()
+
+
+def not_after_today(field: str, on: date, *, simulated_clock: bool = False) -> None:
+    """A day that has come (in Baku): INVALID_ARGUMENT on `field` otherwise, reason
+    DATE_IN_FUTURE. Only a service whose clock is simulated (journeys under time
+    skipping, the `simulate` command) accepts later days."""
+    today = programme_today()
+    if on > today and not simulated_clock:
+        raise invalid(field, f"must not be after today ({today} in Baku)", "DATE_IN_FUTURE")

@@ -25,7 +25,7 @@ from services.common.errors import (
     invalid,
 )
 from services.common.idempotency import once_per_request
-from services.common.programme_time import programme_today
+from services.common.programme_time import not_after_today, programme_today
 from services.common.protoconv import from_proto_date, timestamp
 from services.common.server import ServiceSpec
 from services.eligibility import intake as intake_mod
@@ -92,10 +92,13 @@ def rule_set_error(error: rules.RuleSetError) -> InvalidArgument:
 
 
 class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
-    def __init__(self, db: Database, rulebook: RuleBook) -> None:
+    def __init__(
+        self, db: Database, rulebook: RuleBook, *, accept_future_dates: bool = False
+    ) -> None:
         self.db = db
         self.rulebook = rulebook
         self.assessor = Assessor(db, rulebook)
+        self.accept_future_dates = accept_future_dates  # a simulated clock only
 
     # --- survivors -----------------------------------------------------------------
 
@@ -166,6 +169,13 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
     async def AssessEligibility(
         self, request: pb.AssessEligibilityRequest, context: grpc.aio.ServicerContext
     ) -> pb.AssessEligibilityResponse:
+        # An assessment decides on a day that has come: one dated later would pin the
+        # survivor to rules, and record a decision, for a day nobody has seen yet.
+        not_after_today(
+            "assessment_date",
+            from_proto_date(request.assessment_date),
+            simulated_clock=self.accept_future_dates,
+        )
         return served(pb.AssessEligibilityResponse, await self.assessor.assess(request))
 
     async def GetAssessment(
@@ -416,11 +426,19 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         follow_up = request.follow_up
 
         async def record(conn: Connection) -> pb.RecordFollowUpResponse:
-            known = await conn.fetchval(
-                "SELECT 1 FROM survivors WHERE survivor_id = $1", follow_up.survivor_id
+            survivor = await conn.fetchrow(
+                "SELECT intake, intake_pb FROM survivors WHERE survivor_id = $1",
+                follow_up.survivor_id,
             )
-            if not known:
+            if survivor is None:
                 raise invalid("follow_up.survivor_id", "survivor is not registered")
+            visited = from_proto_date(follow_up.recorded_on)
+            not_after_today(
+                "follow_up.recorded_on", visited, simulated_clock=self.accept_future_dates
+            )
+            born = from_proto_date(intake_mod.stored_intake(survivor).date_of_birth)
+            if visited < born:
+                raise invalid("follow_up.recorded_on", f"is before the survivor's birth ({born})")
             inserted = await conn.fetchval(
                 """INSERT INTO follow_ups (survivor_id, loan_id, months_after,
                        household_income_minor, working, family_members_supported,
@@ -507,7 +525,12 @@ async def attach(server: grpc.aio.Server, db: Database, settings: Settings) -> N
     rulebook = RuleBook()
     async with db.transaction() as conn:
         await rulebook.seed_shipped(conn)
-    pb_grpc.add_EligibilityServiceServicer_to_server(EligibilityServicer(db, rulebook), server)
+    pb_grpc.add_EligibilityServiceServicer_to_server(
+        EligibilityServicer(
+            db, rulebook, accept_future_dates=settings.eligibility_accept_future_dates
+        ),
+        server,
+    )
 
 
 SPEC = ServiceSpec(

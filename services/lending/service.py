@@ -24,7 +24,7 @@ from services.common.districts import require_known_district
 from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, invalid
 from services.common.idempotency import once_per_request
 from services.common.money import qepik_and_manat
-from services.common.programme_time import programme_today
+from services.common.programme_time import not_after_today
 from services.common.protoconv import from_proto_date, proto_date, timestamp
 from services.common.server import ServiceSpec
 from services.lending import arrears, figures, ledger
@@ -233,9 +233,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         """Money is received, paid out or written off, and a schedule rebuilt, on a day
         that has come: a future date (a typing slip, 2030 for 2023) would count in the
         fund now and in the loan only later, and block every correction dated before it."""
-        today = programme_today()
-        if on > today and not self.accept_future_dates:
-            raise invalid(field, f"must not be after today ({today} in Baku)", "DATE_IN_FUTURE")
+        not_after_today(field, on, simulated_clock=self.accept_future_dates)
 
     # ----- products and applications -------------------------------------------------
 

@@ -364,6 +364,7 @@ async def main() -> None:
                 # The journeys repay, disburse and reschedule months ahead of the wall
                 # clock under time skipping.
                 LENDING_ACCEPT_FUTURE_DATES=True,
+                ELIGIBILITY_ACCEPT_FUTURE_DATES=True,
             )
             configure_logging(settings, process="recorder")
             ensure_dev_credentials(settings)

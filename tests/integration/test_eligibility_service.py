@@ -10,8 +10,13 @@ import grpc
 import pytest
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
+from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
+from services.common.auth import ROLES
+from services.common.channels import open_channel
 from services.common.errors import reason_of, violations_in
 from services.common.programme_time import programme_today
+from services.common.server import ServiceHost
+from services.eligibility.service import SPEC as ELIGIBILITY
 from tests.conftest import Cluster
 from tests.factories import new_id, pdate, register_request, request_id, saatli_fish_farmer
 from tests.grpc_errors import details
@@ -667,3 +672,68 @@ async def test_a_malformed_loan_id_on_a_follow_up_is_refused(
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert set(details(caught.value)[1]) == {"follow_up.loan_id"}
+
+
+async def test_assessments_and_follow_ups_dated_after_today_are_refused(cluster: Cluster) -> None:
+    """A real clock's default (the test cluster accepts later dates, for journeys under
+    time skipping): a second eligibility host on the same database, without them. An
+    assessment or a follow-up visit dated after today, or a visit before the survivor's
+    birth, is INVALID_ARGUMENT on its date and nothing is written."""
+    real_clock = cluster.settings.model_copy(update={"eligibility_accept_future_dates": False})
+    host = ServiceHost(ELIGIBILITY, real_clock, address="127.0.0.1:0")
+    await host.start()
+    channel = open_channel(f"127.0.0.1:{host.port}", cluster.token_for(*ROLES))
+    try:
+        eligibility = pb_grpc.EligibilityServiceStub(channel)
+        intake = saatli_fish_farmer()
+        await eligibility.RegisterSurvivor(register_request(intake))
+        tomorrow = programme_today() + timedelta(days=1)
+        refusals = [
+            (
+                eligibility.AssessEligibility(
+                    pb.AssessEligibilityRequest(
+                        request_id=request_id(),
+                        survivor_id=intake.survivor_id,
+                        assessment_date=pdate(tomorrow),
+                    )
+                ),
+                "assessment_date",
+                "must not be after today",
+            ),
+            (
+                eligibility.RecordFollowUp(
+                    follow_up(intake.survivor_id, "", 6, tomorrow, working=True, family_members=1)
+                ),
+                "follow_up.recorded_on",
+                "must not be after today",
+            ),
+            (
+                eligibility.RecordFollowUp(
+                    follow_up(
+                        intake.survivor_id, "", 6, date(1950, 1, 1), working=True, family_members=1
+                    )
+                ),
+                "follow_up.recorded_on",
+                "before the survivor's birth",
+            ),
+        ]
+        for call, field, says in refusals:
+            before = await cluster.row_counts()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert details(refused.value)[1] == [field]
+            assert says in (refused.value.details() or "")
+            assert await cluster.row_counts() == before
+        # Today is a day that has come.
+        today = await eligibility.AssessEligibility(
+            pb.AssessEligibilityRequest(
+                request_id=request_id(),
+                survivor_id=intake.survivor_id,
+                assessment_date=pdate(programme_today()),
+            )
+        )
+        assert today.assessment.assessment_id
+    finally:
+        await channel.close()
+        await host.stop()
