@@ -40,7 +40,9 @@ from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.auth import AccessPolicy, AuthConfigError, Principal, TokenVerifier
 from services.common.errors import Unauthenticated
 from services.common.money import manat
+from services.common.programme_time import programme_today
 from services.common.protoconv import proto_date
+from services.eligibility.intake import intake_violations
 from workers.journey import search_attributes as sa
 from workers.journey.activities import (
     assistance_state_of,
@@ -207,8 +209,15 @@ def register(
                 proto_date(inputs.iso_date(consent_on, "--consent-on"))
             )
         on = _date_or_today(assessment_date, "--date")
+        # The dates against today, too: a date of birth in the future is named as such,
+        # not only as an incident before the birth.
         request = checked(
-            eligibility_pb.RegisterSurvivorRequest(request_id=inputs.request_id(), intake=intake)
+            eligibility_pb.RegisterSurvivorRequest(request_id=inputs.request_id(), intake=intake),
+            *[
+                v
+                for v in intake_violations(intake, programme_today(), "intake")
+                if not v.field.endswith("district_code")  # checked above, with the list
+            ],
         )
         if not intake.consent.data_processing:
             raise BadInput("the intake has no recorded consent to data processing")

@@ -11,6 +11,7 @@ from google.protobuf.message import Message
 
 from cli.inputs import BadInput, iso_date
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
+from services.common.errors import FieldViolation
 from services.common.interceptors import shared_validator, violations_of
 
 M = TypeVar("M", bound=Message)
@@ -25,9 +26,11 @@ _SHORT_ENUMS = {
 }
 
 
-def checked(request: M) -> M:
-    """The request, if the services' validation rules accept it; else BadInput."""
-    violations = violations_of(request, shared_validator())
+def checked(request: M, *also: FieldViolation) -> M:
+    """The request, if the services' validation rules accept it (and there are no
+    violations `also`, found by checks of the service's own); else BadInput, naming
+    every violation at once."""
+    violations = violations_of(request, shared_validator()) + list(also)
     if violations:
         listed = "; ".join(f"{v.field}: {v.description}" for v in violations[:6])
         more = f" (and {len(violations) - 6} more)" if len(violations) > 6 else ""

@@ -708,11 +708,16 @@ async def test_bad_input_is_refused_before_any_call(
     impossible_birth.write_text(
         INTAKE.format(survivor_id="srv-birth").replace("1981-05-14", "1981-02-30")
     )
+    future_birth = tmp_path / "future-birth.yaml"
+    future_birth.write_text(
+        INTAKE.format(survivor_id="srv-future").replace("1981-05-14", "2099-05-14")
+    )
     two_lines = tmp_path / "two-line-token"
     two_lines.write_text("first-part\nsecond-part\n")
     cases: list[tuple[list[str], str]] = [
         (["register", str(unknown_district)], "unknown intake district_code 'saatly'"),
         (["register", str(impossible_birth)], "date_of_birth '1981-02-30' is not a real"),
+        (["register", str(future_birth)], "intake.date_of_birth: must not be in the future"),
         (["register", "--survivor-id", "srv-0001", "--district", "saatly"], "'saatly'"),
         (["export", "loans", "--district", "saatly"], "--district: unknown district 'saatly'"),
         (["--token-file", str(two_lines), "fund"], "one token on one line"),
