@@ -209,13 +209,20 @@ async def test_register_and_assess_in_both_languages(
     assert ran.exit_code == 0, ran
     assert "Eligibility assessment" in ran.stdout and "2026-11-26" in ran.stdout
 
-    # A refusal only the service can make names the field at fault, not just the record.
+    # An intake date against today is refused before any call, the field named.
     future = write_intake(tmp_path, f"srv-{uuid.uuid4().hex[:12]}")
     future.write_text(future.read_text().replace("2003-09-02", "2099-09-02"))
-    line = one_error_line(await mineaction(cli_env, "register", str(future)))
-    assert line.endswith(
-        "the intake record is not valid (intake.incident_date: must not be in the future)"
-    ), line
+    refused = await mineaction(cli_env, "register", str(future))
+    assert refused.exit_code == 2, refused
+    assert one_error_line(refused).endswith(
+        "1 invalid field(s): intake.incident_date: must not be in the future"
+    ), refused
+    # A refusal only the service can make names the field at fault.
+    early = await mineaction(cli_env, "assess", survivor_id, "--date", "2025-06-01")
+    assert early.exit_code == 1, early
+    assert one_error_line(early).endswith(
+        "invalid assessment_date: the rules are in force from 2026-01-01; 2025-06-01 is before that"
+    ), early
     # Why the expansion loan was refused, in English this time.
     assert "Micro-credit expansion loan (expansion_loan)" in table_cells(ran.stdout, 0)
     assert "not eligible" in ran.stdout
