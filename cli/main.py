@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import sys
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
@@ -38,6 +39,7 @@ from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.auth import AccessPolicy, AuthConfigError, Principal, TokenVerifier
+from services.common.districts import known_districts
 from services.common.errors import Unauthenticated
 from services.common.money import manat
 from services.common.programme_time import programme_today
@@ -1361,10 +1363,12 @@ def arrears(
 def portfolio(
     as_of: Annotated[str | None, typer.Option(help="Report date (default today).")] = None,
     fund: Annotated[str, typer.Option(help="Only this fund's loans ('' for all).")] = "",
+    lang: Lang = "en",
 ) -> None:
     """The portfolio report: outstanding, PAR30 and repayment rate, disaggregated."""
 
     async def go() -> None:
+        language = inputs.language(lang)
         day = _date_or_today(as_of, "--as-of")
         fund_id = inputs.identifier(fund, "fund id") if fund else ""
         request = lending_pb.GetPortfolioReportRequest(as_of=proto_date(day), fund_id=fund_id)
@@ -1372,17 +1376,27 @@ def portfolio(
             await call_lending("GetPortfolioReport", request, lending_pb.GetPortfolioReportResponse)
         ).report
         out = render.console()
-        out.print(render.portfolio_table(f"Portfolio as of {day}", [("Total", report.total)]))
-        out.print(render.buckets_table(report.total))
-        for title, rows in (
-            ("By district", report.by_district),
-            ("By sex", report.by_sex),  # keyed SEX_FEMALE, ...: shown as female, ...
-            ("By product", report.by_product),
+        label = functools.partial(render.label, lang=language)
+        title = label("portfolio_as_of").format(day=day)
+        out.print(render.portfolio_table(title, [(label("total"), report.total)], language))
+        out.print(render.buckets_table(report.total, language))
+        districts = known_districts()
+        for title, rows, name in (
+            ("by_district", report.by_district, lambda k: _named(districts, k, language)),
+            # keyed SEX_FEMALE, ...: shown as female, ... (qadın, ...)
+            ("by_sex", report.by_sex, lambda k: label(f"sex:{k.removeprefix('SEX_').lower()}")),
+            ("by_product", report.by_product, lambda k: k),
         ):
-            keyed = [(r.key.removeprefix("SEX_").lower(), r.figures) for r in rows]
-            out.print(render.portfolio_table(title, keyed))
+            keyed = [(name(r.key), r.figures) for r in rows]
+            out.print(render.portfolio_table(label(title), keyed, language))
 
     run(go())
+
+
+def _named(names: dict[str, dict[str, str]], code: str, lang: str) -> str:
+    """A code as people read it with the code after it: "Saatlı (saatli)"."""
+    name = names.get(code, {}).get(lang)
+    return f"{name} ({code})" if name else code
 
 
 @app.command()

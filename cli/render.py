@@ -106,6 +106,21 @@ LABELS: dict[str, dict[str, str]] = {
         "en": "refused by the assistance service",
         "az": "yardım xidməti tərəfindən rədd edilib",
     },
+    "portfolio_as_of": {"en": "Portfolio as of {day}", "az": "Portfel, {day} tarixinə"},
+    "total": {"en": "Total", "az": "Cəmi"},
+    "by_district": {"en": "By district", "az": "Rayonlar üzrə"},
+    "by_sex": {"en": "By sex", "az": "Cins üzrə"},
+    "by_product": {"en": "By product", "az": "Məhsullar üzrə"},
+    "active_loans": {"en": "Active loans", "az": "Aktiv kreditlər"},
+    "outstanding_azn": {"en": "Outstanding (AZN)", "az": "Qalıq borc (AZN)"},
+    "par30_azn": {"en": "PAR30 (AZN)", "az": "PAR30 (AZN)"},
+    "par30": {"en": "PAR30", "az": "PAR30"},
+    "repayment_rate": {"en": "Repayment rate", "az": "Qaytarılma dərəcəsi"},
+    "delinquency_buckets": {"en": "Delinquency buckets", "az": "Gecikmə qrupları"},
+    "bucket": {"en": "Bucket", "az": "Qrup"},
+    "loans": {"en": "Loans", "az": "Kreditlər"},
+    "sex:female": {"en": "female", "az": "qadın"},
+    "sex:male": {"en": "male", "az": "kişi"},
     "needs": {"en": "Needs", "az": "Ehtiyaclar"},
     "need": {"en": "Need", "az": "Ehtiyac"},
     "survivor": {"en": "Survivor", "az": "Sağ qalan"},
@@ -429,14 +444,13 @@ def percent(basis_points: int) -> str:
     return f"{basis_points / 100:.2f}%"
 
 
-def portfolio_table(title: str, rows: list[tuple[str, lending_pb.PortfolioFigures]]) -> Table:
+def portfolio_table(
+    title: str, rows: list[tuple[str, lending_pb.PortfolioFigures]], lang: str = "en"
+) -> Table:
     table = Table(title=title)
     table.add_column("")
-    table.add_column("Active loans", justify="right")
-    table.add_column("Outstanding (AZN)", justify="right")
-    table.add_column("PAR30 (AZN)", justify="right")
-    table.add_column("PAR30", justify="right")
-    table.add_column("Repayment rate", justify="right")
+    for column in ("active_loans", "outstanding_azn", "par30_azn", "par30", "repayment_rate"):
+        table.add_column(label(column, lang), justify="right")
     for key, f in rows:
         table.add_row(
             key,
@@ -449,11 +463,11 @@ def portfolio_table(title: str, rows: list[tuple[str, lending_pb.PortfolioFigure
     return table
 
 
-def buckets_table(f: lending_pb.PortfolioFigures) -> Table:
-    table = Table(title="Delinquency buckets")
-    table.add_column("Bucket")
-    table.add_column("Loans", justify="right")
-    table.add_column("Outstanding (AZN)", justify="right")
+def buckets_table(f: lending_pb.PortfolioFigures, lang: str = "en") -> Table:
+    table = Table(title=label("delinquency_buckets", lang))
+    table.add_column(label("bucket", lang))
+    table.add_column(label("loans", lang), justify="right")
+    table.add_column(label("outstanding_azn", lang), justify="right")
     for b in f.buckets:
         name = lending_pb.DelinquencyBucket.Name(b.bucket).removeprefix("DELINQUENCY_BUCKET_")
         table.add_row(
