@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -27,7 +28,7 @@ from services.common.auth import ROLES, ensure_dev_credentials, mint_with_settin
 from services.common.channels import open_channel, service_token
 from services.common.config import Settings, load_settings
 from services.common.logging import configure_logging
-from services.common.server import ServiceHost
+from services.common.server import ServiceHost, ServiceSpec
 from services.eligibility.service import SPEC as ELIGIBILITY
 from services.lending.service import SPEC as LENDING
 from workers.journey.activities import JourneyActivities
@@ -117,6 +118,21 @@ class Cluster:
     def channel(self, name: str, token: str | None) -> grpc.aio.Channel:
         """A new channel to one service carrying `token` (None: none); close it after."""
         return open_channel(self.address(name), token)
+
+    @contextlib.asynccontextmanager
+    async def second_host(
+        self, spec: ServiceSpec, **settings: object
+    ) -> AsyncIterator[grpc.aio.Channel]:
+        """Another host of a service on the same database with these settings changed (a
+        default the test cluster sets otherwise), and a channel to it with every role."""
+        host = ServiceHost(spec, self.settings.model_copy(update=settings), address="127.0.0.1:0")
+        await host.start()
+        channel = open_channel(f"127.0.0.1:{host.port}", self.token_for(*ROLES))
+        try:
+            yield channel
+        finally:
+            await channel.close()
+            await host.stop(grace=1)
 
     @property
     def eligibility(self) -> eligibility_grpc.EligibilityServiceStub:

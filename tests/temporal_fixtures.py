@@ -6,6 +6,7 @@ same one the worker processes that tests start find through PAYLOAD_KEYS_FILE.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -43,17 +44,25 @@ def encrypting_converter(payload_keys_file: Path) -> DataConverter:
     return data_converter_for(EncryptionCodec.from_file(payload_keys_file))
 
 
+@contextlib.asynccontextmanager
+async def time_skipping_server(converter: DataConverter) -> AsyncIterator[WorkflowEnvironment]:
+    """The installed time-skipping test server, with the journeys' search attributes."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server"), data_converter=converter
+    )
+    try:
+        await search_attributes.register(env.client, env.client.namespace)
+        yield env
+    finally:
+        await env.shutdown()
+
+
 @pytest_asyncio.fixture(scope="session")
 async def time_skipping_env(
     encrypting_converter: DataConverter,
 ) -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(BIN / "temporal-test-server"),
-        data_converter=encrypting_converter,
-    )
-    await search_attributes.register(env.client, env.client.namespace)
-    yield env
-    await env.shutdown()
+    async with time_skipping_server(encrypting_converter) as env:
+        yield env
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -31,8 +31,7 @@ from services.common.protoconv import timestamp
 from tests.conftest import Cluster
 from tests.factories import register_request, request_id, saatli_fish_farmer
 from tests.journey_helpers import own_pool, someone_holds, status_of
-from tests.temporal_fixtures import BIN
-from workers.journey import search_attributes
+from tests.temporal_fixtures import time_skipping_server
 from workers.journey.activities import JourneyActivities, request_id_of
 from workers.journey.model import (
     AssistanceAction,
@@ -60,13 +59,8 @@ async def own_time_skipping_env(
     """A time-skipping server for one test. When an assistance item ends after its journey
     has closed (a journey of assistance only completes on the item's last signal), the test
     server stops skipping time for good, so these tests do not share the session's."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(BIN / "temporal-test-server"),
-        data_converter=encrypting_converter,
-    )
-    await search_attributes.register(env.client, env.client.namespace)
-    yield env
-    await env.shutdown()
+    async with time_skipping_server(encrypting_converter) as env:
+        yield env
 
 
 Journey = WorkflowHandle[SurvivorJourneyWorkflow, JourneyStatus]

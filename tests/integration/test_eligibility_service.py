@@ -11,11 +11,8 @@ import pytest
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
-from services.common.auth import ROLES
-from services.common.channels import open_channel
 from services.common.errors import reason_of, violations_in
 from services.common.programme_time import programme_today
-from services.common.server import ServiceHost
 from services.eligibility.service import SPEC as ELIGIBILITY
 from tests.conftest import Cluster
 from tests.factories import new_id, pdate, register_request, request_id, saatli_fish_farmer
@@ -679,11 +676,7 @@ async def test_assessments_and_follow_ups_dated_after_today_are_refused(cluster:
     time skipping): a second eligibility host on the same database, without them. An
     assessment or a follow-up visit dated after today, or a visit before the survivor's
     birth, is INVALID_ARGUMENT on its date and nothing is written."""
-    real_clock = cluster.settings.model_copy(update={"eligibility_accept_future_dates": False})
-    host = ServiceHost(ELIGIBILITY, real_clock, address="127.0.0.1:0")
-    await host.start()
-    channel = open_channel(f"127.0.0.1:{host.port}", cluster.token_for(*ROLES))
-    try:
+    async with cluster.second_host(ELIGIBILITY, eligibility_accept_future_dates=False) as channel:
         eligibility = pb_grpc.EligibilityServiceStub(channel)
         intake = saatli_fish_farmer()
         await eligibility.RegisterSurvivor(register_request(intake))
@@ -734,6 +727,3 @@ async def test_assessments_and_follow_ups_dated_after_today_are_refused(cluster:
             )
         )
         assert today.assessment.assessment_id
-    finally:
-        await channel.close()
-        await host.stop()

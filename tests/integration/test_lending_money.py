@@ -16,11 +16,8 @@ from mineaction.lending.v1 import lending_service_pb2 as pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import sex_pb2
 from services.common import idempotency
-from services.common.auth import ROLES
-from services.common.channels import open_channel
 from services.common.errors import reason_of
 from services.common.programme_time import programme_today
-from services.common.server import ServiceHost
 from services.lending import ledger
 from services.lending.repayments import Outcome, Repayment, RepaymentGroups
 from services.lending.schedule import build_schedule
@@ -845,11 +842,7 @@ async def test_get_loan_answers_with_its_schedule_in_one_call(cluster: Cluster) 
 async def test_money_dated_after_today_is_refused_and_writes_nothing(cluster: Cluster) -> None:
     """A real ledger's default (the test cluster accepts future dates, for journeys under
     time skipping): a second lending host on the same database, without them."""
-    real_clock = cluster.settings.model_copy(update={"lending_accept_future_dates": False})
-    host = ServiceHost(LENDING, real_clock, address="127.0.0.1:0")
-    await host.start()
-    channel = open_channel(f"127.0.0.1:{host.port}", cluster.token_for(*ROLES))
-    try:
+    async with cluster.second_host(LENDING, lending_accept_future_dates=False) as channel:
         lending = pb_grpc.LendingServiceStub(channel)
         today = programme_today()
         tomorrow = today + timedelta(days=1)
@@ -890,6 +883,3 @@ async def test_money_dated_after_today_is_refused_and_writes_nothing(cluster: Cl
         )
         paid = await lending.RecordRepayment(repayment(active.loan_id, 1_000, today))
         assert paid.loan.repaid_principal_minor == 1_000
-    finally:
-        await channel.close()
-        await host.stop(grace=1)
