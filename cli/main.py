@@ -43,7 +43,7 @@ from services.common.districts import known_districts
 from services.common.errors import Unauthenticated
 from services.common.money import manat
 from services.common.programme_time import programme_today
-from services.common.protoconv import proto_date
+from services.common.protoconv import from_proto_date, proto_date
 from services.eligibility.intake import intake_violations
 from workers.journey import search_attributes as sa
 from workers.journey.activities import (
@@ -62,6 +62,7 @@ from workers.journey.model import (
     Hardship,
     JourneyInput,
     JourneyStatus,
+    LoanChanged,
     LoanRequest,
     Stage,
     WriteOffDecision,
@@ -703,6 +704,7 @@ async def _with_ledger_figures(status: JourneyStatus, language: str) -> JourneyS
         days_past_due=snap.days_past_due,
         next_due_date=snap.next_due_date,
         next_due_minor=snap.next_due_minor,
+        closed_on=snap.closed_on,
     )
 
 
@@ -1260,18 +1262,44 @@ def repay(
             f"#{a.instalment_number} {manat(a.principal_minor)}" for a in repayment.allocations
         )
         kind = "recovery" if repayment.recovery else "repayment"
+        closed = f" on {from_proto_date(loan.close_date)}" if loan.HasField("close_date") else ""
         render.line(
             f"recorded {kind} of {manat(repayment.amount_minor)} AZN on {loan.loan_id} "
             f"(transaction {repayment.transaction_id}); "
             + (f"allocated {allocated}; " if allocated else "")
             + f"outstanding {manat(loan.outstanding_principal_minor)} AZN, "
             f"{loan.days_past_due} days past due, "
-            f"{loan_status(loan)}"
+            f"{loan_status(loan)}{closed}"
             # The answer's figures are the loan's on the payment's date.
              + ("" if paid_on == _today() else f" (as of {paid_on})")
         )
+        if not repayment.recovery:
+            await _tell_journey(loan)
 
     run(go())
+
+
+async def _tell_journey(loan: lending_pb.Loan) -> None:
+    """The survivor's running journey re-reads the loan now (signal `loan_changed`), so a
+    loan repaid early is seen closed today, not at its next due date. The money is
+    recorded whatever Temporal says: a journey that cannot be told reads the loan then."""
+    try:
+        settings = context.settings()
+        client = await context.temporal_client(settings)
+        journeys = await _journeys_of(client, loan.survivor_id, settings.effective_temporal_address)
+        if journeys and journeys[-1].state == "RUNNING":  # it ignores another loan's news
+            with temporal(settings.effective_temporal_address, journeys[-1].workflow_id):
+                await client.get_workflow_handle(journeys[-1].workflow_id).signal(
+                    SurvivorJourneyWorkflow.loan_changed,
+                    LoanChanged(loan.loan_id),
+                    rpc_timeout=RPC_TIMEOUT,
+                )
+    except CliError as error:
+        print(
+            f"note: the repayment is recorded; the survivor's journey was not told "
+            f"({error}) and reads the loan at its next due date",
+            file=sys.stderr,
+        )
 
 
 @app.command("withdraw-write-off")

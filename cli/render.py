@@ -384,7 +384,10 @@ def journey_table(
         (label("loan", lang), status.loan_id or none),
         (
             label("loan_status", lang),
-            coded("loan_state", status.loan_status, lang) if status.loan_status else none,
+            coded("loan_state", status.loan_status, lang)
+            + (f", {status.closed_on}" if status.closed_on else "")
+            if status.loan_status
+            else none,
         ),
         (
             label("next_due", lang),

@@ -55,20 +55,33 @@ async def status_of(handle: WorkflowHandle) -> JourneyStatus:  # type: ignore[ty
     return await handle.query(SurvivorJourneyWorkflow.status)
 
 
+async def wait_until(
+    handle: WorkflowHandle,  # type: ignore[type-arg]
+    done: Callable[[JourneyStatus], bool],
+    what: str,
+    *,
+    within: float = 15.0,
+) -> JourneyStatus:
+    """Poll the status query (real time) until the journey's status satisfies `done`."""
+    deadline = time.monotonic() + within
+    status: JourneyStatus | None = None
+    while time.monotonic() < deadline:
+        status = await status_of(handle)
+        if done(status):
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"journey never {what}; last status {status}")
+
+
 async def wait_for_stage(
     handle: WorkflowHandle,  # type: ignore[type-arg]
     *stages: str,
     within: float = 15.0,
 ) -> JourneyStatus:
     """Poll the status query (real time) until the journey is in one of `stages`."""
-    deadline = time.monotonic() + within
-    status: JourneyStatus | None = None
-    while time.monotonic() < deadline:
-        status = await status_of(handle)
-        if status.stage in stages:
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"journey never reached {' or '.join(stages)}; last status {status}")
+    return await wait_until(
+        handle, lambda s: s.stage in stages, f"reached {' or '.join(stages)}", within=within
+    )
 
 
 async def skip_until(

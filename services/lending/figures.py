@@ -110,9 +110,16 @@ TRANCHES_JSON = """(SELECT coalesce(json_agg(json_build_object(
         'transaction_id', t.transaction_id) ORDER BY t.sequence), '[]')
      FROM tranches t WHERE t.loan_id = l.loan_id)"""
 
+# The day a closed loan closed: the latest value date on its receivable, from which on its
+# balance as of any date is zero (the repayment that brought it there, or the write-off; a
+# recovery posts to RECOVERY_INCOME; a reversal that reopens a loan makes it ACTIVE again).
+CLOSE_DATE = """(CASE WHEN l.state IN ('CLOSED_OBLIGATIONS_MET', 'CLOSED_WRITTEN_OFF') THEN
+    (SELECT max(p.value_date) FROM postings p
+     WHERE p.loan_id = l.loan_id AND p.account = 'LOANS_RECEIVABLE') END)"""
+
 _LOAN_VIEW_SELECT = f"""
 SELECT l.*, f.disbursed, f.repaid, f.written_off, f.recovered, f.outstanding, f.dpd,
-    {TRANCHES_JSON} AS tranches
+    {TRANCHES_JSON} AS tranches, {CLOSE_DATE} AS close_date
 FROM loans l JOIN figures f ON f.loan_id = l.loan_id
 """
 

@@ -94,6 +94,7 @@ def loan_to_proto(
         update_time=timestamp(row["updated_at"]),
         purpose=row["purpose"],
         tranches=[tranche_to_proto(t) for t in tranches],
+        close_date=proto_date(row["close_date"]) if row.get("close_date") else None,
     )
 
 
@@ -101,7 +102,7 @@ def repayment_answer(
     request: pb.RecordRepaymentRequest, stored: bytes
 ) -> pb.RecordRepaymentResponse:
     """The response to a repayment from the answer stored with its request_id: JSON from
-    lending_repay_once (migrations 009, 014), the same for the first call and every replay; or
+    lending_repay_once (migrations 009, 014, 015), the same for the first call and every replay; or
     the protobuf that earlier versions stored (a serialized message never starts with
     '{': that would be field 15 as a group)."""
     if not stored.startswith(b"{"):
@@ -113,6 +114,8 @@ def repayment_answer(
     allocation = arrears.allocate_cumulative(
         answer["cumulative_minor"], answer["repaid_against_revision"], request.amount_minor
     )
+    if answer.get("close_date"):  # this repayment closed the loan (migration 015)
+        loan["close_date"] = date.fromisoformat(answer["close_date"])
     return pb.RecordRepaymentResponse(
         loan=loan_to_proto(loan, LoanFigures.of(answer), answer["tranches"]),
         repayment=pb.Repayment(

@@ -35,7 +35,13 @@ from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common.config import Settings
 from tests.conftest import Cluster
 from tests.factories import pdate, request_id
-from tests.journey_helpers import follow_up_due, own_pool, skip_until, wait_for_stage
+from tests.journey_helpers import (
+    follow_up_due,
+    own_pool,
+    skip_until,
+    wait_for_stage,
+    wait_until,
+)
 from tests.lending_helpers import active_loan, open_fund
 from workers.journey import search_attributes as sa
 from workers.journey.activities import JourneyActivities
@@ -422,16 +428,20 @@ async def test_a_journey_driven_from_the_cli(
         assert ran.exit_code == 0, ran
         assert "recorded repayment of 125.50 AZN" in ran.stdout
         assert "outstanding 4,874.50 AZN" in ran.stdout
-        # The journey reads the ledger at its own steps; its status shows the repayment now.
+        # Its status shows the repayment now, from the ledger.
         ran = await mineaction(cli_env, "journey", "status", survivor_id)
         assert ran.exit_code == 0, ran
         assert "4,874.50" in ran.stdout and "5,000.00" not in ran.stdout
-        # Lending down: the journey's own figures, said so, and still exit 0.
+        # `repay` told the journey, which reads the loan again at once (not at its first
+        # due date, a year away). Lending down: the journey's own figures, said so, exit 0.
+        await wait_until(
+            handle, lambda s: s.outstanding_minor == 487_450, "read the repayment", within=10
+        )
         lending_down = {**cli_env, "LENDING_ADDRESS": f"127.0.0.1:{closed_port()}"}
         ran = await mineaction(lending_down, "journey", "status", survivor_id)
         assert ran.exit_code == 0, ran
         assert ran.stdout.startswith("Loan figures as the journey last read them: ")
-        assert "not reachable" in ran.stdout and "5,000.00" in ran.stdout
+        assert "not reachable" in ran.stdout and "4,874.50" in ran.stdout
         await handle.terminate("the test ends after the first repayment")
 
     # The journey ended (terminated) with its loan still being repaid: a new journey would
@@ -867,7 +877,13 @@ async def test_a_write_off_proposal_withdrawn_from_the_cli(
     ran = await mineaction(cli_env, "repay", loan.loan_id, "10", "--date", "2026-05-10")
     assert ran.exit_code == 0 and ran.stdout.rstrip().endswith("(as of 2026-05-10)"), ran
     ran = await mineaction(cli_env, "repay", loan.loan_id, "10")
-    assert ran.exit_code == 0 and "(as of" not in ran.stdout, ran
+    assert ran.exit_code == 0 and "(as of" not in ran.stdout and not ran.stderr, ran
+    # Temporal down: the money is recorded all the same; the journey could not be told.
+    temporal_down = {**cli_env, "TEMPORAL_ADDRESS": f"127.0.0.1:{closed_port()}"}
+    ran = await mineaction(temporal_down, "repay", loan.loan_id, "10")
+    assert ran.exit_code == 0 and "outstanding 1,170.00 AZN" in ran.stdout, ran
+    assert ran.stderr.startswith("note: the repayment is recorded; the survivor's journey was")
+    assert "reads the loan at its next due date" in ran.stderr, ran
     withdraw = ["withdraw-write-off", loan.loan_id, "--reason", "the borrower is back"]
     line = one_error_line(await mineaction(cli_env, *withdraw))
     assert line == f"error: refused: loan {loan.loan_id} has no write-off proposal to withdraw"
@@ -1277,7 +1293,15 @@ async def test_impact_follow_up_from_the_cli(
         # ahead of the real one after the tests before.
         paid_on = (await time_skipping_env.get_current_time()).date().isoformat()
         ran = await mineaction(env, "repay", status.loan_id, "2000", "--date", paid_on)
-        assert ran.exit_code == 0 and "CLOSED_OBLIGATIONS_MET" in ran.stdout, ran
+        assert ran.exit_code == 0, ran
+        assert f"CLOSED_OBLIGATIONS_MET on {paid_on}" in ran.stdout, ran
+        # Repaid months early: `repay` tells the journey, which sees the loan closed within
+        # a minute, not at its first due date, and dates the closure as the ledger does.
+        repaid = await skip_until(
+            time_skipping_env, handle, lambda s: s.stage == "REPAID",
+            step=timedelta(seconds=5), limit=timedelta(minutes=1),
+        )  # fmt: skip
+        assert repaid.closed_on == paid_on
 
         await skip_until(time_skipping_env, handle, follow_up_due(6))
         ran = await mineaction(env, "journey", "status", survivor_id)

@@ -48,6 +48,7 @@ async def test_a_repayment_answers_with_the_loan_as_get_loan_shows_it(cluster: C
         )
         assert paid.loan == seen.loan
     assert paid.loan.state == pb.LOAN_STATE_CLOSED_OBLIGATIONS_MET
+    assert paid.loan.close_date == pdate(date(2026, 7, 1))
     # A refusal from the one statement writes nothing, not even the request_id's key.
     before = await cluster.row_counts()
     with pytest.raises(grpc.aio.AioRpcError) as closed:

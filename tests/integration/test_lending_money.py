@@ -428,6 +428,9 @@ async def test_reversal_corrects_a_repayment_and_reopens_a_repaid_loan(cluster: 
     loan = await active_loan(cluster, fund_id=fund_id)
     full = await cluster.lending.RecordRepayment(repayment(loan.loan_id, 120_000, date(2026, 6, 1)))
     assert full.loan.state == pb.LOAN_STATE_CLOSED_OBLIGATIONS_MET
+    assert full.loan.close_date == pdate(date(2026, 6, 1))
+    read = await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=loan.loan_id))
+    assert read.loan.close_date == pdate(date(2026, 6, 1))
     reverse = pb.ReverseRepaymentRequest(
         request_id=request_id(),
         loan_id=loan.loan_id,
@@ -438,6 +441,7 @@ async def test_reversal_corrects_a_repayment_and_reopens_a_repaid_loan(cluster: 
     reversed_ = await cluster.lending.ReverseRepayment(reverse)
     assert reversed_.loan.state == pb.LOAN_STATE_ACTIVE
     assert reversed_.loan.outstanding_principal_minor == 120_000
+    assert not reversed_.loan.HasField("close_date")  # open again
     again = pb.ReverseRepaymentRequest()
     again.CopyFrom(reverse)
     again.request_id = request_id()
@@ -454,6 +458,18 @@ async def test_reversal_corrects_a_repayment_and_reopens_a_repaid_loan(cluster: 
         )
         await ledger_invariants(conn)
     assert [k["kind"] for k in kinds] == ["DISBURSEMENT", "REPAYMENT", "REPAYMENT_REVERSAL"]
+    # Repaid again, in two payments, the second recorded dated before the first: the loan
+    # closed as of the later date, from which its balance is zero.
+    await cluster.lending.RecordRepayment(repayment(loan.loan_id, 100_000, date(2026, 7, 20)))
+    last = await cluster.lending.RecordRepayment(repayment(loan.loan_id, 20_000, date(2026, 7, 2)))
+    assert last.loan.state == pb.LOAN_STATE_CLOSED_OBLIGATIONS_MET
+    assert last.loan.close_date == pdate(date(2026, 7, 20))
+    for as_of, outstanding in ((date(2026, 7, 19), 100_000), (date(2026, 7, 20), 0)):
+        read = await cluster.lending.GetLoan(
+            pb.GetLoanRequest(loan_id=loan.loan_id, as_of=pdate(as_of))
+        )
+        assert read.loan.close_date == pdate(date(2026, 7, 20))
+        assert read.loan.outstanding_principal_minor == outstanding
 
 
 async def test_write_off_needs_two_people_and_recoveries_return_to_the_fund(
@@ -509,6 +525,7 @@ async def test_write_off_needs_two_people_and_recoveries_return_to_the_fund(
         for channel in (officer, same, manager):
             await channel.close()
     assert written.loan.state == pb.LOAN_STATE_CLOSED_WRITTEN_OFF
+    assert written.loan.close_date == pdate(date(2027, 6, 30))
     assert written.loan.written_off_minor == 100_000
     assert written.loan.outstanding_principal_minor == 0
     async with lending_db(cluster).pool.acquire() as conn:
@@ -532,6 +549,7 @@ async def test_write_off_needs_two_people_and_recoveries_return_to_the_fund(
     )
     assert recovery.repayment.recovery
     assert recovery.loan.recovered_minor == 15_000
+    assert recovery.loan.close_date == pdate(date(2027, 6, 30))  # a recovery does not move it
     with pytest.raises(grpc.aio.AioRpcError) as too_much:
         await cluster.lending.RecordRepayment(repayment(loan.loan_id, 85_001, date(2027, 9, 2)))
     assert too_much.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -162,6 +162,7 @@ def loan_snapshot_of(answer: lending_pb.GetLoanResponse, today: date) -> LoanSna
             next_due_date="",
             next_due_minor=0,
             first_due_date=first_due_date,
+            closed_on=iso(loan.close_date) if loan.HasField("close_date") else "",
         )
     upcoming = [i for i in schedule.instalments if from_proto_date(i.due_date) > today]
     overdue = sum(

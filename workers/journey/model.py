@@ -203,6 +203,9 @@ class LoanSnapshot:
     next_due_date: str  # "" when no instalment is still to fall due
     next_due_minor: int
     first_due_date: str
+    # The day a closed loan closed, as the ledger dates it ("" while open, and in
+    # snapshots recorded before lending gave it).
+    closed_on: str = ""
 
 
 @dataclass(frozen=True)
@@ -338,6 +341,14 @@ class CommitteeDecision:
 
 
 @dataclass(frozen=True)
+class LoanChanged:
+    """Money moved on a loan outside the journey (a repayment, a reversal): the journey
+    re-reads it now rather than at its next due date."""
+
+    loan_id: str
+
+
+@dataclass(frozen=True)
 class Hardship:
     """A hardship pause of delinquency, or a reschedule, decided by staff."""
 
@@ -395,6 +406,7 @@ class JourneyStatus:
     assistance: list[AssistanceState]
     follow_ups_recorded: list[int]
     follow_up_due: int  # months (6 or 12) while a follow-up awaits its answers, else 0
+    closed_on: str = ""  # the day the loan closed, once the journey has seen it closed
 
 
 @dataclass

@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         JourneyState,
         JourneyStatus,
         LoanApplicationInput,
+        LoanChanged,
         LoanDecisionInput,
         LoanSnapshot,
         LoanSummary,
@@ -222,7 +223,7 @@ class SurvivorJourneyWorkflow:
         self._decision: CommitteeDecision | None = None
         self._decision_attempts = False  # set by DECISION_ATTEMPTS_PATCH
         self._writing_off = False
-        self._hardship_applied = False
+        self._loan_changed = False
         self._follow_up: FollowUp | None = None
         # Set by FEWER_TASKS_PATCH: local activities and batched search attributes.
         self._fewer_tasks = False
@@ -409,7 +410,9 @@ class SurvivorJourneyWorkflow:
         while True:
             snap = await self._snapshot()
             if snap.status in CLOSED_LOAN_STATES:
-                self._s.closed_on = today().isoformat()
+                # The ledger's date: a loan repaid early is followed up from the day it
+                # closed, not from the day the journey read it (older snapshots: today).
+                self._s.closed_on = snap.closed_on or today().isoformat()
                 self._set_stage(
                     Stage.REPAID if snap.status == "CLOSED_OBLIGATIONS_MET" else Stage.WRITTEN_OFF
                 )
@@ -624,7 +627,7 @@ class SurvivorJourneyWorkflow:
             )
         except ActivityError as error:  # nothing changed: say why, the journey goes on
             raise refused(error) from None
-        self._hardship_applied = True
+        self._loan_changed = True
         return self.status()
 
     @request_hardship.validator
@@ -665,7 +668,7 @@ class SurvivorJourneyWorkflow:
         finally:
             self._writing_off = False
         self._set_loan(loan)
-        self._hardship_applied = True  # wakes the cycle, which sees the closed loan
+        self._loan_changed = True  # wakes the cycle, which sees the closed loan
         self._flush()
         return self.status()
 
@@ -704,6 +707,14 @@ class SurvivorJourneyWorkflow:
             raise ValueError("recorded_by is required")
 
     @workflow.signal
+    def loan_changed(self, change: LoanChanged) -> None:
+        """Sent after money moved on the journey's loan outside it (the CLI's `repay`,
+        payment collection): the repayment cycle re-reads the loan at once, so a loan
+        repaid early is seen closed the same day, not at its next due date."""
+        if self._s.loan is not None and change.loan_id == self._s.loan.loan_id:
+            self._loan_changed = True
+
+    @workflow.signal
     def assistance_updated(self, state: AssistanceState) -> None:
         """Sent by the assistance child workflows as their items move."""
         self._s.assistance[state.type_id] = state
@@ -732,6 +743,7 @@ class SurvivorJourneyWorkflow:
             assistance=list(s.assistance.values()),
             follow_ups_recorded=list(s.follow_ups_recorded),
             follow_up_due=s.follow_up_due,
+            closed_on=s.closed_on,
         )
 
     # --- helpers -----------------------------------------------------------------------
@@ -752,10 +764,11 @@ class SurvivorJourneyWorkflow:
         return max(timedelta(0), start - workflow.now())
 
     async def _wait_or_interrupted(self, day: date) -> bool:
-        """Sleep until `day`; True if a hardship or write-off cut the wait short."""
-        self._hardship_applied = False
+        """Sleep until `day`; True if the loan changed meanwhile (a hardship, a write-off,
+        money moved outside the journey) and cut the wait short."""
+        self._loan_changed = False
         try:
-            await self._wait_condition(lambda: self._hardship_applied, within=self._until(day))
+            await self._wait_condition(lambda: self._loan_changed, within=self._until(day))
         except TimeoutError:
             return False
         return True

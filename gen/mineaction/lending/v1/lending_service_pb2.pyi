@@ -261,6 +261,7 @@ class Loan(_message.Message):
     WRITTEN_OFF_MINOR_FIELD_NUMBER: _builtins.int
     RECOVERED_MINOR_FIELD_NUMBER: _builtins.int
     TRANCHES_FIELD_NUMBER: _builtins.int
+    CLOSE_DATE_FIELD_NUMBER: _builtins.int
     loan_id: _builtins.str
     """Opaque loan id."""
     survivor_id: _builtins.str
@@ -317,6 +318,13 @@ class Loan(_message.Message):
     def tranches(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tranche]:
         """Tranches disbursed so far."""
 
+    @_builtins.property
+    def close_date(self) -> _date_pb2.Date:
+        """The day the loan closed: the payment date of the repayment that repaid it in full,
+        or the date of its write-off. Unset while the loan is not closed (a reversal that
+        reopens a repaid loan unsets it).
+        """
+
     def __init__(
         self,
         *,
@@ -345,10 +353,11 @@ class Loan(_message.Message):
         written_off_minor: _builtins.int = ...,
         recovered_minor: _builtins.int = ...,
         tranches: _abc.Iterable[Global___Tranche] | None = ...,
+        close_date: _date_pb2.Date | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_date", b"close_date", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "borrower_age_band", b"borrower_age_band", "borrower_sex", b"borrower_sex", "bucket", b"bucket", "committee_decision_ref", b"committee_decision_ref", "create_time", b"create_time", "currency_code", b"currency_code", "days_past_due", b"days_past_due", "disbursed_minor", b"disbursed_minor", "district_code", b"district_code", "fund_id", b"fund_id", "loan_id", b"loan_id", "outstanding_principal_minor", b"outstanding_principal_minor", "principal_minor", b"principal_minor", "product_id", b"product_id", "product_version", b"product_version", "purpose", b"purpose", "recovered_minor", b"recovered_minor", "repaid_principal_minor", b"repaid_principal_minor", "state", b"state", "submitted_by", b"submitted_by", "survivor_id", b"survivor_id", "tranches", b"tranches", "update_time", b"update_time", "written_off_minor", b"written_off_minor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "borrower_age_band", b"borrower_age_band", "borrower_sex", b"borrower_sex", "bucket", b"bucket", "close_date", b"close_date", "committee_decision_ref", b"committee_decision_ref", "create_time", b"create_time", "currency_code", b"currency_code", "days_past_due", b"days_past_due", "disbursed_minor", b"disbursed_minor", "district_code", b"district_code", "fund_id", b"fund_id", "loan_id", b"loan_id", "outstanding_principal_minor", b"outstanding_principal_minor", "principal_minor", b"principal_minor", "product_id", b"product_id", "product_version", b"product_version", "purpose", b"purpose", "recovered_minor", b"recovered_minor", "repaid_principal_minor", b"repaid_principal_minor", "state", b"state", "submitted_by", b"submitted_by", "survivor_id", b"survivor_id", "tranches", b"tranches", "update_time", b"update_time", "written_off_minor", b"written_off_minor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
