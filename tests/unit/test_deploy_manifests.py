@@ -380,6 +380,37 @@ def test_the_codec_server_runs_and_no_pod_can_reach_it(rendered: list[Doc]) -> N
     assert policy["policyTypes"] == ["Ingress"] and policy["ingress"] == []
 
 
+def test_only_the_worker_and_operators_pods_reach_temporals_frontend(
+    rendered: list[Doc],
+) -> None:
+    """The policy selects the frontend's pods by the labels Temporal's chart gives them,
+    admits the worker's pods by their own labels, and no gRPC service's."""
+    policy = yaml.safe_load((K8S / "temporal-network-policy.yaml").read_text())
+    kubernetes_validate.validate(policy, KUBERNETES_VERSIONS[-1], strict=True)
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "frontend"
+    assert spec["policyTypes"] == ["Ingress"]
+    admitted = [
+        (peer.get("namespaceSelector"), peer["podSelector"]["matchLabels"])
+        for rule in spec["ingress"]
+        for peer in rule.get("from", [])
+        if peer.get("podSelector", {}).get("matchLabels")
+    ]
+    ours = {"kubernetes.io/metadata.name": "mineaction"}
+    assert all(namespace == {"matchLabels": ours} for namespace, _ in admitted)
+
+    def admits(labels: dict[str, str]) -> bool:
+        return any(selector.items() <= labels.items() for _, selector in admitted)
+
+    for name, deployment in deployments(rendered).items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert admits(labels) == (name == "worker"), name
+    assert admits({"mineaction.org/temporal-client": "true"})  # an operator's CLI pod
+    # Anyone else: the metrics port only.
+    open_rules = [rule for rule in spec["ingress"] if "from" not in rule]
+    assert [port["port"] for rule in open_rules for port in rule["ports"]] == [9090]
+
+
 def test_temporal_helm_values_point_the_web_ui_at_the_codec_server() -> None:
     values = yaml.safe_load((K8S / "temporal-values.yaml").read_text())
     env = {item["name"]: item["value"] for item in values["web"]["additionalEnv"]}
@@ -458,8 +489,47 @@ def compose() -> Doc:
     return cast(Doc, yaml.safe_load((DEPLOY / "compose.yaml").read_text()))
 
 
+# Who may share a network with Temporal: its own tools, its store, and the worker. A
+# journey's updates are relayed to the services under the worker's identity, so no gRPC
+# service, nor the codec server, may reach Temporal (docs/security.md).
+TEMPORAL_NEIGHBOURS = {"worker", "temporal-ui", "temporal-search-attributes", "postgresql"}
+# Who must reach whom: a caller and what it calls share a network.
+CALLS = {
+    **{name: {"postgresql"} for name in GRPC_SERVICES},
+    "worker": {"postgresql", "temporal", *GRPC_SERVICES},
+    "temporal": {"postgresql"},
+    "temporal-ui": {"temporal"},
+    "temporal-search-attributes": {"temporal"},
+}
+
+
+def network_problems(document: Doc) -> list[str]:
+    services: dict[str, Doc] = document["services"]
+    declared = set(document.get("networks") or {})
+    networks = {name: set(service.get("networks", [])) for name, service in services.items()}
+    problems = [
+        f"{name}: network {network} is not declared"
+        for name, joined in networks.items()
+        for network in sorted(joined - declared)
+    ]
+    problems += [f"{name}: on no network of its own" for name, n in networks.items() if not n]
+    temporal = networks.get("temporal", set())
+    problems += [
+        f"{name}: reaches temporal"
+        for name, joined in networks.items()
+        if name != "temporal" and joined & temporal and name not in TEMPORAL_NEIGHBOURS
+    ]
+    problems += [
+        f"{caller}: cannot reach {callee}"
+        for caller, callees in CALLS.items()
+        for callee in sorted(callees)
+        if caller in services and not networks[caller] & networks.get(callee, set())
+    ]
+    return problems
+
+
 def compose_problems(document: Doc) -> list[str]:
-    problems = []
+    problems = network_problems(document)
     services: dict[str, Doc] = document["services"]
     ours = {name for name, service in services.items() if "build" in service}
     if ours != set(WORKLOADS):
@@ -512,6 +582,9 @@ def test_checks_catch_a_broken_compose_file() -> None:
     services["worker"]["secrets"].remove("service-token")
     services["eligibility"]["environment"]["METRICS_HOST"] = "127.0.0.1"
     services["postgresql"]["image"] = "bitnami/postgresql:latest"
+    services["lending"]["networks"] = ["app", "temporal"]
+    services["assistance"]["networks"] = ["backend"]
+    services["temporal-ui"]["networks"] = ["app"]
     problems = compose_problems(document)
     for expected in (
         "built services",
@@ -520,6 +593,11 @@ def test_checks_catch_a_broken_compose_file() -> None:
         "worker: SERVICE_TOKEN_FILE=/run/secrets/service-token is not a mounted secret",
         "eligibility: metrics not served on 0.0.0.0",
         "postgresql: bitnami/postgresql:latest is not an official",
+        "lending: reaches temporal",
+        "assistance: network backend is not declared",
+        "assistance: cannot reach postgresql",
+        "worker: cannot reach assistance",
+        "temporal-ui: cannot reach temporal",
     ):
         assert any(problem.startswith(expected) for problem in problems), (expected, problems)
 
