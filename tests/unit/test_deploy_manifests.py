@@ -13,7 +13,10 @@
   a `Settings` alias from services/common/config.py, or one of the few variables the
   codec server reads itself. Every `*_FILE` setting points into a mounted Secret or
   ConfigMap that holds that file, and every metrics port is the one the code computes.
-- The compose file parses; its build context, Dockerfile and secret files exist.
+- The compose file parses; its build context, Dockerfile and secret files exist; every
+  process shares a network with what it calls, and only the worker and Temporal's own
+  tools share one with Temporal (as the NetworkPolicy on Temporal's frontend admits only
+  the worker and operators' CLI pods of ours).
 - The Dockerfile copies every package, installs with the lock, runs as non-root, and
   checks that every module the manifests run imports.
 
