@@ -33,6 +33,7 @@ from services.common.logging import configure_logging
 from tests.conftest import Cluster, start_services, stop_services
 from tests.factories import register_request, request_id, saatli_fish_farmer
 from tests.journey_helpers import own_pool, skip_until, someone_holds, status_of
+from tests.lending_helpers import repayment
 from workers.journey import search_attributes
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
@@ -44,6 +45,7 @@ from workers.journey.model import (
     Hardship,
     JourneyInput,
     JourneyStatus,
+    LoanChanged,
     LoanRequest,
     WriteOffDecision,
     assistance_workflow_id,
@@ -76,6 +78,9 @@ class Scenario:
     answer_follow_ups: bool = True
     reschedule: bool = False
     write_off: bool = False
+    # No borrower: the whole loan is repaid at the cashier's desk in its grace period and
+    # the journey is told (signal loan_changed), as `mineaction repay` does.
+    repay_early: bool = False
     commit: bool = True  # False: measured and printed, but not written
 
 
@@ -94,6 +99,8 @@ SCENARIOS = {
     "rescheduled": Scenario("carpet_weaving", 150_000, Behaviour(), reschedule=True),
     # Two payments, then nothing: committee review at 90 days past due, written off.
     "written_off": Scenario("small_trade", 120_000, Behaviour(stop_after=2), write_off=True),
+    # Repaid in full during the grace period; followed up from the day it closed.
+    "repaid_early": Scenario("small_trade", 120_000, Behaviour(), repay_early=True),
     # The longest product: 36 months (2 of grace), repaid on time, both follow-ups.
     # Not committed (about 1,700 events between the two workflows): run to measure.
     "on_time_36_months": Scenario("business_expansion", 360_000, Behaviour(), commit=False),
@@ -170,11 +177,15 @@ async def run_scenario(
         if (await status_of(handle)).stage not in ("COMMITTEE_REVIEW", "DISBURSEMENT"):
             break
         await asyncio.sleep(0.05)
-    borrower = await client.start_workflow(
-        BorrowerWorkflow.run,
-        BorrowerInput(approved.loan_id, scenario.behaviour),
-        id=f"borrower-{approved.loan_id}",
-        task_queue=TASK_QUEUE,
+    borrower = (
+        None
+        if scenario.repay_early
+        else await client.start_workflow(
+            BorrowerWorkflow.run,
+            BorrowerInput(approved.loan_id, scenario.behaviour),
+            id=f"borrower-{approved.loan_id}",
+            task_queue=TASK_QUEUE,
+        )
     )
     rescheduled = False
     answered: set[int] = set()
@@ -199,6 +210,16 @@ async def run_scenario(
                 ),
             )
             rescheduled = True
+        if scenario.repay_early and status.stage == "GRACE":
+            today = (await env.get_current_time()).date()
+            await cluster.lending.RecordRepayment(
+                repayment(approved.loan_id, scenario.amount_minor, today)
+            )
+            await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(approved.loan_id))
+            await skip_until(
+                env, handle, lambda s: s.stage == "REPAID", step=timedelta(minutes=1),
+                limit=timedelta(hours=1),
+            )  # fmt: skip
         if scenario.write_off and status.stage == "ARREARS_REVIEW":
             await handle.execute_update(
                 SurvivorJourneyWorkflow.record_write_off,
@@ -216,17 +237,21 @@ async def run_scenario(
         raise AssertionError(f"{name} did not finish: {status}")
     # Results one at a time (the time-skipping server's lock pitfall).
     result = await handle.result()
-    paid = await borrower.result()
+    paid = await borrower.result() if borrower else 1
     journey_runs = await write_runs(
         client, handle.id, handle.first_execution_run_id, name, out, commit=scenario.commit
     )
-    borrower_runs = await write_runs(
-        client,
-        borrower.id,
-        borrower.first_execution_run_id,
-        f"{name}.borrower",
-        out,
-        commit=scenario.commit,
+    borrower_runs = (
+        await write_runs(
+            client,
+            borrower.id,
+            borrower.first_execution_run_id,
+            f"{name}.borrower",
+            out,
+            commit=scenario.commit,
+        )
+        if borrower
+        else []
     )
     out.events_per_run[name] = {"journey": journey_runs, "borrower": borrower_runs}
     print(
