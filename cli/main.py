@@ -21,7 +21,7 @@ from typing import IO, Annotated, Any, NoReturn, TypeVar
 import typer
 from google.protobuf.message import Message
 from rich.table import Table
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecution, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -1085,10 +1085,12 @@ def journeys(
         bool, typer.Option("--all", help="Closed journeys too (default: running only).")
     ] = False,
     limit: Annotated[int, typer.Option(help="At most this many journeys.")] = 200,
+    lang: Lang = "en",
 ) -> None:
     """List journeys by stage, district, loan status (the journeys' search attributes)."""
 
     async def go() -> None:
+        language = inputs.language(lang)
         inputs.count(limit, "--limit", 1, 10_000)
         query = "WorkflowType = 'SurvivorJourneyWorkflow'"
         if not all_:
@@ -1111,48 +1113,70 @@ def journeys(
         if programme_year is not None:
             inputs.count(programme_year, "--programme-year", 1, 3)
             query += f" AND {sa.PROGRAMME_YEAR.name} = {programme_year}"
-        settings = context.settings()
-        client = await context.temporal_client(settings)
-        rows: list[tuple[str, ...]] = []
-        with temporal(settings.effective_temporal_address, "the journeys"):
-            async for wf in client.list_workflows(query, limit=limit, rpc_timeout=RPC_TIMEOUT):
-                attrs = wf.typed_search_attributes
-                rows.append(
-                    (
-                        _survivor_cell(wf.id),
-                        attrs.get(sa.STAGE) or "",
-                        attrs.get(sa.DISTRICT_CODE) or "",
-                        attrs.get(sa.LOAN_STATUS) or "",
-                        str(attrs.get(sa.DAYS_PAST_DUE) or 0),
-                        str(attrs.get(sa.PROGRAMME_YEAR) or ""),
-                        wf.status.name.lower().replace("_", " ") if wf.status else "",
-                        wf.start_time.strftime("%Y-%m-%d %H:%M") if wf.start_time else "",
-                    )
-                )
-        rows.sort(key=lambda r: r[0])
+        found = sorted(await _listed_journeys(query, limit), key=lambda wf: _survivor_cell(wf.id))
+        label = functools.partial(render.label, lang=language)
         filters = ", ".join(
-            f"{name} {value}"
+            f"{label(name)} {value}"
             for name, value in (
                 ("stage", stage),
                 ("district", district),
-                ("loan status", loan_status),
-                ("year", programme_year),
+                ("loan_status", loan_status),
+                ("programme_year", programme_year),
             )
             if value is not None
         )
-        title = f"{'Journeys' if all_ else 'Running journeys'}{': ' + filters if filters else ''}"
-        more = " (limit reached)" if len(rows) >= limit else ""
-        table = Table(title=f"{title} — {len(rows)}{more}")
-        for column in (
-            "Survivor", "Stage", "District", "Loan status", "Days past due", "Year", "Workflow",
-            "Started (UTC)",
-        ):  # fmt: skip
-            table.add_column(column, justify="right" if column == "Days past due" else "left")
-        for row in rows:
-            table.add_row(*row)
-        render.console().print(table)
+        title = label("journeys" if all_ else "running_journeys") + (
+            f": {filters}" if filters else ""
+        )
+        columns = (
+            "survivor", "stage", "district", "loan_status", "days_past_due", "programme_year",
+            "workflow", "started_utc",
+        )  # fmt: skip
+        _print_journeys(title, found, limit, columns, language)
 
     run(go())
+
+
+async def _listed_journeys(query: str, limit: int) -> list[WorkflowExecution]:
+    """The journeys a visibility query finds, at most `limit`."""
+    settings = context.settings()
+    client = await context.temporal_client(settings)
+    with temporal(settings.effective_temporal_address, "the journeys"):
+        return [
+            wf async for wf in client.list_workflows(query, limit=limit, rpc_timeout=RPC_TIMEOUT)
+        ]
+
+
+def _print_journeys(
+    title: str, found: list[WorkflowExecution], limit: int, columns: Sequence[str], lang: str
+) -> None:
+    """Listed journeys as a table of their search attributes, codes named in `lang`."""
+    districts = known_districts()
+
+    def cells(wf: WorkflowExecution) -> dict[str, str]:
+        attrs = wf.typed_search_attributes
+        loan = attrs.get(sa.LOAN_STATUS) or ""
+        return {
+            "survivor": _survivor_cell(wf.id),
+            "stage": render.coded("stage", attrs.get(sa.STAGE) or "", lang),
+            "district": _named(districts, attrs.get(sa.DISTRICT_CODE) or "", lang),
+            "loan_status": render.coded("loan_state", loan, lang) if loan else "",
+            "days_past_due": str(attrs.get(sa.DAYS_PAST_DUE) or 0),
+            "programme_year": str(attrs.get(sa.PROGRAMME_YEAR) or ""),
+            "workflow": render.coded("workflow_state", wf.status.name, lang) if wf.status else "",
+            "started_utc": wf.start_time.strftime("%Y-%m-%d %H:%M") if wf.start_time else "",
+        }
+
+    more = f" ({render.label('limit_reached', lang)})" if len(found) >= limit else ""
+    table = Table(title=f"{title} — {len(found)}{more}")
+    for column in columns:
+        table.add_column(
+            render.label(column, lang), justify="right" if column == "days_past_due" else "left"
+        )
+    for wf in found:
+        row = cells(wf)
+        table.add_row(*(row[column] for column in columns))
+    render.console().print(table)
 
 
 _NEED_STATES = {
@@ -1345,10 +1369,12 @@ def arrears(
     min_days: Annotated[int, typer.Option(help="At least this many days past due.")] = 1,
     district: Annotated[str | None, typer.Option(help="Only this district.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many journeys.")] = 200,
+    lang: Lang = "en",
 ) -> None:
     """List running journeys in arrears (Temporal visibility on DaysPastDue)."""
 
     async def go() -> None:
+        language = inputs.language(lang)
         inputs.count(min_days, "--min-days", 1, 100_000)
         inputs.count(limit, "--limit", 1, 10_000)
         query = (
@@ -1358,28 +1384,16 @@ def arrears(
         if district is not None:
             code = inputs.known_district(district, option="--district")
             query += f" AND {sa.DISTRICT_CODE.name} = '{code}'"
-        settings = context.settings()
-        client = await context.temporal_client(settings)
-        rows: list[tuple[int, str, str, str, str]] = []
-        with temporal(settings.effective_temporal_address, "the journeys"):
-            async for wf in client.list_workflows(query, limit=limit, rpc_timeout=RPC_TIMEOUT):
-                attrs = wf.typed_search_attributes
-                rows.append(
-                    (
-                        attrs.get(sa.DAYS_PAST_DUE) or 0,
-                        _survivor_cell(wf.id),
-                        attrs.get(sa.STAGE) or "",
-                        attrs.get(sa.LOAN_STATUS) or "",
-                        attrs.get(sa.DISTRICT_CODE) or "",
-                    )
-                )
-        rows.sort(key=lambda r: (-r[0], r[1]))
-        table = Table(title=f"Journeys at least {min_days} day(s) past due: {len(rows)}")
-        for column in ("Survivor", "Days past due", "Stage", "Loan status", "District"):
-            table.add_column(column, justify="right" if column == "Days past due" else "left")
-        for dpd, survivor, stage, status_name, district_code in rows:
-            table.add_row(survivor, str(dpd), stage, status_name, district_code)
-        render.console().print(table)
+        found = sorted(
+            await _listed_journeys(query, limit),
+            key=lambda wf: (
+                -(wf.typed_search_attributes.get(sa.DAYS_PAST_DUE) or 0),
+                _survivor_cell(wf.id),
+            ),
+        )
+        title = render.label("in_arrears", language).format(days=min_days)
+        columns = ("survivor", "days_past_due", "stage", "loan_status", "district")
+        _print_journeys(title, found, limit, columns, language)
 
     run(go())
 

@@ -128,6 +128,16 @@ LABELS: dict[str, dict[str, str]] = {
     "district": {"en": "District", "az": "Rayon"},
     "need_state": {"en": "State", "az": "Vəziyyət"},
     "recorded": {"en": "Recorded", "az": "Qeydə alınıb"},
+    # Journey lists (journeys, arrears).
+    "journeys": {"en": "Journeys", "az": "Yol xəritələri"},
+    "running_journeys": {"en": "Running journeys", "az": "Davam edən yol xəritələri"},
+    "in_arrears": {
+        "en": "Journeys at least {days} day(s) past due",
+        "az": "Ən azı {days} gün gecikmiş yol xəritələri",
+    },
+    "programme_year": {"en": "Year", "az": "İl"},
+    "started_utc": {"en": "Started (UTC)", "az": "Başlayıb (UTC)"},
+    "limit_reached": {"en": "limit reached", "az": "hədd çatıb"},
     # Codes shown as `coded(kind, code, lang)`: the label, then the code a command takes.
     # A need's states (the assistance service's NeedState, as `needs --state` takes them).
     "need_state:open": {"en": "Open", "az": "Açıq"},

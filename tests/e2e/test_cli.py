@@ -33,6 +33,7 @@ from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common.config import Settings
+from services.common.districts import known_districts
 from tests.conftest import Cluster
 from tests.factories import pdate, request_id
 from tests.journey_helpers import (
@@ -679,6 +680,20 @@ async def test_arrears_and_journeys_by_district(
         assert await listed("journeys", "--district", "barda", "--loan-status", "active") == {
             "elsewhere"
         }
+        # In Azerbaijani: the title, the headings and every code named, with the code kept.
+        ran = await mineaction(cli_env, "arrears", "--min-days", "30", "--lang", "az")
+        assert ran.exit_code == 0, ran
+        assert "Ən azı 30 gün gecikmiş yol xəritələri" in ran.stdout, ran
+        for shown in (
+            "Sağ qalan", "Gecikmə günləri", "Mərhələ", "Rayon",
+            coded("stage", "REPAYMENT", "az"), coded("loan_state", "ACTIVE", "az"),
+            f"{known_districts()['fuzuli']['az']} (fuzuli)",
+        ):  # fmt: skip
+            assert shown in ran.stdout, (shown, ran.stdout)
+        ran = await mineaction(cli_env, "journeys", "--district", "barda", "--lang", "az")
+        assert "Davam edən yol xəritələri: Rayon barda" in ran.stdout, ran
+        assert coded("workflow_state", "RUNNING", "az") in ran.stdout, ran
+        assert ids["elsewhere"] in ran.stdout and ids["late"] not in ran.stdout, ran
         # A district not on the programme's list is refused, not an empty list.
         for command in (["journeys"], ["arrears", "--min-days", "30"]):
             refused = await mineaction(cli_env, *command, "--district", "fuzulli")
