@@ -51,6 +51,8 @@ def run_module(
 ) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run `python -m module` to its end; fail the test if it outlives `within` seconds."""
     child_env = {k: v for k, v in os.environ.items() if k not in _INHERITED_OUT}
+    # No metrics port unless a test asks: a cluster running on this machine holds them.
+    child_env["METRICS_PORT"] = "0"
     child_env.update(env)
     started = time.monotonic()
     try:
@@ -128,6 +130,31 @@ def test_service_started_without_postgres_exits_with_one_clear_line(tmp_path: Pa
     assert "check DATABASE_URL" in lines[0]
     assert "s3cret-pw" not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
+    assert elapsed < 15, f"took {elapsed:.1f} s"
+
+
+def test_worker_whose_metrics_port_is_taken_exits_with_one_clear_line(tmp_path: Path) -> None:
+    """A second worker started beside a running one (the same metrics port) says so and
+    how to fix it, instead of a traceback from the Temporal runtime."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done, elapsed = run_module(
+            "workers",
+            {
+                "METRICS_PORT": str(port),
+                "METRICS_HOST": "127.0.0.1",
+                "MINEACTION_STATE_DIR": str(state_with_credentials(tmp_path)),
+                "LOG_FORMAT": "json",
+            },
+            within=30,
+        )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith(f"worker: cannot serve metrics on 127.0.0.1:{port}: "), lines
+    assert "set METRICS_PORT to a free port (0 turns the worker's metrics off)" in lines[0]
     assert elapsed < 15, f"took {elapsed:.1f} s"
 
 

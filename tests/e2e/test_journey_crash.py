@@ -56,7 +56,8 @@ def worker_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "workers"],
-            env={**os.environ, **env},
+            # No metrics port: a cluster running on this machine may hold the worker's.
+            env={**os.environ, "METRICS_PORT": "0", **env},
             stdout=out,
             stderr=subprocess.STDOUT,
         )

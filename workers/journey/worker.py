@@ -20,7 +20,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from services.common.config import ConfigError, Settings, load_settings
 from services.common.db import Database, database_url
 from services.common.logging import configure_logging
-from services.common.metrics import temporal_runtime
+from services.common.metrics import metrics_port, temporal_runtime
 from services.common.tracing import configure_tracing, temporal_interceptors
 from workers.codec import KeyringError, data_converter
 from workers.compiled_once import compile_once
@@ -123,7 +123,15 @@ def journey_activities(settings: Settings, box: outbox.Outbox) -> JourneyActivit
 
 async def run(settings: Settings) -> None:
     # The worker's metrics port is served by the Temporal runtime's Prometheus exporter.
-    client = await connect(settings, runtime=temporal_runtime(settings))
+    try:
+        runtime = temporal_runtime(settings)
+    except ValueError as error:  # the exporter could not bind (another worker holds it)
+        raise ConfigError(
+            f"cannot serve metrics on {settings.metrics_host}:"
+            f"{metrics_port(settings, 'worker')}: {error}; set METRICS_PORT to a free port "
+            "(0 turns the worker's metrics off)"
+        ) from None
+    client = await connect(settings, runtime=runtime)
     added = await search_attributes.register(client, settings.temporal_namespace)
     if added:
         log.info("search attributes registered", added=added)
