@@ -106,6 +106,16 @@ LABELS: dict[str, dict[str, str]] = {
         "en": "refused by the assistance service",
         "az": "yardım xidməti tərəfindən rədd edilib",
     },
+    # ...and for one not requested because the assessment did not find the survivor
+    # eligible for its programme.
+    "assistance_state:not_eligible": {
+        "en": "not requested: not eligible (assessment)",
+        "az": "istənilməyib: uyğun deyil (qiymətləndirmə)",
+    },
+    "assistance_state:needs_review": {
+        "en": "not requested: the assessment needs review",
+        "az": "istənilməyib: qiymətləndirmə yoxlanılmalıdır",
+    },
     "portfolio_as_of": {"en": "Portfolio as of {day}", "az": "Portfel, {day} tarixinə"},
     "total": {"en": "Total", "az": "Cəmi"},
     "by_district": {"en": "By district", "az": "Rayonlar üzrə"},

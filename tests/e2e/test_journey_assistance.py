@@ -27,6 +27,7 @@ from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as assistance_grpc
 from mineaction.audit.v1 import audit_service_pb2 as audit_pb
 from mineaction.audit.v1 import audit_service_pb2_grpc as audit_grpc
+from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from services.common.protoconv import timestamp
 from tests.conftest import Cluster
 from tests.factories import register_request, request_id, saatli_fish_farmer
@@ -40,6 +41,7 @@ from workers.journey.model import (
     AssistanceState,
     JourneyInput,
     JourneyStatus,
+    LoanRequest,
     assistance_workflow_id,
     journey_workflow_id,
 )
@@ -286,3 +288,119 @@ async def test_a_waitlisted_item_reads_its_record_daily_and_continues_as_new_whi
     sent = {e.request_id: e.code for e in listed.audit_entries}
     steps = [sent.get(request_id_of(item.id, f"advance/{n}")) for n in range(1, 5)]
     assert steps == ["FAILED_PRECONDITION", "OK", "OK", "OK"], steps
+
+
+async def start_with(
+    cluster: Cluster,
+    client: Client,
+    task_queue: str,
+    intake: eligibility_pb.SurvivorIntake,
+    plans: list[AssistancePlan],
+    loan: LoanRequest | None = None,
+) -> Journey:
+    await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    return await client.start_workflow(
+        SurvivorJourneyWorkflow.run,
+        JourneyInput(
+            survivor_id=intake.survivor_id, case_worker_id="cw-12", assistance=plans, loan=loan
+        ),
+        id=journey_workflow_id(intake.survivor_id),
+        task_queue=task_queue,
+        search_attributes=initial_search_attributes(programme_year=1),
+    )
+
+
+async def needs_of(cluster: Cluster, survivor_id: str) -> list[str]:
+    listed = await cluster.assistance.ListNeeds(
+        assistance_pb.ListNeedsRequest(survivor_id=survivor_id, page_size=50)
+    )
+    return sorted(need.type_id for need in listed.needs)
+
+
+@pytest.mark.timeout(120)
+async def test_a_journey_whose_loan_is_refused_follows_its_assistance_to_the_end(
+    cluster: Cluster,
+    own_time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """Income above the credit ceiling: no loan, but the wheelchair goes on, and the journey
+    with it (it closed at once, leaving the item running with no journey, and a later
+    journey could reserve a second wheelchair)."""
+    client = own_time_skipping_env.client
+    pool = await own_pool(cluster, "baku-mobility-aids", "wheelchair", 1)
+    plan = AssistancePlan("wheelchair", "baku-mobility-aids", pool, 1, {"seat_width_cm": 44})
+    intake = saatli_fish_farmer(f"srv-{uuid.uuid4().hex[:12]}")
+    intake.monthly_household_income_minor = 5 * 30_001  # above the ceiling per person
+    async with build_worker(client, activities, task_queue):
+        journey = await start_with(
+            cluster, client, task_queue, intake, [plan],
+            LoanRequest("fish_farming", 200_000, "fingerlings"),
+        )  # fmt: skip
+        await journey_heard(journey, lambda a: bool(a.assistance_id))
+        status = await status_of(journey)
+        assert status.stage == "ASSISTANCE_ONLY" and not status.loan_id, status
+        assert (await journey.describe()).status == WorkflowExecutionStatus.RUNNING
+        item: Item = client.get_workflow_handle_for(
+            AssistanceWorkflow.run, assistance_workflow_id(journey.id, "wheelchair")
+        )
+        for action, data in (
+            ("allocate_from_stock", {}),
+            ("deliver", {"serial_number": "WC-2026-0101", "fitted_by": "pt-01"}),
+            ("follow_up", {"notes": "fits well"}),
+        ):
+            await item.execute_update(
+                AssistanceWorkflow.advance, AssistanceAction(action, "provider-01", data)
+            )
+        result = await asyncio.wait_for(journey.result(), 15)
+    assert result.stage == "CLOSED_NOT_ELIGIBLE"
+    assert [(a.state, a.terminal) for a in result.assistance] == [("followed_up", True)]
+
+
+@pytest.mark.timeout(120)
+async def test_assistance_is_requested_only_for_programmes_the_survivor_is_eligible_for(
+    cluster: Cluster,
+    own_time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """No walking difficulty: the assessment finds the survivor not eligible for a
+    wheelchair, so none is requested or reserved; the English course is requested."""
+    client = own_time_skipping_env.client
+    chairs = await own_pool(cluster, "baku-mobility-aids", "wheelchair", 1)
+    course = await own_pool(cluster, "barda-vocational-centre", "english_course", 5, sessions=4)
+    wheelchair = AssistancePlan(
+        "wheelchair", "baku-mobility-aids", chairs, 1, {"seat_width_cm": 44}
+    )
+    english = AssistancePlan(
+        "english_course", "barda-vocational-centre", course, 1, {"level": "a1"}
+    )
+    walking = saatli_fish_farmer(f"srv-{uuid.uuid4().hex[:12]}")
+    walking.functioning[0].level = eligibility_pb.DIFFICULTY_LEVEL_NO_DIFFICULTY
+    async with build_worker(client, activities, task_queue):
+        journey = await start_with(cluster, client, task_queue, walking, [wheelchair, english])
+        status = await status_of(journey)
+        for _ in range(300):
+            if any(a.assistance_id for a in status.assistance):
+                break
+            await asyncio.sleep(0.05)
+            status = await status_of(journey)
+        items = {a.type_id: a for a in status.assistance}
+        assert (items["wheelchair"].state, items["wheelchair"].terminal) == ("not_eligible", True)
+        assert not items["wheelchair"].assistance_id
+        assert items["english_course"].assistance_id
+        assert status.stage == "ASSISTANCE_ONLY"
+        assert await needs_of(cluster, walking.survivor_id) == ["english_course"]
+        await journey.terminate("the test is over")
+        await client.get_workflow_handle(
+            assistance_workflow_id(journey.id, "english_course")
+        ).terminate("the test is over")
+
+        # Only the wheelchair asked for: nothing to follow, the journey closes at once.
+        alone = saatli_fish_farmer(f"srv-{uuid.uuid4().hex[:12]}")
+        alone.functioning[0].level = eligibility_pb.DIFFICULTY_LEVEL_NO_DIFFICULTY
+        journey = await start_with(cluster, client, task_queue, alone, [wheelchair])
+        result = await asyncio.wait_for(journey.result(), 15)
+    assert result.stage == "CLOSED_NOT_ELIGIBLE"
+    assert [(a.state, a.terminal) for a in result.assistance] == [("not_eligible", True)]
+    assert await needs_of(cluster, alone.survivor_id) == []

@@ -277,6 +277,10 @@ class JourneyActivities:
             eligible_programmes=[
                 d.programme_id for d in a.decisions if d.outcome == eligibility_pb.OUTCOME_ELIGIBLE
             ],
+            outcomes={
+                d.programme_id: eligibility_pb.Outcome.Name(d.outcome).removeprefix("OUTCOME_")
+                for d in a.decisions
+            },
         )
 
     @activity.defn

@@ -140,6 +140,9 @@ class AssessmentSummary:
     sex: int
     age_band: int
     eligible_programmes: list[str]
+    # Every programme the assessment decided, with its outcome (ELIGIBLE, NOT_ELIGIBLE,
+    # NEEDS_REVIEW); empty in assessments recorded before it was carried.
+    outcomes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,17 @@ ASSISTANCE_WAITLIST_READS_PATCH = "assistance-waitlist-reads"
 # service records a survivor's +6 and +12 month follow-ups once per loan: a later loan
 # journey is followed up as well. Follow-ups recorded before were the survivor's.
 FOLLOW_UP_PER_LOAN_PATCH = "follow-up-per-loan"
+# Journeys started from this change on request assistance only for programmes their
+# assessment found the survivor eligible for: an item whose programme is NOT_ELIGIBLE or
+# NEEDS_REVIEW is not requested and shows as such (nothing reserved); a journey whose
+# items are all refused so, with no loan asked for, closes as not eligible. Types the
+# rule set has no programme for are requested as before.
+ASSISTANCE_NEEDS_ELIGIBILITY_PATCH = "assistance-needs-eligibility"
+# Journeys whose loan is refused (not eligible, or rejected by the committee) from this
+# change on follow their assistance items to the end before closing with that outcome:
+# the items (children that outlive their parent) were left running with no journey, and a
+# later journey could request the same assistance again.
+LOAN_REFUSED_KEEPS_ASSISTANCE_PATCH = "loan-refused-keeps-assistance"
 WAITLISTED = "waitlisted"
 WAITLIST_READ_EVERY = timedelta(days=1)
 WAITLIST_READS_PER_RUN = 90
@@ -280,7 +291,16 @@ class SurvivorJourneyWorkflow:
         self._s.assessment = assessment
 
         self._set_stage(Stage.ASSISTANCE_PLAN)
+        gated = 0
         for plan in journey.assistance:
+            decided = assessment.outcomes.get(plan.type_id, "ELIGIBLE")
+            if decided != "ELIGIBLE" and workflow.patched(ASSISTANCE_NEEDS_ELIGIBILITY_PATCH):
+                state = "needs_review" if decided == "NEEDS_REVIEW" else "not_eligible"
+                self._s.assistance[plan.type_id] = AssistanceState(
+                    plan.type_id, "", "", state, True
+                )
+                gated += 1
+                continue
             child_id = assistance_workflow_id(workflow.info().workflow_id, plan.type_id)
             await workflow.start_child_workflow(
                 AssistanceWorkflow.run,
@@ -301,12 +321,14 @@ class SurvivorJourneyWorkflow:
 
         loan = journey.loan
         if loan is None:
+            if gated and gated == len(journey.assistance):  # nothing the survivor qualifies for
+                self._set_stage(Stage.CLOSED_NOT_ELIGIBLE)
+                return self.status()
             self._set_stage(Stage.ASSISTANCE_ONLY)
             await self._wait_condition(self._assistance_finished)
             return self._complete()
         if not any(p in assessment.eligible_programmes for p in LOAN_PROGRAMMES):
-            self._set_stage(Stage.CLOSED_NOT_ELIGIBLE)
-            return self.status()
+            return await self._loan_refused(Stage.CLOSED_NOT_ELIGIBLE)
 
         self._set_stage(Stage.LOAN_APPLICATION)
         self._set_loan(
@@ -325,10 +347,20 @@ class SurvivorJourneyWorkflow:
             )
         )
         if not await self._committee():
-            self._set_stage(Stage.CLOSED_REJECTED)
-            return self.status()
+            return await self._loan_refused(Stage.CLOSED_REJECTED)
         await self._disburse()
         return await self._after_disbursement()
+
+    async def _loan_refused(self, outcome: Stage) -> JourneyStatus:
+        """No loan (not eligible, or rejected): the assistance items go on, and the journey
+        follows them to their end (stage ASSISTANCE_ONLY) before closing with `outcome`."""
+        if not self._assistance_finished() and workflow.patched(
+            LOAN_REFUSED_KEEPS_ASSISTANCE_PATCH
+        ):
+            self._set_stage(Stage.ASSISTANCE_ONLY)
+            await self._wait_condition(self._assistance_finished)
+        self._set_stage(outcome)
+        return self.status()
 
     async def _committee(self) -> bool:
         """Wait for the committee's decision; remind after N days, escalate at the
