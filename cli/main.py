@@ -66,6 +66,7 @@ from workers.journey.model import (
     LoanRequest,
     Stage,
     WriteOffDecision,
+    WriteOffProposal,
     assistance_workflow_id,
     journey_of,
     journey_workflow_id,
@@ -931,28 +932,65 @@ def journey_hardship(
 @journey_app.command("write-off")
 def journey_write_off(
     survivor_id: Annotated[str, typer.Argument(help="The survivor whose loan it is.")],
-    reason: Annotated[str, typer.Option(help="Why the loan cannot be recovered.")],
-    proposed_by: Annotated[str, typer.Option(help="Staff id who proposes it (loan officer).")],
+    reason: Annotated[
+        str | None, typer.Option(help="Propose it: why the loan cannot be recovered.")
+    ] = None,
+    confirm: Annotated[
+        bool, typer.Option("--confirm", help="Confirm the write-off someone else proposed.")
+    ] = False,
+    proposed_by: Annotated[
+        str, typer.Option(help="Who proposes it (default: the token's own identity).")
+    ] = "",
     confirmed_by: Annotated[
-        str, typer.Option(help="A different staff id who confirms it (programme manager).")
-    ],
+        str, typer.Option(help="Who confirms it (default: the token's own identity).")
+    ] = "",
 ) -> None:
-    """Write off the journey's loan: a proposal and a confirmation by two different
-    people (four eyes), posted to the ledger; the journey's record_write_off."""
+    """Write off the journey's loan, four eyes: one person proposes it (`--reason`: a loan
+    officer or programme manager), a different person confirms it (`--confirm`: a
+    programme manager), each with their own token; then it is posted to the ledger."""
 
     async def go() -> None:
         sid = inputs.identifier(survivor_id, "survivor id")
-        why = inputs.text(reason, "--reason", 1000)
-        proposer = inputs.staff(proposed_by, "--proposed-by")
-        confirmer = inputs.staff(confirmed_by, "--confirmed-by")
-        # The lending service compares identities case-insensitively.
-        if proposer.casefold() == confirmer.casefold():
-            raise BadInput("four eyes: --confirmed-by must be someone other than --proposed-by")
+        if confirm == (reason is not None):
+            raise BadInput(
+                "say --reason to propose a write-off, or --confirm to confirm the one proposed"
+            )
+        principal = _caller()
+        if reason is not None:
+            why = inputs.text(reason, "--reason", 1000)
+            proposer = inputs.staff(proposed_by or principal.subject, "--proposed-by")
+            _acting(_LENDING + "ProposeLoanWriteOff", proposer)
+            await _update_journey(
+                sid, SurvivorJourneyWorkflow.propose_write_off, WriteOffProposal(why, proposer)
+            )
+            render.line(
+                f"write-off proposed by {proposer} ({why}); someone else confirms it: "
+                f"mineaction journey write-off {sid} --confirm"
+            )
+            return
+        confirmer = inputs.staff(confirmed_by or principal.subject, "--confirmed-by")
         _acting(_LENDING + "ConfirmLoanWriteOff", confirmer)
+        client, latest, _ = await _latest_journey(sid)
+        settings = context.settings()
+        with temporal(settings.effective_temporal_address, f"the journey {latest.workflow_id}"):
+            held = await client.get_workflow_handle(latest.workflow_id).query(
+                SurvivorJourneyWorkflow.status, rpc_timeout=RPC_TIMEOUT
+            )
+        if not held.write_off_proposed_by:
+            raise CliError(
+                f"no write-off is proposed for {latest.workflow_id}'s loan: one person proposes "
+                f"it first (mineaction journey write-off {sid} --reason ...)"
+            )
+        proposer = held.write_off_proposed_by
+        # The lending service compares identities case-insensitively.
+        if same_person(proposer, confirmer):
+            raise CliError(
+                f"four eyes: {confirmer} proposed this write-off; someone else confirms it"
+            )
         status = await _update_journey(
             sid,
             SurvivorJourneyWorkflow.record_write_off,
-            WriteOffDecision(why, proposer, confirmer),
+            WriteOffDecision(held.write_off_reason, proposer, confirmer),
         )
         render.line(
             f"written off: proposed by {proposer}, confirmed by {confirmer}; {_loan_line(status)}"

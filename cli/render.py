@@ -80,6 +80,10 @@ LABELS: dict[str, dict[str, str]] = {
     "assistance": {"en": "Assistance", "az": "Yardım"},
     "follow_ups": {"en": "Follow-ups recorded", "az": "Qeydə alınmış izləmələr"},
     "follow_up_due": {"en": "Follow-up due", "az": "Gözlənilən izləmə"},
+    "write_off_proposed": {
+        "en": "Write-off proposed",
+        "az": "Balansdan silinmə təklif edilib",
+    },
     "assessment_id": {"en": "Assessment", "az": "Qiymətləndirmə"},
     "months": {"en": "months", "az": "ay"},
     "awaiting": {"en": "awaiting the answers", "az": "cavablar gözlənilir"},
@@ -428,6 +432,13 @@ def journey_table(
             ", ".join(f"+{m} {label('months', lang)}" for m in status.follow_ups_recorded) or none,
         )
     )
+    if status.write_off_proposed_by:
+        rows.append(
+            (
+                label("write_off_proposed", lang),
+                f"{status.write_off_proposed_by}: {status.write_off_reason}",
+            )
+        )
     if status.follow_up_due:
         rows.append(
             (

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import struct_pb2
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -50,6 +50,7 @@ from workers.journey.model import (
     JourneyInput,
     LoanRequest,
     Stage,
+    WriteOffDecision,
     assistance_workflow_id,
     journey_workflow_id,
 )
@@ -804,7 +805,8 @@ async def test_bad_input_is_refused_before_any_call(
         ([*HARDSHIP, "--new-term-months", "121"], "--new-term-months must be from 1 to 120"),
         ([*HARDSHIP[:3], "--reason", " ", "--requested-by", "lo-01", "--pause-days", "9"],
          "--reason is required"),
-        ([*WRITE_OFF, "--confirmed-by", "LO-01"], "four eyes"),
+        ([*WRITE_OFF, "--confirm"], "say --reason to propose a write-off, or --confirm"),
+        (WRITE_OFF[:3], "say --reason to propose a write-off, or --confirm"),
         ([*FOLLOW_UP, "--income", "-5", "--working"], "--income must not be negative"),
         ([*FOLLOW_UP, "--income", "900"], "say --working or --not-working"),
         ([*FOLLOW_UP, "--income", "9.001", "--working"], "more than 2 decimals"),
@@ -1112,11 +1114,33 @@ async def test_steering_a_journey_from_the_cli(
             "error: the journey refused it: no follow-up is due (stage is GRACE)"
         )
 
+        # Four eyes: one person proposes, another confirms, each a command of their own.
         write_off = [
             "journey", "write-off", survivor_id, "--reason", "the business has closed",
-            "--proposed-by", "lo-01", "--confirmed-by", "pm-01",
+            "--proposed-by", "lo-01",
         ]  # fmt: skip
+        confirm = ["journey", "write-off", survivor_id, "--confirm", "--confirmed-by"]
+        line = one_error_line(await mineaction(cli_env, *confirm, "pm-01"))
+        assert line.startswith(f"error: no write-off is proposed for {handle.id}'s loan"), line
         ran = await mineaction(cli_env, *write_off)
+        assert ran.exit_code == 0, ran
+        assert ran.stdout.startswith(
+            "write-off proposed by lo-01 (the business has closed); someone else confirms it"
+        ), ran
+        shown = table_rows((await mineaction(cli_env, "journey", "status", survivor_id)).stdout)
+        assert shown["Write-off proposed"] == "lo-01: the business has closed", shown
+        line = one_error_line(await mineaction(cli_env, *confirm, "LO-01"))
+        assert line == "error: four eyes: LO-01 proposed this write-off; someone else confirms it"
+        # The journey holds a confirmation to the proposal, whoever sends it.
+        with pytest.raises(WorkflowUpdateFailedError) as other:
+            await handle.execute_update(
+                SurvivorJourneyWorkflow.record_write_off,
+                WriteOffDecision("the business has closed", "lo-09", "pm-01"),
+            )
+        assert "the write-off proposed by lo-01 (the business has closed) is the one" in str(
+            other.value.cause
+        )
+        ran = await mineaction(cli_env, *confirm, "pm-01")
         assert ran.exit_code == 0, ran
         assert "written off: proposed by lo-01, confirmed by pm-01" in ran.stdout
         assert "CLOSED_WRITTEN_OFF" in ran.stdout
@@ -1388,10 +1412,8 @@ async def test_journey_updates_check_the_callers_token_first(
     as themselves; a case worker may record a provider's step under the provider's name."""
     survivor_id = f"srv-{uuid.uuid4().hex[:12]}"  # no journey: past the check, "not found"
     decide = ["journey", "decide", survivor_id, "--approve", "--member", "cm-07", "--ref", "CM-1"]
-    write_off = [
-        "journey", "write-off", survivor_id, "--reason", "fled the district",
-        "--proposed-by", "lo-03", "--confirmed-by", "pm-01",
-    ]  # fmt: skip
+    propose = ["journey", "write-off", survivor_id, "--reason", "fled the district"]
+    confirm = ["journey", "write-off", survivor_id, "--confirm"]
     refresh = ["journey", "assist", survivor_id, "wheelchair", "refresh", "--actor", "supplier-01"]
     for token, args, says in (
         (cluster.token_for("auditor", subject="aud-1"), decide,
@@ -1400,8 +1422,12 @@ async def test_journey_updates_check_the_callers_token_first(
         (cluster.token_for("committee_member", subject="cm-08"), decide,
          "you (cm-08) must be cm-07"),
         ("not-a-token", decide, "the token is not accepted"),
-        (cluster.token_for("loan_officer", subject="lo-03"), write_off,
+        (cluster.token_for("loan_officer", subject="lo-03"), confirm,
          "ConfirmLoanWriteOff needs one of the roles programme_manager, service"),
+        (cluster.token_for("auditor", subject="aud-1"), propose,
+         "ProposeLoanWriteOff needs one of the roles loan_officer, programme_manager, service"),
+        (cluster.token_for("loan_officer", subject="lo-03"), [*propose, "--proposed-by", "lo-09"],
+         "you (lo-03) must be lo-09"),
         (cluster.token_for("auditor", subject="aud-1"), refresh,
          "AdvanceAssistance needs one of the roles case_worker, service"),
     ):  # fmt: skip
@@ -1409,7 +1435,8 @@ async def test_journey_updates_check_the_callers_token_first(
         assert ran.exit_code == 1 and says in one_error_line(ran), (args, ran)
     for token, args in (
         (cluster.token_for("committee_member", subject="cm-07"), decide),
-        (cluster.token_for("programme_manager", subject="PM-01"), write_off),
+        (cluster.token_for("loan_officer", subject="lo-03"), propose),
+        (cluster.token_for("programme_manager", subject="PM-01"), confirm),
         (cluster.token_for("case_worker", subject="cw-01"), refresh),
     ):
         ran = await mineaction({**cli_env, "MINEACTION_TOKEN": token}, *args)

@@ -364,6 +364,15 @@ class Hardship:
 
 
 @dataclass(frozen=True)
+class WriteOffProposal:
+    """A write-off proposed by one person (a loan officer): held by the journey until a
+    different person (a programme manager) confirms it."""
+
+    reason: str
+    proposed_by: str
+
+
+@dataclass(frozen=True)
 class WriteOffDecision:
     reason: str
     proposed_by: str
@@ -410,6 +419,9 @@ class JourneyStatus:
     follow_ups_recorded: list[int]
     follow_up_due: int  # months (6 or 12) while a follow-up awaits its answers, else 0
     closed_on: str = ""  # the day the loan closed, once the journey has seen it closed
+    # A write-off proposed and awaiting its confirmation ("" when none).
+    write_off_proposed_by: str = ""
+    write_off_reason: str = ""
 
 
 @dataclass
@@ -433,3 +445,5 @@ class JourneyState:
     # carried across continue-as-new, so no two attempts share an id.
     committee_decisions: int = 0
     hardship_requests: int = 0
+    # The write-off proposed and awaiting its confirmation by someone else.
+    write_off_proposal: WriteOffProposal | None = None

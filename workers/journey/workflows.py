@@ -61,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
         SurvivorProfile,
         WriteOffDecision,
         WriteOffInput,
+        WriteOffProposal,
         assistance_workflow_id,
     )
 
@@ -700,12 +701,46 @@ class SurvivorJourneyWorkflow:
         finally:
             self._writing_off = False
         self._set_loan(loan)
+        self._s.write_off_proposal = None  # confirmed
         self._loan_changed = True  # wakes the cycle, which sees the closed loan
         self._flush()
         return self.status()
 
     @record_write_off.validator
     def validate_write_off(self, decision: WriteOffDecision) -> None:
+        self._check_loan_being_repaid()
+        if not decision.reason.strip():
+            raise ValueError("a write-off needs a reason")
+        if not decision.proposed_by.strip() or same_person(
+            decision.proposed_by, decision.confirmed_by
+        ):
+            raise ValueError("a write-off needs a proposer and a different confirming approver")
+        held = self._s.write_off_proposal
+        if held is not None and (held.reason, held.proposed_by) != (
+            decision.reason,
+            decision.proposed_by,
+        ):
+            raise ValueError(
+                f"the write-off proposed by {held.proposed_by} ({held.reason}) is the one to "
+                "confirm"
+            )
+
+    @workflow.update
+    def propose_write_off(self, proposal: WriteOffProposal) -> JourneyStatus:
+        """One person proposes; a different person confirms it with record_write_off
+        (its validator holds the decision to this proposal). A new proposal replaces it."""
+        self._s.write_off_proposal = proposal
+        return self.status()
+
+    @propose_write_off.validator
+    def validate_write_off_proposal(self, proposal: WriteOffProposal) -> None:
+        self._check_loan_being_repaid()
+        if not proposal.reason.strip():
+            raise ValueError("a write-off needs a reason")
+        if not proposal.proposed_by.strip():
+            raise ValueError("a write-off proposal needs its proposer")
+
+    def _check_loan_being_repaid(self) -> None:
         if (
             self._s.stage not in (Stage.REPAYMENT, Stage.ARREARS_REVIEW, Stage.GRACE)
             or self._writing_off
@@ -714,12 +749,6 @@ class SurvivorJourneyWorkflow:
             raise ValueError(
                 f"only a loan being repaid can be written off (stage is {self._s.stage})"
             )
-        if not decision.reason.strip():
-            raise ValueError("a write-off needs a reason")
-        if not decision.proposed_by.strip() or same_person(
-            decision.proposed_by, decision.confirmed_by
-        ):
-            raise ValueError("a write-off needs a proposer and a different confirming approver")
 
     @workflow.update
     def record_follow_up(self, follow_up: FollowUp) -> JourneyStatus:
@@ -776,6 +805,10 @@ class SurvivorJourneyWorkflow:
             follow_ups_recorded=list(s.follow_ups_recorded),
             follow_up_due=s.follow_up_due,
             closed_on=s.closed_on,
+            write_off_proposed_by=(
+                s.write_off_proposal.proposed_by if s.write_off_proposal else ""
+            ),
+            write_off_reason=s.write_off_proposal.reason if s.write_off_proposal else "",
         )
 
     # --- helpers -----------------------------------------------------------------------
