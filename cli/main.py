@@ -876,7 +876,7 @@ def journey_hardship(
     reason: Annotated[str, typer.Option(help="Why, e.g. hospitalised.")],
     requested_by: Annotated[str, typer.Option(help="Staff id who asks for it (loan officer).")],
     pause_days: Annotated[
-        int | None, typer.Option(help="Pause delinquency for this many days (1-366).")
+        int | None, typer.Option(help="Pause delinquency for this many days (1-365).")
     ] = None,
     new_term_months: Annotated[
         int | None, typer.Option(help="Reschedule: the new remaining term (1-120 months).")
@@ -899,7 +899,7 @@ def journey_hardship(
         if pause_days is not None:
             if grace_months:
                 raise BadInput("--grace-months goes with a reschedule, not a pause")
-            inputs.count(pause_days, "--pause-days", 1, 366)
+            inputs.count(pause_days, "--pause-days", 1, 365)
             hardship = Hardship("pause", why, who, pause_days=pause_days)
         else:
             assert new_term_months is not None

@@ -670,8 +670,8 @@ class SurvivorJourneyWorkflow:
         if not hardship.reason.strip() or not hardship.requested_by.strip():
             raise ValueError("hardship needs a reason and who asked for it")
         if hardship.kind == "pause":
-            if not 1 <= hardship.pause_days <= 366:
-                raise ValueError("a pause lasts from 1 to 366 days")
+            if not 1 <= hardship.pause_days <= 365:  # lending: at most a year
+                raise ValueError("a pause lasts from 1 to 365 days")
         elif hardship.kind == "reschedule":
             if (
                 not 1 <= hardship.new_term_months <= 120
