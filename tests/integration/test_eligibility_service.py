@@ -122,6 +122,10 @@ def _consent_before_birth(i: pb.SurvivorIntake) -> None:
     i.consent.recorded_on.CopyFrom(pdate(date(1950, 11, 20)))  # born 1981
 
 
+def _consent_by_nobody(i: pb.SurvivorIntake) -> None:
+    i.consent.recorded_by = "  "
+
+
 def _unknown_district(i: pb.SurvivorIntake) -> None:
     i.district_code = "atlantis"
 
@@ -145,6 +149,7 @@ def _oversized(i: pb.SurvivorIntake) -> None:
         (_incident_before_birth, "intake"),
         (_consent_in_future, "intake.consent.recorded_on"),
         (_consent_before_birth, "intake.consent.recorded_on"),
+        (_consent_by_nobody, "intake.consent.recorded_by"),
         (_unknown_district, "intake.district_code"),
         (_empty_household, "intake.household_size"),
         (_oversized, "(body)"),
@@ -156,6 +161,7 @@ def _oversized(i: pb.SurvivorIntake) -> None:
         "incident-before-birth",
         "consent-in-future",
         "consent-before-birth",
+        "consent-by-nobody",
         "unknown-district",
         "household-0",
         "oversized",

@@ -171,6 +171,20 @@ async def test_bad_input_is_invalid_argument_with_field_violations_and_writes_no
             "amount_minor",
             invalid,
         )
+    # An actor of only spaces names nobody (a service relaying may name others).
+    nobody = repayment(loan.loan_id, 1_000, date(2026, 5, 10))
+    nobody.received_by = "   "
+    await _refused_without_writes(cluster, lending.RecordRepayment(nobody), "received_by", invalid)
+    proposal = pb.ProposeLoanWriteOffRequest(
+        request_id=request_id(),
+        loan_id=loan.loan_id,
+        reason="no contact",
+        proposed_by=" ",
+        write_off_date=pdate(date(2026, 9, 1)),
+    )
+    await _refused_without_writes(
+        cluster, lending.ProposeLoanWriteOff(proposal), "proposed_by", invalid
+    )
     application = pb.SubmitLoanApplicationRequest(
         request_id=request_id(),
         survivor_id=new_id("srv"),
