@@ -49,7 +49,7 @@ from services.assistance.records import (
 from services.common import audit, pagination
 from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one
-from services.common.districts import require_known_district
+from services.common.districts import require_known_district, require_known_district_filter
 from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -113,6 +113,18 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             raise invalid(field, f"unknown assistance type {type_id!r}", "UNKNOWN_TYPE")
         return plugin
 
+    def _check_state_filter(self, type_id: str, state: str) -> None:
+        """A state filter names a state of the type asked for, or of any type."""
+        plugins = [self._plugin(type_id)] if type_id else list(self.catalogue.values())
+        known = sorted({s for plugin in plugins for s in plugin.all_states})
+        if state not in known:
+            raise invalid(
+                "state",
+                f"unknown state {state!r}{f' of {type_id}' if type_id else ''}: the states "
+                f"are {', '.join(known)}",
+                "UNKNOWN_STATE",
+            )
+
     def _installed(self, type_id: str) -> AssistanceTypePlugin:
         """The plugin of a stored record; its type may have been uninstalled since."""
         plugin = self.catalogue.get(type_id)
@@ -175,6 +187,9 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
     async def ListNeeds(
         self, request: pb.ListNeedsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListNeedsResponse:
+        require_known_district_filter(request.district_code)
+        if request.type_id:
+            self._plugin(request.type_id)
         filters = {
             "survivor_id": request.survivor_id,
             "type_id": request.type_id,
@@ -561,6 +576,11 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
     async def ListAssistance(
         self, request: pb.ListAssistanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAssistanceResponse:
+        require_known_district_filter(request.district_code)
+        if request.type_id:
+            self._plugin(request.type_id)
+        if request.state:
+            self._check_state_filter(request.type_id, request.state)
         filters = {
             "survivor_id": request.survivor_id,
             "type_id": request.type_id,
@@ -589,6 +609,9 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
     async def ListProviders(
         self, request: pb.ListProvidersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListProvidersResponse:
+        require_known_district_filter(request.district_code)
+        if request.type_id:
+            self._plugin(request.type_id)
         filters = {"type_id": request.type_id, "district_code": request.district_code}
         after = pagination.decode(request.page_token, filters, (pagination.text,))
         size = pagination.page_size(request.page_size)

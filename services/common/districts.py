@@ -34,6 +34,13 @@ def require_known_district(code: str, field: str = "district_code") -> None:
         raise invalid(field, _unknown(code), _REASON)
 
 
+def require_known_district_filter(code: str, field: str = "district_code") -> None:
+    """A list's or report's district filter: empty means any district; one not on the
+    list is INVALID_ARGUMENT, as on a write (a typo would otherwise find nothing)."""
+    if code:
+        require_known_district(code, field)
+
+
 _REASON = "district.known"
 
 

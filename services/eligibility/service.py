@@ -16,6 +16,7 @@ from mineaction.type.v1 import localized_text_pb2
 from services.common import pagination
 from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one
+from services.common.districts import require_known_district_filter
 from services.common.encoded import holding, served
 from services.common.errors import (
     FailedPrecondition,
@@ -192,6 +193,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
     async def ListAssessments(
         self, request: pb.ListAssessmentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAssessmentsResponse:
+        require_known_district_filter(request.district_code)
         query = {
             "survivor_id": request.survivor_id,
             "district_code": request.district_code,
@@ -468,6 +470,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
     async def GetReachReport(
         self, request: pb.GetReachReportRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetReachReportResponse:
+        require_known_district_filter(request.district_code)
         row = await fetch_one(
             self.db.pool,
             """SELECT count(*) AS survivors,

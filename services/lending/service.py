@@ -20,7 +20,7 @@ from mineaction.type.v1 import localized_text_pb2, sex_pb2
 from services.common import audit, idempotency, pagination
 from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one
-from services.common.districts import require_known_district
+from services.common.districts import require_known_district, require_known_district_filter
 from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, invalid
 from services.common.idempotency import once_per_request
 from services.common.money import qepik_and_manat
@@ -400,6 +400,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def ListLoans(
         self, request: pb.ListLoansRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListLoansResponse:
+        require_known_district_filter(request.district_code)
         state = (
             pb.LoanState.Name(request.state).removeprefix("LOAN_STATE_") if request.state else ""
         )
