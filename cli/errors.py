@@ -100,6 +100,12 @@ def _root_message(error: BaseException) -> str:
     return one_line(message)
 
 
+_WAITING_ON = (
+    "is the journey worker running (make run), and are the services its step calls "
+    "(eligibility, lending, assistance) answering?"
+)
+
+
 @contextlib.contextmanager
 def temporal(address: str, what: str = "", refuser: str = "the journey") -> Iterator[None]:
     """Turn a Temporal client error into a CliError with one clear line."""
@@ -110,10 +116,11 @@ def temporal(address: str, what: str = "", refuser: str = "the journey") -> Iter
         message = _root_message(cause) if cause is not None else one_line(str(error))
         raise CliError(f"{refuser} refused it: {message}") from None
     except (WorkflowUpdateRPCTimeoutOrCancelledError, RPCTimeoutOrCancelledError):
+        # The update waits on the worker, and the worker on the service its step calls.
         raise CliError(
-            f"{what or 'the workflow'} did not answer in time — is the journey worker "
-            "running (make run)? An update already sent may still be applied when it is: "
-            "check `mineaction journey status` before retrying"
+            f"{what or 'the workflow'} did not answer in time — {_WAITING_ON}. An update "
+            "already sent is applied once they answer: check `mineaction journey status` "
+            "before retrying"
         ) from None
     except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as error:
         raise CliError(f"the journey could not answer: {one_line(str(error))}") from None
@@ -127,8 +134,7 @@ def temporal(address: str, what: str = "", refuser: str = "the journey") -> Iter
         if error.status == RPCStatusCode.DEADLINE_EXCEEDED:
             # Connected, so Temporal is up: a query or update waits for a worker.
             raise CliError(
-                f"{what or 'the workflow'} did not answer in time — is the journey worker "
-                "running (make run)?"
+                f"{what or 'the workflow'} did not answer in time — {_WAITING_ON}"
             ) from None
         if error.status in (RPCStatusCode.UNAUTHENTICATED, RPCStatusCode.PERMISSION_DENIED):
             raise CliError(f"Temporal refused the call: {one_line(error.message)}") from None
