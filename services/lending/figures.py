@@ -256,13 +256,18 @@ class PortfolioRow:
     def par30_basis_points(self) -> int:
         if self.outstanding_minor == 0:
             return 0
-        return self.par30_minor * 10_000 // self.outstanding_minor
+        return basis_points(self.par30_minor, self.outstanding_minor)
 
     @property
     def repayment_rate_basis_points(self) -> int:
         if self.fallen_due_minor == 0:
             return 10_000
-        return self.repaid_against_due_minor * 10_000 // self.fallen_due_minor
+        return basis_points(self.repaid_against_due_minor, self.fallen_due_minor)
+
+
+def basis_points(part: int, whole: int) -> int:
+    """part / whole in hundredths of a percent, rounded half up, in integers."""
+    return (part * 20_000 + whole) // (2 * whole)
 
 
 _DIMENSIONS = {

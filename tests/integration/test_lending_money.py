@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import date, timedelta
+from fractions import Fraction
 from typing import Any, cast
 
 import asyncpg
@@ -615,9 +616,9 @@ async def test_portfolio_report_par30_buckets_and_breakdowns(cluster: Cluster) -
         very_late.loan_id: (as_of - date(2026, 5, 10)).days,
     }
     assert total.par30_outstanding_minor == outstanding[late.loan_id] + 240_000
-    assert total.par30_basis_points == total.par30_outstanding_minor * 10_000 // sum(
-        outstanding.values()
-    )
+    # Hundredths of a percent, rounded half up.
+    par30 = Fraction(total.par30_outstanding_minor * 10_000, sum(outstanding.values()))
+    assert total.par30_basis_points == int(par30 + Fraction(1, 2))
     buckets = {b.bucket: (b.loans, b.outstanding_principal_minor) for b in total.buckets}
     assert buckets[pb.DELINQUENCY_BUCKET_CURRENT] == (1, 70_000)
     assert buckets[pb.DELINQUENCY_BUCKET_61_90] == (1, outstanding[late.loan_id])
@@ -629,9 +630,8 @@ async def test_portfolio_report_par30_buckets_and_breakdowns(cluster: Cluster) -
         for amount in (120_000, 240_000)
     }
     repaid_against_due = fallen_due[120_000] + 10_910 + 0
-    assert total.repayment_rate_basis_points == repaid_against_due * 10_000 // (
-        2 * fallen_due[120_000] + fallen_due[240_000]
-    )
+    rate = Fraction(repaid_against_due * 10_000, 2 * fallen_due[120_000] + fallen_due[240_000])
+    assert total.repayment_rate_basis_points == int(rate + Fraction(1, 2))
     by_district = {b.key: b.figures for b in report.by_district}
     assert by_district["tartar"].par30_basis_points == 10_000
     assert by_district["saatli"].active_loans == 2
