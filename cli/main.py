@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import itertools
 import sys
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Annotated, Any, NoReturn, TypeVar
@@ -1461,12 +1461,20 @@ def portfolio(
         out.print(render.portfolio_table(title, [(label("total"), report.total)], language))
         out.print(render.buckets_table(report.total, language))
         districts = known_districts()
-        for title, rows, name in (
+        settings = context.settings()
+        async with context.lending(settings, context.token(_OPTIONS, settings)) as stub:
+            with calling("lending", settings.lending_address):
+                products = {
+                    product_id: {"en": p.name.en, "az": p.name.az}
+                    for product_id, p in (await _loan_products(stub)).items()
+                }
+        breakdowns: tuple[tuple[str, Any, Callable[[str], str]], ...] = (
             ("by_district", report.by_district, lambda k: _named(districts, k, language)),
             # keyed SEX_FEMALE, ...: shown as female, ... (qadın, ...)
             ("by_sex", report.by_sex, lambda k: label(f"sex:{k.removeprefix('SEX_').lower()}")),
-            ("by_product", report.by_product, lambda k: k),
-        ):
+            ("by_product", report.by_product, lambda k: _named(products, k, language)),
+        )
+        for title, rows, name in breakdowns:
             keyed = [(name(r.key), r.figures) for r in rows]
             out.print(render.portfolio_table(label(title), keyed, language))
 

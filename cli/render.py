@@ -132,6 +132,11 @@ LABELS: dict[str, dict[str, str]] = {
     "repayment_rate": {"en": "Repayment rate", "az": "Qaytarılma dərəcəsi"},
     "delinquency_buckets": {"en": "Delinquency buckets", "az": "Gecikmə qrupları"},
     "bucket": {"en": "Bucket", "az": "Qrup"},
+    "bucket:current": {"en": "current", "az": "vaxtında"},
+    "bucket:1-30": {"en": "1-30 days", "az": "1-30 gün"},
+    "bucket:31-60": {"en": "31-60 days", "az": "31-60 gün"},
+    "bucket:61-90": {"en": "61-90 days", "az": "61-90 gün"},
+    "bucket:over-90": {"en": "over 90 days", "az": "90 gündən çox"},
     "loans": {"en": "Loans", "az": "Kreditlər"},
     "sex:female": {"en": "female", "az": "qadın"},
     "sex:male": {"en": "male", "az": "kişi"},
@@ -504,7 +509,10 @@ def buckets_table(f: lending_pb.PortfolioFigures, lang: str = "en") -> Table:
     table.add_column(label("outstanding_azn", lang), justify="right")
     for b in f.buckets:
         name = lending_pb.DelinquencyBucket.Name(b.bucket).removeprefix("DELINQUENCY_BUCKET_")
+        code = name.replace("_", "-").lower()  # current, 1-30, ..., over-90
         table.add_row(
-            name.replace("_", "-").lower(), str(b.loans), manat(b.outstanding_principal_minor)
+            LABELS.get(f"bucket:{code}", {}).get(lang, code),
+            str(b.loans),
+            manat(b.outstanding_principal_minor),
         )
     return table

@@ -472,10 +472,13 @@ async def test_a_journey_driven_from_the_cli(
     assert ran.exit_code == 0, ran
     assert "Portfolio as of" in ran.stdout and "saatli" in ran.stdout and "PAR30" in ran.stdout
     assert "By sex" in ran.stdout and "SEX_" not in ran.stdout  # shown as male, female
-    assert "Saatli (saatli)" in ran.stdout
+    assert "Saatli (saatli)" in ran.stdout and "Fish farming (fish_farming)" in ran.stdout
     ran = await mineaction(cli_env, "portfolio", "--lang", "az")
     assert ran.exit_code == 0, ran
-    for said in ("Portfel, ", "Cəmi", "Gecikmə qrupları", "Rayonlar üzrə", "Saatlı (saatli)"):
+    for said in (
+        "Portfel, ", "Cəmi", "Gecikmə qrupları", "Rayonlar üzrə", "Saatlı (saatli)",
+        "Balıqçılıq təsərrüfatı (fish_farming)", "vaxtında", "90 gündən çox",
+    ):  # fmt: skip
         assert said in ran.stdout, (said, ran.stdout)
     assert "kişi" in ran.stdout or "qadın" in ran.stdout
     assert "Active loans" not in ran.stdout and "By sex" not in ran.stdout
