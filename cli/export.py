@@ -153,11 +153,17 @@ async def assessments(
     survivor_id: str,
     district: str,
     rpc_timeout: float,
+    from_date: date | None = None,
+    to_date: date | None = None,
 ) -> AsyncIterator[list[str]]:
     def fetch(token: str) -> Awaitable[eligibility_pb.ListAssessmentsResponse]:
         request = eligibility_pb.ListAssessmentsRequest(
             page_size=PAGE, page_token=token, survivor_id=survivor_id, district_code=district
         )
+        if from_date is not None:
+            request.from_date.CopyFrom(proto_date(from_date))
+        if to_date is not None:
+            request.to_date.CopyFrom(proto_date(to_date))
         return stub.ListAssessments(request, timeout=rpc_timeout)  # type: ignore[no-any-return]
 
     async for page in pages(fetch):

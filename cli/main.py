@@ -1598,6 +1598,12 @@ def export_assessments(
     output: Output = Path("-"),
     survivor_id: Annotated[str | None, typer.Option(help="Only this survivor's.")] = None,
     district: Annotated[str | None, typer.Option(help="Only this district.")] = None,
+    from_date: Annotated[
+        str | None, typer.Option("--from", help="Assessed on or after this date, YYYY-MM-DD.")
+    ] = None,
+    to_date: Annotated[
+        str | None, typer.Option("--to", help="Assessed on or before this date, YYYY-MM-DD.")
+    ] = None,
 ) -> None:
     """Every assessment, one row per programme decision."""
 
@@ -1607,10 +1613,17 @@ def export_assessments(
         district_code = (
             inputs.known_district(district, option="--district") if district is not None else ""
         )
+        first = inputs.iso_date(from_date, "--from") if from_date else None
+        last = inputs.iso_date(to_date, "--to") if to_date else None
+        if first and last and first > last:
+            raise BadInput(f"--from {first} is after --to {last}")
         async with _service("eligibility") as (stub, calls):
             with calls:
                 rows = [
-                    row async for row in csv_export.assessments(stub, sid, district_code, TIMEOUT)
+                    row
+                    async for row in csv_export.assessments(
+                        stub, sid, district_code, TIMEOUT, first, last
+                    )
                 ]
         _write(output, csv_export.ASSESSMENT_COLUMNS, rows, "rows")
 

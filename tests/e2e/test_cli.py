@@ -249,6 +249,19 @@ async def test_register_and_assess_in_both_languages(
     assert by_programme["startup_loan"]["outcome"] == "ELIGIBLE"
     assert by_programme["expansion_loan"]["outcome"] == "NOT_ELIGIBLE"
     assert "established_business" in by_programme["expansion_loan"]["failed_rules"]
+    # One day's assessments only.
+    ran = await mineaction(
+        cli_env, "export", "assessments", "--survivor-id", survivor_id,
+        "--from", "2026-11-26", "--to", "2026-11-26",
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran
+    that_day = list(csv.DictReader(io.StringIO(ran.stdout)))
+    assert {r["assessment_date"] for r in that_day} == {"2026-11-26"}
+    assert len({r["assessment_id"] for r in that_day}) == 1
+    backwards = ["export", "assessments", "--from", "2026-12-01", "--to", "2026-11-01"]
+    refused = await mineaction(cli_env, *backwards)
+    assert refused.exit_code == 2, refused
+    assert one_error_line(refused) == "error: --from 2026-12-01 is after --to 2026-11-01"
 
 
 async def test_reassessment_under_the_latest_rules_from_the_cli(
