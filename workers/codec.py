@@ -343,7 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(("created " if created else "kept existing ") + _describe(keyring, path))
         elif args.command == "rotate":
             keyring = rotate_keyring(path)
-            print(f"rotated: new payloads use {keyring.active}; restart clients and workers")
+            print(
+                f"rotated: new payloads use {keyring.active}; running workers and the codec "
+                "server switch when they first meet a payload under it (restart them to "
+                "switch at once)"
+            )
             print(_describe(keyring, path))
         else:
             print(_describe(load_keyring(path), path))
