@@ -48,6 +48,7 @@ from workers.journey.model import (
     LoanChanged,
     LoanRequest,
     WriteOffDecision,
+    WriteOffProposal,
     assistance_workflow_id,
     journey_workflow_id,
 )
@@ -221,6 +222,11 @@ async def run_scenario(
                 limit=timedelta(hours=1),
             )  # fmt: skip
         if scenario.write_off and status.stage == "ARREARS_REVIEW":
+            # Four eyes: the loan officer proposes, the programme manager confirms.
+            await handle.execute_update(
+                SurvivorJourneyWorkflow.propose_write_off,
+                WriteOffProposal("No payment for over 90 days", "lo-02"),
+            )
             await handle.execute_update(
                 SurvivorJourneyWorkflow.record_write_off,
                 WriteOffDecision("No payment for over 90 days", "lo-02", "pm-01"),
@@ -372,6 +378,67 @@ async def run_assisted(env: WorkflowEnvironment, cluster: Cluster, out: Recorded
     assert result.stage == "COMPLETED", result
 
 
+async def run_loan_refused(env: WorkflowEnvironment, cluster: Cluster, out: Recorded) -> None:
+    """Household income above the credit ceiling; a fish-farming loan, a wheelchair and
+    carpet-weaving support asked for. The assessment finds the survivor eligible for the
+    wheelchair only: carpet weaving is not requested, the loan is refused, and the journey
+    follows the wheelchair to its follow-up before it closes as not eligible."""
+    client, name = env.client, "loan_refused"
+    intake = saatli_fish_farmer(survivor_id(name))
+    intake.monthly_household_income_minor = 5 * 30_001  # per person, above the ceiling
+    await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    chair_pool = await own_pool(cluster, "baku-mobility-aids", "wheelchair", 1)
+    looms = await own_pool(cluster, "aghjabadi-carpet-workshop", "carpet_weaving", 1)
+    handle: Handle = await client.start_workflow(
+        SurvivorJourneyWorkflow.run,
+        JourneyInput(
+            survivor_id=intake.survivor_id,
+            case_worker_id="cw-07",
+            loan=LoanRequest("fish_farming", 200_000, "fingerlings and feed"),
+            assistance=[
+                AssistancePlan(
+                    "wheelchair", "baku-mobility-aids", chair_pool, 1, {"seat_width_cm": 44}
+                ),
+                AssistancePlan("carpet_weaving", "aghjabadi-carpet-workshop", looms, 1, {}),
+            ],
+        ),
+        id=journey_workflow_id(intake.survivor_id),
+        task_queue=TASK_QUEUE,
+    )
+    chair = client.get_workflow_handle(assistance_workflow_id(handle.id, "wheelchair"))
+    for _ in range(200):  # until the wheelchair is requested
+        status = await status_of(handle)
+        if any(a.assistance_id for a in status.assistance):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"{name}: the wheelchair was never requested: {status}")
+    for action, data in (
+        ("allocate_from_stock", {}),
+        ("deliver", {"serial_number": "WC-REC-2", "fitted_by": "pt-01"}),
+        ("follow_up", {"notes": "fits well"}),
+    ):
+        await chair.execute_update(
+            AssistanceWorkflow.advance, AssistanceAction(action, "provider-01", data)
+        )
+    result = await handle.result()
+    counts = {
+        "journey": await write_runs(
+            client, handle.id, handle.first_execution_run_id, name, out, commit=True
+        ),
+        "wheelchair": await write_runs(
+            client, chair.id, None, f"{name}.wheelchair", out, commit=True
+        ),
+    }
+    out.events_per_run[name] = counts
+    print(f"{name:>18}: {result.stage}; events per run {counts}")
+    assert result.stage == "CLOSED_NOT_ELIGIBLE", result
+    assert {a.type_id: a.state for a in result.assistance} == {
+        "wheelchair": "followed_up",
+        "carpet_weaving": "not_eligible",
+    }, result
+
+
 async def main() -> None:
     import pgserver
 
@@ -417,6 +484,7 @@ async def main() -> None:
                 for name, scenario in SCENARIOS.items():
                     await run_scenario(env, cluster, name, scenario, out)
                 await run_assisted(env, cluster, out)
+                await run_loan_refused(env, cluster, out)
             files = {
                 name: entry
                 for name, entry in kept.get("files", {}).items()
