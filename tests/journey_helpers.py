@@ -21,8 +21,8 @@ from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.type.v1 import age_band_pb2, localized_text_pb2, sex_pb2
 from tests.conftest import Cluster
 from tests.factories import new_id, request_id
-from workers.journey.model import JourneyStatus
-from workers.journey.workflows import SurvivorJourneyWorkflow
+from workers.journey.model import AssistanceAction, AssistanceState, JourneyStatus
+from workers.journey.workflows import AssistanceWorkflow, SurvivorJourneyWorkflow
 
 
 async def own_pool(
@@ -157,3 +157,24 @@ async def someone_holds(
     ).assistance
     assert holder.waitlist_position == 0, holder
     return str(holder.assistance_id)
+
+
+async def deliver_wheelchair(
+    item: WorkflowHandle,  # type: ignore[type-arg]
+    serial_number: str,
+    *,
+    fitted_by: str = "pt-01",
+    notes: str = "fits well",
+) -> AssistanceState:
+    """A wheelchair item's provider steps from its fitting to its follow-up (its end)."""
+    state: AssistanceState | None = None
+    for action, data in (
+        ("allocate_from_stock", {}),
+        ("deliver", {"serial_number": serial_number, "fitted_by": fitted_by}),
+        ("follow_up", {"notes": notes}),
+    ):
+        state = await item.execute_update(
+            AssistanceWorkflow.advance, AssistanceAction(action, "provider-01", data)
+        )
+    assert state is not None
+    return state

@@ -31,7 +31,7 @@ from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from services.common.protoconv import timestamp
 from tests.conftest import Cluster
 from tests.factories import register_request, request_id, saatli_fish_farmer
-from tests.journey_helpers import own_pool, someone_holds, status_of
+from tests.journey_helpers import deliver_wheelchair, own_pool, someone_holds, status_of
 from tests.temporal_fixtures import time_skipping_server
 from workers.journey.activities import JourneyActivities, request_id_of
 from workers.journey.model import (
@@ -262,14 +262,7 @@ async def test_a_waitlisted_item_reads_its_record_daily_and_continues_as_new_whi
         assert (promoted.state, promoted.waitlist_position) == ("fitting_assessment", 0)
         assert await journey_heard(journey, lambda a: a.state != "waitlisted") == promoted
         # Steps go on in the new run, as their own requests (the step count carried over).
-        for action, data in (
-            ("allocate_from_stock", {}),
-            ("deliver", {"serial_number": "WC-2026-0077", "fitted_by": "pt-01"}),
-            ("follow_up", {"notes": "fits well"}),
-        ):
-            state = await item.execute_update(
-                AssistanceWorkflow.advance, AssistanceAction(action, "provider-01", data)
-            )
+        state = await deliver_wheelchair(item, "WC-2026-0077")
         assert state.terminal
         result = await asyncio.wait_for(journey.result(), 15)
     assert result.stage == "COMPLETED"
@@ -344,14 +337,7 @@ async def test_a_journey_whose_loan_is_refused_follows_its_assistance_to_the_end
         item: Item = client.get_workflow_handle_for(
             AssistanceWorkflow.run, assistance_workflow_id(journey.id, "wheelchair")
         )
-        for action, data in (
-            ("allocate_from_stock", {}),
-            ("deliver", {"serial_number": "WC-2026-0101", "fitted_by": "pt-01"}),
-            ("follow_up", {"notes": "fits well"}),
-        ):
-            await item.execute_update(
-                AssistanceWorkflow.advance, AssistanceAction(action, "provider-01", data)
-            )
+        await deliver_wheelchair(item, "WC-2026-0101")
         result = await asyncio.wait_for(journey.result(), 15)
     assert result.stage == "CLOSED_NOT_ELIGIBLE"
     assert [(a.state, a.terminal) for a in result.assistance] == [("followed_up", True)]

@@ -23,12 +23,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import Cluster
 from tests.factories import pdate, register_request, saatli_fish_farmer
-from tests.journey_helpers import follow_up_due, own_pool, skip_until, status_of
+from tests.journey_helpers import deliver_wheelchair, follow_up_due, own_pool, skip_until, status_of
 from tests.replay.payloads import is_sdk_marker_metadata, is_search_attribute, payloads_in
 from workers.codec import ENCODING, KEY_ID_METADATA
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
-    AssistanceAction,
     AssistancePlan,
     CommitteeDecision,
     FollowUp,
@@ -40,7 +39,6 @@ from workers.journey.model import (
 )
 from workers.journey.worker import build_worker
 from workers.journey.workflows import (
-    AssistanceWorkflow,
     SurvivorJourneyWorkflow,
     initial_search_attributes,
 )
@@ -137,14 +135,7 @@ async def run_journey_with_personal_data(
             CommitteeDecision(approve=True, member_id="cm-03", decision_ref="CM-2026-031"),
         )
         chair = client.get_workflow_handle(chair_id)
-        for action, data in (
-            ("allocate_from_stock", {}),
-            ("deliver", {"serial_number": "WC-2026-0042", "fitted_by": NAMES[2]}),
-            ("follow_up", {"notes": free_text(1)}),
-        ):
-            await chair.execute_update(
-                AssistanceWorkflow.advance, AssistanceAction(action, "provider-01", data)
-            )
+        await deliver_wheelchair(chair, "WC-2026-0042", fitted_by=NAMES[2], notes=free_text(1))
         loan_id = (await status_of(handle)).loan_id
         borrower = await client.start_workflow(
             BorrowerWorkflow.run,

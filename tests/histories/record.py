@@ -32,7 +32,7 @@ from services.common.config import load_settings
 from services.common.logging import configure_logging
 from tests.conftest import Cluster, start_services, stop_services
 from tests.factories import register_request, request_id, saatli_fish_farmer
-from tests.journey_helpers import own_pool, skip_until, someone_holds, status_of
+from tests.journey_helpers import deliver_wheelchair, own_pool, skip_until, someone_holds, status_of
 from tests.lending_helpers import repayment
 from workers.journey import search_attributes
 from workers.journey.activities import JourneyActivities
@@ -356,14 +356,7 @@ async def run_assisted(env: WorkflowEnvironment, cluster: Cluster, out: Recorded
     promoted = await chair.query(AssistanceWorkflow.state)
     if promoted is None or promoted.state == "waitlisted":
         raise AssertionError(f"the wheelchair never read its promotion: {promoted}")
-    for action, data in (
-        ("allocate_from_stock", {}),
-        ("deliver", {"serial_number": "WC-REC-1", "fitted_by": "pt-01"}),
-        ("follow_up", {"notes": "fits well"}),
-    ):
-        await chair.execute_update(
-            AssistanceWorkflow.advance, AssistanceAction(action, "provider-01", data)
-        )
+    await deliver_wheelchair(chair, "WC-REC-1")
     result = await handle.result()
     counts = {
         "journey": await write_runs(
@@ -413,14 +406,7 @@ async def run_loan_refused(env: WorkflowEnvironment, cluster: Cluster, out: Reco
         await asyncio.sleep(0.05)
     else:
         raise AssertionError(f"{name}: the wheelchair was never requested: {status}")
-    for action, data in (
-        ("allocate_from_stock", {}),
-        ("deliver", {"serial_number": "WC-REC-2", "fitted_by": "pt-01"}),
-        ("follow_up", {"notes": "fits well"}),
-    ):
-        await chair.execute_update(
-            AssistanceWorkflow.advance, AssistanceAction(action, "provider-01", data)
-        )
+    await deliver_wheelchair(chair, "WC-REC-2")
     result = await handle.result()
     counts = {
         "journey": await write_runs(
