@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
@@ -267,6 +268,29 @@ async def run_scenario(
     assert (await status_of(handle)).stage in TERMINAL
 
 
+async def write_journey_and_items(
+    client: Client,
+    handle: Handle,
+    items: tuple[WorkflowHandle[Any, Any], ...],
+    name: str,
+    out: Recorded,
+) -> JourneyStatus:
+    """Once the journey has ended: its history and its assistance items', as `name` and
+    `name.<type>`."""
+    result = await handle.result()
+    counts = {
+        "journey": await write_runs(
+            client, handle.id, handle.first_execution_run_id, name, out, commit=True
+        )
+    }
+    for item in items:
+        kind = item.id.rsplit("-assistance-", 1)[1]
+        counts[kind] = await write_runs(client, item.id, None, f"{name}.{kind}", out, commit=True)
+    out.events_per_run[name] = counts
+    print(f"{name:>18}: {result.stage}; events per run {counts}")
+    return result
+
+
 async def run_assisted(env: WorkflowEnvironment, cluster: Cluster, out: Recorded) -> None:
     """A journey of assistance only: an English course whose provider first sends a step
     the course cannot take yet (refused by the service; the record has not moved), which
@@ -357,17 +381,7 @@ async def run_assisted(env: WorkflowEnvironment, cluster: Cluster, out: Recorded
     if promoted is None or promoted.state == "waitlisted":
         raise AssertionError(f"the wheelchair never read its promotion: {promoted}")
     await deliver_wheelchair(chair, "WC-REC-1")
-    result = await handle.result()
-    counts = {
-        "journey": await write_runs(
-            client, handle.id, handle.first_execution_run_id, name, out, commit=True
-        )
-    }
-    for item in (course, chair):
-        kind = item.id.rsplit("-assistance-", 1)[1]
-        counts[kind] = await write_runs(client, item.id, None, f"{name}.{kind}", out, commit=True)
-    out.events_per_run[name] = counts
-    print(f"{name:>18}: {result.stage}; events per run {counts}")
+    result = await write_journey_and_items(client, handle, (course, chair), name, out)
     assert result.stage == "COMPLETED", result
 
 
@@ -407,17 +421,7 @@ async def run_loan_refused(env: WorkflowEnvironment, cluster: Cluster, out: Reco
     else:
         raise AssertionError(f"{name}: the wheelchair was never requested: {status}")
     await deliver_wheelchair(chair, "WC-REC-2")
-    result = await handle.result()
-    counts = {
-        "journey": await write_runs(
-            client, handle.id, handle.first_execution_run_id, name, out, commit=True
-        ),
-        "wheelchair": await write_runs(
-            client, chair.id, None, f"{name}.wheelchair", out, commit=True
-        ),
-    }
-    out.events_per_run[name] = counts
-    print(f"{name:>18}: {result.stage}; events per run {counts}")
+    result = await write_journey_and_items(client, handle, (chair,), name, out)
     assert result.stage == "CLOSED_NOT_ELIGIBLE", result
     assert {a.type_id: a.state for a in result.assistance} == {
         "wheelchair": "followed_up",
