@@ -18,9 +18,14 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Annotated, Any, NoReturn, TypeVar
 
+import grpc
 import typer
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.table import Table
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowExecution, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -39,6 +44,7 @@ from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.auth import AccessPolicy, AuthConfigError, Principal, TokenVerifier
+from services.common.config import Settings
 from services.common.districts import known_districts
 from services.common.errors import Unauthenticated
 from services.common.money import manat
@@ -1397,6 +1403,78 @@ def withdraw_write_off(
         )
 
     run(go())
+
+
+# --- health ---------------------------------------------------------------------------
+
+
+@app.command()
+def health() -> None:
+    """Is every part of the cluster up? Each service's gRPC health, Temporal, and the
+    journey workers polling their task queue; exit 1 when any part is not."""
+
+    async def go() -> None:
+        settings = context.settings()
+        rows = [
+            (name, address, await _service_health(settings, address))
+            for name, address in (
+                ("eligibility", settings.eligibility_address),
+                ("lending", settings.lending_address),
+                ("assistance", settings.assistance_address),
+            )
+        ]
+        temporal_address = settings.effective_temporal_address
+        try:
+            client = await context.temporal_client(settings)
+        except CliError:
+            rows.append(("temporal", temporal_address, "not reachable"))
+            rows.append(("journey workers", settings.journey_task_queue, "unknown (no Temporal)"))
+        else:
+            rows.append(("temporal", temporal_address, "ok"))
+            rows.append(
+                ("journey workers", settings.journey_task_queue, await _workers_polling(client))
+            )
+        table = Table(title="Cluster health")
+        for column in ("Part", "Address", "State"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        render.console().print(table)
+        down = [name for name, _, state in rows if not state.startswith("ok")]
+        if down:
+            raise CliError(f"not healthy: {', '.join(down)}")
+
+    run(go())
+
+
+async def _service_health(settings: Settings, address: str) -> str:
+    """A service's standard gRPC health check (open to any caller, no token)."""
+    async with context.channel(settings, address, None) as channel:
+        try:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        except grpc.aio.AioRpcError as error:
+            return (
+                "not reachable"
+                if error.code() == grpc.StatusCode.UNAVAILABLE
+                else (f"failed ({error.code().name})")
+            )
+    return "ok" if answer.status == health_pb2.HealthCheckResponse.SERVING else "not serving"
+
+
+async def _workers_polling(client: Client) -> str:
+    """How many workers Temporal has seen polling the journey task queue lately."""
+    response = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=context.settings().journey_task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        ),
+        timeout=timedelta(seconds=5),
+    )
+    pollers = len({poller.identity for poller in response.pollers})
+    return f"ok: {pollers} polling" if pollers else "no worker polling"
 
 
 # --- arrears --------------------------------------------------------------------------

@@ -1474,3 +1474,47 @@ async def test_no_journey_applies_for_a_loan_beside_an_open_one(
     )  # fmt: skip
     line = one_error_line(ran)
     assert ran.exit_code == 1 and f"already has loan {loan.loan_id} (ACTIVE) open" in line, ran
+
+
+def health_rows(out: str) -> dict[str, str]:
+    """`health`'s table: each part's state (its third column)."""
+    rows = {}
+    for row in out.splitlines():
+        cells = [c.strip() for c in row.strip().strip("│").split("│")]
+        if len(cells) == 3 and cells[0] and cells[0] != "Part":
+            rows[cells[0]] = cells[2]
+    return rows
+
+
+async def test_health_says_which_part_of_the_cluster_is_down(
+    cli_env: dict[str, str], dev_client: Client, activities: JourneyActivities, task_queue: str
+) -> None:
+    """Every service, Temporal and the journey workers: all up is exit 0; any part down is
+    named, in the table and in one error line (exit 1)."""
+    async with build_worker(dev_client, activities, task_queue):
+        ran = await mineaction(cli_env, "health")
+    assert ran.exit_code == 0, ran
+    shown = health_rows(ran.stdout)
+    for part in ("eligibility", "lending", "assistance", "temporal"):
+        assert shown[part] == "ok", (part, shown)
+    assert shown["journey workers"] == "ok: 1 polling", shown
+
+    lending_down = {
+        **cli_env,
+        "LENDING_ADDRESS": f"127.0.0.1:{closed_port()}",
+        "JOURNEY_TASK_QUEUE": f"nobody-polls-{uuid.uuid4().hex[:8]}",
+    }
+    ran = await mineaction(lending_down, "health")
+    assert ran.exit_code == 1, ran
+    shown = health_rows(ran.stdout)
+    assert shown["lending"] == "not reachable" and shown["eligibility"] == "ok"
+    assert shown["journey workers"] == "no worker polling", shown
+    assert one_error_line(ran) == "error: not healthy: lending, journey workers"
+
+    temporal_down = {**cli_env, "TEMPORAL_ADDRESS": f"127.0.0.1:{closed_port()}"}
+    ran = await mineaction(temporal_down, "health")
+    assert ran.exit_code == 1, ran
+    shown = health_rows(ran.stdout)
+    assert shown["temporal"] == "not reachable", shown
+    assert shown["journey workers"] == "unknown (no Temporal)", shown
+    assert one_error_line(ran) == "error: not healthy: temporal, journey workers"
