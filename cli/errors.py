@@ -101,8 +101,8 @@ def _root_message(error: BaseException) -> str:
 
 
 _WAITING_ON = (
-    "is the journey worker running (make run), and are the services its step calls "
-    "(eligibility, lending, assistance) answering?"
+    "is the journey worker running, and are the services its step calls answering? "
+    "(mineaction health)"
 )
 
 
