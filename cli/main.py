@@ -383,7 +383,9 @@ def _assistance_plans(specs: list[str], data_specs: list[str]) -> list[Assistanc
 @journey_app.command("start")
 def journey_start(
     survivor_id: Annotated[str, typer.Argument(help="A registered survivor's id.")],
-    case_worker: Annotated[str, typer.Option(help="The case worker's staff id.")],
+    case_worker: Annotated[
+        str, typer.Option(help="The case worker (default: the token's own identity).")
+    ] = "",
     product: Annotated[
         str | None, typer.Option(help="Loan product, e.g. fish_farming (none: no loan).")
     ] = None,
@@ -410,7 +412,6 @@ def journey_start(
 
     async def go() -> None:
         sid = inputs.identifier(survivor_id, "survivor id")
-        worker = inputs.staff(case_worker, "--case-worker")
         inputs.count(programme_year, "--programme-year", 1, 3)
         loan = None
         if (product is None) != (amount is None):
@@ -426,6 +427,15 @@ def journey_start(
         plans = _assistance_plans(assistance or [], data or [])
         if not loan and not plans:
             raise BadInput("a journey needs a loan (--product, --amount) or --assistance")
+        # The journey applies and requests in the case worker's name: the caller must be
+        # allowed those calls, and staff start journeys as themselves (a committee member
+        # naming a case worker could otherwise approve the loan they submitted).
+        worker = inputs.staff(case_worker or _caller().subject, "--case-worker")
+        for method in (["SubmitLoanApplication"] if loan else []) + (
+            ["RecordNeed", "RequestAssistance"] if plans else []
+        ):
+            service = _LENDING if method == "SubmitLoanApplication" else _ASSISTANCE
+            _acting(service + method, worker)
         settings = context.settings()
         token = context.token(_OPTIONS, settings)
         # Only a registered survivor gets a journey.

@@ -1431,6 +1431,7 @@ async def test_journey_updates_check_the_callers_token_first(
     decide = ["journey", "decide", survivor_id, "--approve", "--member", "cm-07", "--ref", "CM-1"]
     propose = ["journey", "write-off", survivor_id, "--reason", "fled the district"]
     confirm = ["journey", "write-off", survivor_id, "--confirm"]
+    start = ["journey", "start", survivor_id, "--product", "fish_farming", "--amount", "2000"]
     refresh = ["journey", "assist", survivor_id, "wheelchair", "refresh", "--actor", "supplier-01"]
     for token, args, says in (
         (cluster.token_for("auditor", subject="aud-1"), decide,
@@ -1445,6 +1446,15 @@ async def test_journey_updates_check_the_callers_token_first(
          "ProposeLoanWriteOff needs one of the roles loan_officer, programme_manager, service"),
         (cluster.token_for("loan_officer", subject="lo-03"), [*propose, "--proposed-by", "lo-09"],
          "you (lo-03) must be lo-09"),
+        # A committee member starting a journey in a case worker's name could approve the
+        # loan they submitted; a case worker starts journeys as themselves.
+        (cluster.token_for("committee_member", subject="cm-07"), [*start, "--case-worker", "cw-07"],
+         "SubmitLoanApplication needs one of the roles case_worker, loan_officer, service"),
+        (cluster.token_for("case_worker", subject="cw-01"), [*start, "--case-worker", "cw-07"],
+         "you (cw-01) must be cw-07"),
+        (cluster.token_for("committee_member", subject="cm-07"),
+         ["journey", "start", survivor_id, "--assistance", "wheelchair"],
+         "RecordNeed needs one of the roles case_worker, service"),
         (cluster.token_for("auditor", subject="aud-1"), refresh,
          "AdvanceAssistance needs one of the roles case_worker, service"),
     ):  # fmt: skip
@@ -1458,6 +1468,10 @@ async def test_journey_updates_check_the_callers_token_first(
     ):
         ran = await mineaction({**cli_env, "MINEACTION_TOKEN": token}, *args)
         assert f"journey-{survivor_id} was not found" in one_error_line(ran), (args, ran)
+    # A case worker's own journey: past the check, to the unregistered survivor.
+    as_case_worker = {**cli_env, "MINEACTION_TOKEN": cluster.token_for("case_worker")}
+    line = one_error_line(await mineaction(as_case_worker, *start))
+    assert line == f"error: not found: survivor {survivor_id} is not registered", line
 
 
 async def test_no_journey_applies_for_a_loan_beside_an_open_one(
