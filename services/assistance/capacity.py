@@ -224,7 +224,8 @@ async def seed_reference_data(
     conn: Connection, data: Mapping[str, Any], catalogue: Mapping[str, AssistanceTypePlugin]
 ) -> None:
     """Providers and pools from the reference data; existing ones are never changed.
-    A pool whose type is not installed is skipped: it would serve nobody."""
+    A pool whose type is not installed is skipped: it would serve nobody; so is one at a
+    provider whose kind does not deliver its type (CreateCapacityPool refuses it)."""
     for provider in data["providers"]:
         await conn.execute(
             """INSERT INTO providers (provider_id, name_en, name_az, kind, district_code)
@@ -239,6 +240,13 @@ async def seed_reference_data(
             plugin = catalogue.get(pool["type_id"])
             if plugin is None or not plugin.uses_capacity:
                 log.warning("reference pool skipped", pool_id=pool["pool_id"])
+                continue
+            if plugin.provider_kinds and provider["kind"] not in plugin.provider_kinds:
+                log.warning(
+                    "reference pool skipped: its provider does not deliver its type",
+                    pool_id=pool["pool_id"],
+                    provider_kind=provider["kind"],
+                )
                 continue
             await insert_pool(
                 conn,

@@ -26,6 +26,9 @@ ENTRY_POINT_GROUP = "mineaction.assistance_types"
 CapacityModel = Literal["stock", "seats", "session_slots", "none"]
 CAPACITY_MODELS: tuple[CapacityModel, ...] = ("stock", "seats", "session_slots", "none")
 
+# The kinds of provider the programme works with (ProviderKind without its prefix).
+PROVIDER_KINDS = ("CLINIC", "SPA_CENTRE", "TRAINING_CENTRE", "SUPPLIER", "WORKSHOP")
+
 # The core adds these to every lifecycle: a request waits in WAITLISTED while its pool is
 # full, and CANCEL ends any unfinished assistance. Plugins may not redeclare them.
 WAITLISTED = "waitlisted"
@@ -108,6 +111,9 @@ class AssistanceTypePlugin:
     course_length_from_pool: bool = False
     # Rules for the eligibility service, in its rule-set YAML (rules-as-data); optional.
     eligibility_rules_yaml: str = ""
+    # The kinds of provider that deliver it (PROVIDER_KINDS); its capacity pools are
+    # opened only at such providers. Empty: any kind.
+    provider_kinds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_plugin(self)
@@ -173,6 +179,8 @@ def _check_plugin(plugin: AssistanceTypePlugin) -> None:
         raise fail("needs a name in English and in Azerbaijani")
     if plugin.capacity_model not in CAPACITY_MODELS:
         raise fail(f"capacity_model must be one of {CAPACITY_MODELS}")
+    if unknown_kinds := set(plugin.provider_kinds) - set(PROVIDER_KINDS):
+        raise fail(f"provider_kinds {sorted(unknown_kinds)} are not among {PROVIDER_KINDS}")
     for schema in (plugin.data_schema, *(t.data_schema for t in plugin.transitions)):
         try:
             jsonschema.validators.validator_for(

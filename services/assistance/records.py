@@ -79,6 +79,7 @@ def type_to_proto(plugin: AssistanceTypePlugin) -> pb.AssistanceType:
         data_schema_json=_schema_json(plugin.data_schema),
         initial_state=plugin.initial_state,
         eligibility_rules_yaml=plugin.eligibility_rules_yaml,
+        provider_kinds=[pb.ProviderKind.Value(f"PROVIDER_KIND_{k}") for k in plugin.provider_kinds],
     )
 
 

@@ -713,10 +713,18 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             raise invalid("name", "a pool needs a name in English and in Azerbaijani")
 
         async def create(conn: Connection) -> pb.CreateCapacityPoolResponse:
-            if not await conn.fetchval(
-                "SELECT true FROM providers WHERE provider_id = $1", request.provider_id
-            ):
+            kind = await conn.fetchval(
+                "SELECT kind FROM providers WHERE provider_id = $1", request.provider_id
+            )
+            if kind is None:
                 raise NotFound(f"provider {request.provider_id} not found")
+            if plugin.provider_kinds and kind not in plugin.provider_kinds:
+                raise FailedPrecondition(
+                    f"{request.provider_id} is a {kind} provider; {plugin.type_id} is "
+                    f"delivered by {' or '.join(plugin.provider_kinds)} providers",
+                    reason="PROVIDER_KIND_MISMATCH",
+                    metadata={"provider_kind": kind},
+                )
             created = await capacity.insert_pool(
                 conn,
                 pool_id=request.pool_id,

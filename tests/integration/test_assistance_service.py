@@ -146,6 +146,7 @@ async def test_types_are_listed_in_both_languages_with_their_lifecycles(cluster:
     }
     assert "seat_width_cm" in wheelchair.data_schema_json
     assert "programmes: [wheelchair]" in wheelchair.eligibility_rules_yaml
+    assert list(wheelchair.provider_kinds) == [pb.PROVIDER_KIND_SUPPLIER, pb.PROVIDER_KIND_CLINIC]
     # Paging through one at a time reaches every type exactly once.
     seen: list[str] = []
     token = ""
@@ -591,6 +592,22 @@ async def test_an_unknown_type_is_invalid_and_writes_nothing(cluster: Cluster) -
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert "type_id" in violations(error)
+
+
+async def test_a_pool_only_at_a_provider_that_delivers_its_type(cluster: Cluster) -> None:
+    """Wheelchairs come from suppliers and clinics: a wheelchair pool at a training centre
+    is refused, and nothing is written."""
+    error = await assert_writes_nothing(
+        cluster,
+        create_pool(cluster.assistance, "wheelchair", 3, provider_id="barda-vocational-centre"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert reason_of(error) == "PROVIDER_KIND_MISMATCH"
+    assert error.details() == (
+        "barda-vocational-centre is a TRAINING_CENTRE provider; wheelchair is delivered by "
+        "SUPPLIER or CLINIC providers"
+    )
+    await create_pool(cluster.assistance, "wheelchair", 3, provider_id="ganja-prosthetic-centre")
 
 
 async def test_a_need_in_an_unknown_district_is_invalid_and_writes_nothing(

@@ -4,10 +4,13 @@ start-up with a message naming it, instead of failing a survivor's request later
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import services.assistance
+from services.assistance.capacity import load_reference_data
 from services.assistance.catalogue import (
     CANCEL,
     WAITLISTED,
@@ -96,6 +99,7 @@ def test_the_core_adds_waitlisting_and_cancelling_to_every_lifecycle() -> None:
             "no course length",
         ),
         ({"follow_up_days": (0,)}, "positive"),
+        ({"provider_kinds": ("HOSPITAL",)}, "provider_kinds"),
         ({"eligibility_rules_yaml": "rules: {"}, "not YAML"),
         ({"eligibility_rules_yaml": "programmes: []"}, "'rules' list"),
     ],
@@ -122,3 +126,15 @@ def test_a_plugin_can_be_derived_from_another() -> None:
     assert variant.transition_for("visit") is not None
     with pytest.raises(PluginError):
         replace(minimal(), initial_state="done")
+
+
+def test_every_shipped_pool_is_at_a_provider_that_delivers_its_type() -> None:
+    """The reference data's pools are all loaded (one at a provider of the wrong kind would
+    be skipped), and every shipped type says who delivers it."""
+    catalogue = load_catalogue()
+    data = load_reference_data(Path(services.assistance.__file__).parent / "reference.yaml")
+    for provider in data["providers"]:
+        for pool in provider["pools"]:
+            kinds = catalogue[pool["type_id"]].provider_kinds
+            assert provider["kind"] in kinds, (pool["pool_id"], provider["kind"], kinds)
+    assert all(plugin.provider_kinds for plugin in catalogue.values())

@@ -27,6 +27,7 @@ FOLLOW_UP = Transition(
 
 WHEELCHAIR = AssistanceTypePlugin(
     type_id="wheelchair",
+    provider_kinds=("SUPPLIER", "CLINIC"),
     name_en="Wheelchair",
     name_az="Əlil arabası",
     capacity_model="stock",
@@ -93,6 +94,7 @@ rules:
 
 SPA_REHABILITATION = AssistanceTypePlugin(
     type_id="spa_rehabilitation",
+    provider_kinds=("SPA_CENTRE", "CLINIC"),
     name_en="Spa rehabilitation treatment",
     name_az="Sanatoriya-kurort müalicəsi",
     capacity_model="session_slots",
@@ -136,6 +138,7 @@ def _course(type_id: str, name_en: str, name_az: str, levels: list[str]) -> Assi
     """English and computer courses share a lifecycle but stay two independent types."""
     return AssistanceTypePlugin(
         type_id=type_id,
+        provider_kinds=("TRAINING_CENTRE",),
         name_en=name_en,
         name_az=name_az,
         capacity_model="seats",
@@ -192,6 +195,7 @@ COMPUTER_COURSE = _course(
 
 CARPET_WEAVING = AssistanceTypePlugin(
     type_id="carpet_weaving",
+    provider_kinds=("WORKSHOP", "TRAINING_CENTRE"),
     name_en="Carpet-weaving enterprise support",
     name_az="Xalçaçılıq müəssisəsinə dəstək",
     capacity_model="seats",

@@ -230,6 +230,7 @@ class AssistanceType(_message.Message):
     DATA_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
     INITIAL_STATE_FIELD_NUMBER: _builtins.int
     ELIGIBILITY_RULES_YAML_FIELD_NUMBER: _builtins.int
+    PROVIDER_KINDS_FIELD_NUMBER: _builtins.int
     type_id: _builtins.str
     """Type id, for example "wheelchair"."""
     capacity_model: Global___CapacityModel.ValueType
@@ -256,6 +257,12 @@ class AssistanceType(_message.Message):
     def follow_up_days(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Days after delivery at which follow-ups are scheduled."""
 
+    @_builtins.property
+    def provider_kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___ProviderKind.ValueType]:
+        """The kinds of provider that deliver it (a wheelchair: a supplier or a clinic); a
+        capacity pool of this type can be opened only at such a provider. Empty: any kind.
+        """
+
     def __init__(
         self,
         *,
@@ -268,10 +275,11 @@ class AssistanceType(_message.Message):
         data_schema_json: _builtins.str = ...,
         initial_state: _builtins.str = ...,
         eligibility_rules_yaml: _builtins.str = ...,
+        provider_kinds: _abc.Iterable[Global___ProviderKind.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity_model", b"capacity_model", "data_schema_json", b"data_schema_json", "eligibility_rules_yaml", b"eligibility_rules_yaml", "follow_up_days", b"follow_up_days", "initial_state", b"initial_state", "name", b"name", "states", b"states", "transitions", b"transitions", "type_id", b"type_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity_model", b"capacity_model", "data_schema_json", b"data_schema_json", "eligibility_rules_yaml", b"eligibility_rules_yaml", "follow_up_days", b"follow_up_days", "initial_state", b"initial_state", "name", b"name", "provider_kinds", b"provider_kinds", "states", b"states", "transitions", b"transitions", "type_id", b"type_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
