@@ -36,7 +36,7 @@ from typer.exceptions import Abort
 
 from cli import catalogue, context, inputs, render
 from cli import export as csv_export
-from cli.errors import CliError, calling, fail, run, temporal
+from cli.errors import CliError, calling, fail, one_line, run, temporal
 from cli.inputs import BadInput
 from cli.paging import pages
 from cli.requests import checked, intake_from_text
@@ -1372,10 +1372,10 @@ async def _tell_journey(loan: lending_pb.Loan) -> None:
                     LoanChanged(loan.loan_id),
                     rpc_timeout=RPC_TIMEOUT,
                 )
-    except CliError as error:
+    except Exception as error:  # whatever it is, the money is recorded: never exit 1 here
         print(
             f"note: the repayment is recorded; the survivor's journey was not told "
-            f"({error}) and reads the loan at its next due date",
+            f"({one_line(str(error))}) and reads the loan at its next due date",
             file=sys.stderr,
         )
 
