@@ -73,6 +73,7 @@ from workers.journey.model import (
     Stage,
     WriteOffDecision,
     WriteOffProposal,
+    WriteOffWithdrawal,
     assistance_workflow_id,
     journey_of,
     journey_workflow_id,
@@ -836,7 +837,8 @@ def _acting(method: str, *named: str) -> None:
         )
     if named and not principal.relays and not any(same_person(n, principal.subject) for n in named):
         raise CliError(
-            f"you ({principal.subject}) must be {' or '.join(named)}: staff act as themselves"
+            f"you ({principal.subject}) cannot act as {' or '.join(named)}: staff act as "
+            "themselves"
         )
 
 
@@ -954,6 +956,12 @@ def journey_write_off(
     confirm: Annotated[
         bool, typer.Option("--confirm", help="Confirm the write-off someone else proposed.")
     ] = False,
+    withdraw: Annotated[
+        bool, typer.Option("--withdraw", help="Withdraw the proposal held (with --reason).")
+    ] = False,
+    withdrawn_by: Annotated[
+        str, typer.Option(help="Who withdraws it (default: the token's own identity).")
+    ] = "",
     proposed_by: Annotated[
         str, typer.Option(help="Who proposes it (default: the token's own identity).")
     ] = "",
@@ -963,15 +971,30 @@ def journey_write_off(
 ) -> None:
     """Write off the journey's loan, four eyes: one person proposes it (`--reason`: a loan
     officer or programme manager), a different person confirms it (`--confirm`: a
-    programme manager), each with their own token; then it is posted to the ledger."""
+    programme manager), each with their own token; then it is posted to the ledger. A
+    proposal made by mistake is withdrawn with `--withdraw --reason`."""
 
     async def go() -> None:
         sid = inputs.identifier(survivor_id, "survivor id")
-        if confirm == (reason is not None):
+        if confirm and (withdraw or reason is not None):
+            raise BadInput("--confirm takes no --reason or --withdraw: it confirms the proposal")
+        if not confirm and reason is None:
             raise BadInput(
-                "say --reason to propose a write-off, or --confirm to confirm the one proposed"
+                "say --reason to propose a write-off (or, with --withdraw, to withdraw the "
+                "one proposed), or --confirm to confirm it"
             )
         principal = _caller()
+        if withdraw:
+            why = inputs.text(reason or "", "--reason", 1000)
+            by = inputs.staff(withdrawn_by or principal.subject, "--withdrawn-by")
+            _acting(_LENDING + "WithdrawLoanWriteOff", by)
+            await _update_journey(
+                sid,
+                SurvivorJourneyWorkflow.withdraw_write_off_proposal,
+                WriteOffWithdrawal(why, by),
+            )
+            render.line(f"write-off proposal withdrawn by {by} ({why}); the loan stays ACTIVE")
+            return
         if reason is not None:
             why = inputs.text(reason, "--reason", 1000)
             proposer = inputs.staff(proposed_by or principal.subject, "--proposed-by")
@@ -1001,7 +1024,7 @@ def journey_write_off(
         # The lending service compares identities case-insensitively.
         if same_person(proposer, confirmer):
             raise CliError(
-                f"four eyes: {confirmer} proposed this write-off; someone else confirms it"
+                f"four eyes: {proposer} proposed this write-off; someone else confirms it"
             )
         status = await _update_journey(
             sid,
@@ -1010,6 +1033,39 @@ def journey_write_off(
         )
         render.line(
             f"written off: proposed by {proposer}, confirmed by {confirmer}; {_loan_line(status)}"
+        )
+
+    run(go())
+
+
+@journey_app.command("refresh")
+def journey_refresh(
+    survivor_id: Annotated[str, typer.Argument(help="The survivor whose journey it is.")],
+) -> None:
+    """Make the journey read its loan from the ledger now (signal `loan_changed`): after
+    money moved outside the CLI (a payment or a reversal recorded through the API), a
+    journey otherwise reads it at its next due date."""
+
+    async def go() -> None:
+        sid = inputs.identifier(survivor_id, "survivor id")
+        _acting(_LENDING + "GetLoan")
+        client, latest, _ = await _latest_journey(sid)
+        settings = context.settings()
+        handle = client.get_workflow_handle(latest.workflow_id)
+        with temporal(settings.effective_temporal_address, f"the journey {latest.workflow_id}"):
+            status: JourneyStatus = await handle.query(
+                SurvivorJourneyWorkflow.status, rpc_timeout=RPC_TIMEOUT
+            )
+            if not status.loan_id:
+                raise CliError(f"the journey {latest.workflow_id} has no loan to read")
+            await handle.signal(
+                SurvivorJourneyWorkflow.loan_changed,
+                LoanChanged(status.loan_id),
+                rpc_timeout=RPC_TIMEOUT,
+            )
+        render.line(
+            f"the journey {latest.workflow_id} reads loan {status.loan_id} from the ledger now "
+            f"(mineaction journey status {sid})"
         )
 
     run(go())

@@ -457,6 +457,26 @@ async def test_a_journey_driven_from_the_cli(
         assert ran.exit_code == 0, ran
         assert ran.stdout.startswith("Loan figures as the journey last read them: ")
         assert "not reachable" in ran.stdout and "4,874.50" in ran.stdout
+        # A payment recorded through the API, as payment collection does: the journey hears
+        # of it when told (`journey refresh`), not at its first due date a year away.
+        await cluster.lending.RecordRepayment(
+            lending_pb.RecordRepaymentRequest(
+                request_id=request_id(),
+                loan_id=status.loan_id,
+                amount_minor=100_000,
+                currency_code="AZN",
+                payment_date=pdate(date.today()),
+                received_by="payment-collection",
+            )
+        )
+        ran = await mineaction(cli_env, "journey", "refresh", survivor_id)
+        assert ran.stdout.strip() == (
+            f"the journey {handle.id} reads loan {status.loan_id} from the ledger now "
+            f"(mineaction journey status {survivor_id})"
+        ), ran
+        await wait_until(
+            handle, lambda s: s.outstanding_minor == 387_450, "read the payment", within=10
+        )
         await handle.terminate("the test ends after the first repayment")
 
     # The journey ended (terminated) with its loan still being repaid: a new journey would
@@ -477,9 +497,9 @@ async def test_a_journey_driven_from_the_cli(
     loans = {r["loan_id"]: r for r in csv.DictReader(io.StringIO(ran.stdout))}
     row = loans[status.loan_id]
     assert row["survivor_id"] == survivor_id and row["product_id"] == "fish_farming"
-    assert row["principal_azn"] == "5000.00" and row["repaid_principal_azn"] == "125.50"
-    assert row["outstanding_principal_azn"] == "4874.50"
-    assert row["outstanding_principal_minor"] == "487450"
+    assert row["principal_azn"] == "5000.00" and row["repaid_principal_azn"] == "1125.50"
+    assert row["outstanding_principal_azn"] == "3874.50"
+    assert row["outstanding_principal_minor"] == "387450"
 
     ran = await mineaction(cli_env, "portfolio")
     assert ran.exit_code == 0, ran
@@ -503,8 +523,8 @@ async def test_a_journey_driven_from_the_cli(
     total = next(r for r in rows if r["breakdown"] == "total")
     saatli = next(r for r in rows if r["breakdown"] == "district" and r["key"] == "saatli")
     assert int(total["active_loans"]) >= 1
-    assert int(total["outstanding_principal_minor"]) >= 487450
-    assert int(saatli["outstanding_principal_minor"]) >= 487450
+    assert int(total["outstanding_principal_minor"]) >= 387450
+    assert int(saatli["outstanding_principal_minor"]) >= 387450
 
     ran = await mineaction(cli_env, "fund", "main")
     assert ran.exit_code == 0, ran
@@ -822,8 +842,9 @@ async def test_bad_input_is_refused_before_any_call(
         ([*HARDSHIP, "--new-term-months", "121"], "--new-term-months must be from 1 to 120"),
         ([*HARDSHIP[:3], "--reason", " ", "--requested-by", "lo-01", "--pause-days", "9"],
          "--reason is required"),
-        ([*WRITE_OFF, "--confirm"], "say --reason to propose a write-off, or --confirm"),
-        (WRITE_OFF[:3], "say --reason to propose a write-off, or --confirm"),
+        ([*WRITE_OFF, "--confirm"], "--confirm takes no --reason or --withdraw"),
+        (WRITE_OFF[:3], "say --reason to propose a write-off (or, with --withdraw"),
+        ([*WRITE_OFF[:3], "--withdraw"], "say --reason to propose a write-off (or, with"),
         ([*FOLLOW_UP, "--income", "-5", "--working"], "--income must not be negative"),
         ([*FOLLOW_UP, "--income", "900"], "say --working or --not-working"),
         ([*FOLLOW_UP, "--income", "9.001", "--working"], "more than 2 decimals"),
@@ -1146,8 +1167,19 @@ async def test_steering_a_journey_from_the_cli(
         ), ran
         shown = table_rows((await mineaction(cli_env, "journey", "status", survivor_id)).stdout)
         assert shown["Write-off proposed"] == "lo-01: the business has closed", shown
+        # Proposed by mistake: withdrawn with a reason, then proposed again.
+        withdraw = ["journey", "write-off", survivor_id, "--withdraw", "--reason", "too soon"]
+        ran = await mineaction(cli_env, *withdraw, "--withdrawn-by", "lo-01")
+        assert ran.stdout.strip() == (
+            "write-off proposal withdrawn by lo-01 (too soon); the loan stays ACTIVE"
+        ), ran
+        shown = table_rows((await mineaction(cli_env, "journey", "status", survivor_id)).stdout)
+        assert "Write-off proposed" not in shown, shown
+        line = one_error_line(await mineaction(cli_env, *withdraw, "--withdrawn-by", "lo-01"))
+        assert line == "error: the journey refused it: no write-off is proposed", line
+        assert (await mineaction(cli_env, *write_off)).exit_code == 0
         line = one_error_line(await mineaction(cli_env, *confirm, "LO-01"))
-        assert line == "error: four eyes: LO-01 proposed this write-off; someone else confirms it"
+        assert line == "error: four eyes: lo-01 proposed this write-off; someone else confirms it"
         # The journey holds a confirmation to the proposal, whoever sends it.
         with pytest.raises(WorkflowUpdateFailedError) as other:
             await handle.execute_update(
@@ -1438,20 +1470,20 @@ async def test_journey_updates_check_the_callers_token_first(
          "ApproveLoan needs one of the roles committee_member, service; the token (aud-1) "
          "has auditor"),
         (cluster.token_for("committee_member", subject="cm-08"), decide,
-         "you (cm-08) must be cm-07"),
+         "you (cm-08) cannot act as cm-07"),
         ("not-a-token", decide, "the token is not accepted"),
         (cluster.token_for("loan_officer", subject="lo-03"), confirm,
          "ConfirmLoanWriteOff needs one of the roles programme_manager, service"),
         (cluster.token_for("auditor", subject="aud-1"), propose,
          "ProposeLoanWriteOff needs one of the roles loan_officer, programme_manager, service"),
         (cluster.token_for("loan_officer", subject="lo-03"), [*propose, "--proposed-by", "lo-09"],
-         "you (lo-03) must be lo-09"),
+         "you (lo-03) cannot act as lo-09"),
         # A committee member starting a journey in a case worker's name could approve the
         # loan they submitted; a case worker starts journeys as themselves.
         (cluster.token_for("committee_member", subject="cm-07"), [*start, "--case-worker", "cw-07"],
          "SubmitLoanApplication needs one of the roles case_worker, loan_officer, service"),
         (cluster.token_for("case_worker", subject="cw-01"), [*start, "--case-worker", "cw-07"],
-         "you (cw-01) must be cw-07"),
+         "you (cw-01) cannot act as cw-07"),
         (cluster.token_for("committee_member", subject="cm-07"),
          ["journey", "start", survivor_id, "--assistance", "wheelchair"],
          "RecordNeed needs one of the roles case_worker, service"),

@@ -373,6 +373,14 @@ class WriteOffProposal:
 
 
 @dataclass(frozen=True)
+class WriteOffWithdrawal:
+    """The write-off the journey holds, withdrawn before anyone confirmed it."""
+
+    reason: str
+    withdrawn_by: str
+
+
+@dataclass(frozen=True)
 class WriteOffDecision:
     reason: str
     proposed_by: str

@@ -62,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
         WriteOffDecision,
         WriteOffInput,
         WriteOffProposal,
+        WriteOffWithdrawal,
         assistance_workflow_id,
     )
 
@@ -161,6 +162,12 @@ ASSISTANCE_NEEDS_ELIGIBILITY_PATCH = "assistance-needs-eligibility"
 # the items (children that outlive their parent) were left running with no journey, and a
 # later journey could request the same assistance again.
 LOAN_REFUSED_KEEPS_ASSISTANCE_PATCH = "loan-refused-keeps-assistance"
+# Journeys from this change on hear of money moved outside them (signal loan_changed)
+# while they wait for a later tranche or a follow-up too, and read the loan before each:
+# a loan repaid in full before its last tranche lapses the rest of the plan (the tranche
+# was refused and the journey failed), and a repaid loan reopened by a reversal takes the
+# journey back to its repayment cycle (it stayed REPAID and completed).
+FOLLOWS_THE_LEDGER_PATCH = "journey-follows-the-ledger"
 WAITLISTED = "waitlisted"
 WAITLIST_READ_EVERY = timedelta(days=1)
 WAITLIST_READS_PER_RUN = 90
@@ -177,6 +184,10 @@ def refused(error: ActivityError) -> ApplicationError:
     if isinstance(cause, ApplicationError):
         return ApplicationError(cause.message, *cause.details, type=cause.type, non_retryable=True)
     return ApplicationError(str(cause or error), type="SERVICE_CALL_FAILED", non_retryable=True)
+
+
+def loan_closed(snap: LoanSnapshot) -> bool:
+    return snap.status in CLOSED_LOAN_STATES
 
 
 def same_person(a: str, b: str) -> bool:
@@ -408,7 +419,10 @@ class SurvivorJourneyWorkflow:
             if sequence <= self._s.tranches_disbursed:
                 continue
             due = approved + timedelta(days=tranche.days_after_approval)
-            if due > today():
+            if sequence > 1 and workflow.patched(FOLLOWS_THE_LEDGER_PATCH):
+                if await self._watch_until(due, loan_closed):  # repaid already: the rest lapses
+                    return
+            elif due > today():
                 await self._sleep(self._until(due))
             self._set_loan(
                 await self._call(
@@ -427,12 +441,23 @@ class SurvivorJourneyWorkflow:
             self._s.tranches_disbursed = sequence
 
     async def _after_disbursement(self) -> JourneyStatus:
-        await self._repayment_cycle()
-        if self._s.stage == Stage.WRITTEN_OFF:
-            return self.status()
-        await self._follow_ups()
+        while True:
+            await self._repayment_cycle()
+            if self._s.stage == Stage.WRITTEN_OFF:
+                return self.status()
+            if not await self._follow_ups():
+                break
+            # A reversal reopened the loan: repaid again, its follow-ups count from then.
         await self._wait_condition(self._assistance_finished)
         return self._complete()
+
+    async def _watch_until(self, day: date, stop: Callable[[LoanSnapshot], bool]) -> bool:
+        """Wait until `day`, reading the loan after each change heard and on the day;
+        True as soon as a read satisfies `stop`."""
+        while day > today() and await self._wait_or_interrupted(day):
+            if stop(await self._snapshot()):
+                return True
+        return stop(await self._snapshot())
 
     async def _repayment_cycle(self) -> None:
         """One turn per instalment: remind before the due date, check the ledger after
@@ -446,6 +471,7 @@ class SurvivorJourneyWorkflow:
                 # The ledger's date: a loan repaid early is followed up from the day it
                 # closed, not from the day the journey read it (older snapshots: today).
                 self._s.closed_on = snap.closed_on or today().isoformat()
+                self._s.write_off_proposal = None  # nothing left to write off
                 self._set_stage(
                     Stage.REPAID if snap.status == "CLOSED_OBLIGATIONS_MET" else Stage.WRITTEN_OFF
                 )
@@ -515,8 +541,9 @@ class SurvivorJourneyWorkflow:
                 if kind == "arrears_committee_review":
                     self._set_stage(Stage.ARREARS_REVIEW)
 
-    async def _follow_ups(self) -> None:
-        """Impact follow-ups at +6 and +12 months after final repayment."""
+    async def _follow_ups(self) -> bool:
+        """Impact follow-ups at +6 and +12 months after final repayment; True, before
+        them, if a reversal has reopened the loan (FOLLOWS_THE_LEDGER_PATCH)."""
         assert self._input is not None
         policy = self._input.policy
         closed = date.fromisoformat(self._s.closed_on)
@@ -524,7 +551,11 @@ class SurvivorJourneyWorkflow:
             if months in self._s.follow_ups_recorded:
                 continue
             due = add_months(closed, months)
-            if due > today():
+            if workflow.patched(FOLLOWS_THE_LEDGER_PATCH):
+                if await self._watch_until(due, lambda snap: not loan_closed(snap)):
+                    self._s.closed_on = ""  # reopened
+                    return True
+            elif due > today():
                 await self._sleep(self._until(due))
             self._set_stage(Stage.FOLLOW_UP)
             self._s.follow_up_due = months
@@ -564,6 +595,7 @@ class SurvivorJourneyWorkflow:
             self._s.follow_ups_recorded.append(months)
             self._s.follow_up_due = 0
             self._set_stage(Stage.REPAID)
+        return False
 
     def _complete(self) -> JourneyStatus:
         self._set_stage(Stage.COMPLETED)
@@ -739,6 +771,20 @@ class SurvivorJourneyWorkflow:
             raise ValueError("a write-off needs a reason")
         if not proposal.proposed_by.strip():
             raise ValueError("a write-off proposal needs its proposer")
+
+    @workflow.update
+    def withdraw_write_off_proposal(self, withdrawal: WriteOffWithdrawal) -> JourneyStatus:
+        """The proposal held is dropped (lending had not been asked yet); the withdrawal,
+        its reason and who made it are in the journey's history."""
+        self._s.write_off_proposal = None
+        return self.status()
+
+    @withdraw_write_off_proposal.validator
+    def validate_write_off_withdrawal(self, withdrawal: WriteOffWithdrawal) -> None:
+        if self._s.write_off_proposal is None:
+            raise ValueError("no write-off is proposed")
+        if not withdrawal.reason.strip() or not withdrawal.withdrawn_by.strip():
+            raise ValueError("a withdrawal needs a reason and who withdraws it")
 
     def _check_loan_being_repaid(self) -> None:
         if (

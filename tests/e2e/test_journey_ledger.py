@@ -1,0 +1,164 @@
+"""A journey follows money moved outside it, end to end under time skipping with the real
+services: told by the signal `loan_changed` (as `mineaction repay` and `journey refresh`
+send it), it reads the ledger at once, whatever it is waiting for: a loan repaid before
+its last tranche lapses the rest of the plan, a repaid loan reopened by a reversal takes
+the journey back to its repayment cycle, and a write-off proposal it holds is withdrawn,
+or dropped when the loan closes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from mineaction.lending.v1 import lending_service_pb2 as lending_pb
+from tests.conftest import Cluster
+from tests.factories import register_request, request_id, saatli_fish_farmer
+from tests.journey_helpers import skip_until, status_of
+from tests.lending_helpers import repayment
+from workers.journey.activities import JourneyActivities
+from workers.journey.model import (
+    CommitteeDecision,
+    JourneyInput,
+    JourneyStatus,
+    LoanChanged,
+    LoanRequest,
+    TranchePlan,
+    WriteOffProposal,
+    WriteOffWithdrawal,
+    journey_workflow_id,
+)
+from workers.journey.worker import build_worker
+from workers.journey.workflows import SurvivorJourneyWorkflow, initial_search_attributes
+
+Journey = WorkflowHandle[SurvivorJourneyWorkflow, JourneyStatus]
+SOON = timedelta(minutes=30)  # time-skipped: far sooner than any due date
+STEP = timedelta(minutes=5)
+
+
+async def approved_journey(
+    cluster: Cluster, env: WorkflowEnvironment, task_queue: str, loan: LoanRequest, stage: str
+) -> Journey:
+    """A journey whose loan the committee approved, once it reaches `stage`."""
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(survivor_id)))
+    handle: Journey = await env.client.start_workflow(
+        SurvivorJourneyWorkflow.run,
+        JourneyInput(survivor_id=survivor_id, case_worker_id="cw-51", loan=loan),
+        id=journey_workflow_id(survivor_id),
+        task_queue=task_queue,
+        search_attributes=initial_search_attributes(programme_year=1),
+    )
+    await skip_until(env, handle, lambda s: s.stage == "COMMITTEE_REVIEW", step=timedelta(hours=1))
+    await handle.execute_update(
+        SurvivorJourneyWorkflow.record_committee_decision,
+        CommitteeDecision(approve=True, member_id="cm-05", decision_ref="CM-2026-151"),
+    )
+    await skip_until(env, handle, lambda s: s.stage == stage, step=timedelta(minutes=10))
+    return handle
+
+
+async def pay(cluster: Cluster, env: WorkflowEnvironment, loan_id: str, amount: int) -> str:
+    """A payment at the cashier's desk on the journey's today; its transaction id."""
+    today = (await env.get_current_time()).date()
+    paid = await cluster.lending.RecordRepayment(repayment(loan_id, amount, today))
+    return paid.repayment.transaction_id
+
+
+@pytest.mark.timeout(180)
+async def test_a_loan_repaid_before_its_last_tranche_lapses_the_rest(
+    cluster: Cluster,
+    time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """The fish, then the feed 30 days later; the borrower repays the fish money first:
+    the feed tranche lapses and the journey is REPAID (the tranche was refused by lending
+    and the journey failed)."""
+    env = time_skipping_env
+    loan = LoanRequest(
+        "fish_farming",
+        300_000,
+        "fingerlings, then feed",
+        tranches=[
+            TranchePlan(200_000, "1,000 fingerlings", "IN_KIND", 0),
+            TranchePlan(100_000, "feed", "IN_KIND", 30),
+        ],
+    )
+    async with build_worker(env.client, activities, task_queue):
+        handle = await approved_journey(cluster, env, task_queue, loan, "DISBURSEMENT")
+        status = await skip_until(
+            env, handle, lambda s: s.outstanding_minor == 200_000, step=timedelta(minutes=10)
+        )
+        await pay(cluster, env, status.loan_id, 200_000)
+        await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(status.loan_id))
+        repaid = await skip_until(env, handle, lambda s: s.stage == "REPAID", step=STEP, limit=SOON)
+        assert repaid.loan_status == "CLOSED_OBLIGATIONS_MET"
+        # Past the feed tranche's day: nothing more was disbursed, and the journey goes on.
+        await env.sleep(timedelta(days=31))
+        assert (await status_of(handle)).stage == "REPAID"
+        ledger = (
+            await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=status.loan_id))
+        ).loan
+        assert [t.amount_minor for t in ledger.tranches] == [200_000]
+        await handle.terminate("the test is over")
+
+
+@pytest.mark.timeout(180)
+async def test_a_reversal_takes_a_repaid_journey_back_to_its_repayment_cycle(
+    cluster: Cluster,
+    time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """Repaid early, then the payment bounces: the journey, told, leaves REPAID for its
+    repayment cycle (it stayed REPAID and completed while the ledger said ACTIVE). A
+    write-off proposal it held is withdrawn with a reason, and one held when the loan
+    closes is dropped."""
+    env = time_skipping_env
+    async with build_worker(env.client, activities, task_queue):
+        handle = await approved_journey(
+            cluster, env, task_queue, LoanRequest("small_trade", 120_000, "a kiosk"), "GRACE"
+        )
+        status = await status_of(handle)
+        loan_id = status.loan_id
+
+        proposal = WriteOffProposal("proposed on the wrong loan", "lo-05")
+        await handle.execute_update(SurvivorJourneyWorkflow.propose_write_off, proposal)
+        withdrawn = await handle.execute_update(
+            SurvivorJourneyWorkflow.withdraw_write_off_proposal,
+            WriteOffWithdrawal("the proposal was for another survivor", "lo-05"),
+        )
+        assert withdrawn.write_off_proposed_by == ""
+        await handle.execute_update(SurvivorJourneyWorkflow.propose_write_off, proposal)
+
+        paid = await pay(cluster, env, loan_id, 120_000)
+        await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+        repaid = await skip_until(env, handle, lambda s: s.stage == "REPAID", step=STEP, limit=SOON)
+        assert repaid.write_off_proposed_by == ""  # nothing left to write off
+
+        await cluster.lending.ReverseRepayment(
+            lending_pb.ReverseRepaymentRequest(
+                request_id=request_id(),
+                loan_id=loan_id,
+                transaction_id=paid,
+                reason="the transfer bounced",
+                reversed_by="acc-05",
+            )
+        )
+        await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+        reopened = await skip_until(
+            env, handle, lambda s: s.stage in ("GRACE", "REPAYMENT"), step=STEP, limit=SOON
+        )
+        assert (reopened.loan_status, reopened.outstanding_minor) == ("ACTIVE", 120_000)
+        assert reopened.closed_on == ""
+
+        # Repaid again: REPAID again, and its follow-ups count from then.
+        await pay(cluster, env, loan_id, 120_000)
+        await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+        again = await skip_until(env, handle, lambda s: s.stage == "REPAID", step=STEP, limit=SOON)
+        assert again.closed_on == (await env.get_current_time()).date().isoformat()
+        await handle.terminate("the test is over")
