@@ -42,7 +42,10 @@ def token(options: Options, configured: Settings) -> str:
         if not value:
             raise BadInput(f"token file {str(path)!r} is empty")
         return _one_token(value, f"token file {str(path)!r}")
-    configured_token = default_token(configured)
+    try:
+        configured_token = default_token(configured)
+    except ValueError as error:  # MINEACTION_TOKEN set to spaces: say so, not the dev token
+        raise BadInput(f"{error}: set it to a token, or unset it for the dev-token") from None
     if configured_token is None:  # every service call needs one: say where it was looked for
         raise BadInput(
             "no token: set MINEACTION_TOKEN or --token-file; the local cluster's dev-token "

@@ -14,7 +14,7 @@ from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibilit
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
 from services.common.money import manat
-from services.common.protoconv import proto_date
+from services.common.protoconv import from_proto_date, proto_date
 from workers.journey.activities import loan_status
 
 PAGE = 200
@@ -42,6 +42,7 @@ LOAN_COLUMNS = (
     "bucket",
     "principal_minor",
     "outstanding_principal_minor",
+    "close_date",
 )
 
 
@@ -76,6 +77,7 @@ async def loans(
                 _bucket(loan.bucket),
                 str(loan.principal_minor),
                 str(loan.outstanding_principal_minor),
+                str(from_proto_date(loan.close_date)) if loan.HasField("close_date") else "",
             ]
 
 

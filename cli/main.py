@@ -837,8 +837,7 @@ def _acting(method: str, *named: str) -> None:
         )
     if named and not principal.relays and not any(same_person(n, principal.subject) for n in named):
         raise CliError(
-            f"you ({principal.subject}) cannot act as {' or '.join(named)}: staff act as "
-            "themselves"
+            f"you ({principal.subject}) cannot act as {' or '.join(named)}: staff act as themselves"
         )
 
 

@@ -22,8 +22,13 @@ DEV_TOKEN_FILE = "dev-token"
 
 
 def default_token(settings: Settings) -> str | None:
-    """The caller's token: MINEACTION_TOKEN, else the local cluster's dev-token file."""
-    token = os.environ.get(TOKEN_ENV, "").strip()
+    """The caller's token: MINEACTION_TOKEN, else the local cluster's dev-token file. A
+    MINEACTION_TOKEN set to nothing but spaces is not "no token": it is refused, so a
+    token that failed to load never passes as the development token."""
+    given = os.environ.get(TOKEN_ENV)
+    if given is not None and given and not given.strip():
+        raise ValueError(f"{TOKEN_ENV} is set but blank")
+    token = (given or "").strip()
     if token:
         return token
     path = settings.state_dir / DEV_TOKEN_FILE

@@ -764,6 +764,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 raise invalid(
                     "transaction_id",
                     f"no repayment or recovery {request.transaction_id!r} on this loan",
+                    "TRANSACTION_NOT_FOUND",
                 )
             if original["reversed_by_txn"] is not None:
                 raise FailedPrecondition(

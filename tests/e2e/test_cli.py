@@ -499,7 +499,7 @@ async def test_a_journey_driven_from_the_cli(
     assert row["survivor_id"] == survivor_id and row["product_id"] == "fish_farming"
     assert row["principal_azn"] == "5000.00" and row["repaid_principal_azn"] == "1125.50"
     assert row["outstanding_principal_azn"] == "3874.50"
-    assert row["outstanding_principal_minor"] == "387450"
+    assert row["outstanding_principal_minor"] == "387450" and row["close_date"] == ""
 
     ran = await mineaction(cli_env, "portfolio")
     assert ran.exit_code == 0, ran
@@ -981,6 +981,13 @@ async def test_tokens_are_presented_and_a_bad_one_is_refused(
     line = one_error_line(ran)
     assert ran.exit_code == 2 and line.startswith("error: no token: set MINEACTION_TOKEN"), ran
     assert str(nowhere / "dev-token") in line
+    # A token variable that holds only spaces (a token that failed to load) is refused,
+    # not taken for "use the dev-token".
+    ran = await mineaction({**cli_env, "MINEACTION_TOKEN": "   "}, "fund")
+    assert ran.exit_code == 2, ran
+    assert one_error_line(ran) == (
+        "error: MINEACTION_TOKEN is set but blank: set it to a token, or unset it for the dev-token"
+    )
 
 
 @pytest.mark.timeout(120)

@@ -17,7 +17,7 @@ from mineaction.lending.v1 import lending_service_pb2 as pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import sex_pb2
 from services.common import idempotency
-from services.common.errors import reason_of
+from services.common.errors import reason_of, violations_in
 from services.common.programme_time import programme_today
 from services.lending import ledger
 from services.lending.repayments import Outcome, Repayment, RepaymentGroups
@@ -172,6 +172,21 @@ async def test_bad_input_is_invalid_argument_with_field_violations_and_writes_no
             "amount_minor",
             invalid,
         )
+    # A reversal of a transaction the loan does not have: which one, and why.
+    unknown = pb.ReverseRepaymentRequest(
+        request_id=request_id(),
+        loan_id=loan.loan_id,
+        transaction_id="txn-nothing-like-it",
+        reason="typo",
+        reversed_by="acc-01",
+    )
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as no_such:
+        await lending.ReverseRepayment(unknown)
+    assert [(v.field, v.reason) for v in violations_in(no_such.value)] == [
+        ("transaction_id", "TRANSACTION_NOT_FOUND")
+    ]
+    assert await cluster.row_counts() == before
     # An actor of only spaces names nobody (a service relaying may name others).
     nobody = repayment(loan.loan_id, 1_000, date(2026, 5, 10))
     nobody.received_by = "   "
