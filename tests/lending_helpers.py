@@ -114,6 +114,18 @@ def repayment(loan_id: str, amount_minor: int, on: date) -> pb.RecordRepaymentRe
     )
 
 
+def reversal(
+    loan_id: str, transaction_id: str, reason: str = "the transfer bounced"
+) -> pb.ReverseRepaymentRequest:
+    return pb.ReverseRepaymentRequest(
+        request_id=request_id(),
+        loan_id=loan_id,
+        transaction_id=transaction_id,
+        reason=reason,
+        reversed_by="acc-07",
+    )
+
+
 async def active_loan(
     cluster: Cluster, *, fund_id: str, amount_minor: int = 120_000, on: date = date(2026, 3, 10)
 ) -> pb.Loan:

@@ -16,9 +16,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from tests.conftest import Cluster
-from tests.factories import register_request, request_id, saatli_fish_farmer
+from tests.factories import register_request, saatli_fish_farmer
 from tests.journey_helpers import skip_until, status_of
-from tests.lending_helpers import repayment
+from tests.lending_helpers import repayment, reversal
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
     CommitteeDecision,
@@ -140,15 +140,7 @@ async def test_a_reversal_takes_a_repaid_journey_back_to_its_repayment_cycle(
         repaid = await skip_until(env, handle, lambda s: s.stage == "REPAID", step=STEP, limit=SOON)
         assert repaid.write_off_proposed_by == ""  # nothing left to write off
 
-        await cluster.lending.ReverseRepayment(
-            lending_pb.ReverseRepaymentRequest(
-                request_id=request_id(),
-                loan_id=loan_id,
-                transaction_id=paid,
-                reason="the transfer bounced",
-                reversed_by="acc-05",
-            )
-        )
+        await cluster.lending.ReverseRepayment(reversal(loan_id, paid))
         await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
         reopened = await skip_until(
             env, handle, lambda s: s.stage in ("GRACE", "REPAYMENT"), step=STEP, limit=SOON

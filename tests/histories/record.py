@@ -27,7 +27,6 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
-from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.auth import ensure_dev_credentials
 from services.common.channels import service_token
 from services.common.config import load_settings
@@ -35,7 +34,7 @@ from services.common.logging import configure_logging
 from tests.conftest import Cluster, start_services, stop_services
 from tests.factories import register_request, request_id, saatli_fish_farmer
 from tests.journey_helpers import deliver_wheelchair, own_pool, skip_until, someone_holds, status_of
-from tests.lending_helpers import repayment
+from tests.lending_helpers import repayment, reversal
 from workers.journey import search_attributes
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
@@ -271,15 +270,7 @@ async def run_scenario(
             amount = first or scenario.amount_minor
             paid = await pay_and_tell(env, cluster, handle, approved.loan_id, amount, "REPAID")
             if scenario.reverse_once:
-                await cluster.lending.ReverseRepayment(
-                    lending_pb.ReverseRepaymentRequest(
-                        request_id=request_id(),
-                        loan_id=approved.loan_id,
-                        transaction_id=paid,
-                        reason="the transfer bounced",
-                        reversed_by="acc-07",
-                    )
-                )
+                await cluster.lending.ReverseRepayment(reversal(approved.loan_id, paid))
                 await tell(env, handle, approved.loan_id, "GRACE")
                 await pay_and_tell(env, cluster, handle, approved.loan_id, amount, "REPAID")
         if scenario.write_off and status.stage == "ARREARS_REVIEW":

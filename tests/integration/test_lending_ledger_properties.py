@@ -21,6 +21,7 @@ from tests.lending_helpers import (
     lending_db,
     open_fund,
     repayment,
+    reversal,
     write_off,
 )
 
@@ -77,15 +78,7 @@ async def _apply(cluster: Cluster, loan_id: str, model: Model, op: tuple[str, in
         if not model.repayments:
             return
         txn_id, amount, recovery = model.repayments[number % len(model.repayments)]
-        await lending.ReverseRepayment(
-            pb.ReverseRepaymentRequest(
-                request_id=request_id(),
-                loan_id=loan_id,
-                transaction_id=txn_id,
-                reason="correction",
-                reversed_by="acc-07",
-            )
-        )
+        await lending.ReverseRepayment(reversal(loan_id, txn_id, "correction"))
         model.repayments.remove((txn_id, amount, recovery))
         if recovery:
             model.recovered -= amount

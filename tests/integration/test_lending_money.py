@@ -34,6 +34,7 @@ from tests.lending_helpers import (
     lending_db,
     open_fund,
     repayment,
+    reversal,
     write_off,
 )
 
@@ -173,13 +174,7 @@ async def test_bad_input_is_invalid_argument_with_field_violations_and_writes_no
             invalid,
         )
     # A reversal of a transaction the loan does not have: which one, and why.
-    unknown = pb.ReverseRepaymentRequest(
-        request_id=request_id(),
-        loan_id=loan.loan_id,
-        transaction_id="txn-nothing-like-it",
-        reason="typo",
-        reversed_by="acc-01",
-    )
+    unknown = reversal(loan.loan_id, "txn-nothing-like-it", "typo")
     before = await cluster.row_counts()
     with pytest.raises(grpc.aio.AioRpcError) as no_such:
         await lending.ReverseRepayment(unknown)
