@@ -982,6 +982,18 @@ def journey_write_off(
                 "say --reason to propose a write-off (or, with --withdraw, to withdraw the "
                 "one proposed), or --confirm to confirm it"
             )
+        # Each step names only its own person: a name for another step is a mistake (the
+        # one-command form of before would otherwise propose and seem to write off).
+        for given, option, step in (
+            (proposed_by, "--proposed-by", not confirm and not withdraw),
+            (confirmed_by, "--confirmed-by", confirm),
+            (withdrawn_by, "--withdrawn-by", withdraw),
+        ):
+            if given and not step:
+                raise BadInput(
+                    f"{option} does not go with this step: propose (--reason), confirm "
+                    "(--confirm) and withdraw (--withdraw --reason) are separate commands"
+                )
         principal = _caller()
         if withdraw:
             why = inputs.text(reason or "", "--reason", 1000)
@@ -1538,7 +1550,15 @@ async def _workers_polling(client: Client) -> str:
         ),
         timeout=timedelta(seconds=5),
     )
-    pollers = len({poller.identity for poller in response.pollers})
+    # Temporal keeps a poller for minutes after its worker stops: only recent ones count.
+    recent = datetime.now(UTC) - timedelta(minutes=1)
+    pollers = len(
+        {
+            poller.identity
+            for poller in response.pollers
+            if poller.last_access_time.ToDatetime(tzinfo=UTC) >= recent
+        }
+    )
     return f"ok: {pollers} polling" if pollers else "no worker polling"
 
 

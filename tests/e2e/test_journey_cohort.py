@@ -37,6 +37,7 @@ from workers.journey.model import (
     JourneyStatus,
     LoanRequest,
     WriteOffDecision,
+    WriteOffProposal,
     journey_workflow_id,
 )
 from workers.journey.worker import build_worker
@@ -466,13 +467,12 @@ async def act(cluster: Cluster, m: Member, today: date, cohort_today: Figures) -
             1,
             loan.outstanding_principal_minor,
         )
+        reason = "No payment for over 90 days; the business has closed"
+        await handle.execute_update(
+            SurvivorJourneyWorkflow.propose_write_off, WriteOffProposal(reason, "lo-02")
+        )
         status = await handle.execute_update(
-            SurvivorJourneyWorkflow.record_write_off,
-            WriteOffDecision(
-                reason="No payment for over 90 days; the business has closed",
-                proposed_by="lo-02",
-                confirmed_by="pm-01",
-            ),
+            SurvivorJourneyWorkflow.record_write_off, WriteOffDecision(reason, "lo-02", "pm-01")
         )
         assert status.loan_status == "CLOSED_WRITTEN_OFF"
         m.written_off_minor = loan.outstanding_principal_minor

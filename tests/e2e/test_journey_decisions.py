@@ -30,6 +30,7 @@ from workers.journey.model import (
     SnapshotInput,
     WriteOffDecision,
     WriteOffInput,
+    WriteOffProposal,
     journey_workflow_id,
 )
 from workers.journey.worker import build_worker
@@ -168,6 +169,17 @@ async def test_a_write_off_needs_two_people_whatever_the_case_and_closes_the_sch
     async with build_worker(dev_client, activities, task_queue):
         handle, loan_id = await approved_journey(cluster, dev_client, task_queue)
 
+        # Nothing proposed: no write-off, whatever names the decision carries.
+        with pytest.raises(WorkflowUpdateFailedError) as raised:
+            await handle.execute_update(
+                SurvivorJourneyWorkflow.record_write_off,
+                WriteOffDecision("the business has closed", "lo-01", "pm-01"),
+            )
+        assert "no write-off is proposed" in refusal(raised.value).message
+        await handle.execute_update(
+            SurvivorJourneyWorkflow.propose_write_off,
+            WriteOffProposal("the business has closed", "lo-01"),
+        )
         # The same person spelled in another case is still one person: the journey refuses
         # it before anything reaches lending, as lending would.
         with pytest.raises(WorkflowUpdateFailedError) as raised:

@@ -154,3 +154,45 @@ async def test_a_reversal_takes_a_repaid_journey_back_to_its_repayment_cycle(
         again = await skip_until(env, handle, lambda s: s.stage == "REPAID", step=STEP, limit=SOON)
         assert again.closed_on == (await env.get_current_time()).date().isoformat()
         await handle.terminate("the test is over")
+
+
+@pytest.mark.timeout(180)
+async def test_a_reversal_after_the_last_due_date_or_during_a_follow_up_reopens_the_journey(
+    cluster: Cluster,
+    time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """Two reopenings the journey used to miss: a loan repaid after every instalment had
+    fallen due, whose payment bounces, stayed REPAID (nothing falls due any more); one
+    whose payment bounces while its +6 month follow-up awaits its answers was seen only at
+    the +12 month date."""
+    env = time_skipping_env
+    kiosk = LoanRequest("small_trade", 120_000, "a kiosk")
+    async with build_worker(env.client, activities, task_queue):
+        late = await approved_journey(cluster, env, task_queue, kiosk, "GRACE")
+        loan_id = (await status_of(late)).loan_id
+        await env.sleep(timedelta(days=400))  # past the last instalment, nothing paid
+        paid = await pay(cluster, env, loan_id, 120_000)
+        await late.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+        await skip_until(env, late, lambda s: s.stage == "REPAID", step=STEP, limit=SOON)
+        await cluster.lending.ReverseRepayment(reversal(loan_id, paid))
+        await late.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+        reopened = await skip_until(env, late, lambda s: s.stage != "REPAID", step=STEP, limit=SOON)
+        assert reopened.stage in ("REPAYMENT", "ARREARS_REVIEW"), reopened
+        assert (reopened.loan_status, reopened.days_past_due > 90) == ("ACTIVE", True)
+        await late.terminate("the test is over")
+
+        asked = await approved_journey(cluster, env, task_queue, kiosk, "GRACE")
+        loan_id = (await status_of(asked)).loan_id
+        paid = await pay(cluster, env, loan_id, 120_000)
+        await asked.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+        await skip_until(env, asked, lambda s: s.follow_up_due == 6, step=timedelta(days=10))
+        await cluster.lending.ReverseRepayment(reversal(loan_id, paid))
+        await asked.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+        reopened = await skip_until(
+            env, asked, lambda s: s.stage in ("REPAYMENT", "ARREARS_REVIEW"), step=STEP,
+            limit=SOON,
+        )  # fmt: skip
+        assert (reopened.follow_up_due, reopened.loan_status) == (0, "ACTIVE")
+        await asked.terminate("the test is over")

@@ -418,6 +418,8 @@ def test_temporal_helm_values_point_the_web_ui_at_the_codec_server() -> None:
     values = yaml.safe_load((K8S / "temporal-values.yaml").read_text())
     env = {item["name"]: item["value"] for item in values["web"]["additionalEnv"]}
     assert env["TEMPORAL_CODEC_ENDPOINT"] == f"http://127.0.0.1:{CODEC_PORT}"
+    # Watching only: decisions go through the CLI's token checks, not the UI's buttons.
+    assert env["TEMPORAL_DISABLE_WRITE_ACTIONS"] == "true"
     persistence = values["server"]["config"]["persistence"]
     for store in ("default", "visibility"):
         assert persistence[store]["sql"]["driver"] == "postgres12", store

@@ -10,6 +10,7 @@ Workflow code is deterministic: time comes from workflow.now(), money from the l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -247,6 +248,10 @@ class SurvivorJourneyWorkflow:
         self._decision_attempts = False  # set by DECISION_ATTEMPTS_PATCH
         self._writing_off = False
         self._loan_changed = False
+        # loan_changed signals heard, and how many had been when the ledger was last read:
+        # a signal that comes while the journey does something else is not lost.
+        self._loan_news = 0
+        self._news_at_read = 0
         self._follow_up: FollowUp | None = None
         # Set by FEWER_TASKS_PATCH: local activities and batched search attributes.
         self._fewer_tasks = False
@@ -452,12 +457,20 @@ class SurvivorJourneyWorkflow:
         return self._complete()
 
     async def _watch_until(self, day: date, stop: Callable[[LoanSnapshot], bool]) -> bool:
-        """Wait until `day`, reading the loan after each change heard and on the day;
-        True as soon as a read satisfies `stop`."""
-        while day > today() and await self._wait_or_interrupted(day):
+        """Wait until `day`, reading the loan after each change heard (since the last
+        read, so one heard meanwhile counts) and on the day; True as soon as a read
+        satisfies `stop`."""
+        while True:
+            if not self._news_unread() and day > today():
+                with contextlib.suppress(TimeoutError):  # the day has come
+                    await self._wait_condition(self._news_unread, within=self._until(day))
             if stop(await self._snapshot()):
                 return True
-        return stop(await self._snapshot())
+            if day <= today():
+                return False
+
+    def _news_unread(self) -> bool:
+        return self._loan_news != self._news_at_read
 
     async def _repayment_cycle(self) -> None:
         """One turn per instalment: remind before the due date, check the ledger after
@@ -496,6 +509,8 @@ class SurvivorJourneyWorkflow:
                     self._s.reminded_due_dates.append(snap.next_due_date)
                 wake = due + timedelta(days=policy.due_tolerance_days)
             else:  # every instalment has fallen due: watch the arrears until they close
+                if self._s.stage in (Stage.REPAID, Stage.FOLLOW_UP):  # reopened by a reversal
+                    self._set_stage(Stage.REPAYMENT)
                 wake = today() + timedelta(days=policy.arrears_check_days)
             await self._wait_or_interrupted(wake)
             if workflow.info().is_continue_as_new_suggested():
@@ -506,6 +521,7 @@ class SurvivorJourneyWorkflow:
 
     async def _snapshot(self) -> LoanSnapshot:
         assert self._s.loan is not None
+        self._news_at_read = self._loan_news
         snap = await self._call(
             JourneyActivities.loan_snapshot,
             SnapshotInput(self._s.loan.loan_id, today().isoformat()),
@@ -551,7 +567,8 @@ class SurvivorJourneyWorkflow:
             if months in self._s.follow_ups_recorded:
                 continue
             due = add_months(closed, months)
-            if workflow.patched(FOLLOWS_THE_LEDGER_PATCH):
+            watch = workflow.patched(FOLLOWS_THE_LEDGER_PATCH)
+            if watch:
                 if await self._watch_until(due, lambda snap: not loan_closed(snap)):
                     self._s.closed_on = ""  # reopened
                     return True
@@ -566,15 +583,34 @@ class SurvivorJourneyWorkflow:
                 key=f"follow-up/{months}",
             )
             self._follow_up = None
-            try:
-                await self._wait_condition(
-                    lambda: self._follow_up is not None,
-                    within=timedelta(days=policy.follow_up_window_days),
-                )
-            except TimeoutError:
-                workflow.logger.info("follow-up not recorded in time", extra={"months": months})
-                self._s.follow_up_due = 0
-                continue
+            if watch:  # hear of a reversal while the answers are awaited, too
+                window_ends = today() + timedelta(days=policy.follow_up_window_days)
+                while self._follow_up is None and today() < window_ends:
+                    try:
+                        await self._wait_condition(
+                            lambda: self._follow_up is not None or self._news_unread(),
+                            within=self._until(window_ends),
+                        )
+                    except TimeoutError:
+                        break
+                    if self._follow_up is None and not loan_closed(await self._snapshot()):
+                        self._s.follow_up_due = 0
+                        self._s.closed_on = ""  # reopened
+                        return True
+                if self._follow_up is None:
+                    workflow.logger.info("follow-up not recorded in time", extra={"months": months})
+                    self._s.follow_up_due = 0
+                    continue
+            else:
+                try:
+                    await self._wait_condition(
+                        lambda: self._follow_up is not None,
+                        within=timedelta(days=policy.follow_up_window_days),
+                    )
+                except TimeoutError:
+                    workflow.logger.info("follow-up not recorded in time", extra={"months": months})
+                    self._s.follow_up_due = 0
+                    continue
             assert self._follow_up is not None
             loan_id = ""
             if self._s.loan is not None and workflow.patched(FOLLOW_UP_PER_LOAN_PATCH):
@@ -748,10 +784,12 @@ class SurvivorJourneyWorkflow:
         ):
             raise ValueError("a write-off needs a proposer and a different confirming approver")
         held = self._s.write_off_proposal
-        if held is not None and (held.reason, held.proposed_by) != (
-            decision.reason,
-            decision.proposed_by,
-        ):
+        if held is None:
+            raise ValueError(
+                "no write-off is proposed: one person proposes it (propose_write_off), "
+                "another confirms it"
+            )
+        if (held.reason, held.proposed_by) != (decision.reason, decision.proposed_by):
             raise ValueError(
                 f"the write-off proposed by {held.proposed_by} ({held.reason}) is the one to "
                 "confirm"
@@ -783,6 +821,8 @@ class SurvivorJourneyWorkflow:
     def validate_write_off_withdrawal(self, withdrawal: WriteOffWithdrawal) -> None:
         if self._s.write_off_proposal is None:
             raise ValueError("no write-off is proposed")
+        if self._writing_off:
+            raise ValueError("the write-off is being confirmed: it can no longer be withdrawn")
         if not withdrawal.reason.strip() or not withdrawal.withdrawn_by.strip():
             raise ValueError("a withdrawal needs a reason and who withdraws it")
 
@@ -820,6 +860,7 @@ class SurvivorJourneyWorkflow:
         repaid early is seen closed the same day, not at its next due date."""
         if self._s.loan is not None and change.loan_id == self._s.loan.loan_id:
             self._loan_changed = True
+            self._loan_news += 1
 
     @workflow.signal
     def assistance_updated(self, state: AssistanceState) -> None:
