@@ -113,9 +113,23 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             raise invalid(field, f"unknown assistance type {type_id!r}", "UNKNOWN_TYPE")
         return plugin
 
+    async def _check_type_filter(self, type_id: str, recorded_in: str) -> None:
+        """A type filter names an installed type, or one whose records are kept (a type
+        uninstalled since: its records are still listed by it)."""
+        if type_id and type_id not in self.catalogue:
+            kept = await self.db.pool.fetchval(
+                f"SELECT EXISTS (SELECT 1 FROM {recorded_in} WHERE type_id = $1)", type_id
+            )
+            if not kept:
+                self._plugin(type_id)  # refused: unknown assistance type
+
     def _check_state_filter(self, type_id: str, state: str) -> None:
-        """A state filter names a state of the type asked for, or of any type."""
-        plugins = [self._plugin(type_id)] if type_id else list(self.catalogue.values())
+        """A state filter names a state of the type asked for, or of any installed type."""
+        plugins = (
+            [self.catalogue[type_id]]
+            if type_id in self.catalogue
+            else list(self.catalogue.values())
+        )
         known = sorted({s for plugin in plugins for s in plugin.all_states})
         if state not in known:
             raise invalid(
@@ -188,8 +202,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         self, request: pb.ListNeedsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListNeedsResponse:
         require_known_district_filter(request.district_code)
-        if request.type_id:
-            self._plugin(request.type_id)
+        await self._check_type_filter(request.type_id, "needs")
         filters = {
             "survivor_id": request.survivor_id,
             "type_id": request.type_id,
@@ -577,8 +590,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         self, request: pb.ListAssistanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAssistanceResponse:
         require_known_district_filter(request.district_code)
-        if request.type_id:
-            self._plugin(request.type_id)
+        await self._check_type_filter(request.type_id, "assistance")
         if request.state:
             self._check_state_filter(request.type_id, request.state)
         filters = {
@@ -610,8 +622,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         self, request: pb.ListProvidersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListProvidersResponse:
         require_known_district_filter(request.district_code)
-        if request.type_id:
-            self._plugin(request.type_id)
+        await self._check_type_filter(request.type_id, "capacity_pools")
         filters = {"type_id": request.type_id, "district_code": request.district_code}
         after = pagination.decode(request.page_token, filters, (pagination.text,))
         size = pagination.page_size(request.page_size)
