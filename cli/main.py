@@ -420,6 +420,8 @@ def journey_start(
         if product is not None and amount is not None:
             if len(purpose) > 500:
                 raise BadInput("--purpose is longer than 500 characters")
+            if purpose and not purpose.strip():  # given, but says nothing
+                raise BadInput("--purpose is blank: say what the loan is for, or leave it out")
             loan = LoanRequest(
                 inputs.code(product, "product"),
                 inputs.amount_minor(amount, "--amount"),

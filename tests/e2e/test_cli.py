@@ -846,6 +846,8 @@ async def test_bad_input_is_refused_before_any_call(
         (WRITE_OFF[:3], "say --reason to propose a write-off (or, with --withdraw"),
         ([*WRITE_OFF[:3], "--withdraw"], "say --reason to propose a write-off (or, with"),
         ([*WRITE_OFF, "--confirmed-by", "pm-01"], "--confirmed-by does not go with this step"),
+        (["journey", "start", "srv-0001", "--case-worker", "cw-01", "--product", "small_trade",
+          "--amount", "100", "--purpose", "   "], "--purpose is blank"),
         ([*WRITE_OFF[:3], "--confirm", "--proposed-by", "lo-01"], "--proposed-by does not go"),
         ([*FOLLOW_UP, "--income", "-5", "--working"], "--income must not be negative"),
         ([*FOLLOW_UP, "--income", "900"], "say --working or --not-working"),
