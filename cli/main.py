@@ -1170,18 +1170,42 @@ def journey_assist(
             known.check_step(kind, step, step_data)
         client, latest, _ = await _latest_journey(sid)
         workflow_id = assistance_workflow_id(latest.workflow_id, kind)
-        state: AssistanceState = await _send_update(
-            client.get_workflow_handle(workflow_id),
-            AssistanceWorkflow.refresh if refresh else AssistanceWorkflow.advance,
-            AssistanceRefresh(who) if refresh else AssistanceAction(step, who, step_data),
-            settings.effective_temporal_address,
-            f"the {kind} item of {sid} ({workflow_id})",
-            refuser=f"the {kind} item",
-        )
+        try:
+            state: AssistanceState = await _send_update(
+                client.get_workflow_handle(workflow_id),
+                AssistanceWorkflow.refresh if refresh else AssistanceWorkflow.advance,
+                AssistanceRefresh(who) if refresh else AssistanceAction(step, who, step_data),
+                settings.effective_temporal_address,
+                f"the {kind} item of {sid} ({workflow_id})",
+                refuser=f"the {kind} item",
+            )
+        except CliError as error:
+            if not str(error).endswith("was not found"):
+                raise
+            raise await _not_requested(client, latest.workflow_id, kind) or error from None
         done = "read its record again" if refresh else step
         render.line(f"{kind} of {sid}: {done} by {who}; now {render.assistance_state(state)}")
 
     run(go())
+
+
+async def _not_requested(client: Client, journey_id: str, kind: str) -> CliError | None:
+    """Why a journey has no item of `kind`, when it says: the assessment did not find the
+    survivor eligible for it, so it was never requested."""
+    try:
+        status = await client.get_workflow_handle(journey_id).query(
+            SurvivorJourneyWorkflow.status, rpc_timeout=RPC_TIMEOUT
+        )
+    except Exception:  # the journey cannot say: the plain "not found" stands
+        return None
+    held = next((a for a in status.assistance if a.type_id == kind), None)
+    if held is None or held.assistance_id or not held.terminal:
+        return None
+    found = "not eligible" if held.state == "not_eligible" else "to need a review first"
+    return CliError(
+        f"the journey {journey_id} did not request {kind}: its assessment found the "
+        f"survivor {found} for it"
+    )
 
 
 _STAGES = tuple(stage.value for stage in Stage)

@@ -1575,3 +1575,37 @@ async def test_health_says_which_part_of_the_cluster_is_down(
     assert shown["temporal"] == "not reachable", shown
     assert shown["journey workers"] == "unknown (no Temporal)", shown
     assert one_error_line(ran) == "error: not healthy: temporal, journey workers"
+
+
+async def test_an_item_the_survivor_was_not_eligible_for_says_so(
+    cli_env: dict[str, str],
+    cluster: Cluster,
+    dev_client: Client,
+    activities: JourneyActivities,
+    task_queue: str,
+    tmp_path: Path,
+) -> None:
+    """No walking difficulty: the journey does not request the wheelchair, and a step sent
+    to it says why, not only that no item was found."""
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    intake = write_intake(tmp_path, survivor_id)
+    intake.write_text(intake.read_text().replace("a_lot_of_difficulty", "no_difficulty"))
+    assert (await mineaction(cli_env, "register", str(intake))).exit_code == 0
+    pool = await own_pool(cluster, "baku-mobility-aids", "wheelchair", 1)
+    async with build_worker(dev_client, activities, task_queue):
+        ran = await mineaction(
+            cli_env, "journey", "start", survivor_id, "--case-worker", "cw-01",
+            "--product", "small_trade", "--amount", "1000",
+            "--assistance", f"wheelchair:baku-mobility-aids:{pool}",
+            "--data", "wheelchair:seat_width_cm=44",
+        )  # fmt: skip
+        assert ran.exit_code == 0, ran
+        handle = dev_client.get_workflow_handle(journey_workflow_id(survivor_id))
+        await wait_until(handle, lambda s: bool(s.assistance), "planned its items")
+        step = ["journey", "assist", survivor_id, "wheelchair", "allocate_from_stock"]
+        line = one_error_line(await mineaction(cli_env, *step, "--actor", "supplier-01"))
+        assert line == (
+            f"error: the journey journey-{survivor_id} did not request wheelchair: its "
+            "assessment found the survivor not eligible for it"
+        ), line
+        await handle.terminate("the test is over")
