@@ -641,6 +641,18 @@ async def _latest_journey(survivor_id: str) -> tuple[Client, _Journey, list[_Jou
     return client, journeys[-1], journeys[:-1]
 
 
+async def _latest_status(survivor_id: str) -> tuple[WorkflowHandle[Any, Any], JourneyStatus]:
+    """The survivor's current journey and its status query's answer."""
+    client, latest, _ = await _latest_journey(survivor_id)
+    handle = client.get_workflow_handle(latest.workflow_id)
+    address = context.settings().effective_temporal_address
+    with temporal(address, f"the journey {latest.workflow_id}"):
+        status: JourneyStatus = await handle.query(
+            SurvivorJourneyWorkflow.status, rpc_timeout=RPC_TIMEOUT
+        )
+    return handle, status
+
+
 async def _no_open_loan(survivor_id: str, previous: _Journey | None) -> None:
     """A journey is refused while a loan of the survivor is still open in the ledger: a
     later journey's `previous` one may have been terminated while its loan was being
@@ -1022,15 +1034,10 @@ def journey_write_off(
             return
         confirmer = inputs.staff(confirmed_by or principal.subject, "--confirmed-by")
         _acting(_LENDING + "ConfirmLoanWriteOff", confirmer)
-        client, latest, _ = await _latest_journey(sid)
-        settings = context.settings()
-        with temporal(settings.effective_temporal_address, f"the journey {latest.workflow_id}"):
-            held = await client.get_workflow_handle(latest.workflow_id).query(
-                SurvivorJourneyWorkflow.status, rpc_timeout=RPC_TIMEOUT
-            )
+        latest, held = await _latest_status(sid)
         if not held.write_off_proposed_by:
             raise CliError(
-                f"no write-off is proposed for {latest.workflow_id}'s loan: one person proposes "
+                f"no write-off is proposed for {latest.id}'s loan: one person proposes "
                 f"it first (mineaction journey write-off {sid} --reason ...)"
             )
         proposer = held.write_off_proposed_by
@@ -1062,22 +1069,17 @@ def journey_refresh(
     async def go() -> None:
         sid = inputs.identifier(survivor_id, "survivor id")
         _acting(_LENDING + "GetLoan")
-        client, latest, _ = await _latest_journey(sid)
-        settings = context.settings()
-        handle = client.get_workflow_handle(latest.workflow_id)
-        with temporal(settings.effective_temporal_address, f"the journey {latest.workflow_id}"):
-            status: JourneyStatus = await handle.query(
-                SurvivorJourneyWorkflow.status, rpc_timeout=RPC_TIMEOUT
-            )
-            if not status.loan_id:
-                raise CliError(f"the journey {latest.workflow_id} has no loan to read")
-            await handle.signal(
+        latest, status = await _latest_status(sid)
+        if not status.loan_id:
+            raise CliError(f"the journey {latest.id} has no loan to read")
+        with temporal(context.settings().effective_temporal_address, f"the journey {latest.id}"):
+            await latest.signal(
                 SurvivorJourneyWorkflow.loan_changed,
                 LoanChanged(status.loan_id),
                 rpc_timeout=RPC_TIMEOUT,
             )
         render.line(
-            f"the journey {latest.workflow_id} reads loan {status.loan_id} from the ledger now "
+            f"the journey {latest.id} reads loan {status.loan_id} from the ledger now "
             f"(mineaction journey status {sid})"
         )
 
@@ -1535,7 +1537,11 @@ def health() -> None:
         else:
             rows.append(("temporal", temporal_address, "ok"))
             rows.append(
-                ("journey workers", settings.journey_task_queue, await _workers_polling(client))
+                (
+                    "journey workers",
+                    settings.journey_task_queue,
+                    await _workers_polling(client, settings.journey_task_queue),
+                )
             )
         table = Table(title="Cluster health")
         for column in ("Part", "Address", "State"):
@@ -1566,12 +1572,12 @@ async def _service_health(settings: Settings, address: str) -> str:
     return "ok" if answer.status == health_pb2.HealthCheckResponse.SERVING else "not serving"
 
 
-async def _workers_polling(client: Client) -> str:
+async def _workers_polling(client: Client, task_queue: str) -> str:
     """How many workers Temporal has seen polling the journey task queue lately."""
     response = await client.workflow_service.describe_task_queue(
         DescribeTaskQueueRequest(
             namespace=client.namespace,
-            task_queue=TaskQueue(name=context.settings().journey_task_queue),
+            task_queue=TaskQueue(name=task_queue),
             task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
         ),
         timeout=timedelta(seconds=5),

@@ -568,11 +568,9 @@ class SurvivorJourneyWorkflow:
                 continue
             due = add_months(closed, months)
             watch = workflow.patched(FOLLOWS_THE_LEDGER_PATCH)
-            if watch:
-                if await self._watch_until(due, lambda snap: not loan_closed(snap)):
-                    self._s.closed_on = ""  # reopened
-                    return True
-            elif due > today():
+            if watch and await self._watch_until(due, lambda snap: not loan_closed(snap)):
+                return self._reopened()
+            if not watch and due > today():
                 await self._sleep(self._until(due))
             self._set_stage(Stage.FOLLOW_UP)
             self._s.follow_up_due = months
@@ -584,33 +582,18 @@ class SurvivorJourneyWorkflow:
             )
             self._follow_up = None
             if watch:  # hear of a reversal while the answers are awaited, too
-                window_ends = today() + timedelta(days=policy.follow_up_window_days)
-                while self._follow_up is None and today() < window_ends:
-                    try:
-                        await self._wait_condition(
-                            lambda: self._follow_up is not None or self._news_unread(),
-                            within=self._until(window_ends),
-                        )
-                    except TimeoutError:
-                        break
-                    if self._follow_up is None and not loan_closed(await self._snapshot()):
-                        self._s.follow_up_due = 0
-                        self._s.closed_on = ""  # reopened
-                        return True
-                if self._follow_up is None:
-                    workflow.logger.info("follow-up not recorded in time", extra={"months": months})
-                    self._s.follow_up_due = 0
-                    continue
+                if await self._reopened_while_awaiting_answers(policy.follow_up_window_days):
+                    return self._reopened()
             else:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await self._wait_condition(
                         lambda: self._follow_up is not None,
                         within=timedelta(days=policy.follow_up_window_days),
                     )
-                except TimeoutError:
-                    workflow.logger.info("follow-up not recorded in time", extra={"months": months})
-                    self._s.follow_up_due = 0
-                    continue
+            if self._follow_up is None:
+                workflow.logger.info("follow-up not recorded in time", extra={"months": months})
+                self._s.follow_up_due = 0
+                continue
             assert self._follow_up is not None
             loan_id = ""
             if self._s.loan is not None and workflow.patched(FOLLOW_UP_PER_LOAN_PATCH):
@@ -632,6 +615,28 @@ class SurvivorJourneyWorkflow:
             self._s.follow_up_due = 0
             self._set_stage(Stage.REPAID)
         return False
+
+    async def _reopened_while_awaiting_answers(self, days: int) -> bool:
+        """Wait up to `days` for the follow-up's answers; True if, meanwhile, a change
+        heard turns out to have reopened the loan."""
+        window_ends = today() + timedelta(days=days)
+        while self._follow_up is None and today() < window_ends:
+            try:
+                await self._wait_condition(
+                    lambda: self._follow_up is not None or self._news_unread(),
+                    within=self._until(window_ends),
+                )
+            except TimeoutError:
+                return False
+            if self._follow_up is None and not loan_closed(await self._snapshot()):
+                return True
+        return False
+
+    def _reopened(self) -> bool:
+        """A reversal reopened the loan: no follow-up is due, nothing is closed."""
+        self._s.follow_up_due = 0
+        self._s.closed_on = ""
+        return True
 
     def _complete(self) -> JourneyStatus:
         self._set_stage(Stage.COMPLETED)
