@@ -54,10 +54,21 @@ def _integer(bits: int) -> Callable[[Any], int]:
 
 
 int32, int64 = _integer(32), _integer(64)
+
+
+def xid8(part: Any) -> str:
+    """A PostgreSQL transaction id (xid8), kept as its decimal text."""
+    if not isinstance(part, str) or not part.isascii() or not part.isdigit() or int(part) >= 2**64:
+        raise ValueError(part)
+    return part
+
+
 iso_date = date.fromisoformat  # TypeError for anything but text
 
 
-def decode(token: str, query: Any, parts: tuple[Callable[[Any], Any], ...]) -> list[Any] | None:
+def decode(
+    token: str, query: Any, parts: tuple[Callable[[Any], Any], ...], field: str = "page_token"
+) -> list[Any] | None:
     """The sort key to continue after, each part read by its `parts` reader (text, int32,
     int64, iso_date), or None for the first page. Any token this service did not issue for
     this query is INVALID_ARGUMENT, never a failure further on."""
@@ -68,7 +79,7 @@ def decode(token: str, query: Any, parts: tuple[Callable[[Any], Any], ...]) -> l
         key, fingerprint = payload["k"], payload["q"]
         typed = [read(part) for read, part in zip(parts, key, strict=True)]
     except (ValueError, KeyError, TypeError):
-        raise invalid("page_token", "not a page token issued by this service") from None
+        raise invalid(field, "not a page token issued by this service") from None
     if fingerprint not in (_fingerprint(query, key), _fingerprint(query)):
-        raise invalid("page_token", "not a page token this service issued for this query (filters)")
+        raise invalid(field, "not a page token this service issued for this query (filters)")
     return typed

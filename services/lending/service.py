@@ -39,6 +39,10 @@ HERE = Path(__file__).parent
 DEFAULT_FUND = "main"
 
 
+# The change feed's cursors are page tokens of this one query.
+LOAN_CHANGES = "loan-changes"
+
+
 def today() -> date:
     return datetime.now(UTC).date()
 
@@ -510,6 +514,39 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         if not report.HasField("total"):
             report.total.CopyFrom(pb.PortfolioFigures(repayment_rate_basis_points=10_000))
         return pb.GetPortfolioReportResponse(report=report)
+
+    async def ListLoanChanges(
+        self, request: pb.ListLoanChangesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListLoanChangesResponse:
+        after = pagination.decode(
+            request.after, LOAN_CHANGES, (pagination.xid8, pagination.int64), field="after"
+        )
+        rows = await self.db.pool.fetch(
+            """SELECT c.txid::text AS txid, c.change_id, c.loan_id, c.kind, c.changed_at,
+                      l.survivor_id
+               FROM loan_changes c JOIN loans l USING (loan_id)
+               WHERE (c.txid, c.change_id) > ($1::text::xid8, $2::bigint)
+                 -- Only transactions older than any still running: none can commit
+                 -- a change behind the cursor afterwards.
+                 AND c.txid < pg_snapshot_xmin(pg_current_snapshot())
+               ORDER BY c.txid, c.change_id LIMIT $3""",
+            *(after or ("0", 0)),
+            pagination.page_size(request.page_size),
+        )
+        if not rows:
+            return pb.ListLoanChangesResponse(cursor=request.after)
+        return pb.ListLoanChangesResponse(
+            changes=[
+                pb.LoanChange(
+                    loan_id=r["loan_id"],
+                    survivor_id=r["survivor_id"],
+                    kind=pb.LoanChangeKind.Value(f"LOAN_CHANGE_KIND_{r['kind']}"),
+                    change_time=timestamp(r["changed_at"]),
+                )
+                for r in rows
+            ],
+            cursor=pagination.encode([rows[-1]["txid"], rows[-1]["change_id"]], LOAN_CHANGES),
+        )
 
     # ----- money ------------------------------------------------------------------------
 

@@ -168,6 +168,66 @@ INSTALMENT_STATE_WRITTEN_OFF: InstalmentState.ValueType  # 6
 """Written off."""
 Global___InstalmentState: _TypeAlias = InstalmentState  # noqa: Y015
 
+class _LoanChangeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LoanChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LoanChangeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LOAN_CHANGE_KIND_UNSPECIFIED: _LoanChangeKind.ValueType  # 0
+    """Not set."""
+    LOAN_CHANGE_KIND_STATE: _LoanChangeKind.ValueType  # 1
+    """The loan's lifecycle state changed (submitted, approved, closed...)."""
+    LOAN_CHANGE_KIND_DISBURSEMENT: _LoanChangeKind.ValueType  # 2
+    """A tranche was disbursed."""
+    LOAN_CHANGE_KIND_REPAYMENT: _LoanChangeKind.ValueType  # 3
+    """A repayment was recorded."""
+    LOAN_CHANGE_KIND_REPAYMENT_REVERSAL: _LoanChangeKind.ValueType  # 4
+    """A repayment was reversed."""
+    LOAN_CHANGE_KIND_WRITE_OFF: _LoanChangeKind.ValueType  # 5
+    """The outstanding principal was written off."""
+    LOAN_CHANGE_KIND_RECOVERY: _LoanChangeKind.ValueType  # 6
+    """A recovery was recorded after a write-off."""
+    LOAN_CHANGE_KIND_RECOVERY_REVERSAL: _LoanChangeKind.ValueType  # 7
+    """A recovery was reversed."""
+    LOAN_CHANGE_KIND_SCHEDULE: _LoanChangeKind.ValueType  # 8
+    """A schedule revision was made (at the first disbursement, or a reschedule)."""
+    LOAN_CHANGE_KIND_DELINQUENCY_PAUSE: _LoanChangeKind.ValueType  # 9
+    """Delinquency was paused for hardship."""
+    LOAN_CHANGE_KIND_WRITE_OFF_PROPOSAL: _LoanChangeKind.ValueType  # 10
+    """A write-off was proposed."""
+    LOAN_CHANGE_KIND_WRITE_OFF_WITHDRAWAL: _LoanChangeKind.ValueType  # 11
+    """A write-off proposal was withdrawn."""
+
+class LoanChangeKind(_LoanChangeKind, metaclass=_LoanChangeKindEnumTypeWrapper):
+    """LoanChangeKind says what changed a loan."""
+
+LOAN_CHANGE_KIND_UNSPECIFIED: LoanChangeKind.ValueType  # 0
+"""Not set."""
+LOAN_CHANGE_KIND_STATE: LoanChangeKind.ValueType  # 1
+"""The loan's lifecycle state changed (submitted, approved, closed...)."""
+LOAN_CHANGE_KIND_DISBURSEMENT: LoanChangeKind.ValueType  # 2
+"""A tranche was disbursed."""
+LOAN_CHANGE_KIND_REPAYMENT: LoanChangeKind.ValueType  # 3
+"""A repayment was recorded."""
+LOAN_CHANGE_KIND_REPAYMENT_REVERSAL: LoanChangeKind.ValueType  # 4
+"""A repayment was reversed."""
+LOAN_CHANGE_KIND_WRITE_OFF: LoanChangeKind.ValueType  # 5
+"""The outstanding principal was written off."""
+LOAN_CHANGE_KIND_RECOVERY: LoanChangeKind.ValueType  # 6
+"""A recovery was recorded after a write-off."""
+LOAN_CHANGE_KIND_RECOVERY_REVERSAL: LoanChangeKind.ValueType  # 7
+"""A recovery was reversed."""
+LOAN_CHANGE_KIND_SCHEDULE: LoanChangeKind.ValueType  # 8
+"""A schedule revision was made (at the first disbursement, or a reschedule)."""
+LOAN_CHANGE_KIND_DELINQUENCY_PAUSE: LoanChangeKind.ValueType  # 9
+"""Delinquency was paused for hardship."""
+LOAN_CHANGE_KIND_WRITE_OFF_PROPOSAL: LoanChangeKind.ValueType  # 10
+"""A write-off was proposed."""
+LOAN_CHANGE_KIND_WRITE_OFF_WITHDRAWAL: LoanChangeKind.ValueType  # 11
+"""A write-off proposal was withdrawn."""
+Global___LoanChangeKind: _TypeAlias = LoanChangeKind  # noqa: Y015
+
 @_typing.final
 class LoanProduct(_message.Message):
     """LoanProduct is one version of a loan product."""
@@ -1994,3 +2054,97 @@ class GetPortfolioReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetPortfolioReportResponse: _TypeAlias = GetPortfolioReportResponse  # noqa: Y015
+
+@_typing.final
+class ListLoanChangesRequest(_message.Message):
+    """ListLoanChangesRequest is the request for LendingService.ListLoanChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum changes to return; 0 means the server default."""
+    after: _builtins.str
+    """The cursor from a previous response: changes after it. Empty: from the first."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLoanChangesRequest: _TypeAlias = ListLoanChangesRequest  # noqa: Y015
+
+@_typing.final
+class LoanChange(_message.Message):
+    """LoanChange is one change to one loan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOAN_ID_FIELD_NUMBER: _builtins.int
+    SURVIVOR_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    loan_id: _builtins.str
+    """The loan."""
+    survivor_id: _builtins.str
+    """Its borrower (the opaque survivor id)."""
+    kind: Global___LoanChangeKind.ValueType
+    """What changed it."""
+    @_builtins.property
+    def change_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was written."""
+
+    def __init__(
+        self,
+        *,
+        loan_id: _builtins.str = ...,
+        survivor_id: _builtins.str = ...,
+        kind: Global___LoanChangeKind.ValueType = ...,
+        change_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "kind", b"kind", "loan_id", b"loan_id", "survivor_id", b"survivor_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoanChange: _TypeAlias = LoanChange  # noqa: Y015
+
+@_typing.final
+class ListLoanChangesResponse(_message.Message):
+    """ListLoanChangesResponse is the response for LendingService.ListLoanChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """Pass as `after` to read on; set even when no change is new (then the
+    request's own cursor).
+    """
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoanChange]:
+        """The changes, oldest first. A transaction still running holds back its own
+        changes and every later one until it ends, so none is ever passed over.
+        """
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___LoanChange] | None = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "cursor", b"cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLoanChangesResponse: _TypeAlias = ListLoanChangesResponse  # noqa: Y015

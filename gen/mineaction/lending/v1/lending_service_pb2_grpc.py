@@ -128,6 +128,11 @@ class LendingServiceStub:
                 request_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.GetPortfolioReportRequest.SerializeToString,
                 response_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.GetPortfolioReportResponse.FromString,
                 _registered_method=True)
+        self.ListLoanChanges = channel.unary_unary(
+                '/mineaction.lending.v1.LendingService/ListLoanChanges',
+                request_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanChangesRequest.SerializeToString,
+                response_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanChangesResponse.FromString,
+                _registered_method=True)
 
 
 class LendingServiceServicer:
@@ -267,6 +272,15 @@ class LendingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLoanChanges(self, request, context):
+        """ListLoanChanges reads the loan change feed: the loans changed after a cursor,
+        oldest change first, whichever client changed them. The journey worker follows
+        it to hear of repayments made outside the journey.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LendingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -359,6 +373,11 @@ def add_LendingServiceServicer_to_server(servicer, server):
                     servicer.GetPortfolioReport,
                     request_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.GetPortfolioReportRequest.FromString,
                     response_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.GetPortfolioReportResponse.SerializeToString,
+            ),
+            'ListLoanChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLoanChanges,
+                    request_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanChangesRequest.FromString,
+                    response_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -851,6 +870,33 @@ class LendingService:
             '/mineaction.lending.v1.LendingService/GetPortfolioReport',
             mineaction_dot_lending_dot_v1_dot_lending__service__pb2.GetPortfolioReportRequest.SerializeToString,
             mineaction_dot_lending_dot_v1_dot_lending__service__pb2.GetPortfolioReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLoanChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mineaction.lending.v1.LendingService/ListLoanChanges',
+            mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanChangesRequest.SerializeToString,
+            mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,6 +81,11 @@ class LendingServiceStub:
     """GetFund returns a loan fund's capital figures."""
     GetPortfolioReport: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.GetPortfolioReportRequest, _lending_service_pb2.GetPortfolioReportResponse]
     """GetPortfolioReport returns portfolio-at-risk and repayment figures."""
+    ListLoanChanges: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.ListLoanChangesRequest, _lending_service_pb2.ListLoanChangesResponse]
+    """ListLoanChanges reads the loan change feed: the loans changed after a cursor,
+    oldest change first, whichever client changed them. The journey worker follows
+    it to hear of repayments made outside the journey.
+    """
 
 @_typing.type_check_only
 class LendingServiceAsyncStub(LendingServiceStub):
@@ -135,6 +140,11 @@ class LendingServiceAsyncStub(LendingServiceStub):
     """GetFund returns a loan fund's capital figures."""
     GetPortfolioReport: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.GetPortfolioReportRequest, _lending_service_pb2.GetPortfolioReportResponse]  # type: ignore[assignment]
     """GetPortfolioReport returns portfolio-at-risk and repayment figures."""
+    ListLoanChanges: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.ListLoanChangesRequest, _lending_service_pb2.ListLoanChangesResponse]  # type: ignore[assignment]
+    """ListLoanChanges reads the loan change feed: the loans changed after a cursor,
+    oldest change first, whichever client changed them. The journey worker follows
+    it to hear of repayments made outside the journey.
+    """
 
 class LendingServiceServicer(metaclass=_abc_1.ABCMeta):
     """LendingService runs the zero-interest micro-loan portfolio: applications,
@@ -294,5 +304,16 @@ class LendingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lending_service_pb2.GetPortfolioReportResponse, _abc.Awaitable[_lending_service_pb2.GetPortfolioReportResponse]]:
         """GetPortfolioReport returns portfolio-at-risk and repayment figures."""
+
+    @_abc_1.abstractmethod
+    def ListLoanChanges(
+        self,
+        request: _lending_service_pb2.ListLoanChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lending_service_pb2.ListLoanChangesResponse, _abc.Awaitable[_lending_service_pb2.ListLoanChangesResponse]]:
+        """ListLoanChanges reads the loan change feed: the loans changed after a cursor,
+        oldest change first, whichever client changed them. The journey worker follows
+        it to hear of repayments made outside the journey.
+        """
 
 def add_LendingServiceServicer_to_server(servicer: LendingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

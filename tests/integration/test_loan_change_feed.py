@@ -1,0 +1,207 @@
+"""The loan change feed (ListLoanChanges) against real PostgreSQL: every change to a loan,
+whichever call made it, in the order written; a cursor reads on from where the last read
+ended; a transaction still open holds back what follows it, so a cursor never passes
+over a change that commits late; a cursor the service did not issue is refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import date
+
+import grpc
+import pytest
+
+from mineaction.lending.v1 import lending_service_pb2 as pb
+from services.common import pagination
+from services.lending.service import LOAN_CHANGES
+from tests.conftest import Cluster
+from tests.factories import pdate, request_id
+from tests.lending_helpers import (
+    approved_loan,
+    disburse,
+    field_violations,
+    lending_db,
+    open_fund,
+    repayment,
+    reversal,
+)
+
+START = date(2026, 3, 10)
+
+
+async def feed_end(cluster: Cluster) -> str:
+    """A cursor at the feed's present end."""
+    cursor = ""
+    while True:
+        page = await cluster.lending.ListLoanChanges(
+            pb.ListLoanChangesRequest(after=cursor, page_size=500)
+        )
+        if not page.changes:
+            return page.cursor
+        cursor = page.cursor
+
+
+async def changes_after(cluster: Cluster, cursor: str, page_size: int = 0) -> list[pb.LoanChange]:
+    changes: list[pb.LoanChange] = []
+    while True:
+        page = await cluster.lending.ListLoanChanges(
+            pb.ListLoanChangesRequest(after=cursor, page_size=page_size)
+        )
+        if not page.changes:
+            assert page.cursor == cursor  # nothing new: the same cursor back
+            return changes
+        changes.extend(page.changes)
+        cursor = page.cursor
+
+
+def kinds(changes: list[pb.LoanChange], loan_id: str) -> list[str]:
+    return [
+        pb.LoanChangeKind.Name(c.kind).removeprefix("LOAN_CHANGE_KIND_")
+        for c in changes
+        if c.loan_id == loan_id
+    ]
+
+
+async def test_every_change_to_a_loan_is_in_the_feed_in_order(cluster: Cluster) -> None:
+    start = await feed_end(cluster)
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(cluster.lending, fund_id=fund_id)
+    await disburse(cluster.lending, loan.loan_id, 120_000, START)
+    paid = await cluster.lending.RecordRepayment(repayment(loan.loan_id, 10_000, START))
+    await cluster.lending.ReverseRepayment(reversal(loan.loan_id, paid.repayment.transaction_id))
+    await cluster.lending.PauseDelinquency(
+        pb.PauseDelinquencyRequest(
+            request_id=request_id(),
+            loan_id=loan.loan_id,
+            start_date=pdate(date(2026, 6, 11)),
+            end_date=pdate(date(2026, 7, 10)),
+            reason="hospitalised: prosthesis surgery",
+            requested_by="cw-01",
+        )
+    )
+    await cluster.lending.RescheduleLoan(
+        pb.RescheduleLoanRequest(
+            request_id=request_id(),
+            loan_id=loan.loan_id,
+            reason="drought: the stall lost its summer trade",
+            new_term_months=18,
+            effective_date=pdate(date(2026, 8, 31)),
+            requested_by="lo-03",
+        )
+    )
+    await cluster.lending.ProposeLoanWriteOff(
+        pb.ProposeLoanWriteOffRequest(
+            request_id=request_id(),
+            loan_id=loan.loan_id,
+            reason="the borrower moved away",
+            write_off_date=pdate(date(2026, 9, 1)),
+            proposed_by="lo-03",
+        )
+    )
+    await cluster.lending.WithdrawLoanWriteOff(
+        pb.WithdrawLoanWriteOffRequest(
+            request_id=request_id(),
+            loan_id=loan.loan_id,
+            reason="the borrower is back in touch",
+            withdrawn_by="lo-03",
+        )
+    )
+    await cluster.lending.RecordRepayment(repayment(loan.loan_id, 120_000, date(2026, 9, 1)))
+
+    # Read in pages of two: the cursor carries each read on from the last.
+    changes = await changes_after(cluster, start, page_size=2)
+    assert kinds(changes, loan.loan_id) == [
+        "STATE",  # submitted
+        "STATE",  # approved
+        "DISBURSEMENT",
+        "SCHEDULE",
+        "STATE",  # active
+        "REPAYMENT",
+        "REPAYMENT_REVERSAL",
+        # Each of these is also in the loan's events, with who and why.
+        *("DELINQUENCY_PAUSE", "STATE"),
+        *("SCHEDULE", "STATE"),
+        *("WRITE_OFF_PROPOSAL", "STATE"),
+        *("WRITE_OFF_WITHDRAWAL", "STATE"),
+        "REPAYMENT",
+        "STATE",  # closed, obligations met
+    ]
+    mine = [c for c in changes if c.loan_id == loan.loan_id]
+    assert {c.survivor_id for c in mine} == {loan.survivor_id}
+    assert all(c.change_time.seconds > 0 for c in mine)
+    assert mine == sorted(mine, key=lambda c: c.change_time.ToNanoseconds())
+
+
+async def test_a_transaction_still_open_holds_back_the_changes_after_it(cluster: Cluster) -> None:
+    """An early transaction that commits late: a reader must not pass over its change, so
+    nothing written after it is given out until it ends."""
+    fund_id = await open_fund(cluster, 1_000_000)
+    early = await approved_loan(cluster.lending, fund_id=fund_id)
+    late = await approved_loan(cluster.lending, fund_id=fund_id)
+    start = await feed_end(cluster)
+    async with lending_db(cluster).pool.acquire() as conn:
+        open_transaction = conn.transaction()
+        await open_transaction.start()
+        await conn.execute(
+            """INSERT INTO delinquency_pauses (loan_id, start_date, end_date, reason, requested_by)
+               VALUES ($1, '2026-06-01', '2026-06-30', 'a slow cashier', 'cw-01')""",
+            early.loan_id,
+        )
+        await disburse(cluster.lending, late.loan_id, 120_000, START)  # commits meanwhile
+        held = await changes_after(cluster, start)
+        assert kinds(held, late.loan_id) == []
+        assert kinds(held, early.loan_id) == []
+        await open_transaction.commit()
+    changes = await changes_after(cluster, start)
+    assert kinds(changes, early.loan_id) == ["DELINQUENCY_PAUSE"]
+    assert kinds(changes, late.loan_id) == ["DISBURSEMENT", "SCHEDULE", "STATE"]
+
+
+async def test_a_rolled_back_change_is_not_in_the_feed(cluster: Cluster) -> None:
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(cluster.lending, fund_id=fund_id)
+    start = await feed_end(cluster)
+    async with lending_db(cluster).pool.acquire() as conn:
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                await conn.execute(
+                    """INSERT INTO delinquency_pauses
+                           (loan_id, start_date, end_date, reason, requested_by)
+                       VALUES ($1, '2026-06-01', '2026-06-30', 'entered twice', 'cw-01')""",
+                    loan.loan_id,
+                )
+                raise RuntimeError("the clerk cancels")
+    assert kinds(await changes_after(cluster, start), loan.loan_id) == []
+
+
+def _token(key: list[object], query: object = LOAN_CHANGES) -> str:
+    """A cursor as the service encodes one, around a key of the test's choosing."""
+    return pagination.encode(key, query)
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        "not-a-cursor",
+        base64.urlsafe_b64encode(json.dumps({"k": ["1", 1]}).encode()).decode(),
+        _token(["12; DROP TABLE loans", 1]),
+        _token(["-5", 1]),
+        _token([str(2**64), 1]),
+        _token(["100", "1"]),
+        _token(["100", 1], query="loans"),  # a cursor of another query
+    ],
+)
+async def test_a_cursor_the_service_did_not_issue_is_refused(cluster: Cluster, after: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await cluster.lending.ListLoanChanges(pb.ListLoanChangesRequest(after=after))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(refused.value) == ["after"]
+
+
+async def test_a_page_size_out_of_range_is_refused(cluster: Cluster) -> None:
+    for size in (-1, 501):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await cluster.lending.ListLoanChanges(pb.ListLoanChangesRequest(page_size=size))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field_violations(refused.value) == ["page_size"]
