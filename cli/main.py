@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import itertools
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -57,7 +56,9 @@ from workers.journey.activities import (
     loan_snapshot_of,
     loan_status,
     snapshot_request,
+    tell_journeys,
 )
+from workers.journey.lookup import JourneyRecord, journeys_of
 from workers.journey.model import (
     AssistanceAction,
     AssistancePlan,
@@ -576,61 +577,12 @@ async def _deciding_rule_set(status: JourneyStatus, language: str) -> eligibilit
     return await _read_or_say("rule_set_unread", language, read())
 
 
-@dataclasses.dataclass(frozen=True)
-class _Journey:
-    """One of a survivor's journeys as Temporal describes it."""
-
-    number: int
-    workflow_id: str
-    state: str  # RUNNING, COMPLETED, TERMINATED...
-    stage: str  # the Stage search attribute: how far it went, or how it ended
-
-    def ended(self) -> str:
-        return f"({self.state}{', stage ' + self.stage if self.stage else ''})"
-
-
-async def _journeys_of(client: Client, survivor_id: str, address: str) -> list[_Journey]:
-    """The survivor's journeys, first to latest: `journey-<survivor>`, then `.2`, `.3`...
-    Read by id, so a journey started a moment ago is found (the workflow list lags); the
-    list says how far the numbers go, so a closed journey Temporal no longer keeps (past
-    the namespace's retention) does not hide the ones after it."""
-    found: list[_Journey] = []
+async def _journeys_of(client: Client, survivor_id: str, address: str) -> list[JourneyRecord]:
     with temporal(address, f"the journeys of {survivor_id}"):
-        listed = 0
-        query = (
-            "WorkflowType = 'SurvivorJourneyWorkflow' AND "
-            f"WorkflowId STARTS_WITH '{journey_workflow_id(survivor_id)}'"
-        )
-        try:
-            async for listing in client.list_workflows(query, rpc_timeout=RPC_TIMEOUT):
-                of, number = journey_of(listing.id)
-                if of == survivor_id:
-                    listed = max(listed, number)
-        except RPCError as error:  # a server without a workflow list: by id alone
-            if error.status != RPCStatusCode.UNIMPLEMENTED:
-                raise
-        for number in itertools.count(1):
-            handle = client.get_workflow_handle(journey_workflow_id(survivor_id, number))
-            try:
-                described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
-            except RPCError as error:
-                if error.status != RPCStatusCode.NOT_FOUND:
-                    raise
-                if number >= listed:
-                    break
-                continue  # no longer kept; later ones are
-            found.append(
-                _Journey(
-                    number,
-                    handle.id,
-                    described.status.name if described.status else "UNKNOWN",
-                    described.typed_search_attributes.get(sa.STAGE) or "",
-                )
-            )
-    return found
+        return await journeys_of(client, survivor_id, RPC_TIMEOUT)
 
 
-async def _latest_journey(survivor_id: str) -> tuple[Client, _Journey, list[_Journey]]:
+async def _latest_journey(survivor_id: str) -> tuple[Client, JourneyRecord, list[JourneyRecord]]:
     """The survivor's current journey (the latest) and the earlier ones; the first
     journey's id "was not found" when the survivor has none."""
     settings = context.settings()
@@ -653,7 +605,7 @@ async def _latest_status(survivor_id: str) -> tuple[WorkflowHandle[Any, Any], Jo
     return handle, status
 
 
-async def _no_open_loan(survivor_id: str, previous: _Journey | None) -> None:
+async def _no_open_loan(survivor_id: str, previous: JourneyRecord | None) -> None:
     """A journey is refused while a loan of the survivor is still open in the ledger: a
     later journey's `previous` one may have been terminated while its loan was being
     repaid (the new journey would apply for another while nobody follows that one), and a
@@ -1454,23 +1406,17 @@ def repay(
 
 async def _tell_journey(loan: lending_pb.Loan) -> None:
     """The survivor's running journey re-reads the loan now (signal `loan_changed`), so a
-    loan repaid early is seen closed today, not at its next due date. The money is
-    recorded whatever Temporal says: a journey that cannot be told reads the loan then."""
+    loan repaid early is seen closed today. The worker's loan news relay tells it too,
+    within seconds; this saves the wait. The money is recorded whatever Temporal says."""
     try:
         settings = context.settings()
         client = await context.temporal_client(settings)
-        journeys = await _journeys_of(client, loan.survivor_id, settings.effective_temporal_address)
-        if journeys and journeys[-1].state == "RUNNING":  # it ignores another loan's news
-            with temporal(settings.effective_temporal_address, journeys[-1].workflow_id):
-                await client.get_workflow_handle(journeys[-1].workflow_id).signal(
-                    SurvivorJourneyWorkflow.loan_changed,
-                    LoanChanged(loan.loan_id),
-                    rpc_timeout=RPC_TIMEOUT,
-                )
+        with temporal(settings.effective_temporal_address, f"the journeys of {loan.survivor_id}"):
+            await tell_journeys(client, loan.survivor_id, loan.loan_id)
     except Exception as error:  # whatever it is, the money is recorded: never exit 1 here
         print(
             f"note: the repayment is recorded; the survivor's journey was not told "
-            f"({one_line(str(error))}) and reads the loan at its next due date",
+            f"({one_line(str(error))}) and hears of it from the worker's loan news relay",
             file=sys.stderr,
         )
 

@@ -20,9 +20,21 @@ from temporalio.testing import WorkflowEnvironment
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.type.v1 import age_band_pb2, localized_text_pb2, sex_pb2
 from tests.conftest import Cluster
-from tests.factories import new_id, request_id
-from workers.journey.model import AssistanceAction, AssistanceState, JourneyStatus
-from workers.journey.workflows import AssistanceWorkflow, SurvivorJourneyWorkflow
+from tests.factories import new_id, register_request, request_id, saatli_fish_farmer
+from workers.journey.model import (
+    AssistanceAction,
+    AssistanceState,
+    CommitteeDecision,
+    JourneyInput,
+    JourneyStatus,
+    LoanRequest,
+    journey_workflow_id,
+)
+from workers.journey.workflows import (
+    AssistanceWorkflow,
+    SurvivorJourneyWorkflow,
+    initial_search_attributes,
+)
 
 
 async def own_pool(
@@ -178,3 +190,40 @@ async def deliver_wheelchair(
         )
     assert state is not None
     return state
+
+
+CASE_WORKER = "cw-31"
+
+
+async def start_journey(
+    cluster: Cluster, client: Client, task_queue: str
+) -> WorkflowHandle[SurvivorJourneyWorkflow, JourneyStatus]:
+    """A fish-farming loan journey for a survivor registered for it."""
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(survivor_id)))
+    return await client.start_workflow(
+        SurvivorJourneyWorkflow.run,
+        JourneyInput(
+            survivor_id=survivor_id,
+            case_worker_id=CASE_WORKER,
+            loan=LoanRequest("fish_farming", 500_000, "1,000 fingerlings and feed"),
+        ),
+        id=journey_workflow_id(survivor_id),
+        task_queue=task_queue,
+        search_attributes=initial_search_attributes(programme_year=1),
+    )
+
+
+async def approved_journey(
+    cluster: Cluster, client: Client, task_queue: str
+) -> tuple[WorkflowHandle[SurvivorJourneyWorkflow, JourneyStatus], str]:
+    """A journey whose loan is approved and disbursed: in grace, an instalment ahead."""
+    handle = await start_journey(cluster, client, task_queue)
+    await wait_for_stage(handle, "COMMITTEE_REVIEW")
+    await handle.execute_update(
+        SurvivorJourneyWorkflow.record_committee_decision,
+        CommitteeDecision(approve=True, member_id="cm-02", decision_ref="CM-2026-102"),
+    )
+    status = await wait_for_stage(handle, "GRACE")
+    assert status.next_due_date and status.next_due_minor > 0
+    return handle, status.loan_id

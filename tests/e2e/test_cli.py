@@ -942,7 +942,7 @@ async def test_a_write_off_proposal_withdrawn_from_the_cli(
     ran = await mineaction(temporal_down, "repay", loan.loan_id, "10")
     assert ran.exit_code == 0 and "outstanding 1,170.00 AZN" in ran.stdout, ran
     assert ran.stderr.startswith("note: the repayment is recorded; the survivor's journey was")
-    assert "reads the loan at its next due date" in ran.stderr, ran
+    assert "hears of it from the worker's loan news relay" in ran.stderr, ran
     withdraw = ["withdraw-write-off", loan.loan_id, "--reason", "the borrower is back"]
     line = one_error_line(await mineaction(cli_env, *withdraw))
     assert line == f"error: refused: loan {loan.loan_id} has no write-off proposal to withdraw"

@@ -6,55 +6,36 @@ has no next instalment."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from tests.conftest import Cluster
-from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
-from tests.journey_helpers import status_of, wait_for_stage
+from tests.factories import pdate, request_id
+from tests.journey_helpers import (
+    CASE_WORKER,
+    approved_journey,
+    start_journey,
+    status_of,
+    wait_for_stage,
+)
 from tests.lending_helpers import active_loan, lending_db, open_fund
 from workers.journey.activities import JourneyActivities, step_request_id
 from workers.journey.model import (
     CommitteeDecision,
     Hardship,
-    JourneyInput,
-    JourneyStatus,
-    LoanRequest,
     SnapshotInput,
     WriteOffDecision,
     WriteOffInput,
     WriteOffProposal,
-    journey_workflow_id,
 )
 from workers.journey.worker import build_worker
-from workers.journey.workflows import SurvivorJourneyWorkflow, initial_search_attributes
-
-CASE_WORKER = "cw-31"
-
-
-async def start_journey(
-    cluster: Cluster, client: Client, task_queue: str
-) -> WorkflowHandle[SurvivorJourneyWorkflow, JourneyStatus]:
-    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
-    await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(survivor_id)))
-    return await client.start_workflow(
-        SurvivorJourneyWorkflow.run,
-        JourneyInput(
-            survivor_id=survivor_id,
-            case_worker_id=CASE_WORKER,
-            loan=LoanRequest("fish_farming", 500_000, "1,000 fingerlings and feed"),
-        ),
-        id=journey_workflow_id(survivor_id),
-        task_queue=task_queue,
-        search_attributes=initial_search_attributes(programme_year=1),
-    )
+from workers.journey.workflows import SurvivorJourneyWorkflow
 
 
 def refusal(error: WorkflowUpdateFailedError) -> ApplicationError:
@@ -105,21 +86,6 @@ async def test_a_decision_lending_refuses_leaves_the_journey_ready_for_a_correct
     loan = (await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=status.loan_id))).loan
     assert loan.approved_by == "cm-02"
     assert loan.submitted_by == CASE_WORKER
-
-
-async def approved_journey(
-    cluster: Cluster, client: Client, task_queue: str
-) -> tuple[WorkflowHandle[SurvivorJourneyWorkflow, JourneyStatus], str]:
-    """A journey whose loan is approved and disbursed: in grace, an instalment ahead."""
-    handle = await start_journey(cluster, client, task_queue)
-    await wait_for_stage(handle, "COMMITTEE_REVIEW")
-    await handle.execute_update(
-        SurvivorJourneyWorkflow.record_committee_decision,
-        CommitteeDecision(approve=True, member_id="cm-02", decision_ref="CM-2026-102"),
-    )
-    status = await wait_for_stage(handle, "GRACE")
-    assert status.next_due_date and status.next_due_minor > 0
-    return handle, status.loan_id
 
 
 @pytest.mark.timeout(120)

@@ -7,7 +7,9 @@ answers it once.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, timedelta
@@ -17,7 +19,9 @@ import grpc
 from google.protobuf import struct_pb2
 from google.type import date_pb2
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as assistance_grpc
@@ -29,6 +33,7 @@ from services.common.channels import client_tls, open_channel, service_token
 from services.common.config import Settings, load_settings
 from services.common.errors import reason_of
 from services.common.protoconv import from_proto_date, proto_date
+from workers.journey.lookup import journeys_of
 from workers.journey.model import (
     CLOSED_LOAN_STATES,
     AdvanceInput,
@@ -39,6 +44,7 @@ from workers.journey.model import (
     FollowUpInput,
     HardshipInput,
     LoanApplicationInput,
+    LoanChanged,
     LoanDecisionInput,
     LoanSnapshot,
     LoanSummary,
@@ -195,6 +201,38 @@ def assistance_state_of(
     )
 
 
+# The loan changes a journey hears of: those made outside it. Its own steps (the loan's
+# states, its tranches) are not news to it.
+LOAN_NEWS = frozenset(
+    set(lending_pb.LoanChangeKind.values())
+    - {
+        lending_pb.LOAN_CHANGE_KIND_UNSPECIFIED,
+        lending_pb.LOAN_CHANGE_KIND_STATE,
+        lending_pb.LOAN_CHANGE_KIND_DISBURSEMENT,
+    }
+)
+
+
+async def tell_journeys(client: Client, survivor_id: str, loan_id: str) -> int:
+    """Signal `loan_changed` to the survivor's running journeys (a journey ignores
+    another loan's news); how many were told."""
+    told = 0
+    for journey in await journeys_of(client, survivor_id, timedelta(seconds=RPC_TIMEOUT_SECONDS)):
+        if journey.state != "RUNNING":
+            continue
+        try:
+            await client.get_workflow_handle(journey.workflow_id).signal(
+                "loan_changed",
+                LoanChanged(loan_id),
+                rpc_timeout=timedelta(seconds=RPC_TIMEOUT_SECONDS),
+            )
+            told += 1
+        except RPCError as error:  # it ended meanwhile
+            if error.status != RPCStatusCode.NOT_FOUND:
+                raise
+    return told
+
+
 class JourneyActivities:
     """Holds one channel per service and the outbox; the worker creates it once.
 
@@ -230,6 +268,9 @@ class JourneyActivities:
         self.assistance = assistance_grpc.AssistanceServiceStub(self._channels[2])
         self.outbox = outbox
         self._terminal_states: dict[str, set[str]] = {}
+        # The loan news relay: how often it reads the feed, and how long one turn lasts.
+        self.news_poll_seconds = 1.0
+        self.news_turn_seconds = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings, outbox: Outbox) -> JourneyActivities:
@@ -303,6 +344,42 @@ class JourneyActivities:
         )
 
     # --- lending -----------------------------------------------------------------------
+
+    @activity.defn
+    async def relay_loan_news(self, cursor: str) -> str:
+        """One turn of the loan news relay: follow the lending service's change feed for
+        a while, telling each running journey of changes to its loan made outside it
+        (a repayment at a cashier's desk, a reversal, a reschedule); the cursor to go on
+        from. The heartbeat carries the cursor, so a retried turn goes on from there."""
+        if activity.info().heartbeat_details:
+            cursor = str(activity.info().heartbeat_details[0])
+        client = activity.client()
+        turn_ends = time.monotonic() + self.news_turn_seconds
+        while time.monotonic() < turn_ends:
+            try:
+                page = await self.lending.ListLoanChanges(
+                    lending_pb.ListLoanChangesRequest(after=cursor, page_size=500),
+                    timeout=RPC_TIMEOUT_SECONDS,
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.INVALID_ARGUMENT or not cursor:
+                    raise  # retried: the service is down, or the worker lacks the role
+                # A cursor the service no longer reads: from the start again. Journeys
+                # told twice only read their loan once more.
+                activity.logger.warning("loan change cursor refused; reading from the start")
+                cursor = ""
+                continue
+            news = dict.fromkeys(
+                (c.survivor_id, c.loan_id) for c in page.changes if c.kind in LOAN_NEWS
+            )
+            for survivor_id, loan_id in news:
+                await tell_journeys(client, survivor_id, loan_id)
+                activity.heartbeat(cursor)
+            cursor = page.cursor
+            activity.heartbeat(cursor)
+            if not page.changes:
+                await asyncio.sleep(self.news_poll_seconds)
+        return cursor
 
     @activity.defn
     async def submit_loan_application(self, params: LoanApplicationInput) -> LoanSummary:
@@ -594,6 +671,7 @@ class JourneyActivities:
             self.decide_loan,
             self.disburse_tranche,
             self.loan_snapshot,
+            self.relay_loan_news,
             self.record_repayment,
             self.apply_hardship,
             self.write_off_loan,

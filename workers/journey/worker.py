@@ -26,6 +26,7 @@ from workers.codec import KeyringError, data_converter
 from workers.compiled_once import compile_once
 from workers.journey import search_attributes
 from workers.journey.activities import JourneyActivities
+from workers.journey.loan_news import LoanNewsWorkflow, start_loan_news
 from workers.journey.model import TASK_QUEUE
 from workers.journey.workflows import AssistanceWorkflow, SurvivorJourneyWorkflow
 from workers.notifications import outbox
@@ -34,7 +35,12 @@ from workers.simulation.workflows import BorrowerWorkflow
 
 log = structlog.get_logger("mineaction.worker")
 
-WORKFLOWS: Sequence[type] = (SurvivorJourneyWorkflow, AssistanceWorkflow, BorrowerWorkflow)
+WORKFLOWS: Sequence[type] = (
+    SurvivorJourneyWorkflow,
+    AssistanceWorkflow,
+    BorrowerWorkflow,
+    LoanNewsWorkflow,
+)
 
 # Journeys kept in the worker's memory between tasks (the SDK's default is 1,000). Each
 # costs about 200 KiB, half of it the sandbox's own copy of the workflow module; a journey
@@ -158,6 +164,7 @@ async def run(settings: Settings) -> None:
         # middle pass slower instead). Evicted journeys wait longer to be freed: the
         # worker measured 235 MiB with 1,000 open journeys either way.
         gc.set_threshold(700, 10, 100)
+        await start_loan_news(client, settings.journey_task_queue)
         log.info("worker started", task_queue=settings.journey_task_queue)
         await stop.wait()
         log.info("shutdown requested")

@@ -1,0 +1,55 @@
+"""The loan news relay on the real Temporal dev server with the real services: money
+moved on a journey's loan by a plain API call (no CLI, no signal sent by hand) reaches
+the journey within seconds, through the lending service's change feed."""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.client import Client
+
+from mineaction.lending.v1 import lending_service_pb2 as lending_pb
+from services.common.programme_time import programme_today
+from tests.conftest import Cluster
+from tests.integration.test_loan_change_feed import feed_end
+from tests.journey_helpers import approved_journey, status_of, wait_for_stage
+from tests.lending_helpers import repayment, reversal
+from workers.journey.activities import JourneyActivities
+from workers.journey.loan_news import LoanNewsWorkflow
+from workers.journey.worker import build_worker
+
+
+@pytest.mark.timeout(120)
+async def test_a_repayment_made_through_the_api_reaches_the_journey(
+    cluster: Cluster, dev_client: Client, activities: JourneyActivities, task_queue: str
+) -> None:
+    async with build_worker(dev_client, activities, task_queue):
+        handle, loan_id = await approved_journey(cluster, dev_client, task_queue)
+        # The relay of this test's own, from the feed's present end.
+        relay = await dev_client.start_workflow(
+            LoanNewsWorkflow.run,
+            await feed_end(cluster),
+            id=f"loan-news-{task_queue}",
+            task_queue=task_queue,
+        )
+        try:
+            # In grace, months before the first instalment: without news the journey
+            # would not read the loan before then.
+            status = await status_of(handle)
+            assert status.stage == "GRACE"
+            loan = (await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=loan_id))).loan
+            today = programme_today()
+            paid = await cluster.lending.RecordRepayment(
+                repayment(loan_id, loan.outstanding_principal_minor, today)
+            )
+            status = await wait_for_stage(handle, "REPAID")
+            assert status.loan_status == "CLOSED_OBLIGATIONS_MET"
+            assert status.closed_on == today.isoformat()
+
+            # A reversal reopens it: back to the repayment cycle, told the same way.
+            await cluster.lending.ReverseRepayment(reversal(loan_id, paid.repayment.transaction_id))
+            status = await wait_for_stage(handle, "GRACE", "REPAYMENT")
+            assert status.loan_status == "ACTIVE"
+            assert status.closed_on == ""
+        finally:
+            await relay.terminate("the test is over")
+            await handle.terminate("the test is over")
