@@ -114,3 +114,43 @@ async def test_a_referral_of_the_plugin_type_without_consent_writes_nothing(
         ),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
+
+
+# Last in this module: it uninstalls the plugin (the fixture's own uninstall then finds
+# nothing to do).
+async def test_an_uninstalled_types_records_stay_listable_by_it(
+    settings: Settings, with_prosthesis: pb_grpc.AssistanceServiceStub
+) -> None:
+    """A plugin uninstalled, its type leaves the catalogue but not the records: lists
+    filtered by it still find them; a type that never had any is still refused."""
+    need = await record_need(with_prosthesis, "prosthesis", district="fuzuli")
+    referral = await request(
+        with_prosthesis,
+        need.need_id,
+        provider_id="ganja-prosthetic-centre",
+        data=struct(limb="above_knee", side="right"),
+    )
+    pip("uninstall", "-y", "mineaction-prosthesis")
+    importlib.invalidate_caches()
+    host = ServiceHost(SPEC, settings, address="127.0.0.1:0")
+    await host.start()
+    try:
+        token = mint_with_settings(settings, subject="tester", roles=ROLES)
+        async with open_channel(f"127.0.0.1:{host.port}", token) as channel:
+            stub = pb_grpc.AssistanceServiceStub(channel)
+            types = await stub.ListAssistanceTypes(pb.ListAssistanceTypesRequest())
+            assert "prosthesis" not in {t.type_id for t in types.assistance_types}
+            needs = await stub.ListNeeds(
+                pb.ListNeedsRequest(type_id="prosthesis", survivor_id=need.survivor_id)
+            )
+            assert [n.need_id for n in needs.needs] == [need.need_id]
+            listed = await stub.ListAssistance(
+                pb.ListAssistanceRequest(type_id="prosthesis", survivor_id=need.survivor_id)
+            )
+            assert [a.assistance_id for a in listed.assistance] == [referral.assistance_id]
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.ListNeeds(pb.ListNeedsRequest(type_id="jetpack"))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "unknown assistance type 'jetpack'" in (refused.value.details() or "")
+    finally:
+        await host.stop(grace=1)
