@@ -25,7 +25,12 @@ from rich.table import Table
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client, WorkflowExecution, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -58,6 +63,7 @@ from workers.journey.activities import (
     snapshot_request,
     tell_journeys,
 )
+from workers.journey.loan_news import LOAN_NEWS_WORKFLOW_ID
 from workers.journey.lookup import JourneyRecord, journeys_of
 from workers.journey.model import (
     AssistanceAction,
@@ -1461,8 +1467,9 @@ def withdraw_write_off(
 
 @app.command()
 def health() -> None:
-    """Is every part of the cluster up? Each service's gRPC health, Temporal, and the
-    journey workers polling their task queue; exit 1 when any part is not."""
+    """Is every part of the cluster up? Each service's gRPC health, Temporal, the journey
+    workers polling their task queue and the loan news relay; exit 1 when any part is
+    not."""
 
     async def go() -> None:
         settings = context.settings()
@@ -1480,6 +1487,7 @@ def health() -> None:
         except CliError:
             rows.append(("temporal", temporal_address, "not reachable"))
             rows.append(("journey workers", settings.journey_task_queue, "unknown (no Temporal)"))
+            rows.append(("loan news relay", LOAN_NEWS_WORKFLOW_ID, "unknown (no Temporal)"))
         else:
             rows.append(("temporal", temporal_address, "ok"))
             rows.append(
@@ -1489,6 +1497,7 @@ def health() -> None:
                     await _workers_polling(client, settings.journey_task_queue),
                 )
             )
+            rows.append(("loan news relay", LOAN_NEWS_WORKFLOW_ID, await _relay_state(client)))
         table = Table(title="Cluster health")
         for column in ("Part", "Address", "State"):
             table.add_column(column)
@@ -1538,6 +1547,25 @@ async def _workers_polling(client: Client, task_queue: str) -> str:
         }
     )
     return f"ok: {pollers} polling" if pollers else "no worker polling"
+
+
+async def _relay_state(client: Client) -> str:
+    """Whether the loan news relay runs, and a turn of it that keeps failing (the lending
+    service down, the worker's token refused) with the failure."""
+    try:
+        described = await client.get_workflow_handle(LOAN_NEWS_WORKFLOW_ID).describe(
+            rpc_timeout=RPC_TIMEOUT
+        )
+    except RPCError as error:
+        if error.status != RPCStatusCode.NOT_FOUND:
+            raise
+        return "not started (a journey worker starts it)"
+    if described.status != WorkflowExecutionStatus.RUNNING:
+        return f"not running ({described.status.name if described.status else 'UNKNOWN'})"
+    for turn in described.raw_description.pending_activities:
+        if turn.attempt > 1 and turn.HasField("last_failure"):
+            return f"failing: {one_line(turn.last_failure.message)} (attempt {turn.attempt})"
+    return "ok: following the loan change feed"
 
 
 # --- arrears --------------------------------------------------------------------------

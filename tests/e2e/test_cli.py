@@ -6,6 +6,7 @@ server. The CLI runs in a thread (it has its own event loop), exactly as from a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import os
@@ -32,6 +33,7 @@ from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from mineaction.type.v1 import age_band_pb2, sex_pb2
+from services.common.channels import service_token
 from services.common.config import Settings
 from services.common.districts import known_districts
 from tests.conftest import Cluster
@@ -46,6 +48,7 @@ from tests.journey_helpers import (
 from tests.lending_helpers import active_loan, open_fund
 from workers.journey import search_attributes as sa
 from workers.journey.activities import JourneyActivities
+from workers.journey.loan_news import LOAN_NEWS_WORKFLOW_ID, start_loan_news
 from workers.journey.model import (
     JourneyInput,
     LoanRequest,
@@ -56,6 +59,7 @@ from workers.journey.model import (
 )
 from workers.journey.worker import build_worker
 from workers.journey.workflows import SurvivorJourneyWorkflow, initial_search_attributes
+from workers.notifications.outbox import Outbox
 
 INTAKE = """\
 survivor_id: {survivor_id}
@@ -1546,27 +1550,40 @@ def health_rows(out: str) -> dict[str, str]:
 async def test_health_says_which_part_of_the_cluster_is_down(
     cli_env: dict[str, str], dev_client: Client, activities: JourneyActivities, task_queue: str
 ) -> None:
-    """Every service, Temporal and the journey workers: all up is exit 0; any part down is
-    named, in the table and in one error line (exit 1)."""
+    """Every service, Temporal, the journey workers and the loan news relay: all up is
+    exit 0; any part down is named, in the table and in one error line (exit 1)."""
+    relay = dev_client.get_workflow_handle(LOAN_NEWS_WORKFLOW_ID)
+    with contextlib.suppress(RPCError):  # left running by another test's worker
+        await relay.terminate("the test starts its own")
     async with build_worker(dev_client, activities, task_queue):
         ran = await mineaction(cli_env, "health")
-    assert ran.exit_code == 0, ran
-    shown = health_rows(ran.stdout)
-    for part in ("eligibility", "lending", "assistance", "temporal"):
-        assert shown[part] == "ok", (part, shown)
-    assert shown["journey workers"] == "ok: 1 polling", shown
+        assert ran.exit_code == 1, ran
+        assert health_rows(ran.stdout)["loan news relay"].startswith("not "), ran
+        assert one_error_line(ran) == "error: not healthy: loan news relay"
 
-    lending_down = {
-        **cli_env,
-        "LENDING_ADDRESS": f"127.0.0.1:{closed_port()}",
-        "JOURNEY_TASK_QUEUE": f"nobody-polls-{uuid.uuid4().hex[:8]}",
-    }
-    ran = await mineaction(lending_down, "health")
-    assert ran.exit_code == 1, ran
-    shown = health_rows(ran.stdout)
-    assert shown["lending"] == "not reachable" and shown["eligibility"] == "ok"
-    assert shown["journey workers"] == "no worker polling", shown
-    assert one_error_line(ran) == "error: not healthy: lending, journey workers"
+        await start_loan_news(dev_client, task_queue)
+        try:
+            ran = await mineaction(cli_env, "health")
+            assert ran.exit_code == 0, ran
+            shown = health_rows(ran.stdout)
+            for part in ("eligibility", "lending", "assistance", "temporal"):
+                assert shown[part] == "ok", (part, shown)
+            assert shown["journey workers"] == "ok: 1 polling", shown
+            assert shown["loan news relay"] == "ok: following the loan change feed", shown
+
+            lending_down = {
+                **cli_env,
+                "LENDING_ADDRESS": f"127.0.0.1:{closed_port()}",
+                "JOURNEY_TASK_QUEUE": f"nobody-polls-{uuid.uuid4().hex[:8]}",
+            }
+            ran = await mineaction(lending_down, "health")
+            assert ran.exit_code == 1, ran
+            shown = health_rows(ran.stdout)
+            assert shown["lending"] == "not reachable" and shown["eligibility"] == "ok"
+            assert shown["journey workers"] == "no worker polling", shown
+            assert one_error_line(ran) == "error: not healthy: lending, journey workers"
+        finally:
+            await relay.terminate("the test is over")
 
     temporal_down = {**cli_env, "TEMPORAL_ADDRESS": f"127.0.0.1:{closed_port()}"}
     ran = await mineaction(temporal_down, "health")
@@ -1574,7 +1591,47 @@ async def test_health_says_which_part_of_the_cluster_is_down(
     shown = health_rows(ran.stdout)
     assert shown["temporal"] == "not reachable", shown
     assert shown["journey workers"] == "unknown (no Temporal)", shown
-    assert one_error_line(ran) == "error: not healthy: temporal, journey workers"
+    assert shown["loan news relay"] == "unknown (no Temporal)", shown
+    assert one_error_line(ran) == ("error: not healthy: temporal, journey workers, loan news relay")
+
+
+async def test_health_names_a_relay_turn_that_keeps_failing(
+    cli_env: dict[str, str],
+    cluster: Cluster,
+    dev_client: Client,
+    outbox: Outbox,
+    task_queue: str,
+) -> None:
+    """The relay's worker cannot reach lending: its turns are retried, and `health` says
+    so with the failure, not "ok"."""
+    no_lending = JourneyActivities(
+        cluster.address("eligibility"),
+        f"127.0.0.1:{closed_port()}",
+        cluster.address("assistance"),
+        outbox,
+        token=service_token(cluster.settings),
+    )
+    relay = dev_client.get_workflow_handle(LOAN_NEWS_WORKFLOW_ID)
+    with contextlib.suppress(RPCError):
+        await relay.terminate("the test starts its own")
+    try:
+        async with build_worker(dev_client, no_lending, task_queue):
+            await start_loan_news(dev_client, task_queue)
+            deadline = time.monotonic() + 30
+            while True:
+                ran = await mineaction(cli_env, "health")
+                state = health_rows(ran.stdout)["loan news relay"]
+                if state.startswith("failing") or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(1)
+            assert state.startswith("failing: the lending service answered UNAVAILABLE"), ran
+            assert "(attempt " in state, ran
+            assert ran.exit_code == 1
+            assert one_error_line(ran) == "error: not healthy: loan news relay"
+    finally:
+        with contextlib.suppress(RPCError):
+            await relay.terminate("the test is over")
+        await no_lending.close()
 
 
 async def test_an_item_the_survivor_was_not_eligible_for_says_so(

@@ -363,7 +363,12 @@ class JourneyActivities:
                 )
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.INVALID_ARGUMENT or not cursor:
-                    raise  # retried: the service is down, or the worker lacks the role
+                    # Retried: the service is down, or the worker lacks the role. The
+                    # message is what `mineaction health` shows of a failing turn.
+                    raise ApplicationError(
+                        f"the lending service answered {error.code().name}: {error.details()}",
+                        type=error.code().name,
+                    ) from None
                 # A cursor the service no longer reads: from the start again. Journeys
                 # told twice only read their loan once more.
                 activity.logger.warning("loan change cursor refused; reading from the start")
