@@ -32,7 +32,7 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
@@ -1482,6 +1482,7 @@ def health() -> None:
             )
         ]
         temporal_address = settings.effective_temporal_address
+        failure = ""
         try:
             client = await context.temporal_client(settings)
         except CliError:
@@ -1497,13 +1498,16 @@ def health() -> None:
                     await _workers_polling(client, settings.journey_task_queue),
                 )
             )
-            rows.append(("loan news relay", LOAN_NEWS_WORKFLOW_ID, await _relay_state(client)))
+            relay, failure = await _relay_state(client)
+            rows.append(("loan news relay", LOAN_NEWS_WORKFLOW_ID, relay))
         table = Table(title="Cluster health")
         for column in ("Part", "Address", "State"):
             table.add_column(column)
         for row in rows:
             table.add_row(*row)
         render.console().print(table)
+        if failure:  # too long for the table
+            render.line(f"loan news relay: {failure}")
         down = [name for name, _, state in rows if not state.startswith("ok")]
         if down:
             raise CliError(f"not healthy: {', '.join(down)}")
@@ -1549,9 +1553,9 @@ async def _workers_polling(client: Client, task_queue: str) -> str:
     return f"ok: {pollers} polling" if pollers else "no worker polling"
 
 
-async def _relay_state(client: Client) -> str:
-    """Whether the loan news relay runs, and a turn of it that keeps failing (the lending
-    service down, the worker's token refused) with the failure."""
+async def _relay_state(client: Client) -> tuple[str, str]:
+    """Whether the loan news relay runs; for a turn of it that keeps failing (the lending
+    service down, the worker's token refused), the failure too."""
     try:
         described = await client.get_workflow_handle(LOAN_NEWS_WORKFLOW_ID).describe(
             rpc_timeout=RPC_TIMEOUT
@@ -1559,13 +1563,16 @@ async def _relay_state(client: Client) -> str:
     except RPCError as error:
         if error.status != RPCStatusCode.NOT_FOUND:
             raise
-        return "not started (a journey worker starts it)"
+        return "not started (a journey worker starts it)", ""
     if described.status != WorkflowExecutionStatus.RUNNING:
-        return f"not running ({described.status.name if described.status else 'UNKNOWN'})"
+        return f"not running ({described.status.name if described.status else 'UNKNOWN'})", ""
     for turn in described.raw_description.pending_activities:
         if turn.attempt > 1 and turn.HasField("last_failure"):
-            return f"failing: {one_line(turn.last_failure.message)} (attempt {turn.attempt})"
-    return "ok: following the loan change feed"
+            # The failure's message is encrypted with the payloads: the client decodes it.
+            failed = await client.data_converter.decode_failure(turn.last_failure)
+            said = failed.message if isinstance(failed, FailureError) else str(failed)
+            return f"failing (attempt {turn.attempt})", one_line(said)
+    return "ok: following the loan change feed", ""
 
 
 # --- arrears --------------------------------------------------------------------------
