@@ -74,12 +74,14 @@ def decode(
     this query is INVALID_ARGUMENT, never a failure further on."""
     if not token:
         return None
+    what = "page token" if field == "page_token" else "cursor"
     try:
         payload = json.loads(base64.urlsafe_b64decode(token.encode()))
         key, fingerprint = payload["k"], payload["q"]
         typed = [read(part) for read, part in zip(parts, key, strict=True)]
     except (ValueError, KeyError, TypeError):
-        raise invalid(field, "not a page token issued by this service") from None
+        raise invalid(field, f"not a {what} issued by this service") from None
     if fingerprint not in (_fingerprint(query, key), _fingerprint(query)):
-        raise invalid(field, "not a page token this service issued for this query (filters)")
+        for_what = "this query (filters)" if field == "page_token" else "this feed"
+        raise invalid(field, f"not a {what} this service issued for {for_what}")
     return typed

@@ -3,7 +3,9 @@ repayments, reschedules, hardship pauses, write-offs, the fund and the portfolio
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -41,6 +43,8 @@ DEFAULT_FUND = "main"
 
 # The change feed's cursors are page tokens of this one query.
 LOAN_CHANGES = "loan-changes"
+# How often a long-polling ListLoanChanges looks again while it waits.
+CHANGES_POLL_SECONDS = 0.5
 
 
 def today() -> date:
@@ -521,18 +525,13 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         after = pagination.decode(
             request.after, LOAN_CHANGES, (pagination.xid8, pagination.int64), field="after"
         )
-        rows = await self.db.pool.fetch(
-            """SELECT c.txid::text AS txid, c.change_id, c.loan_id, c.kind, c.changed_at,
-                      l.survivor_id
-               FROM loan_changes c JOIN loans l USING (loan_id)
-               WHERE (c.txid, c.change_id) > ($1::text::xid8, $2::bigint)
-                 -- Only transactions older than any still running: none can commit
-                 -- a change behind the cursor afterwards.
-                 AND c.txid < pg_snapshot_xmin(pg_current_snapshot())
-               ORDER BY c.txid, c.change_id LIMIT $3""",
-            *(after or ("0", 0)),
-            pagination.page_size(request.page_size),
-        )
+        wait = request.max_wait.ToTimedelta().total_seconds() if request.HasField("max_wait") else 0
+        deadline = time.monotonic() + wait
+        while True:
+            rows = await self._loan_changes(after, pagination.page_size(request.page_size))
+            if rows or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(min(CHANGES_POLL_SECONDS, deadline - time.monotonic()))
         if not rows:
             return pb.ListLoanChangesResponse(cursor=request.after)
         return pb.ListLoanChangesResponse(
@@ -546,6 +545,20 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 for r in rows
             ],
             cursor=pagination.encode([rows[-1]["txid"], rows[-1]["change_id"]], LOAN_CHANGES),
+        )
+
+    async def _loan_changes(self, after: list[Any] | None, size: int) -> list[asyncpg.Record]:
+        return await self.db.pool.fetch(
+            """SELECT c.txid::text AS txid, c.change_id, c.loan_id, c.kind, c.changed_at,
+                      l.survivor_id
+               FROM loan_changes c JOIN loans l USING (loan_id)
+               WHERE (c.txid, c.change_id) > ($1::text::xid8, $2::bigint)
+                 -- Only transactions older than any still running: none can commit
+                 -- a change behind the cursor afterwards.
+                 AND c.txid < pg_snapshot_xmin(pg_current_snapshot())
+               ORDER BY c.txid, c.change_id LIMIT $3""",
+            *(after or ("0", 0)),
+            size,
         )
 
     # ----- money ------------------------------------------------------------------------

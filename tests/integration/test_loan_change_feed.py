@@ -5,12 +5,15 @@ over a change that commits late; a cursor the service did not issue is refused."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import time
 from datetime import date
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
 from mineaction.lending.v1 import lending_service_pb2 as pb
 from services.common import pagination
@@ -114,8 +117,7 @@ async def test_every_change_to_a_loan_is_in_the_feed_in_order(cluster: Cluster) 
     assert kinds(changes, loan.loan_id) == [
         "STATE",  # submitted
         "STATE",  # approved
-        "DISBURSEMENT",
-        "SCHEDULE",
+        "DISBURSEMENT",  # its schedule with it
         "STATE",  # active
         "REPAYMENT",
         "REPAYMENT_REVERSAL",
@@ -155,7 +157,7 @@ async def test_a_transaction_still_open_holds_back_the_changes_after_it(cluster:
         await open_transaction.commit()
     changes = await changes_after(cluster, start)
     assert kinds(changes, early.loan_id) == ["DELINQUENCY_PAUSE"]
-    assert kinds(changes, late.loan_id) == ["DISBURSEMENT", "SCHEDULE", "STATE"]
+    assert kinds(changes, late.loan_id) == ["DISBURSEMENT", "STATE"]
 
 
 async def test_a_rolled_back_change_is_not_in_the_feed(cluster: Cluster) -> None:
@@ -205,3 +207,44 @@ async def test_a_page_size_out_of_range_is_refused(cluster: Cluster) -> None:
             await cluster.lending.ListLoanChanges(pb.ListLoanChangesRequest(page_size=size))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field_violations(refused.value) == ["page_size"]
+
+
+async def test_a_read_may_wait_for_the_next_change(cluster: Cluster) -> None:
+    """Long polling: with `max_wait`, a read at the end of the feed answers as soon as a
+    change is there, or with the same cursor once the wait is over."""
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(cluster.lending, fund_id=fund_id)
+    end = await feed_end(cluster)
+
+    async def disburse_soon() -> None:
+        await asyncio.sleep(0.5)
+        await disburse(cluster.lending, loan.loan_id, 120_000, START)
+
+    disbursing = asyncio.create_task(disburse_soon())
+    started = time.monotonic()
+    page = await cluster.lending.ListLoanChanges(
+        pb.ListLoanChangesRequest(after=end, max_wait=duration_pb2.Duration(seconds=10))
+    )
+    answered_in = time.monotonic() - started
+    await disbursing
+    assert 0.4 < answered_in < 5, answered_in
+
+    assert kinds(list(page.changes), loan.loan_id) == ["DISBURSEMENT", "STATE"]
+
+    started = time.monotonic()
+    last = await cluster.lending.ListLoanChanges(
+        pb.ListLoanChangesRequest(after=page.cursor, max_wait=duration_pb2.Duration(seconds=1))
+    )
+    waited = time.monotonic() - started
+    assert (list(last.changes), last.cursor) == ([], page.cursor)
+    assert 0.9 < waited < 3, waited
+
+
+@pytest.mark.parametrize("seconds", [-1, 31])
+async def test_a_wait_out_of_range_is_refused(cluster: Cluster, seconds: int) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await cluster.lending.ListLoanChanges(
+            pb.ListLoanChangesRequest(max_wait=duration_pb2.Duration(seconds=seconds))
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(refused.value) == ["max_wait"]

@@ -104,6 +104,38 @@ def test_every_rpc_of_every_service_is_in_the_policy() -> None:
         assert rule.roles, f"{name} allows no role"
 
 
+def test_the_role_table_in_the_docs_is_the_policy() -> None:
+    """docs/security.md shows who may call what: every row as the policy says, no RPC
+    missing, none extra."""
+    columns = {
+        "CW": "case_worker",
+        "LO": "loan_officer",
+        "CM": "committee_member",
+        "PM": "programme_manager",
+        "AU": "auditor",
+        "SVC": "service",
+    }
+    documented: dict[str, tuple[set[str], str]] = {}
+    service = ""
+    header: list[str] = []
+    for line in (Path(__file__).parents[2] / "docs" / "security.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or set(cells[0]) <= {"-"}:
+            continue
+        if cells[0] == "RPC":
+            header = cells
+        elif cells[0].startswith("**"):
+            service = cells[0].strip("*")
+        elif header:
+            roles = {columns[h] for h, c in zip(header[1:-1], cells[1:-1], strict=True) if c}
+            documented[f"{service}/{cells[0]}"] = (roles, cells[-1].strip("`"))
+    policy = {
+        name.removeprefix("/").split(".")[-1]: (set(rule.roles), rule.actor_field or "")
+        for name, rule in POLICY.rules.items()
+    }
+    assert documented == policy
+
+
 # --- authentication ---------------------------------------------------------------------
 
 

@@ -7,7 +7,6 @@ answers it once.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 import uuid
@@ -16,7 +15,7 @@ from datetime import UTC, date, timedelta
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 from google.type import date_pb2
 from temporalio import activity
 from temporalio.client import Client
@@ -268,8 +267,9 @@ class JourneyActivities:
         self.assistance = assistance_grpc.AssistanceServiceStub(self._channels[2])
         self.outbox = outbox
         self._terminal_states: dict[str, set[str]] = {}
-        # The loan news relay: how often it reads the feed, and how long one turn lasts.
-        self.news_poll_seconds = 1.0
+        # The loan news relay: how long each read of the feed waits for a change (the
+        # service answers as soon as one is ready), and how long one turn lasts.
+        self.news_wait_seconds = 20
         self.news_turn_seconds = 60.0
 
     @classmethod
@@ -358,8 +358,12 @@ class JourneyActivities:
         while time.monotonic() < turn_ends:
             try:
                 page = await self.lending.ListLoanChanges(
-                    lending_pb.ListLoanChangesRequest(after=cursor, page_size=500),
-                    timeout=RPC_TIMEOUT_SECONDS,
+                    lending_pb.ListLoanChangesRequest(
+                        after=cursor,
+                        page_size=500,
+                        max_wait=duration_pb2.Duration(seconds=self.news_wait_seconds),
+                    ),
+                    timeout=self.news_wait_seconds + RPC_TIMEOUT_SECONDS,
                 )
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.INVALID_ARGUMENT or not cursor:
@@ -382,8 +386,6 @@ class JourneyActivities:
                 activity.heartbeat(cursor)
             cursor = page.cursor
             activity.heartbeat(cursor)
-            if not page.changes:
-                await asyncio.sleep(self.news_poll_seconds)
         return cursor
 
     @activity.defn

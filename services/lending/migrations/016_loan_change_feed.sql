@@ -36,13 +36,27 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- A schedule revision made by a disbursement is part of it (the DISBURSEMENT, written
+-- first in the same transaction); one made by a reschedule is a change of its own.
+CREATE FUNCTION loan_changes_from_schedules() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO loan_changes (loan_id, kind)
+    SELECT DISTINCT c.loan_id, 'SCHEDULE' FROM changed c
+    WHERE NOT EXISTS (SELECT 1 FROM loan_changes d
+                      WHERE d.txid = pg_current_xact_id() AND d.loan_id = c.loan_id
+                        AND d.kind = 'DISBURSEMENT');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER schedule_revisions_feed AFTER INSERT ON schedule_revisions
+    REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION loan_changes_from_schedules();
+
 DO $$
 DECLARE
     feed text[];
 BEGIN
     FOREACH feed SLICE 1 IN ARRAY ARRAY[
         ['loan_events', 'STATE'],
-        ['schedule_revisions', 'SCHEDULE'],
         ['delinquency_pauses', 'DELINQUENCY_PAUSE'],
         ['write_off_proposals', 'WRITE_OFF_PROPOSAL'],
         ['write_off_withdrawals', 'WRITE_OFF_WITHDRAWAL']]

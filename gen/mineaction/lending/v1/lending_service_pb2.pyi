@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -191,7 +192,9 @@ class _LoanChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LoanCh
     LOAN_CHANGE_KIND_RECOVERY_REVERSAL: _LoanChangeKind.ValueType  # 7
     """A recovery was reversed."""
     LOAN_CHANGE_KIND_SCHEDULE: _LoanChangeKind.ValueType  # 8
-    """A schedule revision was made (at the first disbursement, or a reschedule)."""
+    """The loan was rescheduled (a disbursement's own schedule is part of the
+    disbursement).
+    """
     LOAN_CHANGE_KIND_DELINQUENCY_PAUSE: _LoanChangeKind.ValueType  # 9
     """Delinquency was paused for hardship."""
     LOAN_CHANGE_KIND_WRITE_OFF_PROPOSAL: _LoanChangeKind.ValueType  # 10
@@ -219,7 +222,9 @@ LOAN_CHANGE_KIND_RECOVERY: LoanChangeKind.ValueType  # 6
 LOAN_CHANGE_KIND_RECOVERY_REVERSAL: LoanChangeKind.ValueType  # 7
 """A recovery was reversed."""
 LOAN_CHANGE_KIND_SCHEDULE: LoanChangeKind.ValueType  # 8
-"""A schedule revision was made (at the first disbursement, or a reschedule)."""
+"""The loan was rescheduled (a disbursement's own schedule is part of the
+disbursement).
+"""
 LOAN_CHANGE_KIND_DELINQUENCY_PAUSE: LoanChangeKind.ValueType  # 9
 """Delinquency was paused for hardship."""
 LOAN_CHANGE_KIND_WRITE_OFF_PROPOSAL: LoanChangeKind.ValueType  # 10
@@ -2063,19 +2068,27 @@ class ListLoanChangesRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     AFTER_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum changes to return; 0 means the server default."""
     after: _builtins.str
     """The cursor from a previous response: changes after it. Empty: from the first."""
+    @_builtins.property
+    def max_wait(self) -> _duration_pb2.Duration:
+        """With no change ready, wait up to this long for one before answering (long
+        polling; at most 30 s). Unset: answer at once.
+        """
+
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         after: _builtins.str = ...,
+        max_wait: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_wait", b"max_wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "page_size", b"page_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "max_wait", b"max_wait", "page_size", b"page_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
