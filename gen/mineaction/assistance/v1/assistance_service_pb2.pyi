@@ -763,7 +763,10 @@ class RecordNeedRequest(_message.Message):
     description: _builtins.str
     """Description of the need."""
     assessed_by: _builtins.str
-    """Who assessed it."""
+    """Who assessed it.
+    Empty means the caller (the token's subject); a service relaying a staff
+    decision names the staff member.
+    """
     district_code: _builtins.str
     """Survivor's district."""
     sex: _sex_pb2.Sex.ValueType
@@ -955,7 +958,10 @@ class RequestAssistanceRequest(_message.Message):
     referral_consent: _builtins.bool
     """The survivor consented to referral to an external provider."""
     requested_by: _builtins.str
-    """Who requests it."""
+    """Who requests it.
+    Empty means the caller (the token's subject); a service relaying a staff
+    decision names the staff member.
+    """
     quantity: _builtins.int
     """Units to reserve from stock; 0 means 1. Seats and slots are one per person."""
     @_builtins.property
@@ -1024,7 +1030,10 @@ class AdvanceAssistanceRequest(_message.Message):
     action: _builtins.str
     """The lifecycle action, for example "deliver"."""
     actor: _builtins.str
-    """Who applies it."""
+    """Who applies it.
+    Empty means the caller (the token's subject); a service relaying a staff
+    decision names the staff member.
+    """
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
         """Data supplied with the action."""

@@ -1269,7 +1269,10 @@ class PublishRuleSetRequest(_message.Message):
     source_yaml: _builtins.str
     """The rule set YAML (its id is read from the YAML)."""
     published_by: _builtins.str
-    """Who publishes it."""
+    """Who publishes it.
+    Empty means the caller (the token's subject); a service relaying a staff
+    decision names the staff member.
+    """
     change_note: _builtins.str
     """Why it is published."""
     def __init__(
@@ -1397,7 +1400,10 @@ class FollowUp(_message.Message):
     family_members_supported: _builtins.int
     """Family members the survivor's work supports."""
     recorded_by: _builtins.str
-    """Who recorded the follow-up."""
+    """Who recorded the follow-up.
+    In RecordFollowUp, empty means the caller (the token's subject); a service
+    relaying a staff decision names the staff member.
+    """
     loan_id: _builtins.str
     """The loan followed up (the lending service's loan id): a survivor has one +6 and one
     +12 month follow-up per loan. Empty for a follow-up not tied to a loan, and for those

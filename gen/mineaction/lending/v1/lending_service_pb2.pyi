@@ -938,7 +938,10 @@ class SubmitLoanApplicationRequest(_message.Message):
     purpose: _builtins.str
     """What the loan is for."""
     submitted_by: _builtins.str
-    """Who submits the application."""
+    """Who submits the application.
+    Empty means the caller (the token's subject); a service relaying a staff
+    decision names the staff member.
+    """
     fund_id: _builtins.str
     """The fund to draw from; empty lets the service choose."""
     def __init__(
@@ -1004,7 +1007,10 @@ class ApproveLoanRequest(_message.Message):
     loan_id: _builtins.str
     """The loan."""
     approved_by: _builtins.str
-    """Who records the approval."""
+    """Who records the approval.
+    Empty means the caller (the token's subject); a service relaying a staff
+    decision names the staff member.
+    """
     committee_decision_ref: _builtins.str
     """Reference of the committee decision (minutes number)."""
     note: _builtins.str
@@ -1065,7 +1071,10 @@ class RejectLoanRequest(_message.Message):
     loan_id: _builtins.str
     """The loan."""
     rejected_by: _builtins.str
-    """Who records the rejection."""
+    """Who records the rejection.
+    Empty means the caller (the token's subject); a service relaying a staff
+    decision names the staff member.
+    """
     reason: _builtins.str
     """Why it was rejected."""
     def __init__(
@@ -1123,7 +1132,10 @@ class WithdrawLoanRequest(_message.Message):
     loan_id: _builtins.str
     """The loan."""
     withdrawn_by: _builtins.str
-    """Who records the withdrawal."""
+    """Who records the withdrawal.
+    Empty means the caller (the token's subject); a service relaying a staff
+    decision names the staff member.
+    """
     reason: _builtins.str
     """Why the applicant withdrew."""
     def __init__(
@@ -1193,7 +1205,10 @@ class DisburseTrancheRequest(_message.Message):
     description: _builtins.str
     """What is disbursed (for in-kind: the goods)."""
     disbursed_by: _builtins.str
-    """Who disburses."""
+    """Who disburses.
+    Empty means the caller (the token's subject); a service relaying a staff
+    decision names the staff member.
+    """
     @_builtins.property
     def disbursement_date(self) -> _date_pb2.Date:
         """Date of disbursement."""
@@ -1270,7 +1285,10 @@ class RecordRepaymentRequest(_message.Message):
     currency_code: _builtins.str
     """ISO 4217 currency code; only "AZN"."""
     received_by: _builtins.str
-    """Who received the payment."""
+    """Who received the payment.
+    Empty means the caller (the token's subject); a service relaying a staff
+    decision names the staff member.
+    """
     channel: _builtins.str
     """Payment channel, for example "cash" or "bank_transfer"."""
     @_builtins.property
@@ -1346,7 +1364,10 @@ class ReverseRepaymentRequest(_message.Message):
     reason: _builtins.str
     """Why it is reversed (e.g. a bounced transfer)."""
     reversed_by: _builtins.str
-    """Who records the reversal."""
+    """Who records the reversal.
+    Empty means the caller (the token's subject); a service relaying a staff
+    decision names the staff member.
+    """
     def __init__(
         self,
         *,
@@ -1604,7 +1625,10 @@ class RescheduleLoanRequest(_message.Message):
     additional_grace_months: _builtins.int
     """Extra grace months before the first rescheduled instalment."""
     requested_by: _builtins.str
-    """Who requests the reschedule."""
+    """Who requests the reschedule.
+    Empty means the caller (the token's subject); a service relaying a staff
+    decision names the staff member.
+    """
     @_builtins.property
     def effective_date(self) -> _date_pb2.Date:
         """Date the new schedule takes effect."""
@@ -1677,7 +1701,10 @@ class PauseDelinquencyRequest(_message.Message):
     reason: _builtins.str
     """Why delinquency is paused (e.g. hospitalisation)."""
     requested_by: _builtins.str
-    """Who requests the pause."""
+    """Who requests the pause.
+    Empty means the caller (the token's subject); a service relaying a staff
+    decision names the staff member.
+    """
     @_builtins.property
     def start_date(self) -> _date_pb2.Date:
         """First day of the pause."""
