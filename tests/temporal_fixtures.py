@@ -57,10 +57,13 @@ async def time_skipping_server(converter: DataConverter) -> AsyncIterator[Workfl
         await env.shutdown()
 
 
-@pytest_asyncio.fixture(scope="session")
+@pytest_asyncio.fixture(scope="module")
 async def time_skipping_env(
     encrypting_converter: DataConverter,
 ) -> AsyncIterator[WorkflowEnvironment]:
+    """A test server per module: its clock starts at today. Shared by the whole session,
+    the years each module skipped added up (2048 by the payload test), and a survivor
+    born in 1981 had grown too old for a loan by the time a later module met them."""
     async with time_skipping_server(encrypting_converter) as env:
         yield env
 
