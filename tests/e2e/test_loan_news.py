@@ -4,8 +4,11 @@ the journey within seconds, through the lending service's change feed."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
 
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.programme_time import programme_today
@@ -53,3 +56,24 @@ async def test_a_repayment_made_through_the_api_reaches_the_journey(
         finally:
             await relay.terminate("the test is over")
             await handle.terminate("the test is over")
+
+
+async def test_a_retried_relay_turn_goes_on_from_its_last_heartbeat(
+    cluster: Cluster, dev_client: Client, activities: JourneyActivities
+) -> None:
+    """A turn retried after its worker died starts from the cursor its last heartbeat
+    carried, not from the one it was first given (the feed's start): nothing is read
+    twice, and the turn hands on the cursor it reached."""
+    end = await feed_end(cluster)
+    env = ActivityEnvironment(client=dev_client)
+    env.info = dataclasses.replace(env.info, heartbeat_details=[end])
+    beats: list[str] = []
+    env.on_heartbeat = lambda *details: beats.append(str(details[0]))
+    saved = activities.news_turn_seconds, activities.news_wait_seconds
+    activities.news_turn_seconds, activities.news_wait_seconds = 0.5, 0
+    try:
+        reached = await env.run(activities.relay_loan_news, "")
+    finally:
+        activities.news_turn_seconds, activities.news_wait_seconds = saved
+    assert reached == end
+    assert beats and set(beats) == {end}
