@@ -175,12 +175,9 @@ def main(
     _OPTIONS = context.Options(token_file=token_file)
 
 
-def _today() -> date:
-    return datetime.now(UTC).date()
-
-
 def _date_or_today(value: str | None, what: str) -> date:
-    return inputs.iso_date(value, what) if value else _today()
+    """The date given, else today in Baku, as the services count days."""
+    return inputs.iso_date(value, what) if value else programme_today()
 
 
 # --- survivors ------------------------------------------------------------------------
@@ -674,7 +671,7 @@ async def _with_ledger_figures(status: JourneyStatus, language: str) -> JourneyS
     figures, said so, when the lending service cannot answer."""
     if not status.loan_id:
         return status
-    today = _today()
+    today = programme_today()
     answer = await _read_or_say(
         "journey_figures",
         language,
@@ -1402,7 +1399,7 @@ def repay(
             f"{loan.days_past_due} days past due, "
             f"{loan_status(loan)}{closed}"
             # The answer's figures are the loan's on the payment's date.
-             + ("" if paid_on == _today() else f" (as of {paid_on})")
+             + ("" if paid_on == programme_today() else f" (as of {paid_on})")
         )
         if not repayment.recovery:
             await _tell_journey(loan)

@@ -22,6 +22,7 @@ refused by the authentication step. The steps run as one gRPC interceptor (StepC
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import time
@@ -117,6 +118,9 @@ class RequestContextInterceptor(UnaryInterceptor):
         code = grpc.StatusCode.OK
         try:
             return await call_next(request, context)
+        except asyncio.CancelledError:  # the caller went away (its deadline, a shutdown)
+            code = grpc.StatusCode.CANCELLED
+            raise
         except BaseException:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise

@@ -36,6 +36,7 @@ from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common.channels import service_token
 from services.common.config import Settings
 from services.common.districts import known_districts
+from services.common.programme_time import programme_today
 from tests.conftest import Cluster
 from tests.factories import pdate, request_id
 from tests.journey_helpers import (
@@ -45,7 +46,7 @@ from tests.journey_helpers import (
     wait_for_stage,
     wait_until,
 )
-from tests.lending_helpers import active_loan, open_fund
+from tests.lending_helpers import active_loan, lending_db, open_fund
 from workers.journey import search_attributes as sa
 from workers.journey.activities import JourneyActivities
 from workers.journey.loan_news import LOAN_NEWS_WORKFLOW_ID, start_loan_news
@@ -941,6 +942,13 @@ async def test_a_write_off_proposal_withdrawn_from_the_cli(
     assert ran.exit_code == 0 and ran.stdout.rstrip().endswith("(as of 2026-05-10)"), ran
     ran = await mineaction(cli_env, "repay", loan.loan_id, "10")
     assert ran.exit_code == 0 and "(as of" not in ran.stdout and not ran.stderr, ran
+    # Without --date, the day is today in Baku, as the services count days (from 20:00
+    # UTC it is already tomorrow there).
+    paid_on = await lending_db(cluster).pool.fetchval(
+        "SELECT max(value_date) FROM ledger_transactions WHERE loan_id = $1 AND kind = 'REPAYMENT'",
+        loan.loan_id,
+    )
+    assert paid_on == programme_today()
     # Temporal down: the money is recorded all the same; the journey could not be told.
     temporal_down = {**cli_env, "TEMPORAL_ADDRESS": f"127.0.0.1:{closed_port()}"}
     ran = await mineaction(temporal_down, "repay", loan.loan_id, "10")

@@ -17,6 +17,7 @@ from google.protobuf import duration_pb2
 
 from mineaction.lending.v1 import lending_service_pb2 as pb
 from services.common import pagination
+from services.common.metrics import RPC_REQUESTS
 from services.lending.service import LOAN_CHANGES
 from tests.conftest import Cluster
 from tests.factories import pdate, request_id
@@ -248,3 +249,24 @@ async def test_a_wait_out_of_range_is_refused(cluster: Cluster, seconds: int) ->
         )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(refused.value) == ["max_wait"]
+
+
+async def test_a_wait_the_caller_gives_up_is_counted_as_cancelled(cluster: Cluster) -> None:
+    """The caller's deadline passes while the read waits: the call ends, and the service
+    counts (and logs) it as CANCELLED, not as an unknown failure."""
+    series = RPC_REQUESTS.labels(
+        "mineaction.lending.v1.LendingService", "ListLoanChanges", "CANCELLED"
+    )
+    before = series._value.get()
+    end = await feed_end(cluster)
+    with pytest.raises(grpc.aio.AioRpcError) as gave_up:
+        await cluster.lending.ListLoanChanges(
+            pb.ListLoanChangesRequest(after=end, max_wait=duration_pb2.Duration(seconds=10)),
+            timeout=0.5,
+        )
+    assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(50):  # the service sees the cancellation a moment later
+        if series._value.get() > before:
+            break
+        await asyncio.sleep(0.1)
+    assert series._value.get() == before + 1
