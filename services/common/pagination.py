@@ -75,13 +75,14 @@ def decode(
     if not token:
         return None
     what = "page token" if field == "page_token" else "cursor"
+    reason = f"{what.upper().replace(' ', '_')}_NOT_ISSUED"  # PAGE_TOKEN_..., CURSOR_...
     try:
         payload = json.loads(base64.urlsafe_b64decode(token.encode()))
         key, fingerprint = payload["k"], payload["q"]
         typed = [read(part) for read, part in zip(parts, key, strict=True)]
     except (ValueError, KeyError, TypeError):
-        raise invalid(field, f"not a {what} issued by this service") from None
+        raise invalid(field, f"not a {what} issued by this service", reason) from None
     if fingerprint not in (_fingerprint(query, key), _fingerprint(query)):
         for_what = "this query (filters)" if field == "page_token" else "this feed"
-        raise invalid(field, f"not a {what} this service issued for {for_what}")
+        raise invalid(field, f"not a {what} this service issued for {for_what}", reason)
     return typed

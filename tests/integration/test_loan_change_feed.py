@@ -17,6 +17,7 @@ from google.protobuf import duration_pb2
 
 from mineaction.lending.v1 import lending_service_pb2 as pb
 from services.common import pagination
+from services.common.errors import violations_in
 from services.common.metrics import RPC_REQUESTS
 from services.lending.service import LOAN_CHANGES
 from tests.conftest import Cluster
@@ -200,6 +201,7 @@ async def test_a_cursor_the_service_did_not_issue_is_refused(cluster: Cluster, a
         await cluster.lending.ListLoanChanges(pb.ListLoanChangesRequest(after=after))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(refused.value) == ["after"]
+    assert [v.reason for v in violations_in(refused.value)] == ["CURSOR_NOT_ISSUED"]
 
 
 async def test_a_page_size_out_of_range_is_refused(cluster: Cluster) -> None:
