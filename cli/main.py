@@ -22,7 +22,7 @@ import typer
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.table import Table
-from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.enums.v1 import PendingActivityState, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
@@ -1558,16 +1558,20 @@ async def _relay_state(client: Client) -> tuple[str, str]:
             rpc_timeout=RPC_TIMEOUT
         )
     except RPCError as error:
-        if error.status != RPCStatusCode.NOT_FOUND:
-            raise
-        return "not started (a journey worker starts it)", ""
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return "not started (a journey worker starts it)", ""
+        return "unknown", one_line(str(error))
     if described.status != WorkflowExecutionStatus.RUNNING:
         return f"not running ({described.status.name if described.status else 'UNKNOWN'})", ""
     for turn in described.raw_description.pending_activities:
-        if turn.attempt > 1 and turn.HasField("last_failure"):
-            # The failure's message is encrypted with the payloads: the client decodes it.
-            failed = await client.data_converter.decode_failure(turn.last_failure)
-            said = failed.message if isinstance(failed, FailureError) else str(failed)
+        # Waiting to retry after a failure; a retry that runs again may well be fine.
+        waiting = turn.state != PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+        if turn.attempt > 1 and turn.HasField("last_failure") and waiting:
+            try:  # the failure's message is encrypted with the payloads
+                failed = await client.data_converter.decode_failure(turn.last_failure)
+                said = failed.message if isinstance(failed, FailureError) else str(failed)
+            except Exception:
+                said = "(the failure cannot be read with this client's payload keys)"
             return f"failing (attempt {turn.attempt})", one_line(said)
     return "ok: following the loan change feed", ""
 

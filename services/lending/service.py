@@ -526,6 +526,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             request.after, LOAN_CHANGES, (pagination.xid8, pagination.int64), field="after"
         )
         wait = request.max_wait.ToTimedelta().total_seconds() if request.HasField("max_wait") else 0
+        remaining = context.time_remaining()
+        if remaining is not None:  # answer (empty) before the caller's deadline passes
+            wait = max(0.0, min(wait, remaining - CHANGES_POLL_SECONDS))
         deadline = time.monotonic() + wait
         while True:
             rows = await self._loan_changes(after, pagination.page_size(request.page_size))
