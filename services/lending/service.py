@@ -530,8 +530,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         if remaining is not None:  # answer (empty) before the caller's deadline passes
             wait = max(0.0, min(wait, remaining - CHANGES_POLL_SECONDS))
         deadline = time.monotonic() + wait
+        size = pagination.page_size(request.page_size)
         while True:
-            rows = await self._loan_changes(after, pagination.page_size(request.page_size))
+            rows = await self._loan_changes(after, size)
             if rows or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(min(CHANGES_POLL_SECONDS, deadline - time.monotonic()))

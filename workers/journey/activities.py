@@ -212,10 +212,9 @@ LOAN_NEWS = frozenset(
 )
 
 
-async def tell_journeys(client: Client, survivor_id: str, loan_id: str) -> int:
+async def tell_journeys(client: Client, survivor_id: str, loan_id: str) -> None:
     """Signal `loan_changed` to the survivor's running journeys (a journey ignores
-    another loan's news); how many were told."""
-    told = 0
+    another loan's news)."""
     for journey in await journeys_of(client, survivor_id, timedelta(seconds=RPC_TIMEOUT_SECONDS)):
         if journey.state != "RUNNING":
             continue
@@ -225,11 +224,9 @@ async def tell_journeys(client: Client, survivor_id: str, loan_id: str) -> int:
                 LoanChanged(loan_id),
                 rpc_timeout=timedelta(seconds=RPC_TIMEOUT_SECONDS),
             )
-            told += 1
         except RPCError as error:  # it ended meanwhile
             if error.status != RPCStatusCode.NOT_FOUND:
                 raise
-    return told
 
 
 class JourneyActivities:
