@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from datetime import time as clock
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from services.common.channels import DEV_TOKEN_FILE, open_channel
 from services.common.config import Settings, load_settings
 from services.common.logging import configure_logging
 from services.common.money import manat
+from services.common.programme_time import PROGRAMME_ZONE, programme_date
 from services.common.protoconv import proto_date
 from services.common.server import ServiceHost
 from services.lending import ledger
@@ -416,7 +417,7 @@ async def _run(
         task_queue = f"simulate-{uuid.uuid4()}"
         async with build_worker(env.client, activities, task_queue):
             start_at = await env.get_current_time()
-            start = start_at.date()
+            start = programme_date(start_at)
             await _open_fund(host, a, start)
             programme = Programme(a, lending, env, task_queue)
             announce(f"lending to the first {a.survivors} survivors")
@@ -426,7 +427,7 @@ async def _run(
             for month in range(1, a.months + 1):
                 announce(f"month {month} of {a.months}")
                 target = add_months(start, month)
-                wake = datetime.combine(target, clock(), tzinfo=UTC)
+                wake = datetime.combine(target, clock(), tzinfo=PROGRAMME_ZONE)
                 now = await env.get_current_time()
                 if wake > now:
                     await env.sleep(wake - now)

@@ -9,11 +9,16 @@ from zoneinfo import ZoneInfo
 from services.common.errors import invalid
 
 PROGRAMME_TIME_ZONE = "Asia/Baku"
-_ZONE = ZoneInfo(PROGRAMME_TIME_ZONE)
+PROGRAMME_ZONE = ZoneInfo(PROGRAMME_TIME_ZONE)
 
 
 def programme_today() -> date:
-    return datetime.now(_ZONE).date()
+    return datetime.now(PROGRAMME_ZONE).date()
+
+
+def programme_date(moment: datetime) -> date:
+    """The day `moment` (an aware time, such as a simulated clock's) falls on in Baku."""
+    return moment.astimezone(PROGRAMME_ZONE).date()
 
 
 def not_after_today(field: str, on: date, *, simulated_clock: bool = False) -> None:

@@ -8,7 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,7 +26,7 @@ from services.common.districts import require_known_district, require_known_dist
 from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, invalid
 from services.common.idempotency import once_per_request
 from services.common.money import qepik_and_manat
-from services.common.programme_time import not_after_today
+from services.common.programme_time import not_after_today, programme_today
 from services.common.protoconv import from_proto_date, proto_date, timestamp
 from services.common.server import ServiceSpec
 from services.lending import arrears, figures, ledger
@@ -45,10 +45,6 @@ DEFAULT_FUND = "main"
 LOAN_CHANGES = "loan-changes"
 # How often a long-polling ListLoanChanges looks again while it waits.
 CHANGES_POLL_SECONDS = 0.5
-
-
-def today() -> date:
-    return datetime.now(UTC).date()
 
 
 def tranche_to_proto(row: Mapping[str, Any] | asyncpg.Record) -> pb.Tranche:
@@ -389,7 +385,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def GetLoan(
         self, request: pb.GetLoanRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetLoanResponse:
-        as_of = from_proto_date(request.as_of) if request.HasField("as_of") else today()
+        as_of = from_proto_date(request.as_of) if request.HasField("as_of") else programme_today()
         async with self.db.pool.acquire() as conn:
             loans = await self._loan_views(conn, [request.loan_id], as_of)
             if not loans:
@@ -432,14 +428,14 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 size + 1,
             )
             page = rows[:size]
-            loans = await self._loan_views(conn, [r["loan_id"] for r in page], today())
+            loans = await self._loan_views(conn, [r["loan_id"] for r in page], programme_today())
         token = pagination.encode([page[-1]["loan_id"]], query) if len(rows) > size else ""
         return pb.ListLoansResponse(loans=loans, next_page_token=token)
 
     async def GetRepaymentSchedule(
         self, request: pb.GetRepaymentScheduleRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetRepaymentScheduleResponse:
-        as_of = from_proto_date(request.as_of) if request.HasField("as_of") else today()
+        as_of = from_proto_date(request.as_of) if request.HasField("as_of") else programme_today()
         async with self.db.pool.acquire() as conn:
             loan = await conn.fetchrow(
                 "SELECT state FROM loans WHERE loan_id = $1", request.loan_id

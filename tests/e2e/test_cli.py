@@ -36,7 +36,7 @@ from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common.channels import service_token
 from services.common.config import Settings
 from services.common.districts import known_districts
-from services.common.programme_time import programme_today
+from services.common.programme_time import programme_date, programme_today
 from tests.conftest import Cluster
 from tests.factories import pdate, request_id
 from tests.journey_helpers import (
@@ -1402,7 +1402,7 @@ async def test_impact_follow_up_from_the_cli(
         )
         # Paid on the journey's today: the shared test server's clock may already be years
         # ahead of the real one after the tests before.
-        paid_on = (await time_skipping_env.get_current_time()).date().isoformat()
+        paid_on = programme_date(await time_skipping_env.get_current_time()).isoformat()
         ran = await mineaction(env, "repay", status.loan_id, "2000", "--date", paid_on)
         assert ran.exit_code == 0, ran
         assert f"CLOSED_OBLIGATIONS_MET on {paid_on}" in ran.stdout, ran

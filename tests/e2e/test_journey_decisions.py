@@ -15,6 +15,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
+from services.common.programme_time import programme_today
 from tests.conftest import Cluster
 from tests.factories import pdate, request_id
 from tests.journey_helpers import (
@@ -168,7 +169,7 @@ async def test_a_write_off_needs_two_people_whatever_the_case_and_closes_the_sch
     # The ledger read itself shows nothing falling due on a closed loan.
     snapshot = await ActivityEnvironment().run(
         activities.loan_snapshot,
-        SnapshotInput(loan_id, datetime.now(UTC).date().isoformat()),
+        SnapshotInput(loan_id, programme_today().isoformat()),
     )
     assert snapshot.status == "CLOSED_WRITTEN_OFF"
     assert (snapshot.next_due_date, snapshot.next_due_minor, snapshot.overdue_minor) == ("", 0, 0)
@@ -193,7 +194,7 @@ def decision_environment(
 def write_off_decision(
     loan_id: str, confirmed_by: str, reason: str = "the business has closed"
 ) -> WriteOffInput:
-    today = datetime.now(UTC).date().isoformat()
+    today = programme_today().isoformat()
     return WriteOffInput(loan_id, reason, "lo-01", confirmed_by, today)
 
 
@@ -277,7 +278,7 @@ async def test_a_withdrawal_of_the_decisions_own_proposal_stands(
             loan_id=loan.loan_id,
             reason="the business has closed",
             proposed_by="lo-01",
-            write_off_date=pdate(datetime.now(UTC).date()),
+            write_off_date=pdate(programme_today()),
         )
     )
     withdrawn = await withdraw(cluster, loan.loan_id)
@@ -297,7 +298,7 @@ async def test_a_withdrawal_of_the_decisions_own_proposal_stands(
             loan_id=loan.loan_id,
             reason="the business has closed",
             proposed_by="lo-01",
-            write_off_date=pdate(datetime.now(UTC).date()),
+            write_off_date=pdate(programme_today()),
         )
     )
     await withdraw(cluster, loan.loan_id)

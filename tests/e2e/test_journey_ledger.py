@@ -8,13 +8,15 @@ or dropped when the loan closes."""
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import pytest
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
+from services.common.programme_time import programme_date
+from services.common.protoconv import from_proto_date
 from tests.conftest import Cluster
 from tests.factories import register_request, saatli_fish_farmer
 from tests.journey_helpers import skip_until, status_of
@@ -63,7 +65,7 @@ async def approved_journey(
 
 async def pay(cluster: Cluster, env: WorkflowEnvironment, loan_id: str, amount: int) -> str:
     """A payment at the cashier's desk on the journey's today; its transaction id."""
-    today = (await env.get_current_time()).date()
+    today = programme_date(await env.get_current_time())
     paid = await cluster.lending.RecordRepayment(repayment(loan_id, amount, today))
     return paid.repayment.transaction_id
 
@@ -152,7 +154,7 @@ async def test_a_reversal_takes_a_repaid_journey_back_to_its_repayment_cycle(
         await pay(cluster, env, loan_id, 120_000)
         await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
         again = await skip_until(env, handle, lambda s: s.stage == "REPAID", step=STEP, limit=SOON)
-        assert again.closed_on == (await env.get_current_time()).date().isoformat()
+        assert again.closed_on == programme_date(await env.get_current_time()).isoformat()
         await handle.terminate("the test is over")
 
 
@@ -196,3 +198,36 @@ async def test_a_reversal_after_the_last_due_date_or_during_a_follow_up_reopens_
         )  # fmt: skip
         assert (reopened.follow_up_due, reopened.loan_status) == (0, "ACTIVE")
         await asked.terminate("the test is over")
+
+
+@pytest.mark.timeout(180)
+async def test_a_journey_counts_its_days_in_baku(
+    cluster: Cluster,
+    time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """From 20:00 UTC it is already tomorrow in Baku, where the services count days. A
+    loan the journey disburses in the UTC evening is disbursed on Baku's day, and its
+    first instalment falls due a month after that day (before, on UTC's day: one day
+    behind what the cashier's desk and every report call today)."""
+    env = time_skipping_env
+    now = await env.get_current_time()
+    evening = datetime.combine(now.astimezone(UTC).date(), time(20, 15), UTC)
+    if evening <= now:
+        evening += timedelta(days=1)
+    await env.sleep(evening - now)
+    kiosk = LoanRequest("small_trade", 120_000, "a kiosk")
+    async with build_worker(env.client, activities, task_queue):
+        handle = await approved_journey(cluster, env, task_queue, kiosk, "GRACE")
+        after = (await env.get_current_time()).astimezone(UTC)
+        assert after.date() == evening.date(), "disbursed after the UTC evening"
+        baku_day = programme_date(after)
+        assert baku_day == evening.date() + timedelta(days=1)
+        loan = (
+            await cluster.lending.GetLoan(
+                lending_pb.GetLoanRequest(loan_id=(await status_of(handle)).loan_id)
+            )
+        ).loan
+        assert [from_proto_date(t.disbursement_date) for t in loan.tranches] == [baku_day]
+        await handle.terminate("the test is over")

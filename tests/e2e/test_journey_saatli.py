@@ -15,6 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
+from services.common.programme_time import programme_date
 from tests.conftest import Cluster
 from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
 from tests.journey_helpers import follow_up_due, own_pool, skip_until, status_of
@@ -176,7 +177,7 @@ async def test_saatli_fish_farmer_from_intake_to_follow_ups(
     # The journey ran years ahead in skipped time: read the ledger as of then.
     # The session's time-skipping clock is shared: earlier tests may have run it years
     # ahead of the real date already, so "then" is the test server's own now.
-    later = pdate((await env.get_current_time()).date() + timedelta(days=1))
+    later = pdate(programme_date(await env.get_current_time()) + timedelta(days=1))
     loan = (
         await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=loan_id, as_of=later))
     ).loan

@@ -31,6 +31,7 @@ from services.common.auth import ensure_dev_credentials
 from services.common.channels import service_token
 from services.common.config import load_settings
 from services.common.logging import configure_logging
+from services.common.programme_time import programme_date
 from tests.conftest import Cluster, start_services, stop_services
 from tests.factories import register_request, request_id, saatli_fish_farmer
 from tests.journey_helpers import deliver_wheelchair, own_pool, skip_until, someone_holds, status_of
@@ -155,7 +156,7 @@ async def pay_and_tell(
 ) -> str:
     """A payment at the cashier's desk on the journey's today, the journey told; the
     payment's transaction id."""
-    today = (await env.get_current_time()).date()
+    today = programme_date(await env.get_current_time())
     paid = await cluster.lending.RecordRepayment(repayment(loan_id, amount_minor, today))
     await tell(env, handle, loan_id, stage)
     return paid.repayment.transaction_id

@@ -10,7 +10,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from workers.journey.activities import JourneyActivities
     from workers.journey.model import AssessInput, JourneyInput, JourneyStatus
-    from workers.journey.workflows import SurvivorJourneyWorkflow, call_service, today
+    from workers.journey.workflows import SurvivorJourneyWorkflow, call_service
 
 
 @workflow.defn(name="SurvivorJourneyWorkflow")
@@ -19,6 +19,6 @@ class ReorderedJourneyWorkflow(SurvivorJourneyWorkflow):
     async def run(self, journey: JourneyInput) -> JourneyStatus:
         await call_service(
             JourneyActivities.assess_eligibility,
-            AssessInput(journey.survivor_id, today().isoformat()),
+            AssessInput(journey.survivor_id, self._today().isoformat()),
         )
         return await super().run(journey)

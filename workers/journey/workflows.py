@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
-from datetime import UTC, date, datetime, time, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import TypeVar
 
 from temporalio import workflow
@@ -27,6 +27,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from services.common.programme_time import PROGRAMME_ZONE
     from workers.journey import search_attributes as sa
     from workers.journey.activities import JourneyActivities
     from workers.journey.model import (
@@ -169,6 +170,11 @@ LOAN_REFUSED_KEEPS_ASSISTANCE_PATCH = "loan-refused-keeps-assistance"
 # was refused and the journey failed), and a repaid loan reopened by a reversal takes the
 # journey back to its repayment cycle (it stayed REPAID and completed).
 FOLLOWS_THE_LEDGER_PATCH = "journey-follows-the-ledger"
+# Journeys (and runs continued as new) from this change on count their days in Baku, as
+# the services do (WorkflowDays): the day they approve, disburse, pause or follow up on,
+# and the midnight they wake at for a due date. Before, they counted UTC's days, a day
+# behind from 20:00 UTC. Older histories replay on UTC's days.
+PROGRAMME_DAYS_PATCH = "journey-programme-days"
 WAITLISTED = "waitlisted"
 WAITLIST_READ_EVERY = timedelta(days=1)
 WAITLIST_READS_PER_RUN = 90
@@ -196,8 +202,23 @@ def same_person(a: str, b: str) -> bool:
     return a.strip().casefold() == b.strip().casefold()
 
 
-def today() -> date:
-    return workflow.now().date()
+@dataclass(frozen=True)
+class WorkflowDays:
+    """Where a workflow's days begin and end: in Baku, as the services count them, for
+    runs started from its patch on (`since`); in UTC, as before, on older histories."""
+
+    zone: tzinfo = UTC
+
+    @staticmethod
+    def since(patch_id: str) -> WorkflowDays:
+        return WorkflowDays(PROGRAMME_ZONE if workflow.patched(patch_id) else UTC)
+
+    def today(self) -> date:
+        return workflow.now().astimezone(self.zone).date()
+
+    def until(self, day: date, at: time = time()) -> timedelta:
+        """Time from now to `at` o'clock on `day` (none if that has passed)."""
+        return max(timedelta(0), datetime.combine(day, at, tzinfo=self.zone) - workflow.now())
 
 
 def add_months(day: date, months: int) -> date:
@@ -257,6 +278,7 @@ class SurvivorJourneyWorkflow:
         self._fewer_tasks = False
         self._sa_pending: dict[str, SearchAttributeUpdate] = {}  # type: ignore[type-arg]
         self._sa_current: dict[str, object] = {}
+        self._days = WorkflowDays()
 
     # --- the journey -------------------------------------------------------------------
 
@@ -266,6 +288,7 @@ class SurvivorJourneyWorkflow:
 
     async def _journey(self, journey: JourneyInput) -> JourneyStatus:
         self._input = journey
+        self._days = WorkflowDays.since(PROGRAMME_DAYS_PATCH)
         if workflow.patched(FEWER_TASKS_PATCH):
             self._fewer_tasks = True
             # What the starter (or the run continued from) already set.
@@ -276,7 +299,7 @@ class SurvivorJourneyWorkflow:
             self._s = journey.resume
             return await self._after_disbursement()
 
-        assess = AssessInput(journey.survivor_id, today().isoformat())
+        assess = AssessInput(journey.survivor_id, self._today().isoformat())
         if self._fewer_tasks:  # independent reads: both at once, in the first task
             # Both settle before either's failure ends the run: a workflow's failure must
             # be its last command, after every local activity's marker.
@@ -410,7 +433,7 @@ class SurvivorJourneyWorkflow:
         await self._wait_condition(self._loan_decided)
         assert self._s.loan is not None
         if self._s.loan.status == "APPROVED":
-            self._s.approved_on = today().isoformat()
+            self._s.approved_on = self._today().isoformat()
             return True
         return False
 
@@ -427,7 +450,7 @@ class SurvivorJourneyWorkflow:
             if sequence > 1 and workflow.patched(FOLLOWS_THE_LEDGER_PATCH):
                 if await self._watch_until(due, loan_closed):  # repaid already: the rest lapses
                     return
-            elif due > today():
+            elif due > self._today():
                 await self._sleep(self._until(due))
             self._set_loan(
                 await self._call(
@@ -438,7 +461,7 @@ class SurvivorJourneyWorkflow:
                         tranche.amount_minor,
                         tranche.kind,
                         tranche.description,
-                        today().isoformat(),
+                        self._today().isoformat(),
                         self._input.case_worker_id,
                     ),
                 )
@@ -461,12 +484,12 @@ class SurvivorJourneyWorkflow:
         read, so one heard meanwhile counts) and on the day; True as soon as a read
         satisfies `stop`."""
         while True:
-            if not self._news_unread() and day > today():
+            if not self._news_unread() and day > self._today():
                 with contextlib.suppress(TimeoutError):  # the day has come
                     await self._wait_condition(self._news_unread, within=self._until(day))
             if stop(await self._snapshot()):
                 return True
-            if day <= today():
+            if day <= self._today():
                 return False
 
     def _news_unread(self) -> bool:
@@ -483,7 +506,7 @@ class SurvivorJourneyWorkflow:
             if snap.status in CLOSED_LOAN_STATES:
                 # The ledger's date: a loan repaid early is followed up from the day it
                 # closed, not from the day the journey read it (older snapshots: today).
-                self._s.closed_on = snap.closed_on or today().isoformat()
+                self._s.closed_on = snap.closed_on or self._today().isoformat()
                 self._s.write_off_proposal = None  # nothing left to write off
                 self._set_stage(
                     Stage.REPAID if snap.status == "CLOSED_OBLIGATIONS_MET" else Stage.WRITTEN_OFF
@@ -493,11 +516,11 @@ class SurvivorJourneyWorkflow:
             if snap.next_due_date:
                 due = date.fromisoformat(snap.next_due_date)
                 if self._s.stage != Stage.ARREARS_REVIEW:
-                    in_grace = today() < date.fromisoformat(snap.first_due_date)
+                    in_grace = self._today() < date.fromisoformat(snap.first_due_date)
                     self._set_stage(Stage.GRACE if in_grace else Stage.REPAYMENT)
                 remind_on = due - timedelta(days=policy.reminder_days_before_due)
                 if snap.next_due_date not in self._s.reminded_due_dates:
-                    if remind_on > today() and await self._wait_or_interrupted(remind_on):
+                    if remind_on > self._today() and await self._wait_or_interrupted(remind_on):
                         continue
                     await self._notify(
                         "repayment_reminder",
@@ -511,7 +534,7 @@ class SurvivorJourneyWorkflow:
             else:  # every instalment has fallen due: watch the arrears until they close
                 if self._s.stage in (Stage.REPAID, Stage.FOLLOW_UP):  # reopened by a reversal
                     self._set_stage(Stage.REPAYMENT)
-                wake = today() + timedelta(days=policy.arrears_check_days)
+                wake = self._today() + timedelta(days=policy.arrears_check_days)
             await self._wait_or_interrupted(wake)
             if workflow.info().is_continue_as_new_suggested():
                 # Bounded history: carry the state into a fresh run, once no human
@@ -524,7 +547,7 @@ class SurvivorJourneyWorkflow:
         self._news_at_read = self._loan_news
         snap = await self._call(
             JourneyActivities.loan_snapshot,
-            SnapshotInput(self._s.loan.loan_id, today().isoformat()),
+            SnapshotInput(self._s.loan.loan_id, self._today().isoformat()),
         )
         self._s.snapshot = snap
         if snap.status != self._s.loan.status:
@@ -541,7 +564,7 @@ class SurvivorJourneyWorkflow:
             if self._s.stage == Stage.ARREARS_REVIEW:
                 self._set_stage(Stage.REPAYMENT)
             return
-        episode = (today() - timedelta(days=snap.days_past_due)).isoformat()
+        episode = (self._today() - timedelta(days=snap.days_past_due)).isoformat()
         for threshold, kind in (
             (policy.field_visit_days_past_due, "field_visit"),
             (policy.committee_review_days_past_due, "arrears_committee_review"),
@@ -570,7 +593,7 @@ class SurvivorJourneyWorkflow:
             watch = workflow.patched(FOLLOWS_THE_LEDGER_PATCH)
             if watch and await self._watch_until(due, lambda snap: not loan_closed(snap)):
                 return self._reopened()
-            if not watch and due > today():
+            if not watch and due > self._today():
                 await self._sleep(self._until(due))
             self._set_stage(Stage.FOLLOW_UP)
             self._s.follow_up_due = months
@@ -607,7 +630,7 @@ class SurvivorJourneyWorkflow:
                     self._follow_up.working,
                     self._follow_up.family_members_supported,
                     self._follow_up.recorded_by,
-                    today().isoformat(),
+                    self._today().isoformat(),
                     loan_id,
                 ),
             )
@@ -619,8 +642,8 @@ class SurvivorJourneyWorkflow:
     async def _reopened_while_awaiting_answers(self, days: int) -> bool:
         """Wait up to `days` for the follow-up's answers; True if, meanwhile, a change
         heard turns out to have reopened the loan."""
-        window_ends = today() + timedelta(days=days)
-        while self._follow_up is None and today() < window_ends:
+        window_ends = self._today() + timedelta(days=days)
+        while self._follow_up is None and self._today() < window_ends:
             try:
                 await self._wait_condition(
                     lambda: self._follow_up is not None or self._news_unread(),
@@ -701,7 +724,7 @@ class SurvivorJourneyWorkflow:
     @workflow.update
     async def request_hardship(self, hardship: Hardship) -> JourneyStatus:
         assert self._s.loan is not None
-        start = today()
+        start = self._today()
         sequence = 0
         if workflow.patched(HARDSHIP_SEQUENCE_PATCH):
             self._s.hardship_requests += 1
@@ -766,7 +789,7 @@ class SurvivorJourneyWorkflow:
                     decision.reason,
                     decision.proposed_by,
                     decision.confirmed_by,
-                    today().isoformat(),
+                    self._today().isoformat(),
                 ),
             )
         except ActivityError as error:  # refused: the loan is still being repaid
@@ -914,11 +937,11 @@ class SurvivorJourneyWorkflow:
     def _assistance_finished(self) -> bool:
         return all(a.terminal for a in self._s.assistance.values())
 
-    @staticmethod
-    def _until(day: date) -> timedelta:
-        """Time from now to the start of `day`, in workflow time (UTC)."""
-        start = datetime.combine(day, time(), tzinfo=UTC)
-        return max(timedelta(0), start - workflow.now())
+    def _today(self) -> date:
+        return self._days.today()
+
+    def _until(self, day: date) -> timedelta:
+        return self._days.until(day)
 
     async def _wait_or_interrupted(self, day: date) -> bool:
         """Sleep until `day`; True if the loan changed meanwhile (a hardship, a write-off,

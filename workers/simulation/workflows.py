@@ -5,14 +5,14 @@ test or a programme simulation run months of repayments under time skipping."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, time, timedelta
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from workers.journey.activities import JourneyActivities
     from workers.journey.model import CLOSED_LOAN_STATES, RepaymentInput, SnapshotInput
-    from workers.journey.workflows import call_local, call_service
+    from workers.journey.workflows import WorkflowDays, call_local, call_service
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,11 @@ class BorrowerWorkflow:
         # From this change on, the borrower's reads of the loan are local activities: each
         # runs inside the workflow task that needs it instead of costing a task of its own.
         read = call_local if workflow.patched("borrower-local-snapshots") else call_service
+        # From this change on, the borrower counts days in Baku, as the journey and the
+        # services do: the day before a loan's disbursement in Baku read it unpaid.
+        days = WorkflowDays.since("borrower-programme-days")
         while True:
-            today = workflow.now().date()
+            today = days.today()
             snap = await read(
                 JourneyActivities.loan_snapshot, SnapshotInput(borrower.loan_id, today.isoformat())
             )
@@ -69,21 +72,19 @@ class BorrowerWorkflow:
                 pay_on = date.fromisoformat(snap.next_due_date) + timedelta(days=late)
             else:
                 return paid
-            start = datetime.combine(pay_on, time(hour=9), tzinfo=UTC)
-            if start > workflow.now():
-                await workflow.sleep(start - workflow.now())
+            wait = days.until(pay_on, time(hour=9))
+            if wait:
+                await workflow.sleep(wait)
             # Pay what is owed on the day, by then: arrears first, then the instalment.
             snap = await read(
                 JourneyActivities.loan_snapshot,
-                SnapshotInput(borrower.loan_id, workflow.now().date().isoformat()),
+                SnapshotInput(borrower.loan_id, days.today().isoformat()),
             )
             if snap.status in CLOSED_LOAN_STATES:
                 return paid
             amount = snap.overdue_minor or due_amount
             await call_service(
                 JourneyActivities.record_repayment,
-                RepaymentInput(
-                    borrower.loan_id, amount, workflow.now().date().isoformat(), f"{paid + 1}"
-                ),
+                RepaymentInput(borrower.loan_id, amount, days.today().isoformat(), f"{paid + 1}"),
             )
             paid += 1
