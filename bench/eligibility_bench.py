@@ -33,6 +33,7 @@ from bench.common import (
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
 from services.common.encoded import holding
+from services.common.programme_time import programme_today
 from services.eligibility import intake, rules
 from services.eligibility.assessing import new_assessment
 from services.eligibility.service import decision_to_proto
@@ -133,7 +134,7 @@ async def over_grpc(database_url: str) -> None:
             payload = pb.AssessEligibilityRequest(
                 request_id=request_id(),
                 survivor_id="srv-bench",
-                assessment_date=pdate(date.today()),
+                assessment_date=pdate(programme_today()),
             ).SerializeToString()
             meter = CpuMeter([echo_process.pid])
             before = meter.sample()

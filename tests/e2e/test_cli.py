@@ -437,7 +437,7 @@ async def test_a_journey_driven_from_the_cli(
         assert shown["Stage"] == "Grace period (GRACE)", shown
         assert shown["Loan status"] == "Active (ACTIVE)", shown
 
-        today = date.today().isoformat()
+        today = programme_today().isoformat()
         # A loan officer's own token: the repayment is received in their name (it was
         # received by "cli", not their identity, and refused).
         officer = {
@@ -470,7 +470,7 @@ async def test_a_journey_driven_from_the_cli(
                 loan_id=status.loan_id,
                 amount_minor=100_000,
                 currency_code="AZN",
-                payment_date=pdate(date.today()),
+                payment_date=pdate(programme_today()),
                 received_by="payment-collection",
             )
         )
