@@ -22,6 +22,7 @@ import typer
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.table import Table
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import PendingActivityState, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -154,6 +155,9 @@ app.add_typer(export_app, name="export")
 
 TIMEOUT = context.CALL_TIMEOUT_SECONDS
 RPC_TIMEOUT = timedelta(seconds=TIMEOUT)
+# Changes held back longer than this (a transaction normally ends in milliseconds) make
+# `health` report the loan news relay as held back.
+HELD_BACK_ALARM = timedelta(minutes=1)
 _OPTIONS = context.Options()
 T = TypeVar("T")
 
@@ -1573,7 +1577,25 @@ async def _relay_state(client: Client) -> tuple[str, str]:
             except Exception:
                 said = "(the failure cannot be read with this client's payload keys)"
             return f"failing (attempt {turn.attempt})", one_line(said)
+        held_back = await _held_back_since(client, turn.heartbeat_details.payloads)
+        if held_back is not None and datetime.now(UTC) - held_back > HELD_BACK_ALARM:
+            return (
+                f"held back since {held_back:%Y-%m-%d %H:%M:%S} UTC",
+                "changes to loans wait behind a transaction left open in the lending "
+                "database; journeys hear of them once it ends (docs/lending.md, the loan "
+                "change feed)",
+            )
     return "ok: following the loan change feed", ""
+
+
+async def _held_back_since(client: Client, heartbeat: Sequence[Payload]) -> datetime | None:
+    """From the relay turn's last heartbeat (its cursor, then since when changes are held
+    back): that time, or None when none are, or it cannot be read."""
+    try:
+        details = await client.data_converter.decode(heartbeat)
+        return datetime.fromisoformat(details[1]) if len(details) > 1 and details[1] else None
+    except Exception:
+        return None
 
 
 # --- arrears --------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Shared steps for the lending tests: a fund of the test's own, loans driven through the
-real gRPC API, and reading the google.rpc details of a refused call."""
+real gRPC API, reading the loan change feed, and reading the google.rpc details of a
+refused call."""
 
 from __future__ import annotations
 
@@ -171,3 +172,28 @@ async def write_off(
             request_id=request_id(), loan_id=loan_id, confirmed_by=confirmed_by
         )
     )
+
+
+async def read_feed(
+    cluster: Cluster, cursor: str, page_size: int = 500
+) -> tuple[list[pb.LoanChange], str]:
+    """Every change after `cursor`, page by page, and the cursor at the end."""
+    changes: list[pb.LoanChange] = []
+    while True:
+        page = await cluster.lending.ListLoanChanges(
+            pb.ListLoanChangesRequest(after=cursor, page_size=page_size)
+        )
+        if not page.changes:
+            assert page.cursor == cursor  # nothing new: the same cursor back
+            return changes, cursor
+        changes.extend(page.changes)
+        cursor = page.cursor
+
+
+async def feed_end(cluster: Cluster) -> str:
+    """A cursor at the feed's present end."""
+    return (await read_feed(cluster, ""))[1]
+
+
+async def changes_after(cluster: Cluster, cursor: str, page_size: int = 0) -> list[pb.LoanChange]:
+    return (await read_feed(cluster, cursor, page_size))[0]

@@ -532,9 +532,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             if rows or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(min(CHANGES_POLL_SECONDS, deadline - time.monotonic()))
-        if not rows:
-            return pb.ListLoanChangesResponse(cursor=request.after)
-        return pb.ListLoanChangesResponse(
+        response = pb.ListLoanChangesResponse(
             changes=[
                 pb.LoanChange(
                     loan_id=r["loan_id"],
@@ -544,8 +542,20 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 )
                 for r in rows
             ],
-            cursor=pagination.encode([rows[-1]["txid"], rows[-1]["change_id"]], LOAN_CHANGES),
+            cursor=(
+                pagination.encode([rows[-1]["txid"], rows[-1]["change_id"]], LOAN_CHANGES)
+                if rows
+                else request.after
+            ),
         )
+        if len(rows) < size:
+            held_back = await self.db.pool.fetchval(
+                """SELECT min(changed_at) FROM loan_changes
+                   WHERE txid >= pg_snapshot_xmin(pg_current_snapshot())"""
+            )
+            if held_back is not None:
+                response.held_back_since.CopyFrom(timestamp(held_back))
+        return response
 
     async def _loan_changes(self, after: list[Any] | None, size: int) -> list[asyncpg.Record]:
         return await self.db.pool.fetch(

@@ -46,10 +46,10 @@ from tests.journey_helpers import (
     wait_for_stage,
     wait_until,
 )
-from tests.lending_helpers import active_loan, lending_db, open_fund
+from tests.lending_helpers import active_loan, approved_loan, feed_end, lending_db, open_fund
 from workers.journey import search_attributes as sa
 from workers.journey.activities import JourneyActivities
-from workers.journey.loan_news import LOAN_NEWS_WORKFLOW_ID, start_loan_news
+from workers.journey.loan_news import LOAN_NEWS_WORKFLOW_ID, LoanNewsWorkflow, start_loan_news
 from workers.journey.model import (
     JourneyInput,
     LoanRequest,
@@ -1641,6 +1641,62 @@ async def test_health_names_a_relay_turn_that_keeps_failing(
         with contextlib.suppress(RPCError):
             await relay.terminate("the test is over")
         await no_lending.close()
+
+
+async def test_health_says_the_relay_is_held_back_by_a_transaction_left_open(
+    cli_env: dict[str, str],
+    cluster: Cluster,
+    dev_client: Client,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """A transaction left open in the lending database holds back every change committed
+    after it began: the relay hears of none, and `health` says since when they wait,
+    not "ok"."""
+    loan = await approved_loan(cluster.lending, fund_id=await open_fund(cluster, 1_000_000))
+    relay = dev_client.get_workflow_handle(LOAN_NEWS_WORKFLOW_ID)
+    with contextlib.suppress(RPCError):
+        await relay.terminate("the test starts its own")
+    saved, activities.news_wait_seconds = activities.news_wait_seconds, 1
+    db = lending_db(cluster)
+    async with db.pool.acquire() as left_open, db.pool.acquire() as writer:
+        forgotten = left_open.transaction()
+        await forgotten.start()
+        await left_open.execute("SELECT pg_current_xact_id()")  # holds the feed from here
+        # A change committed after it, written five minutes ago (as a trigger writes it,
+        # backdated: the alarm is for changes held back over a minute).
+        await writer.execute(
+            """INSERT INTO loan_changes (loan_id, kind, changed_at)
+               VALUES ($1, 'STATE', now() - interval '5 minutes')""",
+            loan.loan_id,
+        )
+        try:
+            async with build_worker(dev_client, activities, task_queue):
+                # From the feed's end: the turn's first page is the held one, and its
+                # first heartbeat (the later ones are batched by the SDK) says so.
+                await dev_client.start_workflow(
+                    LoanNewsWorkflow.run,
+                    await feed_end(cluster),
+                    id=LOAN_NEWS_WORKFLOW_ID,
+                    task_queue=task_queue,
+                )
+                deadline = time.monotonic() + 30
+                while True:
+                    ran = await mineaction(cli_env, "health")
+                    state = health_rows(ran.stdout)["loan news relay"]
+                    if state != "ok: following the loan change feed":
+                        break
+                    assert time.monotonic() < deadline, ran
+                    await asyncio.sleep(1)
+                assert state.startswith("held back since "), ran
+                said = " ".join(ran.stdout.split())
+                assert "a transaction left open in the lending database" in said, ran
+                assert one_error_line(ran) == "error: not healthy: loan news relay"
+        finally:
+            await forgotten.rollback()
+            activities.news_wait_seconds = saved
+            with contextlib.suppress(RPCError):
+                await relay.terminate("the test is over")
 
 
 async def test_an_item_the_survivor_was_not_eligible_for_says_so(

@@ -13,9 +13,8 @@ from temporalio.testing import ActivityEnvironment
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.programme_time import programme_today
 from tests.conftest import Cluster
-from tests.integration.test_loan_change_feed import feed_end
 from tests.journey_helpers import approved_journey, status_of, wait_for_stage
-from tests.lending_helpers import repayment, reversal
+from tests.lending_helpers import feed_end, repayment, reversal
 from workers.journey.activities import JourneyActivities
 from workers.journey.loan_news import LoanNewsWorkflow
 from workers.journey.worker import build_worker

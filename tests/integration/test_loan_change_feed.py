@@ -9,7 +9,7 @@ import asyncio
 import base64
 import json
 import time
-from datetime import date
+from datetime import UTC, date
 
 import grpc
 import pytest
@@ -24,7 +24,9 @@ from tests.conftest import Cluster
 from tests.factories import pdate, request_id
 from tests.lending_helpers import (
     approved_loan,
+    changes_after,
     disburse,
+    feed_end,
     field_violations,
     lending_db,
     open_fund,
@@ -33,31 +35,6 @@ from tests.lending_helpers import (
 )
 
 START = date(2026, 3, 10)
-
-
-async def read_feed(
-    cluster: Cluster, cursor: str, page_size: int = 500
-) -> tuple[list[pb.LoanChange], str]:
-    """Every change after `cursor`, page by page, and the cursor at the end."""
-    changes: list[pb.LoanChange] = []
-    while True:
-        page = await cluster.lending.ListLoanChanges(
-            pb.ListLoanChangesRequest(after=cursor, page_size=page_size)
-        )
-        if not page.changes:
-            assert page.cursor == cursor  # nothing new: the same cursor back
-            return changes, cursor
-        changes.extend(page.changes)
-        cursor = page.cursor
-
-
-async def feed_end(cluster: Cluster) -> str:
-    """A cursor at the feed's present end."""
-    return (await read_feed(cluster, ""))[1]
-
-
-async def changes_after(cluster: Cluster, cursor: str, page_size: int = 0) -> list[pb.LoanChange]:
-    return (await read_feed(cluster, cursor, page_size))[0]
 
 
 def kinds(changes: list[pb.LoanChange], loan_id: str) -> list[str]:
@@ -152,14 +129,25 @@ async def test_a_transaction_still_open_holds_back_the_changes_after_it(cluster:
                VALUES ($1, '2026-06-01', '2026-06-30', 'a slow cashier', 'cw-01')""",
             early.loan_id,
         )
+        before = time.time()
         await disburse(cluster.lending, late.loan_id, 120_000, START)  # commits meanwhile
         held = await changes_after(cluster, start)
         assert kinds(held, late.loan_id) == []
         assert kinds(held, early.loan_id) == []
+        # The reader is told that committed changes wait, and since when: the
+        # disbursement's (an operator sees a transaction left open).
+        waiting = await cluster.lending.ListLoanChanges(pb.ListLoanChangesRequest(after=start))
+        assert waiting.HasField("held_back_since")
+        since = waiting.held_back_since.ToDatetime(tzinfo=UTC).timestamp()
+        assert before - 1 <= since <= time.time()
         await open_transaction.commit()
     changes = await changes_after(cluster, start)
     assert kinds(changes, early.loan_id) == ["DELINQUENCY_PAUSE"]
     assert kinds(changes, late.loan_id) == ["DISBURSEMENT", "STATE"]
+    caught_up = await cluster.lending.ListLoanChanges(
+        pb.ListLoanChangesRequest(after=await feed_end(cluster))
+    )
+    assert not caught_up.changes and not caught_up.HasField("held_back_since")
 
 
 async def test_a_rolled_back_change_is_not_in_the_feed(cluster: Cluster) -> None:

@@ -347,7 +347,9 @@ class JourneyActivities:
         """One turn of the loan news relay: follow the lending service's change feed for
         a while, telling each running journey of changes to its loan made outside it
         (a repayment at a cashier's desk, a reversal, a reschedule); the cursor to go on
-        from. The heartbeat carries the cursor, so a retried turn goes on from there."""
+        from. The heartbeat carries the cursor, so a retried turn goes on from there, and
+        after each page the time since which changes wait behind a transaction still
+        open in the lending database ("" when none waits)."""
         if activity.info().heartbeat_details:
             cursor = str(activity.info().heartbeat_details[0])
         client = activity.client()
@@ -382,7 +384,14 @@ class JourneyActivities:
                 await tell_journeys(client, survivor_id, loan_id)
                 activity.heartbeat(cursor)
             cursor = page.cursor
-            activity.heartbeat(cursor)
+            # What `mineaction health` shows: since when committed changes wait behind a
+            # transaction still open in the lending database.
+            held_back = (
+                page.held_back_since.ToDatetime(tzinfo=UTC).isoformat()
+                if page.HasField("held_back_since")
+                else ""
+            )
+            activity.heartbeat(cursor, held_back)
         return cursor
 
     @activity.defn

@@ -2165,6 +2165,7 @@ class ListLoanChangesResponse(_message.Message):
 
     CHANGES_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
+    HELD_BACK_SINCE_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     """Pass as `after` to read on; set even when no change is new (then the
     request's own cursor).
@@ -2175,15 +2176,25 @@ class ListLoanChangesResponse(_message.Message):
         changes and every later one until it ends, so none is ever passed over.
         """
 
+    @_builtins.property
+    def held_back_since(self) -> _timestamp_pb2.Timestamp:
+        """Set when changes already committed wait behind a transaction still open (or
+        prepared) that began before them: the time of the oldest such change. A
+        transaction normally ends within milliseconds; a time minutes old means one
+        was left open in the lending database, and the feed waits for it. Unset when
+        none waits, and when `changes` is a full page (read on first).
+        """
+
     def __init__(
         self,
         *,
         changes: _abc.Iterable[Global___LoanChange] | None = ...,
         cursor: _builtins.str = ...,
+        held_back_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["held_back_since", b"held_back_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "cursor", b"cursor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "cursor", b"cursor", "held_back_since", b"held_back_since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
