@@ -10,7 +10,7 @@ kept (run it again to re-mint the tokens with the same signing key):
 |---|---|---|
 | `signing-key.json` | Ed25519 private key that signs tokens. Stays off the cluster | 0600 |
 | `jwks.json` | its public half: what the services verify with (AUTH_JWKS_FILE) | 0644 |
-| `service-token` | the worker's token, role `service` (SERVICE_TOKEN_FILE) | 0600 |
+| `service-token` | the token of the worker and eligibility, role `service` | 0600 |
 | `operator-token` | a token with every role, for the CLI and grpcurl during a trial | 0600 |
 | `payload-keys.json` | the AES-256 payload keyring (PAYLOAD_KEYS_FILE) | 0600 |
 

@@ -168,12 +168,18 @@ class Cluster:
 async def start_services(settings: Settings) -> Cluster:
     """The three services on free ports, with default channels (every role). The
     settings' state folder must hold the dev credentials (ensure_dev_credentials)."""
+    lending = ServiceHost(LENDING, settings, address="127.0.0.1:0")
+    await lending.start()
+    # Eligibility asks this lending whose a loan is (a follow-up names one).
+    settings = settings.model_copy(update={"lending_address": f"127.0.0.1:{lending.port}"})
     hosts = {
-        spec.name: ServiceHost(spec, settings, address="127.0.0.1:0")
-        for spec in (ELIGIBILITY, LENDING, ASSISTANCE)
+        ELIGIBILITY.name: ServiceHost(ELIGIBILITY, settings, address="127.0.0.1:0"),
+        LENDING.name: lending,
+        ASSISTANCE.name: ServiceHost(ASSISTANCE, settings, address="127.0.0.1:0"),
     }
     for host in hosts.values():
-        await host.start()
+        if host is not lending:
+            await host.start()
     token = mint_with_settings(settings, subject=DEFAULT_SUBJECT, roles=ROLES)
     channels = {name: open_channel(f"127.0.0.1:{host.port}", token) for name, host in hosts.items()}
     return Cluster(hosts, channels, settings)

@@ -53,11 +53,13 @@ async def approved_loan(
     amount_minor: int = 120_000,
     district_code: str = "saatli",
     sex: int = sex_pb2.SEX_FEMALE,
+    survivor_id: str = "",
 ) -> pb.Loan:
+    """A loan the committee approved (of a new survivor unless `survivor_id` is given)."""
     submitted = await lending.SubmitLoanApplication(
         pb.SubmitLoanApplicationRequest(
             request_id=request_id(),
-            survivor_id=new_id("srv"),
+            survivor_id=survivor_id or new_id("srv"),
             product_id=product_id,
             amount_minor=amount_minor,
             currency_code="AZN",

@@ -33,3 +33,10 @@ def free_port_block(count: int = 1) -> int:
 
 def free_port() -> int:
     return free_port_block(1)
+
+
+def closed_port() -> int:
+    """A local TCP port with nothing listening on it (a service that is down)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -804,7 +804,9 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         return await once_per_request(self.db, request, pb.AdjustCapacityResponse, adjust)
 
 
-async def attach(server: grpc.aio.Server, db: Database, settings: Settings) -> None:
+async def attach(
+    server: grpc.aio.Server, db: Database, settings: Settings, resources: AsyncExitStack
+) -> None:
     catalogue = load_catalogue()
     reference = capacity.load_reference_data(HERE / "reference.yaml")
     async with db.transaction() as conn:

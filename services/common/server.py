@@ -14,6 +14,7 @@ import gc
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,9 @@ class ServiceSpec:
     name: str  # short name, also the database schema
     full_name: str  # the proto service, e.g. mineaction.lending.v1.LendingService
     migrations_dir: Path
-    attach: Callable[[grpc.aio.Server, Database, Settings], Awaitable[None]]
+    # Attaches the servicer; what it opens for the process's life (a channel to another
+    # service) it leaves on the exit stack, which the host closes when it stops.
+    attach: Callable[[grpc.aio.Server, Database, Settings, AsyncExitStack], Awaitable[None]]
     address: Callable[[Settings], str]
 
 
@@ -68,6 +71,7 @@ class ServiceHost:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._metrics: MetricsEndpoint | None = None
+        self._resources = AsyncExitStack()
 
     async def start(self) -> int:
         # Keys, policy and certificates first: a process that cannot check callers must
@@ -97,7 +101,12 @@ class ServiceHost:
                 ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS),
             ],
         )
-        await self.spec.attach(server, self.db, self.settings)
+        try:
+            await self.spec.attach(server, self.db, self.settings, self._resources)
+        except BaseException:
+            await self._resources.aclose()
+            await self.db.close()
+            raise
         audit.attach(server, self.db)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -118,11 +127,13 @@ class ServiceHost:
         except RuntimeError:
             self.port = 0
         if self.port == 0:
+            await self._resources.aclose()
             await self.db.close()
             raise PortInUse(self.address)
         try:
             self._metrics = serve_metrics(self.settings, self.spec.name)
         except OSError as error:
+            await self._resources.aclose()
             await self.db.close()
             port = metrics_port(self.settings, self.spec.name)
             raise PortInUse(f"{self.settings.metrics_host}:{port} (metrics)") from error
@@ -149,6 +160,7 @@ class ServiceHost:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+        await self._resources.aclose()
         if self.db is not None:
             await self.db.close()
             self.db = None

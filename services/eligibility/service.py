@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from services.common.server import ServiceSpec
 from services.eligibility import intake as intake_mod
 from services.eligibility import rules
 from services.eligibility.assessing import Assessor
+from services.eligibility.loans import LoanBook
 from services.eligibility.rulebook import RuleBook
 from services.eligibility.trace import OUTCOME, rule_result_message, score_component_message
 
@@ -94,10 +96,16 @@ def rule_set_error(error: rules.RuleSetError) -> InvalidArgument:
 
 class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
     def __init__(
-        self, db: Database, rulebook: RuleBook, *, accept_future_dates: bool = False
+        self,
+        db: Database,
+        rulebook: RuleBook,
+        loans: LoanBook,
+        *,
+        accept_future_dates: bool = False,
     ) -> None:
         self.db = db
         self.rulebook = rulebook
+        self.loans = loans
         self.assessor = Assessor(db, rulebook)
         self.accept_future_dates = accept_future_dates  # a simulated clock only
 
@@ -426,6 +434,10 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         self, request: pb.RecordFollowUpRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordFollowUpResponse:
         follow_up = request.follow_up
+        if follow_up.loan_id:  # asked before the transaction: no lock waits on lending
+            await self.loans.require_borrower(
+                "follow_up.loan_id", follow_up.loan_id, follow_up.survivor_id
+            )
 
         async def record(conn: Connection) -> pb.RecordFollowUpResponse:
             survivor = await conn.fetchrow(
@@ -524,13 +536,18 @@ def _optional_date(request: Any, name: str) -> date | None:
     return from_proto_date(getattr(request, name)) if request.HasField(name) else None
 
 
-async def attach(server: grpc.aio.Server, db: Database, settings: Settings) -> None:
+async def attach(
+    server: grpc.aio.Server, db: Database, settings: Settings, resources: AsyncExitStack
+) -> None:
     rulebook = RuleBook()
     async with db.transaction() as conn:
         await rulebook.seed_shipped(conn)
     pb_grpc.add_EligibilityServiceServicer_to_server(
         EligibilityServicer(
-            db, rulebook, accept_future_dates=settings.eligibility_accept_future_dates
+            db,
+            rulebook,
+            LoanBook.open(settings, resources),
+            accept_future_dates=settings.eligibility_accept_future_dates,
         ),
         server,
     )

@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -1318,7 +1319,9 @@ class _Revision:
         )
 
 
-async def attach(server: grpc.aio.Server, db: Database, settings: Settings) -> None:
+async def attach(
+    server: grpc.aio.Server, db: Database, settings: Settings, resources: AsyncExitStack
+) -> None:
     async with db.transaction() as conn:
         await seed_reference_data(conn)
     servicer = LendingServicer(db, accept_future_dates=settings.lending_accept_future_dates)

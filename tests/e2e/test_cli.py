@@ -11,7 +11,6 @@ import csv
 import io
 import os
 import re
-import socket
 import sys
 import time
 import uuid
@@ -47,6 +46,7 @@ from tests.journey_helpers import (
     wait_until,
 )
 from tests.lending_helpers import active_loan, approved_loan, feed_end, lending_db, open_fund
+from tests.ports import closed_port
 from workers.journey import search_attributes as sa
 from workers.journey.activities import JourneyActivities
 from workers.journey.loan_news import LOAN_NEWS_WORKFLOW_ID, LoanNewsWorkflow, start_loan_news
@@ -93,12 +93,6 @@ class Ran:
 
     def __repr__(self) -> str:
         return f"exit {self.exit_code}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from temporalio.testing import ActivityEnvironment
 from services.common.auth import ensure_dev_credentials
 from services.common.channels import service_token
 from services.common.config import load_settings
+from tests.ports import closed_port
 from workers.journey.activities import (
     BUSINESS_REJECTIONS,
     RPC_TIMEOUT_SECONDS,
@@ -36,14 +37,6 @@ from workers.notifications.outbox import Outbox
 REPO = Path(__file__).resolve().parents[2]
 # Variables of the developer's own shell that would point a child at a real cluster.
 _INHERITED_OUT = ("DATABASE_URL", "TEMPORAL_ADDRESS", "MINEACTION_STATE_DIR", "MINEACTION_TOKEN")
-
-
-def closed_port() -> int:
-    """A local TCP port with nothing listening on it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def run_module(

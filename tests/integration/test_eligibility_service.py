@@ -17,6 +17,8 @@ from services.eligibility.service import SPEC as ELIGIBILITY
 from tests.conftest import Cluster
 from tests.factories import new_id, pdate, register_request, request_id, saatli_fish_farmer
 from tests.grpc_errors import details
+from tests.lending_helpers import approved_loan, open_fund
+from tests.ports import closed_port
 
 SHIPPED = Path("services/eligibility/rulesets/reintegration.yaml").read_text(encoding="utf-8")
 ASSESSED_ON = pdate(date(2026, 3, 1))
@@ -591,7 +593,11 @@ async def test_a_survivor_is_followed_up_after_each_loan_and_counted_once(
     intake = saatli_fish_farmer()
     survivor = intake.survivor_id
     await cluster.eligibility.RegisterSurvivor(register_request(intake))
-    first, second = new_id("loan"), new_id("loan")
+    fund_id = await open_fund(cluster, 1_000_000)
+    first, second = [
+        (await approved_loan(cluster.lending, fund_id=fund_id, survivor_id=survivor)).loan_id
+        for _ in range(2)
+    ]
     before = await reach(cluster)
 
     await cluster.eligibility.RecordFollowUp(
@@ -635,6 +641,42 @@ async def test_a_survivor_is_followed_up_after_each_loan_and_counted_once(
         "working_at_12": 0,
         "family_members_supported": 6,
     }
+
+
+async def test_a_follow_up_names_a_loan_of_its_own_survivor(cluster: Cluster) -> None:
+    """The loan book decides: a loan it does not know, or another survivor's, is refused
+    on follow_up.loan_id and nothing is recorded; with the loan book out of reach the
+    call is UNAVAILABLE (retry it), not recorded unchecked."""
+    intake = saatli_fish_farmer()
+    survivor = intake.survivor_id
+    await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    someone_elses = await approved_loan(cluster.lending, fund_id=await open_fund(cluster, 500_000))
+    rows_before = await cluster.row_counts()
+    for loan_id, reason in (
+        (new_id("loan"), "UNKNOWN_LOAN"),
+        (someone_elses.loan_id, "LOAN_OF_ANOTHER_SURVIVOR"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await cluster.eligibility.RecordFollowUp(
+                follow_up(survivor, loan_id, 6, date(2026, 7, 10), working=True, family_members=2)
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        [violation] = violations_in(caught.value)
+        assert (violation.field, violation.reason) == ("follow_up.loan_id", reason), violation
+    assert await cluster.row_counts() == rows_before
+
+    lending_down = f"127.0.0.1:{closed_port()}"
+    async with cluster.second_host(ELIGIBILITY, lending_address=lending_down) as cut:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await pb_grpc.EligibilityServiceStub(cut).RecordFollowUp(
+                follow_up(
+                    survivor, someone_elses.loan_id, 6, date(2026, 7, 10), working=True,
+                    family_members=2,
+                )
+            )  # fmt: skip
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value
+        assert "cannot say whose loan" in (caught.value.details() or "")
+    assert await cluster.row_counts() == rows_before
 
 
 async def test_a_follow_up_without_a_loan_is_recorded_once(cluster: Cluster) -> None:

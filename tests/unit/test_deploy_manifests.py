@@ -334,6 +334,7 @@ def test_secrets_reach_the_processes_that_need_them(rendered: list[Doc]) -> None
         "codec-server": {"PAYLOAD_KEYS_FILE", "CODEC_SERVER_ADDRESS"},
         **{name: {"DATABASE_URL", "AUTH_JWKS_FILE"} for name in GRPC_SERVICES},
     }
+    needs["eligibility"].add("SERVICE_TOKEN_FILE")  # it asks lending whose a loan is
     for name, variables in needs.items():
         container = next(containers(found[name]))
         present = set(container_environment(container, rendered))
@@ -626,6 +627,8 @@ def test_compose_runs_the_cluster_on_one_host() -> None:
         environment = services[name]["environment"]
         assert {"DATABASE_URL", "TEMPORAL_ADDRESS"} <= set(environment), name
         assert services[name]["deploy"]["replicas"] >= 2, name
+    for name in ("eligibility", "worker"):  # their own token, for calls to lending
+        assert services[name]["environment"]["SERVICE_TOKEN_FILE"] == "/run/secrets/service-token"
     for name, port in GRPC_SERVICES.items():
         own = f"{name.upper()}_ADDRESS"
         assert services[name]["environment"][own] == f"0.0.0.0:{port}"  # it listens here

@@ -1406,8 +1406,9 @@ class FollowUp(_message.Message):
     """
     loan_id: _builtins.str
     """The loan followed up (the lending service's loan id): a survivor has one +6 and one
-    +12 month follow-up per loan. Empty for a follow-up not tied to a loan, and for those
-    recorded before follow-ups named their loan.
+    +12 month follow-up per loan. It must be a loan of this survivor's, as the lending
+    service says. Empty for a follow-up not tied to a loan, and for those recorded before
+    follow-ups named their loan.
     """
     @_builtins.property
     def recorded_on(self) -> _date_pb2.Date:
