@@ -531,13 +531,32 @@ def _decide(
 # --- loading and checking --------------------------------------------------------------
 
 
+class _RuleSetYaml(yaml.SafeLoader):
+    """YAML as a rule set may be written: no aliases (`*name`). A few hundred bytes of
+    aliases to aliases stand for billions of nodes, and every check that walks the
+    document (positions, types, the comparison with the published version) would walk
+    them all, holding the service for minutes. Nothing in a rule set needs them."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            message = "aliases (*name) are not allowed in a rule set"
+            raise yaml.composer.ComposerError(None, None, message, mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(source: str) -> Any:
+    """A rule set's YAML as data (yaml.YAMLError when it is not YAML, or uses aliases)."""
+    return yaml.load(source, Loader=_RuleSetYaml)  # a SafeLoader: no arbitrary objects
+
+
 class _Positions:
     """Maps a path like rules[2].expression to its line and column in the YAML."""
 
     def __init__(self, source: str) -> None:
         self.marks: dict[str, tuple[int, int]] = {}
         try:
-            root = yaml.compose(source, Loader=yaml.SafeLoader)
+            root = yaml.compose(source, Loader=_RuleSetYaml)
         except yaml.YAMLError:
             root = None
         if root is not None:
@@ -619,7 +638,7 @@ def load(source: str, *, published: bool = False) -> RuleSet:
     an assessment asks for one (`RuleSet.not_in_force`)."""
     loader = _Loader(source)
     try:
-        data = yaml.safe_load(source)
+        data = parse_yaml(source)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)

@@ -9,7 +9,6 @@ from typing import Any
 
 import asyncpg
 import grpc
-import yaml
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
@@ -63,7 +62,7 @@ def same_rules(published_yaml: str, candidate_yaml: str) -> bool:
     """Two sources that say the same (comments, spacing and key order aside): publishing
     one over the other would make a version that decides nothing differently. Compared
     with each value's type, as CEL reads them: true is not 1, nor 25000.0 25000."""
-    return _typed(yaml.safe_load(published_yaml)) == _typed(yaml.safe_load(candidate_yaml))
+    return _typed(rules.parse_yaml(published_yaml)) == _typed(rules.parse_yaml(candidate_yaml))
 
 
 def _typed(value: object) -> object:

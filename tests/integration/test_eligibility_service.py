@@ -3,6 +3,8 @@ explanations in both languages, pinning to a rule-set version, publishing, what-
 
 from __future__ import annotations
 
+import itertools
+import time
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -214,15 +216,17 @@ def ceiling_change(effective: str, value: int) -> str:
     )
 
 
-async def publish(cluster: Cluster, source: str) -> pb.PublishRuleSetResponse:
-    return await cluster.eligibility.PublishRuleSet(
-        pb.PublishRuleSetRequest(
-            request_id=request_id(),
-            source_yaml=source,
-            published_by="pm-01",
-            change_note="income ceiling from the 2027 budget",
-        )
+def publish_request(source: str) -> pb.PublishRuleSetRequest:
+    return pb.PublishRuleSetRequest(
+        request_id=request_id(),
+        source_yaml=source,
+        published_by="pm-01",
+        change_note="income ceiling from the 2027 budget",
     )
+
+
+async def publish(cluster: Cluster, source: str) -> pb.PublishRuleSetResponse:
+    return await cluster.eligibility.PublishRuleSet(publish_request(source))
 
 
 @pytest.mark.timeout(60)
@@ -385,6 +389,32 @@ async def test_malformed_rule_set_is_refused_with_rule_and_position(cluster: Clu
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     message = caught.value.details() or ""
     assert "rules[3].expression (line" in message and "unknown parameter maximum_loans" in message
+    assert await cluster.row_counts() == before
+
+
+# A few hundred bytes standing for 9**8 (43 million) copies of the first list.
+ALIAS_BOMB = "\n".join(
+    ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    + [f"{c}: &{c} [{', '.join(['*' + p] * 9)}]" for p, c in itertools.pairwise("abcdefgh")]
+    + ["rule_set_id: reintegration"]
+)
+
+
+async def test_a_rule_set_written_with_aliases_is_refused_at_once(cluster: Cluster) -> None:
+    """Aliases to aliases (a "billion laughs") are refused as bad YAML before anything
+    walks them: the service answers at once and stays healthy (it was held for minutes)."""
+    assert len(ALIAS_BOMB) < 400
+    before = await cluster.row_counts()
+    for call, request in (
+        (cluster.eligibility.SimulateRuleSet, pb.SimulateRuleSetRequest(source_yaml=ALIAS_BOMB)),
+        (cluster.eligibility.PublishRuleSet, publish_request(ALIAS_BOMB)),
+    ):
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(request, timeout=10)
+        assert time.monotonic() - started < 2
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+        assert "aliases (*name) are not allowed in a rule set" in (caught.value.details() or "")
     assert await cluster.row_counts() == before
 
 
