@@ -4,20 +4,35 @@ the journey within seconds, through the lending service's change feed."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment
 
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.programme_time import programme_today
 from tests.conftest import Cluster
-from tests.journey_helpers import approved_journey, status_of, wait_for_stage
+from tests.factories import request_id
+from tests.journey_helpers import approved_journey, start_journey, status_of, wait_for_stage
 from tests.lending_helpers import feed_end, repayment, reversal
 from workers.journey.activities import JourneyActivities
 from workers.journey.loan_news import LoanNewsWorkflow
 from workers.journey.worker import build_worker
+
+
+async def own_relay(
+    cluster: Cluster, client: Client, task_queue: str
+) -> WorkflowHandle[LoanNewsWorkflow, None]:
+    """A relay of the test's own, from the feed's present end."""
+    return await client.start_workflow(
+        LoanNewsWorkflow.run,
+        await feed_end(cluster),
+        id=f"loan-news-{task_queue}",
+        task_queue=task_queue,
+    )
 
 
 @pytest.mark.timeout(120)
@@ -26,13 +41,7 @@ async def test_a_repayment_made_through_the_api_reaches_the_journey(
 ) -> None:
     async with build_worker(dev_client, activities, task_queue):
         handle, loan_id = await approved_journey(cluster, dev_client, task_queue)
-        # The relay of this test's own, from the feed's present end.
-        relay = await dev_client.start_workflow(
-            LoanNewsWorkflow.run,
-            await feed_end(cluster),
-            id=f"loan-news-{task_queue}",
-            task_queue=task_queue,
-        )
+        relay = await own_relay(cluster, dev_client, task_queue)
         try:
             # In grace, months before the first instalment: without news the journey
             # would not read the loan before then.
@@ -55,6 +64,47 @@ async def test_a_repayment_made_through_the_api_reaches_the_journey(
         finally:
             await relay.terminate("the test is over")
             await handle.terminate("the test is over")
+
+
+@pytest.mark.timeout(120)
+async def test_a_committee_decision_recorded_with_lending_reaches_the_journey(
+    cluster: Cluster, dev_client: Client, activities: JourneyActivities, task_queue: str
+) -> None:
+    """The committee's decision recorded straight with lending (ApproveLoan, RejectLoan
+    through the API), not sent to the journey: the journey, told through the feed, goes
+    on as the ledger says. It stayed in COMMITTEE_REVIEW for good."""
+    async with build_worker(dev_client, activities, task_queue):
+        relay = await own_relay(cluster, dev_client, task_queue)
+        approved = await start_journey(cluster, dev_client, task_queue)
+        rejected = await start_journey(cluster, dev_client, task_queue)
+        try:
+            for handle in (approved, rejected):
+                await wait_for_stage(handle, "COMMITTEE_REVIEW")
+            await cluster.lending.ApproveLoan(
+                lending_pb.ApproveLoanRequest(
+                    request_id=request_id(),
+                    loan_id=(await status_of(approved)).loan_id,
+                    approved_by="cm-02",
+                    committee_decision_ref="CM-2026-140",
+                )
+            )
+            await cluster.lending.RejectLoan(
+                lending_pb.RejectLoanRequest(
+                    request_id=request_id(),
+                    loan_id=(await status_of(rejected)).loan_id,
+                    rejected_by="cm-02",
+                    reason="the business plan does not cover the feed",
+                )
+            )
+            status = await wait_for_stage(approved, "GRACE")  # disbursed by the journey
+            assert status.loan_status == "ACTIVE" and status.outstanding_minor == 500_000
+            status = await wait_for_stage(rejected, "CLOSED_REJECTED")
+            assert status.loan_status == "REJECTED"
+        finally:
+            await relay.terminate("the test is over")
+            for handle in (approved, rejected):
+                with contextlib.suppress(RPCError):
+                    await handle.terminate("the test is over")
 
 
 async def test_a_retried_relay_turn_goes_on_from_its_last_heartbeat(

@@ -200,15 +200,11 @@ def assistance_state_of(
     )
 
 
-# The loan changes a journey hears of: those made outside it. Its own steps (the loan's
-# states, its tranches) are not news to it.
+# The loan changes a journey hears of: every kind but its own tranches. A change of state
+# is news too: a committee's decision may be recorded straight with lending.
 LOAN_NEWS = frozenset(
     set(lending_pb.LoanChangeKind.values())
-    - {
-        lending_pb.LOAN_CHANGE_KIND_UNSPECIFIED,
-        lending_pb.LOAN_CHANGE_KIND_STATE,
-        lending_pb.LOAN_CHANGE_KIND_DISBURSEMENT,
-    }
+    - {lending_pb.LOAN_CHANGE_KIND_UNSPECIFIED, lending_pb.LOAN_CHANGE_KIND_DISBURSEMENT}
 )
 
 

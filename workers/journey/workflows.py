@@ -170,6 +170,12 @@ LOAN_REFUSED_KEEPS_ASSISTANCE_PATCH = "loan-refused-keeps-assistance"
 # was refused and the journey failed), and a repaid loan reopened by a reversal takes the
 # journey back to its repayment cycle (it stayed REPAID and completed).
 FOLLOWS_THE_LEDGER_PATCH = "journey-follows-the-ledger"
+# Journeys reaching committee review from this change on hear of a decision recorded
+# straight with lending (ApproveLoan or RejectLoan through the API, a loan withdrawn): told
+# by the signal `loan_changed`, they read the loan and go on as the ledger says. They
+# stayed in COMMITTEE_REVIEW for good, refusing the committee's decision sent to them as
+# one the ledger already held.
+COMMITTEE_HEARS_THE_LEDGER_PATCH = "journey-committee-hears-the-ledger"
 # Journeys (and runs continued as new) from this change on count their days in Baku, as
 # the services do (WorkflowDays): the day they approve, disburse, pause or follow up on,
 # and the midnight they wake at for a due date. Before, they counted UTC's days, a day
@@ -420,22 +426,41 @@ class SurvivorJourneyWorkflow:
                 "committee_escalation",
             ),
         )
+        wait = (
+            self._decided_here_or_in_the_ledger
+            if workflow.patched(COMMITTEE_HEARS_THE_LEDGER_PATCH)
+            else self._wait_condition
+        )
         waited = 0
         for days, kind in waits:
             try:
-                await self._wait_condition(awaited, within=timedelta(days=days))
+                await wait(awaited, within=timedelta(days=days))
                 break
             except TimeoutError:
                 waited += days
                 await self._notify(
                     kind, self._input.case_worker_id, {"loan_id": loan_id, "days": waited}
                 )
-        await self._wait_condition(self._loan_decided)
+        await wait(self._loan_decided)
         assert self._s.loan is not None
         if self._s.loan.status == "APPROVED":
             self._s.approved_on = self._today().isoformat()
             return True
         return False
+
+    async def _decided_here_or_in_the_ledger(
+        self, decided: Callable[[], bool], *, within: timedelta | None = None
+    ) -> None:
+        """Wait until `decided`, reading the loan whenever news of it comes: a decision
+        recorded straight with lending decides it too. TimeoutError after `within`."""
+        deadline = None if within is None else workflow.now() + within
+        while not decided():
+            left = None if deadline is None else deadline - workflow.now()
+            if left is not None and left <= timedelta(0):
+                raise TimeoutError
+            await self._wait_condition(lambda: decided() or self._news_unread(), within=left)
+            if not decided():
+                await self._snapshot()
 
     async def _disburse(self) -> None:
         """Tranche by tranche, each on its planned day after approval."""
