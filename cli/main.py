@@ -742,8 +742,10 @@ async def _with_live_assistance(
 @journey_app.command("decide")
 def journey_decide(
     survivor_id: Annotated[str, typer.Argument(help="The survivor whose loan was decided.")],
-    member: Annotated[str, typer.Option(help="Committee member's staff id.")],
     ref: Annotated[str, typer.Option(help="The committee minute, e.g. CM-2026-014.")],
+    member: Annotated[
+        str, typer.Option(help="Committee member's staff id (default: the token's own).")
+    ] = "",
     approve: Annotated[bool, typer.Option("--approve", help="The committee approved.")] = False,
     reject: Annotated[bool, typer.Option("--reject", help="The committee rejected.")] = False,
     reason: Annotated[str, typer.Option(help="Why (required for a rejection).")] = "",
@@ -754,10 +756,10 @@ def journey_decide(
         sid = inputs.identifier(survivor_id, "survivor id")
         if approve == reject:  # neither, or both: a decision is never guessed
             raise BadInput("say either --approve or --reject")
-        member_id = inputs.staff(member, "--member")
-        decision_ref = inputs.staff(ref, "--ref")
-        if len(decision_ref) > 128 or len(reason) > 1000:
-            raise BadInput("--ref is at most 128 characters and --reason 1000")
+        member_id = inputs.staff(member or _caller().subject, "--member")
+        decision_ref = inputs.text(ref, "--ref", 128)
+        if len(reason) > 1000:
+            raise BadInput("--reason is at most 1000 characters")
         if not approve and not reason.strip():
             raise BadInput("a rejection needs --reason")
         _acting(_LENDING + ("ApproveLoan" if approve else "RejectLoan"), member_id)
@@ -864,7 +866,9 @@ def _loan_line(status: JourneyStatus) -> str:
 def journey_hardship(
     survivor_id: Annotated[str, typer.Argument(help="The survivor whose loan it is.")],
     reason: Annotated[str, typer.Option(help="Why, e.g. hospitalised.")],
-    requested_by: Annotated[str, typer.Option(help="Staff id who asks for it (loan officer).")],
+    requested_by: Annotated[
+        str, typer.Option(help="Staff id who asks for it (default: the token's own).")
+    ] = "",
     pause_days: Annotated[
         int | None, typer.Option(help="Pause delinquency for this many days (1-365).")
     ] = None,
@@ -881,7 +885,7 @@ def journey_hardship(
     async def go() -> None:
         sid = inputs.identifier(survivor_id, "survivor id")
         why = inputs.text(reason, "--reason", 1000)
-        who = inputs.staff(requested_by, "--requested-by")
+        who = inputs.staff(requested_by or _caller().subject, "--requested-by")
         if (pause_days is None) == (new_term_months is None):
             raise BadInput(
                 "say either --pause-days N (a pause) or --new-term-months N (a reschedule)"
@@ -1021,9 +1025,9 @@ def journey_write_off(
 def journey_refresh(
     survivor_id: Annotated[str, typer.Argument(help="The survivor whose journey it is.")],
 ) -> None:
-    """Make the journey read its loan from the ledger now (signal `loan_changed`): after
-    money moved outside the CLI (a payment or a reversal recorded through the API), a
-    journey otherwise reads it at its next due date."""
+    """Make the journey read its loan from the ledger now (signal `loan_changed`), as the
+    worker's loan news relay does within seconds of any change recorded through the API:
+    for when the relay is not running or is held back (see `health`)."""
 
     async def go() -> None:
         sid = inputs.identifier(survivor_id, "survivor id")
@@ -1054,7 +1058,9 @@ def journey_follow_up(
     family_members: Annotated[
         int, typer.Option(help="Family members the survivor's work supports (0-49).")
     ],
-    recorded_by: Annotated[str, typer.Option(help="Staff id who made the visit.")],
+    recorded_by: Annotated[
+        str, typer.Option(help="Staff id who made the visit (default: the token's own).")
+    ] = "",
     working: Annotated[
         bool | None,
         typer.Option("--working/--not-working", help="Working (employed or in business)?"),
@@ -1069,7 +1075,7 @@ def journey_follow_up(
         if working is None:
             raise BadInput("say --working or --not-working")
         inputs.count(family_members, "--family-members", 0, 49)
-        who = inputs.staff(recorded_by, "--recorded-by")
+        who = inputs.staff(recorded_by or _caller().subject, "--recorded-by")
         _acting(_ELIGIBILITY + "RecordFollowUp", who)
         status = await _update_journey(
             sid,

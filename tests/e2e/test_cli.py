@@ -393,10 +393,12 @@ async def test_a_journey_driven_from_the_cli(
             "--ref", "CM-1",
         )  # fmt: skip
         assert "a rejection needs --reason" in one_error_line(refused)
+        # A committee member's own token names the member (no --member needed).
+        cm_02 = cluster.token_for("committee_member", subject="cm-02")
+        member = {**cli_env, "MINEACTION_TOKEN": cm_02}
         ran = await mineaction(
-            cli_env, "journey", "decide", survivor_id, "--approve", "--member", "cm-02",
-            "--ref", "CM-2026-014",
-        )  # fmt: skip
+            member, "journey", "decide", survivor_id, "--approve", "--ref", "CM-2026-014"
+        )
         assert ran.exit_code == 0, ran
         assert "approved by cm-02" in ran.stdout
         # Not the stage the answer had (still COMMITTEE_REVIEW): the journey goes on.
