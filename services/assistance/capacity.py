@@ -3,7 +3,9 @@
 Every change to a pool's numbers happens with the pool row locked (SELECT ... FOR UPDATE),
 so concurrent reservations queue on that lock: none can overbook, and the waitlist order
 is the order in which requests got the lock. The CHECK (reserved <= capacity) in the
-database backs this up.
+database backs this up. Under the same lock, no request waits for more units than its
+pool has: a request never joins a waitlist for more than the capacity (place_request),
+and AdjustCapacity never writes capacity off below what a waiting request needs.
 
 Lock order. Changing an assistance that holds or waits for a place locks pool, then
 assistance, then need (promotion touches another survivor's assistance and need). A new
@@ -97,24 +99,25 @@ async def place_request(
     initial_state: str,
     actor: str,
     data_json: str,
-) -> int:
+) -> int | None:
     """Reserve `quantity` units for a new (provisionally waitlisted) assistance if they are
     free and nobody waits ahead of it (first come, first served), else put it on the
     waitlist; record the request event. Returns 0 when reserved, else the 1-based
-    waitlist position.
+    waitlist position; None, writing nothing, when the pool can no longer ever hold
+    `quantity` (AdjustCapacity wrote capacity off after the caller read the pool).
 
     One statement: its UPDATE both locks the pool row and decides on the row's latest
     committed version (READ COMMITTED re-reads a row it had to wait for), and the waitlist
     entry's seq is drawn under that lock, so the waitlist order is the order of arrival at
     the lock. Being last before commit, it keeps the lock as short as it can be."""
-    waiting: int = await conn.fetchval(
+    waiting: int | None = await conn.fetchval(
         """WITH pool AS (
                UPDATE capacity_pools SET
                    reserved = reserved + CASE WHEN waiting = 0 AND capacity - reserved >= $3
                                               THEN $3 ELSE 0 END,
                    waiting = waiting + CASE WHEN waiting = 0 AND capacity - reserved >= $3
                                             THEN 0 ELSE 1 END
-               WHERE pool_id = $2 RETURNING waiting),
+               WHERE pool_id = $2 AND capacity >= $3 RETURNING waiting),
            placed AS (
                UPDATE assistance SET state = $4, holds_capacity = true
                WHERE assistance_id = $1 AND (SELECT waiting FROM pool) = 0),
@@ -137,6 +140,16 @@ async def place_request(
         data_json,
     )
     return waiting
+
+
+async def largest_waiting(conn: Connection, pool_id: str) -> int:
+    """The most units any one request on the pool's waitlist needs (0: nobody waits). Read
+    with the pool locked, in a statement of its own after the lock was taken, so that it
+    sees every request that joined the waitlist before the lock was granted."""
+    largest: int = await conn.fetchval(
+        "SELECT coalesce(max(quantity), 0) FROM waitlist WHERE pool_id = $1", pool_id
+    )
+    return largest
 
 
 async def leave_waitlist(conn: Connection, assistance_id: str) -> None:

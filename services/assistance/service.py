@@ -299,7 +299,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                     )
                 else:
                     await gate.enter_async_context(self._gates[pool.pool_id])
-                    position = await capacity.place_request(
+                    placed = await capacity.place_request(
                         conn,
                         assistance_id=assistance_id,
                         pool_id=pool.pool_id,
@@ -308,6 +308,13 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                         actor=request.requested_by,
                         data_json=json.dumps(data),
                     )
+                    if placed is None:
+                        # Written off since _pool_for read it: refused as it would have
+                        # been then (the transaction rolls back what was written).
+                        now = await capacity.pool_row(conn, pool.pool_id)
+                        assert now is not None
+                        raise _over_capacity(pool.pool_id, now["capacity"])
+                    position = placed
                 state = WAITLISTED if position else plugin.initial_state
                 created = pb.Assistance(
                     assistance_id=assistance_id,
@@ -361,7 +368,9 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 "QUANTITY_NOT_STOCK",
             )
         if not plugin.uses_capacity and request.capacity_pool_id:
-            raise invalid("capacity_pool_id", f"{plugin.type_id} has no capacity pools")
+            raise invalid(
+                "capacity_pool_id", f"{plugin.type_id} has no capacity pools", "NO_CAPACITY_POOLS"
+            )
 
     @staticmethod
     async def _provider_for(
@@ -395,7 +404,8 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         quantity: int,
     ) -> capacity.Pool | None:
         """The pool to reserve from (read, not locked: what is checked here never
-        changes); None for a type without capacity."""
+        changes, but for its capacity, which place_request checks again under the pool's
+        lock); None for a type without capacity."""
         if not plugin.uses_capacity:
             return None
         pool_id = request.capacity_pool_id or await capacity.choose_pool(
@@ -424,11 +434,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 "POOL_PROVIDER_MISMATCH",
             )
         if quantity > pool.capacity:
-            raise invalid(
-                "quantity",
-                f"more than pool {pool_id} can ever hold ({pool.capacity})",
-                "QUANTITY_OVER_CAPACITY",
-            )
+            raise _over_capacity(pool_id, pool.capacity)
         return pool
 
     @staticmethod
@@ -441,6 +447,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 raise invalid(
                     f"data.{plugin.course_length_key}",
                     "the number of sessions in the course is required",
+                    "COURSE_LENGTH_REQUIRED",
                 )
             return length
         if plugin.course_length_from_pool:
@@ -715,13 +722,25 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
     ) -> pb.CreateCapacityPoolResponse:
         plugin = self._plugin(request.type_id)
         if not plugin.uses_capacity:
-            raise invalid("type_id", f"{plugin.type_id} has no capacity to pool")
+            raise invalid(
+                "type_id", f"{plugin.type_id} has no capacity to pool", "NO_CAPACITY_POOLS"
+            )
         if plugin.course_length_from_pool and not request.sessions:
-            raise invalid("sessions", f"a {plugin.type_id} cohort needs its number of sessions")
+            raise invalid(
+                "sessions",
+                f"a {plugin.type_id} cohort needs its number of sessions",
+                "SESSIONS_REQUIRED",
+            )
         if request.sessions and not plugin.course_length_from_pool:
-            raise invalid("sessions", f"{plugin.type_id} does not take its course from a pool")
+            raise invalid(
+                "sessions",
+                f"{plugin.type_id} does not take its course from a pool",
+                "SESSIONS_NOT_ALLOWED",
+            )
         if not request.name.en.strip() or not request.name.az.strip():
-            raise invalid("name", "a pool needs a name in English and in Azerbaijani")
+            raise invalid(
+                "name", "a pool needs a name in English and in Azerbaijani", "NAME_NOT_BILINGUAL"
+            )
 
         async def create(conn: Connection) -> pb.CreateCapacityPoolResponse:
             kind = await conn.fetchval(
@@ -784,6 +803,12 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                     "units cannot be written off",
                     reason="CAPACITY_RESERVED",
                 )
+            if request.delta < 0:
+                # Under the pool's lock, so no request can join the waitlist meanwhile
+                # (place_request, for its part, never queues more than the capacity).
+                self._check_waitlist_fits(
+                    pool, request.delta, await capacity.largest_waiting(conn, pool.pool_id)
+                )
             await conn.execute(
                 "UPDATE capacity_pools SET capacity = capacity + $2 WHERE pool_id = $1",
                 pool.pool_id,
@@ -802,6 +827,30 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             return pb.AdjustCapacityResponse(pool=pool_to_proto(after))
 
         return await once_per_request(self.db, request, pb.AdjustCapacityResponse, adjust)
+
+    @staticmethod
+    def _check_waitlist_fits(pool: capacity.Pool, delta: int, largest: int) -> None:
+        """A write-off never leaves the pool smaller than a request waiting for it: that
+        one could never be served, and everyone behind it would wait for ever."""
+        left = pool.capacity + delta
+        if largest <= left:
+            return
+        most = max(pool.capacity - max(largest, pool.reserved), 0)
+        raise FailedPrecondition(
+            f"pool {pool.pool_id} would be left with {left} unit(s), but a request on its "
+            f"waitlist needs {largest}, so it could never be served; at most {most} unit(s) "
+            "can be written off while it waits",
+            reason="WAITLIST_OVER_CAPACITY",
+            metadata={"largest_waiting_quantity": str(largest), "capacity": str(pool.capacity)},
+        )
+
+
+def _over_capacity(pool_id: str, pool_capacity: int) -> InvalidArgument:
+    return invalid(
+        "quantity",
+        f"more than pool {pool_id} can ever hold ({pool_capacity})",
+        "QUANTITY_OVER_CAPACITY",
+    )
 
 
 async def attach(

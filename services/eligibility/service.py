@@ -401,7 +401,11 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 facts = intake_mod.facts(intake_mod.stored_intake(row), day)
                 why = candidate.not_in_force(day)
                 if why is not None:  # the candidate could not decide this survivor again
-                    raise invalid("source_yaml", f"assessment {row['assessment_id']}: {why}")
+                    raise invalid(
+                        "source_yaml",
+                        f"assessment {row['assessment_id']}: {why}",
+                        "RULES_NOT_IN_FORCE",
+                    )
                 after = rules.evaluate(candidate, facts, day).outcomes()
                 for programme_id, outcome in after.items():
                     old = before.get(programme_id, pb.OUTCOME_UNSPECIFIED)
@@ -444,7 +448,9 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 follow_up.survivor_id,
             )
             if survivor is None:
-                raise invalid("follow_up.survivor_id", "survivor is not registered")
+                raise invalid(
+                    "follow_up.survivor_id", "survivor is not registered", "UNKNOWN_SURVIVOR"
+                )
             visited = from_proto_date(follow_up.recorded_on)
             not_after_today(
                 "follow_up.recorded_on", visited, simulated_clock=self.accept_future_dates

@@ -276,16 +276,19 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 request.product_id,
             )
             if product is None:
-                raise invalid("product_id", f"unknown loan product {request.product_id!r}")
+                raise invalid(
+                    "product_id", f"unknown loan product {request.product_id!r}", "UNKNOWN_PRODUCT"
+                )
             low, high = product["min_amount_minor"], product["max_amount_minor"]
             if not low <= request.amount_minor <= high:
                 raise invalid(
                     "amount_minor",
                     f"must be from {low} to {high} qəpik for product {request.product_id}",
+                    "OUTSIDE_PRODUCT_RANGE",
                 )
             fund_id = request.fund_id or DEFAULT_FUND
             if not await conn.fetchval("SELECT 1 FROM funds WHERE fund_id = $1", fund_id):
-                raise invalid("fund_id", f"unknown fund {fund_id!r}")
+                raise invalid("fund_id", f"unknown fund {fund_id!r}", "UNKNOWN_FUND")
             row = await fetch_one(
                 conn,
                 """INSERT INTO loans (loan_id, survivor_id, product_id, product_version,
@@ -482,7 +485,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         if request.fund_id and not await self.db.pool.fetchval(
             "SELECT 1 FROM funds WHERE fund_id = $1", request.fund_id
         ):
-            raise invalid("fund_id", f"unknown fund {request.fund_id!r}")
+            raise invalid("fund_id", f"unknown fund {request.fund_id!r}", "UNKNOWN_FUND")
         async with self.db.pool.acquire() as conn:
             rows = await figures.portfolio(conn, from_proto_date(request.as_of), request.fund_id)
         report = pb.PortfolioReport(as_of=request.as_of)
@@ -889,7 +892,11 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     "BEFORE_LATEST_TRANSACTION",
                 )
             if request.additional_grace_months >= request.new_term_months:
-                raise invalid("additional_grace_months", "must be less than new_term_months")
+                raise invalid(
+                    "additional_grace_months",
+                    "must be less than new_term_months",
+                    "GRACE_NOT_LESS_THAN_TERM",
+                )
             latest = await conn.fetchval(
                 "SELECT max(revision) FROM schedule_revisions WHERE loan_id = $1",
                 request.loan_id,

@@ -187,7 +187,8 @@ class AssistanceServiceServicer:
 
     def AdjustCapacity(self, request, context):
         """AdjustCapacity adds capacity (restock, more seats) or writes it off; added
-        places go to the pool's waitlist first, in order.
+        places go to the pool's waitlist first, in order. Writing off reserved units,
+        or leaving less than a request on the waitlist needs, is refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

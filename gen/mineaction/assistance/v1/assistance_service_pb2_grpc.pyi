@@ -63,7 +63,8 @@ class AssistanceServiceStub:
     """CreateCapacityPool opens a provider's new pool: a cohort, a stock, a slot pool."""
     AdjustCapacity: _grpc.UnaryUnaryMultiCallable[_assistance_service_pb2.AdjustCapacityRequest, _assistance_service_pb2.AdjustCapacityResponse]
     """AdjustCapacity adds capacity (restock, more seats) or writes it off; added
-    places go to the pool's waitlist first, in order.
+    places go to the pool's waitlist first, in order. Writing off reserved units,
+    or leaving less than a request on the waitlist needs, is refused.
     """
 
 @_typing.type_check_only
@@ -101,7 +102,8 @@ class AssistanceServiceAsyncStub(AssistanceServiceStub):
     """CreateCapacityPool opens a provider's new pool: a cohort, a stock, a slot pool."""
     AdjustCapacity: _aio.UnaryUnaryMultiCallable[_assistance_service_pb2.AdjustCapacityRequest, _assistance_service_pb2.AdjustCapacityResponse]  # type: ignore[assignment]
     """AdjustCapacity adds capacity (restock, more seats) or writes it off; added
-    places go to the pool's waitlist first, in order.
+    places go to the pool's waitlist first, in order. Writing off reserved units,
+    or leaving less than a request on the waitlist needs, is refused.
     """
 
 class AssistanceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -208,7 +210,8 @@ class AssistanceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_assistance_service_pb2.AdjustCapacityResponse, _abc.Awaitable[_assistance_service_pb2.AdjustCapacityResponse]]:
         """AdjustCapacity adds capacity (restock, more seats) or writes it off; added
-        places go to the pool's waitlist first, in order.
+        places go to the pool's waitlist first, in order. Writing off reserved units,
+        or leaving less than a request on the waitlist needs, is refused.
         """
 
 def add_AssistanceServiceServicer_to_server(servicer: AssistanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
