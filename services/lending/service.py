@@ -939,6 +939,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         start, end = from_proto_date(request.start_date), from_proto_date(request.end_date)
 
         async def pause(conn: Connection) -> pb.PauseDelinquencyResponse:
+            self._not_after_today("start_date", start)
             loan = await self._active_loan(conn, request.loan_id, "a hardship pause")
             self._check_not_before_disbursement(loan, start, "start_date")
             await conn.execute(

@@ -923,5 +923,18 @@ async def test_money_dated_after_today_is_refused_and_writes_nothing(cluster: Cl
         await _refused_without_writes(
             cluster, lending.RescheduleLoan(reschedule), "effective_date", invalid
         )
+        # A pause starts today at the latest (it ran on record for ever, and the answer
+        # read the loan as of its end: decades past due).
+        pause = pb.PauseDelinquencyRequest(
+            request_id=request_id(),
+            loan_id=active.loan_id,
+            start_date=pdate(tomorrow),
+            end_date=pdate(tomorrow + timedelta(days=30)),
+            reason="hospitalised",
+            requested_by="lo-03",
+        )
+        await _refused_without_writes(
+            cluster, lending.PauseDelinquency(pause), "start_date", invalid
+        )
         paid = await lending.RecordRepayment(repayment(active.loan_id, 1_000, today))
         assert paid.loan.repaid_principal_minor == 1_000
