@@ -36,11 +36,11 @@ class LoanBook:
         resources.push_async_callback(channel.close)
         return cls(channel)
 
-    async def require_borrower(self, field: str, loan_id: str, survivor_id: str) -> None:
-        """INVALID_ARGUMENT on `field` unless `loan_id` is a loan of `survivor_id`;
+    async def loan_of(self, field: str, loan_id: str, survivor_id: str) -> lending_pb.Loan:
+        """The loan, if it is one of `survivor_id`'s: INVALID_ARGUMENT on `field` if not;
         UNAVAILABLE when the lending service cannot say."""
         try:
-            answer = await self._lending.GetLoan(
+            answer: lending_pb.GetLoanResponse = await self._lending.GetLoan(
                 lending_pb.GetLoanRequest(loan_id=loan_id), timeout=CHECK_TIMEOUT_SECONDS
             )
         except grpc.aio.AioRpcError as error:
@@ -55,3 +55,4 @@ class LoanBook:
             raise invalid(
                 field, f"loan {loan_id} is not a loan of {survivor_id}", "LOAN_OF_ANOTHER_SURVIVOR"
             )
+        return answer.loan

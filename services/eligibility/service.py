@@ -438,9 +438,22 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
     ) -> pb.RecordFollowUpResponse:
         follow_up = request.follow_up
         if follow_up.loan_id:  # asked before the transaction: no lock waits on lending
-            await self.loans.require_borrower(
+            loan = await self.loans.loan_of(
                 "follow_up.loan_id", follow_up.loan_id, follow_up.survivor_id
             )
+            if not loan.tranches:
+                raise invalid(
+                    "follow_up.loan_id",
+                    f"loan {follow_up.loan_id} was never disbursed: nothing to follow up",
+                    "LOAN_NOT_DISBURSED",
+                )
+            disbursed = from_proto_date(loan.tranches[0].disbursement_date)
+            if from_proto_date(follow_up.recorded_on) < disbursed:
+                raise invalid(
+                    "follow_up.recorded_on",
+                    f"is before loan {follow_up.loan_id} was disbursed ({disbursed})",
+                    "BEFORE_DISBURSEMENT",
+                )
 
         async def record(conn: Connection) -> pb.RecordFollowUpResponse:
             survivor = await conn.fetchrow(

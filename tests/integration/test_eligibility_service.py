@@ -19,7 +19,7 @@ from services.eligibility.service import SPEC as ELIGIBILITY
 from tests.conftest import Cluster
 from tests.factories import new_id, pdate, register_request, request_id, saatli_fish_farmer
 from tests.grpc_errors import details
-from tests.lending_helpers import approved_loan, open_fund
+from tests.lending_helpers import approved_loan, disburse, open_fund
 from tests.ports import closed_port
 
 SHIPPED = Path("services/eligibility/rulesets/reintegration.yaml").read_text(encoding="utf-8")
@@ -617,6 +617,16 @@ async def refused_follow_up(cluster: Cluster, request: pb.RecordFollowUpRequest)
     return caught.value.details() or ""
 
 
+LENT_FIRST, LENT_SECOND = date(2025, 3, 1), date(2026, 9, 1)
+
+
+async def disbursed_loan(cluster: Cluster, fund_id: str, survivor_id: str, on: date) -> str:
+    """A loan of the survivor's, disbursed `on`: its id."""
+    loan = await approved_loan(cluster.lending, fund_id=fund_id, survivor_id=survivor_id)
+    await disburse(cluster.lending, loan.loan_id, loan.principal_minor, on)
+    return loan.loan_id
+
+
 async def test_a_survivor_is_followed_up_after_each_loan_and_counted_once(
     cluster: Cluster,
 ) -> None:
@@ -625,8 +635,7 @@ async def test_a_survivor_is_followed_up_after_each_loan_and_counted_once(
     await cluster.eligibility.RegisterSurvivor(register_request(intake))
     fund_id = await open_fund(cluster, 1_000_000)
     first, second = [
-        (await approved_loan(cluster.lending, fund_id=fund_id, survivor_id=survivor)).loan_id
-        for _ in range(2)
+        await disbursed_loan(cluster, fund_id, survivor, on) for on in (LENT_FIRST, LENT_SECOND)
     ]
     before = await reach(cluster)
 
@@ -680,19 +689,24 @@ async def test_a_follow_up_names_a_loan_of_its_own_survivor(cluster: Cluster) ->
     intake = saatli_fish_farmer()
     survivor = intake.survivor_id
     await cluster.eligibility.RegisterSurvivor(register_request(intake))
-    someone_elses = await approved_loan(cluster.lending, fund_id=await open_fund(cluster, 500_000))
+    fund_id = await open_fund(cluster, 1_000_000)
+    someone_elses = await disbursed_loan(cluster, fund_id, new_id("srv"), LENT_FIRST)
+    own = await disbursed_loan(cluster, fund_id, survivor, LENT_SECOND)
+    not_lent = await approved_loan(cluster.lending, fund_id=fund_id, survivor_id=survivor)
     rows_before = await cluster.row_counts()
-    for loan_id, reason in (
-        (new_id("loan"), "UNKNOWN_LOAN"),
-        (someone_elses.loan_id, "LOAN_OF_ANOTHER_SURVIVOR"),
+    for loan_id, visited, field, reason in (
+        (new_id("loan"), date(2026, 7, 10), "follow_up.loan_id", "UNKNOWN_LOAN"),
+        (someone_elses, date(2026, 7, 10), "follow_up.loan_id", "LOAN_OF_ANOTHER_SURVIVOR"),
+        (not_lent.loan_id, date(2026, 7, 10), "follow_up.loan_id", "LOAN_NOT_DISBURSED"),
+        (own, date(1990, 1, 1), "follow_up.recorded_on", "BEFORE_DISBURSEMENT"),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await cluster.eligibility.RecordFollowUp(
-                follow_up(survivor, loan_id, 6, date(2026, 7, 10), working=True, family_members=2)
+                follow_up(survivor, loan_id, 6, visited, working=True, family_members=2)
             )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         [violation] = violations_in(caught.value)
-        assert (violation.field, violation.reason) == ("follow_up.loan_id", reason), violation
+        assert (violation.field, violation.reason) == (field, reason), violation
     assert await cluster.row_counts() == rows_before
 
     lending_down = f"127.0.0.1:{closed_port()}"
@@ -700,8 +714,7 @@ async def test_a_follow_up_names_a_loan_of_its_own_survivor(cluster: Cluster) ->
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await pb_grpc.EligibilityServiceStub(cut).RecordFollowUp(
                 follow_up(
-                    survivor, someone_elses.loan_id, 6, date(2026, 7, 10), working=True,
-                    family_members=2,
+                    survivor, own, 6, date(2027, 3, 10), working=True, family_members=2,
                 )
             )  # fmt: skip
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value
