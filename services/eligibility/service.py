@@ -341,7 +341,17 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                    ORDER BY version DESC LIMIT 1""",
                 rule_set.rule_set_id,
             )
-            if latest is not None and same_rules(latest["source_yaml"], request.source_yaml):
+            if latest is None:
+                # A new id (a typo above all) would publish rules no assessment ever uses.
+                known = await conn.fetch("SELECT DISTINCT rule_set_id FROM rule_sets ORDER BY 1")
+                raise invalid(
+                    "source_yaml",
+                    f"rule_set_id {rule_set.rule_set_id!r} names no published rule set; "
+                    "publish a new version of one the service decides with: "
+                    + ", ".join(r["rule_set_id"] for r in known),
+                    "UNKNOWN_RULE_SET",
+                )
+            if same_rules(latest["source_yaml"], request.source_yaml):
                 raise FailedPrecondition(
                     f"rule set {rule_set.rule_set_id} version {latest['version']} already says "
                     "exactly this; nothing was published",

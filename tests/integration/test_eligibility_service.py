@@ -418,6 +418,19 @@ async def test_a_rule_set_written_with_aliases_is_refused_at_once(cluster: Clust
     assert await cluster.row_counts() == before
 
 
+async def test_a_rule_set_of_an_unknown_id_is_refused(cluster: Cluster) -> None:
+    """A typo in rule_set_id would publish rules that no assessment ever uses."""
+    source = SHIPPED.replace("rule_set_id: reintegration", "rule_set_id: reintegraton", 1)
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await publish(cluster, source)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [violation] = violations_in(caught.value)
+    assert (violation.field, violation.reason) == ("source_yaml", "UNKNOWN_RULE_SET")
+    assert "one the service decides with: reintegration" in violation.description
+    assert await cluster.row_counts() == before
+
+
 async def test_assessments_list_by_district_and_date_with_pages(cluster: Cluster) -> None:
     district = "zangilan"
     ids = []
