@@ -13,11 +13,12 @@ from typing import Any
 
 from services.common.districts import known_districts
 
-# The services' own patterns (proto/mineaction/*/v1: buf.validate annotations).
+# The services' own patterns (proto/mineaction/*/v1: buf.validate annotations). ASCII only:
+# Python's \d also matches other scripts' digits (١٠ would be read as 10).
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,63}$")
 _CODE = re.compile(r"^[a-z][a-z0-9_]{1,39}$")
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_AMOUNT = re.compile(r"^\d+(\.\d+)?$")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$", re.ASCII)
+_AMOUNT = re.compile(r"^\d+(\.\d+)?$", re.ASCII)
 _ACTION = re.compile(r"^[a-z][a-z_]{1,39}$")
 _DATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 

@@ -181,7 +181,7 @@ def main(
 
 def _date_or_today(value: str | None, what: str) -> date:
     """The date given, else today in Baku, as the services count days."""
-    return inputs.iso_date(value, what) if value else programme_today()
+    return programme_today() if value is None else inputs.iso_date(value, what)
 
 
 # --- survivors ------------------------------------------------------------------------

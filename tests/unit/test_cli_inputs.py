@@ -32,7 +32,8 @@ def test_manat_becomes_exact_qepik(typed: str, minor: int) -> None:
      ("-5", "positive"), ("0", "positive"), ("0.00", "positive"), ("abc", "not an amount"),
      ("1e3", "not an amount"), ("nan", "not an amount"), ("1,500", "fifteen hundred"),
      ("1,5,0", "not an amount"), ("1.500,00", "not an amount"),
-     ("", "not an amount"), ("100000001", "above the limit")],
+     ("", "not an amount"), ("100000001", "above the limit"),
+     ("١٠", "not an amount"), ("１０", "not an amount")],  # other scripts' digits
 )  # fmt: skip
 def test_bad_amounts_are_refused(typed: str, why: str) -> None:
     with pytest.raises(BadInput, match=why):
@@ -50,7 +51,8 @@ def test_manat_display() -> None:
 def test_dates_ids_and_languages() -> None:
     assert inputs.iso_date("2026-02-28") == date(2026, 2, 28)
     for bad, why in (("2026-02-30", "real calendar"), ("2026-2-3", "YYYY-MM-DD"),
-                     ("1850-01-01", "1900-2100")):  # fmt: skip
+                     ("1850-01-01", "1900-2100"), ("", "YYYY-MM-DD"),
+                     ("２０２６-01-01", "YYYY-MM-DD")):  # fmt: skip
         with pytest.raises(BadInput, match=why):
             inputs.iso_date(bad)
     assert inputs.identifier(" srv-saatli-001 ", "survivor id") == "srv-saatli-001"
