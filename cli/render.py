@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC
 
 from rich.console import Console
 from rich.markup import escape
@@ -13,6 +14,7 @@ from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.money import manat
+from services.common.programme_time import programme_date
 from workers.journey.model import AssistanceState, JourneyStatus
 
 LABELS: dict[str, dict[str, str]] = {
@@ -374,7 +376,7 @@ def needs_table(needs: Sequence[assistance_pb.Need], known: Catalogue, lang: str
             need.district_code,
             coded("need_state", assistance_pb.NeedState.Name(need.state)[11:].lower(), lang),
             ", ".join(need.assistance_ids) or label("none", lang),
-            need.create_time.ToDatetime().strftime("%Y-%m-%d"),
+            programme_date(need.create_time.ToDatetime(tzinfo=UTC)).isoformat(),
         )
     return table
 
