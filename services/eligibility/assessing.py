@@ -205,7 +205,9 @@ class Assessor:
         if not survivor.consent.data_processing:
             raise FailedPrecondition("no recorded consent", reason="CONSENT_REQUIRED")
         if day < from_proto_date(survivor.date_of_birth):
-            raise invalid("assessment_date", "is before the survivor's date of birth")
+            raise invalid(
+                "assessment_date", "is before the survivor's date of birth", "BEFORE_BIRTH"
+            )
 
         pin = pins.get(request.survivor_id) or _Pin(
             row["pinned_rule_set_id"] or DEFAULT_RULE_SET, row["pinned_rule_set_version"]
@@ -216,7 +218,9 @@ class Assessor:
         if request.reassess_under_latest:
             if not request.reassessment_reason.strip():
                 raise invalid(
-                    "reassessment_reason", "a re-assessment under a newer rule set needs a reason"
+                    "reassessment_reason",
+                    "a re-assessment under a newer rule set needs a reason",
+                    "REASON_REQUIRED",
                 )
             version = latest
         else:

@@ -185,6 +185,25 @@ async def test_bad_intake_is_refused_with_the_field_and_nothing_stored(
     assert await cluster.row_counts() == before
 
 
+async def test_a_reassessment_reason_without_a_reassessment_is_refused(cluster: Cluster) -> None:
+    """A reason for a re-assessment that was not asked for: refused, not stored as if."""
+    intake = saatli_fish_farmer()
+    await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cluster.eligibility.AssessEligibility(
+            pb.AssessEligibilityRequest(
+                request_id=request_id(),
+                survivor_id=intake.survivor_id,
+                assessment_date=ASSESSED_ON,
+                reassessment_reason="annual review",
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "only for a re-assessment under the latest rule set" in (caught.value.details() or "")
+    assert await cluster.row_counts() == before
+
+
 async def test_same_request_id_returns_the_first_answer(cluster: Cluster) -> None:
     intake = saatli_fish_farmer()
     await cluster.eligibility.RegisterSurvivor(register_request(intake))
