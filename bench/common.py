@@ -91,6 +91,8 @@ def service(module: str, variable: str, database_url: str) -> tuple[list[str], d
         "DATABASE_URL": database_url,
         "LOG_LEVEL": "error",
         "AUTH_JWKS_FILE": str(bench_auth().effective_jwks_file),
+        # Eligibility calls lending with it (a follow-up's loan); it must exist to start.
+        "SERVICE_TOKEN_FILE": str(bench_auth().effective_service_token_file),
         # No /metrics port: a cluster running alongside holds the default ones.
         "METRICS_PORT": "0",
     }
