@@ -80,22 +80,19 @@ async def test_a_committee_decision_recorded_with_lending_reaches_the_journey(
         try:
             for handle in (approved, rejected):
                 await wait_for_stage(handle, "COMMITTEE_REVIEW")
+            approve, reject = [(await status_of(h)).loan_id for h in (approved, rejected)]
             await cluster.lending.ApproveLoan(
                 lending_pb.ApproveLoanRequest(
-                    request_id=request_id(),
-                    loan_id=(await status_of(approved)).loan_id,
-                    approved_by="cm-02",
+                    request_id=request_id(), loan_id=approve, approved_by="cm-02",
                     committee_decision_ref="CM-2026-140",
                 )
-            )
+            )  # fmt: skip
             await cluster.lending.RejectLoan(
                 lending_pb.RejectLoanRequest(
-                    request_id=request_id(),
-                    loan_id=(await status_of(rejected)).loan_id,
-                    rejected_by="cm-02",
+                    request_id=request_id(), loan_id=reject, rejected_by="cm-02",
                     reason="the business plan does not cover the feed",
                 )
-            )
+            )  # fmt: skip
             status = await wait_for_stage(approved, "GRACE")  # disbursed by the journey
             assert status.loan_status == "ACTIVE" and status.outstanding_minor == 500_000
             status = await wait_for_stage(rejected, "CLOSED_REJECTED")

@@ -7,6 +7,7 @@ import itertools
 import time
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -185,23 +186,28 @@ async def test_bad_intake_is_refused_with_the_field_and_nothing_stored(
     assert await cluster.row_counts() == before
 
 
-async def test_a_reassessment_reason_without_a_reassessment_is_refused(cluster: Cluster) -> None:
-    """A reason for a re-assessment that was not asked for: refused, not stored as if."""
+async def refused_assessment(cluster: Cluster, **asked: Any) -> grpc.aio.AioRpcError:
+    """A registered survivor's assessment asked with these fields: INVALID_ARGUMENT, and
+    nothing stored; the error."""
     intake = saatli_fish_farmer()
     await cluster.eligibility.RegisterSurvivor(register_request(intake))
     before = await cluster.row_counts()
+    request = pb.AssessEligibilityRequest(
+        request_id=request_id(), survivor_id=intake.survivor_id, **asked
+    )
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await cluster.eligibility.AssessEligibility(
-            pb.AssessEligibilityRequest(
-                request_id=request_id(),
-                survivor_id=intake.survivor_id,
-                assessment_date=ASSESSED_ON,
-                reassessment_reason="annual review",
-            )
-        )
+        await cluster.eligibility.AssessEligibility(request)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "only for a re-assessment under the latest rule set" in (caught.value.details() or "")
     assert await cluster.row_counts() == before
+    return caught.value
+
+
+async def test_a_reassessment_reason_without_a_reassessment_is_refused(cluster: Cluster) -> None:
+    """A reason for a re-assessment that was not asked for: refused, not stored as if."""
+    error = await refused_assessment(
+        cluster, assessment_date=ASSESSED_ON, reassessment_reason="annual review"
+    )
+    assert "only for a re-assessment under the latest rule set" in (error.details() or "")
 
 
 async def test_same_request_id_returns_the_first_answer(cluster: Cluster) -> None:
@@ -509,24 +515,12 @@ async def test_rules_with_a_parameter_gap_are_refused_pointing_at_it(cluster: Cl
 
 
 async def test_an_assessment_before_the_rules_are_in_force_is_refused(cluster: Cluster) -> None:
-    intake = saatli_fish_farmer()
-    await cluster.eligibility.RegisterSurvivor(register_request(intake))
-    before = await cluster.row_counts()
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await cluster.eligibility.AssessEligibility(
-            pb.AssessEligibilityRequest(
-                request_id=request_id(),
-                survivor_id=intake.survivor_id,
-                assessment_date=pdate(date(2025, 6, 1)),
-            )
-        )
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    [violation] = violations_in(caught.value)
+    error = await refused_assessment(cluster, assessment_date=pdate(date(2025, 6, 1)))
+    [violation] = violations_in(error)
     assert violation.field == "assessment_date"
     assert violation.description == (
         "the rules are in force from 2026-01-01; 2025-06-01 is before that"
     )
-    assert await cluster.row_counts() == before
 
 
 async def test_a_version_published_with_a_gap_refuses_assessments_in_it(cluster: Cluster) -> None:
