@@ -14,6 +14,7 @@ import pytest
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
+from mineaction.type.v1 import sex_pb2
 from services.common.errors import reason_of, violations_in
 from services.common.programme_time import programme_today
 from services.eligibility.service import SPEC as ELIGIBILITY
@@ -105,6 +106,10 @@ def _missing_field(i: pb.SurvivorIntake) -> None:
     i.ClearField("date_of_birth")
 
 
+def _sex_not_given(i: pb.SurvivorIntake) -> None:
+    i.sex = sex_pb2.SEX_UNSPECIFIED
+
+
 def _negative_income(i: pb.SurvivorIntake) -> None:
     i.monthly_household_income_minor = -1
 
@@ -145,10 +150,21 @@ def _oversized(i: pb.SurvivorIntake) -> None:
     i.injuries.extend(["y" * 60_000] * 20)
 
 
+async def test_a_missing_choice_says_it_is_required(cluster: Cluster) -> None:
+    """An enum left at its zero value reads as missing, not as a list of numbers."""
+    intake = saatli_fish_farmer()
+    _sex_not_given(intake)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    [violation] = violations_in(caught.value)
+    assert (violation.field, violation.description) == ("intake.sex", "value is required")
+
+
 @pytest.mark.parametrize(
     ("spoil", "field"),
     [
         (_missing_field, "intake.date_of_birth"),
+        (_sex_not_given, "intake.sex"),
         (_negative_income, "intake.monthly_household_income_minor"),
         (_future_birth, "intake.date_of_birth"),
         (_incident_before_birth, "intake"),
@@ -161,6 +177,7 @@ def _oversized(i: pb.SurvivorIntake) -> None:
     ],
     ids=[
         "missing",
+        "sex-not-given",
         "negative-income",
         "future-birth",
         "incident-before-birth",
