@@ -96,9 +96,14 @@ class UnaryInterceptor:
 
 
 def request_id_of(request: Any, context: grpc.aio.ServicerContext) -> str:
-    """The caller's request_id field, else the x-request-id header, else a fresh id."""
+    """The caller's request_id field, else the x-request-id header, else a fresh id. The
+    field is made canonical first, in the request itself: a UUID names the same request
+    whatever the case of its letters, so the idempotency key, the audit entry and the
+    logs all see its lower-case form (a retry in capitals got a second effect)."""
     request_id = getattr(request, "request_id", "")
     if request_id:
+        if isinstance(request_id, str) and not request_id.islower():
+            request_id = request.request_id = request_id.lower()
         return str(request_id)
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":

@@ -135,6 +135,12 @@ async def test_fifty_concurrent_duplicates_have_exactly_one_effect(cluster: Clus
             loan.loan_id,
         )
     assert repayments == 1
+    # The same request id in capitals is the same request (a UUID's case means nothing):
+    # the first answer again, no second payment.
+    shouted = pb.RecordRepaymentRequest()
+    shouted.CopyFrom(request)
+    shouted.request_id = request.request_id.upper()
+    assert await cluster.lending.RecordRepayment(shouted) == responses[0]
     after = (await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=loan.loan_id))).loan
     assert after.repaid_principal_minor == 10_000
 
