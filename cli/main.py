@@ -1104,7 +1104,10 @@ def journey_assist(
             "the waitlist)."
         ),
     ],
-    actor: Annotated[str, typer.Option(help="Who takes the step (provider or staff id).")],
+    actor: Annotated[
+        str,
+        typer.Option(help="Who takes the step: you (the default) or a provider's id."),
+    ] = "",
     data: Annotated[
         list[str] | None,
         typer.Option(
@@ -1120,14 +1123,16 @@ def journey_assist(
         sid = inputs.identifier(survivor_id, "survivor id")
         kind = inputs.code(type_id, "assistance type")
         step = inputs.action(action)
-        who = inputs.staff(actor, "--actor")
+        who = inputs.staff(actor or _caller().subject, "--actor")
         step_data = inputs.data_pairs(data or [], "--data")
-        _acting(_ASSISTANCE + "AdvanceAssistance")  # the step may be a provider's, by name
+        _acting(_ASSISTANCE + "AdvanceAssistance")
         settings = context.settings()
         token = context.token(_OPTIONS, settings)
         async with context.assistance(settings, token) as assist:
             with calling("assistance", settings.assistance_address):
                 known = await catalogue.load(assist, TIMEOUT)
+        if who not in known.providers:  # a provider's step, by name; staff act as themselves
+            _acting(_ASSISTANCE + "AdvanceAssistance", who)
         refresh = step == "refresh"
         if refresh:
             known.type(kind)

@@ -1154,6 +1154,21 @@ async def test_steering_a_journey_from_the_cli(
         assert refused.exit_code == 1
         assert line.startswith("error: the wheelchair item refused it:"), line
         assert "cannot receive_procured" in line and "allowed: " in line
+        # A case worker records a provider's step by the provider's id, or their own, never
+        # in another staff member's name (the service binds it the same way).
+        cw_01 = {**cli_env, "MINEACTION_TOKEN": cluster.token_for("case_worker", subject="cw-01")}
+        refused = await mineaction(
+            cw_01, "journey", "assist", survivor_id, "wheelchair", "receive_procured",
+            "--actor", "pm-01",
+        )  # fmt: skip
+        assert one_error_line(refused) == (
+            "error: you (cw-01) cannot act as pm-01: staff act as themselves"
+        ), refused
+        refused = await mineaction(
+            cw_01, "journey", "assist", survivor_id, "wheelchair", "receive_procured",
+            "--actor", "baku-mobility-aids",
+        )  # fmt: skip
+        assert one_error_line(refused).startswith("error: the wheelchair item refused it:")
 
         ran = await mineaction(cli_env, "journey", "status", survivor_id)
         assert ran.exit_code == 0, ran
