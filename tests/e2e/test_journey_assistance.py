@@ -31,7 +31,13 @@ from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from services.common.protoconv import timestamp
 from tests.conftest import Cluster
 from tests.factories import register_request, request_id, saatli_fish_farmer
-from tests.journey_helpers import deliver_wheelchair, own_pool, someone_holds, status_of
+from tests.journey_helpers import (
+    deliver_wheelchair,
+    own_pool,
+    someone_holds,
+    status_of,
+    wait_for_stage,
+)
 from tests.temporal_fixtures import time_skipping_server
 from workers.journey.activities import JourneyActivities, request_id_of
 from workers.journey.model import (
@@ -39,9 +45,12 @@ from workers.journey.model import (
     AssistancePlan,
     AssistanceRefresh,
     AssistanceState,
+    CommitteeDecision,
     JourneyInput,
     JourneyStatus,
     LoanRequest,
+    WriteOffDecision,
+    WriteOffProposal,
     assistance_workflow_id,
     journey_workflow_id,
 )
@@ -340,6 +349,48 @@ async def test_a_journey_whose_loan_is_refused_follows_its_assistance_to_the_end
         await deliver_wheelchair(item, "WC-2026-0101")
         result = await asyncio.wait_for(journey.result(), 15)
     assert result.stage == "CLOSED_NOT_ELIGIBLE"
+    assert [(a.state, a.terminal) for a in result.assistance] == [("followed_up", True)]
+
+
+@pytest.mark.timeout(120)
+async def test_a_journey_whose_loan_is_written_off_follows_its_assistance_to_the_end(
+    cluster: Cluster, dev_client: Client, activities: JourneyActivities, task_queue: str
+) -> None:
+    """The loan written off while the wheelchair is still being fitted: the journey waits
+    for the item (ASSISTANCE_ONLY) and only then closes as WRITTEN_OFF. It closed at once,
+    leaving the item running with no journey, and a later journey could request a second
+    wheelchair."""
+    pool = await own_pool(cluster, "baku-mobility-aids", "wheelchair", 1)
+    plan = AssistancePlan("wheelchair", "baku-mobility-aids", pool, 1, {"seat_width_cm": 44})
+    intake = saatli_fish_farmer(f"srv-{uuid.uuid4().hex[:12]}")
+    async with build_worker(dev_client, activities, task_queue):
+        journey = await start_with(
+            cluster, dev_client, task_queue, intake, [plan],
+            LoanRequest("fish_farming", 200_000, "fingerlings"),
+        )  # fmt: skip
+        await wait_for_stage(journey, "COMMITTEE_REVIEW")
+        await journey.execute_update(
+            SurvivorJourneyWorkflow.record_committee_decision,
+            CommitteeDecision(approve=True, member_id="cm-02", decision_ref="CM-2026-160"),
+        )
+        await wait_for_stage(journey, "GRACE")
+        await journey.execute_update(
+            SurvivorJourneyWorkflow.propose_write_off,
+            WriteOffProposal("the farm was flooded for good", "lo-01"),
+        )
+        await journey.execute_update(
+            SurvivorJourneyWorkflow.record_write_off,
+            WriteOffDecision("the farm was flooded for good", "lo-01", "pm-01"),
+        )
+        status = await wait_for_stage(journey, "ASSISTANCE_ONLY")
+        assert status.loan_status == "CLOSED_WRITTEN_OFF"
+        assert (await journey.describe()).status == WorkflowExecutionStatus.RUNNING
+        item: Item = dev_client.get_workflow_handle_for(
+            AssistanceWorkflow.run, assistance_workflow_id(journey.id, "wheelchair")
+        )
+        await deliver_wheelchair(item, "WC-2026-0160")
+        result = await asyncio.wait_for(journey.result(), 15)
+    assert result.stage == "WRITTEN_OFF"
     assert [(a.state, a.terminal) for a in result.assistance] == [("followed_up", True)]
 
 

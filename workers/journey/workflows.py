@@ -176,6 +176,11 @@ FOLLOWS_THE_LEDGER_PATCH = "journey-follows-the-ledger"
 # stayed in COMMITTEE_REVIEW for good, refusing the committee's decision sent to them as
 # one the ledger already held.
 COMMITTEE_HEARS_THE_LEDGER_PATCH = "journey-committee-hears-the-ledger"
+# Journeys whose loan is written off from this change on follow their assistance items to
+# the end (stage ASSISTANCE_ONLY) before closing as WRITTEN_OFF, as a refused loan's do
+# (LOAN_REFUSED_KEEPS_ASSISTANCE_PATCH): the items ran on with no journey, and a later
+# journey could request the same assistance again.
+WRITTEN_OFF_KEEPS_ASSISTANCE_PATCH = "written-off-keeps-assistance"
 # Journeys (and runs continued as new) from this change on count their days in Baku, as
 # the services do (WorkflowDays): the day they approve, disburse, pause or follow up on,
 # and the midnight they wake at for a due date. Before, they counted UTC's days, a day
@@ -374,7 +379,9 @@ class SurvivorJourneyWorkflow:
             await self._wait_condition(self._assistance_finished)
             return self._complete()
         if not any(p in assessment.eligible_programmes for p in LOAN_PROGRAMMES):
-            return await self._loan_refused(Stage.CLOSED_NOT_ELIGIBLE)
+            return await self._after_assistance(
+                Stage.CLOSED_NOT_ELIGIBLE, LOAN_REFUSED_KEEPS_ASSISTANCE_PATCH
+            )
 
         self._set_stage(Stage.LOAN_APPLICATION)
         self._set_loan(
@@ -393,19 +400,21 @@ class SurvivorJourneyWorkflow:
             )
         )
         if not await self._committee():
-            return await self._loan_refused(Stage.CLOSED_REJECTED)
+            return await self._after_assistance(
+                Stage.CLOSED_REJECTED, LOAN_REFUSED_KEEPS_ASSISTANCE_PATCH
+            )
         await self._disburse()
         return await self._after_disbursement()
 
-    async def _loan_refused(self, outcome: Stage) -> JourneyStatus:
-        """No loan (not eligible, or rejected): the assistance items go on, and the journey
-        follows them to their end (stage ASSISTANCE_ONLY) before closing with `outcome`."""
-        if not self._assistance_finished() and workflow.patched(
-            LOAN_REFUSED_KEEPS_ASSISTANCE_PATCH
-        ):
+    async def _after_assistance(self, outcome: Stage, patch_id: str) -> JourneyStatus:
+        """No loan (not eligible, rejected, written off): the assistance items go on, and
+        the journey follows them to their end (stage ASSISTANCE_ONLY) before closing with
+        `outcome` (on histories from before `patch_id`, at once)."""
+        if not self._assistance_finished() and workflow.patched(patch_id):
             self._set_stage(Stage.ASSISTANCE_ONLY)
             await self._wait_condition(self._assistance_finished)
-        self._set_stage(outcome)
+        if self._s.stage != outcome:  # a write-off has set it already
+            self._set_stage(outcome)
         return self.status()
 
     async def _committee(self) -> bool:
@@ -497,7 +506,9 @@ class SurvivorJourneyWorkflow:
         while True:
             await self._repayment_cycle()
             if self._s.stage == Stage.WRITTEN_OFF:
-                return self.status()
+                return await self._after_assistance(
+                    Stage.WRITTEN_OFF, WRITTEN_OFF_KEEPS_ASSISTANCE_PATCH
+                )
             if not await self._follow_ups():
                 break
             # A reversal reopened the loan: repaid again, its follow-ups count from then.
