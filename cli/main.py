@@ -600,9 +600,17 @@ async def _latest_journey(survivor_id: str) -> tuple[Client, JourneyRecord, list
     return client, journeys[-1], journeys[:-1]
 
 
-async def _latest_status(survivor_id: str) -> tuple[WorkflowHandle[Any, Any], JourneyStatus]:
-    """The survivor's current journey and its status query's answer."""
+async def _latest_status(
+    survivor_id: str, *, running: bool = False
+) -> tuple[WorkflowHandle[Any, Any], JourneyStatus]:
+    """The survivor's current journey and its status query's answer; with `running`, a
+    journey that has ended is refused, as its updates and signals would be."""
     client, latest, _ = await _latest_journey(survivor_id)
+    if running and latest.state != "RUNNING":
+        raise CliError(
+            f"the journey {latest.workflow_id} has ended ({latest.state.lower()}"
+            f"{', stage ' + latest.stage if latest.stage else ''}): it takes no more decisions"
+        )
     handle = client.get_workflow_handle(latest.workflow_id)
     address = context.settings().effective_temporal_address
     with temporal(address, f"the journey {latest.workflow_id}"):
@@ -997,7 +1005,7 @@ def journey_write_off(
             return
         confirmer = inputs.staff(confirmed_by or principal.subject, "--confirmed-by")
         _acting(_LENDING + "ConfirmLoanWriteOff", confirmer)
-        latest, held = await _latest_status(sid)
+        latest, held = await _latest_status(sid, running=True)
         if not held.write_off_proposed_by:
             raise CliError(
                 f"no write-off is proposed for {latest.id}'s loan: one person proposes "
@@ -1032,7 +1040,7 @@ def journey_refresh(
     async def go() -> None:
         sid = inputs.identifier(survivor_id, "survivor id")
         _acting(_LENDING + "GetLoan")
-        latest, status = await _latest_status(sid)
+        latest, status = await _latest_status(sid, running=True)
         if not status.loan_id:
             raise CliError(f"the journey {latest.id} has no loan to read")
         with temporal(context.settings().effective_temporal_address, f"the journey {latest.id}"):

@@ -1227,9 +1227,14 @@ async def test_steering_a_journey_from_the_cli(
         assert ran.exit_code == 0, ran
         assert "written off: proposed by lo-01, confirmed by pm-01" in ran.stdout
         assert "CLOSED_WRITTEN_OFF" in ran.stdout
+        # The journey follows its wheelchair to the end before it closes; cancelled here.
+        await wait_for_stage(handle, "ASSISTANCE_ONLY")
+        ran = await mineaction(cli_env, "journey", "assist", survivor_id, "wheelchair", "cancel")
+        assert ran.exit_code == 0, ran
         await wait_for_stage(handle, "WRITTEN_OFF")
         decide = ["journey", "decide", survivor_id, "--member", "cm-02", "--ref", "CM-9"]
-        for again in (write_off, [*decide, "--approve"]):
+        refresh = ["journey", "refresh", survivor_id]
+        for again in (write_off, [*decide, "--approve"], [*confirm, "pm-02"], refresh):
             line = one_error_line(await mineaction(cli_env, *again))
             # The written-off journey has ended: said so, not "not found".
             assert line == (
@@ -1245,9 +1250,6 @@ async def test_steering_a_journey_from_the_cli(
         rows = {r["loan_id"]: r for r in csv.DictReader(io.StringIO(ran.stdout))}
         assert rows[status.loan_id]["written_off_azn"] == "5000.00"
         assert rows[status.loan_id]["bucket"] == ""  # not UNSPECIFIED: no bucket once closed
-        await dev_client.get_workflow_handle(
-            assistance_workflow_id(handle.id, "wheelchair")
-        ).terminate("the journey has ended; the test is over")
 
 
 @pytest.mark.timeout(120)
@@ -1492,13 +1494,15 @@ async def test_journey_updates_check_the_callers_token_first(
 ) -> None:
     """A journey's update reaches Temporal, not the services, so the CLI checks the token
     as a service would before sending it: a role the access policy allows, staff acting
-    as themselves; a case worker may record a provider's step under the provider's name."""
+    as themselves; a case worker may record a provider's step under the provider's id."""
     survivor_id = f"srv-{uuid.uuid4().hex[:12]}"  # no journey: past the check, "not found"
     decide = ["journey", "decide", survivor_id, "--approve", "--member", "cm-07", "--ref", "CM-1"]
     propose = ["journey", "write-off", survivor_id, "--reason", "fled the district"]
     confirm = ["journey", "write-off", survivor_id, "--confirm"]
     start = ["journey", "start", survivor_id, "--product", "fish_farming", "--amount", "2000"]
-    refresh = ["journey", "assist", survivor_id, "wheelchair", "refresh", "--actor", "supplier-01"]
+    refresh = [
+        "journey", "assist", survivor_id, "wheelchair", "refresh", "--actor", "baku-mobility-aids"
+    ]  # fmt: skip
     for token, args, says in (
         (cluster.token_for("auditor", subject="aud-1"), decide,
          "ApproveLoan needs one of the roles committee_member, service; the token (aud-1) "
@@ -1523,6 +1527,8 @@ async def test_journey_updates_check_the_callers_token_first(
          "RecordNeed needs one of the roles case_worker, service"),
         (cluster.token_for("auditor", subject="aud-1"), refresh,
          "AdvanceAssistance needs one of the roles case_worker, service"),
+        (cluster.token_for("case_worker", subject="cw-01"), [*refresh[:5], "--actor", "pm-01"],
+         "you (cw-01) cannot act as pm-01"),
     ):  # fmt: skip
         ran = await mineaction({**cli_env, "MINEACTION_TOKEN": token}, *args)
         assert ran.exit_code == 1 and says in one_error_line(ran), (args, ran)
