@@ -67,6 +67,7 @@ from workers.journey.activities import (
 from workers.journey.loan_news import LOAN_NEWS_WORKFLOW_ID
 from workers.journey.lookup import JourneyRecord, journeys_of
 from workers.journey.model import (
+    CLOSED_LOAN_STATES,
     AssistanceAction,
     AssistancePlan,
     AssistanceRefresh,
@@ -864,9 +865,14 @@ async def _send_update(
 def _loan_line(status: JourneyStatus) -> str:
     """The update's answer is the journey before it re-reads the ledger: the loan's state
     is new, its schedule not yet, so no instalment is shown here."""
+    then = (
+        "nothing more falls due"
+        if status.loan_status in CLOSED_LOAN_STATES
+        else "the journey re-reads the schedule from the ledger now"
+    )
     return (
-        f"loan {status.loan_id} {status.loan_status}; the journey re-reads the schedule "
-        f"from the ledger now (mineaction journey status {status.survivor_id})"
+        f"loan {status.loan_id} {status.loan_status}; {then} "
+        f"(mineaction journey status {status.survivor_id})"
     )
 
 
@@ -1244,10 +1250,13 @@ def journeys(
         label = functools.partial(render.label, lang=language)
         filters = ", ".join(
             f"{label(name)} {value}"
-            for name, value in (
-                ("stage", stage),
-                ("district", district),
-                ("loan_status", loan_status),
+            for name, value in (  # each as the table shows it, in the reader's language
+                ("stage", render.coded("stage", wanted, language) if stage else None),
+                ("district", district and _named(known_districts(), code, language)),
+                (
+                    "loan_status",
+                    loan_status and render.coded("loan_state", wanted_status, language),
+                ),
                 ("programme_year", programme_year),
             )
             if value is not None
