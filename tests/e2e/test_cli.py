@@ -729,7 +729,7 @@ async def test_arrears_and_journeys_by_district(
         ):  # fmt: skip
             assert shown in ran.stdout, (shown, ran.stdout)
         ran = await mineaction(cli_env, "journeys", "--district", "barda", "--lang", "az")
-        assert "Davam edən yol xəritələri: Rayon barda" in ran.stdout, ran
+        assert "Davam edən yol xəritələri: Rayon Bərdə (barda)" in ran.stdout, ran
         assert coded("workflow_state", "RUNNING", "az") in ran.stdout, ran
         assert ids["elsewhere"] in ran.stdout and ids["late"] not in ran.stdout, ran
         # A district not on the programme's list is refused, not an empty list.
