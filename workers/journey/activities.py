@@ -19,7 +19,7 @@ from google.protobuf import duration_pb2, struct_pb2
 from google.type import date_pb2
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.service import RPCError, RPCStatusCode
 
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
@@ -107,7 +107,9 @@ def _from_an_earlier_decision(proposal: lending_pb.LoanWriteOffProposal) -> bool
 
 async def call(rpc: Callable[..., Awaitable[T]], request: object) -> T:
     """A business rejection becomes a non-retryable ApplicationError whose type is the
-    status code and whose first detail is the service's ErrorInfo reason (or "")."""
+    status code and whose first detail is the service's ErrorInfo reason (or ""). It is
+    BENIGN: an answer the workflow handles (four eyes, a step not allowed now), so the
+    worker logs it at debug level, not as a failure with its traceback."""
     try:
         return await rpc(request, timeout=RPC_TIMEOUT_SECONDS)
     except grpc.aio.AioRpcError as error:
@@ -117,6 +119,7 @@ async def call(rpc: Callable[..., Awaitable[T]], request: object) -> T:
                 reason_of(error),
                 type=error.code().name,
                 non_retryable=True,
+                category=ApplicationErrorCategory.BENIGN,
             ) from None
         raise
 
