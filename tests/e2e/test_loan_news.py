@@ -17,10 +17,12 @@ from services.common.programme_time import programme_today
 from tests.conftest import Cluster
 from tests.factories import request_id
 from tests.journey_helpers import approved_journey, start_journey, status_of, wait_for_stage
-from tests.lending_helpers import feed_end, repayment, reversal
+from tests.lending_helpers import disburse, feed_end, repayment, reversal
 from workers.journey.activities import JourneyActivities
 from workers.journey.loan_news import LoanNewsWorkflow
+from workers.journey.model import LoanChanged
 from workers.journey.worker import build_worker
+from workers.journey.workflows import SurvivorJourneyWorkflow
 
 
 async def own_relay(
@@ -102,6 +104,34 @@ async def test_a_committee_decision_recorded_with_lending_reaches_the_journey(
             for handle in (approved, rejected):
                 with contextlib.suppress(RPCError):
                     await handle.terminate("the test is over")
+
+
+@pytest.mark.timeout(120)
+async def test_a_loan_approved_and_disbursed_outside_the_journey_is_followed_not_refused(
+    cluster: Cluster, dev_client: Client, activities: JourneyActivities, task_queue: str
+) -> None:
+    """Approved and disbursed through the API before the journey reads the loan (no relay
+    running): told, it reads ACTIVE and follows the repayments, without disbursing again
+    (it took ACTIVE for a rejection)."""
+    async with build_worker(dev_client, activities, task_queue):
+        journey = await start_journey(cluster, dev_client, task_queue)
+        try:
+            await wait_for_stage(journey, "COMMITTEE_REVIEW")
+            loan_id = (await status_of(journey)).loan_id
+            await cluster.lending.ApproveLoan(
+                lending_pb.ApproveLoanRequest(
+                    request_id=request_id(), loan_id=loan_id, approved_by="cm-02",
+                    committee_decision_ref="CM-2026-170",
+                )
+            )  # fmt: skip
+            await disburse(cluster.lending, loan_id, 500_000, programme_today())
+            await journey.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+            status = await wait_for_stage(journey, "GRACE")
+            assert status.loan_status == "ACTIVE" and status.outstanding_minor == 500_000
+            read = await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=loan_id))
+            assert [t.amount_minor for t in read.loan.tranches] == [500_000]
+        finally:
+            await journey.terminate("the test is over")
 
 
 async def test_a_retried_relay_turn_goes_on_from_its_last_heartbeat(

@@ -186,6 +186,8 @@ WRITTEN_OFF_KEEPS_ASSISTANCE_PATCH = "written-off-keeps-assistance"
 # and the midnight they wake at for a due date. Before, they counted UTC's days, a day
 # behind from 20:00 UTC. Older histories replay on UTC's days.
 PROGRAMME_DAYS_PATCH = "journey-programme-days"
+# What a loan the committee approved may have become by the time the journey reads it.
+APPROVED_OR_LATER = ("APPROVED", "ACTIVE", *CLOSED_LOAN_STATES)
 WAITLISTED = "waitlisted"
 WAITLIST_READ_EVERY = timedelta(days=1)
 WAITLIST_READS_PER_RUN = 90
@@ -219,17 +221,24 @@ class WorkflowDays:
     runs started from its patch on (`since`); in UTC, as before, on older histories."""
 
     zone: tzinfo = UTC
+    # Baku days start for a workflow a few minutes after midnight: a service whose clock is
+    # a little behind Temporal's must already count the day it is sent as today (a
+    # disbursement dated "tomorrow" is refused). UTC midnight was 04:00 in Baku.
+    starts: timedelta = timedelta(0)
 
     @staticmethod
     def since(patch_id: str) -> WorkflowDays:
-        return WorkflowDays(PROGRAMME_ZONE if workflow.patched(patch_id) else UTC)
+        if workflow.patched(patch_id):
+            return WorkflowDays(PROGRAMME_ZONE, timedelta(minutes=5))
+        return WorkflowDays()
 
     def today(self) -> date:
         return workflow.now().astimezone(self.zone).date()
 
     def until(self, day: date, at: time = time()) -> timedelta:
         """Time from now to `at` o'clock on `day` (none if that has passed)."""
-        return max(timedelta(0), datetime.combine(day, at, tzinfo=self.zone) - workflow.now())
+        start = datetime.combine(day, at, tzinfo=self.zone) + self.starts
+        return max(timedelta(0), start - workflow.now())
 
 
 def add_months(day: date, months: int) -> date:
@@ -403,7 +412,9 @@ class SurvivorJourneyWorkflow:
             return await self._after_assistance(
                 Stage.CLOSED_REJECTED, LOAN_REFUSED_KEEPS_ASSISTANCE_PATCH
             )
-        await self._disburse()
+        assert self._s.loan is not None
+        if self._s.loan.status == "APPROVED":  # else disbursed outside the journey already
+            await self._disburse()
         return await self._after_disbursement()
 
     async def _after_assistance(self, outcome: Stage, patch_id: str) -> JourneyStatus:
@@ -452,7 +463,7 @@ class SurvivorJourneyWorkflow:
                 )
         await wait(self._loan_decided)
         assert self._s.loan is not None
-        if self._s.loan.status == "APPROVED":
+        if self._s.loan.status in APPROVED_OR_LATER:  # read from the ledger: maybe later
             self._s.approved_on = self._today().isoformat()
             return True
         return False
@@ -736,7 +747,8 @@ class SurvivorJourneyWorkflow:
             self._deciding = False
             self._decision = None
             raise refused(error) from None
-        self._set_loan(loan)
+        if self._s.loan.status == "SUBMITTED":  # not since read from the ledger, and later
+            self._set_loan(loan)
         self._flush()
         return self.status()
 
@@ -922,7 +934,9 @@ class SurvivorJourneyWorkflow:
         """Sent after money moved on the journey's loan outside it (the CLI's `repay`,
         payment collection): the repayment cycle re-reads the loan at once, so a loan
         repaid early is seen closed the same day, not at its next due date."""
-        if self._s.loan is not None and change.loan_id == self._s.loan.loan_id:
+        # Before the journey knows its loan (its application being submitted), any news
+        # counts: a decision recorded with lending meanwhile is then read at once.
+        if self._s.loan is None or change.loan_id == self._s.loan.loan_id:
             self._loan_changed = True
             self._loan_news += 1
 
