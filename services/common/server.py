@@ -139,7 +139,15 @@ class ServiceHost:
             raise PortInUse(f"{self.settings.metrics_host}:{port} (metrics)") from error
         pool = self.db.pool
         watch_pool(self.spec.name, pool.get_size, pool.get_idle_size)
-        await server.start()
+        try:
+            await server.start()
+        except BaseException:
+            if self._metrics is not None:
+                self._metrics.close()
+                self._metrics = None
+            await self._resources.aclose()
+            await self.db.close()
+            raise
         # Everything loaded so far (modules, descriptors, plugins, pools) lives as long as
         # the process: keep it out of the garbage collector's full passes.
         gc.freeze()

@@ -17,6 +17,14 @@ from services.common.errors import Unavailable, invalid
 
 # A check answers within this, or the call is refused as UNAVAILABLE (retry it).
 CHECK_TIMEOUT_SECONDS = 5.0
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
 
 
 class LoanBook:
@@ -27,12 +35,12 @@ class LoanBook:
     def open(cls, settings: Settings, resources: AsyncExitStack) -> LoanBook:
         """Through the lending service, with this service's own token (role `service`)."""
         try:
-            token = service_token(settings)
+            token, tls = service_token(settings), client_tls(settings)
         except ConfigError as error:
             raise AuthConfigError(
                 f"eligibility asks lending whose a loan is with the service token: {error}"
             ) from None
-        channel = open_channel(settings.lending_address, token, tls=client_tls(settings))
+        channel = open_channel(settings.lending_address, token, tls=tls)
         resources.push_async_callback(channel.close)
         return cls(channel)
 
@@ -47,9 +55,15 @@ class LoanBook:
             if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 unknown = invalid(field, f"no loan {loan_id} in the loan book", "UNKNOWN_LOAN")
                 raise unknown from None
-            raise Unavailable(
-                f"the lending service cannot say whose loan {loan_id} is now "
-                f"({error.code().name}); try again"
+            if error.code() in _TRANSIENT:
+                raise Unavailable(
+                    f"the lending service cannot say whose loan {loan_id} is now "
+                    f"({error.code().name}); try again"
+                ) from None
+            # Eligibility's own token refused, or a fault in lending: not the caller's to
+            # retry, an operator's to fix (INTERNAL, logged with this message).
+            raise RuntimeError(
+                f"lending refused eligibility's GetLoan ({error.code().name}): {error.details()}"
             ) from None
         if answer.loan.survivor_id != survivor_id:
             raise invalid(

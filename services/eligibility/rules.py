@@ -545,9 +545,15 @@ class _RuleSetYaml(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
-def parse_yaml(source: str) -> Any:
-    """A rule set's YAML as data (yaml.YAMLError when it is not YAML, or uses aliases)."""
-    return yaml.load(source, Loader=_RuleSetYaml)  # a SafeLoader: no arbitrary objects
+def parse_yaml(source: str, *, published: bool = False) -> Any:
+    """A rule set's YAML as data: yaml.YAMLError when it is not YAML, or (unless it is a
+    version published already, read as it was accepted then) uses aliases, or holds a
+    number or a nesting too large to read."""
+    loader = yaml.SafeLoader if published else _RuleSetYaml  # safe: no arbitrary objects
+    try:
+        return yaml.load(source, Loader=loader)
+    except (ValueError, RecursionError) as error:  # a 5,000-digit integer, [[[[...
+        raise yaml.YAMLError(f"cannot be read: {type(error).__name__}") from None
 
 
 class _Positions:
@@ -557,7 +563,7 @@ class _Positions:
         self.marks: dict[str, tuple[int, int]] = {}
         try:
             root = yaml.compose(source, Loader=_RuleSetYaml)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):  # said by the load itself
             root = None
         if root is not None:
             self._walk(root, "")
@@ -638,7 +644,7 @@ def load(source: str, *, published: bool = False) -> RuleSet:
     an assessment asks for one (`RuleSet.not_in_force`)."""
     loader = _Loader(source)
     try:
-        data = parse_yaml(source)
+        data = parse_yaml(source, published=published)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)

@@ -62,7 +62,8 @@ def same_rules(published_yaml: str, candidate_yaml: str) -> bool:
     """Two sources that say the same (comments, spacing and key order aside): publishing
     one over the other would make a version that decides nothing differently. Compared
     with each value's type, as CEL reads them: true is not 1, nor 25000.0 25000."""
-    return _typed(rules.parse_yaml(published_yaml)) == _typed(rules.parse_yaml(candidate_yaml))
+    published = rules.parse_yaml(published_yaml, published=True)
+    return _typed(published) == _typed(rules.parse_yaml(candidate_yaml))
 
 
 def _typed(value: object) -> object:
@@ -447,25 +448,26 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         self, request: pb.RecordFollowUpRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordFollowUpResponse:
         follow_up = request.follow_up
-        if follow_up.loan_id:  # asked before the transaction: no lock waits on lending
-            loan = await self.loans.loan_of(
-                "follow_up.loan_id", follow_up.loan_id, follow_up.survivor_id
-            )
-            if not loan.tranches:
-                raise invalid(
-                    "follow_up.loan_id",
-                    f"loan {follow_up.loan_id} was never disbursed: nothing to follow up",
-                    "LOAN_NOT_DISBURSED",
-                )
-            disbursed = from_proto_date(loan.tranches[0].disbursement_date)
-            if from_proto_date(follow_up.recorded_on) < disbursed:
-                raise invalid(
-                    "follow_up.recorded_on",
-                    f"is before loan {follow_up.loan_id} was disbursed ({disbursed})",
-                    "BEFORE_DISBURSEMENT",
-                )
 
         async def record(conn: Connection) -> pb.RecordFollowUpResponse:
+            # Asked only for a new request (a retry gets its first answer, lending up or not).
+            if follow_up.loan_id:
+                loan = await self.loans.loan_of(
+                    "follow_up.loan_id", follow_up.loan_id, follow_up.survivor_id
+                )
+                if not loan.tranches:
+                    raise invalid(
+                        "follow_up.loan_id",
+                        f"loan {follow_up.loan_id} was never disbursed: nothing to follow up",
+                        "LOAN_NOT_DISBURSED",
+                    )
+                disbursed = from_proto_date(loan.tranches[0].disbursement_date)
+                if from_proto_date(follow_up.recorded_on) < disbursed:
+                    raise invalid(
+                        "follow_up.recorded_on",
+                        f"is before loan {follow_up.loan_id} was disbursed ({disbursed})",
+                        "BEFORE_DISBURSEMENT",
+                    )
             survivor = await conn.fetchrow(
                 "SELECT intake, intake_pb FROM survivors WHERE survivor_id = $1",
                 follow_up.survivor_id,

@@ -436,3 +436,26 @@ def test_the_same_rules_are_told_apart_from_a_change_of_type_or_value() -> None:
     assert not same_rules(
         shipped, shipped.replace(ceiling, ceiling.replace("2026-01-01", "'2026-01-01'"))
     )
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["rule_set_id: " + "9" * 5000, "rules: " + "[" * 5000 + "]" * 5000],
+    ids=["huge-integer", "deep-nesting"],
+)
+def test_yaml_too_large_to_read_is_bad_yaml(source: str) -> None:
+    """Refused as bad YAML, with the document's problem, not an unexpected error."""
+    with pytest.raises(rules.RuleSetError) as caught:
+        rules.load(source)
+    assert [p.path for p in caught.value.problems] == ["(document)"]
+    assert "bad YAML" in caught.value.problems[0].message
+
+
+def test_a_published_version_written_with_aliases_stays_readable() -> None:
+    """New rule sets may not use aliases; a version published before that rule (which
+    shared a list by an alias) is still read as it was accepted."""
+    aliased = "x: &ids [a, b]\ny: *ids\nrule_set_id: reintegration"
+    shared = SHIPPED.replace("rule_set_id: reintegration", aliased, 1)
+    with pytest.raises(rules.RuleSetError, match="aliases"):
+        rules.load(shared)
+    assert rules.load(shared, published=True).rule_set_id == "reintegration"

@@ -70,6 +70,12 @@ BUSINESS_REJECTIONS = frozenset(
         grpc.StatusCode.UNAUTHENTICATED,
     }
 )
+# Of those, the answers about the request itself (not the worker's own token): logged at
+# debug level as expected answers, not as failures.
+BENIGN_REJECTIONS = BUSINESS_REJECTIONS - {
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+}
 _REQUEST_ID_NAMESPACE = uuid.UUID("6f0d6a52-8a53-4c55-9d8e-3a1f0c2b7e41")
 RPC_TIMEOUT_SECONDS = 10.0
 _LANGUAGE = {
@@ -107,9 +113,10 @@ def _from_an_earlier_decision(proposal: lending_pb.LoanWriteOffProposal) -> bool
 
 async def call(rpc: Callable[..., Awaitable[T]], request: object) -> T:
     """A business rejection becomes a non-retryable ApplicationError whose type is the
-    status code and whose first detail is the service's ErrorInfo reason (or ""). It is
-    BENIGN: an answer the workflow handles (four eyes, a step not allowed now), so the
-    worker logs it at debug level, not as a failure with its traceback."""
+    status code and whose first detail is the service's ErrorInfo reason (or ""). One
+    about the request (four eyes, a step not allowed now) is BENIGN: an answer the
+    workflow handles, logged at debug level, not as a failure with its traceback; one
+    about the worker's own token is a failure an operator must see."""
     try:
         return await rpc(request, timeout=RPC_TIMEOUT_SECONDS)
     except grpc.aio.AioRpcError as error:
@@ -119,7 +126,11 @@ async def call(rpc: Callable[..., Awaitable[T]], request: object) -> T:
                 reason_of(error),
                 type=error.code().name,
                 non_retryable=True,
-                category=ApplicationErrorCategory.BENIGN,
+                category=(
+                    ApplicationErrorCategory.BENIGN
+                    if error.code() in BENIGN_REJECTIONS
+                    else ApplicationErrorCategory.UNSPECIFIED
+                ),
             ) from None
         raise
 
@@ -353,13 +364,16 @@ class JourneyActivities:
             cursor = str(activity.info().heartbeat_details[0])
         client = activity.client()
         turn_ends = time.monotonic() + self.news_turn_seconds
+        # The turn's first read answers at once, so its heartbeat (what `health` shows)
+        # says early whether changes are held back; the later ones wait for news.
+        wait = 0
         while time.monotonic() < turn_ends:
             try:
                 page = await self.lending.ListLoanChanges(
                     lending_pb.ListLoanChangesRequest(
                         after=cursor,
                         page_size=500,
-                        max_wait=duration_pb2.Duration(seconds=self.news_wait_seconds),
+                        max_wait=duration_pb2.Duration(seconds=wait),
                     ),
                     timeout=self.news_wait_seconds + RPC_TIMEOUT_SECONDS,
                 )
@@ -391,6 +405,7 @@ class JourneyActivities:
                 else ""
             )
             activity.heartbeat(cursor, held_back)
+            wait = self.news_wait_seconds
         return cursor
 
     @activity.defn
