@@ -10,7 +10,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.common.db import Database, MigrationError, load_migrations, migrate
+from services.common.db import (
+    COMMON_MIGRATIONS,
+    Database,
+    MigrationError,
+    load_migrations,
+    migrate,
+)
 
 
 def write_migrations(folder: Path) -> Path:
@@ -30,8 +36,9 @@ async def test_two_replicas_starting_together_apply_each_migration_once(
     )
     try:
         recorded = await first.pool.fetch("SELECT name FROM schema_migrations ORDER BY name")
+        common = sorted(f"common/{p.name}" for p in COMMON_MIGRATIONS.glob("*.sql"))
         assert [r["name"] for r in recorded] == [
-            "common/000_idempotency_keys.sql",
+            *common,
             f"{tmp_path.name}/001_survivors.sql",  # named after the owning service's folder
             f"{tmp_path.name}/002_more.sql",
         ]
