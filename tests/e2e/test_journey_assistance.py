@@ -319,6 +319,21 @@ async def needs_of(cluster: Cluster, survivor_id: str) -> list[str]:
     return sorted(need.type_id for need in listed.needs)
 
 
+async def closes_after_its_wheelchair(
+    client: Client, journey: Journey, serial_number: str
+) -> JourneyStatus:
+    """A journey with no loan left waits for its wheelchair; delivered and followed up,
+    the journey closes: its final status."""
+    assert (await journey.describe()).status == WorkflowExecutionStatus.RUNNING
+    item: Item = client.get_workflow_handle_for(
+        AssistanceWorkflow.run, assistance_workflow_id(journey.id, "wheelchair")
+    )
+    await deliver_wheelchair(item, serial_number)
+    result = await asyncio.wait_for(journey.result(), 15)
+    assert [(a.state, a.terminal) for a in result.assistance] == [("followed_up", True)]
+    return result
+
+
 @pytest.mark.timeout(120)
 async def test_a_journey_whose_loan_is_refused_follows_its_assistance_to_the_end(
     cluster: Cluster,
@@ -342,14 +357,8 @@ async def test_a_journey_whose_loan_is_refused_follows_its_assistance_to_the_end
         await journey_heard(journey, lambda a: bool(a.assistance_id))
         status = await status_of(journey)
         assert status.stage == "ASSISTANCE_ONLY" and not status.loan_id, status
-        assert (await journey.describe()).status == WorkflowExecutionStatus.RUNNING
-        item: Item = client.get_workflow_handle_for(
-            AssistanceWorkflow.run, assistance_workflow_id(journey.id, "wheelchair")
-        )
-        await deliver_wheelchair(item, "WC-2026-0101")
-        result = await asyncio.wait_for(journey.result(), 15)
+        result = await closes_after_its_wheelchair(client, journey, "WC-2026-0101")
     assert result.stage == "CLOSED_NOT_ELIGIBLE"
-    assert [(a.state, a.terminal) for a in result.assistance] == [("followed_up", True)]
 
 
 @pytest.mark.timeout(120)
@@ -384,14 +393,8 @@ async def test_a_journey_whose_loan_is_written_off_follows_its_assistance_to_the
         )
         status = await wait_for_stage(journey, "ASSISTANCE_ONLY")
         assert status.loan_status == "CLOSED_WRITTEN_OFF"
-        assert (await journey.describe()).status == WorkflowExecutionStatus.RUNNING
-        item: Item = dev_client.get_workflow_handle_for(
-            AssistanceWorkflow.run, assistance_workflow_id(journey.id, "wheelchair")
-        )
-        await deliver_wheelchair(item, "WC-2026-0160")
-        result = await asyncio.wait_for(journey.result(), 15)
+        result = await closes_after_its_wheelchair(dev_client, journey, "WC-2026-0160")
     assert result.stage == "WRITTEN_OFF"
-    assert [(a.state, a.terminal) for a in result.assistance] == [("followed_up", True)]
 
 
 @pytest.mark.timeout(120)
