@@ -196,9 +196,13 @@ CASE_WORKER = "cw-31"
 
 
 async def start_journey(
-    cluster: Cluster, client: Client, task_queue: str
+    cluster: Cluster,
+    client: Client,
+    task_queue: str,
+    loan: LoanRequest | None = None,
 ) -> WorkflowHandle[SurvivorJourneyWorkflow, JourneyStatus]:
-    """A fish-farming loan journey for a survivor registered for it."""
+    """A fish-farming loan journey (of 500,000 qəpik at once unless `loan` says otherwise)
+    for a survivor registered for it."""
     survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
     await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(survivor_id)))
     return await client.start_workflow(
@@ -206,7 +210,7 @@ async def start_journey(
         JourneyInput(
             survivor_id=survivor_id,
             case_worker_id=CASE_WORKER,
-            loan=LoanRequest("fish_farming", 500_000, "1,000 fingerlings and feed"),
+            loan=loan or LoanRequest("fish_farming", 500_000, "1,000 fingerlings and feed"),
         ),
         id=journey_workflow_id(survivor_id),
         task_queue=task_queue,

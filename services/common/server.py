@@ -142,11 +142,13 @@ class ServiceHost:
         try:
             await server.start()
         except BaseException:
+            await server.stop(None)  # releases the port it bound
             if self._metrics is not None:
                 self._metrics.close()
                 self._metrics = None
             await self._resources.aclose()
             await self.db.close()
+            self.db = None
             raise
         # Everything loaded so far (modules, descriptors, plugins, pools) lives as long as
         # the process: keep it out of the garbage collector's full passes.

@@ -4,11 +4,12 @@ the journey within seconds, through the lending service's change feed."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 
 import pytest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment
 
@@ -20,7 +21,7 @@ from tests.journey_helpers import approved_journey, start_journey, status_of, wa
 from tests.lending_helpers import disburse, feed_end, repayment, reversal
 from workers.journey.activities import JourneyActivities
 from workers.journey.loan_news import LoanNewsWorkflow
-from workers.journey.model import LoanChanged
+from workers.journey.model import LoanChanged, LoanRequest, TranchePlan
 from workers.journey.worker import build_worker
 from workers.journey.workflows import SurvivorJourneyWorkflow
 
@@ -130,6 +131,42 @@ async def test_a_loan_approved_and_disbursed_outside_the_journey_is_followed_not
             assert status.loan_status == "ACTIVE" and status.outstanding_minor == 500_000
             read = await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=loan_id))
             assert [t.amount_minor for t in read.loan.tranches] == [500_000]
+        finally:
+            await journey.terminate("the test is over")
+
+
+@pytest.mark.timeout(120)
+async def test_a_plan_part_disbursed_outside_the_journey_goes_on_from_the_ledger(
+    cluster: Cluster, dev_client: Client, activities: JourneyActivities, task_queue: str
+) -> None:
+    """The fish money paid out through the API before the journey read the approval:
+    the journey does not pay it again, and waits for the feed tranche of its plan."""
+    plan = LoanRequest(
+        "fish_farming", 300_000, "fingerlings, then feed",
+        tranches=[
+            TranchePlan(200_000, "1,000 fingerlings", "IN_KIND", 0),
+            TranchePlan(100_000, "feed", "IN_KIND", 30),
+        ],
+    )  # fmt: skip
+    async with build_worker(dev_client, activities, task_queue):
+        journey = await start_journey(cluster, dev_client, task_queue, plan)
+        try:
+            await wait_for_stage(journey, "COMMITTEE_REVIEW")
+            loan_id = (await status_of(journey)).loan_id
+            await cluster.lending.ApproveLoan(
+                lending_pb.ApproveLoanRequest(
+                    request_id=request_id(), loan_id=loan_id, approved_by="cm-02",
+                    committee_decision_ref="CM-2026-171",
+                )
+            )  # fmt: skip
+            await disburse(cluster.lending, loan_id, 200_000, programme_today())
+            await journey.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+            status = await wait_for_stage(journey, "DISBURSEMENT")  # the feed, in 30 days
+            assert status.loan_status == "ACTIVE"
+            await asyncio.sleep(2)  # a second payment of the fish money would fail it by now
+            assert (await journey.describe()).status == WorkflowExecutionStatus.RUNNING
+            read = await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=loan_id))
+            assert [t.amount_minor for t in read.loan.tranches] == [200_000]
         finally:
             await journey.terminate("the test is over")
 

@@ -30,7 +30,7 @@ from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
 from services.common.channels import client_tls, open_channel, service_token
 from services.common.config import Settings, load_settings
-from services.common.errors import reason_of
+from services.common.errors import reason_of, violations_in
 from services.common.protoconv import from_proto_date, proto_date
 from workers.journey.lookup import journeys_of
 from workers.journey.model import (
@@ -70,12 +70,20 @@ BUSINESS_REJECTIONS = frozenset(
         grpc.StatusCode.UNAUTHENTICATED,
     }
 )
-# Of those, the answers about the request itself (not the worker's own token): logged at
-# debug level as expected answers, not as failures.
-BENIGN_REJECTIONS = BUSINESS_REJECTIONS - {
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.UNAUTHENTICATED,
-}
+# Refusals of the worker itself (its token, its role, its right to name someone): failures
+# an operator must see. Every other business rejection (four eyes, a step not allowed now)
+# is an answer the workflow handles, logged at debug level.
+_WORKER_REFUSED = frozenset({"ROLE_NOT_ALLOWED", "METHOD_NOT_ALLOWED", "ACTOR_NOT_CALLER"})
+
+
+def benign(error: grpc.aio.AioRpcError) -> bool:
+    if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+        return False
+    return error.code() != grpc.StatusCode.PERMISSION_DENIED or (
+        reason_of(error) not in _WORKER_REFUSED
+    )
+
+
 _REQUEST_ID_NAMESPACE = uuid.UUID("6f0d6a52-8a53-4c55-9d8e-3a1f0c2b7e41")
 RPC_TIMEOUT_SECONDS = 10.0
 _LANGUAGE = {
@@ -120,6 +128,12 @@ async def call(rpc: Callable[..., Awaitable[T]], request: object) -> T:
     try:
         return await rpc(request, timeout=RPC_TIMEOUT_SECONDS)
     except grpc.aio.AioRpcError as error:
+        if any(v.reason == "DATE_IN_FUTURE" for v in violations_in(error)):
+            # The journey's day has begun (Temporal's clock) but not yet on the service's
+            # clock, a little behind: retried, it is accepted once that clock catches up.
+            raise ApplicationError(
+                error.details() or error.code().name, type="DATE_IN_FUTURE"
+            ) from None
         if error.code() in BUSINESS_REJECTIONS:
             raise ApplicationError(
                 error.details() or error.code().name,
@@ -128,7 +142,7 @@ async def call(rpc: Callable[..., Awaitable[T]], request: object) -> T:
                 non_retryable=True,
                 category=(
                     ApplicationErrorCategory.BENIGN
-                    if error.code() in BENIGN_REJECTIONS
+                    if benign(error)
                     else ApplicationErrorCategory.UNSPECIFIED
                 ),
             ) from None
@@ -182,6 +196,7 @@ def loan_snapshot_of(answer: lending_pb.GetLoanResponse, today: date) -> LoanSna
             next_due_minor=0,
             first_due_date=first_due_date,
             closed_on=iso(loan.close_date) if loan.HasField("close_date") else "",
+            tranches=len(loan.tranches),
         )
     upcoming = [i for i in schedule.instalments if from_proto_date(i.due_date) > today]
     overdue = sum(
@@ -200,6 +215,7 @@ def loan_snapshot_of(answer: lending_pb.GetLoanResponse, today: date) -> LoanSna
         if following
         else 0,
         first_due_date=first_due_date,
+        tranches=len(loan.tranches),
     )
 
 

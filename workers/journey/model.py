@@ -209,6 +209,8 @@ class LoanSnapshot:
     # The day a closed loan closed, as the ledger dates it ("" while open, and in
     # snapshots recorded before lending gave it).
     closed_on: str = ""
+    # Tranches disbursed so far (0 in snapshots recorded before the journey read it).
+    tranches: int = 0
 
 
 @dataclass(frozen=True)

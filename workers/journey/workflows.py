@@ -299,6 +299,8 @@ class SurvivorJourneyWorkflow:
         self._sa_pending: dict[str, SearchAttributeUpdate] = {}  # type: ignore[type-arg]
         self._sa_current: dict[str, object] = {}
         self._days = WorkflowDays()
+        # News that came before the journey knew its loan (COMMITTEE_HEARS_THE_LEDGER_PATCH).
+        self._early_news = 0
 
     # --- the journey -------------------------------------------------------------------
 
@@ -413,7 +415,11 @@ class SurvivorJourneyWorkflow:
                 Stage.CLOSED_REJECTED, LOAN_REFUSED_KEEPS_ASSISTANCE_PATCH
             )
         assert self._s.loan is not None
-        if self._s.loan.status == "APPROVED":  # else disbursed outside the journey already
+        if self._s.loan.status != "APPROVED" and self._s.snapshot is not None:
+            # Read from the ledger, already disbursed outside the journey (in part, or all):
+            # the journey's plan goes on from the tranches the ledger holds.
+            self._s.tranches_disbursed = self._s.snapshot.tranches
+        if self._s.loan.status in ("APPROVED", "ACTIVE"):
             await self._disburse()
         return await self._after_disbursement()
 
@@ -446,11 +452,10 @@ class SurvivorJourneyWorkflow:
                 "committee_escalation",
             ),
         )
-        wait = (
-            self._decided_here_or_in_the_ledger
-            if workflow.patched(COMMITTEE_HEARS_THE_LEDGER_PATCH)
-            else self._wait_condition
-        )
+        hears_ledger = workflow.patched(COMMITTEE_HEARS_THE_LEDGER_PATCH)
+        wait = self._decided_here_or_in_the_ledger if hears_ledger else self._wait_condition
+        if hears_ledger:  # a decision recorded while the application was being submitted
+            self._loan_news += self._early_news
         waited = 0
         for days, kind in waits:
             try:
@@ -463,7 +468,7 @@ class SurvivorJourneyWorkflow:
                 )
         await wait(self._loan_decided)
         assert self._s.loan is not None
-        if self._s.loan.status in APPROVED_OR_LATER:  # read from the ledger: maybe later
+        if self._s.loan.status in (APPROVED_OR_LATER if hears_ledger else ("APPROVED",)):
             self._s.approved_on = self._today().isoformat()
             return True
         return False
@@ -934,9 +939,9 @@ class SurvivorJourneyWorkflow:
         """Sent after money moved on the journey's loan outside it (the CLI's `repay`,
         payment collection): the repayment cycle re-reads the loan at once, so a loan
         repaid early is seen closed the same day, not at its next due date."""
-        # Before the journey knows its loan (its application being submitted), any news
-        # counts: a decision recorded with lending meanwhile is then read at once.
-        if self._s.loan is None or change.loan_id == self._s.loan.loan_id:
+        if self._s.loan is None:  # its application being submitted: kept for the committee
+            self._early_news += 1
+        elif change.loan_id == self._s.loan.loan_id:
             self._loan_changed = True
             self._loan_news += 1
 
