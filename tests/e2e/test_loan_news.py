@@ -21,7 +21,7 @@ from tests.journey_helpers import approved_journey, start_journey, status_of, wa
 from tests.lending_helpers import disburse, feed_end, repayment, reversal
 from workers.journey.activities import JourneyActivities
 from workers.journey.loan_news import LoanNewsWorkflow
-from workers.journey.model import LoanChanged, LoanRequest, TranchePlan
+from workers.journey.model import JourneyStatus, LoanChanged, LoanRequest, TranchePlan
 from workers.journey.worker import build_worker
 from workers.journey.workflows import SurvivorJourneyWorkflow
 
@@ -107,6 +107,24 @@ async def test_a_committee_decision_recorded_with_lending_reaches_the_journey(
                     await handle.terminate("the test is over")
 
 
+async def paid_out_behind_its_back(
+    cluster: Cluster, journey: WorkflowHandle[SurvivorJourneyWorkflow, JourneyStatus], amount: int
+) -> str:
+    """The journey's loan approved and `amount` disbursed through the API, the journey only
+    told afterwards (as `journey refresh` does): its loan id."""
+    await wait_for_stage(journey, "COMMITTEE_REVIEW")
+    loan_id = (await status_of(journey)).loan_id
+    await cluster.lending.ApproveLoan(
+        lending_pb.ApproveLoanRequest(
+            request_id=request_id(), loan_id=loan_id, approved_by="cm-02",
+            committee_decision_ref="CM-2026-170",
+        )
+    )  # fmt: skip
+    await disburse(cluster.lending, loan_id, amount, programme_today())
+    await journey.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+    return loan_id
+
+
 @pytest.mark.timeout(120)
 async def test_a_loan_approved_and_disbursed_outside_the_journey_is_followed_not_refused(
     cluster: Cluster, dev_client: Client, activities: JourneyActivities, task_queue: str
@@ -117,16 +135,7 @@ async def test_a_loan_approved_and_disbursed_outside_the_journey_is_followed_not
     async with build_worker(dev_client, activities, task_queue):
         journey = await start_journey(cluster, dev_client, task_queue)
         try:
-            await wait_for_stage(journey, "COMMITTEE_REVIEW")
-            loan_id = (await status_of(journey)).loan_id
-            await cluster.lending.ApproveLoan(
-                lending_pb.ApproveLoanRequest(
-                    request_id=request_id(), loan_id=loan_id, approved_by="cm-02",
-                    committee_decision_ref="CM-2026-170",
-                )
-            )  # fmt: skip
-            await disburse(cluster.lending, loan_id, 500_000, programme_today())
-            await journey.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+            loan_id = await paid_out_behind_its_back(cluster, journey, 500_000)
             status = await wait_for_stage(journey, "GRACE")
             assert status.loan_status == "ACTIVE" and status.outstanding_minor == 500_000
             read = await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=loan_id))
@@ -151,16 +160,7 @@ async def test_a_plan_part_disbursed_outside_the_journey_goes_on_from_the_ledger
     async with build_worker(dev_client, activities, task_queue):
         journey = await start_journey(cluster, dev_client, task_queue, plan)
         try:
-            await wait_for_stage(journey, "COMMITTEE_REVIEW")
-            loan_id = (await status_of(journey)).loan_id
-            await cluster.lending.ApproveLoan(
-                lending_pb.ApproveLoanRequest(
-                    request_id=request_id(), loan_id=loan_id, approved_by="cm-02",
-                    committee_decision_ref="CM-2026-171",
-                )
-            )  # fmt: skip
-            await disburse(cluster.lending, loan_id, 200_000, programme_today())
-            await journey.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+            loan_id = await paid_out_behind_its_back(cluster, journey, 200_000)
             status = await wait_for_stage(journey, "DISBURSEMENT")  # the feed, in 30 days
             assert status.loan_status == "ACTIVE"
             await asyncio.sleep(2)  # a second payment of the fish money would fail it by now
