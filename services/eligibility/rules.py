@@ -531,11 +531,33 @@ def _decide(
 # --- loading and checking --------------------------------------------------------------
 
 
+def _base_10_only() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
+    """SafeLoader's implicit types without YAML 1.1's base-60 numbers (`1:30` as 90): a
+    long run of them (`1:1:1:...`) takes seconds to convert, and a rule set has no use
+    for them; such a scalar stays text."""
+    sexagesimal = (
+        r"|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+",
+        r"|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*",
+    )
+    resolvers: dict[Any, list[tuple[str, re.Pattern[str]]]] = {}
+    for first, pairs in yaml.SafeLoader.yaml_implicit_resolvers.items():
+        kept = []
+        for tag, pattern in pairs:
+            source = pattern.pattern
+            for alternative in sexagesimal:
+                source = source.replace(alternative, "")
+            kept.append((tag, re.compile(source, pattern.flags)))
+        resolvers[first] = kept
+    return resolvers
+
+
 class _RuleSetYaml(yaml.SafeLoader):
     """YAML as a rule set may be written: no aliases (`*name`). A few hundred bytes of
     aliases to aliases stand for billions of nodes, and every check that walks the
     document (positions, types, the comparison with the published version) would walk
     them all, holding the service for minutes. Nothing in a rule set needs them."""
+
+    yaml_implicit_resolvers = _base_10_only()
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):

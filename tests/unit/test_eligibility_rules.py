@@ -459,3 +459,11 @@ def test_a_published_version_written_with_aliases_stays_readable() -> None:
     with pytest.raises(rules.RuleSetError, match="aliases"):
         rules.load(shared)
     assert rules.load(shared, published=True).rule_set_id == "reintegration"
+
+
+def test_base_60_numbers_are_text_in_a_rule_set() -> None:
+    """YAML 1.1 reads `1:30` as 90, and a long run of such digits takes seconds to convert
+    (a cheap way to hold the service); a rule set reads them as text, quickly."""
+    assert rules.parse_yaml("a: 1:30\nb: 12\nc: 1.5") == {"a": "1:30", "b": 12, "c": 1.5}
+    long_run = "description: " + ":".join(["1"] * 100_000)  # base 60: 2-4 s to convert
+    assert isinstance(rules.parse_yaml(long_run)["description"], str)
