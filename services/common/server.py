@@ -86,11 +86,24 @@ class ServiceHost:
             min_size=self.settings.db_pool_min_size,
             max_size=self.settings.db_pool_max_size,
         )
-        await audit.apply_migrations(self.db)
+        try:
+            return await self._serve(verifier, policy, credentials, self.db)
+        except BaseException:  # nothing it opened outlives a start that failed
+            await self._close()
+            raise
+
+    async def _serve(
+        self,
+        verifier: TokenVerifier,
+        policy: AccessPolicy,
+        credentials: grpc.ServerCredentials | None,
+        db: Database,
+    ) -> int:
+        await audit.apply_migrations(db)
         server = grpc.aio.server(
             interceptors=[
                 *server_interceptors(),  # tracing, when on: outermost, so it times it all
-                *interceptor_chain(verifier, policy, audit.AuditLog(self.db)),
+                *interceptor_chain(verifier, policy, audit.AuditLog(db)),
             ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -101,13 +114,8 @@ class ServiceHost:
                 ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS),
             ],
         )
-        try:
-            await self.spec.attach(server, self.db, self.settings, self._resources)
-        except BaseException:
-            await self._resources.aclose()
-            await self.db.close()
-            raise
-        audit.attach(server, self.db)
+        await self.spec.attach(server, db, self.settings, self._resources)
+        audit.attach(server, db)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
@@ -127,28 +135,17 @@ class ServiceHost:
         except RuntimeError:
             self.port = 0
         if self.port == 0:
-            await self._resources.aclose()
-            await self.db.close()
             raise PortInUse(self.address)
         try:
             self._metrics = serve_metrics(self.settings, self.spec.name)
         except OSError as error:
-            await self._resources.aclose()
-            await self.db.close()
             port = metrics_port(self.settings, self.spec.name)
             raise PortInUse(f"{self.settings.metrics_host}:{port} (metrics)") from error
-        pool = self.db.pool
-        watch_pool(self.spec.name, pool.get_size, pool.get_idle_size)
+        watch_pool(self.spec.name, db.pool.get_size, db.pool.get_idle_size)
         try:
             await server.start()
         except BaseException:
             await server.stop(None)  # releases the port it bound
-            if self._metrics is not None:
-                self._metrics.close()
-                self._metrics = None
-            await self._resources.aclose()
-            await self.db.close()
-            self.db = None
             raise
         # Everything loaded so far (modules, descriptors, plugins, pools) lives as long as
         # the process: keep it out of the garbage collector's full passes.
@@ -167,6 +164,12 @@ class ServiceHost:
                 self.settings.shutdown_grace_seconds if grace is None else grace
             )
             self._server = None
+        await self._close()
+        log.info("service stopped", service=self.spec.name)
+
+    async def _close(self) -> None:
+        """Close what start() opened: the metrics endpoint, the servicer's resources (a
+        channel to another service), the database pool."""
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
@@ -174,7 +177,6 @@ class ServiceHost:
         if self.db is not None:
             await self.db.close()
             self.db = None
-        log.info("service stopped", service=self.spec.name)
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
@@ -20,15 +19,11 @@ from mineaction.assistance.v1 import assistance_service_pb2 as pb
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import age_band_pb2, localized_text_pb2, sex_pb2
 from services.common.errors import reason_of
+from services.common.programme_time import programme_today
 from tests.conftest import DEFAULT_SUBJECT, Cluster
 from tests.factories import new_id, pdate, request_id
 
 # --- helpers (also used by the plugin end-to-end test) -----------------------------------
-
-
-def baku_today() -> date:
-    """Report days and follow-up dates are counted where the programme works."""
-    return datetime.now(ZoneInfo("Asia/Baku")).date()
 
 
 def struct(**values: Any) -> struct_pb2.Struct:
@@ -285,7 +280,7 @@ async def test_a_wheelchair_is_delivered_from_stock_and_the_need_is_met_only_at_
     assert delivered.state == "delivered"
     assert delivered.delivery_time.seconds > 0
     [due] = delivered.follow_up_dates
-    assert (date(due.year, due.month, due.day) - baku_today()).days in (89, 90, 91)
+    assert (date(due.year, due.month, due.day) - programme_today()).days in (89, 90, 91)
 
     listing = await stub.ListAssistance(pb.ListAssistanceRequest(survivor_id=need.survivor_id))
     assert [a.state for a in listing.assistance] == ["delivered"]
@@ -952,7 +947,7 @@ async def report_rows(
     cluster: Cluster, type_id: str
 ) -> dict[tuple[str, int, int], tuple[int, int, int]]:
     response = await cluster.assistance.GetDeliveryReport(
-        pb.GetDeliveryReportRequest(as_of=pdate(baku_today()), type_id=type_id)
+        pb.GetDeliveryReportRequest(as_of=pdate(programme_today()), type_id=type_id)
     )
     return {
         (r.district_code, r.sex, r.age_band): (r.needs_open, r.needs_met, r.delivered)

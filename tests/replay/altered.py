@@ -19,6 +19,6 @@ class ReorderedJourneyWorkflow(SurvivorJourneyWorkflow):
     async def run(self, journey: JourneyInput) -> JourneyStatus:
         await call_service(
             JourneyActivities.assess_eligibility,
-            AssessInput(journey.survivor_id, self._today().isoformat()),
+            AssessInput(journey.survivor_id, self._days.today().isoformat()),
         )
         return await super().run(journey)

@@ -321,7 +321,7 @@ class SurvivorJourneyWorkflow:
             self._s = journey.resume
             return await self._after_disbursement()
 
-        assess = AssessInput(journey.survivor_id, self._today().isoformat())
+        assess = AssessInput(journey.survivor_id, self._days.today().isoformat())
         if self._fewer_tasks:  # independent reads: both at once, in the first task
             # Both settle before either's failure ends the run: a workflow's failure must
             # be its last command, after every local activity's marker.
@@ -469,7 +469,7 @@ class SurvivorJourneyWorkflow:
         await wait(self._loan_decided)
         assert self._s.loan is not None
         if self._s.loan.status in (APPROVED_OR_LATER if hears_ledger else ("APPROVED",)):
-            self._s.approved_on = self._today().isoformat()
+            self._s.approved_on = self._days.today().isoformat()
             return True
         return False
 
@@ -500,8 +500,8 @@ class SurvivorJourneyWorkflow:
             if sequence > 1 and workflow.patched(FOLLOWS_THE_LEDGER_PATCH):
                 if await self._watch_until(due, loan_closed):  # repaid already: the rest lapses
                     return
-            elif due > self._today():
-                await self._sleep(self._until(due))
+            elif due > self._days.today():
+                await self._sleep(self._days.until(due))
             self._set_loan(
                 await self._call(
                     JourneyActivities.disburse_tranche,
@@ -511,7 +511,7 @@ class SurvivorJourneyWorkflow:
                         tranche.amount_minor,
                         tranche.kind,
                         tranche.description,
-                        self._today().isoformat(),
+                        self._days.today().isoformat(),
                         self._input.case_worker_id,
                     ),
                 )
@@ -536,12 +536,12 @@ class SurvivorJourneyWorkflow:
         read, so one heard meanwhile counts) and on the day; True as soon as a read
         satisfies `stop`."""
         while True:
-            if not self._news_unread() and day > self._today():
+            if not self._news_unread() and day > self._days.today():
                 with contextlib.suppress(TimeoutError):  # the day has come
-                    await self._wait_condition(self._news_unread, within=self._until(day))
+                    await self._wait_condition(self._news_unread, within=self._days.until(day))
             if stop(await self._snapshot()):
                 return True
-            if day <= self._today():
+            if day <= self._days.today():
                 return False
 
     def _news_unread(self) -> bool:
@@ -558,7 +558,7 @@ class SurvivorJourneyWorkflow:
             if snap.status in CLOSED_LOAN_STATES:
                 # The ledger's date: a loan repaid early is followed up from the day it
                 # closed, not from the day the journey read it (older snapshots: today).
-                self._s.closed_on = snap.closed_on or self._today().isoformat()
+                self._s.closed_on = snap.closed_on or self._days.today().isoformat()
                 self._s.write_off_proposal = None  # nothing left to write off
                 self._set_stage(
                     Stage.REPAID if snap.status == "CLOSED_OBLIGATIONS_MET" else Stage.WRITTEN_OFF
@@ -568,11 +568,13 @@ class SurvivorJourneyWorkflow:
             if snap.next_due_date:
                 due = date.fromisoformat(snap.next_due_date)
                 if self._s.stage != Stage.ARREARS_REVIEW:
-                    in_grace = self._today() < date.fromisoformat(snap.first_due_date)
+                    in_grace = self._days.today() < date.fromisoformat(snap.first_due_date)
                     self._set_stage(Stage.GRACE if in_grace else Stage.REPAYMENT)
                 remind_on = due - timedelta(days=policy.reminder_days_before_due)
                 if snap.next_due_date not in self._s.reminded_due_dates:
-                    if remind_on > self._today() and await self._wait_or_interrupted(remind_on):
+                    if remind_on > self._days.today() and await self._wait_or_interrupted(
+                        remind_on
+                    ):
                         continue
                     await self._notify(
                         "repayment_reminder",
@@ -586,7 +588,7 @@ class SurvivorJourneyWorkflow:
             else:  # every instalment has fallen due: watch the arrears until they close
                 if self._s.stage in (Stage.REPAID, Stage.FOLLOW_UP):  # reopened by a reversal
                     self._set_stage(Stage.REPAYMENT)
-                wake = self._today() + timedelta(days=policy.arrears_check_days)
+                wake = self._days.today() + timedelta(days=policy.arrears_check_days)
             await self._wait_or_interrupted(wake)
             if workflow.info().is_continue_as_new_suggested():
                 # Bounded history: carry the state into a fresh run, once no human
@@ -599,7 +601,7 @@ class SurvivorJourneyWorkflow:
         self._news_at_read = self._loan_news
         snap = await self._call(
             JourneyActivities.loan_snapshot,
-            SnapshotInput(self._s.loan.loan_id, self._today().isoformat()),
+            SnapshotInput(self._s.loan.loan_id, self._days.today().isoformat()),
         )
         self._s.snapshot = snap
         if snap.status != self._s.loan.status:
@@ -616,7 +618,7 @@ class SurvivorJourneyWorkflow:
             if self._s.stage == Stage.ARREARS_REVIEW:
                 self._set_stage(Stage.REPAYMENT)
             return
-        episode = (self._today() - timedelta(days=snap.days_past_due)).isoformat()
+        episode = (self._days.today() - timedelta(days=snap.days_past_due)).isoformat()
         for threshold, kind in (
             (policy.field_visit_days_past_due, "field_visit"),
             (policy.committee_review_days_past_due, "arrears_committee_review"),
@@ -645,8 +647,8 @@ class SurvivorJourneyWorkflow:
             watch = workflow.patched(FOLLOWS_THE_LEDGER_PATCH)
             if watch and await self._watch_until(due, lambda snap: not loan_closed(snap)):
                 return self._reopened()
-            if not watch and due > self._today():
-                await self._sleep(self._until(due))
+            if not watch and due > self._days.today():
+                await self._sleep(self._days.until(due))
             self._set_stage(Stage.FOLLOW_UP)
             self._s.follow_up_due = months
             await self._notify(
@@ -682,7 +684,7 @@ class SurvivorJourneyWorkflow:
                     self._follow_up.working,
                     self._follow_up.family_members_supported,
                     self._follow_up.recorded_by,
-                    self._today().isoformat(),
+                    self._days.today().isoformat(),
                     loan_id,
                 ),
             )
@@ -694,12 +696,12 @@ class SurvivorJourneyWorkflow:
     async def _reopened_while_awaiting_answers(self, days: int) -> bool:
         """Wait up to `days` for the follow-up's answers; True if, meanwhile, a change
         heard turns out to have reopened the loan."""
-        window_ends = self._today() + timedelta(days=days)
-        while self._follow_up is None and self._today() < window_ends:
+        window_ends = self._days.today() + timedelta(days=days)
+        while self._follow_up is None and self._days.today() < window_ends:
             try:
                 await self._wait_condition(
                     lambda: self._follow_up is not None or self._news_unread(),
-                    within=self._until(window_ends),
+                    within=self._days.until(window_ends),
                 )
             except TimeoutError:
                 return False
@@ -777,7 +779,7 @@ class SurvivorJourneyWorkflow:
     @workflow.update
     async def request_hardship(self, hardship: Hardship) -> JourneyStatus:
         assert self._s.loan is not None
-        start = self._today()
+        start = self._days.today()
         sequence = 0
         if workflow.patched(HARDSHIP_SEQUENCE_PATCH):
             self._s.hardship_requests += 1
@@ -842,7 +844,7 @@ class SurvivorJourneyWorkflow:
                     decision.reason,
                     decision.proposed_by,
                     decision.confirmed_by,
-                    self._today().isoformat(),
+                    self._days.today().isoformat(),
                 ),
             )
         except ActivityError as error:  # refused: the loan is still being repaid
@@ -992,18 +994,12 @@ class SurvivorJourneyWorkflow:
     def _assistance_finished(self) -> bool:
         return all(a.terminal for a in self._s.assistance.values())
 
-    def _today(self) -> date:
-        return self._days.today()
-
-    def _until(self, day: date) -> timedelta:
-        return self._days.until(day)
-
     async def _wait_or_interrupted(self, day: date) -> bool:
         """Sleep until `day`; True if the loan changed meanwhile (a hardship, a write-off,
         money moved outside the journey) and cut the wait short."""
         self._loan_changed = False
         try:
-            await self._wait_condition(lambda: self._loan_changed, within=self._until(day))
+            await self._wait_condition(lambda: self._loan_changed, within=self._days.until(day))
         except TimeoutError:
             return False
         return True
