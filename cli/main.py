@@ -442,7 +442,7 @@ def journey_start(
         # The journey applies and requests in the case worker's name: the caller must be
         # allowed those calls, and staff start journeys as themselves (a committee member
         # naming a case worker could otherwise approve the loan they submitted).
-        worker = inputs.staff(case_worker or _caller().subject, "--case-worker")
+        worker = _staff(case_worker, "--case-worker")
         for method in (["SubmitLoanApplication"] if loan else []) + (
             ["RecordNeed", "RequestAssistance"] if plans else []
         ):
@@ -608,10 +608,7 @@ async def _latest_status(
     journey that has ended is refused, as its updates and signals would be."""
     client, latest, _ = await _latest_journey(survivor_id)
     if running and latest.state != "RUNNING":
-        raise CliError(
-            f"the journey {latest.workflow_id} has ended ({latest.state.lower()}"
-            f"{', stage ' + latest.stage if latest.stage else ''}): it takes no more decisions"
-        )
+        raise _has_ended(f"the journey {latest.workflow_id}", latest.state.lower(), latest.stage)
     handle = client.get_workflow_handle(latest.workflow_id)
     address = context.settings().effective_temporal_address
     with temporal(address, f"the journey {latest.workflow_id}"):
@@ -765,7 +762,7 @@ def journey_decide(
         sid = inputs.identifier(survivor_id, "survivor id")
         if approve == reject:  # neither, or both: a decision is never guessed
             raise BadInput("say either --approve or --reject")
-        member_id = inputs.staff(member or _caller().subject, "--member")
+        member_id = _staff(member, "--member")
         decision_ref = inputs.text(ref, "--ref", 128)
         if len(reason) > 1000:
             raise BadInput("--reason is at most 1000 characters")
@@ -790,6 +787,11 @@ def journey_decide(
 _LENDING = "/mineaction.lending.v1.LendingService/"
 _ELIGIBILITY = "/mineaction.eligibility.v1.EligibilityService/"
 _ASSISTANCE = "/mineaction.assistance.v1.AssistanceService/"
+
+
+def _staff(named: str, option: str) -> str:
+    """The staff member an option names, or the token's own identity when it names none."""
+    return inputs.staff(named or _caller().subject, option)
 
 
 def _caller() -> Principal:
@@ -855,11 +857,14 @@ async def _send_update(
                 raise
             described = await handle.describe(rpc_timeout=RPC_TIMEOUT)  # NOT_FOUND: never was
         state = described.status.name.lower() if described.status else "closed"
-        stage = described.typed_search_attributes.get(sa.STAGE)
-        raise CliError(
-            f"{what} has ended ({state}{', stage ' + stage if stage else ''}): "
-            "it takes no more decisions"
-        )
+        raise _has_ended(what, state, described.typed_search_attributes.get(sa.STAGE))
+
+
+def _has_ended(what: str, state: str, stage: str | None) -> CliError:
+    return CliError(
+        f"{what} has ended ({state}{', stage ' + stage if stage else ''}): "
+        "it takes no more decisions"
+    )
 
 
 def _loan_line(status: JourneyStatus) -> str:
@@ -899,7 +904,7 @@ def journey_hardship(
     async def go() -> None:
         sid = inputs.identifier(survivor_id, "survivor id")
         why = inputs.text(reason, "--reason", 1000)
-        who = inputs.staff(requested_by or _caller().subject, "--requested-by")
+        who = _staff(requested_by, "--requested-by")
         if (pause_days is None) == (new_term_months is None):
             raise BadInput(
                 "say either --pause-days N (a pause) or --new-term-months N (a reschedule)"
@@ -1089,7 +1094,7 @@ def journey_follow_up(
         if working is None:
             raise BadInput("say --working or --not-working")
         inputs.count(family_members, "--family-members", 0, 49)
-        who = inputs.staff(recorded_by or _caller().subject, "--recorded-by")
+        who = _staff(recorded_by, "--recorded-by")
         _acting(_ELIGIBILITY + "RecordFollowUp", who)
         status = await _update_journey(
             sid,
@@ -1137,7 +1142,7 @@ def journey_assist(
         sid = inputs.identifier(survivor_id, "survivor id")
         kind = inputs.code(type_id, "assistance type")
         step = inputs.action(action)
-        who = inputs.staff(actor or _caller().subject, "--actor")
+        who = _staff(actor, "--actor")
         step_data = inputs.data_pairs(data or [], "--data")
         _acting(_ASSISTANCE + "AdvanceAssistance")
         settings = context.settings()
@@ -1411,7 +1416,7 @@ def repay(
             amount_minor=inputs.amount_minor(amount),
             currency_code="AZN",
             payment_date=proto_date(paid_on := _date_or_today(payment_date, "--date")),
-            received_by=inputs.staff(received_by or _caller().subject, "--received-by"),
+            received_by=_staff(received_by, "--received-by"),
             channel=channel,
         )
         response = await call_lending(
