@@ -194,6 +194,10 @@ LABELS: dict[str, dict[str, str]] = {
         "en": "Closed: loan rejected",
         "az": "Bağlanıb: kredit rədd edilib",
     },
+    "stage:CLOSED_WITHDRAWN": {
+        "en": "Closed: application withdrawn",
+        "az": "Bağlanıb: müraciət geri götürülüb",
+    },
     "stage:WRITTEN_OFF": {"en": "Loan written off", "az": "Kredit balansdan silinib"},
     # The loan's states (lending's LoanState without its prefix).
     "loan_state:SUBMITTED": {

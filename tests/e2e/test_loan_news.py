@@ -74,16 +74,19 @@ async def test_a_committee_decision_recorded_with_lending_reaches_the_journey(
     cluster: Cluster, dev_client: Client, activities: JourneyActivities, task_queue: str
 ) -> None:
     """The committee's decision recorded straight with lending (ApproveLoan, RejectLoan
-    through the API), not sent to the journey: the journey, told through the feed, goes
-    on as the ledger says. It stayed in COMMITTEE_REVIEW for good."""
+    through the API), or the application withdrawn (WithdrawLoan), not sent to the
+    journey: the journey, told through the feed, goes on as the ledger says. It stayed in
+    COMMITTEE_REVIEW for good."""
     async with build_worker(dev_client, activities, task_queue):
         relay = await own_relay(cluster, dev_client, task_queue)
         approved = await start_journey(cluster, dev_client, task_queue)
         rejected = await start_journey(cluster, dev_client, task_queue)
+        withdrawn = await start_journey(cluster, dev_client, task_queue)
+        journeys = (approved, rejected, withdrawn)
         try:
-            for handle in (approved, rejected):
+            for handle in journeys:
                 await wait_for_stage(handle, "COMMITTEE_REVIEW")
-            approve, reject = [(await status_of(h)).loan_id for h in (approved, rejected)]
+            approve, reject, withdraw = [(await status_of(h)).loan_id for h in journeys]
             await cluster.lending.ApproveLoan(
                 lending_pb.ApproveLoanRequest(
                     request_id=request_id(), loan_id=approve, approved_by="cm-02",
@@ -96,13 +99,22 @@ async def test_a_committee_decision_recorded_with_lending_reaches_the_journey(
                     reason="the business plan does not cover the feed",
                 )
             )  # fmt: skip
+            await cluster.lending.WithdrawLoan(
+                lending_pb.WithdrawLoanRequest(
+                    request_id=request_id(), loan_id=withdraw, withdrawn_by="cw-01",
+                    reason="the survivor found work in the district hospital",
+                )
+            )  # fmt: skip
             status = await wait_for_stage(approved, "GRACE")  # disbursed by the journey
             assert status.loan_status == "ACTIVE" and status.outstanding_minor == 500_000
             status = await wait_for_stage(rejected, "CLOSED_REJECTED")
             assert status.loan_status == "REJECTED"
+            # Not counted with the committee's rejections.
+            status = await wait_for_stage(withdrawn, "CLOSED_WITHDRAWN")
+            assert status.loan_status == "WITHDRAWN"
         finally:
             await relay.terminate("the test is over")
-            for handle in (approved, rejected):
+            for handle in journeys:
                 with contextlib.suppress(RPCError):
                     await handle.terminate("the test is over")
 

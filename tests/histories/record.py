@@ -27,6 +27,7 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
+from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.auth import ensure_dev_credentials
 from services.common.channels import service_token
 from services.common.config import load_settings
@@ -485,6 +486,35 @@ async def run_loan_refused(env: WorkflowEnvironment, cluster: Cluster, out: Reco
     }, result
 
 
+async def run_withdrawn(env: WorkflowEnvironment, cluster: Cluster, out: Recorded) -> None:
+    """The application withdrawn through lending's API while the committee has it; the
+    journey, told as the loan news relay tells it, closes as withdrawn."""
+    client, name = env.client, "withdrawn"
+    sid = survivor_id(name)
+    await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(sid)))
+    handle: Handle = await client.start_workflow(
+        SurvivorJourneyWorkflow.run,
+        JourneyInput(
+            survivor_id=sid,
+            case_worker_id="cw-07",
+            loan=LoanRequest("fish_farming", 200_000, "fingerlings and feed"),
+        ),
+        id=journey_workflow_id(sid),
+        task_queue=TASK_QUEUE,
+    )
+    await skip_until(env, handle, lambda s: s.stage == "COMMITTEE_REVIEW", step=timedelta(hours=1))
+    loan_id = (await status_of(handle)).loan_id
+    await cluster.lending.WithdrawLoan(
+        lending_pb.WithdrawLoanRequest(
+            request_id=request_id(), loan_id=loan_id, withdrawn_by="cw-07",
+            reason="the survivor found work",
+        )
+    )  # fmt: skip
+    await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+    result = await write_journey_and_items(client, handle, (), name, out)
+    assert result.stage == "CLOSED_WITHDRAWN", result
+
+
 async def main() -> None:
     import pgserver
 
@@ -529,6 +559,7 @@ async def main() -> None:
             async with build_worker(env.client, activities, TASK_QUEUE):
                 for name, scenario in SCENARIOS.items():
                     await run_scenario(env, cluster, name, scenario, out)
+                await run_withdrawn(env, cluster, out)
                 # Last: once an item ends after its journey, the test server stops
                 # skipping time.
                 await run_assisted(env, cluster, out)

@@ -186,6 +186,10 @@ WRITTEN_OFF_KEEPS_ASSISTANCE_PATCH = "written-off-keeps-assistance"
 # and the midnight they wake at for a due date. Before, they counted UTC's days, a day
 # behind from 20:00 UTC. Older histories replay on UTC's days.
 PROGRAMME_DAYS_PATCH = "journey-programme-days"
+# Journeys whose application is withdrawn (WithdrawLoan through the API) from this change
+# on close as CLOSED_WITHDRAWN: they closed as CLOSED_REJECTED, counted with the
+# committee's rejections in every list by stage.
+WITHDRAWN_STAGE_PATCH = "journey-withdrawn-stage"
 # What a loan the committee approved may have become by the time the journey reads it.
 APPROVED_OR_LATER = ("APPROVED", "ACTIVE", *CLOSED_LOAN_STATES)
 WAITLISTED = "waitlisted"
@@ -412,7 +416,7 @@ class SurvivorJourneyWorkflow:
         )
         if not await self._committee():
             return await self._after_assistance(
-                Stage.CLOSED_REJECTED, LOAN_REFUSED_KEEPS_ASSISTANCE_PATCH
+                self._refusal(), LOAN_REFUSED_KEEPS_ASSISTANCE_PATCH
             )
         assert self._s.loan is not None
         if self._s.loan.status != "APPROVED" and self._s.snapshot is not None:
@@ -422,6 +426,13 @@ class SurvivorJourneyWorkflow:
         if self._s.loan.status in ("APPROVED", "ACTIVE"):
             await self._disburse()
         return await self._after_disbursement()
+
+    def _refusal(self) -> Stage:
+        """How a journey whose loan the committee did not approve closes."""
+        assert self._s.loan is not None
+        if self._s.loan.status == "WITHDRAWN" and workflow.patched(WITHDRAWN_STAGE_PATCH):
+            return Stage.CLOSED_WITHDRAWN
+        return Stage.CLOSED_REJECTED
 
     async def _after_assistance(self, outcome: Stage, patch_id: str) -> JourneyStatus:
         """No loan (not eligible, rejected, written off): the assistance items go on, and
