@@ -1018,10 +1018,8 @@ def journey_write_off(
         _acting(_LENDING + "ConfirmLoanWriteOff", confirmer)
         latest, held = await _latest_status(sid, running=True)
         if not held.write_off_proposed_by:
-            raise CliError(
-                f"no write-off is proposed for {latest.id}'s loan: one person proposes "
-                f"it first (mineaction journey write-off {sid} --reason ...)"
-            )
+            await _confirm_with_lending(latest.id, held, confirmer)
+            return
         proposer = held.write_off_proposed_by
         # The lending service compares identities case-insensitively.
         if same_person(proposer, confirmer):
@@ -1038,6 +1036,43 @@ def journey_write_off(
         )
 
     run(go())
+
+
+async def _confirm_with_lending(journey_id: str, status: JourneyStatus, confirmer: str) -> None:
+    """The journey holds no proposal: one made straight with lending (ProposeLoanWriteOff
+    through the API) is confirmed there, four eyes checked by lending, and the journey
+    told at once (the loan news relay would tell it within seconds)."""
+    sid = status.survivor_id
+    found = (
+        await call_lending(
+            "GetLoan", lending_pb.GetLoanRequest(loan_id=status.loan_id), lending_pb.GetLoanResponse
+        )
+        if status.loan_id
+        else None
+    )
+    if found is None or not found.HasField("write_off_proposal"):
+        raise CliError(
+            f"no write-off is proposed for {journey_id}'s loan: one person proposes "
+            f"it first (mineaction journey write-off {sid} --reason ...)"
+        )
+    proposal = found.write_off_proposal
+    if same_person(proposal.proposed_by, confirmer):
+        raise CliError(
+            f"four eyes: {proposal.proposed_by} proposed this write-off; someone else confirms it"
+        )
+    confirmed = await call_lending(
+        "ConfirmLoanWriteOff",
+        lending_pb.ConfirmLoanWriteOffRequest(
+            request_id=inputs.request_id(), loan_id=status.loan_id, confirmed_by=confirmer
+        ),
+        lending_pb.ConfirmLoanWriteOffResponse,
+    )
+    await _tell_journey(confirmed.loan, "the write-off")
+    render.line(
+        f"written off: proposed by {proposal.proposed_by} with lending ({proposal.reason}), "
+        f"confirmed by {confirmer}; loan {status.loan_id} {loan_status(confirmed.loan)} "
+        f"(mineaction journey status {sid})"
+    )
 
 
 @journey_app.command("refresh")
@@ -1444,10 +1479,10 @@ def repay(
     run(go())
 
 
-async def _tell_journey(loan: lending_pb.Loan) -> None:
+async def _tell_journey(loan: lending_pb.Loan, what: str = "the repayment") -> None:
     """The survivor's running journey re-reads the loan now (signal `loan_changed`), so a
     loan repaid early is seen closed today. The worker's loan news relay tells it too,
-    within seconds; this saves the wait. The money is recorded whatever Temporal says."""
+    within seconds; this saves the wait. `what` is recorded whatever Temporal says."""
     try:
         settings = context.settings()
         client = await context.temporal_client(settings)
@@ -1455,7 +1490,7 @@ async def _tell_journey(loan: lending_pb.Loan) -> None:
             await tell_journeys(client, loan.survivor_id, loan.loan_id)
     except Exception as error:  # whatever it is, the money is recorded: never exit 1 here
         print(
-            f"note: the repayment is recorded; the survivor's journey was not told "
+            f"note: {what} is recorded; the survivor's journey was not told "
             f"({one_line(str(error))}) and hears of it from the worker's loan news relay",
             file=sys.stderr,
         )

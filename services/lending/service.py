@@ -395,6 +395,12 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             if not loans:
                 raise NotFound(f"loan {request.loan_id} does not exist")
             response = pb.GetLoanResponse(loan=loans[0])
+            if loans[0].state == pb.LOAN_STATE_ACTIVE:
+                proposal = await conn.fetchrow(
+                    "SELECT * FROM write_off_proposals WHERE loan_id = $1", request.loan_id
+                )
+                if proposal is not None:
+                    response.write_off_proposal.CopyFrom(_proposal_to_proto(proposal))
             if request.include_schedule:
                 revision = await self._revision_in_force(
                     conn, request.loan_id, as_of if request.HasField("as_of") else None

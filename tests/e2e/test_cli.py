@@ -39,9 +39,11 @@ from services.common.programme_time import programme_date, programme_today
 from tests.conftest import Cluster
 from tests.factories import pdate, request_id
 from tests.journey_helpers import (
+    approved_journey,
     follow_up_due,
     own_pool,
     skip_until,
+    status_of,
     wait_for_stage,
     wait_until,
 )
@@ -975,6 +977,46 @@ async def test_a_write_off_proposal_withdrawn_from_the_cli(
 
     refused = await mineaction(cli_env, "withdraw-write-off", loan.loan_id, "--reason", " ")
     assert refused.exit_code == 2 and "--reason" in one_error_line(refused)
+
+
+@pytest.mark.timeout(120)
+async def test_a_write_off_proposed_with_lending_is_confirmed_from_the_journey(
+    cli_env: dict[str, str],
+    cluster: Cluster,
+    dev_client: Client,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """A write-off proposed straight with lending (a committee's own tool), not through the
+    journey: `journey write-off --confirm` finds it there, four eyes checked, and the
+    journey follows the ledger to WRITTEN_OFF. It said no write-off was proposed."""
+    async with build_worker(dev_client, activities, task_queue):
+        handle, loan_id = await approved_journey(cluster, dev_client, task_queue)
+        survivor_id = (await status_of(handle)).survivor_id
+        confirm = ["journey", "write-off", survivor_id, "--confirm", "--confirmed-by"]
+        line = one_error_line(await mineaction(cli_env, *confirm, "pm-01"))
+        assert line.startswith(f"error: no write-off is proposed for {handle.id}'s loan"), line
+        await cluster.lending.ProposeLoanWriteOff(
+            lending_pb.ProposeLoanWriteOffRequest(
+                request_id=request_id(),
+                loan_id=loan_id,
+                reason="the pond flooded; no contact for a year",
+                proposed_by="lo-07",
+                write_off_date=pdate(programme_today()),
+            )
+        )
+        line = one_error_line(await mineaction(cli_env, *confirm, "LO-07"))
+        assert line == "error: four eyes: lo-07 proposed this write-off; someone else confirms it"
+        ran = await mineaction(cli_env, *confirm, "pm-01")
+        assert ran.exit_code == 0, ran
+        assert ran.stdout.startswith(
+            "written off: proposed by lo-07 with lending (the pond flooded; no contact for a "
+            "year), confirmed by pm-01;"
+        ), ran
+        status = await wait_for_stage(handle, "WRITTEN_OFF")
+        assert status.loan_status == "CLOSED_WRITTEN_OFF"
+        loan = (await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=loan_id))).loan
+        assert loan.written_off_minor == 500_000 and loan.outstanding_principal_minor == 0
 
 
 async def test_tokens_are_presented_and_a_bad_one_is_refused(

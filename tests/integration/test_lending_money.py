@@ -813,6 +813,12 @@ async def test_a_write_off_proposal_can_be_withdrawn_with_a_reason_and_proposed_
             write_off_date=pdate(date(2027, 6, 30)),
         )
         await as_officer.ProposeLoanWriteOff(propose)
+        # GetLoan shows the open proposal, for whoever is to confirm or withdraw it.
+        shown = await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=loan.loan_id))
+        assert (shown.write_off_proposal.proposed_by, shown.write_off_proposal.reason) == (
+            "lo-07",
+            "no contact for a year",
+        )
         withdraw.request_id = request_id()
         withdrawn = await as_manager.WithdrawLoanWriteOff(withdraw)
         assert await as_manager.WithdrawLoanWriteOff(withdraw) == withdrawn  # a retry
@@ -826,14 +832,17 @@ async def test_a_write_off_proposal_can_be_withdrawn_with_a_reason_and_proposed_
         with pytest.raises(grpc.aio.AioRpcError) as gone:
             await as_manager.ConfirmLoanWriteOff(confirm)
         assert reason_of(gone.value) == "NO_WRITE_OFF_PROPOSAL"
-        still = (await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=loan.loan_id))).loan
-        assert still.state == pb.LOAN_STATE_ACTIVE and still.written_off_minor == 0
+        shown = await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=loan.loan_id))
+        assert shown.loan.state == pb.LOAN_STATE_ACTIVE and shown.loan.written_off_minor == 0
+        assert not shown.HasField("write_off_proposal")  # withdrawn: none open
 
         propose.request_id, propose.reason = request_id(), "the borrower died; no estate"
         await as_officer.ProposeLoanWriteOff(propose)
         confirm.request_id = request_id()
         written = await as_manager.ConfirmLoanWriteOff(confirm)
         assert written.loan.state == pb.LOAN_STATE_CLOSED_WRITTEN_OFF
+        shown = await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=loan.loan_id))
+        assert not shown.HasField("write_off_proposal")  # confirmed: none open
         withdraw.request_id = request_id()
         with pytest.raises(grpc.aio.AioRpcError) as final:
             await as_manager.WithdrawLoanWriteOff(withdraw)

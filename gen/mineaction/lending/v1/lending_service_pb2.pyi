@@ -1455,6 +1455,7 @@ class GetLoanResponse(_message.Message):
 
     LOAN_FIELD_NUMBER: _builtins.int
     SCHEDULE_FIELD_NUMBER: _builtins.int
+    WRITE_OFF_PROPOSAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def loan(self) -> Global___Loan:
         """The loan."""
@@ -1465,15 +1466,23 @@ class GetLoanResponse(_message.Message):
         one (from its first disbursement on).
         """
 
+    @_builtins.property
+    def write_off_proposal(self) -> Global___LoanWriteOffProposal:
+        """The write-off proposed and awaiting a second person's confirmation
+        (ConfirmLoanWriteOff) or its withdrawal, while the loan is ACTIVE; unset when
+        none is open.
+        """
+
     def __init__(
         self,
         *,
         loan: Global___Loan | None = ...,
         schedule: Global___RepaymentSchedule | None = ...,
+        write_off_proposal: Global___LoanWriteOffProposal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan", "schedule", b"schedule"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan", "schedule", b"schedule", "write_off_proposal", b"write_off_proposal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan", "schedule", b"schedule"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan", "schedule", b"schedule", "write_off_proposal", b"write_off_proposal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
