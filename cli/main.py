@@ -930,7 +930,8 @@ def journey_hardship(
         )
         status = await _update_journey(sid, SurvivorJourneyWorkflow.request_hardship, hardship)
         done = (
-            f"delinquency paused for {pause_days} days"
+            f"delinquency paused for {pause_days} day{'' if pause_days == 1 else 's'}, "
+            "today included"
             if pause_days is not None
             # The new schedule starts today, its grace counted from now; the journey
             # lengthens both where the old schedule's next instalment was later.

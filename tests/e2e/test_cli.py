@@ -1164,7 +1164,14 @@ async def test_steering_a_journey_from_the_cli(
 
         ran = await mineaction(cli_env, *hardship, "--pause-days", "60")
         assert ran.exit_code == 0, ran
-        assert "delinquency paused for 60 days (asked by lo-01)" in ran.stdout
+        assert "delinquency paused for 60 days, today included (asked by lo-01)" in ran.stdout
+        # Sixty days, the last one counted in the pause as lending counts it.
+        pause = await lending_db(cluster).pool.fetchrow(
+            "SELECT start_date, end_date FROM delinquency_pauses WHERE loan_id = $1",
+            (await status_of(handle)).loan_id,
+        )
+        assert pause["start_date"] == programme_today()
+        assert (pause["end_date"] - pause["start_date"]).days + 1 == 60, pause
         ran = await mineaction(cli_env, *hardship, "--new-term-months", "18", "--grace-months", "3")
         assert ran.exit_code == 0, ran
         assert (

@@ -371,6 +371,32 @@ async def test_arrears_grow_then_pause_and_the_pause_cannot_be_deleted(cluster: 
             with pytest.raises(asyncpg.RestrictViolationError):
                 await conn.execute(statement, loan.loan_id)
 
+    # A pause of one day ends the day it starts: that day counts, the next does not.
+    await cluster.lending.PauseDelinquency(
+        pb.PauseDelinquencyRequest(
+            request_id=request_id(),
+            loan_id=loan.loan_id,
+            start_date=pdate(date(2026, 7, 12)),
+            end_date=pdate(date(2026, 7, 12)),
+            reason="a day at the district hospital",
+            requested_by="cw-01",
+        )
+    )
+    assert await dpd(date(2026, 7, 12)) == 32
+    assert await dpd(date(2026, 7, 13)) == 33
+    ends_before = pb.PauseDelinquencyRequest(
+        request_id=request_id(),
+        loan_id=loan.loan_id,
+        start_date=pdate(date(2026, 7, 20)),
+        end_date=pdate(date(2026, 7, 19)),
+        reason="typed the dates the wrong way round",
+        requested_by="cw-01",
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await cluster.lending.PauseDelinquency(ends_before)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "must not be before start_date" in (refused.value.details() or "")
+
     no_reason = pb.PauseDelinquencyRequest(
         request_id=request_id(),
         loan_id=loan.loan_id,

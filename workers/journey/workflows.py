@@ -190,6 +190,9 @@ PROGRAMME_DAYS_PATCH = "journey-programme-days"
 # on close as CLOSED_WITHDRAWN: they closed as CLOSED_REJECTED, counted with the
 # committee's rejections in every list by stage.
 WITHDRAWN_STAGE_PATCH = "journey-withdrawn-stage"
+# Hardship pauses asked of lending from this change on cover the days asked for: the end
+# date sent is the pause's last day, as lending counts it. A pause of 60 days covered 61.
+PAUSE_DAYS_COUNTED_PATCH = "journey-pause-days-counted"
 # What a loan the committee approved may have become by the time the journey reads it.
 APPROVED_OR_LATER = ("APPROVED", "ACTIVE", *CLOSED_LOAN_STATES)
 WAITLISTED = "waitlisted"
@@ -813,7 +816,7 @@ class SurvivorJourneyWorkflow:
                     hardship.reason,
                     hardship.requested_by,
                     start_date=start.isoformat(),
-                    end_date=(start + timedelta(days=hardship.pause_days)).isoformat(),
+                    end_date=self._pause_ends(start, hardship.pause_days).isoformat(),
                     new_term_months=term,
                     additional_grace_months=grace,
                     effective_date=start.isoformat(),
@@ -824,6 +827,14 @@ class SurvivorJourneyWorkflow:
             raise refused(error) from None
         self._loan_changed = True
         return self.status()
+
+    @staticmethod
+    def _pause_ends(start: date, days: int) -> date:
+        """The last day of a pause of `days` days from `start` (lending counts it in the
+        pause); before PAUSE_DAYS_COUNTED_PATCH the pause covered a day more."""
+        if workflow.patched(PAUSE_DAYS_COUNTED_PATCH):
+            return start + timedelta(days=days - 1)
+        return start + timedelta(days=days)
 
     @request_hardship.validator
     def validate_hardship(self, hardship: Hardship) -> None:

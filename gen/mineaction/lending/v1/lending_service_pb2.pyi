@@ -1720,7 +1720,9 @@ class PauseDelinquencyRequest(_message.Message):
 
     @_builtins.property
     def end_date(self) -> _date_pb2.Date:
-        """Last day of the pause (after start_date, at most one year later)."""
+        """Last day of the pause, counted in it: start_date or later (a pause of one day
+        ends the day it starts), at most one year later.
+        """
 
     def __init__(
         self,
