@@ -12,8 +12,10 @@
 5. authorization: the access policy's roles for the method (PERMISSION_DENIED
    otherwise, and for any method the policy does not list), and the request's actor
    field bound to the caller's identity;
-6. validation: protovalidate on every request; violations become INVALID_ARGUMENT
-   with google.rpc.BadRequest field violations, before any handler code runs.
+6. validation: protovalidate on every request, and values PostgreSQL cannot store (a
+   NUL character, a number that is not finite: services/common/storable.py); violations
+   become INVALID_ARGUMENT with google.rpc.BadRequest field violations, before any
+   handler code runs.
 
 Only unary-unary methods are wrapped: the project's APIs are all unary, and the health
 and reflection services' streams pass through untouched. Any other streaming method is
@@ -52,6 +54,7 @@ from services.common.errors import (
     internal_status,
 )
 from services.common.metrics import observe_rpc
+from services.common.storable import may_hold_unstorable, spelled_out, unstorable_values
 
 log = structlog.get_logger("mineaction.rpc")
 
@@ -220,6 +223,8 @@ class ValidationInterceptor(UnaryInterceptor):
                 [FieldViolation("(body)", "request too large", "request.too_large")],
             )
         violations = violations_of(request, self._validator)
+        if may_hold_unstorable(request):
+            violations += unstorable_values(request)
         if violations:
             shown = "; ".join(f"{v.field}: {v.description}" for v in violations[:5])
             more = f"; {len(violations) - 5} more in the details" if len(violations) > 5 else ""
@@ -290,8 +295,9 @@ class AuditInterceptor(UnaryInterceptor):
                 subject=caller.principal.subject,
                 roles=sorted(caller.principal.roles),
                 method=method,
-                request_id=str(request.request_id),
-                resource_ids=resource_ids(request),
+                # A refused request's ids may hold a NUL, which no text column stores.
+                request_id=spelled_out(str(request.request_id)),
+                resource_ids={k: spelled_out(v) for k, v in resource_ids(request).items()},
                 code=code,
                 reason=reason,
                 on_behalf_of=caller.on_behalf_of,

@@ -10,17 +10,20 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import descriptor, message_factory
+from google.protobuf import descriptor, message_factory, struct_pb2
 from google.protobuf.message import Message
 
 from mineaction.assistance.v1 import assistance_service_pb2
 from mineaction.audit.v1 import audit_service_pb2
 from mineaction.eligibility.v1 import eligibility_service_pb2
 from mineaction.lending.v1 import lending_service_pb2
+from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common import pagination
 from services.common.auth import ROLES, AccessPolicy, Principal
+from services.common.errors import violations_in
 from services.common.interceptors import bind_actor, shared_validator, violations_of
 from tests.conftest import DEFAULT_SUBJECT, Cluster
+from tests.factories import register_request, request_id, saatli_fish_farmer
 from tests.grpc_errors import details
 
 SERVICES = {
@@ -184,3 +187,77 @@ async def test_a_page_token_issued_before_tokens_covered_their_key_still_pages(
         for token in (first.next_page_token, earlier)
     ]
     assert pages[0].loan_products and pages[0] == pages[1]
+
+
+def _application(**fields: Any) -> lending_service_pb2.SubmitLoanApplicationRequest:
+    request = lending_service_pb2.SubmitLoanApplicationRequest(
+        request_id=request_id(),
+        survivor_id="srv-nul-0001",
+        product_id="small_trade",
+        amount_minor=120_000,
+        currency_code="AZN",
+        district_code="saatli",
+        borrower_sex=sex_pb2.SEX_FEMALE,
+        borrower_age_band=age_band_pb2.AGE_BAND_35_59,
+        purpose="a stall at the market",
+    )
+    for name, value in fields.items():
+        setattr(request, name, value)
+    return request
+
+
+def _data(**values: Any) -> struct_pb2.Struct:
+    data = struct_pb2.Struct()
+    data.update(values)
+    return data
+
+
+async def test_values_postgresql_cannot_store_are_invalid_argument_on_their_field(
+    cluster: Cluster,
+) -> None:
+    """A NUL character in any text (free text, an id, a map key) and a number that is not
+    finite pass every field's own rules, and failed as INTERNAL at the insert: now refused
+    on their field, nothing written, and the refusal still audited."""
+    intake = saatli_fish_farmer()
+    intake.injuries.append("leg\x00")
+    cases: list[tuple[Any, Message, str, str]] = [
+        (cluster.lending.SubmitLoanApplication, _application(purpose="ab\x00cd"), "purpose",
+         "string.no_nul"),
+        (cluster.eligibility.RegisterSurvivor, register_request(intake),
+         f"intake.injuries[{len(intake.injuries) - 1}]", "string.no_nul"),
+        (cluster.assistance.RequestAssistance,
+         assistance_service_pb2.RequestAssistanceRequest(
+             request_id=request_id(), need_id="need-0001", provider_id="baku-mobility-aids",
+             data=_data(seat_width_cm=float("nan")), referral_consent=True),
+         "data.seat_width_cm", "double.finite"),
+        (cluster.assistance.AdvanceAssistance,
+         assistance_service_pb2.AdvanceAssistanceRequest(
+             request_id=request_id(), assistance_id="asst-0001", action="allocate_from_stock",
+             data=_data(**{"a\x00b": 1, "note": "fine", "far": float("inf")})),
+         "data.a\\x00b", "string.no_nul"),
+    ]  # fmt: skip
+    before = await cluster.row_counts()
+    for rpc, request, field, reason in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await rpc(request, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        _, fields = details(caught.value)
+        assert field in fields, (fields, caught.value.details())
+        assert reason in {v.reason for v in violations_in(caught.value)}
+    assert "data.far" in details(caught.value)[1]  # every such value, not only the first
+    assert await cluster.row_counts() == before
+
+    # An id holding a NUL is refused by its own rules; the refusal is audited all the
+    # same, the NUL spelled out (no text column stores it).
+    refused = _application(survivor_id="srv\x00nul")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cluster.lending.SubmitLoanApplication(refused, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    db = cluster.hosts["lending"].db
+    assert db is not None
+    entry = await db.pool.fetchrow(
+        "SELECT code, resource_ids FROM audit_log WHERE request_id = $1", refused.request_id
+    )
+    assert entry is not None, "the refusal was not audited"
+    assert entry["code"] == "INVALID_ARGUMENT"
+    assert json.loads(entry["resource_ids"])["survivor_id"] == "srv\\x00nul"

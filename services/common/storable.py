@@ -1,0 +1,89 @@
+"""Values that pass every field's rules but that PostgreSQL cannot store: the NUL
+character (U+0000) in text (refused by text columns and by jsonb alike), and a number that
+is not finite (NaN, an infinity: JSON, and so jsonb, has none). A request carrying one is
+refused as INVALID_ARGUMENT on that field, before any handler runs; it failed as INTERNAL
+at the insert.
+
+Both show in the request's encoding as a zero byte (the character itself; a NaN's or an
+infinity's eight bytes), so only a request whose bytes hold one is walked.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from google.protobuf.message import Message
+
+from services.common.errors import FieldViolation
+
+NUL = "\x00"
+
+
+def may_hold_unstorable(request: Message) -> bool:
+    return b"\x00" in request.SerializeToString()
+
+
+def unstorable_values(message: Message, path: str = "") -> list[FieldViolation]:
+    """The fields of `message`, at any depth, holding a value PostgreSQL cannot store."""
+    name = message.DESCRIPTOR.full_name
+    if name == "google.protobuf.Struct":
+        return [
+            v
+            for key, value in message.fields.items()  # type: ignore[attr-defined]
+            for v in _of_key(key, _joined(path, _shown(key)))
+            + _of_value(value, _joined(path, _shown(key)))
+        ]
+    if name == "google.protobuf.ListValue":
+        return [
+            v
+            for i, value in enumerate(message.values)  # type: ignore[attr-defined]
+            for v in _of_value(value, f"{path}[{i}]")
+        ]
+    if name == "google.protobuf.Value":
+        kind = message.WhichOneof("kind")
+        return [] if kind is None else _of_value(getattr(message, kind), path)
+    found: list[FieldViolation] = []
+    for field, value in message.ListFields():
+        at = _joined(path, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for key, item in value.items():
+                found += _of_key(key, f"{at}[{_shown(key)}]") + _of_value(
+                    item, f"{at}[{_shown(key)}]"
+                )
+        elif field.is_repeated:
+            for i, item in enumerate(value):
+                found += _of_value(item, f"{at}[{i}]")
+        else:
+            found += _of_value(value, at)
+    return found
+
+
+def _of_value(value: Any, path: str) -> list[FieldViolation]:
+    if isinstance(value, Message):
+        return unstorable_values(value, path)
+    if isinstance(value, str) and NUL in value:
+        return [
+            FieldViolation(path, "must not contain the NUL character (U+0000)", "string.no_nul")
+        ]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [FieldViolation(path, "must be a finite number", "double.finite")]
+    return []
+
+
+def _of_key(key: Any, path: str) -> list[FieldViolation]:
+    return _of_value(key, path) if isinstance(key, str) else []
+
+
+def spelled_out(text: str) -> str:
+    """`text` with any NUL written as the four characters \\x00, so that it can be stored
+    (a refused request's ids in the audit log) or shown (a map key in a field path)."""
+    return text.replace(NUL, "\\x00")
+
+
+def _shown(key: Any) -> str:
+    return spelled_out(str(key))
+
+
+def _joined(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
