@@ -86,6 +86,10 @@ LABELS: dict[str, dict[str, str]] = {
         "en": "Write-off proposed",
         "az": "Balansdan silinmə təklif edilib",
     },
+    "waiting_for_funds": {
+        "en": "Tranche waiting for the fund",
+        "az": "Fonddan vəsait gözləyən hissə",
+    },
     "assessment_id": {"en": "Assessment", "az": "Qiymətləndirmə"},
     "months": {"en": "months", "az": "ay"},
     "awaiting": {"en": "awaiting the answers", "az": "cavablar gözlənilir"},
@@ -443,6 +447,13 @@ def journey_table(
             ", ".join(f"+{m} {label('months', lang)}" for m in status.follow_ups_recorded) or none,
         )
     )
+    if status.waiting_for_funds_minor:
+        rows.append(
+            (
+                label("waiting_for_funds", lang),
+                f"{manat(status.waiting_for_funds_minor)} AZN",
+            )
+        )
     if status.write_off_proposed_by:
         rows.append(
             (

@@ -11,7 +11,8 @@ import uuid
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
@@ -20,7 +21,7 @@ from services.common.protoconv import from_proto_date
 from tests.conftest import Cluster
 from tests.factories import register_request, saatli_fish_farmer
 from tests.journey_helpers import skip_until, status_of
-from tests.lending_helpers import repayment, reversal
+from tests.lending_helpers import open_fund, repayment, reversal
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
     CommitteeDecision,
@@ -231,3 +232,93 @@ async def test_a_journey_counts_its_days_in_baku(
         ).loan
         assert [from_proto_date(t.disbursement_date) for t in loan.tranches] == [baku_day]
         await handle.terminate("the test is over")
+
+
+@pytest.mark.timeout(180)
+async def test_a_tranche_the_fund_cannot_cover_waits_for_the_fund(
+    cluster: Cluster,
+    time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """The fund has too little left for the feed tranche: the journey waits, says so, and
+    pays it out the day repayments have brought the money back (lending's refusal failed
+    the journey for good, its loan left ACTIVE with nothing following it)."""
+    env = time_skipping_env
+    fund_id = await open_fund(cluster, 250_000)
+    loan = LoanRequest(
+        "fish_farming",
+        300_000,
+        "fingerlings, then feed",
+        tranches=[
+            TranchePlan(200_000, "1,000 fingerlings", "IN_KIND", 0),
+            TranchePlan(100_000, "feed", "IN_KIND", 30),
+        ],
+        fund_id=fund_id,
+    )
+    async with build_worker(env.client, activities, task_queue):
+        handle = await approved_journey(cluster, env, task_queue, loan, "DISBURSEMENT")
+        status = await skip_until(
+            env, handle, lambda s: s.waiting_for_funds_minor > 0, step=timedelta(days=1),
+            limit=timedelta(days=35),
+        )  # fmt: skip
+        assert status.stage == "DISBURSEMENT" and status.loan_status == "ACTIVE"
+        assert status.waiting_for_funds_minor == 100_000
+        fund = (await cluster.lending.GetFund(lending_pb.GetFundRequest(fund_id=fund_id))).fund
+        assert fund.available_minor == 50_000
+        # The borrower repays 600 AZN of the fish money: the fund has 1,100 AZN again, and
+        # the next day's try pays the feed out.
+        await pay(cluster, env, status.loan_id, 60_000)
+        status = await skip_until(
+            env, handle, lambda s: s.stage == "GRACE", step=timedelta(hours=2),
+            limit=timedelta(days=2),
+        )  # fmt: skip
+        assert status.waiting_for_funds_minor == 0
+        assert status.outstanding_minor == 240_000
+        ledger = (
+            await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=status.loan_id))
+        ).loan
+        assert [t.amount_minor for t in ledger.tranches] == [200_000, 100_000]
+        sent = await activities.outbox.db.pool.fetch(
+            "SELECT kind, recipient FROM outbox WHERE dedupe_key LIKE $1",
+            f"{handle.id}/waiting-for-funds/%",
+        )
+        assert [(r["kind"], r["recipient"]) for r in sent] == [
+            ("disbursement_waiting_for_funds", "cw-51")
+        ]  # once, not each day
+        await handle.terminate("the test is over")
+
+
+@pytest.mark.timeout(60)
+async def test_a_tranche_plan_that_cannot_be_paid_out_fails_the_journey_at_its_start(
+    cluster: Cluster,
+    time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """Tranches adding up to more than the loan: refused before anything is asked of
+    lending (lending refused the second tranche months after the approval)."""
+    env = time_skipping_env
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(survivor_id)))
+    loan = LoanRequest(
+        "fish_farming",
+        500_000,
+        "fingerlings, then feed",
+        tranches=[TranchePlan(300_000, "fish", "IN_KIND", 0), TranchePlan(300_000, "feed")],
+    )
+    async with build_worker(env.client, activities, task_queue):
+        handle: Journey = await env.client.start_workflow(
+            SurvivorJourneyWorkflow.run,
+            JourneyInput(survivor_id=survivor_id, case_worker_id="cw-51", loan=loan),
+            id=journey_workflow_id(survivor_id),
+            task_queue=task_queue,
+            search_attributes=initial_search_attributes(programme_year=1),
+        )
+        with pytest.raises(WorkflowFailureError) as failed:
+            await handle.result()
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "INVALID_TRANCHE_PLAN"
+    assert "add up to 6,000.00 AZN, not the 5,000.00 AZN asked for" in cause.message
+    loans = await cluster.lending.ListLoans(lending_pb.ListLoansRequest(survivor_id=survivor_id))
+    assert not loans.loans  # nothing was applied for

@@ -439,6 +439,7 @@ class JourneyActivities:
                 district_code=params.district_code,
                 borrower_sex=params.sex,  # type: ignore[arg-type]
                 borrower_age_band=params.age_band,  # type: ignore[arg-type]
+                fund_id=params.fund_id,
             ),
         )
         return _loan_summary(response.loan)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from services.common.money import manat
+
 TASK_QUEUE = "survivor-journeys"
 
 
@@ -90,10 +92,34 @@ class LoanRequest:
     amount_minor: int
     purpose: str
     tranches: list[TranchePlan] = field(default_factory=list)
+    fund_id: str = ""  # the programme fund it is lent from ("": lending's default fund)
 
     def tranche_plan(self) -> list[TranchePlan]:
         """One tranche of the whole amount unless the plan splits it."""
         return self.tranches or [TranchePlan(self.amount_minor, self.purpose, "CASH", 0)]
+
+    def plan_problem(self) -> str:
+        """Why the tranche plan cannot be paid out as planned ("" when it can): lending
+        would refuse a tranche half-way through the loan."""
+        plan = self.tranche_plan()
+        for number, tranche in enumerate(plan, start=1):
+            if tranche.amount_minor <= 0:
+                return f"tranche {number} of the loan's plan has no amount"
+            if tranche.kind not in ("CASH", "IN_KIND"):
+                return (
+                    f"tranche {number} of the loan's plan is {tranche.kind!r}, not CASH or IN_KIND"
+                )
+            if tranche.days_after_approval < 0:
+                return f"tranche {number} of the loan's plan falls before the approval"
+            if not tranche.description.strip():
+                return f"tranche {number} of the loan's plan has no description"
+        total = sum(t.amount_minor for t in plan)
+        if total != self.amount_minor:
+            return (
+                f"the loan's tranches add up to {manat(total)} AZN, not the "
+                f"{manat(self.amount_minor)} AZN asked for"
+            )
+        return ""
 
 
 @dataclass(frozen=True)
@@ -156,6 +182,7 @@ class LoanApplicationInput:
     district_code: str
     sex: int
     age_band: int
+    fund_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -433,6 +460,9 @@ class JourneyStatus:
     # A write-off proposed and awaiting its confirmation ("" when none).
     write_off_proposed_by: str = ""
     write_off_reason: str = ""
+    # A tranche lending refused for want of money, in qəpik: the journey waits for the
+    # fund and tries again each day (0 when none waits).
+    waiting_for_funds_minor: int = 0
 
 
 @dataclass

@@ -61,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
         SnapshotInput,
         Stage,
         SurvivorProfile,
+        TranchePlan,
         WriteOffDecision,
         WriteOffInput,
         WriteOffProposal,
@@ -193,6 +194,14 @@ WITHDRAWN_STAGE_PATCH = "journey-withdrawn-stage"
 # Hardship pauses asked of lending from this change on cover the days asked for: the end
 # date sent is the pause's last day, as lending counts it. A pause of 60 days covered 61.
 PAUSE_DAYS_COUNTED_PATCH = "journey-pause-days-counted"
+# Journeys from this change on wait for the fund when lending refuses a tranche for want
+# of money (INSUFFICIENT_FUNDS): the case worker is told once, and the tranche is tried
+# again each day until repayments flowing back into the fund cover it. The refusal failed
+# the journey for good, leaving its loan ACTIVE with nothing following it; a journey whose
+# tranche plan cannot be paid out as planned (tranches not adding up to the loan) now
+# fails at its start, before anything is asked of lending.
+FUND_WAIT_PATCH = "journey-waits-for-the-fund"
+FUND_READ_EVERY = timedelta(days=1)
 # What a loan the committee approved may have become by the time the journey reads it.
 APPROVED_OR_LATER = ("APPROVED", "ACTIVE", *CLOSED_LOAN_STATES)
 WAITLISTED = "waitlisted"
@@ -211,6 +220,12 @@ def refused(error: ActivityError) -> ApplicationError:
     if isinstance(cause, ApplicationError):
         return ApplicationError(cause.message, *cause.details, type=cause.type, non_retryable=True)
     return ApplicationError(str(cause or error), type="SERVICE_CALL_FAILED", non_retryable=True)
+
+
+def _short_of_funds(error: ActivityError) -> bool:
+    """Lending refused a disbursement because the fund cannot cover it now."""
+    cause = error.cause
+    return isinstance(cause, ApplicationError) and cause.details[:1] == ("INSUFFICIENT_FUNDS",)
 
 
 def loan_closed(snap: LoanSnapshot) -> bool:
@@ -308,6 +323,8 @@ class SurvivorJourneyWorkflow:
         self._days = WorkflowDays()
         # News that came before the journey knew its loan (COMMITTEE_HEARS_THE_LEDGER_PATCH).
         self._early_news = 0
+        # A tranche lending refused for want of money, waiting for the fund (0: none).
+        self._waiting_for_funds_minor = 0
 
     # --- the journey -------------------------------------------------------------------
 
@@ -317,6 +334,9 @@ class SurvivorJourneyWorkflow:
 
     async def _journey(self, journey: JourneyInput) -> JourneyStatus:
         self._input = journey
+        problem = journey.loan.plan_problem() if journey.loan else ""
+        if problem and workflow.patched(FUND_WAIT_PATCH):
+            raise ApplicationError(problem, type="INVALID_TRANCHE_PLAN", non_retryable=True)
         self._days = WorkflowDays.since(PROGRAMME_DAYS_PATCH)
         if workflow.patched(FEWER_TASKS_PATCH):
             self._fewer_tasks = True
@@ -414,6 +434,7 @@ class SurvivorJourneyWorkflow:
                     assessment.district_code,
                     assessment.sex,
                     assessment.age_band,
+                    loan.fund_id,
                 ),
             )
         )
@@ -516,8 +537,17 @@ class SurvivorJourneyWorkflow:
                     return
             elif due > self._days.today():
                 await self._sleep(self._days.until(due))
-            self._set_loan(
-                await self._call(
+            self._set_loan(await self._paid_out(sequence, tranche))
+            self._s.tranches_disbursed = sequence
+
+    async def _paid_out(self, sequence: int, tranche: TranchePlan) -> LoanSummary:
+        """Disburse one tranche; a fund too small for it is waited for (FUND_WAIT_PATCH),
+        trying again each day."""
+        assert self._input is not None and self._s.loan is not None
+        told = False
+        while True:
+            try:
+                return await self._call(
                     JourneyActivities.disburse_tranche,
                     DisburseInput(
                         self._s.loan.loan_id,
@@ -529,8 +559,28 @@ class SurvivorJourneyWorkflow:
                         self._input.case_worker_id,
                     ),
                 )
-            )
-            self._s.tranches_disbursed = sequence
+            except ActivityError as error:
+                if not _short_of_funds(error) or not workflow.patched(FUND_WAIT_PATCH):
+                    raise
+            self._waiting_for_funds_minor = tranche.amount_minor
+            if not told:
+                await self._notify(
+                    "disbursement_waiting_for_funds",
+                    self._input.case_worker_id,
+                    {
+                        "loan_id": self._s.loan.loan_id,
+                        "sequence": sequence,
+                        "amount_minor": tranche.amount_minor,
+                    },
+                    key=f"waiting-for-funds/{sequence}",
+                )
+                told = True
+            try:  # tomorrow, or sooner if money moves on the loan itself
+                with contextlib.suppress(TimeoutError):
+                    await self._wait_condition(self._news_unread, within=FUND_READ_EVERY)
+                self._news_at_read = self._loan_news
+            finally:
+                self._waiting_for_funds_minor = 0
 
     async def _after_disbursement(self) -> JourneyStatus:
         while True:
@@ -1003,6 +1053,7 @@ class SurvivorJourneyWorkflow:
                 s.write_off_proposal.proposed_by if s.write_off_proposal else ""
             ),
             write_off_reason=s.write_off_proposal.reason if s.write_off_proposal else "",
+            waiting_for_funds_minor=self._waiting_for_funds_minor,
         )
 
     # --- helpers -----------------------------------------------------------------------

@@ -33,6 +33,12 @@ TEMPLATES: dict[str, dict[str, str]] = {
         "az": "{loan_id} krediti {days_past_due} gün gecikib: kredit komitəsinin baxışı lazımdır.",
         "en": "Loan {loan_id} is {days_past_due} days past due: credit committee review needed.",
     },
+    "disbursement_waiting_for_funds": {
+        "az": "{loan_id} krediti üzrə {amount} məbləğində hissə fondda vəsait çatışmadığı üçün "
+        "verilə bilmir; vəsait daxil olana qədər hər gün yenidən cəhd ediləcək.",
+        "en": "Tranche {sequence} of loan {loan_id} ({amount}) cannot be paid out: the fund's "
+        "available balance is too small. It is tried again each day until the fund covers it.",
+    },
     "follow_up_due": {
         "az": "Sağ qalan {survivor_id} ilə {months} aylıq təsir görüşünün vaxtıdır.",
         "en": "The {months}-month impact follow-up with survivor {survivor_id} is due.",
