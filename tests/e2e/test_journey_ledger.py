@@ -235,15 +235,18 @@ async def test_a_journey_counts_its_days_in_baku(
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("repaid_meanwhile", [False, True], ids=["in-part", "in-full"])
 async def test_a_tranche_the_fund_cannot_cover_waits_for_the_fund(
     cluster: Cluster,
     time_skipping_env: WorkflowEnvironment,
     activities: JourneyActivities,
     task_queue: str,
+    repaid_meanwhile: bool,
 ) -> None:
     """The fund has too little left for the feed tranche: the journey waits, says so, and
-    pays it out the day repayments have brought the money back (lending's refusal failed
-    the journey for good, its loan left ACTIVE with nothing following it)."""
+    pays it out the day repayments have brought the money back; a loan repaid in full
+    meanwhile lapses the tranche. (Lending's refusal failed the journey for good, its loan
+    left ACTIVE with nothing following it.)"""
     env = time_skipping_env
     fund_id = await open_fund(cluster, 250_000)
     loan = LoanRequest(
@@ -266,19 +269,26 @@ async def test_a_tranche_the_fund_cannot_cover_waits_for_the_fund(
         assert status.waiting_for_funds_minor == 100_000
         fund = (await cluster.lending.GetFund(lending_pb.GetFundRequest(fund_id=fund_id))).fund
         assert fund.available_minor == 50_000
-        # The borrower repays 600 AZN of the fish money: the fund has 1,100 AZN again, and
-        # the next day's try pays the feed out.
-        await pay(cluster, env, status.loan_id, 60_000)
-        status = await skip_until(
-            env, handle, lambda s: s.stage == "GRACE", step=timedelta(hours=2),
-            limit=timedelta(days=2),
-        )  # fmt: skip
+        if repaid_meanwhile:  # the fish money repaid, the journey told
+            await pay(cluster, env, status.loan_id, 200_000)
+            await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(status.loan_id))
+            status = await skip_until(
+                env, handle, lambda s: s.stage == "REPAID", step=STEP, limit=SOON
+            )
+            tranches = [200_000]
+        else:  # 600 AZN repaid: the fund has 1,100 AZN again, and the next day's try pays
+            await pay(cluster, env, status.loan_id, 60_000)
+            status = await skip_until(
+                env, handle, lambda s: s.stage == "GRACE", step=timedelta(hours=2),
+                limit=timedelta(days=2),
+            )  # fmt: skip
+            assert status.outstanding_minor == 240_000
+            tranches = [200_000, 100_000]
         assert status.waiting_for_funds_minor == 0
-        assert status.outstanding_minor == 240_000
         ledger = (
             await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=status.loan_id))
         ).loan
-        assert [t.amount_minor for t in ledger.tranches] == [200_000, 100_000]
+        assert [t.amount_minor for t in ledger.tranches] == tranches
         sent = await activities.outbox.db.pool.fetch(
             "SELECT kind, recipient FROM outbox WHERE dedupe_key LIKE $1",
             f"{handle.id}/waiting-for-funds/%",

@@ -334,9 +334,6 @@ class SurvivorJourneyWorkflow:
 
     async def _journey(self, journey: JourneyInput) -> JourneyStatus:
         self._input = journey
-        problem = journey.loan.plan_problem() if journey.loan else ""
-        if problem and workflow.patched(FUND_WAIT_PATCH):
-            raise ApplicationError(problem, type="INVALID_TRANCHE_PLAN", non_retryable=True)
         self._days = WorkflowDays.since(PROGRAMME_DAYS_PATCH)
         if workflow.patched(FEWER_TASKS_PATCH):
             self._fewer_tasks = True
@@ -347,6 +344,11 @@ class SurvivorJourneyWorkflow:
         if journey.resume is not None:  # continued as new in the repayment cycle
             self._s = journey.resume
             return await self._after_disbursement()
+        # Checked before anything is asked of lending (not in a run continued as new: its
+        # loan is being repaid already).
+        problem = journey.loan.plan_problem() if journey.loan else ""
+        if problem and workflow.patched(FUND_WAIT_PATCH):
+            raise ApplicationError(problem, type="INVALID_TRANCHE_PLAN", non_retryable=True)
 
         assess = AssessInput(journey.survivor_id, self._days.today().isoformat())
         if self._fewer_tasks:  # independent reads: both at once, in the first task
@@ -537,12 +539,15 @@ class SurvivorJourneyWorkflow:
                     return
             elif due > self._days.today():
                 await self._sleep(self._days.until(due))
-            self._set_loan(await self._paid_out(sequence, tranche))
+            paid = await self._paid_out(sequence, tranche)
+            if paid is None:  # repaid while it waited for the fund: the rest lapses
+                return
+            self._set_loan(paid)
             self._s.tranches_disbursed = sequence
 
-    async def _paid_out(self, sequence: int, tranche: TranchePlan) -> LoanSummary:
+    async def _paid_out(self, sequence: int, tranche: TranchePlan) -> LoanSummary | None:
         """Disburse one tranche; a fund too small for it is waited for (FUND_WAIT_PATCH),
-        trying again each day."""
+        trying again each day. None if the loan closed meanwhile."""
         assert self._input is not None and self._s.loan is not None
         told = False
         while True:
@@ -578,7 +583,8 @@ class SurvivorJourneyWorkflow:
             try:  # tomorrow, or sooner if money moves on the loan itself
                 with contextlib.suppress(TimeoutError):
                     await self._wait_condition(self._news_unread, within=FUND_READ_EVERY)
-                self._news_at_read = self._loan_news
+                if self._news_unread() and loan_closed(await self._snapshot()):
+                    return None
             finally:
                 self._waiting_for_funds_minor = 0
 
