@@ -7,11 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
+import asyncpg
 import grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mineaction.lending.v1 import lending_service_pb2 as pb
+from services.common.db import database_url
 from tests.conftest import Cluster
 from tests.factories import pdate, request_id
 from tests.lending_helpers import (
@@ -183,3 +185,24 @@ async def _posting_count(cluster: Cluster, fund_id: str) -> int:
         "SELECT count(*) FROM postings WHERE fund_id = $1", fund_id
     )
     return count
+
+
+async def test_the_loan_positions_rebuilt_from_the_postings_are_the_ones_kept(
+    cluster: Cluster,
+) -> None:
+    """The operator's check after a restore: `SELECT lending.loan_positions_rebuild()` from a
+    plain session (default search_path) recomputes every position from the postings, and
+    they equal the ones the ledger trigger kept."""
+    fund_id = await open_fund(cluster, CAPITAL)
+    loan = await approved_loan(cluster.lending, fund_id=fund_id, amount_minor=100_000)
+    await disburse(cluster.lending, loan.loan_id, 100_000, date(2026, 4, 10))
+    await cluster.lending.RecordRepayment(repayment(loan.loan_id, 30_000, date(2026, 5, 10)))
+    kept = "SELECT * FROM lending.loan_positions ORDER BY loan_id"
+    conn = await asyncpg.connect(database_url(cluster.settings))
+    try:
+        before = await conn.fetch(kept)
+        await conn.execute("SELECT lending.loan_positions_rebuild()")
+        assert await conn.fetch(kept) == before
+    finally:
+        await conn.close()
+    assert any(row["loan_id"] == loan.loan_id for row in before)
