@@ -261,3 +261,31 @@ async def test_values_postgresql_cannot_store_are_invalid_argument_on_their_fiel
     assert entry is not None, "the refusal was not audited"
     assert entry["code"] == "INVALID_ARGUMENT"
     assert json.loads(entry["resource_ids"])["survivor_id"] == "srv\\x00nul"
+
+
+async def test_names_and_codes_with_invisible_characters_are_refused(cluster: Cluster) -> None:
+    """A zero-width space after a name made it another person to four eyes (the submitter
+    approving their own application); a blank or repeated injury code was stored as given."""
+    approve = lending_service_pb2.ApproveLoanRequest(
+        request_id=request_id(),
+        loan_id="loan-0001",
+        approved_by="cw-01\u200b",
+        committee_decision_ref="CM-2026-300",
+    )
+    intake = saatli_fish_farmer()
+    del intake.injuries[:]
+    intake.injuries.extend(["lower_limb_amputation", "lower_limb_amputation", " ", "leg\x1b[31m"])
+    before = await cluster.row_counts()
+    for rpc, request, expected in (
+        (cluster.lending.ApproveLoan, approve, {"approved_by"}),
+        (
+            cluster.eligibility.RegisterSurvivor,
+            register_request(intake),
+            {"intake.injuries", "intake.injuries[2]", "intake.injuries[3]"},
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await rpc(request, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        assert set(details(caught.value)[1]) == expected, caught.value.details()
+    assert await cluster.row_counts() == before

@@ -358,7 +358,7 @@ class SurvivorIntake(_message.Message):
 
     @_builtins.property
     def injuries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Injuries sustained, free-text codes such as "lower_limb_amputation"."""
+        """Injuries sustained, free-text codes such as "lower_limb_amputation", each once."""
 
     @_builtins.property
     def functioning(self) -> _containers.RepeatedCompositeFieldContainer[Global___FunctioningDifficulty]:
