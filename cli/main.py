@@ -694,14 +694,23 @@ async def _with_ledger_figures(status: JourneyStatus, language: str) -> JourneyS
     if answer is None:
         return status
     snap = loan_snapshot_of(answer, today)
+    # A write-off proposed straight with lending, when the journey holds none.
+    proposal = (
+        answer.write_off_proposal
+        if answer.HasField("write_off_proposal") and not status.write_off_proposed_by
+        else None
+    )
     return dataclasses.replace(
         status,
         loan_status=snap.status,
         outstanding_minor=snap.outstanding_minor,
         days_past_due=snap.days_past_due,
+        overdue_minor=snap.overdue_minor,
         next_due_date=snap.next_due_date,
         next_due_minor=snap.next_due_minor,
         closed_on=snap.closed_on,
+        write_off_proposed_by=proposal.proposed_by if proposal else status.write_off_proposed_by,
+        write_off_reason=proposal.reason if proposal else status.write_off_reason,
     )
 
 

@@ -79,6 +79,7 @@ LABELS: dict[str, dict[str, str]] = {
     "next_due": {"en": "Next instalment", "az": "Növbəti ödəniş"},
     "outstanding": {"en": "Outstanding (AZN)", "az": "Qalıq borc (AZN)"},
     "days_past_due": {"en": "Days past due", "az": "Gecikmə günləri"},
+    "overdue": {"en": "Overdue", "az": "Vaxtı keçmiş borc"},
     "assistance": {"en": "Assistance", "az": "Yardım"},
     "follow_ups": {"en": "Follow-ups recorded", "az": "Qeydə alınmış izləmələr"},
     "follow_up_due": {"en": "Follow-up due", "az": "Gözlənilən izləmə"},
@@ -433,6 +434,11 @@ def journey_table(
             f"{status.next_due_date}: {manat(status.next_due_minor)} AZN"
             if status.next_due_date and not status.loan_status.startswith("CLOSED")
             else none,
+        ),
+        *(
+            [(label("overdue", lang), f"{manat(status.overdue_minor)} AZN")]
+            if status.overdue_minor
+            else []
         ),
         (label("outstanding", lang), manat(status.outstanding_minor) if status.loan_id else none),
         (label("days_past_due", lang), str(status.days_past_due)),

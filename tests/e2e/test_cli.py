@@ -1005,6 +1005,9 @@ async def test_a_write_off_proposed_with_lending_is_confirmed_from_the_journey(
                 write_off_date=pdate(programme_today()),
             )
         )
+        # `journey status` shows it, read from lending with the loan's figures.
+        shown = table_rows((await mineaction(cli_env, "journey", "status", survivor_id)).stdout)
+        assert shown["Write-off proposed"] == "lo-07: the pond flooded; no contact for a year"
         line = one_error_line(await mineaction(cli_env, *confirm, "LO-07"))
         assert line == "error: four eyes: lo-07 proposed this write-off; someone else confirms it"
         ran = await mineaction(cli_env, *confirm, "pm-01")

@@ -460,6 +460,8 @@ class JourneyStatus:
     # A write-off proposed and awaiting its confirmation ("" when none).
     write_off_proposed_by: str = ""
     write_off_reason: str = ""
+    # Principal fallen due and not paid, in qəpik (0 when nothing is overdue).
+    overdue_minor: int = 0
     # A tranche lending refused for want of money, in qəpik: the journey waits for the
     # fund and tries again each day (0 when none waits).
     waiting_for_funds_minor: int = 0

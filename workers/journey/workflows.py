@@ -646,10 +646,14 @@ class SurvivorJourneyWorkflow:
                         remind_on
                     ):
                         continue
+                    # A borrower behind is told what is overdue too, not only what is next.
                     await self._notify(
-                        "repayment_reminder",
+                        "repayment_reminder_in_arrears"
+                        if snap.overdue_minor
+                        else "repayment_reminder",
                         self._input.survivor_id,
-                        {"amount_minor": snap.next_due_minor, "due_date": snap.next_due_date},
+                        {"amount_minor": snap.next_due_minor, "due_date": snap.next_due_date}
+                        | ({"overdue_minor": snap.overdue_minor} if snap.overdue_minor else {}),
                         key=f"reminder/{snap.next_due_date}",
                         language=self._s.profile.preferred_language,
                     )
@@ -1051,6 +1055,7 @@ class SurvivorJourneyWorkflow:
                 snap.outstanding_minor if snap else s.loan.outstanding_minor if s.loan else 0
             ),
             days_past_due=snap.days_past_due if snap else 0,
+            overdue_minor=snap.overdue_minor if snap and not closed else 0,
             assistance=list(s.assistance.values()),
             follow_ups_recorded=list(s.follow_ups_recorded),
             follow_up_due=s.follow_up_due,

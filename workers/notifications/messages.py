@@ -17,6 +17,12 @@ TEMPLATES: dict[str, dict[str, str]] = {
         "az": "Hörmətli borcalan, {amount} məbləğində növbəti ödənişin vaxtı {due_date} tarixidir.",
         "en": "Dear borrower, your next repayment of {amount} is due on {due_date}.",
     },
+    "repayment_reminder_in_arrears": {
+        "az": "Hörmətli borcalan, {overdue} məbləğində ödənişin vaxtı keçib; {amount} məbləğində "
+        "növbəti ödənişin vaxtı {due_date} tarixidir.",
+        "en": "Dear borrower, {overdue} of your repayments is overdue; your next repayment of "
+        "{amount} is due on {due_date}.",
+    },
     "committee_reminder": {
         "az": "{loan_id} kredit müraciəti {days} gündür kredit komitəsinin qərarını gözləyir.",
         "en": "Loan application {loan_id} has awaited the credit committee for {days} days.",
