@@ -19,8 +19,11 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import asyncpg
 
 from services.common.auth import ensure_dev_credentials
 from services.common.channels import DEV_TOKEN_FILE
@@ -29,6 +32,8 @@ from services.common.metrics import PORT_OFFSETS, metrics_port
 from workers.codec import ensure_keyring
 
 BIN = Path(sys.executable).parent
+# The database the state folder's journeys were started with (see pair_with_database).
+INSTALLATION_FILE = "installation-id"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -156,6 +161,54 @@ def metrics_ports(settings: Settings, process: str) -> list[int]:
     return [port] if port else []
 
 
+def pair_with_database(state_dir: Path, database_url: str) -> None:
+    """The journeys in the state folder (Temporal's temporal.db) refer to survivors, loans
+    and assistance in one database. Each database is stamped with an id on its first start
+    (schema `cluster`), and the state folder keeps the id of its own: a start that pairs
+    the folder with another database is refused (RuntimeError), before anything starts.
+    Pointed at a new database with an old state folder, the cluster started "healthy" and
+    every journey then failed on a loan that does not exist."""
+    import asyncio
+
+    recorded_file = state_dir / INSTALLATION_FILE
+    recorded = recorded_file.read_text().strip() if recorded_file.exists() else ""
+
+    async def stamp() -> str:
+        conn = await asyncpg.connect(database_url)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('cluster.installation'))")
+                await conn.execute(
+                    """CREATE SCHEMA IF NOT EXISTS cluster;
+                       CREATE TABLE IF NOT EXISTS cluster.installation (
+                           installation_id text PRIMARY KEY,
+                           stamped_at timestamptz NOT NULL DEFAULT now())"""
+                )
+                found: str | None = await conn.fetchval(
+                    "SELECT installation_id FROM cluster.installation"
+                )
+                if found is None and not recorded:  # both new: pair them
+                    found = str(uuid.uuid4())
+                    await conn.execute(
+                        "INSERT INTO cluster.installation (installation_id) VALUES ($1)", found
+                    )
+                return found or ""
+        finally:
+            await conn.close()
+
+    found = asyncio.run(stamp())
+    if recorded and recorded != found:
+        raise RuntimeError(
+            f"the journeys in {state_dir} (temporal.db) belong to another database than this "
+            "one: their survivors, loans and assistance are not in it. Point DATABASE_URL at "
+            "the database they were started with, or give this database a state folder of "
+            f"its own (MINEACTION_STATE_DIR). If the data was restored on purpose, delete "
+            f"{recorded_file} to pair the two. Nothing was started."
+        )
+    if not recorded:
+        recorded_file.write_text(found + "\n")
+
+
 class Cluster:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -183,6 +236,9 @@ class Cluster:
             server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
             self._postgres = server
             self.env["DATABASE_URL"] = str(server.get_uri())
+        if self.settings.temporal_address is None:  # the journeys live in the state folder
+            database_url = self.env.get("DATABASE_URL") or str(self.settings.database_url)
+            pair_with_database(self.settings.state_dir, database_url)
         self.env["TEMPORAL_ADDRESS"] = self.settings.effective_temporal_address
         # Everything starts at once (the worker retries until Temporal answers); then we
         # wait until each part listens.

@@ -55,7 +55,7 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     server.cleanup()
 
 
-def _with_database(url: str, name: str) -> str:
+def with_database(url: str, name: str) -> str:
     """The same server URL pointing at another database."""
     base, _, query = url.partition("?")
     head, _, _ = base.rpartition("/")
@@ -69,7 +69,7 @@ async def database_url(postgres_server_url: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(postgres_server_url)
     await admin.execute(f"CREATE DATABASE {name}")
     await admin.close()
-    yield _with_database(postgres_server_url, name)
+    yield with_database(postgres_server_url, name)
     admin = await asyncpg.connect(postgres_server_url)
     await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     await admin.close()

@@ -1173,7 +1173,7 @@ async def test_steering_a_journey_from_the_cli(
             "SELECT start_date, end_date FROM delinquency_pauses WHERE loan_id = $1",
             (await status_of(handle)).loan_id,
         )
-        assert pause["start_date"] == programme_today()
+        assert pause is not None and pause["start_date"] == programme_today()
         assert (pause["end_date"] - pause["start_date"]).days + 1 == 60, pause
         ran = await mineaction(cli_env, *hardship, "--new-term-months", "18", "--grace-months", "3")
         assert ran.exit_code == 0, ran

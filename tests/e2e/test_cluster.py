@@ -4,6 +4,7 @@ half a cluster when a port is taken."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,16 +13,20 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import asyncpg
 import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cluster.run import pair_with_database
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
+from tests.conftest import with_database
 from tests.factories import register_request
 from tests.ports import free_port, free_port_block
 
@@ -232,3 +237,33 @@ def test_taken_port_is_named_and_nothing_starts(cluster_env: dict[str, str]) -> 
     assert f"port {taken} (needed by lending)" in result.stderr
     assert "Nothing was started" in result.stderr
     assert not port_open(int(cluster_env["TEMPORAL_PORT"]))
+
+
+async def test_a_state_folder_is_paired_with_its_database(
+    postgres_server_url: str, tmp_path: Path
+) -> None:
+    """The journeys in a state folder refer to one database's loans and survivors: a start
+    that points the folder at another database is refused, saying what to do (it started
+    "healthy", and every journey then failed on a loan that does not exist)."""
+    names = [f"mineaction_pair_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    admin = await asyncpg.connect(postgres_server_url)
+    try:
+        for name in names:
+            await admin.execute(f"CREATE DATABASE {name}")
+        first, second = (with_database(postgres_server_url, name) for name in names)
+        state, other_state = tmp_path / "state", tmp_path / "other"
+        state.mkdir()
+        other_state.mkdir()
+        await asyncio.to_thread(pair_with_database, state, first)  # both new: paired
+        await asyncio.to_thread(pair_with_database, state, first)  # restarted: the same
+        with pytest.raises(RuntimeError) as refused:  # the old folder, a new database
+            await asyncio.to_thread(pair_with_database, state, second)
+        assert "belong to another database" in str(refused.value)
+        assert str(state / "installation-id") in str(refused.value)
+        await asyncio.to_thread(pair_with_database, other_state, second)  # its own folder
+        with pytest.raises(RuntimeError):  # and each database stays with its own folder
+            await asyncio.to_thread(pair_with_database, state, second)
+    finally:
+        for name in names:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()

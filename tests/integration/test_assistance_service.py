@@ -792,7 +792,9 @@ async def test_an_actor_of_only_spaces_is_invalid_and_writes_nothing(
     }
     for field, call in calls.items():
         error = await assert_writes_nothing(cluster, call(), grpc.StatusCode.INVALID_ARGUMENT)
-        assert violations(error)[field] == "must name who acts, not only spaces"
+        assert violations(error)[field] == (
+            "must name who acts: not only spaces, and no control or invisible formatting characters"
+        )
     # From a staff token a blank name is someone other than the caller.
     async with cluster.channel("assistance", cluster.token_for("case_worker")) as channel:
         as_staff = pb_grpc.AssistanceServiceStub(channel)
