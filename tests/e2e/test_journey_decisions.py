@@ -1,8 +1,8 @@
 """People's decisions that the lending service refuses, or that come twice the same day,
 on the real Temporal dev server with the real services: a refused decision leaves the
 journey ready for a correct one and says why; a second hardship request the same day is
-a request of its own; a write-off's four eyes ignore case as lending does; a closed loan
-has no next instalment."""
+a request of its own; a write-off's four eyes ignore case as lending does, and its
+proposal is the one lending holds; a closed loan has no next instalment."""
 
 from __future__ import annotations
 
@@ -24,12 +24,14 @@ from tests.journey_helpers import (
     start_journey,
     status_of,
     wait_for_stage,
+    wait_until,
 )
 from tests.lending_helpers import active_loan, lending_db, open_fund
 from workers.journey.activities import JourneyActivities, step_request_id
 from workers.journey.model import (
     CommitteeDecision,
     Hardship,
+    LoanChanged,
     SnapshotInput,
     WriteOffDecision,
     WriteOffInput,
@@ -307,3 +309,63 @@ async def test_a_withdrawal_of_the_decisions_own_proposal_stands(
     )
     assert summary.status == "CLOSED_WRITTEN_OFF"
     assert await written_off_transactions(cluster, loan.loan_id) == 1
+
+
+@pytest.mark.timeout(120)
+async def test_a_write_off_proposal_is_one_the_journey_and_lending_both_see(
+    cluster: Cluster, dev_client: Client, activities: JourneyActivities, task_queue: str
+) -> None:
+    """A proposal made through the journey is recorded with lending at once (GetLoan
+    shows it; lending's own withdrawal withdraws it and the journey, told, lets it go); one
+    made through lending's API is the journey's to confirm once it has read the loan. The
+    journey held its own, which lending never saw, and saw none made with lending."""
+    async with build_worker(dev_client, activities, task_queue):
+        handle, loan_id = await approved_journey(cluster, dev_client, task_queue)
+
+        async def lendings_proposal() -> lending_pb.LoanWriteOffProposal | None:
+            got = await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=loan_id))
+            return got.write_off_proposal if got.HasField("write_off_proposal") else None
+
+        await handle.execute_update(
+            SurvivorJourneyWorkflow.propose_write_off,
+            WriteOffProposal("the business has closed", "lo-01"),
+        )
+        proposal = await lendings_proposal()
+        assert proposal is not None and proposal.proposed_by == "lo-01"
+        # A second proposal while one is open: refused, saying which one is open.
+        with pytest.raises(WorkflowUpdateFailedError) as raised:
+            await handle.execute_update(
+                SurvivorJourneyWorkflow.propose_write_off,
+                WriteOffProposal("the borrower moved away", "lo-02"),
+            )
+        assert "proposed already, by lo-01 (the business has closed)" in str(refusal(raised.value))
+        await withdraw(cluster, loan_id)  # withdrawn through lending's API
+        await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+        status = await wait_until(
+            handle, lambda s: not s.write_off_proposed_by, "read the withdrawal", within=10
+        )
+        assert status.loan_status == "ACTIVE"
+
+        # Proposed through lending's API: the journey, told, holds it and confirms it.
+        await cluster.lending.ProposeLoanWriteOff(
+            lending_pb.ProposeLoanWriteOffRequest(
+                request_id=request_id(),
+                loan_id=loan_id,
+                reason="the pond flooded",
+                proposed_by="lo-07",
+                write_off_date=pdate(programme_today()),
+            )
+        )
+        await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+        status = await wait_until(
+            handle, lambda s: s.write_off_proposed_by == "lo-07", "read the proposal", within=10
+        )
+        assert status.write_off_reason == "the pond flooded"
+        written_off = await handle.execute_update(
+            SurvivorJourneyWorkflow.record_write_off,
+            WriteOffDecision("the pond flooded", "lo-07", "pm-01"),
+        )
+        assert written_off.loan_status == "CLOSED_WRITTEN_OFF"
+        assert (await handle.result()).stage == "WRITTEN_OFF"
+    assert await lendings_proposal() is None
+    assert await written_off_transactions(cluster, loan_id) == 1

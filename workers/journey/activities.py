@@ -54,6 +54,7 @@ from workers.journey.model import (
     SnapshotInput,
     SurvivorProfile,
     WriteOffInput,
+    WriteOffStepInput,
 )
 from workers.notifications.outbox import Outbox
 
@@ -216,6 +217,8 @@ def loan_snapshot_of(answer: lending_pb.GetLoanResponse, today: date) -> LoanSna
         else 0,
         first_due_date=first_due_date,
         tranches=len(loan.tranches),
+        write_off_proposed_by=answer.write_off_proposal.proposed_by,
+        write_off_reason=answer.write_off_proposal.reason,
     )
 
 
@@ -615,6 +618,52 @@ class JourneyActivities:
         )
         return _loan_summary(response.loan)
 
+    # A write-off recorded with lending step by step (WRITE_OFFS_WITH_LENDING_PATCH): each
+    # step a request of its own, numbered by the journey.
+
+    @activity.defn
+    async def propose_loan_write_off(self, params: WriteOffStepInput) -> None:
+        await call(
+            self.lending.ProposeLoanWriteOff,
+            lending_pb.ProposeLoanWriteOffRequest(
+                request_id=step_request_id(f"write-off-step/{params.number}"),
+                loan_id=params.loan_id,
+                reason=params.reason,
+                proposed_by=params.person,
+                write_off_date=pdate(params.write_off_date),
+            ),
+        )
+
+    @activity.defn
+    async def withdraw_loan_write_off(self, params: WriteOffStepInput) -> None:
+        """Nothing left to withdraw (withdrawn through lending's API meanwhile) is what the
+        withdrawal asked for."""
+        try:
+            await call(
+                self.lending.WithdrawLoanWriteOff,
+                lending_pb.WithdrawLoanWriteOffRequest(
+                    request_id=step_request_id(f"write-off-step/{params.number}"),
+                    loan_id=params.loan_id,
+                    reason=params.reason,
+                    withdrawn_by=params.person,
+                ),
+            )
+        except ApplicationError as refused:
+            if refused.details[:1] != ("NO_WRITE_OFF_PROPOSAL",):
+                raise
+
+    @activity.defn
+    async def confirm_loan_write_off(self, params: WriteOffStepInput) -> LoanSummary:
+        response = await call(
+            self.lending.ConfirmLoanWriteOff,
+            lending_pb.ConfirmLoanWriteOffRequest(
+                request_id=step_request_id(f"write-off-step/{params.number}"),
+                loan_id=params.loan_id,
+                confirmed_by=params.person,
+            ),
+        )
+        return _loan_summary(response.loan)
+
     # --- assistance --------------------------------------------------------------------
 
     @activity.defn
@@ -719,6 +768,9 @@ class JourneyActivities:
             self.record_repayment,
             self.apply_hardship,
             self.write_off_loan,
+            self.propose_loan_write_off,
+            self.withdraw_loan_write_off,
+            self.confirm_loan_write_off,
             self.record_need,
             self.request_assistance,
             self.advance_assistance,

@@ -239,6 +239,10 @@ class LoanSnapshot:
     closed_on: str = ""
     # Tranches disbursed so far (0 in snapshots recorded before the journey read it).
     tranches: int = 0
+    # The write-off proposed with lending and awaiting its confirmation ("" when none, and
+    # in snapshots recorded before the journey read it).
+    write_off_proposed_by: str = ""
+    write_off_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -273,6 +277,18 @@ class WriteOffInput:
     proposed_by: str
     confirmed_by: str
     write_off_date: str
+
+
+@dataclass(frozen=True)
+class WriteOffStepInput:
+    """One person's step on a write-off recorded with lending (propose, withdraw or
+    confirm); `number` names the step's request, one per step the journey takes."""
+
+    loan_id: str
+    number: int
+    person: str
+    reason: str = ""
+    write_off_date: str = ""
 
 
 @dataclass(frozen=True)
@@ -395,11 +411,15 @@ class Hardship:
 
 @dataclass(frozen=True)
 class WriteOffProposal:
-    """A write-off proposed by one person (a loan officer): held by the journey until a
-    different person (a programme manager) confirms it."""
+    """A write-off proposed by one person (a loan officer), until a different person (a
+    programme manager) confirms it."""
 
     reason: str
     proposed_by: str
+    # Recorded with lending when proposed, as the journey holds it (set by the journey,
+    # WRITE_OFFS_WITH_LENDING_PATCH): confirmed or withdrawn there, and read back from
+    # the ledger. Before, the journey alone held it until the confirmation.
+    with_lending: bool = False
 
 
 @dataclass(frozen=True)
@@ -488,5 +508,6 @@ class JourneyState:
     # carried across continue-as-new, so no two attempts share an id.
     committee_decisions: int = 0
     hardship_requests: int = 0
+    write_off_steps: int = 0
     # The write-off proposed and awaiting its confirmation by someone else.
     write_off_proposal: WriteOffProposal | None = None

@@ -65,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
         WriteOffDecision,
         WriteOffInput,
         WriteOffProposal,
+        WriteOffStepInput,
         WriteOffWithdrawal,
         assistance_workflow_id,
     )
@@ -201,6 +202,12 @@ PAUSE_DAYS_COUNTED_PATCH = "journey-pause-days-counted"
 # tranche plan cannot be paid out as planned (tranches not adding up to the loan) now
 # fails at its start, before anything is asked of lending.
 FUND_WAIT_PATCH = "journey-waits-for-the-fund"
+# Runs from this change on record a write-off proposal with lending as it is made, and
+# withdraw or confirm it there, one request per step; the journey holds what the ledger
+# holds, reading back a proposal made or withdrawn through lending's API. Before, the
+# journey alone held its proposal until the confirmation (lending saw none, and one made
+# through the API was invisible to the journey). Chosen once per run.
+WRITE_OFFS_WITH_LENDING_PATCH = "journey-write-offs-with-lending"
 FUND_READ_EVERY = timedelta(days=1)
 # What a loan the committee approved may have become by the time the journey reads it.
 APPROVED_OR_LATER = ("APPROVED", "ACTIVE", *CLOSED_LOAN_STATES)
@@ -222,10 +229,10 @@ def refused(error: ActivityError) -> ApplicationError:
     return ApplicationError(str(cause or error), type="SERVICE_CALL_FAILED", non_retryable=True)
 
 
-def _short_of_funds(error: ActivityError) -> bool:
-    """Lending refused a disbursement because the fund cannot cover it now."""
+def _refused_because(error: ActivityError, reason: str) -> bool:
+    """The service refused the activity's call with this ErrorInfo reason."""
     cause = error.cause
-    return isinstance(cause, ApplicationError) and cause.details[:1] == ("INSUFFICIENT_FUNDS",)
+    return isinstance(cause, ApplicationError) and cause.details[:1] == (reason,)
 
 
 def loan_closed(snap: LoanSnapshot) -> bool:
@@ -325,6 +332,7 @@ class SurvivorJourneyWorkflow:
         self._early_news = 0
         # A tranche lending refused for want of money, waiting for the fund (0: none).
         self._waiting_for_funds_minor = 0
+        self._write_offs_with_lending = False  # WRITE_OFFS_WITH_LENDING_PATCH
 
     # --- the journey -------------------------------------------------------------------
 
@@ -335,6 +343,7 @@ class SurvivorJourneyWorkflow:
     async def _journey(self, journey: JourneyInput) -> JourneyStatus:
         self._input = journey
         self._days = WorkflowDays.since(PROGRAMME_DAYS_PATCH)
+        self._write_offs_with_lending = workflow.patched(WRITE_OFFS_WITH_LENDING_PATCH)
         if workflow.patched(FEWER_TASKS_PATCH):
             self._fewer_tasks = True
             # What the starter (or the run continued from) already set.
@@ -565,7 +574,9 @@ class SurvivorJourneyWorkflow:
                     ),
                 )
             except ActivityError as error:
-                if not _short_of_funds(error) or not workflow.patched(FUND_WAIT_PATCH):
+                if not _refused_because(error, "INSUFFICIENT_FUNDS") or not workflow.patched(
+                    FUND_WAIT_PATCH
+                ):
                     raise
             self._waiting_for_funds_minor = tranche.amount_minor
             if not told:
@@ -678,6 +689,15 @@ class SurvivorJourneyWorkflow:
             SnapshotInput(self._s.loan.loan_id, self._days.today().isoformat()),
         )
         self._s.snapshot = snap
+        held = self._s.write_off_proposal
+        if self._write_offs_with_lending and (held is None or held.with_lending):
+            # The ledger's proposal, whoever made or withdrew it (a proposal the journey
+            # alone holds, from before the patch, stays the journey's).
+            self._s.write_off_proposal = (
+                WriteOffProposal(snap.write_off_reason, snap.write_off_proposed_by, True)
+                if snap.write_off_proposed_by
+                else None
+            )
         if snap.status != self._s.loan.status:
             self._set_loan(LoanSummary(self._s.loan.loan_id, snap.status))
         self._upsert(sa.DAYS_PAST_DUE.value_set(snap.days_past_due))
@@ -917,19 +937,29 @@ class SurvivorJourneyWorkflow:
     @workflow.update
     async def record_write_off(self, decision: WriteOffDecision) -> JourneyStatus:
         assert self._s.loan is not None
+        held = self._s.write_off_proposal  # (none in histories from before proposals)
+        with_lending = held is not None and held.with_lending
         self._writing_off = True
         try:
-            loan = await self._call(
-                JourneyActivities.write_off_loan,
-                WriteOffInput(
-                    self._s.loan.loan_id,
-                    decision.reason,
-                    decision.proposed_by,
-                    decision.confirmed_by,
-                    self._days.today().isoformat(),
-                ),
-            )
+            if with_lending:  # proposed with lending already: confirmed there
+                loan = await self._call(
+                    JourneyActivities.confirm_loan_write_off,
+                    self._write_off_step(decision.confirmed_by),
+                )
+            else:
+                loan = await self._call(
+                    JourneyActivities.write_off_loan,
+                    WriteOffInput(
+                        self._s.loan.loan_id,
+                        decision.reason,
+                        decision.proposed_by,
+                        decision.confirmed_by,
+                        self._days.today().isoformat(),
+                    ),
+                )
         except ActivityError as error:  # refused: the loan is still being repaid
+            if with_lending and _refused_because(error, "NO_WRITE_OFF_PROPOSAL"):
+                self._s.write_off_proposal = None  # withdrawn through lending's API
             raise refused(error) from None
         finally:
             self._writing_off = False
@@ -961,24 +991,60 @@ class SurvivorJourneyWorkflow:
             )
 
     @workflow.update
-    def propose_write_off(self, proposal: WriteOffProposal) -> JourneyStatus:
+    async def propose_write_off(self, proposal: WriteOffProposal) -> JourneyStatus:
         """One person proposes; a different person confirms it with record_write_off
-        (its validator holds the decision to this proposal). A new proposal replaces it."""
-        self._s.write_off_proposal = proposal
+        (its validator holds the decision to this proposal). Recorded with lending at once
+        (WRITE_OFFS_WITH_LENDING_PATCH); before, held by the journey, a new proposal
+        replacing it."""
+        if not self._write_offs_with_lending:
+            self._s.write_off_proposal = replace(proposal, with_lending=False)
+            return self.status()
+        try:
+            await self._call(
+                JourneyActivities.propose_loan_write_off,
+                self._write_off_step(
+                    proposal.proposed_by, proposal.reason, self._days.today().isoformat()
+                ),
+            )
+        except ActivityError as error:  # refused (one is open already...): nothing changed
+            raise refused(error) from None
+        self._s.write_off_proposal = WriteOffProposal(proposal.reason, proposal.proposed_by, True)
         return self.status()
+
+    def _write_off_step(self, person: str, reason: str = "", on: str = "") -> WriteOffStepInput:
+        """The next step on the loan's write-off with lending: a request of its own."""
+        assert self._s.loan is not None
+        self._s.write_off_steps += 1
+        return WriteOffStepInput(self._s.loan.loan_id, self._s.write_off_steps, person, reason, on)
 
     @propose_write_off.validator
     def validate_write_off_proposal(self, proposal: WriteOffProposal) -> None:
         self._check_loan_being_repaid()
+        held = self._s.write_off_proposal
+        if held is not None and held.with_lending:
+            raise ValueError(
+                f"a write-off is proposed already, by {held.proposed_by} ({held.reason}): "
+                "confirm it, or withdraw it before proposing another"
+            )
         if not proposal.reason.strip():
             raise ValueError("a write-off needs a reason")
         if not proposal.proposed_by.strip():
             raise ValueError("a write-off proposal needs its proposer")
 
     @workflow.update
-    def withdraw_write_off_proposal(self, withdrawal: WriteOffWithdrawal) -> JourneyStatus:
-        """The proposal held is dropped (lending had not been asked yet); the withdrawal,
-        its reason and who made it are in the journey's history."""
+    async def withdraw_write_off_proposal(self, withdrawal: WriteOffWithdrawal) -> JourneyStatus:
+        """The proposal is withdrawn with lending, which keeps the withdrawal on record
+        (WRITE_OFFS_WITH_LENDING_PATCH); a proposal the journey alone holds is dropped
+        (lending had not been asked yet), the withdrawal in the journey's history."""
+        held = self._s.write_off_proposal
+        if held is not None and held.with_lending:
+            try:
+                await self._call(
+                    JourneyActivities.withdraw_loan_write_off,
+                    self._write_off_step(withdrawal.withdrawn_by, withdrawal.reason),
+                )
+            except ActivityError as error:
+                raise refused(error) from None
         self._s.write_off_proposal = None
         return self.status()
 
