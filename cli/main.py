@@ -1085,6 +1085,49 @@ async def _confirm_with_lending(journey_id: str, status: JourneyStatus, confirme
     )
 
 
+@journey_app.command("withdraw")
+def journey_withdraw(
+    survivor_id: Annotated[str, typer.Argument(help="The survivor whose application it is.")],
+    reason: Annotated[str, typer.Option(help="Why the survivor withdraws the application.")],
+    withdrawn_by: Annotated[
+        str, typer.Option(help="Who records it (default: the token's own identity).")
+    ] = "",
+) -> None:
+    """Withdraw the loan application the committee has not decided yet, at the survivor's
+    wish (lending's WithdrawLoan); the journey, told, closes as CLOSED_WITHDRAWN once its
+    assistance items end."""
+
+    async def go() -> None:
+        sid = inputs.identifier(survivor_id, "survivor id")
+        why = inputs.text(reason, "--reason", 1000)
+        who = _staff(withdrawn_by, "--withdrawn-by")
+        _acting(_LENDING + "WithdrawLoan", who)
+        latest, status = await _latest_status(sid, running=True)
+        if status.stage != "COMMITTEE_REVIEW" or status.loan_status != "SUBMITTED":
+            raise CliError(
+                f"{latest.id} has no application awaiting the committee to withdraw "
+                f"(stage {status.stage}, loan {status.loan_status or 'none'})"
+            )
+        withdrawn = await call_lending(
+            "WithdrawLoan",
+            lending_pb.WithdrawLoanRequest(
+                request_id=inputs.request_id(),
+                loan_id=status.loan_id,
+                withdrawn_by=who,
+                reason=why,
+            ),
+            lending_pb.WithdrawLoanResponse,
+        )
+        await _tell_journey(withdrawn.loan, "the withdrawal")
+        render.line(
+            f"application {status.loan_id} withdrawn by {who} ({why}); the journey closes "
+            f"as CLOSED_WITHDRAWN once its assistance items end (mineaction journey status "
+            f"{sid})"
+        )
+
+    run(go())
+
+
 @journey_app.command("refresh")
 def journey_refresh(
     survivor_id: Annotated[str, typer.Argument(help="The survivor whose journey it is.")],

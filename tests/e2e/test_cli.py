@@ -43,6 +43,7 @@ from tests.journey_helpers import (
     follow_up_due,
     own_pool,
     skip_until,
+    start_journey,
     status_of,
     wait_for_stage,
     wait_until,
@@ -1020,6 +1021,34 @@ async def test_a_write_off_proposed_with_lending_is_confirmed_from_the_journey(
         assert status.loan_status == "CLOSED_WRITTEN_OFF"
         loan = (await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=loan_id))).loan
         assert loan.written_off_minor == 500_000 and loan.outstanding_principal_minor == 0
+
+
+@pytest.mark.timeout(120)
+async def test_an_application_withdrawn_from_the_cli_closes_the_journey_as_withdrawn(
+    cli_env: dict[str, str],
+    cluster: Cluster,
+    dev_client: Client,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """The survivor no longer wants the loan: the case worker withdraws the application
+    the committee has not decided (there was no command for it; only the API)."""
+    async with build_worker(dev_client, activities, task_queue):
+        handle = await start_journey(cluster, dev_client, task_queue)
+        status = await wait_for_stage(handle, "COMMITTEE_REVIEW")
+        withdraw = ["journey", "withdraw", status.survivor_id, "--withdrawn-by", "cw-01"]
+        refused = await mineaction(cli_env, *withdraw, "--reason", " ")
+        assert refused.exit_code == 2 and "--reason" in one_error_line(refused), refused
+        ran = await mineaction(cli_env, *withdraw, "--reason", "found work at the hospital")
+        assert ran.exit_code == 0, ran
+        assert ran.stdout.startswith(
+            f"application {status.loan_id} withdrawn by cw-01 (found work at the hospital)"
+        ), ran
+        ended = await handle.result()  # no assistance items to follow: it ends at once
+        assert (ended.stage, ended.loan_status) == ("CLOSED_WITHDRAWN", "WITHDRAWN")
+        # Nothing left to withdraw: said so, nothing sent.
+        line = one_error_line(await mineaction(cli_env, *withdraw, "--reason", "again"))
+        assert "has ended" in line, line
 
 
 async def test_tokens_are_presented_and_a_bad_one_is_refused(
