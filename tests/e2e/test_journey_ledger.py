@@ -235,18 +235,19 @@ async def test_a_journey_counts_its_days_in_baku(
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("repaid_meanwhile", [False, True], ids=["in-part", "in-full"])
+@pytest.mark.parametrize("repaid", ["in part", "in full", "not at all"])
 async def test_a_tranche_the_fund_cannot_cover_waits_for_the_fund(
     cluster: Cluster,
     time_skipping_env: WorkflowEnvironment,
     activities: JourneyActivities,
     task_queue: str,
-    repaid_meanwhile: bool,
+    repaid: str,
 ) -> None:
     """The fund has too little left for the feed tranche: the journey waits, says so, and
     pays it out the day repayments have brought the money back; a loan repaid in full
-    meanwhile lapses the tranche. (Lending's refusal failed the journey for good, its loan
-    left ACTIVE with nothing following it.)"""
+    meanwhile lapses the tranche, and so does the first instalment falling due (lending
+    takes no further tranche then). Lending's refusal failed the journey for good, its
+    loan left ACTIVE with nothing following it."""
     env = time_skipping_env
     fund_id = await open_fund(cluster, 250_000)
     loan = LoanRequest(
@@ -269,14 +270,15 @@ async def test_a_tranche_the_fund_cannot_cover_waits_for_the_fund(
         assert status.waiting_for_funds_minor == 100_000
         fund = (await cluster.lending.GetFund(lending_pb.GetFundRequest(fund_id=fund_id))).fund
         assert fund.available_minor == 50_000
-        if repaid_meanwhile:  # the fish money repaid, the journey told
+        notified = ["disbursement_waiting_for_funds"]  # once, not each day
+        if repaid == "in full":  # the fish money repaid, the journey told
             await pay(cluster, env, status.loan_id, 200_000)
             await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(status.loan_id))
             status = await skip_until(
                 env, handle, lambda s: s.stage == "REPAID", step=STEP, limit=SOON
             )
             tranches = [200_000]
-        else:  # 600 AZN repaid: the fund has 1,100 AZN again, and the next day's try pays
+        elif repaid == "in part":  # 600 AZN: the fund has 1,100 AZN again, the next try pays
             await pay(cluster, env, status.loan_id, 60_000)
             status = await skip_until(
                 env, handle, lambda s: s.stage == "GRACE", step=timedelta(hours=2),
@@ -284,18 +286,27 @@ async def test_a_tranche_the_fund_cannot_cover_waits_for_the_fund(
             )  # fmt: skip
             assert status.outstanding_minor == 240_000
             tranches = [200_000, 100_000]
+        else:  # the first instalment falls due: the feed lapses, the loan goes on
+            status = await skip_until(
+                env, handle, lambda s: s.stage != "DISBURSEMENT", step=timedelta(days=5),
+                limit=timedelta(days=400),
+            )  # fmt: skip
+            assert status.stage in ("REPAYMENT", "ARREARS_REVIEW"), status
+            assert status.outstanding_minor == 200_000
+            tranches = [200_000]
+            notified.append("tranche_lapsed")
         assert status.waiting_for_funds_minor == 0
         ledger = (
             await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=status.loan_id))
         ).loan
         assert [t.amount_minor for t in ledger.tranches] == tranches
         sent = await activities.outbox.db.pool.fetch(
-            "SELECT kind, recipient FROM outbox WHERE dedupe_key LIKE $1",
-            f"{handle.id}/waiting-for-funds/%",
+            """SELECT kind, recipient FROM outbox WHERE dedupe_key LIKE $1
+               AND kind IN ('disbursement_waiting_for_funds', 'tranche_lapsed')
+               ORDER BY queued_at""",
+            f"{handle.id}/%",
         )
-        assert [(r["kind"], r["recipient"]) for r in sent] == [
-            ("disbursement_waiting_for_funds", "cw-51")
-        ]  # once, not each day
+        assert [(r["kind"], r["recipient"]) for r in sent] == [(k, "cw-51") for k in notified]
         await handle.terminate("the test is over")
 
 

@@ -549,14 +549,15 @@ class SurvivorJourneyWorkflow:
             elif due > self._days.today():
                 await self._sleep(self._days.until(due))
             paid = await self._paid_out(sequence, tranche)
-            if paid is None:  # repaid while it waited for the fund: the rest lapses
+            if paid is None:  # repaid meanwhile, or repayments have begun: the rest lapses
                 return
             self._set_loan(paid)
             self._s.tranches_disbursed = sequence
 
     async def _paid_out(self, sequence: int, tranche: TranchePlan) -> LoanSummary | None:
         """Disburse one tranche; a fund too small for it is waited for (FUND_WAIT_PATCH),
-        trying again each day. None if the loan closed meanwhile."""
+        trying again each day. None if the loan closed meanwhile, or if repayments have
+        begun (lending takes no further tranche then: the case worker is told)."""
         assert self._input is not None and self._s.loan is not None
         told = False
         while True:
@@ -574,6 +575,22 @@ class SurvivorJourneyWorkflow:
                     ),
                 )
             except ActivityError as error:
+                if _refused_because(error, "TRANCHE_AFTER_REPAYMENT_START") and workflow.patched(
+                    FUND_WAIT_PATCH
+                ):
+                    # Repayments have begun (the fund was short until the first due date,
+                    # or the plan set it later): the loan goes on with what was paid out.
+                    await self._notify(
+                        "tranche_lapsed",
+                        self._input.case_worker_id,
+                        {
+                            "loan_id": self._s.loan.loan_id,
+                            "sequence": sequence,
+                            "amount_minor": tranche.amount_minor,
+                        },
+                        key=f"tranche-lapsed/{sequence}",
+                    )
+                    return None
                 if not _refused_because(error, "INSUFFICIENT_FUNDS") or not workflow.patched(
                     FUND_WAIT_PATCH
                 ):
