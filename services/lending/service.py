@@ -1028,8 +1028,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     reason="FOUR_EYES",
                 )
             check_transition(request.loan_id, loan["state"], "CLOSED_WRITTEN_OFF")
-            on = proposal["write_off_date"]
-            self._check_write_off_date(loan, on)
+            # The proposal's date; a payment recorded since (the four-eyes lag) moves it to
+            # that payment's date, so the ledger's dates never run backwards.
+            on = max(proposal["write_off_date"], loan["last_value_date"] or date.min)
             txn_id = await ledger.post(
                 conn,
                 fund_id=loan["fund_id"],

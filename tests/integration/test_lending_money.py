@@ -815,6 +815,40 @@ async def test_two_groups_caught_in_a_deadlock_still_answer_every_repayment(
     assert made.get(a) == 2 and made.get(x, 0) + made.get(b, 0) == 1, made
 
 
+async def test_a_payment_during_the_four_eyes_lag_moves_the_write_off_to_its_date(
+    cluster: Cluster,
+) -> None:
+    """A payment recorded between the proposal and its confirmation: the write-off is
+    posted on that payment's date, of what is left (the confirmation was refused as dated
+    before the loan's latest transaction, and nobody could change the date but by
+    withdrawing the proposal)."""
+    loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
+    await cluster.lending.ProposeLoanWriteOff(
+        pb.ProposeLoanWriteOffRequest(
+            request_id=request_id(),
+            loan_id=loan.loan_id,
+            reason="no contact for a year",
+            proposed_by="lo-07",
+            write_off_date=pdate(date(2026, 6, 30)),
+        )
+    )
+    await cluster.lending.RecordRepayment(repayment(loan.loan_id, 10_000, date(2026, 7, 5)))
+    written = await cluster.lending.ConfirmLoanWriteOff(
+        pb.ConfirmLoanWriteOffRequest(
+            request_id=request_id(), loan_id=loan.loan_id, confirmed_by="pm-01"
+        )
+    )
+    assert written.loan.state == pb.LOAN_STATE_CLOSED_WRITTEN_OFF
+    assert written.loan.close_date == pdate(date(2026, 7, 5))
+    assert written.loan.written_off_minor == 110_000
+    async with lending_db(cluster).pool.acquire() as conn:
+        on = await conn.fetchval(
+            "SELECT write_off_date FROM write_offs WHERE loan_id = $1", loan.loan_id
+        )
+        await ledger_invariants(conn)
+    assert on == date(2026, 7, 5)
+
+
 async def test_a_write_off_proposal_can_be_withdrawn_with_a_reason_and_proposed_again(
     cluster: Cluster,
 ) -> None:
