@@ -196,7 +196,12 @@ def pair_with_database(state_dir: Path, database_url: str) -> None:
         finally:
             await conn.close()
 
-    found = asyncio.run(stamp())
+    try:
+        found = asyncio.run(stamp())
+    except (OSError, asyncpg.PostgresError) as error:
+        raise RuntimeError(
+            f"the database could not be reached ({error}); check DATABASE_URL. Nothing was started."
+        ) from None
     if recorded and recorded != found:
         raise RuntimeError(
             f"the journeys in {state_dir} (temporal.db) belong to another database than this "

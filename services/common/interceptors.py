@@ -292,7 +292,7 @@ class AuditInterceptor(UnaryInterceptor):
         def entry(code: str, reason: str) -> AuditRecord:
             # Built when written: authorization fills in on_behalf_of after this step.
             return AuditRecord(
-                subject=caller.principal.subject,
+                subject=spelled_out(caller.principal.subject),
                 roles=sorted(caller.principal.roles),
                 method=method,
                 # A refused request's ids may hold a NUL, which no text column stores.
@@ -300,7 +300,7 @@ class AuditInterceptor(UnaryInterceptor):
                 resource_ids={k: spelled_out(v) for k, v in resource_ids(request).items()},
                 code=code,
                 reason=reason,
-                on_behalf_of=caller.on_behalf_of,
+                on_behalf_of=spelled_out(caller.on_behalf_of),
             )
 
         pending = audit.PendingAudit(entry)

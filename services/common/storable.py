@@ -4,15 +4,18 @@ is not finite (NaN, an infinity: JSON, and so jsonb, has none). A request carryi
 refused as INVALID_ARGUMENT on that field, before any handler runs; it failed as INTERNAL
 at the insert.
 
-Both show in the request's encoding as a zero byte (the character itself; a NaN's or an
-infinity's eight bytes), so only a request whose bytes hold one is walked.
+A NUL shows in the request's encoding as a zero byte, so a request is walked only when
+its bytes hold one, or when its type has a floating-point field (a NaN's bytes need hold
+no zero byte).
 """
 
 from __future__ import annotations
 
 import math
+from functools import cache
 from typing import Any
 
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from services.common.errors import FieldViolation
@@ -21,7 +24,27 @@ NUL = "\x00"
 
 
 def may_hold_unstorable(request: Message) -> bool:
-    return b"\x00" in request.SerializeToString()
+    return _holds_floats(request.DESCRIPTOR) or b"\x00" in request.SerializeToString()
+
+
+@cache
+def _holds_floats(descriptor: Descriptor) -> bool:
+    """Whether a message of this type, at any depth, has a floating-point field (a
+    `data` object's numbers): a NaN's eight bytes need not hold a zero, so such a request
+    is always walked."""
+    seen: set[str] = set()
+    todo = [descriptor]
+    while todo:
+        message = todo.pop()
+        if message.full_name in seen:
+            continue
+        seen.add(message.full_name)
+        for field in message.fields:
+            if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+                return True
+            if field.message_type is not None:
+                todo.append(field.message_type)
+    return False
 
 
 def unstorable_values(message: Message, path: str = "") -> list[FieldViolation]:

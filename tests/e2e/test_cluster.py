@@ -28,7 +28,7 @@ from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from tests.conftest import with_database
 from tests.factories import register_request
-from tests.ports import free_port, free_port_block
+from tests.ports import closed_port, free_port, free_port_block
 
 SERVICES = ("ELIGIBILITY", "LENDING", "ASSISTANCE")
 
@@ -263,6 +263,10 @@ async def test_a_state_folder_is_paired_with_its_database(
         await asyncio.to_thread(pair_with_database, other_state, second)  # its own folder
         with pytest.raises(RuntimeError):  # and each database stays with its own folder
             await asyncio.to_thread(pair_with_database, state, second)
+        # A database that cannot be reached: said in one line, not a traceback.
+        nowhere = f"postgresql://postgres@127.0.0.1:{closed_port()}/postgres"
+        with pytest.raises(RuntimeError, match="the database could not be reached"):
+            await asyncio.to_thread(pair_with_database, state, nowhere)
     finally:
         for name in names:
             await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

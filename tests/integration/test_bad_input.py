@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -206,6 +207,10 @@ def _application(**fields: Any) -> lending_service_pb2.SubmitLoanApplicationRequ
     return request
 
 
+# A NaN (exponent all ones, mantissa not zero) none of whose eight bytes is zero.
+NAN_WITHOUT_A_ZERO_BYTE = struct.unpack("<d", bytes([0x11] * 6 + [0xF1, 0x7F]))[0]
+
+
 def _data(**values: Any) -> struct_pb2.Struct:
     data = struct_pb2.Struct()
     data.update(values)
@@ -230,6 +235,12 @@ async def test_values_postgresql_cannot_store_are_invalid_argument_on_their_fiel
              request_id=request_id(), need_id="need-0001", provider_id="baku-mobility-aids",
              data=_data(seat_width_cm=float("nan")), referral_consent=True),
          "data.seat_width_cm", "double.finite"),
+        (cluster.assistance.RequestAssistance,  # a NaN whose eight bytes hold no zero
+         assistance_service_pb2.RequestAssistanceRequest(
+             request_id=request_id(), need_id="need-0001", provider_id="baku-mobility-aids",
+             data=_data(seat_width_cm=44.3, note=NAN_WITHOUT_A_ZERO_BYTE),
+             referral_consent=True),
+         "data.note", "double.finite"),
         (cluster.assistance.AdvanceAssistance,
          assistance_service_pb2.AdvanceAssistanceRequest(
              request_id=request_id(), assistance_id="asst-0001", action="allocate_from_stock",
@@ -247,20 +258,22 @@ async def test_values_postgresql_cannot_store_are_invalid_argument_on_their_fiel
     assert "data.far" in details(caught.value)[1]  # every such value, not only the first
     assert await cluster.row_counts() == before
 
-    # An id holding a NUL is refused by its own rules; the refusal is audited all the
-    # same, the NUL spelled out (no text column stores it).
-    refused = _application(survivor_id="srv\x00nul")
+    # An id, or the person a service names, holding a NUL is refused by its own rules;
+    # the refusal is audited all the same, the NUL spelled out (no text column stores it).
+    refused = _application(survivor_id="srv\x00nul", submitted_by="cw\x0001")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await cluster.lending.SubmitLoanApplication(refused, timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     db = cluster.hosts["lending"].db
     assert db is not None
     entry = await db.pool.fetchrow(
-        "SELECT code, resource_ids FROM audit_log WHERE request_id = $1", refused.request_id
+        "SELECT code, resource_ids, on_behalf_of FROM audit_log WHERE request_id = $1",
+        refused.request_id,
     )
     assert entry is not None, "the refusal was not audited"
     assert entry["code"] == "INVALID_ARGUMENT"
     assert json.loads(entry["resource_ids"])["survivor_id"] == "srv\\x00nul"
+    assert entry["on_behalf_of"] == "cw\\x0001"
 
 
 async def test_names_and_codes_with_invisible_characters_are_refused(cluster: Cluster) -> None:
