@@ -221,6 +221,30 @@ def same_person(a: str, b: str) -> bool:
     return a.strip().lower() == b.strip().lower()
 
 
+REPAID_BEFORE_CONFIRMATION = "the loan was repaid in full before the write-off was confirmed"
+
+
+async def _withdraw_proposal(
+    conn: Connection, loan_id: str, withdrawn_by: str, reason: str
+) -> asyncpg.Record | None:
+    """The loan's open write-off proposal, moved to write_off_withdrawals (append-only)
+    with who withdrew it and why; None when none is open."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        """WITH proposal AS (
+               DELETE FROM write_off_proposals WHERE loan_id = $1 RETURNING *)
+           INSERT INTO write_off_withdrawals (loan_id, reason, write_off_date,
+               proposed_by, proposed_at, withdrawn_by, withdraw_reason)
+           SELECT loan_id, reason, write_off_date, proposed_by, created_at, $2, $3
+           FROM proposal
+           RETURNING loan_id, reason, write_off_date, proposed_by,
+                     proposed_at AS created_at, withdrawn_by, withdrawn_at""",
+        loan_id,
+        withdrawn_by,
+        reason,
+    )
+    return row
+
+
 def _proposal_to_proto(row: asyncpg.Record) -> pb.LoanWriteOffProposal:
     return pb.LoanWriteOffProposal(
         loan_id=row["loan_id"],
@@ -875,6 +899,11 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     request.reversed_by,
                     f"reopened by reversal {reversal_id}: {request.reason}",
                 )
+                # A write-off proposed before the loan was repaid is not open again: it was
+                # about a loan the borrower then repaid.
+                await _withdraw_proposal(
+                    conn, request.loan_id, request.reversed_by, REPAID_BEFORE_CONFIRMATION
+                )
             return pb.ReverseRepaymentResponse(
                 loan=await self._loan_view(conn, request.loan_id, original["value_date"]),
                 reversal_transaction_id=reversal_id,
@@ -1079,18 +1108,8 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     "write-off proposal can be withdrawn",
                     reason="LOAN_NOT_ACTIVE",
                 )
-            row = await conn.fetchrow(
-                """WITH proposal AS (
-                       DELETE FROM write_off_proposals WHERE loan_id = $1 RETURNING *)
-                   INSERT INTO write_off_withdrawals (loan_id, reason, write_off_date,
-                       proposed_by, proposed_at, withdrawn_by, withdraw_reason)
-                   SELECT loan_id, reason, write_off_date, proposed_by, created_at, $2, $3
-                   FROM proposal
-                   RETURNING loan_id, reason, write_off_date, proposed_by,
-                             proposed_at AS created_at, withdrawn_by, withdrawn_at""",
-                request.loan_id,
-                request.withdrawn_by,
-                request.reason,
+            row = await _withdraw_proposal(
+                conn, request.loan_id, request.withdrawn_by, request.reason
             )
             if row is None:
                 raise FailedPrecondition(

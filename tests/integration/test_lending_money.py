@@ -849,6 +849,50 @@ async def test_a_payment_during_the_four_eyes_lag_moves_the_write_off_to_its_dat
     assert on == date(2026, 7, 5)
 
 
+async def test_a_proposal_made_before_the_loan_was_repaid_is_not_open_again_on_reopening(
+    cluster: Cluster,
+) -> None:
+    """Proposed, then the borrower repays in full, then that payment is reversed: the loan
+    is ACTIVE again, but the old proposal is withdrawn (kept on record), not shown as
+    open, and a new one may be made (the old one came back, and could be neither confirmed
+    nor replaced)."""
+    loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
+    await cluster.lending.ProposeLoanWriteOff(
+        pb.ProposeLoanWriteOffRequest(
+            request_id=request_id(),
+            loan_id=loan.loan_id,
+            reason="no contact for a year",
+            proposed_by="lo-07",
+            write_off_date=pdate(date(2026, 6, 30)),
+        )
+    )
+    paid = await cluster.lending.RecordRepayment(repayment(loan.loan_id, 120_000, date(2026, 7, 5)))
+    assert paid.loan.state == pb.LOAN_STATE_CLOSED_OBLIGATIONS_MET
+    reopened = await cluster.lending.ReverseRepayment(
+        reversal(loan.loan_id, paid.repayment.transaction_id)
+    )
+    assert reopened.loan.state == pb.LOAN_STATE_ACTIVE
+    shown = await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=loan.loan_id))
+    assert not shown.HasField("write_off_proposal")
+    async with lending_db(cluster).pool.acquire() as conn:
+        kept = await conn.fetchrow(
+            "SELECT proposed_by, withdraw_reason FROM write_off_withdrawals WHERE loan_id = $1",
+            loan.loan_id,
+        )
+    assert kept is not None and kept["proposed_by"] == "lo-07"
+    assert kept["withdraw_reason"].startswith("the loan was repaid in full")
+    again = await cluster.lending.ProposeLoanWriteOff(
+        pb.ProposeLoanWriteOffRequest(
+            request_id=request_id(),
+            loan_id=loan.loan_id,
+            reason="the payment bounced; no contact since",
+            proposed_by="lo-07",
+            write_off_date=pdate(date(2026, 7, 10)),
+        )
+    )
+    assert again.proposal.reason == "the payment bounced; no contact since"
+
+
 async def test_a_write_off_proposal_can_be_withdrawn_with_a_reason_and_proposed_again(
     cluster: Cluster,
 ) -> None:
