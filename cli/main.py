@@ -1005,11 +1005,26 @@ def journey_write_off(
             why = inputs.text(reason or "", "--reason", 1000)
             by = inputs.staff(withdrawn_by or principal.subject, "--withdrawn-by")
             _acting(_LENDING + "WithdrawLoanWriteOff", by)
-            await _update_journey(
-                sid,
-                SurvivorJourneyWorkflow.withdraw_write_off_proposal,
-                WriteOffWithdrawal(why, by),
-            )
+            latest, held = await _latest_status(sid, running=True)
+            if held.write_off_proposed_by:
+                await _update_journey(
+                    sid,
+                    SurvivorJourneyWorkflow.withdraw_write_off_proposal,
+                    WriteOffWithdrawal(why, by),
+                )
+            else:  # proposed straight with lending, not read by the journey yet
+                await _lendings_proposal(latest.id, held)
+                await call_lending(
+                    "WithdrawLoanWriteOff",
+                    lending_pb.WithdrawLoanWriteOffRequest(
+                        request_id=inputs.request_id(),
+                        loan_id=held.loan_id,
+                        reason=why,
+                        withdrawn_by=by,
+                    ),
+                    lending_pb.WithdrawLoanWriteOffResponse,
+                )
+                await _tell_journey(sid, held.loan_id, "the withdrawal")
             render.line(f"write-off proposal withdrawn by {by} ({why}); the loan stays ACTIVE")
             return
         if reason is not None:
@@ -1027,32 +1042,48 @@ def journey_write_off(
         confirmer = inputs.staff(confirmed_by or principal.subject, "--confirmed-by")
         _acting(_LENDING + "ConfirmLoanWriteOff", confirmer)
         latest, held = await _latest_status(sid, running=True)
-        if not held.write_off_proposed_by:
-            await _confirm_with_lending(latest.id, held, confirmer)
-            return
-        proposer = held.write_off_proposed_by
+        # A proposal made straight with lending that the journey has not read yet is
+        # confirmed with lending itself, and the journey told.
+        in_lending = (
+            None if held.write_off_proposed_by else await _lendings_proposal(latest.id, held)
+        )
+        proposer = in_lending.proposed_by if in_lending else held.write_off_proposed_by
         # The lending service compares identities case-insensitively.
         if same_person(proposer, confirmer):
             raise CliError(
                 f"four eyes: {proposer} proposed this write-off; someone else confirms it"
             )
-        status = await _update_journey(
-            sid,
-            SurvivorJourneyWorkflow.record_write_off,
-            WriteOffDecision(held.write_off_reason, proposer, confirmer),
-        )
-        render.line(
-            f"written off: proposed by {proposer}, confirmed by {confirmer}; {_loan_line(status)}"
-        )
+        if in_lending is None:
+            status = await _update_journey(
+                sid,
+                SurvivorJourneyWorkflow.record_write_off,
+                WriteOffDecision(held.write_off_reason, proposer, confirmer),
+            )
+            then = _loan_line(status)
+        else:
+            confirmed = await call_lending(
+                "ConfirmLoanWriteOff",
+                lending_pb.ConfirmLoanWriteOffRequest(
+                    request_id=inputs.request_id(), loan_id=held.loan_id, confirmed_by=confirmer
+                ),
+                lending_pb.ConfirmLoanWriteOffResponse,
+            )
+            await _tell_journey(sid, held.loan_id, "the write-off")
+            proposer = f"{proposer} with lending ({in_lending.reason})"
+            then = (
+                f"loan {held.loan_id} {loan_status(confirmed.loan)} "
+                f"(mineaction journey status {sid})"
+            )
+        render.line(f"written off: proposed by {proposer}, confirmed by {confirmer}; {then}")
 
     run(go())
 
 
-async def _confirm_with_lending(journey_id: str, status: JourneyStatus, confirmer: str) -> None:
-    """The journey holds no proposal: one made straight with lending (ProposeLoanWriteOff
-    through the API) is confirmed there, four eyes checked by lending, and the journey
-    told at once (the loan news relay would tell it within seconds)."""
-    sid = status.survivor_id
+async def _lendings_proposal(
+    journey_id: str, status: JourneyStatus
+) -> lending_pb.LoanWriteOffProposal:
+    """The write-off proposal lending holds for the journey's loan; CliError when there is
+    none anywhere."""
     found = (
         await call_lending(
             "GetLoan", lending_pb.GetLoanRequest(loan_id=status.loan_id), lending_pb.GetLoanResponse
@@ -1063,26 +1094,9 @@ async def _confirm_with_lending(journey_id: str, status: JourneyStatus, confirme
     if found is None or not found.HasField("write_off_proposal"):
         raise CliError(
             f"no write-off is proposed for {journey_id}'s loan: one person proposes "
-            f"it first (mineaction journey write-off {sid} --reason ...)"
+            f"it first (mineaction journey write-off {status.survivor_id} --reason ...)"
         )
-    proposal = found.write_off_proposal
-    if same_person(proposal.proposed_by, confirmer):
-        raise CliError(
-            f"four eyes: {proposal.proposed_by} proposed this write-off; someone else confirms it"
-        )
-    confirmed = await call_lending(
-        "ConfirmLoanWriteOff",
-        lending_pb.ConfirmLoanWriteOffRequest(
-            request_id=inputs.request_id(), loan_id=status.loan_id, confirmed_by=confirmer
-        ),
-        lending_pb.ConfirmLoanWriteOffResponse,
-    )
-    await _tell_journey(confirmed.loan, "the write-off")
-    render.line(
-        f"written off: proposed by {proposal.proposed_by} with lending ({proposal.reason}), "
-        f"confirmed by {confirmer}; loan {status.loan_id} {loan_status(confirmed.loan)} "
-        f"(mineaction journey status {sid})"
-    )
+    return found.write_off_proposal
 
 
 @journey_app.command("withdraw")
@@ -1108,7 +1122,7 @@ def journey_withdraw(
                 f"{latest.id} has no application awaiting the committee to withdraw "
                 f"(stage {status.stage}, loan {status.loan_status or 'none'})"
             )
-        withdrawn = await call_lending(
+        await call_lending(
             "WithdrawLoan",
             lending_pb.WithdrawLoanRequest(
                 request_id=inputs.request_id(),
@@ -1118,7 +1132,7 @@ def journey_withdraw(
             ),
             lending_pb.WithdrawLoanResponse,
         )
-        await _tell_journey(withdrawn.loan, "the withdrawal")
+        await _tell_journey(sid, status.loan_id, "the withdrawal")
         render.line(
             f"application {status.loan_id} withdrawn by {who} ({why}); the journey closes "
             f"as CLOSED_WITHDRAWN once its assistance items end (mineaction journey status "
@@ -1527,20 +1541,20 @@ def repay(
              + ("" if paid_on == programme_today() else f" (as of {paid_on})")
         )
         if not repayment.recovery:
-            await _tell_journey(loan)
+            await _tell_journey(loan.survivor_id, loan.loan_id)
 
     run(go())
 
 
-async def _tell_journey(loan: lending_pb.Loan, what: str = "the repayment") -> None:
+async def _tell_journey(survivor_id: str, loan_id: str, what: str = "the repayment") -> None:
     """The survivor's running journey re-reads the loan now (signal `loan_changed`), so a
     loan repaid early is seen closed today. The worker's loan news relay tells it too,
     within seconds; this saves the wait. `what` is recorded whatever Temporal says."""
     try:
         settings = context.settings()
         client = await context.temporal_client(settings)
-        with temporal(settings.effective_temporal_address, f"the journeys of {loan.survivor_id}"):
-            await tell_journeys(client, loan.survivor_id, loan.loan_id)
+        with temporal(settings.effective_temporal_address, f"the journeys of {survivor_id}"):
+            await tell_journeys(client, survivor_id, loan_id)
     except Exception as error:  # whatever it is, the money is recorded: never exit 1 here
         print(
             f"note: {what} is recorded; the survivor's journey was not told "

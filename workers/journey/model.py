@@ -101,6 +101,8 @@ class LoanRequest:
     def plan_problem(self) -> str:
         """Why the tranche plan cannot be paid out as planned ("" when it can): lending
         would refuse a tranche half-way through the loan."""
+        if not self.tranches and not self.purpose.strip():
+            return "the loan has no purpose (it describes the one tranche paid out)"
         plan = self.tranche_plan()
         for number, tranche in enumerate(plan, start=1):
             if tranche.amount_minor <= 0:
