@@ -150,6 +150,27 @@ async def ledger_invariants(conn: asyncpg.Connection | asyncpg.pool.PoolConnecti
     assert empty == 0
 
 
+async def propose_write_off(
+    lending: pb_grpc.LendingServiceStub,
+    loan_id: str,
+    on: date,
+    *,
+    reason: str = "uncollectable",
+    proposed_by: str = "lo-07",
+) -> pb.ProposeLoanWriteOffResponse:
+    """A write-off proposed straight with lending (a committee's own tool), naming the
+    proposer (the default test token relays)."""
+    return await lending.ProposeLoanWriteOff(
+        pb.ProposeLoanWriteOffRequest(
+            request_id=request_id(),
+            loan_id=loan_id,
+            reason=reason,
+            proposed_by=proposed_by,
+            write_off_date=pdate(on),
+        )
+    )
+
+
 async def write_off(
     lending: pb_grpc.LendingServiceStub,
     loan_id: str,
@@ -160,15 +181,7 @@ async def write_off(
     confirmed_by: str = "pm-01",
 ) -> pb.ConfirmLoanWriteOffResponse:
     """Propose, then confirm, naming the two people (the default test token relays)."""
-    await lending.ProposeLoanWriteOff(
-        pb.ProposeLoanWriteOffRequest(
-            request_id=request_id(),
-            loan_id=loan_id,
-            reason=reason,
-            proposed_by=proposed_by,
-            write_off_date=pdate(on),
-        )
-    )
+    await propose_write_off(lending, loan_id, on, reason=reason, proposed_by=proposed_by)
     return await lending.ConfirmLoanWriteOff(
         pb.ConfirmLoanWriteOffRequest(
             request_id=request_id(), loan_id=loan_id, confirmed_by=confirmed_by

@@ -48,7 +48,14 @@ from tests.journey_helpers import (
     wait_for_stage,
     wait_until,
 )
-from tests.lending_helpers import active_loan, approved_loan, feed_end, lending_db, open_fund
+from tests.lending_helpers import (
+    active_loan,
+    approved_loan,
+    feed_end,
+    lending_db,
+    open_fund,
+    propose_write_off,
+)
 from tests.ports import closed_port
 from workers.journey import search_attributes as sa
 from workers.journey.activities import JourneyActivities
@@ -958,14 +965,8 @@ async def test_a_write_off_proposal_withdrawn_from_the_cli(
     line = one_error_line(await mineaction(cli_env, *withdraw))
     assert line == f"error: refused: loan {loan.loan_id} has no write-off proposal to withdraw"
 
-    await cluster.lending.ProposeLoanWriteOff(
-        lending_pb.ProposeLoanWriteOffRequest(
-            request_id=request_id(),
-            loan_id=loan.loan_id,
-            reason="no contact for a year",
-            proposed_by="lo-07",
-            write_off_date=pdate(date(2027, 6, 30)),
-        )
+    await propose_write_off(
+        cluster.lending, loan.loan_id, date(2027, 6, 30), reason="no contact for a year"
     )
     ran = await mineaction(cli_env, *withdraw, "--by", "pm-02")
     assert ran.exit_code == 0, ran
@@ -997,14 +998,11 @@ async def test_a_write_off_proposed_with_lending_is_confirmed_from_the_journey(
         confirm = ["journey", "write-off", survivor_id, "--confirm", "--confirmed-by"]
         line = one_error_line(await mineaction(cli_env, *confirm, "pm-01"))
         assert line.startswith(f"error: no write-off is proposed for {handle.id}'s loan"), line
-        await cluster.lending.ProposeLoanWriteOff(
-            lending_pb.ProposeLoanWriteOffRequest(
-                request_id=request_id(),
-                loan_id=loan_id,
-                reason="the pond flooded; no contact for a year",
-                proposed_by="lo-07",
-                write_off_date=pdate(programme_today()),
-            )
+        await propose_write_off(
+            cluster.lending,
+            loan_id,
+            programme_today(),
+            reason="the pond flooded; no contact for a year",
         )
         # `journey status` shows it, read from lending with the loan's figures.
         shown = table_rows((await mineaction(cli_env, "journey", "status", survivor_id)).stdout)
@@ -1036,14 +1034,8 @@ async def test_a_write_off_proposed_with_lending_is_withdrawn_from_the_journey(
     async with build_worker(dev_client, activities, task_queue):
         handle, loan_id = await approved_journey(cluster, dev_client, task_queue)
         survivor_id = (await status_of(handle)).survivor_id
-        await cluster.lending.ProposeLoanWriteOff(
-            lending_pb.ProposeLoanWriteOffRequest(
-                request_id=request_id(),
-                loan_id=loan_id,
-                reason="proposed on the wrong loan",
-                proposed_by="lo-07",
-                write_off_date=pdate(programme_today()),
-            )
+        await propose_write_off(
+            cluster.lending, loan_id, programme_today(), reason="proposed on the wrong loan"
         )
         ran = await mineaction(
             cli_env, "journey", "write-off", survivor_id, "--withdraw", "--reason", "wrong loan",

@@ -26,7 +26,7 @@ from tests.journey_helpers import (
     wait_for_stage,
     wait_until,
 )
-from tests.lending_helpers import active_loan, lending_db, open_fund
+from tests.lending_helpers import active_loan, lending_db, open_fund, propose_write_off
 from workers.journey.activities import JourneyActivities, step_request_id
 from workers.journey.model import (
     CommitteeDecision,
@@ -347,14 +347,8 @@ async def test_a_write_off_proposal_is_one_the_journey_and_lending_both_see(
         assert status.loan_status == "ACTIVE"
 
         # Proposed through lending's API: the journey, told, holds it and confirms it.
-        await cluster.lending.ProposeLoanWriteOff(
-            lending_pb.ProposeLoanWriteOffRequest(
-                request_id=request_id(),
-                loan_id=loan_id,
-                reason="the pond flooded",
-                proposed_by="lo-07",
-                write_off_date=pdate(programme_today()),
-            )
+        await propose_write_off(
+            cluster.lending, loan_id, programme_today(), reason="the pond flooded"
         )
         await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
         status = await wait_until(

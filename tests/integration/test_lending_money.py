@@ -33,6 +33,7 @@ from tests.lending_helpers import (
     ledger_invariants,
     lending_db,
     open_fund,
+    propose_write_off,
     repayment,
     reversal,
     write_off,
@@ -823,14 +824,8 @@ async def test_a_payment_during_the_four_eyes_lag_moves_the_write_off_to_its_dat
     before the loan's latest transaction, and nobody could change the date but by
     withdrawing the proposal)."""
     loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
-    await cluster.lending.ProposeLoanWriteOff(
-        pb.ProposeLoanWriteOffRequest(
-            request_id=request_id(),
-            loan_id=loan.loan_id,
-            reason="no contact for a year",
-            proposed_by="lo-07",
-            write_off_date=pdate(date(2026, 6, 30)),
-        )
+    await propose_write_off(
+        cluster.lending, loan.loan_id, date(2026, 6, 30), reason="no contact for a year"
     )
     await cluster.lending.RecordRepayment(repayment(loan.loan_id, 10_000, date(2026, 7, 5)))
     written = await cluster.lending.ConfirmLoanWriteOff(
@@ -857,14 +852,8 @@ async def test_a_proposal_made_before_the_loan_was_repaid_is_not_open_again_on_r
     open, and a new one may be made (the old one came back, and could be neither confirmed
     nor replaced)."""
     loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
-    await cluster.lending.ProposeLoanWriteOff(
-        pb.ProposeLoanWriteOffRequest(
-            request_id=request_id(),
-            loan_id=loan.loan_id,
-            reason="no contact for a year",
-            proposed_by="lo-07",
-            write_off_date=pdate(date(2026, 6, 30)),
-        )
+    await propose_write_off(
+        cluster.lending, loan.loan_id, date(2026, 6, 30), reason="no contact for a year"
     )
     paid = await cluster.lending.RecordRepayment(repayment(loan.loan_id, 120_000, date(2026, 7, 5)))
     assert paid.loan.state == pb.LOAN_STATE_CLOSED_OBLIGATIONS_MET
@@ -881,14 +870,11 @@ async def test_a_proposal_made_before_the_loan_was_repaid_is_not_open_again_on_r
         )
     assert kept is not None and kept["proposed_by"] == "lo-07"
     assert kept["withdraw_reason"].startswith("the loan was repaid in full")
-    again = await cluster.lending.ProposeLoanWriteOff(
-        pb.ProposeLoanWriteOffRequest(
-            request_id=request_id(),
-            loan_id=loan.loan_id,
-            reason="the payment bounced; no contact since",
-            proposed_by="lo-07",
-            write_off_date=pdate(date(2026, 7, 10)),
-        )
+    again = await propose_write_off(
+        cluster.lending,
+        loan.loan_id,
+        date(2026, 7, 10),
+        reason="the payment bounced; no contact since",
     )
     assert again.proposal.reason == "the payment bounced; no contact since"
 
