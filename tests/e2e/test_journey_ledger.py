@@ -42,19 +42,26 @@ SOON = timedelta(minutes=30)  # time-skipped: far sooner than any due date
 STEP = timedelta(minutes=5)
 
 
-async def approved_journey(
-    cluster: Cluster, env: WorkflowEnvironment, task_queue: str, loan: LoanRequest, stage: str
+async def started_journey(
+    cluster: Cluster, env: WorkflowEnvironment, task_queue: str, loan: LoanRequest
 ) -> Journey:
-    """A journey whose loan the committee approved, once it reaches `stage`."""
+    """A journey asking for `loan`, for a survivor registered for it."""
     survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
     await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(survivor_id)))
-    handle: Journey = await env.client.start_workflow(
+    return await env.client.start_workflow(
         SurvivorJourneyWorkflow.run,
         JourneyInput(survivor_id=survivor_id, case_worker_id="cw-51", loan=loan),
         id=journey_workflow_id(survivor_id),
         task_queue=task_queue,
         search_attributes=initial_search_attributes(programme_year=1),
     )
+
+
+async def approved_journey(
+    cluster: Cluster, env: WorkflowEnvironment, task_queue: str, loan: LoanRequest, stage: str
+) -> Journey:
+    """A journey whose loan the committee approved, once it reaches `stage`."""
+    handle = await started_journey(cluster, env, task_queue, loan)
     await skip_until(env, handle, lambda s: s.stage == "COMMITTEE_REVIEW", step=timedelta(hours=1))
     await handle.execute_update(
         SurvivorJourneyWorkflow.record_committee_decision,
@@ -320,8 +327,6 @@ async def test_a_tranche_plan_that_cannot_be_paid_out_fails_the_journey_at_its_s
     """Tranches adding up to more than the loan: refused before anything is asked of
     lending (lending refused the second tranche months after the approval)."""
     env = time_skipping_env
-    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
-    await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(survivor_id)))
     loan = LoanRequest(
         "fish_farming",
         500_000,
@@ -329,13 +334,8 @@ async def test_a_tranche_plan_that_cannot_be_paid_out_fails_the_journey_at_its_s
         tranches=[TranchePlan(300_000, "fish", "IN_KIND", 0), TranchePlan(300_000, "feed")],
     )
     async with build_worker(env.client, activities, task_queue):
-        handle: Journey = await env.client.start_workflow(
-            SurvivorJourneyWorkflow.run,
-            JourneyInput(survivor_id=survivor_id, case_worker_id="cw-51", loan=loan),
-            id=journey_workflow_id(survivor_id),
-            task_queue=task_queue,
-            search_attributes=initial_search_attributes(programme_year=1),
-        )
+        handle = await started_journey(cluster, env, task_queue, loan)
+        survivor_id = (await status_of(handle)).survivor_id
         with pytest.raises(WorkflowFailureError) as failed:
             await handle.result()
     cause = failed.value.cause

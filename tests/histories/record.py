@@ -189,28 +189,31 @@ async def write_runs(
         run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
 
 
-async def run_scenario(
-    env: WorkflowEnvironment, cluster: Cluster, name: str, scenario: Scenario, out: Recorded
-) -> None:
-    client = env.client
+async def in_committee_review(
+    env: WorkflowEnvironment, cluster: Cluster, name: str, loan: LoanRequest
+) -> Handle:
+    """The journey of scenario `name`'s survivor, registered for it, asking for `loan`:
+    once it awaits the committee."""
     sid = survivor_id(name)
     await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(sid)))
-    handle: Handle = await client.start_workflow(
+    handle: Handle = await env.client.start_workflow(
         SurvivorJourneyWorkflow.run,
-        JourneyInput(
-            survivor_id=sid,
-            case_worker_id="cw-07",
-            loan=LoanRequest(
-                scenario.product_id,
-                scenario.amount_minor,
-                f"{name} journey",
-                tranches=list(scenario.tranches),
-            ),
-        ),
+        JourneyInput(survivor_id=sid, case_worker_id="cw-07", loan=loan),
         id=journey_workflow_id(sid),
         task_queue=TASK_QUEUE,
     )
     await skip_until(env, handle, lambda s: s.stage == "COMMITTEE_REVIEW", step=timedelta(hours=1))
+    return handle
+
+
+async def run_scenario(
+    env: WorkflowEnvironment, cluster: Cluster, name: str, scenario: Scenario, out: Recorded
+) -> None:
+    client = env.client
+    loan = LoanRequest(
+        scenario.product_id, scenario.amount_minor, f"{name} journey", list(scenario.tranches)
+    )
+    handle = await in_committee_review(env, cluster, name, loan)
     # The case worker who submitted it cannot approve it: lending refuses (four eyes), the
     # update fails with that reason, and the committee's own decision follows.
     try:
@@ -490,19 +493,8 @@ async def run_withdrawn(env: WorkflowEnvironment, cluster: Cluster, out: Recorde
     """The application withdrawn through lending's API while the committee has it; the
     journey, told as the loan news relay tells it, closes as withdrawn."""
     client, name = env.client, "withdrawn"
-    sid = survivor_id(name)
-    await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(sid)))
-    handle: Handle = await client.start_workflow(
-        SurvivorJourneyWorkflow.run,
-        JourneyInput(
-            survivor_id=sid,
-            case_worker_id="cw-07",
-            loan=LoanRequest("fish_farming", 200_000, "fingerlings and feed"),
-        ),
-        id=journey_workflow_id(sid),
-        task_queue=TASK_QUEUE,
-    )
-    await skip_until(env, handle, lambda s: s.stage == "COMMITTEE_REVIEW", step=timedelta(hours=1))
+    loan = LoanRequest("fish_farming", 200_000, "fingerlings and feed")
+    handle = await in_committee_review(env, cluster, name, loan)
     loan_id = (await status_of(handle)).loan_id
     await cluster.lending.WithdrawLoan(
         lending_pb.WithdrawLoanRequest(
