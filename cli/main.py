@@ -1013,7 +1013,7 @@ def journey_write_off(
                     WriteOffWithdrawal(why, by),
                 )
             else:  # proposed straight with lending, not read by the journey yet
-                await _lendings_proposal(latest.id, held)
+                seen = await _lendings_proposal(latest.id, held)
                 await call_lending(
                     "WithdrawLoanWriteOff",
                     lending_pb.WithdrawLoanWriteOffRequest(
@@ -1021,6 +1021,8 @@ def journey_write_off(
                         loan_id=held.loan_id,
                         reason=why,
                         withdrawn_by=by,
+                        proposed_by=seen.proposed_by,
+                        proposal_reason=seen.reason,
                     ),
                     lending_pb.WithdrawLoanWriteOffResponse,
                 )
@@ -1064,7 +1066,11 @@ def journey_write_off(
             confirmed = await call_lending(
                 "ConfirmLoanWriteOff",
                 lending_pb.ConfirmLoanWriteOffRequest(
-                    request_id=inputs.request_id(), loan_id=held.loan_id, confirmed_by=confirmer
+                    request_id=inputs.request_id(),
+                    loan_id=held.loan_id,
+                    confirmed_by=confirmer,
+                    proposed_by=in_lending.proposed_by,
+                    proposal_reason=in_lending.reason,
                 ),
                 lending_pb.ConfirmLoanWriteOffResponse,
             )

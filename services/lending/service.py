@@ -245,6 +245,24 @@ async def _withdraw_proposal(
     return row
 
 
+def _check_proposal_seen(
+    request: pb.ConfirmLoanWriteOffRequest | pb.WithdrawLoanWriteOffRequest,
+    proposal: asyncpg.Record,
+) -> None:
+    """The open proposal is the one the person acting saw, when they say which: another
+    made meanwhile (the one seen withdrawn through the API) is not confirmed or withdrawn
+    in its place."""
+    if (request.proposed_by and not same_person(proposal["proposed_by"], request.proposed_by)) or (
+        request.proposal_reason and proposal["reason"] != request.proposal_reason
+    ):
+        raise FailedPrecondition(
+            f"the write-off proposal open on loan {request.loan_id} is {proposal['proposed_by']}'s "
+            f"({proposal['reason']}), not the one seen; read the loan again",
+            reason="PROPOSAL_CHANGED",
+            metadata={"loan_id": request.loan_id, "proposed_by": proposal["proposed_by"]},
+        )
+
+
 def _proposal_to_proto(row: asyncpg.Record) -> pb.LoanWriteOffProposal:
     return pb.LoanWriteOffProposal(
         loan_id=row["loan_id"],
@@ -901,9 +919,17 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 )
                 # A write-off proposed before the loan was repaid is not open again: it was
                 # about a loan the borrower then repaid.
-                await _withdraw_proposal(
+                if await _withdraw_proposal(
                     conn, request.loan_id, request.reversed_by, REPAID_BEFORE_CONFIRMATION
-                )
+                ):
+                    await self._record_event(
+                        conn,
+                        request.loan_id,
+                        "ACTIVE",
+                        "ACTIVE",
+                        request.reversed_by,
+                        f"write-off withdrawn: {REPAID_BEFORE_CONFIRMATION}",
+                    )
             return pb.ReverseRepaymentResponse(
                 loan=await self._loan_view(conn, request.loan_id, original["value_date"]),
                 reversal_transaction_id=reversal_id,
@@ -1051,6 +1077,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     reason="NO_WRITE_OFF_PROPOSAL",
                     metadata={"loan_id": request.loan_id},
                 )
+            _check_proposal_seen(request, proposal)
             if same_person(proposal["proposed_by"], request.confirmed_by):
                 raise PermissionDenied(
                     "four eyes: whoever proposed a write-off cannot confirm it",
@@ -1108,15 +1135,20 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     "write-off proposal can be withdrawn",
                     reason="LOAN_NOT_ACTIVE",
                 )
-            row = await _withdraw_proposal(
-                conn, request.loan_id, request.withdrawn_by, request.reason
+            proposal = await conn.fetchrow(
+                "SELECT * FROM write_off_proposals WHERE loan_id = $1", request.loan_id
             )
-            if row is None:
+            if proposal is None:
                 raise FailedPrecondition(
                     f"loan {request.loan_id} has no write-off proposal to withdraw",
                     reason="NO_WRITE_OFF_PROPOSAL",
                     metadata={"loan_id": request.loan_id},
                 )
+            _check_proposal_seen(request, proposal)
+            row = await _withdraw_proposal(
+                conn, request.loan_id, request.withdrawn_by, request.reason
+            )
+            assert row is not None  # the loan's row is locked: the proposal is still there
             await self._record_event(
                 conn,
                 request.loan_id,

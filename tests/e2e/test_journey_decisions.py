@@ -363,3 +363,34 @@ async def test_a_write_off_proposal_is_one_the_journey_and_lending_both_see(
         assert (await handle.result()).stage == "WRITTEN_OFF"
     assert await lendings_proposal() is None
     assert await written_off_transactions(cluster, loan_id) == 1
+
+
+@pytest.mark.timeout(120)
+async def test_a_confirmation_of_a_proposal_since_replaced_is_refused_and_the_journey_rereads(
+    cluster: Cluster, dev_client: Client, activities: JourneyActivities, task_queue: str
+) -> None:
+    """The journey's copy is lo-01's proposal; through the API it was withdrawn and lo-07's
+    made, and the journey not told yet: confirming "lo-01's" is refused (it wrote off
+    lo-07's, which the confirmer never saw), and the journey reads the loan again."""
+    async with build_worker(dev_client, activities, task_queue):
+        handle, loan_id = await approved_journey(cluster, dev_client, task_queue)
+        await handle.execute_update(
+            SurvivorJourneyWorkflow.propose_write_off,
+            WriteOffProposal("the business has closed", "lo-01"),
+        )
+        await withdraw(cluster, loan_id)
+        await propose_write_off(
+            cluster.lending, loan_id, programme_today(), reason="the pond flooded"
+        )  # by lo-07
+        with pytest.raises(WorkflowUpdateFailedError) as raised:
+            await handle.execute_update(
+                SurvivorJourneyWorkflow.record_write_off,
+                WriteOffDecision("the business has closed", "lo-01", "pm-01"),
+            )
+        assert refusal(raised.value).details[:1] == ("PROPOSAL_CHANGED",)
+        status = await wait_until(
+            handle, lambda s: s.write_off_proposed_by == "lo-07", "read the loan", within=10
+        )
+        assert status.loan_status == "ACTIVE" and status.write_off_reason == "the pond flooded"
+        await handle.terminate("the test is over")
+    assert await written_off_transactions(cluster, loan_id) == 0

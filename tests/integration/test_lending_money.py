@@ -868,6 +868,10 @@ async def test_a_proposal_made_before_the_loan_was_repaid_is_not_open_again_on_r
             "SELECT proposed_by, withdraw_reason FROM write_off_withdrawals WHERE loan_id = $1",
             loan.loan_id,
         )
+        notes = await conn.fetch(
+            "SELECT note FROM loan_events WHERE loan_id = $1 ORDER BY event_id", loan.loan_id
+        )
+    assert notes[-1]["note"].startswith("write-off withdrawn: the loan was repaid in full")
     assert kept is not None and kept["proposed_by"] == "lo-07"
     assert kept["withdraw_reason"].startswith("the loan was repaid in full")
     again = await propose_write_off(
@@ -877,6 +881,55 @@ async def test_a_proposal_made_before_the_loan_was_repaid_is_not_open_again_on_r
         reason="the payment bounced; no contact since",
     )
     assert again.proposal.reason == "the payment bounced; no contact since"
+
+
+async def test_a_confirmation_or_withdrawal_of_a_proposal_since_replaced_is_refused(
+    cluster: Cluster,
+) -> None:
+    """The person acting says which proposal they saw: one withdrawn through the API and
+    replaced by another meanwhile is not confirmed or withdrawn in its place (the other
+    was, by someone who never saw it)."""
+    loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
+    await propose_write_off(cluster.lending, loan.loan_id, date(2026, 6, 30), proposed_by="lo-01")
+    await cluster.lending.WithdrawLoanWriteOff(
+        pb.WithdrawLoanWriteOffRequest(
+            request_id=request_id(), loan_id=loan.loan_id, reason="mistake", withdrawn_by="pm-02"
+        )
+    )
+    await propose_write_off(
+        cluster.lending, loan.loan_id, date(2026, 6, 30), reason="another reason"
+    )  # by lo-07
+    seen = {"proposed_by": "lo-01", "proposal_reason": "uncollectable"}
+    before = await cluster.row_counts()
+    for call in (
+        cluster.lending.ConfirmLoanWriteOff(
+            pb.ConfirmLoanWriteOffRequest(
+                request_id=request_id(), loan_id=loan.loan_id, confirmed_by="pm-01", **seen
+            )
+        ),
+        cluster.lending.WithdrawLoanWriteOff(
+            pb.WithdrawLoanWriteOffRequest(
+                request_id=request_id(),
+                loan_id=loan.loan_id,
+                reason="seen",
+                withdrawn_by="pm-01",
+                **seen,
+            )
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as changed:
+            await call
+        assert changed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert reason_of(changed.value) == "PROPOSAL_CHANGED"
+        assert "is lo-07's (another reason)" in (changed.value.details() or "")
+    assert await cluster.row_counts() == before
+    written = await cluster.lending.ConfirmLoanWriteOff(
+        pb.ConfirmLoanWriteOffRequest(
+            request_id=request_id(), loan_id=loan.loan_id, confirmed_by="pm-01",
+            proposed_by="LO-07", proposal_reason="another reason",
+        )
+    )  # fmt: skip
+    assert written.loan.state == pb.LOAN_STATE_CLOSED_WRITTEN_OFF
 
 
 async def test_a_write_off_proposal_can_be_withdrawn_with_a_reason_and_proposed_again(

@@ -646,6 +646,8 @@ class JourneyActivities:
                     loan_id=params.loan_id,
                     reason=params.reason,
                     withdrawn_by=params.person,
+                    proposed_by=params.proposed_by,
+                    proposal_reason=params.proposal_reason,
                 ),
             )
         except ApplicationError as refused:
@@ -660,6 +662,8 @@ class JourneyActivities:
                 request_id=step_request_id(f"write-off-step/{params.number}"),
                 loan_id=params.loan_id,
                 confirmed_by=params.person,
+                proposed_by=params.proposed_by,
+                proposal_reason=params.proposal_reason,
             ),
         )
         return _loan_summary(response.loan)

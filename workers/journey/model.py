@@ -291,6 +291,10 @@ class WriteOffStepInput:
     person: str
     reason: str = ""
     write_off_date: str = ""
+    # The proposal a confirmation or a withdrawal is about, as the journey holds it:
+    # lending refuses the step if another is open now (PROPOSAL_CHANGED).
+    proposed_by: str = ""
+    proposal_reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -961,7 +961,7 @@ class SurvivorJourneyWorkflow:
             if with_lending:  # proposed with lending already: confirmed there
                 loan = await self._call(
                     JourneyActivities.confirm_loan_write_off,
-                    self._write_off_step(decision.confirmed_by),
+                    self._write_off_step(decision.confirmed_by, about=held),
                 )
             else:
                 loan = await self._call(
@@ -975,8 +975,8 @@ class SurvivorJourneyWorkflow:
                     ),
                 )
         except ActivityError as error:  # refused: the loan is still being repaid
-            if with_lending and _refused_because(error, "NO_WRITE_OFF_PROPOSAL"):
-                self._s.write_off_proposal = None  # withdrawn through lending's API
+            if with_lending:
+                self._reread_after(error)
             raise refused(error) from None
         finally:
             self._writing_off = False
@@ -1028,11 +1028,37 @@ class SurvivorJourneyWorkflow:
         self._s.write_off_proposal = WriteOffProposal(proposal.reason, proposal.proposed_by, True)
         return self.status()
 
-    def _write_off_step(self, person: str, reason: str = "", on: str = "") -> WriteOffStepInput:
-        """The next step on the loan's write-off with lending: a request of its own."""
+    def _write_off_step(
+        self,
+        person: str,
+        reason: str = "",
+        on: str = "",
+        *,
+        about: WriteOffProposal | None = None,
+    ) -> WriteOffStepInput:
+        """The next step on the loan's write-off with lending, a request of its own; a
+        confirmation or withdrawal names the proposal it is `about`."""
         assert self._s.loan is not None
         self._s.write_off_steps += 1
-        return WriteOffStepInput(self._s.loan.loan_id, self._s.write_off_steps, person, reason, on)
+        return WriteOffStepInput(
+            self._s.loan.loan_id,
+            self._s.write_off_steps,
+            person,
+            reason,
+            on,
+            about.proposed_by if about else "",
+            about.reason if about else "",
+        )
+
+    def _reread_after(self, error: ActivityError) -> None:
+        """Lending holds another proposal than the journey's copy, or none: the copy goes,
+        and the journey reads the loan again (the proposal open now, if any)."""
+        if _refused_because(error, "NO_WRITE_OFF_PROPOSAL") or _refused_because(
+            error, "PROPOSAL_CHANGED"
+        ):
+            self._s.write_off_proposal = None
+            self._loan_changed = True
+            self._loan_news += 1
 
     @propose_write_off.validator
     def validate_write_off_proposal(self, proposal: WriteOffProposal) -> None:
@@ -1058,9 +1084,10 @@ class SurvivorJourneyWorkflow:
             try:
                 await self._call(
                     JourneyActivities.withdraw_loan_write_off,
-                    self._write_off_step(withdrawal.withdrawn_by, withdrawal.reason),
+                    self._write_off_step(withdrawal.withdrawn_by, withdrawal.reason, about=held),
                 )
             except ActivityError as error:
+                self._reread_after(error)
                 raise refused(error) from None
         self._s.write_off_proposal = None
         return self.status()

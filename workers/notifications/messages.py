@@ -46,10 +46,10 @@ TEMPLATES: dict[str, dict[str, str]] = {
         "available balance is too small. It is tried again each day until the fund covers it.",
     },
     "tranche_lapsed": {
-        "az": "{loan_id} krediti üzrə {amount} məbləğində hissə ödənişlər başlamazdan əvvəl "
-        "verilmədi; kredit verilmiş məbləğlə davam edir.",
-        "en": "Tranche {sequence} of loan {loan_id} ({amount}) was not paid out before "
-        "repayments began; the loan goes on with what was disbursed.",
+        "az": "{loan_id} krediti üzrə {sequence} nömrəli hissə ({amount}) və ondan sonrakılar "
+        "ödənişlər başlamazdan əvvəl verilmədi; kredit verilmiş məbləğlə davam edir.",
+        "en": "Tranche {sequence} of loan {loan_id} ({amount}) and any after it were not paid "
+        "out before repayments began; the loan goes on with what was disbursed.",
     },
     "follow_up_due": {
         "az": "Sağ qalan {survivor_id} ilə {months} aylıq təsir görüşünün vaxtıdır.",

@@ -1883,6 +1883,8 @@ class ConfirmLoanWriteOffRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     LOAN_ID_FIELD_NUMBER: _builtins.int
     CONFIRMED_BY_FIELD_NUMBER: _builtins.int
+    PROPOSED_BY_FIELD_NUMBER: _builtins.int
+    PROPOSAL_REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (UUID)."""
     loan_id: _builtins.str
@@ -1891,16 +1893,26 @@ class ConfirmLoanWriteOffRequest(_message.Message):
     """Who confirms: empty or the caller's own identity (a relaying service
     names the staff member); must differ from whoever proposed it.
     """
+    proposed_by: _builtins.str
+    """The proposal as the person acting saw it: its proposer and its reason. When
+    given, a different proposal open now (the one seen was withdrawn and another
+    made meanwhile) is refused with FAILED_PRECONDITION, reason PROPOSAL_CHANGED,
+    and nothing changes; empty: whatever proposal is open.
+    """
+    proposal_reason: _builtins.str
+    """The reason of the proposal as the person acting saw it (with proposed_by)."""
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         loan_id: _builtins.str = ...,
         confirmed_by: _builtins.str = ...,
+        proposed_by: _builtins.str = ...,
+        proposal_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmed_by", b"confirmed_by", "loan_id", b"loan_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmed_by", b"confirmed_by", "loan_id", b"loan_id", "proposal_reason", b"proposal_reason", "proposed_by", b"proposed_by", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1940,6 +1952,8 @@ class WithdrawLoanWriteOffRequest(_message.Message):
     LOAN_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     WITHDRAWN_BY_FIELD_NUMBER: _builtins.int
+    PROPOSED_BY_FIELD_NUMBER: _builtins.int
+    PROPOSAL_REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (UUID)."""
     loan_id: _builtins.str
@@ -1950,6 +1964,14 @@ class WithdrawLoanWriteOffRequest(_message.Message):
     """Who withdraws it: empty or the caller's own identity; a service relaying a
     staff decision names the staff member.
     """
+    proposed_by: _builtins.str
+    """The proposal as the person acting saw it: its proposer and its reason. When
+    given, a different proposal open now (the one seen was withdrawn and another
+    made meanwhile) is refused with FAILED_PRECONDITION, reason PROPOSAL_CHANGED,
+    and nothing changes; empty: whatever proposal is open.
+    """
+    proposal_reason: _builtins.str
+    """The reason of the proposal as the person acting saw it (with proposed_by)."""
     def __init__(
         self,
         *,
@@ -1957,10 +1979,12 @@ class WithdrawLoanWriteOffRequest(_message.Message):
         loan_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         withdrawn_by: _builtins.str = ...,
+        proposed_by: _builtins.str = ...,
+        proposal_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan_id", b"loan_id", "reason", b"reason", "request_id", b"request_id", "withdrawn_by", b"withdrawn_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan_id", b"loan_id", "proposal_reason", b"proposal_reason", "proposed_by", b"proposed_by", "reason", b"reason", "request_id", b"request_id", "withdrawn_by", b"withdrawn_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
