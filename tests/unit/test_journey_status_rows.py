@@ -4,9 +4,14 @@ as all the borrower owed, eleven instalments behind)."""
 
 from __future__ import annotations
 
+from datetime import date
+
 from rich.console import Console
 
 from cli.render import journey_table
+from mineaction.lending.v1 import lending_service_pb2 as lending_pb
+from tests.factories import pdate
+from workers.journey.activities import loan_snapshot_of
 from workers.journey.model import JourneyStatus
 from workers.notifications.messages import render
 
@@ -50,3 +55,26 @@ def test_the_reminder_of_a_borrower_in_arrears_says_what_is_overdue() -> None:
     assert "2,750.00" in english and "overdue" in english and "250.00" in english
     azerbaijani = render("repayment_reminder_in_arrears", "az", params)
     assert "vaxtı keçib" in azerbaijani and "15 dekabr 2026" in azerbaijani
+
+
+def ledger_answer(days_past_due: int) -> lending_pb.GetLoanResponse:
+    """A 3,000 AZN loan of three 1,000 AZN instalments due 10 Oct, 10 Nov and 10 Dec
+    2026, nothing repaid."""
+    answer = lending_pb.GetLoanResponse()
+    loan = answer.loan
+    loan.loan_id, loan.state = "loan-1", lending_pb.LOAN_STATE_ACTIVE
+    loan.disbursed_minor = loan.outstanding_principal_minor = 300_000
+    loan.days_past_due = days_past_due
+    for month in (10, 11, 12):
+        answer.schedule.instalments.add(
+            due_date=pdate(date(2026, month, 10)), principal_due_minor=100_000
+        )
+    return answer
+
+
+def test_overdue_is_what_fell_due_unpaid_once_the_loan_is_late() -> None:
+    late = loan_snapshot_of(ledger_answer(days_past_due=41), date(2026, 11, 20))
+    assert (late.overdue_minor, late.next_due_date) == (200_000, "2026-12-10")
+    # On an instalment's own due date, nothing late before it: nothing overdue yet.
+    due_today = loan_snapshot_of(ledger_answer(days_past_due=0), date(2026, 10, 10))
+    assert (due_today.overdue_minor, due_today.next_due_date) == (0, "2026-11-10")

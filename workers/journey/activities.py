@@ -200,10 +200,16 @@ def loan_snapshot_of(answer: lending_pb.GetLoanResponse, today: date) -> LoanSna
             tranches=len(loan.tranches),
         )
     upcoming = [i for i in schedule.instalments if from_proto_date(i.due_date) > today]
-    overdue = sum(
-        i.principal_due_minor - i.principal_paid_minor
-        for i in schedule.instalments
-        if from_proto_date(i.due_date) <= today
+    # What has fallen due and is unpaid, once the loan is late: on an instalment's own
+    # due date, with nothing late before it, nothing is overdue yet.
+    overdue = (
+        sum(
+            i.principal_due_minor - i.principal_paid_minor
+            for i in schedule.instalments
+            if from_proto_date(i.due_date) <= today
+        )
+        if loan.days_past_due
+        else 0
     )
     following = next((i for i in upcoming if i.principal_due_minor > i.principal_paid_minor), None)
     return LoanSnapshot(
