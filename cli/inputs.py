@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 import uuid
 from datetime import date
 from decimal import Decimal
@@ -63,12 +64,12 @@ def known_district(value: str, what: str = "district", option: str = "") -> str:
 
 
 def staff(value: str, what: str) -> str:
-    """Who did something (a staff id): required, at most 64 characters."""
-    value = value.strip()
-    if not value:
-        raise BadInput(f"{what} is required")
-    if len(value) > 64:
-        raise BadInput(f"{what} is longer than 64 characters")
+    """Who did something (a staff id): required, at most 64 characters, and no control or
+    invisible formatting character (the services refuse them: a zero-width space made
+    another person to four eyes)."""
+    value = text(value, what, 64)
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in value):
+        raise BadInput(f"{what} {value!r} holds a control or invisible formatting character")
     return value
 
 
@@ -114,9 +115,10 @@ def _decimal_point(text: str, what: str, value: str) -> str:
 
 
 def text(value: str, what: str, max_len: int) -> str:
-    """Free text a person must give (a reason): required, at most `max_len` characters."""
+    """Free text a person must give (a reason): required (more than spaces and invisible
+    characters, as the services count it), at most `max_len` characters."""
     value = value.strip()
-    if not value:
+    if not any(unicodedata.category(c)[0] not in ("Z", "C") and not c.isspace() for c in value):
         raise BadInput(f"{what} is required")
     if len(value) > max_len:
         raise BadInput(f"{what} is longer than {max_len} characters")

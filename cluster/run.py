@@ -367,7 +367,10 @@ def main() -> None:
         print(f"cluster: {error}", file=sys.stderr)
         exit_code = 1
     finally:
-        print("stopping the cluster...", file=sys.stderr, flush=True)
+        started = any(part.process is not None for part in cluster.parts)
+        if started:  # a start refused before any part ran has said so already
+            print("stopping the cluster...", file=sys.stderr, flush=True)
         cluster.stop()
-        print("stopped.", file=sys.stderr, flush=True)
+        if started:
+            print("stopped.", file=sys.stderr, flush=True)
     raise SystemExit(exit_code)

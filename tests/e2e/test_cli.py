@@ -860,6 +860,11 @@ async def test_bad_input_is_refused_before_any_call(
         (["journey", "start", "srv-0001", "--case-worker", "cw-01", "--product", "small_trade",
           "--amount", "100", "--purpose", "   "], "--purpose is blank"),
         ([*WRITE_OFF[:3], "--confirm", "--proposed-by", "lo-01"], "--proposed-by does not go"),
+        # Invisible characters: a name that is another person to four eyes, a blank reason.
+        (["journey", "start", "srv-0001", "--case-worker", "cw-01\u200b", "--product",
+          "small_trade", "--amount", "100"], "holds a control or invisible formatting character"),
+        ([*WRITE_OFF[:4], "\u200b\u00a0"], "--reason is required"),
+        ([*WRITE_OFF[:6], "lo-01\u200b"], "holds a control or invisible formatting character"),
         ([*FOLLOW_UP, "--income", "-5", "--working"], "--income must not be negative"),
         ([*FOLLOW_UP, "--income", "900"], "say --working or --not-working"),
         ([*FOLLOW_UP, "--income", "9.001", "--working"], "more than 2 decimals"),

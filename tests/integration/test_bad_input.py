@@ -278,7 +278,8 @@ async def test_values_postgresql_cannot_store_are_invalid_argument_on_their_fiel
 
 async def test_names_and_codes_with_invisible_characters_are_refused(cluster: Cluster) -> None:
     """A zero-width space after a name made it another person to four eyes (the submitter
-    approving their own application); a blank or repeated injury code was stored as given."""
+    approving their own application); a reason of invisible characters and a blank or
+    repeated injury code were stored as given."""
     approve = lending_service_pb2.ApproveLoanRequest(
         request_id=request_id(),
         loan_id="loan-0001",
@@ -288,9 +289,17 @@ async def test_names_and_codes_with_invisible_characters_are_refused(cluster: Cl
     intake = saatli_fish_farmer()
     del intake.injuries[:]
     intake.injuries.extend(["lower_limb_amputation", "lower_limb_amputation", " ", "leg\x1b[31m"])
+    blank_reason = lending_service_pb2.WithdrawLoanRequest(
+        request_id=request_id(), loan_id="loan-0001", withdrawn_by="cw-01", reason="\u200b\u3000"
+    )
+    unseen = lending_service_pb2.ConfirmLoanWriteOffRequest(
+        request_id=request_id(), loan_id="loan-0001", confirmed_by="pm-01", proposed_by=" "
+    )
     before = await cluster.row_counts()
     for rpc, request, expected in (
         (cluster.lending.ApproveLoan, approve, {"approved_by"}),
+        (cluster.lending.WithdrawLoan, blank_reason, {"reason"}),
+        (cluster.lending.ConfirmLoanWriteOff, unseen, {"proposed_by"}),
         (
             cluster.eligibility.RegisterSurvivor,
             register_request(intake),
