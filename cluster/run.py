@@ -187,12 +187,21 @@ def pair_with_database(state_dir: Path, database_url: str) -> None:
                 found: str | None = await conn.fetchval(
                     "SELECT installation_id FROM cluster.installation"
                 )
-                if found is None and not recorded:  # both new: pair them
+                if recorded and recorded != found:  # refused: the transaction leaves nothing
+                    raise RuntimeError(
+                        f"the journeys in {state_dir} (temporal.db) belong to another database "
+                        "than this one: their survivors, loans and assistance are not in it. "
+                        "Point DATABASE_URL at the database they were started with, or give "
+                        "this database a state folder of its own (MINEACTION_STATE_DIR). If the "
+                        f"data was restored on purpose, delete {recorded_file} to pair the two. "
+                        "Nothing was started."
+                    )
+                if found is None:  # both new: pair them
                     found = str(uuid.uuid4())
                     await conn.execute(
                         "INSERT INTO cluster.installation (installation_id) VALUES ($1)", found
                     )
-                return found or ""
+                return found
         finally:
             await conn.close()
 
@@ -202,14 +211,6 @@ def pair_with_database(state_dir: Path, database_url: str) -> None:
         raise RuntimeError(
             f"the database could not be reached ({error}); check DATABASE_URL. Nothing was started."
         ) from None
-    if recorded and recorded != found:
-        raise RuntimeError(
-            f"the journeys in {state_dir} (temporal.db) belong to another database than this "
-            "one: their survivors, loans and assistance are not in it. Point DATABASE_URL at "
-            "the database they were started with, or give this database a state folder of "
-            f"its own (MINEACTION_STATE_DIR). If the data was restored on purpose, delete "
-            f"{recorded_file} to pair the two. Nothing was started."
-        )
     if not recorded:
         recorded_file.write_text(found + "\n")
 

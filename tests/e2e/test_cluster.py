@@ -260,6 +260,11 @@ async def test_a_state_folder_is_paired_with_its_database(
             await asyncio.to_thread(pair_with_database, state, second)
         assert "belong to another database" in str(refused.value)
         assert str(state / "installation-id") in str(refused.value)
+        untouched = await asyncpg.connect(second)
+        try:  # the refused start left nothing in the other database
+            assert await untouched.fetchval("SELECT to_regnamespace('cluster')") is None
+        finally:
+            await untouched.close()
         await asyncio.to_thread(pair_with_database, other_state, second)  # its own folder
         with pytest.raises(RuntimeError):  # and each database stays with its own folder
             await asyncio.to_thread(pair_with_database, state, second)
