@@ -973,6 +973,13 @@ def journey_write_off(
     confirmed_by: Annotated[
         str, typer.Option(help="Who confirms it (default: the token's own identity).")
     ] = "",
+    proposal_by: Annotated[
+        str,
+        typer.Option(
+            help="Confirm only the proposal this person made, as `journey status` showed it "
+            "(refused if another is open now)."
+        ),
+    ] = "",
 ) -> None:
     """Write off the journey's loan, four eyes: one person proposes it (`--reason`: a loan
     officer or programme manager), a different person confirms it (`--confirm`: a
@@ -994,6 +1001,7 @@ def journey_write_off(
             (proposed_by, "--proposed-by", not confirm and not withdraw),
             (confirmed_by, "--confirmed-by", confirm),
             (withdrawn_by, "--withdrawn-by", withdraw),
+            (proposal_by, "--proposal-by", confirm),
         ):
             if given and not step:
                 raise BadInput(
@@ -1050,6 +1058,12 @@ def journey_write_off(
             None if held.write_off_proposed_by else await _lendings_proposal(latest.id, held)
         )
         proposer = in_lending.proposed_by if in_lending else held.write_off_proposed_by
+        reason_held = in_lending.reason if in_lending else held.write_off_reason
+        if proposal_by and not same_person(proposer, proposal_by):
+            raise CliError(
+                f"the write-off proposed now is {proposer}'s ({reason_held}), not "
+                f"{proposal_by.strip()}'s: read `mineaction journey status {sid}` again"
+            )
         # The lending service compares identities case-insensitively.
         if same_person(proposer, confirmer):
             raise CliError(

@@ -860,6 +860,7 @@ async def test_bad_input_is_refused_before_any_call(
         (["journey", "start", "srv-0001", "--case-worker", "cw-01", "--product", "small_trade",
           "--amount", "100", "--purpose", "   "], "--purpose is blank"),
         ([*WRITE_OFF[:3], "--confirm", "--proposed-by", "lo-01"], "--proposed-by does not go"),
+        ([*WRITE_OFF, "--proposal-by", "lo-01"], "--proposal-by does not go with this step"),
         # Invisible characters: a name that is another person to four eyes, a blank reason.
         (["journey", "start", "srv-0001", "--case-worker", "cw-01\u200b", "--product",
           "small_trade", "--amount", "100"], "holds a control or invisible formatting character"),
@@ -1014,7 +1015,12 @@ async def test_a_write_off_proposed_with_lending_is_confirmed_from_the_journey(
         assert shown["Write-off proposed"] == "lo-07: the pond flooded; no contact for a year"
         line = one_error_line(await mineaction(cli_env, *confirm, "LO-07"))
         assert line == "error: four eyes: lo-07 proposed this write-off; someone else confirms it"
-        ran = await mineaction(cli_env, *confirm, "pm-01")
+        # Pinned to the proposal the confirmer saw: another one is not confirmed.
+        line = one_error_line(
+            await mineaction(cli_env, *confirm, "pm-01", "--proposal-by", "lo-01")
+        )
+        assert line.startswith("error: the write-off proposed now is lo-07's (the pond"), line
+        ran = await mineaction(cli_env, *confirm, "pm-01", "--proposal-by", "LO-07")
         assert ran.exit_code == 0, ran
         assert ran.stdout.startswith(
             "written off: proposed by lo-07 with lending (the pond flooded; no contact for a "
