@@ -224,23 +224,10 @@ def same_person(a: str, b: str) -> bool:
 REPAID_BEFORE_CONFIRMATION = "the loan was repaid in full before the write-off was confirmed"
 
 
-async def _withdraw_proposal(
-    conn: Connection, loan_id: str, withdrawn_by: str, reason: str
-) -> asyncpg.Record | None:
-    """The loan's open write-off proposal, moved to write_off_withdrawals (append-only)
-    with who withdrew it and why; None when none is open."""
+async def _open_proposal(conn: Connection, loan_id: str) -> asyncpg.Record | None:
+    """The loan's write-off proposal awaiting its confirmation, if any."""
     row: asyncpg.Record | None = await conn.fetchrow(
-        """WITH proposal AS (
-               DELETE FROM write_off_proposals WHERE loan_id = $1 RETURNING *)
-           INSERT INTO write_off_withdrawals (loan_id, reason, write_off_date,
-               proposed_by, proposed_at, withdrawn_by, withdraw_reason)
-           SELECT loan_id, reason, write_off_date, proposed_by, created_at, $2, $3
-           FROM proposal
-           RETURNING loan_id, reason, write_off_date, proposed_by,
-                     proposed_at AS created_at, withdrawn_by, withdrawn_at""",
-        loan_id,
-        withdrawn_by,
-        reason,
+        "SELECT * FROM write_off_proposals WHERE loan_id = $1", loan_id
     )
     return row
 
@@ -438,9 +425,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 raise NotFound(f"loan {request.loan_id} does not exist")
             response = pb.GetLoanResponse(loan=loans[0])
             if loans[0].state == pb.LOAN_STATE_ACTIVE:
-                proposal = await conn.fetchrow(
-                    "SELECT * FROM write_off_proposals WHERE loan_id = $1", request.loan_id
-                )
+                proposal = await _open_proposal(conn, request.loan_id)
                 if proposal is not None:
                     response.write_off_proposal.CopyFrom(_proposal_to_proto(proposal))
             if request.include_schedule:
@@ -919,17 +904,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 )
                 # A write-off proposed before the loan was repaid is not open again: it was
                 # about a loan the borrower then repaid.
-                if await _withdraw_proposal(
+                await self._withdraw_proposal(
                     conn, request.loan_id, request.reversed_by, REPAID_BEFORE_CONFIRMATION
-                ):
-                    await self._record_event(
-                        conn,
-                        request.loan_id,
-                        "ACTIVE",
-                        "ACTIVE",
-                        request.reversed_by,
-                        f"write-off withdrawn: {REPAID_BEFORE_CONFIRMATION}",
-                    )
+                )
             return pb.ReverseRepaymentResponse(
                 loan=await self._loan_view(conn, request.loan_id, original["value_date"]),
                 reversal_transaction_id=reversal_id,
@@ -1068,9 +1045,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     ) -> pb.ConfirmLoanWriteOffResponse:
         async def confirm(conn: Connection) -> pb.ConfirmLoanWriteOffResponse:
             loan = await self._loan_for_update(conn, request.loan_id)
-            proposal = await conn.fetchrow(
-                "SELECT * FROM write_off_proposals WHERE loan_id = $1", request.loan_id
-            )
+            proposal = await _open_proposal(conn, request.loan_id)
             if proposal is None:
                 raise FailedPrecondition(
                     f"loan {request.loan_id} has no write-off proposal to confirm",
@@ -1135,9 +1110,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     "write-off proposal can be withdrawn",
                     reason="LOAN_NOT_ACTIVE",
                 )
-            proposal = await conn.fetchrow(
-                "SELECT * FROM write_off_proposals WHERE loan_id = $1", request.loan_id
-            )
+            proposal = await _open_proposal(conn, request.loan_id)
             if proposal is None:
                 raise FailedPrecondition(
                     f"loan {request.loan_id} has no write-off proposal to withdraw",
@@ -1145,18 +1118,10 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     metadata={"loan_id": request.loan_id},
                 )
             _check_proposal_seen(request, proposal)
-            row = await _withdraw_proposal(
+            row = await self._withdraw_proposal(
                 conn, request.loan_id, request.withdrawn_by, request.reason
             )
             assert row is not None  # the loan's row is locked: the proposal is still there
-            await self._record_event(
-                conn,
-                request.loan_id,
-                loan["state"],
-                loan["state"],
-                request.withdrawn_by,
-                f"write-off withdrawn: {request.reason}",
-            )
             return pb.WithdrawLoanWriteOffResponse(
                 withdrawn=_proposal_to_proto(row),
                 withdrawn_by=row["withdrawn_by"],
@@ -1164,6 +1129,31 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             )
 
         return await once_per_request(self.db, request, pb.WithdrawLoanWriteOffResponse, withdraw)
+
+    async def _withdraw_proposal(
+        self, conn: Connection, loan_id: str, withdrawn_by: str, reason: str
+    ) -> asyncpg.Record | None:
+        """The active loan's open write-off proposal, moved to write_off_withdrawals
+        (append-only) with who withdrew it and why, and in the loan's events; None when
+        none is open."""
+        row: asyncpg.Record | None = await conn.fetchrow(
+            """WITH proposal AS (
+                   DELETE FROM write_off_proposals WHERE loan_id = $1 RETURNING *)
+               INSERT INTO write_off_withdrawals (loan_id, reason, write_off_date,
+                   proposed_by, proposed_at, withdrawn_by, withdraw_reason)
+               SELECT loan_id, reason, write_off_date, proposed_by, created_at, $2, $3
+               FROM proposal
+               RETURNING loan_id, reason, write_off_date, proposed_by,
+                         proposed_at AS created_at, withdrawn_by, withdrawn_at""",
+            loan_id,
+            withdrawn_by,
+            reason,
+        )
+        if row is not None:
+            await self._record_event(
+                conn, loan_id, "ACTIVE", "ACTIVE", withdrawn_by, f"write-off withdrawn: {reason}"
+            )
+        return row
 
     @staticmethod
     def _check_write_off_date(loan: asyncpg.Record, on: date) -> None:

@@ -229,10 +229,10 @@ def refused(error: ActivityError) -> ApplicationError:
     return ApplicationError(str(cause or error), type="SERVICE_CALL_FAILED", non_retryable=True)
 
 
-def _refused_because(error: ActivityError, reason: str) -> bool:
-    """The service refused the activity's call with this ErrorInfo reason."""
+def _refused_because(error: ActivityError, *reasons: str) -> bool:
+    """The service refused the activity's call with one of these ErrorInfo reasons."""
     cause = error.cause
-    return isinstance(cause, ApplicationError) and cause.details[:1] == (reason,)
+    return isinstance(cause, ApplicationError) and cause.details[:1] in [(r,) for r in reasons]
 
 
 def loan_closed(snap: LoanSnapshot) -> bool:
@@ -575,36 +575,32 @@ class SurvivorJourneyWorkflow:
                     ),
                 )
             except ActivityError as error:
-                if _refused_because(error, "TRANCHE_AFTER_REPAYMENT_START") and workflow.patched(
-                    FUND_WAIT_PATCH
-                ):
-                    # Repayments have begun (the fund was short until the first due date,
-                    # or the plan set it later): the loan goes on with what was paid out.
-                    await self._notify(
-                        "tranche_lapsed",
-                        self._input.case_worker_id,
-                        {
-                            "loan_id": self._s.loan.loan_id,
-                            "sequence": sequence,
-                            "amount_minor": tranche.amount_minor,
-                        },
-                        key=f"tranche-lapsed/{sequence}",
-                    )
-                    return None
-                if not _refused_because(error, "INSUFFICIENT_FUNDS") or not workflow.patched(
-                    FUND_WAIT_PATCH
-                ):
+                if not _refused_because(
+                    error, "INSUFFICIENT_FUNDS", "TRANCHE_AFTER_REPAYMENT_START"
+                ) or not workflow.patched(FUND_WAIT_PATCH):
                     raise
+                lapsed = _refused_because(error, "TRANCHE_AFTER_REPAYMENT_START")
+            about = {
+                "loan_id": self._s.loan.loan_id,
+                "sequence": sequence,
+                "amount_minor": tranche.amount_minor,
+            }
+            if lapsed:
+                # Repayments have begun (the fund was short until the first due date, or
+                # the plan set it later): the loan goes on with what was paid out.
+                await self._notify(
+                    "tranche_lapsed",
+                    self._input.case_worker_id,
+                    about,
+                    key=f"tranche-lapsed/{sequence}",
+                )
+                return None
             self._waiting_for_funds_minor = tranche.amount_minor
             if not told:
                 await self._notify(
                     "disbursement_waiting_for_funds",
                     self._input.case_worker_id,
-                    {
-                        "loan_id": self._s.loan.loan_id,
-                        "sequence": sequence,
-                        "amount_minor": tranche.amount_minor,
-                    },
+                    about,
                     key=f"waiting-for-funds/{sequence}",
                 )
                 told = True
@@ -1053,12 +1049,9 @@ class SurvivorJourneyWorkflow:
     def _reread_after(self, error: ActivityError) -> None:
         """Lending holds another proposal than the journey's copy, or none: the copy goes,
         and the journey reads the loan again (the proposal open now, if any)."""
-        if _refused_because(error, "NO_WRITE_OFF_PROPOSAL") or _refused_because(
-            error, "PROPOSAL_CHANGED"
-        ):
+        if _refused_because(error, "NO_WRITE_OFF_PROPOSAL", "PROPOSAL_CHANGED"):
             self._s.write_off_proposal = None
-            self._loan_changed = True
-            self._loan_news += 1
+            self._heard_news()
 
     @propose_write_off.validator
     def validate_write_off_proposal(self, proposal: WriteOffProposal) -> None:
@@ -1136,8 +1129,12 @@ class SurvivorJourneyWorkflow:
         if self._s.loan is None:  # its application being submitted: kept for the committee
             self._early_news += 1
         elif change.loan_id == self._s.loan.loan_id:
-            self._loan_changed = True
-            self._loan_news += 1
+            self._heard_news()
+
+    def _heard_news(self) -> None:
+        """The loan may have changed: the cycle's wait ends, and the next read counts it."""
+        self._loan_changed = True
+        self._loan_news += 1
 
     @workflow.signal
     def assistance_updated(self, state: AssistanceState) -> None:
