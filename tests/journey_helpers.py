@@ -15,6 +15,7 @@ from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
@@ -171,6 +172,25 @@ async def someone_holds(
     return str(holder.assistance_id)
 
 
+async def requested(
+    item: WorkflowHandle,  # type: ignore[type-arg]
+    *,
+    within: float = 30.0,
+) -> AssistanceState:
+    """An assistance item's state once it has been requested from its provider: until
+    then it refuses steps (real time)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            state = await item.query(AssistanceWorkflow.state)
+        except RPCError:  # the item's workflow is not started yet
+            state = None
+        if state is not None:
+            return state
+        assert time.monotonic() < deadline, f"{item.id} was never requested"
+        await asyncio.sleep(0.05)
+
+
 async def deliver_wheelchair(
     item: WorkflowHandle,  # type: ignore[type-arg]
     serial_number: str,
@@ -179,7 +199,7 @@ async def deliver_wheelchair(
     notes: str = "fits well",
 ) -> AssistanceState:
     """A wheelchair item's provider steps from its fitting to its follow-up (its end)."""
-    state: AssistanceState | None = None
+    state: AssistanceState | None = await requested(item)
     for action, data in (
         ("allocate_from_stock", {}),
         ("deliver", {"serial_number": serial_number, "fitted_by": fitted_by}),

@@ -18,7 +18,7 @@ from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.programme_time import programme_date
 from tests.conftest import Cluster
 from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
-from tests.journey_helpers import follow_up_due, own_pool, skip_until, status_of
+from tests.journey_helpers import follow_up_due, own_pool, requested, skip_until, status_of
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
     AssistanceAction,
@@ -119,6 +119,8 @@ async def test_saatli_fish_farmer_from_intake_to_follow_ups(
         # The wheelchair and the course move in parallel with the loan.
         chair = client.get_workflow_handle(assistance_workflow_id(handle.id, "wheelchair"))
         course = client.get_workflow_handle(assistance_workflow_id(handle.id, "english_course"))
+        for item in (chair, course):
+            await requested(item)
         for item, action, data in (
             (chair, "allocate_from_stock", {}),
             (chair, "deliver", {"serial_number": "WC-2026-0042", "fitted_by": "pt-01"}),

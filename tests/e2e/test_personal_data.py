@@ -34,10 +34,9 @@ from services.common.channels import open_channel
 from services.common.config import Settings
 from tests.e2e.test_payload_encryption import BIRTH_DATES, NAMES, PHONES, free_text, leaks
 from tests.factories import pdate, register_request, saatli_fish_farmer
-from tests.journey_helpers import wait_for_poller, wait_for_stage
+from tests.journey_helpers import deliver_wheelchair, wait_for_poller, wait_for_stage
 from tests.ports import free_port
 from workers.journey.model import (
-    AssistanceAction,
     AssistancePlan,
     CommitteeDecision,
     JourneyInput,
@@ -46,11 +45,7 @@ from workers.journey.model import (
     assistance_workflow_id,
     journey_workflow_id,
 )
-from workers.journey.workflows import (
-    AssistanceWorkflow,
-    SurvivorJourneyWorkflow,
-    initial_search_attributes,
-)
+from workers.journey.workflows import SurvivorJourneyWorkflow, initial_search_attributes
 
 SERVICES = ("eligibility", "lending", "assistance")
 
@@ -202,14 +197,7 @@ async def test_no_personal_data_in_workflow_ids_search_attributes_or_logs(
             CommitteeDecision(approve=True, member_id="cm-03", decision_ref="CM-2026-077"),
         )
         chair = client.get_workflow_handle(assistance_workflow_id(journey_id, "wheelchair"))
-        for action, data in (
-            ("allocate_from_stock", {}),
-            ("deliver", {"serial_number": "WC-2026-0077", "fitted_by": NAMES[2]}),
-            ("follow_up", {"notes": free_text(1)}),
-        ):
-            await chair.execute_update(
-                AssistanceWorkflow.advance, AssistanceAction(action, "provider-01", data)
-            )
+        await deliver_wheelchair(chair, "WC-2026-0077", fitted_by=NAMES[2], notes=free_text(1))
         await wait_for_stage(handle, "GRACE", within=60)
 
         # Workflow ids and search attributes, as an operator lists them.

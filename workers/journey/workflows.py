@@ -1344,8 +1344,7 @@ class AssistanceWorkflow:
 
     @advance.validator
     def validate_advance(self, action: AssistanceAction) -> None:
-        if self._state is None or self._state.terminal or self._busy:
-            raise ValueError("this assistance item is not awaiting a step")
+        self._awaiting_a_step()
         if not action.action.strip() or not action.actor.strip():
             raise ValueError("action and actor are required")
 
@@ -1365,15 +1364,29 @@ class AssistanceWorkflow:
 
     @refresh.validator
     def validate_refresh(self, request: AssistanceRefresh) -> None:
-        if self._state is None or self._state.terminal or self._busy:
-            raise ValueError("this assistance item is not awaiting a step")
-        if not self._state.assistance_id:
+        if not self._awaiting_a_step().assistance_id:
             raise ValueError("this assistance item was never requested from the service")
         if not request.requested_by.strip():
             raise ValueError("requested_by is required")
 
     @workflow.query
     def state(self) -> AssistanceState | None:
+        return self._state
+
+    def _awaiting_a_step(self) -> AssistanceState:
+        """The item's state if it awaits a step; otherwise refuses, saying why and whether
+        trying again later helps."""
+        if self._state is None:
+            raise ValueError(
+                "this assistance item is still being requested from its provider; "
+                "try again in a moment"
+            )
+        if self._state.terminal:
+            raise ValueError(f"this assistance item has ended ({self._state.state})")
+        if self._busy:
+            raise ValueError(
+                "another step on this assistance item is being recorded; try again in a moment"
+            )
         return self._state
 
     def _waitlisted(self) -> bool:
