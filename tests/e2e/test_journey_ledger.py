@@ -242,7 +242,7 @@ async def test_a_journey_counts_its_days_in_baku(
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("repaid", ["in part", "in full", "not at all"])
+@pytest.mark.parametrize("repaid", ["in part", "in full", "in full, unheard", "not at all"])
 async def test_a_tranche_the_fund_cannot_cover_waits_for_the_fund(
     cluster: Cluster,
     time_skipping_env: WorkflowEnvironment,
@@ -252,9 +252,10 @@ async def test_a_tranche_the_fund_cannot_cover_waits_for_the_fund(
 ) -> None:
     """The fund has too little left for the feed tranche: the journey waits, says so, and
     pays it out the day repayments have brought the money back; a loan repaid in full
-    meanwhile lapses the tranche, and so does the first instalment falling due (lending
-    takes no further tranche then). Lending's refusal failed the journey for good, its
-    loan left ACTIVE with nothing following it."""
+    meanwhile lapses the tranche, whether or not the journey heard of the payment (its
+    next try was refused and the journey failed), and so does the day the borrower is
+    reminded of the first instalment coming (the reminder was never sent). Lending's
+    refusal failed the journey for good, its loan left ACTIVE with nothing following it."""
     env = time_skipping_env
     fund_id = await open_fund(cluster, 250_000)
     loan = LoanRequest(
@@ -278,12 +279,16 @@ async def test_a_tranche_the_fund_cannot_cover_waits_for_the_fund(
         fund = (await cluster.lending.GetFund(lending_pb.GetFundRequest(fund_id=fund_id))).fund
         assert fund.available_minor == 50_000
         notified = ["disbursement_waiting_for_funds"]  # once, not each day
-        if repaid == "in full":  # the fish money repaid, the journey told
+        if repaid.startswith("in full"):  # the fish money repaid
             await pay(cluster, env, status.loan_id, 200_000)
-            await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(status.loan_id))
+            if repaid == "in full":  # the journey told at once; else found at its next try
+                await handle.signal(
+                    SurvivorJourneyWorkflow.loan_changed, LoanChanged(status.loan_id)
+                )
             status = await skip_until(
-                env, handle, lambda s: s.stage == "REPAID", step=STEP, limit=SOON
-            )
+                env, handle, lambda s: s.stage == "REPAID", step=timedelta(hours=6),
+                limit=timedelta(days=2),
+            )  # fmt: skip
             tranches = [200_000]
         elif repaid == "in part":  # 600 AZN: the fund has 1,100 AZN again, the next try pays
             await pay(cluster, env, status.loan_id, 60_000)
@@ -293,15 +298,16 @@ async def test_a_tranche_the_fund_cannot_cover_waits_for_the_fund(
             )  # fmt: skip
             assert status.outstanding_minor == 240_000
             tranches = [200_000, 100_000]
-        else:  # the first instalment falls due: the feed lapses, the loan goes on
+        else:  # the reminder of the first instalment comes: the feed lapses, the loan goes on
             status = await skip_until(
-                env, handle, lambda s: s.stage != "DISBURSEMENT", step=timedelta(days=5),
+                env, handle, lambda s: s.stage != "DISBURSEMENT", step=timedelta(days=1),
                 limit=timedelta(days=400),
             )  # fmt: skip
-            assert status.stage in ("REPAYMENT", "ARREARS_REVIEW"), status
+            assert status.stage == "GRACE", status  # before the first due date
             assert status.outstanding_minor == 200_000
+            await env.sleep(timedelta(hours=1))  # the reminder's notification is queued
             tranches = [200_000]
-            notified.append("tranche_lapsed")
+            notified += ["tranche_lapsed", "repayment_reminder"]
         assert status.waiting_for_funds_minor == 0
         ledger = (
             await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=status.loan_id))
@@ -309,37 +315,117 @@ async def test_a_tranche_the_fund_cannot_cover_waits_for_the_fund(
         assert [t.amount_minor for t in ledger.tranches] == tranches
         sent = await activities.outbox.db.pool.fetch(
             """SELECT kind, recipient FROM outbox WHERE dedupe_key LIKE $1
-               AND kind IN ('disbursement_waiting_for_funds', 'tranche_lapsed')
+               AND kind IN ('disbursement_waiting_for_funds', 'tranche_lapsed',
+                            'repayment_reminder')
                ORDER BY queued_at""",
             f"{handle.id}/%",
         )
-        assert [(r["kind"], r["recipient"]) for r in sent] == [(k, "cw-51") for k in notified]
+        borrower = {"repayment_reminder": (await status_of(handle)).survivor_id}
+        assert [(r["kind"], r["recipient"]) for r in sent] == [
+            (k, borrower.get(k, "cw-51")) for k in notified
+        ]
         await handle.terminate("the test is over")
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("tranches", "problem"),
+    [
+        pytest.param(
+            [TranchePlan(300_000, "fish", "IN_KIND", 0), TranchePlan(300_000, "feed")],
+            "add up to 6,000.00 AZN, not the 5,000.00 AZN asked for",
+            id="not-adding-up",
+        ),
+        pytest.param(
+            [TranchePlan(200_000, "fish", "IN_KIND", 0), *[TranchePlan(150_000, "feed")] * 2],
+            "the loan's plan has 3 tranches; product fish_farming allows 2",
+            id="more-than-the-product-allows",
+        ),
+    ],
+)
 async def test_a_tranche_plan_that_cannot_be_paid_out_fails_the_journey_at_its_start(
     cluster: Cluster,
     time_skipping_env: WorkflowEnvironment,
     activities: JourneyActivities,
     task_queue: str,
+    tranches: list[TranchePlan],
+    problem: str,
 ) -> None:
-    """Tranches adding up to more than the loan: refused before anything is asked of
-    lending (lending refused the second tranche months after the approval)."""
+    """Tranches adding up to more than the loan, or more of them than the product allows:
+    refused before anything is asked of lending (lending refused the extra tranche months
+    after the approval, the loan left ACTIVE with nothing following it)."""
     env = time_skipping_env
-    loan = LoanRequest(
-        "fish_farming",
-        500_000,
-        "fingerlings, then feed",
-        tranches=[TranchePlan(300_000, "fish", "IN_KIND", 0), TranchePlan(300_000, "feed")],
-    )
+    loan = LoanRequest("fish_farming", 500_000, "fingerlings, then feed", tranches=tranches)
     async with build_worker(env.client, activities, task_queue):
         handle = await started_journey(cluster, env, task_queue, loan)
         survivor_id = (await status_of(handle)).survivor_id
-        with pytest.raises(WorkflowFailureError) as failed:
+        # The journey fails at once: no time to skip (it skipped ten years, and the
+        # tests after it ran with survivors past every programme's age limit).
+        with env.auto_time_skipping_disabled(), pytest.raises(WorkflowFailureError) as failed:
             await handle.result()
     cause = failed.value.cause
     assert isinstance(cause, ApplicationError) and cause.type == "INVALID_TRANCHE_PLAN"
-    assert "add up to 6,000.00 AZN, not the 5,000.00 AZN asked for" in cause.message
+    assert problem in cause.message
     loans = await cluster.lending.ListLoans(lending_pb.ListLoansRequest(survivor_id=survivor_id))
     assert not loans.loans  # nothing was applied for
+
+
+@pytest.mark.timeout(180)
+async def test_a_tranche_planned_after_the_first_reminder_lapses_on_the_reminder_day(
+    cluster: Cluster,
+    time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """The feed planned a year after the approval, past the eight months' grace: on the
+    day the borrower is reminded of the first instalment the feed lapses, the case worker
+    told, and the reminder goes out (the journey waited in DISBURSEMENT for the planned
+    day, and the borrower heard of no instalment until the field visit for arrears)."""
+    env = time_skipping_env
+    loan = LoanRequest(
+        "fish_farming",
+        300_000,
+        "fingerlings, then feed",
+        tranches=[
+            TranchePlan(200_000, "1,000 fingerlings", "IN_KIND", 0),
+            TranchePlan(100_000, "feed", "IN_KIND", 365),
+        ],
+    )
+    async with build_worker(env.client, activities, task_queue):
+        handle = await approved_journey(cluster, env, task_queue, loan, "DISBURSEMENT")
+        status = await skip_until(
+            env, handle, lambda s: s.outstanding_minor == 200_000, step=timedelta(minutes=10)
+        )
+        # To the eve of the reminder's day in one go, then on through that day.
+        schedule = (
+            await cluster.lending.GetRepaymentSchedule(
+                lending_pb.GetRepaymentScheduleRequest(loan_id=status.loan_id)
+            )
+        ).schedule
+        first_due = from_proto_date(schedule.instalments[0].due_date)
+        today = programme_date(await env.get_current_time())
+        await env.sleep(first_due - timedelta(days=4) - today)
+        assert (await status_of(handle)).stage == "DISBURSEMENT"  # the feed not lapsed yet
+        status = await skip_until(
+            env, handle, lambda s: s.stage != "DISBURSEMENT", step=timedelta(hours=6),
+            limit=timedelta(days=2),
+        )  # fmt: skip
+        assert status.stage == "GRACE" and status.outstanding_minor == 200_000, status
+        await env.sleep(timedelta(hours=1))  # the reminder's notification is queued
+        assert status.next_due_date == first_due.isoformat()
+        today = programme_date(await env.get_current_time())
+        assert today == first_due - timedelta(days=3)  # the reminder's day
+        sent = await activities.outbox.db.pool.fetch(
+            """SELECT kind, dedupe_key FROM outbox WHERE dedupe_key LIKE $1
+               AND kind IN ('tranche_lapsed', 'repayment_reminder') ORDER BY queued_at""",
+            f"{handle.id}/%",
+        )
+        assert [(r["kind"], r["dedupe_key"]) for r in sent] == [
+            ("tranche_lapsed", f"{handle.id}/tranche-lapsed/2"),
+            ("repayment_reminder", f"{handle.id}/reminder/{first_due.isoformat()}"),
+        ]
+        ledger = (
+            await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=status.loan_id))
+        ).loan
+        assert [t.amount_minor for t in ledger.tranches] == [200_000]
+        await handle.terminate("the test is over")

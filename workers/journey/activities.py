@@ -500,6 +500,23 @@ class JourneyActivities:
         return _loan_summary(response.loan)
 
     @activity.defn
+    async def loan_product_max_tranches(self, product_id: str) -> int:
+        """Read-only: how many tranches the product allows a loan (0: no such product;
+        lending refuses the application then)."""
+        token = ""
+        while True:
+            page = await call(
+                self.lending.ListLoanProducts,
+                lending_pb.ListLoanProductsRequest(page_size=500, page_token=token),
+            )
+            for product in page.loan_products:
+                if product.product_id == product_id:
+                    return int(product.max_tranches)
+            token = page.next_page_token
+            if not token:
+                return 0
+
+    @activity.defn
     async def loan_snapshot(self, params: SnapshotInput) -> LoanSnapshot:
         """Read-only: the loan and its schedule as of a date, straight from the ledger, in
         one call."""
@@ -773,6 +790,7 @@ class JourneyActivities:
             self.submit_loan_application,
             self.decide_loan,
             self.disburse_tranche,
+            self.loan_product_max_tranches,
             self.loan_snapshot,
             self.relay_loan_news,
             self.record_repayment,

@@ -53,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         LoanApplicationInput,
         LoanChanged,
         LoanDecisionInput,
+        LoanRequest,
         LoanSnapshot,
         LoanSummary,
         NeedInput,
@@ -120,6 +121,7 @@ LOCAL_ACTIVITIES = frozenset(
         "assess_eligibility",
         "submit_loan_application",
         "loan_snapshot",
+        "loan_product_max_tranches",
         "notify",
     }
 )
@@ -202,6 +204,15 @@ PAUSE_DAYS_COUNTED_PATCH = "journey-pause-days-counted"
 # tranche plan cannot be paid out as planned (tranches not adding up to the loan) now
 # fails at its start, before anything is asked of lending.
 FUND_WAIT_PATCH = "journey-waits-for-the-fund"
+# Journeys from this change on fit their tranche plan to the loan: a plan with more
+# tranches than the product allows fails at the start, before anything is applied for
+# (lending refused the extra tranche months after the approval, leaving the loan ACTIVE
+# with nothing following it), and a further tranche planned after the day the borrower is
+# reminded of the first instalment lapses on that day, the case worker told (the journey
+# waited in DISBURSEMENT for the planned day, and the borrower heard of no instalment
+# until the field visit for arrears). A further tranche re-spreads the schedule, so it
+# must come before the borrower is told what to pay.
+TRANCHES_FIT_THE_LOAN_PATCH = "journey-tranches-fit-the-loan"
 # Runs from this change on record a write-off proposal with lending as it is made, and
 # withdraw or confirm it there, one request per step; the journey holds what the ledger
 # holds, reading back a proposal made or withdrawn through lending's API. Before, the
@@ -358,6 +369,8 @@ class SurvivorJourneyWorkflow:
         problem = journey.loan.plan_problem() if journey.loan else ""
         if problem and workflow.patched(FUND_WAIT_PATCH):
             raise ApplicationError(problem, type="INVALID_TRANCHE_PLAN", non_retryable=True)
+        if journey.loan and len(journey.loan.tranches) > 1:
+            await self._check_tranches_allowed(journey.loan)
 
         assess = AssessInput(journey.survivor_id, self._days.today().isoformat())
         if self._fewer_tasks:  # independent reads: both at once, in the first task
@@ -533,6 +546,27 @@ class SurvivorJourneyWorkflow:
             if not decided():
                 await self._snapshot()
 
+    async def _check_tranches_allowed(self, loan: LoanRequest) -> None:
+        if not workflow.patched(TRANCHES_FIT_THE_LOAN_PATCH):
+            return
+        allowed = await self._call(JourneyActivities.loan_product_max_tranches, loan.product_id)
+        if allowed and len(loan.tranches) > allowed:
+            raise ApplicationError(
+                f"the loan's plan has {len(loan.tranches)} tranches; product "
+                f"{loan.product_id} allows {allowed}",
+                type="INVALID_TRANCHE_PLAN",
+                non_retryable=True,
+            )
+
+    def _last_tranche_day(self, snap: LoanSnapshot) -> date | None:
+        """The last day a further tranche is paid out: the day the borrower is reminded of
+        the first instalment (None before the loan has a schedule)."""
+        assert self._input is not None
+        if not snap.first_due_date:
+            return None
+        before = max(1, self._input.policy.reminder_days_before_due)
+        return date.fromisoformat(snap.first_due_date) - timedelta(days=before)
+
     async def _disburse(self) -> None:
         """Tranche by tranche, each on its planned day after approval."""
         assert self._input is not None and self._input.loan is not None
@@ -544,7 +578,15 @@ class SurvivorJourneyWorkflow:
                 continue
             due = approved + timedelta(days=tranche.days_after_approval)
             if sequence > 1 and workflow.patched(FOLLOWS_THE_LEDGER_PATCH):
-                if await self._watch_until(due, loan_closed):  # repaid already: the rest lapses
+                last = (
+                    self._last_tranche_day(await self._snapshot())
+                    if workflow.patched(TRANCHES_FIT_THE_LOAN_PATCH)
+                    else None
+                )
+                if await self._watch_until(due if last is None else min(due, last), loan_closed):
+                    return  # repaid already: the rest lapses
+                if last is not None and due > last:  # planned after the borrower is told
+                    await self._tranche_lapsed(sequence, tranche)
                     return
             elif due > self._days.today():
                 await self._sleep(self._days.until(due))
@@ -556,8 +598,8 @@ class SurvivorJourneyWorkflow:
 
     async def _paid_out(self, sequence: int, tranche: TranchePlan) -> LoanSummary | None:
         """Disburse one tranche; a fund too small for it is waited for (FUND_WAIT_PATCH),
-        trying again each day. None if the loan closed meanwhile, or if repayments have
-        begun (lending takes no further tranche then: the case worker is told)."""
+        trying again each day until the last day a further tranche is paid out. None if
+        the loan closed meanwhile, or if the tranche lapsed (the case worker is told)."""
         assert self._input is not None and self._s.loan is not None
         told = False
         while True:
@@ -580,37 +622,51 @@ class SurvivorJourneyWorkflow:
                 ) or not workflow.patched(FUND_WAIT_PATCH):
                     raise
                 lapsed = _refused_because(error, "TRANCHE_AFTER_REPAYMENT_START")
-            about = {
-                "loan_id": self._s.loan.loan_id,
-                "sequence": sequence,
-                "amount_minor": tranche.amount_minor,
-            }
-            if lapsed:
-                # Repayments have begun (the fund was short until the first due date, or
-                # the plan set it later): the loan goes on with what was paid out.
-                await self._notify(
-                    "tranche_lapsed",
-                    self._input.case_worker_id,
-                    about,
-                    key=f"tranche-lapsed/{sequence}",
-                )
+            # The last day for a further tranche, from the loan as last read (the journey
+            # reads it before the tranche's day, and after each wait below).
+            snap = self._s.snapshot
+            last = self._last_tranche_day(snap) if sequence > 1 and snap else None
+            if lapsed or (last is not None and self._days.today() >= last):
+                await self._tranche_lapsed(sequence, tranche)  # the loan goes on as it is
                 return None
             self._waiting_for_funds_minor = tranche.amount_minor
             if not told:
                 await self._notify(
                     "disbursement_waiting_for_funds",
                     self._input.case_worker_id,
-                    about,
+                    self._tranche_params(sequence, tranche),
                     key=f"waiting-for-funds/{sequence}",
                 )
                 told = True
-            try:  # tomorrow, or sooner if money moves on the loan itself
+            # Tomorrow (or on the last day), or sooner if money moves on the loan itself.
+            wait = FUND_READ_EVERY if last is None else min(FUND_READ_EVERY, self._days.until(last))
+            try:
                 with contextlib.suppress(TimeoutError):
-                    await self._wait_condition(self._news_unread, within=FUND_READ_EVERY)
-                if self._news_unread() and loan_closed(await self._snapshot()):
-                    return None
+                    await self._wait_condition(self._news_unread, within=wait)
             finally:
                 self._waiting_for_funds_minor = 0
+            # Repaid or written off meanwhile, whether or not the journey heard.
+            if loan_closed(await self._snapshot()):
+                return None
+
+    def _tranche_params(self, sequence: int, tranche: TranchePlan) -> dict[str, object]:
+        assert self._s.loan is not None
+        return {
+            "loan_id": self._s.loan.loan_id,
+            "sequence": sequence,
+            "amount_minor": tranche.amount_minor,
+        }
+
+    async def _tranche_lapsed(self, sequence: int, tranche: TranchePlan) -> None:
+        """Repayments begin before the tranche is paid out (the fund was short until then,
+        or the plan set it later): the case worker is told; the rest of the plan lapses."""
+        assert self._input is not None
+        await self._notify(
+            "tranche_lapsed",
+            self._input.case_worker_id,
+            self._tranche_params(sequence, tranche),
+            key=f"tranche-lapsed/{sequence}",
+        )
 
     async def _after_disbursement(self) -> JourneyStatus:
         while True:
