@@ -58,7 +58,7 @@ from services.lending.service import SPEC as LENDING
 from tests.factories import register_request, saatli_fish_farmer
 from tests.journey_helpers import wait_for_poller
 from tests.ports import free_port
-from workers.codec import data_converter
+from workers.codec import data_converter, ensure_keyring
 from workers.journey import search_attributes
 from workers.journey.model import (
     TASK_QUEUE,
@@ -262,6 +262,7 @@ async def one_time_skipped_journey(
 async def time_skipping(database_url: str, journeys: int) -> None:
     print("1. A full 24-month journey under time skipping (in-process services and worker)")
     with tempfile.TemporaryDirectory() as state:
+        ensure_keyring(Path(state) / "payload-keys.json")  # as `make run` does at start
         async with in_process_services(database_url, state) as addresses:
             settings = load_settings(
                 DATABASE_URL=database_url,
@@ -346,8 +347,10 @@ def dev_cluster(
     # Without the file the dev server keeps its state in memory; the bench needs no UI.
     temporal = dev_server_argv(settings, on_file=on_file, headless=True)
     # The services verify tokens against the state folder's JWKS; the worker calls them
-    # with the service-token there, the bench with the dev-token.
+    # with the service-token there, the bench with the dev-token; all of them, the
+    # payload keyring there.
     ensure_dev_credentials(settings)
+    ensure_keyring(Path(state_dir) / "payload-keys.json")
     jwks_file = str(settings.effective_jwks_file)
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(process(temporal, {}, port, Path(state_dir) / "temporal.log"))

@@ -155,7 +155,10 @@ def load_keyring(path: Path) -> Keyring:
         text = path.read_text()
     except FileNotFoundError:
         raise KeyringError(
-            f"no payload keyring at {path}; create one with `python -m workers.codec init`"
+            f"no payload keyring at {path}: use the cluster's (`make run` creates it in its "
+            "state folder: run from the cluster's folder, or set MINEACTION_STATE_DIR or "
+            "PAYLOAD_KEYS_FILE), or for a new cluster create one with "
+            "`python -m workers.codec init`"
         ) from None
     except OSError as error:
         raise KeyringError(f"cannot read the payload keyring at {path}: {error}") from None
@@ -208,13 +211,10 @@ def rotate_keyring(path: Path) -> Keyring:
 
 
 def keyring_for(settings: Settings) -> Keyring:
-    """The cluster's keyring. Under the state folder (local development) it is created
-    on first use; a file named by PAYLOAD_KEYS_FILE must already exist, so replicas
-    never each invent a key of their own."""
-    path = settings.effective_payload_keys_file
-    if settings.payload_keys_file is None:
-        return ensure_keyring(path)[0]
-    return load_keyring(path)
+    """The cluster's keyring, which must exist: `make run` creates it in its state folder
+    at start. A client or replica that made its own (the CLI run from another folder)
+    would start journeys no worker can read."""
+    return load_keyring(settings.effective_payload_keys_file)
 
 
 # --- the codec -------------------------------------------------------------------------

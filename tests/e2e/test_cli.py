@@ -14,7 +14,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -130,8 +130,8 @@ def _no_ambient_token() -> Iterator[None]:
         os.environ["MINEACTION_TOKEN"] = before
 
 
-async def mineaction(env: dict[str, str], *args: str) -> Ran:
-    """`mineaction ARGS` with `env` added to the environment."""
+async def mineaction(env: Mapping[str, str | None], *args: str) -> Ran:
+    """`mineaction ARGS` with `env` added to the environment (None: a variable unset)."""
     result = await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
     return Ran(result.exit_code, result.stdout, result.stderr)
 
@@ -1466,6 +1466,13 @@ async def test_journey_status_reads_the_assistance_service_now(
         assert ran.exit_code == 0, ran
         assert ran.stdout.startswith("Assistance as the journey last heard of it: no token"), ran
         assert "wheelchair: waitlisted (waitlist #1)" in ran.stdout
+        # Nor the cluster's keyring there: refused in one line, and no keyring of its own
+        # (one made there started journeys that no worker could read).
+        no_keyring = {**no_token, "PAYLOAD_KEYS_FILE": None}
+        ran = await mineaction(no_keyring, "journey", "status", survivor_id)
+        assert ran.exit_code == 2, ran
+        assert one_error_line(ran).startswith("error: no payload keyring at "), ran
+        assert not (tmp_path / "elsewhere" / "payload-keys.json").exists()
         # Staff make the item read its record: the journey itself now has it promoted.
         ran = await mineaction(
             cli_env, "journey", "assist", survivor_id, "wheelchair", "refresh", "--actor", "cw-01"

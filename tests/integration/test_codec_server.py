@@ -269,6 +269,7 @@ def test_cors_origins_come_from_the_environment() -> None:
 @pytest.fixture
 def codec_process_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PAYLOAD_KEYS_FILE"}
+    ensure_keyring(tmp_path / "state" / "payload-keys.json")  # as `make run` does at start
     env.update(
         MINEACTION_STATE_DIR=str(tmp_path / "state"),
         CODEC_SERVER_ADDRESS=f"127.0.0.1:{free_port()}",

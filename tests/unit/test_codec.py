@@ -207,13 +207,17 @@ def test_a_missing_keyring_says_how_to_create_one(tmp_path: Path) -> None:
         load_keyring(tmp_path / "missing.json")
 
 
-def test_the_state_folder_keyring_is_created_but_a_named_one_must_exist(
+def test_a_client_never_creates_a_keyring_of_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The CLI run outside the cluster's folder created a keyring in that folder's
+    `.state`, and the journey it started failed every workflow task on the worker."""
     monkeypatch.delenv("PAYLOAD_KEYS_FILE", raising=False)  # set by the Temporal fixtures
     local = load_settings(MINEACTION_STATE_DIR=str(tmp_path))
-    keyring = keyring_for(local)
-    assert (tmp_path / "payload-keys.json").exists()
+    with pytest.raises(KeyringError, match="MINEACTION_STATE_DIR or PAYLOAD_KEYS_FILE"):
+        data_converter(local)
+    assert not (tmp_path / "payload-keys.json").exists()
+    keyring, _ = ensure_keyring(tmp_path / "payload-keys.json")  # as `make run` does
     assert keyring_for(local) == keyring
     named = load_settings(PAYLOAD_KEYS_FILE=str(tmp_path / "provisioned.json"))
     with pytest.raises(KeyringError, match=r"provisioned\.json"):
