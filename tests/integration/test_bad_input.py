@@ -7,6 +7,7 @@ import base64
 import json
 import struct
 from collections.abc import Iterator
+from datetime import date
 from typing import Any
 
 import grpc
@@ -24,8 +25,9 @@ from services.common.auth import ROLES, AccessPolicy, Principal
 from services.common.errors import violations_in
 from services.common.interceptors import bind_actor, shared_validator, violations_of
 from tests.conftest import DEFAULT_SUBJECT, Cluster
-from tests.factories import register_request, request_id, saatli_fish_farmer
+from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
 from tests.grpc_errors import details
+from tests.lending_helpers import repayment
 
 SERVICES = {
     "eligibility": eligibility_service_pb2.DESCRIPTOR.services_by_name["EligibilityService"],
@@ -278,8 +280,10 @@ async def test_values_postgresql_cannot_store_are_invalid_argument_on_their_fiel
 
 async def test_names_and_codes_with_invisible_characters_are_refused(cluster: Cluster) -> None:
     """A zero-width space after a name made it another person to four eyes (the submitter
-    approving their own application); a reason of invisible characters and a blank or
-    repeated injury code were stored as given."""
+    approving their own application); a reason of invisible characters, a blank or
+    repeated injury code, a blank committee reference, tranche description, change note
+    or business sector, and a payment channel with a control character were stored as
+    given."""
     approve = lending_service_pb2.ApproveLoanRequest(
         request_id=request_id(),
         loan_id="loan-0001",
@@ -295,9 +299,41 @@ async def test_names_and_codes_with_invisible_characters_are_refused(cluster: Cl
     unseen = lending_service_pb2.ConfirmLoanWriteOffRequest(
         request_id=request_id(), loan_id="loan-0001", confirmed_by="pm-01", proposed_by=" "
     )
+    blank_ref = lending_service_pb2.ApproveLoanRequest(
+        request_id=request_id(), loan_id="loan-0001", approved_by="cm-01",
+        committee_decision_ref="   ",
+    )  # fmt: skip
+    blank_goods = lending_service_pb2.DisburseTrancheRequest(
+        request_id=request_id(),
+        loan_id="loan-0001",
+        amount_minor=100,
+        currency_code="AZN",
+        kind=lending_service_pb2.DISBURSEMENT_KIND_CASH,
+        description=" \u200b",
+        disbursement_date=pdate(date(2026, 3, 1)),
+        disbursed_by="lo-01",
+    )
+    odd_channel = repayment("loan-0001", 100, date(2026, 3, 1))
+    odd_channel.channel = "cash\x01"
+    blank_note = eligibility_service_pb2.PublishRuleSetRequest(
+        request_id=request_id(), source_yaml="rule_set: x", published_by="pm-01",
+        change_note="\u00a0",
+    )  # fmt: skip
+    no_sector = saatli_fish_farmer()
+    no_sector.existing_business.sector = "\t"
+    no_sector.existing_business.years_operating = 2
     before = await cluster.row_counts()
     for rpc, request, expected in (
         (cluster.lending.ApproveLoan, approve, {"approved_by"}),
+        (cluster.lending.ApproveLoan, blank_ref, {"committee_decision_ref"}),
+        (cluster.lending.DisburseTranche, blank_goods, {"description"}),
+        (cluster.lending.RecordRepayment, odd_channel, {"channel"}),
+        (cluster.eligibility.PublishRuleSet, blank_note, {"change_note"}),
+        (
+            cluster.eligibility.RegisterSurvivor,
+            register_request(no_sector),
+            {"intake.existing_business.sector"},
+        ),
         (cluster.lending.WithdrawLoan, blank_reason, {"reason"}),
         (cluster.lending.ConfirmLoanWriteOff, unseen, {"proposed_by"}),
         (
