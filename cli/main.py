@@ -927,6 +927,11 @@ def journey_hardship(
             assert new_term_months is not None
             inputs.count(new_term_months, "--new-term-months", 1, 120)
             inputs.count(grace_months, "--grace-months", 0, 24)
+            if grace_months >= new_term_months:  # the term counts the grace months too
+                raise BadInput(
+                    f"--grace-months ({grace_months}) must be fewer than --new-term-months "
+                    f"({new_term_months}): the new term includes its grace"
+                )
             hardship = Hardship(
                 "reschedule",
                 why,

@@ -851,6 +851,8 @@ async def test_bad_input_is_refused_before_any_call(
         ([*HARDSHIP, "--pause-days", "366"], "--pause-days must be from 1 to 365"),
         ([*HARDSHIP, "--pause-days", "9", "--grace-months", "2"], "goes with a reschedule"),
         ([*HARDSHIP, "--new-term-months", "121"], "--new-term-months must be from 1 to 120"),
+        ([*HARDSHIP, "--new-term-months", "5", "--grace-months", "5"],
+         "--grace-months (5) must be fewer than --new-term-months (5)"),
         ([*HARDSHIP[:3], "--reason", " ", "--requested-by", "lo-01", "--pause-days", "9"],
          "--reason is required"),
         ([*WRITE_OFF, "--confirm"], "--confirm takes no --reason or --withdraw"),

@@ -1000,6 +1000,12 @@ class SurvivorJourneyWorkflow:
                 or not 0 <= hardship.additional_grace_months <= 24
             ):
                 raise ValueError("a reschedule needs 1-120 months of new term and 0-24 of grace")
+            if hardship.additional_grace_months >= hardship.new_term_months:
+                raise ValueError(
+                    f"a reschedule's grace ({hardship.additional_grace_months} months) must be "
+                    f"shorter than its new term ({hardship.new_term_months} months), which "
+                    "includes it"
+                )
         else:
             raise ValueError("kind must be pause or reschedule")
 
