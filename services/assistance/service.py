@@ -56,6 +56,7 @@ from services.common.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     invalid,
 )
 from services.common.idempotency import idempotent, once_per_request
@@ -499,12 +500,29 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 "SELECT * FROM assistance WHERE assistance_id = $1 FOR UPDATE",
                 request.assistance_id,
             )
+            await self._check_provider_acts_on_its_own(conn, row, request.actor)
             await self._apply(conn, plugin, transition, row, data, request.actor)
             advanced = await load_assistance(conn, request.assistance_id)
             assert advanced is not None
             return pb.AdvanceAssistanceResponse(assistance=advanced)
 
         return await once_per_request(self.db, request, pb.AdvanceAssistanceResponse, advance)
+
+    async def _check_provider_acts_on_its_own(
+        self, conn: Connection, row: asyncpg.Record, actor: str
+    ) -> None:
+        """A step named as a provider's (the journey worker relays them by name) is that
+        item's provider's only: another provider's name passed as the item's."""
+        if actor == row["provider_id"]:
+            return
+        if await conn.fetchval("SELECT 1 FROM providers WHERE provider_id = $1", actor):
+            raise PermissionDenied(
+                f"{actor} is a provider, and assistance {row['assistance_id']} is "
+                + (f"{row['provider_id']}'s" if row["provider_id"] else "not referred to one")
+                + ": a provider records steps on its own items only",
+                reason="NOT_THE_ITEMS_PROVIDER",
+                metadata={"provider_id": row["provider_id"] or ""},
+            )
 
     async def _apply(
         self,

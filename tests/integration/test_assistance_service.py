@@ -980,3 +980,27 @@ async def test_the_delivery_report_separates_needs_from_delivery(cluster: Cluste
         pb.GetDeliveryReportRequest(as_of=pdate(date(2020, 1, 1)))
     )
     assert not yesterday.report.rows
+
+
+async def test_a_provider_records_steps_on_its_own_items_only(cluster: Cluster) -> None:
+    """The journey worker relays a provider's step by name: another provider's name (a
+    typo, or someone choosing one from the catalogue) recorded the step as theirs."""
+    stub = cluster.assistance
+    need = await record_need(stub, "wheelchair")
+    chair = await request(
+        stub, need.need_id, provider_id="baku-mobility-aids", data=struct(seat_width_cm=42)
+    )
+    step = pb.AdvanceAssistanceRequest(
+        request_id=request_id(),
+        assistance_id=chair.assistance_id,
+        action="allocate_from_stock",
+        actor="tartar-youth-centre",
+    )
+    error = await assert_writes_nothing(
+        cluster, stub.AdvanceAssistance(step), grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert reason_of(error) == "NOT_THE_ITEMS_PROVIDER"
+    assert "tartar-youth-centre is a provider, and assistance" in str(error.details())
+    step.request_id, step.actor = request_id(), "baku-mobility-aids"
+    allocated = (await stub.AdvanceAssistance(step)).assistance
+    assert allocated.state == "allocated"
