@@ -985,6 +985,13 @@ def journey_write_off(
             "(refused if another is open now)."
         ),
     ] = "",
+    proposal_reason: Annotated[
+        str,
+        typer.Option(
+            help="With --proposal-by: and only if its reason is this, as `journey status` "
+            "showed it (the same person may have proposed again, for another reason)."
+        ),
+    ] = "",
 ) -> None:
     """Write off the journey's loan, four eyes: one person proposes it (`--reason`: a loan
     officer or programme manager), a different person confirms it (`--confirm`: a
@@ -1007,6 +1014,7 @@ def journey_write_off(
             (confirmed_by, "--confirmed-by", confirm),
             (withdrawn_by, "--withdrawn-by", withdraw),
             (proposal_by, "--proposal-by", confirm),
+            (proposal_reason, "--proposal-reason", confirm),
         ):
             if given and not step:
                 raise BadInput(
@@ -1064,10 +1072,17 @@ def journey_write_off(
         )
         proposer = in_lending.proposed_by if in_lending else held.write_off_proposed_by
         reason_held = in_lending.reason if in_lending else held.write_off_reason
-        if proposal_by and not same_person(proposer, proposal_by):
+        if proposal_reason and not proposal_by:
+            raise BadInput("--proposal-reason goes with --proposal-by: name whose proposal")
+        if (proposal_by and not same_person(proposer, proposal_by)) or (
+            proposal_reason and proposal_reason.strip() != reason_held.strip()
+        ):
+            pinned = f"{proposal_by.strip()}'s" + (
+                f" ({proposal_reason.strip()})" if proposal_reason else ""
+            )
             raise CliError(
-                f"the write-off proposed now is {proposer}'s ({reason_held}), not "
-                f"{proposal_by.strip()}'s: read `mineaction journey status {sid}` again"
+                f"the write-off proposed now is {proposer}'s ({reason_held}), not {pinned}: "
+                f"read `mineaction journey status {sid}` again"
             )
         # The lending service compares identities case-insensitively.
         if same_person(proposer, confirmer):

@@ -1022,7 +1022,16 @@ async def test_a_write_off_proposed_with_lending_is_confirmed_from_the_journey(
             await mineaction(cli_env, *confirm, "pm-01", "--proposal-by", "lo-01")
         )
         assert line.startswith("error: the write-off proposed now is lo-07's (the pond"), line
-        ran = await mineaction(cli_env, *confirm, "pm-01", "--proposal-by", "LO-07")
+        # The same person's proposal, for another reason than the confirmer saw.
+        pinned = ["pm-01", "--proposal-by", "LO-07", "--proposal-reason"]
+        line = one_error_line(await mineaction(cli_env, *confirm, *pinned, "the stall burned"))
+        assert line.endswith("not LO-07's (the stall burned): read `mineaction journey status "
+                             f"{survivor_id}` again"), line  # fmt: skip
+        line = one_error_line(await mineaction(cli_env, *confirm, *pinned[:1], *pinned[3:], "x"))
+        assert line == "error: --proposal-reason goes with --proposal-by: name whose proposal"
+        ran = await mineaction(
+            cli_env, *confirm, *pinned, " the pond flooded; no contact for a year "
+        )
         assert ran.exit_code == 0, ran
         assert ran.stdout.startswith(
             "written off: proposed by lo-07 with lending (the pond flooded; no contact for a "
