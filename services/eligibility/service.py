@@ -12,6 +12,7 @@ import grpc
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
+from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from mineaction.type.v1 import localized_text_pb2
 from services.common import pagination
 from services.common.config import Settings
@@ -461,12 +462,20 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                         f"loan {follow_up.loan_id} was never disbursed: nothing to follow up",
                         "LOAN_NOT_DISBURSED",
                     )
-                disbursed = from_proto_date(loan.tranches[0].disbursement_date)
-                if from_proto_date(follow_up.recorded_on) < disbursed:
+                # A loan's follow-ups come after its final repayment (+6 and +12 months).
+                if not loan.HasField("close_date"):
+                    state = lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_")
+                    raise FailedPrecondition(
+                        f"loan {follow_up.loan_id} is {state}: its follow-ups come after it "
+                        "is repaid",
+                        reason="LOAN_NOT_CLOSED",
+                    )
+                closed = from_proto_date(loan.close_date)
+                if from_proto_date(follow_up.recorded_on) < closed:
                     raise invalid(
                         "follow_up.recorded_on",
-                        f"is before loan {follow_up.loan_id} was disbursed ({disbursed})",
-                        "BEFORE_DISBURSEMENT",
+                        f"is before loan {follow_up.loan_id} closed ({closed})",
+                        "BEFORE_LOAN_CLOSED",
                     )
             survivor = await conn.fetchrow(
                 "SELECT intake, intake_pb FROM survivors WHERE survivor_id = $1",

@@ -21,7 +21,7 @@ from services.eligibility.service import SPEC as ELIGIBILITY
 from tests.conftest import Cluster
 from tests.factories import new_id, pdate, register_request, request_id, saatli_fish_farmer
 from tests.grpc_errors import details
-from tests.lending_helpers import approved_loan, disburse, open_fund
+from tests.lending_helpers import approved_loan, disburse, open_fund, repayment
 from tests.ports import closed_port
 
 SHIPPED = Path("services/eligibility/rulesets/reintegration.yaml").read_text(encoding="utf-8")
@@ -661,12 +661,20 @@ async def refused_follow_up(cluster: Cluster, request: pb.RecordFollowUpRequest)
 
 
 LENT_FIRST, LENT_SECOND = date(2025, 3, 1), date(2026, 9, 1)
+REPAID_AFTER = timedelta(days=30)
 
 
-async def disbursed_loan(cluster: Cluster, fund_id: str, survivor_id: str, on: date) -> str:
-    """A loan of the survivor's, disbursed `on`: its id."""
+async def disbursed_loan(
+    cluster: Cluster, fund_id: str, survivor_id: str, on: date, *, repaid: bool = True
+) -> str:
+    """A loan of the survivor's, disbursed `on` and repaid in full 30 days later (unless
+    not `repaid`): its id."""
     loan = await approved_loan(cluster.lending, fund_id=fund_id, survivor_id=survivor_id)
     await disburse(cluster.lending, loan.loan_id, loan.principal_minor, on)
+    if repaid:
+        await cluster.lending.RecordRepayment(
+            repayment(loan.loan_id, loan.principal_minor, on + REPAID_AFTER)
+        )
     return loan.loan_id
 
 
@@ -741,7 +749,7 @@ async def test_a_follow_up_names_a_loan_of_its_own_survivor(cluster: Cluster) ->
         (new_id("loan"), date(2026, 7, 10), "follow_up.loan_id", "UNKNOWN_LOAN"),
         (someone_elses, date(2026, 7, 10), "follow_up.loan_id", "LOAN_OF_ANOTHER_SURVIVOR"),
         (not_lent.loan_id, date(2026, 7, 10), "follow_up.loan_id", "LOAN_NOT_DISBURSED"),
-        (own, date(1990, 1, 1), "follow_up.recorded_on", "BEFORE_DISBURSEMENT"),
+        (own, LENT_SECOND + timedelta(days=1), "follow_up.recorded_on", "BEFORE_LOAN_CLOSED"),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await cluster.eligibility.RecordFollowUp(
@@ -750,6 +758,19 @@ async def test_a_follow_up_names_a_loan_of_its_own_survivor(cluster: Cluster) ->
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         [violation] = violations_in(caught.value)
         assert (violation.field, violation.reason) == (field, reason), violation
+    # A loan still being repaid has no follow-ups yet (a +6 recorded on the day of its
+    # disbursement was counted in the reach report, and took the slot of the real one).
+    active = await disbursed_loan(cluster, fund_id, survivor, LENT_SECOND, repaid=False)
+    rows_before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cluster.eligibility.RecordFollowUp(
+            follow_up(survivor, active, 6, LENT_SECOND, working=True, family_members=2)
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert details(caught.value)[0].reason == "LOAN_NOT_CLOSED"  # type: ignore[union-attr]
+    assert f"loan {active} is ACTIVE: its follow-ups come after it is repaid" in str(
+        caught.value.details()
+    )
     assert await cluster.row_counts() == rows_before
 
     lending_down = f"127.0.0.1:{closed_port()}"
