@@ -783,11 +783,14 @@ def journey_decide(
             SurvivorJourneyWorkflow.record_committee_decision,
             CommitteeDecision(approve, member_id, decision_ref, reason.strip()),
         )
-        verb = "approved" if approve else "rejected"
+        verb, then = (
+            ("approved", "the journey goes on from here")
+            if approve
+            else ("rejected", "the journey closes as rejected once any assistance it follows ends")
+        )
         render.line(
             f"loan {status.loan_id} {verb} by {member_id} ({decision_ref}); "
-            f"loan status {status.loan_status}; the journey goes on from here "
-            f"(mineaction journey status {sid})"
+            f"loan status {status.loan_status}; {then} (mineaction journey status {sid})"
         )
 
     run(go())

@@ -648,7 +648,8 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             available = await ledger.lock_fund_available(conn, loan["fund_id"])
             if request.amount_minor > available:
                 raise FailedPrecondition(
-                    f"fund {loan['fund_id']} has {available} qəpik available",
+                    f"fund {loan['fund_id']} has {available} qəpik available; the tranche is "
+                    f"{request.amount_minor} qəpik",
                     reason="INSUFFICIENT_FUNDS",
                     metadata={"fund_id": loan["fund_id"], "available_minor": str(available)},
                 )

@@ -519,6 +519,12 @@ async def test_audit_entries_page_and_filter_by_time(cluster: Cluster) -> None:
         request = audit_pb.ListAuditEntriesRequest(subject=subject)
         request.start_time.FromDatetime(started)
         assert len((await audit.ListAuditEntries(request)).audit_entries) == 5
+        # A window ending before it starts is a mistake, not an empty log.
+        request.end_time.FromDatetime(started - timedelta(hours=1))
+        with pytest.raises(grpc.aio.AioRpcError) as backwards:
+            await audit.ListAuditEntries(request)
+        assert backwards.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "start_time must be before end_time" in (backwards.value.details() or "")
         with pytest.raises(grpc.aio.AioRpcError) as other_query:
             await audit.ListAuditEntries(
                 audit_pb.ListAuditEntriesRequest(subject="someone", page_token=page_token(seen))

@@ -26,7 +26,7 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'mineaction/audit/v1/audit_service.proto\x12\x13mineaction.audit.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x03\n\nAuditEntry\x12\x19\n\x08\x65ntry_id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x01\x12/\n\x0brecord_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x07subject\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\x17\n\x05roles\x18\x04 \x03(\tB\x08\xbaH\x05\x92\x01\x02\x10\x10\x12\x18\n\x06method\x18\x05 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\x1c\n\nrequest_id\x18\x06 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12P\n\x0cresource_ids\x18\x07 \x03(\x0b\x32\x30.mineaction.audit.v1.AuditEntry.ResourceIdsEntryB\x08\xbaH\x05\x9a\x01\x02\x10 \x12\x15\n\x04\x63ode\x18\x08 \x01(\tB\x07\xbaH\x04r\x02\x18@\x12\x18\n\x06reason\x18\t \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12\x1e\n\x0con_behalf_of\x18\n \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x1a\x32\n\x10ResourceIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe9\x01\n\x17ListAuditEntriesRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xf4\x03(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x19\n\x07subject\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\x18\n\x06method\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x18ListAuditEntriesResponse\x12\x41\n\raudit_entries\x18\x01 \x03(\x0b\x32\x1f.mineaction.audit.v1.AuditEntryB\t\xbaH\x06\x92\x01\x03\x10\xf4\x03\x12!\n\x0fnext_page_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x32\x7f\n\x0c\x41uditService\x12o\n\x10ListAuditEntries\x12,.mineaction.audit.v1.ListAuditEntriesRequest\x1a-.mineaction.audit.v1.ListAuditEntriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'mineaction/audit/v1/audit_service.proto\x12\x13mineaction.audit.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x03\n\nAuditEntry\x12\x19\n\x08\x65ntry_id\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x01\x12/\n\x0brecord_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x07subject\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\x17\n\x05roles\x18\x04 \x03(\tB\x08\xbaH\x05\x92\x01\x02\x10\x10\x12\x18\n\x06method\x18\x05 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\x1c\n\nrequest_id\x18\x06 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12P\n\x0cresource_ids\x18\x07 \x03(\x0b\x32\x30.mineaction.audit.v1.AuditEntry.ResourceIdsEntryB\x08\xbaH\x05\x9a\x01\x02\x10 \x12\x15\n\x04\x63ode\x18\x08 \x01(\tB\x07\xbaH\x04r\x02\x18@\x12\x18\n\x06reason\x18\t \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12\x1e\n\x0con_behalf_of\x18\n \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x1a\x32\n\x10ResourceIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x03\n\x17ListAuditEntriesRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xf4\x03(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x19\n\x07subject\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\x18\n\x06method\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x9b\x01\xbaH\x97\x01\x1a\x94\x01\n\x1dlist_audit_entries.time_range\x12\"start_time must be before end_time\x1aO!has(this.start_time) || !has(this.end_time) || this.start_time < this.end_time\"\x80\x01\n\x18ListAuditEntriesResponse\x12\x41\n\raudit_entries\x18\x01 \x03(\x0b\x32\x1f.mineaction.audit.v1.AuditEntryB\t\xbaH\x06\x92\x01\x03\x10\xf4\x03\x12!\n\x0fnext_page_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x32\x7f\n\x0c\x41uditService\x12o\n\x10ListAuditEntries\x12,.mineaction.audit.v1.ListAuditEntriesRequest\x1a-.mineaction.audit.v1.ListAuditEntriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -61,6 +61,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAUDITENTRIESREQUEST'].fields_by_name['subject']._serialized_options = b'\272H\005r\003\030\200\002'
   _globals['_LISTAUDITENTRIESREQUEST'].fields_by_name['method']._loaded_options = None
   _globals['_LISTAUDITENTRIESREQUEST'].fields_by_name['method']._serialized_options = b'\272H\005r\003\030\200\002'
+  _globals['_LISTAUDITENTRIESREQUEST']._loaded_options = None
+  _globals['_LISTAUDITENTRIESREQUEST']._serialized_options = b'\272H\227\001\032\224\001\n\035list_audit_entries.time_range\022\"start_time must be before end_time\032O!has(this.start_time) || !has(this.end_time) || this.start_time < this.end_time'
   _globals['_LISTAUDITENTRIESRESPONSE'].fields_by_name['audit_entries']._loaded_options = None
   _globals['_LISTAUDITENTRIESRESPONSE'].fields_by_name['audit_entries']._serialized_options = b'\272H\006\222\001\003\020\364\003'
   _globals['_LISTAUDITENTRIESRESPONSE'].fields_by_name['next_page_token']._loaded_options = None
@@ -70,9 +72,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDITENTRY_RESOURCEIDSENTRY']._serialized_start=488
   _globals['_AUDITENTRY_RESOURCEIDSENTRY']._serialized_end=538
   _globals['_LISTAUDITENTRIESREQUEST']._serialized_start=541
-  _globals['_LISTAUDITENTRIESREQUEST']._serialized_end=774
-  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_start=777
-  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_end=905
-  _globals['_AUDITSERVICE']._serialized_start=907
-  _globals['_AUDITSERVICE']._serialized_end=1034
+  _globals['_LISTAUDITENTRIESREQUEST']._serialized_end=932
+  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_start=935
+  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_end=1063
+  _globals['_AUDITSERVICE']._serialized_start=1065
+  _globals['_AUDITSERVICE']._serialized_end=1192
 # @@protoc_insertion_point(module_scope)
