@@ -78,6 +78,31 @@ async def pay(cluster: Cluster, env: WorkflowEnvironment, loan_id: str, amount: 
     return paid.repayment.transaction_id
 
 
+def fish_then_feed(feed_after_days: int, fund_id: str = "") -> LoanRequest:
+    """3,000 AZN: the fish (2,000 AZN) at the approval, the feed `feed_after_days` later."""
+    return LoanRequest(
+        "fish_farming",
+        300_000,
+        "fingerlings, then feed",
+        tranches=[
+            TranchePlan(200_000, "1,000 fingerlings", "IN_KIND", 0),
+            TranchePlan(100_000, "feed", "IN_KIND", feed_after_days),
+        ],
+        fund_id=fund_id,
+    )
+
+
+async def fish_paid_out(
+    cluster: Cluster, env: WorkflowEnvironment, task_queue: str, loan: LoanRequest
+) -> tuple[Journey, JourneyStatus]:
+    """An approved journey once its first tranche, the fish, is paid out."""
+    handle = await approved_journey(cluster, env, task_queue, loan, "DISBURSEMENT")
+    status = await skip_until(
+        env, handle, lambda s: s.outstanding_minor == 200_000, step=timedelta(minutes=10)
+    )
+    return handle, status
+
+
 @pytest.mark.timeout(180)
 async def test_a_loan_repaid_before_its_last_tranche_lapses_the_rest(
     cluster: Cluster,
@@ -89,20 +114,8 @@ async def test_a_loan_repaid_before_its_last_tranche_lapses_the_rest(
     the feed tranche lapses and the journey is REPAID (the tranche was refused by lending
     and the journey failed)."""
     env = time_skipping_env
-    loan = LoanRequest(
-        "fish_farming",
-        300_000,
-        "fingerlings, then feed",
-        tranches=[
-            TranchePlan(200_000, "1,000 fingerlings", "IN_KIND", 0),
-            TranchePlan(100_000, "feed", "IN_KIND", 30),
-        ],
-    )
     async with build_worker(env.client, activities, task_queue):
-        handle = await approved_journey(cluster, env, task_queue, loan, "DISBURSEMENT")
-        status = await skip_until(
-            env, handle, lambda s: s.outstanding_minor == 200_000, step=timedelta(minutes=10)
-        )
+        handle, status = await fish_paid_out(cluster, env, task_queue, fish_then_feed(30))
         await pay(cluster, env, status.loan_id, 200_000)
         await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(status.loan_id))
         repaid = await skip_until(env, handle, lambda s: s.stage == "REPAID", step=STEP, limit=SOON)
@@ -258,16 +271,7 @@ async def test_a_tranche_the_fund_cannot_cover_waits_for_the_fund(
     refusal failed the journey for good, its loan left ACTIVE with nothing following it."""
     env = time_skipping_env
     fund_id = await open_fund(cluster, 250_000)
-    loan = LoanRequest(
-        "fish_farming",
-        300_000,
-        "fingerlings, then feed",
-        tranches=[
-            TranchePlan(200_000, "1,000 fingerlings", "IN_KIND", 0),
-            TranchePlan(100_000, "feed", "IN_KIND", 30),
-        ],
-        fund_id=fund_id,
-    )
+    loan = fish_then_feed(30, fund_id)
     async with build_worker(env.client, activities, task_queue):
         handle = await approved_journey(cluster, env, task_queue, loan, "DISBURSEMENT")
         status = await skip_until(
@@ -382,20 +386,8 @@ async def test_a_tranche_planned_after_the_first_reminder_lapses_on_the_reminder
     told, and the reminder goes out (the journey waited in DISBURSEMENT for the planned
     day, and the borrower heard of no instalment until the field visit for arrears)."""
     env = time_skipping_env
-    loan = LoanRequest(
-        "fish_farming",
-        300_000,
-        "fingerlings, then feed",
-        tranches=[
-            TranchePlan(200_000, "1,000 fingerlings", "IN_KIND", 0),
-            TranchePlan(100_000, "feed", "IN_KIND", 365),
-        ],
-    )
     async with build_worker(env.client, activities, task_queue):
-        handle = await approved_journey(cluster, env, task_queue, loan, "DISBURSEMENT")
-        status = await skip_until(
-            env, handle, lambda s: s.outstanding_minor == 200_000, step=timedelta(minutes=10)
-        )
+        handle, status = await fish_paid_out(cluster, env, task_queue, fish_then_feed(365))
         # To the eve of the reminder's day in one go, then on through that day.
         schedule = (
             await cluster.lending.GetRepaymentSchedule(
