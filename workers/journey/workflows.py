@@ -560,7 +560,8 @@ class SurvivorJourneyWorkflow:
 
     def _last_tranche_day(self, snap: LoanSnapshot) -> date | None:
         """The last day a further tranche is paid out: the day the borrower is reminded of
-        the first instalment (None before the loan has a schedule)."""
+        the first instalment, and at the latest the day before it falls due, when lending
+        takes no more (None before the loan has a schedule)."""
         assert self._input is not None
         if not snap.first_due_date:
             return None
@@ -578,11 +579,12 @@ class SurvivorJourneyWorkflow:
                 continue
             due = approved + timedelta(days=tranche.days_after_approval)
             if sequence > 1 and workflow.patched(FOLLOWS_THE_LEDGER_PATCH):
-                last = (
-                    self._last_tranche_day(await self._snapshot())
-                    if workflow.patched(TRANCHES_FIT_THE_LOAN_PATCH)
-                    else None
-                )
+                last = None
+                if workflow.patched(TRANCHES_FIT_THE_LOAN_PATCH):
+                    snap = await self._snapshot()  # for the first due date
+                    if loan_closed(snap):
+                        return  # repaid already: the rest lapses
+                    last = self._last_tranche_day(snap)
                 if await self._watch_until(due if last is None else min(due, last), loan_closed):
                     return  # repaid already: the rest lapses
                 if last is not None and due > last:  # planned after the borrower is told
@@ -622,6 +624,8 @@ class SurvivorJourneyWorkflow:
                 ) or not workflow.patched(FUND_WAIT_PATCH):
                     raise
                 lapsed = _refused_because(error, "TRANCHE_AFTER_REPAYMENT_START")
+            # (This loop first ships with TRANCHES_FIT_THE_LOAN_PATCH: no journey ever ran
+            # an older form of it, so only FUND_WAIT_PATCH guards it.)
             # The last day for a further tranche, from the loan as last read (the journey
             # reads it before the tranche's day, and after each wait below).
             snap = self._s.snapshot
