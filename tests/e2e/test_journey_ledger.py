@@ -25,6 +25,7 @@ from tests.lending_helpers import open_fund, repayment, reversal
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
     CommitteeDecision,
+    FollowUp,
     JourneyInput,
     JourneyStatus,
     LoanChanged,
@@ -219,6 +220,25 @@ async def test_a_reversal_after_the_last_due_date_or_during_a_follow_up_reopens_
         )  # fmt: skip
         assert (reopened.follow_up_due, reopened.loan_status) == (0, "ACTIVE")
         await asked.terminate("the test is over")
+
+        # The same, the journey not told before the answers come: eligibility records no
+        # follow-up of an open loan, and the journey goes back to the repayments.
+        unheard = await approved_journey(cluster, env, task_queue, kiosk, "GRACE")
+        loan_id = (await status_of(unheard)).loan_id
+        paid = await pay(cluster, env, loan_id, 120_000)
+        await unheard.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+        await skip_until(env, unheard, lambda s: s.follow_up_due == 6, step=timedelta(days=10))
+        await cluster.lending.ReverseRepayment(reversal(loan_id, paid))
+        await unheard.execute_update(
+            SurvivorJourneyWorkflow.record_follow_up, FollowUp(90_000, True, 3, "cw-51")
+        )
+        reopened = await skip_until(
+            env, unheard, lambda s: s.stage in ("REPAYMENT", "ARREARS_REVIEW"), step=STEP,
+            limit=SOON,
+        )  # fmt: skip
+        assert (reopened.follow_up_due, reopened.loan_status) == (0, "ACTIVE"), reopened
+        assert reopened.follow_ups_recorded == []
+        await unheard.terminate("the test is over")
 
 
 @pytest.mark.timeout(180)

@@ -842,19 +842,27 @@ class SurvivorJourneyWorkflow:
             loan_id = ""
             if self._s.loan is not None and workflow.patched(FOLLOW_UP_PER_LOAN_PATCH):
                 loan_id = self._s.loan.loan_id
-            await self._call(
-                JourneyActivities.record_follow_up,
-                FollowUpInput(
-                    self._input.survivor_id,
-                    months,
-                    self._follow_up.household_income_minor,
-                    self._follow_up.working,
-                    self._follow_up.family_members_supported,
-                    self._follow_up.recorded_by,
-                    self._days.today().isoformat(),
-                    loan_id,
-                ),
-            )
+            try:
+                await self._call(
+                    JourneyActivities.record_follow_up,
+                    FollowUpInput(
+                        self._input.survivor_id,
+                        months,
+                        self._follow_up.household_income_minor,
+                        self._follow_up.working,
+                        self._follow_up.family_members_supported,
+                        self._follow_up.recorded_by,
+                        self._days.today().isoformat(),
+                        loan_id,
+                    ),
+                )
+            except ActivityError as error:
+                # A reversal reopened the loan just before the answers came, the journey
+                # not told yet: eligibility records no follow-up of an open loan (it
+                # refused none before, so no history holds this branch).
+                if not watch or not _refused_because(error, "LOAN_NOT_CLOSED"):
+                    raise
+                return self._reopened()
             self._s.follow_ups_recorded.append(months)
             self._s.follow_up_due = 0
             self._set_stage(Stage.REPAID)
