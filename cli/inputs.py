@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 import uuid
 from datetime import date
 from decimal import Decimal
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.districts import known_districts
+from services.common.text import has_control_or_format, visible
 
 # The services' own patterns (proto/mineaction/*/v1: buf.validate annotations). ASCII only:
 # Python's \d also matches other scripts' digits (١٠ would be read as 10).
@@ -68,7 +68,7 @@ def staff(value: str, what: str) -> str:
     invisible formatting character (the services refuse them: a zero-width space made
     another person to four eyes)."""
     value = text(value, what, 64)
-    if any(unicodedata.category(c) in ("Cc", "Cf") for c in value):
+    if has_control_or_format(value):
         raise BadInput(f"{what} {value!r} holds a control or invisible formatting character")
     return value
 
@@ -118,7 +118,7 @@ def text(value: str, what: str, max_len: int) -> str:
     """Free text a person must give (a reason): required (more than spaces and invisible
     characters, as the services count it), at most `max_len` characters."""
     value = value.strip()
-    if not any(unicodedata.category(c)[0] not in ("Z", "C") and not c.isspace() for c in value):
+    if not visible(value):
         raise BadInput(f"{what} is required")
     if len(value) > max_len:
         raise BadInput(f"{what} is longer than {max_len} characters")

@@ -365,6 +365,21 @@ async def test_a_tranche_the_fund_cannot_cover_waits_for_the_fund(
             "the loan's plan has 3 tranches; product fish_farming allows 2",
             id="more-than-the-product-allows",
         ),
+        pytest.param(
+            [TranchePlan(300_000, "fish", "IN_KIND", 0), TranchePlan(200_000, "\u200b")],
+            "tranche 2 of the loan's plan has no description",
+            id="invisible-description",
+        ),
+        pytest.param(
+            [TranchePlan(300_000, "fish", "IN_KIND", 0), TranchePlan(200_000, "feed " * 101)],
+            "tranche 2 of the loan's plan has a description longer than 500 characters",
+            id="description-too-long",
+        ),
+        pytest.param(
+            [TranchePlan(600_000, "fish", "IN_KIND", 0), TranchePlan(-100_000, "refund")],
+            "tranche 2 of the loan's plan is -1,000.00 AZN: a tranche pays out more than nothing",
+            id="negative-tranche",
+        ),
     ],
 )
 async def test_a_tranche_plan_that_cannot_be_paid_out_fails_the_journey_at_its_start(
@@ -375,9 +390,10 @@ async def test_a_tranche_plan_that_cannot_be_paid_out_fails_the_journey_at_its_s
     tranches: list[TranchePlan],
     problem: str,
 ) -> None:
-    """Tranches adding up to more than the loan, or more of them than the product allows:
-    refused before anything is asked of lending (lending refused the extra tranche months
-    after the approval, the loan left ACTIVE with nothing following it)."""
+    """Tranches adding up to more than the loan, more of them than the product allows, or
+    one lending would refuse to pay out: refused before anything is asked of lending
+    (lending refused the tranche after the approval, the loan left open with nothing
+    following it)."""
     env = time_skipping_env
     loan = LoanRequest("fish_farming", 500_000, "fingerlings, then feed", tranches=tranches)
     async with build_worker(env.client, activities, task_queue):

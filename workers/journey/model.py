@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from services.common.money import manat
+from services.common.text import visible
 
 TASK_QUEUE = "survivor-journeys"
 
@@ -37,6 +38,7 @@ class Stage(StrEnum):
 
 LOAN_PROGRAMMES = ("startup_loan", "expansion_loan")
 CLOSED_LOAN_STATES = ("CLOSED_OBLIGATIONS_MET", "CLOSED_WRITTEN_OFF")
+TRANCHE_DESCRIPTION_MAX = 500  # lending's limit on a disbursement's description
 
 
 def journey_workflow_id(survivor_id: str, number: int = 1) -> str:
@@ -101,20 +103,29 @@ class LoanRequest:
     def plan_problem(self) -> str:
         """Why the tranche plan cannot be paid out as planned ("" when it can): lending
         would refuse a tranche half-way through the loan."""
-        if not self.tranches and not self.purpose.strip():
+        if not self.tranches and not visible(self.purpose):
             return "the loan has no purpose (it describes the one tranche paid out)"
         plan = self.tranche_plan()
         for number, tranche in enumerate(plan, start=1):
             if tranche.amount_minor <= 0:
-                return f"tranche {number} of the loan's plan has no amount"
+                return (
+                    f"tranche {number} of the loan's plan is {manat(tranche.amount_minor)} AZN: "
+                    "a tranche pays out more than nothing"
+                )
             if tranche.kind not in ("CASH", "IN_KIND"):
                 return (
                     f"tranche {number} of the loan's plan is {tranche.kind!r}, not CASH or IN_KIND"
                 )
             if tranche.days_after_approval < 0:
                 return f"tranche {number} of the loan's plan falls before the approval"
-            if not tranche.description.strip():
+            # As lending checks a disbursement's description (`text.not_blank`, 500).
+            if not visible(tranche.description):
                 return f"tranche {number} of the loan's plan has no description"
+            if len(tranche.description) > TRANCHE_DESCRIPTION_MAX:
+                return (
+                    f"tranche {number} of the loan's plan has a description longer than "
+                    f"{TRANCHE_DESCRIPTION_MAX} characters"
+                )
         total = sum(t.amount_minor for t in plan)
         if total != self.amount_minor:
             return (
