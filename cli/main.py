@@ -30,6 +30,7 @@ from temporalio.client import (
     Client,
     WorkflowExecution,
     WorkflowExecutionStatus,
+    WorkflowFailureError,
     WorkflowHandle,
 )
 from temporalio.common import WorkflowIDReusePolicy
@@ -563,8 +564,24 @@ def journey_status(
                 rule_set=rule_set,
             )
         )
+        if state == "FAILED":  # why, decrypted: the Web UI shows it only through the codec
+            render.line(f"why it failed: {await _failure_of(handle)}")
 
     run(go())
+
+
+async def _failure_of(handle: WorkflowHandle[Any, Any]) -> str:
+    """A failed journey's failure, as its type and message."""
+    try:
+        await handle.result(follow_runs=False, rpc_timeout=RPC_TIMEOUT)
+    except WorkflowFailureError as error:
+        cause = error.cause
+        message = cause.message if isinstance(cause, FailureError) else str(cause)
+        kind = getattr(cause, "type", "") or ""
+        return f"{kind}: {message}" if kind else message
+    except RPCError as error:
+        return f"not read ({error.message})"
+    return "not read"
 
 
 async def _deciding_rule_set(status: JourneyStatus, language: str) -> eligibility_pb.RuleSet | None:

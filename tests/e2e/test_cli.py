@@ -20,7 +20,12 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import struct_pb2
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -64,6 +69,7 @@ from workers.journey.model import (
     JourneyInput,
     LoanRequest,
     Stage,
+    TranchePlan,
     WriteOffDecision,
     assistance_workflow_id,
     journey_workflow_id,
@@ -1883,3 +1889,28 @@ async def test_an_item_the_survivor_was_not_eligible_for_says_so(
             "assessment found the survivor not eligible for it"
         ), line
         await handle.terminate("the test is over")
+
+
+@pytest.mark.timeout(120)
+async def test_journey_status_says_why_a_journey_failed(
+    cli_env: dict[str, str],
+    cluster: Cluster,
+    dev_client: Client,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """A failed journey's reason, decrypted: the status said only 'failed', and the Temporal
+    CLI shows 'Encoded failure' without the codec."""
+    three = [TranchePlan(100_000, f"part {n}", "IN_KIND", 10 * n) for n in range(3)]
+    loan = LoanRequest("fish_farming", 300_000, "fish, feed, nets", tranches=three)
+    async with build_worker(dev_client, activities, task_queue):
+        handle = await start_journey(cluster, dev_client, task_queue, loan)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        survivor_id = (await status_of(handle)).survivor_id
+        ran = await mineaction(cli_env, "journey", "status", survivor_id)
+    assert ran.exit_code == 0, ran
+    assert (
+        "why it failed: INVALID_TRANCHE_PLAN: the loan's plan has 3 tranches; product "
+        "fish_farming allows 2"
+    ) in ran.stdout, ran
