@@ -50,7 +50,7 @@ from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.auth import AccessPolicy, AuthConfigError, Principal, TokenVerifier
-from services.common.config import Settings
+from services.common.config import ConfigError, Settings
 from services.common.districts import known_districts
 from services.common.errors import Unauthenticated
 from services.common.money import manat
@@ -1678,13 +1678,17 @@ def health() -> None:
             )
         ]
         temporal_address = settings.effective_temporal_address
-        failure = ""
+        notes: list[str] = []  # too long for the table
         try:
             client = await context.temporal_client(settings)
-        except CliError:
-            rows.append(("temporal", temporal_address, "not reachable"))
+        except (CliError, ConfigError) as error:
+            # No keyring here (run outside the cluster's folder): the rest is still shown.
+            trouble = "not reachable" if isinstance(error, CliError) else "no payload keyring"
+            rows.append(("temporal", temporal_address, trouble))
             rows.append(("journey workers", settings.journey_task_queue, "unknown (no Temporal)"))
             rows.append(("loan news relay", LOAN_NEWS_WORKFLOW_ID, "unknown (no Temporal)"))
+            if isinstance(error, ConfigError):
+                notes.append(str(error))
         else:
             rows.append(("temporal", temporal_address, "ok"))
             rows.append(
@@ -1696,14 +1700,16 @@ def health() -> None:
             )
             relay, failure = await _relay_state(client)
             rows.append(("loan news relay", LOAN_NEWS_WORKFLOW_ID, relay))
+            if failure:
+                notes.append(f"loan news relay: {failure}")
         table = Table(title="Cluster health")
         for column in ("Part", "Address", "State"):
             table.add_column(column)
         for row in rows:
             table.add_row(*row)
         render.console().print(table)
-        if failure:  # too long for the table
-            render.line(f"loan news relay: {failure}")
+        for note in notes:
+            render.line(note)
         down = [name for name, _, state in rows if not state.startswith("ok")]
         if down:
             raise CliError(f"not healthy: {', '.join(down)}")

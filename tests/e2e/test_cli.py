@@ -1760,6 +1760,14 @@ async def test_health_says_which_part_of_the_cluster_is_down(
     assert shown["loan news relay"] == "unknown (no Temporal)", shown
     assert one_error_line(ran) == ("error: not healthy: temporal, journey workers, loan news relay")
 
+    # Run where there is no keyring (another folder): the services are still shown.
+    absent = Path(cli_env["MINEACTION_STATE_DIR"]) / "absent.json"
+    ran = await mineaction({**cli_env, "PAYLOAD_KEYS_FILE": str(absent)}, "health")
+    assert ran.exit_code == 1, ran
+    shown = health_rows(ran.stdout)
+    assert shown["temporal"] == "no payload keyring" and shown["lending"] == "ok", shown
+    assert f"no payload keyring at {absent}" in ran.stdout, ran
+
 
 async def test_health_names_a_relay_turn_that_keeps_failing(
     cli_env: dict[str, str],
