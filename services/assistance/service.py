@@ -515,14 +515,22 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         item's provider's only: another provider's name passed as the item's."""
         if actor == row["provider_id"]:
             return
-        if await conn.fetchval("SELECT 1 FROM providers WHERE provider_id = $1", actor):
-            raise PermissionDenied(
-                f"{actor} is a provider, and assistance {row['assistance_id']} is "
-                + (f"{row['provider_id']}'s" if row["provider_id"] else "not referred to one")
-                + ": a provider records steps on its own items only",
-                reason="NOT_THE_ITEMS_PROVIDER",
-                metadata={"provider_id": row["provider_id"] or ""},
+        named = await conn.fetchval(
+            "SELECT provider_id FROM providers WHERE lower(provider_id) = lower($1)", actor
+        )
+        if named is None:  # a person's name
+            return
+        if named == row["provider_id"]:  # the item's provider, in other letters
+            raise invalid(
+                "actor", f"name the provider by its id as written: {named}", "PROVIDER_ID_CASE"
             )
+        raise PermissionDenied(
+            f"{actor} is a provider, and assistance {row['assistance_id']} is "
+            + (f"{row['provider_id']}'s" if row["provider_id"] else "not referred to one")
+            + ": a provider records steps on its own items only",
+            reason="NOT_THE_ITEMS_PROVIDER",
+            metadata={"provider_id": row["provider_id"] or ""},
+        )
 
     async def _apply(
         self,

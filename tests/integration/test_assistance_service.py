@@ -1001,6 +1001,17 @@ async def test_a_provider_records_steps_on_its_own_items_only(cluster: Cluster) 
     )
     assert reason_of(error) == "NOT_THE_ITEMS_PROVIDER"
     assert "tartar-youth-centre is a provider, and assistance" in str(error.details())
+    step.request_id, step.actor = request_id(), "TARTAR-Youth-Centre"  # another's, in capitals
+    error = await assert_writes_nothing(
+        cluster, stub.AdvanceAssistance(step), grpc.StatusCode.PERMISSION_DENIED
+    )
+    step.request_id, step.actor = request_id(), "Baku-Mobility-Aids"  # its own, as typed
+    error = await assert_writes_nothing(
+        cluster, stub.AdvanceAssistance(step), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert violations(error)["actor"] == (
+        "name the provider by its id as written: baku-mobility-aids"
+    )
     step.request_id, step.actor = request_id(), "baku-mobility-aids"
     allocated = (await stub.AdvanceAssistance(step)).assistance
     assert allocated.state == "allocated"
