@@ -36,7 +36,7 @@ from services.common.programme_time import programme_date
 from tests.conftest import Cluster, start_services, stop_services
 from tests.factories import register_request, request_id, saatli_fish_farmer
 from tests.journey_helpers import deliver_wheelchair, own_pool, skip_until, someone_holds, status_of
-from tests.lending_helpers import repayment, reversal
+from tests.lending_helpers import open_fund, repayment, reversal
 from workers.journey import search_attributes
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
@@ -47,6 +47,7 @@ from workers.journey.model import (
     FollowUp,
     Hardship,
     JourneyInput,
+    JourneyPolicy,
     JourneyStatus,
     LoanChanged,
     LoanRequest,
@@ -507,6 +508,57 @@ async def run_withdrawn(env: WorkflowEnvironment, cluster: Cluster, out: Recorde
     assert result.stage == "CLOSED_WITHDRAWN", result
 
 
+async def run_waited_for_the_fund(
+    env: WorkflowEnvironment, cluster: Cluster, out: Recorded
+) -> None:
+    """Fingerlings, then feed 30 days later, from a fund with too little left for the
+    feed: the feed waits (the case worker told, a try each day) until a repayment at the
+    cashier's desk brings the money back; then the loan is repaid in full. No follow-ups
+    (the journey's policy asks for none), so it completes (patches journey-waits-for-the-
+    fund and journey-tranches-fit-the-loan)."""
+    client, name = env.client, "waited_for_the_fund"
+    fund_id = await open_fund(cluster, 250_000)
+    sid = survivor_id(name)
+    await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(sid)))
+    plan = [
+        TranchePlan(200_000, "1,000 fingerlings", "IN_KIND", 0),
+        TranchePlan(100_000, "feed", "IN_KIND", 30),
+    ]
+    handle: Handle = await env.client.start_workflow(
+        SurvivorJourneyWorkflow.run,
+        JourneyInput(
+            survivor_id=sid,
+            case_worker_id="cw-07",
+            loan=LoanRequest("fish_farming", 300_000, f"{name} journey", plan, fund_id=fund_id),
+            policy=JourneyPolicy(follow_up_months=()),
+        ),
+        id=journey_workflow_id(sid),
+        task_queue=TASK_QUEUE,
+    )
+    await skip_until(env, handle, lambda s: s.stage == "COMMITTEE_REVIEW", step=timedelta(hours=1))
+    await handle.execute_update(
+        SurvivorJourneyWorkflow.record_committee_decision,
+        CommitteeDecision(True, "cm-03", f"CM-REC-{name}"),
+    )
+    status = await skip_until(
+        env, handle, lambda s: s.waiting_for_funds_minor > 0, step=timedelta(days=1),
+        limit=timedelta(days=40),
+    )  # fmt: skip
+    await env.sleep(timedelta(days=3))  # three more tries, refused
+    loan_id = status.loan_id
+    today = programme_date(await env.get_current_time())
+    await cluster.lending.RecordRepayment(repayment(loan_id, 60_000, today))
+    await skip_until(
+        env, handle, lambda s: s.stage == "GRACE", step=timedelta(hours=6),
+        limit=timedelta(days=2),
+    )  # fmt: skip
+    today = programme_date(await env.get_current_time())
+    await cluster.lending.RecordRepayment(repayment(loan_id, 240_000, today))
+    await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+    result = await write_journey_and_items(client, handle, (), name, out)
+    assert result.stage == "COMPLETED", result
+
+
 async def main() -> None:
     import pgserver
 
@@ -552,6 +604,7 @@ async def main() -> None:
                 for name, scenario in SCENARIOS.items():
                     await run_scenario(env, cluster, name, scenario, out)
                 await run_withdrawn(env, cluster, out)
+                await run_waited_for_the_fund(env, cluster, out)
                 # Last: once an item ends after its journey, the test server stops
                 # skipping time.
                 await run_assisted(env, cluster, out)
