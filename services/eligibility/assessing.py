@@ -229,9 +229,16 @@ class Assessor:
         why = rule_set.not_in_force(day)
         if why is not None:
             raise invalid("assessment_date", why, "rule_set.in_force")
-        assessment, encoded = new_assessment(
-            survivor, rule_set, day, survivor_id=request.survivor_id, version=version
-        )
+        try:
+            assessment, encoded = new_assessment(
+                survivor, rule_set, day, survivor_id=request.survivor_id, version=version
+            )
+        except rules.CannotDecide as error:
+            raise FailedPrecondition(
+                f"rule set {pin.rule_set_id} version {version} cannot decide this survivor "
+                f"({error}): publish a corrected version and re-assess under it",
+                reason="RULES_CANNOT_DECIDE",
+            ) from None
         # Rows from before intake_pb existed: the intake parsed from its JSON.
         intake_pb = None if row["intake_pb"] is not None else survivor.SerializeToString()
         if pin.version is None or request.reassess_under_latest:

@@ -59,6 +59,16 @@ FACT_SAMPLES: Mapping[str, Any] = {
     "communication": 0,
 }
 FUNCTIONING_FACTS = ("seeing", "hearing", "walking", "cognition", "self_care", "communication")
+# A survivor's record may lack these (services/eligibility/intake.py): every domain when no
+# functioning was recorded (then max_difficulty too, and functioning_recorded is false),
+# or any one domain of several.
+_RECORDS_LACKING: tuple[tuple[dict[str, Any], tuple[str, ...]], ...] = (
+    (
+        {"functioning_recorded": False},
+        (*FUNCTIONING_FACTS, "max_difficulty"),
+    ),
+    *(({}, (domain,)) for domain in FUNCTIONING_FACTS),
+)
 LANGUAGES = ("en", "az")
 # How an explanation says a value (its inputs keep the value as it is): money in manat,
 # a district by its name, yes or no in the text's language.
@@ -91,6 +101,18 @@ class Problem:
 class NotInForce(ValueError):
     """The rules cannot decide on a day: it is before they are in force, or a parameter
     has no value on it (only a version published before gaps were refused can have one)."""
+
+
+class CannotDecide(ValueError):
+    """An expression failed on a survivor's facts: only a version published before such
+    expressions were refused can have one (an optional fact read without `needs`)."""
+
+
+def _values(program: Any, context: Any) -> Iterator[Any]:
+    try:
+        return iter(program.execute(context))
+    except Exception as error:
+        raise CannotDecide(_first_line(error)) from None
 
 
 class RuleSetError(Exception):
@@ -392,7 +414,7 @@ def condition_values(
     period = rule_set.context_at(day)
     period.bind(facts)
     absent = frozenset(name for name in rule_set.optional_facts if name not in facts)
-    return period, absent, iter(rule_set.combined(absent).execute(period.cel))
+    return period, absent, _values(rule_set.combined(absent), period.cel)
 
 
 class _Shown(dict[str, str]):
@@ -487,7 +509,7 @@ def evaluate(rule_set: RuleSet, facts: Mapping[str, Any], day: date) -> Decision
     shown_params = period.shown_params
     period.bind(facts)
     absent = frozenset(name for name in rule_set.optional_facts if name not in facts)
-    values = iter(rule_set.combined(absent).execute(period.cel))
+    values = _values(rule_set.combined(absent), period.cel)
     shown = {name: _display(value) for name, value in facts.items()}
     shown.update(shown_params)
     en = _Said(facts, period, rule_set.kinds, "en")
@@ -711,6 +733,8 @@ def load(source: str, *, published: bool = False) -> RuleSet:
     )
     _check_placeholders(loader, rule_set)
     _type_check(loader, rule_set)
+    if not published:  # a check added since: versions published before stay readable
+        _check_records_lacking(loader, rule_set)
     if loader.problems:
         raise RuleSetError(loader.problems)
     return rule_set
@@ -964,6 +988,44 @@ def _type_check(loader: _Loader, rule_set: RuleSet) -> None:
             )
 
 
+def _check_records_lacking(loader: _Loader, rule_set: RuleSet) -> None:
+    """Evaluate each expression as for a survivor whose record lacks a fact it may lack
+    (a rule whose `needs` name it is not evaluated then): one that reads it anyway would
+    fail every such assessment."""
+    days = rule_set.change_dates() or [date.today()]
+    params = next(
+        (p for d in days if None not in (p := rule_set.params_at(d)).values()),
+        None,
+    )
+    if params is None:
+        return  # a day without some value: _check_coverage says which
+    failed: set[str] = set()
+    for changed, lacking in _RECORDS_LACKING:
+        facts = {k: v for k, v in FACT_SAMPLES.items() if k not in lacking} | changed
+        context = cel.Context({**facts, "params": params})
+        said = ", ".join(lacking) if len(lacking) == 1 else "functioning answers"
+        checks: list[tuple[str, Any, str]] = [
+            (f"rules[{i}].expression", r.program, "list it in needs")
+            for i, r in enumerate(rule_set.rules)
+            if not set(r.needs) & set(lacking)
+        ] + [
+            (f"priority.components[{i}].points", c.program, "read it only when recorded")
+            for i, c in enumerate(rule_set.priority)
+        ]
+        for path, program, advice in checks:
+            if path in failed:
+                continue
+            try:
+                program.execute(context)
+            except Exception as error:
+                failed.add(path)
+                loader.fail(
+                    path,
+                    f"fails for a survivor whose record has no {said}: {advice} "
+                    f"({_first_line(error)})",
+                )
+
+
 def _expect_type(
     loader: _Loader, program: Any, context: Any, path: str, kind: type, day: date
 ) -> None:
@@ -999,7 +1061,12 @@ def run_tests(rule_set: RuleSet, facts_of: Any) -> list[CaseResult]:
         except ValueError as error:
             results.append(CaseResult(case.id, (f"intake is not valid: {error}",)))
             continue
-        outcomes = evaluate(rule_set, facts, case.assessment_date).outcomes()
+        try:
+            outcomes = evaluate(rule_set, facts, case.assessment_date).outcomes()
+        except Exception as error:  # an expression that fails on this intake's facts
+            failure = f"the rules cannot decide it: {_first_line(error)}"
+            results.append(CaseResult(case.id, (failure,)))
+            continue
         failures = tuple(
             f"{programme}: expected {expected}, got {outcomes.get(programme)}"
             for programme, expected in case.expect.items()

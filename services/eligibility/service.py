@@ -418,7 +418,14 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                         f"assessment {row['assessment_id']}: {why}",
                         "RULES_NOT_IN_FORCE",
                     )
-                after = rules.evaluate(candidate, facts, day).outcomes()
+                try:
+                    after = rules.evaluate(candidate, facts, day).outcomes()
+                except rules.CannotDecide as error:
+                    raise invalid(
+                        "source_yaml",
+                        f"assessment {row['assessment_id']}: the rules cannot decide it: {error}",
+                        "RULES_CANNOT_DECIDE",
+                    ) from None
                 for programme_id, outcome in after.items():
                     old = before.get(programme_id, pb.OUTCOME_UNSPECIFIED)
                     if OUTCOME[outcome] == old:

@@ -467,3 +467,66 @@ def test_base_60_numbers_are_text_in_a_rule_set() -> None:
     assert rules.parse_yaml("a: 1:30\nb: 12\nc: 1.5") == {"a": "1:30", "b": 12, "c": 1.5}
     long_run = "description: " + ":".join(["1"] * 100_000)  # base 60: 2-4 s to convert
     assert isinstance(rules.parse_yaml(long_run)["description"], str)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path", "lacking"),
+    [
+        pytest.param(
+            "    needs: [walking]\n", "", "rules[", "functioning answers", id="rule-without-needs"
+        ),
+        pytest.param(
+            'points: "functioning_recorded ? max_difficulty * 10 : 0"',
+            'points: "max_difficulty * 10"',
+            "priority.components[0].points",
+            "functioning answers",
+            id="score-unguarded",
+        ),
+        pytest.param(
+            'points: "functioning_recorded ? max_difficulty * 10 : 0"',
+            'points: "functioning_recorded ? cognition * 10 : 0"',
+            "priority.components[0].points",
+            "cognition",
+            id="score-one-domain",
+        ),
+    ],
+)
+def test_an_expression_reading_a_fact_a_record_may_lack_is_refused(
+    old: str, new: str, path: str, lacking: str
+) -> None:
+    """A rule reading `walking` without listing it in `needs` was published, and every
+    survivor without a walking answer then failed to be assessed (INTERNAL)."""
+    assert SHIPPED.count(old) == 1
+    with pytest.raises(rules.RuleSetError) as caught:
+        rules.load(SHIPPED.replace(old, new))
+    [problem] = [p for p in caught.value.problems if p.path.startswith(path)]
+    assert f"fails for a survivor whose record has no {lacking}" in problem.message
+    assert problem.line > 0 and problem.column > 0
+    # Versions published before the check stay readable; a survivor they cannot decide
+    # is said so (the service answers FAILED_PRECONDITION, RULES_CANNOT_DECIDE).
+    published = rules.load(SHIPPED.replace(old, new), published=True)
+    lacking_all = {
+        k: v
+        for k, v in _FARMER_FACTS.items()
+        if k not in (*rules.FUNCTIONING_FACTS, "max_difficulty")
+    }
+    with pytest.raises(rules.CannotDecide, match="Undefined variable"):
+        rules.evaluate(published, lacking_all, date(2026, 3, 1))
+
+
+def test_a_test_case_the_rules_cannot_evaluate_fails_as_a_case() -> None:
+    """An expression that fails on a case's facts (an empty list indexed) is that case
+    failing, said so, not an internal error."""
+    source = SHIPPED.replace(
+        "expression: walking >= params.wheelchair_min_walking_difficulty",
+        "expression: size(injuries[0]) + walking >= params.wheelchair_min_walking_difficulty",
+    )
+    rule_set = rules.load(source)  # the sample facts hold an injury
+
+    def without_injuries(case: dict[str, object], day: date) -> dict[str, object]:
+        return {**facts_of_case(case, day), "injuries": []}
+
+    results = rules.run_tests(rule_set, without_injuries)
+    failed = [r for r in results if not r.passed]
+    assert failed, results
+    assert all(r.failures[0].startswith("the rules cannot decide it: ") for r in failed), failed
