@@ -474,7 +474,8 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         self, request: pb.AdvanceAssistanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.AdvanceAssistanceResponse:
         current = await self.db.pool.fetchrow(
-            "SELECT type_id, pool_id FROM assistance WHERE assistance_id = $1",
+            "SELECT assistance_id, type_id, pool_id, state FROM assistance "
+            "WHERE assistance_id = $1",
             request.assistance_id,
         )
         if current is None:
@@ -488,6 +489,9 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 + ", ".join(sorted({t.action for t in plugin.all_transitions})),
                 "UNKNOWN_ACTION",
             )
+        # A step the item's state does not allow is said so before its data is checked
+        # (checked again under the row's lock).
+        _check_transition(plugin, transition, current)
         data = struct_to_dict(request.data)
         check_data(plugin.action_validator(transition), data)
 
@@ -542,15 +546,8 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         actor: str,
     ) -> None:
         """One lifecycle transition, with the effects the type declares for it."""
+        _check_transition(plugin, t, row)
         state = row["state"]
-        if state not in t.from_states:
-            allowed = sorted({x.action for x in plugin.all_transitions if state in x.from_states})
-            raise FailedPrecondition(
-                f"cannot {t.action} assistance {row['assistance_id']} in state {state}; "
-                f"allowed: {', '.join(allowed) or 'none (finished)'}",
-                reason="ILLEGAL_TRANSITION",
-                metadata={"state": state, "action": t.action, "allowed": ",".join(allowed)},
-            )
         attended = row["attended_sessions"]
         if t.records_attendance:
             attended += data[ATTENDANCE_KEY]
@@ -896,3 +893,15 @@ SPEC = ServiceSpec(
     attach=attach,
     address=lambda settings: settings.assistance_address,
 )
+
+
+def _check_transition(plugin: AssistanceTypePlugin, t: Transition, row: asyncpg.Record) -> None:
+    state = row["state"]
+    if state not in t.from_states:
+        allowed = sorted({x.action for x in plugin.all_transitions if state in x.from_states})
+        raise FailedPrecondition(
+            f"cannot {t.action} assistance {row['assistance_id']} in state {state}; "
+            f"allowed: {', '.join(allowed) or 'none (finished)'}",
+            reason="ILLEGAL_TRANSITION",
+            metadata={"state": state, "action": t.action, "allowed": ",".join(allowed)},
+        )

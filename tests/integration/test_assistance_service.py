@@ -178,6 +178,12 @@ async def test_a_cohort_fills_then_waitlists_in_order_and_a_dropout_promotes_the
     need = await stub.ListAssistance(pb.ListAssistanceRequest(capacity_pool_id=pool.pool_id))
     assert [a.assistance_id for a in need.assistance] == [a.assistance_id for a in enrolled]
 
+    # A step the state does not allow is said so first, whatever its data lacks (it asked
+    # for the certificate number of a course not yet attended).
+    with pytest.raises(grpc.aio.AioRpcError) as early:
+        await advance(stub, enrolled[0].assistance_id, "complete")
+    assert early.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(early.value) == "ILLEGAL_TRANSITION"
     await advance(stub, enrolled[0].assistance_id, "attend", sessions=2)
     dropped = await advance(stub, enrolled[0].assistance_id, "drop_out")
     assert dropped.state == "dropped_out"
