@@ -79,6 +79,19 @@ async def pay(cluster: Cluster, env: WorkflowEnvironment, loan_id: str, amount: 
     return paid.repayment.transaction_id
 
 
+async def awaiting_first_follow_up(
+    cluster: Cluster, env: WorkflowEnvironment, task_queue: str, loan: LoanRequest
+) -> tuple[Journey, str, str]:
+    """A journey whose loan was repaid in full in its grace, the journey told, once it
+    awaits the answers of its +6-month follow-up: the journey, the loan, the payment."""
+    handle = await approved_journey(cluster, env, task_queue, loan, "GRACE")
+    loan_id = (await status_of(handle)).loan_id
+    paid = await pay(cluster, env, loan_id, loan.amount_minor)
+    await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+    await skip_until(env, handle, lambda s: s.follow_up_due == 6, step=timedelta(days=10))
+    return handle, loan_id, paid
+
+
 def fish_then_feed(feed_after_days: int, fund_id: str = "") -> LoanRequest:
     """3,000 AZN: the fish (2,000 AZN) at the approval, the feed `feed_after_days` later."""
     return LoanRequest(
@@ -207,11 +220,7 @@ async def test_a_reversal_after_the_last_due_date_or_during_a_follow_up_reopens_
         assert (reopened.loan_status, reopened.days_past_due > 90) == ("ACTIVE", True)
         await late.terminate("the test is over")
 
-        asked = await approved_journey(cluster, env, task_queue, kiosk, "GRACE")
-        loan_id = (await status_of(asked)).loan_id
-        paid = await pay(cluster, env, loan_id, 120_000)
-        await asked.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
-        await skip_until(env, asked, lambda s: s.follow_up_due == 6, step=timedelta(days=10))
+        asked, loan_id, paid = await awaiting_first_follow_up(cluster, env, task_queue, kiosk)
         await cluster.lending.ReverseRepayment(reversal(loan_id, paid))
         await asked.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
         reopened = await skip_until(
@@ -223,11 +232,7 @@ async def test_a_reversal_after_the_last_due_date_or_during_a_follow_up_reopens_
 
         # The same, the journey not told before the answers come: eligibility records no
         # follow-up of an open loan, and the journey goes back to the repayments.
-        unheard = await approved_journey(cluster, env, task_queue, kiosk, "GRACE")
-        loan_id = (await status_of(unheard)).loan_id
-        paid = await pay(cluster, env, loan_id, 120_000)
-        await unheard.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
-        await skip_until(env, unheard, lambda s: s.follow_up_due == 6, step=timedelta(days=10))
+        unheard, loan_id, paid = await awaiting_first_follow_up(cluster, env, task_queue, kiosk)
         await cluster.lending.ReverseRepayment(reversal(loan_id, paid))
         await unheard.execute_update(
             SurvivorJourneyWorkflow.record_follow_up, FollowUp(90_000, True, 3, "cw-51")
