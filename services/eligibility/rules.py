@@ -29,6 +29,10 @@ OUTCOMES: tuple[Outcome, ...] = ("ELIGIBLE", "NOT_ELIGIBLE", "NEEDS_REVIEW")
 _ID = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
 _PARAM_REF = re.compile(r"\bparams\.([A-Za-z_][A-Za-z0-9_]*)")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# The variable a CEL macro binds: `injuries.exists(i, i == 'lower_limb_amputation')`.
+_MACRO_VARIABLE = re.compile(
+    r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,"
+)
 
 # The facts an expression may read, with a sample value of the right type. The sample
 # doubles as the type check: every expression is evaluated against it at publish time.
@@ -889,7 +893,10 @@ def _references(
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The facts and the parameters an expression reads, each known (in every branch:
     the type check evaluates only the branches the sample facts take)."""
-    reads = tuple(v for v in program.references()["variables"] if v != "params")
+    bound = set(_MACRO_VARIABLE.findall(expression))
+    for name in sorted(bound & (set(FACT_SAMPLES) | {"params"})):
+        loader.fail(path, f"the macro's variable {name} is a fact's name too: name it otherwise")
+    reads = tuple(v for v in program.references()["variables"] if v != "params" and v not in bound)
     for name in reads:
         if name not in FACT_SAMPLES:
             loader.fail(path, f"unknown fact {name}")

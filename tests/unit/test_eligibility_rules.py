@@ -408,6 +408,15 @@ _UNTIL_RULE_SET = rules.load(
     )
 )
 
+# A rule with a CEL macro over a list fact (the list is part of the fragment's key).
+_MACRO_RULE_SET = rules.load(
+    SHIPPED.replace(
+        "expression: walking >= params.wheelchair_min_walking_difficulty",
+        "expression: walking >= params.wheelchair_min_walking_difficulty"
+        " || injuries.exists(i, i == 'lower_limb_amputation')",
+    )
+)
+
 
 @settings(max_examples=400, deadline=None)
 @given(_intakes())
@@ -416,7 +425,7 @@ def test_fast_trace_equals_the_reference_evaluation(case: tuple[pb.SurvivorIntak
     rules.evaluate + decision_to_proto give, on the first call and from the cache (shared
     by every generated survivor, as in the service)."""
     survivor, day = case
-    for rule_set in (_SHIPPED_RULE_SET, _CEILING_RULE_SET, _UNTIL_RULE_SET):
+    for rule_set in (_SHIPPED_RULE_SET, _CEILING_RULE_SET, _UNTIL_RULE_SET, _MACRO_RULE_SET):
         facts = intake.facts(survivor, day)
         decisions, priority = decision_to_proto(rules.evaluate(rule_set, facts, day))
         reference = pb.Assessment(decisions=decisions, priority=priority)
@@ -530,3 +539,22 @@ def test_a_test_case_the_rules_cannot_evaluate_fails_as_a_case() -> None:
     failed = [r for r in results if not r.passed]
     assert failed, results
     assert all(r.failures[0].startswith("the rules cannot decide it: ") for r in failed), failed
+
+
+def test_an_expression_may_use_cel_macros_over_a_list() -> None:
+    """`injuries.exists(i, ...)` was refused as reading an unknown fact `i`."""
+    old = "expression: walking >= params.wheelchair_min_walking_difficulty"
+    macro = (
+        "expression: walking >= params.wheelchair_min_walking_difficulty"
+        " || injuries.exists(i, i == 'lower_limb_amputation')"
+    )
+    rule_set = rules.load(SHIPPED.replace(old, macro))
+    rule = next(r for r in rule_set.rules if r.id == "walking_difficulty")
+    assert set(rule.reads) == {"walking", "injuries"}
+    decision = rules.evaluate(rule_set, {**_FARMER_FACTS, "walking": 0}, date(2026, 3, 1))
+    assert decision.outcomes()["wheelchair"] == "ELIGIBLE"  # the farmer's amputation
+    shadowing = SHIPPED.replace(old, old + " && injuries.all(walking, walking != '')")
+    with pytest.raises(rules.RuleSetError) as caught:
+        rules.load(shadowing)
+    assert any("the macro's variable walking is a fact's name too" in p.message
+               for p in caught.value.problems)  # fmt: skip
