@@ -600,8 +600,10 @@ def parse_yaml(source: str, *, published: bool = False) -> Any:
     loader = yaml.SafeLoader if published else _RuleSetYaml  # safe: no arbitrary objects
     try:
         return yaml.load(source, Loader=loader)
-    except (ValueError, RecursionError) as error:  # a 5,000-digit integer, [[[[...
-        raise yaml.YAMLError(f"cannot be read: {type(error).__name__}") from None
+    except RecursionError:  # [[[[...
+        raise yaml.YAMLError("cannot be read: nested too deeply") from None
+    except ValueError as error:  # a 5,000-digit integer, a date of 2026-02-30
+        raise yaml.YAMLError(f"cannot be read: {_first_line(error)[:200]}") from None
 
 
 class _Positions:

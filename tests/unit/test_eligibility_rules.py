@@ -448,16 +448,22 @@ def test_the_same_rules_are_told_apart_from_a_change_of_type_or_value() -> None:
 
 
 @pytest.mark.parametrize(
-    "source",
-    ["rule_set_id: " + "9" * 5000, "rules: " + "[" * 5000 + "]" * 5000],
-    ids=["huge-integer", "deep-nesting"],
+    ("source", "said"),
+    [
+        ("rule_set_id: " + "9" * 5000, "integer string conversion"),
+        ("rules: " + "[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("tests:\n  - {assessment_date: 2026-02-30}", "day is out of range for month"),
+    ],
+    ids=["huge-integer", "deep-nesting", "no-such-day"],
 )
-def test_yaml_too_large_to_read_is_bad_yaml(source: str) -> None:
-    """Refused as bad YAML, with the document's problem, not an unexpected error."""
+def test_yaml_that_cannot_be_read_is_bad_yaml_saying_why(source: str, said: str) -> None:
+    """Refused as bad YAML, with the document's problem, not an unexpected error; the
+    message said only the exception's name ("ValueError")."""
     with pytest.raises(rules.RuleSetError) as caught:
         rules.load(source)
     assert [p.path for p in caught.value.problems] == ["(document)"]
-    assert "bad YAML" in caught.value.problems[0].message
+    assert "bad YAML: cannot be read: " in caught.value.problems[0].message
+    assert said in caught.value.problems[0].message
 
 
 def test_a_published_version_written_with_aliases_stays_readable() -> None:
