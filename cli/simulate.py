@@ -569,6 +569,12 @@ def product_terms(a: Assumptions) -> dict[str, Any]:
         )
     if a.capital_minor < a.amount_minor:
         raise BadInput("--capital must cover at least one loan")
+    instalments = product["term_months"] - product["grace_months"]  # at most
+    if a.default and a.default_after >= instalments:
+        raise BadInput(
+            f"--default-after {a.default_after}: a {a.product_id} loan has at most "
+            f"{instalments} instalments, so such a borrower repays in full; give fewer"
+        )
     return dict(product)
 
 

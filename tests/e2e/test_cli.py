@@ -851,6 +851,7 @@ async def test_bad_input_is_refused_before_any_call(
         (["--token-file", str(tmp_path / "no-token"), "fund"], "token file"),
         (["simulate", "--on-time", "0.5", "--late", "0.1", "--default", "0.1"], "add up to 1"),
         (["simulate", "--amount", "99999"], "outside the carpet_weaving"),
+        (["simulate", "--default-after", "100"], "a carpet_weaving loan has at most"),
         (HARDSHIP, "say either --pause-days N"),
         ([*HARDSHIP, "--pause-days", "3", "--new-term-months", "6"], "say either"),
         ([*HARDSHIP, "--pause-days", "0"], "--pause-days must be from 1 to 365"),
