@@ -262,7 +262,6 @@ async def one_time_skipped_journey(
 async def time_skipping(database_url: str, journeys: int) -> None:
     print("1. A full 24-month journey under time skipping (in-process services and worker)")
     with tempfile.TemporaryDirectory() as state:
-        ensure_keyring(Path(state) / "payload-keys.json")  # as `make run` does at start
         async with in_process_services(database_url, state) as addresses:
             settings = load_settings(
                 DATABASE_URL=database_url,
@@ -272,6 +271,7 @@ async def time_skipping(database_url: str, journeys: int) -> None:
                 LENDING_ADDRESS=addresses["lending"],
                 ASSISTANCE_ADDRESS=addresses["assistance"],
             )
+            ensure_keyring(settings.effective_payload_keys_file)  # as `make run` does
             box = await open_outbox(settings)
             acts = journey_activities(settings, box)
             env = await WorkflowEnvironment.start_time_skipping(
@@ -350,7 +350,7 @@ def dev_cluster(
     # with the service-token there, the bench with the dev-token; all of them, the
     # payload keyring there.
     ensure_dev_credentials(settings)
-    ensure_keyring(Path(state_dir) / "payload-keys.json")
+    ensure_keyring(settings.effective_payload_keys_file)
     jwks_file = str(settings.effective_jwks_file)
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(process(temporal, {}, port, Path(state_dir) / "temporal.log"))

@@ -210,13 +210,6 @@ def rotate_keyring(path: Path) -> Keyring:
     return rotated
 
 
-def keyring_for(settings: Settings) -> Keyring:
-    """The cluster's keyring, which must exist: `make run` creates it in its state folder
-    at start. A client or replica that made its own (the CLI run from another folder)
-    would start journeys no worker can read."""
-    return load_keyring(settings.effective_payload_keys_file)
-
-
 # --- the codec -------------------------------------------------------------------------
 
 
@@ -307,9 +300,10 @@ def data_converter_for(
 
 
 def data_converter(settings: Settings) -> temporalio.converter.DataConverter:
-    """Temporal's default converter with this cluster's encryption codec."""
-    keyring = keyring_for(settings)
-    return data_converter_for(EncryptionCodec(keyring, settings.effective_payload_keys_file))
+    """Temporal's default converter with this cluster's encryption codec. The keyring
+    must exist (`make run` creates it in its state folder at start): a client that made
+    its own, run from another folder, would start journeys no worker could read."""
+    return data_converter_for(EncryptionCodec.from_file(settings.effective_payload_keys_file))
 
 
 # --- command line ----------------------------------------------------------------------

@@ -39,7 +39,7 @@ from temporalio.api.common.v1 import Payloads
 
 from services.common.config import ConfigError, Settings, load_settings
 from services.common.logging import configure_logging
-from workers.codec import CodecError, EncryptionCodec, KeyringError, keyring_for
+from workers.codec import CodecError, EncryptionCodec, KeyringError
 
 log = structlog.get_logger("mineaction.codec_server")
 
@@ -200,7 +200,7 @@ async def start(app: web.Application, address: str) -> tuple[web.AppRunner, int]
 
 
 async def serve(settings: Settings, config: CodecServerConfig) -> None:
-    codec = EncryptionCodec(keyring_for(settings), settings.effective_payload_keys_file)
+    codec = EncryptionCodec.from_file(settings.effective_payload_keys_file)
     runner, port = await start(build_app(codec, config), settings.codec_server_address)
     host = settings.codec_server_address.rpartition(":")[0]
     log.info(
