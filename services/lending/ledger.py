@@ -140,17 +140,25 @@ async def open_fund(
     return bool(created)
 
 
-async def lock_fund_available(conn: Connection, fund_id: str) -> int:
+@dataclass(frozen=True)
+class FundCash:
+    available_minor: int
+    committed_on: date | None  # the day its capital was committed; None without capital
+
+
+async def lock_fund_available(conn: Connection, fund_id: str) -> FundCash:
     """Lock the fund row (disbursements take turns) and return its cash balance."""
     locked = await conn.fetchval("SELECT 1 FROM funds WHERE fund_id = $1 FOR UPDATE", fund_id)
     if locked is None:
         raise NotFound(f"fund {fund_id} does not exist")
-    available: int = await conn.fetchval(
-        """SELECT coalesce(sum(amount_minor), 0)::bigint FROM postings
-           WHERE fund_id = $1 AND account = 'FUND_CASH'""",
+    row = await conn.fetchrow(
+        """SELECT coalesce(sum(amount_minor), 0)::bigint AS available,
+                  min(value_date) FILTER (WHERE kind = 'CAPITAL') AS committed_on
+           FROM postings WHERE fund_id = $1 AND account = 'FUND_CASH'""",
         fund_id,
     )
-    return available
+    assert row is not None  # an aggregate always returns its row
+    return FundCash(row["available"], row["committed_on"])
 
 
 @dataclass(frozen=True)

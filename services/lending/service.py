@@ -515,12 +515,16 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def GetPortfolioReport(
         self, request: pb.GetPortfolioReportRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetPortfolioReportResponse:
+        as_of = from_proto_date(request.as_of)
+        # Payments after today are not known yet: a report dated later would count every
+        # instalment falling due by then as overdue, and PAR30 with them.
+        self._not_after_today("as_of", as_of)
         if request.fund_id and not await self.db.pool.fetchval(
             "SELECT 1 FROM funds WHERE fund_id = $1", request.fund_id
         ):
             raise invalid("fund_id", f"unknown fund {request.fund_id!r}", "UNKNOWN_FUND")
         async with self.db.pool.acquire() as conn:
-            rows = await figures.portfolio(conn, from_proto_date(request.as_of), request.fund_id)
+            rows = await figures.portfolio(conn, as_of, request.fund_id)
         report = pb.PortfolioReport(as_of=request.as_of)
         for row in rows:
             numbers = pb.PortfolioFigures(
@@ -645,13 +649,25 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 )
             if tranches:
                 await self._check_further_tranche(conn, request.loan_id, on)
-            available = await ledger.lock_fund_available(conn, loan["fund_id"])
-            if request.amount_minor > available:
+            cash = await ledger.lock_fund_available(conn, loan["fund_id"])
+            if cash.committed_on is not None and on < cash.committed_on:
+                # A slip of the year (2016 for 2026) would pay out of a fund before it
+                # had any money, and date the loan's whole schedule a decade early.
+                raise invalid(
+                    "disbursement_date",
+                    f"must not be before fund {loan['fund_id']} was committed "
+                    f"({cash.committed_on})",
+                    "BEFORE_FUND_COMMITTED",
+                )
+            if request.amount_minor > cash.available_minor:
                 raise FailedPrecondition(
-                    f"fund {loan['fund_id']} has {available} qəpik available; the tranche is "
-                    f"{request.amount_minor} qəpik",
+                    f"fund {loan['fund_id']} has {cash.available_minor} qəpik available; the "
+                    f"tranche is {request.amount_minor} qəpik",
                     reason="INSUFFICIENT_FUNDS",
-                    metadata={"fund_id": loan["fund_id"], "available_minor": str(available)},
+                    metadata={
+                        "fund_id": loan["fund_id"],
+                        "available_minor": str(cash.available_minor),
+                    },
                 )
             kind = pb.DisbursementKind.Name(request.kind).removeprefix("DISBURSEMENT_KIND_")
             sequence = len(tranches) + 1

@@ -108,6 +108,27 @@ async def test_disbursement_beyond_the_fund_is_refused_and_writes_nothing(
     assert loan.state == pb.LOAN_STATE_APPROVED
 
 
+async def test_a_disbursement_dated_before_its_fund_was_committed_is_refused(
+    cluster: Cluster,
+) -> None:
+    """The test funds are committed on 2025-01-01: a tranche dated 2015 (a slip of the
+    year) names the day the fund got its money, and leaves the loan APPROVED."""
+    fund_id = await open_fund(cluster, 150_000)
+    loan = await approved_loan(cluster.lending, fund_id=fund_id, amount_minor=100_000)
+    slip = disburse(cluster.lending, loan.loan_id, 100_000, date(2015, 3, 10))
+    await _refused_without_writes(
+        cluster, slip, "disbursement_date", grpc.StatusCode.INVALID_ARGUMENT
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await disburse(cluster.lending, loan.loan_id, 100_000, date(2024, 12, 31))
+    assert [v.reason for v in violations_in(refused.value)] == ["BEFORE_FUND_COMMITTED"]
+    assert f"before fund {fund_id} was committed (2025-01-01)" in (refused.value.details() or "")
+    still = (await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=loan.loan_id))).loan
+    assert still.state == pb.LOAN_STATE_APPROVED
+    paid_out = await disburse(cluster.lending, loan.loan_id, 100_000, date(2025, 1, 1))
+    assert paid_out.loan.state == pb.LOAN_STATE_ACTIVE
+
+
 async def test_concurrent_disbursements_never_overdraw_the_fund(cluster: Cluster) -> None:
     fund_id = await open_fund(cluster, 250_000)
     loans = [
@@ -1096,3 +1117,12 @@ async def test_money_dated_after_today_is_refused_and_writes_nothing(cluster: Cl
         )
         paid = await lending.RecordRepayment(repayment(active.loan_id, 1_000, today))
         assert paid.loan.repaid_principal_minor == 1_000
+        # A report dated after today would count every instalment due by then as overdue.
+        await _refused_without_writes(
+            cluster,
+            lending.GetPortfolioReport(pb.GetPortfolioReportRequest(as_of=pdate(tomorrow))),
+            "as_of",
+            invalid,
+        )
+        report = await lending.GetPortfolioReport(pb.GetPortfolioReportRequest(as_of=pdate(today)))
+        assert report.report.total.active_loans >= 1
