@@ -147,6 +147,7 @@ ASSESSMENT_COLUMNS = (
     "failed_rules",
     "missing_data",
     "priority_score",
+    "reassessment_reason",
 )
 
 
@@ -185,7 +186,14 @@ async def assessments(
                     " ".join(r.rule_id for r in d.rule_results if not r.passed),
                     " ".join(d.missing_data),
                     str(a.priority.total),
+                    spreadsheet_text(a.reassessment_reason),
                 ]
+
+
+def spreadsheet_text(text: str) -> str:
+    """Text typed by staff, kept as text when the file is opened in a spreadsheet: a cell
+    starting with =, +, -, @ or a tab would otherwise be run as a formula."""
+    return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
 
 
 def writer(out: IO[str], columns: Iterable[str]) -> Any:

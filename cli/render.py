@@ -32,6 +32,7 @@ LABELS: dict[str, dict[str, str]] = {
     "OUTCOME_NEEDS_REVIEW": {"en": "needs review", "az": "yoxlanılmalıdır"},
     "priority": {"en": "Priority score", "az": "Prioritet balı"},
     "rule_set": {"en": "rule set", "az": "qaydalar toplusu"},
+    "reassessed": {"en": "re-assessed", "az": "yenidən qiymətləndirilib"},
     "rule_set_unread": {
         "en": "programmes are shown by their ids: the rule set could not be read",
         "az": "proqramlar kodları ilə göstərilir: qaydalar toplusunu oxumaq mümkün olmadı",
@@ -277,6 +278,8 @@ def assessment_table(
         f"{a.assessment_date.year:04d}-{a.assessment_date.month:02d}-{a.assessment_date.day:02d}, "
         f"{label('rule_set', lang)} {a.rule_set_id} v{a.rule_set_version}"
     )
+    if a.reassessment_reason:
+        title += f" ({label('reassessed', lang)}: {a.reassessment_reason})"
     table = Table(title=escape(title), show_lines=True)
     table.add_column(label("programme", lang), style="bold")
     table.add_column(label("outcome", lang))

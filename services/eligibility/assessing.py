@@ -89,7 +89,7 @@ _WRITE = f"""
            EXISTS (SELECT 1 FROM claimed k WHERE k.request_id = c.request_id) AS claimed
     FROM calls c"""
 
-_ASSESSMENTS = """SELECT assessment_id, result FROM assessments
+_ASSESSMENTS = """SELECT assessment_id, result, reassessment_reason FROM assessments
                   WHERE assessment_id = ANY($1::text[])"""
 _STORED = """SELECT request_id, method, payload_hash, response FROM idempotency_keys
              WHERE request_id = ANY($1::text[])"""
@@ -121,7 +121,9 @@ class _Assessed:
     intake_pb: bytes | None
 
     def response(self) -> Answer:
-        return holding(pb.AssessEligibilityResponse, "assessment", self.encoded)
+        return holding(
+            pb.AssessEligibilityResponse, "assessment", as_served(self.encoded, self.reason)
+        )
 
 
 Answer = pb.AssessEligibilityResponse | Encoded[pb.AssessEligibilityResponse]
@@ -274,7 +276,10 @@ class Assessor:
         # answers stored before that hold it whole.
         named = [a.assessment.assessment_id for a in answers.values() if _names_only(a)]
         results = (
-            {r["assessment_id"]: r["result"] for r in await conn.fetch(_ASSESSMENTS, named)}
+            {
+                r["assessment_id"]: as_served(r["result"], r["reassessment_reason"])
+                for r in await conn.fetch(_ASSESSMENTS, named)
+            }
             if named
             else {}
         )
@@ -309,6 +314,15 @@ def new_assessment(
         age_band=intake_mod.age_band(facts["age"]),  # type: ignore[arg-type]
     )
     return assessment, assessment.SerializeToString() + trace.assessment_trace(rule_set, facts, day)
+
+
+def as_served(result: bytes, reassessment_reason: str) -> bytes:
+    """A stored assessment as it is answered: the row's reason for a re-assessment, kept
+    in its own column, appended as the message's field (bytes appended parse as one
+    message)."""
+    if not reassessment_reason:
+        return result
+    return result + pb.Assessment(reassessment_reason=reassessment_reason).SerializeToString()
 
 
 def _names_only(answer: pb.AssessEligibilityResponse) -> bool:

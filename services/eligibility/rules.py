@@ -577,7 +577,19 @@ def _base_10_only() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
     return resolvers
 
 
-class _RuleSetYaml(yaml.SafeLoader):
+class _MarkedSafeLoader(yaml.SafeLoader):
+    """SafeLoader whose values that cannot be read (a date of 2026-02-30, a 5,000-digit
+    integer) are refused at their line and column, like any other YAML error."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as error:
+            problem = f"cannot be read: {_first_line(error)[:200]}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+
+
+class _RuleSetYaml(_MarkedSafeLoader):
     """YAML as a rule set may be written: no aliases (`*name`). A few hundred bytes of
     aliases to aliases stand for billions of nodes, and every check that walks the
     document (positions, types, the comparison with the published version) would walk
@@ -597,13 +609,11 @@ def parse_yaml(source: str, *, published: bool = False) -> Any:
     """A rule set's YAML as data: yaml.YAMLError when it is not YAML, or (unless it is a
     version published already, read as it was accepted then) uses aliases, or holds a
     number or a nesting too large to read."""
-    loader = yaml.SafeLoader if published else _RuleSetYaml  # safe: no arbitrary objects
+    loader = _MarkedSafeLoader if published else _RuleSetYaml  # safe: no arbitrary objects
     try:
         return yaml.load(source, Loader=loader)
     except RecursionError:  # [[[[...
         raise yaml.YAMLError("cannot be read: nested too deeply") from None
-    except ValueError as error:  # a 5,000-digit integer, a date of 2026-02-30
-        raise yaml.YAMLError(f"cannot be read: {_first_line(error)[:200]}") from None
 
 
 class _Positions:

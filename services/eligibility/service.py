@@ -32,7 +32,7 @@ from services.common.protoconv import from_proto_date, timestamp
 from services.common.server import ServiceSpec
 from services.eligibility import intake as intake_mod
 from services.eligibility import rules
-from services.eligibility.assessing import Assessor
+from services.eligibility.assessing import Assessor, as_served
 from services.eligibility.loans import LoanBook
 from services.eligibility.rulebook import RuleBook
 from services.eligibility.trace import OUTCOME, rule_result_message, score_component_message
@@ -191,13 +191,15 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
     async def GetAssessment(
         self, request: pb.GetAssessmentRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetAssessmentResponse:
-        result = await self.db.pool.fetchval(
-            "SELECT result FROM assessments WHERE assessment_id = $1", request.assessment_id
+        row = await self.db.pool.fetchrow(
+            "SELECT result, reassessment_reason FROM assessments WHERE assessment_id = $1",
+            request.assessment_id,
         )
-        if result is None:
+        if row is None:
             raise NotFound(f"assessment {request.assessment_id} does not exist")
         response = pb.GetAssessmentResponse
-        return served(response, holding(response, "assessment", result))
+        assessment = as_served(row["result"], row["reassessment_reason"])
+        return served(response, holding(response, "assessment", assessment))
 
     async def ListAssessments(
         self, request: pb.ListAssessmentsRequest, context: grpc.aio.ServicerContext
@@ -212,7 +214,8 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         after = pagination.decode(request.page_token, query, (pagination.iso_date, pagination.text))
         size = pagination.page_size(request.page_size)
         rows = await self.db.pool.fetch(
-            """SELECT assessment_id, assessment_date, result FROM assessments
+            """SELECT assessment_id, assessment_date, result, reassessment_reason
+               FROM assessments
                WHERE ($1 = '' OR survivor_id = $1)
                  AND ($2 = '' OR district_code = $2)
                  AND ($3::date IS NULL OR assessment_date >= $3)
@@ -237,7 +240,8 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             else ""
         )
         response = pb.ListAssessmentsResponse
-        assessments = [r["result"] for r in page]  # served as stored, never parsed here
+        # Served as stored, never parsed here.
+        assessments = [as_served(r["result"], r["reassessment_reason"]) for r in page]
         return served(
             response,
             holding(response, "assessments", *assessments, rest=response(next_page_token=token)),

@@ -342,6 +342,19 @@ async def test_reassessment_under_the_latest_rules_from_the_cli(
     assert f"reintegration v{version + 1}" in ran.stdout
     assert "is the latest" not in ran.stdout
     assert "Micro-credit start-up loan (startup_loan)" in table_cells(ran.stdout, 0)
+    # The assessment says why it was made, on screen and in the export.
+    reason = "(re-assessed: annual review under the revised manual)"
+    assert reason in " ".join(ran.stdout.split()), ran
+    ran = await mineaction(cli_env, "export", "assessments", "--survivor-id", survivor_id)
+    assert ran.exit_code == 0, ran
+    reasons = {
+        (r["rule_set_version"], r["reassessment_reason"])
+        for r in csv.DictReader(io.StringIO(ran.stdout))
+    }
+    assert reasons == {
+        (str(version), ""),
+        (str(version + 1), "annual review under the revised manual"),
+    }
 
     # The survivor is pinned to the newer version now, as a re-registration shows.
     ran = await mineaction(cli_env, "register", str(intake))

@@ -351,16 +351,30 @@ async def test_publish_pin_reassess_and_what_if(cluster: Cluster) -> None:
             )
         )
     assert no_reason.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    reassessed = await cluster.eligibility.AssessEligibility(
-        pb.AssessEligibilityRequest(
-            request_id=request_id(),
-            survivor_id=earlier.survivor_id,
-            assessment_date=ASSESSED_ON,
-            reassess_under_latest=True,
-            reassessment_reason="annual review under the 2027 rules",
-        )
+    reassess = pb.AssessEligibilityRequest(
+        request_id=request_id(),
+        survivor_id=earlier.survivor_id,
+        assessment_date=ASSESSED_ON,
+        reassess_under_latest=True,
+        reassessment_reason="annual review under the 2027 rules",
     )
+    reassessed = await cluster.eligibility.AssessEligibility(reassess)
     assert reassessed.assessment.rule_set_version == pinned_version + 1
+    # Why it was re-assessed stays with the assessment: in its answer, read back, listed,
+    # and in the first answer a retry gets; the assessments under the pin carry none.
+    why = "annual review under the 2027 rules"
+    assert reassessed.assessment.reassessment_reason == why
+    assert (await cluster.eligibility.AssessEligibility(reassess)) == reassessed
+    read_back = await cluster.eligibility.GetAssessment(
+        pb.GetAssessmentRequest(assessment_id=reassessed.assessment.assessment_id)
+    )
+    assert read_back.assessment == reassessed.assessment
+    listed = await cluster.eligibility.ListAssessments(
+        pb.ListAssessmentsRequest(survivor_id=earlier.survivor_id)
+    )
+    reasons = {a.assessment_id: a.reassessment_reason for a in listed.assessments}
+    assert reasons.pop(reassessed.assessment.assessment_id) == why
+    assert again.assessment.assessment_id in reasons and set(reasons.values()) == {""}
     assert decision(reassessed.assessment, "startup_loan").outcome == pb.OUTCOME_NOT_ELIGIBLE
     # GetSurvivor says the survivor is now pinned to the newer version; so does a
     # re-registration, which keeps the pin.

@@ -448,22 +448,30 @@ def test_the_same_rules_are_told_apart_from_a_change_of_type_or_value() -> None:
 
 
 @pytest.mark.parametrize(
-    ("source", "said"),
+    ("source", "said", "at"),
     [
-        ("rule_set_id: " + "9" * 5000, "integer string conversion"),
-        ("rules: " + "[" * 5000 + "]" * 5000, "nested too deeply"),
-        ("tests:\n  - {assessment_date: 2026-02-30}", "day is out of range for month"),
+        ("rule_set_id: " + "9" * 5000, "integer string conversion", (1, 14)),
+        ("rules: " + "[" * 5000 + "]" * 5000, "nested too deeply", (0, 0)),
+        ("tests:\n  - {assessment_date: 2026-02-30}", "day is out of range for month", (2, 23)),
     ],
     ids=["huge-integer", "deep-nesting", "no-such-day"],
 )
-def test_yaml_that_cannot_be_read_is_bad_yaml_saying_why(source: str, said: str) -> None:
-    """Refused as bad YAML, with the document's problem, not an unexpected error; the
-    message said only the exception's name ("ValueError")."""
+def test_yaml_that_cannot_be_read_is_bad_yaml_saying_why(
+    source: str, said: str, at: tuple[int, int]
+) -> None:
+    """Refused as bad YAML, with the document's problem and, where there is one, the
+    value's line and column, not an unexpected error; the message said only the
+    exception's name ("ValueError")."""
     with pytest.raises(rules.RuleSetError) as caught:
         rules.load(source)
-    assert [p.path for p in caught.value.problems] == ["(document)"]
-    assert "bad YAML: cannot be read: " in caught.value.problems[0].message
-    assert said in caught.value.problems[0].message
+    [problem] = caught.value.problems
+    assert problem.path == "(document)"
+    assert "bad YAML: cannot be read: " in problem.message
+    assert said in problem.message
+    assert (problem.line, problem.column) == at
+    # A version published already is read with the same loader: as clear, never INTERNAL.
+    with pytest.raises(rules.RuleSetError, match="cannot be read"):
+        rules.load(source, published=True)
 
 
 def test_a_published_version_written_with_aliases_stays_readable() -> None:

@@ -635,6 +635,7 @@ class Assessment(_message.Message):
     DISTRICT_CODE_FIELD_NUMBER: _builtins.int
     SEX_FIELD_NUMBER: _builtins.int
     AGE_BAND_FIELD_NUMBER: _builtins.int
+    REASSESSMENT_REASON_FIELD_NUMBER: _builtins.int
     assessment_id: _builtins.str
     """Opaque assessment id."""
     survivor_id: _builtins.str
@@ -649,6 +650,10 @@ class Assessment(_message.Message):
     """The survivor's sex (for disaggregation)."""
     age_band: _age_band_pb2.AgeBand.ValueType
     """The survivor's age band at assessment_date (for disaggregation)."""
+    reassessment_reason: _builtins.str
+    """Why this re-assessment moved the survivor to a newer rule-set version, as given with
+    reassess_under_latest; empty for an assessment under the survivor's pinned version.
+    """
     @_builtins.property
     def assessment_date(self) -> _date_pb2.Date:
         """The date the assessment applies to (ages are computed at this date)."""
@@ -679,10 +684,11 @@ class Assessment(_message.Message):
         district_code: _builtins.str = ...,
         sex: _sex_pb2.Sex.ValueType = ...,
         age_band: _age_band_pb2.AgeBand.ValueType = ...,
+        reassessment_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["assessment_date", b"assessment_date", "create_time", b"create_time", "priority", b"priority"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_band", b"age_band", "assessment_date", b"assessment_date", "assessment_id", b"assessment_id", "create_time", b"create_time", "decisions", b"decisions", "district_code", b"district_code", "priority", b"priority", "rule_set_id", b"rule_set_id", "rule_set_version", b"rule_set_version", "sex", b"sex", "survivor_id", b"survivor_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_band", b"age_band", "assessment_date", b"assessment_date", "assessment_id", b"assessment_id", "create_time", b"create_time", "decisions", b"decisions", "district_code", b"district_code", "priority", b"priority", "reassessment_reason", b"reassessment_reason", "rule_set_id", b"rule_set_id", "rule_set_version", b"rule_set_version", "sex", b"sex", "survivor_id", b"survivor_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
