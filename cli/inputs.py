@@ -117,9 +117,11 @@ def _decimal_point(text: str, what: str, value: str) -> str:
 def text(value: str, what: str, max_len: int) -> str:
     """Free text a person must give (a reason): required (more than spaces and invisible
     characters, as the services count it), at most `max_len` characters."""
-    value = value.strip()
     if not visible(value):
+        if value:  # given, but it says nothing
+            raise BadInput(f"{what} is blank: it holds only spaces or invisible characters")
         raise BadInput(f"{what} is required")
+    value = value.strip()
     if len(value) > max_len:
         raise BadInput(f"{what} is longer than {max_len} characters")
     return value

@@ -428,14 +428,10 @@ def journey_start(
         if (product is None) != (amount is None):
             raise BadInput("a loan needs both --product and --amount")
         if product is not None and amount is not None:
-            if len(purpose) > 500:
-                raise BadInput("--purpose is longer than 500 characters")
-            if purpose and not purpose.strip():  # given, but says nothing
-                raise BadInput("--purpose is blank: say what the loan is for, or leave it out")
             loan = LoanRequest(
                 inputs.code(product, "product"),
                 inputs.amount_minor(amount, "--amount"),
-                purpose.strip() or "start-up loan",
+                inputs.text(purpose, "--purpose", 500) if purpose else "start-up loan",
             )
         plans = _assistance_plans(assistance or [], data or [])
         if not loan and not plans:

@@ -281,9 +281,9 @@ async def test_values_postgresql_cannot_store_are_invalid_argument_on_their_fiel
 async def test_names_and_codes_with_invisible_characters_are_refused(cluster: Cluster) -> None:
     """A zero-width space after a name made it another person to four eyes (the submitter
     approving their own application); a reason of invisible characters, a blank or
-    repeated injury code, a blank committee reference, tranche description, change note
-    or business sector, and a payment channel with a control character were stored as
-    given."""
+    repeated injury code, a blank loan purpose, committee reference, tranche description,
+    change note or business sector, and a payment channel with a control character were
+    stored as given (a journey whose loan purpose was invisible failed after it started)."""
     approve = lending_service_pb2.ApproveLoanRequest(
         request_id=request_id(),
         loan_id="loan-0001",
@@ -324,6 +324,7 @@ async def test_names_and_codes_with_invisible_characters_are_refused(cluster: Cl
     no_sector.existing_business.years_operating = 2
     before = await cluster.row_counts()
     for rpc, request, expected in (
+        (cluster.lending.SubmitLoanApplication, _application(purpose="\u200b "), {"purpose"}),
         (cluster.lending.ApproveLoan, approve, {"approved_by"}),
         (cluster.lending.ApproveLoan, blank_ref, {"committee_decision_ref"}),
         (cluster.lending.DisburseTranche, blank_goods, {"description"}),

@@ -140,6 +140,9 @@ def test_actions_and_required_text() -> None:
         with pytest.raises(BadInput, match="is not valid"):
             inputs.action(bad)
     with pytest.raises(BadInput, match="--reason is required"):
-        inputs.text("  ", "--reason", 10)
+        inputs.text("", "--reason", 10)
+    for blank in ("  ", "\u200b", "\u00a0\t"):
+        with pytest.raises(BadInput, match="--reason is blank: it holds only spaces or invisible"):
+            inputs.text(blank, "--reason", 10)
     with pytest.raises(BadInput, match="longer than 10"):
         inputs.text("x" * 11, "--reason", 10)

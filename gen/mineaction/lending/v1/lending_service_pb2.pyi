@@ -936,7 +936,9 @@ class SubmitLoanApplicationRequest(_message.Message):
     borrower_age_band: _age_band_pb2.AgeBand.ValueType
     """Applicant's age band."""
     purpose: _builtins.str
-    """What the loan is for."""
+    """What the loan is for. May be left out; when given, it says something (a journey's
+    one tranche is described by it).
+    """
     submitted_by: _builtins.str
     """Who submits the application.
     Empty means the caller (the token's subject); a service relaying a staff
