@@ -718,8 +718,9 @@ def load(source: str, *, published: bool = False) -> RuleSet:
         loader.fail("rule_set_id", "must be lower-case letters, digits and _")
     places: dict[str, list[int]] = {}
     parameters = _load_parameters(loader, data.get("parameters"), places)
-    if not published:
+    if not published:  # checks added since: versions published before stay readable
         _check_coverage(loader, parameters, places)
+        _check_money_values(loader, parameters, places)
     amounts = [n for n, kind in FACT_KINDS.items() if kind == MONEY] + [
         n for n, p in parameters.items() if p.kind == MONEY
     ]
@@ -804,6 +805,24 @@ def _load_parameters(
             if len(loader.problems) == before:
                 places[str(name)] = [index for index, _ in periods]
     return parameters
+
+
+def _check_money_values(
+    loader: _Loader, parameters: Mapping[str, Parameter], places: Mapping[str, list[int]]
+) -> None:
+    """A parameter in qəpik holds whole, non-negative amounts: a ceiling of -30000 (or
+    300.00) would decide every survivor by a figure no policy document can give."""
+    for name, parameter in parameters.items():
+        if parameter.kind != MONEY or name not in places:
+            continue
+        for index, period in zip(places[name], parameter.periods, strict=True):
+            value = period.value
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                loader.fail(
+                    f"parameters.{name}.values[{index}].value",
+                    f"parameter {name} is an amount in qəpik: a whole number, not negative "
+                    f"(got {value!r})",
+                )
 
 
 def _check_coverage(

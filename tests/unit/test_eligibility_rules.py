@@ -225,6 +225,28 @@ def test_a_parameter_without_a_value_on_some_day_is_refused_pointing_at_it(
     assert problem.line > 0 and problem.column > 0
 
 
+@pytest.mark.parametrize("value", ["-30000", "300.5", "'30000'", "true"])
+def test_an_amount_parameter_that_is_not_whole_non_negative_qepik_is_refused(value: str) -> None:
+    """A negative ceiling was accepted, and decided every survivor by it."""
+    source = ceiling_values(
+        "{from: 2026-01-01, until: 2026-11-01, value: 30000}",
+        f"{{from: 2026-11-01, value: {value}}}",
+    )
+    with pytest.raises(rules.RuleSetError) as caught:
+        rules.load(source)
+    problem = next(
+        p
+        for p in caught.value.problems
+        if p.path == "parameters.income_ceiling_per_person_minor.values[1].value"
+    )
+    assert "is an amount in qəpik: a whole number, not negative" in problem.message
+    assert problem.line > 0 and problem.column > 0
+    if value == "-30000":  # a version published before the check stays readable
+        published = rules.load(source, published=True)
+        ceiling = published.parameters["income_ceiling_per_person_minor"]
+        assert ceiling.at(date(2026, 11, 2)) == -30000
+
+
 def test_values_that_follow_each_other_are_accepted() -> None:
     rule_set = rules.load(
         ceiling_values(
