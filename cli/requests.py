@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import yaml
 from google.protobuf import json_format
+from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 
 from cli.inputs import BadInput, iso_date
@@ -17,12 +18,17 @@ from services.common.interceptors import shared_validator, violations_of
 M = TypeVar("M", bound=Message)
 
 _INTAKE_DATES = ("date_of_birth", "incident_date", "dateOfBirth", "incidentDate")
+_INTAKE = eligibility_pb.SurvivorIntake.DESCRIPTOR
+_FUNCTIONING = _INTAKE.fields_by_name["functioning"].message_type
 _SHORT_ENUMS = {
-    "sex": "SEX_",
-    "incident_type": "INCIDENT_TYPE_",
-    "incidentType": "INCIDENT_TYPE_",
-    "preferred_language": "LANGUAGE_",
-    "preferredLanguage": "LANGUAGE_",
+    key: _INTAKE.fields_by_name[field].enum_type
+    for key, field in (
+        ("sex", "sex"),
+        ("incident_type", "incident_type"),
+        ("incidentType", "incident_type"),
+        ("preferred_language", "preferred_language"),
+        ("preferredLanguage", "preferred_language"),
+    )
 }
 
 
@@ -46,10 +52,17 @@ def _date(value: Any, what: str) -> Any:
     return {"year": parsed.year, "month": parsed.month, "day": parsed.day}
 
 
-def _enum(value: Any, prefix: str) -> Any:
-    if isinstance(value, str) and not value.upper().startswith(prefix):
-        return prefix + value.upper()
-    return value.upper() if isinstance(value, str) else value
+def _enum(value: Any, enum: EnumDescriptor, what: str) -> Any:
+    """An enum value by the API's JSON name, written in full or short (`male` for
+    SEX_MALE); a name the enum does not have is refused, listing those it has."""
+    if not isinstance(value, str):
+        return value  # a number: the parser checks it
+    prefix = enum.values[0].name.removesuffix("UNSPECIFIED")  # buf style: X_UNSPECIFIED = 0
+    name = value.upper() if value.upper().startswith(prefix) else prefix + value.upper()
+    if name not in enum.values_by_name or enum.values_by_name[name].number == 0:
+        allowed = ", ".join(v.name.removeprefix(prefix).lower() for v in enum.values[1:])
+        raise BadInput(f"{what} {value!r} is not one of: {allowed}")
+    return name
 
 
 class _DatesAsText(yaml.SafeLoader):
@@ -84,17 +97,21 @@ def intake_from_text(text: str, source: str) -> eligibility_pb.SurvivorIntake:
         for key in ("recorded_on", "recordedOn"):
             if key in consent:
                 consent[key] = _date(consent[key], f"consent.{key}")
-    for key, prefix in _SHORT_ENUMS.items():
+    for key, enum in _SHORT_ENUMS.items():
         if key in data:
-            data[key] = _enum(data[key], prefix)
+            data[key] = _enum(data[key], enum, key)
+    languages = _INTAKE.fields_by_name["languages"].enum_type
     if isinstance(data.get("languages"), list):
-        data["languages"] = [_enum(v, "LANGUAGE_") for v in data["languages"]]
-    for item in data.get("functioning") or []:
+        data["languages"] = [
+            _enum(v, languages, f"languages[{i}]") for i, v in enumerate(data["languages"])
+        ]
+    functioning = data.get("functioning")
+    for index, item in enumerate(functioning if isinstance(functioning, list) else []):
         if isinstance(item, dict):
-            if "domain" in item:
-                item["domain"] = _enum(item["domain"], "WASHINGTON_GROUP_DOMAIN_")
-            if "level" in item:
-                item["level"] = _enum(item["level"], "DIFFICULTY_LEVEL_")
+            for key in ("domain", "level"):
+                if key in item:
+                    enum = _FUNCTIONING.fields_by_name[key].enum_type
+                    item[key] = _enum(item[key], enum, f"functioning[{index}].{key}")
     intake = eligibility_pb.SurvivorIntake()
     try:
         json_format.ParseDict(data, intake)

@@ -7,7 +7,7 @@ arguments). Anything else is a bug and becomes INTERNAL with no internals leaked
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -122,6 +122,14 @@ class Unavailable(DomainError):
 def internal_status() -> status_pb2.Status:
     """The only thing a caller learns about a bug."""
     return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+
+
+def invalid_fields(violations: Sequence[FieldViolation]) -> InvalidArgument:
+    """INVALID_ARGUMENT whose message names the first few fields at fault, so that a
+    client showing only the message still says what to correct."""
+    shown = "; ".join(f"{v.field}: {v.description}" for v in violations[:5])
+    more = f"; {len(violations) - 5} more in the details" if len(violations) > 5 else ""
+    return InvalidArgument(f"{len(violations)} invalid field(s): {shown}{more}", violations)
 
 
 def invalid(field: str, description: str, reason: str = "") -> InvalidArgument:

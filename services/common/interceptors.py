@@ -52,6 +52,7 @@ from services.common.errors import (
     Unauthenticated,
     Unavailable,
     internal_status,
+    invalid_fields,
 )
 from services.common.metrics import observe_rpc
 from services.common.storable import may_hold_unstorable, spelled_out, unstorable_values
@@ -193,15 +194,36 @@ def shared_validator() -> protovalidate.Validator:
     return protovalidate.Validator()
 
 
+# A rule across fields (a message's own `cel`) is reported on the field to correct, not
+# on the message; tests/unit/test_validation.py checks that every such rule is here.
+CROSS_FIELD_RULES = {
+    "assess_eligibility.reassessment_reason": "reassessment_reason",
+    "assess_eligibility.reassessment_reason_alone": "reassessment_reason",
+    "list_assessments.date_range": "to_date",
+    "list_audit_entries.time_range": "end_time",
+    "loan_product.amount_range": "max_amount_minor",
+    "pause_delinquency.date_range": "end_date",
+    "survivor_intake.dependants_lt_household_size": "dependants",
+    "survivor_intake.incident_after_birth": "incident_date",
+    "survivor_intake.preferred_language_spoken": "preferred_language",
+}
+
+
 def violations_of(message: Message, validator: protovalidate.Validator) -> list[FieldViolation]:
-    return [
-        FieldViolation(
-            field=field_path(v) or "(request)",
-            description=v.proto.message or v.proto.rule_id,
-            reason=v.proto.rule_id,
+    violations = []
+    for v in validator.collect_violations(message):
+        path = field_path(v)
+        blamed = CROSS_FIELD_RULES.get(v.proto.rule_id)
+        if blamed is not None:
+            path = f"{path}.{blamed}" if path else blamed
+        violations.append(
+            FieldViolation(
+                field=path or "(request)",
+                description=v.proto.message or v.proto.rule_id,
+                reason=v.proto.rule_id,
+            )
         )
-        for v in validator.collect_violations(message)
-    ]
+    return violations
 
 
 class ValidationInterceptor(UnaryInterceptor):
@@ -226,9 +248,7 @@ class ValidationInterceptor(UnaryInterceptor):
         if may_hold_unstorable(request):
             violations += unstorable_values(request)
         if violations:
-            shown = "; ".join(f"{v.field}: {v.description}" for v in violations[:5])
-            more = f"; {len(violations) - 5} more in the details" if len(violations) > 5 else ""
-            raise InvalidArgument(f"{len(violations)} invalid field(s): {shown}{more}", violations)
+            raise invalid_fields(violations)
         return await call_next(request, context)
 
 

@@ -25,6 +25,7 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
     invalid,
+    invalid_fields,
 )
 from services.common.idempotency import once_per_request
 from services.common.programme_time import not_after_today, programme_today
@@ -118,7 +119,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         intake = request.intake
         violations = intake_mod.intake_violations(intake, programme_today(), "intake")
         if violations:
-            raise InvalidArgument("the intake record is not valid", violations)
+            raise invalid_fields(violations)
         if not intake.consent.data_processing:
             raise FailedPrecondition(
                 "consent to data processing is not recorded; nothing was stored",

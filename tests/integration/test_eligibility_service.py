@@ -167,7 +167,7 @@ async def test_a_missing_choice_says_it_is_required(cluster: Cluster) -> None:
         (_sex_not_given, "intake.sex"),
         (_negative_income, "intake.monthly_household_income_minor"),
         (_future_birth, "intake.date_of_birth"),
-        (_incident_before_birth, "intake"),
+        (_incident_before_birth, "intake.incident_date"),
         (_consent_in_future, "intake.consent.recorded_on"),
         (_consent_before_birth, "intake.consent.recorded_on"),
         (_consent_by_nobody, "intake.consent.recorded_by"),

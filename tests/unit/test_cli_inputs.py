@@ -107,7 +107,12 @@ def test_intake_in_the_api_json_form() -> None:
 @pytest.mark.parametrize(
     ("text", "why"),
     [("[1, 2]", "mapping"), ("survivor_id: [x", "not valid YAML"),
-     ("no_such_field: 1", "no_such_field"), ("sex: robot", "SEX_ROBOT"),
+     ("no_such_field: 1", "no_such_field"),
+     ("sex: femal", "sex 'femal' is not one of: female, male"),
+     ("sex: unspecified", "sex 'unspecified' is not one of"),
+     ("languages: [azerbaijani, klingon]", r"languages\[1\] 'klingon' is not one of: .*english"),
+     ("functioning: [{domain: walking, level: lots}]",
+      r"functioning\[0\].level 'lots' is not one of: no_difficulty, some_difficulty"),
      ("date_of_birth: 14/05/1981", "YYYY-MM-DD")],
 )  # fmt: skip
 def test_bad_intake_files(text: str, why: str) -> None:
