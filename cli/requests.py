@@ -12,23 +12,23 @@ from google.protobuf.message import Message
 
 from cli.inputs import BadInput, iso_date
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
+from mineaction.type.v1 import sex_pb2
 from services.common.errors import FieldViolation
 from services.common.interceptors import shared_validator, violations_of
 
 M = TypeVar("M", bound=Message)
 
 _INTAKE_DATES = ("date_of_birth", "incident_date", "dateOfBirth", "incidentDate")
-_INTAKE = eligibility_pb.SurvivorIntake.DESCRIPTOR
-_FUNCTIONING = _INTAKE.fields_by_name["functioning"].message_type
 _SHORT_ENUMS = {
-    key: _INTAKE.fields_by_name[field].enum_type
-    for key, field in (
-        ("sex", "sex"),
-        ("incident_type", "incident_type"),
-        ("incidentType", "incident_type"),
-        ("preferred_language", "preferred_language"),
-        ("preferredLanguage", "preferred_language"),
-    )
+    "sex": sex_pb2.Sex.DESCRIPTOR,
+    "incident_type": eligibility_pb.IncidentType.DESCRIPTOR,
+    "incidentType": eligibility_pb.IncidentType.DESCRIPTOR,
+    "preferred_language": eligibility_pb.Language.DESCRIPTOR,
+    "preferredLanguage": eligibility_pb.Language.DESCRIPTOR,
+}
+_FUNCTIONING_ENUMS = {
+    "domain": eligibility_pb.WashingtonGroupDomain.DESCRIPTOR,
+    "level": eligibility_pb.DifficultyLevel.DESCRIPTOR,
 }
 
 
@@ -100,17 +100,16 @@ def intake_from_text(text: str, source: str) -> eligibility_pb.SurvivorIntake:
     for key, enum in _SHORT_ENUMS.items():
         if key in data:
             data[key] = _enum(data[key], enum, key)
-    languages = _INTAKE.fields_by_name["languages"].enum_type
     if isinstance(data.get("languages"), list):
         data["languages"] = [
-            _enum(v, languages, f"languages[{i}]") for i, v in enumerate(data["languages"])
+            _enum(v, eligibility_pb.Language.DESCRIPTOR, f"languages[{i}]")
+            for i, v in enumerate(data["languages"])
         ]
     functioning = data.get("functioning")
     for index, item in enumerate(functioning if isinstance(functioning, list) else []):
         if isinstance(item, dict):
-            for key in ("domain", "level"):
+            for key, enum in _FUNCTIONING_ENUMS.items():
                 if key in item:
-                    enum = _FUNCTIONING.fields_by_name[key].enum_type
                     item[key] = _enum(item[key], enum, f"functioning[{index}].{key}")
     intake = eligibility_pb.SurvivorIntake()
     try:
