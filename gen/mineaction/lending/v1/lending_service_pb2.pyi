@@ -377,7 +377,10 @@ class Loan(_message.Message):
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the loan last changed."""
+        """When the loan's state last changed (approval, first disbursement, closure...).
+        Payments, tranches after the first, reschedules and pauses leave it as it is: each
+        is in ListLoanChanges, which a client following loans reads instead.
+        """
 
     @_builtins.property
     def tranches(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tranche]:
