@@ -262,9 +262,8 @@ def register(
 async def _assess(
     stub: Any, address: str, survivor_id: str, on: date, lang: str, reason: str = ""
 ) -> None:
-    """Assess, then show the decisions named as the deciding rule-set version names its
-    programmes, and say so when a newer version is published. A re-assessment under the
-    latest version is asked for with its `reason`."""
+    """Assess, then show the assessment. A re-assessment under the latest version is
+    asked for with its `reason`."""
     request = checked(
         eligibility_pb.AssessEligibilityRequest(
             request_id=inputs.request_id(),
@@ -277,7 +276,16 @@ async def _assess(
     with calling("eligibility", address):
         assessment = (await stub.AssessEligibility(request, timeout=TIMEOUT)).assessment
     # The assessment is stored: from here on nothing fails the command, so a retry never
-    # makes a second one. Without the rule set, programmes are shown by their ids.
+    # makes a second one.
+    await _show_assessment(stub, address, assessment, lang)
+
+
+async def _show_assessment(
+    stub: Any, address: str, assessment: eligibility_pb.Assessment, lang: str
+) -> None:
+    """The decisions named as the deciding rule-set version names its programmes (by
+    their ids when the rule set cannot be read), the priority score, and a word when a
+    newer version is published."""
     decided: eligibility_pb.RuleSet | None = None
     latest: eligibility_pb.RuleSet | None = None
     try:
@@ -358,6 +366,67 @@ def assess(
             await _assess(stub, settings.eligibility_address, sid, on, language, why)
 
     run(go())
+
+
+@app.command()
+def assessment(
+    survivor_id: Annotated[str, typer.Argument(help="The survivor's opaque id.")],
+    assessment_id: Annotated[
+        str | None,
+        typer.Option("--id", help="One of the survivor's assessments (default: the latest)."),
+    ] = None,
+    lang: Lang = "en",
+) -> None:
+    """Show a survivor's stored assessment, the latest or the one named: per-programme
+    outcome and why. Nothing is assessed and nothing is stored."""
+
+    async def go() -> None:
+        language = inputs.language(lang)
+        sid = inputs.identifier(survivor_id, "survivor id")
+        wanted = inputs.identifier(assessment_id, "--id") if assessment_id is not None else ""
+        settings = context.settings()
+        token = context.token(_OPTIONS, settings)
+        address = settings.eligibility_address
+        async with context.eligibility(settings, token) as stub:
+            with calling("eligibility", address):
+                shown, count = await _stored_assessment(stub, sid, wanted)
+            render.line(render.assessments_on_record(sid, count, shown, language))
+            await _show_assessment(stub, address, shown, language)
+
+    run(go())
+
+
+async def _stored_assessment(
+    stub: Any, survivor_id: str, wanted: str
+) -> tuple[eligibility_pb.Assessment, int]:
+    """The survivor's assessment named `wanted`, or their latest (by assessment date,
+    then the time it was made), with how many they have."""
+
+    def fetch(token: str) -> Awaitable[eligibility_pb.ListAssessmentsResponse]:
+        request = eligibility_pb.ListAssessmentsRequest(
+            survivor_id=survivor_id, page_size=200, page_token=token
+        )
+        return stub.ListAssessments(request, timeout=TIMEOUT)  # type: ignore[no-any-return]
+
+    on_record = [a async for page in pages(fetch) for a in page.assessments]
+    if not on_record:
+        raise CliError(
+            f"survivor {survivor_id} has no assessment on record: "
+            f"`mineaction assess {survivor_id}` makes one"
+        )
+    if not wanted:
+        latest = max(
+            on_record,
+            key=lambda a: (
+                (a.assessment_date.year, a.assessment_date.month, a.assessment_date.day),
+                a.create_time.ToNanoseconds(),
+            ),
+        )
+        return latest, len(on_record)
+    for candidate in on_record:
+        if candidate.assessment_id == wanted:
+            return candidate, len(on_record)
+    raise CliError(f"survivor {survivor_id} has no assessment {wanted}")
 
 
 # --- journeys -------------------------------------------------------------------------

@@ -268,6 +268,20 @@ def programme_name(programme_id: str, lang: str, rule_set: eligibility_pb.RuleSe
     return programme_id
 
 
+def assessments_on_record(
+    survivor_id: str, count: int, shown: eligibility_pb.Assessment, lang: str
+) -> str:
+    """Which of the survivor's stored assessments is shown."""
+    d = shown.assessment_date
+    day = f"{d.year:04d}-{d.month:02d}-{d.day:02d}"
+    if lang == "az":
+        return (
+            f"{survivor_id}: qeydə alınmış qiymətləndirmə sayı: {count}; göstərilən: "
+            f"{shown.assessment_id} ({day})"
+        )
+    return f"{survivor_id}: {count} assessment(s) on record; shown: {shown.assessment_id} ({day})"
+
+
 def assessment_table(
     a: eligibility_pb.Assessment, lang: str, rule_set: eligibility_pb.RuleSet | None = None
 ) -> Table:

@@ -356,6 +356,27 @@ async def test_reassessment_under_the_latest_rules_from_the_cli(
         (str(version + 1), "annual review under the revised manual"),
     }
 
+    # Reading why again stores nothing: the latest assessment, or one named, as it was made.
+    before = await cluster.row_counts()
+    ran = await mineaction(cli_env, "assessment", survivor_id, "--lang", "az")
+    assert ran.exit_code == 0, ran
+    assert f"{survivor_id}: qeydə alınmış qiymətləndirmə sayı: 4; göstərilən: " in ran.stdout
+    assert f"reintegration v{version + 1}" in ran.stdout
+    assert "(yenidən qiymətləndirilib: annual review" in " ".join(ran.stdout.split())
+    listed = await cluster.eligibility.ListAssessments(
+        eligibility_pb.ListAssessmentsRequest(survivor_id=survivor_id)
+    )
+    first = next(a for a in listed.assessments if a.rule_set_version == version)
+    ran = await mineaction(cli_env, "assessment", survivor_id, "--id", first.assessment_id)
+    assert ran.exit_code == 0, ran
+    assert f"shown: {first.assessment_id} (2026-03-01)" in ran.stdout
+    assert f"reintegration v{version}" in ran.stdout and "re-assessed" not in ran.stdout
+    assert await cluster.row_counts() == before
+    line = one_error_line(await mineaction(cli_env, "assessment", survivor_id, "--id", "asm-x1"))
+    assert line.endswith(f"survivor {survivor_id} has no assessment asm-x1"), line
+    line = one_error_line(await mineaction(cli_env, "assessment", "srv-never-assessed"))
+    assert "`mineaction assess srv-never-assessed` makes one" in line, line
+
     # The survivor is pinned to the newer version now, as a re-registration shows.
     ran = await mineaction(cli_env, "register", str(intake))
     assert ran.exit_code == 0, ran
