@@ -247,10 +247,7 @@ def register(
         async with context.eligibility(settings, token) as stub:
             with calling("eligibility", settings.eligibility_address):
                 survivor = (await stub.RegisterSurvivor(request, timeout=TIMEOUT)).survivor
-            render.line(
-                f"registered survivor {survivor.survivor_id} ({intake.district_code})"
-                + render.pin(survivor)
-            )
+            render.line(render.registered(survivor, intake.district_code, language))
             if assess:
                 await _assess(
                     stub, settings.eligibility_address, survivor.survivor_id, on, language
@@ -1484,7 +1481,7 @@ def journeys(
             f"{label(name)} {value}"
             for name, value in (  # each as the table shows it, in the reader's language
                 ("stage", render.coded("stage", wanted, language) if stage else None),
-                ("district", district and _named(known_districts(), code, language)),
+                ("district", district and render.named(known_districts(), code, language)),
                 (
                     "loan_status",
                     loan_status and render.coded("loan_state", wanted_status, language),
@@ -1527,7 +1524,7 @@ def _print_journeys(
         return {
             "survivor": _survivor_cell(wf.id),
             "stage": render.coded("stage", attrs.get(sa.STAGE) or "", lang),
-            "district": _named(districts, attrs.get(sa.DISTRICT_CODE) or "", lang),
+            "district": render.named(districts, attrs.get(sa.DISTRICT_CODE) or "", lang),
             "loan_status": render.coded("loan_state", loan, lang) if loan else "",
             "days_past_due": str(attrs.get(sa.DAYS_PAST_DUE) or 0),
             "programme_year": str(attrs.get(sa.PROGRAMME_YEAR) or ""),
@@ -1934,22 +1931,16 @@ def portfolio(
                     for product_id, p in (await _loan_products(stub)).items()
                 }
         breakdowns: tuple[tuple[str, Any, Callable[[str], str]], ...] = (
-            ("by_district", report.by_district, lambda k: _named(districts, k, language)),
+            ("by_district", report.by_district, lambda k: render.named(districts, k, language)),
             # keyed SEX_FEMALE, ...: shown as female, ... (qadın, ...)
             ("by_sex", report.by_sex, lambda k: label(f"sex:{k.removeprefix('SEX_').lower()}")),
-            ("by_product", report.by_product, lambda k: _named(products, k, language)),
+            ("by_product", report.by_product, lambda k: render.named(products, k, language)),
         )
         for title, rows, name in breakdowns:
             keyed = [(name(r.key), r.figures) for r in rows]
             out.print(render.portfolio_table(label(title), keyed, language))
 
     run(go())
-
-
-def _named(names: dict[str, dict[str, str]], code: str, lang: str) -> str:
-    """A code as people read it with the code after it: "Saatlı (saatli)"."""
-    name = names.get(code, {}).get(lang)
-    return f"{name} ({code})" if name else code
 
 
 @app.command()

@@ -13,6 +13,7 @@ from cli.catalogue import Catalogue
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
+from services.common.districts import known_districts
 from services.common.money import manat
 from services.common.programme_time import programme_date
 from workers.journey.model import AssistanceState, JourneyStatus
@@ -355,12 +356,24 @@ def older_rule_set(a: eligibility_pb.Assessment, latest: int, lang: str) -> str:
     )
 
 
-def pin(survivor: eligibility_pb.Survivor) -> str:
-    """ "; pinned to rule set reintegration v1" when the survivor has been assessed: the
-    version their assessments use until a re-assessment under the latest."""
-    if not survivor.pinned_rule_set_version:
-        return ""
-    return f"; pinned to rule set {survivor.pinned_rule_set_id} v{survivor.pinned_rule_set_version}"
+def named(names: dict[str, dict[str, str]], code: str, lang: str) -> str:
+    """A code as people read it with the code after it: "Saatlı (saatli)"."""
+    name = names.get(code, {}).get(lang)
+    return f"{name} ({code})" if name else code
+
+
+def registered(survivor: eligibility_pb.Survivor, district_code: str, lang: str) -> str:
+    """The survivor registered, their district, and, once assessed, the rule-set version
+    their assessments use until a re-assessment under the latest."""
+    district = named(known_districts(), district_code, lang)
+    rule_set, version = survivor.pinned_rule_set_id, survivor.pinned_rule_set_version
+    if lang == "az":
+        pinned = f"; {rule_set} qaydalar toplusunun v{version} versiyasına bağlıdır"
+        line = f"sağ qalan {survivor.survivor_id} qeydiyyata alındı, {district}"
+    else:
+        pinned = f"; pinned to rule set {rule_set} v{version}"
+        line = f"registered survivor {survivor.survivor_id}, {district}"
+    return line + (pinned if version else "")
 
 
 def assistance_state(a: AssistanceState, lang: str = "en", known: Catalogue | None = None) -> str:
@@ -394,12 +407,12 @@ def needs_table(needs: Sequence[assistance_pb.Need], known: Catalogue, lang: str
     for column in ("need", "survivor", "type", "district", "need_state", "assistance", "recorded"):
         table.add_column(label(column, lang))
     for need in needs:
-        named = known.type_name(need.type_id, lang)
+        type_name = known.type_name(need.type_id, lang)
         table.add_row(
             need.need_id,
             need.survivor_id,
-            f"{named} ({need.type_id})" if named else need.type_id,
-            need.district_code,
+            f"{type_name} ({need.type_id})" if type_name else need.type_id,
+            named(known_districts(), need.district_code, lang),
             coded("need_state", assistance_pb.NeedState.Name(need.state)[11:].lower(), lang),
             ", ".join(need.assistance_ids) or label("none", lang),
             programme_date(need.create_time.ToDatetime(tzinfo=UTC)).isoformat(),

@@ -216,7 +216,7 @@ async def test_register_and_assess_in_both_languages(
         cli_env, "register", str(write_intake(tmp_path, survivor_id)), "--assess", "--lang", "az"
     )
     assert ran.exit_code == 0, ran
-    assert f"registered survivor {survivor_id}" in ran.stdout
+    assert f"sağ qalan {survivor_id} qeydiyyata alındı, Saatlı (saatli)" in ran.stdout
     assert "Uyğunluq qiymətləndirməsi" in ran.stdout and "uyğundur" in ran.stdout
     # Programmes by the rule set's Azerbaijani names (with the id), the missing data and
     # the score's parts in Azerbaijani too.
@@ -289,7 +289,7 @@ async def test_reassessment_under_the_latest_rules_from_the_cli(
     intake = write_intake(tmp_path, survivor_id)
     ran = await mineaction(cli_env, "register", str(intake), "--date", "2026-03-01", "--assess")
     assert ran.exit_code == 0, ran
-    assert f"registered survivor {survivor_id} (saatli)\n" in ran.stdout  # not yet pinned
+    assert f"registered survivor {survivor_id}, Saatli (saatli)\n" in ran.stdout  # not pinned
     assert "is the latest" not in ran.stdout  # assessed under the latest: nothing to say
     pinned = await cluster.eligibility.GetSurvivor(
         eligibility_pb.GetSurvivorRequest(survivor_id=survivor_id)
@@ -381,7 +381,7 @@ async def test_reassessment_under_the_latest_rules_from_the_cli(
     ran = await mineaction(cli_env, "register", str(intake))
     assert ran.exit_code == 0, ran
     assert (
-        f"registered survivor {survivor_id} (saatli); pinned to rule set reintegration "
+        f"registered survivor {survivor_id}, Saatli (saatli); pinned to rule set reintegration "
         f"v{version + 1}"
     ) in ran.stdout
 
@@ -1656,6 +1656,7 @@ async def test_needs_listed_for_staff(cli_env: dict[str, str], cluster: Cluster)
         cli_env, "needs", "--survivor", survivor_id, "--type", "wheelchair", "--lang", "az"
     )
     assert column(ran.stdout, 2) == ["Əlil arabası (wheelchair)"], ran.stdout
+    assert column(ran.stdout, 3) == ["Saatlı (saatli)"], ran.stdout
     assert column(ran.stdout, 4) == ["Açıq (open)"], ran.stdout
     ran = await mineaction(cli_env, "needs", "--survivor", survivor_id, "--state", "met")
     assert ran.exit_code == 0 and "— 0" in ran.stdout, ran
