@@ -180,8 +180,8 @@ async def seed_reference_data(conn: Connection) -> None:
         )
 
 
-# The loan row, locked, with its all-time balances: one round trip for every mutation.
-_LOAN_FOR_UPDATE = """
+# The loan row with its all-time balances, read once the loan is locked (_LOCK_LOAN).
+_LOAN_WITH_BALANCES = """
 SELECT l.*, p.term_months, p.grace_months, p.moratorium_months, p.max_tranches,
     b.disbursed, b.repaid, b.written_off, b.recovered, b.outstanding, b.last_value_date,
     b.first_disbursed_on, rv.base_repaid_minor, rv.due_dates, rv.cumulative_minor
@@ -212,8 +212,8 @@ LEFT JOIN LATERAL (
     WHERE r.loan_id = l.loan_id ORDER BY r.revision DESC LIMIT 1
 ) rv ON true
 WHERE l.loan_id = $1
-FOR UPDATE OF l
 """
+_LOCK_LOAN = "SELECT true FROM loans WHERE loan_id = $1 FOR UPDATE"
 
 
 def same_person(a: str, b: str) -> bool:
@@ -1185,9 +1185,14 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
 
     @staticmethod
     async def _loan_for_update(conn: Connection, loan_id: str) -> asyncpg.Record:
-        row = await conn.fetchrow(_LOAN_FOR_UPDATE, loan_id)
-        if row is None:  # a mutation naming no loan is bad input, as an unknown product is
+        """The loan, locked, with its balances. Locked first and read after: a statement
+        that waits for the lock reads the postings as they were when it began, so a
+        payment committed while it waited would be missed (a write-off of more than is
+        owed, two tranches beyond the principal)."""
+        if not await conn.fetchval(_LOCK_LOAN, loan_id):
+            # A mutation naming no loan is bad input, as an unknown product is.
             raise invalid("loan_id", f"unknown loan {loan_id!r}", "LOAN_NOT_FOUND")
+        row: asyncpg.Record = await conn.fetchrow(_LOAN_WITH_BALANCES, loan_id)
         return row
 
     async def _active_loan(self, conn: Connection, loan_id: str, action: str) -> asyncpg.Record:

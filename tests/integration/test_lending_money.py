@@ -5,6 +5,7 @@ reschedules, reversals, write-offs with recoveries, and the portfolio report."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from datetime import date, timedelta
 from fractions import Fraction
 from typing import Any, cast
@@ -142,6 +143,114 @@ async def test_concurrent_disbursements_never_overdraw_the_fund(cluster: Cluster
     assert sum(1 for r in results if isinstance(r, pb.DisburseTrancheResponse)) == 2
     fund = (await cluster.lending.GetFund(pb.GetFundRequest(fund_id=fund_id))).fund
     assert fund.available_minor == 50_000
+
+
+async def _queued_behind_the_loan(
+    cluster: Cluster, loan_id: str, *calls: Awaitable[Any], waiting: int = 0
+) -> list[Any]:
+    """Run `calls` while another session holds the loan's lock, and let it go once
+    `waiting` of them (default: all) wait for it: each then acts on what the one before
+    it committed."""
+    waiting = waiting or len(calls)
+    async with lending_db(cluster).pool.acquire() as holder, holder.transaction():
+        await holder.execute("SELECT 1 FROM loans WHERE loan_id = $1 FOR UPDATE", loan_id)
+        tasks = [asyncio.ensure_future(call) for call in calls]
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            await holder.execute("SELECT pg_stat_clear_snapshot()")  # fresh, in a transaction
+            locked_out = await holder.fetchval(
+                """SELECT count(*) FROM pg_stat_activity
+                   WHERE wait_event_type = 'Lock' AND datname = current_database()"""
+            )
+            if locked_out >= waiting:
+                break
+        else:
+            raise AssertionError(f"only {locked_out} of {waiting} calls reached the lock")
+    return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+
+def _refusals(results: list[Any]) -> list[str]:
+    return [
+        reason
+        for r in results
+        if isinstance(r, grpc.aio.AioRpcError)
+        for reason in ([v.reason for v in violations_in(r)] or [reason_of(r)])
+    ]
+
+
+async def test_two_tranches_at_once_never_pay_out_beyond_the_principal(cluster: Cluster) -> None:
+    """Each call read the balances as they were before it waited for the loan: both
+    tranches were paid out, 700,000 on a 500,000 loan."""
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(
+        cluster.lending, fund_id=fund_id, product_id="carpet_weaving", amount_minor=500_000
+    )
+    await disburse(cluster.lending, loan.loan_id, 100_000, date(2026, 1, 31))
+    results = await _queued_behind_the_loan(
+        cluster,
+        loan.loan_id,
+        disburse(cluster.lending, loan.loan_id, 300_000, date(2026, 2, 10)),
+        disburse(cluster.lending, loan.loan_id, 300_000, date(2026, 2, 10)),
+    )
+    assert _refusals(results) == ["ABOVE_APPROVED_PRINCIPAL"], results
+    after = (await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=loan.loan_id))).loan
+    assert after.disbursed_minor == 400_000
+    schedule = await cluster.lending.GetRepaymentSchedule(
+        pb.GetRepaymentScheduleRequest(loan_id=loan.loan_id)
+    )
+    assert sum(i.principal_due_minor for i in schedule.schedule.instalments) == 400_000
+
+
+async def test_a_write_off_confirmed_as_a_payment_lands_writes_off_only_what_is_owed(
+    cluster: Cluster,
+) -> None:
+    """The confirmation wrote off the whole 120,000 although 50,000 had just been paid:
+    outstanding -50,000. Whichever comes first, the money adds up."""
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await active_loan(cluster, fund_id=fund_id)
+    await propose_write_off(cluster.lending, loan.loan_id, date(2026, 6, 1))
+    confirm = pb.ConfirmLoanWriteOffRequest(
+        request_id=request_id(), loan_id=loan.loan_id, confirmed_by="pm-01"
+    )
+    results = await _queued_behind_the_loan(
+        cluster,
+        loan.loan_id,
+        cluster.lending.RecordRepayment(repayment(loan.loan_id, 50_000, date(2026, 6, 1))),
+        cluster.lending.ConfirmLoanWriteOff(confirm),
+    )
+    assert _refusals(results) == [], results
+    after = (await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=loan.loan_id))).loan
+    assert after.state == pb.LOAN_STATE_CLOSED_WRITTEN_OFF
+    assert after.outstanding_principal_minor == 0
+    # Paid before the write-off: 70,000 written off. Paid after: all of it written off,
+    # and the payment a recovery.
+    assert (after.repaid_principal_minor, after.written_off_minor, after.recovered_minor) in {
+        (50_000, 70_000, 0),
+        (0, 120_000, 50_000),
+    }
+    fund = (await cluster.lending.GetFund(pb.GetFundRequest(fund_id=fund_id))).fund
+    assert fund.outstanding_principal_minor == 0
+    async with lending_db(cluster).pool.acquire() as conn:
+        await ledger_invariants(conn)
+
+
+async def test_two_recoveries_at_once_never_recover_more_than_was_written_off(
+    cluster: Cluster,
+) -> None:
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await active_loan(cluster, fund_id=fund_id)
+    await write_off(cluster.lending, loan.loan_id, date(2026, 6, 1))
+    # Repayments reach the database in groups, one group at a time: one waits there.
+    results = await _queued_behind_the_loan(
+        cluster,
+        loan.loan_id,
+        cluster.lending.RecordRepayment(repayment(loan.loan_id, 70_000, date(2026, 6, 2))),
+        cluster.lending.RecordRepayment(repayment(loan.loan_id, 70_000, date(2026, 6, 2))),
+        waiting=1,
+    )
+    assert _refusals(results) == ["OVERPAYMENT"], results
+    after = (await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=loan.loan_id))).loan
+    assert (after.written_off_minor, after.recovered_minor) == (120_000, 70_000)
 
 
 async def test_fifty_concurrent_duplicates_have_exactly_one_effect(cluster: Cluster) -> None:
