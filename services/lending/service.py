@@ -184,7 +184,8 @@ async def seed_reference_data(conn: Connection) -> None:
 _LOAN_WITH_BALANCES = """
 SELECT l.*, p.term_months, p.grace_months, p.moratorium_months, p.max_tranches,
     b.disbursed, b.repaid, b.written_off, b.recovered, b.outstanding, b.last_value_date,
-    b.first_disbursed_on, rv.base_repaid_minor, rv.due_dates, rv.cumulative_minor
+    b.first_disbursed_on, rv.base_repaid_minor, rv.due_dates, rv.cumulative_minor,
+    rv.last_posting_id AS revision_last_posting_id
 FROM loans l
 JOIN loan_products p ON p.product_id = l.product_id AND p.version = l.product_version
 CROSS JOIN LATERAL (
@@ -208,12 +209,24 @@ CROSS JOIN LATERAL (
     WHERE ps.loan_id = l.loan_id AND ps.account IN ('LOANS_RECEIVABLE', 'RECOVERY_INCOME')
 ) b
 LEFT JOIN LATERAL (
-    SELECT r.base_repaid_minor, r.due_dates, r.cumulative_minor FROM schedule_revisions r
+    SELECT r.base_repaid_minor, r.due_dates, r.cumulative_minor, r.last_posting_id
+    FROM schedule_revisions r
     WHERE r.loan_id = l.loan_id ORDER BY r.revision DESC LIMIT 1
 ) rv ON true
 WHERE l.loan_id = $1
 """
 _LOCK_LOAN = "SELECT true FROM loans WHERE loan_id = $1 FOR UPDATE"
+
+
+def _counted_by_the_schedule(loan: asyncpg.Record, repayment: asyncpg.Record) -> bool:
+    """The loan's schedule was rebuilt from what was outstanding after `repayment` (a
+    reschedule counts the repayments before it as repaid): reversing it would undo
+    principal the schedule counts as paid."""
+    if not loan["base_repaid_minor"]:
+        return False  # a schedule that counts no repayment as made before it
+    if loan["revision_last_posting_id"] is None:  # a revision made before it was kept
+        return bool(loan["repaid"] - repayment["amount"] < loan["base_repaid_minor"])
+    return bool(repayment["last_posting_id"] <= loan["revision_last_posting_id"])
 
 
 def same_person(a: str, b: str) -> bool:
@@ -802,6 +815,20 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 f"must not be before the first disbursement ({detail.get('first_disbursed_on')})",
                 "BEFORE_DISBURSEMENT",
             )
+        if outcome == "BEFORE_SCHEDULE_REVISION":
+            rebuilt = await fetch_one(
+                self.db.pool,
+                """SELECT effective_date, reason FROM schedule_revisions WHERE loan_id = $1
+                   ORDER BY revision DESC LIMIT 1""",
+                request.loan_id,
+            )
+            raise invalid(
+                "payment_date",
+                f"must not be before {rebuilt['effective_date']}, when the loan's schedule "
+                f"was rebuilt ({rebuilt['reason']}): a payment dated earlier would count "
+                "against a schedule that did not include it; date it on or after that day",
+                "BEFORE_SCHEDULE_REVISION",
+            )
         if outcome == "OVERPAYMENT":
             raise invalid(
                 "amount_minor",
@@ -867,7 +894,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 """SELECT t.*, r.transaction_id AS reversed_by_txn,
                        (SELECT sum(amount_minor) FROM postings p
                         WHERE p.transaction_id = t.transaction_id
-                          AND p.account = 'FUND_CASH') AS amount
+                          AND p.account = 'FUND_CASH') AS amount,
+                       (SELECT max(posting_id) FROM postings p
+                        WHERE p.transaction_id = t.transaction_id) AS last_posting_id
                    FROM ledger_transactions t
                    LEFT JOIN ledger_transactions r ON r.reverses = t.transaction_id
                    WHERE t.transaction_id = $1 AND t.loan_id = $2""",
@@ -897,7 +926,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                         "reversed only on an active or repaid loan",
                         reason="LOAN_NOT_ACTIVE",
                     )
-                if loan["repaid"] - original["amount"] < loan["base_repaid_minor"]:
+                if _counted_by_the_schedule(loan, original):
                     raise FailedPrecondition(
                         "the loan was rescheduled after this repayment; reversing it "
                         "would undo principal the current schedule counts as repaid",
@@ -1242,8 +1271,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             """WITH rev AS (
                    INSERT INTO schedule_revisions (loan_id, revision, effective_date,
                        principal_minor, base_repaid_minor, reason, created_by, due_dates,
-                       cumulative_minor)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $11))
+                       cumulative_minor, last_posting_id)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $11,
+                           (SELECT max(posting_id) FROM postings WHERE loan_id = $1)))
                INSERT INTO instalments (loan_id, revision, number, due_date, principal_minor,
                    cumulative_minor)
                SELECT $1, $2, n, d, p, c
@@ -1376,7 +1406,16 @@ class _Revision:
         rows = await conn.fetch(
             """WITH r AS (
                    SELECT r.*, n.effective_date AS superseded_on,
-                       n.base_repaid_minor AS repaid_when_superseded
+                       -- What was repaid when the next revision was made: the repayments
+                       -- posted before it; for a revision made before it kept its last
+                       -- posting, a reschedule's count (a tranche's said none).
+                       CASE WHEN n.last_posting_id IS NOT NULL THEN
+                           (SELECT coalesce(-sum(p.amount_minor), 0)::bigint FROM postings p
+                            WHERE p.loan_id = r.loan_id AND p.account = 'LOANS_RECEIVABLE'
+                              AND p.kind IN ('REPAYMENT', 'REPAYMENT_REVERSAL')
+                              AND p.posting_id <= n.last_posting_id)
+                       WHEN n.base_repaid_minor > 0 THEN n.base_repaid_minor
+                       END AS repaid_when_superseded
                    FROM schedule_revisions r
                    LEFT JOIN schedule_revisions n
                      ON n.loan_id = r.loan_id AND n.revision = r.revision + 1

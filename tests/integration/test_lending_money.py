@@ -253,6 +253,78 @@ async def test_two_recoveries_at_once_never_recover_more_than_was_written_off(
     assert (after.written_off_minor, after.recovered_minor) == (120_000, 70_000)
 
 
+async def test_a_schedule_replaced_by_a_tranche_shows_what_was_paid_against_it(
+    cluster: Cluster,
+) -> None:
+    """Revision 1 showed nothing paid once the second tranche replaced it, although the
+    repayment's own answer had allocated 50,000 to it."""
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(
+        cluster.lending, fund_id=fund_id, product_id="fish_farming", amount_minor=500_000
+    )
+    await disburse(cluster.lending, loan.loan_id, 300_000, date(2026, 1, 31))
+    paid = await cluster.lending.RecordRepayment(repayment(loan.loan_id, 50_000, date(2026, 2, 15)))
+    allocated = {a.instalment_number: a.principal_minor for a in paid.repayment.allocations}
+    await disburse(cluster.lending, loan.loan_id, 200_000, date(2026, 3, 1))
+    first = (
+        await cluster.lending.GetRepaymentSchedule(
+            pb.GetRepaymentScheduleRequest(loan_id=loan.loan_id, revision=1)
+        )
+    ).schedule
+    shown = {i.number: i.principal_paid_minor for i in first.instalments if i.principal_paid_minor}
+    assert shown == allocated and sum(shown.values()) == 50_000
+    # The schedule in force now counts it too: the loan's figures and its schedule agree.
+    now = await cluster.lending.GetLoan(
+        pb.GetLoanRequest(loan_id=loan.loan_id, include_schedule=True)
+    )
+    assert sum(i.principal_paid_minor for i in now.schedule.instalments) == 50_000
+    assert now.loan.repaid_principal_minor == 50_000
+
+
+async def test_a_payment_dated_before_the_schedule_was_rebuilt_is_refused(
+    cluster: Cluster,
+) -> None:
+    """Recorded after a later tranche (or a reschedule) but dated before it, a payment
+    counted against a schedule that did not include it: 450,000 paid on 300,000 as the
+    loan stood that day (outstanding -150,000 as of the payment)."""
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(
+        cluster.lending, fund_id=fund_id, product_id="fish_farming", amount_minor=500_000
+    )
+    await disburse(cluster.lending, loan.loan_id, 300_000, date(2026, 1, 31))
+    await disburse(cluster.lending, loan.loan_id, 200_000, date(2026, 3, 1))
+    early = cluster.lending.RecordRepayment(repayment(loan.loan_id, 450_000, date(2026, 2, 15)))
+    await _refused_without_writes(cluster, early, "payment_date", grpc.StatusCode.INVALID_ARGUMENT)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await cluster.lending.RecordRepayment(repayment(loan.loan_id, 1_000, date(2026, 2, 28)))
+    assert [v.reason for v in violations_in(refused.value)] == ["BEFORE_SCHEDULE_REVISION"]
+    assert "must not be before 2026-03-01, when the loan's schedule was rebuilt (tranche 2 " in (
+        refused.value.details() or ""
+    )
+    paid = await cluster.lending.RecordRepayment(repayment(loan.loan_id, 450_000, date(2026, 3, 1)))
+    assert paid.loan.outstanding_principal_minor == 50_000
+
+    # The same after a reschedule: the loan's figures and its schedule told two stories.
+    rescheduled = await active_loan(cluster, fund_id=fund_id)
+    await cluster.lending.RescheduleLoan(
+        pb.RescheduleLoanRequest(
+            request_id=request_id(),
+            loan_id=rescheduled.loan_id,
+            reason="a flood took half the stock",
+            new_term_months=12,
+            effective_date=pdate(date(2026, 8, 1)),
+            requested_by="lo-03",
+        )
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as before_it:
+        await cluster.lending.RecordRepayment(
+            repayment(rescheduled.loan_id, 40_000, date(2026, 5, 9))
+        )
+    assert "when the loan's schedule was rebuilt (rescheduled: a flood took half the stock)" in (
+        before_it.value.details() or ""
+    )
+
+
 async def test_fifty_concurrent_duplicates_have_exactly_one_effect(cluster: Cluster) -> None:
     fund_id = await open_fund(cluster, 1_000_000)
     loan = await active_loan(cluster, fund_id=fund_id)
@@ -545,7 +617,9 @@ async def test_arrears_grow_then_pause_and_the_pause_cannot_be_deleted(cluster: 
 async def test_reschedule_rebuilds_the_rest_and_keeps_the_old_schedule(cluster: Cluster) -> None:
     fund_id = await open_fund(cluster, 1_000_000)
     loan = await active_loan(cluster, fund_id=fund_id)
-    await cluster.lending.RecordRepayment(repayment(loan.loan_id, 10_000, date(2026, 5, 10)))
+    before_it = await cluster.lending.RecordRepayment(
+        repayment(loan.loan_id, 10_000, date(2026, 5, 10))
+    )
     rescheduled = await cluster.lending.RescheduleLoan(
         pb.RescheduleLoanRequest(
             request_id=request_id(),
@@ -601,6 +675,19 @@ async def test_reschedule_rebuilds_the_rest_and_keeps_the_old_schedule(cluster: 
         )
     ).schedule
     assert still.instalments == old.instalments
+    # The repayment the new schedule counts as made cannot be reversed, however much was
+    # paid since (the totals alone let it through once later payments covered it); one
+    # made since can.
+    await cluster.lending.RecordRepayment(repayment(loan.loan_id, 5_000, date(2026, 11, 30)))
+    with pytest.raises(grpc.aio.AioRpcError) as baked_in:
+        await cluster.lending.ReverseRepayment(
+            reversal(loan.loan_id, before_it.repayment.transaction_id, "bounced")
+        )
+    assert reason_of(baked_in.value) == "REPAYMENT_BEFORE_RESCHEDULE"
+    reversed_since = await cluster.lending.ReverseRepayment(
+        reversal(loan.loan_id, paid.repayment.transaction_id, "bounced")
+    )
+    assert reversed_since.loan.repaid_principal_minor == 10_000 + 2_000 + 5_000
     # As of a date, the loan comes with the schedule in force then; none before the loan
     # was disbursed (10 March).
     for day, revision in ((date(2026, 8, 30), 1), (date(2026, 8, 31), 2), (date(2026, 3, 9), 0)):
