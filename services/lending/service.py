@@ -1221,8 +1221,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         if not await conn.fetchval(_LOCK_LOAN, loan_id):
             # A mutation naming no loan is bad input, as an unknown product is.
             raise invalid("loan_id", f"unknown loan {loan_id!r}", "LOAN_NOT_FOUND")
-        row: asyncpg.Record = await conn.fetchrow(_LOAN_WITH_BALANCES, loan_id)
-        return row
+        return await fetch_one(conn, _LOAN_WITH_BALANCES, loan_id)
 
     async def _active_loan(self, conn: Connection, loan_id: str, action: str) -> asyncpg.Record:
         loan = await self._loan_for_update(conn, loan_id)
