@@ -117,6 +117,25 @@ def repayment(loan_id: str, amount_minor: int, on: date) -> pb.RecordRepaymentRe
     )
 
 
+def reschedule(
+    loan_id: str,
+    on: date,
+    new_term_months: int,
+    *,
+    reason: str = "drought: the stall lost its summer trade",
+    additional_grace_months: int = 0,
+) -> pb.RescheduleLoanRequest:
+    return pb.RescheduleLoanRequest(
+        request_id=request_id(),
+        loan_id=loan_id,
+        reason=reason,
+        new_term_months=new_term_months,
+        additional_grace_months=additional_grace_months,
+        effective_date=pdate(on),
+        requested_by="lo-03",
+    )
+
+
 def reversal(
     loan_id: str, transaction_id: str, reason: str = "the transfer bounced"
 ) -> pb.ReverseRepaymentRequest:

@@ -23,6 +23,7 @@ from tests.lending_helpers import (
     lending_db,
     open_fund,
     repayment,
+    reschedule,
     reversal,
     write_off,
 )
@@ -89,15 +90,7 @@ async def _apply(cluster: Cluster, loan_id: str, model: Model, op: tuple[str, in
         on = model.today  # a reversal keeps the original's value date
     elif kind == "reschedule":
         await lending.RescheduleLoan(
-            pb.RescheduleLoanRequest(
-                request_id=request_id(),
-                loan_id=loan_id,
-                reason="hardship",
-                new_term_months=number,
-                additional_grace_months=1,
-                effective_date=pdate(on),
-                requested_by="lo-03",
-            )
+            reschedule(loan_id, on, number, reason="hardship", additional_grace_months=1)
         )
     elif kind == "pause":
         await lending.PauseDelinquency(

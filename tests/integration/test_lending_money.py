@@ -36,6 +36,7 @@ from tests.lending_helpers import (
     open_fund,
     propose_write_off,
     repayment,
+    reschedule,
     reversal,
     write_off,
 )
@@ -307,14 +308,7 @@ async def test_a_payment_dated_before_the_schedule_was_rebuilt_is_refused(
     # The same after a reschedule: the loan's figures and its schedule told two stories.
     rescheduled = await active_loan(cluster, fund_id=fund_id)
     await cluster.lending.RescheduleLoan(
-        pb.RescheduleLoanRequest(
-            request_id=request_id(),
-            loan_id=rescheduled.loan_id,
-            reason="a flood took half the stock",
-            new_term_months=12,
-            effective_date=pdate(date(2026, 8, 1)),
-            requested_by="lo-03",
-        )
+        reschedule(rescheduled.loan_id, date(2026, 8, 1), 12, reason="a flood took half the stock")
     )
     with pytest.raises(grpc.aio.AioRpcError) as before_it:
         await cluster.lending.RecordRepayment(
@@ -621,15 +615,7 @@ async def test_reschedule_rebuilds_the_rest_and_keeps_the_old_schedule(cluster: 
         repayment(loan.loan_id, 10_000, date(2026, 5, 10))
     )
     rescheduled = await cluster.lending.RescheduleLoan(
-        pb.RescheduleLoanRequest(
-            request_id=request_id(),
-            loan_id=loan.loan_id,
-            reason="drought: the stall lost its summer trade",
-            new_term_months=18,
-            additional_grace_months=2,
-            effective_date=pdate(date(2026, 8, 31)),
-            requested_by="lo-03",
-        )
+        reschedule(loan.loan_id, date(2026, 8, 31), 18, additional_grace_months=2)
     )
     assert rescheduled.loan.state == pb.LOAN_STATE_ACTIVE
     assert rescheduled.loan.days_past_due == 0  # arrears cured by the new schedule
@@ -655,14 +641,7 @@ async def test_reschedule_rebuilds_the_rest_and_keeps_the_old_schedule(cluster: 
     ]
     with pytest.raises(grpc.aio.AioRpcError) as backdated:
         await cluster.lending.RescheduleLoan(
-            pb.RescheduleLoanRequest(
-                request_id=request_id(),
-                loan_id=loan.loan_id,
-                reason="again",
-                new_term_months=6,
-                effective_date=pdate(date(2026, 3, 1)),
-                requested_by="lo-03",
-            )
+            reschedule(loan.loan_id, date(2026, 3, 1), 6, reason="again")
         )
     assert backdated.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(backdated.value) == ["effective_date"]
@@ -1287,16 +1266,9 @@ async def test_money_dated_after_today_is_refused_and_writes_nothing(cluster: Cl
         await _refused_without_writes(
             cluster, lending.ProposeLoanWriteOff(proposal), "write_off_date", invalid
         )
-        reschedule = pb.RescheduleLoanRequest(
-            request_id=request_id(),
-            loan_id=active.loan_id,
-            reason="a flood took half the stock",
-            new_term_months=12,
-            effective_date=pdate(tomorrow),
-            requested_by="lo-03",
-        )
+        later = reschedule(active.loan_id, tomorrow, 12, reason="a flood took half the stock")
         await _refused_without_writes(
-            cluster, lending.RescheduleLoan(reschedule), "effective_date", invalid
+            cluster, lending.RescheduleLoan(later), "effective_date", invalid
         )
         # A pause starts today at the latest (it ran on record for ever, and the answer
         # read the loan as of its end: decades past due).

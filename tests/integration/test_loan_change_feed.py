@@ -31,6 +31,7 @@ from tests.lending_helpers import (
     lending_db,
     open_fund,
     repayment,
+    reschedule,
     reversal,
 )
 
@@ -62,16 +63,7 @@ async def test_every_change_to_a_loan_is_in_the_feed_in_order(cluster: Cluster) 
             requested_by="cw-01",
         )
     )
-    await cluster.lending.RescheduleLoan(
-        pb.RescheduleLoanRequest(
-            request_id=request_id(),
-            loan_id=loan.loan_id,
-            reason="drought: the stall lost its summer trade",
-            new_term_months=18,
-            effective_date=pdate(date(2026, 8, 31)),
-            requested_by="lo-03",
-        )
-    )
+    await cluster.lending.RescheduleLoan(reschedule(loan.loan_id, date(2026, 8, 31), 18))
     await cluster.lending.ProposeLoanWriteOff(
         pb.ProposeLoanWriteOffRequest(
             request_id=request_id(),
