@@ -28,6 +28,7 @@ from services.assistance import capacity
 from services.assistance.capacity import POOL_COLUMNS
 from services.assistance.catalogue import (
     ATTENDANCE_KEY,
+    CANCEL,
     REQUEST,
     WAITLISTED,
     AssistanceTypePlugin,
@@ -60,7 +61,7 @@ from services.common.errors import (
     invalid,
 )
 from services.common.idempotency import idempotent, once_per_request
-from services.common.programme_time import PROGRAMME_TIME_ZONE
+from services.common.programme_time import PROGRAMME_TIME_ZONE, programme_date
 from services.common.protoconv import timestamp
 from services.common.server import ServiceSpec
 
@@ -247,16 +248,19 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 # unfinished assistances; everything but the pool is settled before the
                 # pool is touched, so the pool's lock is held for the last statement only.
                 need = await conn.fetchrow(
-                    """SELECT n.*, (SELECT a.assistance_id FROM assistance a
-                                    WHERE a.need_id = n.need_id AND a.active LIMIT 1) AS current
-                       FROM needs n WHERE n.need_id = $1 FOR UPDATE""",
-                    request.need_id,
+                    "SELECT * FROM needs WHERE need_id = $1 FOR UPDATE", request.need_id
                 )
                 if need is None:
                     raise NotFound(f"need {request.need_id} not found", reason="NEED_NOT_FOUND")
+                # Read after the lock, in a statement of its own: one that waited for the
+                # lock would not see the assistance the call before it has just created.
+                current = await conn.fetchval(
+                    "SELECT assistance_id FROM assistance WHERE need_id = $1 AND active LIMIT 1",
+                    request.need_id,
+                )
                 plugin = self._installed(need["type_id"])
                 self._check_request(plugin, data, quantity, request)
-                self._check_need_open(need)
+                self._check_need_open(need, current)
                 pool = await self._pool_for(conn, plugin, request, quantity)
                 provider_id = await self._provider_for(conn, pool, request)
                 course_length = self._course_length(plugin, data, pool)
@@ -458,25 +462,27 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         return None
 
     @staticmethod
-    def _check_need_open(need: asyncpg.Record) -> None:
+    def _check_need_open(need: asyncpg.Record, current: str | None) -> None:
         if need["state"] == "MET":
             raise FailedPrecondition(
                 f"need {need['need_id']} is already met", reason="NEED_ALREADY_MET"
             )
-        if need["current"] is not None:
+        if current is not None:
             raise FailedPrecondition(
-                f"need {need['need_id']} already has unfinished assistance {need['current']}",
+                f"need {need['need_id']} already has unfinished assistance {current}",
                 reason="ASSISTANCE_IN_PROGRESS",
-                metadata={"assistance_id": need["current"]},
+                metadata={"assistance_id": current},
             )
 
     async def AdvanceAssistance(
         self, request: pb.AdvanceAssistanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.AdvanceAssistanceResponse:
         current = await self.db.pool.fetchrow(
-            "SELECT assistance_id, type_id, pool_id, state FROM assistance "
-            "WHERE assistance_id = $1",
+            """SELECT assistance_id, type_id, pool_id, state, delivered_at,
+                      EXISTS (SELECT 1 FROM idempotency_keys WHERE request_id = $2) AS seen
+               FROM assistance WHERE assistance_id = $1""",
             request.assistance_id,
+            request.request_id,
         )
         if current is None:
             raise NotFound(f"assistance {request.assistance_id} not found")
@@ -490,8 +496,10 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 "UNKNOWN_ACTION",
             )
         # A step the item's state does not allow is said so before its data is checked
-        # (checked again under the row's lock).
-        _check_transition(plugin, transition, current)
+        # (checked again under the row's lock). A request_id seen already is answered as
+        # it was the first time: the step it made moved the item on.
+        if not current["seen"]:
+            _check_transition(plugin, transition, current)
         data = struct_to_dict(request.data)
         check_data(plugin.action_validator(transition), data)
 
@@ -573,7 +581,8 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         if t.releases_capacity and holds:
             await capacity.release(conn, row["pool_id"], row["quantity"])
             holds = False
-        if state == WAITLISTED:
+        left_the_queue = state == WAITLISTED
+        if left_the_queue:
             await capacity.leave_waitlist(conn, row["assistance_id"])
         delivered_at, follow_ups = row["delivered_at"], row["follow_up_dates"]
         if t.delivers:
@@ -597,7 +606,9 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             conn, row["assistance_id"], state, t.to_state, t.action, actor, json.dumps(data)
         )
         await refresh_need(conn, row["need_id"], met=t.meets_need)
-        if row["pool_id"] is not None and row["holds_capacity"] and not holds:
+        # Places freed, or a head of the queue too large for them gone: those behind it
+        # may fit now.
+        if row["pool_id"] is not None and ((row["holds_capacity"] and not holds) or left_the_queue):
             await self._promote(conn, row["pool_id"], plugin)
 
     async def _promote(self, conn: Connection, pool_id: str, plugin: AssistanceTypePlugin) -> None:
@@ -897,6 +908,16 @@ SPEC = ServiceSpec(
 
 def _check_transition(plugin: AssistanceTypePlugin, t: Transition, row: asyncpg.Record) -> None:
     state = row["state"]
+    if t.action == CANCEL and row["delivered_at"] is not None:
+        # Its unit was handed over, its seat or course used: nothing goes back to the
+        # pool, and the need it met stays met.
+        raise FailedPrecondition(
+            f"assistance {row['assistance_id']} was delivered on "
+            f"{programme_date(row['delivered_at'])}: a delivered item is not cancelled; "
+            "record its follow-up",
+            reason="ALREADY_DELIVERED",
+            metadata={"state": state, "action": t.action},
+        )
     if state not in t.from_states:
         allowed = sorted({x.action for x in plugin.all_transitions if state in x.from_states})
         raise FailedPrecondition(

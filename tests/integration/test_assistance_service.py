@@ -22,6 +22,7 @@ from services.common.errors import reason_of
 from services.common.programme_time import programme_today
 from tests.conftest import DEFAULT_SUBJECT, Cluster
 from tests.factories import new_id, pdate, request_id
+from tests.locks import queued_behind
 
 # --- helpers (also used by the plugin end-to-end test) -----------------------------------
 
@@ -932,6 +933,80 @@ async def test_every_mutation_is_idempotent_through_its_request_id(cluster: Clus
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.AdvanceAssistance(step)
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    # A step that moves the item on is answered again as it was, not refused because the
+    # item has moved on since (the retry of a delivery got ILLEGAL_TRANSITION).
+    chairs = await create_pool(stub, "wheelchair", 1, provider_id="baku-mobility-aids")
+    chair_need = await record_need(stub, "wheelchair")
+    chair = await request(
+        stub, chair_need.need_id, capacity_pool_id=chairs.pool_id, data=struct(seat_width_cm=44)
+    )
+    allocate = pb.AdvanceAssistanceRequest(
+        request_id=request_id(),
+        assistance_id=chair.assistance_id,
+        action="allocate_from_stock",
+        actor="cw-01",
+    )
+    first_answer = await stub.AdvanceAssistance(allocate)
+    before = await cluster.row_counts()
+    assert await stub.AdvanceAssistance(allocate) == first_answer
+    assert await cluster.row_counts() == before
+
+
+async def test_a_waitlisted_request_leaving_lets_the_smaller_ones_behind_it_in(
+    cluster: Cluster,
+) -> None:
+    """The head of the queue, too large for the free units, cancelled: the request behind
+    it stayed waitlisted with the units free, and every later one queued behind it."""
+    stub = cluster.assistance
+    pool = await create_pool(stub, "wheelchair", 5, provider_id="baku-mobility-aids")
+
+    async def chairs(quantity: int) -> pb.Assistance:
+        need = await record_need(stub, "wheelchair")
+        return await request(
+            stub,
+            need.need_id,
+            capacity_pool_id=pool.pool_id,
+            quantity=quantity,
+            data=struct(seat_width_cm=44),
+        )
+
+    await chairs(3)
+    big, small = await chairs(4), await chairs(1)
+    assert (big.state, small.state) == ("waitlisted", "waitlisted")
+    await advance(stub, big.assistance_id, "cancel")
+    promoted = await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=small.assistance_id))
+    assert promoted.assistance.state == "fitting_assessment"
+    providers = await stub.ListProviders(pb.ListProvidersRequest())
+    [shown] = [p for pr in providers.providers for p in pr.pools if p.pool_id == pool.pool_id]
+    assert (shown.reserved, shown.waitlisted) == (4, 0)
+
+
+async def test_delivered_assistance_is_not_cancelled_and_keeps_its_unit(cluster: Cluster) -> None:
+    """Cancelling a delivered chair gave its unit to the next survivor waiting, and a
+    completed course's seat to a survivor who then joined a finished cohort."""
+    stub = cluster.assistance
+    pool = await create_pool(stub, "wheelchair", 1, provider_id="baku-mobility-aids")
+    first_need, second_need = (
+        await record_need(stub, "wheelchair"),
+        await record_need(stub, "wheelchair"),
+    )
+    first = await request(
+        stub, first_need.need_id, capacity_pool_id=pool.pool_id, data=struct(seat_width_cm=44)
+    )
+    waiting = await request(
+        stub, second_need.need_id, capacity_pool_id=pool.pool_id, data=struct(seat_width_cm=40)
+    )
+    await advance(stub, first.assistance_id, "allocate_from_stock")
+    await advance(stub, first.assistance_id, "deliver", serial_number="WC-1", fitted_by="pt-07")
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await advance(stub, first.assistance_id, "cancel")
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(refused.value) == "ALREADY_DELIVERED"
+    assert "record its follow-up" in (refused.value.details() or "")
+    assert await cluster.row_counts() == before
+    still = await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=waiting.assistance_id))
+    assert still.assistance.state == "waitlisted"
 
 
 # --- providers and the delivery report ------------------------------------------------
@@ -1021,3 +1096,31 @@ async def test_a_provider_records_steps_on_its_own_items_only(cluster: Cluster) 
     step.request_id, step.actor = request_id(), "baku-mobility-aids"
     allocated = (await stub.AdvanceAssistance(step)).assistance
     assert allocated.state == "allocated"
+
+
+async def test_two_requests_for_one_need_at_once_get_one_assistance_and_a_clear_refusal(
+    cluster: Cluster,
+) -> None:
+    """The call that waited for the need did not see the assistance the first had just
+    made, and hit the database's one-unfinished-assistance rule: INTERNAL."""
+    stub = cluster.assistance
+    pool = await create_pool(stub, "wheelchair", 2, provider_id="baku-mobility-aids")
+    need = await record_need(stub, "wheelchair")
+    db = cluster.hosts["assistance"].db
+    assert db is not None
+    results = await queued_behind(
+        db,
+        "SELECT 1 FROM needs WHERE need_id = $1 FOR UPDATE",
+        need.need_id,
+        *(
+            request(
+                stub, need.need_id, capacity_pool_id=pool.pool_id, data=struct(seat_width_cm=44)
+            )
+            for _ in range(2)
+        ),
+    )
+    made = [r for r in results if isinstance(r, pb.Assistance)]
+    [refused] = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(made) == 1 and made[0].state == "fitting_assessment"
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.details()
+    assert reason_of(refused) == "ASSISTANCE_IN_PROGRESS"

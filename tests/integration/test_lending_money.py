@@ -40,6 +40,7 @@ from tests.lending_helpers import (
     reversal,
     write_off,
 )
+from tests.locks import queued_behind
 
 START = date(2026, 3, 10)  # small_trade: 12 months, 1 month grace; first due 2026-05-10
 
@@ -149,25 +150,8 @@ async def test_concurrent_disbursements_never_overdraw_the_fund(cluster: Cluster
 async def _queued_behind_the_loan(
     cluster: Cluster, loan_id: str, *calls: Awaitable[Any], waiting: int = 0
 ) -> list[Any]:
-    """Run `calls` while another session holds the loan's lock, and let it go once
-    `waiting` of them (default: all) wait for it: each then acts on what the one before
-    it committed."""
-    waiting = waiting or len(calls)
-    async with lending_db(cluster).pool.acquire() as holder, holder.transaction():
-        await holder.execute("SELECT 1 FROM loans WHERE loan_id = $1 FOR UPDATE", loan_id)
-        tasks = [asyncio.ensure_future(call) for call in calls]
-        for _ in range(200):
-            await asyncio.sleep(0.05)
-            await holder.execute("SELECT pg_stat_clear_snapshot()")  # fresh, in a transaction
-            locked_out = await holder.fetchval(
-                """SELECT count(*) FROM pg_stat_activity
-                   WHERE wait_event_type = 'Lock' AND datname = current_database()"""
-            )
-            if locked_out >= waiting:
-                break
-        else:
-            raise AssertionError(f"only {locked_out} of {waiting} calls reached the lock")
-    return list(await asyncio.gather(*tasks, return_exceptions=True))
+    lock = "SELECT 1 FROM loans WHERE loan_id = $1 FOR UPDATE"
+    return await queued_behind(lending_db(cluster), lock, loan_id, *calls, waiting=waiting)
 
 
 def _refusals(results: list[Any]) -> list[str]:
