@@ -75,11 +75,15 @@ _WRITE = f"""
                coalesce(f.stored_intake_pb, f.intake_pb)
         FROM fresh f JOIN claimed USING (request_id)),
       pinned AS (
+        -- A first assessment pins an unpinned survivor; a re-assessment moves the pin. Both
+        -- are judged on the row as it is once locked (a re-registration committing
+        -- meanwhile keeps the pin unset; another process's first assessment has set it).
         UPDATE survivors s
         SET pinned_rule_set_id = ($16::text[])[array_position($15::text[], s.survivor_id)],
             pinned_rule_set_version = ($17::int[])[array_position($15::text[], s.survivor_id)]
         WHERE s.survivor_id = ANY($15::text[])
-          AND s.xmin::text = ($18::text[])[array_position($15::text[], s.survivor_id)]
+          AND (s.pinned_rule_set_version IS NULL
+               OR ($18::bool[])[array_position($15::text[], s.survivor_id)])
           AND EXISTS (SELECT 1 FROM fresh f JOIN claimed USING (request_id)
                       WHERE f.survivor_id = s.survivor_id)),
       audited AS ({audit.insert_many_statement(19)}
@@ -93,6 +97,7 @@ _ASSESSMENTS = """SELECT assessment_id, result, reassessment_reason FROM assessm
                   WHERE assessment_id = ANY($1::text[])"""
 _STORED = """SELECT request_id, method, payload_hash, response FROM idempotency_keys
              WHERE request_id = ANY($1::text[])"""
+_USED = "SELECT request_id FROM idempotency_keys WHERE request_id = ANY($1::text[])"
 
 
 @dataclass
@@ -107,6 +112,7 @@ class _Call:
 class _Pin:
     rule_set_id: str
     version: int | None
+    moved: bool = False  # by a re-assessment under the latest version
 
 
 @dataclass
@@ -157,6 +163,16 @@ class Assessor:
         assessed: list[_Assessed] = []
         refused: list[int] = []
         async with self.db.pool.acquire() as conn:
+            # A re-assessment sent again gets its first answer, and is not decided again:
+            # deciding it would move the survivor's pin for the calls after it.
+            moving = [
+                calls[i].request.request_id
+                for i in first.values()
+                if calls[i].request.reassess_under_latest
+            ]
+            answered = (
+                {r["request_id"] for r in await conn.fetch(_USED, moving)} if moving else set()
+            )
             survivors = {
                 row["survivor_id"]: row
                 for row in await conn.fetch(
@@ -168,6 +184,9 @@ class Assessor:
             pins: dict[str, _Pin] = {}
             for index in first.values():
                 call = calls[index]
+                if call.request.request_id in answered:
+                    refused.append(index)  # replayed below, as a refusal's reuse is
+                    continue
                 try:
                     decided = await self._decide(
                         conn, call, survivors.get(call.request.survivor_id), pins
@@ -244,7 +263,9 @@ class Assessor:
         # Rows from before intake_pb existed: the intake parsed from its JSON.
         intake_pb = None if row["intake_pb"] is not None else survivor.SerializeToString()
         if pin.version is None or request.reassess_under_latest:
-            pins[request.survivor_id] = _Pin(pin.rule_set_id, version)
+            pins[request.survivor_id] = _Pin(
+                pin.rule_set_id, version, moved=pin.moved or request.reassess_under_latest
+            )
         return _Assessed(call, assessment, encoded, request.reassessment_reason, intake_pb)
 
     @staticmethod
@@ -361,6 +382,6 @@ def _write_arguments(
         list(pins),
         [p.rule_set_id for p in pins.values()],
         [p.version for p in pins.values()],
-        [survivors[survivor_id]["row_version"] for survivor_id in pins],
+        [p.moved for p in pins.values()],
         json.dumps(entries),
     )

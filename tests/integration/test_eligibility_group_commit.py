@@ -15,10 +15,12 @@ from mineaction.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
 from services.common.encoded import Encoded
-from services.eligibility.assessing import Assessor
+from services.common.idempotency import payload_hash
+from services.eligibility.assessing import Assessor, _Call
 from services.eligibility.rulebook import RuleBook
 from tests.conftest import Cluster
 from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
+from tests.locks import queued_behind
 
 ASSESSED_ON = pdate(date(2026, 3, 1))
 
@@ -175,3 +177,67 @@ async def test_an_intake_changed_while_deciding_is_decided_again(cluster: Cluste
     assert answer.message().assessment.district_code == "fuzuli"
     stored = await assessments_of(cluster, survivor.survivor_id)
     assert [a.district_code for a in stored] == ["fuzuli"]
+
+
+async def _publish_the_same_rules_again(cluster: Cluster) -> int:
+    """A newer version of the shipped rules that decides alike (its policy reference
+    revised); returns its number."""
+    latest = await cluster.eligibility.GetRuleSet(pb.GetRuleSetRequest(rule_set_id="reintegration"))
+    revised = latest.rule_set.source_yaml.replace(
+        'policy_ref: "', f'policy_ref: "(revised {uuid.uuid4().hex[:6]}) ', 1
+    )
+    published = await cluster.eligibility.PublishRuleSet(
+        pb.PublishRuleSetRequest(
+            request_id=request_id(),
+            source_yaml=revised,
+            published_by="pm-01",
+            change_note="policy reference revised",
+        )
+    )
+    return published.rule_set.version
+
+
+@pytest.mark.timeout(60)
+async def test_a_first_assessment_during_a_re_registration_pins_the_survivor(
+    cluster: Cluster,
+) -> None:
+    """The write found the survivor re-registered once it got the row, and left the pin
+    unset: the survivor's next plain assessment went to whatever version was latest."""
+    (survivor_id,) = await registered(cluster, 1)
+    db = cluster.hosts["eligibility"].db
+    assert db is not None
+    re_registering = "UPDATE survivors SET district_code = district_code WHERE survivor_id = $1"
+    [answer] = await queued_behind(
+        db, re_registering, survivor_id, cluster.eligibility.AssessEligibility(assess(survivor_id))
+    )
+    assert isinstance(answer, pb.AssessEligibilityResponse), answer
+    survivor = await cluster.eligibility.GetSurvivor(pb.GetSurvivorRequest(survivor_id=survivor_id))
+    assert survivor.survivor.pinned_rule_set_version == answer.assessment.rule_set_version
+
+
+@pytest.mark.timeout(60)
+async def test_a_re_assessment_sent_again_leaves_the_pin_as_it_moved_it(cluster: Cluster) -> None:
+    """Sent again in one group with a plain assessment of the same survivor, a
+    re-assessment was decided anew under the newest version, and moved the survivor to it
+    through the plain call (no reason given)."""
+    (survivor_id,) = await registered(cluster, 1)
+    await cluster.eligibility.AssessEligibility(assess(survivor_id))
+    moved_to = await _publish_the_same_rules_again(cluster)
+    reassess = assess(survivor_id, reassess_under_latest=True, reassessment_reason="annual review")
+    first = await cluster.eligibility.AssessEligibility(reassess)
+    assert first.assessment.rule_set_version == moved_to
+    await _publish_the_same_rules_again(cluster)
+    db = cluster.hosts["eligibility"].db
+    assert db is not None
+    assessor = Assessor(db, RuleBook())
+    plain = assess(survivor_id)
+    # One group holding both: the retry and a plain assessment after it.
+    retried, after = await assessor._run(
+        [_Call(r, date(2026, 3, 1), payload_hash(r), None) for r in (reassess, plain)]
+    )
+    assert isinstance(retried, pb.AssessEligibilityResponse)
+    assert retried.assessment.assessment_id == first.assessment.assessment_id
+    assert isinstance(after, Encoded)
+    assert after.message().assessment.rule_set_version == moved_to
+    survivor = await cluster.eligibility.GetSurvivor(pb.GetSurvivorRequest(survivor_id=survivor_id))
+    assert survivor.survivor.pinned_rule_set_version == moved_to
