@@ -62,7 +62,7 @@ PRODUCTS = {  # product_id: (term, grace, moratorium, max amount)
     "small_trade": (12, 1, (), 400_000),
     "business_expansion": (36, 2, (), 800_000),
 }
-REPORT_DATE = date(2026, 12, 31)
+REPORT_DATE = date(2026, 10, 31)  # a day that has come: a report after today is refused
 LOANS_PER_WORKER = 16
 
 
