@@ -461,16 +461,19 @@ def journey_table(
         ),
         (
             label("next_due", lang),
-            f"{status.next_due_date}: {manat(status.next_due_minor)} AZN"
+            f"{status.next_due_date}: {manat(status.next_due_minor, lang=lang)} AZN"
             if status.next_due_date and not status.loan_status.startswith("CLOSED")
             else none,
         ),
         *(
-            [(label("overdue", lang), f"{manat(status.overdue_minor)} AZN")]
+            [(label("overdue", lang), f"{manat(status.overdue_minor, lang=lang)} AZN")]
             if status.overdue_minor
             else []
         ),
-        (label("outstanding", lang), manat(status.outstanding_minor) if status.loan_id else none),
+        (
+            label("outstanding", lang),
+            manat(status.outstanding_minor, lang=lang) if status.loan_id else none,
+        ),
         (label("days_past_due", lang), str(status.days_past_due)),
     ]
     if not status.assistance:
@@ -487,7 +490,7 @@ def journey_table(
         rows.append(
             (
                 label("waiting_for_funds", lang),
-                f"{manat(status.waiting_for_funds_minor)} AZN",
+                f"{manat(status.waiting_for_funds_minor, lang=lang)} AZN",
             )
         )
     if status.write_off_proposed_by:
@@ -528,12 +531,14 @@ def fund_table(f: lending_pb.Fund, lang: str) -> Table:
         ("outstanding_principal", f.outstanding_principal_minor),
         ("available", f.available_minor),
     ):
-        table.add_row(f"{label(key, lang)} (AZN)", manat(value))
+        table.add_row(f"{label(key, lang)} (AZN)", manat(value, lang=lang))
     return table
 
 
-def percent(basis_points: int) -> str:
-    return f"{basis_points / 100:.2f}%"
+def percent(basis_points: int, lang: str = "en") -> str:
+    """Basis points as a percentage, with the language's decimal mark (12,34% in az)."""
+    whole, hundredths = divmod(basis_points, 100)
+    return f"{whole}{',' if lang == 'az' else '.'}{hundredths:02d}%"
 
 
 def portfolio_table(
@@ -547,10 +552,10 @@ def portfolio_table(
         table.add_row(
             key,
             str(f.active_loans),
-            manat(f.outstanding_principal_minor),
-            manat(f.par30_outstanding_minor),
-            percent(f.par30_basis_points),
-            percent(f.repayment_rate_basis_points),
+            manat(f.outstanding_principal_minor, lang=lang),
+            manat(f.par30_outstanding_minor, lang=lang),
+            percent(f.par30_basis_points, lang),
+            percent(f.repayment_rate_basis_points, lang),
         )
     return table
 
@@ -566,6 +571,6 @@ def buckets_table(f: lending_pb.PortfolioFigures, lang: str = "en") -> Table:
         table.add_row(
             LABELS.get(f"bucket:{code}", {}).get(lang, code),
             str(b.loans),
-            manat(b.outstanding_principal_minor),
+            manat(b.outstanding_principal_minor, lang=lang),
         )
     return table

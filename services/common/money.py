@@ -2,12 +2,17 @@
 person reads also give the amount in manat."""
 
 
-def manat(minor: int, *, grouped: bool = True) -> str:
-    """Qəpik as manat: 123456 -> '1,234.56' to read, '1234.56' (grouped=False) for files
-    that other programs read."""
+def manat(minor: int, *, grouped: bool = True, lang: str = "en") -> str:
+    """Qəpik as manat: 123456 -> '1,234.56' to read ('1.234,56' in Azerbaijani, whose
+    decimal mark is the comma), '1234.56' (grouped=False) for files that other programs
+    read."""
     sign = "-" if minor < 0 else ""
     whole, cents = divmod(abs(minor), 100)
-    return f"{sign}{whole:,}.{cents:02d}" if grouped else f"{sign}{whole}.{cents:02d}"
+    if not grouped:
+        return f"{sign}{whole}.{cents:02d}"
+    if lang == "az":
+        return f"{sign}{whole:,}".replace(",", ".") + f",{cents:02d}"
+    return f"{sign}{whole:,}.{cents:02d}"
 
 
 def qepik_and_manat(minor: int) -> str:

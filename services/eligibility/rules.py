@@ -181,7 +181,7 @@ def _said(value: Any, kind: str | None, language: str) -> str:
     if isinstance(value, list | tuple):
         return ", ".join(_said(v, kind, language) for v in value)
     if kind == MONEY and isinstance(value, int):
-        return f"{manat(value)} AZN"
+        return f"{manat(value, lang=language)} AZN"
     if kind == DISTRICT and isinstance(value, str):
         names = known_districts().get(value)
         return names[language] if names else value

@@ -466,7 +466,7 @@ async def test_a_journey_driven_from_the_cli(
         status = await wait_for_stage(handle, "GRACE")
         ran = await mineaction(cli_env, "journey", "status", survivor_id, "--lang", "az")
         assert ran.exit_code == 0, ran
-        assert status.loan_id in ran.stdout and "5,000.00" in ran.stdout
+        assert status.loan_id in ran.stdout and "5.000,00" in ran.stdout
         # Everything read in Azerbaijani: the stage, the loan's and the workflow's state.
         shown = table_rows(ran.stdout)
         assert shown["Mərhələ"] == "Güzəşt müddəti (GRACE)", shown

@@ -70,7 +70,7 @@ async def test_refusal_is_explained_in_azerbaijani(cluster: Cluster) -> None:
     assert [r.rule_id for r in failed] == ["income_ceiling"]
     # Money in manat and the district by its name, as the survivor reads them.
     assert failed[0].explanation.az == (
-        "Ailə üzvü başına aylıq gəlir (500.00 AZN) 300.00 AZN həddini aşır."
+        "Ailə üzvü başına aylıq gəlir (500,00 AZN) 300,00 AZN həddini aşır."
     )
     assert failed[0].inputs["income_per_person_minor"] == "50000"
     district = next(r for r in refused.rule_results if r.rule_id == "programme_district")

@@ -46,6 +46,9 @@ def test_manat_display() -> None:
     assert manat(-250) == "-2.50"
     assert manat(123456789, grouped=False) == "1234567.89"
     assert qepik_and_manat(113000) == "113000 qəpik (1,130.00 AZN)"
+    # Azerbaijani writes the decimal comma, and groups thousands with a point.
+    assert manat(123456789, lang="az") == "1.234.567,89"
+    assert manat(-5, lang="az") == "-0,05" and manat(-5) == "-0.05"
 
 
 def test_dates_ids_and_languages() -> None:

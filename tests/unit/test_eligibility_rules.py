@@ -75,7 +75,7 @@ def test_decision_explains_every_rule_with_the_values_it_read() -> None:
         "params.income_ceiling_per_person_minor": "30000",
     }
     assert income.explanation.az == (
-        "Ailə üzvü başına aylıq gəlir (450.00 AZN) 300.00 AZN həddini aşır."
+        "Ailə üzvü başına aylıq gəlir (450,00 AZN) 300,00 AZN həddini aşır."
     )
     wheelchair = next(d for d in decision.decisions if d.programme_id == "wheelchair")
     assert wheelchair.outcome == "NEEDS_REVIEW"
@@ -312,7 +312,7 @@ def test_explanations_give_money_in_manat_and_districts_by_name() -> None:
     results = {r.rule_id: r for d in decision.decisions for r in d.rule_results}
     income = results["income_ceiling"]
     assert income.explanation.az == (
-        "Ailə üzvü başına aylıq gəlir (120.00 AZN) 300.00 AZN həddini aşmır."
+        "Ailə üzvü başına aylıq gəlir (120,00 AZN) 300,00 AZN həddini aşmır."
     )
     assert income.explanation.en == (
         "Household income per person (120.00 AZN a month) is at or below the ceiling of 300.00 AZN."
@@ -331,7 +331,7 @@ def test_explanations_give_money_in_manat_and_districts_by_name() -> None:
         ),
     }
     score = next(p for p in decision.priority_parts if p.name == "income_per_person")
-    assert "150.00 AZN-dən az" in score.explanation.az
+    assert "150,00 AZN-dən az" in score.explanation.az
     for text in _explanations(decision):
         for said in (text.en, text.az):
             assert "qəpik" not in said and "{" not in said, said
@@ -351,9 +351,9 @@ def test_an_explanation_asking_for_missing_data_names_the_values_it_can() -> Non
 @pytest.mark.parametrize(
     ("template", "said"),
     [
-        ("{max_loan_minor} qəpik", "8,000.00 AZN"),
-        ("{max_loan_minor} qəpikdən çox", "8,000.00 AZN-dən çox"),
-        ("{max_loan_minor}qəpik.", "8,000.00 AZN."),
+        ("{max_loan_minor} qəpik", "8.000,00 AZN"),
+        ("{max_loan_minor} qəpikdən çox", "8.000,00 AZN-dən çox"),
+        ("{max_loan_minor}qəpik.", "8.000,00 AZN."),
         ("{female_headed}", "bəli"),
         ("{district} və {credit_min_age} qəpik", "Füzuli və 18 qəpik"),
     ],
