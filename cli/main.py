@@ -1944,6 +1944,33 @@ def portfolio(
 
 
 @app.command()
+def loan(
+    loan_id: Annotated[str, typer.Argument(help="The loan.")],
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="As of this day, YYYY-MM-DD (default today).")
+    ] = None,
+    lang: Lang = "en",
+) -> None:
+    """A loan as of a day: its state, amounts and arrears, and its repayment schedule
+    then, each instalment with what is paid and how late it is. Reads only."""
+
+    async def go() -> None:
+        language = inputs.language(lang)
+        lid = inputs.identifier(loan_id, "loan id")
+        day = _date_or_today(as_of, "--as-of")
+        request = lending_pb.GetLoanRequest(
+            loan_id=lid, as_of=proto_date(day), include_schedule=True
+        )
+        found = await call_lending("GetLoan", request, lending_pb.GetLoanResponse)
+        out = render.console()
+        out.print(render.loan_table(found.loan, day.isoformat(), language))
+        if found.HasField("schedule"):
+            out.print(render.schedule_table(found.schedule, language))
+
+    run(go())
+
+
+@app.command()
 def fund(
     fund_id: Annotated[str, typer.Argument(help="The fund.")] = "main",
     lang: Lang = "en",

@@ -141,6 +141,24 @@ LABELS: dict[str, dict[str, str]] = {
     "repayment_rate": {"en": "Repayment rate", "az": "Qaytarılma dərəcəsi"},
     "delinquency_buckets": {"en": "Delinquency buckets", "az": "Gecikmə qrupları"},
     "bucket": {"en": "Bucket", "az": "Qrup"},
+    "instalment_state:UPCOMING": {"en": "upcoming", "az": "gələcək"},
+    "instalment_state:DUE": {"en": "due today", "az": "bu gün ödənilməli"},
+    "instalment_state:PAID": {"en": "paid", "az": "ödənilib"},
+    "instalment_state:PARTIALLY_PAID": {"en": "partly paid", "az": "qismən ödənilib"},
+    "instalment_state:OVERDUE": {"en": "overdue", "az": "vaxtı keçib"},
+    "instalment_state:WRITTEN_OFF": {"en": "written off", "az": "balansdan silinib"},
+    "schedule": {"en": "Repayment schedule", "az": "Ödəniş cədvəli"},
+    "revision": {"en": "revision", "az": "versiya"},
+    "number": {"en": "#", "az": "№"},
+    "due_date": {"en": "Due", "az": "Ödəniş tarixi"},
+    "principal_due": {"en": "Due (AZN)", "az": "Ödənilməli (AZN)"},
+    "principal_paid": {"en": "Paid (AZN)", "az": "Ödənilib (AZN)"},
+    "instalment_state": {"en": "State", "az": "Vəziyyət"},
+    "principal": {"en": "Principal", "az": "Əsas borc"},
+    "product": {"en": "Product", "az": "Məhsul"},
+    "borrower": {"en": "Borrower", "az": "Borcalan"},
+    "closed_on": {"en": "Closed on", "az": "Bağlanma tarixi"},
+    "as_of": {"en": "as of", "az": "tarixinə"},
     "bucket:current": {"en": "current", "az": "vaxtında"},
     "bucket:1-30": {"en": "1-30 days", "az": "1-30 gün"},
     "bucket:31-60": {"en": "31-60 days", "az": "31-60 gün"},
@@ -556,6 +574,65 @@ def portfolio_table(
             manat(f.par30_outstanding_minor, lang=lang),
             percent(f.par30_basis_points, lang),
             percent(f.repayment_rate_basis_points, lang),
+        )
+    return table
+
+
+def _day(d: object) -> str:
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}"  # type: ignore[attr-defined]
+
+
+def loan_table(loan: lending_pb.Loan, as_of: str, lang: str) -> Table:
+    """A loan's figures as of a day: state, amounts, arrears."""
+    table = Table(title=f"{label('loan', lang)} {loan.loan_id} — {label('as_of', lang)} {as_of}")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    state = lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_")
+    bucket = lending_pb.DelinquencyBucket.Name(loan.bucket).removeprefix("DELINQUENCY_BUCKET_")
+    rows = [
+        (label("loan_status", lang), coded("loan_state", state, lang)),
+        (label("borrower", lang), loan.survivor_id),
+        (label("product", lang), loan.product_id),
+        (f"{label('principal', lang)} (AZN)", manat(loan.principal_minor, lang=lang)),
+        (f"{label('disbursed', lang)} (AZN)", manat(loan.disbursed_minor, lang=lang)),
+        (f"{label('repaid_principal', lang)} (AZN)", manat(loan.repaid_principal_minor, lang=lang)),
+        (label("outstanding", lang), manat(loan.outstanding_principal_minor, lang=lang)),
+        (label("days_past_due", lang), str(loan.days_past_due)),
+    ]
+    if loan.bucket:
+        code = bucket.replace("_", "-").lower()
+        rows.append((label("bucket", lang), LABELS.get(f"bucket:{code}", {}).get(lang, code)))
+    if loan.written_off_minor:
+        rows.append(
+            (f"{label('written_off', lang)} (AZN)", manat(loan.written_off_minor, lang=lang))
+        )
+        rows.append((f"{label('recovered', lang)} (AZN)", manat(loan.recovered_minor, lang=lang)))
+    if loan.HasField("close_date"):
+        rows.append((label("closed_on", lang), _day(loan.close_date)))
+    for name, value in rows:
+        table.add_row(name, escape(value))
+    return table
+
+
+def schedule_table(schedule: lending_pb.RepaymentSchedule, lang: str) -> Table:
+    """Each instalment: when it is due, how much, what is paid, its state."""
+    table = Table(
+        title=f"{label('schedule', lang)}, {label('revision', lang)} {schedule.revision} "
+        f"({escape(schedule.reason)})"
+    )
+    for column in ("number", "due_date", "principal_due", "principal_paid"):
+        table.add_column(label(column, lang), justify="right")
+    table.add_column(label("instalment_state", lang))
+    table.add_column(label("days_past_due", lang), justify="right")
+    for i in schedule.instalments:
+        state = lending_pb.InstalmentState.Name(i.state).removeprefix("INSTALMENT_STATE_")
+        table.add_row(
+            str(i.number),
+            _day(i.due_date),
+            manat(i.principal_due_minor, lang=lang),
+            manat(i.principal_paid_minor, lang=lang),
+            coded("instalment_state", state, lang),
+            str(i.days_past_due) if i.days_past_due else "",
         )
     return table
 

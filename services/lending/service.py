@@ -66,9 +66,10 @@ def loan_to_proto(
     tranches: Sequence[Mapping[str, Any]] = (),
 ) -> pb.Loan:
     numbers = numbers or LoanFigures()
-    # A loan with principal outstanding on the figures' date was active then, even if it
-    # has been closed or written off since.
-    active = row["state"] == "ACTIVE" or numbers.outstanding_minor > 0
+    # A loan is in a delinquency bucket on the figures' date when it had principal
+    # outstanding then, whatever its state today: not before its first tranche (the
+    # portfolio report leaves it out then too), still after a later closure or write-off.
+    active = numbers.outstanding_minor > 0
     return pb.Loan(
         loan_id=row["loan_id"],
         survivor_id=row["survivor_id"],

@@ -60,6 +60,7 @@ from tests.lending_helpers import (
     lending_db,
     open_fund,
     propose_write_off,
+    repayment,
 )
 from tests.ports import closed_port
 from workers.journey import search_attributes as sa
@@ -986,6 +987,52 @@ async def test_a_missing_journey_and_an_unknown_survivor(cli_env: dict[str, str]
     assert line.startswith("error: not found:"), line
     line = one_error_line(await mineaction(cli_env, "repay", "loan-nobody-01", "10"))
     assert "unknown loan" in line or "not found" in line
+
+
+def _rows_after(out: str, title: str) -> list[list[str]]:
+    """The cells of each row of the table printed after `title`."""
+    return [
+        [c.strip() for c in row.strip().strip("│").split("│")]
+        for row in out[out.index(title) :].splitlines()
+        if row.startswith("│")
+    ]
+
+
+async def test_a_loan_and_its_schedule_as_of_a_day(
+    cli_env: dict[str, str], cluster: Cluster
+) -> None:
+    """A loan officer reads a loan without changing it: its figures and its schedule on
+    a day, each instalment paid or late, in either language."""
+    loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
+    await cluster.lending.RecordRepayment(repayment(loan.loan_id, 15_000, date(2026, 5, 10)))
+    before = await cluster.row_counts()
+    ran = await mineaction(cli_env, "loan", loan.loan_id, "--as-of", "2026-07-15")
+    assert ran.exit_code == 0, ran
+    rows = table_rows(ran.stdout)
+    assert rows["Loan status"] == "Active (ACTIVE)"
+    assert rows["Repaid principal (AZN)"] == "150.00"
+    assert rows["Outstanding (AZN)"] == "1,050.00"
+    # 10,000 a month from 10 May: May paid, half of June; June 10 is 35 days late.
+    assert rows["Days past due"] == "35" and rows["Bucket"] == "31-60 days"
+    schedule = _rows_after(ran.stdout, "Repayment schedule, revision 1 (initial)")
+    # 11 instalments of 109.09 (the first 109.10): the first paid, 40.90 on the second.
+    assert [r[3:6] for r in schedule[:4]] == [
+        ["109.10", "paid (PAID)", ""],
+        ["40.90", "overdue (OVERDUE)", "35"],
+        ["0.00", "overdue (OVERDUE)", "5"],
+        ["0.00", "upcoming (UPCOMING)", ""],
+    ], ran.stdout
+    ran = await mineaction(cli_env, "loan", loan.loan_id, "--as-of", "2026-07-15", "--lang", "az")
+    assert ran.exit_code == 0, ran
+    assert table_rows(ran.stdout)["Qalıq borc (AZN)"] == "1.050,00"
+    schedule = _rows_after(ran.stdout, "Ödəniş cədvəli")
+    assert [r[3:5] for r in schedule[:2]] == [
+        ["109,10", "ödənilib (PAID)"],
+        ["40,90", "vaxtı keçib (OVERDUE)"],
+    ], ran.stdout
+    assert await cluster.row_counts() == before
+    line = one_error_line(await mineaction(cli_env, "loan", "loan-nothing-like-it"))
+    assert "loan-nothing-like-it" in line, line
 
 
 async def test_a_write_off_proposal_withdrawn_from_the_cli(
