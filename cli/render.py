@@ -584,7 +584,10 @@ def _day(d: object) -> str:
 
 def loan_table(loan: lending_pb.Loan, as_of: str, lang: str) -> Table:
     """A loan's figures as of a day: state, amounts, arrears."""
-    table = Table(title=f"{label('loan', lang)} {loan.loan_id} — {label('as_of', lang)} {as_of}")
+    table = Table(
+        title=f"{label('loan', lang)} {loan.loan_id} — {label('as_of', lang)} {as_of}",
+        show_header=False,
+    )
     table.add_column(style="bold")
     table.add_column(justify="right")
     state = lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_")
