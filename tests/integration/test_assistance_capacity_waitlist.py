@@ -270,3 +270,21 @@ async def test_a_pool_s_sessions_violation_carries_its_reason(
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert [(v.field, v.reason) for v in violations_in(error)] == [("sessions", reason)]
+
+
+async def test_a_waitlisted_request_leaving_lets_the_smaller_ones_behind_it_in(
+    cluster: Cluster,
+) -> None:
+    """The head of the queue, too large for the free units, cancelled: the request behind
+    it stayed waitlisted with the units free, and every later one queued behind it."""
+    stub = cluster.assistance
+    pool = await create_pool(stub, "wheelchair", 5, provider_id=SUPPLIER)
+    await stock_request(stub, pool, 3)
+    big, small = await stock_request(stub, pool, 4), await stock_request(stub, pool, 1)
+    assert (big.state, small.state) == ("waitlisted", "waitlisted")
+    await advance(stub, big.assistance_id, "cancel")
+    promoted = await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=small.assistance_id))
+    assert promoted.assistance.state == "fitting_assessment"
+    providers = await stub.ListProviders(pb.ListProvidersRequest())
+    [shown] = [p for pr in providers.providers for p in pr.pools if p.pool_id == pool.pool_id]
+    assert (shown.reserved, shown.waitlisted) == (4, 0)

@@ -952,35 +952,6 @@ async def test_every_mutation_is_idempotent_through_its_request_id(cluster: Clus
     assert await cluster.row_counts() == before
 
 
-async def test_a_waitlisted_request_leaving_lets_the_smaller_ones_behind_it_in(
-    cluster: Cluster,
-) -> None:
-    """The head of the queue, too large for the free units, cancelled: the request behind
-    it stayed waitlisted with the units free, and every later one queued behind it."""
-    stub = cluster.assistance
-    pool = await create_pool(stub, "wheelchair", 5, provider_id="baku-mobility-aids")
-
-    async def chairs(quantity: int) -> pb.Assistance:
-        need = await record_need(stub, "wheelchair")
-        return await request(
-            stub,
-            need.need_id,
-            capacity_pool_id=pool.pool_id,
-            quantity=quantity,
-            data=struct(seat_width_cm=44),
-        )
-
-    await chairs(3)
-    big, small = await chairs(4), await chairs(1)
-    assert (big.state, small.state) == ("waitlisted", "waitlisted")
-    await advance(stub, big.assistance_id, "cancel")
-    promoted = await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=small.assistance_id))
-    assert promoted.assistance.state == "fitting_assessment"
-    providers = await stub.ListProviders(pb.ListProvidersRequest())
-    [shown] = [p for pr in providers.providers for p in pr.pools if p.pool_id == pool.pool_id]
-    assert (shown.reserved, shown.waitlisted) == (4, 0)
-
-
 async def test_delivered_assistance_is_not_cancelled_and_keeps_its_unit(cluster: Cluster) -> None:
     """Cancelling a delivered chair gave its unit to the next survivor waiting, and a
     completed course's seat to a survivor who then joined a finished cohort."""
