@@ -186,6 +186,17 @@ def _date_or_today(value: str | None, what: str) -> date:
     return programme_today() if value is None else inputs.iso_date(value, what)
 
 
+def _report_day(value: str | None) -> date:
+    """A portfolio report's day: one that has come (payments after today are not known
+    yet; the lending service refuses such a report too)."""
+    day, today = _date_or_today(value, "--as-of"), programme_today()
+    if day > today:
+        raise BadInput(
+            f"--as-of {day} is after today ({today} in Baku): its payments are not known"
+        )
+    return day
+
+
 # --- survivors ------------------------------------------------------------------------
 
 
@@ -1911,7 +1922,7 @@ def portfolio(
 
     async def go() -> None:
         language = inputs.language(lang)
-        day = _date_or_today(as_of, "--as-of")
+        day = _report_day(as_of)
         fund_id = inputs.identifier(fund, "fund id") if fund else ""
         request = lending_pb.GetPortfolioReportRequest(as_of=proto_date(day), fund_id=fund_id)
         report = (
@@ -2066,7 +2077,7 @@ def export_portfolio(
 
     async def go() -> None:
         _check_output(output)
-        day = _date_or_today(as_of, "--as-of")
+        day = _report_day(as_of)
         fund_id = inputs.identifier(fund, "fund id") if fund else ""
         async with _service("lending") as (stub, calls):
             with calls:

@@ -881,6 +881,8 @@ async def test_bad_input_is_refused_before_any_call(
             "more than 2 decimals",
         ),
         (["portfolio", "--as-of", "2026-13-01"], "not a real calendar date"),
+        (["portfolio", "--as-of", "2099-01-01"], "is after today"),
+        (["export", "portfolio", "--as-of", "2099-01-01"], "its payments are not known"),
         (["export", "loans", "--state", "nonsense"], "unknown loan state"),
         (["export", "loans", "-o", str(tmp_path / "no" / "such" / "x.csv")], "does not exist"),
         (["--token-file", str(tmp_path / "no-token"), "fund"], "token file"),
