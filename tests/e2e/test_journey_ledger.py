@@ -11,15 +11,21 @@ import uuid
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
-from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.programme_time import programme_date
 from services.common.protoconv import from_proto_date
 from tests.conftest import Cluster
-from tests.factories import register_request, saatli_fish_farmer
+from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
 from tests.journey_helpers import skip_until, status_of
 from tests.lending_helpers import open_fund, repayment, reversal
 from workers.journey.activities import JourneyActivities
@@ -244,6 +250,63 @@ async def test_a_reversal_after_the_last_due_date_or_during_a_follow_up_reopens_
         assert (reopened.follow_up_due, reopened.loan_status) == (0, "ACTIVE"), reopened
         assert reopened.follow_ups_recorded == []
         await unheard.terminate("the test is over")
+
+
+@pytest.mark.timeout(180)
+async def test_follow_up_answers_eligibility_would_refuse_or_has_already_do_not_fail_the_journey(
+    cluster: Cluster,
+    time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """The update stored answers eligibility then refused (a 65-character recorded_by),
+    and a +6 follow-up recorded with eligibility directly was refused as recorded: both
+    failed the journey after the update had said all was well."""
+    env = time_skipping_env
+    kiosk = LoanRequest("small_trade", 120_000, "a kiosk")
+    async with build_worker(env.client, activities, task_queue):
+        handle, loan_id, _ = await awaiting_first_follow_up(cluster, env, task_queue, kiosk)
+        for bad in (
+            FollowUp(90_000, True, 3, "x" * 65),
+            FollowUp(90_000, True, 3, "cw-51\u200b"),
+            FollowUp(10_000_000_001, True, 3, "cw-51"),
+        ):
+            with pytest.raises(WorkflowUpdateFailedError) as refused:
+                await handle.execute_update(SurvivorJourneyWorkflow.record_follow_up, bad)
+            assert "recorded_by" in str(refused.value.cause) or "income" in str(
+                refused.value.cause
+            ), refused.value.cause
+        status = await status_of(handle)
+        assert (status.stage, status.follow_up_due) == ("FOLLOW_UP", 6)
+
+        # Staff record the +6 follow-up at eligibility's desk; the journey's own answers
+        # then find it recorded, count it, and go on to the +12.
+        today = programme_date(await env.get_current_time())
+        await cluster.eligibility.RecordFollowUp(
+            eligibility_pb.RecordFollowUpRequest(
+                request_id=request_id(),
+                follow_up=eligibility_pb.FollowUp(
+                    survivor_id=status.survivor_id,
+                    loan_id=loan_id,
+                    months_after=6,
+                    household_income_minor=90_000,
+                    working=True,
+                    family_members_supported=3,
+                    recorded_by="cw-51",
+                    recorded_on=pdate(today),
+                ),
+            )
+        )
+        await handle.execute_update(
+            SurvivorJourneyWorkflow.record_follow_up, FollowUp(90_000, True, 3, "cw-51")
+        )
+        went_on = await skip_until(
+            env, handle, lambda s: s.follow_ups_recorded == [6], step=STEP, limit=SOON
+        )
+        assert (went_on.stage, went_on.follow_up_due) == ("REPAID", 0), went_on
+        description = await handle.describe()
+        assert description.status == WorkflowExecutionStatus.RUNNING
+        await handle.terminate("the test is over")
 
 
 @pytest.mark.timeout(180)

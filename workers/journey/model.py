@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from services.common.money import manat
-from services.common.text import visible
+from services.common.text import has_control_or_format, visible
 
 TASK_QUEUE = "survivor-journeys"
 
@@ -64,6 +64,9 @@ def journey_of(workflow_id: str) -> tuple[str, int]:
 def assistance_workflow_id(journey_id: str, type_id: str) -> str:
     return f"{journey_id}-assistance-{type_id}"
 
+
+# eligibility's FollowUp.household_income_minor bound (lte), in qəpik.
+FOLLOW_UP_INCOME_MAX_MINOR = 10_000_000_000
 
 @dataclass(frozen=True)
 class JourneyPolicy:
@@ -460,6 +463,22 @@ class FollowUp:
     working: bool
     family_members_supported: int
     recorded_by: str
+
+    def problem(self) -> str | None:
+        """Why eligibility would refuse these answers (its FollowUp rules), or None:
+        checked when they are given, as the journey records them only later."""
+        if not 0 <= self.household_income_minor <= FOLLOW_UP_INCOME_MAX_MINOR:
+            return f"income must be from 0 to {FOLLOW_UP_INCOME_MAX_MINOR} qəpik"
+        if not 0 <= self.family_members_supported <= 49:
+            return "family members supported must be from 0 to 49"
+        if not visible(self.recorded_by):
+            return "recorded_by is required"
+        if len(self.recorded_by) > 64 or has_control_or_format(self.recorded_by):
+            return (
+                "recorded_by must name who recorded it: at most 64 characters, and no "
+                "control or invisible formatting character"
+            )
+        return None
 
 
 @dataclass(frozen=True)

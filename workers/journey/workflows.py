@@ -219,6 +219,10 @@ TRANCHES_FIT_THE_LOAN_PATCH = "journey-tranches-fit-the-loan"
 # journey alone held its proposal until the confirmation (lending saw none, and one made
 # through the API was invisible to the journey). Chosen once per run.
 WRITE_OFFS_WITH_LENDING_PATCH = "journey-write-offs-with-lending"
+# Runs from this change on count a follow-up that eligibility says is recorded already
+# (staff recorded it there, or another client did) as recorded, and go on to the next.
+# The refusal failed the journey after its update had told the caller all was well.
+FOLLOW_UP_RECORDED_ELSEWHERE_PATCH = "journey-follow-up-recorded-elsewhere"
 FUND_READ_EVERY = timedelta(days=1)
 # What a loan the committee approved may have become by the time the journey reads it.
 APPROVED_OR_LATER = ("APPROVED", "ACTIVE", *CLOSED_LOAN_STATES)
@@ -860,9 +864,15 @@ class SurvivorJourneyWorkflow:
                 # A reversal reopened the loan just before the answers came, the journey
                 # not told yet: eligibility records no follow-up of an open loan (it
                 # refused none before, so no history holds this branch).
-                if not watch or not _refused_because(error, "LOAN_NOT_CLOSED"):
+                if watch and _refused_because(error, "LOAN_NOT_CLOSED"):
+                    return self._reopened()
+                # Recorded with eligibility already, by staff or another client: the
+                # journey counts it and goes on (FOLLOW_UP_RECORDED_ELSEWHERE_PATCH).
+                if not _refused_because(error, "FOLLOW_UP_RECORDED") or not workflow.patched(
+                    FOLLOW_UP_RECORDED_ELSEWHERE_PATCH
+                ):
                     raise
-                return self._reopened()
+                workflow.logger.info("follow-up recorded already", extra={"months": months})
             self._s.follow_ups_recorded.append(months)
             self._s.follow_up_due = 0
             self._set_stage(Stage.REPAID)
@@ -1187,13 +1197,11 @@ class SurvivorJourneyWorkflow:
     def validate_follow_up(self, follow_up: FollowUp) -> None:
         if not self._s.follow_up_due or self._follow_up is not None:
             raise ValueError(f"no follow-up is due (stage is {self._s.stage})")
-        if (
-            follow_up.household_income_minor < 0
-            or not 0 <= follow_up.family_members_supported <= 49
-        ):
-            raise ValueError("income must not be negative; family members 0-49")
-        if not follow_up.recorded_by.strip():
-            raise ValueError("recorded_by is required")
+        # Refused here what eligibility would refuse when the journey records it later
+        # (answers it refused failed the journey after the update had succeeded).
+        problem = follow_up.problem()
+        if problem is not None:
+            raise ValueError(problem)
 
     @workflow.signal
     def loan_changed(self, change: LoanChanged) -> None:
