@@ -444,3 +444,33 @@ async def test_assistance_is_requested_only_for_programmes_the_survivor_is_eligi
     assert result.stage == "CLOSED_NOT_ELIGIBLE"
     assert [(a.state, a.terminal) for a in result.assistance] == [("not_eligible", True)]
     assert await needs_of(cluster, alone.survivor_id) == []
+
+
+@pytest.mark.timeout(120)
+async def test_an_item_whose_need_is_refused_ends_refused_and_the_journey_goes_on(
+    cluster: Cluster,
+    own_time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """A plan of a type the assistance service does not have (a client starting the
+    journey without the CLI's check): recording the need was refused, the item's workflow
+    failed, and the journey waited for it for ever."""
+    client = own_time_skipping_env.client
+    intake = saatli_fish_farmer(f"srv-{uuid.uuid4().hex[:12]}")
+    async with build_worker(client, activities, task_queue):
+        journey = await start_with(
+            cluster, client, task_queue, intake, [AssistancePlan("wheelchiar")]
+        )
+        refused = await journey_heard(journey, lambda a: a.state == "refused")
+        assert (refused.type_id, refused.terminal, refused.need_id) == ("wheelchiar", True, "")
+        item = client.get_workflow_handle_for(
+            AssistanceWorkflow.run, assistance_workflow_id(journey.id, "wheelchiar")
+        )
+        assert (await item.describe()).status == WorkflowExecutionStatus.COMPLETED
+        deadline = time.monotonic() + 15
+        while (await journey.describe()).status == WorkflowExecutionStatus.RUNNING:
+            assert time.monotonic() < deadline, await status_of(journey)
+            await asyncio.sleep(0.1)
+        assert (await journey.describe()).status == WorkflowExecutionStatus.COMPLETED
+    assert await needs_of(cluster, intake.survivor_id) == []

@@ -68,6 +68,7 @@ def assistance_workflow_id(journey_id: str, type_id: str) -> str:
 # eligibility's FollowUp.household_income_minor bound (lte), in qəpik.
 FOLLOW_UP_INCOME_MAX_MINOR = 10_000_000_000
 
+
 @dataclass(frozen=True)
 class JourneyPolicy:
     """The programme's timings, in days; the defaults are the programme's own."""

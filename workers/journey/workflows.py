@@ -219,6 +219,10 @@ TRANCHES_FIT_THE_LOAN_PATCH = "journey-tranches-fit-the-loan"
 # journey alone held its proposal until the confirmation (lending saw none, and one made
 # through the API was invisible to the journey). Chosen once per run.
 WRITE_OFFS_WITH_LENDING_PATCH = "journey-write-offs-with-lending"
+# Items from this change on end refused when the assistance service refuses their need
+# (a type it does not have): the journey goes on without them. The refusal failed the
+# item's workflow, and the journey waited for the item for ever.
+ASSISTANCE_NEED_REFUSED_PATCH = "assistance-need-refused"
 # Runs from this change on count a follow-up that eligibility says is recorded already
 # (staff recorded it there, or another client did) as recorded, and go on to the next.
 # The refusal failed the journey after its update had told the caller all was well.
@@ -1363,28 +1367,41 @@ class AssistanceWorkflow:
         if item.resume is not None:  # continued as new while waitlisted
             self._state, self._steps = item.resume.state, item.resume.steps
         else:
-            need_id = await call_service(
-                JourneyActivities.record_need,
-                NeedInput(
-                    item.survivor_id,
-                    item.plan.type_id,
-                    item.case_worker_id,
-                    item.district_code,
-                    item.sex,
-                    item.age_band,
-                ),
-            )
             try:
-                requested = await call_service(
-                    JourneyActivities.request_assistance,
-                    RequestAssistanceInput(need_id, item.plan, item.case_worker_id),
+                need_id = await call_service(
+                    JourneyActivities.record_need,
+                    NeedInput(
+                        item.survivor_id,
+                        item.plan.type_id,
+                        item.case_worker_id,
+                        item.district_code,
+                        item.sex,
+                        item.age_band,
+                    ),
                 )
             except ActivityError as error:
-                # Refused (bad plan data, no consent...): the need stays open for a new plan.
-                workflow.logger.warning(
-                    "assistance request refused", extra={"cause": str(error.cause)}
-                )
-                requested = AssistanceState(item.plan.type_id, need_id, "", "refused", True)
+                # Refused (a type the assistance service does not have): the item ends
+                # refused, and the journey goes on without it. The refusal failed the
+                # item, and the journey waited for it for ever (ASSISTANCE_NEED_REFUSED_PATCH).
+                if not workflow.patched(ASSISTANCE_NEED_REFUSED_PATCH):
+                    raise
+                workflow.logger.warning("need refused", extra={"cause": str(error.cause)})
+                need_id = ""
+            if need_id:
+                try:
+                    requested = await call_service(
+                        JourneyActivities.request_assistance,
+                        RequestAssistanceInput(need_id, item.plan, item.case_worker_id),
+                    )
+                except ActivityError as error:
+                    # Refused (bad plan data, no consent...): the need stays open for a
+                    # new plan.
+                    workflow.logger.warning(
+                        "assistance request refused", extra={"cause": str(error.cause)}
+                    )
+                    requested = AssistanceState(item.plan.type_id, need_id, "", "refused", True)
+            else:
+                requested = AssistanceState(item.plan.type_id, "", "", "refused", True)
             await self._publish(item, requested)
         if self._waitlisted() and workflow.patched(ASSISTANCE_WAITLIST_READS_PATCH):
             await self._read_while_waitlisted()
