@@ -27,7 +27,7 @@ from services.common.protoconv import from_proto_date
 from tests.conftest import Cluster
 from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
 from tests.journey_helpers import skip_until, status_of
-from tests.lending_helpers import open_fund, repayment, reversal
+from tests.lending_helpers import disburse, open_fund, repayment, reversal
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
     CommitteeDecision,
@@ -147,6 +147,40 @@ async def test_a_loan_repaid_before_its_last_tranche_lapses_the_rest(
             await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=status.loan_id))
         ).loan
         assert [t.amount_minor for t in ledger.tranches] == [200_000]
+        await handle.terminate("the test is over")
+
+
+@pytest.mark.timeout(180)
+async def test_a_tranche_paid_out_through_lending_meanwhile_ends_the_plan(
+    cluster: Cluster,
+    time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """The feed bought early and paid out at lending's desk: on the feed's day lending
+    refused the journey's own tranche (nothing left of the principal), and the journey
+    failed."""
+    env = time_skipping_env
+    async with build_worker(env.client, activities, task_queue):
+        handle, status = await fish_paid_out(cluster, env, task_queue, fish_then_feed(30))
+        today = programme_date(await env.get_current_time())
+        await disburse(
+            cluster.lending, status.loan_id, 100_000, today, "feed, bought early",
+            kind=lending_pb.DISBURSEMENT_KIND_IN_KIND,
+        )  # fmt: skip
+        await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(status.loan_id))
+        await env.sleep(timedelta(days=31))  # past the feed's day
+        after = await status_of(handle)
+        assert after.stage in ("GRACE", "REPAYMENT"), after
+        assert (after.loan_status, after.outstanding_minor) == ("ACTIVE", 300_000), after
+        assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+        ledger = (
+            await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=status.loan_id))
+        ).loan
+        assert [t.description for t in ledger.tranches] == [
+            "1,000 fingerlings",
+            "feed, bought early",
+        ]
         await handle.terminate("the test is over")
 
 

@@ -122,7 +122,8 @@ def _from_an_earlier_decision(proposal: lending_pb.LoanWriteOffProposal) -> bool
 
 async def call(rpc: Callable[..., Awaitable[T]], request: object) -> T:
     """A business rejection becomes a non-retryable ApplicationError whose type is the
-    status code and whose first detail is the service's ErrorInfo reason (or ""). One
+    status code and whose first detail is the service's ErrorInfo reason (or ""), then
+    each field violation's reason (ABOVE_APPROVED_PRINCIPAL on amount_minor...). One
     about the request (four eyes, a step not allowed now) is BENIGN: an answer the
     workflow handles, logged at debug level, not as a failure with its traceback; one
     about the worker's own token is a failure an operator must see."""
@@ -139,6 +140,7 @@ async def call(rpc: Callable[..., Awaitable[T]], request: object) -> T:
             raise ApplicationError(
                 error.details() or error.code().name,
                 reason_of(error),
+                *(v.reason for v in violations_in(error)),  # the fields' own reasons after it
                 type=error.code().name,
                 non_retryable=True,
                 category=(

@@ -219,6 +219,11 @@ TRANCHES_FIT_THE_LOAN_PATCH = "journey-tranches-fit-the-loan"
 # journey alone held its proposal until the confirmation (lending saw none, and one made
 # through the API was invisible to the journey). Chosen once per run.
 WRITE_OFFS_WITH_LENDING_PATCH = "journey-write-offs-with-lending"
+# Runs from this change on end their tranche plan when lending refuses a tranche as
+# beyond the approved principal or the product's tranches: it was paid out through
+# lending's API meanwhile, and the loan goes on as the ledger holds it. The refusal failed
+# the journey on the tranche's day.
+TRANCHES_PAID_ELSEWHERE_PATCH = "journey-tranches-paid-elsewhere"
 # Items from this change on end refused when the assistance service refuses their need
 # (a type it does not have): the journey goes on without them. The refusal failed the
 # item's workflow, and the journey waited for the item for ever.
@@ -252,6 +257,12 @@ def _refused_because(error: ActivityError, *reasons: str) -> bool:
     """The service refused the activity's call with one of these ErrorInfo reasons."""
     cause = error.cause
     return isinstance(cause, ApplicationError) and cause.details[:1] in [(r,) for r in reasons]
+
+
+def _field_refused_because(error: ActivityError, reason: str) -> bool:
+    """The service refused a field of the activity's call with this reason."""
+    cause = error.cause
+    return isinstance(cause, ApplicationError) and reason in cause.details[1:]
 
 
 def loan_closed(snap: LoanSnapshot) -> bool:
@@ -627,6 +638,16 @@ class SurvivorJourneyWorkflow:
                     ),
                 )
             except ActivityError as error:
+                # Paid out through lending's API meanwhile (all of the principal, or every
+                # tranche the product allows): the ledger holds the rest of the plan, and
+                # the loan goes on as it is (TRANCHES_PAID_ELSEWHERE_PATCH).
+                if (
+                    _refused_because(error, "MAX_TRANCHES")
+                    or _field_refused_because(error, "ABOVE_APPROVED_PRINCIPAL")
+                ) and workflow.patched(TRANCHES_PAID_ELSEWHERE_PATCH):
+                    workflow.logger.info("tranche paid out already", extra={"sequence": sequence})
+                    await self._snapshot()
+                    return None
                 if not _refused_because(
                     error, "INSUFFICIENT_FUNDS", "TRANCHE_AFTER_REPAYMENT_START"
                 ) or not workflow.patched(FUND_WAIT_PATCH):
