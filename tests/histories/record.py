@@ -27,6 +27,7 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
+from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.auth import ensure_dev_credentials
 from services.common.channels import service_token
@@ -34,9 +35,9 @@ from services.common.config import load_settings
 from services.common.logging import configure_logging
 from services.common.programme_time import programme_date
 from tests.conftest import Cluster, start_services, stop_services
-from tests.factories import register_request, request_id, saatli_fish_farmer
+from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
 from tests.journey_helpers import deliver_wheelchair, own_pool, skip_until, someone_holds, status_of
-from tests.lending_helpers import open_fund, repayment, reversal
+from tests.lending_helpers import disburse, open_fund, repayment, reversal
 from workers.journey import search_attributes
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
@@ -559,6 +560,95 @@ async def run_waited_for_the_fund(
     assert result.stage == "COMPLETED", result
 
 
+async def run_taken_elsewhere(env: WorkflowEnvironment, cluster: Cluster, out: Recorded) -> None:
+    """Steps taken outside the journey, at the services' own desks: the feed tranche paid
+    out at lending before its day (the journey ends its plan, patch journey-tranches-paid-
+    elsewhere), and the +6 month follow-up recorded at eligibility before the journey's
+    own answers (counted, patch journey-follow-up-recorded-elsewhere). It completes."""
+    client, name = env.client, "taken_elsewhere"
+    sid = survivor_id(name)
+    await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(sid)))
+    plan = [
+        TranchePlan(200_000, "1,000 fingerlings", "IN_KIND", 0),
+        TranchePlan(100_000, "feed", "IN_KIND", 30),
+    ]
+    handle: Handle = await client.start_workflow(
+        SurvivorJourneyWorkflow.run,
+        JourneyInput(
+            survivor_id=sid,
+            case_worker_id="cw-07",
+            loan=LoanRequest("fish_farming", 300_000, f"{name} journey", plan),
+            policy=JourneyPolicy(follow_up_months=(6,)),
+        ),
+        id=journey_workflow_id(sid),
+        task_queue=TASK_QUEUE,
+    )
+    await skip_until(env, handle, lambda s: s.stage == "COMMITTEE_REVIEW", step=timedelta(hours=1))
+    await handle.execute_update(
+        SurvivorJourneyWorkflow.record_committee_decision,
+        CommitteeDecision(True, "cm-03", f"CM-REC-{name}"),
+    )
+    status = await skip_until(
+        env, handle, lambda s: s.outstanding_minor == 200_000, step=timedelta(minutes=10)
+    )
+    loan_id = status.loan_id
+    today = programme_date(await env.get_current_time())
+    await disburse(
+        cluster.lending, loan_id, 100_000, today, "feed, bought early",
+        kind=lending_pb.DISBURSEMENT_KIND_IN_KIND,
+    )  # fmt: skip
+    await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+    await env.sleep(timedelta(days=31))  # past the feed's day
+    today = programme_date(await env.get_current_time())
+    await cluster.lending.RecordRepayment(repayment(loan_id, 300_000, today))
+    await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
+    await skip_until(
+        env, handle, lambda s: s.follow_up_due == 6, step=timedelta(days=10),
+        limit=timedelta(days=400),
+    )  # fmt: skip
+    today = programme_date(await env.get_current_time())
+    await cluster.eligibility.RecordFollowUp(
+        eligibility_pb.RecordFollowUpRequest(
+            request_id=request_id(),
+            follow_up=eligibility_pb.FollowUp(
+                survivor_id=sid,
+                loan_id=loan_id,
+                months_after=6,
+                household_income_minor=90_000,
+                working=True,
+                family_members_supported=3,
+                recorded_by="cw-07",
+                recorded_on=pdate(today),
+            ),
+        )
+    )
+    await handle.execute_update(
+        SurvivorJourneyWorkflow.record_follow_up, FollowUp(90_000, True, 3, "cw-07")
+    )
+    result = await write_journey_and_items(client, handle, (), name, out)
+    assert (result.stage, result.follow_ups_recorded) == ("COMPLETED", [6]), result
+
+
+async def run_need_refused(env: WorkflowEnvironment, cluster: Cluster, out: Recorded) -> None:
+    """A plan of a type the assistance service does not have, started without the CLI's
+    check: the need is refused, the item ends refused and the journey completes without
+    it (patch assistance-need-refused)."""
+    client, name = env.client, "need_refused"
+    sid = survivor_id(name)
+    await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(sid)))
+    handle: Handle = await client.start_workflow(
+        SurvivorJourneyWorkflow.run,
+        JourneyInput(
+            survivor_id=sid, case_worker_id="cw-07", assistance=[AssistancePlan("wheelchiar")]
+        ),
+        id=journey_workflow_id(sid),
+        task_queue=TASK_QUEUE,
+    )
+    item = client.get_workflow_handle(assistance_workflow_id(handle.id, "wheelchiar"))
+    result = await write_journey_and_items(client, handle, (item,), name, out)
+    assert {a.type_id: a.state for a in result.assistance} == {"wheelchiar": "refused"}, result
+
+
 async def main() -> None:
     import pgserver
 
@@ -605,10 +695,12 @@ async def main() -> None:
                     await run_scenario(env, cluster, name, scenario, out)
                 await run_withdrawn(env, cluster, out)
                 await run_waited_for_the_fund(env, cluster, out)
+                await run_taken_elsewhere(env, cluster, out)
                 # Last: once an item ends after its journey, the test server stops
                 # skipping time.
                 await run_assisted(env, cluster, out)
                 await run_loan_refused(env, cluster, out)
+                await run_need_refused(env, cluster, out)
             files = {
                 name: entry
                 for name, entry in kept.get("files", {}).items()
