@@ -638,6 +638,17 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             loan = await self._loan_for_update(conn, request.loan_id)
             if loan["state"] not in ("APPROVED", "ACTIVE"):
                 check_transition(loan["loan_id"], loan["state"], "ACTIVE")
+            proposal = await _open_proposal(conn, request.loan_id)
+            if proposal is not None:
+                # The loan is thought uncollectable: money paid out now would be written
+                # off with the rest at the confirmation.
+                raise FailedPrecondition(
+                    f"loan {request.loan_id} has a write-off proposed by "
+                    f"{proposal['proposed_by']} ({proposal['reason']}): withdraw it before "
+                    "paying out a tranche",
+                    reason="WRITE_OFF_PROPOSED",
+                    metadata={"loan_id": request.loan_id},
+                )
             tranches = await conn.fetch(
                 "SELECT * FROM tranches WHERE loan_id = $1 ORDER BY sequence",
                 request.loan_id,

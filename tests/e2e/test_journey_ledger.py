@@ -27,7 +27,7 @@ from services.common.protoconv import from_proto_date
 from tests.conftest import Cluster
 from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
 from tests.journey_helpers import skip_until, status_of
-from tests.lending_helpers import disburse, open_fund, repayment, reversal
+from tests.lending_helpers import disburse, open_fund, propose_write_off, repayment, reversal
 from workers.journey.activities import JourneyActivities
 from workers.journey.model import (
     CommitteeDecision,
@@ -181,6 +181,28 @@ async def test_a_tranche_paid_out_through_lending_meanwhile_ends_the_plan(
             "1,000 fingerlings",
             "feed, bought early",
         ]
+        await handle.terminate("the test is over")
+
+
+@pytest.mark.timeout(180)
+async def test_a_write_off_proposed_through_lending_holds_back_the_next_tranche(
+    cluster: Cluster,
+    time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """Lending pays out no tranche while a write-off is proposed; a journey whose next
+    tranche is refused so lets it lapse (the case worker told) and goes on."""
+    env = time_skipping_env
+    async with build_worker(env.client, activities, task_queue):
+        handle, status = await fish_paid_out(cluster, env, task_queue, fish_then_feed(30))
+        today = programme_date(await env.get_current_time())
+        await propose_write_off(cluster.lending, status.loan_id, today)
+        await env.sleep(timedelta(days=31))  # past the feed's day
+        after = await status_of(handle)
+        assert after.stage in ("GRACE", "REPAYMENT"), after
+        assert (after.outstanding_minor, after.write_off_proposed_by) == (200_000, "lo-07")
+        assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
         await handle.terminate("the test is over")
 
 

@@ -132,6 +132,31 @@ async def test_a_disbursement_dated_before_its_fund_was_committed_is_refused(
     assert paid_out.loan.state == pb.LOAN_STATE_ACTIVE
 
 
+async def test_no_tranche_is_paid_out_while_a_write_off_is_proposed(cluster: Cluster) -> None:
+    """A loan thought uncollectable: a tranche paid out then was written off with the
+    rest at the confirmation."""
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(
+        cluster.lending, fund_id=fund_id, product_id="fish_farming", amount_minor=300_000
+    )
+    await disburse(cluster.lending, loan.loan_id, 200_000, date(2026, 1, 31))
+    await propose_write_off(cluster.lending, loan.loan_id, date(2026, 2, 10))
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await disburse(cluster.lending, loan.loan_id, 100_000, date(2026, 2, 12))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(refused.value) == "WRITE_OFF_PROPOSED"
+    assert "withdraw it before paying out a tranche" in (refused.value.details() or "")
+    assert await cluster.row_counts() == before
+    await cluster.lending.WithdrawLoanWriteOff(
+        pb.WithdrawLoanWriteOffRequest(
+            request_id=request_id(), loan_id=loan.loan_id, reason="she paid", withdrawn_by="pm-02"
+        )
+    )
+    paid = await disburse(cluster.lending, loan.loan_id, 100_000, date(2026, 2, 12))
+    assert paid.loan.disbursed_minor == 300_000
+
+
 async def test_concurrent_disbursements_never_overdraw_the_fund(cluster: Cluster) -> None:
     fund_id = await open_fund(cluster, 250_000)
     loans = [

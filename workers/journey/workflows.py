@@ -639,14 +639,20 @@ class SurvivorJourneyWorkflow:
                 )
             except ActivityError as error:
                 # Paid out through lending's API meanwhile (all of the principal, or every
-                # tranche the product allows): the ledger holds the rest of the plan, and
-                # the loan goes on as it is (TRANCHES_PAID_ELSEWHERE_PATCH).
+                # tranche the product allows), or a write-off proposed there: the ledger
+                # holds the rest of the plan, and the loan goes on as it is; a tranche
+                # held back by a proposal lapses, the case worker told
+                # (TRANCHES_PAID_ELSEWHERE_PATCH).
+                held_back = _refused_because(error, "WRITE_OFF_PROPOSED")
                 if (
-                    _refused_because(error, "MAX_TRANCHES")
+                    held_back
+                    or _refused_because(error, "MAX_TRANCHES")
                     or _field_refused_because(error, "ABOVE_APPROVED_PRINCIPAL")
                 ) and workflow.patched(TRANCHES_PAID_ELSEWHERE_PATCH):
-                    workflow.logger.info("tranche paid out already", extra={"sequence": sequence})
+                    workflow.logger.info("tranche not paid out", extra={"sequence": sequence})
                     await self._snapshot()
+                    if held_back:
+                        await self._tranche_lapsed(sequence, tranche)
                     return None
                 if not _refused_because(
                     error, "INSUFFICIENT_FUNDS", "TRANCHE_AFTER_REPAYMENT_START"
