@@ -60,3 +60,23 @@ def register_request(
     return eligibility_pb.RegisterSurvivorRequest(
         request_id=request_id(), intake=intake or saatli_fish_farmer()
     )
+
+
+def follow_up_request(
+    survivor_id: str, loan_id: str, months: int, on: date, recorded_by: str
+) -> eligibility_pb.RecordFollowUpRequest:
+    """A follow-up recorded at eligibility's desk: working, 900 AZN a month, three
+    family members supported."""
+    return eligibility_pb.RecordFollowUpRequest(
+        request_id=request_id(),
+        follow_up=eligibility_pb.FollowUp(
+            survivor_id=survivor_id,
+            loan_id=loan_id,
+            months_after=months,
+            household_income_minor=90_000,
+            working=True,
+            family_members_supported=3,
+            recorded_by=recorded_by,
+            recorded_on=pdate(on),
+        ),
+    )

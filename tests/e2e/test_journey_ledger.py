@@ -20,12 +20,15 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.programme_time import programme_date
 from services.common.protoconv import from_proto_date
 from tests.conftest import Cluster
-from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
+from tests.factories import (
+    follow_up_request,
+    register_request,
+    saatli_fish_farmer,
+)
 from tests.journey_helpers import skip_until, status_of
 from tests.lending_helpers import disburse, open_fund, propose_write_off, repayment, reversal
 from workers.journey.activities import JourneyActivities
@@ -339,19 +342,7 @@ async def test_follow_up_answers_eligibility_would_refuse_or_has_already_do_not_
         # then find it recorded, count it, and go on to the +12.
         today = programme_date(await env.get_current_time())
         await cluster.eligibility.RecordFollowUp(
-            eligibility_pb.RecordFollowUpRequest(
-                request_id=request_id(),
-                follow_up=eligibility_pb.FollowUp(
-                    survivor_id=status.survivor_id,
-                    loan_id=loan_id,
-                    months_after=6,
-                    household_income_minor=90_000,
-                    working=True,
-                    family_members_supported=3,
-                    recorded_by="cw-51",
-                    recorded_on=pdate(today),
-                ),
-            )
+            follow_up_request(status.survivor_id, loan_id, 6, today, "cw-51")
         )
         await handle.execute_update(
             SurvivorJourneyWorkflow.record_follow_up, FollowUp(90_000, True, 3, "cw-51")

@@ -27,7 +27,6 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
-from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.auth import ensure_dev_credentials
 from services.common.channels import service_token
@@ -35,7 +34,12 @@ from services.common.config import load_settings
 from services.common.logging import configure_logging
 from services.common.programme_time import programme_date
 from tests.conftest import Cluster, start_services, stop_services
-from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
+from tests.factories import (
+    follow_up_request,
+    register_request,
+    request_id,
+    saatli_fish_farmer,
+)
 from tests.journey_helpers import deliver_wheelchair, own_pool, skip_until, someone_holds, status_of
 from tests.lending_helpers import disburse, open_fund, repayment, reversal
 from workers.journey import search_attributes
@@ -509,16 +513,15 @@ async def run_withdrawn(env: WorkflowEnvironment, cluster: Cluster, out: Recorde
     assert result.stage == "CLOSED_WITHDRAWN", result
 
 
-async def run_waited_for_the_fund(
-    env: WorkflowEnvironment, cluster: Cluster, out: Recorded
-) -> None:
-    """Fingerlings, then feed 30 days later, from a fund with too little left for the
-    feed: the feed waits (the case worker told, a try each day) until a repayment at the
-    cashier's desk brings the money back; then the loan is repaid in full. No follow-ups
-    (the journey's policy asks for none), so it completes (patches journey-waits-for-the-
-    fund and journey-tranches-fit-the-loan)."""
-    client, name = env.client, "waited_for_the_fund"
-    fund_id = await open_fund(cluster, 250_000)
+async def approved_fish_journey(
+    env: WorkflowEnvironment,
+    cluster: Cluster,
+    name: str,
+    policy: JourneyPolicy,
+    fund_id: str = "",
+) -> Handle:
+    """Fingerlings at the approval, feed 30 days later (3,000 AZN), for a survivor
+    registered for it; the committee's approval recorded."""
     sid = survivor_id(name)
     await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(sid)))
     plan = [
@@ -531,7 +534,7 @@ async def run_waited_for_the_fund(
             survivor_id=sid,
             case_worker_id="cw-07",
             loan=LoanRequest("fish_farming", 300_000, f"{name} journey", plan, fund_id=fund_id),
-            policy=JourneyPolicy(follow_up_months=()),
+            policy=policy,
         ),
         id=journey_workflow_id(sid),
         task_queue=TASK_QUEUE,
@@ -540,6 +543,22 @@ async def run_waited_for_the_fund(
     await handle.execute_update(
         SurvivorJourneyWorkflow.record_committee_decision,
         CommitteeDecision(True, "cm-03", f"CM-REC-{name}"),
+    )
+    return handle
+
+
+async def run_waited_for_the_fund(
+    env: WorkflowEnvironment, cluster: Cluster, out: Recorded
+) -> None:
+    """Fingerlings, then feed 30 days later, from a fund with too little left for the
+    feed: the feed waits (the case worker told, a try each day) until a repayment at the
+    cashier's desk brings the money back; then the loan is repaid in full. No follow-ups
+    (the journey's policy asks for none), so it completes (patches journey-waits-for-the-
+    fund and journey-tranches-fit-the-loan)."""
+    client, name = env.client, "waited_for_the_fund"
+    fund_id = await open_fund(cluster, 250_000)
+    handle = await approved_fish_journey(
+        env, cluster, name, JourneyPolicy(follow_up_months=()), fund_id
     )
     status = await skip_until(
         env, handle, lambda s: s.waiting_for_funds_minor > 0, step=timedelta(days=1),
@@ -566,28 +585,7 @@ async def run_taken_elsewhere(env: WorkflowEnvironment, cluster: Cluster, out: R
     elsewhere), and the +6 month follow-up recorded at eligibility before the journey's
     own answers (counted, patch journey-follow-up-recorded-elsewhere). It completes."""
     client, name = env.client, "taken_elsewhere"
-    sid = survivor_id(name)
-    await cluster.eligibility.RegisterSurvivor(register_request(saatli_fish_farmer(sid)))
-    plan = [
-        TranchePlan(200_000, "1,000 fingerlings", "IN_KIND", 0),
-        TranchePlan(100_000, "feed", "IN_KIND", 30),
-    ]
-    handle: Handle = await client.start_workflow(
-        SurvivorJourneyWorkflow.run,
-        JourneyInput(
-            survivor_id=sid,
-            case_worker_id="cw-07",
-            loan=LoanRequest("fish_farming", 300_000, f"{name} journey", plan),
-            policy=JourneyPolicy(follow_up_months=(6,)),
-        ),
-        id=journey_workflow_id(sid),
-        task_queue=TASK_QUEUE,
-    )
-    await skip_until(env, handle, lambda s: s.stage == "COMMITTEE_REVIEW", step=timedelta(hours=1))
-    await handle.execute_update(
-        SurvivorJourneyWorkflow.record_committee_decision,
-        CommitteeDecision(True, "cm-03", f"CM-REC-{name}"),
-    )
+    handle = await approved_fish_journey(env, cluster, name, JourneyPolicy(follow_up_months=(6,)))
     status = await skip_until(
         env, handle, lambda s: s.outstanding_minor == 200_000, step=timedelta(minutes=10)
     )
@@ -608,19 +606,7 @@ async def run_taken_elsewhere(env: WorkflowEnvironment, cluster: Cluster, out: R
     )  # fmt: skip
     today = programme_date(await env.get_current_time())
     await cluster.eligibility.RecordFollowUp(
-        eligibility_pb.RecordFollowUpRequest(
-            request_id=request_id(),
-            follow_up=eligibility_pb.FollowUp(
-                survivor_id=sid,
-                loan_id=loan_id,
-                months_after=6,
-                household_income_minor=90_000,
-                working=True,
-                family_members_supported=3,
-                recorded_by="cw-07",
-                recorded_on=pdate(today),
-            ),
-        )
+        follow_up_request(survivor_id(name), loan_id, 6, today, "cw-07")
     )
     await handle.execute_update(
         SurvivorJourneyWorkflow.record_follow_up, FollowUp(90_000, True, 3, "cw-07")
