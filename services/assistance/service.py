@@ -61,7 +61,11 @@ from services.common.errors import (
     invalid,
 )
 from services.common.idempotency import idempotent, once_per_request
-from services.common.programme_time import PROGRAMME_TIME_ZONE, programme_date
+from services.common.programme_time import (
+    PROGRAMME_TIME_ZONE,
+    not_after_today,
+    programme_date,
+)
 from services.common.protoconv import timestamp
 from services.common.server import ServiceSpec
 
@@ -711,6 +715,8 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         if request.type_id:
             self._plugin(request.type_id)
         as_of = date(request.as_of.year, request.as_of.month, request.as_of.day)
+        # A day that has come: what is met or delivered by a later one is not known yet.
+        not_after_today("as_of", as_of)
         rows = await self.db.pool.fetch(
             f"""WITH upto AS (
                     SELECT (($1::date + 1)::timestamp AT TIME ZONE '{PROGRAMME_TIME_ZONE}') AS t),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import grpc
@@ -1032,6 +1032,12 @@ async def test_the_delivery_report_separates_needs_from_delivery(cluster: Cluste
         pb.GetDeliveryReportRequest(as_of=pdate(date(2020, 1, 1)))
     )
     assert not yesterday.report.rows
+    # A day that has not come is refused: what will be met or delivered is not known.
+    tomorrow = programme_today() + timedelta(days=1)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.GetDeliveryReport(pb.GetDeliveryReportRequest(as_of=pdate(tomorrow)))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "as_of" in violations(refused.value)
 
 
 async def test_a_provider_records_steps_on_its_own_items_only(cluster: Cluster) -> None:
