@@ -129,10 +129,28 @@ class AssistanceTypePlugin:
 
     @cached_property
     def all_transitions(self) -> tuple[Transition, ...]:
-        """The plugin's transitions plus cancel from every unfinished state."""
-        unfinished = tuple(s for s, state in self.all_states.items() if not state.terminal)
-        cancel = Transition(CANCEL, unfinished, CANCELLED, releases_capacity=True)
+        """The plugin's transitions plus cancel from every unfinished state an item is in
+        before it is delivered (once delivered, its unit or seat is used)."""
+        before = self._states_before_delivery
+        cancellable = tuple(
+            s for s, state in self.all_states.items() if not state.terminal and s in before
+        )
+        cancel = Transition(CANCEL, cancellable, CANCELLED, releases_capacity=True)
         return (*self.transitions, cancel)
+
+    @cached_property
+    def _states_before_delivery(self) -> frozenset[str]:
+        """The states reached from the first one (or the waitlist) by steps that deliver
+        nothing."""
+        reached = {self.initial_state, WAITLISTED}
+        frontier = list(reached)
+        while frontier:
+            state = frontier.pop()
+            for t in self.transitions:
+                if not t.delivers and state in t.from_states and t.to_state not in reached:
+                    reached.add(t.to_state)
+                    frontier.append(t.to_state)
+        return frozenset(reached)
 
     @property
     def uses_capacity(self) -> bool:

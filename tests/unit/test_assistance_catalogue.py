@@ -59,6 +59,14 @@ def test_the_core_adds_waitlisting_and_cancelling_to_every_lifecycle() -> None:
     cancel = WHEELCHAIR.transition_for(CANCEL)
     assert cancel is not None and cancel.releases_capacity
     assert "followed_up" not in cancel.from_states
+    # Cancelled before delivery only, as the catalogue lists it: a delivered chair's
+    # unit is used (the service refuses it, ALREADY_DELIVERED).
+    assert set(cancel.from_states) == {
+        "waitlisted",
+        "fitting_assessment",
+        "procurement",
+        "allocated",
+    }
     assert WAITLISTED not in minimal().all_states
 
 
