@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import date
 from pathlib import Path
@@ -94,6 +95,41 @@ def rule_set_error(error: rules.RuleSetError) -> InvalidArgument:
         f"the rule set is not valid: {error}",
         [FieldViolation("source_yaml", str(p), "rule_set.invalid") for p in error.problems],
     )
+
+
+async def _decided_again(
+    conn: Connection, candidate: rules.RuleSet, *, every_day: bool
+) -> AsyncIterator[tuple[asyncpg.Record, dict[str, rules.Outcome]]]:
+    """The stored assessments (at most SIMULATION_LIMIT, oldest first), each with the
+    candidate's outcomes for its survivor on its day. INVALID_ARGUMENT on source_yaml,
+    naming the assessment, when the candidate cannot decide one (RULES_CANNOT_DECIDE), or,
+    with `every_day`, is not in force on one's day (RULES_NOT_IN_FORCE; otherwise such an
+    assessment is passed over: the candidate will never decide that day)."""
+    cursor = conn.cursor(
+        """SELECT assessment_id, assessment_date, intake::text, intake_pb, result
+           FROM assessments
+           ORDER BY assessment_date, assessment_id LIMIT $1""",
+        SIMULATION_LIMIT,
+    )
+    async for row in cursor:
+        day = row["assessment_date"]
+        why = candidate.not_in_force(day)
+        if why is not None:
+            if not every_day:
+                continue
+            raise invalid(
+                "source_yaml", f"assessment {row['assessment_id']}: {why}", "RULES_NOT_IN_FORCE"
+            )
+        facts = intake_mod.facts(intake_mod.stored_intake(row), day)
+        try:
+            after = rules.evaluate(candidate, facts, day).outcomes()
+        except rules.CannotDecide as error:
+            raise invalid(
+                "source_yaml",
+                f"assessment {row['assessment_id']}: the rules cannot decide it: {error}",
+                "RULES_CANNOT_DECIDE",
+            ) from None
+        yield row, after
 
 
 class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
@@ -339,6 +375,12 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 detail,
             )
 
+        # A version that cannot decide a stored survivor, on a day it is in force, is not
+        # published: a re-assessment of them under it would be refused.
+        async with self.db.pool.acquire() as conn, conn.transaction(readonly=True):
+            async for _ in _decided_again(conn, rule_set, every_day=False):
+                pass
+
         async def publish(conn: Connection) -> pb.PublishRuleSetResponse:
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext($1))", f"rule_set:{rule_set.rule_set_id}"
@@ -402,35 +444,12 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         counts: dict[str, int] = {}
         evaluated = 0
         async with self.db.pool.acquire() as conn, conn.transaction(readonly=True):
-            cursor = conn.cursor(
-                """SELECT assessment_id, assessment_date, intake::text, intake_pb, result
-                   FROM assessments
-                   ORDER BY assessment_date, assessment_id LIMIT $1""",
-                SIMULATION_LIMIT,
-            )
-            async for row in cursor:
+            async for row, after in _decided_again(conn, candidate, every_day=True):
                 evaluated += 1
                 before = {
                     d.programme_id: d.outcome
                     for d in pb.Assessment.FromString(row["result"]).decisions
                 }
-                day = row["assessment_date"]
-                facts = intake_mod.facts(intake_mod.stored_intake(row), day)
-                why = candidate.not_in_force(day)
-                if why is not None:  # the candidate could not decide this survivor again
-                    raise invalid(
-                        "source_yaml",
-                        f"assessment {row['assessment_id']}: {why}",
-                        "RULES_NOT_IN_FORCE",
-                    )
-                try:
-                    after = rules.evaluate(candidate, facts, day).outcomes()
-                except rules.CannotDecide as error:
-                    raise invalid(
-                        "source_yaml",
-                        f"assessment {row['assessment_id']}: the rules cannot decide it: {error}",
-                        "RULES_CANNOT_DECIDE",
-                    ) from None
                 for programme_id, outcome in after.items():
                     old = before.get(programme_id, pb.OUTCOME_UNSPECIFIED)
                     if OUTCOME[outcome] == old:

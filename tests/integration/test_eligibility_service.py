@@ -619,6 +619,36 @@ async def test_simulating_rules_that_start_after_past_assessments_is_refused(
     assert "the rules are in force from 2027-01-01" in violation.description
 
 
+async def test_rules_that_cannot_decide_a_stored_survivor_are_not_published(
+    cluster: Cluster,
+) -> None:
+    """An expression that fails on some survivors' facts (the first injury of a survivor
+    with none) passed its own test cases and was published; each such survivor's
+    re-assessment under it was then refused. Publishing replays the stored survivors
+    first, as the what-if does."""
+    survivor = saatli_fish_farmer()
+    del survivor.injuries[:]
+    stored = await register_and_assess(cluster, survivor)
+    candidate = SHIPPED.replace(
+        "expression: walking >= params.wheelchair_min_walking_difficulty",
+        "expression: size(injuries[0]) + walking >= params.wheelchair_min_walking_difficulty",
+    )
+    before = await cluster.row_counts()
+    for call in (
+        cluster.eligibility.PublishRuleSet(publish_request(candidate)),
+        cluster.eligibility.SimulateRuleSet(pb.SimulateRuleSetRequest(source_yaml=candidate)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        [violation] = violations_in(caught.value)
+        assert violation.reason == "RULES_CANNOT_DECIDE"
+        assert "the rules cannot decide it" in violation.description
+        assert violation.description.startswith("assessment asm-")
+    assert await cluster.row_counts() == before
+    assert stored.assessment_id
+
+
 # --- impact follow-ups, per loan, and the reach report --------------------------------
 
 
