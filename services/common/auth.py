@@ -212,7 +212,8 @@ def mint_with_settings(
 class TokenVerifier:
     """Checks signature (by kid, against the JWKS), issuer, audience and expiry."""
 
-    # An unknown kid re-reads the JWKS file (a key just published) at most this often.
+    # The JWKS file is looked at (its modification time) at most this often, and re-read
+    # when it has changed: a key just published verifies, a key withdrawn stops verifying.
     RELOAD_INTERVAL_SECONDS = 5.0
     # Verified tokens remembered (callers reuse one token for hours; an Ed25519 check and
     # the claim parsing cost more than the rest of a small call). Least recently used go.
@@ -232,8 +233,9 @@ class TokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
+        self._stamp = self._file_stamp()
         self._keys = self._load()
-        self._loaded_at = time.monotonic()
+        self._checked_at = time.monotonic()
         self._verified: OrderedDict[str, _Verified] = OrderedDict()
 
     @classmethod
@@ -256,13 +258,31 @@ class TokenVerifier:
                 raise AuthConfigError(f"{self._file}: key {jwk['kid']}: {error}") from None
         return keys
 
+    def _file_stamp(self) -> int | None:
+        """The JWKS file's modification time; None for keys given inline or no file."""
+        if self._inline:
+            return None
+        try:
+            return self._file.stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def _refresh(self) -> None:
+        """Re-read the JWKS when its file has changed, looking at most every
+        RELOAD_INTERVAL_SECONDS: a key withdrawn must stop verifying without a restart
+        (a compromised key is withdrawn this way), tokens already seen included."""
+        now = time.monotonic()
+        if now - self._checked_at <= self.RELOAD_INTERVAL_SECONDS:
+            return
+        self._checked_at = now
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return
+        with contextlib.suppress(AuthConfigError):  # else keep the keys we have
+            self._keys = self._load()
+            self._stamp = stamp
+
     def _key(self, kid: str) -> jwt.PyJWK | None:
-        if kid not in self._keys and (
-            time.monotonic() - self._loaded_at > self.RELOAD_INTERVAL_SECONDS
-        ):
-            self._loaded_at = time.monotonic()
-            with contextlib.suppress(AuthConfigError):  # else keep the keys we have
-                self._keys = self._load()
         return self._keys.get(kid)
 
     def verify(self, token: str) -> Principal:
@@ -271,6 +291,7 @@ class TokenVerifier:
         A token seen before is not verified again, but its expiry (and not-before) is
         checked at every use, and it stops being accepted as soon as its key leaves the
         JWKS; anything else goes through the full check, which says what is wrong."""
+        self._refresh()
         cached = self._verified.get(token)
         if cached is not None:
             now = time.time()

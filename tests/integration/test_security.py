@@ -249,7 +249,8 @@ async def test_health_and_reflection_stay_open(cluster: Cluster) -> None:
 
 async def test_a_rotated_key_verifies_alongside_the_old_one(cluster: Cluster) -> None:
     """Publish a new key in the JWKS: tokens under the new kid verify (the file is re-read
-    on an unknown kid), and tokens under the old kid still do."""
+    when it changes), and tokens under the old kid still do; withdraw it, and its tokens
+    stop verifying."""
     settings = cluster.settings
     new_key = SigningKey.generate()
     publish_key(settings.effective_jwks_file, new_key)
@@ -271,6 +272,18 @@ async def test_a_rotated_key_verifies_alongside_the_old_one(cluster: Cluster) ->
                     lending_pb.ListLoanProductsRequest(), timeout=10
                 )
             assert products.loan_products
+        # Withdrawn from the JWKS (a key thought compromised): its tokens stop verifying
+        # without a restart, the one just accepted included (it kept verifying).
+        jwks = json.loads(settings.effective_jwks_file.read_text())
+        jwks["keys"] = [k for k in jwks["keys"] if k["kid"] != new_key.kid]
+        settings.effective_jwks_file.write_text(json.dumps(jwks))
+        async with cluster.channel("lending", fresh) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as withdrawn:
+                await lending_grpc.LendingServiceStub(channel).ListLoanProducts(
+                    lending_pb.ListLoanProductsRequest(), timeout=10
+                )
+        assert withdrawn.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert reason_of(withdrawn.value) == "TOKEN_UNKNOWN_KEY"
     finally:
         auth.TokenVerifier.RELOAD_INTERVAL_SECONDS = interval
 
