@@ -78,7 +78,8 @@ def intake_violations(intake: pb.SurvivorIntake, today: date, field: str) -> lis
             violations.append(
                 FieldViolation(
                     where,
-                    f"must not be before the date of birth ({born})",
+                    # The rule, never the value: refusals are logged (personal data).
+                    "must not be before the date of birth",
                     "date.after_birth",
                 )
             )

@@ -522,7 +522,8 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             )
             born = from_proto_date(intake_mod.stored_intake(survivor).date_of_birth)
             if visited < born:
-                raise invalid("follow_up.recorded_on", f"is before the survivor's birth ({born})")
+                # The rule, never the value: refusals are logged (personal data).
+                raise invalid("follow_up.recorded_on", "is before the survivor's date of birth")
             inserted = await conn.fetchval(
                 """INSERT INTO follow_ups (survivor_id, loan_id, months_after,
                        household_income_minor, working, family_members_supported,

@@ -200,6 +200,8 @@ async def test_bad_intake_is_refused_with_the_field_and_nothing_stored(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     _, fields = details(caught.value)
     assert field in fields
+    # The rule, never the survivor's data (a date of birth was quoted): refusals are logged.
+    assert "1981-05-14" not in (caught.value.details() or "")
     assert await cluster.row_counts() == before
 
 
@@ -906,7 +908,7 @@ async def test_assessments_and_follow_ups_dated_after_today_are_refused(cluster:
                     )
                 ),
                 "follow_up.recorded_on",
-                "before the survivor's birth",
+                "before the survivor's date of birth",
             ),
         ]
         for call, field, says in refusals:
@@ -916,6 +918,8 @@ async def test_assessments_and_follow_ups_dated_after_today_are_refused(cluster:
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert details(refused.value)[1] == [field]
             assert says in (refused.value.details() or "")
+            # The rule, never the survivor's data: refusals are logged.
+            assert "1981-05-14" not in (refused.value.details() or "")
             assert await cluster.row_counts() == before
         # Today is a day that has come.
         today = await eligibility.AssessEligibility(
