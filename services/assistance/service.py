@@ -532,7 +532,9 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         if actor == row["provider_id"]:
             return
         named = await conn.fetchval(
-            "SELECT provider_id FROM providers WHERE lower(provider_id) = lower($1)", actor
+            # Spaces around it are the same provider's name (it passed as a person's).
+            "SELECT provider_id FROM providers WHERE lower(provider_id) = lower($1)",
+            actor.strip(),
         )
         if named is None:  # a person's name
             return

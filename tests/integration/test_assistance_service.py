@@ -1059,10 +1059,11 @@ async def test_a_provider_records_steps_on_its_own_items_only(cluster: Cluster) 
     )
     assert reason_of(error) == "NOT_THE_ITEMS_PROVIDER"
     assert "tartar-youth-centre is a provider, and assistance" in str(error.details())
-    step.request_id, step.actor = request_id(), "TARTAR-Youth-Centre"  # another's, in capitals
-    error = await assert_writes_nothing(
-        cluster, stub.AdvanceAssistance(step), grpc.StatusCode.PERMISSION_DENIED
-    )
+    for another in ("TARTAR-Youth-Centre", "tartar-youth-centre ", "\u00a0tartar-youth-centre"):
+        step.request_id, step.actor = request_id(), another  # in capitals, with a space
+        error = await assert_writes_nothing(
+            cluster, stub.AdvanceAssistance(step), grpc.StatusCode.PERMISSION_DENIED
+        )
     step.request_id, step.actor = request_id(), "Baku-Mobility-Aids"  # its own, as typed
     error = await assert_writes_nothing(
         cluster, stub.AdvanceAssistance(step), grpc.StatusCode.INVALID_ARGUMENT
