@@ -73,17 +73,25 @@ class MalformedRequest:
     INVALID_ARGUMENT from the validation step instead of an opaque UNKNOWN."""
 
     error: str
+    mutating: bool = False  # for a method whose requests carry a request_id: audited
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     if deserializer is None or getattr(deserializer, "tolerant", False):
         return deserializer
+    # A generated message's FromString is bound to its class.
+    request_type = getattr(deserializer, "__self__", None)
+    mutating = (
+        isinstance(request_type, type)
+        and issubclass(request_type, Message)
+        and "request_id" in request_type.DESCRIPTOR.fields_by_name
+    )
 
     def deserialize(data: bytes) -> Any:
         try:
             return deserializer(data)
         except Exception as error:
-            return MalformedRequest(str(error))
+            return MalformedRequest(str(error), mutating)
 
     deserialize.tolerant = True  # type: ignore[attr-defined]
     return deserialize
@@ -306,7 +314,10 @@ class AuditInterceptor(UnaryInterceptor):
         self, method: str, request: Any, context: grpc.aio.ServicerContext, call_next: Handler
     ) -> Any:
         caller = current_caller()
-        if caller is None or not is_mutating(request):
+        # A body that does not parse, sent to a mutating method, is audited too (its
+        # refusal, whatever refuses it), without the ids it could not give.
+        malformed = isinstance(request, MalformedRequest)
+        if caller is None or not (is_mutating(request) or (malformed and request.mutating)):
             return await call_next(request, context)
 
         def entry(code: str, reason: str) -> AuditRecord:
@@ -316,8 +327,10 @@ class AuditInterceptor(UnaryInterceptor):
                 roles=sorted(caller.principal.roles),
                 method=method,
                 # A refused request's ids may hold a NUL, which no text column stores.
-                request_id=spelled_out(str(request.request_id)),
-                resource_ids={k: spelled_out(v) for k, v in resource_ids(request).items()},
+                request_id="" if malformed else spelled_out(str(request.request_id)),
+                resource_ids={}
+                if malformed
+                else {k: spelled_out(v) for k, v in resource_ids(request).items()},
                 code=code,
                 reason=reason,
                 on_behalf_of=spelled_out(caller.on_behalf_of),

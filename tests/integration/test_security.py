@@ -484,6 +484,29 @@ async def test_mutating_calls_are_audited_with_their_outcome(cluster: Cluster) -
     assert await list_entries(cluster, "eligibility", subject=subject) == []
 
 
+async def test_a_body_that_does_not_parse_is_audited_when_sent_to_a_mutation(
+    cluster: Cluster,
+) -> None:
+    """A role's refusal of a mutation, or the body's, left no entry when the bytes were
+    not a message: the audit looked for the request_id in the parsed request."""
+    subject = f"cw-{uuid.uuid4().hex[:6]}"
+    method = "/mineaction.lending.v1.LendingService/DisburseTranche"
+    for role in ("case_worker", "loan_officer"):
+        async with cluster.channel("lending", cluster.token_for(role, subject=subject)) as ch:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await ch.unary_unary(method)(b"\xff\xff\xff\xff", timeout=10)
+            # a read's garbage is not audited: reads never are
+            with pytest.raises(grpc.aio.AioRpcError):
+                await ch.unary_unary("/mineaction.lending.v1.LendingService/GetLoan")(
+                    b"\xff\xff\xff\xff", timeout=10
+                )
+    entries = await list_entries(cluster, "lending", subject=subject)
+    assert [(e.method, e.code, e.reason, e.request_id) for e in reversed(entries)] == [
+        (method, "PERMISSION_DENIED", "ROLE_NOT_ALLOWED", ""),
+        (method, "INVALID_ARGUMENT", "INVALID_ARGUMENT", ""),
+    ]
+
+
 async def test_a_failed_precondition_and_a_relayed_name_are_audited(cluster: Cluster) -> None:
     loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
     token = cluster.settings.effective_service_token_file.read_text().strip()
