@@ -63,10 +63,17 @@ def register_request(
 
 
 def follow_up_request(
-    survivor_id: str, loan_id: str, months: int, on: date, recorded_by: str
+    survivor_id: str,
+    loan_id: str,
+    months: int,
+    on: date,
+    *,
+    recorded_by: str = "tester",
+    working: bool = True,
+    family_members: int = 3,
 ) -> eligibility_pb.RecordFollowUpRequest:
-    """A follow-up recorded at eligibility's desk: working, 900 AZN a month, three
-    family members supported."""
+    """An impact follow-up of 900 AZN a month of household income, as recorded at
+    eligibility's desk."""
     return eligibility_pb.RecordFollowUpRequest(
         request_id=request_id(),
         follow_up=eligibility_pb.FollowUp(
@@ -74,8 +81,8 @@ def follow_up_request(
             loan_id=loan_id,
             months_after=months,
             household_income_minor=90_000,
-            working=True,
-            family_members_supported=3,
+            working=working,
+            family_members_supported=family_members,
             recorded_by=recorded_by,
             recorded_on=pdate(on),
         ),

@@ -342,7 +342,7 @@ async def test_follow_up_answers_eligibility_would_refuse_or_has_already_do_not_
         # then find it recorded, count it, and go on to the +12.
         today = programme_date(await env.get_current_time())
         await cluster.eligibility.RecordFollowUp(
-            follow_up_request(status.survivor_id, loan_id, 6, today, "cw-51")
+            follow_up_request(status.survivor_id, loan_id, 6, today, recorded_by="cw-51")
         )
         await handle.execute_update(
             SurvivorJourneyWorkflow.record_follow_up, FollowUp(90_000, True, 3, "cw-51")

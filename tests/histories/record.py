@@ -606,7 +606,7 @@ async def run_taken_elsewhere(env: WorkflowEnvironment, cluster: Cluster, out: R
     )  # fmt: skip
     today = programme_date(await env.get_current_time())
     await cluster.eligibility.RecordFollowUp(
-        follow_up_request(survivor_id(name), loan_id, 6, today, "cw-07")
+        follow_up_request(survivor_id(name), loan_id, 6, today, recorded_by="cw-07")
     )
     await handle.execute_update(
         SurvivorJourneyWorkflow.record_follow_up, FollowUp(90_000, True, 3, "cw-07")

@@ -19,7 +19,14 @@ from services.common.errors import reason_of, violations_in
 from services.common.programme_time import programme_today
 from services.eligibility.service import SPEC as ELIGIBILITY
 from tests.conftest import Cluster
-from tests.factories import new_id, pdate, register_request, request_id, saatli_fish_farmer
+from tests.factories import (
+    follow_up_request,
+    new_id,
+    pdate,
+    register_request,
+    request_id,
+    saatli_fish_farmer,
+)
 from tests.grpc_errors import details
 from tests.lending_helpers import approved_loan, disburse, open_fund, repayment
 from tests.ports import closed_port
@@ -654,30 +661,6 @@ async def test_rules_that_cannot_decide_a_stored_survivor_are_not_published(
 # --- impact follow-ups, per loan, and the reach report --------------------------------
 
 
-def follow_up(
-    survivor_id: str,
-    loan_id: str,
-    months: int,
-    on: date,
-    *,
-    working: bool,
-    family_members: int,
-) -> pb.RecordFollowUpRequest:
-    return pb.RecordFollowUpRequest(
-        request_id=request_id(),
-        follow_up=pb.FollowUp(
-            survivor_id=survivor_id,
-            loan_id=loan_id,
-            months_after=months,
-            household_income_minor=90_000,
-            working=working,
-            family_members_supported=family_members,
-            recorded_by="tester",
-            recorded_on=pdate(on),
-        ),
-    )
-
-
 async def reach(cluster: Cluster) -> pb.ReachReport:
     response = await cluster.eligibility.GetReachReport(
         pb.GetReachReportRequest(district_code="saatli")
@@ -737,19 +720,20 @@ async def test_a_survivor_is_followed_up_after_each_loan_and_counted_once(
     before = await reach(cluster)
 
     await cluster.eligibility.RecordFollowUp(
-        follow_up(survivor, first, 6, date(2026, 1, 10), working=False, family_members=3)
+        follow_up_request(survivor, first, 6, date(2026, 1, 10), working=False, family_members=3)
     )
     await cluster.eligibility.RecordFollowUp(
-        follow_up(survivor, first, 12, date(2026, 7, 10), working=True, family_members=4)
+        follow_up_request(survivor, first, 12, date(2026, 7, 10), working=True, family_members=4)
     )
     # The second loan's +6-month follow-up is recorded, not refused as the survivor's.
     recorded = await cluster.eligibility.RecordFollowUp(
-        follow_up(survivor, second, 6, date(2027, 6, 1), working=False, family_members=5)
+        follow_up_request(survivor, second, 6, date(2027, 6, 1), working=False, family_members=5)
     )
     assert recorded.follow_up.loan_id == second
     # A second +6-month follow-up of the same loan is refused, as before.
     message = await refused_follow_up(
-        cluster, follow_up(survivor, second, 6, date(2027, 6, 2), working=True, family_members=1)
+        cluster,
+        follow_up_request(survivor, second, 6, date(2027, 6, 2), working=True, family_members=1),
     )
     assert (
         message == f"the +6-month follow-up of {survivor} after loan {second} is already recorded"
@@ -766,10 +750,11 @@ async def test_a_survivor_is_followed_up_after_each_loan_and_counted_once(
 
     # The second loan's +12: still one survivor at +12, now not working, supporting 6.
     await cluster.eligibility.RecordFollowUp(
-        follow_up(survivor, second, 12, date(2027, 12, 1), working=False, family_members=6)
+        follow_up_request(survivor, second, 12, date(2027, 12, 1), working=False, family_members=6)
     )
     await refused_follow_up(
-        cluster, follow_up(survivor, second, 12, date(2027, 12, 2), working=True, family_members=6)
+        cluster,
+        follow_up_request(survivor, second, 12, date(2027, 12, 2), working=True, family_members=6),
     )
     assert change(before, await reach(cluster)) == {
         "followed_up_6": 1,
@@ -799,7 +784,7 @@ async def test_a_follow_up_names_a_loan_of_its_own_survivor(cluster: Cluster) ->
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await cluster.eligibility.RecordFollowUp(
-                follow_up(survivor, loan_id, 6, visited, working=True, family_members=2)
+                follow_up_request(survivor, loan_id, 6, visited, working=True, family_members=2)
             )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         [violation] = violations_in(caught.value)
@@ -810,7 +795,7 @@ async def test_a_follow_up_names_a_loan_of_its_own_survivor(cluster: Cluster) ->
     rows_before = await cluster.row_counts()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await cluster.eligibility.RecordFollowUp(
-            follow_up(survivor, active, 6, LENT_SECOND, working=True, family_members=2)
+            follow_up_request(survivor, active, 6, LENT_SECOND, working=True, family_members=2)
         )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert details(caught.value)[0].reason == "LOAN_NOT_CLOSED"  # type: ignore[union-attr]
@@ -823,7 +808,7 @@ async def test_a_follow_up_names_a_loan_of_its_own_survivor(cluster: Cluster) ->
     async with cluster.second_host(ELIGIBILITY, lending_address=lending_down) as cut:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await pb_grpc.EligibilityServiceStub(cut).RecordFollowUp(
-                follow_up(
+                follow_up_request(
                     survivor, own, 6, date(2027, 3, 10), working=True, family_members=2,
                 )
             )  # fmt: skip
@@ -838,14 +823,15 @@ async def test_a_follow_up_without_a_loan_is_recorded_once(cluster: Cluster) -> 
     await cluster.eligibility.RegisterSurvivor(register_request(intake))
     before = await reach(cluster)
     await cluster.eligibility.RecordFollowUp(
-        follow_up(survivor, "", 12, date(2026, 7, 10), working=True, family_members=3)
+        follow_up_request(survivor, "", 12, date(2026, 7, 10), working=True, family_members=3)
     )
     # The +6 visit written down later, with a later date: the +12 stays the latest.
     await cluster.eligibility.RecordFollowUp(
-        follow_up(survivor, "", 6, date(2026, 8, 1), working=True, family_members=2)
+        follow_up_request(survivor, "", 6, date(2026, 8, 1), working=True, family_members=2)
     )
     message = await refused_follow_up(
-        cluster, follow_up(survivor, "", 12, date(2026, 7, 11), working=True, family_members=3)
+        cluster,
+        follow_up_request(survivor, "", 12, date(2026, 7, 11), working=True, family_members=3),
     )
     assert message == f"the +12-month follow-up of {survivor} is already recorded"
     assert change(before, await reach(cluster)) == {
@@ -864,7 +850,7 @@ async def test_a_malformed_loan_id_on_a_follow_up_is_refused(
     await cluster.eligibility.RegisterSurvivor(register_request(intake))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await cluster.eligibility.RecordFollowUp(
-            follow_up(
+            follow_up_request(
                 intake.survivor_id, loan_id, 6, date(2026, 1, 10), working=True, family_members=2
             )
         )
@@ -896,14 +882,16 @@ async def test_assessments_and_follow_ups_dated_after_today_are_refused(cluster:
             ),
             (
                 eligibility.RecordFollowUp(
-                    follow_up(intake.survivor_id, "", 6, tomorrow, working=True, family_members=1)
+                    follow_up_request(
+                        intake.survivor_id, "", 6, tomorrow, working=True, family_members=1
+                    )
                 ),
                 "follow_up.recorded_on",
                 "must not be after today",
             ),
             (
                 eligibility.RecordFollowUp(
-                    follow_up(
+                    follow_up_request(
                         intake.survivor_id, "", 6, date(1950, 1, 1), working=True, family_members=1
                     )
                 ),
