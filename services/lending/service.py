@@ -644,8 +644,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 # off with the rest at the confirmation.
                 raise FailedPrecondition(
                     f"loan {request.loan_id} has a write-off proposed by "
-                    f"{proposal['proposed_by']} ({proposal['reason']}): withdraw it before "
-                    "paying out a tranche",
+                    f"{proposal['proposed_by']}: withdraw it before paying out a tranche",
                     reason="WRITE_OFF_PROPOSED",
                     metadata={"loan_id": request.loan_id},
                 )
