@@ -171,8 +171,7 @@ async def assessments(
 
     async for page in pages(fetch):
         for a in page.assessments:
-            d8 = a.assessment_date
-            day = f"{d8.year:04d}-{d8.month:02d}-{d8.day:02d}"
+            day = from_proto_date(a.assessment_date).isoformat()
             for d in a.decisions:
                 yield [
                     a.assessment_id,

@@ -16,6 +16,7 @@ from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.districts import known_districts
 from services.common.money import manat
 from services.common.programme_time import programme_date
+from services.common.protoconv import from_proto_date
 from workers.journey.model import AssistanceState, JourneyStatus
 
 LABELS: dict[str, dict[str, str]] = {
@@ -291,8 +292,7 @@ def assessments_on_record(
     survivor_id: str, count: int, shown: eligibility_pb.Assessment, lang: str
 ) -> str:
     """Which of the survivor's stored assessments is shown."""
-    d = shown.assessment_date
-    day = f"{d.year:04d}-{d.month:02d}-{d.day:02d}"
+    day = from_proto_date(shown.assessment_date).isoformat()
     if lang == "az":
         return (
             f"{survivor_id}: qeydə alınmış qiymətləndirmə sayı: {count}; göstərilən: "
@@ -308,7 +308,7 @@ def assessment_table(
     `rule_set` (the version that decided) names them."""
     title = (
         f"{label('assessment', lang)} {a.assessment_id} — {a.survivor_id}, "
-        f"{a.assessment_date.year:04d}-{a.assessment_date.month:02d}-{a.assessment_date.day:02d}, "
+        f"{from_proto_date(a.assessment_date).isoformat()}, "
         f"{label('rule_set', lang)} {a.rule_set_id} v{a.rule_set_version}"
     )
     if a.reassessment_reason:
@@ -578,8 +578,11 @@ def portfolio_table(
     return table
 
 
-def _day(d: object) -> str:
-    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}"  # type: ignore[attr-defined]
+def bucket_label(bucket: lending_pb.DelinquencyBucket.ValueType, lang: str) -> str:
+    """A delinquency bucket as read: "31-60 gün" for DELINQUENCY_BUCKET_31_60 in az."""
+    name = lending_pb.DelinquencyBucket.Name(bucket).removeprefix("DELINQUENCY_BUCKET_")
+    code = name.replace("_", "-").lower()  # current, 1-30, ..., over-90
+    return LABELS.get(f"bucket:{code}", {}).get(lang, code)
 
 
 def loan_table(loan: lending_pb.Loan, as_of: str, lang: str) -> Table:
@@ -591,7 +594,6 @@ def loan_table(loan: lending_pb.Loan, as_of: str, lang: str) -> Table:
     table.add_column(style="bold")
     table.add_column(justify="right")
     state = lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_")
-    bucket = lending_pb.DelinquencyBucket.Name(loan.bucket).removeprefix("DELINQUENCY_BUCKET_")
     rows = [
         (label("loan_status", lang), coded("loan_state", state, lang)),
         (label("borrower", lang), loan.survivor_id),
@@ -603,15 +605,14 @@ def loan_table(loan: lending_pb.Loan, as_of: str, lang: str) -> Table:
         (label("days_past_due", lang), str(loan.days_past_due)),
     ]
     if loan.bucket:
-        code = bucket.replace("_", "-").lower()
-        rows.append((label("bucket", lang), LABELS.get(f"bucket:{code}", {}).get(lang, code)))
+        rows.append((label("bucket", lang), bucket_label(loan.bucket, lang)))
     if loan.written_off_minor:
         rows.append(
             (f"{label('written_off', lang)} (AZN)", manat(loan.written_off_minor, lang=lang))
         )
         rows.append((f"{label('recovered', lang)} (AZN)", manat(loan.recovered_minor, lang=lang)))
     if loan.HasField("close_date"):
-        rows.append((label("closed_on", lang), _day(loan.close_date)))
+        rows.append((label("closed_on", lang), from_proto_date(loan.close_date).isoformat()))
     for name, value in rows:
         table.add_row(name, escape(value))
     return table
@@ -631,7 +632,7 @@ def schedule_table(schedule: lending_pb.RepaymentSchedule, lang: str) -> Table:
         state = lending_pb.InstalmentState.Name(i.state).removeprefix("INSTALMENT_STATE_")
         table.add_row(
             str(i.number),
-            _day(i.due_date),
+            from_proto_date(i.due_date).isoformat(),
             manat(i.principal_due_minor, lang=lang),
             manat(i.principal_paid_minor, lang=lang),
             coded("instalment_state", state, lang),
@@ -646,10 +647,8 @@ def buckets_table(f: lending_pb.PortfolioFigures, lang: str = "en") -> Table:
     table.add_column(label("loans", lang), justify="right")
     table.add_column(label("outstanding_azn", lang), justify="right")
     for b in f.buckets:
-        name = lending_pb.DelinquencyBucket.Name(b.bucket).removeprefix("DELINQUENCY_BUCKET_")
-        code = name.replace("_", "-").lower()  # current, 1-30, ..., over-90
         table.add_row(
-            LABELS.get(f"bucket:{code}", {}).get(lang, code),
+            bucket_label(b.bucket, lang),
             str(b.loans),
             manat(b.outstanding_principal_minor, lang=lang),
         )

@@ -220,9 +220,10 @@ TRANCHES_FIT_THE_LOAN_PATCH = "journey-tranches-fit-the-loan"
 # through the API was invisible to the journey). Chosen once per run.
 WRITE_OFFS_WITH_LENDING_PATCH = "journey-write-offs-with-lending"
 # Runs from this change on end their tranche plan when lending refuses a tranche as
-# beyond the approved principal or the product's tranches: it was paid out through
-# lending's API meanwhile, and the loan goes on as the ledger holds it. The refusal failed
-# the journey on the tranche's day.
+# beyond the approved principal or the product's tranches (it was paid out through
+# lending's API meanwhile), or while a write-off is proposed there (the tranche lapses,
+# the case worker told): the loan goes on as the ledger holds it. The refusal failed the
+# journey on the tranche's day.
 TRANCHES_PAID_ELSEWHERE_PATCH = "journey-tranches-paid-elsewhere"
 # Items from this change on end refused when the assistance service refuses their need
 # (a type it does not have): the journey goes on without them. The refusal failed the
@@ -698,7 +699,8 @@ class SurvivorJourneyWorkflow:
 
     async def _tranche_lapsed(self, sequence: int, tranche: TranchePlan) -> None:
         """Repayments begin before the tranche is paid out (the fund was short until then,
-        or the plan set it later): the case worker is told; the rest of the plan lapses."""
+        or the plan set it later), or a write-off is proposed: the case worker is told;
+        the rest of the plan lapses."""
         assert self._input is not None
         await self._notify(
             "tranche_lapsed",
