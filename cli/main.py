@@ -1982,6 +1982,76 @@ def loan(
 
 
 @app.command()
+def transactions(
+    loan_id: Annotated[str, typer.Argument(help="The loan.")],
+    lang: Lang = "en",
+) -> None:
+    """A loan's statement: every tranche, repayment, write-off, recovery and reversal by
+    value date, with the principal outstanding after each and its transaction id (what
+    `reverse` takes). Reads only."""
+
+    async def go() -> None:
+        language = inputs.language(lang)
+        lid = inputs.identifier(loan_id, "loan id")
+
+        def fetch(token: str) -> Awaitable[lending_pb.ListLoanTransactionsResponse]:
+            request = lending_pb.ListLoanTransactionsRequest(
+                loan_id=lid, page_size=500, page_token=token
+            )
+            return call_lending(
+                "ListLoanTransactions", request, lending_pb.ListLoanTransactionsResponse
+            )
+
+        lines = [t async for page in pages(fetch) for t in page.transactions]
+        render.console().print(render.transactions_table(lid, lines, language))
+
+    run(go())
+
+
+@app.command()
+def reverse(
+    loan_id: Annotated[str, typer.Argument(help="The loan.")],
+    transaction_id: Annotated[
+        str, typer.Argument(help="The repayment's or recovery's transaction id (`transactions`).")
+    ],
+    reason: Annotated[str, typer.Option(help="Why it is reversed, e.g. the transfer bounced.")],
+    by: Annotated[
+        str, typer.Option(help="Who records the reversal (default: the token's own identity).")
+    ] = "",
+    request_id: Annotated[
+        str | None,
+        typer.Option(help="Idempotency key (UUID) to retry safely; default new."),
+    ] = None,
+) -> None:
+    """Reverse a repayment or a recovery: a mirror transaction on the same value date; the
+    original stays in the ledger. A loan the payment had closed is ACTIVE again."""
+
+    async def go() -> None:
+        request = lending_pb.ReverseRepaymentRequest(
+            request_id=request_id or inputs.request_id(),
+            loan_id=inputs.identifier(loan_id, "loan id"),
+            transaction_id=inputs.identifier(transaction_id, "transaction id"),
+            reason=inputs.text(reason, "--reason", 1000),
+            reversed_by=_staff(by, "--by"),
+        )
+        response = await call_lending(
+            "ReverseRepayment", request, lending_pb.ReverseRepaymentResponse
+        )
+        # The answer's figures are as of the reversed payment's day; say today's.
+        today = lending_pb.GetLoanRequest(loan_id=request.loan_id)
+        loan = (await call_lending("GetLoan", today, lending_pb.GetLoanResponse)).loan
+        render.line(
+            f"reversed {request.transaction_id} on {loan.loan_id} "
+            f"(reversal {response.reversal_transaction_id}); "
+            f"outstanding today {manat(loan.outstanding_principal_minor)} AZN, "
+            f"{loan.days_past_due} days past due, {loan_status(loan)}"
+        )
+        await _tell_journey(loan.survivor_id, loan.loan_id, "the reversal")
+
+    run(go())
+
+
+@app.command()
 def fund(
     fund_id: Annotated[str, typer.Argument(help="The fund.")] = "main",
     lang: Lang = "en",

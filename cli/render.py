@@ -155,6 +155,33 @@ LABELS: dict[str, dict[str, str]] = {
     "principal_due": {"en": "Due (AZN)", "az": "Ödənilməli (AZN)"},
     "principal_paid": {"en": "Paid (AZN)", "az": "Ödənilib (AZN)"},
     "instalment_state": {"en": "State", "az": "Vəziyyət"},
+    "statement": {"en": "Statement of loan", "az": "Kredit üzrə çıxarış"},
+    "value_date": {"en": "Date", "az": "Tarix"},
+    "transaction": {"en": "Transaction", "az": "Əməliyyat"},
+    "amount_azn": {"en": "Amount (AZN)", "az": "Məbləğ (AZN)"},
+    "principal_change": {"en": "Principal (AZN)", "az": "Əsas borc (AZN)"},
+    "outstanding_after": {"en": "Outstanding (AZN)", "az": "Qalıq (AZN)"},
+    "recorded_by": {"en": "Recorded by", "az": "Qeyd edən"},
+    "memo": {"en": "Note", "az": "Qeyd"},
+    "transaction_id": {"en": "Transaction id", "az": "Əməliyyatın kodu"},
+    # {id}: a reversal's transaction id, and the one a reversal cancels.
+    "reversed_by": {"en": "reversed by {id}", "az": "{id} ilə ləğv edilib"},
+    "reverses": {"en": "cancels {id}", "az": "{id} əməliyyatını ləğv edir"},
+    "transaction_kind:DISBURSEMENT": {"en": "tranche paid out", "az": "tranş verilib"},
+    "transaction_kind:REPAYMENT": {"en": "repayment", "az": "ödəniş"},
+    "transaction_kind:REPAYMENT_REVERSAL": {
+        "en": "repayment reversed",
+        "az": "ödəniş ləğv edilib",
+    },
+    "transaction_kind:WRITE_OFF": {"en": "written off", "az": "balansdan silinib"},
+    "transaction_kind:RECOVERY": {
+        "en": "recovery after write-off",
+        "az": "silinmiş borcun ödənişi",
+    },
+    "transaction_kind:RECOVERY_REVERSAL": {
+        "en": "recovery reversed",
+        "az": "silinmiş borcun ödənişi ləğv edilib",
+    },
     "principal": {"en": "Principal", "az": "Əsas borc"},
     "product": {"en": "Product", "az": "Məhsul"},
     "borrower": {"en": "Borrower", "az": "Borcalan"},
@@ -637,6 +664,42 @@ def schedule_table(schedule: lending_pb.RepaymentSchedule, lang: str) -> Table:
             manat(i.principal_paid_minor, lang=lang),
             coded("instalment_state", state, lang),
             str(i.days_past_due) if i.days_past_due else "",
+        )
+    return table
+
+
+def transactions_table(
+    loan_id: str, transactions: Sequence[lending_pb.LoanTransaction], lang: str
+) -> Table:
+    """A loan's statement: each ledger transaction by value date, what it did to the
+    principal and what was outstanding after it."""
+    table = Table(title=f"{label('statement', lang)} {loan_id}")
+    table.add_column(label("value_date", lang))
+    table.add_column(label("transaction", lang))
+    for column in ("amount_azn", "principal_change", "outstanding_after"):
+        table.add_column(label(column, lang), justify="right")
+    table.add_column(label("recorded_by", lang))
+    table.add_column(label("memo", lang))
+    # The id is what `reverse` takes: other columns wrap before it is ever cut.
+    longest = max((len(t.transaction_id) for t in transactions), default=0)
+    table.add_column(label("transaction_id", lang), no_wrap=True, min_width=longest)
+    for t in transactions:
+        kind = lending_pb.LoanTransactionKind.Name(t.kind).removeprefix("LOAN_TRANSACTION_KIND_")
+        notes = [t.memo] if t.memo else []
+        if t.reverses_transaction_id:
+            notes.append(label("reverses", lang).format(id=t.reverses_transaction_id))
+        if t.reversed_by_transaction_id:
+            notes.append(label("reversed_by", lang).format(id=t.reversed_by_transaction_id))
+        change = t.principal_change_minor
+        table.add_row(
+            from_proto_date(t.value_date).isoformat(),
+            label(f"transaction_kind:{kind}", lang),
+            manat(t.amount_minor, lang=lang),
+            ("+" if change > 0 else "") + manat(change, lang=lang) if change else "",
+            manat(t.outstanding_after_minor, lang=lang),
+            escape(t.recorded_by),
+            escape("; ".join(notes)),
+            t.transaction_id,
         )
     return table
 

@@ -208,6 +208,22 @@ async def write_off(
     )
 
 
+async def statement(
+    lending: pb_grpc.LendingServiceStub, loan_id: str, page_size: int = 0
+) -> list[pb.LoanTransaction]:
+    """A loan's whole statement, page by page."""
+    lines: list[pb.LoanTransaction] = []
+    token = ""
+    while True:
+        page = await lending.ListLoanTransactions(
+            pb.ListLoanTransactionsRequest(loan_id=loan_id, page_size=page_size, page_token=token)
+        )
+        lines.extend(page.transactions)
+        token = page.next_page_token
+        if not token:
+            return lines
+
+
 async def read_feed(
     cluster: Cluster, cursor: str, page_size: int = 500
 ) -> tuple[list[pb.LoanChange], str]:

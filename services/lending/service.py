@@ -238,6 +238,53 @@ def same_person(a: str, b: str) -> bool:
 REPAID_BEFORE_CONFIRMATION = "the loan was repaid in full before the write-off was confirmed"
 
 
+# A loan's statement: its transactions by value date, then in the order recorded (the
+# first posting's id), each with the principal outstanding after it. The running sum is
+# taken over the whole loan before the page is cut, so every page carries it.
+_STATEMENT = """
+    SELECT * FROM (
+        SELECT t.transaction_id, t.kind, t.value_date, t.recorded_by, t.memo, t.reverses,
+               t.created_at, r.transaction_id AS reversed_by, p.seq, p.accounts, p.amounts,
+               p.principal_change,
+               (sum(p.principal_change) OVER (ORDER BY t.value_date, p.seq))::bigint
+                   AS outstanding_after
+        FROM ledger_transactions t
+        CROSS JOIN LATERAL (
+            SELECT min(posting_id) AS seq,
+                   array_agg(account ORDER BY posting_id) AS accounts,
+                   array_agg(amount_minor ORDER BY posting_id) AS amounts,
+                   coalesce(sum(amount_minor) FILTER (WHERE account = 'LOANS_RECEIVABLE'),
+                       0)::bigint AS principal_change
+            FROM postings WHERE transaction_id = t.transaction_id) p
+        LEFT JOIN ledger_transactions r ON r.reverses = t.transaction_id
+        WHERE t.loan_id = $1) s
+    WHERE $2::date IS NULL OR (value_date, seq) > ($2::date, $3::bigint)
+    ORDER BY value_date, seq
+    LIMIT $4"""
+
+
+def _statement_line(row: asyncpg.Record) -> pb.LoanTransaction:
+    amounts = row["amounts"]
+    return pb.LoanTransaction(
+        transaction_id=row["transaction_id"],
+        kind=pb.LoanTransactionKind.Value(f"LOAN_TRANSACTION_KIND_{row['kind']}"),
+        value_date=proto_date(row["value_date"]),
+        # Debits equal credits: either side is the transaction's amount.
+        amount_minor=sum(a for a in amounts if a > 0),
+        principal_change_minor=row["principal_change"],
+        outstanding_after_minor=row["outstanding_after"],
+        postings=[
+            pb.LedgerPosting(account=pb.LedgerAccount.Value(f"LEDGER_ACCOUNT_{a}"), amount_minor=m)
+            for a, m in zip(row["accounts"], amounts, strict=True)
+        ],
+        recorded_by=row["recorded_by"],
+        memo=row["memo"],
+        reverses_transaction_id=row["reverses"] or "",
+        reversed_by_transaction_id=row["reversed_by"] or "",
+        record_time=timestamp(row["created_at"]),
+    )
+
+
 async def _open_proposal(conn: Connection, loan_id: str) -> asyncpg.Record | None:
     """The loan's write-off proposal awaiting its confirmation, if any."""
     row: asyncpg.Record | None = await conn.fetchrow(
@@ -624,6 +671,30 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                ORDER BY c.txid, c.change_id LIMIT $3""",
             *(after or ("0", 0)),
             size,
+        )
+
+    async def ListLoanTransactions(
+        self, request: pb.ListLoanTransactionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListLoanTransactionsResponse:
+        query = {"loan_id": request.loan_id}
+        after = pagination.decode(
+            request.page_token, query, (pagination.iso_date, pagination.int64)
+        )
+        size = pagination.page_size(request.page_size)
+        async with self.db.pool.acquire() as conn:
+            if not await conn.fetchval(
+                "SELECT true FROM loans WHERE loan_id = $1", request.loan_id
+            ):
+                raise NotFound(f"loan {request.loan_id} does not exist")
+            rows = await conn.fetch(_STATEMENT, request.loan_id, *(after or (None, None)), size + 1)
+        page = rows[:size]
+        token = (
+            pagination.encode([page[-1]["value_date"].isoformat(), page[-1]["seq"]], query)
+            if len(rows) > size
+            else ""
+        )
+        return pb.ListLoanTransactionsResponse(
+            transactions=[_statement_line(r) for r in page], next_page_token=token
         )
 
     # ----- money ------------------------------------------------------------------------

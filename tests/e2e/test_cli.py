@@ -806,6 +806,11 @@ def test_every_stage_and_loan_state_has_a_label_in_both_languages() -> None:
         if value != lending_pb.LOAN_STATE_UNSPECIFIED
     ]
     codes += [("workflow_state", s.name) for s in WorkflowExecutionStatus]
+    codes += [
+        ("transaction_kind", name.removeprefix("LOAN_TRANSACTION_KIND_"))
+        for name, value in lending_pb.LoanTransactionKind.items()
+        if value != lending_pb.LOAN_TRANSACTION_KIND_UNSPECIFIED
+    ]
     for kind, code in codes:
         en, az = coded(kind, code, "en"), coded(kind, code, "az")
         assert en.endswith(f" ({code})") and az.endswith(f" ({code})"), (kind, code)
@@ -1000,6 +1005,18 @@ def _rows_after(out: str, title: str) -> list[list[str]]:
     ]
 
 
+def _wrapped_rows_after(out: str, title: str) -> list[list[str]]:
+    """As `_rows_after`, with a row that wrapped onto more lines joined back into one:
+    its further lines start with an empty first cell."""
+    rows: list[list[str]] = []
+    for cells in _rows_after(out, title):
+        if rows and not cells[0]:
+            rows[-1] = [" ".join(filter(None, pair)) for pair in zip(rows[-1], cells, strict=True)]
+        else:
+            rows.append(cells)
+    return rows
+
+
 async def test_a_loan_and_its_schedule_as_of_a_day(
     cli_env: dict[str, str], cluster: Cluster
 ) -> None:
@@ -1034,6 +1051,76 @@ async def test_a_loan_and_its_schedule_as_of_a_day(
     ], ran.stdout
     assert await cluster.row_counts() == before
     line = one_error_line(await mineaction(cli_env, "loan", "loan-nothing-like-it"))
+    assert "loan-nothing-like-it" in line, line
+
+
+async def test_a_bounced_payment_found_in_the_statement_and_reversed_from_the_cli(
+    cli_env: dict[str, str], cluster: Cluster
+) -> None:
+    """A cashier's transfer bounces: the loan officer finds it in the loan's statement,
+    reverses it with a reason, and the statement then shows both, linked."""
+    loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
+    paid = await cluster.lending.RecordRepayment(repayment(loan.loan_id, 15_000, date(2026, 5, 10)))
+    txn = paid.repayment.transaction_id
+    before = await cluster.row_counts()
+    ran = await mineaction(cli_env, "transactions", loan.loan_id)
+    assert ran.exit_code == 0, ran
+    assert await cluster.row_counts() == before  # reads only
+    rows = _wrapped_rows_after(ran.stdout, f"Statement of loan {loan.loan_id}")
+    assert [r[:7] for r in rows] == [
+        [
+            "2026-03-10",
+            "tranche paid out",
+            "1,200.00",
+            "+1,200.00",
+            "1,200.00",
+            "lo-03",
+            "tranche 1: cash for stock",
+        ],
+        ["2026-05-10", "repayment", "150.00", "-150.00", "1,050.00", "cashier-01", "cash"],
+    ], ran.stdout
+    assert rows[1][7] == txn
+
+    ran = await mineaction(
+        cli_env, "reverse", loan.loan_id, txn, "--reason", "the transfer bounced"
+    )
+    assert ran.exit_code == 0, ran
+    reversal_id = ran.stdout.split("(reversal ")[1].split(")")[0]
+    assert ran.stdout.startswith(f"reversed {txn} on {loan.loan_id} (reversal txn-"), ran
+    assert "outstanding today 1,200.00 AZN" in ran.stdout, ran
+    ran = await mineaction(cli_env, "transactions", loan.loan_id, "--lang", "az")
+    assert ran.exit_code == 0, ran
+    rows = _wrapped_rows_after(ran.stdout, f"Kredit üzrə çıxarış {loan.loan_id}")
+    assert [r[1:7] for r in rows[1:]] == [
+        [
+            "ödəniş",
+            "150,00",
+            "-150,00",
+            "1.050,00",
+            "cashier-01",
+            f"cash; {reversal_id} ilə ləğv edilib",
+        ],
+        [
+            "ödəniş ləğv edilib",
+            "150,00",
+            "+150,00",
+            "1.200,00",
+            "dev",
+            f"the transfer bounced; {txn} əməliyyatını ləğv edir",
+        ],
+    ], ran.stdout
+
+    line = one_error_line(
+        await mineaction(cli_env, "reverse", loan.loan_id, txn, "--reason", "again")
+    )
+    assert f"was already reversed by {reversal_id}" in line, line
+    line = one_error_line(
+        await mineaction(cli_env, "reverse", loan.loan_id, "txn-nothing", "--reason", "typo")
+    )
+    assert "no repayment or recovery 'txn-nothing' on this loan" in line, line
+    refused = await mineaction(cli_env, "reverse", loan.loan_id, txn, "--reason", " ")
+    assert refused.exit_code == 2 and "--reason" in one_error_line(refused)
+    line = one_error_line(await mineaction(cli_env, "transactions", "loan-nothing-like-it"))
     assert "loan-nothing-like-it" in line, line
 
 

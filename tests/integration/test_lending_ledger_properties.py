@@ -25,6 +25,7 @@ from tests.lending_helpers import (
     repayment,
     reschedule,
     reversal,
+    statement,
     write_off,
 )
 
@@ -138,6 +139,17 @@ async def _check(cluster: Cluster, fund_id: str, loan_id: str, model: Model) -> 
         assert schedule.base_repaid_minor + due == model.disbursed  # exact, every revision
         if not model.written_off:
             assert schedule.base_repaid_minor + paid == model.repaid
+    # The loan's statement agrees: every line balances, the balance after each never
+    # drops below zero, ends at the loan's, and reversals pair up both ways.
+    lines = await statement(lending, loan_id, page_size=3)
+    assert all(sum(p.amount_minor for p in t.postings) == 0 for t in lines)
+    assert all(t.outstanding_after_minor >= 0 for t in lines)
+    assert (lines[-1].outstanding_after_minor if lines else 0) == model.outstanding
+    disbursements = [t for t in lines if t.kind == pb.LOAN_TRANSACTION_KIND_DISBURSEMENT]
+    assert sum(t.amount_minor for t in disbursements) == model.disbursed
+    assert {t.reverses_transaction_id for t in lines if t.reverses_transaction_id} == {
+        t.transaction_id for t in lines if t.reversed_by_transaction_id
+    }
     async with lending_db(cluster).pool.acquire() as conn:
         await ledger_invariants(conn)
         by_account = await conn.fetch(

@@ -129,6 +129,82 @@ DISBURSEMENT_KIND_IN_KIND: DisbursementKind.ValueType  # 2
 """Equipment or stock bought for the borrower."""
 Global___DisbursementKind: _TypeAlias = DisbursementKind  # noqa: Y015
 
+class _LoanTransactionKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LoanTransactionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LoanTransactionKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LOAN_TRANSACTION_KIND_UNSPECIFIED: _LoanTransactionKind.ValueType  # 0
+    """Not set."""
+    LOAN_TRANSACTION_KIND_DISBURSEMENT: _LoanTransactionKind.ValueType  # 1
+    """A tranche paid out (cash or in kind)."""
+    LOAN_TRANSACTION_KIND_REPAYMENT: _LoanTransactionKind.ValueType  # 2
+    """A repayment received."""
+    LOAN_TRANSACTION_KIND_REPAYMENT_REVERSAL: _LoanTransactionKind.ValueType  # 3
+    """A repayment cancelled (e.g. a bounced transfer)."""
+    LOAN_TRANSACTION_KIND_WRITE_OFF: _LoanTransactionKind.ValueType  # 4
+    """The outstanding principal written off."""
+    LOAN_TRANSACTION_KIND_RECOVERY: _LoanTransactionKind.ValueType  # 5
+    """Money received after the write-off."""
+    LOAN_TRANSACTION_KIND_RECOVERY_REVERSAL: _LoanTransactionKind.ValueType  # 6
+    """A recovery cancelled."""
+
+class LoanTransactionKind(_LoanTransactionKind, metaclass=_LoanTransactionKindEnumTypeWrapper):
+    """LoanTransactionKind is what a ledger transaction on a loan records."""
+
+LOAN_TRANSACTION_KIND_UNSPECIFIED: LoanTransactionKind.ValueType  # 0
+"""Not set."""
+LOAN_TRANSACTION_KIND_DISBURSEMENT: LoanTransactionKind.ValueType  # 1
+"""A tranche paid out (cash or in kind)."""
+LOAN_TRANSACTION_KIND_REPAYMENT: LoanTransactionKind.ValueType  # 2
+"""A repayment received."""
+LOAN_TRANSACTION_KIND_REPAYMENT_REVERSAL: LoanTransactionKind.ValueType  # 3
+"""A repayment cancelled (e.g. a bounced transfer)."""
+LOAN_TRANSACTION_KIND_WRITE_OFF: LoanTransactionKind.ValueType  # 4
+"""The outstanding principal written off."""
+LOAN_TRANSACTION_KIND_RECOVERY: LoanTransactionKind.ValueType  # 5
+"""Money received after the write-off."""
+LOAN_TRANSACTION_KIND_RECOVERY_REVERSAL: LoanTransactionKind.ValueType  # 6
+"""A recovery cancelled."""
+Global___LoanTransactionKind: _TypeAlias = LoanTransactionKind  # noqa: Y015
+
+class _LedgerAccount:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LedgerAccountEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LedgerAccount.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LEDGER_ACCOUNT_UNSPECIFIED: _LedgerAccount.ValueType  # 0
+    """Not set."""
+    LEDGER_ACCOUNT_FUND_CASH: _LedgerAccount.ValueType  # 1
+    """The fund's money; its balance is the available balance."""
+    LEDGER_ACCOUNT_FUND_CAPITAL: _LedgerAccount.ValueType  # 2
+    """Donors' committed capital."""
+    LEDGER_ACCOUNT_LOANS_RECEIVABLE: _LedgerAccount.ValueType  # 3
+    """Principal owed, kept per loan."""
+    LEDGER_ACCOUNT_WRITE_OFF_EXPENSE: _LedgerAccount.ValueType  # 4
+    """Principal written off."""
+    LEDGER_ACCOUNT_RECOVERY_INCOME: _LedgerAccount.ValueType  # 5
+    """Money recovered after a write-off."""
+
+class LedgerAccount(_LedgerAccount, metaclass=_LedgerAccountEnumTypeWrapper):
+    """LedgerAccount is an account of a fund's double-entry ledger."""
+
+LEDGER_ACCOUNT_UNSPECIFIED: LedgerAccount.ValueType  # 0
+"""Not set."""
+LEDGER_ACCOUNT_FUND_CASH: LedgerAccount.ValueType  # 1
+"""The fund's money; its balance is the available balance."""
+LEDGER_ACCOUNT_FUND_CAPITAL: LedgerAccount.ValueType  # 2
+"""Donors' committed capital."""
+LEDGER_ACCOUNT_LOANS_RECEIVABLE: LedgerAccount.ValueType  # 3
+"""Principal owed, kept per loan."""
+LEDGER_ACCOUNT_WRITE_OFF_EXPENSE: LedgerAccount.ValueType  # 4
+"""Principal written off."""
+LEDGER_ACCOUNT_RECOVERY_INCOME: LedgerAccount.ValueType  # 5
+"""Money recovered after a write-off."""
+Global___LedgerAccount: _TypeAlias = LedgerAccount  # noqa: Y015
+
 class _InstalmentState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -2028,6 +2104,169 @@ class WithdrawLoanWriteOffResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WithdrawLoanWriteOffResponse: _TypeAlias = WithdrawLoanWriteOffResponse  # noqa: Y015
+
+@_typing.final
+class LedgerPosting(_message.Message):
+    """LedgerPosting is one line of a ledger transaction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    account: Global___LedgerAccount.ValueType
+    """The account."""
+    amount_minor: _builtins.int
+    """Qəpik; debit positive, credit negative."""
+    def __init__(
+        self,
+        *,
+        account: Global___LedgerAccount.ValueType = ...,
+        amount_minor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount_minor", b"amount_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerPosting: _TypeAlias = LedgerPosting  # noqa: Y015
+
+@_typing.final
+class LoanTransaction(_message.Message):
+    """LoanTransaction is one ledger transaction on a loan, as its statement shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    VALUE_DATE_FIELD_NUMBER: _builtins.int
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_CHANGE_MINOR_FIELD_NUMBER: _builtins.int
+    OUTSTANDING_AFTER_MINOR_FIELD_NUMBER: _builtins.int
+    POSTINGS_FIELD_NUMBER: _builtins.int
+    RECORDED_BY_FIELD_NUMBER: _builtins.int
+    MEMO_FIELD_NUMBER: _builtins.int
+    REVERSES_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    REVERSED_BY_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    RECORD_TIME_FIELD_NUMBER: _builtins.int
+    transaction_id: _builtins.str
+    """Ledger transaction id (ReverseRepayment takes a repayment's or a recovery's)."""
+    kind: Global___LoanTransactionKind.ValueType
+    """What it records."""
+    amount_minor: _builtins.int
+    """Its amount in qəpik: paid out, received, written off, or cancelled."""
+    principal_change_minor: _builtins.int
+    """What it did to the principal outstanding: positive when disbursed,
+    negative when repaid or written off, zero for a recovery.
+    """
+    outstanding_after_minor: _builtins.int
+    """The principal outstanding after it, in statement order (value date, then
+    the order recorded): the loan's outstanding principal as of that day once
+    the day's transactions before it are counted.
+    """
+    recorded_by: _builtins.str
+    """Who recorded it (the disburser, the cashier, the write-off's confirmer)."""
+    memo: _builtins.str
+    """The tranche and its description, the payment channel, or the reason given
+    for a write-off or a reversal.
+    """
+    reverses_transaction_id: _builtins.str
+    """For a reversal: the transaction it cancels."""
+    reversed_by_transaction_id: _builtins.str
+    """Set when a later reversal cancels this one."""
+    @_builtins.property
+    def value_date(self) -> _date_pb2.Date:
+        """The day the money moved; a reversal keeps the day of what it cancels."""
+
+    @_builtins.property
+    def postings(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerPosting]:
+        """Its postings, summing to zero."""
+
+    @_builtins.property
+    def record_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was recorded."""
+
+    def __init__(
+        self,
+        *,
+        transaction_id: _builtins.str = ...,
+        kind: Global___LoanTransactionKind.ValueType = ...,
+        value_date: _date_pb2.Date | None = ...,
+        amount_minor: _builtins.int = ...,
+        principal_change_minor: _builtins.int = ...,
+        outstanding_after_minor: _builtins.int = ...,
+        postings: _abc.Iterable[Global___LedgerPosting] | None = ...,
+        recorded_by: _builtins.str = ...,
+        memo: _builtins.str = ...,
+        reverses_transaction_id: _builtins.str = ...,
+        reversed_by_transaction_id: _builtins.str = ...,
+        record_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record_time", b"record_time", "value_date", b"value_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "kind", b"kind", "memo", b"memo", "outstanding_after_minor", b"outstanding_after_minor", "postings", b"postings", "principal_change_minor", b"principal_change_minor", "record_time", b"record_time", "recorded_by", b"recorded_by", "reversed_by_transaction_id", b"reversed_by_transaction_id", "reverses_transaction_id", b"reverses_transaction_id", "transaction_id", b"transaction_id", "value_date", b"value_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoanTransaction: _TypeAlias = LoanTransaction  # noqa: Y015
+
+@_typing.final
+class ListLoanTransactionsRequest(_message.Message):
+    """ListLoanTransactionsRequest is the request for LendingService.ListLoanTransactions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOAN_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    loan_id: _builtins.str
+    """The loan."""
+    page_size: _builtins.int
+    """Maximum results to return; 0 means the server default."""
+    page_token: _builtins.str
+    """next_page_token from a previous response for the same loan."""
+    def __init__(
+        self,
+        *,
+        loan_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan_id", b"loan_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLoanTransactionsRequest: _TypeAlias = ListLoanTransactionsRequest  # noqa: Y015
+
+@_typing.final
+class ListLoanTransactionsResponse(_message.Message):
+    """ListLoanTransactionsResponse is the response for LendingService.ListLoanTransactions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when there are no more."""
+    @_builtins.property
+    def transactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoanTransaction]:
+        """The page of transactions, by value date, then in the order recorded."""
+
+    def __init__(
+        self,
+        *,
+        transactions: _abc.Iterable[Global___LoanTransaction] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "transactions", b"transactions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLoanTransactionsResponse: _TypeAlias = ListLoanTransactionsResponse  # noqa: Y015
 
 @_typing.final
 class GetFundRequest(_message.Message):

@@ -133,6 +133,11 @@ class LendingServiceStub:
                 request_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanChangesRequest.SerializeToString,
                 response_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanChangesResponse.FromString,
                 _registered_method=True)
+        self.ListLoanTransactions = channel.unary_unary(
+                '/mineaction.lending.v1.LendingService/ListLoanTransactions',
+                request_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanTransactionsRequest.SerializeToString,
+                response_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanTransactionsResponse.FromString,
+                _registered_method=True)
 
 
 class LendingServiceServicer:
@@ -281,6 +286,16 @@ class LendingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLoanTransactions(self, request, context):
+        """ListLoanTransactions pages through a loan's statement: every ledger
+        transaction on it (tranches, repayments, the write-off, recoveries and
+        reversals), by value date, each with its postings and the principal
+        outstanding after it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LendingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -378,6 +393,11 @@ def add_LendingServiceServicer_to_server(servicer, server):
                     servicer.ListLoanChanges,
                     request_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanChangesRequest.FromString,
                     response_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanChangesResponse.SerializeToString,
+            ),
+            'ListLoanTransactions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLoanTransactions,
+                    request_deserializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanTransactionsRequest.FromString,
+                    response_serializer=mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanTransactionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -897,6 +917,33 @@ class LendingService:
             '/mineaction.lending.v1.LendingService/ListLoanChanges',
             mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanChangesRequest.SerializeToString,
             mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLoanTransactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mineaction.lending.v1.LendingService/ListLoanTransactions',
+            mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanTransactionsRequest.SerializeToString,
+            mineaction_dot_lending_dot_v1_dot_lending__service__pb2.ListLoanTransactionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

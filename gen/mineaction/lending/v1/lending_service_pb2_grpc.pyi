@@ -86,6 +86,12 @@ class LendingServiceStub:
     oldest change first, whichever client changed them. The journey worker follows
     it to hear of repayments made outside the journey.
     """
+    ListLoanTransactions: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.ListLoanTransactionsRequest, _lending_service_pb2.ListLoanTransactionsResponse]
+    """ListLoanTransactions pages through a loan's statement: every ledger
+    transaction on it (tranches, repayments, the write-off, recoveries and
+    reversals), by value date, each with its postings and the principal
+    outstanding after it.
+    """
 
 @_typing.type_check_only
 class LendingServiceAsyncStub(LendingServiceStub):
@@ -144,6 +150,12 @@ class LendingServiceAsyncStub(LendingServiceStub):
     """ListLoanChanges reads the loan change feed: the loans changed after a cursor,
     oldest change first, whichever client changed them. The journey worker follows
     it to hear of repayments made outside the journey.
+    """
+    ListLoanTransactions: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.ListLoanTransactionsRequest, _lending_service_pb2.ListLoanTransactionsResponse]  # type: ignore[assignment]
+    """ListLoanTransactions pages through a loan's statement: every ledger
+    transaction on it (tranches, repayments, the write-off, recoveries and
+    reversals), by value date, each with its postings and the principal
+    outstanding after it.
     """
 
 class LendingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -314,6 +326,18 @@ class LendingServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListLoanChanges reads the loan change feed: the loans changed after a cursor,
         oldest change first, whichever client changed them. The journey worker follows
         it to hear of repayments made outside the journey.
+        """
+
+    @_abc_1.abstractmethod
+    def ListLoanTransactions(
+        self,
+        request: _lending_service_pb2.ListLoanTransactionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lending_service_pb2.ListLoanTransactionsResponse, _abc.Awaitable[_lending_service_pb2.ListLoanTransactionsResponse]]:
+        """ListLoanTransactions pages through a loan's statement: every ledger
+        transaction on it (tranches, repayments, the write-off, recoveries and
+        reversals), by value date, each with its postings and the principal
+        outstanding after it.
         """
 
 def add_LendingServiceServicer_to_server(servicer: LendingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

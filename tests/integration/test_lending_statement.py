@@ -1,0 +1,176 @@
+"""A loan's statement (ListLoanTransactions) over gRPC against real PostgreSQL: every
+ledger transaction on the loan by value date, with its postings, the principal
+outstanding after it, and its reversal's link both ways."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import grpc
+import pytest
+
+from mineaction.lending.v1 import lending_service_pb2 as pb
+from services.common.errors import violations_in
+from tests.conftest import Cluster
+from tests.factories import pdate
+from tests.lending_helpers import (
+    approved_loan,
+    disburse,
+    field_violations,
+    open_fund,
+    repayment,
+    reversal,
+    statement,
+    write_off,
+)
+
+K = pb.LoanTransactionKind
+A = pb.LedgerAccount
+
+
+async def test_a_statement_shows_every_transaction_with_the_balance_after_it(
+    cluster: Cluster,
+) -> None:
+    """The programme's fish farm: fish, then feed in kind; two payments, one bounced and
+    reversed; the rest written off, then a recovery, itself reversed."""
+    lending = cluster.lending
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(
+        lending, fund_id=fund_id, product_id="fish_farming", amount_minor=500_000
+    )
+    lid = loan.loan_id
+    await disburse(lending, lid, 300_000, date(2026, 1, 15), "1,000 fingerlings")
+    await disburse(
+        lending, lid, 200_000, date(2026, 3, 2), "feed", kind=pb.DISBURSEMENT_KIND_IN_KIND
+    )
+    # Recorded first, dated later: the statement goes by value date.
+    later = await lending.RecordRepayment(repayment(lid, 40_000, date(2026, 9, 20)))
+    bounced = await lending.RecordRepayment(repayment(lid, 60_000, date(2026, 9, 15)))
+    undone = await lending.ReverseRepayment(reversal(lid, bounced.repayment.transaction_id))
+    await write_off(lending, lid, date(2026, 10, 1), reason="the pond flooded")
+    recovery = await lending.RecordRepayment(repayment(lid, 25_000, date(2026, 10, 20)))
+    assert recovery.repayment.recovery
+    await lending.ReverseRepayment(
+        reversal(lid, recovery.repayment.transaction_id, "counted twice")
+    )
+
+    lines = await statement(lending, lid)
+    assert [
+        (t.kind, t.amount_minor, t.principal_change_minor, t.outstanding_after_minor) for t in lines
+    ] == [
+        (K.LOAN_TRANSACTION_KIND_DISBURSEMENT, 300_000, 300_000, 300_000),
+        (K.LOAN_TRANSACTION_KIND_DISBURSEMENT, 200_000, 200_000, 500_000),
+        (K.LOAN_TRANSACTION_KIND_REPAYMENT, 60_000, -60_000, 440_000),
+        # The reversal keeps the bounced payment's value date, so it comes next.
+        (K.LOAN_TRANSACTION_KIND_REPAYMENT_REVERSAL, 60_000, 60_000, 500_000),
+        (K.LOAN_TRANSACTION_KIND_REPAYMENT, 40_000, -40_000, 460_000),
+        (K.LOAN_TRANSACTION_KIND_WRITE_OFF, 460_000, -460_000, 0),
+        (K.LOAN_TRANSACTION_KIND_RECOVERY, 25_000, 0, 0),
+        (K.LOAN_TRANSACTION_KIND_RECOVERY_REVERSAL, 25_000, 0, 0),
+    ]
+    assert [t.value_date for t in lines] == [
+        pdate(d)
+        for d in (
+            date(2026, 1, 15),
+            date(2026, 3, 2),
+            date(2026, 9, 15),
+            date(2026, 9, 15),
+            date(2026, 9, 20),
+            date(2026, 10, 1),
+            date(2026, 10, 20),
+            date(2026, 10, 20),
+        )
+    ]
+    fish, feed, paid, reversed_, kept, wrote_off, recovered, unrecovered = lines
+    # Double entry: each transaction's postings, debit positive, summing to zero.
+    assert [(p.account, p.amount_minor) for p in fish.postings] == [
+        (A.LEDGER_ACCOUNT_FUND_CASH, -300_000),
+        (A.LEDGER_ACCOUNT_LOANS_RECEIVABLE, 300_000),
+    ] or [(p.account, p.amount_minor) for p in fish.postings] == [
+        (A.LEDGER_ACCOUNT_LOANS_RECEIVABLE, 300_000),
+        (A.LEDGER_ACCOUNT_FUND_CASH, -300_000),
+    ]
+    assert {(p.account, p.amount_minor) for p in wrote_off.postings} == {
+        (A.LEDGER_ACCOUNT_WRITE_OFF_EXPENSE, 460_000),
+        (A.LEDGER_ACCOUNT_LOANS_RECEIVABLE, -460_000),
+    }
+    assert {(p.account, p.amount_minor) for p in recovered.postings} == {
+        (A.LEDGER_ACCOUNT_FUND_CASH, 25_000),
+        (A.LEDGER_ACCOUNT_RECOVERY_INCOME, -25_000),
+    }
+    assert all(sum(p.amount_minor for p in t.postings) == 0 for t in lines)
+    # What each says, and who recorded it.
+    assert (fish.memo, feed.memo) == ("tranche 1: 1,000 fingerlings", "tranche 2: feed")
+    assert (paid.memo, paid.recorded_by) == ("cash", "cashier-01")
+    assert (reversed_.memo, reversed_.recorded_by) == ("the transfer bounced", "acc-07")
+    assert (wrote_off.memo, wrote_off.recorded_by) == ("the pond flooded", "pm-01")
+    assert unrecovered.memo == "counted twice"
+    # A reversal and what it cancels name each other; nothing else is linked.
+    assert paid.transaction_id == bounced.repayment.transaction_id
+    assert (paid.reversed_by_transaction_id, reversed_.reverses_transaction_id) == (
+        undone.reversal_transaction_id,
+        paid.transaction_id,
+    )
+    assert unrecovered.reverses_transaction_id == recovered.transaction_id
+    assert recovered.reversed_by_transaction_id == unrecovered.transaction_id
+    assert kept.transaction_id == later.repayment.transaction_id
+    assert not (kept.reversed_by_transaction_id or kept.reverses_transaction_id)
+    assert all(t.HasField("record_time") for t in lines)
+    # The statement's last balance is the loan's, and the figures add up to it.
+    read = await lending.GetLoan(pb.GetLoanRequest(loan_id=lid))
+    assert read.loan.outstanding_principal_minor == lines[-1].outstanding_after_minor == 0
+    assert read.loan.written_off_minor == wrote_off.amount_minor
+    assert read.loan.recovered_minor == 0
+    assert sum(t.principal_change_minor for t in lines) == 0
+
+
+async def test_a_statement_pages_and_refuses_what_it_cannot_answer(cluster: Cluster) -> None:
+    lending = cluster.lending
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(lending, fund_id=fund_id, amount_minor=120_000)
+    # Approved, nothing paid out yet: an empty statement, not an error.
+    assert await statement(lending, loan.loan_id) == []
+    await disburse(lending, loan.loan_id, 120_000, date(2026, 3, 10))
+    for day in range(1, 6):
+        await lending.RecordRepayment(repayment(loan.loan_id, 1_000 * day, date(2026, 5, day)))
+    whole = await statement(lending, loan.loan_id)
+    assert [t.outstanding_after_minor for t in whole] == [
+        120_000,
+        119_000,
+        117_000,
+        114_000,
+        110_000,
+        105_000,
+    ]
+    # Two at a time: the same lines, every page carrying the balance from the start.
+    assert await statement(lending, loan.loan_id, page_size=2) == whole
+
+    first = await lending.ListLoanTransactions(
+        pb.ListLoanTransactionsRequest(loan_id=loan.loan_id, page_size=2)
+    )
+    other = await approved_loan(lending, fund_id=fund_id, amount_minor=120_000)
+    with pytest.raises(grpc.aio.AioRpcError) as foreign:
+        await lending.ListLoanTransactions(
+            pb.ListLoanTransactionsRequest(loan_id=other.loan_id, page_token=first.next_page_token)
+        )
+    assert foreign.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [(v.field, v.reason) for v in violations_in(foreign.value)] == [
+        ("page_token", "PAGE_TOKEN_NOT_ISSUED")
+    ]
+
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await lending.ListLoanTransactions(
+            pb.ListLoanTransactionsRequest(loan_id="loan-nothing-like-it")
+        )
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "loan-nothing-like-it" in (unknown.value.details() or "")
+
+    for bad, field in (
+        (pb.ListLoanTransactionsRequest(), "loan_id"),
+        (pb.ListLoanTransactionsRequest(loan_id="loan 1"), "loan_id"),
+        (pb.ListLoanTransactionsRequest(loan_id=loan.loan_id, page_size=501), "page_size"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await lending.ListLoanTransactions(bad)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field_violations(refused.value) == [field]
