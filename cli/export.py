@@ -1,11 +1,11 @@
-"""CSV exports: loans, the portfolio report and assessments. Amounts are exact manat
-(two decimals, from integer qəpik) with the qəpik alongside."""
+"""CSV exports: loans, a loan's statement, the portfolio report and assessments. Amounts
+are exact manat (two decimals, from integer qəpik) with the qəpik alongside."""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import AsyncIterator, Awaitable, Iterable
-from datetime import date
+from datetime import UTC, date
 from typing import IO, Any
 
 from cli.paging import pages
@@ -79,6 +79,65 @@ async def loans(
                 str(loan.outstanding_principal_minor),
                 str(from_proto_date(loan.close_date)) if loan.HasField("close_date") else "",
             ]
+
+
+TRANSACTION_COLUMNS = (
+    "loan_id",
+    "value_date",
+    "kind",
+    "amount_azn",
+    "principal_change_azn",
+    "outstanding_after_azn",
+    "recorded_by",
+    "memo",
+    "transaction_id",
+    "reverses_transaction_id",
+    "reversed_by_transaction_id",
+    "record_time",
+    "amount_minor",
+    "principal_change_minor",
+    "outstanding_after_minor",
+)
+
+
+async def statement(
+    stub: lending_grpc.LendingServiceStub, loan_id: str, rpc_timeout: float
+) -> AsyncIterator[lending_pb.LoanTransaction]:
+    """A loan's ledger transactions by value date, every page."""
+
+    def fetch(token: str) -> Awaitable[lending_pb.ListLoanTransactionsResponse]:
+        request = lending_pb.ListLoanTransactionsRequest(
+            loan_id=loan_id, page_size=PAGE, page_token=token
+        )
+        return stub.ListLoanTransactions(request, timeout=rpc_timeout)  # type: ignore[no-any-return]
+
+    async for page in pages(fetch):
+        for t in page.transactions:
+            yield t
+
+
+def transaction_kind(t: lending_pb.LoanTransaction) -> str:
+    return lending_pb.LoanTransactionKind.Name(t.kind).removeprefix("LOAN_TRANSACTION_KIND_")
+
+
+def transaction_row(loan_id: str, t: lending_pb.LoanTransaction) -> list[str]:
+    return [
+        loan_id,
+        from_proto_date(t.value_date).isoformat(),
+        transaction_kind(t),
+        azn(t.amount_minor),
+        azn(t.principal_change_minor),
+        azn(t.outstanding_after_minor),
+        spreadsheet_text(t.recorded_by),
+        spreadsheet_text(t.memo),
+        t.transaction_id,
+        t.reverses_transaction_id,
+        t.reversed_by_transaction_id,
+        t.record_time.ToDatetime(UTC).isoformat(),
+        str(t.amount_minor),
+        str(t.principal_change_minor),
+        str(t.outstanding_after_minor),
+    ]
 
 
 def _bucket(bucket: lending_pb.DelinquencyBucket.ValueType) -> str:

@@ -1993,16 +1993,9 @@ def transactions(
     async def go() -> None:
         language = inputs.language(lang)
         lid = inputs.identifier(loan_id, "loan id")
-
-        def fetch(token: str) -> Awaitable[lending_pb.ListLoanTransactionsResponse]:
-            request = lending_pb.ListLoanTransactionsRequest(
-                loan_id=lid, page_size=500, page_token=token
-            )
-            return call_lending(
-                "ListLoanTransactions", request, lending_pb.ListLoanTransactionsResponse
-            )
-
-        lines = [t async for page in pages(fetch) for t in page.transactions]
+        async with _service("lending") as (stub, calls):
+            with calls:
+                lines = [t async for t in csv_export.statement(stub, lid, TIMEOUT)]
         render.console().print(render.transactions_table(lid, lines, language))
 
     run(go())
@@ -2133,6 +2126,28 @@ def export_loans(
                     row async for row in csv_export.loans(stub, state_value, district_code, TIMEOUT)
                 ]
         _write(output, csv_export.LOAN_COLUMNS, rows, "loans")
+
+    run(go())
+
+
+@export_app.command("transactions")
+def export_transactions(
+    loan_id: Annotated[str, typer.Argument(help="The loan.")],
+    output: Output = Path("-"),
+) -> None:
+    """A loan's statement: every ledger transaction by value date, with the principal
+    outstanding after each."""
+
+    async def go() -> None:
+        _check_output(output)
+        lid = inputs.identifier(loan_id, "loan id")
+        async with _service("lending") as (stub, calls):
+            with calls:
+                rows = [
+                    csv_export.transaction_row(lid, t)
+                    async for t in csv_export.statement(stub, lid, TIMEOUT)
+                ]
+        _write(output, csv_export.TRANSACTION_COLUMNS, rows, "transactions")
 
     run(go())
 

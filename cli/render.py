@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.catalogue import Catalogue
+from cli.export import transaction_kind
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
@@ -684,7 +685,7 @@ def transactions_table(
     longest = max((len(t.transaction_id) for t in transactions), default=0)
     table.add_column(label("transaction_id", lang), no_wrap=True, min_width=longest)
     for t in transactions:
-        kind = lending_pb.LoanTransactionKind.Name(t.kind).removeprefix("LOAN_TRANSACTION_KIND_")
+        kind = transaction_kind(t)
         notes = [t.memo] if t.memo else []
         if t.reverses_transaction_id:
             notes.append(label("reverses", lang).format(id=t.reverses_transaction_id))

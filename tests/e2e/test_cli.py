@@ -61,6 +61,8 @@ from tests.lending_helpers import (
     open_fund,
     propose_write_off,
     repayment,
+    reversal,
+    statement,
 )
 from tests.ports import closed_port
 from workers.journey import search_attributes as sa
@@ -1109,6 +1111,30 @@ async def test_a_bounced_payment_found_in_the_statement_and_reversed_from_the_cl
             f"the transfer bounced; {txn} əməliyyatını ləğv edir",
         ],
     ], ran.stdout
+
+    # The same statement as CSV, for an auditor's spreadsheet; a reason typed as a formula
+    # stays text.
+    await cluster.lending.RecordRepayment(repayment(loan.loan_id, 5_000, date(2026, 6, 10)))
+    last = await statement(cluster.lending, loan.loan_id)
+    await cluster.lending.ReverseRepayment(
+        reversal(loan.loan_id, last[-1].transaction_id, "=counted twice")
+    )
+    ran = await mineaction(cli_env, "export", "transactions", loan.loan_id)
+    assert ran.exit_code == 0, ran
+    exported = list(csv.DictReader(io.StringIO(ran.stdout)))
+    assert [
+        (r["value_date"], r["kind"], r["amount_azn"], r["outstanding_after_azn"], r["memo"])
+        for r in exported
+    ] == [
+        ("2026-03-10", "DISBURSEMENT", "1200.00", "1200.00", "tranche 1: cash for stock"),
+        ("2026-05-10", "REPAYMENT", "150.00", "1050.00", "cash"),
+        ("2026-05-10", "REPAYMENT_REVERSAL", "150.00", "1200.00", "the transfer bounced"),
+        ("2026-06-10", "REPAYMENT", "50.00", "1150.00", "cash"),
+        ("2026-06-10", "REPAYMENT_REVERSAL", "50.00", "1200.00", "'=counted twice"),
+    ], ran.stdout
+    assert exported[1]["reversed_by_transaction_id"] == exported[2]["transaction_id"]
+    assert exported[2]["reverses_transaction_id"] == txn
+    assert exported[1]["principal_change_minor"] == "-15000"
 
     line = one_error_line(
         await mineaction(cli_env, "reverse", loan.loan_id, txn, "--reason", "again")
