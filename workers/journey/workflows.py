@@ -233,6 +233,15 @@ ASSISTANCE_NEED_REFUSED_PATCH = "assistance-need-refused"
 # (staff recorded it there, or another client did) as recorded, and go on to the next.
 # The refusal failed the journey after its update had told the caller all was well.
 FOLLOW_UP_RECORDED_ELSEWHERE_PATCH = "journey-follow-up-recorded-elsewhere"
+# Loan news heard while the repayment cycle was in an activity (its read of the loan, a
+# reminder: ordinary activities on runs from before FEWER_TASKS_PATCH) is read before the
+# cycle waits: the wait used to clear it and sleep to the next reminder or due date with
+# the read from before the news. Asked only when such news is unread.
+CYCLE_KEEPS_NEWS_PATCH = "journey-cycle-keeps-news"
+# A reversal heard after the last follow-up, while the journey still follows assistance
+# items, takes it back to its repayment cycle: it stayed REPAID and completed as such
+# while the ledger said ACTIVE. Asked only when news comes in that wait.
+REOPENED_AFTER_FOLLOW_UPS_PATCH = "journey-reopened-after-follow-ups"
 FUND_READ_EVERY = timedelta(days=1)
 # What a loan the committee approved may have become by the time the journey reads it.
 APPROVED_OR_LATER = ("APPROVED", "ACTIVE", *CLOSED_LOAN_STATES)
@@ -716,7 +725,7 @@ class SurvivorJourneyWorkflow:
                 return await self._after_assistance(
                     Stage.WRITTEN_OFF, WRITTEN_OFF_KEEPS_ASSISTANCE_PATCH
                 )
-            if not await self._follow_ups():
+            if not await self._follow_ups() and not await self._reopened_while_items_run():
                 break
             # A reversal reopened the loan: repaid again, its follow-ups count from then.
         await self._wait_condition(self._assistance_finished)
@@ -909,6 +918,17 @@ class SurvivorJourneyWorkflow:
             self._s.follow_ups_recorded.append(months)
             self._s.follow_up_due = 0
             self._set_stage(Stage.REPAID)
+        return False
+
+    async def _reopened_while_items_run(self) -> bool:
+        """After the last follow-up, while assistance items run: True if news heard
+        meanwhile turns out to have reopened the loan (REOPENED_AFTER_FOLLOW_UPS_PATCH)."""
+        while not self._assistance_finished():
+            await self._wait_condition(lambda: self._assistance_finished() or self._news_unread())
+            if self._assistance_finished() or not workflow.patched(REOPENED_AFTER_FOLLOW_UPS_PATCH):
+                return False
+            if not loan_closed(await self._snapshot()):
+                return self._reopened()
         return False
 
     async def _reopened_while_awaiting_answers(self, days: int) -> bool:
@@ -1304,6 +1324,8 @@ class SurvivorJourneyWorkflow:
         """Sleep until `day`; True if the loan changed meanwhile (a hardship, a write-off,
         money moved outside the journey) and cut the wait short."""
         self._loan_changed = False
+        if self._news_unread() and workflow.patched(CYCLE_KEEPS_NEWS_PATCH):
+            return True  # news came after the last read began: read the loan again first
         try:
             await self._wait_condition(lambda: self._loan_changed, within=self._days.until(day))
         except TimeoutError:
