@@ -1679,21 +1679,23 @@ def repay(
     run(go())
 
 
-async def _tell_journey(survivor_id: str, loan_id: str, what: str = "the repayment") -> None:
+async def _tell_journey(survivor_id: str, loan_id: str, what: str = "the repayment") -> int | None:
     """The survivor's running journey re-reads the loan now (signal `loan_changed`), so a
     loan repaid early is seen closed today. The worker's loan news relay tells it too,
-    within seconds; this saves the wait. `what` is recorded whatever Temporal says."""
+    within seconds; this saves the wait. `what` is recorded whatever Temporal says. How
+    many running journeys were told; None when Temporal could not be asked."""
     try:
         settings = context.settings()
         client = await context.temporal_client(settings)
         with temporal(settings.effective_temporal_address, f"the journeys of {survivor_id}"):
-            await tell_journeys(client, survivor_id, loan_id)
+            return await tell_journeys(client, survivor_id, loan_id)
     except Exception as error:  # whatever it is, the money is recorded: never exit 1 here
         print(
             f"note: {what} is recorded; the survivor's journey was not told "
             f"({one_line(str(error))}) and hears of it from the worker's loan news relay",
             file=sys.stderr,
         )
+        return None
 
 
 @app.command("withdraw-write-off")
@@ -2039,7 +2041,15 @@ def reverse(
             f"outstanding today {manat(loan.outstanding_principal_minor)} AZN, "
             f"{loan.days_past_due} days past due, {loan_status(loan)}"
         )
-        await _tell_journey(loan.survivor_id, loan.loan_id, "the reversal")
+        told = await _tell_journey(loan.survivor_id, loan.loan_id, "the reversal")
+        if told == 0 and loan.state == lending_pb.LOAN_STATE_ACTIVE:
+            # A journey that has ended is not reopened: nobody is reminded of this loan.
+            print(
+                f"note: no running journey follows {loan.loan_id}: the survivor's journey has "
+                "ended, so no reminders or arrears review will follow; its figures are in "
+                f"`mineaction loan {loan.loan_id}` and the portfolio report",
+                file=sys.stderr,
+            )
 
     run(go())
 

@@ -1090,6 +1090,8 @@ async def test_a_bounced_payment_found_in_the_statement_and_reversed_from_the_cl
     reversal_id = ran.stdout.split("(reversal ")[1].split(")")[0]
     assert ran.stdout.startswith(f"reversed {txn} on {loan.loan_id} (reversal txn-"), ran
     assert "outstanding today 1,200.00 AZN" in ran.stdout, ran
+    # A loan made outside any journey (or whose journey has ended): nobody will remind.
+    assert ran.stderr.startswith(f"note: no running journey follows {loan.loan_id}:"), ran
     ran = await mineaction(cli_env, "transactions", loan.loan_id, "--lang", "az")
     assert ran.exit_code == 0, ran
     rows = _wrapped_rows_after(ran.stdout, f"Kredit üzrə çıxarış {loan.loan_id}")

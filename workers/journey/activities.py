@@ -249,9 +249,10 @@ LOAN_NEWS = frozenset(
 )
 
 
-async def tell_journeys(client: Client, survivor_id: str, loan_id: str) -> None:
+async def tell_journeys(client: Client, survivor_id: str, loan_id: str) -> int:
     """Signal `loan_changed` to the survivor's running journeys (a journey ignores
-    another loan's news)."""
+    another loan's news); how many were told."""
+    told = 0
     for journey in await journeys_of(client, survivor_id, timedelta(seconds=RPC_TIMEOUT_SECONDS)):
         if journey.state != "RUNNING":
             continue
@@ -261,9 +262,11 @@ async def tell_journeys(client: Client, survivor_id: str, loan_id: str) -> None:
                 LoanChanged(loan_id),
                 rpc_timeout=timedelta(seconds=RPC_TIMEOUT_SECONDS),
             )
+            told += 1
         except RPCError as error:  # it ended meanwhile
             if error.status != RPCStatusCode.NOT_FOUND:
                 raise
+    return told
 
 
 class JourneyActivities:
