@@ -157,14 +157,11 @@ LABELS: dict[str, dict[str, str]] = {
     "principal_paid": {"en": "Paid (AZN)", "az": "Ödənilib (AZN)"},
     "instalment_state": {"en": "State", "az": "Vəziyyət"},
     "statement": {"en": "Statement of loan", "az": "Kredit üzrə çıxarış"},
-    "value_date": {"en": "Date", "az": "Tarix"},
+    "date_and_id": {"en": "Date, transaction id", "az": "Tarix, əməliyyatın kodu"},
     "transaction": {"en": "Transaction", "az": "Əməliyyat"},
     "amount_azn": {"en": "Amount (AZN)", "az": "Məbləğ (AZN)"},
-    "principal_change": {"en": "Principal (AZN)", "az": "Əsas borc (AZN)"},
     "outstanding_after": {"en": "Outstanding (AZN)", "az": "Qalıq (AZN)"},
-    "recorded_by": {"en": "Recorded by", "az": "Qeyd edən"},
-    "memo": {"en": "Note", "az": "Qeyd"},
-    "transaction_id": {"en": "Transaction id", "az": "Əməliyyatın kodu"},
+    "recorded_by": {"en": "by", "az": "qeyd edən:"},
     # {id}: a reversal's transaction id, and the one a reversal cancels.
     "reversed_by": {"en": "reversed by {id}", "az": "{id} ilə ləğv edilib"},
     "reverses": {"en": "cancels {id}", "az": "{id} əməliyyatını ləğv edir"},
@@ -672,35 +669,30 @@ def schedule_table(schedule: lending_pb.RepaymentSchedule, lang: str) -> Table:
 def transactions_table(
     loan_id: str, transactions: Sequence[lending_pb.LoanTransaction], lang: str
 ) -> Table:
-    """A loan's statement: each ledger transaction by value date, what it did to the
-    principal and what was outstanding after it."""
+    """A loan's statement: each ledger transaction by value date with its id (what
+    `reverse` takes) under the date, what it was, who recorded it and its note, its
+    amount and the principal outstanding after it. Four columns, so that dates, amounts
+    and ids stay whole on an 80-column terminal; the middle column wraps."""
     table = Table(title=f"{label('statement', lang)} {loan_id}")
-    table.add_column(label("value_date", lang))
-    table.add_column(label("transaction", lang))
-    for column in ("amount_azn", "principal_change", "outstanding_after"):
-        table.add_column(label(column, lang), justify="right")
-    table.add_column(label("recorded_by", lang))
-    table.add_column(label("memo", lang))
-    # The id is what `reverse` takes: other columns wrap before it is ever cut.
-    longest = max((len(t.transaction_id) for t in transactions), default=0)
-    table.add_column(label("transaction_id", lang), no_wrap=True, min_width=longest)
+    table.add_column(label("date_and_id", lang), no_wrap=True)
+    table.add_column(label("transaction", lang), overflow="fold")
+    table.add_column(label("amount_azn", lang), justify="right", no_wrap=True)
+    table.add_column(label("outstanding_after", lang), justify="right", no_wrap=True)
     for t in transactions:
-        kind = transaction_kind(t)
-        notes = [t.memo] if t.memo else []
+        what = [
+            label(f"transaction_kind:{transaction_kind(t)}", lang)
+            + f", {label('recorded_by', lang)} {t.recorded_by}"
+        ]
+        what += [t.memo] if t.memo else []
         if t.reverses_transaction_id:
-            notes.append(label("reverses", lang).format(id=t.reverses_transaction_id))
+            what.append(label("reverses", lang).format(id=t.reverses_transaction_id))
         if t.reversed_by_transaction_id:
-            notes.append(label("reversed_by", lang).format(id=t.reversed_by_transaction_id))
-        change = t.principal_change_minor
+            what.append(label("reversed_by", lang).format(id=t.reversed_by_transaction_id))
         table.add_row(
-            from_proto_date(t.value_date).isoformat(),
-            label(f"transaction_kind:{kind}", lang),
+            f"{from_proto_date(t.value_date).isoformat()}\n{t.transaction_id}",
+            escape("\n".join(what)),
             manat(t.amount_minor, lang=lang),
-            ("+" if change > 0 else "") + manat(change, lang=lang) if change else "",
             manat(t.outstanding_after_minor, lang=lang),
-            escape(t.recorded_by),
-            escape("; ".join(notes)),
-            t.transaction_id,
         )
     return table
 

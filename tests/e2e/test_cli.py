@@ -1007,16 +1007,17 @@ def _rows_after(out: str, title: str) -> list[list[str]]:
     ]
 
 
-def _wrapped_rows_after(out: str, title: str) -> list[list[str]]:
-    """As `_rows_after`, with a row that wrapped onto more lines joined back into one:
-    its further lines start with an empty first cell."""
+def _statement_rows(out: str, title: str) -> list[tuple[str, str, str, str, str]]:
+    """The statement table's rows as (date, transaction id, text, amount, outstanding): a
+    row starts at a date, its id is on the next line, and its text wraps over lines."""
     rows: list[list[str]] = []
     for cells in _rows_after(out, title):
-        if rows and not cells[0]:
-            rows[-1] = [" ".join(filter(None, pair)) for pair in zip(rows[-1], cells, strict=True)]
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", cells[0]):
+            rows.append([cells[0], "", cells[1], cells[2], cells[3]])
         else:
-            rows.append(cells)
-    return rows
+            rows[-1][1] = rows[-1][1] or cells[0]
+            rows[-1][2] = " ".join(filter(None, (rows[-1][2], cells[1])))
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
 async def test_a_loan_and_its_schedule_as_of_a_day(
@@ -1068,20 +1069,17 @@ async def test_a_bounced_payment_found_in_the_statement_and_reversed_from_the_cl
     ran = await mineaction(cli_env, "transactions", loan.loan_id)
     assert ran.exit_code == 0, ran
     assert await cluster.row_counts() == before  # reads only
-    rows = _wrapped_rows_after(ran.stdout, f"Statement of loan {loan.loan_id}")
-    assert [r[:7] for r in rows] == [
-        [
+    rows = _statement_rows(ran.stdout, f"Statement of loan {loan.loan_id}")
+    assert [r[:1] + r[2:] for r in rows] == [
+        (
             "2026-03-10",
-            "tranche paid out",
+            "tranche paid out, by lo-03 tranche 1: cash for stock",
             "1,200.00",
-            "+1,200.00",
             "1,200.00",
-            "lo-03",
-            "tranche 1: cash for stock",
-        ],
-        ["2026-05-10", "repayment", "150.00", "-150.00", "1,050.00", "cashier-01", "cash"],
+        ),
+        ("2026-05-10", "repayment, by cashier-01 cash", "150.00", "1,050.00"),
     ], ran.stdout
-    assert rows[1][7] == txn
+    assert rows[1][1] == txn
 
     ran = await mineaction(
         cli_env, "reverse", loan.loan_id, txn, "--reason", "the transfer bounced"
@@ -1094,25 +1092,20 @@ async def test_a_bounced_payment_found_in_the_statement_and_reversed_from_the_cl
     assert ran.stderr.startswith(f"note: no running journey follows {loan.loan_id}:"), ran
     ran = await mineaction(cli_env, "transactions", loan.loan_id, "--lang", "az")
     assert ran.exit_code == 0, ran
-    rows = _wrapped_rows_after(ran.stdout, f"Kredit üzrə çıxarış {loan.loan_id}")
-    assert [r[1:7] for r in rows[1:]] == [
-        [
-            "ödəniş",
+    rows = _statement_rows(ran.stdout, f"Kredit üzrə çıxarış {loan.loan_id}")
+    assert [r[2:] for r in rows[1:]] == [
+        (
+            f"ödəniş, qeyd edən: cashier-01 cash {reversal_id} ilə ləğv edilib",
             "150,00",
-            "-150,00",
             "1.050,00",
-            "cashier-01",
-            f"cash; {reversal_id} ilə ləğv edilib",
-        ],
-        [
-            "ödəniş ləğv edilib",
+        ),
+        (
+            f"ödəniş ləğv edilib, qeyd edən: dev the transfer bounced {txn} əməliyyatını ləğv edir",
             "150,00",
-            "+150,00",
             "1.200,00",
-            "dev",
-            f"the transfer bounced; {txn} əməliyyatını ləğv edir",
-        ],
+        ),
     ], ran.stdout
+    assert rows[2][1] == reversal_id
 
     # The same statement as CSV, for an auditor's spreadsheet; a reason typed as a formula
     # stays text.
