@@ -238,15 +238,21 @@ def same_person(a: str, b: str) -> bool:
 REPAID_BEFORE_CONFIRMATION = "the loan was repaid in full before the write-off was confirmed"
 
 
-# A loan's statement: its transactions by value date, then in the order recorded (the
-# first posting's id), each with the principal outstanding after it. The running sum is
-# taken over the whole loan before the page is cut, so every page carries it.
+# A loan's statement: its transactions by value date, each reversal right after what it
+# cancels (`pos`: the original's first posting), otherwise in the order recorded (the
+# first posting's id). The principal outstanding after each counts the transactions that
+# stand: a reversed one and its reversal cancel out, and leave it as it was (a bounced
+# payment never reduced what is owed; counted, a payment back-dated before a reversed
+# one would show the loan below zero in between). The running sum is taken over the
+# whole loan before the page is cut, so every page carries it.
 _STATEMENT = """
     SELECT * FROM (
         SELECT t.transaction_id, t.kind, t.value_date, t.recorded_by, t.memo, t.reverses,
                t.created_at, r.transaction_id AS reversed_by, p.seq, p.accounts, p.amounts,
-               p.principal_change,
-               (sum(p.principal_change) OVER (ORDER BY t.value_date, p.seq))::bigint
+               p.principal_change, coalesce(o.seq, p.seq) AS pos,
+               (coalesce(sum(p.principal_change)
+                    FILTER (WHERE t.reverses IS NULL AND r.transaction_id IS NULL)
+                    OVER (ORDER BY t.value_date, coalesce(o.seq, p.seq), p.seq), 0))::bigint
                    AS outstanding_after
         FROM ledger_transactions t
         CROSS JOIN LATERAL (
@@ -256,11 +262,14 @@ _STATEMENT = """
                    coalesce(sum(amount_minor) FILTER (WHERE account = 'LOANS_RECEIVABLE'),
                        0)::bigint AS principal_change
             FROM postings WHERE transaction_id = t.transaction_id) p
+        LEFT JOIN LATERAL (
+            SELECT min(posting_id) AS seq FROM postings WHERE transaction_id = t.reverses) o
+            ON true
         LEFT JOIN ledger_transactions r ON r.reverses = t.transaction_id
         WHERE t.loan_id = $1) s
-    WHERE $2::date IS NULL OR (value_date, seq) > ($2::date, $3::bigint)
-    ORDER BY value_date, seq
-    LIMIT $4"""
+    WHERE $2::date IS NULL OR (value_date, pos, seq) > ($2::date, $3::bigint, $4::bigint)
+    ORDER BY value_date, pos, seq
+    LIMIT $5"""
 
 
 def _statement_line(row: asyncpg.Record) -> pb.LoanTransaction:
@@ -677,20 +686,22 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         self, request: pb.ListLoanTransactionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListLoanTransactionsResponse:
         query = {"loan_id": request.loan_id}
-        after = pagination.decode(
-            request.page_token, query, (pagination.iso_date, pagination.int64)
-        )
+        key = (pagination.iso_date, pagination.int64, pagination.int64)
+        after = pagination.decode(request.page_token, query, key)
         size = pagination.page_size(request.page_size)
         async with self.db.pool.acquire() as conn:
             if not await conn.fetchval(
                 "SELECT true FROM loans WHERE loan_id = $1", request.loan_id
             ):
                 raise NotFound(f"loan {request.loan_id} does not exist")
-            rows = await conn.fetch(_STATEMENT, request.loan_id, *(after or (None, None)), size + 1)
+            rows = await conn.fetch(
+                _STATEMENT, request.loan_id, *(after or (None, None, None)), size + 1
+            )
         page = rows[:size]
+        last = page[-1] if len(rows) > size else None
         token = (
-            pagination.encode([page[-1]["value_date"].isoformat(), page[-1]["seq"]], query)
-            if len(rows) > size
+            pagination.encode([last["value_date"].isoformat(), last["pos"], last["seq"]], query)
+            if last
             else ""
         )
         return pb.ListLoanTransactionsResponse(

@@ -60,8 +60,9 @@ async def test_a_statement_shows_every_transaction_with_the_balance_after_it(
     ] == [
         (K.LOAN_TRANSACTION_KIND_DISBURSEMENT, 300_000, 300_000, 300_000),
         (K.LOAN_TRANSACTION_KIND_DISBURSEMENT, 200_000, 200_000, 500_000),
-        (K.LOAN_TRANSACTION_KIND_REPAYMENT, 60_000, -60_000, 440_000),
-        # The reversal keeps the bounced payment's value date, so it comes next.
+        # A bounced payment and its reversal cancel out: nothing was ever paid. The
+        # reversal keeps the payment's value date and comes right after it.
+        (K.LOAN_TRANSACTION_KIND_REPAYMENT, 60_000, -60_000, 500_000),
         (K.LOAN_TRANSACTION_KIND_REPAYMENT_REVERSAL, 60_000, 60_000, 500_000),
         (K.LOAN_TRANSACTION_KIND_REPAYMENT, 40_000, -40_000, 460_000),
         (K.LOAN_TRANSACTION_KIND_WRITE_OFF, 460_000, -460_000, 0),
@@ -174,3 +175,41 @@ async def test_a_statement_pages_and_refuses_what_it_cannot_answer(cluster: Clus
             await lending.ListLoanTransactions(bad)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field_violations(refused.value) == [field]
+
+
+async def test_reversed_payments_never_take_the_balance_below_zero_or_out_of_order(
+    cluster: Cluster,
+) -> None:
+    """A closing payment reversed, then the loan repaid by a payment dated before it: the
+    balance after each line stays what the borrower owed (counted, the reversed payment
+    took it to -1,200.00 between the two). Two payments on one day, the first reversed:
+    the reversal is listed with what it cancels, before the second."""
+    lending = cluster.lending
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(lending, fund_id=fund_id, amount_minor=120_000)
+    lid = loan.loan_id
+    await disburse(lending, lid, 120_000, date(2026, 3, 10))
+    closing = await lending.RecordRepayment(repayment(lid, 120_000, date(2026, 6, 10)))
+    await lending.ReverseRepayment(reversal(lid, closing.repayment.transaction_id))
+    earlier = await lending.RecordRepayment(repayment(lid, 100_000, date(2026, 6, 5)))
+    assert earlier.loan.outstanding_principal_minor == 20_000
+    lines = await statement(lending, lid)
+    assert [(t.kind, t.value_date, t.outstanding_after_minor) for t in lines] == [
+        (K.LOAN_TRANSACTION_KIND_DISBURSEMENT, pdate(date(2026, 3, 10)), 120_000),
+        (K.LOAN_TRANSACTION_KIND_REPAYMENT, pdate(date(2026, 6, 5)), 20_000),
+        (K.LOAN_TRANSACTION_KIND_REPAYMENT, pdate(date(2026, 6, 10)), 20_000),
+        (K.LOAN_TRANSACTION_KIND_REPAYMENT_REVERSAL, pdate(date(2026, 6, 10)), 20_000),
+    ]
+    for day, owed in ((date(2026, 6, 5), 20_000), (date(2026, 6, 10), 20_000)):
+        as_of = await lending.GetLoan(pb.GetLoanRequest(loan_id=lid, as_of=pdate(day)))
+        assert as_of.loan.outstanding_principal_minor == owed
+
+    first = await lending.RecordRepayment(repayment(lid, 1_000, date(2026, 7, 1)))
+    second = await lending.RecordRepayment(repayment(lid, 2_000, date(2026, 7, 1)))
+    undone = await lending.ReverseRepayment(reversal(lid, first.repayment.transaction_id))
+    july = [t.transaction_id for t in await statement(lending, lid, page_size=1)][4:]
+    assert july == [
+        first.repayment.transaction_id,
+        undone.reversal_transaction_id,
+        second.repayment.transaction_id,
+    ]
