@@ -52,10 +52,11 @@ from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.auth import AccessPolicy, AuthConfigError, Principal, TokenVerifier
 from services.common.config import ConfigError, Settings
 from services.common.districts import known_districts
-from services.common.errors import Unauthenticated
+from services.common.errors import Unauthenticated, violations_in
 from services.common.money import manat
 from services.common.programme_time import programme_today
 from services.common.protoconv import from_proto_date, proto_date
+from services.eligibility import DEFAULT_RULE_SET
 from services.eligibility.intake import intake_violations
 from workers.journey import search_attributes as sa
 from workers.journey.activities import (
@@ -151,9 +152,14 @@ journey_app = typer.Typer(
     help="Start a survivor's journey, show it, and steer it: the committee's decision, "
     "hardship, write-off, impact follow-ups, a provider's step on an assistance item."
 )
-export_app = typer.Typer(help="Export CSV (loans, portfolio, assessments).")
+export_app = typer.Typer(help="Export CSV (loans, a loan's statement, portfolio, assessments).")
+rules_app = typer.Typer(
+    help="Eligibility rules as data: the published versions, a version's YAML, what a "
+    "change would decide differently, and publishing it."
+)
 app.add_typer(journey_app, name="journey")
 app.add_typer(export_app, name="export")
+app.add_typer(rules_app, name="rules")
 
 TIMEOUT = context.CALL_TIMEOUT_SECONDS
 RPC_TIMEOUT = timedelta(seconds=TIMEOUT)
@@ -435,6 +441,153 @@ async def _stored_assessment(
         if candidate.assessment_id == wanted:
             return candidate, len(on_record)
     raise CliError(f"survivor {survivor_id} has no assessment {wanted}")
+
+
+# --- rules ----------------------------------------------------------------------------
+
+RuleSetId = Annotated[str, typer.Argument(help="The rule set.")]
+
+
+def _rule_set_source(path: Path) -> str:
+    """A rule-set file's text; YAML is checked by the service, which says where it is
+    wrong."""
+    source = inputs.existing_file(path, "rule-set file")
+    try:
+        return source.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"rule-set file {str(path)!r} is not UTF-8 text") from None
+
+
+async def _rules_call(rpc: str, request: Message, path: Path) -> Any:
+    """An eligibility call that sends a rule set: when the service refuses its source,
+    each problem (the rule and the line and column) is printed on its own line, like a
+    compiler's, before the one error line."""
+    checked(request)
+    settings = context.settings()
+    token = context.token(_OPTIONS, settings)
+    async with context.eligibility(settings, token) as stub:
+        with calling("eligibility", settings.eligibility_address):
+            try:
+                return await getattr(stub, rpc)(request, timeout=TIMEOUT)
+            except grpc.aio.AioRpcError as error:
+                problems = [v.description for v in violations_in(error) if v.field == "source_yaml"]
+                if error.code() != grpc.StatusCode.INVALID_ARGUMENT or not problems:
+                    raise
+                for problem in problems:
+                    render.line(f"{path}: {problem}")
+                raise CliError(
+                    f"the eligibility service refused {path}: {len(problems)} problem(s), "
+                    "listed above; nothing was published"
+                ) from None
+
+
+@rules_app.command("versions")
+def rules_versions(rule_set_id: RuleSetId = DEFAULT_RULE_SET, lang: Lang = "en") -> None:
+    """Every published version of a rule set: when, by whom and why. Reads only."""
+
+    async def go() -> None:
+        language = inputs.language(lang)
+        rid = inputs.identifier(rule_set_id, "rule set id")
+        async with _service("eligibility") as (stub, calls):
+
+            def fetch(token: str) -> Awaitable[eligibility_pb.ListRuleSetsResponse]:
+                request = eligibility_pb.ListRuleSetsRequest(
+                    rule_set_id=rid, page_size=100, page_token=token
+                )
+                return stub.ListRuleSets(request, timeout=TIMEOUT)  # type: ignore[no-any-return]
+
+            with calls:
+                versions = [v async for page in pages(fetch) for v in page.rule_sets]
+        if not versions:
+            raise CliError(f"not found: no version of rule set {rid!r} is published")
+        render.console().print(render.rule_set_versions_table(rid, versions, language))
+
+    run(go())
+
+
+@rules_app.command("show")
+def rules_show(
+    rule_set_id: RuleSetId = DEFAULT_RULE_SET,
+    version: Annotated[int, typer.Option(help="The version; 0 (default) is the latest.")] = 0,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="File to write; '-' for stdout.")
+    ] = Path("-"),
+) -> None:
+    """A version's YAML exactly as published: the file to edit for a change."""
+
+    async def go() -> None:
+        rid = inputs.identifier(rule_set_id, "rule set id")
+        number = inputs.count(version, "--version", 0, 1_000_000)
+        if str(output) != "-":
+            _check_output(output)
+        async with _service("eligibility") as (stub, calls):
+            with calls:
+                found = await stub.GetRuleSet(
+                    eligibility_pb.GetRuleSetRequest(rule_set_id=rid, version=number),
+                    timeout=TIMEOUT,
+                )
+        with _output(output) as out:
+            out.write(found.rule_set.source_yaml)
+        if str(output) != "-":
+            print(
+                f"wrote {rid} v{found.rule_set.version} to {output}: edit it, then "
+                f"`mineaction rules what-if {output}`",
+                file=sys.stderr,
+            )
+
+    run(go())
+
+
+@rules_app.command("what-if")
+def rules_what_if(
+    rule_set_file: Annotated[Path, typer.Argument(help="The changed rule set, YAML.")],
+    examples: Annotated[int, typer.Option(help="Example assessments per programme.")] = 5,
+    lang: Lang = "en",
+) -> None:
+    """What a changed rule set would decide differently: every stored assessment decided
+    again under it, the changes counted per programme with examples. Publishes nothing."""
+
+    async def go() -> None:
+        language = inputs.language(lang)
+        request = eligibility_pb.SimulateRuleSetRequest(
+            source_yaml=_rule_set_source(rule_set_file),
+            max_examples=inputs.count(examples, "--examples", 0, 100),
+        )
+        report = await _rules_call("SimulateRuleSet", request, rule_set_file)
+        render.console().print(render.what_if_table(report, language))
+
+    run(go())
+
+
+@rules_app.command("publish")
+def rules_publish(
+    rule_set_file: Annotated[Path, typer.Argument(help="The rule set to publish, YAML.")],
+    note: Annotated[str, typer.Option(help="Why it is published (kept with the version).")],
+    by: Annotated[
+        str, typer.Option(help="Who publishes it (default: the token's own identity).")
+    ] = "",
+    request_id: Annotated[
+        str | None, typer.Option(help="Idempotency key (UUID) to retry safely; default new.")
+    ] = None,
+) -> None:
+    """Publish a rule set as its next version, once its own test cases pass. Published
+    versions never change; survivors stay on the version of their first assessment."""
+
+    async def go() -> None:
+        request = eligibility_pb.PublishRuleSetRequest(
+            request_id=request_id or inputs.request_id(),
+            source_yaml=_rule_set_source(rule_set_file),
+            published_by=_staff(by, "--by"),
+            change_note=inputs.text(note, "--note", 500),
+        )
+        published = await _rules_call("PublishRuleSet", request, rule_set_file)
+        r = published.rule_set
+        render.line(
+            f"published {r.rule_set_id} v{r.version} by {r.published_by} ({r.change_note}); "
+            f"{len(published.test_results)} test case(s) passed"
+        )
+
+    run(go())
 
 
 # --- journeys -------------------------------------------------------------------------

@@ -157,6 +157,20 @@ LABELS: dict[str, dict[str, str]] = {
     "principal_paid": {"en": "Paid (AZN)", "az": "Ödənilib (AZN)"},
     "instalment_state": {"en": "State", "az": "Vəziyyət"},
     "statement": {"en": "Statement of loan", "az": "Kredit üzrə çıxarış"},
+    "rule_set_versions": {"en": "Versions of rule set", "az": "Qaydalar toplusunun versiyaları"},
+    "version": {"en": "Version", "az": "Versiya"},
+    "published": {"en": "Published (UTC)", "az": "Dərc edilib (UTC)"},
+    "published_by": {"en": "By", "az": "Dərc edən"},
+    "change_note": {"en": "Why", "az": "Səbəb"},
+    # {n}: how many stored assessments the what-if decided again.
+    "what_if": {
+        "en": "What if: {n} stored assessment(s) decided again under the changed rules",
+        "az": "Nə olardı: {n} saxlanmış qiymətləndirmə dəyişdirilmiş qaydalarla yenidən "
+        "qərarlaşdırılıb",
+    },
+    "would_change": {"en": "Would change", "az": "Dəyişərdi"},
+    "examples": {"en": "Examples (before → after)", "az": "Nümunələr (əvvəl → sonra)"},
+    "no_change": {"en": "no decision would change", "az": "heç bir qərar dəyişməzdi"},
     "date_and_id": {"en": "Date, transaction id", "az": "Tarix, əməliyyatın kodu"},
     "transaction": {"en": "Transaction", "az": "Əməliyyat"},
     "amount_azn": {"en": "Amount (AZN)", "az": "Məbləğ (AZN)"},
@@ -663,6 +677,39 @@ def schedule_table(schedule: lending_pb.RepaymentSchedule, lang: str) -> Table:
             coded("instalment_state", state, lang),
             str(i.days_past_due) if i.days_past_due else "",
         )
+    return table
+
+
+def rule_set_versions_table(
+    rule_set_id: str, versions: Sequence[eligibility_pb.RuleSet], lang: str
+) -> Table:
+    table = Table(title=f"{label('rule_set_versions', lang)} {rule_set_id}")
+    table.add_column(label("version", lang), justify="right")
+    table.add_column(label("published", lang), no_wrap=True)
+    table.add_column(label("published_by", lang))
+    table.add_column(label("change_note", lang), overflow="fold")
+    for v in versions:
+        published = v.publish_time.ToDatetime(UTC).strftime("%Y-%m-%d %H:%M")
+        table.add_row(str(v.version), published, escape(v.published_by), escape(v.change_note))
+    return table
+
+
+def what_if_table(report: eligibility_pb.SimulateRuleSetResponse, lang: str) -> Table:
+    """Per programme, how many stored decisions the changed rules would change, with
+    example assessments and their outcome before and after."""
+    table = Table(title=label("what_if", lang).format(n=report.assessments_evaluated))
+    table.add_column(label("programme", lang))
+    table.add_column(label("would_change", lang), justify="right")
+    table.add_column(label("examples", lang), overflow="fold")
+    for change in report.changes:
+        examples = [
+            f"{e.assessment_id}: {label(eligibility_pb.Outcome.Name(e.before), lang)} → "
+            f"{label(eligibility_pb.Outcome.Name(e.after), lang)}"
+            for e in change.examples
+        ]
+        table.add_row(change.programme_id, str(change.changed_count), "\n".join(examples))
+    if not report.changes:
+        table.add_row(label("no_change", lang), "0", "")
     return table
 
 

@@ -34,11 +34,10 @@ from services.common.errors import FailedPrecondition, NotFound, invalid
 from services.common.group_commit import RUN_AGAIN, GroupCommit, RunAgain
 from services.common.idempotency import method_of, payload_hash, replayed
 from services.common.protoconv import from_proto_date, now_timestamp, proto_date
+from services.eligibility import DEFAULT_RULE_SET, rules, trace
 from services.eligibility import intake as intake_mod
-from services.eligibility import rules, trace
 from services.eligibility.rulebook import RuleBook
 
-DEFAULT_RULE_SET = "reintegration"
 _METHOD = method_of(pb.AssessEligibilityResponse)
 
 _SURVIVORS = """

@@ -389,6 +389,105 @@ async def test_reassessment_under_the_latest_rules_from_the_cli(
     ) in ran.stdout
 
 
+async def test_a_rule_change_shown_tried_and_published_from_the_cli(
+    cli_env: dict[str, str], cluster: Cluster, tmp_path: Path
+) -> None:
+    """A programme manager's round: the latest rules to a file, a change tried as a
+    what-if (publishing nothing), a mistake shown at its line and column, the change
+    published with a note, and the versions listed."""
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    ran = await mineaction(
+        cli_env, "register", str(write_intake(tmp_path, survivor_id)),
+        "--district", "kalbajar", "--assess",
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran
+    assessed = await cluster.eligibility.ListAssessments(
+        eligibility_pb.ListAssessmentsRequest(survivor_id=survivor_id)
+    )
+    assessment_id = assessed.assessments[0].assessment_id
+    latest = (
+        await cluster.eligibility.GetRuleSet(
+            eligibility_pb.GetRuleSetRequest(rule_set_id="reintegration")
+        )
+    ).rule_set
+
+    rules = tmp_path / "rules.yaml"
+    ran = await mineaction(cli_env, "rules", "show", "--output", str(rules))
+    assert ran.exit_code == 0, ran
+    assert rules.read_text(encoding="utf-8") == latest.source_yaml
+    assert f"wrote reintegration v{latest.version} to {rules}" in ran.stderr
+
+    # What if Kalbajar left the programme's districts? This survivor's loans would go.
+    rules.write_text(latest.source_yaml.replace(" kalbajar,", "", 1), encoding="utf-8")
+    before = await cluster.row_counts()
+    ran = await mineaction(cli_env, "rules", "what-if", str(rules), "--examples", "100")
+    assert ran.exit_code == 0, ran
+    assert await cluster.row_counts() == before  # nothing published, nothing stored
+    rows = _wrapped_rows_after(ran.stdout, "What if:")
+    startup = next(r for r in rows if r[0] == "startup_loan")
+    assert int(startup[1]) >= 1, ran.stdout
+    assert f"{assessment_id}: eligible → not eligible" in ran.stdout, ran.stdout
+
+    # A mistake is shown where it is, as a compiler would; nothing is published.
+    rules.write_text(
+        latest.source_yaml.replace("params.max_active_loans", "params.maximum_loans", 1),
+        encoding="utf-8",
+    )
+    for command in (["what-if", str(rules)], ["publish", str(rules), "--note", "typo"]):
+        ran = await mineaction(cli_env, "rules", *command)
+        assert ran.exit_code == 1, ran
+        assert re.search(
+            rf"^{re.escape(str(rules))}: rules\[\d+\]\.expression \(line \d+, column \d+\): "
+            ".*unknown parameter maximum_loans",
+            ran.stdout,
+            re.M,
+        ), ran.stdout
+        assert one_error_line(ran) == (
+            f"error: the eligibility service refused {rules}: 1 problem(s), listed above; "
+            "nothing was published"
+        )
+    assert await cluster.row_counts() == before
+
+    # Published with a note: the next version, listed with who and why.
+    rules.write_text(
+        latest.source_yaml.replace('policy_ref: "', 'policy_ref: "(annex B) ', 1),
+        encoding="utf-8",
+    )
+    ran = await mineaction(cli_env, "rules", "publish", str(rules), "--note", "annex B cited")
+    assert ran.exit_code == 0, ran
+    assert ran.stdout.startswith(
+        f"published reintegration v{latest.version + 1} by dev (annex B cited); "
+    ), ran
+    assert "test case(s) passed" in ran.stdout
+    ran = await mineaction(cli_env, "rules", "versions", "--lang", "az")
+    assert ran.exit_code == 0, ran
+    versions = _wrapped_rows_after(ran.stdout, "Qaydalar toplusunun versiyaları reintegration")
+    assert [r[0] for r in versions][-1] == str(latest.version + 1)
+    assert versions[-1][2:] == ["dev", "annex B cited"], ran.stdout
+    line = one_error_line(
+        await mineaction(cli_env, "rules", "publish", str(rules), "--note", "again")
+    )
+    assert line == (
+        f"error: refused: rule set reintegration version {latest.version + 1} already says "
+        "exactly this; nothing was published"
+    )
+    ran = await mineaction(cli_env, "rules", "show", "--version", "1")
+    first = await cluster.eligibility.GetRuleSet(
+        eligibility_pb.GetRuleSetRequest(rule_set_id="reintegration", version=1)
+    )
+    assert ran.exit_code == 0 and ran.stdout == first.rule_set.source_yaml, ran
+
+    for bad, says in (
+        (["what-if", str(tmp_path / "absent.yaml")], "does not exist"),
+        (["what-if", str(rules), "--examples", "101"], "--examples must be from 0 to 100"),
+        (["publish", str(rules), "--note", " "], "--note"),
+    ):
+        ran = await mineaction(cli_env, "rules", *bad)
+        assert ran.exit_code == 2 and says in one_error_line(ran), ran
+    line = one_error_line(await mineaction(cli_env, "rules", "versions", "nothing-here"))
+    assert "no version of rule set 'nothing-here'" in line, line
+
+
 def test_every_washington_group_domain_has_a_label_in_both_languages() -> None:
     """Missing data names a Washington Group domain; each is written in both languages."""
     for name, value in eligibility_pb.WashingtonGroupDomain.items():
@@ -1005,6 +1104,18 @@ def _rows_after(out: str, title: str) -> list[list[str]]:
         for row in out[out.index(title) :].splitlines()
         if row.startswith("│")
     ]
+
+
+def _wrapped_rows_after(out: str, title: str) -> list[list[str]]:
+    """As `_rows_after`, with a row that wrapped onto more lines joined back into one:
+    its further lines start with an empty first cell."""
+    rows: list[list[str]] = []
+    for cells in _rows_after(out, title):
+        if rows and not cells[0]:
+            rows[-1] = [" ".join(filter(None, pair)) for pair in zip(rows[-1], cells, strict=True)]
+        else:
+            rows.append(cells)
+    return rows
 
 
 def _statement_rows(out: str, title: str) -> list[tuple[str, str, str, str, str]]:
