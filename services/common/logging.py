@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from typing import Any
 
+import asyncpg
 import structlog
 from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -43,6 +45,25 @@ def add_trace_ids(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict
         event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
         event_dict.setdefault("span_id", format(context.span_id, "016x"))
     return event_dict
+
+
+ROW_DATA_LEFT_OUT = "(left out of the logs: it may quote the row's personal data)"
+
+
+def format_exception_without_row_data(exc_info: Any) -> str:
+    """A traceback as the standard library prints it, less each PostgreSQL error's DETAIL:
+    a refused write's detail quotes the row ("Failing row contains (srv-..., saatli,
+    female, ...)", "Key (survivor_id)=(...) already exists"), and logs keep no personal
+    data."""
+    text = "".join(traceback.format_exception(*exc_info))
+    error, seen = exc_info[1], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        detail = getattr(error, "detail", None)
+        if isinstance(error, asyncpg.PostgresError) and detail:
+            text = text.replace(detail, ROW_DATA_LEFT_OUT)
+        error = error.__cause__ or error.__context__
+    return text
 
 
 def _shared_processors() -> list[Processor]:
@@ -81,7 +102,7 @@ def configure_logging(settings: Settings, *, process: str) -> None:
         foreign_pre_chain=_shared_processors(),
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
+            structlog.processors.ExceptionRenderer(format_exception_without_row_data),
             _bind_process(process),
             renderer,
         ],
