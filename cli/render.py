@@ -33,6 +33,8 @@ LABELS: dict[str, dict[str, str]] = {
     "OUTCOME_ELIGIBLE": {"en": "eligible", "az": "uyğundur"},
     "OUTCOME_NOT_ELIGIBLE": {"en": "not eligible", "az": "uyğun deyil"},
     "OUTCOME_NEEDS_REVIEW": {"en": "needs review", "az": "yoxlanılmalıdır"},
+    # A programme a changed rule set no longer decides (the what-if's "after").
+    "OUTCOME_UNSPECIFIED": {"en": "not decided", "az": "qərar verilmir"},
     "priority": {"en": "Priority score", "az": "Prioritet balı"},
     "rule_set": {"en": "rule set", "az": "qaydalar toplusu"},
     "reassessed": {"en": "re-assessed", "az": "yenidən qiymətləndirilib"},

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeGuard
 
 import cel
 import yaml
@@ -112,11 +112,33 @@ class CannotDecide(ValueError):
     expressions were refused can have one (an optional fact read without `needs`)."""
 
 
-def _values(program: Any, context: Any) -> Iterator[Any]:
+# A score component's points, as the answer carries them (PriorityScore).
+MAX_POINTS = 1000
+# Longer expressions are refused: a chain of some 15,000 operators overflows the CEL
+# engine's stack and takes the process down; the shipped rules' longest is 143.
+MAX_EXPRESSION_LENGTH = 2000
+
+
+def _values(program: Any, context: Any, components: int) -> Iterator[Any]:
+    """Every condition's value then every score component's (the last `components`),
+    each of its kind: a condition true or false, points a whole number within
+    ±MAX_POINTS. The load's type check tries one survivor; another may take a branch
+    that gives something else, and that survivor cannot be decided."""
     try:
-        return iter(program.execute(context))
+        values = program.execute(context)
     except Exception as error:
         raise CannotDecide(_first_line(error)) from None
+    split = len(values) - components
+    for value in values[:split]:
+        if type(value) is not bool:
+            raise CannotDecide(f"a condition gave {value!r}, not true or false")
+    for value in values[split:]:
+        if type(value) is not int or not -MAX_POINTS <= value <= MAX_POINTS:
+            raise CannotDecide(
+                f"a score component gave {value!r}: points are whole numbers from "
+                f"-{MAX_POINTS} to {MAX_POINTS}"
+            )
+    return iter(values)
 
 
 class RuleSetError(Exception):
@@ -418,7 +440,7 @@ def condition_values(
     period = rule_set.context_at(day)
     period.bind(facts)
     absent = frozenset(name for name in rule_set.optional_facts if name not in facts)
-    return period, absent, _values(rule_set.combined(absent), period.cel)
+    return period, absent, _values(rule_set.combined(absent), period.cel, len(rule_set.priority))
 
 
 class _Shown(dict[str, str]):
@@ -513,7 +535,7 @@ def evaluate(rule_set: RuleSet, facts: Mapping[str, Any], day: date) -> Decision
     shown_params = period.shown_params
     period.bind(facts)
     absent = frozenset(name for name in rule_set.optional_facts if name not in facts)
-    values = _values(rule_set.combined(absent), period.cel)
+    values = _values(rule_set.combined(absent), period.cel, len(rule_set.priority))
     shown = {name: _display(value) for name, value in facts.items()}
     shown.update(shown_params)
     en = _Said(facts, period, rule_set.kinds, "en")
@@ -527,15 +549,14 @@ def evaluate(rule_set: RuleSet, facts: Mapping[str, Any], day: date) -> Decision
             explanation = rule.explain_fail.render(en, az)
             results[rule.id] = RuleResult(rule.id, False, missing, inputs, explanation)
             continue
-        passed = next(values) is True
+        passed: bool = next(values)
         template = rule.explain_pass if passed else rule.explain_fail
         results[rule.id] = RuleResult(rule.id, passed, (), inputs, template.render(en, az))
     decisions = tuple(
         _decide(programme_id, own, results) for programme_id, own in rule_set.by_programme.items()
     )
     parts = tuple(
-        ScorePart(c.name, int(next(values)), c.explanation.render(en, az))
-        for c in rule_set.priority
+        ScorePart(c.name, next(values), c.explanation.render(en, az)) for c in rule_set.priority
     )
     return Decision(decisions, sum(p.points for p in parts), parts)
 
@@ -597,6 +618,18 @@ class _RuleSetYaml(_MarkedSafeLoader):
 
     yaml_implicit_resolvers = _base_10_only()
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """A key given twice is refused where it is given again: YAML would keep the
+        last one silently (an `expression` written twice decides by the second)."""
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in seen:
+                message = f"{key!r} is given twice in this mapping"
+                raise yaml.constructor.ConstructorError(None, None, message, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
@@ -644,7 +677,10 @@ class _Positions:
 
 
 class _Loader:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, published: bool = False) -> None:
+        # A version published already is read as it was accepted then: checks added
+        # since do not make it unreadable.
+        self.published = published
         self.source = source
         self.positions = _Positions(source)
         self.problems: list[Problem] = []
@@ -673,11 +709,24 @@ class _Loader:
         if not isinstance(expression, str) or not expression.strip():
             self.fail(path, "expression is required")
             return None
+        if len(expression) > MAX_EXPRESSION_LENGTH:
+            self.fail(
+                path,
+                f"is {len(expression)} characters long; at most {MAX_EXPRESSION_LENGTH} "
+                "(split it into several rules)",
+            )
+            return None
         try:
             return cel.compile(expression)
         except ValueError as error:
             self.fail(path, f"does not compile: {_first_line(error)}")
             return None
+
+
+def _is_day(value: Any) -> TypeGuard[date]:
+    """A date as 2026-11-01, not a time of day (2026-11-01 00:00:00 reads as a datetime,
+    which is a date too, and cannot be compared with one)."""
+    return type(value) is date
 
 
 def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -702,7 +751,7 @@ def load(source: str, *, published: bool = False) -> RuleSet:
     published (a parameter without a value on some day, a test case before the rules'
     first day) do not make it unreadable; the days it cannot decide on are refused when
     an assessment asks for one (`RuleSet.not_in_force`)."""
-    loader = _Loader(source)
+    loader = _Loader(source, published)
     try:
         data = parse_yaml(source, published=published)
     except yaml.YAMLError as error:
@@ -720,7 +769,7 @@ def load(source: str, *, published: bool = False) -> RuleSet:
     parameters = _load_parameters(loader, data.get("parameters"), places)
     if not published:  # checks added since: versions published before stay readable
         _check_coverage(loader, parameters, places)
-        _check_money_values(loader, parameters, places)
+        _check_values_of_kind(loader, parameters, places)
     amounts = [n for n, kind in FACT_KINDS.items() if kind == MONEY] + [
         n for n, p in parameters.items() if p.kind == MONEY
     ]
@@ -781,7 +830,7 @@ def _load_parameters(
                 loader.fail(where, "each value needs from and value")
                 continue
             start, end = entry.get("from"), entry.get("until")
-            if not isinstance(start, date) or (end is not None and not isinstance(end, date)):
+            if not _is_day(start) or (end is not None and not _is_day(end)):
                 loader.fail(where, "from (and until, if given) must be dates like 2026-01-01")
                 continue
             if end is not None and end <= start:
@@ -807,22 +856,36 @@ def _load_parameters(
     return parameters
 
 
-def _check_money_values(
+def _check_values_of_kind(
     loader: _Loader, parameters: Mapping[str, Parameter], places: Mapping[str, list[int]]
 ) -> None:
     """A parameter in qəpik holds whole, non-negative amounts: a ceiling of -30000 (or
-    300.00) would decide every survivor by a figure no policy document can give."""
+    300.00) would decide every survivor by a figure no policy document can give. One of
+    district codes holds the programme's districts (services/common/districts.yaml): a
+    misspelt one (`ganca`) would leave that district's survivors out, unnoticed."""
+    districts = known_districts()
     for name, parameter in parameters.items():
-        if parameter.kind != MONEY or name not in places:
+        if parameter.kind not in (MONEY, DISTRICT) or name not in places:
             continue
         for index, period in zip(places[name], parameter.periods, strict=True):
-            value = period.value
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            value, where = period.value, f"parameters.{name}.values[{index}].value"
+            if parameter.kind == MONEY and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
                 loader.fail(
-                    f"parameters.{name}.values[{index}].value",
+                    where,
                     f"parameter {name} is an amount in qəpik: a whole number, not negative "
                     f"(got {value!r})",
                 )
+            if parameter.kind == DISTRICT:
+                codes = value if isinstance(value, list) else [value]
+                for code in codes:
+                    if not isinstance(code, str) or code not in districts:
+                        loader.fail(
+                            where,
+                            f"unknown district {code!r} in {name}: district codes are those "
+                            "of services/common/districts.yaml",
+                        )
 
 
 def _check_coverage(
@@ -879,7 +942,12 @@ def _load_rules(
         if rule_id in seen:
             loader.fail(f"{path}.id", f"duplicate rule id {rule_id}")
         seen.add(rule_id)
+        if isinstance(rule_id, str) and not _ID.match(rule_id) and not loader.published:
+            # An empty id dropped the rule silently, and with it a condition of the loan.
+            loader.fail(f"{path}.id", f"rule id {rule_id!r}: lower-case letters, digits and _")
         targets = loader.get(spec, "programmes", path, list) or []
+        if not targets and not loader.published:
+            loader.fail(f"{path}.programmes", "a rule decides at least one programme")
         for target in targets:
             if target not in programmes:
                 loader.fail(f"{path}.programmes", f"unknown programme {target}")
@@ -946,11 +1014,15 @@ def _load_priority(
     if not isinstance(spec_list, list):
         loader.fail("priority", "priority needs a list of components")
         return []
+    names: set[str] = set()
     for index, spec in enumerate(spec_list):
         path = f"priority.components[{index}]"
         name = loader.get(spec, "name", path, str) if isinstance(spec, dict) else None
         if name is None:
             continue
+        if name in names and not loader.published:
+            loader.fail(f"{path}.name", f"duplicate score component {name}")
+        names.add(name)
         program = loader.compile(spec.get("points"), f"{path}.points")
         text = loader.text(spec.get("explain"), f"{path}.explain").without_unit_words(amounts)
         if program is not None:
@@ -964,15 +1036,18 @@ def _load_tests(
 ) -> list[TestCase]:
     """The test cases; each must be assessed on or after `first_day` (when given), the
     rules' first day."""
-    tests = []
+    tests, ids = [], set()
     for index, spec in enumerate(raw if isinstance(raw, list) else []):
         path = f"tests[{index}]"
         if not isinstance(spec, dict):
             loader.fail(path, "each test case must be a mapping")
             continue
         case_id = loader.get(spec, "id", path, str)
+        if case_id in ids and not loader.published:
+            loader.fail(f"{path}.id", f"duplicate test case {case_id}")
+        ids.add(case_id)
         day = spec.get("assessment_date")
-        if not isinstance(day, date):
+        if not _is_day(day):
             loader.fail(f"{path}.assessment_date", "assessment_date must be a date")
         elif first_day is not None and day < first_day:
             loader.fail(
@@ -986,7 +1061,7 @@ def _load_tests(
                 loader.fail(f"{path}.expect.{programme_id}", f"unknown programme {programme_id}")
             if outcome not in OUTCOMES:
                 loader.fail(f"{path}.expect.{programme_id}", f"outcome must be one of {OUTCOMES}")
-        if case_id and isinstance(day, date) and intake is not None:
+        if case_id and _is_day(day) and intake is not None:
             tests.append(TestCase(case_id, day, intake, expect))
     return tests
 
@@ -1074,6 +1149,8 @@ def _expect_type(
         return
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         loader.fail(path, f"must give {kind.__name__}, gives {type(value).__name__}")
+    elif isinstance(value, int) and not -MAX_POINTS <= value <= MAX_POINTS:
+        loader.fail(path, f"gives {value} points; at most {MAX_POINTS} either way")
 
 
 # --- the programme's own test cases ----------------------------------------------------

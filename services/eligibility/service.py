@@ -450,9 +450,15 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                     d.programme_id: d.outcome
                     for d in pb.Assessment.FromString(row["result"]).decisions
                 }
-                for programme_id, outcome in after.items():
+                # A programme the candidate no longer decides changes too (to unspecified).
+                for programme_id in after.keys() | before.keys():
                     old = before.get(programme_id, pb.OUTCOME_UNSPECIFIED)
-                    if OUTCOME[outcome] == old:
+                    new = (
+                        OUTCOME[after[programme_id]]
+                        if programme_id in after
+                        else pb.OUTCOME_UNSPECIFIED
+                    )
+                    if new == old:
                         continue
                     counts[programme_id] = counts.get(programme_id, 0) + 1
                     examples = changed.setdefault(programme_id, [])
@@ -461,7 +467,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                             pb.DecisionChangeExample(
                                 assessment_id=row["assessment_id"],
                                 before=old,
-                                after=OUTCOME[outcome],
+                                after=new,
                             )
                         )
         return pb.SimulateRuleSetResponse(

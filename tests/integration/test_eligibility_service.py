@@ -918,3 +918,37 @@ async def test_assessments_and_follow_ups_dated_after_today_are_refused(cluster:
             )
         )
         assert today.assessment.assessment_id
+
+
+def without_carpet_weaving(source: str) -> str:
+    """The rules with the carpet-weaving programme taken out, its rule and case line too."""
+    source = source.replace(
+        "  carpet_weaving: {en: Carpet-weaving enterprise support, "
+        "az: Xalçaçılıq müəssisəsinə dəstək}\n",
+        "",
+        1,
+    )
+    source = source.replace("computer_course, carpet_weaving]", "computer_course]", 1)
+    source = source.replace("expansion_loan, carpet_weaving]", "expansion_loan]")
+    start = source.index("  - id: weaving_self_care")
+    source = source[:start] + source[source.index("\npriority:", start) :]
+    return source.replace("      carpet_weaving: ELIGIBLE\n", "", 1)
+
+
+async def test_a_what_if_counts_a_programme_the_rules_no_longer_decide(
+    cluster: Cluster,
+) -> None:
+    """Taking a programme out changes every stored decision of it: the what-if said
+    nothing of it (it compared only the programmes the candidate decides)."""
+    assessed = await register_and_assess(cluster, saatli_fish_farmer())
+    assert "carpet_weaving" in {d.programme_id for d in assessed.decisions}
+    what_if = await cluster.eligibility.SimulateRuleSet(
+        pb.SimulateRuleSetRequest(source_yaml=without_carpet_weaving(SHIPPED), max_examples=100)
+    )
+    changes = {c.programme_id: c for c in what_if.changes}
+    weaving = changes["carpet_weaving"]
+    assert weaving.changed_count == what_if.assessments_evaluated >= 1
+    assert weaving.examples and all(
+        e.after == pb.OUTCOME_UNSPECIFIED and e.before != pb.OUTCOME_UNSPECIFIED
+        for e in weaving.examples
+    )

@@ -594,3 +594,120 @@ def test_an_expression_may_use_cel_macros_over_a_list() -> None:
         rules.load(shadowing)
     assert any("the macro's variable walking is a fact's name too" in p.message
                for p in caught.value.problems)  # fmt: skip
+
+
+# --- what a programme manager can get wrong, refused where it is ----------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path", "message"),
+    [
+        (  # a chain of operators long enough overflowed the engine's stack: a crash
+            "expression: cognition <= 1",
+            "expression: cognition <= 1 && " + " + ".join(["0"] * 16_000) + " == 0",
+            "rules[10].expression",
+            "characters long; at most 2000 (split it into several rules)",
+        ),
+        (  # a time of day made the dates incomparable: INTERNAL
+            CEILING,
+            "      - {from: 2026-01-01 00:00:00, value: 30000}",
+            "parameters.income_ceiling_per_person_minor.values[0]",
+            "from (and until, if given) must be dates like 2026-01-01",
+        ),
+        (  # an empty id dropped the rule, and with it a condition of the start-up loan
+            "- id: starting_a_business",
+            '- id: ""',
+            "rules[4].id",
+            "rule id '': lower-case letters, digits and _",
+        ),
+        (
+            "- id: starting_a_business",
+            "- id: starting a business!",
+            "rules[4].id",
+            "rule id 'starting a business!'",
+        ),
+        (  # a misspelt district left its survivors out, unnoticed
+            "khojaly, khojavend,",
+            "khojaly, khojavend, ganca,",
+            "parameters.programme_districts.values[0].value",
+            "unknown district 'ganca' in programme_districts",
+        ),
+        (
+            'points: "female_headed ? 15 : 0"',
+            'points: "female_headed ? 1500 : 0"',
+            "priority.components[2].points",
+            "gives 1500 points; at most 1000 either way",
+        ),
+    ],
+    ids=["long-expression", "time-of-day", "empty-rule-id", "rule-id", "district", "points"],
+)
+def test_a_rule_set_mistake_is_refused_where_it_is(
+    old: str, new: str, path: str, message: str
+) -> None:
+    assert old in SHIPPED
+    with pytest.raises(rules.RuleSetError) as caught:
+        rules.load(SHIPPED.replace(old, new, 1))
+    problem = next(p for p in caught.value.problems if p.path == path)
+    assert message in problem.message, problem
+    assert problem.line > 0 and problem.column > 0
+
+
+def test_a_key_given_twice_is_refused_where_it_is_given_again() -> None:
+    """YAML keeps the last of two keys silently: a rule whose expression was written
+    twice decided by the second, `true`."""
+    source = SHIPPED.replace(
+        "    expression: cognition <= 1",
+        "    expression: cognition <= 1\n    expression: 'true'",
+        1,
+    )
+    with pytest.raises(rules.RuleSetError) as caught:
+        rules.load(source)
+    [problem] = caught.value.problems
+    assert problem.path == "(document)" and "'expression' is given twice" in problem.message
+    line = source.splitlines().index("    expression: 'true'") + 1
+    assert (problem.line, problem.column) == (line, 5)
+
+
+def test_a_rule_that_decides_no_programme_and_duplicate_names_are_refused() -> None:
+    source = SHIPPED.replace("programmes: [spa_rehabilitation]", "programmes: []", 1).replace(
+        "- id: established_business_over_income", "- id: saatli_fish_farmer", 1
+    )
+    with pytest.raises(rules.RuleSetError) as caught:
+        rules.load(source)
+    said = {p.path: p.message for p in caught.value.problems}
+    assert any(m == "a rule decides at least one programme" for m in said.values()), said
+    assert said["tests[1].id"] == "duplicate test case saatli_fish_farmer"
+
+
+@pytest.mark.parametrize(
+    ("points", "says"),
+    [
+        ("female_headed ? 15 : 7.9", "a score component gave 7.9"),
+        ("female_headed ? 15 : 'none'", "a score component gave 'none'"),
+        ("female_headed ? 15 : monthly_income_minor * 100000", "points are whole numbers"),
+    ],
+)
+def test_points_another_survivor_would_get_wrong_cannot_decide_them(points: str, says: str) -> None:
+    """The load's type check tries one sample survivor (female-headed); a survivor down
+    the other branch got 7 points for 7.9, INTERNAL for 'none', or points the answer
+    cannot carry. Now such a survivor cannot be decided, and publishing, which decides
+    the stored survivors again, refuses the rules (RULES_CANNOT_DECIDE)."""
+    rule_set = rules.load(SHIPPED.replace('"female_headed ? 15 : 0"', f'"{points}"', 1))
+    not_female_headed = {**_FARMER_FACTS, "female_headed": False}
+    with pytest.raises(rules.CannotDecide, match=says):
+        rules.evaluate(rule_set, not_female_headed, date(2026, 3, 1))
+    with pytest.raises(rules.CannotDecide, match=says):
+        trace.assessment_trace(rule_set, not_female_headed, date(2026, 3, 1))
+
+
+def test_a_condition_that_is_not_true_or_false_cannot_decide() -> None:
+    """A condition giving a number counted as a silent fail."""
+    rule_set = rules.load(
+        SHIPPED.replace(
+            "expression: cognition <= 1",
+            'expression: "female_headed ? cognition <= 1 : cognition"',
+            1,
+        )
+    )
+    with pytest.raises(rules.CannotDecide, match="a condition gave 0, not true or false"):
+        rules.evaluate(rule_set, {**_FARMER_FACTS, "female_headed": False}, date(2026, 3, 1))

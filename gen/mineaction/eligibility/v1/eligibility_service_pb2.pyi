@@ -820,7 +820,9 @@ class DecisionChangeExample(_message.Message):
     before: Global___Outcome.ValueType
     """Outcome under the rule set it was assessed with."""
     after: Global___Outcome.ValueType
-    """Outcome under the simulated rule set."""
+    """Outcome under the simulated rule set; unspecified when it no longer decides
+    the programme.
+    """
     def __init__(
         self,
         *,
