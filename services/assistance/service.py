@@ -103,6 +103,17 @@ async def refresh_need(conn: Connection, need_id: str, *, met: bool = False) -> 
     )
 
 
+def _check_provider_kind(plugin: AssistanceTypePlugin, provider_id: str, kind: str) -> None:
+    """FAILED_PRECONDITION unless the provider is of a kind that delivers the type."""
+    if plugin.provider_kinds and kind not in plugin.provider_kinds:
+        raise FailedPrecondition(
+            f"{provider_id} is a {kind} provider; {plugin.type_id} is delivered by "
+            f"{' or '.join(plugin.provider_kinds)} providers",
+            reason="PROVIDER_KIND_MISMATCH",
+            metadata={"provider_kind": kind},
+        )
+
+
 class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
     def __init__(self, db: Database, catalogue: Mapping[str, AssistanceTypePlugin]) -> None:
         self.db = db
@@ -266,7 +277,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 self._check_request(plugin, data, quantity, request)
                 self._check_need_open(need, current)
                 pool = await self._pool_for(conn, plugin, request, quantity)
-                provider_id = await self._provider_for(conn, pool, request)
+                provider_id = await self._provider_for(conn, plugin, pool, request)
                 course_length = self._course_length(plugin, data, pool)
                 assistance_id = f"ast-{uuid.uuid4().hex[:20]}"
                 created_at = await conn.fetchval(
@@ -383,17 +394,23 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
 
     @staticmethod
     async def _provider_for(
-        conn: Connection, pool: capacity.Pool | None, request: pb.RequestAssistanceRequest
+        conn: Connection,
+        plugin: AssistanceTypePlugin,
+        pool: capacity.Pool | None,
+        request: pb.RequestAssistanceRequest,
     ) -> str | None:
         """The provider the survivor is referred to, if any; referral needs consent."""
         if pool is not None:
-            provider_id = pool.provider_id  # the pool's foreign key vouches for it
+            provider_id = pool.provider_id  # its pool was checked to deliver the type
         elif request.provider_id:
             provider_id = request.provider_id
-            if not await conn.fetchval(
-                "SELECT true FROM providers WHERE provider_id = $1", provider_id
-            ):
+            kind = await conn.fetchval(
+                "SELECT kind FROM providers WHERE provider_id = $1", provider_id
+            )
+            if kind is None:
                 raise NotFound(f"provider {provider_id} not found", reason="NO_PROVIDER")
+            # Referred straight to a provider, as to a pool's: one that delivers the type.
+            _check_provider_kind(plugin, provider_id, kind)
         else:
             return None
         if not request.referral_consent:
@@ -790,13 +807,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             )
             if kind is None:
                 raise NotFound(f"provider {request.provider_id} not found")
-            if plugin.provider_kinds and kind not in plugin.provider_kinds:
-                raise FailedPrecondition(
-                    f"{request.provider_id} is a {kind} provider; {plugin.type_id} is "
-                    f"delivered by {' or '.join(plugin.provider_kinds)} providers",
-                    reason="PROVIDER_KIND_MISMATCH",
-                    metadata={"provider_kind": kind},
-                )
+            _check_provider_kind(plugin, request.provider_id, kind)
             created = await capacity.insert_pool(
                 conn,
                 pool_id=request.pool_id,

@@ -23,6 +23,7 @@ from services.assistance.service import SPEC
 from services.common.auth import ROLES, mint_with_settings
 from services.common.channels import open_channel
 from services.common.config import Settings
+from services.common.errors import reason_of
 from services.common.server import ServiceHost
 from tests.conftest import Cluster
 from tests.integration.test_assistance_service import (
@@ -77,6 +78,18 @@ async def test_an_installed_plugin_type_runs_its_whole_lifecycle(
         await request(stub, need.need_id, data=struct(limb="knee"))
     assert set(violations(err.value)) == {"data.limb", "data.side"}
 
+    # Referred straight to a provider (the type has no pools): one of a kind that fits
+    # prostheses, not the carpet workshop.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await request(
+            stub,
+            need.need_id,
+            provider_id="aghjabadi-carpet-workshop",
+            data=struct(limb="below_knee", side="left"),
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(err.value) == "PROVIDER_KIND_MISMATCH"
+    assert "aghjabadi-carpet-workshop is a WORKSHOP provider" in (err.value.details() or "")
     referral = await request(
         stub,
         need.need_id,

@@ -8,6 +8,7 @@ PROSTHESIS = AssistanceTypePlugin(
     name_en="Prosthesis",
     name_az="Protez",
     capacity_model="none",
+    provider_kinds=("CLINIC",),  # prosthetic-orthopaedic centres only
     data_schema={
         "type": "object",
         "properties": {
