@@ -852,8 +852,12 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 )
             if pool.capacity + request.delta < pool.reserved:
                 raise FailedPrecondition(
-                    f"only {pool.free} unit(s) of pool {pool.pool_id} are free; reserved "
-                    "units cannot be written off",
+                    f"only {pool.free} unit(s) of pool {pool.pool_id} are free"
+                    + (
+                        f"; its {pool.reserved} reserved unit(s) cannot be written off"
+                        if pool.reserved
+                        else f": it holds {pool.capacity}"
+                    ),
                     reason="CAPACITY_RESERVED",
                 )
             if request.delta < 0:

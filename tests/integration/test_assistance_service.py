@@ -265,6 +265,19 @@ async def test_fifty_concurrent_requests_for_the_last_seats_never_overbook(
             )
         )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"its {seats + 2} reserved unit(s) cannot be written off" in (err.value.details() or "")
+    # An empty pool: nothing reserved, only more written off than it holds.
+    empty = await create_pool(stub, "english_course", 2, sessions=10)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.AdjustCapacity(
+            pb.AdjustCapacityRequest(
+                request_id=request_id(), pool_id=empty.pool_id, delta=-5, reason="room closed"
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (err.value.details() or "").endswith(
+        f"only 2 unit(s) of pool {empty.pool_id} are free: it holds 2"
+    )
 
 
 # --- the shipped lifecycles -----------------------------------------------------------
