@@ -19,6 +19,9 @@ from importlib.metadata import entry_points
 from typing import Any, Literal
 
 import jsonschema
+import referencing
+import referencing.exceptions
+import referencing.jsonschema
 import yaml
 
 ENTRY_POINT_GROUP = "mineaction.assistance_types"
@@ -187,7 +190,70 @@ def _validator(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
+# What a survivor's request may ask of follow-ups (AssistanceType.follow_up_days).
+MAX_FOLLOW_UPS, MAX_FOLLOW_UP_DAY = 20, 3660
+
+
 def _check_plugin(plugin: AssistanceTypePlugin) -> None:
+    """Every rule of the declaration; anything else wrong with it (a value of the wrong
+    type where a check reads it) is a PluginError naming the plugin all the same."""
+    try:
+        _check_declaration(plugin)
+    except PluginError:
+        raise
+    except Exception as error:
+        raise PluginError(
+            f"assistance type {getattr(plugin, 'type_id', '?')!r}: the declaration cannot be "
+            f"read ({type(error).__name__}: {error})"
+        ) from None
+
+
+def _refs(schema: Any) -> Iterable[str]:
+    """Every `$ref` in a JSON Schema."""
+    if isinstance(schema, Mapping):
+        if isinstance(schema.get("$ref"), str):
+            yield schema["$ref"]
+        for value in schema.values():
+            yield from _refs(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            yield from _refs(value)
+
+
+def _check_schema(schema: Any, fail: Any) -> None:
+    """A JSON Schema (draft 2020-12) of an object, whose every `$ref` resolves: one that
+    points nowhere failed every request of the type (INTERNAL)."""
+    if not isinstance(schema, Mapping):
+        raise fail("every data schema must be a JSON Schema object (a mapping)")
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        cls.check_schema(dict(schema))
+    except jsonschema.SchemaError as error:
+        raise fail(f"invalid JSON Schema: {error.message}") from None
+    if schema.get("type") != "object":
+        raise fail("every data schema must describe an object")
+    resolver = referencing.Registry().resolver_with_root(
+        referencing.jsonschema.DRAFT202012.create_resource(dict(schema))
+    )
+    for ref in _refs(schema):
+        try:
+            resolver.lookup(ref)
+        except referencing.exceptions.Unresolvable:
+            raise fail(f"$ref {ref!r} points nowhere in its schema") from None
+
+
+# Data an attendance action must refuse (none, none or fewer sessions, a fraction), and
+# data it must take: attendance counts whole sessions, one or more at a time.
+_NOT_ATTENDANCE: tuple[dict[str, Any], ...] = (
+    {},
+    {ATTENDANCE_KEY: 0},
+    {ATTENDANCE_KEY: -2},
+    {ATTENDANCE_KEY: 1.5},
+)
+_ATTENDANCE = {ATTENDANCE_KEY: 1}
+
+
+def _check_declaration(plugin: AssistanceTypePlugin) -> None:
     def fail(problem: str) -> PluginError:
         return PluginError(f"assistance type {plugin.type_id!r}: {problem}")
 
@@ -200,14 +266,7 @@ def _check_plugin(plugin: AssistanceTypePlugin) -> None:
     if unknown_kinds := set(plugin.provider_kinds) - set(PROVIDER_KINDS):
         raise fail(f"provider_kinds {sorted(unknown_kinds)} are not among {PROVIDER_KINDS}")
     for schema in (plugin.data_schema, *(t.data_schema for t in plugin.transitions)):
-        try:
-            jsonschema.validators.validator_for(
-                schema, default=jsonschema.Draft202012Validator
-            ).check_schema(dict(schema))
-        except jsonschema.SchemaError as error:
-            raise fail(f"invalid JSON Schema: {error.message}") from None
-        if schema.get("type") != "object":
-            raise fail("every data schema must describe an object")
+        _check_schema(schema, fail)
     state_ids = [s.state_id for s in plugin.states]
     if len(set(state_ids)) != len(state_ids):
         raise fail("state ids must be unique")
@@ -232,14 +291,39 @@ def _check_plugin(plugin: AssistanceTypePlugin) -> None:
             raise fail(f"action {t.action!r} names undeclared states {sorted(unknown)}")
         if terminal & set(t.from_states):
             raise fail(f"action {t.action!r} leaves a terminal state")
-        if t.records_attendance and not plugin.has_course:
-            raise fail(f"action {t.action!r} records attendance but no course length is declared")
+        if (t.records_attendance or t.requires_full_attendance) and not plugin.has_course:
+            raise fail(f"action {t.action!r} counts attendance but no course length is declared")
+        if t.records_attendance:
+            check = _validator(t.data_schema)
+            if not check.is_valid(_ATTENDANCE) or any(map(check.is_valid, _NOT_ATTENDANCE)):
+                raise fail(
+                    f"action {t.action!r} records attendance: its data must require "
+                    f"{ATTENDANCE_KEY!r}, a whole number of at least 1 (attendance_transition "
+                    "declares it so)"
+                )
+    key = plugin.course_length_key
+    if key is not None and (
+        key not in plugin.data_schema.get("properties", {})
+        or key not in plugin.data_schema.get("required", [])
+    ):
+        raise fail(
+            f"course_length_key {key!r} must be a required property of data_schema: the "
+            "number of sessions each request prescribes"
+        )
     if plugin.course_length_key is not None and plugin.course_length_from_pool:
         raise fail("declare course_length_key or course_length_from_pool, not both")
     if plugin.course_length_from_pool and not plugin.uses_capacity:
         raise fail("course_length_from_pool needs a capacity model with pools")
-    if any(d < 1 for d in plugin.follow_up_days):
-        raise fail("follow_up_days must be positive")
+    days = plugin.follow_up_days
+    if (
+        not isinstance(days, tuple | list)
+        or len(days) > MAX_FOLLOW_UPS
+        or any(type(d) is not int or not 1 <= d <= MAX_FOLLOW_UP_DAY for d in days)
+    ):
+        raise fail(
+            f"follow_up_days must be at most {MAX_FOLLOW_UPS} whole numbers of days from 1 to "
+            f"{MAX_FOLLOW_UP_DAY}, as a tuple (got {days!r})"
+        )
     reachable = {plugin.initial_state}
     while True:
         more = {t.to_state for t in plugin.transitions if reachable & set(t.from_states)}
@@ -248,6 +332,9 @@ def _check_plugin(plugin: AssistanceTypePlugin) -> None:
         reachable |= more
     if unreachable := set(state_ids) - reachable:
         raise fail(f"states {sorted(unreachable)} cannot be reached from the initial state")
+    leaving = {s for t in plugin.transitions for s in t.from_states}
+    if dead_ends := set(state_ids) - terminal - leaving:
+        raise fail(f"states {sorted(dead_ends)} are not terminal, yet no action leaves them")
     if plugin.eligibility_rules_yaml:
         try:
             rules = yaml.safe_load(plugin.eligibility_rules_yaml)

@@ -106,7 +106,77 @@ def test_the_core_adds_waitlisting_and_cancelling_to_every_lifecycle() -> None:
             {"transitions": (Transition("visit", ("planned",), "done", records_attendance=True),)},
             "no course length",
         ),
-        ({"follow_up_days": (0,)}, "positive"),
+        ({"follow_up_days": (0,)}, "follow_up_days must be at most 20 whole numbers"),
+        # Each of these loaded, then failed survivors' requests or the type list (INTERNAL).
+        ({"follow_up_days": (1.5,)}, "follow_up_days must be"),
+        ({"follow_up_days": (3661,)}, "from 1 to 3660"),
+        ({"follow_up_days": tuple(range(1, 22))}, "at most 20"),
+        ({"follow_up_days": 30}, "as a tuple"),
+        ({"data_schema": True}, "must be a JSON Schema object"),
+        (
+            {"data_schema": {"type": "object", "properties": {"x": {"$ref": "#/$defs/none"}}}},
+            "'#/\\$defs/none' points nowhere",
+        ),
+        (
+            {
+                "course_length_key": "sessions",
+                "transitions": (
+                    Transition(
+                        "visit", ("planned",), "done", {"type": "object"}, records_attendance=True
+                    ),
+                ),
+            },
+            "records attendance: its data must require 'sessions'",
+        ),
+        (
+            {
+                "course_length_key": "sessions",
+                "data_schema": {
+                    "type": "object",
+                    "properties": {"sessions": {"type": "integer", "minimum": 1}},
+                    "required": ["sessions"],
+                },
+                "transitions": (
+                    Transition(
+                        "visit",
+                        ("planned",),
+                        "done",
+                        {"type": "object", "properties": {"sessions": {"type": "integer"}}},
+                        records_attendance=True,
+                    ),
+                ),
+            },
+            "a whole number of at least 1",
+        ),
+        (
+            {
+                "course_length_key": "sessions",
+                "transitions": (Transition("visit", ("planned",), "done", delivers=True),),
+            },
+            "course_length_key 'sessions' must be a required property of data_schema",
+        ),
+        (
+            {
+                "transitions": (
+                    Transition("visit", ("planned",), "done", requires_full_attendance=True),
+                )
+            },
+            "counts attendance but no course length",
+        ),
+        (
+            {
+                "states": (
+                    State("planned", "P", "P"),
+                    State("stuck", "S", "S"),
+                    State("done", "D", "D", terminal=True),
+                ),
+                "transitions": (
+                    Transition("visit", ("planned",), "done"),
+                    Transition("park", ("planned",), "stuck"),
+                ),
+            },
+            "states \\['stuck'\\] are not terminal, yet no action leaves them",
+        ),
         ({"provider_kinds": ("HOSPITAL",)}, "provider_kinds"),
         ({"eligibility_rules_yaml": "rules: {"}, "not YAML"),
         ({"eligibility_rules_yaml": "programmes: []"}, "'rules' list"),
