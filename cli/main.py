@@ -61,9 +61,11 @@ from services.eligibility.intake import intake_violations
 from workers.journey import search_attributes as sa
 from workers.journey.activities import (
     assistance_state_of,
+    following_loan,
     loan_snapshot_of,
     loan_status,
     snapshot_request,
+    survivor_profile_of,
     tell_journeys,
 )
 from workers.journey.loan_news import LOAN_NEWS_WORKFLOW_ID
@@ -647,6 +649,15 @@ def journey_start(
         ),
     ] = None,
     programme_year: Annotated[int, typer.Option(help="Programme year, 1-3.")] = 1,
+    follow_loan: Annotated[
+        str | None,
+        typer.Option(
+            "--follow-loan",
+            help="Follow this ACTIVE loan of the survivor's to its closure instead of "
+            "applying for one (a loan made outside a journey, or reopened after the "
+            "survivor's journey ended).",
+        ),
+    ] = None,
 ) -> None:
     """Start a survivor's journey (a SurvivorJourneyWorkflow keyed by the survivor id);
     a later one once the survivor's previous journey has ended."""
@@ -654,6 +665,12 @@ def journey_start(
     async def go() -> None:
         sid = inputs.identifier(survivor_id, "survivor id")
         inputs.count(programme_year, "--programme-year", 1, 3)
+        followed = inputs.identifier(follow_loan, "loan id") if follow_loan is not None else ""
+        if followed and (product or amount or assistance):
+            raise BadInput(
+                "--follow-loan takes no --product, --amount or --assistance: the journey "
+                "follows that loan's repayment"
+            )
         loan = None
         if (product is None) != (amount is None):
             raise BadInput("a loan needs both --product and --amount")
@@ -664,8 +681,10 @@ def journey_start(
                 inputs.text(purpose, "--purpose", 500) if purpose else "start-up loan",
             )
         plans = _assistance_plans(assistance or [], data or [])
-        if not loan and not plans:
-            raise BadInput("a journey needs a loan (--product, --amount) or --assistance")
+        if not loan and not plans and not followed:
+            raise BadInput(
+                "a journey needs a loan (--product, --amount), --assistance, or --follow-loan"
+            )
         # The journey applies and requests in the case worker's name: the caller must be
         # allowed those calls, and staff start journeys as themselves (a committee member
         # naming a case worker could otherwise approve the loan they submitted).
@@ -680,9 +699,14 @@ def journey_start(
         # Only a registered survivor gets a journey.
         async with context.eligibility(settings, token) as stub:
             with calling("eligibility", settings.eligibility_address):
-                await stub.GetSurvivor(
+                survivor = await stub.GetSurvivor(
                     eligibility_pb.GetSurvivorRequest(survivor_id=sid), timeout=TIMEOUT
                 )
+        resume = None
+        if followed:
+            resume = following_loan(
+                await _loan_to_follow(sid, followed), survivor_profile_of(survivor.survivor)
+            )
         if loan is not None:  # a loan lending would refuse is refused here
             async with context.lending(settings, token) as lend:
                 with calling("lending", settings.lending_address):
@@ -698,8 +722,8 @@ def journey_start(
         earlier = await _journeys_of(client, sid, settings.effective_temporal_address)
         if earlier and earlier[-1].state == "RUNNING":
             raise CliError(f"the journey {earlier[-1].workflow_id} is already running")
-        if earlier or loan is not None:  # no second loan beside an open one
-            await _no_open_loan(sid, earlier[-1] if earlier else None)
+        if earlier or loan is not None or followed:  # no second loan beside an open one
+            await _no_open_loan(sid, earlier[-1] if earlier else None, followed)
         number = earlier[-1].number + 1 if earlier else 1
         workflow_id = journey_workflow_id(sid, number)
         with temporal(settings.effective_temporal_address, f"the journey {workflow_id}"):
@@ -712,6 +736,7 @@ def journey_start(
                         loan=loan,
                         assistance=plans,
                         programme_year=programme_year,
+                        resume=resume,
                     ),
                     id=workflow_id,
                     task_queue=settings.journey_task_queue,
@@ -725,7 +750,10 @@ def journey_start(
                 )
             except WorkflowAlreadyStartedError:
                 raise await _started_meanwhile(client.get_workflow_handle(workflow_id)) from None
-        render.line(f"started journey {workflow_id} on task queue {settings.journey_task_queue}")
+        render.line(
+            f"started journey {workflow_id} on task queue {settings.journey_task_queue}"
+            + (f", following loan {followed}" if followed else "")
+        )
         if earlier:
             before = "; ".join(f"{j.workflow_id} {j.ended()}" for j in earlier)
             render.line(f"this is survivor {sid}'s {_ordinal(number)} journey (before: {before})")
@@ -861,19 +889,24 @@ async def _latest_status(
     return handle, status
 
 
-async def _no_open_loan(survivor_id: str, previous: JourneyRecord | None) -> None:
+async def _no_open_loan(
+    survivor_id: str, previous: JourneyRecord | None, followed: str = ""
+) -> None:
     """A journey is refused while a loan of the survivor is still open in the ledger: a
     later journey's `previous` one may have been terminated while its loan was being
     repaid (the new journey would apply for another while nobody follows that one), and a
     first journey's loan would stand beside one made outside any journey. The eligibility
-    rule on active loans reads what the intake declares; this reads the ledger."""
+    rule on active loans reads what the intake declares; this reads the ledger. The loan a
+    journey is started to follow (`followed`) is the one open loan allowed."""
     answer = await call_lending(
         "ListLoans",
         lending_pb.ListLoansRequest(survivor_id=survivor_id, page_size=500),
         lending_pb.ListLoansResponse,
     )
     still_open = [
-        loan for loan in answer.loans if loan_status(loan) in ("SUBMITTED", "APPROVED", "ACTIVE")
+        loan
+        for loan in answer.loans
+        if loan_status(loan) in ("SUBMITTED", "APPROVED", "ACTIVE") and loan.loan_id != followed
     ]
     if still_open:
         loans = ", ".join(f"{loan.loan_id} ({loan_status(loan)})" for loan in still_open)
@@ -885,8 +918,23 @@ async def _no_open_loan(survivor_id: str, previous: JourneyRecord | None) -> Non
         )
         raise CliError(
             f"{before}: a new journey is started once it is closed (repaid, written off, "
-            "rejected or withdrawn); see docs/cli.md"
+            "rejected or withdrawn), or to follow an ACTIVE one (--follow-loan); see "
+            "docs/cli.md"
         )
+
+
+async def _loan_to_follow(survivor_id: str, loan_id: str) -> lending_pb.Loan:
+    """The survivor's own loan, being repaid: what `journey start --follow-loan` follows."""
+    request = lending_pb.GetLoanRequest(loan_id=loan_id)
+    loan = (await call_lending("GetLoan", request, lending_pb.GetLoanResponse)).loan
+    if loan.survivor_id != survivor_id:
+        raise CliError(f"loan {loan_id} is not survivor {survivor_id}'s")
+    if loan.state != lending_pb.LOAN_STATE_ACTIVE:
+        raise CliError(
+            f"loan {loan_id} is {loan_status(loan)}: a journey follows a loan being repaid "
+            "(ACTIVE); one not yet disbursed is followed by the journey that applied for it"
+        )
+    return loan
 
 
 async def _started_meanwhile(handle: WorkflowHandle[Any, Any]) -> CliError:
@@ -2198,9 +2246,9 @@ def reverse(
         if told == 0 and loan.state == lending_pb.LOAN_STATE_ACTIVE:
             # A journey that has ended is not reopened: nobody is reminded of this loan.
             print(
-                f"note: no running journey follows {loan.loan_id}: the survivor's journey has "
-                "ended, so no reminders or arrears review will follow; its figures are in "
-                f"`mineaction loan {loan.loan_id}` and the portfolio report",
+                f"note: no running journey follows {loan.loan_id}, so no reminders or arrears "
+                "review will follow: start one with `mineaction journey start "
+                f"{loan.survivor_id} --follow-loan {loan.loan_id}`",
                 file=sys.stderr,
             )
 

@@ -822,6 +822,73 @@ async def test_a_later_journey_once_the_first_has_ended(
         await second.terminate("the test ends once the loan is disbursed")
 
 
+async def test_a_journey_started_to_follow_a_loan_already_being_repaid(
+    cli_env: dict[str, str],
+    cluster: Cluster,
+    dev_client: Client,
+    activities: JourneyActivities,
+    task_queue: str,
+    tmp_path: Path,
+) -> None:
+    """A loan being repaid with no journey to follow it (made at lending's own desk, or
+    reopened by a reversal after the survivor's journey ended): a journey is started to
+    follow it, and takes it to its closure; anything else open, or a loan that is not
+    the survivor's or not being repaid, is refused in one line."""
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    assert (
+        await mineaction(cli_env, "register", str(write_intake(tmp_path, survivor_id)))
+    ).exit_code == 0
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(cluster.lending, fund_id=fund_id, survivor_id=survivor_id)
+    await cluster.lending.DisburseTranche(
+        lending_pb.DisburseTrancheRequest(
+            request_id=request_id(),
+            loan_id=loan.loan_id,
+            amount_minor=120_000,
+            currency_code="AZN",
+            kind=lending_pb.DISBURSEMENT_KIND_CASH,
+            description="stock for the kiosk",
+            disbursement_date=pdate(programme_today() - timedelta(days=10)),
+            disbursed_by="lo-03",
+        )
+    )
+    other = await approved_loan(cluster.lending, fund_id=fund_id)  # another's, not disbursed
+    start = ["journey", "start", survivor_id, "--case-worker", "cw-01"]
+    line = one_error_line(await mineaction(cli_env, *start, "--product", "small_trade",
+                                           "--amount", "500"))  # fmt: skip
+    assert f"already has loan {loan.loan_id} (ACTIVE) open in the ledger" in line, line
+    assert "or to follow an ACTIVE one (--follow-loan)" in line, line
+    for follow, says in (
+        (other.loan_id, f"loan {other.loan_id} is not survivor {survivor_id}'s"),
+        ("loan-nothing-like-it", "not found: loan loan-nothing-like-it does not exist"),
+    ):
+        line = one_error_line(await mineaction(cli_env, *start, "--follow-loan", follow))
+        assert says in line, line
+    refused = await mineaction(cli_env, *start, "--follow-loan", loan.loan_id, "--product", "x")
+    assert refused.exit_code == 2 and "--follow-loan takes no --product" in refused.stderr
+
+    async with build_worker(dev_client, activities, task_queue):
+        ran = await mineaction(cli_env, *start, "--follow-loan", loan.loan_id)
+        assert ran.exit_code == 0, ran
+        assert ran.stdout.startswith(
+            f"started journey journey-{survivor_id} on task queue {task_queue}, "
+            f"following loan {loan.loan_id}"
+        ), ran
+        handle = dev_client.get_workflow_handle_for(
+            SurvivorJourneyWorkflow.run, journey_workflow_id(survivor_id)
+        )
+        status = await wait_until(
+            handle, lambda s: s.loan_status == "ACTIVE", "read the followed loan"
+        )
+        assert status.stage in ("GRACE", "REPAYMENT"), status
+        assert (status.loan_id, status.outstanding_minor) == (loan.loan_id, 120_000), status
+        ran = await mineaction(cli_env, "repay", loan.loan_id, "1200")
+        assert ran.exit_code == 0, ran
+        repaid = await wait_for_stage(handle, "REPAID")
+        assert (repaid.loan_status, repaid.outstanding_minor) == ("CLOSED_OBLIGATIONS_MET", 0)
+        await handle.terminate("the test ends once the followed loan is repaid")
+
+
 async def test_arrears_and_journeys_by_district(
     cli_env: dict[str, str], dev_client: Client, task_queue: str
 ) -> None:
@@ -1200,7 +1267,8 @@ async def test_a_bounced_payment_found_in_the_statement_and_reversed_from_the_cl
     assert ran.stdout.startswith(f"reversed {txn} on {loan.loan_id} (reversal txn-"), ran
     assert "outstanding today 1,200.00 AZN" in ran.stdout, ran
     # A loan made outside any journey (or whose journey has ended): nobody will remind.
-    assert ran.stderr.startswith(f"note: no running journey follows {loan.loan_id}:"), ran
+    assert ran.stderr.startswith(f"note: no running journey follows {loan.loan_id}, "), ran
+    assert f"journey start {loan.survivor_id} --follow-loan {loan.loan_id}`" in ran.stderr
     ran = await mineaction(cli_env, "transactions", loan.loan_id, "--lang", "az")
     assert ran.exit_code == 0, ran
     rows = _statement_rows(ran.stdout, f"Kredit üzrə çıxarış {loan.loan_id}")

@@ -42,6 +42,7 @@ from workers.journey.model import (
     DisburseInput,
     FollowUpInput,
     HardshipInput,
+    JourneyState,
     LoanApplicationInput,
     LoanChanged,
     LoanDecisionInput,
@@ -52,6 +53,7 @@ from workers.journey.model import (
     RepaymentInput,
     RequestAssistanceInput,
     SnapshotInput,
+    Stage,
     SurvivorProfile,
     WriteOffInput,
     WriteOffStepInput,
@@ -173,6 +175,24 @@ def loan_status(loan: lending_pb.Loan) -> str:
 
 def _loan_summary(loan: lending_pb.Loan) -> LoanSummary:
     return LoanSummary(loan.loan_id, loan_status(loan), loan.outstanding_principal_minor)
+
+
+def survivor_profile_of(survivor: eligibility_pb.Survivor) -> SurvivorProfile:
+    """Only the district and language leave the intake."""
+    intake = survivor.intake
+    return SurvivorProfile(intake.district_code, _LANGUAGE.get(intake.preferred_language, "az"))
+
+
+def following_loan(loan: lending_pb.Loan, profile: SurvivorProfile) -> JourneyState:
+    """Where a journey started to follow a loan already being repaid picks up (its
+    `resume`): the repayment cycle, as a run continued as new would. The loan was made
+    outside any journey, or reopened by a reversal after its journey ended."""
+    return JourneyState(
+        stage=Stage.REPAYMENT.value,
+        profile=profile,
+        loan=_loan_summary(loan),
+        tranches_disbursed=len(loan.tranches),
+    )
 
 
 def snapshot_request(loan_id: str, as_of: str) -> lending_pb.GetLoanRequest:
@@ -332,8 +352,7 @@ class JourneyActivities:
         survivor = await call(
             self.eligibility.GetSurvivor, eligibility_pb.GetSurvivorRequest(survivor_id=survivor_id)
         )
-        intake = survivor.survivor.intake
-        return SurvivorProfile(intake.district_code, _LANGUAGE.get(intake.preferred_language, "az"))
+        return survivor_profile_of(survivor.survivor)
 
     @activity.defn
     async def assess_eligibility(self, params: AssessInput) -> AssessmentSummary:

@@ -156,7 +156,9 @@ class JourneyInput:
     assistance: list[AssistancePlan] = field(default_factory=list)
     programme_year: int = 1
     policy: JourneyPolicy = field(default_factory=JourneyPolicy)
-    resume: JourneyState | None = None  # set only by continue-as-new
+    # Where to pick up: set by continue-as-new, and for a journey started to follow a
+    # loan already being repaid (`journey start --follow-loan`; activities.following_loan).
+    resume: JourneyState | None = None
 
 
 # --- activity inputs and results -------------------------------------------------------
