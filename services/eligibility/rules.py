@@ -27,6 +27,8 @@ from services.common.money import manat
 Outcome = Literal["ELIGIBLE", "NOT_ELIGIBLE", "NEEDS_REVIEW"]
 OUTCOMES: tuple[Outcome, ...] = ("ELIGIBLE", "NOT_ELIGIBLE", "NEEDS_REVIEW")
 _ID = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
+# The last step of a path such as rules[2].explain.pass: `.pass`, or `[2]`.
+_PARENT = re.compile(r"(?:\.[^.\[\]]*|\[\d+\])$")
 _PARAM_REF = re.compile(r"\bparams\.([A-Za-z_][A-Za-z0-9_]*)")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # The variable a CEL macro binds: `injuries.exists(i, i == 'lower_limb_amputation')`.
@@ -672,7 +674,12 @@ class _Positions:
                 self._walk(item, f"{path}[{index}]")
 
     def problem(self, path: str, message: str) -> Problem:
-        line, column = self.marks.get(path, (0, 0))
+        """Where `path` is; for something missing (a rule without `explain`), where the
+        nearest thing holding it is."""
+        where = path
+        while where and where not in self.marks:
+            where = _PARENT.sub("", where)
+        line, column = self.marks.get(where, (0, 0))
         return Problem(path, message, line, column)
 
 
@@ -838,14 +845,15 @@ def _load_parameters(
                 continue
             periods.append((index, Period(start, end, entry["value"])))
         periods.sort(key=lambda p: p[1].start)
-        for index, ((_, earlier), (_, later)) in enumerate(itertools.pairwise(periods)):
+        for (first, earlier), (second, later) in itertools.pairwise(periods):
             if earlier.start == later.start or (
                 earlier.end is not None and earlier.end > later.start
             ):
                 loader.fail(
-                    f"{path}.values",
-                    f"effective dates overlap: {earlier.start} and {later.start} "
-                    f"(entries {index} and {index + 1} in date order)",
+                    f"{path}.values[{second}]",
+                    f"effective dates overlap: values[{second}] from {later.start} and "
+                    f"values[{first}] from {earlier.start}"
+                    + (f" until {earlier.end}" if earlier.end else ""),
                 )
         if unit and policy_ref and periods:
             parameters[str(name)] = Parameter(

@@ -113,8 +113,8 @@ def test_decision_explains_every_rule_with_the_values_it_read() -> None:
         ),
         (
             "      - {from: 2026-01-01, value: 30000}",
-            "parameters.income_ceiling_per_person_minor.values",
-            "overlap",
+            "parameters.income_ceiling_per_person_minor.values[1]",
+            "effective dates overlap: values[1] from 2026-01-01 and values[0] from 2026-01-01",
             0,
         ),
         (
@@ -151,7 +151,7 @@ def test_malformed_rule_set_points_at_rule_and_position(
         "rules[0].expression": (change, "expression: district in params.programme_districts &&"),
         "rules[1].expression": (change, "expression: age >= params.credit_minimum_age"),
         "rules[2].expression": (change, "expression: income_per_person_minor <= 'a lot'"),
-        "parameters.income_ceiling_per_person_minor.values": (
+        "parameters.income_ceiling_per_person_minor.values[1]": (
             change,
             change + "\n      - {from: 2026-01-01, value: 25000}",
         ),
@@ -711,3 +711,14 @@ def test_a_condition_that_is_not_true_or_false_cannot_decide() -> None:
     )
     with pytest.raises(rules.CannotDecide, match="a condition gave 0, not true or false"):
         rules.evaluate(rule_set, {**_FARMER_FACTS, "female_headed": False}, date(2026, 3, 1))
+
+
+def test_something_missing_is_placed_where_it_should_have_been() -> None:
+    """A rule without `explain` is pointed at by the rule's own line, not by nothing."""
+    start = SHIPPED.index('    explain:\n      pass: {en: "No serious difficulty remembering')
+    end = SHIPPED.index("  - id: weaving_self_care")
+    with pytest.raises(rules.RuleSetError) as caught:
+        rules.load(SHIPPED[:start] + SHIPPED[end:])
+    problem = next(p for p in caught.value.problems if p.path == "rules[10].explain.pass")
+    line = SHIPPED.splitlines().index("  - id: course_cognition") + 1
+    assert (problem.line, problem.column) == (line, 5), problem
