@@ -172,6 +172,9 @@ _OPTIONS = context.Options()
 T = TypeVar("T")
 
 Lang = Annotated[str, typer.Option("--lang", help="en (English) or az (Azerbaijani).")]
+RequestId = Annotated[
+    str | None, typer.Option(help="Idempotency key (UUID) to retry safely; default new.")
+]
 
 
 @app.callback()
@@ -568,9 +571,7 @@ def rules_publish(
     by: Annotated[
         str, typer.Option(help="Who publishes it (default: the token's own identity).")
     ] = "",
-    request_id: Annotated[
-        str | None, typer.Option(help="Idempotency key (UUID) to retry safely; default new.")
-    ] = None,
+    request_id: RequestId = None,
 ) -> None:
     """Publish a rule set as its next version, once its own test cases pass. Published
     versions never change; survivors stay on the version of their first assessment."""
@@ -1907,10 +1908,7 @@ def withdraw_write_off(
         str,
         typer.Option(help="Staff id who withdraws it (default: the token's own identity)."),
     ] = "",
-    request_id: Annotated[
-        str | None,
-        typer.Option(help="Idempotency key (UUID) to retry safely; default new."),
-    ] = None,
+    request_id: RequestId = None,
 ) -> None:
     """Withdraw a loan's open write-off proposal, with a reason (kept on record); the loan
     stays ACTIVE and a new proposal may follow. A confirmed write-off is final."""
@@ -2214,10 +2212,7 @@ def reverse(
     by: Annotated[
         str, typer.Option(help="Who records the reversal (default: the token's own identity).")
     ] = "",
-    request_id: Annotated[
-        str | None,
-        typer.Option(help="Idempotency key (UUID) to retry safely; default new."),
-    ] = None,
+    request_id: RequestId = None,
 ) -> None:
     """Reverse a repayment or a recovery: a mirror transaction on the same value date; the
     original stays in the ledger. A loan the payment had closed is ACTIVE again."""
