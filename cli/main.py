@@ -53,6 +53,7 @@ from services.common.auth import AccessPolicy, AuthConfigError, Principal, Token
 from services.common.config import ConfigError, Settings
 from services.common.districts import known_districts
 from services.common.errors import Unauthenticated, violations_in
+from services.common.identity import same_person
 from services.common.money import manat
 from services.common.programme_time import programme_today
 from services.common.protoconv import from_proto_date, proto_date
@@ -96,7 +97,6 @@ from workers.journey.workflows import (
     AssistanceWorkflow,
     SurvivorJourneyWorkflow,
     initial_search_attributes,
-    same_person,
 )
 
 

@@ -311,7 +311,7 @@ class TokenVerifier:
     def _verify(self, token: str) -> tuple[Principal, _Verified]:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.exceptions.DecodeError:
+        except jwt.exceptions.PyJWTError:  # not a JWT, or a header PyJWT refuses (crit, kid)
             raise Unauthenticated(
                 "the bearer token is not a JWT", reason="TOKEN_MALFORMED"
             ) from None

@@ -54,6 +54,7 @@ from services.common.errors import (
     internal_status,
     invalid_fields,
 )
+from services.common.identity import same_person
 from services.common.metrics import observe_rpc
 from services.common.storable import may_hold_unstorable, spelled_out, unstorable_values
 
@@ -411,7 +412,7 @@ def bind_actor(request: Message, path: str, principal: Principal) -> str:
     if not named:
         setattr(message, name, principal.subject)
         return ""
-    if named.strip().lower() == principal.subject.strip().lower():
+    if same_person(named, principal.subject):
         return ""
     if principal.relays:
         return named

@@ -26,6 +26,7 @@ from services.common.db import Connection, Database, fetch_one
 from services.common.districts import require_known_district, require_known_district_filter
 from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, invalid
 from services.common.idempotency import once_per_request
+from services.common.identity import same_person
 from services.common.money import qepik_and_manat
 from services.common.programme_time import not_after_today, programme_today
 from services.common.protoconv import from_proto_date, proto_date, timestamp
@@ -228,11 +229,6 @@ def _counted_by_the_schedule(loan: asyncpg.Record, repayment: asyncpg.Record) ->
     if loan["revision_last_posting_id"] is None:  # a revision made before it was kept
         return bool(loan["repaid"] - repayment["amount"] < loan["base_repaid_minor"])
     return bool(repayment["last_posting_id"] <= loan["revision_last_posting_id"])
-
-
-def same_person(a: str, b: str) -> bool:
-    """Four eyes compares identities as the tokens and the relayed names spell them."""
-    return a.strip().lower() == b.strip().lower()
 
 
 REPAID_BEFORE_CONFIRMATION = "the loan was repaid in full before the write-off was confirmed"

@@ -3,6 +3,7 @@ every RPC and every role, four eyes by identity, and the append-only audit log."
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -189,7 +190,21 @@ def bad_tokens(cluster: Cluster) -> dict[str, tuple[str | None, str]]:
             ),
             "TOKEN_ALGORITHM",
         ),
+        # Headers PyJWT refuses to read: they failed INTERNAL, no signature needed.
+        "critical header": (
+            jwt.encode({"sub": "x"}, key.private_key, "EdDSA", {"crit": ["x"], "x": 1}),
+            "TOKEN_MALFORMED",
+        ),
+        "numeric key id": (_with_header(_forged(key), kid=7), "TOKEN_MALFORMED"),
     }
+
+
+def _with_header(token: str, **fields: Any) -> str:
+    """The token with its header's fields changed (its signature no longer matching)."""
+    header, rest = token.split(".", 1)
+    decoded = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+    encoded = base64.urlsafe_b64encode(json.dumps({**decoded, **fields}).encode())
+    return encoded.rstrip(b"=").decode() + "." + rest
 
 
 @pytest.mark.parametrize(
@@ -205,6 +220,8 @@ def bad_tokens(cluster: Cluster) -> dict[str, tuple[str | None, str]]:
         "no roles claim",
         "no subject",
         "hmac signed",
+        "critical header",
+        "numeric key id",
     ],
 )
 async def test_a_missing_or_bad_token_is_unauthenticated(cluster: Cluster, case: str) -> None:
@@ -397,16 +414,31 @@ async def test_the_service_relays_names_and_four_eyes_compares_them(cluster: Clu
         lending = lending_grpc.LendingServiceStub(channel)
         submitted = await lending.SubmitLoanApplication(application(fund_id, submitted_by="cw-07"))
         assert submitted.loan.submitted_by == "cw-07"
-        with pytest.raises(grpc.aio.AioRpcError) as same:
+        # The same person however spelt: case, a full-width digit, and (for a name with
+        # "st") a ligature, which the CLI and the journey took for the same person and
+        # lending for another, so that one person approved their own application.
+        for spelt in ("CW-07", "cw-０7"):
+            with pytest.raises(grpc.aio.AioRpcError) as same:
+                await lending.ApproveLoan(
+                    lending_pb.ApproveLoanRequest(
+                        request_id=request_id(),
+                        loan_id=submitted.loan.loan_id,
+                        approved_by=spelt,
+                        committee_decision_ref="CM-1",
+                    )
+                )
+            assert reason_of(same.value) == "FOUR_EYES", spelt
+        rustam = await lending.SubmitLoanApplication(application(fund_id, submitted_by="rustam"))
+        with pytest.raises(grpc.aio.AioRpcError) as ligature:
             await lending.ApproveLoan(
                 lending_pb.ApproveLoanRequest(
                     request_id=request_id(),
-                    loan_id=submitted.loan.loan_id,
-                    approved_by="CW-07",
+                    loan_id=rustam.loan.loan_id,
+                    approved_by="ru\ufb06am",
                     committee_decision_ref="CM-1",
                 )
             )
-        assert reason_of(same.value) == "FOUR_EYES"
+        assert reason_of(ligature.value) == "FOUR_EYES"
     # and a person whose token says cw-07 cannot approve what the worker submitted for them
     async with cluster.channel(
         "lending", cluster.token_for("committee_member", subject="cw-07")

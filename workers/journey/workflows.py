@@ -27,6 +27,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from services.common.identity import same_person
     from services.common.programme_time import PROGRAMME_ZONE
     from workers.journey import search_attributes as sa
     from workers.journey.activities import JourneyActivities
@@ -277,11 +278,6 @@ def _field_refused_because(error: ActivityError, reason: str) -> bool:
 
 def loan_closed(snap: LoanSnapshot) -> bool:
     return snap.status in CLOSED_LOAN_STATES
-
-
-def same_person(a: str, b: str) -> bool:
-    """Four eyes as lending compares the names: case and surrounding spaces ignored."""
-    return a.strip().casefold() == b.strip().casefold()
 
 
 @dataclass(frozen=True)
