@@ -232,9 +232,14 @@ async def test_a_configured_token_is_required(keys: Path) -> None:
     async for server in serve(keys, token="s3cret-token"):
         [sealed] = await server.codec.encode([Payload(data=b"x")])
         request = {"payloads": [payload_json(sealed)]}
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "s3cret-token"},
+            {"Authorization": "Bearer s3cret-tökén"},  # not ASCII: it failed 500
+        ):
             status, body, _ = await server.post("/decode", request, headers)
-            assert status == 401 and "Bearer" in body["error"]
+            assert status == 401 and "Bearer" in body["error"], headers
         status, body, _ = await server.post(
             "/decode", request, {"Authorization": "Bearer s3cret-token"}
         )
@@ -244,6 +249,9 @@ async def test_a_configured_token_is_required(keys: Path) -> None:
             server.url + "/decode", headers={"Origin": UI, "Access-Control-Request-Method": "POST"}
         ) as r:
             assert r.status == 204
+        # A liveness probe (the deployment's health check) needs no token.
+        async with server.http.get(server.url + "/health") as r:
+            assert r.status == 200 and (await r.json())["status"] == "ok"
 
 
 def test_cors_origins_come_from_the_environment() -> None:
