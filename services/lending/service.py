@@ -290,6 +290,19 @@ def _statement_line(row: asyncpg.Record) -> pb.LoanTransaction:
     )
 
 
+async def _no_write_off_proposed(conn: Connection, loan_id: str, doing: str) -> None:
+    """FAILED_PRECONDITION (WRITE_OFF_PROPOSED) while a write-off of the loan waits for its
+    confirmation: a tranche, a reschedule or a pause then would be undone by it."""
+    proposal = await _open_proposal(conn, loan_id)
+    if proposal is not None:
+        raise FailedPrecondition(
+            f"loan {loan_id} has a write-off proposed by {proposal['proposed_by']}: withdraw "
+            f"it before {doing}",
+            reason="WRITE_OFF_PROPOSED",
+            metadata={"loan_id": loan_id},
+        )
+
+
 async def _open_proposal(conn: Connection, loan_id: str) -> asyncpg.Record | None:
     """The loan's write-off proposal awaiting its confirmation, if any."""
     row: asyncpg.Record | None = await conn.fetchrow(
@@ -716,16 +729,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             loan = await self._loan_for_update(conn, request.loan_id)
             if loan["state"] not in ("APPROVED", "ACTIVE"):
                 check_transition(loan["loan_id"], loan["state"], "ACTIVE")
-            proposal = await _open_proposal(conn, request.loan_id)
-            if proposal is not None:
-                # The loan is thought uncollectable: money paid out now would be written
-                # off with the rest at the confirmation.
-                raise FailedPrecondition(
-                    f"loan {request.loan_id} has a write-off proposed by "
-                    f"{proposal['proposed_by']}: withdraw it before paying out a tranche",
-                    reason="WRITE_OFF_PROPOSED",
-                    metadata={"loan_id": request.loan_id},
-                )
+            # The loan is thought uncollectable: money paid out now would be written off
+            # with the rest at the confirmation.
+            await _no_write_off_proposed(conn, request.loan_id, "paying out a tranche")
             tranches = await conn.fetch(
                 "SELECT * FROM tranches WHERE loan_id = $1 ORDER BY sequence",
                 request.loan_id,
@@ -1057,6 +1063,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         async def reschedule(conn: Connection) -> pb.RescheduleLoanResponse:
             self._not_after_today("effective_date", effective)
             loan = await self._active_loan(conn, request.loan_id, "rescheduling")
+            # A loan rescheduled as its write-off waits for a second approver would be
+            # written off moments after its borrower was given a new schedule.
+            await _no_write_off_proposed(conn, request.loan_id, "rescheduling it")
             self._check_not_before_disbursement(loan, effective, "effective_date")
             if effective < loan["last_value_date"]:
                 raise invalid(
@@ -1114,6 +1123,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         async def pause(conn: Connection) -> pb.PauseDelinquencyResponse:
             self._not_after_today("start_date", start)
             loan = await self._active_loan(conn, request.loan_id, "a hardship pause")
+            await _no_write_off_proposed(conn, request.loan_id, "pausing its arrears")
             self._check_not_before_disbursement(loan, start, "start_date")
             await conn.execute(
                 """INSERT INTO delinquency_pauses (loan_id, start_date, end_date, reason,

@@ -348,6 +348,15 @@ async def test_a_write_off_proposal_is_one_the_journey_and_lending_both_see(
                 WriteOffProposal("the borrower moved away", "lo-02"),
             )
         assert "proposed already, by lo-01 (the business has closed)" in str(refusal(raised.value))
+        # No hardship while it waits: a loan rescheduled then was written off moments later.
+        with pytest.raises(WorkflowUpdateFailedError) as raised:
+            await handle.execute_update(
+                SurvivorJourneyWorkflow.request_hardship,
+                Hardship("reschedule", "a flood", "lo-02", new_term_months=18),
+            )
+        assert "a write-off proposed by lo-01 awaits its confirmation: withdraw it before" in (
+            str(refusal(raised.value))
+        )
         await withdraw(cluster, loan_id)  # withdrawn through lending's API
         await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(loan_id))
         status = await wait_until(

@@ -5,7 +5,7 @@ reschedules, reversals, write-offs with recoveries, and the portfolio report."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import date, timedelta
 from fractions import Fraction
 from typing import Any, cast
@@ -132,9 +132,10 @@ async def test_a_disbursement_dated_before_its_fund_was_committed_is_refused(
     assert paid_out.loan.state == pb.LOAN_STATE_ACTIVE
 
 
-async def test_no_tranche_is_paid_out_while_a_write_off_is_proposed(cluster: Cluster) -> None:
+async def test_nothing_changes_the_loan_while_a_write_off_is_proposed(cluster: Cluster) -> None:
     """A loan thought uncollectable: a tranche paid out then was written off with the
-    rest at the confirmation."""
+    rest at the confirmation, and a loan rescheduled then (its borrower given a new
+    schedule) written off moments later."""
     fund_id = await open_fund(cluster, 1_000_000)
     loan = await approved_loan(
         cluster.lending, fund_id=fund_id, product_id="fish_farming", amount_minor=300_000
@@ -142,11 +143,28 @@ async def test_no_tranche_is_paid_out_while_a_write_off_is_proposed(cluster: Clu
     await disburse(cluster.lending, loan.loan_id, 200_000, date(2026, 1, 31))
     await propose_write_off(cluster.lending, loan.loan_id, date(2026, 2, 10))
     before = await cluster.row_counts()
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await disburse(cluster.lending, loan.loan_id, 100_000, date(2026, 2, 12))
-    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert reason_of(refused.value) == "WRITE_OFF_PROPOSED"
-    assert "withdraw it before paying out a tranche" in (refused.value.details() or "")
+    pause = pb.PauseDelinquencyRequest(
+        request_id=request_id(),
+        loan_id=loan.loan_id,
+        start_date=pdate(date(2026, 2, 12)),
+        end_date=pdate(date(2026, 3, 12)),
+        reason="hospitalised",
+        requested_by="cw-01",
+    )
+    attempts: list[tuple[Callable[[], Awaitable[object]], str]] = [
+        (lambda: disburse(cluster.lending, loan.loan_id, 100_000, date(2026, 2, 12)), "paying out"),
+        (
+            lambda: cluster.lending.RescheduleLoan(reschedule(loan.loan_id, date(2026, 2, 12), 18)),
+            "rescheduling it",
+        ),
+        (lambda: cluster.lending.PauseDelinquency(pause), "pausing its arrears"),
+    ]
+    for attempt, says in attempts:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await attempt()
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert reason_of(refused.value) == "WRITE_OFF_PROPOSED"
+        assert f"proposed by lo-07: withdraw it before {says}" in (refused.value.details() or "")
     assert await cluster.row_counts() == before
     await cluster.lending.WithdrawLoanWriteOff(
         pb.WithdrawLoanWriteOffRequest(

@@ -1062,6 +1062,11 @@ class SurvivorJourneyWorkflow:
             raise ValueError(f"hardship applies to a loan being repaid (stage is {self._s.stage})")
         if not hardship.reason.strip() or not hardship.requested_by.strip():
             raise ValueError("hardship needs a reason and who asked for it")
+        if self._s.write_off_proposal is not None:  # lending refuses it too
+            raise ValueError(
+                f"a write-off proposed by {self._s.write_off_proposal.proposed_by} awaits its "
+                "confirmation: withdraw it before a pause or a reschedule"
+            )
         if hardship.kind == "pause":
             if not 1 <= hardship.pause_days <= 365:  # lending: at most a year
                 raise ValueError("a pause lasts from 1 to 365 days")
