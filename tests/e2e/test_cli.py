@@ -1954,8 +1954,12 @@ async def test_impact_follow_up_from_the_cli(
             f"recorded the +6-month follow-up of {survivor_id} by cw-07: income 0.00 AZN a "
             "month, not working, 4 family member(s) supported"
         )
+        # Sent again while the journey records the first: said so, not "none is due".
         line = one_error_line(await mineaction(env, *answer))
-        assert line.startswith("error: the journey refused it: no follow-up is due"), line
+        assert line == (
+            "error: the journey refused it: another follow-up is being recorded: see "
+            "`mineaction journey status`"
+        ), line
         status = await skip_until(
             time_skipping_env, handle, lambda s: 6 in s.follow_ups_recorded,
             step=timedelta(minutes=10),
