@@ -243,6 +243,18 @@ CYCLE_KEEPS_NEWS_PATCH = "journey-cycle-keeps-news"
 # items, takes it back to its repayment cycle: it stayed REPAID and completed as such
 # while the ledger said ACTIVE. Asked only when news comes in that wait.
 REOPENED_AFTER_FOLLOW_UPS_PATCH = "journey-reopened-after-follow-ups"
+# Arrears followed as the ledger has them. A loan behind is read again on the day its
+# days past due cross into the next delinquency bucket or reach an escalation, not only
+# at the next due date or a month on: DaysPastDue lagged the ledger by up to a month,
+# and operators' queries (DaysPastDue > 30) missed loans for weeks. A borrower who
+# catches up below an escalation's threshold leaves ARREARS_REVIEW, and falling behind
+# again escalates again (it stuck, and a relapse got no field visit).
+ARREARS_FOLLOW_THE_LEDGER_PATCH = "journey-arrears-follow-the-ledger"
+# A reminder whose wait ended after its due date (the worker down meanwhile) is not sent:
+# it would tell the borrower of a date already past. The loan is read again instead.
+NO_LATE_REMINDER_PATCH = "journey-no-late-reminder"
+# The first days of the delinquency buckets after "1-30": 31-60, 61-90, over 90.
+BUCKET_STARTS = (31, 61, 91)
 FUND_READ_EVERY = timedelta(days=1)
 # What a loan the committee approved may have become by the time the journey reads it.
 APPROVED_OR_LATER = ("APPROVED", "ACTIVE", *CLOSED_LOAN_STATES)
@@ -359,6 +371,9 @@ class SurvivorJourneyWorkflow:
         self._loan_news = 0
         self._news_at_read = 0
         self._follow_up: FollowUp | None = None
+        # The last read's day and days past due, to tell a pause (they stay) from arrears
+        # that grow (ARREARS_FOLLOW_THE_LEDGER_PATCH); not carried across continue-as-new.
+        self._dpd_seen: tuple[date, int] | None = None
         # Set by FEWER_TASKS_PATCH: local activities and batched search attributes.
         self._fewer_tasks = False
         self._sa_pending: dict[str, SearchAttributeUpdate] = {}  # type: ignore[type-arg]
@@ -761,6 +776,7 @@ class SurvivorJourneyWorkflow:
                 )
                 return
             await self._escalate_arrears(snap)
+            crossing = self._next_arrears_crossing(snap)  # as of this read
             if snap.next_due_date:
                 due = date.fromisoformat(snap.next_due_date)
                 if self._s.stage != Stage.ARREARS_REVIEW:
@@ -768,10 +784,19 @@ class SurvivorJourneyWorkflow:
                     self._set_stage(Stage.GRACE if in_grace else Stage.REPAYMENT)
                 remind_on = due - timedelta(days=policy.reminder_days_before_due)
                 if snap.next_due_date not in self._s.reminded_due_dates:
+                    if (
+                        crossing is not None
+                        and crossing < remind_on
+                        and workflow.patched(ARREARS_FOLLOW_THE_LEDGER_PATCH)
+                    ):
+                        await self._wait_or_interrupted(crossing)
+                        continue  # read the arrears on their day; the reminder still waits
                     if remind_on > self._days.today() and await self._wait_or_interrupted(
                         remind_on
                     ):
                         continue
+                    if due <= self._days.today() and workflow.patched(NO_LATE_REMINDER_PATCH):
+                        continue  # woken after the due date: read the loan as it is now
                     # A borrower behind is told what is overdue too, not only what is next.
                     await self._notify(
                         "repayment_reminder_in_arrears"
@@ -789,6 +814,12 @@ class SurvivorJourneyWorkflow:
                 if self._s.stage in (Stage.REPAID, Stage.FOLLOW_UP):  # reopened by a reversal
                     self._set_stage(Stage.REPAYMENT)
                 wake = self._days.today() + timedelta(days=policy.arrears_check_days)
+            if (
+                crossing is not None
+                and crossing < wake
+                and workflow.patched(ARREARS_FOLLOW_THE_LEDGER_PATCH)
+            ):
+                wake = crossing
             await self._wait_or_interrupted(wake)
             if workflow.info().is_continue_as_new_suggested():
                 # Bounded history: carry the state into a fresh run, once no human
@@ -818,20 +849,51 @@ class SurvivorJourneyWorkflow:
         self._upsert(sa.DAYS_PAST_DUE.value_set(snap.days_past_due))
         return snap
 
+    def _next_arrears_crossing(self, snap: LoanSnapshot) -> date | None:
+        """For a loan behind, the day its days past due reach the next escalation or
+        delinquency bucket, if they go on growing (a pause stops them; the read then
+        finds them where they were, and asks again)."""
+        assert self._input is not None
+        policy = self._input.policy
+        marks = (
+            *BUCKET_STARTS,
+            policy.field_visit_days_past_due,
+            policy.committee_review_days_past_due,
+        )
+        today, seen = self._days.today(), self._dpd_seen
+        self._dpd_seen = (today, snap.days_past_due)
+        if seen is not None and seen[0] < today and seen[1] == snap.days_past_due:
+            return None  # not growing since the last read: paused
+        ahead = [mark for mark in marks if mark > snap.days_past_due]
+        if not snap.days_past_due or not ahead:
+            return None
+        return today + timedelta(days=min(ahead) - snap.days_past_due)
+
     async def _escalate_arrears(self, snap: LoanSnapshot) -> None:
         """A field visit at 30 days past due, committee review at 90: once per episode."""
         assert self._input is not None and self._s.loan is not None
         policy = self._input.policy
+        thresholds = (
+            (policy.field_visit_days_past_due, "field_visit"),
+            (policy.committee_review_days_past_due, "arrears_committee_review"),
+        )
         if snap.days_past_due == 0:
             self._s.escalations.clear()
             if self._s.stage == Stage.ARREARS_REVIEW:
                 self._set_stage(Stage.REPAYMENT)
             return
+        caught_up = [
+            kind
+            for threshold, kind in thresholds
+            if kind in self._s.escalations and snap.days_past_due < threshold
+        ]
+        if caught_up and workflow.patched(ARREARS_FOLLOW_THE_LEDGER_PATCH):
+            for kind in caught_up:  # below its threshold again: escalated again if need be
+                self._s.escalations.remove(kind)
+            if "arrears_committee_review" in caught_up and self._s.stage == Stage.ARREARS_REVIEW:
+                self._set_stage(Stage.REPAYMENT)
         episode = (self._days.today() - timedelta(days=snap.days_past_due)).isoformat()
-        for threshold, kind in (
-            (policy.field_visit_days_past_due, "field_visit"),
-            (policy.committee_review_days_past_due, "arrears_committee_review"),
-        ):
+        for threshold, kind in thresholds:
             if snap.days_past_due >= threshold and kind not in self._s.escalations:
                 self._s.escalations.append(kind)
                 await self._notify(
