@@ -986,6 +986,23 @@ async def _with_ledger_figures(status: JourneyStatus, language: str) -> JourneyS
     if answer is None:
         return status
     snap = loan_snapshot_of(answer, today)
+    # On an instalment's own due day the journey already looks to the next one; whoever
+    # reads this (a case worker on the phone) needs the one due today.
+    due_today = next(
+        (
+            i
+            for i in answer.schedule.instalments
+            if from_proto_date(i.due_date) == today
+            and i.principal_due_minor > i.principal_paid_minor
+        ),
+        None,
+    )
+    if due_today is not None:
+        snap = dataclasses.replace(
+            snap,
+            next_due_date=today.isoformat(),
+            next_due_minor=due_today.principal_due_minor - due_today.principal_paid_minor,
+        )
     # A write-off proposed straight with lending, when the journey holds none.
     proposal = (
         answer.write_off_proposal

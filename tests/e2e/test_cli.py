@@ -40,7 +40,10 @@ from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common.channels import service_token
 from services.common.config import Settings
 from services.common.districts import known_districts
+from services.common.money import manat
 from services.common.programme_time import programme_date, programme_today
+from services.common.protoconv import from_proto_date
+from services.lending.schedule import add_months
 from tests.conftest import Cluster
 from tests.factories import pdate, request_id
 from tests.journey_helpers import (
@@ -56,6 +59,7 @@ from tests.journey_helpers import (
 from tests.lending_helpers import (
     active_loan,
     approved_loan,
+    disburse,
     feed_end,
     lending_db,
     open_fund,
@@ -887,6 +891,46 @@ async def test_a_journey_started_to_follow_a_loan_already_being_repaid(
         repaid = await wait_for_stage(handle, "REPAID")
         assert (repaid.loan_status, repaid.outstanding_minor) == ("CLOSED_OBLIGATIONS_MET", 0)
         await handle.terminate("the test ends once the followed loan is repaid")
+
+
+async def test_journey_status_names_the_instalment_due_today(
+    cli_env: dict[str, str],
+    cluster: Cluster,
+    dev_client: Client,
+    activities: JourneyActivities,
+    task_queue: str,
+    tmp_path: Path,
+) -> None:
+    """On an instalment's own due day the journey already looks to next month's; status
+    named that one, so a case worker on the phone gave the borrower the wrong date."""
+    fund_id = await open_fund(cluster, 1_000_000)
+    today = programme_today()
+    for months_back in (2, 1, 3):  # small_trade: one month of grace, then monthly
+        survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+        registered = await mineaction(cli_env, "register", str(write_intake(tmp_path, survivor_id)))
+        assert registered.exit_code == 0, registered
+        loan = await approved_loan(cluster.lending, fund_id=fund_id, survivor_id=survivor_id)
+        await disburse(cluster.lending, loan.loan_id, 120_000, add_months(today, -months_back))
+        schedule = await cluster.lending.GetRepaymentSchedule(
+            lending_pb.GetRepaymentScheduleRequest(loan_id=loan.loan_id)
+        )
+        due = [i for i in schedule.schedule.instalments if from_proto_date(i.due_date) == today]
+        if due:
+            break
+    assert due, "no instalment falls due today"
+    start = ["journey", "start", survivor_id, "--case-worker", "cw-01"]
+    async with build_worker(dev_client, activities, task_queue):
+        ran = await mineaction(cli_env, *start, "--follow-loan", loan.loan_id)
+        assert ran.exit_code == 0, ran
+        handle = dev_client.get_workflow_handle_for(
+            SurvivorJourneyWorkflow.run, journey_workflow_id(survivor_id)
+        )
+        await wait_until(handle, lambda s: s.loan_status == "ACTIVE", "read the followed loan")
+        ran = await mineaction(cli_env, "journey", "status", survivor_id)
+        assert ran.exit_code == 0, ran
+        shown = table_rows(ran.stdout)["Next instalment"]
+        assert shown == f"{today.isoformat()}: {manat(due[0].principal_due_minor)} AZN", shown
+        await handle.terminate("the test ends here")
 
 
 async def test_arrears_and_journeys_by_district(
