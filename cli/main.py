@@ -725,6 +725,9 @@ def journey_start(
             raise CliError(f"the journey {earlier[-1].workflow_id} is already running")
         if earlier or loan is not None or followed:  # no second loan beside an open one
             await _no_open_loan(sid, earlier[-1] if earlier else None, followed)
+        if resume is not None:  # follow-ups an earlier journey recorded for it are done
+            recorded = await _follow_ups_recorded(client, earlier, followed)
+            resume = dataclasses.replace(resume, follow_ups_recorded=recorded)
         number = earlier[-1].number + 1 if earlier else 1
         workflow_id = journey_workflow_id(sid, number)
         with temporal(settings.effective_temporal_address, f"the journey {workflow_id}"):
@@ -922,6 +925,24 @@ async def _no_open_loan(
             "rejected or withdrawn), or to follow an ACTIVE one (--follow-loan); see "
             "docs/cli.md"
         )
+
+
+async def _follow_ups_recorded(
+    client: Client, earlier: Sequence[JourneyRecord], loan_id: str
+) -> list[int]:
+    """The follow-ups (+6, +12 months) the survivor's completed journeys recorded for this
+    loan: a journey following it again asks only for the others (eligibility keeps one
+    of each per loan, and refuses a second)."""
+    recorded: set[int] = set()
+    for journey in earlier:
+        if journey.state != "COMPLETED":
+            continue
+        handle = client.get_workflow_handle(journey.workflow_id, result_type=JourneyStatus)
+        with temporal(context.settings().effective_temporal_address, journey.workflow_id):
+            ended = await handle.result(rpc_timeout=RPC_TIMEOUT)
+        if ended.loan_id == loan_id:
+            recorded.update(ended.follow_ups_recorded)
+    return sorted(recorded)
 
 
 async def _loan_to_follow(survivor_id: str, loan_id: str) -> lending_pb.Loan:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import io
 import os
 import re
@@ -70,7 +71,7 @@ from tests.lending_helpers import (
 )
 from tests.ports import closed_port
 from workers.journey import search_attributes as sa
-from workers.journey.activities import JourneyActivities
+from workers.journey.activities import JourneyActivities, following_loan, survivor_profile_of
 from workers.journey.loan_news import LOAN_NEWS_WORKFLOW_ID, LoanNewsWorkflow, start_loan_news
 from workers.journey.model import (
     JourneyInput,
@@ -891,6 +892,67 @@ async def test_a_journey_started_to_follow_a_loan_already_being_repaid(
         repaid = await wait_for_stage(handle, "REPAID")
         assert (repaid.loan_status, repaid.outstanding_minor) == ("CLOSED_OBLIGATIONS_MET", 0)
         await handle.terminate("the test ends once the followed loan is repaid")
+
+
+async def test_a_loan_followed_again_is_not_followed_up_twice(
+    cli_env: dict[str, str],
+    cluster: Cluster,
+    dev_client: Client,
+    activities: JourneyActivities,
+    task_queue: str,
+    tmp_path: Path,
+) -> None:
+    """A loan whose journey recorded its +6 and +12 month follow-ups, then reopened by a
+    reversal and followed by a new journey: repaid again, it is not followed up again (the
+    case worker was sent to the survivor twice, and eligibility dropped the answers)."""
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    registered = await mineaction(cli_env, "register", str(write_intake(tmp_path, survivor_id)))
+    assert registered.exit_code == 0, registered
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(cluster.lending, fund_id=fund_id, survivor_id=survivor_id)
+    await disburse(cluster.lending, loan.loan_id, 120_000, programme_today() - timedelta(days=40))
+    closing = await cluster.lending.RecordRepayment(
+        repayment(loan.loan_id, 120_000, programme_today() - timedelta(days=20))
+    )
+    survivor = await cluster.eligibility.GetSurvivor(
+        eligibility_pb.GetSurvivorRequest(survivor_id=survivor_id)
+    )
+    repaid = (await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=loan.loan_id))).loan
+    async with build_worker(dev_client, activities, task_queue):
+        # The first journey, as one that took the loan to its end and both follow-ups.
+        done = dataclasses.replace(
+            following_loan(repaid, survivor_profile_of(survivor.survivor)),
+            follow_ups_recorded=[6, 12],
+        )
+        first = await dev_client.start_workflow(
+            SurvivorJourneyWorkflow.run,
+            JourneyInput(survivor_id, "cw-01", resume=done),
+            id=journey_workflow_id(survivor_id),
+            task_queue=task_queue,
+            search_attributes=initial_search_attributes(1),
+        )
+        ended = await first.result()
+        assert (ended.stage, ended.follow_ups_recorded) == ("COMPLETED", [6, 12]), ended
+
+        await cluster.lending.ReverseRepayment(
+            reversal(loan.loan_id, closing.repayment.transaction_id)
+        )
+        start = ["journey", "start", survivor_id, "--case-worker", "cw-01"]
+        ran = await mineaction(cli_env, *start, "--follow-loan", loan.loan_id)
+        assert ran.exit_code == 0, ran
+        second = dev_client.get_workflow_handle_for(
+            SurvivorJourneyWorkflow.run, journey_workflow_id(survivor_id, 2)
+        )
+        status = await wait_until(second, lambda s: s.loan_status == "ACTIVE", "read the loan")
+        assert status.follow_ups_recorded == [6, 12], status
+        assert (await mineaction(cli_env, "repay", loan.loan_id, "1200")).exit_code == 0
+        ended = await second.result()
+        assert (ended.stage, ended.follow_up_due) == ("COMPLETED", 0), ended
+    asked = await activities.outbox.db.pool.fetch(
+        "SELECT dedupe_key FROM outbox WHERE kind = 'follow_up_due' AND dedupe_key LIKE $1",
+        f"{second.id}/%",
+    )
+    assert asked == [], asked
 
 
 async def test_journey_status_names_the_instalment_due_today(
