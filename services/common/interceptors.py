@@ -413,6 +413,9 @@ def bind_actor(request: Message, path: str, principal: Principal) -> str:
         setattr(message, name, principal.subject)
         return ""
     if same_person(named, principal.subject):
+        # Recorded as the token spells it, however typed (RUSTAM, a ligature): the
+        # records name one person one way.
+        setattr(message, name, principal.subject)
         return ""
     if principal.relays:
         return named

@@ -722,3 +722,25 @@ def test_something_missing_is_placed_where_it_should_have_been() -> None:
     problem = next(p for p in caught.value.problems if p.path == "rules[10].explain.pass")
     line = SHIPPED.splitlines().index("  - id: course_cognition") + 1
     assert (problem.line, problem.column) == (line, 5), problem
+
+
+def test_a_version_published_before_the_new_checks_stays_readable() -> None:
+    """An expression longer than today's cap, and points beyond the answer's bounds on
+    the sample survivor, were accepted before: a version so published still loads (every
+    assessment pinned to it would fail otherwise); a new one is refused."""
+    allow_list = ", ".join(f"'d{n:04d}'" for n in range(300))
+    long_expression = SHIPPED.replace(
+        "expression: cognition <= 1",
+        f"expression: cognition <= 1 || district in [{allow_list}]",
+        1,
+    )
+    many_points = SHIPPED.replace('"female_headed ? 15 : 0"', '"female_headed ? 1500 : 0"', 1)
+    assert len(rules.load(long_expression, published=True).rules[10].expression) > 2000
+    assert rules.load(many_points, published=True).priority[2].expression
+    for source, path in (
+        (long_expression, "rules[10].expression"),
+        (many_points, "priority.components[2].points"),
+    ):
+        with pytest.raises(rules.RuleSetError) as caught:
+            rules.load(source)
+        assert [p.path for p in caught.value.problems] == [path]
