@@ -744,7 +744,7 @@ def journey_start(
                     ),
                     id=workflow_id,
                     task_queue=settings.journey_task_queue,
-                    search_attributes=initial_search_attributes(programme_year),
+                    search_attributes=initial_search_attributes(programme_year, resume),
                     # Each journey has its own id, never reused: its steps' request ids
                     # are made from it, so a second run under it would get the first
                     # run's answers back. Two starts at once race for the same id, and

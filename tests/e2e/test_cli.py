@@ -887,6 +887,10 @@ async def test_a_journey_started_to_follow_a_loan_already_being_repaid(
         )
         assert status.stage in ("GRACE", "REPAYMENT"), status
         assert (status.loan_id, status.outstanding_minor) == (loan.loan_id, 120_000), status
+        # Filterable as any journey from its first second: district and loan status too.
+        attributes = (await handle.describe()).typed_search_attributes
+        assert attributes.get(sa.DISTRICT_CODE) == "saatli"
+        assert attributes.get(sa.LOAN_STATUS) == "ACTIVE"
         ran = await mineaction(cli_env, "repay", loan.loan_id, "1200")
         assert ran.exit_code == 0, ran
         repaid = await wait_for_stage(handle, "REPAID")

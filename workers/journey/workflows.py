@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import (
@@ -1665,11 +1665,19 @@ class AssistanceWorkflow:
             workflow.logger.info("the journey has closed; the item goes on alone")
 
 
-def initial_search_attributes(programme_year: int) -> TypedSearchAttributes:
-    """Attributes set when the journey starts, so it is filterable from its first second."""
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(sa.STAGE, Stage.INTAKE.value),
-            SearchAttributePair(sa.PROGRAMME_YEAR, programme_year),
-        ]
-    )
+def initial_search_attributes(
+    programme_year: int, resume: JourneyState | None = None
+) -> TypedSearchAttributes:
+    """Attributes set when the journey starts, so it is filterable from its first second.
+    A journey that picks up where `resume` says (following a loan already being repaid)
+    is set as a run continued as new carries them: its stage, district and loan status,
+    which it would otherwise set only when they next change."""
+    pairs: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(sa.STAGE, resume.stage if resume else Stage.INTAKE.value),
+        SearchAttributePair(sa.PROGRAMME_YEAR, programme_year),
+    ]
+    if resume is not None and resume.profile is not None:
+        pairs.append(SearchAttributePair(sa.DISTRICT_CODE, resume.profile.district_code))
+    if resume is not None and resume.loan is not None:
+        pairs.append(SearchAttributePair(sa.LOAN_STATUS, resume.loan.status))
+    return TypedSearchAttributes(pairs)
