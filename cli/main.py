@@ -458,9 +458,12 @@ def _rule_set_source(path: Path) -> str:
     wrong."""
     source = inputs.existing_file(path, "rule-set file")
     try:
-        return source.read_text(encoding="utf-8")
+        text = source.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise BadInput(f"rule-set file {str(path)!r} is not UTF-8 text") from None
+    if not text.strip():
+        raise BadInput(f"rule-set file {str(path)!r} is empty")
+    return text
 
 
 async def _rules_call(rpc: str, request: Message, path: Path) -> Any:
@@ -2235,6 +2238,9 @@ def transactions(
         async with _service("lending") as (stub, calls):
             with calls:
                 lines = [t async for t in csv_export.statement(stub, lid, TIMEOUT)]
+        if not lines:
+            render.line(f"loan {lid} has no transactions yet: nothing has been paid out")
+            return
         render.console().print(render.transactions_table(lid, lines, language))
 
     run(go())

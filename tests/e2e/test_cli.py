@@ -482,8 +482,10 @@ async def test_a_rule_change_shown_tried_and_published_from_the_cli(
     )
     assert ran.exit_code == 0 and ran.stdout == first.rule_set.source_yaml, ran
 
+    (tmp_path / "empty.yaml").write_text("\n", encoding="utf-8")
     for bad, says in (
         (["what-if", str(tmp_path / "absent.yaml")], "does not exist"),
+        (["what-if", str(tmp_path / "empty.yaml")], "is empty"),
         (["what-if", str(rules), "--examples", "101"], "--examples must be from 0 to 100"),
         (["publish", str(rules), "--note", " "], "--note"),
     ):
@@ -1432,6 +1434,11 @@ async def test_a_bounced_payment_found_in_the_statement_and_reversed_from_the_cl
     assert refused.exit_code == 2 and "--reason" in one_error_line(refused)
     line = one_error_line(await mineaction(cli_env, "transactions", "loan-nothing-like-it"))
     assert "loan-nothing-like-it" in line, line
+    approved = await approved_loan(cluster.lending, fund_id=await open_fund(cluster, 1_000_000))
+    ran = await mineaction(cli_env, "transactions", approved.loan_id)
+    assert ran.exit_code == 0 and ran.stdout == (
+        f"loan {approved.loan_id} has no transactions yet: nothing has been paid out\n"
+    ), ran
 
 
 async def test_a_write_off_proposal_withdrawn_from_the_cli(
