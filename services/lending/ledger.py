@@ -146,11 +146,16 @@ class FundCash:
     committed_on: date | None  # the day its capital was committed; None without capital
 
 
-async def lock_fund_available(conn: Connection, fund_id: str) -> FundCash:
-    """Lock the fund row (disbursements take turns) and return its cash balance."""
+async def lock_fund(conn: Connection, fund_id: str) -> None:
+    """Lock the fund row: whatever takes money out of its cash takes turns."""
     locked = await conn.fetchval("SELECT 1 FROM funds WHERE fund_id = $1 FOR UPDATE", fund_id)
     if locked is None:
         raise NotFound(f"fund {fund_id} does not exist")
+
+
+async def lock_fund_available(conn: Connection, fund_id: str) -> FundCash:
+    """Lock the fund row (disbursements take turns) and return its cash balance."""
+    await lock_fund(conn, fund_id)
     row = await conn.fetchrow(
         """SELECT coalesce(sum(amount_minor), 0)::bigint AS available,
                   min(value_date) FILTER (WHERE kind = 'CAPITAL') AS committed_on

@@ -985,6 +985,10 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     ) -> pb.ReverseRepaymentResponse:
         async def reverse(conn: Connection) -> pb.ReverseRepaymentResponse:
             loan = await self._loan_for_update(conn, request.loan_id)
+            # Money leaves the fund's cash: it takes its turn with disbursements, which
+            # check the balance under this lock (a bounce is recorded even if it leaves
+            # the fund short; the statement shows it, and tranches wait for the money).
+            await ledger.lock_fund(conn, loan["fund_id"])
             original = await conn.fetchrow(
                 """SELECT t.*, r.transaction_id AS reversed_by_txn,
                        (SELECT sum(amount_minor) FROM postings p

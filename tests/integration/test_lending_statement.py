@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from mineaction.lending.v1 import lending_service_pb2 as pb
-from services.common.errors import violations_in
+from services.common.errors import reason_of, violations_in
 from tests.conftest import Cluster
 from tests.factories import pdate
 from tests.lending_helpers import (
@@ -213,3 +213,51 @@ async def test_reversed_payments_never_take_the_balance_below_zero_or_out_of_ord
         undone.reversal_transaction_id,
         second.repayment.transaction_id,
     ]
+
+
+async def test_a_loan_closes_on_the_day_of_the_payments_that_stand(cluster: Cluster) -> None:
+    """A payment of 10 March that bounced, then the loan repaid by one of 5 March: it
+    closed on 5 March, by its figures as by the statement; the reversed pair's date is
+    no closing (close_date said 10 March)."""
+    lending = cluster.lending
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(lending, fund_id=fund_id, amount_minor=100_000)
+    lid = loan.loan_id
+    await disburse(lending, lid, 100_000, date(2026, 3, 1))
+    bounced = await lending.RecordRepayment(repayment(lid, 50_000, date(2026, 3, 10)))
+    await lending.ReverseRepayment(reversal(lid, bounced.repayment.transaction_id))
+    closing = await lending.RecordRepayment(repayment(lid, 100_000, date(2026, 3, 5)))
+    assert closing.loan.state == pb.LOAN_STATE_CLOSED_OBLIGATIONS_MET
+    assert closing.loan.close_date == pdate(date(2026, 3, 5))
+    read = await lending.GetLoan(pb.GetLoanRequest(loan_id=lid))
+    assert read.loan.close_date == pdate(date(2026, 3, 5))
+    lines = await statement(lending, lid)
+    assert [(t.value_date, t.outstanding_after_minor) for t in lines][1] == (
+        pdate(date(2026, 3, 5)),
+        0,
+    )
+
+
+async def test_a_bounced_payment_is_recorded_even_when_the_fund_lent_the_money_again(
+    cluster: Cluster,
+) -> None:
+    """Repaid money lent again, then the repayment bounces: the bounce is a fact and is
+    recorded; the fund statement shows the shortfall, and no tranche is paid out until
+    money covers it."""
+    lending = cluster.lending
+    fund_id = await open_fund(cluster, 100_000)
+    first = await approved_loan(lending, fund_id=fund_id, amount_minor=100_000)
+    await disburse(lending, first.loan_id, 100_000, date(2026, 3, 1))
+    paid = await lending.RecordRepayment(repayment(first.loan_id, 50_000, date(2026, 4, 1)))
+    second = await approved_loan(lending, fund_id=fund_id, amount_minor=100_000)
+    await disburse(lending, second.loan_id, 50_000, date(2026, 4, 2))
+    await lending.ReverseRepayment(reversal(first.loan_id, paid.repayment.transaction_id))
+    fund = (await lending.GetFund(pb.GetFundRequest(fund_id=fund_id))).fund
+    assert fund.available_minor == -50_000
+    assert fund.outstanding_principal_minor == 150_000
+    third = await approved_loan(lending, fund_id=fund_id, amount_minor=100_000)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await disburse(lending, third.loan_id, 1_000, date(2026, 4, 3))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(refused.value) == "INSUFFICIENT_FUNDS"
+    assert "has -50000 qəpik available" in (refused.value.details() or "")

@@ -1058,16 +1058,16 @@ class SurvivorJourneyWorkflow:
     @record_committee_decision.validator
     def validate_committee_decision(self, decision: CommitteeDecision) -> None:
         """Runs before anything is written to history: a refused update leaves no trace."""
-        if self._deciding:
-            raise ValueError(
-                "another committee decision is being recorded: see `mineaction journey status`"
-            )
         if (
             self._s.stage != Stage.COMMITTEE_REVIEW
             or self._s.loan is None
             or self._s.loan.status != "SUBMITTED"
         ):
             raise ValueError(f"no loan awaits a committee decision (stage is {self._s.stage})")
+        if self._deciding:
+            raise ValueError(
+                "another committee decision is being recorded: see `mineaction journey status`"
+            )
         if not decision.member_id.strip():
             raise ValueError("member_id is required")
         if not decision.decision_ref.strip():
@@ -1314,10 +1314,10 @@ class SurvivorJourneyWorkflow:
 
     @record_follow_up.validator
     def validate_follow_up(self, follow_up: FollowUp) -> None:
-        if self._follow_up is not None:
-            raise ValueError("another follow-up is being recorded: see `mineaction journey status`")
         if not self._s.follow_up_due:
             raise ValueError(f"no follow-up is due (stage is {self._s.stage})")
+        if self._follow_up is not None:
+            raise ValueError("another follow-up is being recorded: see `mineaction journey status`")
         # Refused here what eligibility would refuse when the journey records it later
         # (answers it refused failed the journey after the update had succeeded).
         problem = follow_up.problem()
