@@ -756,6 +756,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     reason="MAX_TRANCHES",
                 )
             if tranches:
+                # Dated before a payment already recorded, it would re-spread instalments
+                # that payment was allocated to.
+                self._check_not_before_latest(loan, on, "disbursement_date")
                 await self._check_further_tranche(conn, request.loan_id, on)
             cash = await ledger.lock_fund_available(conn, loan["fund_id"])
             if cash.committed_on is not None and on < cash.committed_on:
@@ -1071,12 +1074,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             # written off moments after its borrower was given a new schedule.
             await _no_write_off_proposed(conn, request.loan_id, "rescheduling it")
             self._check_not_before_disbursement(loan, effective, "effective_date")
-            if effective < loan["last_value_date"]:
-                raise invalid(
-                    "effective_date",
-                    f"must not be before the loan's latest transaction ({loan['last_value_date']})",
-                    "BEFORE_LATEST_TRANSACTION",
-                )
+            self._check_not_before_latest(loan, effective, "effective_date")
             if request.additional_grace_months >= request.new_term_months:
                 raise invalid(
                     "additional_grace_months",
@@ -1161,7 +1159,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             self._not_after_today("write_off_date", on)
             loan = await self._loan_for_update(conn, request.loan_id)
             check_transition(request.loan_id, loan["state"], "CLOSED_WRITTEN_OFF")
-            self._check_write_off_date(loan, on)
+            self._check_not_before_latest(loan, on, "write_off_date")
             row = await conn.fetchrow(
                 """INSERT INTO write_off_proposals (loan_id, reason, write_off_date, proposed_by)
                    VALUES ($1, $2, $3, $4) ON CONFLICT (loan_id) DO NOTHING RETURNING *""",
@@ -1305,10 +1303,12 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         return row
 
     @staticmethod
-    def _check_write_off_date(loan: asyncpg.Record, on: date) -> None:
+    def _check_not_before_latest(loan: asyncpg.Record, on: date, field: str) -> None:
+        """A write-off, a reschedule or a further tranche re-reads the loan from its
+        date on: one dated before what is recorded already would rewrite its past."""
         if loan["last_value_date"] is not None and on < loan["last_value_date"]:
             raise invalid(
-                "write_off_date",
+                field,
                 f"must not be before the loan's latest transaction ({loan['last_value_date']})",
                 "BEFORE_LATEST_TRANSACTION",
             )

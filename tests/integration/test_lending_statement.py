@@ -261,3 +261,27 @@ async def test_a_bounced_payment_is_recorded_even_when_the_fund_lent_the_money_a
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert reason_of(refused.value) == "INSUFFICIENT_FUNDS"
     assert "has -50000 qəpik available" in (refused.value.details() or "")
+
+
+async def test_a_further_tranche_is_not_dated_before_a_payment_already_recorded(
+    cluster: Cluster,
+) -> None:
+    """Feed recorded after the first payment but dated before it re-spread the instalments
+    that payment was allocated to (its stored answer then said otherwise)."""
+    lending = cluster.lending
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(
+        lending, fund_id=fund_id, product_id="fish_farming", amount_minor=300_000
+    )
+    await disburse(lending, loan.loan_id, 200_000, date(2026, 1, 10))
+    await lending.RecordRepayment(repayment(loan.loan_id, 20_000, date(2026, 4, 10)))
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await disburse(lending, loan.loan_id, 100_000, date(2026, 3, 1), "feed")
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [(v.field, v.reason) for v in violations_in(refused.value)] == [
+        ("disbursement_date", "BEFORE_LATEST_TRANSACTION")
+    ]
+    assert await cluster.row_counts() == before
+    fed = await disburse(lending, loan.loan_id, 100_000, date(2026, 4, 10), "feed")
+    assert fed.loan.disbursed_minor == 300_000
