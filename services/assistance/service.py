@@ -934,10 +934,11 @@ def _check_transition(plugin: AssistanceTypePlugin, t: Transition, row: asyncpg.
     if t.action == CANCEL and row["delivered_at"] is not None:
         # Its unit was handed over, its seat or course used: nothing goes back to the
         # pool, and the need it met stays met.
+        finished = plugin.all_states[state].terminal if state in plugin.all_states else True
         raise FailedPrecondition(
             f"assistance {row['assistance_id']} was delivered on "
-            f"{programme_date(row['delivered_at'])}: a delivered item is not cancelled; "
-            "record its follow-up",
+            f"{programme_date(row['delivered_at'])}: a delivered item is not cancelled"
+            + (f" (it is {state})" if finished else "; record its follow-up"),
             reason="ALREADY_DELIVERED",
             metadata={"state": state, "action": t.action},
         )

@@ -991,6 +991,14 @@ async def test_delivered_assistance_is_not_cancelled_and_keeps_its_unit(cluster:
     assert await cluster.row_counts() == before
     still = await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=waiting.assistance_id))
     assert still.assistance.state == "waitlisted"
+    # Followed up, it is finished: the refusal no longer asks for the follow-up.
+    await advance(stub, first.assistance_id, "follow_up")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await advance(stub, first.assistance_id, "cancel")
+    assert reason_of(refused.value) == "ALREADY_DELIVERED"
+    assert (refused.value.details() or "").endswith(
+        "a delivered item is not cancelled (it is followed_up)"
+    )
 
 
 # --- providers and the delivery report ------------------------------------------------
