@@ -129,7 +129,8 @@ class EligibilityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAssessments(self, request, context):
-        """ListAssessments pages through stored assessments, newest first.
+        """ListAssessments pages through stored assessments, oldest first (by assessment
+        date, then assessment id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

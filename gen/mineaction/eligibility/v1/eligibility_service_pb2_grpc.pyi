@@ -45,7 +45,9 @@ class EligibilityServiceStub:
     GetAssessment: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetAssessmentRequest, _eligibility_service_pb2.GetAssessmentResponse]
     """GetAssessment returns one stored assessment."""
     ListAssessments: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.ListAssessmentsRequest, _eligibility_service_pb2.ListAssessmentsResponse]
-    """ListAssessments pages through stored assessments, newest first."""
+    """ListAssessments pages through stored assessments, oldest first (by assessment
+    date, then assessment id).
+    """
     ListRuleSets: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.ListRuleSetsRequest, _eligibility_service_pb2.ListRuleSetsResponse]
     """ListRuleSets pages through published rule-set versions."""
     GetRuleSet: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetRuleSetRequest, _eligibility_service_pb2.GetRuleSetResponse]
@@ -83,7 +85,9 @@ class EligibilityServiceAsyncStub(EligibilityServiceStub):
     GetAssessment: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetAssessmentRequest, _eligibility_service_pb2.GetAssessmentResponse]  # type: ignore[assignment]
     """GetAssessment returns one stored assessment."""
     ListAssessments: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.ListAssessmentsRequest, _eligibility_service_pb2.ListAssessmentsResponse]  # type: ignore[assignment]
-    """ListAssessments pages through stored assessments, newest first."""
+    """ListAssessments pages through stored assessments, oldest first (by assessment
+    date, then assessment id).
+    """
     ListRuleSets: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.ListRuleSetsRequest, _eligibility_service_pb2.ListRuleSetsResponse]  # type: ignore[assignment]
     """ListRuleSets pages through published rule-set versions."""
     GetRuleSet: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetRuleSetRequest, _eligibility_service_pb2.GetRuleSetResponse]  # type: ignore[assignment]
@@ -148,7 +152,9 @@ class EligibilityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _eligibility_service_pb2.ListAssessmentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_eligibility_service_pb2.ListAssessmentsResponse, _abc.Awaitable[_eligibility_service_pb2.ListAssessmentsResponse]]:
-        """ListAssessments pages through stored assessments, newest first."""
+        """ListAssessments pages through stored assessments, oldest first (by assessment
+        date, then assessment id).
+        """
 
     @_abc_1.abstractmethod
     def ListRuleSets(
