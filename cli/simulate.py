@@ -46,7 +46,7 @@ from services.common.channels import DEV_TOKEN_FILE, open_channel
 from services.common.config import Settings, load_settings
 from services.common.logging import configure_logging
 from services.common.money import manat
-from services.common.programme_time import PROGRAMME_ZONE, programme_date
+from services.common.programme_time import PROGRAMME_ZONE, add_months, programme_date
 from services.common.protoconv import proto_date
 from services.common.server import ServiceHost
 from services.lending import ledger
@@ -54,7 +54,6 @@ from services.lending.service import SPEC as LENDING
 from workers.codec import data_converter, ensure_keyring
 from workers.journey.activities import JourneyActivities
 from workers.journey.worker import build_worker, open_outbox
-from workers.journey.workflows import add_months
 from workers.simulation.workflows import Behaviour, BorrowerInput, BorrowerWorkflow
 
 BIN = Path(sys.executable).parent

@@ -28,3 +28,25 @@ def not_after_today(field: str, on: date, *, simulated_clock: bool = False) -> N
     today = programme_today()
     if on > today and not simulated_clock:
         raise invalid(field, f"must not be after today ({today} in Baku)", "DATE_IN_FUTURE")
+
+
+MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def month_end(year: int, month: int) -> int:
+    """The last day of a month."""
+    if month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
+        return 29
+    return MONTH_DAYS[month - 1]
+
+
+def add_months(anchor: date, months: int) -> date:
+    """The anchor's day `months` calendar months later, clamped to that month's end (31
+    January and one month: 28 or 29 February). Due dates, follow-ups and journeys all
+    count months so."""
+    year, month = divmod(anchor.year * 12 + anchor.month - 1 + months, 12)
+    month += 1
+    day = anchor.day
+    if day > 28:  # only the last days of a month can need clamping
+        day = min(day, month_end(year, month))
+    return date(year, month, day)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from services.common.errors import (
     invalid_fields,
 )
 from services.common.idempotency import once_per_request
-from services.common.programme_time import not_after_today, programme_today
+from services.common.programme_time import add_months, not_after_today, programme_today
 from services.common.protoconv import from_proto_date, timestamp
 from services.common.server import ServiceSpec
 from services.eligibility import intake as intake_mod
@@ -130,6 +130,11 @@ async def _decided_again(
                 "RULES_CANNOT_DECIDE",
             ) from None
         yield row, after
+
+
+# How early a follow-up visit may come before its day (+6 or +12 months after the loan
+# closed): field visits are planned a few weeks around it.
+FOLLOW_UP_EARLY = timedelta(days=30)
 
 
 class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
@@ -488,6 +493,23 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         follow_up = request.follow_up
 
         async def record(conn: Connection) -> pb.RecordFollowUpResponse:
+            # The survivor and the visit's date first: refused without asking lending.
+            survivor = await conn.fetchrow(
+                "SELECT intake, intake_pb FROM survivors WHERE survivor_id = $1",
+                follow_up.survivor_id,
+            )
+            if survivor is None:
+                raise invalid(
+                    "follow_up.survivor_id", "survivor is not registered", "UNKNOWN_SURVIVOR"
+                )
+            visited = from_proto_date(follow_up.recorded_on)
+            not_after_today(
+                "follow_up.recorded_on", visited, simulated_clock=self.accept_future_dates
+            )
+            born = from_proto_date(intake_mod.stored_intake(survivor).date_of_birth)
+            if visited < born:
+                # The rule, never the value: refusals are logged (personal data).
+                raise invalid("follow_up.recorded_on", "is before the survivor's date of birth")
             # Asked only for a new request (a retry gets its first answer, lending up or not).
             if follow_up.loan_id:
                 loan = await self.loans.loan_of(
@@ -508,28 +530,22 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                         reason="LOAN_NOT_CLOSED",
                     )
                 closed = from_proto_date(loan.close_date)
-                if from_proto_date(follow_up.recorded_on) < closed:
+                if visited < closed:
                     raise invalid(
                         "follow_up.recorded_on",
                         f"is before loan {follow_up.loan_id} closed ({closed})",
                         "BEFORE_LOAN_CLOSED",
                     )
-            survivor = await conn.fetchrow(
-                "SELECT intake, intake_pb FROM survivors WHERE survivor_id = $1",
-                follow_up.survivor_id,
-            )
-            if survivor is None:
-                raise invalid(
-                    "follow_up.survivor_id", "survivor is not registered", "UNKNOWN_SURVIVOR"
-                )
-            visited = from_proto_date(follow_up.recorded_on)
-            not_after_today(
-                "follow_up.recorded_on", visited, simulated_clock=self.accept_future_dates
-            )
-            born = from_proto_date(intake_mod.stored_intake(survivor).date_of_birth)
-            if visited < born:
-                # The rule, never the value: refusals are logged (personal data).
-                raise invalid("follow_up.recorded_on", "is before the survivor's date of birth")
+                # A +12 visit on the day the loan closed took the slot of the real one
+                # and counted as working a year on.
+                opens = add_months(closed, follow_up.months_after) - FOLLOW_UP_EARLY
+                if visited < opens:
+                    raise invalid(
+                        "follow_up.recorded_on",
+                        f"is before the +{follow_up.months_after} month follow-up of loan "
+                        f"{follow_up.loan_id} can be made: from {opens} (closed {closed})",
+                        "BEFORE_FOLLOW_UP_WINDOW",
+                    )
             inserted = await conn.fetchval(
                 """INSERT INTO follow_ups (survivor_id, loan_id, months_after,
                        household_income_minor, working, family_members_supported,

@@ -21,6 +21,8 @@ from collections.abc import Collection, Sequence
 from datetime import date
 from typing import NamedTuple
 
+from services.common.programme_time import MONTH_DAYS, add_months, month_end
+
 
 class Instalment(NamedTuple):
     number: int  # 1-based
@@ -29,26 +31,8 @@ class Instalment(NamedTuple):
     cumulative_minor: int  # principal due up to and including this instalment
 
 
-_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-
-
-def _month_end(year: int, month: int) -> int:
-    if month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
-        return 29
-    return _MONTH_DAYS[month - 1]
-
-
+_month_end = month_end  # the hot loop below reads it under its old name
 _new_instalment = Instalment._make
-
-
-def add_months(anchor: date, months: int) -> date:
-    """The anchor's day `months` calendar months later, clamped to that month's end."""
-    year, month = divmod(anchor.year * 12 + anchor.month - 1 + months, 12)
-    month += 1
-    day = anchor.day
-    if day > 28:  # only the last days of a month can need clamping
-        day = min(day, _month_end(year, month))
-    return date(year, month, day)
 
 
 def due_dates(
@@ -71,7 +55,7 @@ def due_dates(
         if day <= 28:
             dates.append(date(year, month, day))
         else:
-            last = _month_end(year, month) if month == 2 else _MONTH_DAYS[month - 1]
+            last = _month_end(year, month) if month == 2 else MONTH_DAYS[month - 1]
             dates.append(date(year, month, day if day <= last else last))
     offset = term_months
     while not dates:

@@ -42,9 +42,8 @@ from services.common.channels import service_token
 from services.common.config import Settings
 from services.common.districts import known_districts
 from services.common.money import manat
-from services.common.programme_time import programme_date, programme_today
+from services.common.programme_time import add_months, programme_date, programme_today
 from services.common.protoconv import from_proto_date
-from services.lending.schedule import add_months
 from tests.conftest import Cluster
 from tests.factories import pdate, request_id
 from tests.journey_helpers import (

@@ -16,7 +16,7 @@ from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as pb_grpc
 from mineaction.type.v1 import sex_pb2
 from services.common.errors import reason_of, violations_in
-from services.common.programme_time import programme_today
+from services.common.programme_time import add_months, programme_today
 from services.eligibility.service import SPEC as ELIGIBILITY
 from tests.conftest import Cluster
 from tests.factories import (
@@ -801,6 +801,29 @@ async def test_a_follow_up_names_a_loan_of_its_own_survivor(cluster: Cluster) ->
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         [violation] = violations_in(caught.value)
         assert (violation.field, violation.reason) == (field, reason), violation
+    closed = LENT_SECOND + REPAID_AFTER
+    for request, field, reason, says in (
+        # A +12 visit on the day the loan closed took the slot of the real one, and
+        # counted as working a year on; from a month before its day it is taken.
+        (
+            follow_up_request(survivor, own, 12, closed),
+            "follow_up.recorded_on",
+            "BEFORE_FOLLOW_UP_WINDOW",
+            f"can be made: from {add_months(closed, 12) - timedelta(days=30)}",
+        ),
+        # An unknown survivor is said so first, before lending is asked about the loan.
+        (
+            follow_up_request(new_id("srv"), someone_elses, 6, date(2026, 7, 10)),
+            "follow_up.survivor_id",
+            "UNKNOWN_SURVIVOR",
+            "survivor is not registered",
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await cluster.eligibility.RecordFollowUp(request)
+        [violation] = violations_in(caught.value)
+        assert (violation.field, violation.reason) == (field, reason), violation
+        assert says in violation.description, violation
     # A loan still being repaid has no follow-ups yet (a +6 recorded on the day of its
     # disbursement was counted in the reach report, and took the slot of the real one).
     active = await disbursed_loan(cluster, fund_id, survivor, LENT_SECOND, repaid=False)

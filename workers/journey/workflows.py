@@ -28,7 +28,7 @@ from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from services.common.identity import same_person
-    from services.common.programme_time import PROGRAMME_ZONE
+    from services.common.programme_time import PROGRAMME_ZONE, add_months
     from workers.journey import search_attributes as sa
     from workers.journey.activities import JourneyActivities
     from workers.journey.model import (
@@ -316,13 +316,6 @@ class WorkflowDays:
         """Time from now to `at` o'clock on `day` (none if that has passed)."""
         start = datetime.combine(day, at, tzinfo=self.zone) + self.starts
         return max(timedelta(0), start - workflow.now())
-
-
-def add_months(day: date, months: int) -> date:
-    month = day.month - 1 + months
-    year, month = day.year + month // 12, month % 12 + 1
-    last = (date(year + month // 12, month % 12 + 1, 1) - timedelta(days=1)).day
-    return date(year, month, min(day.day, last))
 
 
 def not_sooner(effective: date, next_due: str, grace: int, term: int) -> tuple[int, int]:
