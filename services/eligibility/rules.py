@@ -79,10 +79,28 @@ LANGUAGES = ("en", "az")
 # How an explanation says a value (its inputs keep the value as it is): money in manat,
 # a district by its name, yes or no in the text's language.
 MONEY, DISTRICT = "money", "district"
+# Codes some facts hold, as an explanation says them in each language (a code not listed
+# as it is): "cins: kişi", not "cins: male".
+_NAMED: Mapping[str, Mapping[str, Mapping[str, str]]] = {
+    "sex": {
+        "female": {"en": "female", "az": "qadın"},
+        "male": {"en": "male", "az": "kişi"},
+    },
+    "incident_type": {
+        "landmine": {"en": "landmine", "az": "mina"},
+        "erw": {"en": "explosive remnants of war", "az": "partlamamış hərbi sursat"},
+    },
+    "languages": {
+        "az": {"en": "Azerbaijani", "az": "Azərbaycan dili"},
+        "en": {"en": "English", "az": "ingilis dili"},
+    },
+}
 FACT_KINDS: Mapping[str, str] = {
     **{name: MONEY for name in FACT_SAMPLES if name.endswith("_minor")},
     "district": DISTRICT,
+    **{name: name for name in _NAMED},
 }
+_NONE = {"en": "none", "az": "yoxdur"}
 _YES_NO = {"en": ("no", "yes"), "az": ("xeyr", "bəli")}
 # The unit word rule sets used to write after an amount ("{x} qəpik", "{x} qəpikdən"):
 # an amount now says its own unit, so the word goes (an Azerbaijani ending stays on the
@@ -199,11 +217,15 @@ def _display(value: Any) -> str:
 
 def _said(value: Any, kind: str | None, language: str) -> str:
     """A value as an explanation in `language` says it: money in manat ("120.00 AZN"),
-    a district by its name ("Saatlı"), yes or no in that language."""
+    a district by its name ("Saatlı"), a code by its name ("kişi"), yes or no and an
+    empty list ("yoxdur") in that language."""
     if isinstance(value, bool):
         return _YES_NO[language][value]
     if isinstance(value, list | tuple):
-        return ", ".join(_said(v, kind, language) for v in value)
+        return ", ".join(_said(v, kind, language) for v in value) or _NONE[language]
+    codes = _NAMED.get(kind or "")
+    if codes is not None and isinstance(value, str):
+        return codes.get(value, {}).get(language, value)
     if kind == MONEY and isinstance(value, int):
         return f"{manat(value, lang=language)} AZN"
     if kind == DISTRICT and isinstance(value, str):

@@ -744,3 +744,27 @@ def test_a_version_published_before_the_new_checks_stays_readable() -> None:
         with pytest.raises(rules.RuleSetError) as caught:
             rules.load(source)
         assert [p.path for p in caught.value.problems] == [path]
+
+
+def test_codes_and_lists_are_said_in_the_explanations_language() -> None:
+    """A rule set may name these facts in an explanation: they read "cins=male dillər=az
+    xəsarət=" (codes as stored, an empty list as nothing) in the Azerbaijani text."""
+    source = SHIPPED.replace(
+        'explain: {en: "Female-headed household (15 points).",',
+        'explain: {en: "{sex} {incident_type} {languages} ({injuries}).",',
+        1,
+    ).replace(
+        'az: "Qadının başçılıq etdiyi ailə (15 bal)."}',
+        'az: "{sex} {incident_type} {languages} ({injuries})."}',
+        1,
+    )
+    assert source != SHIPPED
+    rule_set = rules.load(source)
+    facts = {**_FARMER_FACTS, "sex": "male", "incident_type": "erw", "languages": ["az", "en"],
+             "injuries": []}  # fmt: skip
+    decision = rules.evaluate(rule_set, facts, date(2026, 3, 1))
+    said = next(p for p in decision.priority_parts if p.name == "female_headed_household")
+    assert said.explanation.az == (
+        "kişi partlamamış hərbi sursat Azərbaycan dili, ingilis dili (yoxdur)."
+    ), said
+    assert said.explanation.en == "male explosive remnants of war Azerbaijani, English (none)."
