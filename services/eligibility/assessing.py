@@ -228,6 +228,9 @@ class Assessor:
             raise invalid(
                 "assessment_date", "is before the survivor's date of birth", "BEFORE_BIRTH"
             )
+        if survivor.HasField("incident_date") and day < from_proto_date(survivor.incident_date):
+            # A survivor assessed before the incident made them one (years_since_incident -1).
+            raise invalid("assessment_date", "is before the survivor's incident", "BEFORE_INCIDENT")
 
         pin = pins.get(request.survivor_id) or _Pin(
             row["pinned_rule_set_id"] or DEFAULT_RULE_SET, row["pinned_rule_set_version"]

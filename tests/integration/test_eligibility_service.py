@@ -933,6 +933,17 @@ async def test_assessments_and_follow_ups_dated_after_today_are_refused(cluster:
                 "follow_up.recorded_on",
                 "before the survivor's date of birth",
             ),
+            (  # after the birth, before the incident of 2 September 2003
+                eligibility.AssessEligibility(
+                    pb.AssessEligibilityRequest(
+                        request_id=request_id(),
+                        survivor_id=intake.survivor_id,
+                        assessment_date=pdate(date(2003, 9, 1)),
+                    )
+                ),
+                "assessment_date",
+                "is before the survivor's incident",
+            ),
         ]
         for call, field, says in refusals:
             before = await cluster.row_counts()
