@@ -521,7 +521,14 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                         f"loan {follow_up.loan_id} was never disbursed: nothing to follow up",
                         "LOAN_NOT_DISBURSED",
                     )
-                # A loan's follow-ups come after its final repayment (+6 and +12 months).
+                # A loan's follow-ups come after its final repayment (+6 and +12 months):
+                # a written-off loan was never repaid, and has none.
+                if loan.state == lending_pb.LOAN_STATE_CLOSED_WRITTEN_OFF:
+                    raise FailedPrecondition(
+                        f"loan {follow_up.loan_id} was written off: follow-ups come after a "
+                        "loan is repaid",
+                        reason="LOAN_WRITTEN_OFF",
+                    )
                 if not loan.HasField("close_date"):
                     state = lending_pb.LoanState.Name(loan.state).removeprefix("LOAN_STATE_")
                     raise FailedPrecondition(

@@ -28,7 +28,7 @@ from tests.factories import (
     saatli_fish_farmer,
 )
 from tests.grpc_errors import details
-from tests.lending_helpers import approved_loan, disburse, open_fund, repayment
+from tests.lending_helpers import approved_loan, disburse, open_fund, repayment, write_off
 from tests.ports import closed_port
 
 SHIPPED = Path("services/eligibility/rulesets/reintegration.yaml").read_text(encoding="utf-8")
@@ -837,6 +837,17 @@ async def test_a_follow_up_names_a_loan_of_its_own_survivor(cluster: Cluster) ->
     assert f"loan {active} is ACTIVE: its follow-ups come after it is repaid" in str(
         caught.value.details()
     )
+    assert await cluster.row_counts() == rows_before
+    # Nor has a loan written off: it was never repaid.
+    gone = await disbursed_loan(cluster, fund_id, survivor, LENT_SECOND, repaid=False)
+    await write_off(cluster.lending, gone, LENT_SECOND + REPAID_AFTER)
+    rows_before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cluster.eligibility.RecordFollowUp(
+            follow_up_request(survivor, gone, 6, date(2027, 4, 1), working=False)
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert details(caught.value)[0].reason == "LOAN_WRITTEN_OFF"  # type: ignore[union-attr]
     assert await cluster.row_counts() == rows_before
 
     lending_down = f"127.0.0.1:{closed_port()}"
