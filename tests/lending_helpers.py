@@ -136,6 +136,19 @@ def reschedule(
     )
 
 
+def pause(
+    loan_id: str, start: date, end: date, *, reason: str = "hospitalised"
+) -> pb.PauseDelinquencyRequest:
+    return pb.PauseDelinquencyRequest(
+        request_id=request_id(),
+        loan_id=loan_id,
+        start_date=pdate(start),
+        end_date=pdate(end),
+        reason=reason,
+        requested_by="cw-01",
+    )
+
+
 def reversal(
     loan_id: str, transaction_id: str, reason: str = "the transfer bounced"
 ) -> pb.ReverseRepaymentRequest:

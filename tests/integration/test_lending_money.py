@@ -34,6 +34,7 @@ from tests.lending_helpers import (
     ledger_invariants,
     lending_db,
     open_fund,
+    pause,
     propose_write_off,
     repayment,
     reschedule,
@@ -143,21 +144,14 @@ async def test_nothing_changes_the_loan_while_a_write_off_is_proposed(cluster: C
     await disburse(cluster.lending, loan.loan_id, 200_000, date(2026, 1, 31))
     await propose_write_off(cluster.lending, loan.loan_id, date(2026, 2, 10))
     before = await cluster.row_counts()
-    pause = pb.PauseDelinquencyRequest(
-        request_id=request_id(),
-        loan_id=loan.loan_id,
-        start_date=pdate(date(2026, 2, 12)),
-        end_date=pdate(date(2026, 3, 12)),
-        reason="hospitalised",
-        requested_by="cw-01",
-    )
+    hospitalised = pause(loan.loan_id, date(2026, 2, 12), date(2026, 3, 12))
     attempts: list[tuple[Callable[[], Awaitable[object]], str]] = [
         (lambda: disburse(cluster.lending, loan.loan_id, 100_000, date(2026, 2, 12)), "paying out"),
         (
             lambda: cluster.lending.RescheduleLoan(reschedule(loan.loan_id, date(2026, 2, 12), 18)),
             "rescheduling it",
         ),
-        (lambda: cluster.lending.PauseDelinquency(pause), "pausing its arrears"),
+        (lambda: cluster.lending.PauseDelinquency(hospitalised), "pausing its arrears"),
     ]
     for attempt, says in attempts:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -486,14 +480,7 @@ async def test_bad_input_is_invalid_argument_with_field_violations_and_writes_no
         "amount_minor",
         invalid,
     )
-    blank_reason = pb.PauseDelinquencyRequest(
-        request_id=request_id(),
-        loan_id=loan.loan_id,
-        start_date=pdate(date(2026, 5, 10)),
-        end_date=pdate(date(2026, 6, 10)),
-        reason="   ",
-        requested_by="cw-01",
-    )
+    blank_reason = pause(loan.loan_id, date(2026, 5, 10), date(2026, 6, 10), reason="   ")
     await _refused_without_writes(
         cluster, lending.PauseDelinquency(blank_reason), "reason", invalid
     )
