@@ -756,10 +756,10 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     reason="MAX_TRANCHES",
                 )
             if tranches:
+                await self._check_further_tranche(conn, request.loan_id, on)
                 # Dated before a payment already recorded, it would re-spread instalments
                 # that payment was allocated to.
                 self._check_not_before_latest(loan, on, "disbursement_date")
-                await self._check_further_tranche(conn, request.loan_id, on)
             cash = await ledger.lock_fund_available(conn, loan["fund_id"])
             if cash.committed_on is not None and on < cash.committed_on:
                 # A slip of the year (2016 for 2026) would pay out of a fund before it

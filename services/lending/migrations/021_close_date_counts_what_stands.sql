@@ -44,8 +44,8 @@ BEGIN
         'recovered', v.recovered, 'outstanding', v.outstanding, 'dpd', v.dpd,
         'tranches', v.tranches,
         -- The day the loan closed, when this repayment closed it: the latest value date
-        -- on its receivable (a payment dated before an earlier-recorded one closes the
-        -- loan as of that later date, as GetLoan says).
+        -- on its receivable among the transactions that stand (a payment dated before an
+        -- earlier-recorded one closes the loan as of that later date, as GetLoan says).
         'close_date', CASE WHEN r.outcome = 'CLOSED' THEN (SELECT max(p.value_date)
             FROM postings p WHERE p.loan_id = p_loan_id AND p.account = 'LOANS_RECEIVABLE'
               AND p.kind <> 'REPAYMENT_REVERSAL'
