@@ -709,7 +709,9 @@ def journey_start(
         resume = None
         if followed:
             resume = following_loan(
-                await _loan_to_follow(sid, followed), survivor_profile_of(survivor.survivor)
+                await _loan_to_follow(sid, followed),
+                survivor_profile_of(survivor.survivor),
+                programme_today(),
             )
         if loan is not None:  # a loan lending would refuse is refused here
             async with context.lending(settings, token) as lend:
@@ -948,10 +950,12 @@ async def _follow_ups_recorded(
     return sorted(recorded)
 
 
-async def _loan_to_follow(survivor_id: str, loan_id: str) -> lending_pb.Loan:
-    """The survivor's own loan, being repaid: what `journey start --follow-loan` follows."""
-    request = lending_pb.GetLoanRequest(loan_id=loan_id)
-    loan = (await call_lending("GetLoan", request, lending_pb.GetLoanResponse)).loan
+async def _loan_to_follow(survivor_id: str, loan_id: str) -> lending_pb.GetLoanResponse:
+    """The survivor's own loan, being repaid, with its schedule today: what `journey start
+    --follow-loan` follows."""
+    request = snapshot_request(loan_id, programme_today().isoformat())
+    answer = await call_lending("GetLoan", request, lending_pb.GetLoanResponse)
+    loan = answer.loan
     if loan.survivor_id != survivor_id:
         raise CliError(f"loan {loan_id} is not survivor {survivor_id}'s")
     if loan.state != lending_pb.LOAN_STATE_ACTIVE:
@@ -959,7 +963,7 @@ async def _loan_to_follow(survivor_id: str, loan_id: str) -> lending_pb.Loan:
             f"loan {loan_id} is {loan_status(loan)}: a journey follows a loan being repaid "
             "(ACTIVE); one not yet disbursed is followed by the journey that applied for it"
         )
-    return loan
+    return answer
 
 
 async def _started_meanwhile(handle: WorkflowHandle[Any, Any]) -> CliError:

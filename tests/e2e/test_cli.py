@@ -70,7 +70,12 @@ from tests.lending_helpers import (
 )
 from tests.ports import closed_port
 from workers.journey import search_attributes as sa
-from workers.journey.activities import JourneyActivities, following_loan, survivor_profile_of
+from workers.journey.activities import (
+    JourneyActivities,
+    following_loan,
+    snapshot_request,
+    survivor_profile_of,
+)
 from workers.journey.loan_news import LOAN_NEWS_WORKFLOW_ID, LoanNewsWorkflow, start_loan_news
 from workers.journey.model import (
     JourneyInput,
@@ -896,9 +901,11 @@ async def test_a_journey_started_to_follow_a_loan_already_being_repaid(
         )
         assert status.stage in ("GRACE", "REPAYMENT"), status
         assert (status.loan_id, status.outstanding_minor) == (loan.loan_id, 120_000), status
-        # Filterable as any journey from its first second: district and loan status too.
+        # Filterable as any journey from its first second: district and loan status too,
+        # and its stage (in grace: paid out 10 days ago, first instalment not yet due).
         attributes = (await handle.describe()).typed_search_attributes
         assert attributes.get(sa.DISTRICT_CODE) == "saatli"
+        assert status.stage == "GRACE", status
         assert attributes.get(sa.LOAN_STATUS) == "ACTIVE"
         ran = await mineaction(cli_env, "repay", loan.loan_id, "1200")
         assert ran.exit_code == 0, ran
@@ -930,11 +937,11 @@ async def test_a_loan_followed_again_is_not_followed_up_twice(
     survivor = await cluster.eligibility.GetSurvivor(
         eligibility_pb.GetSurvivorRequest(survivor_id=survivor_id)
     )
-    repaid = (await cluster.lending.GetLoan(lending_pb.GetLoanRequest(loan_id=loan.loan_id))).loan
+    repaid = await cluster.lending.GetLoan(snapshot_request(loan.loan_id, str(programme_today())))
     async with build_worker(dev_client, activities, task_queue):
         # The first journey, as one that took the loan to its end and both follow-ups.
         done = dataclasses.replace(
-            following_loan(repaid, survivor_profile_of(survivor.survivor)),
+            following_loan(repaid, survivor_profile_of(survivor.survivor), programme_today()),
             follow_ups_recorded=[6, 12],
         )
         first = await dev_client.start_workflow(

@@ -183,15 +183,20 @@ def survivor_profile_of(survivor: eligibility_pb.Survivor) -> SurvivorProfile:
     return SurvivorProfile(intake.district_code, _LANGUAGE.get(intake.preferred_language, "az"))
 
 
-def following_loan(loan: lending_pb.Loan, profile: SurvivorProfile) -> JourneyState:
+def following_loan(
+    answer: lending_pb.GetLoanResponse, profile: SurvivorProfile, today: date
+) -> JourneyState:
     """Where a journey started to follow a loan already being repaid picks up (its
-    `resume`): the repayment cycle, as a run continued as new would. The loan was made
-    outside any journey, or reopened by a reversal after its journey ended."""
+    `resume`): the repayment cycle, as a run continued as new would, in GRACE until the
+    first instalment falls due. The loan was made outside any journey, or reopened by a
+    reversal after its journey ended. `answer`: GetLoan's, with the schedule."""
+    first_due = loan_snapshot_of(answer, today).first_due_date
+    in_grace = bool(first_due) and today < date.fromisoformat(first_due)
     return JourneyState(
-        stage=Stage.REPAYMENT.value,
+        stage=(Stage.GRACE if in_grace else Stage.REPAYMENT).value,
         profile=profile,
-        loan=_loan_summary(loan),
-        tranches_disbursed=len(loan.tranches),
+        loan=_loan_summary(answer.loan),
+        tranches_disbursed=len(answer.loan.tranches),
     )
 
 
