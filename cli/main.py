@@ -471,10 +471,8 @@ async def _rules_call(rpc: str, request: Message, path: Path) -> Any:
     each problem (the rule and the line and column) is printed on its own line, like a
     compiler's, before the one error line."""
     checked(request)
-    settings = context.settings()
-    token = context.token(_OPTIONS, settings)
-    async with context.eligibility(settings, token) as stub:
-        with calling("eligibility", settings.eligibility_address):
+    async with _service("eligibility") as (stub, calls):
+        with calls:
             try:
                 return await getattr(stub, rpc)(request, timeout=TIMEOUT)
             except grpc.aio.AioRpcError as error:
@@ -526,8 +524,7 @@ def rules_show(
     async def go() -> None:
         rid = inputs.identifier(rule_set_id, "rule set id")
         number = inputs.count(version, "--version", 0, 1_000_000)
-        if str(output) != "-":
-            _check_output(output)
+        _check_output(output)
         async with _service("eligibility") as (stub, calls):
             with calls:
                 found = await stub.GetRuleSet(

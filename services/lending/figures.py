@@ -114,13 +114,9 @@ TRANCHES_JSON = """(SELECT coalesce(json_agg(json_build_object(
 # balance as of any date is zero (the repayment that brought it there, or the write-off; a
 # recovery posts to RECOVERY_INCOME; a reversal that reopens a loan makes it ACTIVE again).
 # Only transactions that stand count: a payment reversed and its reversal cancel out, and
-# their date is no closing (migration 021 gives the repayment's answer the same).
-CLOSE_DATE = """(CASE WHEN l.state IN ('CLOSED_OBLIGATIONS_MET', 'CLOSED_WRITTEN_OFF') THEN
-    (SELECT max(p.value_date) FROM postings p
-     WHERE p.loan_id = l.loan_id AND p.account = 'LOANS_RECEIVABLE'
-       AND p.kind <> 'REPAYMENT_REVERSAL'
-       AND NOT EXISTS (SELECT 1 FROM ledger_transactions x
-                       WHERE x.reverses = p.transaction_id)) END)"""
+# their date is no closing (migration 021's function, which the repayment's answer uses).
+CLOSE_DATE = """(CASE WHEN l.state IN ('CLOSED_OBLIGATIONS_MET', 'CLOSED_WRITTEN_OFF')
+    THEN lending_close_date(l.loan_id) END)"""
 
 _LOAN_VIEW_SELECT = f"""
 SELECT l.*, f.disbursed, f.repaid, f.written_off, f.recovered, f.outstanding, f.dpd,

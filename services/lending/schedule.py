@@ -31,7 +31,6 @@ class Instalment(NamedTuple):
     cumulative_minor: int  # principal due up to and including this instalment
 
 
-_month_end = month_end  # the hot loop below reads it under its old name
 _new_instalment = Instalment._make
 
 
@@ -55,7 +54,7 @@ def due_dates(
         if day <= 28:
             dates.append(date(year, month, day))
         else:
-            last = _month_end(year, month) if month == 2 else MONTH_DAYS[month - 1]
+            last = month_end(year, month) if month == 2 else MONTH_DAYS[month - 1]
             dates.append(date(year, month, day if day <= last else last))
     offset = term_months
     while not dates:

@@ -1,7 +1,16 @@
 -- The day a loan closed counts only the transactions that stand (migration 015 took the
 -- latest value date on the receivable): a payment reversed, and its reversal, cancel out
 -- and leave no mark, so a loan repaid on 5 March after a bounced payment of 10 March
--- closed on 5 March, not 10 March (services/lending/figures.py CLOSE_DATE says the same).
+-- closed on 5 March, not 10 March. One function says it, for the repayment's answer here
+-- and for GetLoan and ListLoans (services/lending/figures.py CLOSE_DATE).
+CREATE FUNCTION lending_close_date(p_loan_id text) RETURNS date
+LANGUAGE sql STABLE AS $$
+    SELECT max(p.value_date) FROM postings p
+    WHERE p.loan_id = p_loan_id AND p.account = 'LOANS_RECEIVABLE'
+      AND p.kind <> 'REPAYMENT_REVERSAL'
+      AND NOT EXISTS (SELECT 1 FROM ledger_transactions x WHERE x.reverses = p.transaction_id)
+$$;
+
 CREATE OR REPLACE FUNCTION lending_repay_once(
     p_request_id text, p_method text, p_payload_hash bytea,
     p_loan_id text, p_amount bigint, p_paid_on date, p_recorded_by text, p_memo text,
@@ -46,11 +55,7 @@ BEGIN
         -- The day the loan closed, when this repayment closed it: the latest value date
         -- on its receivable among the transactions that stand (a payment dated before an
         -- earlier-recorded one closes the loan as of that later date, as GetLoan says).
-        'close_date', CASE WHEN r.outcome = 'CLOSED' THEN (SELECT max(p.value_date)
-            FROM postings p WHERE p.loan_id = p_loan_id AND p.account = 'LOANS_RECEIVABLE'
-              AND p.kind <> 'REPAYMENT_REVERSAL'
-              AND NOT EXISTS (SELECT 1 FROM ledger_transactions x
-                              WHERE x.reverses = p.transaction_id))
+        'close_date', CASE WHEN r.outcome = 'CLOSED' THEN lending_close_date(p_loan_id)
             END)::text, 'UTF8');
     UPDATE idempotency_keys SET response = v_answer WHERE request_id = p_request_id;
     IF a_subject IS NOT NULL THEN
