@@ -61,6 +61,7 @@ from services.common.errors import (
     invalid,
 )
 from services.common.idempotency import idempotent, once_per_request
+from services.common.interceptors import GuardedServer
 from services.common.programme_time import (
     PROGRAMME_TIME_ZONE,
     not_after_today,
@@ -911,7 +912,7 @@ def _over_capacity(pool_id: str, pool_capacity: int) -> InvalidArgument:
 
 
 async def attach(
-    server: grpc.aio.Server, db: Database, settings: Settings, resources: AsyncExitStack
+    server: GuardedServer, db: Database, settings: Settings, resources: AsyncExitStack
 ) -> None:
     catalogue = load_catalogue()
     reference = capacity.load_reference_data(HERE / "reference.yaml")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -22,6 +23,9 @@ from mineaction.audit.v1 import audit_service_pb2_grpc as pb_grpc
 from services.common import pagination
 from services.common.db import Database, Migration, migrate
 from services.common.protoconv import timestamp
+
+if TYPE_CHECKING:  # the chain itself audits: no import at run time
+    from services.common.interceptors import GuardedServer
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AuditService"].full_name
 MIGRATIONS_DIR = Path(__file__).with_name("audit_migrations")
@@ -242,5 +246,5 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         return pb.ListAuditEntriesResponse(audit_entries=entries, next_page_token=token)
 
 
-def attach(server: grpc.aio.Server, db: Database) -> None:
+def attach(server: GuardedServer, db: Database) -> None:
     pb_grpc.add_AuditServiceServicer_to_server(AuditServicer(db), server)

@@ -19,7 +19,8 @@
 
 Only unary-unary methods are wrapped: the project's APIs are all unary, and the health
 and reflection services' streams pass through untouched. Any other streaming method is
-refused by the authentication step. The steps run as one gRPC interceptor (StepChain).
+not served. The steps are composed around each method once, when it is registered
+(StepChain, GuardedServer): grpc.aio runs no interceptor of ours per call.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import contextvars
 import functools
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -100,7 +101,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
 class UnaryInterceptor:
     """One step of the chain: subclasses implement `around`, which wraps one unary call.
-    StepChain runs the steps as one gRPC interceptor."""
+    StepChain composes the steps around each method."""
 
     async def around(
         self, method: str, request: Any, context: grpc.aio.ServicerContext, call_next: Handler
@@ -427,48 +428,85 @@ def bind_actor(request: Message, path: str, principal: Principal) -> str:
     )
 
 
-class StepChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """The steps above as one gRPC interceptor: gRPC consults it once per call (instead of
-    once per step), and each method's composed handler is built once. The behaviour is
-    the steps', in order; health and reflection skip authentication (and so the steps
-    that need a caller pass them through), and a streaming method outside them is not
-    served."""
+class StepChain:
+    """The steps above around every unary method of a server, composed once per method
+    when its handlers are registered (GuardedServer): no gRPC interceptor, which grpc.aio
+    would consult with a coroutine of its own on every call. The behaviour is the steps',
+    in order; health and reflection skip authentication (and so the steps that need a
+    caller pass them through), and a streaming method outside them is not served."""
 
     def __init__(self, steps: list[UnaryInterceptor], policy: AccessPolicy) -> None:
         self._steps = steps
         self._policy = policy
-        self._built: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
+    def guard(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
         is_open = self._policy.is_open(method)
         if handler is None or handler.unary_unary is None:
             return handler if is_open else None
-        cached = self._built.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
         call: Handler = handler.unary_unary
         for step in reversed(self._steps):
             if not (is_open and isinstance(step, AuthenticationInterceptor)):
                 # A partial, not a wrapping coroutine: one coroutine per step and call.
                 call = functools.partial(step.around, method, call_next=call)
-        composed = grpc.unary_unary_rpc_method_handler(
+        return grpc.unary_unary_rpc_method_handler(
             call,
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=serializer_passing_encoded(handler.response_serializer),
         )
-        self._built[method] = (handler, composed)
-        return composed
+
+
+class _GuardedHandlers(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """A service's generic handlers, each method behind the chain (built on first call)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, chain: StepChain) -> None:
+        self._inner = inner
+        self._chain = chain
+        # method: (the service's handler, the guarded one)
+        self._built: dict[str, tuple[Any, Any]] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(details)
+        built = self._built.get(details.method)
+        if built is None or built[0] is not handler:
+            built = self._built[details.method] = (
+                handler,
+                self._chain.guard(details.method, handler),
+            )
+        return built[1]
+
+
+class GuardedServer:
+    """Where the services register their handlers on a grpc.aio server: every handler
+    added through it runs behind the chain. Generated `add_..._to_server` functions and
+    the health and reflection services take it in place of the server."""
+
+    def __init__(self, server: grpc.aio.Server, chain: StepChain) -> None:
+        self._server = server
+        self._chain = chain
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_GuardedHandlers(handler, self._chain) for handler in handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service_name: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service_name,
+            {
+                name: guarded
+                for name, handler in handlers.items()
+                if (guarded := self._chain.guard(f"/{service_name}/{name}", handler)) is not None
+            },
+        )
 
 
 def interceptor_chain(
     verifier: TokenVerifier, policy: AccessPolicy, audit_log: AuditLog
-) -> list[grpc.aio.ServerInterceptor]:
+) -> StepChain:
     steps: list[UnaryInterceptor] = [
         RequestContextInterceptor(),
         ErrorMappingInterceptor(),
@@ -477,4 +515,4 @@ def interceptor_chain(
         AuthorizationInterceptor(policy),
         ValidationInterceptor(),
     ]
-    return [StepChain(steps, policy)]
+    return StepChain(steps, policy)

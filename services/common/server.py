@@ -27,7 +27,7 @@ from services.common import audit
 from services.common.auth import AccessPolicy, AuthConfigError, TokenVerifier
 from services.common.config import ConfigError, Settings, load_settings
 from services.common.db import Database, MigrationError, database_url
-from services.common.interceptors import interceptor_chain
+from services.common.interceptors import GuardedServer, interceptor_chain
 from services.common.logging import configure_logging
 from services.common.metrics import MetricsEndpoint, metrics_port, serve_metrics, watch_pool
 from services.common.tracing import configure_tracing, server_interceptors
@@ -55,7 +55,7 @@ class ServiceSpec:
     migrations_dir: Path
     # Attaches the servicer; what it opens for the process's life (a channel to another
     # service) it leaves on the exit stack, which the host closes when it stops.
-    attach: Callable[[grpc.aio.Server, Database, Settings, AsyncExitStack], Awaitable[None]]
+    attach: Callable[[GuardedServer, Database, Settings, AsyncExitStack], Awaitable[None]]
     address: Callable[[Settings], str]
 
 
@@ -100,11 +100,8 @@ class ServiceHost:
         db: Database,
     ) -> int:
         await audit.apply_migrations(db)
-        server = grpc.aio.server(
-            interceptors=[
-                *server_interceptors(),  # tracing, when on: outermost, so it times it all
-                *interceptor_chain(verifier, policy, audit.AuditLog(db)),
-            ],
+        grpc_server = grpc.aio.server(
+            interceptors=server_interceptors(),  # tracing, when on: it times it all
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -114,6 +111,9 @@ class ServiceHost:
                 ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS),
             ],
         )
+        # Every handler registered through it runs behind the chain (authentication,
+        # audit, authorization, validation included).
+        server = GuardedServer(grpc_server, interceptor_chain(verifier, policy, audit.AuditLog(db)))
         await self.spec.attach(server, db, self.settings, self._resources)
         audit.attach(server, db)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -128,9 +128,9 @@ class ServiceHost:
         )
         try:
             self.port = (
-                server.add_secure_port(self.address, credentials)
+                grpc_server.add_secure_port(self.address, credentials)
                 if credentials is not None
-                else server.add_insecure_port(self.address)
+                else grpc_server.add_insecure_port(self.address)
             )
         except RuntimeError:
             self.port = 0
@@ -143,14 +143,14 @@ class ServiceHost:
             raise PortInUse(f"{self.settings.metrics_host}:{port} (metrics)") from error
         watch_pool(self.spec.name, db.pool.get_size, db.pool.get_idle_size)
         try:
-            await server.start()
+            await grpc_server.start()
         except BaseException:
-            await server.stop(None)  # releases the port it bound
+            await grpc_server.stop(None)  # releases the port it bound
             raise
         # Everything loaded so far (modules, descriptors, plugins, pools) lives as long as
         # the process: keep it out of the garbage collector's full passes.
         gc.freeze()
-        self._server = server
+        self._server = grpc_server
         for name in ("", self.spec.full_name, audit.SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("service started", service=self.spec.name, address=self.address, port=self.port)

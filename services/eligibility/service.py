@@ -29,6 +29,7 @@ from services.common.errors import (
     invalid_fields,
 )
 from services.common.idempotency import once_per_request
+from services.common.interceptors import GuardedServer
 from services.common.programme_time import add_months, not_after_today, programme_today
 from services.common.protoconv import from_proto_date, timestamp
 from services.common.server import ServiceSpec
@@ -637,7 +638,7 @@ def _optional_date(request: Any, name: str) -> date | None:
 
 
 async def attach(
-    server: grpc.aio.Server, db: Database, settings: Settings, resources: AsyncExitStack
+    server: GuardedServer, db: Database, settings: Settings, resources: AsyncExitStack
 ) -> None:
     rulebook = RuleBook()
     async with db.transaction() as conn:

@@ -27,6 +27,7 @@ from services.common.districts import require_known_district, require_known_dist
 from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, invalid
 from services.common.idempotency import once_per_request
 from services.common.identity import same_person
+from services.common.interceptors import GuardedServer
 from services.common.money import qepik_and_manat
 from services.common.programme_time import not_after_today, programme_today
 from services.common.protoconv import from_proto_date, proto_date, timestamp
@@ -1539,7 +1540,7 @@ class _Revision:
 
 
 async def attach(
-    server: grpc.aio.Server, db: Database, settings: Settings, resources: AsyncExitStack
+    server: GuardedServer, db: Database, settings: Settings, resources: AsyncExitStack
 ) -> None:
     async with db.transaction() as conn:
         await seed_reference_data(conn)
