@@ -278,6 +278,41 @@ def register(
     run(go())
 
 
+@app.command("withdraw-consent")
+def withdraw_consent(
+    survivor_id: Annotated[str, typer.Argument(help="The survivor's opaque id.")],
+    on: Annotated[
+        str | None,
+        typer.Option("--on", help="The day the survivor withdrew consent (default today)."),
+    ] = None,
+    lang: Lang = "en",
+) -> None:
+    """Record that a survivor withdrew consent to the processing of their data.
+
+    From then on nothing uses it: no assessment, follow-up or journey, and rule-set
+    what-ifs pass over their records. What was recorded before stays. Registering them
+    again, with the consent they give again and its date, restores it."""
+
+    async def go() -> None:
+        language = inputs.language(lang)
+        request = checked(
+            eligibility_pb.WithdrawConsentRequest(
+                request_id=inputs.request_id(),
+                survivor_id=inputs.identifier(survivor_id, "survivor id"),
+                withdrawn_on=proto_date(_date_or_today(on, "--on")),
+                recorded_by=_staff("", "the token's subject"),  # the caller records it
+            )
+        )
+        settings = context.settings()
+        token = context.token(_OPTIONS, settings)
+        async with context.eligibility(settings, token) as stub:
+            with calling("eligibility", settings.eligibility_address):
+                survivor = (await stub.WithdrawConsent(request, timeout=TIMEOUT)).survivor
+        render.line(render.consent_withdrawn(survivor, language))
+
+    run(go())
+
+
 async def _assess(
     stub: Any, address: str, survivor_id: str, on: date, lang: str, reason: str = ""
 ) -> None:
@@ -697,17 +732,13 @@ def journey_start(
             _acting(service + method, worker)
         settings = context.settings()
         token = context.token(_OPTIONS, settings)
-        # Only a registered survivor gets a journey.
-        async with context.eligibility(settings, token) as stub:
-            with calling("eligibility", settings.eligibility_address):
-                survivor = await stub.GetSurvivor(
-                    eligibility_pb.GetSurvivorRequest(survivor_id=sid), timeout=TIMEOUT
-                )
+        # Only a registered survivor, whose consent stands, gets a journey.
+        survivor = await _consenting_survivor(settings, token, sid, "no journey is started")
         resume = None
         if followed:
             resume = following_loan(
                 await _loan_to_follow(sid, followed),
-                survivor_profile_of(survivor.survivor),
+                survivor_profile_of(survivor),
                 programme_today(),
             )
         if loan is not None:  # a loan lending would refuse is refused here
@@ -1547,6 +1578,21 @@ def journey_refresh(
     run(go())
 
 
+async def _consenting_survivor(
+    settings: Settings, token: str, survivor_id: str, refused: str
+) -> eligibility_pb.Survivor:
+    """The survivor's record; CliError, saying what is `refused`, when their consent to
+    data processing stands withdrawn."""
+    async with context.eligibility(settings, token) as stub:
+        with calling("eligibility", settings.eligibility_address):
+            response = await stub.GetSurvivor(
+                eligibility_pb.GetSurvivorRequest(survivor_id=survivor_id), timeout=TIMEOUT
+            )
+    if response.survivor.HasField("consent_withdrawal"):
+        raise CliError(f"{render.consent_withdrawn(response.survivor, 'en')}: {refused}")
+    return response.survivor  # type: ignore[no-any-return]
+
+
 @journey_app.command("follow-up")
 def journey_follow_up(
     survivor_id: Annotated[str, typer.Argument(help="The survivor followed up.")],
@@ -1575,6 +1621,9 @@ def journey_follow_up(
         inputs.count(family_members, "--family-members", 0, 49)
         who = _staff(recorded_by, "--recorded-by")
         _acting(_ELIGIBILITY + "RecordFollowUp", who)
+        settings = context.settings()
+        token = context.token(_OPTIONS, settings)
+        await _consenting_survivor(settings, token, sid, "no follow-up is recorded")
         status = await _update_journey(
             sid,
             SurvivorJourneyWorkflow.record_follow_up,

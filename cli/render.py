@@ -435,6 +435,22 @@ def registered(survivor: eligibility_pb.Survivor, district_code: str, lang: str)
     return line + (pinned if version else "")
 
 
+def consent_withdrawn(survivor: eligibility_pb.Survivor, lang: str) -> str:
+    """A survivor's standing withdrawal of consent, and what it means."""
+    withdrawal = survivor.consent_withdrawal
+    on = from_proto_date(withdrawal.withdrawn_on).isoformat()
+    if lang == "az":
+        return (
+            f"sağ qalan {survivor.survivor_id} {on} tarixində məlumatlarının emalına "
+            f"razılığını geri götürüb (qeyd edən: {withdrawal.recorded_by}): məlumatları "
+            "daha istifadə olunmur"
+        )
+    return (
+        f"survivor {survivor.survivor_id} withdrew consent to data processing on {on} "
+        f"(recorded by {withdrawal.recorded_by}): their data is no longer used"
+    )
+
+
 def assistance_state(a: AssistanceState, lang: str = "en", known: Catalogue | None = None) -> str:
     """One item: its state, where it waits, its assistance id; '…' until it is known. The
     state is named in `lang` as the assistance catalogue names it, when it is at hand."""

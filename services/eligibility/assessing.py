@@ -43,7 +43,7 @@ _METHOD = method_of(pb.AssessEligibilityResponse)
 _SURVIVORS = """
     SELECT s.survivor_id, s.xmin::text AS row_version, s.intake_pb,
            CASE WHEN s.intake_pb IS NULL THEN s.intake::text END AS intake,
-           s.pinned_rule_set_id, s.pinned_rule_set_version,
+           s.pinned_rule_set_id, s.pinned_rule_set_version, s.consent_withdrawn_on,
            (SELECT max(r.version) FROM rule_sets r
             WHERE r.rule_set_id = coalesce(s.pinned_rule_set_id, $2)) AS latest_version
     FROM survivors s WHERE s.survivor_id = ANY($1::text[])"""
@@ -224,6 +224,8 @@ class Assessor:
         survivor = intake_mod.stored_intake(row)
         if not survivor.consent.data_processing:
             raise FailedPrecondition("no recorded consent", reason="CONSENT_REQUIRED")
+        if row["consent_withdrawn_on"] is not None:
+            raise intake_mod.consent_withdrawn(row["consent_withdrawn_on"])
         if day < from_proto_date(survivor.date_of_birth):
             raise invalid(
                 "assessment_date", "is before the survivor's date of birth", "BEFORE_BIRTH"

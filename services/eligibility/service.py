@@ -31,7 +31,7 @@ from services.common.errors import (
 from services.common.idempotency import once_per_request
 from services.common.interceptors import GuardedServer
 from services.common.programme_time import add_months, not_after_today, programme_today
-from services.common.protoconv import from_proto_date, timestamp
+from services.common.protoconv import from_proto_date, proto_date, timestamp
 from services.common.server import ServiceSpec
 from services.eligibility import intake as intake_mod
 from services.eligibility import rules
@@ -41,6 +41,9 @@ from services.eligibility.rulebook import RuleBook
 from services.eligibility.trace import OUTCOME, rule_result_message, score_component_message
 
 SIMULATION_LIMIT = 100_000
+# What a Survivor message shows of its row beside the intake.
+_SURVIVOR_COLUMNS = """created_at, updated_at, pinned_rule_set_id, pinned_rule_set_version,
+                      consent_withdrawn_on, consent_withdrawn_by"""
 
 
 def decision_to_proto(
@@ -107,9 +110,11 @@ async def _decided_again(
     with `every_day`, is not in force on one's day (RULES_NOT_IN_FORCE; otherwise such an
     assessment is passed over: the candidate will never decide that day)."""
     cursor = conn.cursor(
-        """SELECT assessment_id, assessment_date, intake::text, intake_pb, result
-           FROM assessments
-           ORDER BY assessment_date, assessment_id LIMIT $1""",
+        # Not those of survivors whose consent stands withdrawn: a what-if uses their data.
+        """SELECT a.assessment_id, a.assessment_date, a.intake::text, a.intake_pb, a.result
+           FROM assessments a JOIN survivors s USING (survivor_id)
+           WHERE s.consent_withdrawn_on IS NULL
+           ORDER BY a.assessment_date, a.assessment_id LIMIT $1""",
         SIMULATION_LIMIT,
     )
     async for row in cursor:
@@ -169,33 +174,51 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             )
 
         async def register(conn: Connection) -> pb.RegisterSurvivorResponse:
-            row = await fetch_one(
-                conn,
-                """INSERT INTO survivors (survivor_id, intake, district_code, consent_given_on,
+            consented = (
+                from_proto_date(intake.consent.recorded_on)
+                if intake.consent.HasField("recorded_on")
+                else programme_today()
+            )
+            # A withdrawn consent is given again only on or after its withdrawal: until
+            # then the record is not to be used, nor changed.
+            row = await conn.fetchrow(
+                f"""INSERT INTO survivors (survivor_id, intake, district_code, consent_given_on,
                                           intake_pb)
                    VALUES ($1, $2::jsonb, $3, $4, $5)
                    ON CONFLICT (survivor_id) DO UPDATE
                      SET intake = EXCLUDED.intake, district_code = EXCLUDED.district_code,
                          consent_given_on = EXCLUDED.consent_given_on,
-                         intake_pb = EXCLUDED.intake_pb, updated_at = now()
-                   RETURNING created_at, updated_at, pinned_rule_set_id,
-                             pinned_rule_set_version""",
+                         intake_pb = EXCLUDED.intake_pb, updated_at = now(),
+                         consent_withdrawn_on = NULL, consent_withdrawn_by = NULL
+                     WHERE survivors.consent_withdrawn_on IS NULL
+                        OR EXCLUDED.consent_given_on >= survivors.consent_withdrawn_on
+                   RETURNING {_SURVIVOR_COLUMNS}""",
                 intake.survivor_id,
                 intake_mod.intake_json(intake),
                 intake.district_code,
-                from_proto_date(intake.consent.recorded_on)
-                if intake.consent.HasField("recorded_on")
-                else programme_today(),
+                consented,
                 intake.SerializeToString(),
             )
+            if row is None:
+                withdrawn_on = await conn.fetchval(
+                    "SELECT consent_withdrawn_on FROM survivors WHERE survivor_id = $1",
+                    intake.survivor_id,
+                )
+                raise FailedPrecondition(
+                    f"the survivor withdrew consent on {withdrawn_on}; consent recorded on "
+                    f"{consented} is the earlier one: record the consent given again, dated "
+                    f"on or after {withdrawn_on}; nothing was stored",
+                    reason="CONSENT_WITHDRAWN",
+                )
             return pb.RegisterSurvivorResponse(survivor=self._survivor(intake, row))
 
         return await once_per_request(self.db, request, pb.RegisterSurvivorResponse, register)
 
     @staticmethod
     def _survivor(intake: pb.SurvivorIntake, row: asyncpg.Record) -> pb.Survivor:
-        """The record, with the rule-set version the survivor's assessments use."""
-        return pb.Survivor(
+        """The record, with the rule-set version the survivor's assessments use and a
+        withdrawal of consent that stands."""
+        survivor = pb.Survivor(
             survivor_id=intake.survivor_id,
             intake=intake,
             create_time=timestamp(row["created_at"]),
@@ -203,19 +226,65 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             pinned_rule_set_id=row["pinned_rule_set_id"] or "",
             pinned_rule_set_version=row["pinned_rule_set_version"] or 0,
         )
+        if row["consent_withdrawn_on"] is not None:
+            survivor.consent_withdrawal.withdrawn_on.CopyFrom(
+                proto_date(row["consent_withdrawn_on"])
+            )
+            survivor.consent_withdrawal.recorded_by = row["consent_withdrawn_by"]
+        return survivor
 
     async def GetSurvivor(
         self, request: pb.GetSurvivorRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSurvivorResponse:
         row = await self.db.pool.fetchrow(
-            """SELECT intake::text, intake_pb, created_at, updated_at, pinned_rule_set_id,
-                      pinned_rule_set_version
+            f"""SELECT intake::text, intake_pb, {_SURVIVOR_COLUMNS}
                FROM survivors WHERE survivor_id = $1""",
             request.survivor_id,
         )
         if row is None:
             raise NotFound(f"survivor {request.survivor_id} is not registered")
         return pb.GetSurvivorResponse(survivor=self._survivor(intake_mod.stored_intake(row), row))
+
+    async def WithdrawConsent(
+        self, request: pb.WithdrawConsentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WithdrawConsentResponse:
+        withdrawn_on = from_proto_date(request.withdrawn_on)
+        not_after_today("withdrawn_on", withdrawn_on, simulated_clock=self.accept_future_dates)
+
+        async def withdraw(conn: Connection) -> pb.WithdrawConsentResponse:
+            row = await conn.fetchrow(
+                """SELECT consent_given_on, consent_withdrawn_on FROM survivors
+                   WHERE survivor_id = $1 FOR UPDATE""",
+                request.survivor_id,
+            )
+            if row is None:
+                raise NotFound(f"survivor {request.survivor_id} is not registered")
+            if row["consent_withdrawn_on"] is not None:
+                raise FailedPrecondition(
+                    f"the survivor's consent was withdrawn on {row['consent_withdrawn_on']} "
+                    "already",
+                    reason="CONSENT_ALREADY_WITHDRAWN",
+                )
+            if withdrawn_on < row["consent_given_on"]:
+                raise invalid(
+                    "withdrawn_on",
+                    f"is before the consent on record was given ({row['consent_given_on']})",
+                    "BEFORE_CONSENT",
+                )
+            row = await fetch_one(
+                conn,
+                f"""UPDATE survivors
+                   SET consent_withdrawn_on = $2, consent_withdrawn_by = $3, updated_at = now()
+                   WHERE survivor_id = $1
+                   RETURNING intake::text, intake_pb, {_SURVIVOR_COLUMNS}""",
+                request.survivor_id,
+                withdrawn_on,
+                request.recorded_by,
+            )
+            survivor = self._survivor(intake_mod.stored_intake(row), row)
+            return pb.WithdrawConsentResponse(survivor=survivor)
+
+        return await once_per_request(self.db, request, pb.WithdrawConsentResponse, withdraw)
 
     # --- assessments -----------------------------------------------------------------
 
@@ -496,7 +565,8 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         async def record(conn: Connection) -> pb.RecordFollowUpResponse:
             # The survivor and the visit's date first: refused without asking lending.
             survivor = await conn.fetchrow(
-                "SELECT intake, intake_pb FROM survivors WHERE survivor_id = $1",
+                """SELECT intake, intake_pb, consent_withdrawn_on FROM survivors
+                   WHERE survivor_id = $1""",
                 follow_up.survivor_id,
             )
             if survivor is None:
@@ -511,6 +581,8 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             if visited < born:
                 # The rule, never the value: refusals are logged (personal data).
                 raise invalid("follow_up.recorded_on", "is before the survivor's date of birth")
+            if survivor["consent_withdrawn_on"] is not None:
+                raise intake_mod.consent_withdrawn(survivor["consent_withdrawn_on"])
             # Asked only for a new request (a retry gets its first answer, lending up or not).
             if follow_up.loan_id:
                 loan = await self.loans.loan_of(

@@ -291,6 +291,57 @@ async def test_register_and_assess_in_both_languages(
     assert one_error_line(refused) == "error: --from 2026-12-01 is after --to 2026-11-01"
 
 
+async def test_consent_withdrawn_and_given_again_from_the_cli(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    intake = write_intake(tmp_path, survivor_id)  # consent given on 2026-02-20
+    assert (await mineaction(cli_env, "register", str(intake))).exit_code == 0
+
+    # Bad input is refused before any call.
+    for bad, says in (
+        (["--on", "2026-13-01"], "--on"),
+        (["--on", "2026-11-20", "--lang", "fr"], "unknown language"),
+    ):
+        refused = await mineaction(cli_env, "withdraw-consent", survivor_id, *bad)
+        assert refused.exit_code == 2 and says in one_error_line(refused), refused
+    before_consent = await mineaction(
+        cli_env, "withdraw-consent", survivor_id, "--on", "2026-02-19"
+    )
+    assert "withdrawn_on: is before the consent on record was given (2026-02-20)" in (
+        one_error_line(before_consent)
+    )
+
+    ran = await mineaction(
+        cli_env, "withdraw-consent", survivor_id, "--on", "2026-11-20", "--lang", "az"
+    )
+    assert ran.exit_code == 0, ran
+    assert f"sağ qalan {survivor_id} 2026-11-20 tarixində məlumatlarının emalına" in ran.stdout
+    # Nothing uses the survivor's data any more: no assessment, no journey.
+    line = one_error_line(await mineaction(cli_env, "assess", survivor_id))
+    assert "withdrew consent to data processing on 2026-11-20" in line, line
+    start = [
+        "journey",
+        "start",
+        survivor_id,
+        "--case-worker",
+        "cw-01",
+        "--assistance",
+        "wheelchair",
+    ]
+    line = one_error_line(await mineaction(cli_env, *start))
+    assert line.endswith("their data is no longer used: no journey is started"), line
+    line = one_error_line(await mineaction(cli_env, "withdraw-consent", survivor_id))
+    assert "already" in line, line
+
+    # The intake file's consent is the one withdrawn; the consent given again restores it.
+    line = one_error_line(await mineaction(cli_env, "register", str(intake)))
+    assert "record the consent given again, dated on or after 2026-11-20" in line, line
+    again = ["register", str(intake), "--consent-by", "cw-02", "--consent-on", "2026-11-21"]
+    assert (await mineaction(cli_env, *again)).exit_code == 0
+    assert (await mineaction(cli_env, "assess", survivor_id)).exit_code == 0
+
+
 async def test_reassessment_under_the_latest_rules_from_the_cli(
     cli_env: dict[str, str], cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -20,9 +20,10 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from services.common.programme_time import programme_date
-from services.common.protoconv import from_proto_date
+from services.common.protoconv import from_proto_date, proto_date
 from tests.conftest import Cluster
 from tests.factories import (
     follow_up_request,
@@ -354,6 +355,41 @@ async def test_follow_up_answers_eligibility_would_refuse_or_has_already_do_not_
         description = await handle.describe()
         assert description.status == WorkflowExecutionStatus.RUNNING
         await handle.terminate("the test is over")
+
+
+async def test_a_survivor_who_withdrew_consent_is_asked_for_no_more_follow_ups(
+    cluster: Cluster,
+    time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    """The survivor withdrew consent while their +6 follow-up was due: eligibility refuses
+    the answers (CONSENT_WITHDRAWN), and the journey records nothing, asks for nothing
+    more of them (no +12), and ends, where it would have failed."""
+    env = time_skipping_env
+    kiosk = LoanRequest("small_trade", 120_000, "a kiosk")
+    async with build_worker(env.client, activities, task_queue):
+        handle, _, _ = await awaiting_first_follow_up(cluster, env, task_queue, kiosk)
+        survivor_id = (await status_of(handle)).survivor_id
+        await cluster.eligibility.WithdrawConsent(
+            eligibility_pb.WithdrawConsentRequest(
+                request_id=str(uuid.uuid4()),
+                survivor_id=survivor_id,
+                withdrawn_on=proto_date(programme_date(await env.get_current_time())),
+            )
+        )
+        await handle.execute_update(
+            SurvivorJourneyWorkflow.record_follow_up, FollowUp(90_000, True, 3, "cw-51")
+        )
+        # Its loan repaid and nothing else planned, the journey ends there, a success.
+        ended = await handle.result()
+        assert (ended.stage, ended.follow_up_due, ended.follow_ups_recorded) == (
+            "COMPLETED",
+            0,
+            [],
+        )
+        description = await handle.describe()
+        assert description.status == WorkflowExecutionStatus.COMPLETED
 
 
 @pytest.mark.timeout(180)

@@ -959,6 +959,13 @@ class SurvivorJourneyWorkflow:
                 # refused none before, so no history holds this branch).
                 if watch and _refused_because(error, "LOAN_NOT_CLOSED"):
                     return self._reopened()
+                # The survivor withdrew consent: nothing more is recorded or asked of them
+                # (no history holds this refusal: it came with WithdrawConsent).
+                if _refused_because(error, "CONSENT_WITHDRAWN"):
+                    workflow.logger.info("consent withdrawn: no more follow-ups")
+                    self._s.follow_up_due = 0
+                    self._set_stage(Stage.REPAID)
+                    break
                 # Recorded with eligibility already, by staff or another client: the
                 # journey counts it and goes on (FOLLOW_UP_RECORDED_ELSEWHERE_PATCH).
                 if not _refused_because(error, "FOLLOW_UP_RECORDED") or not workflow.patched(

@@ -417,6 +417,7 @@ class Survivor(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     PINNED_RULE_SET_ID_FIELD_NUMBER: _builtins.int
     PINNED_RULE_SET_VERSION_FIELD_NUMBER: _builtins.int
+    CONSENT_WITHDRAWAL_FIELD_NUMBER: _builtins.int
     survivor_id: _builtins.str
     """Opaque survivor id."""
     pinned_rule_set_id: _builtins.str
@@ -442,6 +443,12 @@ class Survivor(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the record was last updated."""
 
+    @_builtins.property
+    def consent_withdrawal(self) -> Global___ConsentWithdrawal:
+        """Output only. Set while the survivor's consent to data processing stands
+        withdrawn (WithdrawConsent); cleared when they give it again.
+        """
+
     def __init__(
         self,
         *,
@@ -451,14 +458,43 @@ class Survivor(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         pinned_rule_set_id: _builtins.str = ...,
         pinned_rule_set_version: _builtins.int = ...,
+        consent_withdrawal: Global___ConsentWithdrawal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "intake", b"intake", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent_withdrawal", b"consent_withdrawal", "create_time", b"create_time", "intake", b"intake", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "intake", b"intake", "pinned_rule_set_id", b"pinned_rule_set_id", "pinned_rule_set_version", b"pinned_rule_set_version", "survivor_id", b"survivor_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_withdrawal", b"consent_withdrawal", "create_time", b"create_time", "intake", b"intake", "pinned_rule_set_id", b"pinned_rule_set_id", "pinned_rule_set_version", b"pinned_rule_set_version", "survivor_id", b"survivor_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Survivor: _TypeAlias = Survivor  # noqa: Y015
+
+@_typing.final
+class ConsentWithdrawal(_message.Message):
+    """ConsentWithdrawal is a survivor's withdrawal of consent to data processing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WITHDRAWN_ON_FIELD_NUMBER: _builtins.int
+    RECORDED_BY_FIELD_NUMBER: _builtins.int
+    recorded_by: _builtins.str
+    """The staff member who recorded the withdrawal."""
+    @_builtins.property
+    def withdrawn_on(self) -> _date_pb2.Date:
+        """The day the survivor withdrew consent."""
+
+    def __init__(
+        self,
+        *,
+        withdrawn_on: _date_pb2.Date | None = ...,
+        recorded_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["withdrawn_on", b"withdrawn_on"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recorded_by", b"recorded_by", "withdrawn_on", b"withdrawn_on"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentWithdrawal: _TypeAlias = ConsentWithdrawal  # noqa: Y015
 
 @_typing.final
 class RuleResult(_message.Message):
@@ -967,6 +1003,70 @@ class GetSurvivorResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSurvivorResponse: _TypeAlias = GetSurvivorResponse  # noqa: Y015
+
+@_typing.final
+class WithdrawConsentRequest(_message.Message):
+    """WithdrawConsentRequest is the request for EligibilityService.WithdrawConsent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SURVIVOR_ID_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_ON_FIELD_NUMBER: _builtins.int
+    RECORDED_BY_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (UUID)."""
+    survivor_id: _builtins.str
+    """The survivor who withdrew consent."""
+    recorded_by: _builtins.str
+    """The staff member recording the withdrawal. Empty means the caller (the token's
+    subject); a service relaying a staff decision names the staff member.
+    """
+    @_builtins.property
+    def withdrawn_on(self) -> _date_pb2.Date:
+        """The day the survivor withdrew consent: not before the consent on record was
+        given, and not after today.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        survivor_id: _builtins.str = ...,
+        withdrawn_on: _date_pb2.Date | None = ...,
+        recorded_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["withdrawn_on", b"withdrawn_on"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recorded_by", b"recorded_by", "request_id", b"request_id", "survivor_id", b"survivor_id", "withdrawn_on", b"withdrawn_on"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawConsentRequest: _TypeAlias = WithdrawConsentRequest  # noqa: Y015
+
+@_typing.final
+class WithdrawConsentResponse(_message.Message):
+    """WithdrawConsentResponse is the response for EligibilityService.WithdrawConsent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SURVIVOR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def survivor(self) -> Global___Survivor:
+        """The survivor record, with the withdrawal."""
+
+    def __init__(
+        self,
+        *,
+        survivor: Global___Survivor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["survivor", b"survivor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["survivor", b"survivor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawConsentResponse: _TypeAlias = WithdrawConsentResponse  # noqa: Y015
 
 @_typing.final
 class AssessEligibilityRequest(_message.Message):
@@ -1529,7 +1629,9 @@ class ReachReport(_message.Message):
     WORKING_AT_12_FIELD_NUMBER: _builtins.int
     FAMILY_MEMBERS_SUPPORTED_FIELD_NUMBER: _builtins.int
     survivors: _builtins.int
-    """Registered survivors (with consent)."""
+    """Registered survivors (each with consent when registered; one who withdrew it
+    since was reached all the same).
+    """
     family_members: _builtins.int
     """Their family members: household members other than the survivor."""
     followed_up_6: _builtins.int

@@ -47,6 +47,11 @@ class EligibilityServiceStub:
                 request_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetSurvivorRequest.SerializeToString,
                 response_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetSurvivorResponse.FromString,
                 _registered_method=True)
+        self.WithdrawConsent = channel.unary_unary(
+                '/mineaction.eligibility.v1.EligibilityService/WithdrawConsent',
+                request_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.WithdrawConsentRequest.SerializeToString,
+                response_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.WithdrawConsentResponse.FromString,
+                _registered_method=True)
         self.AssessEligibility = channel.unary_unary(
                 '/mineaction.eligibility.v1.EligibilityService/AssessEligibility',
                 request_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.AssessEligibilityRequest.SerializeToString,
@@ -109,6 +114,18 @@ class EligibilityServiceServicer:
 
     def GetSurvivor(self, request, context):
         """GetSurvivor returns one survivor record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WithdrawConsent(self, request, context):
+        """WithdrawConsent records that a survivor withdrew their consent to the processing
+        of their personal data. From then on nothing uses it: no assessment, no follow-up
+        (FAILED_PRECONDITION, CONSENT_WITHDRAWN), and rule-set what-ifs and publishing
+        pass over their records. What was recorded before stays as it was. Registering
+        the survivor again with consent given on or after the withdrawal restores it.
+        Idempotent on request_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,6 +211,11 @@ def add_EligibilityServiceServicer_to_server(servicer, server):
                     servicer.GetSurvivor,
                     request_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetSurvivorRequest.FromString,
                     response_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetSurvivorResponse.SerializeToString,
+            ),
+            'WithdrawConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawConsent,
+                    request_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.WithdrawConsentRequest.FromString,
+                    response_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.WithdrawConsentResponse.SerializeToString,
             ),
             'AssessEligibility': grpc.unary_unary_rpc_method_handler(
                     servicer.AssessEligibility,
@@ -298,6 +320,33 @@ class EligibilityService:
             '/mineaction.eligibility.v1.EligibilityService/GetSurvivor',
             mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetSurvivorRequest.SerializeToString,
             mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetSurvivorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mineaction.eligibility.v1.EligibilityService/WithdrawConsent',
+            mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.WithdrawConsentRequest.SerializeToString,
+            mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.WithdrawConsentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,14 @@ class EligibilityServiceStub:
     """RegisterSurvivor stores a survivor's intake record. Idempotent on request_id."""
     GetSurvivor: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetSurvivorRequest, _eligibility_service_pb2.GetSurvivorResponse]
     """GetSurvivor returns one survivor record."""
+    WithdrawConsent: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.WithdrawConsentRequest, _eligibility_service_pb2.WithdrawConsentResponse]
+    """WithdrawConsent records that a survivor withdrew their consent to the processing
+    of their personal data. From then on nothing uses it: no assessment, no follow-up
+    (FAILED_PRECONDITION, CONSENT_WITHDRAWN), and rule-set what-ifs and publishing
+    pass over their records. What was recorded before stays as it was. Registering
+    the survivor again with consent given on or after the withdrawal restores it.
+    Idempotent on request_id.
+    """
     AssessEligibility: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.AssessEligibilityRequest, _eligibility_service_pb2.AssessEligibilityResponse]
     """AssessEligibility evaluates a survivor against the rule set in force."""
     GetAssessment: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetAssessmentRequest, _eligibility_service_pb2.GetAssessmentResponse]
@@ -80,6 +88,14 @@ class EligibilityServiceAsyncStub(EligibilityServiceStub):
     """RegisterSurvivor stores a survivor's intake record. Idempotent on request_id."""
     GetSurvivor: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetSurvivorRequest, _eligibility_service_pb2.GetSurvivorResponse]  # type: ignore[assignment]
     """GetSurvivor returns one survivor record."""
+    WithdrawConsent: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.WithdrawConsentRequest, _eligibility_service_pb2.WithdrawConsentResponse]  # type: ignore[assignment]
+    """WithdrawConsent records that a survivor withdrew their consent to the processing
+    of their personal data. From then on nothing uses it: no assessment, no follow-up
+    (FAILED_PRECONDITION, CONSENT_WITHDRAWN), and rule-set what-ifs and publishing
+    pass over their records. What was recorded before stays as it was. Registering
+    the survivor again with consent given on or after the withdrawal restores it.
+    Idempotent on request_id.
+    """
     AssessEligibility: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.AssessEligibilityRequest, _eligibility_service_pb2.AssessEligibilityResponse]  # type: ignore[assignment]
     """AssessEligibility evaluates a survivor against the rule set in force."""
     GetAssessment: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetAssessmentRequest, _eligibility_service_pb2.GetAssessmentResponse]  # type: ignore[assignment]
@@ -129,6 +145,20 @@ class EligibilityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_eligibility_service_pb2.GetSurvivorResponse, _abc.Awaitable[_eligibility_service_pb2.GetSurvivorResponse]]:
         """GetSurvivor returns one survivor record."""
+
+    @_abc_1.abstractmethod
+    def WithdrawConsent(
+        self,
+        request: _eligibility_service_pb2.WithdrawConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eligibility_service_pb2.WithdrawConsentResponse, _abc.Awaitable[_eligibility_service_pb2.WithdrawConsentResponse]]:
+        """WithdrawConsent records that a survivor withdrew their consent to the processing
+        of their personal data. From then on nothing uses it: no assessment, no follow-up
+        (FAILED_PRECONDITION, CONSENT_WITHDRAWN), and rule-set what-ifs and publishing
+        pass over their records. What was recorded before stays as it was. Registering
+        the survivor again with consent given on or after the withdrawal restores it.
+        Idempotent on request_id.
+        """
 
     @_abc_1.abstractmethod
     def AssessEligibility(
