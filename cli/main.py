@@ -2309,7 +2309,8 @@ def reverse(
     request_id: RequestId = None,
 ) -> None:
     """Reverse a repayment or a recovery: a mirror transaction on the same value date; the
-    original stays in the ledger. A loan the payment had closed is ACTIVE again."""
+    original stays in the ledger. A loan the payment had closed is ACTIVE again; on a loan
+    written off since, what the payment had repaid is written off with it."""
 
     async def go() -> None:
         request = lending_pb.ReverseRepaymentRequest(
@@ -2331,6 +2332,12 @@ def reverse(
             f"outstanding today {manat(loan.outstanding_principal_minor)} AZN, "
             f"{loan.days_past_due} days past due, {loan_status(loan)}"
         )
+        if response.write_off_transaction_id:
+            render.line(
+                "the loan was written off since: what the payment had repaid is written off "
+                f"with it ({response.write_off_transaction_id}); written off in all "
+                f"{manat(loan.written_off_minor)} AZN"
+            )
         told = await _tell_journey(loan.survivor_id, loan.loan_id, "the reversal")
         if told == 0 and loan.state == lending_pb.LOAN_STATE_ACTIVE:
             # A journey that has ended is not reopened: nobody is reminded of this loan.

@@ -340,6 +340,35 @@ def _proposal_to_proto(row: asyncpg.Record) -> pb.LoanWriteOffProposal:
     )
 
 
+async def _write_off_reversed(
+    conn: Connection,
+    fund_id: str,
+    request: pb.ReverseRepaymentRequest,
+    amount: int,
+    reversal_id: str,
+) -> tuple[date, str]:
+    """A repayment of a loan since written off never came: what it repaid was owed when
+    the loan was written off, and is written off with it, on the write-off's day, so the
+    loan stays closed owing nothing. Returns that day and the transaction's id."""
+    on = await conn.fetchval(
+        "SELECT write_off_date FROM write_offs WHERE loan_id = $1", request.loan_id
+    )
+    txn_id = await ledger.post(
+        conn,
+        fund_id=fund_id,
+        loan_id=request.loan_id,
+        kind="WRITE_OFF",
+        value_date=on,
+        recorded_by=request.reversed_by,
+        memo=f"written off with the loan: {request.transaction_id}, reversed by {reversal_id}",
+        postings=[
+            Posting(ledger.WRITE_OFF_EXPENSE, amount, request.loan_id),
+            Posting(LOANS_RECEIVABLE, -amount, request.loan_id),
+        ],
+    )
+    return on, txn_id
+
+
 class LendingServicer(pb_grpc.LendingServiceServicer):
     def __init__(self, db: Database, *, accept_future_dates: bool = False) -> None:
         self.db = db
@@ -1018,15 +1047,14 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     f"{original['reversed_by_txn']}",
                     reason="ALREADY_REVERSED",
                 )
-            reopen = False
+            reopen = written_off = False
             if original["kind"] == "RECOVERY":
                 if loan["state"] != "CLOSED_WRITTEN_OFF":  # pragma: no cover - invariant
                     raise FailedPrecondition("recoveries exist only on written-off loans")
             else:
-                if loan["state"] not in ("ACTIVE", "CLOSED_OBLIGATIONS_MET"):
-                    raise FailedPrecondition(
-                        f"loan {request.loan_id} is {loan['state']}; a repayment can be "
-                        "reversed only on an active or repaid loan",
+                if loan["state"] not in ("ACTIVE", "CLOSED_OBLIGATIONS_MET", "CLOSED_WRITTEN_OFF"):
+                    raise FailedPrecondition(  # pragma: no cover - only these have repayments
+                        f"loan {request.loan_id} is {loan['state']}; it has no repayments",
                         reason="LOAN_NOT_ACTIVE",
                     )
                 if _counted_by_the_schedule(loan, original):
@@ -1036,12 +1064,19 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                         reason="REPAYMENT_BEFORE_RESCHEDULE",
                     )
                 reopen = loan["state"] == "CLOSED_OBLIGATIONS_MET"
+                written_off = loan["state"] == "CLOSED_WRITTEN_OFF"
             reversal_id = await ledger.reverse(
                 conn,
                 request.transaction_id,
                 recorded_by=request.reversed_by,
                 memo=request.reason,
             )
+            shown_on = original["value_date"]
+            write_off_id = ""
+            if written_off:
+                shown_on, write_off_id = await _write_off_reversed(
+                    conn, loan["fund_id"], request, original["amount"], reversal_id
+                )
             if reopen:
                 await self._set_state(
                     conn,
@@ -1057,8 +1092,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     conn, request.loan_id, request.reversed_by, REPAID_BEFORE_CONFIRMATION
                 )
             return pb.ReverseRepaymentResponse(
-                loan=await self._loan_view(conn, request.loan_id, original["value_date"]),
+                loan=await self._loan_view(conn, request.loan_id, shown_on),
                 reversal_transaction_id=reversal_id,
+                write_off_transaction_id=write_off_id,
             )
 
         return await once_per_request(self.db, request, pb.ReverseRepaymentResponse, reverse)

@@ -67,6 +67,7 @@ from tests.lending_helpers import (
     repayment,
     reversal,
     statement,
+    write_off,
 )
 from tests.ports import closed_port
 from workers.journey import search_attributes as sa
@@ -1504,6 +1505,26 @@ async def test_a_bounced_payment_found_in_the_statement_and_reversed_from_the_cl
     assert ran.exit_code == 0 and ran.stdout == (
         f"loan {approved.loan_id} has no transactions yet: nothing has been paid out\n"
     ), ran
+
+
+async def test_a_payment_reversed_after_the_write_off_from_the_cli(
+    cli_env: dict[str, str], cluster: Cluster
+) -> None:
+    lending = cluster.lending
+    loan = await approved_loan(lending, fund_id=await open_fund(cluster, 1_000_000))
+    await disburse(lending, loan.loan_id, loan.principal_minor, date(2026, 3, 10))
+    paid = await lending.RecordRepayment(repayment(loan.loan_id, 20_000, date(2026, 5, 10)))
+    await write_off(lending, loan.loan_id, date(2026, 9, 1))
+    txn = paid.repayment.transaction_id
+    ran = await mineaction(cli_env, "reverse", loan.loan_id, txn, "--reason", "it bounced")
+    assert ran.exit_code == 0, ran
+    first, second = ran.stdout.strip().splitlines()
+    assert "outstanding today 0.00 AZN" in first, first
+    assert second.startswith(
+        "the loan was written off since: what the payment had repaid is written off with it"
+    ), second
+    assert second.endswith(f"written off in all {manat(loan.principal_minor)} AZN"), second
+    assert "note:" not in ran.stderr  # a written-off loan needs no journey
 
 
 async def test_a_write_off_proposal_withdrawn_from_the_cli(

@@ -89,6 +89,8 @@ async def _apply(cluster: Cluster, loan_id: str, model: Model, op: tuple[str, in
             model.recovered -= amount
         else:
             model.repaid -= amount
+            if model.written_off:  # owed when the loan was written off: written off with it
+                model.written_off += amount
         on = model.today  # a reversal keeps the original's value date
     elif kind == "reschedule":
         await lending.RescheduleLoan(

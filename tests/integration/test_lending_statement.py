@@ -17,6 +17,8 @@ from tests.lending_helpers import (
     approved_loan,
     disburse,
     field_violations,
+    ledger_invariants,
+    lending_db,
     open_fund,
     repayment,
     reversal,
@@ -123,6 +125,61 @@ async def test_a_statement_shows_every_transaction_with_the_balance_after_it(
     assert read.loan.written_off_minor == wrote_off.amount_minor
     assert read.loan.recovered_minor == 0
     assert sum(t.principal_change_minor for t in lines) == 0
+
+
+async def test_a_payment_that_bounces_after_the_write_off_is_written_off_with_the_loan(
+    cluster: Cluster,
+) -> None:
+    """The cashier learns that a transfer bounced only after the loan was written off. The
+    reversal was refused (LOAN_NOT_ACTIVE), and the fund kept counting money that never
+    came. Now the payment is reversed and what it had repaid is written off with the
+    loan, on the write-off's day: the loan stays closed, owing nothing."""
+    lending = cluster.lending
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(lending, fund_id=fund_id, amount_minor=200_000)
+    lid = loan.loan_id
+    await disburse(lending, lid, 200_000, date(2026, 1, 15))
+    bounced = await lending.RecordRepayment(repayment(lid, 30_000, date(2026, 3, 1)))
+    await write_off(lending, lid, date(2026, 6, 1), reason="the shop burned down")
+    recovery = await lending.RecordRepayment(repayment(lid, 5_000, date(2026, 7, 1)))
+    assert recovery.repayment.recovery
+
+    undone = await lending.ReverseRepayment(
+        reversal(lid, bounced.repayment.transaction_id, "the transfer bounced")
+    )
+    assert undone.write_off_transaction_id
+    assert undone.loan.state == pb.LOAN_STATE_CLOSED_WRITTEN_OFF
+    read = (await lending.GetLoan(pb.GetLoanRequest(loan_id=lid))).loan
+    assert read.state == pb.LOAN_STATE_CLOSED_WRITTEN_OFF
+    assert (read.repaid_principal_minor, read.written_off_minor) == (0, 200_000)
+    assert (read.outstanding_principal_minor, read.recovered_minor) == (0, 5_000)
+    fund = (await lending.GetFund(pb.GetFundRequest(fund_id=fund_id))).fund
+    assert (fund.repaid_principal_minor, fund.written_off_minor) == (0, 200_000)
+    assert fund.available_minor == 1_000_000 - 200_000 + 5_000  # the 30,000 never came
+    assert fund.outstanding_principal_minor == 0
+
+    lines = await statement(lending, lid)
+    assert [(t.kind, t.amount_minor, t.outstanding_after_minor) for t in lines] == [
+        (K.LOAN_TRANSACTION_KIND_DISBURSEMENT, 200_000, 200_000),
+        (K.LOAN_TRANSACTION_KIND_REPAYMENT, 30_000, 200_000),
+        (K.LOAN_TRANSACTION_KIND_REPAYMENT_REVERSAL, 30_000, 200_000),
+        (K.LOAN_TRANSACTION_KIND_WRITE_OFF, 170_000, 30_000),
+        (K.LOAN_TRANSACTION_KIND_WRITE_OFF, 30_000, 0),
+        (K.LOAN_TRANSACTION_KIND_RECOVERY, 5_000, 0),
+    ]
+    added = lines[4]
+    assert added.transaction_id == undone.write_off_transaction_id
+    assert added.value_date == pdate(date(2026, 6, 1))
+    assert added.recorded_by == "acc-07"
+    assert bounced.repayment.transaction_id in added.memo
+    async with lending_db(cluster).pool.acquire() as conn:
+        await ledger_invariants(conn)
+
+    again = reversal(lid, bounced.repayment.transaction_id, "the transfer bounced")
+    with pytest.raises(grpc.aio.AioRpcError) as twice:
+        await lending.ReverseRepayment(again)
+    assert twice.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(twice.value) == "ALREADY_REVERSED"
 
 
 async def test_a_statement_pages_and_refuses_what_it_cannot_answer(cluster: Cluster) -> None:

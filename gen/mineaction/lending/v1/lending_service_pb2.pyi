@@ -1474,8 +1474,15 @@ class ReverseRepaymentResponse(_message.Message):
 
     LOAN_FIELD_NUMBER: _builtins.int
     REVERSAL_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    WRITE_OFF_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
     reversal_transaction_id: _builtins.str
     """The reversal's ledger transaction id."""
+    write_off_transaction_id: _builtins.str
+    """Set when a repayment of a loan since written off was reversed: the amount it had
+    repaid was owed when the loan was written off, and this transaction, dated on the
+    write-off's day, writes it off too. The loan stays CLOSED_WRITTEN_OFF, owing
+    nothing.
+    """
     @_builtins.property
     def loan(self) -> Global___Loan:
         """The loan after the reversal."""
@@ -1485,10 +1492,11 @@ class ReverseRepaymentResponse(_message.Message):
         *,
         loan: Global___Loan | None = ...,
         reversal_transaction_id: _builtins.str = ...,
+        write_off_transaction_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan", "reversal_transaction_id", b"reversal_transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan", "reversal_transaction_id", b"reversal_transaction_id", "write_off_transaction_id", b"write_off_transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

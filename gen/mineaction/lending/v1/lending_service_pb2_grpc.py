@@ -198,7 +198,8 @@ class LendingServiceServicer:
 
     def ReverseRepayment(self, request, context):
         """ReverseRepayment corrects a recorded repayment or recovery with a reversal
-        transaction; the original postings stay in the ledger.
+        transaction; the original postings stay in the ledger. A repayment of a loan
+        since written off is written off with the loan (write_off_transaction_id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -53,7 +53,8 @@ class LendingServiceStub:
     """RecordRepayment records a repayment and allocates it to instalments."""
     ReverseRepayment: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.ReverseRepaymentRequest, _lending_service_pb2.ReverseRepaymentResponse]
     """ReverseRepayment corrects a recorded repayment or recovery with a reversal
-    transaction; the original postings stay in the ledger.
+    transaction; the original postings stay in the ledger. A repayment of a loan
+    since written off is written off with the loan (write_off_transaction_id).
     """
     GetLoan: _grpc.UnaryUnaryMultiCallable[_lending_service_pb2.GetLoanRequest, _lending_service_pb2.GetLoanResponse]
     """GetLoan returns one loan."""
@@ -118,7 +119,8 @@ class LendingServiceAsyncStub(LendingServiceStub):
     """RecordRepayment records a repayment and allocates it to instalments."""
     ReverseRepayment: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.ReverseRepaymentRequest, _lending_service_pb2.ReverseRepaymentResponse]  # type: ignore[assignment]
     """ReverseRepayment corrects a recorded repayment or recovery with a reversal
-    transaction; the original postings stay in the ledger.
+    transaction; the original postings stay in the ledger. A repayment of a loan
+    since written off is written off with the loan (write_off_transaction_id).
     """
     GetLoan: _aio.UnaryUnaryMultiCallable[_lending_service_pb2.GetLoanRequest, _lending_service_pb2.GetLoanResponse]  # type: ignore[assignment]
     """GetLoan returns one loan."""
@@ -228,7 +230,8 @@ class LendingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lending_service_pb2.ReverseRepaymentResponse, _abc.Awaitable[_lending_service_pb2.ReverseRepaymentResponse]]:
         """ReverseRepayment corrects a recorded repayment or recovery with a reversal
-        transaction; the original postings stay in the ledger.
+        transaction; the original postings stay in the ledger. A repayment of a loan
+        since written off is written off with the loan (write_off_transaction_id).
         """
 
     @_abc_1.abstractmethod
