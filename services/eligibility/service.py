@@ -101,6 +101,20 @@ def rule_set_error(error: rules.RuleSetError) -> InvalidArgument:
     )
 
 
+async def _consent_event(
+    conn: Connection, survivor_id: str, event: str, on: date, recorded_by: str
+) -> None:
+    """Keep a withdrawal of consent, or consent given again after one, for audit."""
+    await conn.execute(
+        """INSERT INTO consent_events (survivor_id, event, event_date, recorded_by)
+           VALUES ($1, $2, $3, $4)""",
+        survivor_id,
+        event,
+        on,
+        recorded_by,
+    )
+
+
 async def _decided_again(
     conn: Connection, candidate: rules.RuleSet, *, every_day: bool
 ) -> AsyncIterator[tuple[asyncpg.Record, dict[str, rules.Outcome]]]:
@@ -179,8 +193,14 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 if intake.consent.HasField("recorded_on")
                 else programme_today()
             )
-            # A withdrawn consent is given again only on or after its withdrawal: until
-            # then the record is not to be used, nor changed.
+            # A withdrawn consent is given again only after its withdrawal (a consent of
+            # the same day may be the one withdrawn): until then the record is not to be
+            # used, nor changed.
+            withdrawn_on = await conn.fetchval(  # locked: the withdrawal this may clear
+                """SELECT consent_withdrawn_on FROM survivors WHERE survivor_id = $1
+                   FOR UPDATE""",
+                intake.survivor_id,
+            )
             row = await conn.fetchrow(
                 f"""INSERT INTO survivors (survivor_id, intake, district_code, consent_given_on,
                                           intake_pb)
@@ -191,7 +211,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                          intake_pb = EXCLUDED.intake_pb, updated_at = now(),
                          consent_withdrawn_on = NULL, consent_withdrawn_by = NULL
                      WHERE survivors.consent_withdrawn_on IS NULL
-                        OR EXCLUDED.consent_given_on >= survivors.consent_withdrawn_on
+                        OR EXCLUDED.consent_given_on > survivors.consent_withdrawn_on
                    RETURNING {_SURVIVOR_COLUMNS}""",
                 intake.survivor_id,
                 intake_mod.intake_json(intake),
@@ -200,15 +220,15 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 intake.SerializeToString(),
             )
             if row is None:
-                withdrawn_on = await conn.fetchval(
-                    "SELECT consent_withdrawn_on FROM survivors WHERE survivor_id = $1",
-                    intake.survivor_id,
-                )
                 raise FailedPrecondition(
-                    f"the survivor withdrew consent on {withdrawn_on}; consent recorded on "
-                    f"{consented} is the earlier one: record the consent given again, dated "
-                    f"on or after {withdrawn_on}; nothing was stored",
+                    f"the survivor withdrew consent on {withdrawn_on}; the consent recorded on "
+                    f"{consented} is not a later one: record the consent given again, dated "
+                    f"after {withdrawn_on}; nothing was stored",
                     reason="CONSENT_WITHDRAWN",
+                )
+            if withdrawn_on is not None:
+                await _consent_event(
+                    conn, intake.survivor_id, "GIVEN_AGAIN", consented, intake.consent.recorded_by
                 )
             return pb.RegisterSurvivorResponse(survivor=self._survivor(intake, row))
 
@@ -280,6 +300,9 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 request.survivor_id,
                 withdrawn_on,
                 request.recorded_by,
+            )
+            await _consent_event(
+                conn, request.survivor_id, "WITHDRAWN", withdrawn_on, request.recorded_by
             )
             survivor = self._survivor(intake_mod.stored_intake(row), row)
             return pb.WithdrawConsentResponse(survivor=survivor)

@@ -357,39 +357,76 @@ async def test_follow_up_answers_eligibility_would_refuse_or_has_already_do_not_
         await handle.terminate("the test is over")
 
 
+async def withdraw_consent(cluster: Cluster, env: WorkflowEnvironment, survivor_id: str) -> None:
+    await cluster.eligibility.WithdrawConsent(
+        eligibility_pb.WithdrawConsentRequest(
+            request_id=str(uuid.uuid4()),
+            survivor_id=survivor_id,
+            withdrawn_on=proto_date(programme_date(await env.get_current_time())),
+        )
+    )
+
+
+async def follow_ups_asked(activities: JourneyActivities, handle: Journey) -> list[str]:
+    rows = await activities.outbox.db.pool.fetch(
+        "SELECT dedupe_key FROM outbox WHERE dedupe_key LIKE $1 AND kind = 'follow_up_due' "
+        "ORDER BY queued_at",
+        f"{handle.id}/%",
+    )
+    return [r["dedupe_key"].rsplit("/", 1)[-1] for r in rows]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("answered", ["answers sent anyway", "no answers"])
 async def test_a_survivor_who_withdrew_consent_is_asked_for_no_more_follow_ups(
     cluster: Cluster,
     time_skipping_env: WorkflowEnvironment,
     activities: JourneyActivities,
     task_queue: str,
+    answered: str,
 ) -> None:
-    """The survivor withdrew consent while their +6 follow-up was due: eligibility refuses
-    the answers (CONSENT_WITHDRAWN), and the journey records nothing, asks for nothing
-    more of them (no +12), and ends, where it would have failed."""
+    """The survivor withdrew consent while their +6 follow-up was due. Answers sent anyway
+    (the API; the CLI refuses them) are refused by eligibility (CONSENT_WITHDRAWN), which
+    failed the journey; with none sent (the CLI's case), the journey asked for the +12 a
+    year later all the same. Now it records nothing, asks for nothing more, and ends."""
     env = time_skipping_env
     kiosk = LoanRequest("small_trade", 120_000, "a kiosk")
     async with build_worker(env.client, activities, task_queue):
         handle, _, _ = await awaiting_first_follow_up(cluster, env, task_queue, kiosk)
-        survivor_id = (await status_of(handle)).survivor_id
-        await cluster.eligibility.WithdrawConsent(
-            eligibility_pb.WithdrawConsentRequest(
-                request_id=str(uuid.uuid4()),
-                survivor_id=survivor_id,
-                withdrawn_on=proto_date(programme_date(await env.get_current_time())),
+        await withdraw_consent(cluster, env, (await status_of(handle)).survivor_id)
+        if answered == "answers sent anyway":
+            await handle.execute_update(
+                SurvivorJourneyWorkflow.record_follow_up, FollowUp(90_000, True, 3, "cw-51")
             )
-        )
-        await handle.execute_update(
-            SurvivorJourneyWorkflow.record_follow_up, FollowUp(90_000, True, 3, "cw-51")
-        )
-        # Its loan repaid and nothing else planned, the journey ends there, a success.
+        # Its loan repaid and nothing else planned, the journey ends, a success.
         ended = await handle.result()
         assert (ended.stage, ended.follow_up_due, ended.follow_ups_recorded) == (
             "COMPLETED",
             0,
             [],
         )
-        description = await handle.describe()
-        assert description.status == WorkflowExecutionStatus.COMPLETED
+        assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+        assert await follow_ups_asked(activities, handle) == ["6"]
+
+
+@pytest.mark.timeout(120)
+async def test_a_journey_asks_no_follow_up_of_a_survivor_who_withdrew_consent_before_it(
+    cluster: Cluster,
+    time_skipping_env: WorkflowEnvironment,
+    activities: JourneyActivities,
+    task_queue: str,
+) -> None:
+    env = time_skipping_env
+    kiosk = LoanRequest("small_trade", 120_000, "a kiosk")
+    async with build_worker(env.client, activities, task_queue):
+        handle = await approved_journey(cluster, env, task_queue, kiosk, "GRACE")
+        status = await status_of(handle)
+        await withdraw_consent(cluster, env, status.survivor_id)
+        await pay(cluster, env, status.loan_id, kiosk.amount_minor)
+        await handle.signal(SurvivorJourneyWorkflow.loan_changed, LoanChanged(status.loan_id))
+        ended = await handle.result()
+        assert (ended.stage, ended.follow_ups_recorded) == ("COMPLETED", [])
+        assert await follow_ups_asked(activities, handle) == []
 
 
 @pytest.mark.timeout(180)

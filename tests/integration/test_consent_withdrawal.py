@@ -110,8 +110,21 @@ async def test_what_ifs_pass_over_a_withdrawn_survivor_until_consent_is_given_ag
     assert await evaluated_by_a_what_if(cluster) == with_them - 1
 
     intake.consent.recorded_on.CopyFrom(pdate(WITHDRAWN_ON + timedelta(days=5)))
+    intake.consent.recorded_by = "cw-02"
     again = (await cluster.eligibility.RegisterSurvivor(register_request(intake))).survivor
     assert not again.HasField("consent_withdrawal")
+    # The withdrawal the survivor's record no longer shows is kept, with the new consent.
+    db = cluster.hosts["eligibility"].db
+    assert db is not None
+    events = await db.pool.fetch(
+        """SELECT event, event_date, recorded_by FROM consent_events
+           WHERE survivor_id = $1 ORDER BY recorded_at""",
+        intake.survivor_id,
+    )
+    assert [tuple(e) for e in events] == [
+        ("WITHDRAWN", WITHDRAWN_ON, "tester"),
+        ("GIVEN_AGAIN", WITHDRAWN_ON + timedelta(days=5), "cw-02"),
+    ]
     assert await evaluated_by_a_what_if(cluster) == with_them
     reassessed = await cluster.eligibility.AssessEligibility(assess_request(intake.survivor_id))
     assert reassessed.assessment.survivor_id == intake.survivor_id
@@ -133,7 +146,7 @@ async def test_registering_again_with_the_consent_that_was_withdrawn_changes_not
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     assert reason_of(error) == "CONSENT_WITHDRAWN"
-    assert "on or after 2026-03-05" in (error.details() or "")
+    assert "dated after 2026-03-05" in (error.details() or "")
     assert await cluster.row_counts() == before
     shown = await cluster.eligibility.GetSurvivor(
         pb.GetSurvivorRequest(survivor_id=intake.survivor_id)
@@ -141,8 +154,15 @@ async def test_registering_again_with_the_consent_that_was_withdrawn_changes_not
     assert shown.survivor.intake.household_size == intake.household_size
     assert shown.survivor.HasField("consent_withdrawal")
 
-    # Consent given again on the day of the withdrawal counts.
+    # A consent of the withdrawal's own day may be the one withdrawn: not enough either.
     changed.consent.recorded_on.CopyFrom(pdate(WITHDRAWN_ON))
+    await refused(
+        cluster.eligibility.RegisterSurvivor(register_request(changed)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert await cluster.row_counts() == before
+    # Given again the next day, it counts.
+    changed.consent.recorded_on.CopyFrom(pdate(WITHDRAWN_ON + timedelta(days=1)))
     again = await cluster.eligibility.RegisterSurvivor(register_request(changed))
     assert again.survivor.intake.household_size == 7
     assert not again.survivor.HasField("consent_withdrawal")

@@ -178,9 +178,13 @@ def _loan_summary(loan: lending_pb.Loan) -> LoanSummary:
 
 
 def survivor_profile_of(survivor: eligibility_pb.Survivor) -> SurvivorProfile:
-    """Only the district and language leave the intake."""
+    """Only the district and language leave the intake, with whether consent stands."""
     intake = survivor.intake
-    return SurvivorProfile(intake.district_code, _LANGUAGE.get(intake.preferred_language, "az"))
+    return SurvivorProfile(
+        intake.district_code,
+        _LANGUAGE.get(intake.preferred_language, "az"),
+        consent_withdrawn=survivor.HasField("consent_withdrawal"),
+    )
 
 
 def following_loan(
@@ -353,7 +357,8 @@ class JourneyActivities:
 
     @activity.defn
     async def survivor_profile(self, survivor_id: str) -> SurvivorProfile:
-        """Only the district and language leave this activity; the intake stays behind."""
+        """Only the district, language and whether consent stands leave this activity; the
+        intake stays behind."""
         survivor = await call(
             self.eligibility.GetSurvivor, eligibility_pb.GetSurvivorRequest(survivor_id=survivor_id)
         )

@@ -170,6 +170,8 @@ class SurvivorProfile:
 
     district_code: str
     preferred_language: str  # "az" or "en"
+    # The survivor has withdrawn consent to data processing (and not given it again).
+    consent_withdrawn: bool = False
 
 
 @dataclass(frozen=True)

@@ -253,6 +253,11 @@ ARREARS_FOLLOW_THE_LEDGER_PATCH = "journey-arrears-follow-the-ledger"
 # A reminder whose wait ended after its due date (the worker down meanwhile) is not sent:
 # it would tell the borrower of a date already past. The loan is read again instead.
 NO_LATE_REMINDER_PATCH = "journey-no-late-reminder"
+# Before each impact follow-up is asked for, the journey reads whether the survivor has
+# withdrawn consent to data processing (WithdrawConsent): if so it asks for none, and
+# ends once nothing else is planned. It asked the case worker for follow-ups eligibility
+# would refuse, for months.
+CONSENT_BEFORE_FOLLOW_UPS_PATCH = "journey-consent-before-follow-ups"
 # The first days of the delinquency buckets after "1-30": 31-60, 61-90, over 90.
 BUCKET_STARTS = (31, 61, 91)
 FUND_READ_EVERY = timedelta(days=1)
@@ -913,6 +918,13 @@ class SurvivorJourneyWorkflow:
                 return self._reopened()
             if not watch and due > self._days.today():
                 await self._sleep(self._days.until(due))
+            if workflow.patched(CONSENT_BEFORE_FOLLOW_UPS_PATCH):
+                profile = await self._call(
+                    JourneyActivities.survivor_profile, self._input.survivor_id
+                )
+                if profile.consent_withdrawn:
+                    workflow.logger.info("consent withdrawn: no follow-ups")
+                    break
             self._set_stage(Stage.FOLLOW_UP)
             self._s.follow_up_due = months
             await self._notify(

@@ -1019,8 +1019,8 @@ class WithdrawConsentRequest(_message.Message):
     survivor_id: _builtins.str
     """The survivor who withdrew consent."""
     recorded_by: _builtins.str
-    """The staff member recording the withdrawal. Empty means the caller (the token's
-    subject); a service relaying a staff decision names the staff member.
+    """The staff member recording the withdrawal: empty or the caller's own identity
+    (the token's subject), which is what is recorded.
     """
     @_builtins.property
     def withdrawn_on(self) -> _date_pb2.Date:
