@@ -236,20 +236,23 @@ REPAID_BEFORE_CONFIRMATION = "the loan was repaid in full before the write-off w
 
 
 # A loan's statement: its transactions by value date, each reversal right after what it
-# cancels (`pos`: the original's first posting), otherwise in the order recorded (the
-# first posting's id). The principal outstanding after each counts the transactions that
-# stand: a reversed one and its reversal cancel out, and leave it as it was (a bounced
-# payment never reduced what is owed; counted, a payment back-dated before a reversed
-# one would show the loan below zero in between). The running sum is taken over the
-# whole loan before the page is cut, so every page carries it.
+# cancels (`pos`: the original's first posting), a payment written off with the loan
+# after it bounced right after the loan's write-off (`pos`: the write-off's), otherwise
+# in the order recorded (the first posting's id). The principal outstanding after each
+# counts the transactions that stand: a reversed one and its reversal cancel out, and
+# leave it as it was (a bounced payment never reduced what is owed; counted, a payment
+# back-dated before a reversed one would show the loan below zero in between). Lines of
+# one position show the total after all of them (a write-off and what it took in later
+# leave nothing owed). The running sum is taken over the whole loan before the page is
+# cut, so every page carries it.
 _STATEMENT = """
     SELECT * FROM (
         SELECT t.transaction_id, t.kind, t.value_date, t.recorded_by, t.memo, t.reverses,
                t.created_at, r.transaction_id AS reversed_by, p.seq, p.accounts, p.amounts,
-               p.principal_change, coalesce(o.seq, p.seq) AS pos,
+               p.principal_change, coalesce(w.seq, o.seq, p.seq) AS pos,
                (coalesce(sum(p.principal_change)
                     FILTER (WHERE t.reverses IS NULL AND r.transaction_id IS NULL)
-                    OVER (ORDER BY t.value_date, coalesce(o.seq, p.seq), p.seq), 0))::bigint
+                    OVER (ORDER BY t.value_date, coalesce(w.seq, o.seq, p.seq)), 0))::bigint
                    AS outstanding_after
         FROM ledger_transactions t
         CROSS JOIN LATERAL (
@@ -262,6 +265,10 @@ _STATEMENT = """
         LEFT JOIN LATERAL (
             SELECT min(posting_id) AS seq FROM postings WHERE transaction_id = t.reverses) o
             ON true
+        LEFT JOIN LATERAL (  -- the loan's write-off, for every WRITE_OFF of the loan
+            SELECT min(posting_id) AS seq FROM postings
+            WHERE loan_id = t.loan_id AND kind = 'WRITE_OFF') w
+            ON t.kind = 'WRITE_OFF'
         LEFT JOIN ledger_transactions r ON r.reverses = t.transaction_id
         WHERE t.loan_id = $1) s
     WHERE $2::date IS NULL OR (value_date, pos, seq) > ($2::date, $3::bigint, $4::bigint)
@@ -1074,8 +1081,21 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             shown_on = original["value_date"]
             write_off_id = ""
             if written_off:
+                amount = int(original["amount"])  # a sum: numeric in PostgreSQL
                 shown_on, write_off_id = await _write_off_reversed(
-                    conn, loan["fund_id"], request, original["amount"], reversal_id
+                    conn, loan["fund_id"], request, amount, reversal_id
+                )
+                # Not a write-off decided anew: it follows from the one two people
+                # approved; the loan's history says who added it, and why.
+                await self._record_event(
+                    conn,
+                    request.loan_id,
+                    "CLOSED_WRITTEN_OFF",
+                    "CLOSED_WRITTEN_OFF",
+                    request.reversed_by,
+                    f"{qepik_and_manat(amount)} written off with the loan "
+                    f"({write_off_id}): repayment {request.transaction_id} reversed "
+                    f"({reversal_id}): {request.reason}",
                 )
             if reopen:
                 await self._set_state(

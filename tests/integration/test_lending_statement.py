@@ -141,8 +141,8 @@ async def test_a_payment_that_bounces_after_the_write_off_is_written_off_with_th
     await disburse(lending, lid, 200_000, date(2026, 1, 15))
     bounced = await lending.RecordRepayment(repayment(lid, 30_000, date(2026, 3, 1)))
     await write_off(lending, lid, date(2026, 6, 1), reason="the shop burned down")
-    recovery = await lending.RecordRepayment(repayment(lid, 5_000, date(2026, 7, 1)))
-    assert recovery.repayment.recovery
+    recovery = await lending.RecordRepayment(repayment(lid, 5_000, date(2026, 6, 1)))
+    assert recovery.repayment.recovery  # on the write-off's day
 
     undone = await lending.ReverseRepayment(
         reversal(lid, bounced.repayment.transaction_id, "the transfer bounced")
@@ -158,15 +158,18 @@ async def test_a_payment_that_bounces_after_the_write_off_is_written_off_with_th
     assert fund.available_minor == 1_000_000 - 200_000 + 5_000  # the 30,000 never came
     assert fund.outstanding_principal_minor == 0
 
+    # The write-off and what it took in later read together, nothing owed after them;
+    # the recovery of the same day comes after both. Page by page alike.
     lines = await statement(lending, lid)
     assert [(t.kind, t.amount_minor, t.outstanding_after_minor) for t in lines] == [
         (K.LOAN_TRANSACTION_KIND_DISBURSEMENT, 200_000, 200_000),
         (K.LOAN_TRANSACTION_KIND_REPAYMENT, 30_000, 200_000),
         (K.LOAN_TRANSACTION_KIND_REPAYMENT_REVERSAL, 30_000, 200_000),
-        (K.LOAN_TRANSACTION_KIND_WRITE_OFF, 170_000, 30_000),
+        (K.LOAN_TRANSACTION_KIND_WRITE_OFF, 170_000, 0),
         (K.LOAN_TRANSACTION_KIND_WRITE_OFF, 30_000, 0),
         (K.LOAN_TRANSACTION_KIND_RECOVERY, 5_000, 0),
     ]
+    assert await statement(lending, lid, page_size=2) == lines
     added = lines[4]
     assert added.transaction_id == undone.write_off_transaction_id
     assert added.value_date == pdate(date(2026, 6, 1))
@@ -174,6 +177,19 @@ async def test_a_payment_that_bounces_after_the_write_off_is_written_off_with_th
     assert bounced.repayment.transaction_id in added.memo
     async with lending_db(cluster).pool.acquire() as conn:
         await ledger_invariants(conn)
+        # The loan's history says who wrote the payment off with the loan, and why.
+        event = await conn.fetchrow(
+            """SELECT from_state, to_state, actor, note FROM loan_events
+               WHERE loan_id = $1 ORDER BY event_id DESC LIMIT 1""",
+            lid,
+        )
+    assert (event["from_state"], event["to_state"], event["actor"]) == (
+        "CLOSED_WRITTEN_OFF",
+        "CLOSED_WRITTEN_OFF",
+        "acc-07",
+    )
+    assert event["note"].startswith("30000 qəpik (300.00 AZN) written off with the loan")
+    assert "the transfer bounced" in event["note"]
 
     again = reversal(lid, bounced.repayment.transaction_id, "the transfer bounced")
     with pytest.raises(grpc.aio.AioRpcError) as twice:
