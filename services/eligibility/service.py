@@ -193,9 +193,9 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 if intake.consent.HasField("recorded_on")
                 else programme_today()
             )
-            # A withdrawn consent is given again only after its withdrawal (a consent of
-            # the same day may be the one withdrawn): until then the record is not to be
-            # used, nor changed.
+            # A withdrawn consent is given again by a newer consent than the one withdrawn,
+            # dated on or after the withdrawal: until then the record is not to be used,
+            # nor changed (the intake sent again as it was is still the withdrawn one).
             withdrawn_on = await conn.fetchval(  # locked: the withdrawal this may clear
                 """SELECT consent_withdrawn_on FROM survivors WHERE survivor_id = $1
                    FOR UPDATE""",
@@ -211,7 +211,8 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                          intake_pb = EXCLUDED.intake_pb, updated_at = now(),
                          consent_withdrawn_on = NULL, consent_withdrawn_by = NULL
                      WHERE survivors.consent_withdrawn_on IS NULL
-                        OR EXCLUDED.consent_given_on > survivors.consent_withdrawn_on
+                        OR (EXCLUDED.consent_given_on >= survivors.consent_withdrawn_on
+                            AND EXCLUDED.consent_given_on > survivors.consent_given_on)
                    RETURNING {_SURVIVOR_COLUMNS}""",
                 intake.survivor_id,
                 intake_mod.intake_json(intake),
@@ -219,11 +220,19 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 consented,
                 intake.SerializeToString(),
             )
-            if row is None:
+            if row is None:  # the row the conflict locked holds a withdrawal
+                stands = await fetch_one(
+                    conn,
+                    """SELECT consent_given_on, consent_withdrawn_on FROM survivors
+                       WHERE survivor_id = $1""",
+                    intake.survivor_id,
+                )
                 raise FailedPrecondition(
-                    f"the survivor withdrew consent on {withdrawn_on}; the consent recorded on "
-                    f"{consented} is not a later one: record the consent given again, dated "
-                    f"after {withdrawn_on}; nothing was stored",
+                    f"the survivor withdrew consent on {stands['consent_withdrawn_on']}; the "
+                    f"consent recorded on {consented} is not one given since: record the "
+                    f"consent given again, dated on or after {stands['consent_withdrawn_on']} "
+                    f"and after the consent withdrawn ({stands['consent_given_on']}); nothing "
+                    "was stored",
                     reason="CONSENT_WITHDRAWN",
                 )
             if withdrawn_on is not None:

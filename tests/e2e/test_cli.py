@@ -337,7 +337,7 @@ async def test_consent_withdrawn_and_given_again_from_the_cli(
 
     # The intake file's consent is the one withdrawn; the consent given again restores it.
     line = one_error_line(await mineaction(cli_env, "register", str(intake)))
-    assert "record the consent given again, dated after 2026-11-20" in line, line
+    assert "record the consent given again, dated on or after 2026-11-20" in line, line
     again = ["register", str(intake), "--consent-by", "cw-02", "--consent-on", "2026-11-21"]
     assert (await mineaction(cli_env, *again)).exit_code == 0
     assert (await mineaction(cli_env, "assess", survivor_id)).exit_code == 0

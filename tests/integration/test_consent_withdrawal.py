@@ -146,7 +146,9 @@ async def test_registering_again_with_the_consent_that_was_withdrawn_changes_not
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     assert reason_of(error) == "CONSENT_WITHDRAWN"
-    assert "dated after 2026-03-05" in (error.details() or "")
+    assert "dated on or after 2026-03-05 and after the consent withdrawn (2026-02-20)" in (
+        error.details() or ""
+    )
     assert await cluster.row_counts() == before
     shown = await cluster.eligibility.GetSurvivor(
         pb.GetSurvivorRequest(survivor_id=intake.survivor_id)
@@ -154,18 +156,32 @@ async def test_registering_again_with_the_consent_that_was_withdrawn_changes_not
     assert shown.survivor.intake.household_size == intake.household_size
     assert shown.survivor.HasField("consent_withdrawal")
 
-    # A consent of the withdrawal's own day may be the one withdrawn: not enough either.
+    # Given again on the day of the withdrawal, it counts.
     changed.consent.recorded_on.CopyFrom(pdate(WITHDRAWN_ON))
-    await refused(
-        cluster.eligibility.RegisterSurvivor(register_request(changed)),
-        grpc.StatusCode.FAILED_PRECONDITION,
-    )
-    assert await cluster.row_counts() == before
-    # Given again the next day, it counts.
-    changed.consent.recorded_on.CopyFrom(pdate(WITHDRAWN_ON + timedelta(days=1)))
     again = await cluster.eligibility.RegisterSurvivor(register_request(changed))
     assert again.survivor.intake.household_size == 7
     assert not again.survivor.HasField("consent_withdrawal")
+
+
+async def test_a_withdrawal_on_the_day_of_consent_is_not_undone_by_the_same_intake(
+    cluster: Cluster,
+) -> None:
+    """Consent given and withdrawn on one day: the intake sent again as it was carries the
+    consent withdrawn, not one given since (it cleared the withdrawal)."""
+    intake = saatli_fish_farmer()  # consent given on 2026-02-20
+    await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    await cluster.eligibility.WithdrawConsent(
+        withdraw_request(intake.survivor_id, date(2026, 2, 20))
+    )
+    error = await refused(
+        cluster.eligibility.RegisterSurvivor(register_request(intake)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert reason_of(error) == "CONSENT_WITHDRAWN"
+    shown = await cluster.eligibility.GetSurvivor(
+        pb.GetSurvivorRequest(survivor_id=intake.survivor_id)
+    )
+    assert shown.survivor.HasField("consent_withdrawal")
 
 
 async def test_a_withdrawal_is_recorded_once(cluster: Cluster) -> None:

@@ -124,7 +124,8 @@ class EligibilityServiceServicer:
         of their personal data. From then on nothing uses it: no assessment, no follow-up
         (FAILED_PRECONDITION, CONSENT_WITHDRAWN), and rule-set what-ifs and publishing
         pass over their records. What was recorded before stays as it was. Registering
-        the survivor again with consent given after the withdrawal restores it.
+        the survivor again with consent given since (dated on or after the withdrawal,
+        and after the consent withdrawn) restores it.
         Idempotent on request_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -45,7 +45,8 @@ class EligibilityServiceStub:
     of their personal data. From then on nothing uses it: no assessment, no follow-up
     (FAILED_PRECONDITION, CONSENT_WITHDRAWN), and rule-set what-ifs and publishing
     pass over their records. What was recorded before stays as it was. Registering
-    the survivor again with consent given after the withdrawal restores it.
+    the survivor again with consent given since (dated on or after the withdrawal,
+    and after the consent withdrawn) restores it.
     Idempotent on request_id.
     """
     AssessEligibility: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.AssessEligibilityRequest, _eligibility_service_pb2.AssessEligibilityResponse]
@@ -93,7 +94,8 @@ class EligibilityServiceAsyncStub(EligibilityServiceStub):
     of their personal data. From then on nothing uses it: no assessment, no follow-up
     (FAILED_PRECONDITION, CONSENT_WITHDRAWN), and rule-set what-ifs and publishing
     pass over their records. What was recorded before stays as it was. Registering
-    the survivor again with consent given after the withdrawal restores it.
+    the survivor again with consent given since (dated on or after the withdrawal,
+    and after the consent withdrawn) restores it.
     Idempotent on request_id.
     """
     AssessEligibility: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.AssessEligibilityRequest, _eligibility_service_pb2.AssessEligibilityResponse]  # type: ignore[assignment]
@@ -156,7 +158,8 @@ class EligibilityServiceServicer(metaclass=_abc_1.ABCMeta):
         of their personal data. From then on nothing uses it: no assessment, no follow-up
         (FAILED_PRECONDITION, CONSENT_WITHDRAWN), and rule-set what-ifs and publishing
         pass over their records. What was recorded before stays as it was. Registering
-        the survivor again with consent given after the withdrawal restores it.
+        the survivor again with consent given since (dated on or after the withdrawal,
+        and after the consent withdrawn) restores it.
         Idempotent on request_id.
         """
 
