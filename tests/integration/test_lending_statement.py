@@ -183,6 +183,7 @@ async def test_a_payment_that_bounces_after_the_write_off_is_written_off_with_th
                WHERE loan_id = $1 ORDER BY event_id DESC LIMIT 1""",
             lid,
         )
+    assert event is not None
     assert (event["from_state"], event["to_state"], event["actor"]) == (
         "CLOSED_WRITTEN_OFF",
         "CLOSED_WRITTEN_OFF",
