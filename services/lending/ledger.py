@@ -83,6 +83,32 @@ async def post(
     return txn_id
 
 
+async def write_off(
+    conn: Connection,
+    *,
+    fund_id: str,
+    loan_id: str,
+    amount_minor: int,
+    value_date: date,
+    recorded_by: str,
+    memo: str,
+) -> str:
+    """Write off principal a loan owes: an expense of the fund; returns the transaction."""
+    return await post(
+        conn,
+        fund_id=fund_id,
+        loan_id=loan_id,
+        kind="WRITE_OFF",
+        value_date=value_date,
+        recorded_by=recorded_by,
+        memo=memo,
+        postings=[
+            Posting(WRITE_OFF_EXPENSE, amount_minor, loan_id),
+            Posting(LOANS_RECEIVABLE, -amount_minor, loan_id),
+        ],
+    )
+
+
 async def reverse(conn: Connection, original_id: str, *, recorded_by: str, memo: str) -> str:
     """Cancel a transaction with its mirror image, on the same value date."""
     original = await fetch_one(

@@ -360,18 +360,14 @@ async def _write_off_reversed(
     on = await conn.fetchval(
         "SELECT write_off_date FROM write_offs WHERE loan_id = $1", request.loan_id
     )
-    txn_id = await ledger.post(
+    txn_id = await ledger.write_off(
         conn,
         fund_id=fund_id,
         loan_id=request.loan_id,
-        kind="WRITE_OFF",
+        amount_minor=amount,
         value_date=on,
         recorded_by=request.reversed_by,
         memo=f"written off with the loan: {request.transaction_id}, reversed by {reversal_id}",
-        postings=[
-            Posting(ledger.WRITE_OFF_EXPENSE, amount, request.loan_id),
-            Posting(LOANS_RECEIVABLE, -amount, request.loan_id),
-        ],
     )
     return on, txn_id
 
@@ -1266,18 +1262,14 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             # The proposal's date; a payment recorded since (the four-eyes lag) moves it to
             # that payment's date, so the ledger's dates never run backwards.
             on = max(proposal["write_off_date"], loan["last_value_date"] or date.min)
-            txn_id = await ledger.post(
+            txn_id = await ledger.write_off(
                 conn,
                 fund_id=loan["fund_id"],
                 loan_id=request.loan_id,
-                kind="WRITE_OFF",
+                amount_minor=loan["outstanding"],
                 value_date=on,
                 recorded_by=request.confirmed_by,
                 memo=proposal["reason"],
-                postings=[
-                    Posting(ledger.WRITE_OFF_EXPENSE, loan["outstanding"], request.loan_id),
-                    Posting(LOANS_RECEIVABLE, -loan["outstanding"], request.loan_id),
-                ],
             )
             await conn.execute(
                 """INSERT INTO write_offs (loan_id, transaction_id, write_off_date, reason,
