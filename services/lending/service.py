@@ -352,7 +352,6 @@ async def _write_off_reversed(
     fund_id: str,
     request: pb.ReverseRepaymentRequest,
     amount: int,
-    reversal_id: str,
 ) -> tuple[date, str]:
     """A repayment of a loan since written off never came: what it repaid was owed when
     the loan was written off, and is written off with it, on the write-off's day, so the
@@ -367,7 +366,7 @@ async def _write_off_reversed(
         amount_minor=amount,
         value_date=on,
         recorded_by=request.reversed_by,
-        memo=f"written off with the loan: {request.transaction_id}, reversed by {reversal_id}",
+        memo=f"bounced {request.transaction_id}, written off with the loan",
     )
     return on, txn_id
 
@@ -1079,7 +1078,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             if written_off:
                 amount = int(original["amount"])  # a sum: numeric in PostgreSQL
                 shown_on, write_off_id = await _write_off_reversed(
-                    conn, loan["fund_id"], request, amount, reversal_id
+                    conn, loan["fund_id"], request, amount
                 )
                 # Not a write-off decided anew: it follows from the one two people
                 # approved; the loan's history says who added it, and why.
