@@ -1,8 +1,8 @@
 """The one interceptor chain every service process runs, outermost first:
 
-1. request context: clears and binds the structlog context (method, request_id, peer)
-   logs one line per call with its status code and duration, and counts and times it
-   for Prometheus;
+1. request context: starts the call's log context (method, request_id, peer; see
+   services/common/logging.py), logs one line per call with its status code and
+   duration, and counts and times it for Prometheus;
 2. error mapping: domain errors become their status codes with google.rpc details;
    anything unexpected is logged with its trace and becomes a bare INTERNAL;
 3. authentication: the bearer token is verified (UNAUTHENTICATED otherwise); only the
@@ -56,6 +56,7 @@ from services.common.errors import (
     invalid_fields,
 )
 from services.common.identity import same_person
+from services.common.logging import add_to_call_log, start_call_log
 from services.common.metrics import observe_rpc
 from services.common.storable import may_hold_unstorable, spelled_out, unstorable_values
 
@@ -129,8 +130,7 @@ class RequestContextInterceptor(UnaryInterceptor):
     async def around(
         self, method: str, request: Any, context: grpc.aio.ServicerContext, call_next: Handler
     ) -> Any:
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
+        start_call_log(
             method=method, request_id=request_id_of(request, context), peer=context.peer()
         )
         started = time.perf_counter()
@@ -301,7 +301,7 @@ class AuthenticationInterceptor(UnaryInterceptor):
     ) -> Any:
         principal = self._verifier.verify(bearer_token(context))
         token = _caller.set(Caller(principal))
-        structlog.contextvars.bind_contextvars(subject=principal.subject)
+        add_to_call_log(subject=principal.subject)
         try:
             return await call_next(request, context)
         finally:
