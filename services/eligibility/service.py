@@ -193,9 +193,11 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 if intake.consent.HasField("recorded_on")
                 else programme_today()
             )
-            # A withdrawn consent is given again by a newer consent than the one withdrawn,
-            # dated on or after the withdrawal: until then the record is not to be used,
-            # nor changed (the intake sent again as it was is still the withdrawn one).
+            # The consent on record only moves on: an intake carrying an older one (a file
+            # from before a withdrawal and the consent given since) is out of date. A
+            # withdrawn consent is given again by a newer one, dated on or after the
+            # withdrawal: until then the record is not to be used, nor changed (the intake
+            # sent again as it was is still the withdrawn one).
             withdrawn_on = await conn.fetchval(  # locked: the withdrawal this may clear
                 """SELECT consent_withdrawn_on FROM survivors WHERE survivor_id = $1
                    FOR UPDATE""",
@@ -210,9 +212,10 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                          consent_given_on = EXCLUDED.consent_given_on,
                          intake_pb = EXCLUDED.intake_pb, updated_at = now(),
                          consent_withdrawn_on = NULL, consent_withdrawn_by = NULL
-                     WHERE survivors.consent_withdrawn_on IS NULL
-                        OR (EXCLUDED.consent_given_on >= survivors.consent_withdrawn_on
-                            AND EXCLUDED.consent_given_on > survivors.consent_given_on)
+                     WHERE EXCLUDED.consent_given_on >= survivors.consent_given_on
+                       AND (survivors.consent_withdrawn_on IS NULL
+                            OR (EXCLUDED.consent_given_on >= survivors.consent_withdrawn_on
+                                AND EXCLUDED.consent_given_on > survivors.consent_given_on))
                    RETURNING {_SURVIVOR_COLUMNS}""",
                 intake.survivor_id,
                 intake_mod.intake_json(intake),
@@ -220,19 +223,26 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 consented,
                 intake.SerializeToString(),
             )
-            if row is None:  # the row the conflict locked holds a withdrawal
+            if row is None:  # the row the conflict locked: a withdrawal, or a newer consent
                 stands = await fetch_one(
                     conn,
                     """SELECT consent_given_on, consent_withdrawn_on FROM survivors
                        WHERE survivor_id = $1""",
                     intake.survivor_id,
                 )
+                given, withdrawn = stands["consent_given_on"], stands["consent_withdrawn_on"]
+                if withdrawn is None:
+                    raise FailedPrecondition(
+                        f"the consent on record was given on {given}; this intake carries an "
+                        f"older one ({consented}): send the record with the consent on record "
+                        "or a newer one; nothing was stored",
+                        reason="CONSENT_OUT_OF_DATE",
+                    )
                 raise FailedPrecondition(
-                    f"the survivor withdrew consent on {stands['consent_withdrawn_on']}; the "
-                    f"consent recorded on {consented} is not one given since: record the "
-                    f"consent given again, dated on or after {stands['consent_withdrawn_on']} "
-                    f"and after the consent withdrawn ({stands['consent_given_on']}); nothing "
-                    "was stored",
+                    f"the survivor withdrew consent on {withdrawn}; the consent recorded on "
+                    f"{consented} is not one given since: record the consent given again, "
+                    f"dated on or after {withdrawn} and after the consent withdrawn ({given}); "
+                    "nothing was stored",
                     reason="CONSENT_WITHDRAWN",
                 )
             if withdrawn_on is not None:

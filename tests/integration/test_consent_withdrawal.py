@@ -126,6 +126,16 @@ async def test_what_ifs_pass_over_a_withdrawn_survivor_until_consent_is_given_ag
         ("GIVEN_AGAIN", WITHDRAWN_ON + timedelta(days=5), "cw-02"),
     ]
     assert await evaluated_by_a_what_if(cluster) == with_them
+    # The intake file from before, sent again, would put back the consent withdrawn.
+    before = await cluster.row_counts()
+    intake.consent.recorded_on.CopyFrom(pdate(date(2026, 2, 20)))
+    error = await refused(
+        cluster.eligibility.RegisterSurvivor(register_request(intake)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert reason_of(error) == "CONSENT_OUT_OF_DATE"
+    assert "given on 2026-03-10" in (error.details() or "")
+    assert await cluster.row_counts() == before
     reassessed = await cluster.eligibility.AssessEligibility(assess_request(intake.survivor_id))
     assert reassessed.assessment.survivor_id == intake.survivor_id
 

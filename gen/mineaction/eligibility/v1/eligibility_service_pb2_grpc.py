@@ -107,6 +107,8 @@ class EligibilityServiceServicer:
 
     def RegisterSurvivor(self, request, context):
         """RegisterSurvivor stores a survivor's intake record. Idempotent on request_id.
+        The consent on record only moves on: an intake carrying an older consent is
+        refused (FAILED_PRECONDITION, CONSENT_OUT_OF_DATE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

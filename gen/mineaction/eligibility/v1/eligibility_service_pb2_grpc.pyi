@@ -37,7 +37,10 @@ class EligibilityServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> EligibilityServiceAsyncStub: ...
     RegisterSurvivor: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.RegisterSurvivorRequest, _eligibility_service_pb2.RegisterSurvivorResponse]
-    """RegisterSurvivor stores a survivor's intake record. Idempotent on request_id."""
+    """RegisterSurvivor stores a survivor's intake record. Idempotent on request_id.
+    The consent on record only moves on: an intake carrying an older consent is
+    refused (FAILED_PRECONDITION, CONSENT_OUT_OF_DATE).
+    """
     GetSurvivor: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetSurvivorRequest, _eligibility_service_pb2.GetSurvivorResponse]
     """GetSurvivor returns one survivor record."""
     WithdrawConsent: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.WithdrawConsentRequest, _eligibility_service_pb2.WithdrawConsentResponse]
@@ -86,7 +89,10 @@ class EligibilityServiceAsyncStub(EligibilityServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RegisterSurvivor: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.RegisterSurvivorRequest, _eligibility_service_pb2.RegisterSurvivorResponse]  # type: ignore[assignment]
-    """RegisterSurvivor stores a survivor's intake record. Idempotent on request_id."""
+    """RegisterSurvivor stores a survivor's intake record. Idempotent on request_id.
+    The consent on record only moves on: an intake carrying an older consent is
+    refused (FAILED_PRECONDITION, CONSENT_OUT_OF_DATE).
+    """
     GetSurvivor: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetSurvivorRequest, _eligibility_service_pb2.GetSurvivorResponse]  # type: ignore[assignment]
     """GetSurvivor returns one survivor record."""
     WithdrawConsent: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.WithdrawConsentRequest, _eligibility_service_pb2.WithdrawConsentResponse]  # type: ignore[assignment]
@@ -138,7 +144,10 @@ class EligibilityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _eligibility_service_pb2.RegisterSurvivorRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_eligibility_service_pb2.RegisterSurvivorResponse, _abc.Awaitable[_eligibility_service_pb2.RegisterSurvivorResponse]]:
-        """RegisterSurvivor stores a survivor's intake record. Idempotent on request_id."""
+        """RegisterSurvivor stores a survivor's intake record. Idempotent on request_id.
+        The consent on record only moves on: an intake carrying an older consent is
+        refused (FAILED_PRECONDITION, CONSENT_OUT_OF_DATE).
+        """
 
     @_abc_1.abstractmethod
     def GetSurvivor(
