@@ -3,6 +3,7 @@ sent, so a bad value is refused on the operator's machine and nothing is written
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 import yaml
@@ -115,5 +116,22 @@ def intake_from_text(text: str, source: str) -> eligibility_pb.SurvivorIntake:
     try:
         json_format.ParseDict(data, intake)
     except json_format.ParseError as error:
-        raise BadInput(f"{source}: {error}") from None
+        raise BadInput(f"{source}: {_parse_problem(str(error))}") from None
     return intake
+
+
+# The protobuf parser's own wording for the mistakes people make in an intake file.
+_NOT_WHOLE = re.compile(
+    r"^Failed to parse (\w+) field: (?:invalid literal for int\(\) with base 10: (.+?)\.|"
+    r"Couldn't parse integer: (.+?) at |int\(\) argument must be)"
+)
+_NO_FIELD = re.compile(r'has no field named "(\w+)"')
+
+
+def _parse_problem(message: str) -> str:
+    if match := _NOT_WHOLE.match(message):
+        field, value = match[1], match[2] or match[3]
+        return f"{field} must be a whole number" + (f", not {value}" if value else "")
+    if match := _NO_FIELD.search(message):
+        return f"an intake has no field {match[1]!r} (see docs/cli.md for one)"
+    return message

@@ -116,7 +116,11 @@ def test_intake_in_the_api_json_form() -> None:
      ("languages: [azerbaijani, klingon]", r"languages\[1\] 'klingon' is not one of: .*english"),
      ("functioning: [{domain: walking, level: lots}]",
       r"functioning\[0\].level 'lots' is not one of: no_difficulty, some_difficulty"),
-     ("date_of_birth: 14/05/1981", "YYYY-MM-DD")],
+     ("date_of_birth: 14/05/1981", "YYYY-MM-DD"),
+     ("household_size: five", r"^intake.yaml: household_size must be a whole number, not 'five'$"),
+     ("household_size: 2.5", r"^intake.yaml: household_size must be a whole number, not 2.5$"),
+     ("dependants: [1]", r"^intake.yaml: dependants must be a whole number$"),
+     ("no_such_field: 1", r"^intake.yaml: an intake has no field 'no_such_field'")],
 )  # fmt: skip
 def test_bad_intake_files(text: str, why: str) -> None:
     with pytest.raises(BadInput, match=why):
