@@ -19,7 +19,9 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 def check_transition(loan_id: str, current: str, target: str) -> None:
     if target not in TRANSITIONS.get(current, frozenset()):
         raise FailedPrecondition(
-            f"loan {loan_id} is {current}; it cannot become {target}",
+            f"loan {loan_id} is {current} already"
+            if current == target
+            else f"loan {loan_id} is {current}; it cannot become {target}",
             reason="ILLEGAL_TRANSITION",
             metadata={"loan_id": loan_id, "state": current, "target": target},
         )
