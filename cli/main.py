@@ -303,10 +303,8 @@ def withdraw_consent(
                 recorded_by=_staff("", "the token's subject"),  # the caller records it
             )
         )
-        settings = context.settings()
-        token = context.token(_OPTIONS, settings)
-        async with context.eligibility(settings, token) as stub:
-            with calling("eligibility", settings.eligibility_address):
+        async with _service("eligibility") as (stub, calls):
+            with calls:
                 survivor = (await stub.WithdrawConsent(request, timeout=TIMEOUT)).survivor
         render.line(render.consent_withdrawn(survivor, language))
 
@@ -733,7 +731,7 @@ def journey_start(
         settings = context.settings()
         token = context.token(_OPTIONS, settings)
         # Only a registered survivor, whose consent stands, gets a journey.
-        survivor = await _consenting_survivor(settings, token, sid, "no journey is started")
+        survivor = await _consenting_survivor(sid, "no journey is started")
         resume = None
         if followed:
             resume = following_loan(
@@ -1578,13 +1576,11 @@ def journey_refresh(
     run(go())
 
 
-async def _consenting_survivor(
-    settings: Settings, token: str, survivor_id: str, refused: str
-) -> eligibility_pb.Survivor:
+async def _consenting_survivor(survivor_id: str, refused: str) -> eligibility_pb.Survivor:
     """The survivor's record; CliError, saying what is `refused`, when their consent to
     data processing stands withdrawn."""
-    async with context.eligibility(settings, token) as stub:
-        with calling("eligibility", settings.eligibility_address):
+    async with _service("eligibility") as (stub, calls):
+        with calls:
             response = await stub.GetSurvivor(
                 eligibility_pb.GetSurvivorRequest(survivor_id=survivor_id), timeout=TIMEOUT
             )
@@ -1621,9 +1617,7 @@ def journey_follow_up(
         inputs.count(family_members, "--family-members", 0, 49)
         who = _staff(recorded_by, "--recorded-by")
         _acting(_ELIGIBILITY + "RecordFollowUp", who)
-        settings = context.settings()
-        token = context.token(_OPTIONS, settings)
-        await _consenting_survivor(settings, token, sid, "no follow-up is recorded")
+        await _consenting_survivor(sid, "no follow-up is recorded")
         status = await _update_journey(
             sid,
             SurvivorJourneyWorkflow.record_follow_up,

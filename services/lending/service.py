@@ -1053,12 +1053,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             if original["kind"] == "RECOVERY":
                 if loan["state"] != "CLOSED_WRITTEN_OFF":  # pragma: no cover - invariant
                     raise FailedPrecondition("recoveries exist only on written-off loans")
-            else:
-                if loan["state"] not in ("ACTIVE", "CLOSED_OBLIGATIONS_MET", "CLOSED_WRITTEN_OFF"):
-                    raise FailedPrecondition(  # pragma: no cover - only these have repayments
-                        f"loan {request.loan_id} is {loan['state']}; it has no repayments",
-                        reason="LOAN_NOT_ACTIVE",
-                    )
+            else:  # a repayment: the loan is ACTIVE, repaid or written off since
                 if _counted_by_the_schedule(loan, original):
                     raise FailedPrecondition(
                         "the loan was rescheduled after this repayment; reversing it "
