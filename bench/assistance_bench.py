@@ -11,6 +11,9 @@ Prints two figures:
 2. throughput: 50 concurrent clients make reservations in a large cohort; reservations
    per second (target: at least 300).
 
+Every survivor is registered with eligibility first (its own process): assistance asks it,
+for each need and each request, whether the survivor's consent stands.
+
 Usage: .venv/bin/python -m bench.assistance_bench [--reservations 3000] [--clients 50]
            [--service-process]
 """
@@ -23,6 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import asyncpg
 from google.protobuf import struct_pb2
@@ -30,12 +34,14 @@ from google.protobuf import struct_pb2
 from bench.common import bench_auth, bench_token, database, process, service
 from mineaction.assistance.v1 import assistance_service_pb2 as pb
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as pb_grpc
+from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from mineaction.type.v1 import age_band_pb2, localized_text_pb2, sex_pb2
 from services.assistance.service import SPEC
 from services.common.channels import open_channel
 from services.common.config import load_settings
 from services.common.logging import configure_logging
 from services.common.server import ServiceHost
+from tests.factories import register_request, saatli_fish_farmer
 
 TARGET_PER_SECOND = 300
 # Connections: enough that requests do not queue for one; far more only adds backends
@@ -75,12 +81,16 @@ async def open_cohort(stub: pb_grpc.AssistanceServiceStub, seats: int) -> str:
     return pool_id
 
 
-async def record_needs(stub: pb_grpc.AssistanceServiceStub, count: int) -> list[str]:
+async def record_needs(stubs: Stubs, count: int) -> list[str]:
+    """Needs of `count` new survivors, each registered with consent."""
+
     async def one(i: int) -> str:
-        response = await stub.RecordNeed(
+        intake = saatli_fish_farmer(f"srv-bench-{uuid.uuid4().hex[:12]}")
+        await stubs.eligibility.RegisterSurvivor(register_request(intake))
+        response = await stubs.assistance.RecordNeed(
             pb.RecordNeedRequest(
                 request_id=str(uuid.uuid4()),
-                survivor_id=f"srv-bench-{uuid.uuid4().hex[:12]}",
+                survivor_id=intake.survivor_id,
                 type_id="computer_course",
                 assessed_by="bench",
                 district_code="barda",
@@ -125,16 +135,25 @@ async def reserve_all(
     return results, time.perf_counter() - started
 
 
+@dataclass
+class Stubs:
+    assistance: pb_grpc.AssistanceServiceStub
+    eligibility: eligibility_grpc.EligibilityServiceStub
+
+
 @asynccontextmanager
-async def assistance_service(url: str, in_process: bool) -> AsyncIterator[int]:
-    """The service's port: a ServiceHost in this process, or a service process."""
+async def assistance_service(url: str, in_process: bool, eligibility: str) -> AsyncIterator[int]:
+    """The service's port: a ServiceHost in this process, or a service process; it asks
+    the eligibility service at `eligibility` about consent."""
     if not in_process:
         argv, env, port = service("services.assistance", "ASSISTANCE_ADDRESS", url)
-        with process(argv, {**env, "DB_POOL_MAX_SIZE": str(POOL_SIZE)}, port):
+        env |= {"DB_POOL_MAX_SIZE": str(POOL_SIZE), "ELIGIBILITY_ADDRESS": eligibility}
+        with process(argv, env, port):
             yield port
         return
     settings = load_settings(
         DATABASE_URL=url,
+        ELIGIBILITY_ADDRESS=eligibility,
         LOG_LEVEL="error",
         LOG_FORMAT="json",
         DB_POOL_MAX_SIZE=POOL_SIZE,
@@ -155,26 +174,35 @@ async def main(reservations: int, clients: int, last_seats: int, in_process: boo
         name, url = await fresh_database(server_url)
         ok = True
         try:
-            async with (
-                assistance_service(url, in_process) as port,
-                open_channel(f"127.0.0.1:{port}", bench_token()) as channel,
-            ):
-                stub = pb_grpc.AssistanceServiceStub(channel)
-                print(f"service: {'in this process' if in_process else 'its own process'}")
-                ok &= await safety(stub, clients, last_seats)
-                ok &= await throughput(stub, clients, reservations)
+            argv, env, eligibility_port = service(
+                "services.eligibility", "ELIGIBILITY_ADDRESS", url
+            )
+            eligibility = f"127.0.0.1:{eligibility_port}"
+            with process(argv, env, eligibility_port):
+                async with (
+                    assistance_service(url, in_process, eligibility) as port,
+                    open_channel(f"127.0.0.1:{port}", bench_token()) as channel,
+                    open_channel(eligibility, bench_token()) as to_eligibility,
+                ):
+                    stubs = Stubs(
+                        pb_grpc.AssistanceServiceStub(channel),
+                        eligibility_grpc.EligibilityServiceStub(to_eligibility),
+                    )
+                    print(f"service: {'in this process' if in_process else 'its own process'}")
+                    ok &= await safety(stubs, clients, last_seats)
+                    ok &= await throughput(stubs, clients, reservations)
         finally:
             await drop_database(server_url, name)
     return ok
 
 
-async def safety(stub: pb_grpc.AssistanceServiceStub, clients: int, seats: int) -> bool:
+async def safety(stubs: Stubs, clients: int, seats: int) -> bool:
     # A cohort of 20 that is already down to its last `seats` seats.
-    pool_id = await open_cohort(stub, 20)
-    earlier = await record_needs(stub, 20 - seats)
-    await reserve_all(stub, pool_id, earlier, 1)
-    needs = await record_needs(stub, clients)
-    results, _ = await reserve_all(stub, pool_id, needs, clients)
+    pool_id = await open_cohort(stubs.assistance, 20)
+    earlier = await record_needs(stubs, 20 - seats)
+    await reserve_all(stubs.assistance, pool_id, earlier, 1)
+    needs = await record_needs(stubs, clients)
+    results, _ = await reserve_all(stubs.assistance, pool_id, needs, clients)
     won = [a for a in results if a.state == "enrolled"]
     waiting = sorted(a.waitlist_position for a in results if a.state == "waitlisted")
     in_order = waiting == list(range(1, clients - seats + 1))
@@ -189,10 +217,10 @@ async def safety(stub: pb_grpc.AssistanceServiceStub, clients: int, seats: int) 
     return ok
 
 
-async def throughput(stub: pb_grpc.AssistanceServiceStub, clients: int, count: int) -> bool:
-    pool_id = await open_cohort(stub, count)
-    needs = await record_needs(stub, count)
-    results, elapsed = await reserve_all(stub, pool_id, needs, clients)
+async def throughput(stubs: Stubs, clients: int, count: int) -> bool:
+    pool_id = await open_cohort(stubs.assistance, count)
+    needs = await record_needs(stubs, count)
+    results, elapsed = await reserve_all(stubs.assistance, pool_id, needs, clients)
     reserved = sum(a.state == "enrolled" for a in results)
     rate = reserved / elapsed
     latency_ms = elapsed / count * clients * 1000

@@ -168,18 +168,18 @@ class Cluster:
 async def start_services(settings: Settings) -> Cluster:
     """The three services on free ports, with default channels (every role). The
     settings' state folder must hold the dev credentials (ensure_dev_credentials)."""
-    lending = ServiceHost(LENDING, settings, address="127.0.0.1:0")
-    await lending.start()
-    # Eligibility asks this lending whose a loan is (a follow-up names one).
-    settings = settings.model_copy(update={"lending_address": f"127.0.0.1:{lending.port}"})
-    hosts = {
-        ELIGIBILITY.name: ServiceHost(ELIGIBILITY, settings, address="127.0.0.1:0"),
-        LENDING.name: lending,
-        ASSISTANCE.name: ServiceHost(ASSISTANCE, settings, address="127.0.0.1:0"),
-    }
-    for host in hosts.values():
-        if host is not lending:
-            await host.start()
+    # Each starts knowing where the ones it asks listen: eligibility asks lending whose
+    # a loan is (a follow-up names one), assistance asks eligibility whether a survivor's
+    # consent stands.
+    hosts: dict[str, ServiceHost] = {}
+    for spec, address_setting in (
+        (LENDING, "lending_address"),
+        (ELIGIBILITY, "eligibility_address"),
+        (ASSISTANCE, "assistance_address"),
+    ):
+        host = hosts[spec.name] = ServiceHost(spec, settings, address="127.0.0.1:0")
+        await host.start()
+        settings = settings.model_copy(update={address_setting: f"127.0.0.1:{host.port}"})
     token = mint_with_settings(settings, subject=DEFAULT_SUBJECT, roles=ROLES)
     channels = {name: open_channel(f"127.0.0.1:{host.port}", token) for name, host in hosts.items()}
     return Cluster(hosts, channels, settings)

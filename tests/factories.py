@@ -6,6 +6,7 @@ import uuid
 from datetime import date
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
+from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from mineaction.type.v1 import sex_pb2
 from services.common.protoconv import proto_date
 
@@ -87,3 +88,11 @@ def follow_up_request(
             recorded_on=pdate(on),
         ),
     )
+
+
+async def register_survivor(eligibility: eligibility_grpc.EligibilityServiceStub) -> str:
+    """A new survivor registered with consent to data processing: what assistance asks
+    of eligibility before it records a need; their id."""
+    intake = saatli_fish_farmer()
+    await eligibility.RegisterSurvivor(register_request(intake))
+    return intake.survivor_id

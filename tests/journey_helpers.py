@@ -21,7 +21,13 @@ from temporalio.testing import WorkflowEnvironment
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.type.v1 import age_band_pb2, localized_text_pb2, sex_pb2
 from tests.conftest import Cluster
-from tests.factories import new_id, register_request, request_id, saatli_fish_farmer
+from tests.factories import (
+    new_id,
+    register_request,
+    register_survivor,
+    request_id,
+    saatli_fish_farmer,
+)
 from workers.journey.model import (
     AssistanceAction,
     AssistanceState,
@@ -144,7 +150,7 @@ async def someone_holds(
         await cluster.assistance.RecordNeed(
             assistance_pb.RecordNeedRequest(
                 request_id=request_id(),
-                survivor_id=survivor_id or f"srv-{uuid.uuid4().hex[:12]}",
+                survivor_id=survivor_id or await register_survivor(cluster.eligibility),
                 type_id="wheelchair",
                 assessed_by=case_worker,
                 district_code="saatli",

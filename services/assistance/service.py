@@ -35,6 +35,7 @@ from services.assistance.catalogue import (
     Transition,
     load_catalogue,
 )
+from services.assistance.consent import ConsentRegister
 from services.assistance.records import (
     ASSISTANCE_SELECT,
     NEED_SELECT,
@@ -116,9 +117,15 @@ def _check_provider_kind(plugin: AssistanceTypePlugin, provider_id: str, kind: s
 
 
 class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
-    def __init__(self, db: Database, catalogue: Mapping[str, AssistanceTypePlugin]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        catalogue: Mapping[str, AssistanceTypePlugin],
+        consent: ConsentRegister,
+    ) -> None:
         self.db = db
         self.catalogue = catalogue
+        self.consent = consent
         # One waiter per pool and process at the pool's row lock: when a popular cohort
         # draws many requests at once, the rest queue here (in order) instead of all
         # waking in PostgreSQL at every commit. The row lock still decides; this only
@@ -188,8 +195,9 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
 
         async def record(conn: Connection) -> pb.RecordNeedResponse:
             # Checked here, not before: a retry of a need recorded before the check
-            # existed gets its first answer back.
+            # existed gets its first answer back (eligibility up or not).
             require_known_district(request.district_code)
+            await self.consent.require_consent("survivor_id", request.survivor_id)
             row = await fetch_one(
                 conn,
                 """INSERT INTO needs (need_id, survivor_id, type_id, state, description,
@@ -268,6 +276,9 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 )
                 if need is None:
                     raise NotFound(f"need {request.need_id} not found", reason="NEED_NOT_FOUND")
+                # Asked again, not taken from the need: consent may have been withdrawn
+                # since the need was recorded.
+                await self.consent.require_consent("need_id", need["survivor_id"])
                 # Read after the lock, in a statement of its own: one that waited for the
                 # lock would not see the assistance the call before it has just created.
                 current = await conn.fetchval(
@@ -918,7 +929,8 @@ async def attach(
     reference = capacity.load_reference_data(HERE / "reference.yaml")
     async with db.transaction() as conn:
         await capacity.seed_reference_data(conn, reference, catalogue)
-    pb_grpc.add_AssistanceServiceServicer_to_server(AssistanceServicer(db, catalogue), server)
+    servicer = AssistanceServicer(db, catalogue, ConsentRegister.open(settings, resources))
+    pb_grpc.add_AssistanceServiceServicer_to_server(servicer, server)
 
 
 SPEC = ServiceSpec(

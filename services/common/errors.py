@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import TypeVar
 
 import grpc
@@ -136,6 +137,16 @@ def invalid(field: str, description: str, reason: str = "") -> InvalidArgument:
     """Shorthand for a single-field INVALID_ARGUMENT raised by service code."""
     return InvalidArgument(
         f"invalid {field}: {description}", [FieldViolation(field, description, reason)]
+    )
+
+
+def consent_withdrawn(withdrawn_on: date) -> FailedPrecondition:
+    """The refusal of any use of a survivor's data while their consent to data processing
+    stands withdrawn, in every service that holds it."""
+    return FailedPrecondition(
+        f"the survivor withdrew consent to data processing on {withdrawn_on}: their data is "
+        "not used; nothing was stored",
+        reason="CONSENT_WITHDRAWN",
     )
 
 

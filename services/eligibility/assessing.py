@@ -30,7 +30,7 @@ from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from services.common import audit
 from services.common.db import Connection, Database
 from services.common.encoded import Encoded, holding
-from services.common.errors import FailedPrecondition, NotFound, invalid
+from services.common.errors import FailedPrecondition, NotFound, consent_withdrawn, invalid
 from services.common.group_commit import RUN_AGAIN, GroupCommit, RunAgain
 from services.common.idempotency import method_of, payload_hash, replayed
 from services.common.protoconv import from_proto_date, now_timestamp, proto_date
@@ -225,7 +225,7 @@ class Assessor:
         if not survivor.consent.data_processing:
             raise FailedPrecondition("no recorded consent", reason="CONSENT_REQUIRED")
         if row["consent_withdrawn_on"] is not None:
-            raise intake_mod.consent_withdrawn(row["consent_withdrawn_on"])
+            raise consent_withdrawn(row["consent_withdrawn_on"])
         if day < from_proto_date(survivor.date_of_birth):
             raise invalid(
                 "assessment_date", "is before the survivor's date of birth", "BEFORE_BIRTH"

@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from mineaction.eligibility.v1 import eligibility_service_pb2 as pb
 from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common.districts import district_violations
-from services.common.errors import FailedPrecondition, FieldViolation
+from services.common.errors import FieldViolation
 from services.common.protoconv import from_proto_date
 
 _LEVEL = {
@@ -114,15 +114,6 @@ def facts(intake: pb.SurvivorIntake, day: date) -> dict[str, Any]:
     if levels:
         result["max_difficulty"] = max(levels.values())
     return result
-
-
-def consent_withdrawn(withdrawn_on: date) -> FailedPrecondition:
-    """The refusal of any use of a survivor's data while their consent stands withdrawn."""
-    return FailedPrecondition(
-        f"the survivor withdrew consent to data processing on {withdrawn_on}: their data is "
-        "not used; nothing was stored",
-        reason="CONSENT_WITHDRAWN",
-    )
 
 
 def intake_json(intake: pb.SurvivorIntake) -> str:

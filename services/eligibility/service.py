@@ -25,6 +25,7 @@ from services.common.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    consent_withdrawn,
     invalid,
     invalid_fields,
 )
@@ -44,6 +45,14 @@ SIMULATION_LIMIT = 100_000
 # What a Survivor message shows of its row beside the intake.
 _SURVIVOR_COLUMNS = """created_at, updated_at, pinned_rule_set_id, pinned_rule_set_version,
                       consent_withdrawn_on, consent_withdrawn_by"""
+
+
+def _withdrawal(row: asyncpg.Record) -> pb.ConsentWithdrawal:
+    """The survivor row's withdrawal of consent, which stands."""
+    return pb.ConsentWithdrawal(
+        withdrawn_on=proto_date(row["consent_withdrawn_on"]),
+        recorded_by=row["consent_withdrawn_by"],
+    )
 
 
 def decision_to_proto(
@@ -266,10 +275,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             pinned_rule_set_version=row["pinned_rule_set_version"] or 0,
         )
         if row["consent_withdrawn_on"] is not None:
-            survivor.consent_withdrawal.withdrawn_on.CopyFrom(
-                proto_date(row["consent_withdrawn_on"])
-            )
-            survivor.consent_withdrawal.recorded_by = row["consent_withdrawn_by"]
+            survivor.consent_withdrawal.CopyFrom(_withdrawal(row))
         return survivor
 
     async def GetSurvivor(
@@ -283,6 +289,25 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         if row is None:
             raise NotFound(f"survivor {request.survivor_id} is not registered")
         return pb.GetSurvivorResponse(survivor=self._survivor(intake_mod.stored_intake(row), row))
+
+    async def GetConsent(
+        self, request: pb.GetConsentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetConsentResponse:
+        row = await self.db.pool.fetchrow(
+            """SELECT consent_given_on, consent_withdrawn_on, consent_withdrawn_by
+               FROM survivors WHERE survivor_id = $1""",
+            request.survivor_id,
+        )
+        if row is None:
+            raise NotFound(f"survivor {request.survivor_id} is not registered")
+        consent = pb.SurvivorConsent(
+            survivor_id=request.survivor_id,
+            given_on=proto_date(row["consent_given_on"]),
+            stands=row["consent_withdrawn_on"] is None,
+        )
+        if row["consent_withdrawn_on"] is not None:
+            consent.withdrawal.CopyFrom(_withdrawal(row))
+        return pb.GetConsentResponse(consent=consent)
 
     async def WithdrawConsent(
         self, request: pb.WithdrawConsentRequest, context: grpc.aio.ServicerContext
@@ -624,7 +649,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
                 # The rule, never the value: refusals are logged (personal data).
                 raise invalid("follow_up.recorded_on", "is before the survivor's date of birth")
             if survivor["consent_withdrawn_on"] is not None:
-                raise intake_mod.consent_withdrawn(survivor["consent_withdrawn_on"])
+                raise consent_withdrawn(survivor["consent_withdrawn_on"])
             # Asked only for a new request (a retry gets its first answer, lending up or not).
             if follow_up.loan_id:
                 loan = await self.loans.loan_of(

@@ -47,13 +47,14 @@ def pip(*args: str) -> None:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def with_prosthesis(settings: Settings) -> AsyncIterator[pb_grpc.AssistanceServiceStub]:
+async def with_prosthesis(cluster: Cluster) -> AsyncIterator[pb_grpc.AssistanceServiceStub]:
     pip("install", "--no-deps", "--no-build-isolation", str(PLUGIN))
     importlib.invalidate_caches()
-    host = ServiceHost(SPEC, settings, address="127.0.0.1:0")
+    # The cluster's settings: this host asks the cluster's eligibility about consent.
+    host = ServiceHost(SPEC, cluster.settings, address="127.0.0.1:0")
     try:
         await host.start()
-        token = mint_with_settings(settings, subject="tester", roles=ROLES)
+        token = mint_with_settings(cluster.settings, subject="tester", roles=ROLES)
         async with open_channel(f"127.0.0.1:{host.port}", token) as channel:
             yield pb_grpc.AssistanceServiceStub(channel)
     finally:
@@ -63,7 +64,7 @@ async def with_prosthesis(settings: Settings) -> AsyncIterator[pb_grpc.Assistanc
 
 @pytest.mark.timeout(90)
 async def test_an_installed_plugin_type_runs_its_whole_lifecycle(
-    with_prosthesis: pb_grpc.AssistanceServiceStub,
+    with_prosthesis: pb_grpc.AssistanceServiceStub, cluster: Cluster
 ) -> None:
     stub = with_prosthesis
     types = await stub.ListAssistanceTypes(pb.ListAssistanceTypesRequest())
@@ -73,7 +74,7 @@ async def test_an_installed_plugin_type_runs_its_whole_lifecycle(
     assert list(prosthesis.follow_up_days) == [30, 180, 365]
     assert "prosthesis_limb_loss" in prosthesis.eligibility_rules_yaml
 
-    need = await record_need(stub, "prosthesis", district="fuzuli")
+    need = await record_need(cluster, "prosthesis", via=stub, district="fuzuli")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await request(stub, need.need_id, data=struct(limb="knee"))
     assert set(violations(err.value)) == {"data.limb", "data.side"}
@@ -115,7 +116,7 @@ async def test_an_installed_plugin_type_runs_its_whole_lifecycle(
 async def test_a_referral_of_the_plugin_type_without_consent_writes_nothing(
     with_prosthesis: pb_grpc.AssistanceServiceStub, cluster: Cluster
 ) -> None:
-    need = await record_need(with_prosthesis, "prosthesis")
+    need = await record_need(cluster, "prosthesis", via=with_prosthesis)
     await assert_writes_nothing(
         cluster,
         request(
@@ -132,11 +133,11 @@ async def test_a_referral_of_the_plugin_type_without_consent_writes_nothing(
 # Last in this module: it uninstalls the plugin (the fixture's own uninstall then finds
 # nothing to do).
 async def test_an_uninstalled_types_records_stay_listable_by_it(
-    settings: Settings, with_prosthesis: pb_grpc.AssistanceServiceStub
+    settings: Settings, with_prosthesis: pb_grpc.AssistanceServiceStub, cluster: Cluster
 ) -> None:
     """A plugin uninstalled, its type leaves the catalogue but not the records: lists
     filtered by it still find them; a type that never had any is still refused."""
-    need = await record_need(with_prosthesis, "prosthesis", district="fuzuli")
+    need = await record_need(cluster, "prosthesis", via=with_prosthesis, district="fuzuli")
     referral = await request(
         with_prosthesis,
         need.need_id,

@@ -45,7 +45,7 @@ from services.common.money import manat
 from services.common.programme_time import add_months, programme_date, programme_today
 from services.common.protoconv import from_proto_date
 from tests.conftest import Cluster
-from tests.factories import pdate, request_id
+from tests.factories import pdate, register_survivor, request_id
 from tests.journey_helpers import (
     approved_journey,
     follow_up_due,
@@ -1982,7 +1982,8 @@ async def test_journey_status_reads_the_assistance_service_now(
     first_in_line = (
         await cluster.assistance.RecordNeed(
             assistance_pb.RecordNeedRequest(
-                request_id=request_id(), survivor_id=f"srv-{uuid.uuid4().hex[:12]}",
+                request_id=request_id(),
+                survivor_id=await register_survivor(cluster.eligibility),
                 type_id="wheelchair", assessed_by="cw-01", district_code="saatli",
                 sex=sex_pb2.SEX_FEMALE, age_band=age_band_pb2.AGE_BAND_35_59,
             )
@@ -2171,7 +2172,7 @@ async def test_impact_follow_up_from_the_cli(
 async def test_needs_listed_for_staff(cli_env: dict[str, str], cluster: Cluster) -> None:
     """A survivor's recorded needs, in either language, with what was requested for them;
     filters the service would refuse are refused before any call."""
-    survivor_id = f"srv-{uuid.uuid4().hex[:12]}"
+    survivor_id = await register_survivor(cluster.eligibility)
 
     def column(out: str, index: int) -> list[str]:  # one line per need
         return [r.split("│")[index + 1].strip() for r in out.splitlines() if r.startswith("│")]

@@ -33,13 +33,11 @@ from tests.integration.test_assistance_service import (
 SUPPLIER = "baku-mobility-aids"
 
 
-async def stock_request(
-    stub: pb_grpc.AssistanceServiceStub, pool: pb.CapacityPool, quantity: int
-) -> pb.Assistance:
+async def stock_request(cluster: Cluster, pool: pb.CapacityPool, quantity: int) -> pb.Assistance:
     """A new survivor's request for `quantity` wheelchairs from the pool."""
-    need = await record_need(stub, "wheelchair")
+    need = await record_need(cluster, "wheelchair")
     return await request(
-        stub,
+        cluster.assistance,
         need.need_id,
         capacity_pool_id=pool.pool_id,
         quantity=quantity,
@@ -75,8 +73,8 @@ async def test_capacity_is_not_written_off_below_a_waiting_request(cluster: Clus
     for ever, and everyone behind B waiting behind it with units free: refused."""
     stub = cluster.assistance
     pool = await create_pool(stub, "wheelchair", 3, provider_id=SUPPLIER)
-    a = await stock_request(stub, pool, 1)
-    b = await stock_request(stub, pool, 3)
+    a = await stock_request(cluster, pool, 1)
+    b = await stock_request(cluster, pool, 3)
     assert (a.state, a.waitlist_position) == ("fitting_assessment", 0)
     assert (b.state, b.waitlist_position) == ("waitlisted", 1)
 
@@ -91,7 +89,7 @@ async def test_capacity_is_not_written_off_below_a_waiting_request(cluster: Clus
 
     # The pool still works: C waits behind B, and once A is cancelled B gets its three
     # and C stays first in line, with nothing free that it could take.
-    c = await stock_request(stub, pool, 1)
+    c = await stock_request(cluster, pool, 1)
     assert (c.state, c.waitlist_position) == ("waitlisted", 2)
     await advance(stub, a.assistance_id, "cancel")
     assert await position(stub, b.assistance_id) == ("fitting_assessment", 0)
@@ -104,9 +102,9 @@ async def test_a_write_off_that_leaves_room_for_the_largest_waiting_request_is_a
 ) -> None:
     stub = cluster.assistance
     pool = await create_pool(stub, "wheelchair", 4, provider_id=SUPPLIER)
-    a = await stock_request(stub, pool, 2)
-    b = await stock_request(stub, pool, 3)
-    small = await stock_request(stub, pool, 1)
+    a = await stock_request(cluster, pool, 2)
+    b = await stock_request(cluster, pool, 3)
+    small = await stock_request(cluster, pool, 1)
     assert [x.waitlist_position for x in (a, b, small)] == [0, 1, 2]
 
     # Down to exactly what the largest waiting request needs: accepted, and audited.
@@ -135,8 +133,8 @@ async def test_reserved_units_are_still_refused_first(cluster: Cluster) -> None:
     leave a waiting request without room."""
     stub = cluster.assistance
     pool = await create_pool(stub, "wheelchair", 3, provider_id=SUPPLIER)
-    await stock_request(stub, pool, 2)
-    await stock_request(stub, pool, 3)
+    await stock_request(cluster, pool, 2)
+    await stock_request(cluster, pool, 3)
     error = await assert_writes_nothing(
         cluster, adjust(stub, pool.pool_id, -2), grpc.StatusCode.FAILED_PRECONDITION
     )
@@ -147,8 +145,8 @@ async def test_reserved_units_are_still_refused_first(cluster: Cluster) -> None:
 async def test_adding_capacity_is_never_refused_for_the_waitlist(cluster: Cluster) -> None:
     stub = cluster.assistance
     pool = await create_pool(stub, "wheelchair", 2, provider_id=SUPPLIER)
-    await stock_request(stub, pool, 1)
-    waiting = await stock_request(stub, pool, 2)
+    await stock_request(cluster, pool, 1)
+    waiting = await stock_request(cluster, pool, 2)
     assert waiting.waitlist_position == 1
     adjusted = await adjust(stub, pool.pool_id, 1)
     assert (adjusted.pool.capacity, adjusted.pool.reserved, adjusted.pool.waitlisted) == (3, 3, 0)
@@ -191,9 +189,9 @@ async def test_a_request_waitlisted_first_stops_a_concurrent_write_off(cluster: 
     queued behind it, sees it there and is refused."""
     stub = cluster.assistance
     pool = await create_pool(stub, "wheelchair", 3, provider_id=SUPPLIER)
-    await stock_request(stub, pool, 1)
+    await stock_request(cluster, pool, 1)
     async with pool_locked(cluster, pool.pool_id) as watcher:
-        requested = asyncio.ensure_future(stock_request(stub, pool, 3))
+        requested = asyncio.ensure_future(stock_request(cluster, pool, 3))
         await until_waiting(watcher, 1)
         adjusted = asyncio.ensure_future(adjust(stub, pool.pool_id, -2))
         await until_waiting(watcher, 2)
@@ -212,8 +210,8 @@ async def test_a_write_off_first_stops_a_concurrent_request_it_leaves_no_room_fo
     not then join the waitlist for 3 units the pool no longer has."""
     stub = cluster.assistance
     pool = await create_pool(stub, "wheelchair", 3, provider_id=SUPPLIER)
-    await stock_request(stub, pool, 1)
-    need = await record_need(stub, "wheelchair")
+    await stock_request(cluster, pool, 1)
+    need = await record_need(cluster, "wheelchair")
     async with pool_locked(cluster, pool.pool_id) as watcher:
         adjusted = asyncio.ensure_future(adjust(stub, pool.pool_id, -2))
         await until_waiting(watcher, 1)
@@ -279,8 +277,8 @@ async def test_a_waitlisted_request_leaving_lets_the_smaller_ones_behind_it_in(
     it stayed waitlisted with the units free, and every later one queued behind it."""
     stub = cluster.assistance
     pool = await create_pool(stub, "wheelchair", 5, provider_id=SUPPLIER)
-    await stock_request(stub, pool, 3)
-    big, small = await stock_request(stub, pool, 4), await stock_request(stub, pool, 1)
+    await stock_request(cluster, pool, 3)
+    big, small = await stock_request(cluster, pool, 4), await stock_request(cluster, pool, 1)
     assert (big.state, small.state) == ("waitlisted", "waitlisted")
     await advance(stub, big.assistance_id, "cancel")
     promoted = await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=small.assistance_id))

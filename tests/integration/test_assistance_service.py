@@ -21,7 +21,7 @@ from mineaction.type.v1 import age_band_pb2, localized_text_pb2, sex_pb2
 from services.common.errors import reason_of
 from services.common.programme_time import programme_today
 from tests.conftest import DEFAULT_SUBJECT, Cluster
-from tests.factories import new_id, pdate, request_id
+from tests.factories import new_id, pdate, register_survivor, request_id
 from tests.locks import queued_behind
 
 # --- helpers (also used by the plugin end-to-end test) -----------------------------------
@@ -34,18 +34,22 @@ def struct(**values: Any) -> struct_pb2.Struct:
 
 
 async def record_need(
-    stub: pb_grpc.AssistanceServiceStub,
+    cluster: Cluster,
     type_id: str,
     *,
+    via: pb_grpc.AssistanceServiceStub | None = None,
     district: str = "barda",
     sex: int = sex_pb2.SEX_FEMALE,
     age_band: int = age_band_pb2.AGE_BAND_18_34,
     survivor_id: str = "",
 ) -> pb.Need:
+    """A need of `survivor_id` (registered), else of a new survivor registered with
+    consent; recorded through `via`, else the cluster's assistance service."""
+    stub = via or cluster.assistance
     response = await stub.RecordNeed(
         pb.RecordNeedRequest(
             request_id=request_id(),
-            survivor_id=survivor_id or new_id("srv"),
+            survivor_id=survivor_id or await register_survivor(cluster.eligibility),
             type_id=type_id,
             assessed_by="cw-01",
             district_code=district,
@@ -165,7 +169,7 @@ async def test_a_cohort_fills_then_waitlists_in_order_and_a_dropout_promotes_the
 ) -> None:
     stub = cluster.assistance
     pool = await create_pool(stub, "computer_course", 2, sessions=10)
-    needs = [await record_need(stub, "computer_course") for _ in range(4)]
+    needs = [await record_need(cluster, "computer_course") for _ in range(4)]
     enrolled = [
         await request(stub, n.need_id, capacity_pool_id=pool.pool_id, data=struct(level="office"))
         for n in needs
@@ -223,7 +227,7 @@ async def test_fifty_concurrent_requests_for_the_last_seats_never_overbook(
     stub = cluster.assistance
     seats = 7
     pool = await create_pool(stub, "english_course", seats, sessions=30)
-    needs = [await record_need(stub, "english_course") for _ in range(50)]
+    needs = [await record_need(cluster, "english_course") for _ in range(50)]
     results = await asyncio.gather(
         *(
             request(stub, n.need_id, capacity_pool_id=pool.pool_id, data=struct(level="a1"))
@@ -288,7 +292,7 @@ async def test_a_wheelchair_is_delivered_from_stock_and_the_need_is_met_only_at_
 ) -> None:
     stub = cluster.assistance
     pool = await create_pool(stub, "wheelchair", 1, provider_id="baku-mobility-aids")
-    need = await record_need(stub, "wheelchair", district="saatli", sex=sex_pb2.SEX_MALE)
+    need = await record_need(cluster, "wheelchair", district="saatli", sex=sex_pb2.SEX_MALE)
     chair = await request(
         stub, need.need_id, capacity_pool_id=pool.pool_id, data=struct(seat_width_cm=44)
     )
@@ -326,13 +330,13 @@ async def test_a_procured_wheelchair_returns_its_stock_item_to_the_next_waiting(
     pool = await create_pool(stub, "wheelchair", 1, provider_id="baku-mobility-aids")
     first = await request(
         stub,
-        (await record_need(stub, "wheelchair")).need_id,
+        (await record_need(cluster, "wheelchair")).need_id,
         capacity_pool_id=pool.pool_id,
         data=struct(seat_width_cm=38),
     )
     second = await request(
         stub,
-        (await record_need(stub, "wheelchair")).need_id,
+        (await record_need(cluster, "wheelchair")).need_id,
         capacity_pool_id=pool.pool_id,
         data=struct(seat_width_cm=50),
     )
@@ -351,13 +355,13 @@ async def test_a_spa_course_records_attendance_completes_and_frees_its_slot(
     pool = await create_pool(stub, "spa_rehabilitation", 1, provider_id="naftalan-health-resort")
     course = await request(
         stub,
-        (await record_need(stub, "spa_rehabilitation")).need_id,
+        (await record_need(cluster, "spa_rehabilitation")).need_id,
         capacity_pool_id=pool.pool_id,
         data=struct(sessions=10, treatment="naftalan_oil"),
     )
     waiting = await request(
         stub,
-        (await record_need(stub, "spa_rehabilitation")).need_id,
+        (await record_need(cluster, "spa_rehabilitation")).need_id,
         capacity_pool_id=pool.pool_id,
         data=struct(sessions=5, treatment="mud"),
     )
@@ -383,7 +387,7 @@ async def test_carpet_weaving_runs_training_equipment_workshop_and_follow_up(
     cluster: Cluster,
 ) -> None:
     stub = cluster.assistance
-    need = await record_need(stub, "carpet_weaving", district="aghjabadi")
+    need = await record_need(cluster, "carpet_weaving", district="aghjabadi")
     support = await request(stub, need.need_id, data=struct(enterprise="cooperative"))
     assert support.provider_id == "aghjabadi-carpet-workshop"
     await advance(stub, support.assistance_id, "complete_training")
@@ -414,7 +418,7 @@ async def test_a_need_is_read_back_with_its_state_and_the_assistance_for_it(
     cluster: Cluster,
 ) -> None:
     stub = cluster.assistance
-    recorded = await record_need(stub, "wheelchair", district="saatli")
+    recorded = await record_need(cluster, "wheelchair", district="saatli")
     got = await stub.GetNeed(pb.GetNeedRequest(need_id=recorded.need_id))
     assert got.need == recorded
     assert got.need.state == pb.NEED_STATE_OPEN and not got.need.assistance_ids
@@ -460,13 +464,13 @@ async def list_all(
 
 async def test_needs_are_listed_by_survivor_and_by_state_across_pages(cluster: Cluster) -> None:
     stub = cluster.assistance
-    survivor = new_id("srv")
+    survivor = await register_survivor(cluster.eligibility)
     types = ["wheelchair", "english_course", "computer_course", "carpet_weaving", "wheelchair"]
     needs = [
-        await record_need(stub, type_id, district="tartar", survivor_id=survivor)
+        await record_need(cluster, type_id, district="tartar", survivor_id=survivor)
         for type_id in types
     ]
-    await record_need(stub, "wheelchair", district="tartar")  # another survivor's
+    await record_need(cluster, "wheelchair", district="tartar")  # another survivor's
     pool = await create_pool(stub, "computer_course", 1, sessions=4)
     course = await request(
         stub, needs[2].need_id, capacity_pool_id=pool.pool_id, data=struct(level="office")
@@ -512,9 +516,9 @@ async def test_needs_are_listed_by_survivor_and_by_state_across_pages(cluster: C
 
 async def test_a_need_page_token_is_bound_to_its_filters(cluster: Cluster) -> None:
     stub = cluster.assistance
-    survivor = new_id("srv")
+    survivor = await register_survivor(cluster.eligibility)
     for _ in range(2):
-        await record_need(stub, "english_course", survivor_id=survivor)
+        await record_need(cluster, "english_course", survivor_id=survivor)
     first = await stub.ListNeeds(pb.ListNeedsRequest(survivor_id=survivor, page_size=1))
     assert first.next_page_token
     with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -561,7 +565,7 @@ async def test_bad_need_filters_are_invalid_argument(
 
 
 async def test_needs_are_read_only_by_the_roles_that_follow_them(cluster: Cluster) -> None:
-    need = await record_need(cluster.assistance, "spa_rehabilitation")
+    need = await record_need(cluster, "spa_rehabilitation")
     for role, allowed in [("auditor", True), ("programme_manager", True), ("loan_officer", False),
                           ("committee_member", False)]:  # fmt: skip
         async with cluster.channel("assistance", cluster.token_for(role)) as channel:
@@ -597,8 +601,11 @@ async def assert_writes_nothing(
 
 
 async def test_an_unknown_type_is_invalid_and_writes_nothing(cluster: Cluster) -> None:
+    survivor = await register_survivor(cluster.eligibility)
     error = await assert_writes_nothing(
-        cluster, record_need(cluster.assistance, "hovercraft"), grpc.StatusCode.INVALID_ARGUMENT
+        cluster,
+        record_need(cluster, "hovercraft", survivor_id=survivor),
+        grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert "unknown assistance type" in violations(error)["type_id"]
     error = await assert_writes_nothing(
@@ -628,9 +635,10 @@ async def test_a_pool_only_at_a_provider_that_delivers_its_type(cluster: Cluster
 async def test_a_need_in_an_unknown_district_is_invalid_and_writes_nothing(
     cluster: Cluster,
 ) -> None:
+    survivor = await register_survivor(cluster.eligibility)
     error = await assert_writes_nothing(
         cluster,
-        record_need(cluster.assistance, "wheelchair", district="bardaa"),
+        record_need(cluster, "wheelchair", district="bardaa", survivor_id=survivor),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert violations(error)["district_code"] == "unknown district 'bardaa'"
@@ -638,7 +646,7 @@ async def test_a_need_in_an_unknown_district_is_invalid_and_writes_nothing(
 
 async def test_data_the_type_rejects_is_invalid_and_writes_nothing(cluster: Cluster) -> None:
     stub = cluster.assistance
-    need = await record_need(stub, "wheelchair")
+    need = await record_need(cluster, "wheelchair")
     error = await assert_writes_nothing(
         cluster,
         request(stub, need.need_id, data=struct(seat_width_cm=95, colour="red")),
@@ -660,7 +668,7 @@ async def test_attendance_beyond_the_course_length_is_invalid_and_writes_nothing
     pool = await create_pool(stub, "computer_course", 3, sessions=4)
     course = await request(
         stub,
-        (await record_need(stub, "computer_course")).need_id,
+        (await record_need(cluster, "computer_course")).need_id,
         capacity_pool_id=pool.pool_id,
         data=struct(level="basic_literacy"),
     )
@@ -681,7 +689,7 @@ async def test_attendance_beyond_the_course_length_is_invalid_and_writes_nothing
 
 async def test_a_negative_quantity_is_invalid_and_writes_nothing(cluster: Cluster) -> None:
     stub = cluster.assistance
-    need = await record_need(stub, "wheelchair")
+    need = await record_need(cluster, "wheelchair")
     error = await assert_writes_nothing(
         cluster,
         request(stub, need.need_id, quantity=-2, data=struct(seat_width_cm=40)),
@@ -690,7 +698,9 @@ async def test_a_negative_quantity_is_invalid_and_writes_nothing(cluster: Cluste
     assert "quantity" in violations(error)
     # In-kind equipment quantities are checked against the type's declaration too.
     support = await request(
-        stub, (await record_need(stub, "carpet_weaving")).need_id, data=struct(enterprise="factory")
+        stub,
+        (await record_need(cluster, "carpet_weaving")).need_id,
+        data=struct(enterprise="factory"),
     )
     await advance(stub, support.assistance_id, "complete_training")
     error = await assert_writes_nothing(
@@ -777,9 +787,9 @@ async def test_an_actor_of_only_spaces_is_invalid_and_writes_nothing(
     cluster: Cluster, blank: str
 ) -> None:
     stub = cluster.assistance
-    need = await record_need(stub, "wheelchair")
+    need = await record_need(cluster, "wheelchair")
     chair = await request(stub, need.need_id, data=struct(seat_width_cm=42))
-    other_need = await record_need(stub, "wheelchair")
+    other_need = await record_need(cluster, "wheelchair")
     calls: dict[str, Callable[[], Any]] = {
         "assessed_by": lambda: stub.RecordNeed(
             pb.RecordNeedRequest(
@@ -840,7 +850,7 @@ async def test_an_empty_actor_still_means_the_caller(cluster: Cluster) -> None:
     response = await stub.RecordNeed(
         pb.RecordNeedRequest(
             request_id=request_id(),
-            survivor_id=new_id("srv"),
+            survivor_id=await register_survivor(cluster.eligibility),
             type_id="wheelchair",
             district_code="barda",
             sex=sex_pb2.SEX_FEMALE,
@@ -866,7 +876,7 @@ async def test_an_empty_actor_still_means_the_caller(cluster: Cluster) -> None:
 
 async def test_a_referral_without_consent_is_refused_and_writes_nothing(cluster: Cluster) -> None:
     stub = cluster.assistance
-    need = await record_need(stub, "english_course")
+    need = await record_need(cluster, "english_course")
     error = await assert_writes_nothing(
         cluster,
         request(stub, need.need_id, referral_consent=False, data=struct(level="a2")),
@@ -880,7 +890,7 @@ async def test_an_illegal_transition_is_refused_and_changes_nothing(cluster: Clu
     pool = await create_pool(stub, "wheelchair", 2, provider_id="baku-mobility-aids")
     chair = await request(
         stub,
-        (await record_need(stub, "wheelchair")).need_id,
+        (await record_need(cluster, "wheelchair")).need_id,
         capacity_pool_id=pool.pool_id,
         data=struct(seat_width_cm=41),
     )
@@ -919,7 +929,7 @@ async def test_missing_records_are_not_found(cluster: Cluster) -> None:
 async def test_every_mutation_is_idempotent_through_its_request_id(cluster: Cluster) -> None:
     stub = cluster.assistance
     pool = await create_pool(stub, "computer_course", 1, sessions=8)
-    need = await record_need(stub, "computer_course")
+    need = await record_need(cluster, "computer_course")
     call = pb.RequestAssistanceRequest(
         request_id=request_id(),
         need_id=need.need_id,
@@ -949,7 +959,7 @@ async def test_every_mutation_is_idempotent_through_its_request_id(cluster: Clus
     # A step that moves the item on is answered again as it was, not refused because the
     # item has moved on since (the retry of a delivery got ILLEGAL_TRANSITION).
     chairs = await create_pool(stub, "wheelchair", 1, provider_id="baku-mobility-aids")
-    chair_need = await record_need(stub, "wheelchair")
+    chair_need = await record_need(cluster, "wheelchair")
     chair = await request(
         stub, chair_need.need_id, capacity_pool_id=chairs.pool_id, data=struct(seat_width_cm=44)
     )
@@ -971,8 +981,8 @@ async def test_delivered_assistance_is_not_cancelled_and_keeps_its_unit(cluster:
     stub = cluster.assistance
     pool = await create_pool(stub, "wheelchair", 1, provider_id="baku-mobility-aids")
     first_need, second_need = (
-        await record_need(stub, "wheelchair"),
-        await record_need(stub, "wheelchair"),
+        await record_need(cluster, "wheelchair"),
+        await record_need(cluster, "wheelchair"),
     )
     first = await request(
         stub, first_need.need_id, capacity_pool_id=pool.pool_id, data=struct(seat_width_cm=44)
@@ -1035,7 +1045,7 @@ async def test_the_delivery_report_separates_needs_from_delivery(cluster: Cluste
     key = ("khojavend", sex_pb2.SEX_FEMALE, age_band_pb2.AGE_BAND_60_PLUS)
     needs = [
         await record_need(
-            stub, "english_course", district="khojavend", age_band=age_band_pb2.AGE_BAND_60_PLUS
+            cluster, "english_course", district="khojavend", age_band=age_band_pb2.AGE_BAND_60_PLUS
         )
         for _ in range(3)
     ]
@@ -1065,7 +1075,7 @@ async def test_a_provider_records_steps_on_its_own_items_only(cluster: Cluster) 
     """The journey worker relays a provider's step by name: another provider's name (a
     typo, or someone choosing one from the catalogue) recorded the step as theirs."""
     stub = cluster.assistance
-    need = await record_need(stub, "wheelchair")
+    need = await record_need(cluster, "wheelchair")
     chair = await request(
         stub, need.need_id, provider_id="baku-mobility-aids", data=struct(seat_width_cm=42)
     )
@@ -1104,7 +1114,7 @@ async def test_two_requests_for_one_need_at_once_get_one_assistance_and_a_clear_
     made, and hit the database's one-unfinished-assistance rule: INTERNAL."""
     stub = cluster.assistance
     pool = await create_pool(stub, "wheelchair", 2, provider_id="baku-mobility-aids")
-    need = await record_need(stub, "wheelchair")
+    need = await record_need(cluster, "wheelchair")
     db = cluster.hosts["assistance"].db
     assert db is not None
     results = await queued_behind(

@@ -335,6 +335,7 @@ def test_secrets_reach_the_processes_that_need_them(rendered: list[Doc]) -> None
         **{name: {"DATABASE_URL", "AUTH_JWKS_FILE"} for name in GRPC_SERVICES},
     }
     needs["eligibility"].add("SERVICE_TOKEN_FILE")  # it asks lending whose a loan is
+    needs["assistance"].add("SERVICE_TOKEN_FILE")  # it asks eligibility if consent stands
     for name, variables in needs.items():
         container = next(containers(found[name]))
         present = set(container_environment(container, rendered))
@@ -627,7 +628,7 @@ def test_compose_runs_the_cluster_on_one_host() -> None:
         environment = services[name]["environment"]
         assert {"DATABASE_URL", "TEMPORAL_ADDRESS"} <= set(environment), name
         assert services[name]["deploy"]["replicas"] >= 2, name
-    for name in ("eligibility", "worker"):  # their own token, for calls to lending
+    for name in ("eligibility", "assistance", "worker"):  # their own token, for calls out
         assert services[name]["environment"]["SERVICE_TOKEN_FILE"] == "/run/secrets/service-token"
     for name, port in GRPC_SERVICES.items():
         own = f"{name.upper()}_ADDRESS"

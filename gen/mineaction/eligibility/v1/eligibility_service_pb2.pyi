@@ -1005,6 +1005,92 @@ class GetSurvivorResponse(_message.Message):
 Global___GetSurvivorResponse: _TypeAlias = GetSurvivorResponse  # noqa: Y015
 
 @_typing.final
+class GetConsentRequest(_message.Message):
+    """GetConsentRequest is the request for EligibilityService.GetConsent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SURVIVOR_ID_FIELD_NUMBER: _builtins.int
+    survivor_id: _builtins.str
+    """The survivor whose consent to return."""
+    def __init__(
+        self,
+        *,
+        survivor_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["survivor_id", b"survivor_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsentRequest: _TypeAlias = GetConsentRequest  # noqa: Y015
+
+@_typing.final
+class GetConsentResponse(_message.Message):
+    """GetConsentResponse is the response for EligibilityService.GetConsent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def consent(self) -> Global___SurvivorConsent:
+        """The survivor's consent to data processing as it stands."""
+
+    def __init__(
+        self,
+        *,
+        consent: Global___SurvivorConsent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsentResponse: _TypeAlias = GetConsentResponse  # noqa: Y015
+
+@_typing.final
+class SurvivorConsent(_message.Message):
+    """SurvivorConsent is a survivor's consent to data processing as it stands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SURVIVOR_ID_FIELD_NUMBER: _builtins.int
+    GIVEN_ON_FIELD_NUMBER: _builtins.int
+    WITHDRAWAL_FIELD_NUMBER: _builtins.int
+    STANDS_FIELD_NUMBER: _builtins.int
+    survivor_id: _builtins.str
+    """Opaque survivor id."""
+    stands: _builtins.bool
+    """The consent stands: given, and not withdrawn since. Nothing may use the
+    survivor's personal data while it does not.
+    """
+    @_builtins.property
+    def given_on(self) -> _date_pb2.Date:
+        """The day the consent on record was given (a survivor is registered only with it)."""
+
+    @_builtins.property
+    def withdrawal(self) -> Global___ConsentWithdrawal:
+        """Set while the consent stands withdrawn (WithdrawConsent)."""
+
+    def __init__(
+        self,
+        *,
+        survivor_id: _builtins.str = ...,
+        given_on: _date_pb2.Date | None = ...,
+        withdrawal: Global___ConsentWithdrawal | None = ...,
+        stands: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["given_on", b"given_on", "withdrawal", b"withdrawal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["given_on", b"given_on", "stands", b"stands", "survivor_id", b"survivor_id", "withdrawal", b"withdrawal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SurvivorConsent: _TypeAlias = SurvivorConsent  # noqa: Y015
+
+@_typing.final
 class WithdrawConsentRequest(_message.Message):
     """WithdrawConsentRequest is the request for EligibilityService.WithdrawConsent."""
 

@@ -52,6 +52,11 @@ class EligibilityServiceStub:
                 request_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.WithdrawConsentRequest.SerializeToString,
                 response_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.WithdrawConsentResponse.FromString,
                 _registered_method=True)
+        self.GetConsent = channel.unary_unary(
+                '/mineaction.eligibility.v1.EligibilityService/GetConsent',
+                request_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetConsentRequest.SerializeToString,
+                response_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetConsentResponse.FromString,
+                _registered_method=True)
         self.AssessEligibility = channel.unary_unary(
                 '/mineaction.eligibility.v1.EligibilityService/AssessEligibility',
                 request_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.AssessEligibilityRequest.SerializeToString,
@@ -129,6 +134,15 @@ class EligibilityServiceServicer:
         the survivor again with consent given since (dated on or after the withdrawal,
         and after the consent withdrawn) restores it.
         Idempotent on request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsent(self, request, context):
+        """GetConsent says whether a survivor's consent to data processing stands, and
+        nothing else about them: what another service asks before it uses their data
+        (assistance, before it records a need or refers them to a provider).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -219,6 +233,11 @@ def add_EligibilityServiceServicer_to_server(servicer, server):
                     servicer.WithdrawConsent,
                     request_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.WithdrawConsentRequest.FromString,
                     response_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.WithdrawConsentResponse.SerializeToString,
+            ),
+            'GetConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsent,
+                    request_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetConsentRequest.FromString,
+                    response_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetConsentResponse.SerializeToString,
             ),
             'AssessEligibility': grpc.unary_unary_rpc_method_handler(
                     servicer.AssessEligibility,
@@ -350,6 +369,33 @@ class EligibilityService:
             '/mineaction.eligibility.v1.EligibilityService/WithdrawConsent',
             mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.WithdrawConsentRequest.SerializeToString,
             mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.WithdrawConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mineaction.eligibility.v1.EligibilityService/GetConsent',
+            mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetConsentRequest.SerializeToString,
+            mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetConsentResponse.FromString,
             options,
             channel_credentials,
             insecure,

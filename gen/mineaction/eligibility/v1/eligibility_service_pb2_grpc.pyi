@@ -52,6 +52,11 @@ class EligibilityServiceStub:
     and after the consent withdrawn) restores it.
     Idempotent on request_id.
     """
+    GetConsent: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetConsentRequest, _eligibility_service_pb2.GetConsentResponse]
+    """GetConsent says whether a survivor's consent to data processing stands, and
+    nothing else about them: what another service asks before it uses their data
+    (assistance, before it records a need or refers them to a provider).
+    """
     AssessEligibility: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.AssessEligibilityRequest, _eligibility_service_pb2.AssessEligibilityResponse]
     """AssessEligibility evaluates a survivor against the rule set in force."""
     GetAssessment: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetAssessmentRequest, _eligibility_service_pb2.GetAssessmentResponse]
@@ -103,6 +108,11 @@ class EligibilityServiceAsyncStub(EligibilityServiceStub):
     the survivor again with consent given since (dated on or after the withdrawal,
     and after the consent withdrawn) restores it.
     Idempotent on request_id.
+    """
+    GetConsent: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetConsentRequest, _eligibility_service_pb2.GetConsentResponse]  # type: ignore[assignment]
+    """GetConsent says whether a survivor's consent to data processing stands, and
+    nothing else about them: what another service asks before it uses their data
+    (assistance, before it records a need or refers them to a provider).
     """
     AssessEligibility: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.AssessEligibilityRequest, _eligibility_service_pb2.AssessEligibilityResponse]  # type: ignore[assignment]
     """AssessEligibility evaluates a survivor against the rule set in force."""
@@ -170,6 +180,17 @@ class EligibilityServiceServicer(metaclass=_abc_1.ABCMeta):
         the survivor again with consent given since (dated on or after the withdrawal,
         and after the consent withdrawn) restores it.
         Idempotent on request_id.
+        """
+
+    @_abc_1.abstractmethod
+    def GetConsent(
+        self,
+        request: _eligibility_service_pb2.GetConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eligibility_service_pb2.GetConsentResponse, _abc.Awaitable[_eligibility_service_pb2.GetConsentResponse]]:
+        """GetConsent says whether a survivor's consent to data processing stands, and
+        nothing else about them: what another service asks before it uses their data
+        (assistance, before it records a need or refers them to a provider).
         """
 
     @_abc_1.abstractmethod

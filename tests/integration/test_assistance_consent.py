@@ -1,0 +1,169 @@
+"""Assistance uses a survivor's data only while their consent to data processing stands,
+as eligibility (the survivor register) says: no need recorded and no assistance
+requested (no referral to a provider) for a survivor never registered with consent, or
+whose consent stands withdrawn; each refusal writes nothing. On real PostgreSQL, over
+gRPC, between the real services."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+import grpc
+
+from mineaction.assistance.v1 import assistance_service_pb2 as pb
+from mineaction.assistance.v1 import assistance_service_pb2_grpc as pb_grpc
+from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
+from mineaction.type.v1 import age_band_pb2, sex_pb2
+from services.assistance.service import SPEC as ASSISTANCE
+from services.common.errors import reason_of, violations_in
+from services.common.protoconv import from_proto_date
+from tests.conftest import Cluster
+from tests.factories import new_id, pdate, register_request, request_id, saatli_fish_farmer
+from tests.integration.test_assistance_service import (
+    assert_writes_nothing,
+    create_pool,
+    record_need,
+    request,
+    struct,
+)
+from tests.integration.test_consent_withdrawal import WITHDRAWN_ON, withdraw_request
+from tests.ports import free_port
+
+GIVEN_ON = date(2026, 2, 20)  # the fish farmer's consent (tests/factories.py)
+
+
+def need_request(survivor_id: str, type_id: str = "wheelchair") -> pb.RecordNeedRequest:
+    return pb.RecordNeedRequest(
+        request_id=request_id(),
+        survivor_id=survivor_id,
+        type_id=type_id,
+        assessed_by="cw-01",
+        district_code="saatli",
+        sex=sex_pb2.SEX_MALE,
+        age_band=age_band_pb2.AGE_BAND_35_59,
+    )
+
+
+async def consent_of(cluster: Cluster, survivor_id: str) -> eligibility_pb.SurvivorConsent:
+    answer = await cluster.eligibility.GetConsent(
+        eligibility_pb.GetConsentRequest(survivor_id=survivor_id)
+    )
+    return answer.consent
+
+
+async def test_consent_is_read_as_it_stands_and_nothing_else(cluster: Cluster) -> None:
+    intake = saatli_fish_farmer()
+    sid = intake.survivor_id
+    await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    given = await consent_of(cluster, sid)
+    assert (given.survivor_id, given.stands, from_proto_date(given.given_on)) == (
+        sid,
+        True,
+        GIVEN_ON,
+    )
+    assert not given.HasField("withdrawal")
+
+    await cluster.eligibility.WithdrawConsent(withdraw_request(sid))
+    withdrawn = await consent_of(cluster, sid)
+    assert not withdrawn.stands
+    assert from_proto_date(withdrawn.withdrawal.withdrawn_on) == WITHDRAWN_ON
+    assert withdrawn.withdrawal.recorded_by == "tester"
+
+    intake.consent.recorded_on.CopyFrom(pdate(WITHDRAWN_ON + timedelta(days=2)))
+    await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    again = await consent_of(cluster, sid)
+    assert again.stands and not again.HasField("withdrawal")
+    assert from_proto_date(again.given_on) == WITHDRAWN_ON + timedelta(days=2)
+
+    for unknown, code in [
+        (new_id("srv"), grpc.StatusCode.NOT_FOUND),
+        ("not an id", grpc.StatusCode.INVALID_ARGUMENT),
+    ]:
+        try:
+            await consent_of(cluster, unknown)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == code
+        else:
+            raise AssertionError(f"GetConsent of {unknown!r} answered")
+
+
+async def test_no_need_is_recorded_for_a_survivor_never_registered(cluster: Cluster) -> None:
+    error = await assert_writes_nothing(
+        cluster,
+        cluster.assistance.RecordNeed(need_request(new_id("srv"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    [violation] = violations_in(error)
+    assert (violation.field, violation.reason) == ("survivor_id", "UNKNOWN_SURVIVOR")
+    assert "register them with their consent to data processing" in violation.description
+
+
+async def test_after_a_withdrawal_no_need_and_no_referral_until_consent_is_given_again(
+    cluster: Cluster,
+) -> None:
+    intake = saatli_fish_farmer()
+    sid = intake.survivor_id
+    await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    first_need = need_request(sid)
+    chair_need = (await cluster.assistance.RecordNeed(first_need)).need
+    course_need = await record_need(cluster, "english_course", survivor_id=sid)
+    pool = await create_pool(cluster.assistance, "english_course", 5, sessions=2)
+
+    await cluster.eligibility.WithdrawConsent(withdraw_request(sid))
+    error = await assert_writes_nothing(
+        cluster,
+        cluster.assistance.RecordNeed(need_request(sid, "spa_rehabilitation")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert reason_of(error) == "CONSENT_WITHDRAWN"
+    assert f"withdrew consent to data processing on {WITHDRAWN_ON}" in (error.details() or "")
+    # Needs recorded before stay; assistance for them is no longer requested: not from
+    # stock, and no referral to a provider's cohort (its seats untouched).
+    refused_requests: list[tuple[str, dict[str, Any]]] = [
+        (chair_need.need_id, {"data": struct(seat_width_cm=42)}),
+        (course_need.need_id, {"capacity_pool_id": pool.pool_id, "data": struct(level="a1")}),
+    ]
+    for need_id, fields in refused_requests:
+        error = await assert_writes_nothing(
+            cluster,
+            request(cluster.assistance, need_id, **fields),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        assert reason_of(error) == "CONSENT_WITHDRAWN"
+    got = await cluster.assistance.GetNeed(pb.GetNeedRequest(need_id=chair_need.need_id))
+    assert got.need.state == pb.NEED_STATE_OPEN
+    # A need recorded before, asked for again with its request_id, gets its first answer.
+    replayed = await cluster.assistance.RecordNeed(first_need)
+    assert replayed.need.need_id == chair_need.need_id
+
+    intake.consent.recorded_on.CopyFrom(pdate(WITHDRAWN_ON + timedelta(days=1)))
+    await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    course = await request(
+        cluster.assistance,
+        course_need.need_id,
+        capacity_pool_id=pool.pool_id,
+        data=struct(level="a1"),
+    )
+    assert course.provider_id == pool.provider_id
+    spa = await cluster.assistance.RecordNeed(need_request(sid, "spa_rehabilitation"))
+    assert spa.need.survivor_id == sid
+
+
+async def test_without_eligibility_to_ask_nothing_is_recorded_and_a_retry_can_succeed(
+    cluster: Cluster,
+) -> None:
+    """Consent that cannot be checked is not assumed: UNAVAILABLE, to retry, and nothing
+    written; the same request_id later, with eligibility answering, records the need."""
+    sid = (await cluster.eligibility.RegisterSurvivor(register_request())).survivor.survivor_id
+    recorded = need_request(sid)
+    nowhere = f"127.0.0.1:{free_port()}"
+    async with cluster.second_host(ASSISTANCE, eligibility_address=nowhere) as channel:
+        cut_off = pb_grpc.AssistanceServiceStub(channel)
+        error = await assert_writes_nothing(
+            cluster, cut_off.RecordNeed(recorded), grpc.StatusCode.UNAVAILABLE
+        )
+        assert "cannot say whether survivor" in (error.details() or "")
+        assert "try again" in (error.details() or "")
+    need = (await cluster.assistance.RecordNeed(recorded)).need
+    assert need.survivor_id == sid
