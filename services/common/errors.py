@@ -147,6 +147,7 @@ def consent_withdrawn(withdrawn_on: date) -> FailedPrecondition:
         f"the survivor withdrew consent to data processing on {withdrawn_on}: their data is "
         "not used; nothing was stored",
         reason="CONSENT_WITHDRAWN",
+        metadata={"withdrawn_on": withdrawn_on.isoformat()},
     )
 
 

@@ -20,6 +20,7 @@ from services.common.errors import reason_of, violations_in
 from services.common.protoconv import from_proto_date
 from tests.conftest import Cluster
 from tests.factories import new_id, pdate, register_request, request_id, saatli_fish_farmer
+from tests.grpc_errors import details
 from tests.integration.test_assistance_service import (
     assert_writes_nothing,
     create_pool,
@@ -117,6 +118,8 @@ async def test_after_a_withdrawal_no_need_and_no_referral_until_consent_is_given
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     assert reason_of(error) == "CONSENT_WITHDRAWN"
+    info, _ = details(error)
+    assert info is not None and dict(info.metadata) == {"withdrawn_on": WITHDRAWN_ON.isoformat()}
     assert f"withdrew consent to data processing on {WITHDRAWN_ON}" in (error.details() or "")
     # Needs recorded before stay; assistance for them is no longer requested: not from
     # stock, and no referral to a provider's cohort (its seats untouched).
