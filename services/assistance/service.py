@@ -61,7 +61,7 @@ from services.common.errors import (
     PermissionDenied,
     invalid,
 )
-from services.common.idempotency import idempotent, once_per_request
+from services.common.idempotency import idempotent, once_per_request, seen
 from services.common.interceptors import GuardedServer
 from services.common.programme_time import (
     PROGRAMME_TIME_ZONE,
@@ -192,12 +192,14 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         self, request: pb.RecordNeedRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordNeedResponse:
         self._plugin(request.type_id)
-
-        async def record(conn: Connection) -> pb.RecordNeedResponse:
-            # Checked here, not before: a retry of a need recorded before the check
-            # existed gets its first answer back (eligibility up or not).
+        # A request_id seen already gets its first answer (a need recorded before these
+        # checks existed among them), eligibility up or not. Consent is asked before the
+        # transaction: no connection, key or lock is held while eligibility answers.
+        if not await seen(self.db.pool, request.request_id):
             require_known_district(request.district_code)
             await self.consent.require_consent("survivor_id", request.survivor_id)
+
+        async def record(conn: Connection) -> pb.RecordNeedResponse:
             row = await fetch_one(
                 conn,
                 """INSERT INTO needs (need_id, survivor_id, type_id, state, description,
@@ -259,6 +261,20 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
     ) -> pb.RequestAssistanceResponse:
         data = struct_to_dict(request.data)
         quantity = request.quantity or 1
+        # Before the transaction, for a new request only (a request_id seen already gets
+        # its first answer): what the need's type refuses, then the survivor's consent,
+        # asked again, not taken from the need (it may have been withdrawn since). No
+        # connection, key or lock is held while eligibility answers.
+        asked = await self.db.pool.fetchrow(
+            """SELECT type_id, survivor_id,
+                      EXISTS (SELECT 1 FROM idempotency_keys WHERE request_id = $2) AS seen
+               FROM needs WHERE need_id = $1""",
+            request.need_id,
+            request.request_id,
+        )
+        if asked is not None and not asked["seen"]:
+            self._check_request(self._installed(asked["type_id"]), data, quantity, request)
+            await self.consent.require_consent("need_id", asked["survivor_id"])
         # The pool gate, if taken, is released as soon as the transaction has ended
         # (before the connection goes back to the pool, which costs a round trip).
         async with (
@@ -276,9 +292,6 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 )
                 if need is None:
                     raise NotFound(f"need {request.need_id} not found", reason="NEED_NOT_FOUND")
-                # Asked again, not taken from the need: consent may have been withdrawn
-                # since the need was recorded.
-                await self.consent.require_consent("need_id", need["survivor_id"])
                 # Read after the lock, in a statement of its own: one that waited for the
                 # lock would not see the assistance the call before it has just created.
                 current = await conn.fetchval(

@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import asyncpg
 from google.protobuf.message import Message
 
 from services.common import audit
@@ -26,6 +27,7 @@ ResponseT = TypeVar("ResponseT", bound=Message)
 _CLAIM = """INSERT INTO idempotency_keys (request_id, method, payload_hash)
             VALUES ($1, $2, $3) ON CONFLICT (request_id) DO NOTHING RETURNING true"""
 _STORED = "SELECT method, payload_hash, response FROM idempotency_keys WHERE request_id = $1"
+_SEEN = "SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE request_id = $1)"
 _STORE = "UPDATE idempotency_keys SET response = $2 WHERE request_id = $1"
 _STORE_AND_AUDIT = f"WITH audit AS ({audit.insert_statement(3)})\n{_STORE}"
 
@@ -77,6 +79,12 @@ def replayed(
     method_stored, hash_stored, response = stored or (None, None, None)
     check_replay(method_stored, hash_stored, request_id=request_id, method=method, digest=digest)
     return response_type.FromString(bytes(response or b""))
+
+
+async def seen(db: Connection | asyncpg.Pool, request_id: str) -> bool:
+    """The request_id was used already (committed): its call gets its first answer, and
+    checks made only for a new request are skipped."""
+    return bool(await db.fetchval(_SEEN, request_id))
 
 
 async def store_response(conn: Connection, request_id: str, response: Message) -> None:

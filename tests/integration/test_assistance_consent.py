@@ -111,7 +111,20 @@ async def test_after_a_withdrawal_no_need_and_no_referral_until_consent_is_given
     course_need = await record_need(cluster, "english_course", survivor_id=sid)
     pool = await create_pool(cluster.assistance, "english_course", 5, sessions=2)
 
+    carpet_need = await record_need(cluster, "carpet_weaving", survivor_id=sid)
+    carpet = pb.RequestAssistanceRequest(
+        request_id=request_id(),
+        need_id=carpet_need.need_id,
+        data=struct(enterprise="home_workshop"),
+        referral_consent=True,
+        requested_by="cw-01",
+    )
+    requested = await cluster.assistance.RequestAssistance(carpet)
+
     await cluster.eligibility.WithdrawConsent(withdraw_request(sid))
+    # A request made before, sent again with its request_id, gets its first answer.
+    again = await cluster.assistance.RequestAssistance(carpet)
+    assert again.assistance.assistance_id == requested.assistance.assistance_id
     error = await assert_writes_nothing(
         cluster,
         cluster.assistance.RecordNeed(need_request(sid, "spa_rehabilitation")),
@@ -157,16 +170,62 @@ async def test_without_eligibility_to_ask_nothing_is_recorded_and_a_retry_can_su
     cluster: Cluster,
 ) -> None:
     """Consent that cannot be checked is not assumed: UNAVAILABLE, to retry, and nothing
-    written; the same request_id later, with eligibility answering, records the need."""
+    written; the same request_id later, with eligibility answering, records the need.
+    What the service can refuse on its own it still refuses as it is; a request_id seen
+    already gets its first answer without asking."""
     sid = (await cluster.eligibility.RegisterSurvivor(register_request())).survivor.survivor_id
     recorded = need_request(sid)
+    chair_need = await record_need(cluster, "wheelchair", survivor_id=sid)
+    chair = pb.RequestAssistanceRequest(
+        request_id=request_id(),
+        need_id=chair_need.need_id,
+        data=struct(seat_width_cm=42),
+        referral_consent=True,
+        requested_by="cw-01",
+    )
+    first = await cluster.assistance.RequestAssistance(chair)
+    course_need = await record_need(cluster, "english_course", survivor_id=sid)
     nowhere = f"127.0.0.1:{free_port()}"
     async with cluster.second_host(ASSISTANCE, eligibility_address=nowhere) as channel:
         cut_off = pb_grpc.AssistanceServiceStub(channel)
+        for call in (
+            cut_off.RecordNeed(recorded),
+            request(cut_off, course_need.need_id, data=struct(level="a1")),
+        ):
+            error = await assert_writes_nothing(cluster, call, grpc.StatusCode.UNAVAILABLE)
+            assert "cannot say whether survivor" in (error.details() or "")
+            assert "try again" in (error.details() or "")
         error = await assert_writes_nothing(
-            cluster, cut_off.RecordNeed(recorded), grpc.StatusCode.UNAVAILABLE
+            cluster,
+            request(cut_off, course_need.need_id, data=struct(level="fluent")),
+            grpc.StatusCode.INVALID_ARGUMENT,
         )
-        assert "cannot say whether survivor" in (error.details() or "")
-        assert "try again" in (error.details() or "")
+        assert [v.field for v in violations_in(error)] == ["data.level"]
+        again = await cut_off.RequestAssistance(chair)
+        assert again.assistance.assistance_id == first.assistance.assistance_id
     need = (await cluster.assistance.RecordNeed(recorded)).need
     assert need.survivor_id == sid
+
+
+async def test_a_need_of_a_survivor_never_registered_gets_no_assistance(
+    cluster: Cluster,
+) -> None:
+    """A need recorded before assistance asked about consent, for a survivor eligibility
+    never registered: no assistance is requested for it."""
+    db = cluster.hosts["assistance"].db
+    assert db is not None
+    need_id = new_id("need")
+    await db.pool.execute(
+        """INSERT INTO needs (need_id, survivor_id, type_id, state, assessed_by,
+               district_code, sex, age_band)
+           VALUES ($1, $2, 'wheelchair', 'OPEN', 'cw-01', 'saatli', 1, 2)""",
+        need_id,
+        new_id("srv"),
+    )
+    error = await assert_writes_nothing(
+        cluster,
+        request(cluster.assistance, need_id, data=struct(seat_width_cm=42)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    [violation] = violations_in(error)
+    assert (violation.field, violation.reason) == ("need_id", "UNKNOWN_SURVIVOR")
