@@ -5,6 +5,7 @@ survivor registered with consent that has not been withdrawn."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
 import grpc
@@ -13,13 +14,23 @@ from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from services.common.config import Settings
 from services.common.errors import consent_withdrawn, invalid
+from services.common.group_commit import GroupCommit
 from services.common.peers import ask, open_peer
 from services.common.protoconv import from_proto_date
+
+# The most survivors BatchGetConsents answers for in one call.
+MAX_BATCH = 100
 
 
 class ConsentRegister:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._eligibility = eligibility_grpc.EligibilityServiceStub(channel)
+        # The checks that arrive while one call is out go together in the next, one call
+        # at a time: two at once made smaller groups, and RequestAssistance slower under
+        # load (docs/benchmarks.md, Assistance).
+        self._checks: GroupCommit[str, eligibility_pb.SurvivorConsent | None] = GroupCommit(
+            self._ask, max_batch=MAX_BATCH, in_flight=1
+        )
 
     @classmethod
     def open(cls, settings: Settings, resources: AsyncExitStack) -> ConsentRegister:
@@ -31,20 +42,26 @@ class ConsentRegister:
         """Returns if the survivor's consent stands. INVALID_ARGUMENT on `field` for a
         survivor eligibility has not registered; FAILED_PRECONDITION (CONSENT_WITHDRAWN)
         while their consent stands withdrawn; UNAVAILABLE when eligibility cannot say."""
-        answer: eligibility_pb.GetConsentResponse = await ask(
-            self._eligibility.GetConsent,
-            eligibility_pb.GetConsentRequest(survivor_id=survivor_id),
-            unknown=invalid(
+        consent = await self._checks.submit(survivor_id)
+        if consent is None:
+            raise invalid(
                 field,
                 f"survivor {survivor_id} is not registered: register them with their consent "
                 "to data processing (eligibility) first",
                 "UNKNOWN_SURVIVOR",
-            ),
-            cannot_say=(
-                f"the eligibility service cannot say whether survivor {survivor_id}'s "
-                "consent stands"
-            ),
-            asking="assistance's GetConsent to eligibility",
+            )
+        if not consent.stands:
+            raise consent_withdrawn(from_proto_date(consent.withdrawal.withdrawn_on))
+
+    async def _ask(
+        self, survivor_ids: Sequence[str]
+    ) -> list[eligibility_pb.SurvivorConsent | None]:
+        """One call for a group of checks: each survivor's consent, None if unregistered."""
+        answer: eligibility_pb.BatchGetConsentsResponse = await ask(
+            self._eligibility.BatchGetConsents,
+            eligibility_pb.BatchGetConsentsRequest(survivor_ids=list(dict.fromkeys(survivor_ids))),
+            cannot_say="the eligibility service cannot say whether the survivor's consent stands",
+            asking="assistance's BatchGetConsents to eligibility",
         )
-        if not answer.consent.stands:
-            raise consent_withdrawn(from_proto_date(answer.consent.withdrawal.withdrawn_on))
+        found = {consent.survivor_id: consent for consent in answer.consents}
+        return [found.get(survivor_id) for survivor_id in survivor_ids]

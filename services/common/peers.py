@@ -49,19 +49,20 @@ async def ask(
     rpc: Callable[..., Awaitable[Response]],
     request: Request,
     *,
-    unknown: Exception,
     cannot_say: str,
     asking: str,
+    unknown: Exception | None = None,
 ) -> Response:
-    """rpc(request). Raises `unknown` when the other service has no such record (NOT_FOUND,
-    or an id it cannot hold); Unavailable ("... cannot say `cannot_say` now; try again")
+    """rpc(request). Raises `unknown`, if given, when the other service has no such record
+    (NOT_FOUND, or an id it cannot hold); Unavailable ("`cannot_say` now; try again")
     when it cannot answer in time. Any other refusal (this service's token refused, a
     fault over there) is an operator's to fix, not the caller's to retry: RuntimeError
     (INTERNAL, logged), naming `asking` ("eligibility's GetLoan to lending")."""
     try:
         return await rpc(request, timeout=CHECK_TIMEOUT_SECONDS)
     except grpc.aio.AioRpcError as error:
-        if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+        unknown_record = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+        if unknown is not None and error.code() in unknown_record:
             raise unknown from None
         if error.code() in _TRANSIENT:
             raise Unavailable(f"{cannot_say} now ({error.code().name}); try again") from None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from datetime import date, timedelta
 from pathlib import Path
@@ -293,21 +293,38 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
     async def GetConsent(
         self, request: pb.GetConsentRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetConsentResponse:
-        row = await self.db.pool.fetchrow(
-            """SELECT consent_given_on, consent_withdrawn_on, consent_withdrawn_by
-               FROM survivors WHERE survivor_id = $1""",
-            request.survivor_id,
-        )
-        if row is None:
+        consents = await self._consents([request.survivor_id])
+        if not consents:
             raise NotFound(f"survivor {request.survivor_id} is not registered")
-        consent = pb.SurvivorConsent(
-            survivor_id=request.survivor_id,
-            given_on=proto_date(row["consent_given_on"]),
-            stands=row["consent_withdrawn_on"] is None,
+        return pb.GetConsentResponse(consent=consents[0])
+
+    async def BatchGetConsents(
+        self, request: pb.BatchGetConsentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BatchGetConsentsResponse:
+        return pb.BatchGetConsentsResponse(consents=await self._consents(request.survivor_ids))
+
+    async def _consents(self, survivor_ids: Sequence[str]) -> list[pb.SurvivorConsent]:
+        """The consent of each registered survivor among `survivor_ids`, in their order."""
+        rows = await self.db.pool.fetch(
+            """SELECT survivor_id, consent_given_on, consent_withdrawn_on, consent_withdrawn_by
+               FROM survivors WHERE survivor_id = ANY($1::text[])""",
+            list(set(survivor_ids)),
         )
-        if row["consent_withdrawn_on"] is not None:
-            consent.withdrawal.CopyFrom(_withdrawal(row))
-        return pb.GetConsentResponse(consent=consent)
+        found = {row["survivor_id"]: row for row in rows}
+        consents = []
+        for survivor_id in survivor_ids:
+            row = found.get(survivor_id)
+            if row is None:
+                continue
+            consent = pb.SurvivorConsent(
+                survivor_id=survivor_id,
+                given_on=proto_date(row["consent_given_on"]),
+                stands=row["consent_withdrawn_on"] is None,
+            )
+            if row["consent_withdrawn_on"] is not None:
+                consent.withdrawal.CopyFrom(_withdrawal(row))
+            consents.append(consent)
+        return consents
 
     async def WithdrawConsent(
         self, request: pb.WithdrawConsentRequest, context: grpc.aio.ServicerContext

@@ -6,6 +6,7 @@ gRPC, between the real services."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import date, timedelta
 from typing import Any
 
@@ -19,7 +20,14 @@ from services.assistance.service import SPEC as ASSISTANCE
 from services.common.errors import reason_of, violations_in
 from services.common.protoconv import from_proto_date
 from tests.conftest import Cluster
-from tests.factories import new_id, pdate, register_request, request_id, saatli_fish_farmer
+from tests.factories import (
+    new_id,
+    pdate,
+    register_request,
+    register_survivor,
+    request_id,
+    saatli_fish_farmer,
+)
 from tests.grpc_errors import details
 from tests.integration.test_assistance_service import (
     assert_writes_nothing,
@@ -193,7 +201,7 @@ async def test_without_eligibility_to_ask_nothing_is_recorded_and_a_retry_can_su
             request(cut_off, course_need.need_id, data=struct(level="a1")),
         ):
             error = await assert_writes_nothing(cluster, call, grpc.StatusCode.UNAVAILABLE)
-            assert "cannot say whether survivor" in (error.details() or "")
+            assert "cannot say whether the survivor's consent stands" in (error.details() or "")
             assert "try again" in (error.details() or "")
         error = await assert_writes_nothing(
             cluster,
@@ -229,3 +237,57 @@ async def test_a_need_of_a_survivor_never_registered_gets_no_assistance(
     )
     [violation] = violations_in(error)
     assert (violation.field, violation.reason) == ("need_id", "UNKNOWN_SURVIVOR")
+
+
+async def test_many_survivors_consent_is_read_at_once_in_the_order_asked(
+    cluster: Cluster,
+) -> None:
+    standing, withdrawn = saatli_fish_farmer(), saatli_fish_farmer()
+    for intake in (standing, withdrawn):
+        await cluster.eligibility.RegisterSurvivor(register_request(intake))
+    await cluster.eligibility.WithdrawConsent(withdraw_request(withdrawn.survivor_id))
+    unknown = new_id("srv")
+    asked = [withdrawn.survivor_id, unknown, standing.survivor_id, withdrawn.survivor_id]
+    answer = await cluster.eligibility.BatchGetConsents(
+        eligibility_pb.BatchGetConsentsRequest(survivor_ids=asked)
+    )
+    assert [(c.survivor_id, c.stands) for c in answer.consents] == [
+        (withdrawn.survivor_id, False),
+        (standing.survivor_id, True),
+        (withdrawn.survivor_id, False),
+    ]
+    for bad in ([], [f"srv-{n:04d}" for n in range(101)], ["not an id"]):
+        try:
+            await cluster.eligibility.BatchGetConsents(
+                eligibility_pb.BatchGetConsentsRequest(survivor_ids=bad)
+            )
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        else:
+            raise AssertionError(f"BatchGetConsents of {len(bad)} ids answered")
+
+
+async def test_needs_asked_for_together_each_get_their_own_survivors_answer(
+    cluster: Cluster,
+) -> None:
+    """Checks that arrive together are asked of eligibility in one call: one survivor's
+    refusal is never another's."""
+    standing = [await register_survivor(cluster.eligibility) for _ in range(12)]
+    withdrawn = await register_survivor(cluster.eligibility)
+    await cluster.eligibility.WithdrawConsent(withdraw_request(withdrawn))
+    unknown = new_id("srv")
+    asked = [*standing[:6], withdrawn, unknown, *standing[6:]]
+    outcomes = await asyncio.gather(
+        *(cluster.assistance.RecordNeed(need_request(sid)) for sid in asked),
+        return_exceptions=True,
+    )
+    for sid, outcome in zip(asked, outcomes, strict=True):
+        if sid == withdrawn:
+            assert isinstance(outcome, grpc.aio.AioRpcError)
+            assert reason_of(outcome) == "CONSENT_WITHDRAWN"
+        elif sid == unknown:
+            assert isinstance(outcome, grpc.aio.AioRpcError)
+            assert outcome.code() == grpc.StatusCode.INVALID_ARGUMENT
+        else:
+            assert isinstance(outcome, pb.RecordNeedResponse), outcome
+            assert outcome.need.survivor_id == sid

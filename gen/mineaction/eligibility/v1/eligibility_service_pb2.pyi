@@ -1051,6 +1051,54 @@ class GetConsentResponse(_message.Message):
 Global___GetConsentResponse: _TypeAlias = GetConsentResponse  # noqa: Y015
 
 @_typing.final
+class BatchGetConsentsRequest(_message.Message):
+    """BatchGetConsentsRequest is the request for EligibilityService.BatchGetConsents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SURVIVOR_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def survivor_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The survivors whose consent to return."""
+
+    def __init__(
+        self,
+        *,
+        survivor_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["survivor_ids", b"survivor_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetConsentsRequest: _TypeAlias = BatchGetConsentsRequest  # noqa: Y015
+
+@_typing.final
+class BatchGetConsentsResponse(_message.Message):
+    """BatchGetConsentsResponse is the response for EligibilityService.BatchGetConsents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def consents(self) -> _containers.RepeatedCompositeFieldContainer[Global___SurvivorConsent]:
+        """The consent of each registered survivor asked for, in the order asked."""
+
+    def __init__(
+        self,
+        *,
+        consents: _abc.Iterable[Global___SurvivorConsent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetConsentsResponse: _TypeAlias = BatchGetConsentsResponse  # noqa: Y015
+
+@_typing.final
 class SurvivorConsent(_message.Message):
     """SurvivorConsent is a survivor's consent to data processing as it stands."""
 

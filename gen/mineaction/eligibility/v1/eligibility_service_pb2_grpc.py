@@ -57,6 +57,11 @@ class EligibilityServiceStub:
                 request_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetConsentRequest.SerializeToString,
                 response_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetConsentResponse.FromString,
                 _registered_method=True)
+        self.BatchGetConsents = channel.unary_unary(
+                '/mineaction.eligibility.v1.EligibilityService/BatchGetConsents',
+                request_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.BatchGetConsentsRequest.SerializeToString,
+                response_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.BatchGetConsentsResponse.FromString,
+                _registered_method=True)
         self.AssessEligibility = channel.unary_unary(
                 '/mineaction.eligibility.v1.EligibilityService/AssessEligibility',
                 request_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.AssessEligibilityRequest.SerializeToString,
@@ -141,8 +146,18 @@ class EligibilityServiceServicer:
 
     def GetConsent(self, request, context):
         """GetConsent says whether a survivor's consent to data processing stands, and
-        nothing else about them: what another service asks before it uses their data
-        (assistance, before it records a need or refers them to a provider).
+        nothing else about them: what staff, or another service, ask before they use the
+        survivor's data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetConsents(self, request, context):
+        """BatchGetConsents is GetConsent for up to 100 survivors at once, in the order asked
+        (an id asked twice is answered twice). A survivor not registered is left out, so
+        that one unknown id does not fail the others' answers. The assistance service asks
+        it before it records a need or requests assistance.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -238,6 +253,11 @@ def add_EligibilityServiceServicer_to_server(servicer, server):
                     servicer.GetConsent,
                     request_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetConsentRequest.FromString,
                     response_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetConsentResponse.SerializeToString,
+            ),
+            'BatchGetConsents': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetConsents,
+                    request_deserializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.BatchGetConsentsRequest.FromString,
+                    response_serializer=mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.BatchGetConsentsResponse.SerializeToString,
             ),
             'AssessEligibility': grpc.unary_unary_rpc_method_handler(
                     servicer.AssessEligibility,
@@ -396,6 +416,33 @@ class EligibilityService:
             '/mineaction.eligibility.v1.EligibilityService/GetConsent',
             mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetConsentRequest.SerializeToString,
             mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.GetConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetConsents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mineaction.eligibility.v1.EligibilityService/BatchGetConsents',
+            mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.BatchGetConsentsRequest.SerializeToString,
+            mineaction_dot_eligibility_dot_v1_dot_eligibility__service__pb2.BatchGetConsentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

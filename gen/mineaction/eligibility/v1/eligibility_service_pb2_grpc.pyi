@@ -54,8 +54,14 @@ class EligibilityServiceStub:
     """
     GetConsent: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetConsentRequest, _eligibility_service_pb2.GetConsentResponse]
     """GetConsent says whether a survivor's consent to data processing stands, and
-    nothing else about them: what another service asks before it uses their data
-    (assistance, before it records a need or refers them to a provider).
+    nothing else about them: what staff, or another service, ask before they use the
+    survivor's data.
+    """
+    BatchGetConsents: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.BatchGetConsentsRequest, _eligibility_service_pb2.BatchGetConsentsResponse]
+    """BatchGetConsents is GetConsent for up to 100 survivors at once, in the order asked
+    (an id asked twice is answered twice). A survivor not registered is left out, so
+    that one unknown id does not fail the others' answers. The assistance service asks
+    it before it records a need or requests assistance.
     """
     AssessEligibility: _grpc.UnaryUnaryMultiCallable[_eligibility_service_pb2.AssessEligibilityRequest, _eligibility_service_pb2.AssessEligibilityResponse]
     """AssessEligibility evaluates a survivor against the rule set in force."""
@@ -111,8 +117,14 @@ class EligibilityServiceAsyncStub(EligibilityServiceStub):
     """
     GetConsent: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.GetConsentRequest, _eligibility_service_pb2.GetConsentResponse]  # type: ignore[assignment]
     """GetConsent says whether a survivor's consent to data processing stands, and
-    nothing else about them: what another service asks before it uses their data
-    (assistance, before it records a need or refers them to a provider).
+    nothing else about them: what staff, or another service, ask before they use the
+    survivor's data.
+    """
+    BatchGetConsents: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.BatchGetConsentsRequest, _eligibility_service_pb2.BatchGetConsentsResponse]  # type: ignore[assignment]
+    """BatchGetConsents is GetConsent for up to 100 survivors at once, in the order asked
+    (an id asked twice is answered twice). A survivor not registered is left out, so
+    that one unknown id does not fail the others' answers. The assistance service asks
+    it before it records a need or requests assistance.
     """
     AssessEligibility: _aio.UnaryUnaryMultiCallable[_eligibility_service_pb2.AssessEligibilityRequest, _eligibility_service_pb2.AssessEligibilityResponse]  # type: ignore[assignment]
     """AssessEligibility evaluates a survivor against the rule set in force."""
@@ -189,8 +201,20 @@ class EligibilityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_eligibility_service_pb2.GetConsentResponse, _abc.Awaitable[_eligibility_service_pb2.GetConsentResponse]]:
         """GetConsent says whether a survivor's consent to data processing stands, and
-        nothing else about them: what another service asks before it uses their data
-        (assistance, before it records a need or refers them to a provider).
+        nothing else about them: what staff, or another service, ask before they use the
+        survivor's data.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchGetConsents(
+        self,
+        request: _eligibility_service_pb2.BatchGetConsentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eligibility_service_pb2.BatchGetConsentsResponse, _abc.Awaitable[_eligibility_service_pb2.BatchGetConsentsResponse]]:
+        """BatchGetConsents is GetConsent for up to 100 survivors at once, in the order asked
+        (an id asked twice is answered twice). A survivor not registered is left out, so
+        that one unknown id does not fail the others' answers. The assistance service asks
+        it before it records a need or requests assistance.
         """
 
     @_abc_1.abstractmethod
