@@ -2332,6 +2332,12 @@ def reverse(
                 f"with it ({response.write_off_transaction_id}); written off in all "
                 f"{manat(loan.written_off_minor)} AZN"
             )
+        if response.schedule_revision:
+            render.line(
+                "the loan was rescheduled after the payment, its schedule counting it as paid: "
+                f"schedule revision {response.schedule_revision} owes it again, spread over "
+                f"the instalments (`mineaction loan {loan.loan_id}`)"
+            )
         told = await _tell_journey(loan.survivor_id, loan.loan_id, "the reversal")
         if told == 0 and loan.state == lending_pb.LOAN_STATE_ACTIVE:
             # A journey that has ended is not reopened: nobody is reminded of this loan.

@@ -104,3 +104,26 @@ def instalments_from_arrays(
         result.append(Instalment(number, due, total - previous, total))
         previous = total
     return result
+
+
+def owing_again(instalments: Sequence[Instalment], amount: int) -> list[Instalment]:
+    """The schedule owing `amount` more principal (a payment it counted as made, which
+    bounced), spread over its instalments in proportion to the principal each already
+    carries, as rebuilding it with the amount outstanding would have spread it: each
+    cumulative figure grows by amount x cumulative / total, rounded down, and the last
+    takes the remainder. Still exact and monotonic; months without principal (grace,
+    moratorium) stay without."""
+    total = instalments[-1].cumulative_minor
+    cumulative = [
+        i.cumulative_minor + (amount * i.cumulative_minor // total if total else 0)
+        for i in instalments
+    ]
+    cumulative[-1] = total + amount
+    previous = 0
+    rebuilt = []
+    for instalment, grown in zip(instalments, cumulative, strict=True):
+        rebuilt.append(
+            instalment._replace(principal_minor=grown - previous, cumulative_minor=grown)
+        )
+        previous = grown
+    return rebuilt

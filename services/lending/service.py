@@ -38,7 +38,7 @@ from services.lending.ledger import FUND_CASH, LOANS_RECEIVABLE, Posting
 from services.lending.lifecycle import check_transition
 from services.lending.repayments import METHOD as REPAYMENT_METHOD
 from services.lending.repayments import Repayment, RepaymentGroups
-from services.lending.schedule import Instalment, build_schedule
+from services.lending.schedule import Instalment, build_schedule, owing_again
 
 HERE = Path(__file__).parent
 DEFAULT_FUND = "main"
@@ -1049,19 +1049,16 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     f"{original['reversed_by_txn']}",
                     reason="ALREADY_REVERSED",
                 )
-            reopen = written_off = False
+            reopen = written_off = owed_again = False
             if original["kind"] == "RECOVERY":
                 if loan["state"] != "CLOSED_WRITTEN_OFF":  # pragma: no cover - invariant
                     raise FailedPrecondition("recoveries exist only on written-off loans")
             else:  # a repayment: the loan is ACTIVE, repaid or written off since
-                if _counted_by_the_schedule(loan, original):
-                    raise FailedPrecondition(
-                        "the loan was rescheduled after this repayment; reversing it "
-                        "would undo principal the current schedule counts as repaid",
-                        reason="REPAYMENT_BEFORE_RESCHEDULE",
-                    )
                 reopen = loan["state"] == "CLOSED_OBLIGATIONS_MET"
                 written_off = loan["state"] == "CLOSED_WRITTEN_OFF"
+                # A schedule rebuilt since counts it as paid: it is owed again there
+                # (below). Written off since, it is written off with the loan instead.
+                owed_again = not written_off and _counted_by_the_schedule(loan, original)
             reversal_id = await ledger.reverse(
                 conn,
                 request.transaction_id,
@@ -1101,10 +1098,25 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 await self._withdraw_proposal(
                     conn, request.loan_id, request.reversed_by, REPAID_BEFORE_CONFIRMATION
                 )
+            revision = 0
+            if owed_again:
+                amount = int(original["amount"])
+                revision = await self._owe_again(conn, request, original, amount)
+                await self._record_event(
+                    conn,
+                    request.loan_id,
+                    "ACTIVE",
+                    "ACTIVE",
+                    request.reversed_by,
+                    f"{qepik_and_manat(amount)} owed again from schedule revision {revision}: "
+                    f"repayment {request.transaction_id}, made before the schedule was "
+                    f"rebuilt, reversed ({reversal_id}): {request.reason}",
+                )
             return pb.ReverseRepaymentResponse(
                 loan=await self._loan_view(conn, request.loan_id, shown_on),
                 reversal_transaction_id=reversal_id,
                 write_off_transaction_id=write_off_id,
+                schedule_revision=revision,
             )
 
         return await once_per_request(self.db, request, pb.ReverseRepaymentResponse, reverse)
@@ -1411,14 +1423,20 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         base_repaid: int,
         reason: str,
         created_by: str,
+        counting_as: int | None = None,
     ) -> None:
+        """A new schedule revision. Its base counts the loan's postings so far, or, for
+        a revision `counting_as` an earlier one, the same postings as that one did."""
         await conn.execute(
             """WITH rev AS (
                    INSERT INTO schedule_revisions (loan_id, revision, effective_date,
                        principal_minor, base_repaid_minor, reason, created_by, due_dates,
                        cumulative_minor, last_posting_id)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $11,
-                           (SELECT max(posting_id) FROM postings WHERE loan_id = $1)))
+                           CASE WHEN $12::int IS NULL
+                                THEN (SELECT max(posting_id) FROM postings WHERE loan_id = $1)
+                                ELSE (SELECT last_posting_id FROM schedule_revisions
+                                      WHERE loan_id = $1 AND revision = $12) END))
                INSERT INTO instalments (loan_id, revision, number, due_date, principal_minor,
                    cumulative_minor)
                SELECT $1, $2, n, d, p, c
@@ -1434,7 +1452,61 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             [i.due_date for i in instalments],
             [i.principal_minor for i in instalments],
             [i.cumulative_minor for i in instalments],
+            counting_as,
         )
+
+    async def _owe_again(
+        self,
+        conn: Connection,
+        request: pb.ReverseRepaymentRequest,
+        repayment: asyncpg.Record,
+        amount: int,
+    ) -> int:
+        """Every schedule in force since `repayment`, rebuilt counting it as paid, again as
+        a new revision from the same day that owes its amount: the base repaid less the
+        amount, the amount spread over the instalments (schedule.owing_again). A revision
+        is in force from its day until a later one takes effect; the ones replaced stay
+        readable. Returns the revision now in force."""
+        replaced = await conn.fetch(
+            """SELECT r.revision, r.effective_date, r.base_repaid_minor
+               FROM schedule_revisions r
+               WHERE r.loan_id = $1 AND r.base_repaid_minor >= $3
+                 AND (r.last_posting_id IS NULL OR r.last_posting_id >= $2)
+                 AND NOT EXISTS (SELECT 1 FROM schedule_revisions later
+                                 WHERE later.loan_id = r.loan_id AND later.revision > r.revision
+                                   AND later.effective_date <= r.effective_date)
+               ORDER BY r.revision""",
+            request.loan_id,
+            repayment["last_posting_id"],
+            amount,
+        )
+        revision = await conn.fetchval(
+            "SELECT max(revision) FROM schedule_revisions WHERE loan_id = $1", request.loan_id
+        )
+        for row in replaced:
+            instalments = [
+                Instalment(*i)
+                for i in await conn.fetch(
+                    """SELECT number, due_date, principal_minor, cumulative_minor
+                       FROM instalments WHERE loan_id = $1 AND revision = $2 ORDER BY number""",
+                    request.loan_id,
+                    row["revision"],
+                )
+            ]
+            revision += 1
+            await self._insert_revision(
+                conn,
+                request.loan_id,
+                revision,
+                owing_again(instalments, amount),
+                effective_date=row["effective_date"],
+                base_repaid=row["base_repaid_minor"] - amount,
+                reason=f"revision {row['revision']} owing {qepik_and_manat(amount)} again: "
+                f"repayment {request.transaction_id} reversed: {request.reason}",
+                created_by=request.reversed_by,
+                counting_as=row["revision"],
+            )
+        return int(revision)
 
     @staticmethod
     async def _revision_in_force(conn: Connection, loan_id: str, as_of: date | None) -> int | None:

@@ -65,6 +65,7 @@ from tests.lending_helpers import (
     open_fund,
     propose_write_off,
     repayment,
+    reschedule,
     reversal,
     statement,
     write_off,
@@ -1411,6 +1412,23 @@ async def test_a_loan_and_its_schedule_as_of_a_day(
     assert await cluster.row_counts() == before
     line = one_error_line(await mineaction(cli_env, "loan", "loan-nothing-like-it"))
     assert "loan-nothing-like-it" in line, line
+
+
+async def test_a_payment_bounced_after_a_reschedule_is_said_to_be_owed_again(
+    cli_env: dict[str, str], cluster: Cluster
+) -> None:
+    loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
+    paid = await cluster.lending.RecordRepayment(repayment(loan.loan_id, 15_000, date(2026, 5, 10)))
+    await cluster.lending.RescheduleLoan(reschedule(loan.loan_id, date(2026, 8, 31), 12))
+    txn = paid.repayment.transaction_id
+    ran = await mineaction(cli_env, "reverse", loan.loan_id, txn, "--reason", "bounced")
+    assert ran.exit_code == 0, ran
+    assert "outstanding today 1,200.00 AZN" in ran.stdout, ran
+    assert ran.stdout.splitlines()[1] == (
+        "the loan was rescheduled after the payment, its schedule counting it as paid: "
+        f"schedule revision 3 owes it again, spread over the instalments (`mineaction loan "
+        f"{loan.loan_id}`)"
+    ), ran.stdout
 
 
 async def test_a_bounced_payment_found_in_the_statement_and_reversed_from_the_cli(

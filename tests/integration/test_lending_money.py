@@ -625,9 +625,7 @@ async def test_arrears_grow_then_pause_and_the_pause_cannot_be_deleted(cluster: 
 async def test_reschedule_rebuilds_the_rest_and_keeps_the_old_schedule(cluster: Cluster) -> None:
     fund_id = await open_fund(cluster, 1_000_000)
     loan = await active_loan(cluster, fund_id=fund_id)
-    before_it = await cluster.lending.RecordRepayment(
-        repayment(loan.loan_id, 10_000, date(2026, 5, 10))
-    )
+    await cluster.lending.RecordRepayment(repayment(loan.loan_id, 10_000, date(2026, 5, 10)))
     rescheduled = await cluster.lending.RescheduleLoan(
         reschedule(loan.loan_id, date(2026, 8, 31), 18, additional_grace_months=2)
     )
@@ -668,19 +666,14 @@ async def test_reschedule_rebuilds_the_rest_and_keeps_the_old_schedule(cluster: 
         )
     ).schedule
     assert still.instalments == old.instalments
-    # The repayment the new schedule counts as made cannot be reversed, however much was
-    # paid since (the totals alone let it through once later payments covered it); one
-    # made since can.
+    # A repayment made since the reschedule is reversed as any other: the schedule is
+    # left as it is (a payment made before it: the next test).
     await cluster.lending.RecordRepayment(repayment(loan.loan_id, 5_000, date(2026, 11, 30)))
-    with pytest.raises(grpc.aio.AioRpcError) as baked_in:
-        await cluster.lending.ReverseRepayment(
-            reversal(loan.loan_id, before_it.repayment.transaction_id, "bounced")
-        )
-    assert reason_of(baked_in.value) == "REPAYMENT_BEFORE_RESCHEDULE"
     reversed_since = await cluster.lending.ReverseRepayment(
         reversal(loan.loan_id, paid.repayment.transaction_id, "bounced")
     )
     assert reversed_since.loan.repaid_principal_minor == 10_000 + 2_000 + 5_000
+    assert reversed_since.schedule_revision == 0
     # As of a date, the loan comes with the schedule in force then; none before the loan
     # was disbursed (10 March).
     for day, revision in ((date(2026, 8, 30), 1), (date(2026, 8, 31), 2), (date(2026, 3, 9), 0)):
@@ -692,6 +685,81 @@ async def test_reschedule_rebuilds_the_rest_and_keeps_the_old_schedule(cluster: 
         # In a delinquency bucket only while principal is outstanding: not the day before
         # its first tranche, when the portfolio report leaves it out too.
         assert (answer.loan.bucket != pb.DELINQUENCY_BUCKET_UNSPECIFIED) == bool(revision), day
+
+
+async def test_a_payment_the_rescheduled_loan_counted_bounces_and_is_owed_again(
+    cluster: Cluster,
+) -> None:
+    """A transfer made before the reschedule bounces after it: the rescheduled schedule
+    counted it as paid. Reversed, it is owed again: a new revision from the reschedule's
+    day, its base less the amount and the amount spread over its instalments; the
+    schedule replaced stays readable, and the money adds up."""
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await active_loan(cluster, fund_id=fund_id)
+    bounced = await cluster.lending.RecordRepayment(
+        repayment(loan.loan_id, 10_000, date(2026, 5, 10))
+    )
+    await cluster.lending.RescheduleLoan(
+        reschedule(loan.loan_id, date(2026, 8, 31), 18, additional_grace_months=2)
+    )
+    await cluster.lending.RecordRepayment(repayment(loan.loan_id, 7_000, date(2026, 11, 30)))
+    rescheduled = (
+        await cluster.lending.GetRepaymentSchedule(
+            pb.GetRepaymentScheduleRequest(loan_id=loan.loan_id)
+        )
+    ).schedule
+    assert (rescheduled.revision, rescheduled.base_repaid_minor) == (2, 10_000)
+
+    reversed_ = await cluster.lending.ReverseRepayment(
+        reversal(loan.loan_id, bounced.repayment.transaction_id, "the transfer bounced")
+    )
+    assert reversed_.schedule_revision == 3
+    now = await cluster.lending.GetLoan(
+        pb.GetLoanRequest(loan_id=loan.loan_id, as_of=pdate(date(2026, 11, 30)))
+    )
+    assert now.loan.repaid_principal_minor == 7_000
+    assert now.loan.outstanding_principal_minor == 120_000 - 7_000
+    owed = (
+        await cluster.lending.GetRepaymentSchedule(
+            pb.GetRepaymentScheduleRequest(loan_id=loan.loan_id, as_of=pdate(date(2026, 11, 30)))
+        )
+    ).schedule
+    assert (owed.revision, owed.base_repaid_minor) == (3, 0)
+    assert owed.effective_date == rescheduled.effective_date
+    assert sum(i.principal_due_minor for i in owed.instalments) == 120_000
+    assert [i.due_date for i in owed.instalments] == [i.due_date for i in rescheduled.instalments]
+    for before, after in zip(rescheduled.instalments, owed.instalments, strict=True):
+        # Spread as the reschedule would have spread it: grace months still owe nothing.
+        assert (after.principal_due_minor == 0) == (before.principal_due_minor == 0)
+        assert after.principal_due_minor >= before.principal_due_minor
+    # What was paid since goes to the oldest instalment due, as always.
+    assert owed.instalments[0].principal_paid_minor == 7_000
+    assert owed.instalments[0].principal_paid_minor < owed.instalments[0].principal_due_minor
+    replaced = (
+        await cluster.lending.GetRepaymentSchedule(
+            pb.GetRepaymentScheduleRequest(loan_id=loan.loan_id, revision=2)
+        )
+    ).schedule
+    assert [i.principal_due_minor for i in replaced.instalments] == [
+        i.principal_due_minor for i in rescheduled.instalments
+    ]
+    # In force from the reschedule's day; before it the first schedule, which never
+    # counted the payment.
+    for day, revision in ((date(2026, 8, 30), 1), (date(2026, 8, 31), 3)):
+        answer = await cluster.lending.GetLoan(
+            pb.GetLoanRequest(loan_id=loan.loan_id, as_of=pdate(day), include_schedule=True)
+        )
+        assert answer.schedule.revision == revision, day
+    fund = (await cluster.lending.GetFund(pb.GetFundRequest(fund_id=fund_id))).fund
+    assert fund.repaid_principal_minor == 7_000
+    assert fund.outstanding_principal_minor == 113_000
+    # Paid in full now, the loan closes on what it owes, the bounced amount included.
+    closed = await cluster.lending.RecordRepayment(
+        repayment(loan.loan_id, 113_000, date(2026, 11, 30))
+    )
+    assert closed.loan.state == pb.LOAN_STATE_CLOSED_OBLIGATIONS_MET
+    async with lending_db(cluster).pool.acquire() as conn:
+        await ledger_invariants(conn)
 
 
 async def test_reversal_corrects_a_repayment_and_reopens_a_repaid_loan(cluster: Cluster) -> None:

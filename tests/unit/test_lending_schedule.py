@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from services.common.programme_time import add_months
 from services.lending import arrears
-from services.lending.schedule import build_schedule, due_dates, split_principal
+from services.lending.schedule import build_schedule, due_dates, owing_again, split_principal
 
 anchors = st.dates(min_value=date(2000, 1, 1), max_value=date(2090, 12, 31))
 terms = st.integers(min_value=1, max_value=120).flatmap(
@@ -152,3 +152,29 @@ def test_paused_days_are_never_counted_and_dpd_never_shrinks_with_time(
 )
 def test_buckets(dpd: int, bucket: str) -> None:
     assert arrears.bucket(dpd) == bucket
+
+
+@given(
+    principal=st.integers(1, 5_000_000),
+    term=st.integers(1, 36),
+    grace=st.integers(0, 12),
+    owed=st.integers(1, 5_000_000),
+)
+def test_a_schedule_owing_a_bounced_payment_again_stays_exact_and_keeps_its_shape(
+    principal: int, term: int, grace: int, owed: int
+) -> None:
+    grace = min(grace, term - 1)
+    schedule = build_schedule(principal, date(2026, 1, 31), term, grace, (1, 2))
+    again = owing_again(schedule, owed)
+    assert sum(i.principal_minor for i in again) == principal + owed
+    assert again[-1].cumulative_minor == principal + owed
+    assert [i.due_date for i in again] == [i.due_date for i in schedule]
+    assert all(a.principal_minor >= b.principal_minor for a, b in zip(again, schedule, strict=True))
+    # Months without principal (grace, moratorium) stay without, but for the last.
+    assert all(
+        a.principal_minor == 0
+        for a, b in zip(again[:-1], schedule[:-1], strict=True)
+        if b.principal_minor == 0
+    )
+    cumulative = [i.cumulative_minor for i in again]
+    assert cumulative == sorted(cumulative)

@@ -1475,6 +1475,7 @@ class ReverseRepaymentResponse(_message.Message):
     LOAN_FIELD_NUMBER: _builtins.int
     REVERSAL_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
     WRITE_OFF_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    SCHEDULE_REVISION_FIELD_NUMBER: _builtins.int
     reversal_transaction_id: _builtins.str
     """The reversal's ledger transaction id."""
     write_off_transaction_id: _builtins.str
@@ -1482,6 +1483,11 @@ class ReverseRepaymentResponse(_message.Message):
     repaid was owed when the loan was written off, and this transaction, dated on the
     write-off's day, writes it off too. The loan stays CLOSED_WRITTEN_OFF, owing
     nothing.
+    """
+    schedule_revision: _builtins.int
+    """Set when the reversed repayment was made before the loan's schedule was rebuilt (a
+    reschedule counted it as paid): the revision now in force, from the same day as
+    the one it replaces, owing the amount again, spread over its instalments.
     """
     @_builtins.property
     def loan(self) -> Global___Loan:
@@ -1493,10 +1499,11 @@ class ReverseRepaymentResponse(_message.Message):
         loan: Global___Loan | None = ...,
         reversal_transaction_id: _builtins.str = ...,
         write_off_transaction_id: _builtins.str = ...,
+        schedule_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan", "reversal_transaction_id", b"reversal_transaction_id", "write_off_transaction_id", b"write_off_transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loan", b"loan", "reversal_transaction_id", b"reversal_transaction_id", "schedule_revision", b"schedule_revision", "write_off_transaction_id", b"write_off_transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
