@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import date
 
+from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
-from mineaction.type.v1 import sex_pb2
+from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common.protoconv import proto_date
 
 
@@ -96,3 +97,23 @@ async def register_survivor(eligibility: eligibility_grpc.EligibilityServiceStub
     intake = saatli_fish_farmer()
     await eligibility.RegisterSurvivor(register_request(intake))
     return intake.survivor_id
+
+
+def need_request(
+    survivor_id: str,
+    type_id: str = "wheelchair",
+    *,
+    district: str = "saatli",
+    sex: sex_pb2.Sex.ValueType = sex_pb2.SEX_FEMALE,
+    age_band: age_band_pb2.AgeBand.ValueType = age_band_pb2.AGE_BAND_35_59,
+    assessed_by: str = "cw-01",
+) -> assistance_pb.RecordNeedRequest:
+    return assistance_pb.RecordNeedRequest(
+        request_id=request_id(),
+        survivor_id=survivor_id,
+        type_id=type_id,
+        assessed_by=assessed_by,
+        district_code=district,
+        sex=sex,
+        age_band=age_band,
+    )

@@ -19,9 +19,10 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
-from mineaction.type.v1 import age_band_pb2, localized_text_pb2, sex_pb2
+from mineaction.type.v1 import localized_text_pb2
 from tests.conftest import Cluster
 from tests.factories import (
+    need_request,
     new_id,
     register_request,
     register_survivor,
@@ -148,14 +149,9 @@ async def someone_holds(
     assistance id."""
     need = (
         await cluster.assistance.RecordNeed(
-            assistance_pb.RecordNeedRequest(
-                request_id=request_id(),
-                survivor_id=survivor_id or await register_survivor(cluster.eligibility),
-                type_id="wheelchair",
+            need_request(
+                survivor_id or await register_survivor(cluster.eligibility),
                 assessed_by=case_worker,
-                district_code="saatli",
-                sex=sex_pb2.SEX_FEMALE,
-                age_band=age_band_pb2.AGE_BAND_35_59,
             )
         )
     ).need

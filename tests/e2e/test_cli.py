@@ -37,7 +37,6 @@ from cli.render import LABELS, coded
 from mineaction.assistance.v1 import assistance_service_pb2 as assistance_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
-from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.common.channels import service_token
 from services.common.config import Settings
 from services.common.districts import known_districts
@@ -45,7 +44,7 @@ from services.common.money import manat
 from services.common.programme_time import add_months, programme_date, programme_today
 from services.common.protoconv import from_proto_date
 from tests.conftest import Cluster
-from tests.factories import pdate, register_survivor, request_id
+from tests.factories import need_request, pdate, register_survivor, request_id
 from tests.journey_helpers import (
     approved_journey,
     follow_up_due,
@@ -1999,12 +1998,7 @@ async def test_journey_status_reads_the_assistance_service_now(
     pool = await own_pool(cluster, "baku-mobility-aids", "wheelchair", 1)
     first_in_line = (
         await cluster.assistance.RecordNeed(
-            assistance_pb.RecordNeedRequest(
-                request_id=request_id(),
-                survivor_id=await register_survivor(cluster.eligibility),
-                type_id="wheelchair", assessed_by="cw-01", district_code="saatli",
-                sex=sex_pb2.SEX_FEMALE, age_band=age_band_pb2.AGE_BAND_35_59,
-            )
+            need_request(await register_survivor(cluster.eligibility))
         )
     ).need  # fmt: skip
     holder = (
@@ -2196,17 +2190,7 @@ async def test_needs_listed_for_staff(cli_env: dict[str, str], cluster: Cluster)
         return [r.split("│")[index + 1].strip() for r in out.splitlines() if r.startswith("│")]
 
     for type_id in ("wheelchair", "english_course"):
-        await cluster.assistance.RecordNeed(
-            assistance_pb.RecordNeedRequest(
-                request_id=request_id(),
-                survivor_id=survivor_id,
-                type_id=type_id,
-                assessed_by="cw-01",
-                district_code="saatli",
-                sex=sex_pb2.SEX_FEMALE,
-                age_band=age_band_pb2.AGE_BAND_35_59,
-            )
-        )
+        await cluster.assistance.RecordNeed(need_request(survivor_id, type_id))
     ran = await mineaction(cli_env, "needs", "--survivor", survivor_id)
     assert ran.exit_code == 0, ran
     rows = column(ran.stdout, 2)

@@ -15,12 +15,12 @@ import grpc
 from mineaction.assistance.v1 import assistance_service_pb2 as pb
 from mineaction.assistance.v1 import assistance_service_pb2_grpc as pb_grpc
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
-from mineaction.type.v1 import age_band_pb2, sex_pb2
 from services.assistance.service import SPEC as ASSISTANCE
 from services.common.errors import reason_of, violations_in
 from services.common.protoconv import from_proto_date
 from tests.conftest import Cluster
 from tests.factories import (
+    need_request,
     new_id,
     pdate,
     register_request,
@@ -40,18 +40,6 @@ from tests.integration.test_consent_withdrawal import WITHDRAWN_ON, withdraw_req
 from tests.ports import free_port
 
 GIVEN_ON = date(2026, 2, 20)  # the fish farmer's consent (tests/factories.py)
-
-
-def need_request(survivor_id: str, type_id: str = "wheelchair") -> pb.RecordNeedRequest:
-    return pb.RecordNeedRequest(
-        request_id=request_id(),
-        survivor_id=survivor_id,
-        type_id=type_id,
-        assessed_by="cw-01",
-        district_code="saatli",
-        sex=sex_pb2.SEX_MALE,
-        age_band=age_band_pb2.AGE_BAND_35_59,
-    )
 
 
 async def consent_of(cluster: Cluster, survivor_id: str) -> eligibility_pb.SurvivorConsent:

@@ -21,7 +21,7 @@ from mineaction.type.v1 import age_band_pb2, localized_text_pb2, sex_pb2
 from services.common.errors import reason_of
 from services.common.programme_time import programme_today
 from tests.conftest import DEFAULT_SUBJECT, Cluster
-from tests.factories import new_id, pdate, register_survivor, request_id
+from tests.factories import need_request, new_id, pdate, register_survivor, request_id
 from tests.locks import queued_behind
 
 # --- helpers (also used by the plugin end-to-end test) -----------------------------------
@@ -39,25 +39,16 @@ async def record_need(
     *,
     via: pb_grpc.AssistanceServiceStub | None = None,
     district: str = "barda",
-    sex: int = sex_pb2.SEX_FEMALE,
-    age_band: int = age_band_pb2.AGE_BAND_18_34,
+    sex: sex_pb2.Sex.ValueType = sex_pb2.SEX_FEMALE,
+    age_band: age_band_pb2.AgeBand.ValueType = age_band_pb2.AGE_BAND_18_34,
     survivor_id: str = "",
 ) -> pb.Need:
     """A need of `survivor_id` (registered), else of a new survivor registered with
     consent; recorded through `via`, else the cluster's assistance service."""
     stub = via or cluster.assistance
-    response = await stub.RecordNeed(
-        pb.RecordNeedRequest(
-            request_id=request_id(),
-            survivor_id=survivor_id or await register_survivor(cluster.eligibility),
-            type_id=type_id,
-            assessed_by="cw-01",
-            district_code=district,
-            sex=sex,  # type: ignore[arg-type]
-            age_band=age_band,  # type: ignore[arg-type]
-        )
-    )
-    return response.need
+    survivor_id = survivor_id or await register_survivor(cluster.eligibility)
+    request = need_request(survivor_id, type_id, district=district, sex=sex, age_band=age_band)
+    return (await stub.RecordNeed(request)).need
 
 
 async def request(
@@ -791,17 +782,7 @@ async def test_an_actor_of_only_spaces_is_invalid_and_writes_nothing(
     chair = await request(stub, need.need_id, data=struct(seat_width_cm=42))
     other_need = await record_need(cluster, "wheelchair")
     calls: dict[str, Callable[[], Any]] = {
-        "assessed_by": lambda: stub.RecordNeed(
-            pb.RecordNeedRequest(
-                request_id=request_id(),
-                survivor_id=new_id("srv"),
-                type_id="wheelchair",
-                assessed_by=blank,
-                district_code="barda",
-                sex=sex_pb2.SEX_FEMALE,
-                age_band=age_band_pb2.AGE_BAND_18_34,
-            )
-        ),
+        "assessed_by": lambda: stub.RecordNeed(need_request(new_id("srv"), assessed_by=blank)),
         "requested_by": lambda: stub.RequestAssistance(
             pb.RequestAssistanceRequest(
                 request_id=request_id(),
@@ -848,14 +829,7 @@ async def test_an_actor_of_only_spaces_is_invalid_and_writes_nothing(
 async def test_an_empty_actor_still_means_the_caller(cluster: Cluster) -> None:
     stub = cluster.assistance
     response = await stub.RecordNeed(
-        pb.RecordNeedRequest(
-            request_id=request_id(),
-            survivor_id=await register_survivor(cluster.eligibility),
-            type_id="wheelchair",
-            district_code="barda",
-            sex=sex_pb2.SEX_FEMALE,
-            age_band=age_band_pb2.AGE_BAND_18_34,
-        )
+        need_request(await register_survivor(cluster.eligibility), assessed_by="")
     )
     assert response.need.assessed_by == DEFAULT_SUBJECT
     chair = await stub.RequestAssistance(
