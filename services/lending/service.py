@@ -873,15 +873,19 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
     async def _check_further_tranche(self, conn: Connection, loan_id: str, on: date) -> None:
         """A later tranche re-spreads the whole schedule, so it must come before the
         first instalment falls due and before any reschedule."""
+        # Any reschedule, not only the latest revision's: a payment that bounced after a
+        # reschedule is owed again in a revision of its own (_owe_again).
         latest = await fetch_one(
             conn,
-            """SELECT r.revision, r.reason, min(i.due_date) AS first_due
+            """SELECT r.revision, min(i.due_date) AS first_due,
+                      EXISTS (SELECT 1 FROM schedule_revisions s WHERE s.loan_id = $1
+                              AND s.reason LIKE 'rescheduled:%') AS rescheduled
                FROM schedule_revisions r JOIN instalments i USING (loan_id, revision)
-               WHERE r.loan_id = $1 GROUP BY r.revision, r.reason
+               WHERE r.loan_id = $1 GROUP BY r.revision
                ORDER BY r.revision DESC LIMIT 1""",
             loan_id,
         )
-        if latest["reason"].startswith("rescheduled:") or on >= latest["first_due"]:
+        if latest["rescheduled"] or on >= latest["first_due"]:
             raise FailedPrecondition(
                 "a further tranche must be disbursed before the first instalment falls due "
                 f"({latest['first_due']}) and before any reschedule",
@@ -1049,7 +1053,8 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     f"{original['reversed_by_txn']}",
                     reason="ALREADY_REVERSED",
                 )
-            reopen = written_off = owed_again = False
+            reopen = written_off = False
+            replaced: list[asyncpg.Record] = []
             if original["kind"] == "RECOVERY":
                 if loan["state"] != "CLOSED_WRITTEN_OFF":  # pragma: no cover - invariant
                     raise FailedPrecondition("recoveries exist only on written-off loans")
@@ -1058,7 +1063,8 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 written_off = loan["state"] == "CLOSED_WRITTEN_OFF"
                 # A schedule rebuilt since counts it as paid: it is owed again there
                 # (below). Written off since, it is written off with the loan instead.
-                owed_again = not written_off and _counted_by_the_schedule(loan, original)
+                if not written_off:
+                    replaced = await self._schedules_counting(conn, loan, original)
             reversal_id = await ledger.reverse(
                 conn,
                 request.transaction_id,
@@ -1099,9 +1105,9 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     conn, request.loan_id, request.reversed_by, REPAID_BEFORE_CONFIRMATION
                 )
             revision = 0
-            if owed_again:
+            if replaced:
                 amount = int(original["amount"])
-                revision = await self._owe_again(conn, request, original, amount)
+                revision = await self._owe_again(conn, request, replaced, amount)
                 await self._record_event(
                     conn,
                     request.loan_id,
@@ -1455,31 +1461,52 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             counting_as,
         )
 
-    async def _owe_again(
-        self,
-        conn: Connection,
-        request: pb.ReverseRepaymentRequest,
-        repayment: asyncpg.Record,
-        amount: int,
-    ) -> int:
-        """Every schedule in force since `repayment`, rebuilt counting it as paid, again as
-        a new revision from the same day that owes its amount: the base repaid less the
-        amount, the amount spread over the instalments (schedule.owing_again). A revision
-        is in force from its day until a later one takes effect; the ones replaced stay
-        readable. Returns the revision now in force."""
-        replaced = await conn.fetch(
-            """SELECT r.revision, r.effective_date, r.base_repaid_minor
+    @staticmethod
+    async def _schedules_counting(
+        conn: Connection, loan: asyncpg.Record, repayment: asyncpg.Record
+    ) -> list[asyncpg.Record]:
+        """The schedules in force since `repayment` that were rebuilt counting it as paid
+        (a reschedule's base counts every repayment posted before it). A revision is in
+        force from its day until a later one takes effect. A schedule made before
+        revisions kept which postings they count cannot say: a repayment it may count
+        is refused, as it always was."""
+        live = await conn.fetch(
+            """SELECT r.revision, r.effective_date, r.base_repaid_minor, r.last_posting_id
                FROM schedule_revisions r
-               WHERE r.loan_id = $1 AND r.base_repaid_minor >= $3
-                 AND (r.last_posting_id IS NULL OR r.last_posting_id >= $2)
+               WHERE r.loan_id = $1 AND r.base_repaid_minor > 0
                  AND NOT EXISTS (SELECT 1 FROM schedule_revisions later
                                  WHERE later.loan_id = r.loan_id AND later.revision > r.revision
                                    AND later.effective_date <= r.effective_date)
                ORDER BY r.revision""",
-            request.loan_id,
-            repayment["last_posting_id"],
-            amount,
+            loan["loan_id"],
         )
+        if any(r["last_posting_id"] is None for r in live) and _counted_by_the_schedule(
+            loan, repayment
+        ):
+            raise FailedPrecondition(
+                "the loan was rescheduled after this repayment, before schedules kept which "
+                "payments they count; reversing it would undo principal the schedule counts "
+                "as repaid",
+                reason="REPAYMENT_BEFORE_RESCHEDULE",
+            )
+        return [
+            r
+            for r in live
+            if r["last_posting_id"] is not None
+            and r["last_posting_id"] >= repayment["last_posting_id"]
+        ]
+
+    async def _owe_again(
+        self,
+        conn: Connection,
+        request: pb.ReverseRepaymentRequest,
+        replaced: list[asyncpg.Record],
+        amount: int,
+    ) -> int:
+        """Each of the `replaced` schedules (_schedules_counting) again, as a new revision
+        from the same day that owes the amount: its base repaid less the amount, the amount
+        spread over its instalments (schedule.owing_again). The ones replaced stay
+        readable. Returns the revision now in force."""
         revision = await conn.fetchval(
             "SELECT max(revision) FROM schedule_revisions WHERE loan_id = $1", request.loan_id
         )

@@ -188,6 +188,56 @@ async def test_any_sequence_of_operations_keeps_the_ledger_invariants(
         await _check(cluster, fund_id, loan.loan_id, model)
 
 
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    first=st.integers(1, 150_000),
+    reschedules=st.lists(
+        st.tuples(st.integers(2, 24), st.integers(1, 60), st.integers(0, 150_000)),
+        min_size=1,
+        max_size=3,
+    ),
+)
+async def test_a_payment_rescheduled_over_that_bounces_keeps_every_schedule_exact(
+    cluster: Cluster, first: int, reschedules: list[tuple[int, int, int]]
+) -> None:
+    """A payment, one to three reschedules (each perhaps followed by a payment), then the
+    first payment reversed: the books add up, and the schedule in force on every day a
+    revision took effect owes exactly what was disbursed, less what it counts as paid."""
+    fund_id = await open_fund(cluster, CAPITAL)
+    loan = await approved_loan(
+        cluster.lending, fund_id=fund_id, product_id="business_expansion", amount_minor=PRINCIPAL
+    )
+    model = Model()
+    ops = [("disburse", PRINCIPAL, 0), ("repay", first, 5)]
+    for term, days, paid in reschedules:
+        ops.append(("reschedule", term, days))
+        if paid:
+            ops.append(("repay", paid, 1))
+    for op in [*ops, ("reverse", 0, 0)]:
+        before = await _posting_count(cluster, fund_id)
+        try:
+            await _apply(cluster, loan.loan_id, model, op)
+        except grpc.aio.AioRpcError as refused:
+            assert refused.code() in EXPECTED_REFUSALS, (op, refused.details())
+            assert await _posting_count(cluster, fund_id) == before
+        await _check(cluster, fund_id, loan.loan_id, model)
+    revisions = await lending_db(cluster).pool.fetch(
+        "SELECT DISTINCT effective_date FROM schedule_revisions WHERE loan_id = $1",
+        loan.loan_id,
+    )
+    for day in [r["effective_date"] for r in revisions]:
+        answer = await cluster.lending.GetLoan(
+            pb.GetLoanRequest(loan_id=loan.loan_id, as_of=pdate(day), include_schedule=True)
+        )
+        due = sum(i.principal_due_minor for i in answer.schedule.instalments)
+        assert answer.schedule.base_repaid_minor + due == model.disbursed, day
+        assert answer.loan.repaid_principal_minor >= answer.schedule.base_repaid_minor, day
+
+
 async def _posting_count(cluster: Cluster, fund_id: str) -> int:
     count: int = await lending_db(cluster).pool.fetchval(
         "SELECT count(*) FROM postings WHERE fund_id = $1", fund_id

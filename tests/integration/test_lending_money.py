@@ -762,6 +762,55 @@ async def test_a_payment_the_rescheduled_loan_counted_bounces_and_is_owed_again(
         await ledger_invariants(conn)
 
 
+async def test_a_payment_two_reschedules_counted_bounces_and_each_schedule_owes_it(
+    cluster: Cluster,
+) -> None:
+    """Each schedule in force since the payment owes it again, from its own day; a
+    payment made after the reschedules is reversed as any other; and a further tranche
+    is still refused after a reschedule, owed-again revisions or not."""
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(
+        cluster.lending, fund_id=fund_id, product_id="business_expansion", amount_minor=400_000
+    )
+    loan_id = loan.loan_id
+    await disburse(cluster.lending, loan_id, 200_000, date(2026, 3, 10))
+    bounced = await cluster.lending.RecordRepayment(repayment(loan_id, 10_000, date(2026, 3, 20)))
+    await cluster.lending.RescheduleLoan(
+        reschedule(loan_id, date(2026, 3, 25), 12, additional_grace_months=3)
+    )
+    await cluster.lending.RecordRepayment(repayment(loan_id, 5_000, date(2026, 7, 1)))
+    await cluster.lending.RescheduleLoan(
+        reschedule(loan_id, date(2026, 8, 1), 10, additional_grace_months=3)
+    )
+    later = await cluster.lending.RecordRepayment(repayment(loan_id, 3_000, date(2026, 9, 1)))
+
+    reversed_ = await cluster.lending.ReverseRepayment(
+        reversal(loan_id, bounced.repayment.transaction_id, "bounced")
+    )
+    assert reversed_.schedule_revision == 5  # revisions 2 and 3 owe it again as 4 and 5
+    for day, revision, base in (
+        (date(2026, 3, 24), 1, 0),
+        (date(2026, 7, 15), 4, 0),
+        (date(2026, 8, 15), 5, 5_000),
+    ):
+        answer = await cluster.lending.GetLoan(
+            pb.GetLoanRequest(loan_id=loan_id, as_of=pdate(day), include_schedule=True)
+        )
+        schedule = answer.schedule
+        assert (schedule.revision, schedule.base_repaid_minor) == (revision, base), day
+        assert base + sum(i.principal_due_minor for i in schedule.instalments) == 200_000, day
+    # Made after both reschedules: neither counted it, and none is replaced.
+    since = await cluster.lending.ReverseRepayment(
+        reversal(loan_id, later.repayment.transaction_id, "bounced too")
+    )
+    assert since.schedule_revision == 0
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # before the first instalment
+        await disburse(cluster.lending, loan_id, 100_000, date(2026, 9, 2))
+    assert reason_of(refused.value) == "TRANCHE_AFTER_REPAYMENT_START"
+    async with lending_db(cluster).pool.acquire() as conn:
+        await ledger_invariants(conn)
+
+
 async def test_reversal_corrects_a_repayment_and_reopens_a_repaid_loan(cluster: Cluster) -> None:
     fund_id = await open_fund(cluster, 1_000_000)
     loan = await active_loan(cluster, fund_id=fund_id)
