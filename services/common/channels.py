@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,8 +38,40 @@ def default_token(settings: Settings) -> str | None:
     return None
 
 
-def service_token(settings: Settings) -> str:
-    """The worker's own token (role `service`): SERVICE_TOKEN, else SERVICE_TOKEN_FILE."""
+# A bearer token, or where to get it for each call (TokenFile).
+Token = str | Callable[[], str]
+
+
+class TokenFile:
+    """A token as its file says now: read again when the file changes, so that a token
+    re-minted (or a mounted Secret updated) reaches running processes without a restart.
+    While the file cannot be read, or is empty, the token read last goes on."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._token = ""
+
+    def __call__(self) -> str:
+        try:
+            status = self._path.stat()
+        except OSError:
+            return self._token
+        stamp = (status.st_ino, status.st_mtime_ns, status.st_size)
+        if stamp != self._stamp:
+            try:
+                token = self._path.read_text().strip()
+            except OSError:
+                return self._token
+            if token:
+                self._token, self._stamp = token, stamp
+        return self._token
+
+
+def service_token(settings: Settings) -> Token:
+    """This process's own token (role `service`): SERVICE_TOKEN, else SERVICE_TOKEN_FILE
+    (read again whenever it changes). A file that cannot be read, or is empty, at start
+    is refused here."""
     if settings.service_token:
         return settings.service_token.strip()
     path = settings.effective_service_token_file
@@ -48,7 +81,7 @@ def service_token(settings: Settings) -> str:
         raise ConfigError(f"SERVICE_TOKEN_FILE: cannot read {path}: {error.strerror}") from None
     if not token:
         raise ConfigError(f"SERVICE_TOKEN_FILE: {path} is empty")
-    return token
+    return TokenFile(path)
 
 
 def client_tls(settings: Settings) -> grpc.ChannelCredentials | None:
@@ -69,8 +102,12 @@ def client_tls(settings: Settings) -> grpc.ChannelCredentials | None:
 class _BearerToken(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     """Adds the token to every unary call's metadata."""
 
-    def __init__(self, token: str) -> None:
-        self._header = ("authorization", f"Bearer {token}")
+    def __init__(self, token: Token) -> None:
+        self._token = token if callable(token) else lambda: token
+
+    @property
+    def _header(self) -> tuple[str, str]:
+        return ("authorization", f"Bearer {self._token()}")
 
     async def intercept_unary_unary(
         self,
@@ -92,7 +129,7 @@ class _BearerToken(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 
 def open_channel(
     address: str,
-    token: str | None,
+    token: Token | None,
     *,
     options: Sequence[tuple[str, Any]] = (),
     tls: grpc.ChannelCredentials | None = None,

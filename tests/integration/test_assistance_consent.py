@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -279,3 +280,22 @@ async def test_needs_asked_for_together_each_get_their_own_survivors_answer(
         else:
             assert isinstance(outcome, pb.RecordNeedResponse), outcome
             assert outcome.need.survivor_id == sid
+
+
+async def test_a_service_token_minted_anew_is_used_without_a_restart(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The token assistance asks eligibility with is read again when its file changes:
+    refused with one not valid (INTERNAL: the operator's to fix, nothing written), it
+    asks with the one written there next, with no restart."""
+    token_file = tmp_path / "service-token"
+    token_file.write_text("not-a-token\n")
+    sid = await register_survivor(cluster.eligibility)
+    async with cluster.second_host(ASSISTANCE, service_token_file=token_file) as channel:
+        stub = pb_grpc.AssistanceServiceStub(channel)
+        await assert_writes_nothing(
+            cluster, stub.RecordNeed(need_request(sid)), grpc.StatusCode.INTERNAL
+        )
+        token_file.write_text(cluster.settings.effective_service_token_file.read_text())
+        need = (await stub.RecordNeed(need_request(sid))).need
+        assert need.survivor_id == sid

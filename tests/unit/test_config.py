@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common.channels import service_token
 from services.common.config import ConfigError, load_settings
 
 
@@ -76,3 +77,19 @@ def test_auth_files_default_to_the_state_folder(tmp_path: Path) -> None:
 def test_bad_security_settings_stop_start_up(variables: dict[str, str], complaint: str) -> None:
     with pytest.raises(ConfigError, match=complaint):
         load_settings(**variables)
+
+
+def test_the_service_token_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "service-token"
+    path.write_text("first\n")
+    token = service_token(load_settings(SERVICE_TOKEN_FILE=str(path)))
+    assert callable(token) and token() == "first"
+    path.write_text("second, minted anew\n")
+    assert token() == "second, minted anew"
+    path.write_text("")  # being rewritten: the last token goes on
+    assert token() == "second, minted anew"
+    path.unlink()
+    assert token() == "second, minted anew"
+    path.write_text("third")
+    assert token() == "third"
+    assert service_token(load_settings(SERVICE_TOKEN="inline")) == "inline"

@@ -28,7 +28,7 @@ from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.eligibility.v1 import eligibility_service_pb2_grpc as eligibility_grpc
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from mineaction.lending.v1 import lending_service_pb2_grpc as lending_grpc
-from services.common.channels import client_tls, open_channel, service_token
+from services.common.channels import Token, client_tls, open_channel, service_token
 from services.common.config import Settings, load_settings
 from services.common.errors import reason_of, violations_in
 from services.common.protoconv import from_proto_date, proto_date
@@ -313,7 +313,7 @@ class JourneyActivities:
         assistance: str,
         outbox: Outbox,
         *,
-        token: str | None = None,
+        token: Token | None = None,
         tls: grpc.ChannelCredentials | None = None,
     ) -> None:
         if token is None:
