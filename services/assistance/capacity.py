@@ -16,7 +16,7 @@ request for it is refused before it ever asks for the pool's lock.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,18 +171,23 @@ async def release(conn: Connection, pool_id: str, quantity: int) -> None:
 
 
 async def promote_waiting(
-    conn: Connection, pool_id: str, plugin: AssistanceTypePlugin
+    conn: Connection, pool_id: str, plugin: AssistanceTypePlugin, passed_over: Collection[str]
 ) -> list[str]:
     """Give free places to those waiting, strictly in order: the head of the queue is
-    never skipped for a smaller request behind it. Returns the promoted assistance ids.
-    The pool must be locked; the caller refreshes the promoted needs' state."""
+    never skipped for a smaller request behind it. Survivors `passed_over` (their consent
+    does not stand) are not given one, and keep their place. Returns the promoted
+    assistance ids. The pool must be locked; the caller refreshes the promoted needs'
+    state."""
     promoted: list[str] = []
     while True:
         head = await conn.fetchrow(
             """SELECT w.seq, w.assistance_id, w.quantity, p.capacity - p.reserved AS free
                FROM waitlist w JOIN capacity_pools p USING (pool_id)
-               WHERE w.pool_id = $1 ORDER BY w.seq LIMIT 1""",
+               JOIN assistance a USING (assistance_id)
+               WHERE w.pool_id = $1 AND a.survivor_id <> ALL($2::text[])
+               ORDER BY w.seq LIMIT 1""",
             pool_id,
+            list(passed_over),
         )
         if head is None or head["free"] < head["quantity"]:
             return promoted

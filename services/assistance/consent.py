@@ -5,6 +5,7 @@ survivor registered with consent that has not been withdrawn."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
@@ -52,6 +53,16 @@ class ConsentRegister:
             )
         if not consent.stands:
             raise consent_withdrawn(from_proto_date(consent.withdrawal.withdrawn_on))
+
+    async def not_standing(self, survivor_ids: Sequence[str]) -> frozenset[str]:
+        """Those of `survivor_ids` whose consent does not stand: withdrawn, or never
+        registered with it. UNAVAILABLE when eligibility cannot say."""
+        consents = await asyncio.gather(*(self._checks.submit(s) for s in survivor_ids))
+        return frozenset(
+            s
+            for s, consent in zip(survivor_ids, consents, strict=True)
+            if consent is None or not consent.stands
+        )
 
     async def _ask(
         self, survivor_ids: Sequence[str]

@@ -48,7 +48,7 @@ from services.assistance.records import (
     text,
     type_to_proto,
 )
-from services.common import audit, pagination
+from services.common import audit, idempotency, pagination
 from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one
 from services.common.districts import require_known_district, require_known_district_filter
@@ -548,6 +548,11 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             _check_transition(plugin, transition, current)
         data = struct_to_dict(request.data)
         check_data(plugin.action_validator(transition), data)
+        # A place this step frees passes over those waiting whose consent no longer
+        # stands; asked before the transaction, for a new request only.
+        passed_over = (
+            frozenset() if current["seen"] else await self._passed_over(current["pool_id"])
+        )
 
         async def advance(conn: Connection) -> pb.AdvanceAssistanceResponse:
             pool_id = current["pool_id"]
@@ -559,7 +564,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 request.assistance_id,
             )
             await self._check_provider_acts_on_its_own(conn, row, request.actor)
-            await self._apply(conn, plugin, transition, row, data, request.actor)
+            await self._apply(conn, plugin, transition, row, data, request.actor, passed_over)
             advanced = await load_assistance(conn, request.assistance_id)
             assert advanced is not None
             return pb.AdvanceAssistanceResponse(assistance=advanced)
@@ -600,8 +605,10 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         row: asyncpg.Record,
         data: Mapping[str, Any],
         actor: str,
+        passed_over: frozenset[str],
     ) -> None:
-        """One lifecycle transition, with the effects the type declares for it."""
+        """One lifecycle transition, with the effects the type declares for it; a place it
+        frees goes to the first waiting who is not `passed_over` (_passed_over)."""
         _check_transition(plugin, t, row)
         state = row["state"]
         attended = row["attended_sessions"]
@@ -657,10 +664,31 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         # Places freed, or a head of the queue too large for them gone: those behind it
         # may fit now.
         if row["pool_id"] is not None and ((row["holds_capacity"] and not holds) or left_the_queue):
-            await self._promote(conn, row["pool_id"], plugin)
+            await self._promote(conn, row["pool_id"], plugin, passed_over)
 
-    async def _promote(self, conn: Connection, pool_id: str, plugin: AssistanceTypePlugin) -> None:
-        for promoted in await capacity.promote_waiting(conn, pool_id, plugin):
+    async def _passed_over(self, pool_id: str | None) -> frozenset[str]:
+        """The survivors waiting for the pool whose consent does not stand (withdrawn, or
+        never registered with it): a place that comes free is not given to them (it would
+        refer them to the provider), and they keep their place in the queue. UNAVAILABLE
+        when eligibility cannot say. Read before the transaction: one who joins the queue
+        meanwhile is not asked about (the same moment as a request's own check)."""
+        if pool_id is None:
+            return frozenset()
+        waiting = await self.db.pool.fetch(
+            """SELECT DISTINCT a.survivor_id FROM waitlist w
+               JOIN assistance a USING (assistance_id) WHERE w.pool_id = $1""",
+            pool_id,
+        )
+        return await self.consent.not_standing([r["survivor_id"] for r in waiting])
+
+    async def _promote(
+        self,
+        conn: Connection,
+        pool_id: str,
+        plugin: AssistanceTypePlugin,
+        passed_over: frozenset[str],
+    ) -> None:
+        for promoted in await capacity.promote_waiting(conn, pool_id, plugin, passed_over):
             need_id = await conn.fetchval(
                 "SELECT need_id FROM assistance WHERE assistance_id = $1", promoted
             )
@@ -861,6 +889,12 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
     async def AdjustCapacity(
         self, request: pb.AdjustCapacityRequest, context: grpc.aio.ServicerContext
     ) -> pb.AdjustCapacityResponse:
+        # Places added pass over those waiting whose consent no longer stands.
+        seen = await idempotency.seen(self.db.pool, request.request_id)
+        passed_over = (
+            frozenset() if seen or request.delta <= 0 else await self._passed_over(request.pool_id)
+        )
+
         async def adjust(conn: Connection) -> pb.AdjustCapacityResponse:
             row = await capacity.pool_row(conn, request.pool_id, lock=True)
             if row is None:
@@ -903,7 +937,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 request.reason,
             )
             if request.delta > 0:
-                await self._promote(conn, pool.pool_id, self._installed(pool.type_id))
+                await self._promote(conn, pool.pool_id, self._installed(pool.type_id), passed_over)
             after = await capacity.pool_row(conn, pool.pool_id)
             assert after is not None
             return pb.AdjustCapacityResponse(pool=pool_to_proto(after))
