@@ -548,10 +548,14 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             _check_transition(plugin, transition, current)
         data = struct_to_dict(request.data)
         check_data(plugin.action_validator(transition), data)
-        # A place this step frees passes over those waiting whose consent no longer
-        # stands; asked before the transaction, for a new request only.
+        # A place this step may free passes over those waiting whose consent no longer
+        # stands: asked before the transaction, for a new request only, and only for a
+        # step that gives up a place or leaves the queue (not an attendance, say).
+        may_free = transition.releases_capacity or current["state"] == WAITLISTED
         passed_over = (
-            frozenset() if current["seen"] else await self._passed_over(current["pool_id"])
+            await self._passed_over(current["pool_id"])
+            if may_free and not current["seen"]
+            else frozenset()
         )
 
         async def advance(conn: Connection) -> pb.AdvanceAssistanceResponse:

@@ -327,6 +327,9 @@ async def test_a_place_that_comes_free_passes_over_a_survivor_who_withdrew_conse
     nowhere = f"127.0.0.1:{free_port()}"
     async with cluster.second_host(ASSISTANCE, eligibility_address=nowhere) as channel:
         cut_off = pb_grpc.AssistanceServiceStub(channel)
+        # A step that frees no place asks nothing.
+        attended = await advance(cut_off, holder.assistance_id, "attend", sessions=1)
+        assert attended.attended_sessions == 1
         await assert_writes_nothing(
             cluster, advance(cut_off, holder.assistance_id, "drop_out"), grpc.StatusCode.UNAVAILABLE
         )
