@@ -16,6 +16,7 @@ request for it is refused before it ever asks for the pool's lock.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,14 @@ import asyncpg
 import structlog
 import yaml
 
-from services.assistance.catalogue import PROMOTE, REQUEST, WAITLISTED, AssistanceTypePlugin
+from services.assistance.catalogue import (
+    CANCEL,
+    CANCELLED,
+    PROMOTE,
+    REQUEST,
+    WAITLISTED,
+    AssistanceTypePlugin,
+)
 from services.common.db import Connection
 
 log = structlog.get_logger("mineaction.assistance")
@@ -171,23 +179,18 @@ async def release(conn: Connection, pool_id: str, quantity: int) -> None:
 
 
 async def promote_waiting(
-    conn: Connection, pool_id: str, plugin: AssistanceTypePlugin, passed_over: Collection[str]
+    conn: Connection, pool_id: str, plugin: AssistanceTypePlugin
 ) -> list[str]:
     """Give free places to those waiting, strictly in order: the head of the queue is
-    never skipped for a smaller request behind it. Survivors `passed_over` (their consent
-    does not stand) are not given one, and keep their place. Returns the promoted
-    assistance ids. The pool must be locked; the caller refreshes the promoted needs'
-    state."""
+    never skipped for a smaller request behind it. Returns the promoted assistance ids.
+    The pool must be locked; the caller refreshes the promoted needs' state."""
     promoted: list[str] = []
     while True:
         head = await conn.fetchrow(
             """SELECT w.seq, w.assistance_id, w.quantity, p.capacity - p.reserved AS free
                FROM waitlist w JOIN capacity_pools p USING (pool_id)
-               JOIN assistance a USING (assistance_id)
-               WHERE w.pool_id = $1 AND a.survivor_id <> ALL($2::text[])
-               ORDER BY w.seq LIMIT 1""",
+               WHERE w.pool_id = $1 ORDER BY w.seq LIMIT 1""",
             pool_id,
-            list(passed_over),
         )
         if head is None or head["free"] < head["quantity"]:
             return promoted
@@ -208,6 +211,40 @@ async def promote_waiting(
             conn, head["assistance_id"], "waitlisted", plugin.initial_state, PROMOTE, SYSTEM_ACTOR
         )
         promoted.append(head["assistance_id"])
+
+
+async def cancel_waiting(
+    conn: Connection, pool_id: str, survivor_ids: Collection[str]
+) -> list[str]:
+    """Cancel the waiting requests of `survivor_ids`, whose consent to data processing no
+    longer stands: a place cannot go to them (it would refer them to the provider), and
+    held in the queue they would keep it from those behind them. Each is cancelled by
+    `system`, the reason in its event. The pool must be locked; returns their needs, for
+    the caller to refresh."""
+    if not survivor_ids:
+        return []
+    rows = await conn.fetch(
+        """WITH gone AS (
+               DELETE FROM waitlist w USING assistance a
+               WHERE w.pool_id = $1 AND a.assistance_id = w.assistance_id
+                 AND a.survivor_id = ANY($2::text[])
+               RETURNING w.assistance_id),
+           counted AS (
+               UPDATE capacity_pools SET waiting = waiting - (SELECT count(*) FROM gone)
+               WHERE pool_id = $1)
+           UPDATE assistance a SET state = $3, active = false, updated_at = now()
+           FROM gone WHERE a.assistance_id = gone.assistance_id
+           RETURNING a.assistance_id, a.need_id""",
+        pool_id,
+        list(survivor_ids),
+        CANCELLED,
+    )
+    reason = json.dumps({"reason": "the survivor's consent to data processing was withdrawn"})
+    for row in rows:
+        await record_event(
+            conn, row["assistance_id"], WAITLISTED, CANCELLED, CANCEL, SYSTEM_ACTOR, reason
+        )
+    return [row["need_id"] for row in rows]
 
 
 async def record_event(

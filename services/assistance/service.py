@@ -672,10 +672,10 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
 
     async def _passed_over(self, pool_id: str | None) -> frozenset[str]:
         """The survivors waiting for the pool whose consent does not stand (withdrawn, or
-        never registered with it): a place that comes free is not given to them (it would
-        refer them to the provider), and they keep their place in the queue. UNAVAILABLE
-        when eligibility cannot say. Read before the transaction: one who joins the queue
-        meanwhile is not asked about (the same moment as a request's own check)."""
+        never registered with it): when a place comes free their waiting requests are
+        cancelled (capacity.cancel_waiting) and the place goes on down the queue.
+        UNAVAILABLE when eligibility cannot say. Read before the transaction: one who joins
+        the queue meanwhile is not asked about (the same moment as a request's own check)."""
         if pool_id is None:
             return frozenset()
         waiting = await self.db.pool.fetch(
@@ -692,7 +692,9 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         plugin: AssistanceTypePlugin,
         passed_over: frozenset[str],
     ) -> None:
-        for promoted in await capacity.promote_waiting(conn, pool_id, plugin, passed_over):
+        for need_id in await capacity.cancel_waiting(conn, pool_id, passed_over):
+            await refresh_need(conn, need_id)
+        for promoted in await capacity.promote_waiting(conn, pool_id, plugin):
             need_id = await conn.fetchval(
                 "SELECT need_id FROM assistance WHERE assistance_id = $1", promoted
             )

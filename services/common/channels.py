@@ -47,10 +47,10 @@ class TokenFile:
     re-minted (or a mounted Secret updated) reaches running processes without a restart.
     While the file cannot be read, or is empty, the token read last goes on."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, token: str) -> None:
         self._path = path
         self._stamp: tuple[int, int, int] | None = None
-        self._token = ""
+        self._token = token  # as read at start
 
     def __call__(self) -> str:
         try:
@@ -81,7 +81,7 @@ def service_token(settings: Settings) -> Token:
         raise ConfigError(f"SERVICE_TOKEN_FILE: cannot read {path}: {error.strerror}") from None
     if not token:
         raise ConfigError(f"SERVICE_TOKEN_FILE: {path} is empty")
-    return TokenFile(path)
+    return TokenFile(path, token)
 
 
 def client_tls(settings: Settings) -> grpc.ChannelCredentials | None:

@@ -302,53 +302,43 @@ async def test_a_service_token_minted_anew_is_used_without_a_restart(
         assert need.survivor_id == sid
 
 
-async def test_a_place_that_comes_free_passes_over_a_survivor_who_withdrew_consent(
+async def test_a_place_that_comes_free_is_not_given_to_a_survivor_who_withdrew_consent(
     cluster: Cluster,
 ) -> None:
     """Waitlisted before withdrawing consent, a survivor is not given a place that comes
-    free (it would refer them to the provider): the next in the queue is. They keep
-    their place, and get one once consent is given again. A step that would free a place
-    while eligibility cannot answer is refused, to retry, and changes nothing."""
+    free (it would refer them to the provider): their waiting request is cancelled by
+    `system`, the reason in its event, and the place goes to the next in the queue. A
+    step that frees no place asks nothing; one that would, while eligibility cannot
+    answer, is refused, to retry, and changes nothing."""
     stub = cluster.assistance
     pool = await create_pool(stub, "computer_course", 1, sessions=4)
     seat = {"capacity_pool_id": pool.pool_id, "data": struct(level="office")}
     holder = await request(stub, (await record_need(cluster, "computer_course")).need_id, **seat)
-    intake = saatli_fish_farmer()
-    await cluster.eligibility.RegisterSurvivor(register_request(intake))
-    first = await request(
-        stub,
-        (await record_need(cluster, "computer_course", survivor_id=intake.survivor_id)).need_id,
-        **seat,
-    )
+    withdrawn = await register_survivor(cluster.eligibility)
+    first_need = await record_need(cluster, "computer_course", survivor_id=withdrawn)
+    first = await request(stub, first_need.need_id, **seat)
     second = await request(stub, (await record_need(cluster, "computer_course")).need_id, **seat)
     assert (first.waitlist_position, second.waitlist_position) == (1, 2)
-    await cluster.eligibility.WithdrawConsent(withdraw_request(intake.survivor_id))
+    await cluster.eligibility.WithdrawConsent(withdraw_request(withdrawn))
 
     nowhere = f"127.0.0.1:{free_port()}"
     async with cluster.second_host(ASSISTANCE, eligibility_address=nowhere) as channel:
         cut_off = pb_grpc.AssistanceServiceStub(channel)
-        # A step that frees no place asks nothing.
         attended = await advance(cut_off, holder.assistance_id, "attend", sessions=1)
         assert attended.attended_sessions == 1
         await assert_writes_nothing(
             cluster, advance(cut_off, holder.assistance_id, "drop_out"), grpc.StatusCode.UNAVAILABLE
         )
     await advance(stub, holder.assistance_id, "drop_out")
-    states = {
-        a.assistance_id: (a.state, a.waitlist_position)
-        for a in [
-            (await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=x))).assistance
-            for x in (first.assistance_id, second.assistance_id)
-        ]
-    }
-    assert states == {first.assistance_id: ("waitlisted", 1), second.assistance_id: ("enrolled", 0)}
-
-    intake.consent.recorded_on.CopyFrom(pdate(WITHDRAWN_ON + timedelta(days=1)))
-    await cluster.eligibility.RegisterSurvivor(register_request(intake))
-    await stub.AdjustCapacity(
-        pb.AdjustCapacityRequest(
-            request_id=request_id(), pool_id=pool.pool_id, delta=1, reason="a second seat"
-        )
-    )
-    got = await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=first.assistance_id))
-    assert got.assistance.state == "enrolled"
+    read = [
+        (await stub.GetAssistance(pb.GetAssistanceRequest(assistance_id=x))).assistance
+        for x in (first.assistance_id, second.assistance_id)
+    ]
+    assert [(a.state, a.waitlist_position) for a in read] == [("cancelled", 0), ("enrolled", 0)]
+    assert (read[0].history[-1].action, read[0].history[-1].actor) == ("cancel", "system")
+    assert "consent to data processing was withdrawn" in str(read[0].history[-1].data)
+    need = await stub.GetNeed(pb.GetNeedRequest(need_id=first_need.need_id))
+    assert need.need.state == pb.NEED_STATE_OPEN
+    providers = await stub.ListProviders(pb.ListProvidersRequest(type_id="computer_course"))
+    [counted] = [p for pr in providers.providers for p in pr.pools if p.pool_id == pool.pool_id]
+    assert (counted.reserved, counted.free, counted.waitlisted) == (1, 0, 0)
