@@ -1561,7 +1561,11 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                  coalesce((SELECT -sum(p.amount_minor) FROM postings p
                    WHERE p.loan_id = $1 AND p.account = 'LOANS_RECEIVABLE'
                      AND p.kind IN ('REPAYMENT', 'REPAYMENT_REVERSAL')
-                     AND p.value_date <= $2), 0)::bigint AS repaid,
+                     AND p.value_date <= $2
+                     AND ($3::timestamptz IS NULL OR EXISTS (
+                         SELECT 1 FROM ledger_transactions t
+                         WHERE t.transaction_id = p.transaction_id AND t.created_at < $3))
+                   ), 0)::bigint AS repaid,
                  (SELECT write_off_date FROM write_offs WHERE loan_id = $1) AS written_off_on,
                  (SELECT coalesce(array_agg(start_date ORDER BY pause_id), '{}') FROM
                      delinquency_pauses WHERE loan_id = $1) AS pause_starts,
@@ -1569,6 +1573,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                      delinquency_pauses WHERE loan_id = $1) AS pause_ends""",
             loan_id,
             as_of,
+            rev.replaced_at,
         )
         written_off = context["written_off_on"] is not None and context["written_off_on"] <= as_of
         # Repayments recorded after the replacement, even dated on or before its day,
@@ -1641,6 +1646,9 @@ class _Revision:
         self.base_repaid: int = row["base_repaid_minor"]
         self.created_at: datetime = row["created_at"]
         self.superseded_on: date | None = row["superseded_on"]
+        # When a revision from the same day replaced this one (owing a bounced payment
+        # again, _owe_again): it is shown with what was recorded before then.
+        self.replaced_at: datetime | None = row["replaced_at"]
         # Principal repaid against the loan when the next revision replaced this one.
         self.repaid_when_superseded: int | None = row["repaid_when_superseded"]
         self.instalments = instalments
@@ -1649,11 +1657,17 @@ class _Revision:
     async def load(cls, conn: Connection, loan_id: str, revision: int | None) -> _Revision:
         rows = await conn.fetch(
             """WITH r AS (
-                   SELECT r.*, n.effective_date AS superseded_on,
+                   SELECT r.*,
+                       CASE WHEN n.effective_date > r.effective_date
+                            THEN n.effective_date END AS superseded_on,
+                       CASE WHEN n.effective_date <= r.effective_date
+                            THEN n.created_at END AS replaced_at,
                        -- What was repaid when the next revision was made: the repayments
                        -- posted before it; for a revision made before it kept its last
-                       -- posting, a reschedule's count (a tranche's said none).
-                       CASE WHEN n.last_posting_id IS NOT NULL THEN
+                       -- posting, a reschedule's count (a tranche's said none). One
+                       -- replaced from its own day is read by replaced_at instead.
+                       CASE WHEN n.effective_date <= r.effective_date THEN NULL
+                       WHEN n.last_posting_id IS NOT NULL THEN
                            (SELECT coalesce(-sum(p.amount_minor), 0)::bigint FROM postings p
                             WHERE p.loan_id = r.loan_id AND p.account = 'LOANS_RECEIVABLE'
                               AND p.kind IN ('REPAYMENT', 'REPAYMENT_REVERSAL')

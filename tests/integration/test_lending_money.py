@@ -705,10 +705,11 @@ async def test_a_payment_the_rescheduled_loan_counted_bounces_and_is_owed_again(
     await cluster.lending.RecordRepayment(repayment(loan.loan_id, 7_000, date(2026, 11, 30)))
     rescheduled = (
         await cluster.lending.GetRepaymentSchedule(
-            pb.GetRepaymentScheduleRequest(loan_id=loan.loan_id)
+            pb.GetRepaymentScheduleRequest(loan_id=loan.loan_id, as_of=pdate(date(2026, 11, 30)))
         )
     ).schedule
     assert (rescheduled.revision, rescheduled.base_repaid_minor) == (2, 10_000)
+    assert sum(i.principal_paid_minor for i in rescheduled.instalments) == 7_000
 
     reversed_ = await cluster.lending.ReverseRepayment(
         reversal(loan.loan_id, bounced.repayment.transaction_id, "the transfer bounced")
@@ -735,14 +736,16 @@ async def test_a_payment_the_rescheduled_loan_counted_bounces_and_is_owed_again(
     # What was paid since goes to the oldest instalment due, as always.
     assert owed.instalments[0].principal_paid_minor == 7_000
     assert owed.instalments[0].principal_paid_minor < owed.instalments[0].principal_due_minor
+    # The schedule replaced reads as it stood just before the payment bounced: the
+    # 7,000 paid since the reschedule against its first instalment.
     replaced = (
         await cluster.lending.GetRepaymentSchedule(
-            pb.GetRepaymentScheduleRequest(loan_id=loan.loan_id, revision=2)
+            pb.GetRepaymentScheduleRequest(
+                loan_id=loan.loan_id, revision=2, as_of=pdate(date(2026, 11, 30))
+            )
         )
     ).schedule
-    assert [i.principal_due_minor for i in replaced.instalments] == [
-        i.principal_due_minor for i in rescheduled.instalments
-    ]
+    assert replaced.instalments == rescheduled.instalments
     # In force from the reschedule's day; before it the first schedule, which never
     # counted the payment.
     for day, revision in ((date(2026, 8, 30), 1), (date(2026, 8, 31), 3)):
