@@ -48,7 +48,7 @@ from services.assistance.records import (
     text,
     type_to_proto,
 )
-from services.common import audit, idempotency, pagination
+from services.common import audit, pagination
 from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one
 from services.common.districts import require_known_district, require_known_district_filter
@@ -548,12 +548,12 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             _check_transition(plugin, transition, current)
         data = struct_to_dict(request.data)
         check_data(plugin.action_validator(transition), data)
-        # A place this step may free passes over those waiting whose consent no longer
+        # A place this step may free is not given to one waiting whose consent no longer
         # stands: asked before the transaction, for a new request only, and only for a
         # step that gives up a place or leaves the queue (not an attendance, say).
         may_free = transition.releases_capacity or current["state"] == WAITLISTED
-        passed_over = (
-            await self._passed_over(current["pool_id"])
+        without_consent = (
+            await self._waiting_without_consent(current["pool_id"])
             if may_free and not current["seen"]
             else frozenset()
         )
@@ -568,7 +568,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 request.assistance_id,
             )
             await self._check_provider_acts_on_its_own(conn, row, request.actor)
-            await self._apply(conn, plugin, transition, row, data, request.actor, passed_over)
+            await self._apply(conn, plugin, transition, row, data, request.actor, without_consent)
             advanced = await load_assistance(conn, request.assistance_id)
             assert advanced is not None
             return pb.AdvanceAssistanceResponse(assistance=advanced)
@@ -609,10 +609,11 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         row: asyncpg.Record,
         data: Mapping[str, Any],
         actor: str,
-        passed_over: frozenset[str],
+        without_consent: frozenset[str],
     ) -> None:
         """One lifecycle transition, with the effects the type declares for it; a place it
-        frees goes to the first waiting who is not `passed_over` (_passed_over)."""
+        frees goes down the queue once the requests of those `without_consent` are
+        cancelled (_promote)."""
         _check_transition(plugin, t, row)
         state = row["state"]
         attended = row["attended_sessions"]
@@ -668,9 +669,9 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         # Places freed, or a head of the queue too large for them gone: those behind it
         # may fit now.
         if row["pool_id"] is not None and ((row["holds_capacity"] and not holds) or left_the_queue):
-            await self._promote(conn, row["pool_id"], plugin, passed_over)
+            await self._promote(conn, row["pool_id"], plugin, without_consent)
 
-    async def _passed_over(self, pool_id: str | None) -> frozenset[str]:
+    async def _waiting_without_consent(self, pool_id: str | None) -> frozenset[str]:
         """The survivors waiting for the pool whose consent does not stand (withdrawn, or
         never registered with it): when a place comes free their waiting requests are
         cancelled (capacity.cancel_waiting) and the place goes on down the queue.
@@ -690,9 +691,9 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         conn: Connection,
         pool_id: str,
         plugin: AssistanceTypePlugin,
-        passed_over: frozenset[str],
+        without_consent: frozenset[str],
     ) -> None:
-        for need_id in await capacity.cancel_waiting(conn, pool_id, passed_over):
+        for need_id in await capacity.cancel_waiting(conn, pool_id, without_consent):
             await refresh_need(conn, need_id)
         for promoted in await capacity.promote_waiting(conn, pool_id, plugin):
             need_id = await conn.fetchval(
@@ -895,10 +896,11 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
     async def AdjustCapacity(
         self, request: pb.AdjustCapacityRequest, context: grpc.aio.ServicerContext
     ) -> pb.AdjustCapacityResponse:
-        # Places added pass over those waiting whose consent no longer stands.
-        seen = await idempotency.seen(self.db.pool, request.request_id)
-        passed_over = (
-            frozenset() if seen or request.delta <= 0 else await self._passed_over(request.pool_id)
+        # Places added are not given to those waiting whose consent no longer stands:
+        # asked before the transaction, for a new request that adds places only.
+        adds = request.delta > 0 and not await seen(self.db.pool, request.request_id)
+        without_consent = (
+            await self._waiting_without_consent(request.pool_id) if adds else frozenset()
         )
 
         async def adjust(conn: Connection) -> pb.AdjustCapacityResponse:
@@ -943,7 +945,9 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
                 request.reason,
             )
             if request.delta > 0:
-                await self._promote(conn, pool.pool_id, self._installed(pool.type_id), passed_over)
+                await self._promote(
+                    conn, pool.pool_id, self._installed(pool.type_id), without_consent
+                )
             after = await capacity.pool_row(conn, pool.pool_id)
             assert after is not None
             return pb.AdjustCapacityResponse(pool=pool_to_proto(after))

@@ -119,11 +119,4 @@ def owing_again(instalments: Sequence[Instalment], amount: int) -> list[Instalme
         for i in instalments
     ]
     cumulative[-1] = total + amount
-    previous = 0
-    rebuilt = []
-    for instalment, grown in zip(instalments, cumulative, strict=True):
-        rebuilt.append(
-            instalment._replace(principal_minor=grown - previous, cumulative_minor=grown)
-        )
-        previous = grown
-    return rebuilt
+    return instalments_from_arrays([i.due_date for i in instalments], cumulative)

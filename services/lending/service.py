@@ -38,7 +38,12 @@ from services.lending.ledger import FUND_CASH, LOANS_RECEIVABLE, Posting
 from services.lending.lifecycle import check_transition
 from services.lending.repayments import METHOD as REPAYMENT_METHOD
 from services.lending.repayments import Repayment, RepaymentGroups
-from services.lending.schedule import Instalment, build_schedule, owing_again
+from services.lending.schedule import (
+    Instalment,
+    build_schedule,
+    instalments_from_arrays,
+    owing_again,
+)
 
 HERE = Path(__file__).parent
 DEFAULT_FUND = "main"
@@ -1071,10 +1076,10 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 recorded_by=request.reversed_by,
                 memo=request.reason,
             )
+            amount = int(original["amount"])  # a sum: numeric in PostgreSQL
             shown_on = original["value_date"]
             write_off_id = ""
             if written_off:
-                amount = int(original["amount"])  # a sum: numeric in PostgreSQL
                 shown_on, write_off_id = await _write_off_reversed(
                     conn, loan["fund_id"], request, amount
                 )
@@ -1106,7 +1111,6 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 )
             revision = 0
             if replaced:
-                amount = int(original["amount"])
                 revision = await self._owe_again(conn, request, replaced, amount)
                 await self._record_event(
                     conn,
@@ -1429,20 +1433,19 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         base_repaid: int,
         reason: str,
         created_by: str,
-        counting_as: int | None = None,
+        counting_to: int | None = None,
     ) -> None:
-        """A new schedule revision. Its base counts the loan's postings so far, or, for
-        a revision `counting_as` an earlier one, the same postings as that one did."""
+        """A new schedule revision. Its base counts the loan's postings so far, or those
+        up to the posting `counting_to` (a revision owing a bounced payment again counts
+        what the one it replaces did)."""
         await conn.execute(
             """WITH rev AS (
                    INSERT INTO schedule_revisions (loan_id, revision, effective_date,
                        principal_minor, base_repaid_minor, reason, created_by, due_dates,
                        cumulative_minor, last_posting_id)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $11,
-                           CASE WHEN $12::int IS NULL
-                                THEN (SELECT max(posting_id) FROM postings WHERE loan_id = $1)
-                                ELSE (SELECT last_posting_id FROM schedule_revisions
-                                      WHERE loan_id = $1 AND revision = $12) END))
+                           coalesce($12::bigint, (SELECT max(posting_id) FROM postings
+                                                   WHERE loan_id = $1))))
                INSERT INTO instalments (loan_id, revision, number, due_date, principal_minor,
                    cumulative_minor)
                SELECT $1, $2, n, d, p, c
@@ -1458,7 +1461,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             [i.due_date for i in instalments],
             [i.principal_minor for i in instalments],
             [i.cumulative_minor for i in instalments],
-            counting_as,
+            counting_to,
         )
 
     @staticmethod
@@ -1471,7 +1474,8 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         revisions kept which postings they count cannot say: a repayment it may count
         is refused, as it always was."""
         live = await conn.fetch(
-            """SELECT r.revision, r.effective_date, r.base_repaid_minor, r.last_posting_id
+            """SELECT r.revision, r.effective_date, r.base_repaid_minor, r.last_posting_id,
+                      r.due_dates, r.cumulative_minor
                FROM schedule_revisions r
                WHERE r.loan_id = $1 AND r.base_repaid_minor > 0
                  AND NOT EXISTS (SELECT 1 FROM schedule_revisions later
@@ -1511,15 +1515,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             "SELECT max(revision) FROM schedule_revisions WHERE loan_id = $1", request.loan_id
         )
         for row in replaced:
-            instalments = [
-                Instalment(*i)
-                for i in await conn.fetch(
-                    """SELECT number, due_date, principal_minor, cumulative_minor
-                       FROM instalments WHERE loan_id = $1 AND revision = $2 ORDER BY number""",
-                    request.loan_id,
-                    row["revision"],
-                )
-            ]
+            instalments = instalments_from_arrays(row["due_dates"], row["cumulative_minor"])
             revision += 1
             await self._insert_revision(
                 conn,
@@ -1531,7 +1527,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 reason=f"revision {row['revision']} owing {qepik_and_manat(amount)} again: "
                 f"repayment {request.transaction_id} reversed: {request.reason}",
                 created_by=request.reversed_by,
-                counting_as=row["revision"],
+                counting_to=row["last_posting_id"],
             )
         return int(revision)
 
