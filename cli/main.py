@@ -1950,6 +1950,7 @@ def repay(
         )
         kind = "recovery" if repayment.recovery else "repayment"
         closed = f" on {from_proto_date(loan.close_date)}" if loan.HasField("close_date") else ""
+        as_of = from_proto_date(loan.figures_as_of) if loan.HasField("figures_as_of") else paid_on
         render.line(
             f"recorded {kind} of {manat(repayment.amount_minor)} AZN on {loan.loan_id} "
             f"(transaction {repayment.transaction_id}); "
@@ -1957,8 +1958,9 @@ def repay(
             + f"outstanding {manat(loan.outstanding_principal_minor)} AZN, "
             f"{loan.days_past_due} days past due, "
             f"{loan_status(loan)}{closed}"
-            # The answer's figures are the loan's on the payment's date.
-             + ("" if paid_on == programme_today() else f" (as of {paid_on})")
+            # The answer's figures are the loan's on the payment's date, or on its latest
+            # transaction's when later (a payment recorded late).
+             + ("" if as_of == programme_today() else f" (as of {as_of})")
         )
         if not repayment.recovery:
             await _tell_journey(loan.survivor_id, loan.loan_id)

@@ -24,7 +24,13 @@ from services.common import audit, idempotency, pagination
 from services.common.config import Settings
 from services.common.db import Connection, Database, fetch_one
 from services.common.districts import require_known_district, require_known_district_filter
-from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, invalid
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    invalid,
+)
 from services.common.idempotency import once_per_request
 from services.common.identity import same_person
 from services.common.interceptors import GuardedServer
@@ -71,7 +77,9 @@ def loan_to_proto(
     row: Mapping[str, Any] | asyncpg.Record,
     numbers: LoanFigures | None = None,
     tranches: Sequence[Mapping[str, Any]] = (),
+    as_of: date | None = None,
 ) -> pb.Loan:
+    """`as_of`: the day `numbers` are as of (none: an application's answer, no figures)."""
     numbers = numbers or LoanFigures()
     # A loan is in a delinquency bucket on the figures' date when it had principal
     # outstanding then, whatever its state today: not before its first tranche (the
@@ -108,6 +116,7 @@ def loan_to_proto(
         purpose=row["purpose"],
         tranches=[tranche_to_proto(t) for t in tranches],
         close_date=proto_date(row["close_date"]) if row.get("close_date") else None,
+        figures_as_of=proto_date(as_of) if as_of else None,
     )
 
 
@@ -129,8 +138,10 @@ def repayment_answer(
     )
     if answer.get("close_date"):  # this repayment closed the loan (migration 015)
         loan["close_date"] = date.fromisoformat(answer["close_date"])
+    # Answers stored before migration 022 said no date (their figures were the payment's).
+    as_of = date.fromisoformat(answer["as_of"]) if "as_of" in answer else None
     return pb.RecordRepaymentResponse(
-        loan=loan_to_proto(loan, LoanFigures.of(answer), answer["tranches"]),
+        loan=loan_to_proto(loan, LoanFigures.of(answer), answer["tranches"], as_of),
         repayment=pb.Repayment(
             transaction_id=answer["transaction_id"],
             amount_minor=request.amount_minor,
@@ -300,6 +311,20 @@ def _statement_line(row: asyncpg.Record) -> pb.LoanTransaction:
         reverses_transaction_id=row["reverses"] or "",
         reversed_by_transaction_id=row["reversed_by"] or "",
         record_time=timestamp(row["created_at"]),
+    )
+
+
+_LATEST_REVISION = """SELECT revision, effective_date, reason FROM schedule_revisions
+    WHERE loan_id = $1 ORDER BY revision DESC LIMIT 1"""
+
+
+def _before_revision(latest: asyncpg.Record, field: str, why: str) -> InvalidArgument:
+    """A date before the loan's schedule was last rebuilt (a tranche, a reschedule)."""
+    return invalid(
+        field,
+        f"must not be before {latest['effective_date']}, when the loan's schedule was "
+        f"rebuilt ({latest['reason']}): {why}",
+        "BEFORE_SCHEDULE_REVISION",
     )
 
 
@@ -869,7 +894,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     conn, request.loan_id, "APPROVED", "ACTIVE", request.disbursed_by, ""
                 )
             return pb.DisburseTrancheResponse(
-                loan=await self._loan_view(conn, request.loan_id, on),
+                loan=await self._loan_after(conn, loan, on),
                 tranche=tranche_to_proto(tranche),
             )
 
@@ -955,18 +980,11 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 "BEFORE_DISBURSEMENT",
             )
         if outcome == "BEFORE_SCHEDULE_REVISION":
-            rebuilt = await fetch_one(
-                self.db.pool,
-                """SELECT effective_date, reason FROM schedule_revisions WHERE loan_id = $1
-                   ORDER BY revision DESC LIMIT 1""",
-                request.loan_id,
-            )
-            raise invalid(
+            raise _before_revision(
+                await fetch_one(self.db.pool, _LATEST_REVISION, request.loan_id),
                 "payment_date",
-                f"must not be before {rebuilt['effective_date']}, when the loan's schedule "
-                f"was rebuilt ({rebuilt['reason']}): a payment dated earlier would count "
-                "against a schedule that did not include it; date it on or after that day",
-                "BEFORE_SCHEDULE_REVISION",
+                "a payment dated earlier would count against a schedule that did not include "
+                "it; date it on or after that day",
             )
         if outcome == "OVERPAYMENT":
             raise invalid(
@@ -1015,7 +1033,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             ],
         )
         return pb.RecordRepaymentResponse(
-            loan=await self._loan_view(conn, request.loan_id, paid_on),
+            loan=await self._loan_after(conn, loan, paid_on),
             repayment=pb.Repayment(
                 transaction_id=txn_id,
                 amount_minor=request.amount_minor,
@@ -1123,7 +1141,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     f"rebuilt, reversed ({reversal_id}): {request.reason}",
                 )
             return pb.ReverseRepaymentResponse(
-                loan=await self._loan_view(conn, request.loan_id, shown_on),
+                loan=await self._loan_after(conn, loan, shown_on),
                 reversal_transaction_id=reversal_id,
                 write_off_transaction_id=write_off_id,
                 schedule_revision=revision,
@@ -1150,11 +1168,15 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                     "must be less than new_term_months",
                     "GRACE_NOT_LESS_THAN_TERM",
                 )
-            latest = await conn.fetchval(
-                "SELECT max(revision) FROM schedule_revisions WHERE loan_id = $1",
-                request.loan_id,
-            )
-            revision = latest + 1
+            latest = await fetch_one(conn, _LATEST_REVISION, request.loan_id)
+            if effective < latest["effective_date"]:
+                raise _before_revision(
+                    latest,
+                    "effective_date",
+                    "a schedule taking effect earlier would replace it before it began, and "
+                    "it would never be in force",
+                )
+            revision = latest["revision"] + 1
             await self._insert_revision(
                 conn,
                 request.loan_id,
@@ -1180,7 +1202,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 f"rescheduled (revision {revision}): {request.reason}",
             )
             return pb.RescheduleLoanResponse(
-                loan=await self._loan_view(conn, request.loan_id, effective),
+                loan=await self._loan_after(conn, loan, effective),
                 schedule=await self._schedule_view(conn, request.loan_id, revision, effective),
             )
 
@@ -1213,9 +1235,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 request.requested_by,
                 f"delinquency paused {start} to {end}: {request.reason}",
             )
-            return pb.PauseDelinquencyResponse(
-                loan=await self._loan_view(conn, request.loan_id, end)
-            )
+            return pb.PauseDelinquencyResponse(loan=await self._loan_after(conn, loan, end))
 
         return await once_per_request(self.db, request, pb.PauseDelinquencyResponse, pause)
 
@@ -1305,9 +1325,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                 request.confirmed_by,
                 f"proposed by {proposal['proposed_by']}: {proposal['reason']}",
             )
-            return pb.ConfirmLoanWriteOffResponse(
-                loan=await self._loan_view(conn, request.loan_id, on)
-            )
+            return pb.ConfirmLoanWriteOffResponse(loan=await self._loan_after(conn, loan, on))
 
         return await once_per_request(self.db, request, pb.ConfirmLoanWriteOffResponse, confirm)
 
@@ -1411,14 +1429,21 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
 
     async def _loan_view(self, conn: Connection, loan_id: str, as_of: date) -> pb.Loan:
         row = await fetch_one(conn, figures.LOAN_VIEW_ONE, as_of, loan_id)
-        return loan_to_proto(row, LoanFigures.of(row), json.loads(row["tranches"]))
+        return loan_to_proto(row, LoanFigures.of(row), json.loads(row["tranches"]), as_of)
+
+    async def _loan_after(self, conn: Connection, loan: asyncpg.Record, on: date) -> pb.Loan:
+        """A mutation's answer: the loan as of the mutation's date `on`, or as of its latest
+        transaction when that is later (`loan` as read before the mutation): a payment or a
+        reversal recorded late shows everything recorded since, not a loan without them."""
+        latest = loan["last_value_date"]
+        return await self._loan_view(conn, loan["loan_id"], max(on, latest or on))
 
     @staticmethod
     async def _loan_views(conn: Connection, loan_ids: list[str], as_of: date) -> list[pb.Loan]:
         """Loans with their figures as of a date and their tranches, in the given order."""
         rows = {r["loan_id"]: r for r in await conn.fetch(figures.LOAN_VIEW, as_of, loan_ids)}
         return [
-            loan_to_proto(row, LoanFigures.of(row), json.loads(row["tranches"]))
+            loan_to_proto(row, LoanFigures.of(row), json.loads(row["tranches"]), as_of)
             for row in (rows[i] for i in loan_ids if i in rows)
         ]
 
@@ -1561,6 +1586,7 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
                      AND ($3::timestamptz IS NULL OR EXISTS (
                          SELECT 1 FROM ledger_transactions t
                          WHERE t.transaction_id = p.transaction_id AND t.created_at < $3))
+                     AND ($4::bigint IS NULL OR p.posting_id <= $4)
                    ), 0)::bigint AS repaid,
                  (SELECT write_off_date FROM write_offs WHERE loan_id = $1) AS written_off_on,
                  (SELECT coalesce(array_agg(start_date ORDER BY pause_id), '{}') FROM
@@ -1570,10 +1596,11 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             loan_id,
             as_of,
             rev.replaced_at,
+            rev.recorded_until,
         )
         written_off = context["written_off_on"] is not None and context["written_off_on"] <= as_of
-        # Repayments recorded after the replacement, even dated on or before its day,
-        # belong to the revisions after it.
+        # Repayments (and reversals) recorded after the replacement, even dated on or
+        # before its day, belong to the revisions after it.
         repaid = context["repaid"]
         if rev.repaid_when_superseded is not None:
             repaid = min(repaid, rev.repaid_when_superseded)
@@ -1645,7 +1672,10 @@ class _Revision:
         # When a revision from the same day replaced this one (owing a bounced payment
         # again, _owe_again): it is shown with what was recorded before then.
         self.replaced_at: datetime | None = row["replaced_at"]
-        # Principal repaid against the loan when the next revision replaced this one.
+        # Replaced by a later-dated revision: the last posting recorded until then.
+        self.recorded_until: int | None = row["recorded_until"]
+        # The same, for a revision replaced before revisions kept their last posting: the
+        # principal repaid against the loan then, as the next revision counted it.
         self.repaid_when_superseded: int | None = row["repaid_when_superseded"]
         self.instalments = instalments
 
@@ -1658,18 +1688,17 @@ class _Revision:
                             THEN n.effective_date END AS superseded_on,
                        CASE WHEN n.effective_date <= r.effective_date
                             THEN n.created_at END AS replaced_at,
-                       -- What was repaid when the next revision was made: the repayments
-                       -- posted before it; for a revision made before it kept its last
-                       -- posting, a reschedule's count (a tranche's said none). One
+                       -- The last posting recorded when a later revision replaced this
+                       -- one: it is read with the postings up to there, and no later
+                       -- one (a reversal recorded since, dated back, included). One
                        -- replaced from its own day is read by replaced_at instead.
-                       CASE WHEN n.effective_date <= r.effective_date THEN NULL
-                       WHEN n.last_posting_id IS NOT NULL THEN
-                           (SELECT coalesce(-sum(p.amount_minor), 0)::bigint FROM postings p
-                            WHERE p.loan_id = r.loan_id AND p.account = 'LOANS_RECEIVABLE'
-                              AND p.kind IN ('REPAYMENT', 'REPAYMENT_REVERSAL')
-                              AND p.posting_id <= n.last_posting_id)
-                       WHEN n.base_repaid_minor > 0 THEN n.base_repaid_minor
-                       END AS repaid_when_superseded
+                       CASE WHEN n.effective_date > r.effective_date
+                            THEN n.last_posting_id END AS recorded_until,
+                       -- A revision made before revisions kept their last posting: a
+                       -- reschedule's count of what was repaid (a tranche's said none).
+                       CASE WHEN n.effective_date > r.effective_date
+                             AND n.last_posting_id IS NULL AND n.base_repaid_minor > 0
+                            THEN n.base_repaid_minor END AS repaid_when_superseded
                    FROM schedule_revisions r
                    LEFT JOIN schedule_revisions n
                      ON n.loan_id = r.loan_id AND n.revision = r.revision + 1

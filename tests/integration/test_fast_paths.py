@@ -58,6 +58,28 @@ async def test_a_repayment_answers_with_the_loan_as_get_loan_shows_it(cluster: C
     assert await cluster.row_counts() == before
 
 
+async def test_a_payment_recorded_late_answers_with_everything_recorded_since(
+    cluster: Cluster,
+) -> None:
+    """A payment dated before one already recorded, which repays the loan in full, said
+    CLOSED_OBLIGATIONS_MET with 110,000 still outstanding: its figures were those of its
+    own day, before the later payment."""
+    loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
+    first = await cluster.lending.RecordRepayment(
+        repayment(loan.loan_id, 110_000, date(2026, 5, 10))
+    )
+    assert first.loan.figures_as_of == pdate(date(2026, 5, 10))
+    late = await cluster.lending.RecordRepayment(repayment(loan.loan_id, 10_000, date(2026, 4, 1)))
+    assert late.loan.state == pb.LOAN_STATE_CLOSED_OBLIGATIONS_MET
+    assert late.loan.outstanding_principal_minor == 0
+    assert late.loan.repaid_principal_minor == 120_000
+    assert late.loan.figures_as_of == late.loan.close_date == pdate(date(2026, 5, 10))
+    seen = await cluster.lending.GetLoan(
+        pb.GetLoanRequest(loan_id=loan.loan_id, as_of=pdate(date(2026, 5, 10)))
+    )
+    assert late.loan == seen.loan
+
+
 async def _entries(cluster: Cluster, subject: str) -> list[audit_pb.AuditEntry]:
     async with cluster.channel("lending", cluster.token_for("auditor", subject="aud-2")) as ch:
         response = await audit_grpc.AuditServiceStub(ch).ListAuditEntries(

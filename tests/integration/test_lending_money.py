@@ -302,6 +302,24 @@ async def test_a_schedule_replaced_by_a_tranche_shows_what_was_paid_against_it(
     assert sum(i.principal_paid_minor for i in now.schedule.instalments) == 50_000
     assert now.loan.repaid_principal_minor == 50_000
 
+    # The payment bounces. The answer shows the loan with both tranches (the reversal
+    # carries the payment's date, before the second), and revision 1 still reads as it
+    # stood when it was replaced: the reversal was recorded after.
+    reversed_ = await cluster.lending.ReverseRepayment(
+        reversal(loan.loan_id, paid.repayment.transaction_id)
+    )
+    assert reversed_.loan.figures_as_of == pdate(date(2026, 3, 1))
+    assert (reversed_.loan.disbursed_minor, reversed_.loan.outstanding_principal_minor) == (
+        500_000,
+        500_000,
+    )
+    after = (
+        await cluster.lending.GetRepaymentSchedule(
+            pb.GetRepaymentScheduleRequest(loan_id=loan.loan_id, revision=1)
+        )
+    ).schedule
+    assert after == first
+
 
 async def test_a_payment_dated_before_the_schedule_was_rebuilt_is_refused(
     cluster: Cluster,
@@ -338,6 +356,12 @@ async def test_a_payment_dated_before_the_schedule_was_rebuilt_is_refused(
     assert "when the loan's schedule was rebuilt (rescheduled: a flood took half the stock)" in (
         before_it.value.details() or ""
     )
+    # A second reschedule dated before the first: the first would never be in force.
+    back = cluster.lending.RescheduleLoan(reschedule(rescheduled.loan_id, date(2026, 7, 1), 18))
+    await _refused_without_writes(cluster, back, "effective_date", grpc.StatusCode.INVALID_ARGUMENT)
+    with pytest.raises(grpc.aio.AioRpcError) as back_again:
+        await cluster.lending.RescheduleLoan(reschedule(rescheduled.loan_id, date(2026, 7, 1), 18))
+    assert [v.reason for v in violations_in(back_again.value)] == ["BEFORE_SCHEDULE_REVISION"]
 
 
 async def test_fifty_concurrent_duplicates_have_exactly_one_effect(cluster: Cluster) -> None:

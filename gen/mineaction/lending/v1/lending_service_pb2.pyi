@@ -403,6 +403,7 @@ class Loan(_message.Message):
     RECOVERED_MINOR_FIELD_NUMBER: _builtins.int
     TRANCHES_FIELD_NUMBER: _builtins.int
     CLOSE_DATE_FIELD_NUMBER: _builtins.int
+    FIGURES_AS_OF_FIELD_NUMBER: _builtins.int
     loan_id: _builtins.str
     """Opaque loan id."""
     survivor_id: _builtins.str
@@ -469,6 +470,15 @@ class Loan(_message.Message):
         reopens a repaid loan unsets it).
         """
 
+    @_builtins.property
+    def figures_as_of(self) -> _date_pb2.Date:
+        """The day the amounts and days past due above are as of: the `as_of` asked for
+        (today in Baku by default); in a mutation's answer, the mutation's own date, or the
+        date of the loan's latest transaction when that is later, so a payment recorded
+        late is shown with everything recorded since (and a loan it closed owes nothing).
+        Unset where the loan carries no figures (an application's answers).
+        """
+
     def __init__(
         self,
         *,
@@ -498,10 +508,11 @@ class Loan(_message.Message):
         recovered_minor: _builtins.int = ...,
         tranches: _abc.Iterable[Global___Tranche] | None = ...,
         close_date: _date_pb2.Date | None = ...,
+        figures_as_of: _date_pb2.Date | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["close_date", b"close_date", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_date", b"close_date", "create_time", b"create_time", "figures_as_of", b"figures_as_of", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "borrower_age_band", b"borrower_age_band", "borrower_sex", b"borrower_sex", "bucket", b"bucket", "close_date", b"close_date", "committee_decision_ref", b"committee_decision_ref", "create_time", b"create_time", "currency_code", b"currency_code", "days_past_due", b"days_past_due", "disbursed_minor", b"disbursed_minor", "district_code", b"district_code", "fund_id", b"fund_id", "loan_id", b"loan_id", "outstanding_principal_minor", b"outstanding_principal_minor", "principal_minor", b"principal_minor", "product_id", b"product_id", "product_version", b"product_version", "purpose", b"purpose", "recovered_minor", b"recovered_minor", "repaid_principal_minor", b"repaid_principal_minor", "state", b"state", "submitted_by", b"submitted_by", "survivor_id", b"survivor_id", "tranches", b"tranches", "update_time", b"update_time", "written_off_minor", b"written_off_minor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "borrower_age_band", b"borrower_age_band", "borrower_sex", b"borrower_sex", "bucket", b"bucket", "close_date", b"close_date", "committee_decision_ref", b"committee_decision_ref", "create_time", b"create_time", "currency_code", b"currency_code", "days_past_due", b"days_past_due", "disbursed_minor", b"disbursed_minor", "district_code", b"district_code", "figures_as_of", b"figures_as_of", "fund_id", b"fund_id", "loan_id", b"loan_id", "outstanding_principal_minor", b"outstanding_principal_minor", "principal_minor", b"principal_minor", "product_id", b"product_id", "product_version", b"product_version", "purpose", b"purpose", "recovered_minor", b"recovered_minor", "repaid_principal_minor", b"repaid_principal_minor", "state", b"state", "submitted_by", b"submitted_by", "survivor_id", b"survivor_id", "tranches", b"tranches", "update_time", b"update_time", "written_off_minor", b"written_off_minor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
