@@ -4,14 +4,20 @@ is not finite (NaN, an infinity: JSON, and so jsonb, has none). A request carryi
 refused as INVALID_ARGUMENT on that field, before any handler runs; it failed as INTERNAL
 at the insert.
 
-A NUL shows in the request's encoding as a zero byte, so a request is walked only when
-its bytes hold one, or when its type has a floating-point field (a NaN's bytes need hold
-no zero byte).
+Text with a control character other than tab, line feed and carriage return (escape
+U+001B, bell, backspace, delete, the C1 controls U+0080-U+009F) is refused the same way:
+stored, it reached the terminals of staff reading statements and histories, where an
+escape sequence can clear the screen, recolour it or forge a line.
+
+A NUL shows in the request's encoding as a zero byte, so a request whose type has no text
+field is walked only when its bytes hold one, or when its type has a floating-point field
+(a NaN's bytes need hold no zero byte).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from functools import cache
 from typing import Any
 
@@ -21,17 +27,25 @@ from google.protobuf.message import Message
 from services.common.errors import FieldViolation
 
 NUL = "\x00"
+# Controls but tab, line feed and carriage return; NUL has a message of its own.
+_CONTROL = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+_WALKED = (
+    FieldDescriptor.TYPE_DOUBLE,
+    FieldDescriptor.TYPE_FLOAT,
+    FieldDescriptor.TYPE_STRING,
+)
 
 
 def may_hold_unstorable(request: Message) -> bool:
-    return _holds_floats(request.DESCRIPTOR) or b"\x00" in request.SerializeToString()
+    return _must_walk(request.DESCRIPTOR) or b"\x00" in request.SerializeToString()
 
 
 @cache
-def _holds_floats(descriptor: Descriptor) -> bool:
-    """Whether a message of this type, at any depth, has a floating-point field (a
-    `data` object's numbers): a NaN's eight bytes need not hold a zero, so such a request
-    is always walked."""
+def _must_walk(descriptor: Descriptor) -> bool:
+    """Whether a message of this type, at any depth, has a text field (a control
+    character's bytes are not told apart from the encoding's own) or a floating-point
+    one (a `data` object's numbers: a NaN's eight bytes need not hold a zero)."""
     seen: set[str] = set()
     todo = [descriptor]
     while todo:
@@ -40,7 +54,7 @@ def _holds_floats(descriptor: Descriptor) -> bool:
             continue
         seen.add(message.full_name)
         for field in message.fields:
-            if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+            if field.type in _WALKED:
                 return True
             if field.message_type is not None:
                 todo.append(field.message_type)
@@ -88,6 +102,15 @@ def _of_value(value: Any, path: str) -> list[FieldViolation]:
     if isinstance(value, str) and NUL in value:
         return [
             FieldViolation(path, "must not contain the NUL character (U+0000)", "string.no_nul")
+        ]
+    if isinstance(value, str) and (control := _CONTROL.search(value)):
+        return [
+            FieldViolation(
+                path,
+                f"must not contain control characters (U+{ord(control.group()):04X} found): "
+                "only tab and line breaks are allowed in text",
+                "string.no_control",
+            )
         ]
     if isinstance(value, float) and not math.isfinite(value):
         return [FieldViolation(path, "must be a finite number", "double.finite")]

@@ -230,6 +230,20 @@ async def test_values_postgresql_cannot_store_are_invalid_argument_on_their_fiel
     cases: list[tuple[Any, Message, str, str]] = [
         (cluster.lending.SubmitLoanApplication, _application(purpose="ab\x00cd"), "purpose",
          "string.no_nul"),
+        # An escape sequence in free text reached staff terminals: the screen cleared, a
+        # line forged in a statement.
+        (cluster.lending.ReverseRepayment,
+         lending_service_pb2.ReverseRepaymentRequest(
+             request_id=request_id(), loan_id="loan-0001", transaction_id="txn-0001",
+             reason="bounced\x1b[2J\x1b[31m\r\nFAKE LINE", reversed_by="acc-07"),
+         "reason", "string.no_control"),
+        (cluster.lending.SubmitLoanApplication, _application(purpose="loom\x07\x9b31m"),
+         "purpose", "string.no_control"),
+        (cluster.assistance.AdvanceAssistance,
+         assistance_service_pb2.AdvanceAssistanceRequest(
+             request_id=request_id(), assistance_id="asst-0001", action="deliver",
+             data=_data(note="left at the door\x08\x08\x08")),
+         "data.note", "string.no_control"),
         (cluster.eligibility.RegisterSurvivor, register_request(intake),
          f"intake.injuries[{len(intake.injuries) - 1}]", "string.no_nul"),
         (cluster.assistance.RequestAssistance,
