@@ -50,8 +50,11 @@ _SESSIONS_SCHEMA: Mapping[str, Any] = {
     "type": "object",
     "properties": {ATTENDANCE_KEY: {"type": "integer", "minimum": 1}},
     "required": [ATTENDANCE_KEY],
+    "additionalProperties": False,
 }
-EMPTY_SCHEMA: Mapping[str, Any] = {"type": "object"}
+# An action that declares no data takes none: keys it never reads would be stored in the
+# item's history as given (free text, perhaps about the person).
+EMPTY_SCHEMA: Mapping[str, Any] = {"type": "object", "additionalProperties": False}
 
 
 class PluginError(Exception):

@@ -105,6 +105,16 @@ async def refresh_need(conn: Connection, need_id: str, *, met: bool = False) -> 
     )
 
 
+async def _provider_kind(conn: Connection, provider_id: str) -> str:
+    """A provider's kind; NOT_FOUND for one the programme does not know."""
+    kind: str | None = await conn.fetchval(
+        "SELECT kind FROM providers WHERE provider_id = $1", provider_id
+    )
+    if kind is None:
+        raise NotFound(f"provider {provider_id} not found", reason="NO_PROVIDER")
+    return kind
+
+
 def _check_provider_kind(plugin: AssistanceTypePlugin, provider_id: str, kind: str) -> None:
     """FAILED_PRECONDITION unless the provider is of a kind that delivers the type."""
     if plugin.provider_kinds and kind not in plugin.provider_kinds:
@@ -429,13 +439,8 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             provider_id = pool.provider_id  # its pool was checked to deliver the type
         elif request.provider_id:
             provider_id = request.provider_id
-            kind = await conn.fetchval(
-                "SELECT kind FROM providers WHERE provider_id = $1", provider_id
-            )
-            if kind is None:
-                raise NotFound(f"provider {provider_id} not found", reason="NO_PROVIDER")
             # Referred straight to a provider, as to a pool's: one that delivers the type.
-            _check_provider_kind(plugin, provider_id, kind)
+            _check_provider_kind(plugin, provider_id, await _provider_kind(conn, provider_id))
         else:
             return None
         if not request.referral_consent:
@@ -463,6 +468,8 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             conn, plugin.type_id, request.provider_id, quantity
         )
         if pool_id is None:
+            if request.provider_id:  # an unknown provider has no pool: say which it is
+                await _provider_kind(conn, request.provider_id)
             raise FailedPrecondition(
                 f"no capacity pool can take {plugin.type_id}"
                 + (f" at provider {request.provider_id}" if request.provider_id else ""),
@@ -862,11 +869,7 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             )
 
         async def create(conn: Connection) -> pb.CreateCapacityPoolResponse:
-            kind = await conn.fetchval(
-                "SELECT kind FROM providers WHERE provider_id = $1", request.provider_id
-            )
-            if kind is None:
-                raise NotFound(f"provider {request.provider_id} not found")
+            kind = await _provider_kind(conn, request.provider_id)
             _check_provider_kind(plugin, request.provider_id, kind)
             created = await capacity.insert_pool(
                 conn,

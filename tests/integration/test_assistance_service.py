@@ -878,6 +878,14 @@ async def test_an_illegal_transition_is_refused_and_changes_nothing(cluster: Clu
         cluster, advance(stub, chair.assistance_id, "teleport"), grpc.StatusCode.INVALID_ARGUMENT
     )
     assert "no action 'teleport'" in violations(error)["action"]
+    # Keys an action does not read were stored in the item's history as given.
+    for action, data in (("allocate_from_stock", {"bogus": 1}), ("cancel", {"why": "moved"})):
+        error = await assert_writes_nothing(
+            cluster,
+            advance(stub, chair.assistance_id, action, **data),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert any(field.startswith("data") for field in violations(error)), violations(error)
     await advance(stub, chair.assistance_id, "cancel")
     await assert_writes_nothing(
         cluster, advance(stub, chair.assistance_id, "cancel"), grpc.StatusCode.FAILED_PRECONDITION
@@ -895,6 +903,14 @@ async def test_missing_records_are_not_found(cluster: Cluster) -> None:
         advance(stub, "ast-missing", "cancel"),
     ):
         await assert_writes_nothing(cluster, call, grpc.StatusCode.NOT_FOUND)
+    # A provider the programme does not know is not found, not a provider without a pool
+    # (FAILED_PRECONDITION NO_CAPACITY_POOL said the request could go through one day).
+    need = await record_need(cluster, "wheelchair")
+    unknown = request(
+        stub, need.need_id, provider_id="nobody-clinic", data=struct(seat_width_cm=44)
+    )
+    error = await assert_writes_nothing(cluster, unknown, grpc.StatusCode.NOT_FOUND)
+    assert reason_of(error) == "NO_PROVIDER"
 
 
 # --- idempotency ----------------------------------------------------------------------
