@@ -748,12 +748,17 @@ def journey_start(
             async with context.assistance(settings, token) as assist:
                 with calling("assistance", settings.assistance_address):
                     known = await catalogue.load(assist, TIMEOUT)
-            for plan in plans:
-                known.check_plan(plan.type_id, plan.data, plan.provider_id, plan.capacity_pool_id)
+                for plan in plans:
+                    known.check_plan(
+                        plan.type_id, plan.data, plan.provider_id, plan.capacity_pool_id
+                    )
         client = await context.temporal_client(settings)
         earlier = await _journeys_of(client, sid, settings.effective_temporal_address)
         if earlier and earlier[-1].state == "RUNNING":
             raise CliError(f"the journey {earlier[-1].workflow_id} is already running")
+        if plans:  # no second item beside one still under way
+            async with context.assistance(settings, token) as assist:
+                await _no_item_under_way(assist, known, sid, {p.type_id for p in plans})
         if earlier or loan is not None or followed:  # no second loan beside an open one
             await _no_open_loan(sid, earlier[-1] if earlier else None, followed)
         if resume is not None:  # follow-ups an earlier journey recorded for it are done
@@ -955,6 +960,36 @@ async def _no_open_loan(
             f"{before}: a new journey is started once it is closed (repaid, written off, "
             "rejected or withdrawn), or to follow an ACTIVE one (--follow-loan); see "
             "docs/cli.md"
+        )
+
+
+async def _no_item_under_way(
+    assist: Any, known: catalogue.Catalogue, survivor_id: str, types: set[str]
+) -> None:
+    """A journey is refused an assistance type the survivor already has an item of under
+    way: one an earlier journey left running when it ended (terminated, failed), or one
+    requested outside any journey. The new journey would record a second need and reserve
+    a second place or unit for the same survivor."""
+
+    def fetch(token: str) -> Awaitable[assistance_pb.ListAssistanceResponse]:
+        request = assistance_pb.ListAssistanceRequest(
+            survivor_id=survivor_id, page_size=500, page_token=token
+        )
+        return assist.ListAssistance(request, timeout=TIMEOUT)  # type: ignore[no-any-return]
+
+    with calling("assistance", context.settings().assistance_address):
+        under_way = [
+            item
+            async for page in pages(fetch)
+            for item in page.assistance
+            if item.type_id in types and not known.is_terminal(item.type_id, item.state)
+        ]
+    if under_way:
+        items = ", ".join(f"{i.type_id} {i.assistance_id} ({i.state})" for i in under_way)
+        raise CliError(
+            f"survivor {survivor_id} already has {items} under way: a new journey requests "
+            "it once that item has ended; take its steps, or cancel it, with `mineaction "
+            f"journey assist {survivor_id} TYPE ACTION`"
         )
 
 
@@ -1681,8 +1716,8 @@ def journey_assist(
                 raise BadInput("refresh takes no --data")
         else:
             known.check_step(kind, step, step_data)
-        client, latest, _ = await _latest_journey(sid)
-        workflow_id = assistance_workflow_id(latest.workflow_id, kind)
+        client, latest, earlier = await _latest_journey(sid)
+        workflow_id = await _item_under_way(client, [latest, *reversed(earlier)], kind)
         try:
             state: AssistanceState = await _send_update(
                 client.get_workflow_handle(workflow_id),
@@ -1700,6 +1735,27 @@ def journey_assist(
         render.line(f"{kind} of {sid}: {done} by {who}; now {render.assistance_state(state)}")
 
     run(go())
+
+
+async def _item_under_way(client: Client, journeys: Sequence[JourneyRecord], kind: str) -> str:
+    """The workflow of the survivor's `kind` item that is under way, newest journey first:
+    an item outlives a journey that ended (terminated, failed) while it went on, and is
+    still taken to its end from here. With none running, the current journey's."""
+    address = context.settings().effective_temporal_address
+    for journey in journeys:
+        workflow_id = assistance_workflow_id(journey.workflow_id, kind)
+        try:
+            with temporal(address, f"the {kind} item {workflow_id}"):
+                described = await client.get_workflow_handle(workflow_id).describe(
+                    rpc_timeout=RPC_TIMEOUT
+                )
+        except CliError as error:
+            if str(error).endswith("was not found"):
+                continue
+            raise
+        if described.status == WorkflowExecutionStatus.RUNNING:
+            return workflow_id
+    return assistance_workflow_id(journeys[0].workflow_id, kind)
 
 
 async def _not_requested(client: Client, journey_id: str, kind: str) -> CliError | None:

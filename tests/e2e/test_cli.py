@@ -84,7 +84,6 @@ from workers.journey.model import (
     Stage,
     TranchePlan,
     WriteOffDecision,
-    assistance_workflow_id,
     journey_workflow_id,
 )
 from workers.journey.worker import build_worker
@@ -2099,10 +2098,32 @@ async def test_journey_status_reads_the_assistance_service_now(
         )  # fmt: skip
         assert one_error_line(refused) == "error: refresh takes no --data"
         assert refused.exit_code == 2
-        await handle.terminate("the test is over")
-        await dev_client.get_workflow_handle(
-            assistance_workflow_id(handle.id, "wheelchair")
-        ).terminate("the test is over")
+
+        # The journey is ended by hand while its wheelchair item goes on. A new journey
+        # would record a second need and reserve a second wheelchair: refused, naming the
+        # item; the item is still reached, and cancelled, from the CLI.
+        await handle.terminate("ended by an operator")
+        again = await mineaction(
+            cli_env, "journey", "start", survivor_id, "--case-worker", "cw-01",
+            "--assistance", f"wheelchair:baku-mobility-aids:{pool}",
+            "--data", "wheelchair:seat_width_cm=44",
+        )  # fmt: skip
+        assert again.exit_code == 1, again
+        assert (
+            f"already has wheelchair {item.assistance_id} (fitting_assessment) under way"
+            in one_error_line(again)
+        ), again
+        with pytest.raises(RPCError):  # nothing was started
+            await dev_client.get_workflow_handle(journey_workflow_id(survivor_id, 2)).describe()
+        ran = await mineaction(
+            cli_env, "journey", "assist", survivor_id, "wheelchair", "cancel", "--actor", "cw-01"
+        )
+        assert ran.exit_code == 0, ran
+        assert "now Cancelled" in ran.stdout or "cancelled" in ran.stdout.lower(), ran
+        ended = await cluster.assistance.GetAssistance(
+            assistance_pb.GetAssistanceRequest(assistance_id=item.assistance_id)
+        )
+        assert ended.assistance.state == "cancelled"
 
 
 @pytest.mark.timeout(120)
