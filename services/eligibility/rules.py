@@ -401,8 +401,10 @@ class RuleSet:
         if program is None:
             parts = [r.expression for r in self.rules if not missing.intersection(r.needs)]
             parts += [c.expression for c in self.priority]
+            # Each part on lines of its own: a `//` comment ending one ends with its line,
+            # and does not swallow the parts after it.
             program = self._combined[missing] = cel.compile(
-                "[" + ", ".join(f"({part})" for part in parts) + "]"
+                "[" + ",".join(f"(\n{part}\n)" for part in parts) + "]"
             )
         return program
 
@@ -700,7 +702,9 @@ class _Positions:
         nearest thing holding it is."""
         where = path
         while where and where not in self.marks:
-            where = _PARENT.sub("", where)
+            # One step up; a top-level key (no dot or index left) is held by the root.
+            parent = _PARENT.sub("", where)
+            where = parent if parent != where else ""
         line, column = self.marks.get(where, (0, 0))
         return Problem(path, message, line, column)
 
@@ -964,6 +968,7 @@ def _load_rules(
         loader.fail("rules", "rules is required (a non-empty list)")
         return []
     rules, seen = [], set()
+    decided: set[str] = set()
     for index, spec in enumerate(raw):
         path = f"rules[{index}]"
         if not isinstance(spec, dict):
@@ -977,6 +982,7 @@ def _load_rules(
             # An empty id dropped the rule silently, and with it a condition of the loan.
             loader.fail(f"{path}.id", f"rule id {rule_id!r}: lower-case letters, digits and _")
         targets = loader.get(spec, "programmes", path, list) or []
+        decided.update(target for target in targets if isinstance(target, str))
         if not targets and not loader.published:
             loader.fail(f"{path}.programmes", "a rule decides at least one programme")
         for target in targets:
@@ -988,7 +994,11 @@ def _load_rules(
         expression = spec.get("expression")
         program = loader.compile(expression, f"{path}.expression")
         needs = spec.get("needs", [])
-        for need in needs if isinstance(needs, list) else []:
+        if not isinstance(needs, list):
+            # A single name (`needs: self_care`) was read letter by letter.
+            loader.fail(f"{path}.needs", "needs is a list of facts, e.g. [self_care]")
+            needs = []
+        for need in needs:
             if need not in FACT_SAMPLES:
                 loader.fail(f"{path}.needs", f"unknown fact {need}")
         explain = spec.get("explain") or {}
@@ -1015,6 +1025,10 @@ def _load_rules(
                 explain_fail,
             )
         )
+    for programme in programmes:
+        if programme not in decided and not loader.published:
+            # Nothing would refuse it: every survivor came out eligible.
+            loader.fail(f"programmes.{programme}", f"no rule decides programme {programme}")
     return rules
 
 

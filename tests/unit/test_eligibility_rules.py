@@ -768,3 +768,39 @@ def test_codes_and_lists_are_said_in_the_explanations_language() -> None:
         "kişi partlamamış hərbi sursat Azərbaycan dili, ingilis dili (yoxdur)."
     ), said
     assert said.explanation.en == "male explosive remnants of war Azerbaijani, English (none)."
+
+
+def test_a_rule_set_missing_a_top_level_key_is_refused_at_once() -> None:
+    """A rule set cut short (no `priority`, `rules`...) sent the loader looking for where
+    the key should have been for ever: the service spun at full CPU and answered no one."""
+    with pytest.raises(rules.RuleSetError) as caught:
+        rules.load("rule_set_id: reintegration\n")
+    said = {p.path: p.message for p in caught.value.problems}
+    assert said["priority"] == "priority needs a list of components", said
+    assert (caught.value.problems[0].line, caught.value.problems[0].column) == (1, 1)
+    with pytest.raises(rules.RuleSetError):
+        rules.load(SHIPPED[:300])
+
+
+def test_a_comment_ending_an_expression_ends_with_its_line() -> None:
+    """`// ...` at the end of one expression swallowed the others in the combined program:
+    INTERNAL for every survivor it applied to, after the version was published."""
+    rule_set = rules.load(
+        SHIPPED.replace("expression: cognition <= 1", "expression: cognition <= 1 // lenient", 1)
+    )
+    assert rules.evaluate(rule_set, _FARMER_FACTS, date(2026, 3, 1)) == rules.evaluate(
+        rules.load(SHIPPED), _FARMER_FACTS, date(2026, 3, 1)
+    )
+
+
+def test_a_programme_no_rule_decides_and_needs_not_a_list_are_refused() -> None:
+    """A programme with no rule made every survivor eligible for it; `needs: self_care`
+    was read letter by letter (every survivor sent to review for the data 's', 'e'...)."""
+    source = SHIPPED.replace(
+        "programmes:\n", "programmes:\n  housing_grant: {en: Housing grant, az: Mənzil qrantı}\n", 1
+    ).replace("needs: [self_care]", "needs: self_care", 1)
+    with pytest.raises(rules.RuleSetError) as caught:
+        rules.load(source)
+    said = {p.path: p.message for p in caught.value.problems}
+    assert said["programmes.housing_grant"] == "no rule decides programme housing_grant", said
+    assert any(m.startswith("needs is a list of facts") for m in said.values()), said
