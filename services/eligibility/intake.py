@@ -57,8 +57,8 @@ def age_band(age: int) -> int:
 
 
 def intake_violations(intake: pb.SurvivorIntake, today: date, field: str) -> list[FieldViolation]:
-    """What protovalidate cannot check: the district list, and dates against today (the
-    programme's date in Baku) and the date of birth."""
+    """What protovalidate cannot check: the district list, and dates (and a business's
+    years) against today (the programme's date in Baku) and the date of birth."""
     violations = district_violations(intake.district_code, f"{field}.district_code")
     born = from_proto_date(intake.date_of_birth)
     if born > today:
@@ -68,6 +68,18 @@ def intake_violations(intake: pb.SurvivorIntake, today: date, field: str) -> lis
     if from_proto_date(intake.incident_date) > today:
         violations.append(
             FieldViolation(f"{field}.incident_date", "must not be in the future", "date.past")
+        )
+    if (
+        intake.HasField("existing_business")
+        and born <= today
+        and intake.existing_business.years_operating > years_between(born, today)
+    ):
+        violations.append(
+            FieldViolation(
+                f"{field}.existing_business.years_operating",
+                "must not exceed the survivor's age in years",
+                "years.within_age",
+            )
         )
     if intake.consent.HasField("recorded_on"):
         consented = from_proto_date(intake.consent.recorded_on)

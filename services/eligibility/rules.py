@@ -23,6 +23,7 @@ import yaml
 
 from services.common.districts import known_districts
 from services.common.money import manat
+from services.common.text import has_control_or_format, visible
 
 Outcome = Literal["ELIGIBLE", "NOT_ELIGIBLE", "NEEDS_REVIEW"]
 OUTCOMES: tuple[Outcome, ...] = ("ELIGIBLE", "NOT_ELIGIBLE", "NEEDS_REVIEW")
@@ -604,10 +605,18 @@ def _decide(
 # --- loading and checking --------------------------------------------------------------
 
 
+# A number YAML 1.1 reads in another base: 030000 as octal (12,288), 0x12, 0b11.
+_OTHER_BASE = re.compile(r"^[-+]?(?:0[0-9_]+|0[xX][0-9a-fA-F_]+|0[bB][01_]+|0o[0-7_]+)$")
+_OTHER_BASE_TAG = "tag:mineaction.az,2026:other-base"
+_BASE_10_INT = re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$")
+
+
 def _base_10_only() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
     """SafeLoader's implicit types without YAML 1.1's base-60 numbers (`1:30` as 90): a
     long run of them (`1:1:1:...`) takes seconds to convert, and a rule set has no use
-    for them; such a scalar stays text."""
+    for them; such a scalar stays text. Nor its octal, hex and binary whole numbers: a
+    value written 030000 was read as 12,288 qəpik; such a scalar is refused where it
+    stands (_OTHER_BASE)."""
     sexagesimal = (
         r"|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+",
         r"|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*",
@@ -616,11 +625,16 @@ def _base_10_only() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
     for first, pairs in yaml.SafeLoader.yaml_implicit_resolvers.items():
         kept = []
         for tag, pattern in pairs:
+            if tag == "tag:yaml.org,2002:int":
+                kept.append((tag, _BASE_10_INT))
+                continue
             source = pattern.pattern
             for alternative in sexagesimal:
                 source = source.replace(alternative, "")
             kept.append((tag, re.compile(source, pattern.flags)))
         resolvers[first] = kept
+    for first in "-+0":
+        resolvers.setdefault(first, []).append((_OTHER_BASE_TAG, _OTHER_BASE))
     return resolvers
 
 
@@ -644,6 +658,13 @@ class _RuleSetYaml(_MarkedSafeLoader):
 
     yaml_implicit_resolvers = _base_10_only()
 
+    def construct_other_base(self, node: yaml.Node) -> Any:
+        message = (
+            f"{node.value} is not a number in base 10: write it without a leading zero, "
+            "0x or 0b (YAML would read it in another base: 030000 as 12288)"
+        )
+        raise yaml.constructor.ConstructorError(None, None, message, node.start_mark)
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         """A key given twice is refused where it is given again: YAML would keep the
         last one silently (an `expression` written twice decides by the second)."""
@@ -662,6 +683,9 @@ class _RuleSetYaml(_MarkedSafeLoader):
             message = "aliases (*name) are not allowed in a rule set"
             raise yaml.composer.ComposerError(None, None, message, mark)
         return super().compose_node(parent, index)
+
+
+_RuleSetYaml.add_constructor(_OTHER_BASE_TAG, _RuleSetYaml.construct_other_base)
 
 
 def parse_yaml(source: str, *, published: bool = False) -> Any:
@@ -736,7 +760,20 @@ class _Loader:
         ):
             self.fail(path, "needs both en and az text")
             return Text("", "")
+        for language in ("en", "az"):
+            self.shown(data[language], f"{path}.{language}")
         return Text(data["en"], data["az"])
+
+    def shown(self, value: str, path: str) -> None:
+        """Text a survivor or staff read: not blank (only spaces, " " passed as an
+        explanation) and without control or invisible formatting characters (a NUL, a
+        right-to-left override turning the sentence around). Line breaks are text."""
+        if self.published:
+            return
+        if not visible(value):
+            self.fail(path, "must not be blank: not only spaces or invisible characters")
+        elif has_control_or_format(value.replace("\n", "")):
+            self.fail(path, "must not contain control or invisible formatting characters")
 
     def compile(self, expression: Any, path: str) -> Any:
         if not isinstance(expression, str) or not expression.strip():
@@ -856,12 +893,19 @@ def _load_parameters(
             continue
         unit = loader.get(spec, "unit", path, str)
         policy_ref = loader.get(spec, "policy_ref", path, str)
+        for key, value in (("unit", unit), ("policy_ref", policy_ref)):
+            if value is not None:  # a blank one dropped the parameter without a word
+                loader.shown(value, f"{path}.{key}")
         before = len(loader.problems)
         periods: list[tuple[int, Period]] = []  # with each value's place in the YAML
         for index, entry in enumerate(loader.get(spec, "values", path, list) or []):
             where = f"{path}.values[{index}]"
             if not isinstance(entry, dict) or "value" not in entry:
                 loader.fail(where, "each value needs from and value")
+                continue
+            if entry["value"] is None and not loader.published:
+                # Nothing to type-check at load: it failed at every assessment instead.
+                loader.fail(f"{where}.value", "value is required: null is no value")
                 continue
             start, end = entry.get("from"), entry.get("until")
             if not _is_day(start) or (end is not None and not _is_day(end)):

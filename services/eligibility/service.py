@@ -103,6 +103,18 @@ def facts_of_case(intake_data: dict[str, Any], day: date) -> dict[str, Any]:
     return intake_mod.facts(survivor, day)
 
 
+async def _unknown_rule_set(conn: Connection, rule_set_id: str) -> InvalidArgument:
+    """A candidate naming no published rule set: its rules would decide no assessment."""
+    known = await conn.fetch("SELECT DISTINCT rule_set_id FROM rule_sets ORDER BY 1")
+    return invalid(
+        "source_yaml",
+        f"rule_set_id {rule_set_id!r} names no published rule set; "
+        "publish a new version of one the service decides with: "
+        + ", ".join(r["rule_set_id"] for r in known),
+        "UNKNOWN_RULE_SET",
+    )
+
+
 def rule_set_error(error: rules.RuleSetError) -> InvalidArgument:
     return InvalidArgument(
         f"the rule set is not valid: {error}",
@@ -551,14 +563,7 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
             )
             if latest is None:
                 # A new id (a typo above all) would publish rules no assessment ever uses.
-                known = await conn.fetch("SELECT DISTINCT rule_set_id FROM rule_sets ORDER BY 1")
-                raise invalid(
-                    "source_yaml",
-                    f"rule_set_id {rule_set.rule_set_id!r} names no published rule set; "
-                    "publish a new version of one the service decides with: "
-                    + ", ".join(r["rule_set_id"] for r in known),
-                    "UNKNOWN_RULE_SET",
-                )
+                raise await _unknown_rule_set(conn, rule_set.rule_set_id)
             if same_rules(latest["source_yaml"], request.source_yaml):
                 raise FailedPrecondition(
                     f"rule set {rule_set.rule_set_id} version {latest['version']} already says "
@@ -599,6 +604,11 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         except rules.RuleSetError as error:
             raise rule_set_error(error) from None
         max_examples = request.max_examples or 5
+        if not await self.db.pool.fetchval(
+            "SELECT EXISTS (SELECT FROM rule_sets WHERE rule_set_id = $1)", candidate.rule_set_id
+        ):  # a typo of the id: "no changes" would say nothing of the rules
+            async with self.db.pool.acquire() as conn:
+                raise await _unknown_rule_set(conn, candidate.rule_set_id)
         changed: dict[str, list[pb.DecisionChangeExample]] = {}
         counts: dict[str, int] = {}
         evaluated = 0

@@ -336,6 +336,10 @@ async def test_names_and_codes_with_invisible_characters_are_refused(cluster: Cl
     no_sector = saatli_fish_farmer()
     no_sector.existing_business.sector = "\t"
     no_sector.existing_business.years_operating = 2
+    # A right-to-left override turned the sector around wherever it was shown.
+    overridden_sector = saatli_fish_farmer()
+    overridden_sector.existing_business.sector = "bee\u202ekeeping"
+    overridden_sector.existing_business.years_operating = 2
     before = await cluster.row_counts()
     for rpc, request, expected in (
         (cluster.lending.SubmitLoanApplication, _application(purpose="\u200b "), {"purpose"}),
@@ -347,6 +351,11 @@ async def test_names_and_codes_with_invisible_characters_are_refused(cluster: Cl
         (
             cluster.eligibility.RegisterSurvivor,
             register_request(no_sector),
+            {"intake.existing_business.sector"},
+        ),
+        (
+            cluster.eligibility.RegisterSurvivor,
+            register_request(overridden_sector),
             {"intake.existing_business.sector"},
         ),
         (cluster.lending.WithdrawLoan, blank_reason, {"reason"}),

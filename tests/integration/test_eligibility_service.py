@@ -3,6 +3,7 @@ explanations in both languages, pinning to a rule-set version, publishing, what-
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from datetime import date, timedelta
@@ -152,6 +153,11 @@ def _empty_household(i: pb.SurvivorIntake) -> None:
     i.dependants = 0
 
 
+def _business_older_than_its_owner(i: pb.SurvivorIntake) -> None:
+    i.existing_business.sector = "beekeeping"
+    i.existing_business.years_operating = 70  # born 1981
+
+
 def _oversized(i: pb.SurvivorIntake) -> None:
     i.injuries.extend(["x" * 64] * 10)
     i.injuries.extend(["y" * 60_000] * 20)
@@ -180,6 +186,7 @@ async def test_a_missing_choice_says_it_is_required(cluster: Cluster) -> None:
         (_consent_by_nobody, "intake.consent.recorded_by"),
         (_unknown_district, "intake.district_code"),
         (_empty_household, "intake.household_size"),
+        (_business_older_than_its_owner, "intake.existing_business.years_operating"),
         (_oversized, "(body)"),
     ],
     ids=[
@@ -193,6 +200,7 @@ async def test_a_missing_choice_says_it_is_required(cluster: Cluster) -> None:
         "consent-by-nobody",
         "unknown-district",
         "household-0",
+        "business-older-than-its-owner",
         "oversized",
     ],
 )
@@ -490,13 +498,33 @@ async def test_a_rule_set_of_an_unknown_id_is_refused(cluster: Cluster) -> None:
     """A typo in rule_set_id would publish rules that no assessment ever uses."""
     source = SHIPPED.replace("rule_set_id: reintegration", "rule_set_id: reintegraton", 1)
     before = await cluster.row_counts()
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await publish(cluster, source)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    [violation] = violations_in(caught.value)
-    assert (violation.field, violation.reason) == ("source_yaml", "UNKNOWN_RULE_SET")
-    assert "one the service decides with: reintegration" in violation.description
+    # The what-if too: it said "no changes", there being no assessments under that id.
+    for call in (
+        publish(cluster, source),
+        cluster.eligibility.SimulateRuleSet(pb.SimulateRuleSetRequest(source_yaml=source)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        [violation] = violations_in(caught.value)
+        assert (violation.field, violation.reason) == ("source_yaml", "UNKNOWN_RULE_SET")
+        assert "one the service decides with: reintegration" in violation.description
     assert await cluster.row_counts() == before
+
+
+async def test_a_rule_set_missing_a_key_is_refused_and_the_service_stays_up(
+    cluster: Cluster,
+) -> None:
+    """A rule set cut short (no priority, no rules) held the service at full CPU for
+    good: every call to it, health included, timed out until a restart."""
+    for call in (
+        cluster.eligibility.SimulateRuleSet(pb.SimulateRuleSetRequest(source_yaml=SHIPPED[:300])),
+        publish(cluster, "rule_set_id: reintegration\n"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(call, 10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "priority needs a list of components" in (caught.value.details() or "")
 
 
 async def test_assessments_list_by_district_and_date_with_pages(cluster: Cluster) -> None:

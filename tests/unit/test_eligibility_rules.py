@@ -804,3 +804,32 @@ def test_a_programme_no_rule_decides_and_needs_not_a_list_are_refused() -> None:
     said = {p.path: p.message for p in caught.value.problems}
     assert said["programmes.housing_grant"] == "no rule decides programme housing_grant", said
     assert any(m.startswith("needs is a list of facts") for m in said.values()), said
+
+
+def test_numbers_in_another_base_and_blank_or_null_values_are_refused_where_they_are() -> None:
+    """030000 was read as octal (12,288 qəpik); a parameter with a blank unit vanished,
+    with a null value failed only at assessment; an explanation of spaces, or holding a
+    right-to-left override, was published."""
+    ceiling = "income_ceiling_per_person_minor:\n"
+    at = SHIPPED.index(ceiling)
+    unit = SHIPPED.index("unit:", at)
+    unit_end = SHIPPED.index("\n", unit)
+    source = SHIPPED[:unit] + 'unit: " "' + SHIPPED[unit_end:]
+    with pytest.raises(rules.RuleSetError) as caught:
+        rules.load(source)
+    said = {p.path: p.message for p in caught.value.problems}
+    assert said["parameters.income_ceiling_per_person_minor.unit"].startswith("must not be blank")
+
+    for written, expected in (("030000", "not a number in base 10"), ("null", "null is no value")):
+        with pytest.raises(rules.RuleSetError) as caught:
+            rules.load(SHIPPED.replace("value: 30000}", f"value: {written}}}", 1))
+        assert expected in str(caught.value), caught.value
+
+    explained = SHIPPED.replace(
+        'pass: {en: "No serious difficulty remembering',
+        'pass: {en: "\\u202eNo serious difficulty remembering',
+        1,
+    )
+    with pytest.raises(rules.RuleSetError) as caught:
+        rules.load(explained)
+    assert "must not contain control or invisible formatting characters" in str(caught.value)
