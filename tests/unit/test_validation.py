@@ -52,3 +52,16 @@ def test_a_pause_that_ends_before_it_starts_is_reported_on_its_end_date() -> Non
     )
     [violation] = violations_of(request, shared_validator())
     assert (violation.field, violation.reason) == ("end_date", "pause_delinquency.date_range")
+
+
+def test_a_pause_without_an_end_date_is_told_only_that_it_needs_one() -> None:
+    """It was also told its end "must not be before start_date": an end it never gave."""
+    request = lending_pb.PauseDelinquencyRequest(
+        request_id="8c1f6a52-0d2c-4d0e-9a1e-000000000005",
+        loan_id="loan-0001",
+        start_date=pdate(date(2026, 5, 10)),
+        reason="hospitalised",
+        requested_by="cw-01",
+    )
+    [violation] = violations_of(request, shared_validator())
+    assert (violation.field, violation.description) == ("end_date", "value is required")
