@@ -160,6 +160,18 @@ class JourneyInput:
     # loan already being repaid (`journey start --follow-loan`; activities.following_loan).
     resume: JourneyState | None = None
 
+    def repeated_assistance_types(self) -> list[str]:
+        """The assistance types asked for more than once, in the order first given: each
+        item's workflow id comes from its type (assistance_workflow_id), so a journey has
+        one item per type."""
+        seen: set[str] = set()
+        repeated: list[str] = []
+        for plan in self.assistance:
+            if plan.type_id in seen and plan.type_id not in repeated:
+                repeated.append(plan.type_id)
+            seen.add(plan.type_id)
+        return repeated
+
 
 # --- activity inputs and results -------------------------------------------------------
 

@@ -258,6 +258,11 @@ NO_LATE_REMINDER_PATCH = "journey-no-late-reminder"
 # ends once nothing else is planned. It asked the case worker for follow-ups eligibility
 # would refuse, for months.
 CONSENT_BEFORE_FOLLOW_UPS_PATCH = "journey-consent-before-follow-ups"
+# A journey given two assistance items of one type (each item's workflow id comes from its
+# type) is refused at its start, before anything is read, requested or applied for: the
+# second item's start failed ("Workflow execution already started"), the journey failed,
+# and the first item ran on without it. Asked only when the input repeats a type.
+REPEATED_ASSISTANCE_PATCH = "journey-refuses-repeated-assistance"
 # The first days of the delinquency buckets after "1-30": 31-60, 61-90, over 90.
 BUCKET_STARTS = (31, 61, 91)
 FUND_READ_EVERY = timedelta(days=1)
@@ -402,8 +407,16 @@ class SurvivorJourneyWorkflow:
         if journey.resume is not None:  # continued as new in the repayment cycle
             self._s = journey.resume
             return await self._after_disbursement()
-        # Checked before anything is asked of lending (not in a run continued as new: its
-        # loan is being repaid already).
+        # Checked before anything is started (not in a run continued as new: its items
+        # are running already, its loan being repaid).
+        repeated = journey.repeated_assistance_types()
+        if repeated and workflow.patched(REPEATED_ASSISTANCE_PATCH):
+            raise ApplicationError(
+                f"assistance {', '.join(repeated)} is asked for more than once: a journey "
+                "has one item per assistance type",
+                type="REPEATED_ASSISTANCE_TYPE",
+                non_retryable=True,
+            )
         problem = journey.loan.plan_problem() if journey.loan else ""
         if problem and workflow.patched(FUND_WAIT_PATCH):
             raise ApplicationError(problem, type="INVALID_TRANCHE_PLAN", non_retryable=True)
