@@ -23,7 +23,7 @@ from temporalio.common import (
     SearchAttributeUpdate,
     TypedSearchAttributes,
 )
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -263,6 +263,11 @@ CONSENT_BEFORE_FOLLOW_UPS_PATCH = "journey-consent-before-follow-ups"
 # second item's start failed ("Workflow execution already started"), the journey failed,
 # and the first item ran on without it. Asked only when the input repeats a type.
 REPEATED_ASSISTANCE_PATCH = "journey-refuses-repeated-assistance"
+# A journey that fails writes the search attributes it holds back (stage, district...)
+# before it fails: they stayed as last written (Stage INTAKE, no DistrictCode), so
+# operators' filters by stage or district missed the failed journey. Asked only when
+# something is held back at that moment.
+FAILURE_WRITES_SEARCH_ATTRIBUTES_PATCH = "journey-failure-writes-search-attributes"
 # The first days of the delinquency buckets after "1-30": 31-60, 61-90, over 90.
 BUCKET_STARTS = (31, 61, 91)
 FUND_READ_EVERY = timedelta(days=1)
@@ -392,7 +397,15 @@ class SurvivorJourneyWorkflow:
 
     @workflow.run
     async def run(self, journey: JourneyInput) -> JourneyStatus:
-        return await self._finish(await self._journey(journey))
+        try:
+            status = await self._journey(journey)
+        except FailureError:
+            # The journey fails: what operators filter by shows where it failed (an upsert,
+            # then the failure). Only the batched path holds attributes back.
+            if self._sa_changes() and workflow.patched(FAILURE_WRITES_SEARCH_ATTRIBUTES_PATCH):
+                self._flush()
+            raise
+        return await self._finish(status)
 
     async def _journey(self, journey: JourneyInput) -> JourneyStatus:
         self._input = journey
@@ -1462,10 +1475,12 @@ class SurvivorJourneyWorkflow:
         for update in updates:
             self._sa_pending[update.key.name] = update
 
+    def _sa_changes(self) -> list[SearchAttributeUpdate]:  # type: ignore[type-arg]
+        """The held-back updates whose values differ from those written."""
+        return [u for name, u in self._sa_pending.items() if self._sa_current.get(name) != u.value]
+
     def _flush(self) -> None:
-        changed = [
-            u for name, u in self._sa_pending.items() if self._sa_current.get(name) != u.value
-        ]
+        changed = self._sa_changes()
         self._sa_pending.clear()
         if changed:
             workflow.upsert_search_attributes(changed)
