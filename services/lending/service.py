@@ -902,19 +902,29 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
 
     async def _check_further_tranche(self, conn: Connection, loan_id: str, on: date) -> None:
         """A later tranche re-spreads the whole schedule, so it must come before the
-        first instalment falls due and before any reschedule."""
+        first instalment falls due and before any reschedule; and none is paid out once the
+        loan has been repaid in full: what was not disbursed lapsed then, and a reversal
+        that reopens the loan owes the payment again, it does not revive the rest."""
         # Any reschedule, not only the latest revision's: a payment that bounced after a
         # reschedule is owed again in a revision of its own (_owe_again).
         latest = await fetch_one(
             conn,
             """SELECT r.revision, min(i.due_date) AS first_due,
                       EXISTS (SELECT 1 FROM schedule_revisions s WHERE s.loan_id = $1
-                              AND s.reason LIKE 'rescheduled:%') AS rescheduled
+                              AND s.reason LIKE 'rescheduled:%') AS rescheduled,
+                      EXISTS (SELECT 1 FROM loan_events e WHERE e.loan_id = $1
+                              AND e.to_state = 'CLOSED_OBLIGATIONS_MET') AS repaid_once
                FROM schedule_revisions r JOIN instalments i USING (loan_id, revision)
                WHERE r.loan_id = $1 GROUP BY r.revision
                ORDER BY r.revision DESC LIMIT 1""",
             loan_id,
         )
+        if latest["repaid_once"]:
+            raise FailedPrecondition(
+                f"loan {loan_id} was repaid in full once: the principal not disbursed then "
+                "lapsed, and a reversal that reopened the loan does not pay it out",
+                reason="TRANCHE_LAPSED",
+            )
         if latest["rescheduled"] or on >= latest["first_due"]:
             raise FailedPrecondition(
                 "a further tranche must be disbursed before the first instalment falls due "

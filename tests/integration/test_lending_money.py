@@ -321,6 +321,39 @@ async def test_a_schedule_replaced_by_a_tranche_shows_what_was_paid_against_it(
     assert after == first
 
 
+async def test_no_tranche_is_paid_out_once_the_loan_was_repaid_in_full(cluster: Cluster) -> None:
+    """The principal not disbursed lapses when the loan is repaid in full; a reversal that
+    reopened the loan let a further tranche be paid out of the fund all the same."""
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(
+        cluster.lending, fund_id=fund_id, product_id="fish_farming", amount_minor=500_000
+    )
+    await disburse(cluster.lending, loan.loan_id, 300_000, date(2026, 1, 31))
+    paid = await cluster.lending.RecordRepayment(
+        repayment(loan.loan_id, 300_000, date(2026, 2, 15))
+    )
+    assert paid.loan.state == pb.LOAN_STATE_CLOSED_OBLIGATIONS_MET
+    await cluster.lending.ReverseRepayment(reversal(loan.loan_id, paid.repayment.transaction_id))
+    later = cluster.lending.DisburseTranche(
+        pb.DisburseTrancheRequest(
+            request_id=request_id(),
+            loan_id=loan.loan_id,
+            amount_minor=200_000,
+            currency_code="AZN",
+            kind=pb.DISBURSEMENT_KIND_IN_KIND,
+            description="feed",
+            disbursement_date=pdate(date(2026, 3, 1)),
+            disbursed_by="lo-03",
+        )
+    )
+    before = await cluster.row_counts()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await later
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(refused.value) == "TRANCHE_LAPSED"
+    assert await cluster.row_counts() == before
+
+
 async def test_a_payment_dated_before_the_schedule_was_rebuilt_is_refused(
     cluster: Cluster,
 ) -> None:
