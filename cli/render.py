@@ -460,6 +460,8 @@ def assistance_state(a: AssistanceState, lang: str = "en", known: Catalogue | No
         or a.state
         or "…"
     )
+    if a.refusal:  # the service's reason code, the same in either language
+        state += f": {a.refusal}"
     if a.waitlist_position:
         state += f" ({label('waitlist', lang)}{a.waitlist_position})"
     if a.terminal:

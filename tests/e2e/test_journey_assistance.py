@@ -464,6 +464,8 @@ async def test_an_item_whose_need_is_refused_ends_refused_and_the_journey_goes_o
         )
         refused = await journey_heard(journey, lambda a: a.state == "refused")
         assert (refused.type_id, refused.terminal, refused.need_id) == ("wheelchiar", True, "")
+        # Why, as the service said it (it was only in the worker's log).
+        assert refused.refusal == "UNKNOWN_TYPE", refused
         item = client.get_workflow_handle_for(
             AssistanceWorkflow.run, assistance_workflow_id(journey.id, "wheelchiar")
         )

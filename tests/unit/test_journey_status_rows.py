@@ -8,11 +8,11 @@ from datetime import date
 
 from rich.console import Console
 
-from cli.render import journey_table
+from cli.render import assistance_item, journey_table
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
 from tests.factories import pdate
 from workers.journey.activities import loan_snapshot_of
-from workers.journey.model import JourneyStatus
+from workers.journey.model import AssistanceState, JourneyStatus
 from workers.notifications.messages import render
 
 
@@ -78,3 +78,14 @@ def test_overdue_is_what_fell_due_unpaid_once_the_loan_is_late() -> None:
     # On an instalment's own due date, nothing late before it: nothing overdue yet.
     due_today = loan_snapshot_of(ledger_answer(days_past_due=0), date(2026, 10, 10))
     assert (due_today.overdue_minor, due_today.next_due_date) == (0, "2026-11-10")
+
+
+def test_a_refused_item_says_why_in_either_language() -> None:
+    """The reason was only in the worker's log: the case worker read "refused"."""
+    item = AssistanceState(
+        "wheelchair", "need-1", "", "refused", True, refusal="QUANTITY_OVER_CAPACITY"
+    )
+    assert assistance_item(item, "en", None) == (
+        "wheelchair: refused by the assistance service: QUANTITY_OVER_CAPACITY (finished)"
+    )
+    assert ": QUANTITY_OVER_CAPACITY" in assistance_item(item, "az", None)

@@ -404,6 +404,9 @@ class AssistanceState:
     state: str
     terminal: bool
     waitlist_position: int = 0
+    # Why the assistance service refused the item (state "refused"): its reason code,
+    # QUANTITY_OVER_CAPACITY or a field's; "" for other states and items from before.
+    refusal: str = ""
 
 
 @dataclass(frozen=True)

@@ -1526,6 +1526,7 @@ class AssistanceWorkflow:
         if item.resume is not None:  # continued as new while waitlisted
             self._state, self._steps = item.resume.state, item.resume.steps
         else:
+            refusal = ""
             try:
                 need_id = await call_service(
                     JourneyActivities.record_need,
@@ -1545,7 +1546,7 @@ class AssistanceWorkflow:
                 if not workflow.patched(ASSISTANCE_NEED_REFUSED_PATCH):
                     raise
                 workflow.logger.warning("need refused", extra={"cause": str(error.cause)})
-                need_id = ""
+                need_id, refusal = "", _refusal(error)
             if need_id:
                 try:
                     requested = await call_service(
@@ -1558,9 +1559,13 @@ class AssistanceWorkflow:
                     workflow.logger.warning(
                         "assistance request refused", extra={"cause": str(error.cause)}
                     )
-                    requested = AssistanceState(item.plan.type_id, need_id, "", "refused", True)
+                    requested = AssistanceState(
+                        item.plan.type_id, need_id, "", "refused", True, refusal=_refusal(error)
+                    )
             else:
-                requested = AssistanceState(item.plan.type_id, "", "", "refused", True)
+                requested = AssistanceState(
+                    item.plan.type_id, "", "", "refused", True, refusal=refusal
+                )
             await self._publish(item, requested)
         if self._waitlisted() and workflow.patched(ASSISTANCE_WAITLIST_READS_PATCH):
             await self._read_while_waitlisted()
@@ -1703,6 +1708,18 @@ class AssistanceWorkflow:
             await parent.signal(SurvivorJourneyWorkflow.assistance_updated, state)
         except ApplicationError:
             workflow.logger.info("the journey has closed; the item goes on alone")
+
+
+def _refusal(error: ActivityError) -> str:
+    """The reason code a service refused with (its ErrorInfo reason, else a field's), as
+    the activity passes it on: what staff are shown of a refused item."""
+    cause = error.cause
+    if not isinstance(cause, ApplicationError):
+        return ""
+    # The ErrorInfo reason first, then the fields'; one that only repeats the status code
+    # (an INVALID_ARGUMENT's own) says less than the field's.
+    codes = [d for d in cause.details if isinstance(d, str) and d and d != cause.type]
+    return codes[0] if codes else (cause.type or "")
 
 
 def initial_search_attributes(
