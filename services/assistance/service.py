@@ -538,7 +538,9 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
             request.request_id,
         )
         if current is None:
-            raise NotFound(f"assistance {request.assistance_id} not found")
+            raise NotFound(
+                f"assistance {request.assistance_id} not found", reason="ASSISTANCE_NOT_FOUND"
+            )
         plugin = self._installed(current["type_id"])
         transition = plugin.transition_for(request.action)
         if transition is None:
@@ -714,7 +716,9 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         async with self.db.pool.acquire() as conn:
             found = await load_assistance(conn, request.assistance_id)
         if found is None:
-            raise NotFound(f"assistance {request.assistance_id} not found")
+            raise NotFound(
+                f"assistance {request.assistance_id} not found", reason="ASSISTANCE_NOT_FOUND"
+            )
         return pb.GetAssistanceResponse(assistance=found)
 
     async def ListAssistance(
@@ -909,7 +913,9 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         async def adjust(conn: Connection) -> pb.AdjustCapacityResponse:
             row = await capacity.pool_row(conn, request.pool_id, lock=True)
             if row is None:
-                raise NotFound(f"capacity pool {request.pool_id} not found")
+                raise NotFound(
+                    f"capacity pool {request.pool_id} not found", reason="POOL_NOT_FOUND"
+                )
             pool = capacity.Pool.of(row)
             if pool.capacity + request.delta > MAX_POOL_CAPACITY:
                 raise invalid(

@@ -896,13 +896,19 @@ async def test_an_illegal_transition_is_refused_and_changes_nothing(cluster: Clu
 
 async def test_missing_records_are_not_found(cluster: Cluster) -> None:
     stub = cluster.assistance
-    for call in (
-        stub.GetAssistance(pb.GetAssistanceRequest(assistance_id="ast-missing")),
-        stub.GetNeed(pb.GetNeedRequest(need_id="need-missing")),
-        request(stub, "need-missing"),
-        advance(stub, "ast-missing", "cancel"),
-    ):
-        await assert_writes_nothing(cluster, call, grpc.StatusCode.NOT_FOUND)
+    # Each says which record, as a need always did (the others said only NOT_FOUND).
+    for call, reason in (
+        (stub.GetAssistance(pb.GetAssistanceRequest(assistance_id="ast-missing")),
+         "ASSISTANCE_NOT_FOUND"),
+        (stub.GetNeed(pb.GetNeedRequest(need_id="need-missing")), "NEED_NOT_FOUND"),
+        (request(stub, "need-missing"), "NEED_NOT_FOUND"),
+        (advance(stub, "ast-missing", "cancel"), "ASSISTANCE_NOT_FOUND"),
+        (stub.AdjustCapacity(pb.AdjustCapacityRequest(
+            request_id=request_id(), pool_id="pool-missing", delta=1, reason="new stock")),
+         "POOL_NOT_FOUND"),
+    ):  # fmt: skip
+        error = await assert_writes_nothing(cluster, call, grpc.StatusCode.NOT_FOUND)
+        assert reason_of(error) == reason, error.details()
     # A provider the programme does not know is not found, not a provider without a pool
     # (FAILED_PRECONDITION NO_CAPACITY_POOL said the request could go through one day).
     need = await record_need(cluster, "wheelchair")
