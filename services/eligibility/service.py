@@ -95,7 +95,9 @@ def facts_of_case(intake_data: dict[str, Any], day: date) -> dict[str, Any]:
     from services.common.interceptors import shared_validator, violations_of
 
     survivor = intake_mod.intake_from_dict(intake_data)
-    problems = violations_of(survivor, shared_validator()) + intake_mod.intake_violations(
+    # The field rules first, as the API checks them: the date checks need valid dates (a
+    # case without a date of birth said "year 0 is out of range").
+    problems = violations_of(survivor, shared_validator()) or intake_mod.intake_violations(
         survivor, day, "intake"
     )
     if problems:

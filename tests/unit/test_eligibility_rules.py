@@ -833,3 +833,11 @@ def test_numbers_in_another_base_and_blank_or_null_values_are_refused_where_they
     with pytest.raises(rules.RuleSetError) as caught:
         rules.load(explained)
     assert "must not contain control or invisible formatting characters" in str(caught.value)
+
+
+def test_a_test_case_without_dates_is_told_which_are_missing() -> None:
+    """It was told "year 0 is out of range": the date checks ran on dates never given."""
+    with pytest.raises(ValueError) as caught:
+        facts_of_case({}, date(2026, 3, 1))
+    assert "date_of_birth: value is required" in str(caught.value)
+    assert "year 0" not in str(caught.value)
