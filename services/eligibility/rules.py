@@ -1201,7 +1201,9 @@ def _check_records_lacking(loader: _Loader, rule_set: RuleSet) -> None:
     )
     if params is None:
         return  # a day without some value: _check_coverage says which
-    failed: set[str] = set()
+    # An expression the type check refused already is not told to list a fact in needs:
+    # it fails for every survivor, not only for one lacking the fact.
+    failed = {problem.path for problem in loader.problems}
     for changed, lacking in _RECORDS_LACKING:
         facts = {k: v for k, v in FACT_SAMPLES.items() if k not in lacking} | changed
         context = cel.Context({**facts, "params": params})

@@ -841,3 +841,16 @@ def test_a_test_case_without_dates_is_told_which_are_missing() -> None:
         facts_of_case({}, date(2026, 3, 1))
     assert "date_of_birth: value is required" in str(caught.value)
     assert "year 0" not in str(caught.value)
+
+
+def test_an_expression_of_the_wrong_type_is_told_so_once() -> None:
+    """It was also told to "list it in needs", as though only some survivors failed it."""
+    source = SHIPPED.replace(
+        "expression: income_per_person_minor <= params.income_ceiling_per_person_minor",
+        "expression: income_per_person_minor <= 'abc'",
+        1,
+    )
+    with pytest.raises(rules.RuleSetError) as caught:
+        rules.load(source)
+    [problem] = [p for p in caught.value.problems if p.path.endswith(".expression")]
+    assert "type error" in problem.message and "needs" not in problem.message, problem
