@@ -2014,12 +2014,13 @@ async def test_journey_status_reads_the_assistance_service_now(
         await mineaction(cli_env, "register", str(write_intake(tmp_path, survivor_id)))
     ).exit_code == 0
     handle = dev_client.get_workflow_handle(journey_workflow_id(survivor_id))
+    start = (
+        "journey", "start", survivor_id, "--case-worker", "cw-01",
+        "--assistance", f"wheelchair:baku-mobility-aids:{pool}",
+        "--data", "wheelchair:seat_width_cm=44",
+    )  # fmt: skip
     async with build_worker(dev_client, activities, task_queue):
-        ran = await mineaction(
-            cli_env, "journey", "start", survivor_id, "--case-worker", "cw-01",
-            "--assistance", f"wheelchair:baku-mobility-aids:{pool}",
-            "--data", "wheelchair:seat_width_cm=44",
-        )  # fmt: skip
+        ran = await mineaction(cli_env, *start)
         assert ran.exit_code == 0, ran
         deadline = time.monotonic() + 15
         while True:  # until the journey has heard the item was waitlisted
@@ -2103,11 +2104,7 @@ async def test_journey_status_reads_the_assistance_service_now(
         # would record a second need and reserve a second wheelchair: refused, naming the
         # item; the item is still reached, and cancelled, from the CLI.
         await handle.terminate("ended by an operator")
-        again = await mineaction(
-            cli_env, "journey", "start", survivor_id, "--case-worker", "cw-01",
-            "--assistance", f"wheelchair:baku-mobility-aids:{pool}",
-            "--data", "wheelchair:seat_width_cm=44",
-        )  # fmt: skip
+        again = await mineaction(cli_env, *start)
         assert again.exit_code == 1, again
         assert (
             f"already has wheelchair {item.assistance_id} (fitting_assessment) under way"

@@ -334,17 +334,13 @@ async def test_no_tranche_is_paid_out_once_the_loan_was_repaid_in_full(cluster: 
     )
     assert paid.loan.state == pb.LOAN_STATE_CLOSED_OBLIGATIONS_MET
     await cluster.lending.ReverseRepayment(reversal(loan.loan_id, paid.repayment.transaction_id))
-    later = cluster.lending.DisburseTranche(
-        pb.DisburseTrancheRequest(
-            request_id=request_id(),
-            loan_id=loan.loan_id,
-            amount_minor=200_000,
-            currency_code="AZN",
-            kind=pb.DISBURSEMENT_KIND_IN_KIND,
-            description="feed",
-            disbursement_date=pdate(date(2026, 3, 1)),
-            disbursed_by="lo-03",
-        )
+    later = disburse(
+        cluster.lending,
+        loan.loan_id,
+        200_000,
+        date(2026, 3, 1),
+        "feed",
+        pb.DISBURSEMENT_KIND_IN_KIND,
     )
     before = await cluster.row_counts()
     with pytest.raises(grpc.aio.AioRpcError) as refused:
