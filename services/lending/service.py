@@ -286,10 +286,25 @@ _STATEMENT = """
             WHERE loan_id = t.loan_id AND kind = 'WRITE_OFF') w
             ON t.kind = 'WRITE_OFF'
         LEFT JOIN ledger_transactions r ON r.reverses = t.transaction_id
-        WHERE t.loan_id = $1) s
+            AND (r.loan_seq IS NULL OR r.loan_seq <= $6)
+        -- As recorded when the first page was read ($6: migration 023); numberless
+        -- transactions came before any.
+        WHERE t.loan_id = $1 AND (t.loan_seq IS NULL OR t.loan_seq <= $6)) s
     WHERE $2::date IS NULL OR (value_date, pos, seq) > ($2::date, $3::bigint, $4::bigint)
     ORDER BY value_date, pos, seq
     LIMIT $5"""
+# The statement's page key: where the last line stands, and the last transaction counted.
+_STATEMENT_KEY = (pagination.iso_date, pagination.int64, pagination.int64, pagination.int64)
+
+
+def _statement_place(token: str, query: dict[str, str]) -> list[Any] | None:
+    """Where a statement's next page starts, and the last transaction it counts; a token
+    issued before statements were one snapshot carries no such number (None)."""
+    try:
+        return pagination.decode(token, query, _STATEMENT_KEY)
+    except InvalidArgument:
+        earlier = pagination.decode(token, query, _STATEMENT_KEY[:3])
+        return None if earlier is None else [*earlier, None]
 
 
 def _statement_line(row: asyncpg.Record) -> pb.LoanTransaction:
@@ -757,21 +772,31 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
         self, request: pb.ListLoanTransactionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListLoanTransactionsResponse:
         query = {"loan_id": request.loan_id}
-        key = (pagination.iso_date, pagination.int64, pagination.int64)
-        after = pagination.decode(request.page_token, query, key)
+        after = _statement_place(request.page_token, query)
         size = pagination.page_size(request.page_size)
         async with self.db.pool.acquire() as conn:
-            if not await conn.fetchval(
-                "SELECT true FROM loans WHERE loan_id = $1", request.loan_id
-            ):
-                raise NotFound(f"loan {request.loan_id} does not exist")
-            rows = await conn.fetch(
-                _STATEMENT, request.loan_id, *(after or (None, None, None)), size + 1
+            # The first page fixes the transactions the statement counts: those numbered
+            # so far (in a token from before migration 023, those recorded so far).
+            counted = await conn.fetchval(
+                """SELECT coalesce(max(t.loan_seq), 0) FROM loans l
+                   LEFT JOIN ledger_transactions t USING (loan_id)
+                   WHERE l.loan_id = $1 GROUP BY l.loan_id""",
+                request.loan_id,
             )
+            if counted is None:
+                raise NotFound(f"loan {request.loan_id} does not exist")
+            if after is not None and after[3] is not None:
+                counted = after[3]
+            rows = await conn.fetch(
+                _STATEMENT, request.loan_id, *(after[:3] if after else (None,) * 3), size + 1,
+                counted,
+            )  # fmt: skip
         page = rows[:size]
         last = page[-1] if len(rows) > size else None
         token = (
-            pagination.encode([last["value_date"].isoformat(), last["pos"], last["seq"]], query)
+            pagination.encode(
+                [last["value_date"].isoformat(), last["pos"], last["seq"], counted], query
+            )
             if last
             else ""
         )

@@ -220,6 +220,28 @@ async def test_a_statement_pages_and_refuses_what_it_cannot_answer(cluster: Clus
     # Two at a time: the same lines, every page carrying the balance from the start.
     assert await statement(lending, loan.loan_id, page_size=2) == whole
 
+    # A payment recorded while the pages are read, dated before the place reached, and a
+    # reversal of a payment already shown: the later pages do not count them (they
+    # counted them in their balances, and the statement did not add up); read from the
+    # first page again, they are there.
+    page = await lending.ListLoanTransactions(
+        pb.ListLoanTransactionsRequest(loan_id=loan.loan_id, page_size=2)
+    )
+    late = await lending.RecordRepayment(repayment(loan.loan_id, 7_000, date(2026, 5, 1)))
+    await lending.ReverseRepayment(reversal(loan.loan_id, whole[1].transaction_id))
+    rest = []
+    token = page.next_page_token
+    while token:
+        more = await lending.ListLoanTransactions(
+            pb.ListLoanTransactionsRequest(loan_id=loan.loan_id, page_size=2, page_token=token)
+        )
+        rest.extend(more.transactions)
+        token = more.next_page_token
+    assert [*page.transactions, *rest] == whole
+    again = await statement(lending, loan.loan_id, page_size=2)
+    assert late.repayment.transaction_id in {t.transaction_id for t in again}
+    assert again[-1].outstanding_after_minor == 105_000 - 7_000 + 1_000
+
     first = await lending.ListLoanTransactions(
         pb.ListLoanTransactionsRequest(loan_id=loan.loan_id, page_size=2)
     )
