@@ -1502,10 +1502,10 @@ class LendingServicer(pb_grpc.LendingServiceServicer):
             """WITH rev AS (
                    INSERT INTO schedule_revisions (loan_id, revision, effective_date,
                        principal_minor, base_repaid_minor, reason, created_by, due_dates,
-                       cumulative_minor, last_posting_id)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $11,
-                           coalesce($12::bigint, (SELECT max(posting_id) FROM postings
-                                                   WHERE loan_id = $1))))
+                       cumulative_minor, last_posting_id, postings_until)
+                   SELECT $1, $2, $3, $4, $5, $6, $7, $9, $11, coalesce($12::bigint, p.last),
+                          p.last
+                   FROM (SELECT max(posting_id) AS last FROM postings WHERE loan_id = $1) p)
                INSERT INTO instalments (loan_id, revision, number, due_date, principal_minor,
                    cumulative_minor)
                SELECT $1, $2, n, d, p, c
@@ -1707,10 +1707,10 @@ class _Revision:
         # When a revision from the same day replaced this one (owing a bounced payment
         # again, _owe_again): it is shown with what was recorded before then.
         self.replaced_at: datetime | None = row["replaced_at"]
-        # Replaced by a later-dated revision: the last posting recorded until then.
+        # Replaced by a later-dated revision: the loan's last posting then.
         self.recorded_until: int | None = row["recorded_until"]
-        # The same, for a revision replaced before revisions kept their last posting: the
-        # principal repaid against the loan then, as the next revision counted it.
+        # The same, for one replaced by a revision made before those were kept: the
+        # principal repaid against the loan then, as far as can be told.
         self.repaid_when_superseded: int | None = row["repaid_when_superseded"]
         self.instalments = instalments
 
@@ -1723,17 +1723,25 @@ class _Revision:
                             THEN n.effective_date END AS superseded_on,
                        CASE WHEN n.effective_date <= r.effective_date
                             THEN n.created_at END AS replaced_at,
-                       -- The last posting recorded when a later revision replaced this
-                       -- one: it is read with the postings up to there, and no later
-                       -- one (a reversal recorded since, dated back, included). One
-                       -- replaced from its own day is read by replaced_at instead.
+                       -- The loan's last posting when a later revision replaced this
+                       -- one (migration 024): it is read with the postings up to there,
+                       -- and no later one (a reversal recorded since, dated back,
+                       -- included). One replaced from its own day is read by
+                       -- replaced_at instead.
                        CASE WHEN n.effective_date > r.effective_date
-                            THEN n.last_posting_id END AS recorded_until,
-                       -- A revision made before revisions kept their last posting: a
-                       -- reschedule's count of what was repaid (a tranche's said none).
-                       CASE WHEN n.effective_date > r.effective_date
-                             AND n.last_posting_id IS NULL AND n.base_repaid_minor > 0
-                            THEN n.base_repaid_minor END AS repaid_when_superseded
+                            THEN n.postings_until END AS recorded_until,
+                       -- Replaced by a revision made before migration 024: what was
+                       -- repaid then, from the payments it counts, or a reschedule's
+                       -- count (a tranche's said none), made before they were kept.
+                       CASE WHEN n.effective_date <= r.effective_date
+                              OR n.postings_until IS NOT NULL THEN NULL
+                       WHEN n.last_posting_id IS NOT NULL THEN
+                           (SELECT coalesce(-sum(p.amount_minor), 0)::bigint FROM postings p
+                            WHERE p.loan_id = r.loan_id AND p.account = 'LOANS_RECEIVABLE'
+                              AND p.kind IN ('REPAYMENT', 'REPAYMENT_REVERSAL')
+                              AND p.posting_id <= n.last_posting_id)
+                       WHEN n.base_repaid_minor > 0 THEN n.base_repaid_minor
+                       END AS repaid_when_superseded
                    FROM schedule_revisions r
                    LEFT JOIN schedule_revisions n
                      ON n.loan_id = r.loan_id AND n.revision = r.revision + 1

@@ -855,6 +855,12 @@ async def test_a_payment_two_reschedules_counted_bounces_and_each_schedule_owes_
         schedule = answer.schedule
         assert (schedule.revision, schedule.base_repaid_minor) == (revision, base), day
         assert base + sum(i.principal_due_minor for i in schedule.instalments) == 200_000, day
+        # A schedule owing it again shows paid what the loan says was repaid (revision 4,
+        # replaced by the copy of 3 made with the reversal, showed the bounced payment paid
+        # too); revision 1 reads as it stood when the reschedule replaced it, paid.
+        paid = sum(i.principal_paid_minor for i in schedule.instalments)
+        repaid = answer.loan.repaid_principal_minor + (10_000 if revision == 1 else 0)
+        assert base + paid == repaid, (day, paid)
     # Made after both reschedules: neither counted it, and none is replaced.
     since = await cluster.lending.ReverseRepayment(
         reversal(loan_id, later.repayment.transaction_id, "bounced too")
