@@ -989,7 +989,9 @@ async def _no_item_under_way(
         raise CliError(
             f"survivor {survivor_id} already has {items} under way: a new journey requests "
             "it once that item has ended; take its steps, or cancel it, with `mineaction "
-            f"journey assist {survivor_id} TYPE ACTION`"
+            f"journey assist {survivor_id} TYPE ACTION` (an earlier journey's item), or "
+            "AdvanceAssistance with action cancel (one requested outside any journey; "
+            "docs/assistance.md)"
         )
 
 

@@ -1038,11 +1038,12 @@ def _load_rules(
         expression = spec.get("expression")
         program = loader.compile(expression, f"{path}.expression")
         needs = spec.get("needs", [])
-        if not isinstance(needs, list):
-            # A single name (`needs: self_care`) was read letter by letter.
+        if not isinstance(needs, list) and not loader.published:
+            # A single name (`needs: self_care`) was read letter by letter; a version
+            # published so is read as it decided then.
             loader.fail(f"{path}.needs", "needs is a list of facts, e.g. [self_care]")
             needs = []
-        for need in needs:
+        for need in needs if isinstance(needs, list) else []:
             if need not in FACT_SAMPLES:
                 loader.fail(f"{path}.needs", f"unknown fact {need}")
         explain = spec.get("explain") or {}

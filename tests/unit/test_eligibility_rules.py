@@ -804,6 +804,8 @@ def test_a_programme_no_rule_decides_and_needs_not_a_list_are_refused() -> None:
     said = {p.path: p.message for p in caught.value.problems}
     assert said["programmes.housing_grant"] == "no rule decides programme housing_grant", said
     assert any(m.startswith("needs is a list of facts") for m in said.values()), said
+    # A version published so before stays readable, as it decided then.
+    assert rules.load(source, published=True).rule_set_id == "reintegration"
 
 
 def test_numbers_in_another_base_and_blank_or_null_values_are_refused_where_they_are() -> None:
