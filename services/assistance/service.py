@@ -553,10 +553,12 @@ class AssistanceServicer(pb_grpc.AssistanceServiceServicer):
         # A step the item's state does not allow is said so before its data is checked
         # (checked again under the row's lock). A request_id seen already is answered as
         # it was the first time: the step it made moved the item on.
+        data = struct_to_dict(request.data)
         if not current["seen"]:
             _check_transition(plugin, transition, current)
-        data = struct_to_dict(request.data)
-        check_data(plugin.action_validator(transition), data)
+            # Checked for a new request only: one accepted before an action's schema was
+            # closed (extra keys) still gets its first answer.
+            check_data(plugin.action_validator(transition), data)
         # A place this step may free is not given to one waiting whose consent no longer
         # stands: asked before the transaction, for a new request only, and only for a
         # step that gives up a place or leaves the queue (not an attendance, say).
