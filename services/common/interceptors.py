@@ -58,7 +58,13 @@ from services.common.errors import (
 from services.common.identity import same_person
 from services.common.logging import add_to_call_log, start_call_log
 from services.common.metrics import observe_rpc
-from services.common.storable import may_hold_unstorable, spelled_out, unstorable_values
+from services.common.storable import (
+    kept,
+    kept_request_id,
+    may_hold_unstorable,
+    spelled_out,
+    unstorable_values,
+)
 
 log = structlog.get_logger("mineaction.rpc")
 
@@ -119,10 +125,10 @@ def request_id_of(request: Any, context: grpc.aio.ServicerContext) -> str:
     if request_id:
         if isinstance(request_id, str) and not request_id.islower():
             request_id = request.request_id = request_id.lower()
-        return str(request_id)
+        return kept_request_id(str(request_id))
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":
-            return str(value)
+            return kept(str(value))
     return f"gen-{uuid.uuid4()}"
 
 
@@ -328,14 +334,15 @@ class AuditInterceptor(UnaryInterceptor):
                 subject=spelled_out(caller.principal.subject),
                 roles=sorted(caller.principal.roles),
                 method=method,
-                # A refused request's ids may hold a NUL, which no text column stores.
-                request_id="" if malformed else spelled_out(str(request.request_id)),
+                # A refused request's ids may hold a NUL, which no text column stores, or
+                # be megabytes long: kept as the logs keep them.
+                request_id="" if malformed else kept_request_id(str(request.request_id)),
                 resource_ids={}
                 if malformed
-                else {k: spelled_out(v) for k, v in resource_ids(request).items()},
+                else {k: kept(v) for k, v in resource_ids(request).items()},
                 code=code,
                 reason=reason,
-                on_behalf_of=spelled_out(caller.on_behalf_of),
+                on_behalf_of=kept(caller.on_behalf_of),
             )
 
         pending = audit.PendingAudit(entry)

@@ -121,6 +121,26 @@ def _of_key(key: Any, path: str) -> list[FieldViolation]:
     return _of_value(key, path) if isinstance(key, str) else []
 
 
+_UUID = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_KEPT = 64
+
+
+def kept(text: str) -> str:
+    """A value a caller chose (an id, a name it acts for), as logs and audit entries keep
+    it: spelled out, and cut to 64 characters with its length said. A three-megabyte id
+    filled the logs, and in the append-only audit log made every unfiltered page too
+    large to send."""
+    shown = spelled_out(text[:_KEPT])
+    return shown if len(text) <= _KEPT else f"{shown}… ({len(text)} characters)"
+
+
+def kept_request_id(text: str) -> str:
+    """A request_id as logs and audit entries keep it: a UUID (as every valid one is) as
+    given; anything else, which validation refuses, only described, or free text put
+    there (a name, a date of birth) would be logged as the caller wrote it."""
+    return text if not text or _UUID.fullmatch(text) else f"(not a UUID: {len(text)} characters)"
+
+
 def spelled_out(text: str) -> str:
     """`text` with any NUL written as the four characters \\x00, so that it can be stored
     (a refused request's ids in the audit log) or shown (a map key in a field path)."""
