@@ -23,6 +23,7 @@ from mineaction.audit.v1 import audit_service_pb2_grpc as pb_grpc
 from services.common import pagination
 from services.common.db import Database, Migration, migrate
 from services.common.protoconv import timestamp
+from services.common.storable import kept
 
 if TYPE_CHECKING:  # the chain itself audits: no import at run time
     from services.common.interceptors import GuardedServer
@@ -235,11 +236,13 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
                     subject=row["subject"],
                     roles=row["roles"],
                     method=row["method"],
-                    request_id=row["request_id"],
-                    resource_ids=json.loads(row["resource_ids"]),
+                    # Kept short as they are written now: an entry written before with
+                    # an id of megabytes made every page holding it too large to send.
+                    request_id=kept(row["request_id"]),
+                    resource_ids={k: kept(v) for k, v in json.loads(row["resource_ids"]).items()},
                     code=row["code"],
                     reason=row["reason"],
-                    on_behalf_of=row["on_behalf_of"],
+                    on_behalf_of=kept(row["on_behalf_of"]),
                 )
             )
         token = pagination.encode([page[-1]["entry_id"]], query) if len(rows) > size else ""
