@@ -32,6 +32,10 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AuditService"].full_name
 MIGRATIONS_DIR = Path(__file__).with_name("audit_migrations")
 
 
+# What ListAuditEntries shows of a value at most: more than any entry written now holds.
+_LISTED = 256
+
+
 async def apply_migrations(db: Database) -> None:
     """The audit table lives in each service's own schema, from one migration folder."""
     migrations = [
@@ -236,13 +240,16 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
                     subject=row["subject"],
                     roles=row["roles"],
                     method=row["method"],
-                    # Kept short as they are written now: an entry written before with
-                    # an id of megabytes made every page holding it too large to send.
-                    request_id=kept(row["request_id"]),
-                    resource_ids={k: kept(v) for k, v in json.loads(row["resource_ids"]).items()},
+                    # Kept short, as they are written now (a few dozen characters): an
+                    # entry written before with an id of megabytes made every page
+                    # holding it too large to send.
+                    request_id=kept(row["request_id"], _LISTED),
+                    resource_ids={
+                        k: kept(v, _LISTED) for k, v in json.loads(row["resource_ids"]).items()
+                    },
                     code=row["code"],
                     reason=row["reason"],
-                    on_behalf_of=kept(row["on_behalf_of"]),
+                    on_behalf_of=kept(row["on_behalf_of"], _LISTED),
                 )
             )
         token = pagination.encode([page[-1]["entry_id"]], query) if len(rows) > size else ""

@@ -125,13 +125,13 @@ _UUID = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 _KEPT = 64
 
 
-def kept(text: str) -> str:
+def kept(text: str, at: int = _KEPT) -> str:
     """A value a caller chose (an id, a name it acts for), as logs and audit entries keep
-    it: spelled out, and cut to 64 characters with its length said. A three-megabyte id
-    filled the logs, and in the append-only audit log made every unfiltered page too
+    it: spelled out, and cut to 64 characters (`at`) with its length said. A three-megabyte
+    id filled the logs, and in the append-only audit log made every unfiltered page too
     large to send."""
-    shown = spelled_out(text[:_KEPT])
-    return shown if len(text) <= _KEPT else f"{shown}… ({len(text)} characters)"
+    shown = spelled_out(text[:at])
+    return shown if len(text) <= at else f"{shown}… ({len(text)} characters)"
 
 
 def kept_request_id(text: str) -> str:
