@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -31,6 +30,7 @@ from jwt.algorithms import OKPAlgorithm
 from services.common.channels import DEV_TOKEN_FILE
 from services.common.config import Settings
 from services.common.errors import Unauthenticated
+from services.common.logging import get_logger
 
 ROLES = (
     "case_worker",
@@ -278,9 +278,18 @@ class TokenVerifier:
         stamp = self._file_stamp()
         if stamp == self._stamp:
             return
-        with contextlib.suppress(AuthConfigError):  # else keep the keys we have
+        try:
             self._keys = self._load()
             self._stamp = stamp
+        except AuthConfigError as error:
+            # Trust no key until the file reads again (tried at every interval): keeping
+            # the keys read before kept trusting a key withdrawn by emptying the file, or
+            # by a typo in it, with no word to anyone.
+            self._keys = {}
+            get_logger(__name__).error(
+                "the JWKS cannot be read: every token is refused until it can",
+                error=str(error),
+            )
 
     def _key(self, kid: str) -> jwt.PyJWK | None:
         return self._keys.get(kid)

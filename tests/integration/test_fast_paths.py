@@ -168,6 +168,29 @@ def test_a_cached_token_stops_verifying_when_its_key_is_withdrawn(
     assert withdrawn.value.reason == "TOKEN_UNKNOWN_KEY"
 
 
+@pytest.mark.parametrize("written", ['{"keys": []}', "{not json", None])
+def test_a_jwks_that_cannot_be_read_trusts_no_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: str | None
+) -> None:
+    """Emptied (every key withdrawn), mistyped or deleted, the JWKS left the verifier
+    trusting the keys it had read before, with no word to anyone."""
+    key = SigningKey.generate()
+    verifier = _verifier(tmp_path, key)
+    token = mint_token(key, subject="lo-1", roles=["loan_officer"], issuer="iss", audience="aud")
+    assert verifier.verify(token).subject == "lo-1"
+    jwks = tmp_path / "jwks.json"
+    jwks.unlink()
+    if written is not None:
+        jwks.write_text(written)
+    monkeypatch.setattr(TokenVerifier, "RELOAD_INTERVAL_SECONDS", 0.0)
+    with pytest.raises(Unauthenticated) as refused:
+        verifier.verify(token)
+    assert refused.value.reason == "TOKEN_UNKNOWN_KEY"
+    jwks.unlink(missing_ok=True)
+    publish_key(jwks, key)  # readable again: trusted again
+    assert verifier.verify(token).subject == "lo-1"
+
+
 def test_the_token_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     key = SigningKey.generate()
     verifier = _verifier(tmp_path, key)
