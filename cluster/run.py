@@ -86,6 +86,11 @@ def wait_for_port(port: int, timeout: float, part: Part) -> None:
 # journeys started per second: workflow-task p50 70-80 ms before, 39-42 ms after.
 DEV_SERVER_SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
 
+# A part that exits is started again, unless it exited this often within this many
+# seconds: then it would only fail again, and the cluster stops, saying which.
+RESTARTS = 5
+RESTART_WINDOW = 60.0
+
 
 def dev_server_argv(
     settings: Settings, *, on_file: bool = True, headless: bool = False
@@ -249,11 +254,7 @@ class Cluster:
         # Everything starts at once (the worker retries until Temporal answers); then we
         # wait until each part listens.
         for part in self.parts:
-            # Own process group: a Ctrl-C reaches only the launcher, which stops the
-            # parts in reverse order of start.
-            part.process = subprocess.Popen(
-                part.argv, env=self.env, process_group=0, preexec_fn=_die_with_parent
-            )
+            self._launch(part)
         for part in self.parts:
             for port in part.ports:
                 wait_for_port(port, 60, part)
@@ -309,16 +310,39 @@ class Cluster:
         marker.write_text("\n".join(ids) + "\n")
         print(f"Demo cohort started: {len(ids)} journeys, e.g. {ids[0]}", flush=True)
 
+    def _launch(self, part: Part) -> None:
+        # Own process group: a Ctrl-C reaches only the launcher, which stops the parts in
+        # reverse order of start.
+        part.process = subprocess.Popen(
+            part.argv, env=self.env, process_group=0, preexec_fn=_die_with_parent
+        )
+
     def watch(self, stop_requested: list[int]) -> None:
+        """A part that exits is started again, as a deployment's restart policy would
+        (one crashed process stopped the whole cluster); one that keeps exiting
+        (RESTARTS in RESTART_WINDOW seconds) stops the cluster, saying so."""
+        restarted: dict[str, list[float]] = {}
         while not stop_requested:
             for part in self.parts:
-                if part.process is not None and part.process.poll() is not None:
+                if part.process is None or part.process.poll() is None:
+                    continue
+                now = time.monotonic()
+                recent = [t for t in restarted.get(part.name, []) if now - t < RESTART_WINDOW]
+                if len(recent) >= RESTARTS:
                     print(
-                        f"{part.name} exited with code {part.process.returncode}; "
-                        "stopping the cluster",
+                        f"{part.name} exited with code {part.process.returncode}, "
+                        f"{len(recent) + 1} times within {RESTART_WINDOW:.0f} s; stopping "
+                        "the cluster",
                         file=sys.stderr,
                     )
                     return
+                restarted[part.name] = [*recent, now]
+                print(
+                    f"{part.name} exited with code {part.process.returncode}; starting it again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self._launch(part)
             time.sleep(0.5)
 
     def stop(self) -> None:

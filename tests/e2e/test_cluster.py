@@ -150,6 +150,7 @@ def test_cluster_runs_stops_cleanly_and_resumes_its_data(
         eligibility.RegisterSurvivor(registration, timeout=10, metadata=dev_token(cluster_env))
     assert_metrics_served(cluster_env)
     assert_codec_server_decrypts(cluster_env)
+    assert_a_crashed_part_is_started_again(first, cluster_env)
 
     code, orphans = first.stop()
     assert code == 0
@@ -171,6 +172,38 @@ def test_cluster_runs_stops_cleanly_and_resumes_its_data(
     code, orphans = second.stop()
     assert code == 0
     assert orphans == []
+
+
+def assert_a_crashed_part_is_started_again(running: RunningCluster, env: dict[str, str]) -> None:
+    """One process killed (lending, here) stopped the whole cluster; it is started again,
+    and answers as before."""
+    [lending] = [
+        child
+        for child in psutil.Process(running.process.pid).children()
+        if "services.lending" in child.cmdline()
+    ]
+    lending.kill()
+    lending.wait(timeout=10)
+    deadline = time.monotonic() + 60
+    while True:
+        assert running.process.poll() is None, "the cluster stopped"
+        try:
+            with grpc.insecure_channel(env["LENDING_ADDRESS"]) as channel:
+                health = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=2
+                )
+            if health.status == health_pb2.HealthCheckResponse.SERVING:
+                break
+        except grpc.RpcError:
+            pass
+        assert time.monotonic() < deadline, "lending was not started again"
+        time.sleep(0.5)
+    [again] = [
+        child
+        for child in psutil.Process(running.process.pid).children()
+        if "services.lending" in child.cmdline()
+    ]
+    assert again.pid != lending.pid
 
 
 def scrape(port: int) -> str:
