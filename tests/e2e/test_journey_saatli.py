@@ -15,6 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from mineaction.eligibility.v1 import eligibility_service_pb2 as eligibility_pb
 from mineaction.lending.v1 import lending_service_pb2 as lending_pb
+from services.common.auth import SERVICE_SUBJECT
 from services.common.programme_time import programme_date
 from tests.conftest import Cluster
 from tests.factories import pdate, register_request, request_id, saatli_fish_farmer
@@ -231,3 +232,11 @@ async def test_saatli_fish_farmer_from_intake_to_follow_ups(
         survivor_id,
     )
     assert [tuple(r) for r in follow_ups] == [("", 6), ("", 12), (loan_id, 6), (loan_id, 12)]
+    # The programme paid both tranches out once the committee approved, in the worker's
+    # own name: the case worker, a role that may not disburse, was named (and audited).
+    lending_db = cluster.hosts["lending"].db
+    assert lending_db is not None
+    paid_by = await lending_db.pool.fetch(
+        "SELECT DISTINCT disbursed_by FROM tranches WHERE loan_id = $1", loan_id
+    )
+    assert [r["disbursed_by"] for r in paid_by] == [SERVICE_SUBJECT]

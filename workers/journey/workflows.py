@@ -679,7 +679,10 @@ class SurvivorJourneyWorkflow:
                         tranche.kind,
                         tranche.description,
                         self._days.today().isoformat(),
-                        self._input.case_worker_id,
+                        # The programme pays out once the committee has approved: in the
+                        # worker's own name, not the case worker's (a role that may not
+                        # disburse). An input's value is not part of what replays compare.
+                        "",
                     ),
                 )
             except ActivityError as error:
