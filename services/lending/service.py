@@ -1723,18 +1723,13 @@ class _Revision:
                             THEN n.effective_date END AS superseded_on,
                        CASE WHEN n.effective_date <= r.effective_date
                             THEN n.created_at END AS replaced_at,
-                       -- The loan's last posting when a later revision replaced this
-                       -- one (migration 024): it is read with the postings up to there,
-                       -- and no later one (a reversal recorded since, dated back,
-                       -- included). One replaced from its own day is read by
-                       -- replaced_at instead.
-                       CASE WHEN n.effective_date > r.effective_date
-                            THEN n.postings_until END AS recorded_until,
-                       -- Replaced by a revision made before migration 024: what was
+                       c.until AS recorded_until,
+                       -- Replaced by a revision that cannot say (made before migration
+                       -- 020, or owing a bounced payment again before 024): what was
                        -- repaid then, from the payments it counts, or a reschedule's
-                       -- count (a tranche's said none), made before they were kept.
-                       CASE WHEN n.effective_date <= r.effective_date
-                              OR n.postings_until IS NOT NULL THEN NULL
+                       -- count (a tranche's said none).
+                       CASE WHEN n.effective_date <= r.effective_date OR c.until IS NOT NULL
+                            THEN NULL
                        WHEN n.last_posting_id IS NOT NULL THEN
                            (SELECT coalesce(-sum(p.amount_minor), 0)::bigint FROM postings p
                             WHERE p.loan_id = r.loan_id AND p.account = 'LOANS_RECEIVABLE'
@@ -1745,6 +1740,19 @@ class _Revision:
                    FROM schedule_revisions r
                    LEFT JOIN schedule_revisions n
                      ON n.loan_id = r.loan_id AND n.revision = r.revision + 1
+                   -- The loan's last posting when a later-dated revision replaced this one:
+                   -- it is read with the postings up to there, and none later (a reversal
+                   -- recorded since, dated back, included). Kept since migration 024;
+                   -- before, a revision's last_posting_id was the same, but for one
+                   -- owing a bounced payment again (_owe_again's reason), which copies
+                   -- the count of the one it replaces. One replaced from its own day is
+                   -- read by replaced_at instead.
+                   LEFT JOIN LATERAL (
+                       SELECT CASE WHEN n.effective_date > r.effective_date THEN
+                           coalesce(n.postings_until,
+                               CASE WHEN n.reason NOT LIKE 'revision % owing % again: %'
+                                    THEN n.last_posting_id END)
+                           END AS until) c ON true
                    WHERE r.loan_id = $1
                      AND r.revision = coalesce($2, (SELECT max(revision)
                          FROM schedule_revisions WHERE loan_id = $1)))

@@ -321,6 +321,40 @@ async def test_a_schedule_replaced_by_a_tranche_shows_what_was_paid_against_it(
     assert after == first
 
 
+async def test_a_schedule_replaced_before_revisions_kept_their_last_posting_reads_the_same(
+    cluster: Cluster,
+) -> None:
+    """A revision made before migration 024 keeps no postings_until: the one it replaced
+    is read up to its last_posting_id (the same, for a tranche's or a reschedule's), and a
+    payment reversed since still shows paid there, as it did before the migration."""
+    fund_id = await open_fund(cluster, 1_000_000)
+    loan = await approved_loan(
+        cluster.lending, fund_id=fund_id, product_id="fish_farming", amount_minor=500_000
+    )
+    await disburse(cluster.lending, loan.loan_id, 300_000, date(2026, 1, 31))
+    paid = await cluster.lending.RecordRepayment(repayment(loan.loan_id, 50_000, date(2026, 2, 15)))
+    await disburse(cluster.lending, loan.loan_id, 200_000, date(2026, 3, 1))
+    async with lending_db(cluster).pool.acquire() as conn, conn.transaction():
+        # As a revision made before the migration was: without postings_until.
+        await conn.execute(
+            "ALTER TABLE schedule_revisions DISABLE TRIGGER schedule_revisions_append_only"
+        )
+        await conn.execute(
+            "UPDATE schedule_revisions SET postings_until = NULL WHERE loan_id = $1",
+            loan.loan_id,
+        )
+        await conn.execute(
+            "ALTER TABLE schedule_revisions ENABLE TRIGGER schedule_revisions_append_only"
+        )
+    await cluster.lending.ReverseRepayment(reversal(loan.loan_id, paid.repayment.transaction_id))
+    first = (
+        await cluster.lending.GetRepaymentSchedule(
+            pb.GetRepaymentScheduleRequest(loan_id=loan.loan_id, revision=1)
+        )
+    ).schedule
+    assert sum(i.principal_paid_minor for i in first.instalments) == 50_000
+
+
 async def test_no_tranche_is_paid_out_once_the_loan_was_repaid_in_full(cluster: Cluster) -> None:
     """The principal not disbursed lapses when the loan is repaid in full; a reversal that
     reopened the loan let a further tranche be paid out of the fund all the same."""
