@@ -130,7 +130,11 @@ def publish_key(jwks_file: Path, key: SigningKey) -> None:
     keys = read_jwks(jwks_file)["keys"] if jwks_file.exists() else []
     keys = [k for k in keys if k.get("kid") != key.kid] + [key.public_jwk()]
     jwks_file.parent.mkdir(parents=True, exist_ok=True)
-    jwks_file.write_text(json.dumps({"keys": keys}, indent=2) + "\n")
+    # Written whole, then put in place: a service reading it meanwhile sees the old file
+    # or the new one, never half of one (which it would take for a JWKS trusting nothing).
+    partial = jwks_file.with_name(f".{jwks_file.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps({"keys": keys}, indent=2) + "\n")
+    os.replace(partial, jwks_file)
 
 
 def read_jwks(path: Path) -> dict[str, Any]:
@@ -152,7 +156,11 @@ def parse_jwks(text: str, where: str) -> dict[str, Any]:
     except ValueError as error:
         raise AuthConfigError(f"{where} is not JSON: {error}") from None
     keys = data.get("keys") if isinstance(data, dict) else None
-    if not isinstance(keys, list) or not keys or not all(k.get("kid") for k in keys):
+    if (
+        not isinstance(keys, list)
+        or not keys
+        or not all(isinstance(k, dict) and k.get("kid") for k in keys)  # not ["oops"]
+    ):
         raise AuthConfigError(f"{where} must be a JWKS: {{'keys': [...]}}, each with a kid")
     return {"keys": keys}
 
@@ -248,14 +256,22 @@ class TokenVerifier:
             inline_jwks=settings.auth_jwks,
         )
 
-    def _load(self) -> dict[str, jwt.PyJWK]:
+    def _load(self, *, reloading: bool = False) -> dict[str, jwt.PyJWK]:
+        """The keys the JWKS holds. At start a key that cannot be used stops the service;
+        read again while it runs, such a key (one of another type added during a
+        rotation) is left out, said so at error, and the others are trusted."""
         jwks = parse_jwks(self._inline, "AUTH_JWKS") if self._inline else read_jwks(self._file)
         keys = {}
         for jwk in jwks["keys"]:
             try:
                 keys[str(jwk["kid"])] = jwt.PyJWK(jwk, algorithm=ALGORITHM)
             except jwt.exceptions.PyJWTError as error:
-                raise AuthConfigError(f"{self._file}: key {jwk['kid']}: {error}") from None
+                problem = f"{self._file}: key {jwk['kid']}: {error}"
+                if not reloading:
+                    raise AuthConfigError(problem) from None
+                get_logger(__name__).error("a JWKS key cannot be used", error=problem)
+        if not keys:
+            raise AuthConfigError(f"{self._file} holds no key that can be used")
         return keys
 
     def _file_stamp(self) -> int | None:
@@ -278,13 +294,13 @@ class TokenVerifier:
         stamp = self._file_stamp()
         if stamp == self._stamp:
             return
+        self._stamp = stamp  # this version of the file is read once, and said once
         try:
-            self._keys = self._load()
-            self._stamp = stamp
+            self._keys = self._load(reloading=True)
         except AuthConfigError as error:
-            # Trust no key until the file reads again (tried at every interval): keeping
-            # the keys read before kept trusting a key withdrawn by emptying the file, or
-            # by a typo in it, with no word to anyone.
+            # Trust no key until the file changes and reads again: keeping the keys read
+            # before kept trusting a key withdrawn by emptying the file, or by a typo in
+            # it, with no word to anyone.
             self._keys = {}
             get_logger(__name__).error(
                 "the JWKS cannot be read: every token is refused until it can",

@@ -4,6 +4,7 @@ exactly once, refusals and replays are still audited, and cached tokens still ex
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import date, timedelta
@@ -168,7 +169,7 @@ def test_a_cached_token_stops_verifying_when_its_key_is_withdrawn(
     assert withdrawn.value.reason == "TOKEN_UNKNOWN_KEY"
 
 
-@pytest.mark.parametrize("written", ['{"keys": []}', "{not json", None])
+@pytest.mark.parametrize("written", ['{"keys": []}', '{"keys": ["oops"]}', "{not json", None])
 def test_a_jwks_that_cannot_be_read_trusts_no_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: str | None
 ) -> None:
@@ -188,6 +189,20 @@ def test_a_jwks_that_cannot_be_read_trusts_no_key(
     assert refused.value.reason == "TOKEN_UNKNOWN_KEY"
     jwks.unlink(missing_ok=True)
     publish_key(jwks, key)  # readable again: trusted again
+    assert verifier.verify(token).subject == "lo-1"
+
+
+def test_a_key_that_cannot_be_used_is_left_out_and_the_others_still_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key of another kind added during a rotation refused every token in the cluster."""
+    key = SigningKey.generate()
+    verifier = _verifier(tmp_path, key)
+    token = mint_token(key, subject="lo-1", roles=["loan_officer"], issuer="iss", audience="aud")
+    jwks = tmp_path / "jwks.json"
+    keys = json.loads(jwks.read_text())["keys"]
+    jwks.write_text(json.dumps({"keys": [*keys, {"kid": "rsa-1", "kty": "RSA", "n": "x"}]}))
+    monkeypatch.setattr(TokenVerifier, "RELOAD_INTERVAL_SECONDS", 0.0)
     assert verifier.verify(token).subject == "lo-1"
 
 
