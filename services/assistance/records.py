@@ -18,6 +18,7 @@ from services.assistance.catalogue import AssistanceTypePlugin
 from services.common.db import Connection
 from services.common.errors import FieldViolation, InvalidArgument
 from services.common.protoconv import proto_date, timestamp
+from services.common.storable import kept
 
 CAPACITY_TO_PROTO = {
     "stock": pb.CAPACITY_MODEL_STOCK,
@@ -125,8 +126,8 @@ def dict_to_struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
 
 def _violation_path(field: str, error: jsonschema.ValidationError) -> str:
     path = field
-    for part in error.absolute_path:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    for part in error.absolute_path:  # keys are the caller's: kept short, as logs keep them
+        path += f"[{part}]" if isinstance(part, int) else f".{kept(str(part))}"
     if error.validator == "required" and isinstance(error.validator_value, list):
         # One error per missing property: point at the property itself.
         missing = next(
@@ -163,7 +164,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
         # Property names are the caller's field names, not their values: name them.
         schema = error.schema if isinstance(error.schema, Mapping) else {}
         declared = schema.get("properties", {})
-        extra = sorted(str(key) for key in error.instance if key not in declared)
+        extra = sorted(kept(str(key)) for key in error.instance if key not in declared)
         return f"has properties the assistance type does not declare: {', '.join(extra)}"
     rule = _RULES.get(str(error.validator), "does not satisfy the schema's {} rule")
     value = error.validator_value if error.validator in _RULES else error.validator

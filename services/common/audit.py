@@ -33,7 +33,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("audit_migrations")
 
 
 # What ListAuditEntries shows of a value at most: more than any entry written now holds.
-_LISTED = 256
+_LISTED = 1024
 
 
 async def apply_migrations(db: Database) -> None:

@@ -61,6 +61,7 @@ from services.common.metrics import observe_rpc
 from services.common.storable import (
     kept,
     kept_request_id,
+    kept_trace_id,
     may_hold_unstorable,
     spelled_out,
     unstorable_values,
@@ -128,7 +129,7 @@ def request_id_of(request: Any, context: grpc.aio.ServicerContext) -> str:
         return kept_request_id(str(request_id))
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":
-            return kept(str(value))
+            return kept_trace_id(str(value))
     return f"gen-{uuid.uuid4()}"
 
 

@@ -123,6 +123,7 @@ def _of_key(key: Any, path: str) -> list[FieldViolation]:
 
 _UUID = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _KEPT = 64
+_TRACE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def kept(text: str, at: int = _KEPT) -> str:
@@ -132,6 +133,12 @@ def kept(text: str, at: int = _KEPT) -> str:
     large to send."""
     shown = spelled_out(text[:at])
     return shown if len(text) <= at else f"{shown}… ({len(text)} characters)"
+
+
+def kept_trace_id(text: str) -> str:
+    """An x-request-id header as logs keep it: an id (letters, digits and . _ : -, up to
+    64) as given; anything else only described, as for a request_id."""
+    return text if _TRACE_ID.fullmatch(text) else f"(not an id: {len(text)} characters)"
 
 
 def kept_request_id(text: str) -> str:
@@ -148,7 +155,7 @@ def spelled_out(text: str) -> str:
 
 
 def _shown(key: Any) -> str:
-    return spelled_out(str(key))
+    return kept(str(key))  # a map key is the caller's: kept short, as logs keep them
 
 
 def _joined(path: str, name: str) -> str:
