@@ -5,9 +5,10 @@ verify tokens with; on every start it writes `dev-token` (every role) and the wo
 `service-token`.
 
 Order of start: PostgreSQL, Temporal (dev server with its Web UI and a SQLite file in the
-state folder), the three services, the worker. Ctrl-C (or SIGTERM) stops them in reverse.
-If a port is taken nothing is started; if any part dies, the rest is stopped too, so half
-a cluster is never left running.
+state folder), the three services, the worker. Ctrl-C (or SIGTERM) stops them in reverse,
+at any moment, starting and seeding the demo included. If a port is taken nothing is
+started; a part that fails to come up stops the rest, so half a cluster is never left
+running; a part that exits once the cluster runs is started again (RESTARTS).
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ DEV_SERVER_SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
 # seconds: then it would only fail again, and the cluster stops, saying which.
 RESTARTS = 5
 RESTART_WINDOW = 60.0
+# The longest the demo cohort may take to start (it takes seconds).
+DEMO_SECONDS = 120.0
 
 
 def dev_server_argv(
@@ -303,7 +306,9 @@ class Cluster:
         from cluster.demo import start_demo_cohort
 
         try:
-            ids = asyncio.run(start_demo_cohort(self.settings))
+            # Bounded: a part that died meanwhile would leave it waiting for good, before
+            # the watch that starts the part again.
+            ids = asyncio.run(asyncio.wait_for(start_demo_cohort(self.settings), DEMO_SECONDS))
         except Exception as error:  # the cluster is still useful without its demo
             print(f"cluster: the demo cohort could not be started: {error}", file=sys.stderr)
             return
@@ -374,9 +379,12 @@ def main() -> None:
         print(f"cluster: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     stop_requested: list[int] = []
+    watching: list[bool] = []
 
     def request_stop(signum: int, _frame: object) -> None:
         stop_requested.append(signum)
+        if not watching:  # starting, or seeding the demo: stop that at once
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
@@ -386,12 +394,16 @@ def main() -> None:
         cluster.report()
         if not settings.no_demo:
             cluster.seed_demo()
+        watching.append(True)
         cluster.watch(stop_requested)
         exit_code = 0 if stop_requested else 1
+    except KeyboardInterrupt:
+        exit_code = 0  # Ctrl-C (or SIGTERM) while starting: stopped as asked
     except RuntimeError as error:
         print(f"cluster: {error}", file=sys.stderr)
         exit_code = 1
     finally:
+        watching.append(True)  # a second Ctrl-C does not cut the stopping short
         started = any(part.process is not None for part in cluster.parts)
         if started:  # a start refused before any part ran has said so already
             print("stopping the cluster...", file=sys.stderr, flush=True)

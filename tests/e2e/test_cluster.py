@@ -309,3 +309,30 @@ async def test_a_state_folder_is_paired_with_its_database(
         for name in names:
             await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.close()
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_it_starts_stops_everything(cluster_env: dict[str, str]) -> None:
+    """Ctrl-C while the parts come up stops them all, and the launcher exits cleanly. (It
+    now also cuts the start, or the demo's seeding, short: a seeding left waiting for a
+    part dead meanwhile kept the launcher from answering Ctrl-C at all.)"""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cluster"],
+        env=cluster_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not psutil.Process(process.pid).children():  # the parts are starting
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(1.0)
+        children = psutil.Process(process.pid).children(recursive=True)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        _, alive = psutil.wait_procs(children, timeout=5)
+        assert alive == []
+    finally:
+        if process.poll() is None:
+            process.kill()
