@@ -6,9 +6,10 @@ verify tokens with; on every start it writes `dev-token` (every role) and the wo
 
 Order of start: PostgreSQL, Temporal (dev server with its Web UI and a SQLite file in the
 state folder), the three services, the worker. Ctrl-C (or SIGTERM) stops them in reverse,
-at any moment, starting and seeding the demo included. If a port is taken nothing is
-started; a part that fails to come up stops the rest, so half a cluster is never left
-running; a part that exits once the cluster runs is started again (RESTARTS).
+at any moment (a start first runs to its end; the demo's seeding is cut short). If a port
+is taken nothing is started; a part that fails to come up stops the rest, so half a
+cluster is never left running; a part that exits once the cluster runs is started again
+(RESTARTS).
 """
 
 from __future__ import annotations
@@ -310,7 +311,8 @@ class Cluster:
             # the watch that starts the part again.
             ids = asyncio.run(asyncio.wait_for(start_demo_cohort(self.settings), DEMO_SECONDS))
         except Exception as error:  # the cluster is still useful without its demo
-            print(f"cluster: the demo cohort could not be started: {error}", file=sys.stderr)
+            why = error or f"no answer within {DEMO_SECONDS:.0f} s"  # a timeout says nothing
+            print(f"cluster: the demo cohort could not be started: {why}", file=sys.stderr)
             return
         marker.write_text("\n".join(ids) + "\n")
         print(f"Demo cohort started: {len(ids)} journeys, e.g. {ids[0]}", flush=True)
@@ -379,11 +381,14 @@ def main() -> None:
         print(f"cluster: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     stop_requested: list[int] = []
-    watching: list[bool] = []
+    seeding: list[bool] = []
 
     def request_stop(signum: int, _frame: object) -> None:
         stop_requested.append(signum)
-        if not watching:  # starting, or seeding the demo: stop that at once
+        # Seeding the demo is cut short at once; a start runs to its end first (cut
+        # short, the embedded PostgreSQL being started would be left running), and the
+        # cluster then stops.
+        if seeding:
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, request_stop)
@@ -392,18 +397,20 @@ def main() -> None:
     try:
         cluster.start()
         cluster.report()
-        if not settings.no_demo:
-            cluster.seed_demo()
-        watching.append(True)
+        if not settings.no_demo and not stop_requested:
+            seeding.append(True)
+            try:
+                cluster.seed_demo()
+            finally:
+                seeding.clear()
         cluster.watch(stop_requested)
         exit_code = 0 if stop_requested else 1
     except KeyboardInterrupt:
-        exit_code = 0  # Ctrl-C (or SIGTERM) while starting: stopped as asked
+        exit_code = 0  # Ctrl-C (or SIGTERM) while seeding the demo: stopped as asked
     except RuntimeError as error:
         print(f"cluster: {error}", file=sys.stderr)
         exit_code = 1
     finally:
-        watching.append(True)  # a second Ctrl-C does not cut the stopping short
         started = any(part.process is not None for part in cluster.parts)
         if started:  # a start refused before any part ran has said so already
             print("stopping the cluster...", file=sys.stderr, flush=True)

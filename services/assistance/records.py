@@ -159,13 +159,20 @@ _RULES: dict[str, str] = {
 }
 
 
+# Undeclared properties named in a refusal: the caller's, so a handful, not thousands.
+_NAMED = 5
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
         # Property names are the caller's field names, not their values: name them.
         schema = error.schema if isinstance(error.schema, Mapping) else {}
         declared = schema.get("properties", {})
         extra = sorted(kept(str(key)) for key in error.instance if key not in declared)
-        return f"has properties the assistance type does not declare: {', '.join(extra)}"
+        named = ", ".join(extra[:_NAMED]) + (
+            f" and {len(extra) - _NAMED} more" if len(extra) > _NAMED else ""
+        )
+        return f"has properties the assistance type does not declare: {named}"
     rule = _RULES.get(str(error.validator), "does not satisfy the schema's {} rule")
     value = error.validator_value if error.validator in _RULES else error.validator
     return rule.format(value)

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 import time
 import uuid
 from collections import OrderedDict
@@ -131,10 +133,21 @@ def publish_key(jwks_file: Path, key: SigningKey) -> None:
     keys = [k for k in keys if k.get("kid") != key.kid] + [key.public_jwk()]
     jwks_file.parent.mkdir(parents=True, exist_ok=True)
     # Written whole, then put in place: a service reading it meanwhile sees the old file
-    # or the new one, never half of one (which it would take for a JWKS trusting nothing).
-    partial = jwks_file.with_name(f".{jwks_file.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps({"keys": keys}, indent=2) + "\n")
-    os.replace(partial, jwks_file)
+    # or the new one, never half of one (which it would take for a JWKS trusting nothing
+    # until its next look). The file keeps what it was: where a link points, its mode
+    # (services run as another user must still read it) and, where allowed, its owner.
+    target = jwks_file.resolve()
+    before = target.stat() if target.exists() else None
+    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        partial.write_text(json.dumps({"keys": keys}, indent=2) + "\n")
+        partial.chmod(stat.S_IMODE(before.st_mode) if before else 0o644)
+        if before is not None:
+            with contextlib.suppress(PermissionError):
+                os.chown(partial, before.st_uid, before.st_gid)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def read_jwks(path: Path) -> dict[str, Any]:
@@ -244,6 +257,7 @@ class TokenVerifier:
         self._stamp = self._file_stamp()
         self._keys = self._load()
         self._checked_at = time.monotonic()
+        self._unreadable = ""  # why the JWKS last could not be read, once said
         self._verified: OrderedDict[str, _Verified] = OrderedDict()
 
     @classmethod
@@ -294,18 +308,21 @@ class TokenVerifier:
         stamp = self._file_stamp()
         if stamp == self._stamp:
             return
-        self._stamp = stamp  # this version of the file is read once, and said once
         try:
             self._keys = self._load(reloading=True)
+            self._stamp, self._unreadable = stamp, ""
         except AuthConfigError as error:
-            # Trust no key until the file changes and reads again: keeping the keys read
-            # before kept trusting a key withdrawn by emptying the file, or by a typo in
-            # it, with no word to anyone.
+            # Trust no key until it reads again, tried at every look (a file made readable
+            # by chmod, or finished after a half-written read, may keep its stamp): keeping
+            # the keys read before kept trusting a key withdrawn by emptying the file, or
+            # by a typo in it, with no word to anyone. Said once, not at every look.
             self._keys = {}
-            get_logger(__name__).error(
-                "the JWKS cannot be read: every token is refused until it can",
-                error=str(error),
-            )
+            if str(error) != self._unreadable:
+                self._unreadable = str(error)
+                get_logger(__name__).error(
+                    "the JWKS cannot be read: every token is refused until it can",
+                    error=str(error),
+                )
 
     def _key(self, kid: str) -> jwt.PyJWK | None:
         return self._keys.get(kid)

@@ -5,6 +5,8 @@ exactly once, refusals and replays are still audited, and cached tokens still ex
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 import uuid
 from datetime import date, timedelta
@@ -190,6 +192,42 @@ def test_a_jwks_that_cannot_be_read_trusts_no_key(
     jwks.unlink(missing_ok=True)
     publish_key(jwks, key)  # readable again: trusted again
     assert verifier.verify(token).subject == "lo-1"
+
+
+def test_a_jwks_made_readable_again_is_read_at_the_next_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unreadable once, then readable with its stamp unchanged (a chmod): it was not read
+    again, and every token stayed refused until a restart."""
+    key = SigningKey.generate()
+    verifier = _verifier(tmp_path, key)
+    token = mint_token(key, subject="lo-1", roles=["loan_officer"], issuer="iss", audience="aud")
+    jwks = tmp_path / "jwks.json"
+    good = jwks.read_text()
+    stamp = jwks.stat()
+    jwks.write_text("{half a fi")
+    os.utime(jwks, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1))
+    monkeypatch.setattr(TokenVerifier, "RELOAD_INTERVAL_SECONDS", 0.0)
+    with pytest.raises(Unauthenticated):
+        verifier.verify(token)
+    jwks.write_text(good)  # finished, within the same tick
+    os.utime(jwks, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1))
+    assert verifier.verify(token).subject == "lo-1"
+
+
+def test_publishing_a_key_keeps_the_file_where_links_point_and_its_mode(tmp_path: Path) -> None:
+    """The file was put in place anew: a link to it replaced by a file, and a mode of 0644
+    (the services, another user, read it) turned into the publisher's umask's 0600."""
+    real = tmp_path / "secrets" / "jwks.json"
+    publish_key(real, SigningKey.generate())
+    real.chmod(0o640)
+    link = tmp_path / "jwks.json"
+    link.symlink_to(real)
+    publish_key(link, SigningKey.generate())
+    assert link.is_symlink()
+    assert len(json.loads(real.read_text())["keys"]) == 2
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
+    assert [p.name for p in real.parent.iterdir()] == ["jwks.json"]  # no leftover
 
 
 def test_a_key_that_cannot_be_used_is_left_out_and_the_others_still_trusted(

@@ -38,3 +38,14 @@ def test_a_long_key_in_data_is_cut_in_the_refusal() -> None:
         assert len(str(refused)) < 500, len(str(refused))
     else:
         raise AssertionError("extra data accepted")
+    many = {"serial_number": "S-1", "fitted_by": "pt"} | {f"k{n:05}": n for n in range(50_000)}
+    try:
+        check_data(
+            WHEELCHAIR.action_validator(WHEELCHAIR.transition_for("deliver")),  # type: ignore[arg-type]
+            many,
+        )
+    except InvalidArgument as refused:
+        assert "k00000, k00001, k00002, k00003, k00004 and 49995 more" in str(refused)
+        assert len(str(refused)) < 500, len(str(refused))
+    else:
+        raise AssertionError("extra data accepted")
