@@ -96,11 +96,13 @@ def amount_minor(value: str, what: str = "amount", *, allow_zero: bool = False) 
 
 _GROUPED = re.compile(r"^\d{1,3}(,\d{3})+(\.\d+)?$")
 _DECIMAL_COMMA = re.compile(r"^\d+,\d{1,2}$")
+# As the CLI prints amounts in Azerbaijani: thousands by points, a decimal comma.
+_GROUPED_AZ = re.compile(r"^\d{1,3}(\.\d{3})+,\d{1,2}$")
 
 
 def _decimal_point(text: str, what: str, value: str) -> str:
-    """Amounts as staff copy them from the CLI's own output ("1,300.00") or type them in
-    Azerbaijani ("312,50"), as plain digits with a decimal point. A comma before exactly
+    """Amounts as staff copy them from the CLI's own output ("1,300.00", or "1.300,00" in
+    Azerbaijani) or type them ("312,50"), as plain digits with a decimal point. A comma before exactly
     three digits and nothing else ("1,500") could be either, and is refused."""
     if "," not in text:
         return text
@@ -108,6 +110,8 @@ def _decimal_point(text: str, what: str, value: str) -> str:
         return text.replace(",", ".")
     if _GROUPED.match(text) and "." in text:
         return text.replace(",", "")
+    if _GROUPED_AZ.match(text):  # "1.000,50", as `--lang az` prints it
+        return text.replace(".", "").replace(",", ".")
     raise BadInput(
         f"{what} {value!r} is not an amount in manat: write 1500 or 1,500.00 for fifteen "
         "hundred, 1.50 or 1,50 for one and a half"

@@ -20,7 +20,8 @@ from services.common.money import manat, qepik_and_manat
     [("12.50", 1250), ("12.5", 1250), ("1500", 150_000), ("0.01", 1), ("0.10", 10),
      ("99999999.99", 9_999_999_999), ("  7.05 ", 705),
      # as the CLI prints them, and with the decimal comma Azerbaijani staff type
-     ("1,300.00", 130_000), ("4,687.5", 468_750), ("312,50", 31_250), ("9,5", 950)],
+     ("1,300.00", 130_000), ("4,687.5", 468_750), ("312,50", 31_250), ("9,5", 950),
+     ("1.000,50", 100_050), ("12.345.678,00", 1_234_567_800)],
 )  # fmt: skip
 def test_manat_becomes_exact_qepik(typed: str, minor: int) -> None:
     assert inputs.amount_minor(typed) == minor
@@ -31,7 +32,7 @@ def test_manat_becomes_exact_qepik(typed: str, minor: int) -> None:
     [("12.345", "more than 2 decimals"), ("0.001", "more than 2 decimals"),
      ("-5", "positive"), ("0", "positive"), ("0.00", "positive"), ("abc", "not an amount"),
      ("1e3", "not an amount"), ("nan", "not an amount"), ("1,500", "fifteen hundred"),
-     ("1,5,0", "not an amount"), ("1.500,00", "not an amount"),
+     ("1,5,0", "not an amount"), ("1.500.00", "not an amount"),
      ("", "not an amount"), ("100000001", "above the limit"),
      ("١٠", "not an amount"), ("１０", "not an amount")],  # other scripts' digits
 )  # fmt: skip
