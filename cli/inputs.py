@@ -102,8 +102,9 @@ _GROUPED_AZ = re.compile(r"^\d{1,3}(\.\d{3})+,\d{1,2}$")
 
 def _decimal_point(text: str, what: str, value: str) -> str:
     """Amounts as staff copy them from the CLI's own output ("1,300.00", or "1.300,00" in
-    Azerbaijani) or type them ("312,50"), as plain digits with a decimal point. A comma before exactly
-    three digits and nothing else ("1,500") could be either, and is refused."""
+    Azerbaijani) or type them ("312,50"), as plain digits with a decimal point. A comma
+    before exactly three digits and nothing else ("1,500") could be either, and is
+    refused."""
     if "," not in text:
         return text
     if _DECIMAL_COMMA.match(text):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import UTC
 
@@ -309,9 +310,18 @@ def coded(kind: str, code: str, lang: str) -> str:
     return f"{LABELS[key][lang]} ({code})" if key in LABELS else code
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader stopped reading (`mineaction loan L | head -1`): nothing is wrong, as
+        cli/errors.py says of it, so no exit code 1 (Rich's own) for scripts to trip on."""
+        with contextlib.suppress(SystemExit):
+            super().on_broken_pipe()
+        raise SystemExit(0)
+
+
 def console() -> Console:
     # Wide enough for the tables when the output is a pipe or a file.
-    return Console(soft_wrap=False, width=None if Console().is_terminal else 160)
+    return _Console(soft_wrap=False, width=None if Console().is_terminal else 160)
 
 
 def line(text: str) -> None:
