@@ -587,11 +587,15 @@ def rules_what_if(
 
     async def go() -> None:
         language = inputs.language(lang)
+        wanted = inputs.count(examples, "--examples", 0, 100)
         request = eligibility_pb.SimulateRuleSetRequest(
             source_yaml=_rule_set_source(rule_set_file),
-            max_examples=inputs.count(examples, "--examples", 0, 100),
+            max_examples=wanted or 1,  # 0 asks the service for its default, five
         )
         report = await _rules_call("SimulateRuleSet", request, rule_set_file)
+        if not wanted:  # the counts alone, as asked
+            for change in report.changes:
+                del change.examples[:]
         render.console().print(render.what_if_table(report, language))
 
     run(go())

@@ -490,6 +490,11 @@ async def test_a_rule_change_shown_tried_and_published_from_the_cli(
     startup = next(r for r in rows if r[0] == "startup_loan")
     assert int(startup[1]) >= 1, ran.stdout
     assert f"{assessment_id}: eligible → not eligible" in ran.stdout, ran.stdout
+    # No examples asked for: the counts alone (0 gave the service's default, five).
+    ran = await mineaction(cli_env, "rules", "what-if", str(rules), "--examples", "0")
+    assert ran.exit_code == 0, ran
+    assert "eligible → not eligible" not in ran.stdout, ran.stdout
+    assert next(r for r in _wrapped_rows_after(ran.stdout, "What if:") if r[0] == "startup_loan")
 
     # A mistake is shown where it is, as a compiler would; nothing is published.
     rules.write_text(
