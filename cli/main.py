@@ -462,6 +462,15 @@ async def _stored_assessment(
 
     on_record = [a async for page in pages(fetch) for a in page.assessments]
     if not on_record:
+        try:  # one never registered is told so, not sent to assess them
+            await stub.GetSurvivor(
+                eligibility_pb.GetSurvivorRequest(survivor_id=survivor_id), timeout=TIMEOUT
+            )
+        except grpc.aio.AioRpcError as error:  # not allowed to read it: as before
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise CliError(
+                    f"survivor {survivor_id} is not registered: `mineaction register` them first"
+                ) from None
         raise CliError(
             f"survivor {survivor_id} has no assessment on record: "
             f"`mineaction assess {survivor_id}` makes one"

@@ -441,7 +441,11 @@ async def test_reassessment_under_the_latest_rules_from_the_cli(
     line = one_error_line(await mineaction(cli_env, "assessment", survivor_id, "--id", "asm-x1"))
     assert line.endswith(f"survivor {survivor_id} has no assessment asm-x1"), line
     line = one_error_line(await mineaction(cli_env, "assessment", "srv-never-assessed"))
-    assert "`mineaction assess srv-never-assessed` makes one" in line, line
+    # Never registered: told so (it was sent to assess them, which would be refused).
+    assert "survivor srv-never-assessed is not registered" in line, line
+    never_assessed = await register_survivor(cluster.eligibility)
+    line = one_error_line(await mineaction(cli_env, "assessment", never_assessed))
+    assert f"`mineaction assess {never_assessed}` makes one" in line, line
 
     # The survivor is pinned to the newer version now, as a re-registration shows.
     ran = await mineaction(cli_env, "register", str(intake))
