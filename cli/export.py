@@ -250,8 +250,10 @@ async def assessments(
 
 def spreadsheet_text(text: str) -> str:
     """Text typed by staff, kept as text when the file is opened in a spreadsheet: a cell
-    starting with =, +, -, @ or a tab would otherwise be run as a formula."""
-    return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
+    starting with =, +, -, @ or a tab would otherwise be run as a formula, and spreadsheets
+    read past leading spaces to find one (" +1+2")."""
+    formula = text.lstrip(" ").startswith(("=", "+", "-", "@", "\t", "\r"))
+    return "'" + text if formula else text
 
 
 def writer(out: IO[str], columns: Iterable[str]) -> Any:
