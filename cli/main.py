@@ -1904,8 +1904,10 @@ def _print_journeys(
     more = f" ({render.label('limit_reached', lang)})" if len(found) >= limit else ""
     table = Table(title=f"{title} — {len(found)}{more}")
     for column in columns:
-        table.add_column(
-            render.label(column, lang), justify="right" if column == "days_past_due" else "left"
+        table.add_column(  # folded, never cut: a cut survivor id names no one
+            render.label(column, lang),
+            justify="right" if column == "days_past_due" else "left",
+            overflow="fold",
         )
     for wf in found:
         row = cells(wf)

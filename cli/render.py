@@ -492,7 +492,9 @@ def needs_table(needs: Sequence[assistance_pb.Need], known: Catalogue, lang: str
     requested for each."""
     table = Table(title=f"{label('needs', lang)} — {len(needs)}")
     for column in ("need", "survivor", "type", "district", "need_state", "assistance", "recorded"):
-        table.add_column(label(column, lang))
+        # Folded, never cut: a cut id ("need-9e…") names no need, and four survivors read
+        # alike.
+        table.add_column(label(column, lang), overflow="fold")
     for need in needs:
         type_name = known.type_name(need.type_id, lang)
         table.add_row(
@@ -632,7 +634,7 @@ def portfolio_table(
     title: str, rows: list[tuple[str, lending_pb.PortfolioFigures]], lang: str = "en"
 ) -> Table:
     table = Table(title=title)
-    table.add_column("")
+    table.add_column("", overflow="fold")  # a product's code is never cut
     for column in ("active_loans", "outstanding_azn", "par30_azn", "par30", "repayment_rate"):
         table.add_column(label(column, lang), justify="right")
     for key, f in rows:
