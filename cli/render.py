@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Sequence
 from datetime import UTC
 
@@ -689,11 +690,34 @@ def loan_table(loan: lending_pb.Loan, as_of: str, lang: str) -> Table:
     return table
 
 
+# Why lending made a schedule revision, in its own words (services/lending/service.py),
+# and the same in Azerbaijani; what staff wrote after them stays as they wrote it.
+_REVISION_REASONS_AZ = (
+    (re.compile(r"^initial$"), "ilkin"),
+    (re.compile(r"^tranche (\d+) disbursed$"), r"tranş №\1 verildi"),
+    (re.compile(r"^rescheduled: "), "yenidən planlaşdırıldı: "),
+    (
+        re.compile(r"^revision (\d+) owing (.+?) again: repayment (\S+) reversed: "),
+        r"versiya \1, \2 yenidən ödənilməlidir: \3 ödənişi geri qaytarıldı: ",
+    ),
+)
+
+
+def revision_reason(reason: str, lang: str) -> str:
+    """A schedule revision's reason in `lang`: lending's own words translated."""
+    if lang != "az":
+        return reason
+    for pattern, said in _REVISION_REASONS_AZ:
+        if pattern.search(reason):
+            return pattern.sub(said, reason, count=1)
+    return reason
+
+
 def schedule_table(schedule: lending_pb.RepaymentSchedule, lang: str) -> Table:
     """Each instalment: when it is due, how much, what is paid, its state."""
     table = Table(
         title=f"{label('schedule', lang)}, {label('revision', lang)} {schedule.revision} "
-        f"({escape(schedule.reason)})"
+        f"({escape(revision_reason(schedule.reason, lang))})"
     )
     for column in ("number", "due_date", "principal_due", "principal_paid"):
         table.add_column(label(column, lang), justify="right")

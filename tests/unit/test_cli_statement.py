@@ -7,7 +7,7 @@ from datetime import date
 
 from rich.console import Console
 
-from cli.render import transactions_table
+from cli.render import revision_reason, transactions_table
 from mineaction.lending.v1 import lending_service_pb2 as pb
 from services.common.protoconv import proto_date
 
@@ -46,3 +46,12 @@ def test_an_80_column_statement_keeps_dates_amounts_and_ids_whole() -> None:
         for whole in (*ids, "2026-01-15", "2026-09-15", *amounts):
             assert whole in text, (whole, text)
         assert "…" not in text
+
+
+def test_a_schedule_revision_says_why_in_azerbaijani() -> None:
+    """`loan --lang az` titled a schedule "versiya 2 (rescheduled: ...)": lending's own
+    words are translated; what staff wrote stays as they wrote it."""
+    assert revision_reason("initial", "az") == "ilkin"
+    assert revision_reason("tranche 2 disbursed", "az") == "tranş №2 verildi"
+    assert revision_reason("rescheduled: göl daşdı", "az") == "yenidən planlaşdırıldı: göl daşdı"
+    assert revision_reason("rescheduled: the lake flooded", "en") == "rescheduled: the lake flooded"
