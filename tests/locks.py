@@ -20,7 +20,7 @@ async def queued_behind(
     async with db.pool.acquire() as holder, holder.transaction():
         await holder.execute(lock, key)
         tasks = [asyncio.ensure_future(call) for call in calls]
-        for _ in range(200):
+        for _ in range(600):  # 30 s: on a machine loaded by other work 10 s fell short
             await asyncio.sleep(0.05)
             await holder.execute("SELECT pg_stat_clear_snapshot()")  # fresh, in a transaction
             locked_out = await holder.fetchval(
@@ -30,5 +30,9 @@ async def queued_behind(
             if locked_out >= waiting:
                 break
         else:
-            raise AssertionError(f"only {locked_out} of {waiting} calls reached the lock")
+            # A call that ended instead (refused at once) never waits: say how it ended.
+            ended = [t.exception() or t.result() for t in tasks if t.done()]
+            raise AssertionError(
+                f"only {locked_out} of {waiting} calls reached the lock; ended: {ended}"
+            )
     return list(await asyncio.gather(*tasks, return_exceptions=True))
