@@ -311,7 +311,8 @@ class Cluster:
             # the watch that starts the part again.
             ids = asyncio.run(asyncio.wait_for(start_demo_cohort(self.settings), DEMO_SECONDS))
         except Exception as error:  # the cluster is still useful without its demo
-            why = error or f"no answer within {DEMO_SECONDS:.0f} s"  # a timeout says nothing
+            # A timeout's message is empty: an exception itself is always true.
+            why = str(error) or f"no answer within {DEMO_SECONDS:.0f} s"
             print(f"cluster: the demo cohort could not be started: {why}", file=sys.stderr)
             return
         marker.write_text("\n".join(ids) + "\n")

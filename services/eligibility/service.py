@@ -606,15 +606,15 @@ class EligibilityServicer(pb_grpc.EligibilityServiceServicer):
         except rules.RuleSetError as error:
             raise rule_set_error(error) from None
         max_examples = request.max_examples or 5
-        if not await self.db.pool.fetchval(
-            "SELECT EXISTS (SELECT FROM rule_sets WHERE rule_set_id = $1)", candidate.rule_set_id
-        ):  # a typo of the id: "no changes" would say nothing of the rules
-            async with self.db.pool.acquire() as conn:
-                raise await _unknown_rule_set(conn, candidate.rule_set_id)
         changed: dict[str, list[pb.DecisionChangeExample]] = {}
         counts: dict[str, int] = {}
         evaluated = 0
         async with self.db.pool.acquire() as conn, conn.transaction(readonly=True):
+            if not await conn.fetchval(
+                "SELECT EXISTS (SELECT FROM rule_sets WHERE rule_set_id = $1)",
+                candidate.rule_set_id,
+            ):  # a typo of the id: "no changes" would say nothing of the rules
+                raise await _unknown_rule_set(conn, candidate.rule_set_id)
             async for row, after in _decided_again(conn, candidate, every_day=True):
                 evaluated += 1
                 before = {
