@@ -26,19 +26,16 @@ from tests.conftest import Cluster
 from tests.factories import pdate
 from tests.lending_helpers import active_loan, open_fund, repayment
 
-# The latest migration that defines lending_loan_view_one.
+# The latest migration that defines lending_repay_once, which builds a repayment's answer.
 MIGRATION = (
-    Path(figures.__file__).parent / "migrations" / "013_loan_view_skips_unneeded_postings.sql"
+    Path(figures.__file__).parent / "migrations" / "025_repayment_answer_from_what_it_read.sql"
 )
 
 
-def test_the_repayment_function_holds_the_same_loan_view_as_figures() -> None:
-    """lending_loan_view_one is a static copy of the Python SQL; it must not drift."""
-    sql = MIGRATION.read_text()
-    assert figures.loan_figures(figures.ONE_LOAN) in sql
-    assert figures.TRANCHES_JSON in sql
-    # ...and the Python single-loan view is made of the same two pieces.
-    assert figures.LOAN_VIEW_ONE.startswith(figures.loan_figures(figures.ONE_LOAN))
+def test_the_repayment_answer_lists_tranches_as_the_loan_view_does() -> None:
+    """The answer's tranches are the Python view's own SQL, copied; it must not drift (the
+    figures are held to GetLoan's by tests/integration/test_lending_ledger_properties.py)."""
+    assert figures.TRANCHES_JSON in MIGRATION.read_text()
     assert figures.TRANCHES_JSON in figures.LOAN_VIEW_ONE
 
 
@@ -59,6 +56,56 @@ async def test_a_repayment_answers_with_the_loan_as_get_loan_shows_it(cluster: C
     assert closed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "CLOSED_OBLIGATIONS_MET" in (closed.value.details() or "")
     assert await cluster.row_counts() == before
+
+
+async def test_an_overdue_loans_answers_count_days_past_due_as_get_loan_does(
+    cluster: Cluster,
+) -> None:
+    """Payments into arrears, across a pause: each answer's days past due start from the
+    oldest instalment still unpaid after that payment, less the days paused."""
+    loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
+    instalments = (
+        await cluster.lending.GetRepaymentSchedule(
+            pb.GetRepaymentScheduleRequest(loan_id=loan.loan_id)
+        )
+    ).schedule.instalments
+    _, second, third = (
+        date(i.due_date.year, i.due_date.month, i.due_date.day) for i in instalments[:3]
+    )
+    paused_from, paused_to = second + timedelta(days=5), second + timedelta(days=14)
+    await cluster.lending.PauseDelinquency(
+        pb.PauseDelinquencyRequest(
+            request_id=str(uuid.uuid4()),
+            loan_id=loan.loan_id,
+            start_date=pdate(paused_from),
+            end_date=pdate(paused_to),
+            reason="hospitalised",
+            requested_by="cw-01",
+        )
+    )
+    on = third + timedelta(days=5)
+    # The first instalment exactly, one qəpik, then the rest of the second.
+    amounts = [
+        instalments[0].principal_due_minor,
+        1,
+        instalments[1].principal_due_minor - 1,
+    ]
+    days_past_due = []
+    for number, amount in enumerate(amounts):
+        paid = await cluster.lending.RecordRepayment(
+            repayment(loan.loan_id, amount, on + timedelta(days=number))
+        )
+        seen = await cluster.lending.GetLoan(
+            pb.GetLoanRequest(loan_id=loan.loan_id, as_of=paid.loan.figures_as_of)
+        )
+        assert paid.loan == seen.loan
+        days_past_due.append(paid.loan.days_past_due)
+    # Overdue from the second instalment, less its ten paused days, then from the third.
+    assert days_past_due == [
+        (on - second).days - 10,
+        (on - second).days + 1 - 10,
+        (on - third).days + 2,
+    ]
 
 
 async def test_a_payment_recorded_late_answers_with_everything_recorded_since(

@@ -74,6 +74,11 @@ async def _apply(cluster: Cluster, loan_id: str, model: Model, op: tuple[str, in
         model.disbursed += number
     elif kind == "repay":
         done = await lending.RecordRepayment(repayment(loan_id, number, on))
+        # The answer shows the loan as GetLoan does as of the answer's day.
+        seen = await lending.GetLoan(
+            pb.GetLoanRequest(loan_id=loan_id, as_of=done.loan.figures_as_of)
+        )
+        assert done.loan == seen.loan, op
         if done.repayment.recovery:
             model.recovered += number
         else:
