@@ -1,10 +1,11 @@
 """RecordRepayment calls that arrive together, written by one statement in one transaction
 (lending_repay_many, migration 011; services/common/group_commit.py).
 
-Each repayment still runs lending_repay_once (migration 009), in its own subtransaction:
-the key claimed first, the repayment, the answer stored with the key and the audit entry,
-or a refusal that leaves nothing behind. What a caller sees is what one statement per call
-gives; the group shares the round trip and the commit.
+Each repayment still runs lending_repay_once (migrations 009, 025): the key claimed first,
+the repayment, the answer stored with the key and the audit entry; or a refusal, found
+before anything but the key is written, which deletes the key and leaves nothing behind.
+What a caller sees is what one statement per call gives; the group shares the round trip
+and the commit.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from services.common.db import Database
 from services.common.group_commit import GroupCommit
 
 METHOD = idempotency.method_of(pb.RecordRepaymentResponse)
-# Each repayment in a group is a subtransaction; PostgreSQL keeps up to 64 of them per
-# transaction in shared memory, and checks slow down for every session beyond that.
+# A group holds its loans' locks until it commits: it is kept to a size that commits in
+# milliseconds.
 MAX_GROUP = 32
 # One group in the database at a time: calls that arrive meanwhile make the next, larger
 # group, and PostgreSQL spends less per repayment (measured with the bench's alternating

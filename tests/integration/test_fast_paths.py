@@ -24,7 +24,7 @@ from services.common.errors import Unauthenticated
 from services.lending import figures
 from tests.conftest import Cluster
 from tests.factories import pdate
-from tests.lending_helpers import active_loan, open_fund, repayment
+from tests.lending_helpers import active_loan, lending_db, open_fund, repayment
 
 # The latest migration that defines lending_repay_once, which builds a repayment's answer.
 MIGRATION = (
@@ -106,6 +106,37 @@ async def test_an_overdue_loans_answers_count_days_past_due_as_get_loan_does(
         (on - second).days + 1 - 10,
         (on - third).days + 2,
     ]
+
+
+async def test_a_request_id_refused_in_a_group_can_be_used_again_in_the_same_group(
+    cluster: Cluster,
+) -> None:
+    """One statement, four repayments: a refused one leaves no key behind, so the same
+    request_id then repays; a request_id repeated after a repayment gets its answer."""
+    loan = await active_loan(cluster, fund_id=await open_fund(cluster, 1_000_000))
+    refused_then_paid, paid_twice = str(uuid.uuid4()), str(uuid.uuid4())
+    calls = [  # request_id, amount
+        (refused_then_paid, 10_000_000),
+        (refused_then_paid, 1_000),
+        (paid_twice, 2_000),
+        (paid_twice, 2_000),
+    ]
+    rows = await lending_db(cluster).pool.fetch(
+        "SELECT * FROM lending_repay_many($1, 'RecordRepayment', $2, $3, $4, $5, $6, $7, $8,"
+        " 'null') ORDER BY call_position",
+        [request for request, _ in calls],
+        [b"hash"] * 4,
+        [loan.loan_id] * 4,
+        [amount for _, amount in calls],
+        [date(2026, 5, 10)] * 4,
+        ["cashier-01"] * 4,
+        ["cash"] * 4,
+        [f"txn-{uuid.uuid4()}" for _ in calls],
+    )
+    assert [row["outcome"] for row in rows] == ["OVERPAYMENT", "OK", "OK", "REPLAY"]
+    assert rows[3]["answer"] == rows[2]["answer"]
+    seen = await cluster.lending.GetLoan(pb.GetLoanRequest(loan_id=loan.loan_id))
+    assert seen.loan.repaid_principal_minor == 3_000
 
 
 async def test_a_payment_recorded_late_answers_with_everything_recorded_since(

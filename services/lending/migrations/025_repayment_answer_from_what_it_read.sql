@@ -12,15 +12,27 @@
 --   the principal repaid against it, less the days paused (read only when one is overdue).
 -- tests/integration/test_lending_ledger_properties.py holds every answer to GetLoan's
 -- figures as of the same day, over random sequences of every kind of operation.
-CREATE OR REPLACE FUNCTION lending_repay_once(
+--
+-- And a group's repayments no longer run each in a subtransaction of its own. A refusal
+-- is found before the repayment writes anything but its request_id's key, so
+-- lending_repay_once now deletes that key itself and answers with the refusal, where it
+-- raised LR001 for lending_repay_many (migration 011) to undo the subtransaction. What a
+-- caller sees is unchanged: a refused repayment leaves nothing behind, and its request_id
+-- can be used again. Each subtransaction took an XID of its own and its share of the time.
+DROP FUNCTION lending_repay_once(text, text, bytea, text, bigint, date, text, text, text,
+    text, text[], text, text, jsonb, text, text, text);
+
+-- outcome 'OK', 'REPLAY' (what was stored with the request_id), or the refusal of
+-- lending_record_repayment, with its figures in `detail`.
+CREATE FUNCTION lending_repay_once(
     p_request_id text, p_method text, p_payload_hash bytea,
     p_loan_id text, p_amount bigint, p_paid_on date, p_recorded_by text, p_memo text,
     p_transaction_id text,
     -- the audit entry's columns, in audit_log's order (NULL subject: none to write)
     a_subject text, a_roles text[], a_method text, a_request_id text, a_resource_ids jsonb,
     a_code text, a_reason text, a_on_behalf_of text)
-RETURNS TABLE (replayed boolean, stored_method text, stored_payload_hash bytea,
-    answer bytea)
+RETURNS TABLE (outcome text, stored_method text, stored_payload_hash bytea, answer bytea,
+    detail text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -38,16 +50,19 @@ BEGIN
     VALUES (p_request_id, p_method, p_payload_hash)
     ON CONFLICT (request_id) DO NOTHING;
     IF NOT FOUND THEN
-        RETURN QUERY SELECT true, k.method, k.payload_hash, k.response
+        RETURN QUERY SELECT 'REPLAY', k.method, k.payload_hash, k.response, NULL::text
         FROM idempotency_keys k WHERE k.request_id = p_request_id;
         RETURN;
     END IF;
     SELECT * INTO r FROM lending_record_repayment(p_loan_id, p_amount, p_paid_on,
         p_recorded_by, p_memo, p_transaction_id);
     IF r.outcome IS DISTINCT FROM 'OK' AND r.outcome IS DISTINCT FROM 'CLOSED' THEN
-        RAISE EXCEPTION USING ERRCODE = 'LR001', MESSAGE = r.outcome,
-            DETAIL = json_build_object('state', r.state, 'outstanding', r.outstanding,
+        -- Refused before writing anything but the key: the key goes too.
+        DELETE FROM idempotency_keys k WHERE k.request_id = p_request_id;
+        RETURN QUERY SELECT r.outcome, NULL::text, NULL::bytea, NULL::bytea,
+            json_build_object('state', r.state, 'outstanding', r.outstanding,
                 'first_disbursed_on', r.first_disbursed_on)::text;
+        RETURN;
     END IF;
     -- New statements: they see the repayment just written.
     SELECT * INTO v_pos FROM loan_positions lp WHERE lp.loan_id = p_loan_id;
@@ -86,14 +101,43 @@ BEGIN
         -- earlier-recorded one closes the loan as of that later date, as GetLoan says).
         'close_date', CASE WHEN r.outcome = 'CLOSED' THEN lending_close_date(p_loan_id)
             END)::text, 'UTF8');
-    UPDATE idempotency_keys SET response = v_answer WHERE request_id = p_request_id;
+    UPDATE idempotency_keys k SET response = v_answer WHERE k.request_id = p_request_id;
     IF a_subject IS NOT NULL THEN
         INSERT INTO audit_log (subject, roles, method, request_id, resource_ids, code, reason,
             on_behalf_of)
         VALUES (a_subject, a_roles, a_method, a_request_id, a_resource_ids, a_code, a_reason,
             a_on_behalf_of);
     END IF;
-    RETURN QUERY SELECT false, NULL::text, NULL::bytea, v_answer;
+    RETURN QUERY SELECT 'OK', NULL::text, NULL::bytea, v_answer, NULL::text;
+END $$;
+
+CREATE OR REPLACE FUNCTION lending_repay_many(
+    p_request_ids text[], p_method text, p_payload_hashes bytea[], p_loan_ids text[],
+    p_amounts bigint[], p_paid_on date[], p_recorded_by text[], p_memos text[],
+    p_transaction_ids text[], p_audit jsonb)
+RETURNS TABLE (call_position integer, outcome text, stored_method text,
+    stored_payload_hash bytea, answer bytea, detail text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    i integer;
+    e jsonb;
+BEGIN
+    -- In loan order (arrival order within a loan), so two groups never wait on each
+    -- other's loans in a cycle.
+    FOR i IN
+        SELECT x.n FROM unnest(p_loan_ids) WITH ORDINALITY AS x(loan_id, n)
+        ORDER BY x.loan_id, x.n
+    LOOP
+        e := p_audit -> (i - 1);
+        RETURN QUERY SELECT i, o.outcome, o.stored_method, o.stored_payload_hash, o.answer,
+            o.detail
+        FROM lending_repay_once(
+            p_request_ids[i], p_method, p_payload_hashes[i], p_loan_ids[i], p_amounts[i],
+            p_paid_on[i], p_recorded_by[i], p_memos[i], p_transaction_ids[i],
+            e ->> 'subject', ARRAY(SELECT jsonb_array_elements_text(e -> 'roles')),
+            e ->> 'method', e ->> 'request_id', e -> 'resource_ids', e ->> 'code',
+            e ->> 'reason', e ->> 'on_behalf_of') o;
+    END LOOP;
 END $$;
 
 DROP FUNCTION lending_loan_view_one(date, text);
