@@ -326,6 +326,13 @@ def test_ctrl_c_while_it_starts_stops_everything(cluster_env: dict[str, str], af
         stderr=subprocess.DEVNULL,
     )
     try:
+        # From the moment it makes its state folder, the launcher answers Ctrl-C. Before
+        # the interpreter itself is up, a signal only ends it, with nothing started (a
+        # loaded machine took over a second to get there).
+        deadline = time.monotonic() + 60
+        while not Path(state).exists():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
         time.sleep(after)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=90) == 0
