@@ -177,11 +177,7 @@ def test_cluster_runs_stops_cleanly_and_resumes_its_data(
 def assert_a_crashed_part_is_started_again(running: RunningCluster, env: dict[str, str]) -> None:
     """One process killed (lending, here) stopped the whole cluster; it is started again,
     and answers as before."""
-    [lending] = [
-        child
-        for child in psutil.Process(running.process.pid).children()
-        if "services.lending" in child.cmdline()
-    ]
+    lending = _lending_process(running)
     lending.kill()
     lending.wait(timeout=10)
     deadline = time.monotonic() + 60
@@ -198,12 +194,17 @@ def assert_a_crashed_part_is_started_again(running: RunningCluster, env: dict[st
             pass
         assert time.monotonic() < deadline, "lending was not started again"
         time.sleep(0.5)
-    [again] = [
+    assert _lending_process(running).pid != lending.pid
+
+
+def _lending_process(running: RunningCluster) -> psutil.Process:
+    """The cluster's one lending service process."""
+    [lending] = [
         child
         for child in psutil.Process(running.process.pid).children()
         if "services.lending" in child.cmdline()
     ]
-    assert again.pid != lending.pid
+    return lending
 
 
 def scrape(port: int) -> str:
